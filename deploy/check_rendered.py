@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Checks over what `helm template` rendered and over deploy/compose.yaml.
+
+Run by deploy/check.sh with the Python of its tool venv (PyYAML and jsonschema come with
+check-jsonschema). Subcommands:
+
+  split RENDERED OUT_CORE      validate custom resources (KEDA, prometheus-operator) against
+                               deploy/schemas, write the Kubernetes-API documents to OUT_CORE
+                               for kubernetes-validate, fail on any other unknown kind
+  production RENDERED          assert what a production install must have, per service
+  expect RENDERED KIND=N ...   assert how many objects of each kind were rendered
+  compose FILE                 structural check of the compose file (no Docker engine here)
+
+Exit status 1 with one line per problem on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import sys
+from collections import Counter
+
+import jsonschema
+import yaml
+
+SERVICES = ("ingest", "rates", "incentives", "notifier")
+# The gRPC service each service's readiness probe must ask about.
+READINESS = {
+    "ingest": "ratemesh.v1.InventoryIngest",
+    "rates": "ratemesh.v1.RateService",
+    "incentives": "ratemesh.v1.IncentiveService",
+    "notifier": "ratemesh.v1.PartnerService",
+}
+# Consumer groups and the streams they read (services/runtime/src/streams.rs).
+READS = {
+    "rates": {"stock", "overrides", "incentives"},
+    "incentives": {"stock", "rates"},
+    "notifier": {"rates", "incentives"},
+}
+SCHEMA_DIR = pathlib.Path(__file__).resolve().parent / "schemas"
+CORE_GROUPS = {"v1", "apps/v1", "autoscaling/v2", "policy/v1", "networking.k8s.io/v1"}
+
+
+class Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.items.append(message)
+
+    def check(self, ok: bool, message: str) -> None:
+        if not ok:
+            self.add(message)
+
+    def finish(self, what: str) -> int:
+        if self.items:
+            for item in self.items:
+                print(f"FAIL {what}: {item}", file=sys.stderr)
+            return 1
+        print(f"ok   {what}")
+        return 0
+
+
+def load_docs(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        docs = [d for d in yaml.safe_load_all(f) if d is not None]
+    for doc in docs:
+        if not isinstance(doc, dict) or not {"apiVersion", "kind", "metadata"} <= doc.keys():
+            raise SystemExit(f"FAIL {path}: a rendered document is not a Kubernetes object: {str(doc)[:120]}")
+    return docs
+
+
+def ident(doc: dict) -> str:
+    return f"{doc['kind']}/{doc['metadata'].get('name', '?')}"
+
+
+def component(doc: dict) -> str | None:
+    return (doc["metadata"].get("labels") or {}).get("app.kubernetes.io/component")
+
+
+def cmd_split(rendered: str, out_core: str) -> int:
+    problems = Problems()
+    docs = load_docs(rendered)
+    problems.check(bool(docs), "nothing was rendered")
+    seen = Counter(ident(d) for d in docs)
+    for name, count in seen.items():
+        problems.check(count == 1, f"{name} rendered {count} times")
+    core = []
+    for doc in docs:
+        api = doc["apiVersion"]
+        if api in CORE_GROUPS:
+            core.append(doc)
+            continue
+        schema_path = SCHEMA_DIR / f"{api.replace('/', '_')}_{doc['kind']}.json"
+        if not schema_path.exists():
+            problems.add(f"{ident(doc)} ({api}) has no bundled schema in {SCHEMA_DIR.name}/")
+            continue
+        schema = json.loads(schema_path.read_text(encoding="utf-8"))
+        validator = jsonschema.Draft202012Validator(schema)
+        for error in sorted(validator.iter_errors(doc), key=lambda e: list(e.path)):
+            where = ".".join(str(p) for p in error.path) or "(root)"
+            problems.add(f"{ident(doc)}: {where}: {error.message}")
+    with open(out_core, "w", encoding="utf-8") as f:
+        yaml.safe_dump_all(core, f, sort_keys=False)
+    return problems.finish(f"{rendered}: {len(docs)} objects, {len(docs) - len(core)} custom resources checked")
+
+
+def cmd_expect(rendered: str, expectations: list[str]) -> int:
+    problems = Problems()
+    counts = Counter(d["kind"] for d in load_docs(rendered))
+    for expectation in expectations:
+        kind, _, number = expectation.partition("=")
+        problems.check(counts[kind] == int(number), f"expected {number} {kind}, rendered {counts[kind]}")
+    return problems.finish(f"{rendered}: {' '.join(expectations)}")
+
+
+def cmd_production(rendered: str) -> int:
+    problems = Problems()
+    docs = load_docs(rendered)
+    by_kind: dict[str, dict[str, dict]] = {}
+    for doc in docs:
+        comp = component(doc)
+        if comp:
+            by_kind.setdefault(doc["kind"], {})[comp] = doc
+
+    deployments = by_kind.get("Deployment", {})
+    for service in SERVICES:
+        dep = deployments.get(service)
+        if dep is None:
+            problems.add(f"{service}: no Deployment")
+            continue
+        pod = dep["spec"]["template"]["spec"]
+        containers = pod["containers"]
+        problems.check(len(containers) == 1, f"{service}: expected one container")
+        c = containers[0]
+        problems.check(c.get("args", [])[:2] == ["serve", service], f"{service}: args are {c.get('args')}, not serve {service}")
+        ready = c.get("readinessProbe") or {}
+        problems.check(
+            (ready.get("grpc") or {}).get("service") == READINESS[service],
+            f"{service}: readiness probe must be gRPC health of {READINESS[service]}, is {ready}",
+        )
+        problems.check(bool(c.get("livenessProbe")), f"{service}: no liveness probe")
+        res = c.get("resources") or {}
+        problems.check(
+            bool((res.get("requests") or {}).get("cpu")) and bool((res.get("requests") or {}).get("memory")),
+            f"{service}: resources.requests needs cpu and memory",
+        )
+        problems.check(bool((res.get("limits") or {}).get("memory")), f"{service}: no memory limit")
+        sc = c.get("securityContext") or {}
+        problems.check(sc.get("readOnlyRootFilesystem") is True, f"{service}: root filesystem is writable")
+        problems.check((pod.get("securityContext") or {}).get("runAsNonRoot") is True, f"{service}: may run as root")
+        problems.check(len(pod.get("topologySpreadConstraints") or []) >= 2, f"{service}: no zone and host spread")
+        env = {e["name"]: e for e in c.get("env", [])}
+        for needed in ("RATEMESH_CONFIG", "RATEMESH__REDIS__URL", "RATEMESH__REDIS__PARTITIONS", "RATEMESH__SERVER__GRPC_ADDR"):
+            problems.check(needed in env, f"{service}: env {needed} missing")
+        problems.check(
+            env.get("RATEMESH__SERVER__GRPC_ADDR", {}).get("value", "").startswith("0.0.0.0:"),
+            f"{service}: gRPC must listen on 0.0.0.0 in a pod",
+        )
+
+    for service in SERVICES:
+        problems.check(service in by_kind.get("Service", {}), f"{service}: no Service")
+        pdb = by_kind.get("PodDisruptionBudget", {}).get(service)
+        problems.check(pdb is not None, f"{service}: no PodDisruptionBudget")
+        hpa = by_kind.get("HorizontalPodAutoscaler", {}).get(service)
+        scaled = by_kind.get("ScaledObject", {}).get(service)
+        problems.check(hpa is not None or scaled is not None, f"{service}: no autoscaler (HPA or ScaledObject)")
+        problems.check(not (hpa and scaled), f"{service}: both an HPA and a ScaledObject scale it")
+        target = (hpa or scaled or {}).get("spec", {}).get("scaleTargetRef", {}).get("name")
+        dep = deployments.get(service)
+        if dep is not None and (hpa or scaled):
+            problems.check(target == dep["metadata"]["name"], f"{service}: autoscaler targets {target}")
+            problems.check("replicas" not in dep["spec"], f"{service}: Deployment sets replicas although autoscaled")
+        if scaled is not None:
+            streams = set()
+            for trigger in scaled["spec"]["triggers"]:
+                if trigger["type"] == "redis-streams":
+                    meta = trigger["metadata"]
+                    problems.check(meta["consumerGroup"] == service, f"{service}: trigger on group {meta['consumerGroup']}")
+                    streams.add(meta["stream"].rsplit(":s:", 1)[-1])
+            problems.check(streams == READS.get(service, set()), f"{service}: KEDA reads {sorted(streams)}, the group reads {sorted(READS.get(service, set()))}")
+        np = by_kind.get("NetworkPolicy", {}).get(service)
+        if np is None:
+            problems.add(f"{service}: no NetworkPolicy")
+            continue
+        problems.check(set(np["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}, f"{service}: policy must cover ingress and egress")
+        egress_blocks = [peer.get("ipBlock") for rule in np["spec"].get("egress", []) for peer in rule.get("to", []) if peer.get("ipBlock")]
+        if service == "notifier":
+            problems.check(
+                any(b["cidr"] == "0.0.0.0/0" and "10.0.0.0/8" in b.get("except", []) for b in egress_blocks),
+                "notifier: partner egress must be the internet without private ranges",
+            )
+        else:
+            problems.check(not egress_blocks, f"{service}: only the notifier may egress to arbitrary addresses")
+        ingress_ports = {p.get("port") for rule in np["spec"].get("ingress", []) for p in rule.get("ports", [])}
+        problems.check(("http" in ingress_ports) == (service == "ingest"), f"{service}: webhook port open on the wrong service")
+
+    for kind in ("ServiceMonitor",):
+        problems.check(any(d["kind"] == kind for d in docs), f"no {kind}")
+    return problems.finish(f"{rendered}: production assertions for {', '.join(SERVICES)}")
+
+
+def cmd_compose(path: str) -> int:
+    problems = Problems()
+    base = pathlib.Path(path).resolve().parent
+    with open(path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    services = doc.get("services") or {}
+    for needed in ("redis", "redis-exporter", "otel-collector", "jaeger", "prometheus", "grafana", *SERVICES):
+        problems.check(needed in services, f"service {needed} missing")
+    for name, svc in services.items():
+        problems.check(bool(svc.get("image") or svc.get("build")), f"{name}: needs image or build")
+        for dep in svc.get("depends_on") or {}:
+            problems.check(dep in services, f"{name}: depends_on unknown service {dep}")
+        for volume in svc.get("volumes") or []:
+            source = volume.split(":", 1)[0] if isinstance(volume, str) else volume.get("source", "")
+            if source.startswith("."):
+                problems.check((base / source).exists(), f"{name}: mounts {source}, which does not exist")
+            elif source and not source.startswith("/"):
+                problems.check(source in (doc.get("volumes") or {}), f"{name}: named volume {source} is not declared")
+    for service in SERVICES:
+        svc = services.get(service) or {}
+        command = svc.get("command") or []
+        problems.check(command[:2] == ["serve", service], f"{service}: command must be serve {service}, is {command}")
+        env = svc.get("environment") or {}
+        problems.check(str(env.get("RATEMESH__REDIS__URL", "")).startswith("redis://redis"), f"{service}: not on the compose Redis")
+        problems.check("otel-collector" in str(env.get("RATEMESH__TELEMETRY__OTLP_ENDPOINT", "")), f"{service}: traces do not go to the collector")
+    redis_cmd = " ".join(map(str, (services.get("redis") or {}).get("command") or []))
+    problems.check("--appendonly yes" in redis_cmd, "redis: AOF must be on (--appendonly yes)")
+    prom = yaml.safe_load((base / "prometheus.yml").read_text(encoding="utf-8"))
+    targets = {t for job in prom.get("scrape_configs", []) for sc in job.get("static_configs", []) for t in sc.get("targets", [])}
+    for target in [f"{service}:9090" for service in SERVICES] + ["redis-exporter:9121"]:
+        problems.check(target in targets, f"prometheus.yml does not scrape {target}")
+    otel = yaml.safe_load((base / "otel-collector.yaml").read_text(encoding="utf-8"))
+    pipelines = (otel.get("service") or {}).get("pipelines") or {}
+    problems.check("traces" in pipelines, "otel-collector.yaml has no traces pipeline")
+    for pipeline in pipelines.values():
+        for part in ("receivers", "processors", "exporters"):
+            for name in pipeline.get(part, []):
+                problems.check(name in (otel.get(part) or {}), f"otel-collector.yaml: {part[:-1]} {name} used but not defined")
+    dashboard = json.loads((base / "grafana" / "ratemesh.json").read_text(encoding="utf-8"))
+    problems.check(len(dashboard.get("panels", [])) >= 6, "grafana dashboard has fewer than six panels")
+    # Every ratemesh metric the dashboard queries must be one the code records.
+    recorded = set()
+    for source in (base.parent / "services").rglob("*.rs"):
+        recorded.update(re.findall(r'"(ratemesh_[a-z0-9_]+)"', source.read_text(encoding="utf-8")))
+    for panel in dashboard.get("panels", []):
+        for target in panel.get("targets", []):
+            for name in re.findall(r"\b(ratemesh_[a-z0-9_]+)", target.get("expr", "")):
+                base_name = re.sub(r"_(bucket|sum|count)$", "", name)
+                problems.check(
+                    name in recorded or base_name in recorded,
+                    f"dashboard panel '{panel.get('title')}' queries {name}, which no code under services/ records",
+                )
+    return problems.finish(f"{path}: compose structure, prometheus, collector and dashboard")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 3 and argv[0] == "split":
+        return cmd_split(argv[1], argv[2])
+    if len(argv) == 2 and argv[0] == "production":
+        return cmd_production(argv[1])
+    if len(argv) >= 2 and argv[0] == "expect":
+        return cmd_expect(argv[1], argv[2:])
+    if len(argv) == 2 and argv[0] == "compose":
+        return cmd_compose(argv[1])
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

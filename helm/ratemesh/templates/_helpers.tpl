@@ -1,0 +1,145 @@
+{{/*
+What the chart knows about each service: the gRPC service its readiness probe asks about,
+the streams its consumer group reads (group name = service name), and whether it serves the
+ERP webhooks. Mirrors services/runtime/src/streams.rs.
+*/}}
+{{- define "ratemesh.catalog" -}}
+ingest:
+  grpcService: ratemesh.v1.InventoryIngest
+  reads: []
+  webhooks: true
+rates:
+  grpcService: ratemesh.v1.RateService
+  reads: [stock, overrides, incentives]
+  webhooks: false
+incentives:
+  grpcService: ratemesh.v1.IncentiveService
+  reads: [stock, rates]
+  webhooks: false
+notifier:
+  grpcService: ratemesh.v1.PartnerService
+  reads: [rates, incentives]
+  webhooks: false
+{{- end -}}
+
+{{- define "ratemesh.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "ratemesh.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of one service's objects: dict "root" $ "service" "rates". */}}
+{{- define "ratemesh.serviceName" -}}
+{{- printf "%s-%s" (include "ratemesh.fullname" .root | trunc 50 | trimSuffix "-") .service -}}
+{{- end -}}
+
+{{- define "ratemesh.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "ratemesh.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ratemesh.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "ratemesh.labels" -}}
+helm.sh/chart: {{ include "ratemesh.chart" . }}
+{{ include "ratemesh.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: ratemesh
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one service: dict "root" $ "service" "rates". */}}
+{{- define "ratemesh.serviceSelectorLabels" -}}
+{{ include "ratemesh.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .service }}
+{{- end -}}
+
+{{- define "ratemesh.serviceLabels" -}}
+{{ include "ratemesh.labels" .root }}
+app.kubernetes.io/component: {{ .service }}
+{{- end -}}
+
+{{- define "ratemesh.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "ratemesh.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ratemesh.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "ratemesh.secretName" -}}
+{{- default (printf "%s-secrets" (include "ratemesh.fullname" .)) .Values.secrets.existingSecret -}}
+{{- end -}}
+
+{{- define "ratemesh.policyConfigMap" -}}
+{{- default (printf "%s-policy" (include "ratemesh.fullname" .)) .Values.policy.existingConfigMap -}}
+{{- end -}}
+
+{{- define "ratemesh.hasPolicy" -}}
+{{- if or .Values.policy.content .Values.policy.existingConfigMap -}}true{{- end -}}
+{{- end -}}
+
+{{/* The bundled Redis service's name (charts/redis). */}}
+{{- define "ratemesh.bundledRedis" -}}
+{{- printf "%s-redis" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Refuses contradictory or missing Redis settings. */}}
+{{- define "ratemesh.validateRedis" -}}
+{{- $external := or .Values.redis.url .Values.redis.existingSecret -}}
+{{- if and .Values.redis.enabled $external -}}
+{{- fail "redis: set either redis.enabled (bundled Redis) or redis.url / redis.existingSecret (external Redis), not both" -}}
+{{- end -}}
+{{- if not (or .Values.redis.enabled $external) -}}
+{{- fail "redis: ratemesh needs Redis: set redis.url or redis.existingSecret, or redis.enabled=true for the bundled one" -}}
+{{- end -}}
+{{- if and .Values.redis.url .Values.redis.existingSecret -}}
+{{- fail "redis: set redis.url or redis.existingSecret, not both" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+A settings map (`section: {key: value}`) as a YAML map of RATEMESH__SECTION__KEY: "value". Whole numbers are printed without an exponent (Helm reads YAML numbers as
+float64, and 8388608 would otherwise become 8.388608e+06).
+*/}}
+{{- define "ratemesh.settingsEnv" -}}
+{{- range $section, $keys := . }}
+{{- if not (kindIs "map" $keys) }}
+{{- fail (printf "settings.%s: must be a map of key: value" $section) }}
+{{- end }}
+{{- range $key, $value := $keys }}
+{{- if or (kindIs "map" $value) (kindIs "slice" $value) }}
+{{- fail (printf "settings.%s.%s: only scalar values can be set through the environment; put lists and tables in the secrets file or the policy" $section $key) }}
+{{- end }}
+{{- $text := toString $value }}
+{{- if and (kindIs "float64" $value) (eq (float64 (int64 $value)) $value) }}
+{{- $text = toString (int64 $value) }}
+{{- end }}
+{{ printf "RATEMESH__%s__%s" (upper $section) (upper $key) }}: {{ $text | toJson }}
+{{- end }}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,25 @@
+//! BFCM load scenarios for ratemesh, with every figure reported as a ratio against a
+//! baseline measured in the same run on the same machine.
+//!
+//! Layout:
+//! - [`load`]: the open-loop (scheduled rate, latency from the scheduled time) and
+//!   closed-loop (saturation) drivers; [`recorder`]: HDR histograms and per-second timelines.
+//! - [`target`]: ratemesh started in this process (all four services on a private or given
+//!   Redis) or an external one; [`catalogue`]: SKUs, ERP batches, the signed webhook client;
+//!   [`sink`]: a partner webhook endpoint; [`zipf`]: skewed popularity.
+//! - Baselines: [`echo`] (a bare tonic server with GetRate's messages) and
+//!   [`redis_baseline`] (pipelined XADD, XADD → XREADGROUP hop).
+//! - [`scenario`]: poll, ingest, freshness, bfcm, surge, scale — each a full run or a smoke
+//!   run ([`scenario::RunConfig::smoke`]), whose checks fail only on errors or lost events.
+//! - [`report`]: terminal table, JSON and SVG.
+
+pub mod catalogue;
+pub mod echo;
+pub mod load;
+pub mod recorder;
+pub mod redis_baseline;
+pub mod report;
+pub mod scenario;
+pub mod sink;
+pub mod target;
+pub mod zipf;

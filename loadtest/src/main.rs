@@ -1,0 +1,238 @@
+//! `ratemesh-loadtest <scenario>`: runs a BFCM load scenario against ratemesh (started in
+//! this process by default) and prints the ratio report; writes JSON and SVG next to it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use ratemesh_loadtest::scenario::{self, RunConfig, Scenario};
+use ratemesh_loadtest::target::{External, TargetSpec};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ratemesh-loadtest",
+    about = "BFCM load scenarios for ratemesh with same-run baselines"
+)]
+struct Args {
+    /// Which scenario.
+    #[arg(value_enum)]
+    scenario: ScenarioArg,
+    /// Short, low-rate run that checks only errors and lost events (what CI runs).
+    #[arg(long)]
+    smoke: bool,
+    /// Seconds per measured phase, warm-up included.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Seconds at the start of each phase that are plotted but not summarised.
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Open-loop rate (requests/s) where the scenario has one.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Requests in flight per driver (closed-loop workers).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// gRPC connections per driver.
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Catalogue size.
+    #[arg(long)]
+    skus: Option<usize>,
+    /// Zipf exponent of SKU popularity.
+    #[arg(long, default_value_t = 1.0)]
+    zipf: f64,
+    /// BatchGetRates sizes for `poll`, comma-separated (1 to 1000).
+    #[arg(long, value_delimiter = ',')]
+    batch_sizes: Option<Vec<usize>>,
+    /// Stock updates per ingest batch.
+    #[arg(long)]
+    ingest_batch: Option<usize>,
+    /// Directory for <scenario>.json and <scenario>.svg.
+    #[arg(long, default_value = "target/loadtest")]
+    out: PathBuf,
+    /// No progress bars.
+    #[arg(long)]
+    quiet: bool,
+    /// Redis URL: the in-process ratemesh runs on it (else on a private redis-server);
+    /// with --grpc, the external deployment's Redis (for backlog figures and baselines).
+    #[arg(long)]
+    redis: Option<String>,
+    /// Stream partitions of the in-process ratemesh (or of the external deployment).
+    #[arg(long, default_value_t = 1)]
+    partitions: u16,
+    /// Load an external ratemesh at this gRPC address instead of starting one.
+    #[arg(long, requires_all = ["webhook", "erp_secret"])]
+    grpc: Option<String>,
+    /// External ratemesh's ERP webhook address (host:port).
+    #[arg(long)]
+    webhook: Option<String>,
+    /// An `[[ingest.sources]]` signing secret of the external ratemesh.
+    #[arg(long, env = "RATEMESH_LOADTEST_ERP_SECRET")]
+    erp_secret: Option<String>,
+    /// API keys of the external ratemesh, by role.
+    #[arg(long, env = "RATEMESH_LOADTEST_ERP_KEY", default_value = "")]
+    erp_key: String,
+    #[arg(long, env = "RATEMESH_LOADTEST_NETWORK_KEY", default_value = "")]
+    network_key: String,
+    #[arg(long, env = "RATEMESH_LOADTEST_MERCHANDISER_KEY", default_value = "")]
+    merchandiser_key: String,
+    #[arg(long, env = "RATEMESH_LOADTEST_ADMIN_KEY", default_value = "")]
+    admin_key: String,
+    /// Key prefix of the external deployment in Redis.
+    #[arg(long, default_value = "ratemesh")]
+    key_prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ScenarioArg {
+    Poll,
+    Ingest,
+    Freshness,
+    Bfcm,
+    Surge,
+    Scale,
+    /// Every scenario in turn.
+    All,
+}
+
+fn config(args: &Args) -> anyhow::Result<RunConfig> {
+    let target = match &args.grpc {
+        Some(grpc) => TargetSpec::External(External {
+            grpc: grpc.clone(),
+            webhook: args.webhook.clone().unwrap_or_default(),
+            erp_key: args.erp_key.clone(),
+            network_key: args.network_key.clone(),
+            merchandiser_key: args.merchandiser_key.clone(),
+            admin_key: args.admin_key.clone(),
+            erp_secret: args.erp_secret.clone().unwrap_or_default(),
+            redis: args.redis.clone(),
+            key_prefix: args.key_prefix.clone(),
+            partitions: args.partitions,
+        }),
+        None => TargetSpec::InProcess {
+            redis: args.redis.clone(),
+            partitions: args.partitions,
+            peak_at: None,
+        },
+    };
+    let mut config = if args.smoke {
+        RunConfig::smoke(target)
+    } else {
+        RunConfig::full(target)
+    };
+    let secs = |name: &str, v: f64| {
+        if v.is_finite() && v > 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(anyhow::anyhow!(
+                "{name} must be a positive number of seconds, got {v}"
+            ))
+        }
+    };
+    if let Some(d) = args.duration {
+        config.duration = secs("--duration", d)?;
+    }
+    if let Some(w) = args.warmup {
+        config.warmup = if w == 0.0 {
+            Duration::ZERO
+        } else {
+            secs("--warmup", w)?
+        };
+    }
+    if config.warmup >= config.duration {
+        anyhow::bail!("--warmup must be shorter than --duration");
+    }
+    if let Some(r) = args.rate {
+        if !(r.is_finite() && r > 0.0) {
+            anyhow::bail!("--rate must be a positive number of requests per second, got {r}");
+        }
+        config.rate = Some(r);
+    }
+    if let Some(c) = args.concurrency {
+        anyhow::ensure!(c > 0, "--concurrency must be at least 1");
+        config.concurrency = c;
+    }
+    if let Some(c) = args.connections {
+        anyhow::ensure!(c > 0, "--connections must be at least 1");
+        config.connections = c;
+    }
+    if let Some(n) = args.skus {
+        anyhow::ensure!(
+            (1..=10_000_000).contains(&n),
+            "--skus must be between 1 and 10,000,000"
+        );
+        config.skus = Some(n);
+    }
+    if let Some(sizes) = &args.batch_sizes {
+        anyhow::ensure!(
+            !sizes.is_empty() && sizes.iter().all(|s| (1..=1000).contains(s)),
+            "--batch-sizes must be between 1 and 1000 each"
+        );
+        config.batch_sizes = sizes.clone();
+    }
+    if let Some(b) = args.ingest_batch {
+        anyhow::ensure!(
+            (1..=1000).contains(&b),
+            "--ingest-batch must be between 1 and 1000"
+        );
+        config.ingest_batch = b;
+    }
+    anyhow::ensure!(
+        args.zipf.is_finite() && args.zipf >= 0.0,
+        "--zipf must be a non-negative number"
+    );
+    config.zipf = args.zipf;
+    config.progress = !args.quiet;
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    // Ctrl-C ends the phases early; the report of what ran is still printed and written.
+    let stop = config.stop.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("stopping: finishing the current phase's requests and writing the report");
+            stop.cancel();
+        }
+    });
+    let scenarios: Vec<Scenario> = match args.scenario {
+        ScenarioArg::Poll => vec![Scenario::Poll],
+        ScenarioArg::Ingest => vec![Scenario::Ingest],
+        ScenarioArg::Freshness => vec![Scenario::Freshness],
+        ScenarioArg::Bfcm => vec![Scenario::Bfcm],
+        ScenarioArg::Surge => vec![Scenario::Surge],
+        ScenarioArg::Scale => vec![Scenario::Scale],
+        ScenarioArg::All => Scenario::ALL.to_vec(),
+    };
+    let mut failed = false;
+    for s in scenarios {
+        if config.stopped() {
+            break;
+        }
+        let report = scenario::run(s, &config).await;
+        println!("{}", report.table());
+        match report.write(&args.out) {
+            Ok((json, svg)) => println!("report: {} and {}", json.display(), svg.display()),
+            Err(e) => {
+                eprintln!("error: writing the report to {}: {e:#}", args.out.display());
+                failed = true;
+            }
+        }
+        failed |= !report.failures().is_empty();
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

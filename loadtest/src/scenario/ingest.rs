@@ -1,0 +1,199 @@
+//! `ingest`: the ERP pushing stock. Saturation of signed webhook batches and of gRPC
+//! PushStock, against pipelined XADD on the same Redis; then every accepted update must
+//! be consumed by the rates service (nothing lost).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ratemesh_proto::v1::inventory_ingest_client::InventoryIngestClient;
+use ratemesh_runtime::{Role, streams};
+
+use super::RunConfig;
+use crate::catalogue::{self, Sequences, StockItem, WebhookClient};
+use crate::load;
+use crate::recorder::Outcome;
+use crate::redis_baseline;
+use crate::report::Report;
+use crate::target::Target;
+use crate::zipf::SplitMix;
+
+/// Runs the scenario into `report`.
+pub async fn run(config: &RunConfig, report: &mut Report) -> anyhow::Result<()> {
+    let target = Target::start(&config.target).await?;
+    report.target = target.description.clone();
+    let result = measure(config, report, &target).await;
+    target.stop().await?;
+    result
+}
+
+/// A batch of `size` updates for consecutive SKUs starting at a spot given by `i`, each
+/// with a fresh sequence and a new stock level.
+pub fn batch(i: u64, size: usize, n: usize, seqs: &Sequences) -> Vec<StockItem> {
+    let mut rng = SplitMix::new(i ^ 0xA5A5);
+    let first = (i as usize).wrapping_mul(size) % n;
+    (0..size)
+        .map(|k| StockItem {
+            sku: catalogue::sku((first + k) % n),
+            on_hand: 10 + rng.next_u64() % 2000,
+            sequence: seqs.next(),
+        })
+        .collect()
+}
+
+async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> anyhow::Result<()> {
+    let n = config.skus.unwrap_or(config.pick(20_000, 1_000));
+    let seqs = Arc::new(Sequences::default());
+    catalogue::seed(target, n, 1000, 4, &seqs).await?;
+    catalogue::wait_for_cards(target, n, Duration::from_secs(600)).await?;
+    super::settle(target).await;
+    let b = config.ingest_batch.max(1);
+    let c = config.concurrency;
+    let run_id = format!("{:x}", seqs.next());
+
+    let redis_url = target
+        .redis_url
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("the ingest baseline needs the target's redis (--redis)"))?;
+    let t = report.elapsed_s();
+    let r = redis_baseline::xadd_pipelined(
+        &redis_url,
+        &format!("loadtest:xadd:{run_id}"),
+        b,
+        &config.drive("XADD pipelined", c.min(16)),
+        config.duration,
+    )
+    .await?;
+    let xadd = report.phase(
+        &format!("XADD pipelined, depth {b} (baseline)"),
+        "closed",
+        0.0,
+        c.min(16),
+        t,
+        &r,
+    );
+
+    let webhook = WebhookClient::new(target);
+    let op = {
+        let (webhook, seqs, run_id) = (webhook.clone(), seqs.clone(), run_id.clone());
+        move |i: u64| {
+            let items = batch(i, b, n, &seqs);
+            let body = catalogue::stock_json(&format!("lt-{run_id}-w-{i}"), &items);
+            let webhook = webhook.clone();
+            async move { applied(webhook.post("/v1/stock", body).await, items.len()) }
+        }
+    };
+    let t = report.elapsed_s();
+    let r = load::closed_loop(&config.drive("webhook saturation", c), config.duration, op).await;
+    let hook = report.phase(
+        &format!("webhook POST /v1/stock, batch {b}"),
+        "closed",
+        0.0,
+        c,
+        t,
+        &r,
+    );
+
+    let channels = Arc::new(target.channels(config.connections).await?);
+    let op = {
+        let (channels, bearer, seqs, run_id) = (
+            channels.clone(),
+            target.bearer(Role::Erp),
+            seqs.clone(),
+            run_id.clone(),
+        );
+        move |i: u64| {
+            let mut client = InventoryIngestClient::with_interceptor(
+                channels[i as usize % channels.len()].clone(),
+                bearer.clone(),
+            );
+            let items = batch(i + (1 << 40), b, n, &seqs);
+            let request = catalogue::stock_request(&format!("lt-{run_id}-g-{i}"), &items);
+            async move {
+                let answer = client.push_stock(request).await;
+                match answer {
+                    Ok(a) => {
+                        let a = a.get_ref();
+                        let counts = catalogue::Counts {
+                            applied: u64::from(a.applied),
+                            duplicate: u64::from(a.duplicate),
+                            stale: u64::from(a.stale),
+                        };
+                        applied(Ok(counts), items.len())
+                    }
+                    Err(s) => catalogue::status_outcome("PushStock", &s),
+                }
+            }
+        }
+    };
+    let t = report.elapsed_s();
+    let r = load::closed_loop(
+        &config.drive("gRPC PushStock saturation", c),
+        config.duration,
+        op,
+    )
+    .await;
+    let grpc = report.phase(
+        &format!("gRPC PushStock, batch {b}"),
+        "closed",
+        0.0,
+        c,
+        t,
+        &r,
+    );
+
+    report.ratio(
+        "ingest SKU updates/s / pipelined XADD entries/s",
+        ("webhook updates/s", hook.items_per_sec),
+        ("XADD entries/s", xadd.items_per_sec),
+        "per update ingest reads the SKU's sequence record and runs an atomic state write + XADD",
+    );
+    report.ratio(
+        "(gRPC) ingest SKU updates/s / pipelined XADD entries/s",
+        ("PushStock updates/s", grpc.items_per_sec),
+        ("XADD entries/s", xadd.items_per_sec),
+        "",
+    );
+
+    // Nothing accepted may be lost: the rates service consumes every accepted update.
+    if let Some(bus) = &target.bus {
+        let drained = super::drain(
+            bus,
+            streams::STOCK,
+            streams::groups::RATES,
+            Duration::from_secs(300),
+        )
+        .await;
+        report.check(
+            "rates consumed every accepted stock update",
+            drained.is_some(),
+            drained.map_or("stock backlog still not empty after 300 s".into(), |d| {
+                format!("drained {:.1} s after the last push", d.as_secs_f64())
+            }),
+        );
+        if let Some(d) = drained {
+            report.figure("stock backlog drain after last push", d.as_secs_f64(), "s");
+        }
+        let stats = bus
+            .stream_stats(streams::STOCK, streams::groups::RATES)
+            .await?;
+        report.check(
+            "no stock event dead-lettered",
+            stats.dead_lettered_total == 0,
+            format!("{} dead-lettered", stats.dead_lettered_total),
+        );
+    }
+    Ok(())
+}
+
+/// An accepted batch must account for every update: applied, or stale when a
+/// concurrent batch carried a newer reading of the same SKU. Items are updates applied.
+pub fn applied(answer: Result<catalogue::Counts, Outcome>, sent: usize) -> Outcome {
+    match answer {
+        Ok(c) if c.applied + c.stale == sent as u64 && c.duplicate == 0 => Outcome::Ok(c.applied),
+        Ok(c) => Outcome::Error(format!(
+            "batch of {sent} answered applied {} stale {} duplicate {}",
+            c.applied, c.stale, c.duplicate
+        )),
+        Err(outcome) => outcome,
+    }
+}

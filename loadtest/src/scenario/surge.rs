@@ -1,0 +1,187 @@
+//! `surge`: steady load, a step to 10× for a while, then steady again. Reports errors,
+//! shedding (RESOURCE_EXHAUSTED, 429, 503), the stock and rates backlogs over time, and
+//! how long the backlog takes to drain after the step ends.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ratemesh_proto::v1::{self, rate_service_client::RateServiceClient};
+use ratemesh_runtime::{Role, streams};
+
+use super::RunConfig;
+use crate::catalogue::{self, Sequences, WebhookClient};
+use crate::load::{self, Shape};
+use crate::recorder::Outcome;
+use crate::report::Report;
+use crate::target::Target;
+use crate::zipf::{SplitMix, Zipf};
+
+/// Runs the scenario into `report`.
+pub async fn run(config: &RunConfig, report: &mut Report) -> anyhow::Result<()> {
+    let target = Target::start(&config.target).await?;
+    report.target = target.description.clone();
+    let result = measure(config, report, &target).await;
+    target.stop().await?;
+    result
+}
+
+async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> anyhow::Result<()> {
+    let n = config.skus.unwrap_or(config.pick(20_000, 1_000));
+    let seqs = Arc::new(Sequences::default());
+    catalogue::seed(target, n, 1000, 4, &seqs).await?;
+    catalogue::wait_for_cards(target, n, Duration::from_secs(600)).await?;
+    super::settle(target).await;
+    let channels = Arc::new(target.channels(config.connections).await?);
+    let zipf = Zipf::new(n, config.zipf);
+    let b = config.ingest_batch.max(1);
+    let poll = config.rate.unwrap_or(config.pick(1_000.0, 20.0));
+    let erp = config.pick(10.0, 2.0); // batches/s
+    let (before, step, after) = (config.duration, config.duration * 2, config.duration * 2);
+    let shape = |r: f64| {
+        Shape::constant(r, before)
+            .then(r * 10.0, step)
+            .then(r, after)
+    };
+
+    let get_op = {
+        let (channels, zipf, bearer) =
+            (channels.clone(), zipf.clone(), target.bearer(Role::Network));
+        move |i: u64| {
+            let mut client = RateServiceClient::with_interceptor(
+                channels[i as usize % channels.len()].clone(),
+                bearer.clone(),
+            );
+            let sku = catalogue::sku(zipf.sample(&mut SplitMix::new(i)));
+            async move {
+                match client
+                    .get_rate(v1::GetRateRequest { sku, as_of: None })
+                    .await
+                {
+                    Ok(_) => Outcome::Ok(1),
+                    Err(s) => catalogue::status_outcome("GetRate", &s),
+                }
+            }
+        }
+    };
+    let erp_op = {
+        let (webhook, seqs) = (WebhookClient::new(target), seqs.clone());
+        let run_id = format!("{:x}", seqs.next());
+        move |i: u64| {
+            let items = super::ingest::batch(i, b, n, &seqs);
+            let body = catalogue::stock_json(&format!("lt-{run_id}-surge-{i}"), &items);
+            let webhook = webhook.clone();
+            async move { super::ingest::applied(webhook.post("/v1/stock", body).await, items.len()) }
+        }
+    };
+
+    // Backlog samples every 250 ms while the load runs.
+    let samples: Arc<Mutex<Vec<(f64, u64, u64)>>> = Arc::default();
+    let sampler = target.bus.clone().map(|bus| {
+        let samples = samples.clone();
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            loop {
+                let stock = bus
+                    .stream_stats(streams::STOCK, streams::groups::RATES)
+                    .await
+                    .map(|s| s.backlog)
+                    .unwrap_or(0);
+                let rates = bus
+                    .stream_stats(streams::RATES, streams::groups::NOTIFIER)
+                    .await
+                    .map(|s| s.backlog)
+                    .unwrap_or(0);
+                samples
+                    .lock()
+                    .expect("lock")
+                    .push((start.elapsed().as_secs_f64(), stock, rates));
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    });
+    let c = config.concurrency;
+    let t = report.elapsed_s();
+    let (get_drive, erp_drive) = (
+        config.drive("GetRate steady → 10×", (c * 16).max(512)),
+        config.drive("ERP steady → 10×", (c * 4).max(256)),
+    );
+    let (get_shape, erp_shape) = (shape(poll), shape(erp));
+    let (get, erp_r) = tokio::join!(
+        load::open_loop(&get_drive, &get_shape, get_op),
+        load::open_loop(&erp_drive, &erp_shape, erp_op),
+    );
+    let step_end = (before + step).as_secs_f64();
+    let get = report.phase(
+        "GetRate, steady -> 10x -> steady",
+        "open",
+        poll * 10.0,
+        (c * 16).max(512),
+        t,
+        &get,
+    );
+    let erp_s = report.phase(
+        &format!("ERP webhook batches of {b}, steady -> 10x -> steady"),
+        "open",
+        erp * 10.0,
+        (c * 4).max(256),
+        t,
+        &erp_r,
+    );
+    report.figure("GetRate shed during the run", get.shed as f64, "calls");
+    report.figure(
+        "webhook batches shed (429/503) during the run",
+        erp_s.shed as f64,
+        "batches",
+    );
+
+    if let (Some(sampler), Some(bus)) = (sampler, &target.bus) {
+        // Drain: from the end of the step until the stock backlog is back to zero.
+        let drained = super::drain(
+            bus,
+            streams::STOCK,
+            streams::groups::RATES,
+            Duration::from_secs(300),
+        )
+        .await;
+        sampler.abort();
+        let samples = samples.lock().expect("lock").clone();
+        let max_stock = samples.iter().map(|s| s.1).max().unwrap_or(0);
+        let max_rates = samples.iter().map(|s| s.2).max().unwrap_or(0);
+        let zero_after_step = samples
+            .iter()
+            .find(|s| s.0 >= step_end && s.1 == 0)
+            .map(|s| s.0 - step_end);
+        report.figure(
+            "peak stock backlog (rates group)",
+            max_stock as f64,
+            "entries",
+        );
+        report.figure(
+            "peak rates backlog (notifier group)",
+            max_rates as f64,
+            "entries",
+        );
+        match zero_after_step {
+            Some(d) => report.figure("stock backlog drained after the step ended", d, "s"),
+            None => report.figure(
+                "stock backlog drained after the load ended",
+                drained.map_or(f64::NAN, |d| d.as_secs_f64()),
+                "s",
+            ),
+        }
+        report.check(
+            "the stock backlog drained (nothing accepted was lost)",
+            drained.is_some(),
+            format!("peak {max_stock} entries"),
+        );
+        let stats = bus
+            .stream_stats(streams::STOCK, streams::groups::RATES)
+            .await?;
+        report.check(
+            "no stock event dead-lettered",
+            stats.dead_lettered_total == 0,
+            format!("{} dead-lettered", stats.dead_lettered_total),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,388 @@
+//! What the load goes to: a ratemesh started in this process (the default, so
+//! `ratemesh-loadtest <scenario>` is self-contained) or an external one given by address,
+//! keys and the ERP signing secret.
+//!
+//! In-process, every service runs through `ratemesh::build_all` and `App` exactly as
+//! `ratemesh up --redis URL` runs them, on a private `redis-server` (or `--redis URL`),
+//! with the load-test policy of [`policy_toml`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use ratemesh::ServiceName;
+use ratemesh_bus::Bus;
+use ratemesh_bus::testkit::RedisServer;
+use ratemesh_runtime::settings::{ApiKeySettings, ErpSource, Secret};
+use ratemesh_runtime::{App, Context, Role, Settings, auth};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// Where to find an external ratemesh.
+#[derive(Debug, Clone)]
+pub struct External {
+    /// gRPC address (host:port).
+    pub grpc: String,
+    /// ERP webhook address (host:port).
+    pub webhook: String,
+    /// API keys by role.
+    pub erp_key: String,
+    pub network_key: String,
+    pub merchandiser_key: String,
+    pub admin_key: String,
+    /// A signing secret of one of the deployment's `[[ingest.sources]]`.
+    pub erp_secret: String,
+    /// Redis of the deployment and its key prefix, for backlog figures and baselines.
+    pub redis: Option<String>,
+    pub key_prefix: String,
+    /// Stream partitions of the deployment (to read backlog across them).
+    pub partitions: u16,
+}
+
+/// How to start or reach ratemesh.
+#[derive(Debug, Clone)]
+pub enum TargetSpec {
+    /// Start every service in this process; on `redis` (a URL) or a private redis-server.
+    InProcess {
+        redis: Option<String>,
+        /// Stream partitions (as `redis.partitions`).
+        partitions: u16,
+        /// Start of a peak window in the policy, for the BFCM scenario.
+        peak_at: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// An already running ratemesh.
+    External(External),
+}
+
+/// A reachable ratemesh with what the scenarios need to talk to it.
+pub struct Target {
+    /// gRPC address.
+    pub grpc: String,
+    /// ERP webhook address.
+    pub webhook: String,
+    erp_key: String,
+    network_key: String,
+    merchandiser_key: String,
+    admin_key: String,
+    /// The ERP signing secret.
+    pub erp_secret: String,
+    /// Redis URL (for the baselines) when known.
+    pub redis_url: Option<String>,
+    /// A bus handle on the deployment's keys, for stream backlog figures.
+    pub bus: Option<Bus>,
+    /// Settings the in-process ratemesh runs with (to start more replicas on it).
+    pub settings: Option<Settings>,
+    /// What this is, for the report.
+    pub description: String,
+    running: Option<Running>,
+    // Dropped last: the private Redis outlives the services on it.
+    _policy: Option<tempfile::NamedTempFile>,
+    _redis: Option<RedisServer>,
+}
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+const ERP_SECRET: &str = "loadtest-erp-secret-0123456789abcdef";
+
+fn key_of(role: Role) -> String {
+    format!("loadtest-key-{role}")
+}
+
+/// The policy the in-process target runs: the example policy's shape with damping off
+/// (no hold time, no step limit, no hysteresis), so every stock move that changes a band
+/// publishes a rate at once and freshness measures the pipeline, not the damping. A peak
+/// window starts at `peak_at` when given; none of its multipliers equals one of the
+/// normal table's, so its opening moves every card (and the sweep can be seen per SKU).
+pub fn policy_toml(peak_at: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    let mut policy = String::from(
+        r#"[program]
+id = "loadtest"
+time_zone = "UTC"
+mode = "direct"
+rate_decimals = 4
+max_concurrent_incentives = 200
+"#,
+    );
+    if let Some(at) = peak_at {
+        let end = at + chrono::Duration::days(1);
+        policy.push_str(&format!(
+            r#"
+[[peak_windows]]
+name = "loadtest-peak"
+start = "{}"
+end = "{}"
+bands = [
+    {{ name = "scarce", max_days = "2", multiplier = "0.7" }},
+    {{ name = "low", max_days = "7", multiplier = "0.9" }},
+    {{ name = "normal", max_days = "21", multiplier = "1.1" }},
+    {{ name = "overstock", max_days = "45", multiplier = "1.5" }},
+    {{ name = "deep-overstock", multiplier = "2.0" }},
+]
+"#,
+            at.format("%Y-%m-%dT%H:%M:%S"),
+            end.format("%Y-%m-%dT%H:%M:%S")
+        ));
+    }
+    policy.push_str(
+        r#"
+[defaults]
+base_rate = "0.05"
+bands = [
+    { name = "scarce", max_days = "3", multiplier = "0.6" },
+    { name = "low", max_days = "10", multiplier = "0.85" },
+    { name = "normal", max_days = "60", multiplier = "1.0" },
+    { name = "overstock", max_days = "120", multiplier = "1.3" },
+    { name = "deep-overstock", multiplier = "1.6" },
+]
+hysteresis = "0"
+max_step = "1"
+min_hold_minutes = 0
+floor = "0.01"
+cap = "0.20"
+margin_share = "0.40"
+
+[defaults.flash]
+enabled = true
+min_cover_days = "150"
+exit_cover_days = "60"
+min_velocity = "0.2"
+bonus = "0.02"
+duration_hours = 48
+budget_spend = "1000"
+budget_units = "300"
+cooldown_hours = 168
+max_extensions = 1
+max_concurrent = 50
+"#,
+    );
+    policy
+}
+
+/// Settings of the in-process ratemesh: free ports, one key per role, one ERP source,
+/// partner webhooks to the local sink allowed.
+fn in_process_settings(policy_file: PathBuf, partitions: u16) -> Settings {
+    let mut settings = Settings::default();
+    let any_port: SocketAddr = "127.0.0.1:0".parse().expect("static address");
+    settings.server.grpc_addr = any_port;
+    settings.server.http_addr = any_port;
+    settings.server.admin_addr = any_port;
+    settings.server.shutdown_grace_ms = 5_000;
+    settings.auth.keys = Role::ALL
+        .into_iter()
+        .map(|role| ApiKeySettings {
+            name: format!("loadtest-{role}"),
+            role,
+            sha256: auth::hash_key(&key_of(role)),
+            partner_id: (role == Role::Partner).then(|| "loadtest-partner".to_owned()),
+        })
+        .collect();
+    settings.ingest.sources = vec![ErpSource {
+        name: "loadtest-erp".into(),
+        secrets: vec![Secret::new(ERP_SECRET)],
+    }];
+    settings.notifier.allow_private_destinations = true;
+    settings.notifier.allow_plain_http = true;
+    settings.rates.policy_file = policy_file.display().to_string();
+    settings.redis.partitions = partitions;
+    settings
+}
+
+impl Target {
+    /// Starts or connects to ratemesh as `spec` says and waits until it is SERVING.
+    pub async fn start(spec: &TargetSpec) -> anyhow::Result<Self> {
+        match spec {
+            TargetSpec::InProcess {
+                redis,
+                partitions,
+                peak_at,
+            } => Self::in_process(redis.clone(), *partitions, *peak_at).await,
+            TargetSpec::External(ext) => Self::external(ext).await,
+        }
+    }
+
+    async fn in_process(
+        redis: Option<String>,
+        partitions: u16,
+        peak_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> anyhow::Result<Self> {
+        ratemesh_runtime::telemetry::init_for_tests();
+        let mut policy = tempfile::NamedTempFile::new().context("creating the policy file")?;
+        std::io::Write::write_all(&mut policy, policy_toml(peak_at).as_bytes())?;
+        let mut settings = in_process_settings(policy.path().to_owned(), partitions.max(1));
+        let (server, url) = match redis {
+            Some(url) => (None, url),
+            None => {
+                let server = RedisServer::try_start_with(Default::default())
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                let url = server.url();
+                (Some(server), url)
+            }
+        };
+        settings.redis.url = url.clone();
+        settings.redis.key_prefix = ratemesh_bus::testkit::unique_prefix();
+        let bus = ratemesh_runtime::backend::connect(&settings).await?;
+        let ctx = Context::new(settings.clone(), bus.clone());
+        let modules = ratemesh::build_all(&ctx, &ServiceName::ALL).await?;
+        let app = App::bind(&ctx, modules).await?;
+        let grpc = app.grpc_addr().to_string();
+        let webhook = app
+            .http_addr()
+            .context("the ingest service bound no webhook port")?
+            .to_string();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run(async move {
+            let _ = stopped.await;
+        }));
+        let target = Target {
+            grpc,
+            webhook,
+            erp_key: key_of(Role::Erp),
+            network_key: key_of(Role::Network),
+            merchandiser_key: key_of(Role::Merchandiser),
+            admin_key: key_of(Role::Admin),
+            erp_secret: ERP_SECRET.to_owned(),
+            redis_url: Some(url),
+            bus: Some(bus),
+            settings: Some(settings),
+            description: format!(
+                "in-process ratemesh (all four services) on {} redis, {} partition(s)",
+                if server.is_some() {
+                    "a private"
+                } else {
+                    "the given"
+                },
+                partitions.max(1)
+            ),
+            running: Some(Running { stop, task }),
+            _policy: Some(policy),
+            _redis: server,
+        };
+        wait_serving(&target.grpc, Duration::from_secs(30)).await?;
+        Ok(target)
+    }
+
+    async fn external(ext: &External) -> anyhow::Result<Self> {
+        let bus = match &ext.redis {
+            Some(url) => {
+                let mut options = ratemesh_bus::BusOptions::embedded();
+                options.partitions = u32::from(ext.partitions.max(1));
+                Some(Bus::redis(url, &ext.key_prefix, options).await?)
+            }
+            None => None,
+        };
+        wait_serving(&ext.grpc, Duration::from_secs(10)).await?;
+        Ok(Target {
+            grpc: ext.grpc.clone(),
+            webhook: ext.webhook.clone(),
+            erp_key: ext.erp_key.clone(),
+            network_key: ext.network_key.clone(),
+            merchandiser_key: ext.merchandiser_key.clone(),
+            admin_key: ext.admin_key.clone(),
+            erp_secret: ext.erp_secret.clone(),
+            redis_url: ext.redis.clone(),
+            bus,
+            settings: None,
+            description: format!("external ratemesh at {}", ext.grpc),
+            running: None,
+            _policy: None,
+            _redis: None,
+        })
+    }
+
+    /// `connections` gRPC connections (HTTP/2 each) to the target.
+    pub async fn channels(&self, connections: usize) -> anyhow::Result<Vec<Channel>> {
+        channels(&self.grpc, connections).await
+    }
+
+    /// The bearer interceptor of `role`.
+    pub fn bearer(&self, role: Role) -> Bearer {
+        let key = match role {
+            Role::Erp => &self.erp_key,
+            Role::Merchandiser => &self.merchandiser_key,
+            Role::Admin => &self.admin_key,
+            _ => &self.network_key,
+        };
+        Bearer(format!("Bearer {key}").parse().ok())
+    }
+
+    /// Stops the in-process ratemesh (nothing for an external one).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(running) = self.running.take() {
+            let _ = running.stop.send(());
+            running.task.await.context("ratemesh task panicked")??;
+        }
+        Ok(())
+    }
+}
+
+/// Opens `connections` channels to `addr`.
+pub async fn channels(addr: &str, connections: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut out = Vec::with_capacity(connections.max(1));
+    for _ in 0..connections.max(1) {
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        out.push(channel);
+    }
+    Ok(out)
+}
+
+/// Waits until the gRPC health of `addr` says SERVING.
+pub async fn wait_serving(addr: &str, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = async {
+            let channel = Endpoint::from_shared(format!("http://{addr}"))?
+                .connect()
+                .await?;
+            let answer = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await?
+                .into_inner();
+            Ok::<_, anyhow::Error>(answer.status)
+        }
+        .await;
+        if matches!(status, Ok(s) if s == ServingStatus::Serving as i32) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "ratemesh at {addr} did not become SERVING within {within:?}: {status:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `authorization: Bearer <key>` on every call.
+#[derive(Clone, Debug)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}

@@ -1,0 +1,587 @@
+//! [`Bus`], the one handle services hold, and the [`Consumer`] and [`Tail`] it makes.
+//!
+//! Dispatch to the backend is a plain `match` on an enum: no generics leak into services
+//! and no virtual call or boxed future sits on the hot path.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::clock::ms_of;
+use crate::cursor::Cursor;
+use crate::entry::{Appended, DeadLetter, DeadLetterRef, Delivery, EntryId, Event, NackOutcome};
+use crate::error::{BusError, BusResult};
+use crate::memory::{MemoryBackend, MemoryConsumer, MemoryTail};
+use crate::names::{check_key, check_name};
+use crate::options::BusOptions;
+use crate::partition::partition_of;
+use crate::redis::{RedisBackend, RedisConsumer, RedisTail};
+use crate::state::{
+    DueTimer, Expect, Idempotency, Retention, StatePage, StateRecord, StateWrite, StreamStats,
+};
+use crate::trace_context::current_traceparent;
+
+#[derive(Clone)]
+enum Backend {
+    Memory(Arc<MemoryBackend>),
+    Redis(Arc<RedisBackend>),
+}
+
+/// Streams, state and timers — in memory or on Redis, with the same semantics.
+///
+/// Cheap to clone; clones share the backend and its connections.
+#[derive(Clone)]
+pub struct Bus {
+    backend: Backend,
+    opts: Arc<BusOptions>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("backend", &self.backend_name())
+            .field("options", &self.opts)
+            .finish()
+    }
+}
+
+fn fill_traceparent(mut event: Event) -> Event {
+    if event.traceparent.is_none() {
+        event.traceparent = current_traceparent();
+    }
+    event
+}
+
+fn check_event(stream: &str, event: &Event) -> BusResult<()> {
+    check_key(&format!("event key on stream {stream}"), &event.key)
+}
+
+impl Bus {
+    /// An in-process bus that keeps nothing on restart (the engine of `ratemesh up`
+    /// without Redis).
+    pub fn memory(opts: BusOptions) -> BusResult<Bus> {
+        opts.validate()?;
+        Ok(Bus {
+            backend: Backend::Memory(Arc::new(MemoryBackend::new(opts.clone()))),
+            opts: Arc::new(opts),
+        })
+    }
+
+    /// A bus on Redis at `url` (`redis://host:port/db`), with every key under `prefix`
+    /// (one prefix per deployment, `[A-Za-z0-9._-]`).
+    ///
+    /// An unreachable server is not an error: the bus reconnects by itself with backoff,
+    /// [`Bus::connected`] reports when it is up, and operations fail with
+    /// [`BusError::Unavailable`] meanwhile. Only a bad URL, prefix or options fail here.
+    pub async fn redis(url: &str, prefix: &str, opts: BusOptions) -> BusResult<Bus> {
+        opts.validate()?;
+        check_name("key prefix", prefix)?;
+        let backend = RedisBackend::connect(url, prefix, opts.clone()).await?;
+        Ok(Bus {
+            backend: Backend::Redis(Arc::new(backend)),
+            opts: Arc::new(opts),
+        })
+    }
+
+    /// `"memory"` or `"redis"`, for logs and the start-up banner.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Memory(_) => "memory",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    /// The options the bus was built with.
+    pub fn options(&self) -> &BusOptions {
+        &self.opts
+    }
+
+    /// Number of partitions per stream.
+    pub fn partitions(&self) -> u32 {
+        self.opts.partitions
+    }
+
+    /// The partition of `key`.
+    pub fn partition_of(&self, key: &str) -> u32 {
+        partition_of(key, self.opts.partitions)
+    }
+
+    /// Connected (`true`) / disconnected (`false`) signal, for readiness. Always `true` in
+    /// memory.
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        match &self.backend {
+            Backend::Memory(m) => m.connected(),
+            Backend::Redis(r) => r.connected(),
+        }
+    }
+
+    // ----- streams -----
+
+    /// Appends one event to the partition of its key. Returns once the backend has
+    /// acknowledged the append (for Redis: XADD replied, so with `appendfsync always` the
+    /// entry is on disk).
+    pub async fn publish(&self, stream: &str, event: Event) -> BusResult<Appended> {
+        let mut out = self.publish_batch(stream, vec![event]).await?;
+        out.pop()
+            .ok_or_else(|| BusError::Backend(format!("publish to stream {stream} returned no id")))
+    }
+
+    /// Appends events in order (order is kept per partition), pipelined in one round trip
+    /// on Redis. Returns their positions in input order. Not atomic: on error some may
+    /// have been appended; retrying may duplicate them (consumers are idempotent).
+    pub async fn publish_batch(
+        &self,
+        stream: &str,
+        events: Vec<Event>,
+    ) -> BusResult<Vec<Appended>> {
+        check_name("stream", stream)?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        for e in &events {
+            check_event(stream, e)?;
+        }
+        let events: Vec<Event> = events.into_iter().map(fill_traceparent).collect();
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.publish(stream, events)),
+            Backend::Redis(r) => r.publish(stream, events).await,
+        }
+    }
+
+    /// Joins consumer group `group` of `stream` as consumer `name` (unique per process,
+    /// e.g. host and pid). The group is created at the start of the stream if it does not
+    /// exist, so nothing published before the first consumer started is missed.
+    pub async fn consumer(&self, stream: &str, group: &str, name: &str) -> BusResult<Consumer> {
+        check_name("stream", stream)?;
+        check_name("group", group)?;
+        check_name("consumer", name)?;
+        let inner = match &self.backend {
+            Backend::Memory(m) => ConsumerInner::Memory(m.consumer(stream, group, name)),
+            Backend::Redis(r) => {
+                ConsumerInner::Redis(RedisConsumer::new(r.clone(), stream, group, name).await?)
+            }
+        };
+        Ok(Consumer {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// A reader of every entry after `from`, without a group (read replicas, `WatchRates`).
+    pub fn tail(&self, stream: &str, from: Cursor) -> BusResult<Tail> {
+        check_name("stream", stream)?;
+        self.check_cursor(&from)?;
+        let inner = match &self.backend {
+            Backend::Memory(m) => TailInner::Memory(m.tail(stream, from)),
+            Backend::Redis(r) => TailInner::Redis(RedisTail::new(r.clone(), stream, from)?),
+        };
+        Ok(Tail { inner })
+    }
+
+    /// Entries after `cursor` (up to `limit` per partition) without waiting, and the cursor
+    /// to continue from (for delta sync).
+    pub async fn read_after(
+        &self,
+        stream: &str,
+        cursor: &Cursor,
+        limit: usize,
+    ) -> BusResult<(Vec<Delivery>, Cursor)> {
+        check_name("stream", stream)?;
+        self.check_cursor(cursor)?;
+        let limit = limit.max(1);
+        let batch = match &self.backend {
+            Backend::Memory(m) => m.read_after(stream, cursor, limit),
+            Backend::Redis(r) => r.read_after(stream, cursor, limit, None).await?,
+        };
+        let mut next = cursor.clone();
+        for d in &batch {
+            next.advance(d.partition, d.id);
+        }
+        Ok((batch, next))
+    }
+
+    /// The cursor at the current end of `stream`: note it, load a snapshot, then tail from
+    /// it to miss nothing.
+    pub async fn end_cursor(&self, stream: &str) -> BusResult<Cursor> {
+        check_name("stream", stream)?;
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.end_cursor(stream)),
+            Backend::Redis(r) => r.end_cursor(stream).await,
+        }
+    }
+
+    /// The cursor before every entry.
+    pub fn start_cursor(&self) -> Cursor {
+        Cursor::start(self.opts.partitions)
+    }
+
+    /// Parses a cursor token from a client, checking it fits this bus.
+    pub fn parse_cursor(&self, token: &str) -> BusResult<Cursor> {
+        Cursor::parse_for(token, self.opts.partitions)
+    }
+
+    fn check_cursor(&self, cursor: &Cursor) -> BusResult<()> {
+        if cursor.partitions() != self.opts.partitions {
+            return Err(BusError::InvalidInput(format!(
+                "cursor covers {} partitions, the bus has {}",
+                cursor.partitions(),
+                self.opts.partitions
+            )));
+        }
+        Ok(())
+    }
+
+    /// Drops old entries of `stream` under `retention`. Entries pending in, or not yet
+    /// delivered to, any consumer group are never dropped. Returns how many were removed.
+    pub async fn trim(&self, stream: &str, retention: Retention) -> BusResult<u64> {
+        check_name("stream", stream)?;
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.trim(stream, &retention)),
+            Backend::Redis(r) => r.trim(stream, &retention).await,
+        }
+    }
+
+    /// Length, backlog, pending and dead-letter counts of `stream` for `group`.
+    pub async fn stream_stats(&self, stream: &str, group: &str) -> BusResult<StreamStats> {
+        check_name("stream", stream)?;
+        check_name("group", group)?;
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.stats(stream, group)),
+            Backend::Redis(r) => r.stats(stream, group).await,
+        }
+    }
+
+    /// The oldest `limit` dead letters of `group` on `stream`.
+    pub async fn dead_letters(
+        &self,
+        stream: &str,
+        group: &str,
+        limit: usize,
+    ) -> BusResult<Vec<DeadLetter>> {
+        check_name("stream", stream)?;
+        check_name("group", group)?;
+        let limit = limit.max(1);
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.dead_letters(stream, group, limit)),
+            Backend::Redis(r) => r.dead_letters(stream, group, limit).await,
+        }
+    }
+
+    /// Appends the named dead letters to `stream` again (as new entries, with their
+    /// original key, payload and traceparent) and removes them from the dead-letter
+    /// stream, atomically per partition. Every group of the stream sees them again.
+    /// Unknown refs are skipped.
+    pub async fn replay_dead_letters(
+        &self,
+        stream: &str,
+        group: &str,
+        refs: &[DeadLetterRef],
+    ) -> BusResult<Vec<Appended>> {
+        check_name("stream", stream)?;
+        check_name("group", group)?;
+        if refs.is_empty() {
+            return Ok(Vec::new());
+        }
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.replay_dead_letters(stream, group, refs)),
+            Backend::Redis(r) => r.replay_dead_letters(stream, group, refs).await,
+        }
+    }
+
+    /// Removes the named dead letters for good. Returns how many existed.
+    pub async fn delete_dead_letters(
+        &self,
+        stream: &str,
+        group: &str,
+        refs: &[DeadLetterRef],
+    ) -> BusResult<u64> {
+        check_name("stream", stream)?;
+        check_name("group", group)?;
+        if refs.is_empty() {
+            return Ok(0);
+        }
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.delete_dead_letters(stream, group, refs)),
+            Backend::Redis(r) => r.delete_dead_letters(stream, group, refs).await,
+        }
+    }
+
+    // ----- state -----
+
+    /// The state of `namespace`/`key`, if any.
+    pub async fn get_state(&self, namespace: &str, key: &str) -> BusResult<Option<StateRecord>> {
+        check_name("namespace", namespace)?;
+        check_key("state key", key)?;
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.get_state(namespace, key)),
+            Backend::Redis(r) => r.get_state(namespace, key).await,
+        }
+    }
+
+    fn check_write(write: &StateWrite) -> BusResult<()> {
+        check_name("namespace", &write.namespace)?;
+        check_key("state key", &write.key)?;
+        for field in write.set.keys().chain(&write.remove) {
+            check_key(
+                &format!("field of state {}/{}", write.namespace, write.key),
+                field,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Applies `write` if its version check passes; returns the new version.
+    /// A failed check is [`BusError::Conflict`] carrying the current version.
+    pub async fn write_state(&self, write: StateWrite) -> BusResult<u64> {
+        Self::check_write(&write)?;
+        let (version, _) = match &self.backend {
+            Backend::Memory(m) => m.write_state(write, None)?,
+            Backend::Redis(r) => r.write_state(write, None).await?,
+        };
+        Ok(version)
+    }
+
+    /// Applies `write` and appends `event` to `stream` atomically: both happen or neither
+    /// does, and no reader sees one without the other. `event.key` must be in the same
+    /// partition as the state key (use the same SKU).
+    pub async fn write_state_and_publish(
+        &self,
+        write: StateWrite,
+        stream: &str,
+        event: Event,
+    ) -> BusResult<(u64, Appended)> {
+        Self::check_write(&write)?;
+        check_name("stream", stream)?;
+        check_event(stream, &event)?;
+        if self.partition_of(&event.key) != self.partition_of(&write.key) {
+            return Err(BusError::InvalidInput(format!(
+                "event key {:?} is not in the partition of state key {:?}",
+                event.key, write.key
+            )));
+        }
+        let event = fill_traceparent(event);
+        let (version, appended) = match &self.backend {
+            Backend::Memory(m) => m.write_state(write, Some((stream, event)))?,
+            Backend::Redis(r) => r.write_state(write, Some((stream, event))).await?,
+        };
+        let appended = appended.ok_or_else(|| {
+            BusError::Backend(format!("state write to stream {stream} returned no id"))
+        })?;
+        Ok((version, appended))
+    }
+
+    /// Deletes `namespace`/`key` if the version check passes; true if it existed.
+    pub async fn delete_state(
+        &self,
+        namespace: &str,
+        key: &str,
+        expect: Expect,
+    ) -> BusResult<bool> {
+        check_name("namespace", namespace)?;
+        check_key("state key", key)?;
+        match &self.backend {
+            Backend::Memory(m) => m.delete_state(namespace, key, expect),
+            Backend::Redis(r) => r.delete_state(namespace, key, expect).await,
+        }
+    }
+
+    /// One page of every state in `namespace` (snapshot load). Pass the previous page's
+    /// `next` token to continue; `None` starts from the beginning. Keys written during a
+    /// scan may or may not appear; keys present throughout appear exactly once.
+    pub async fn scan_states(
+        &self,
+        namespace: &str,
+        page: Option<&str>,
+        limit: usize,
+    ) -> BusResult<StatePage> {
+        check_name("namespace", namespace)?;
+        let limit = limit.max(1);
+        match &self.backend {
+            Backend::Memory(m) => m.scan_states(namespace, page, limit),
+            Backend::Redis(r) => r.scan_states(namespace, page, limit).await,
+        }
+    }
+
+    // ----- idempotency -----
+
+    /// Starts an attempt under idempotency key `scope`/`key`. `New` marks it in progress
+    /// for `ttl` (so a crashed attempt frees the key after `ttl`).
+    pub async fn idempotency_begin(
+        &self,
+        scope: &str,
+        key: &str,
+        ttl: Duration,
+    ) -> BusResult<Idempotency> {
+        check_name("idempotency scope", scope)?;
+        check_key("idempotency key", key)?;
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.idempotency_begin(scope, key, ttl)),
+            Backend::Redis(r) => r.idempotency_begin(scope, key, ttl).await,
+        }
+    }
+
+    /// Stores the outcome of the attempt; later `begin`s return it until `ttl` passes.
+    pub async fn idempotency_complete(
+        &self,
+        scope: &str,
+        key: &str,
+        outcome: Bytes,
+        ttl: Duration,
+    ) -> BusResult<()> {
+        check_name("idempotency scope", scope)?;
+        check_key("idempotency key", key)?;
+        match &self.backend {
+            Backend::Memory(m) => {
+                m.idempotency_complete(scope, key, outcome, ttl);
+                Ok(())
+            }
+            Backend::Redis(r) => r.idempotency_complete(scope, key, outcome, ttl).await,
+        }
+    }
+
+    /// Gives up an attempt that failed, so a retry starts afresh. A completed key is kept.
+    pub async fn idempotency_release(&self, scope: &str, key: &str) -> BusResult<()> {
+        check_name("idempotency scope", scope)?;
+        check_key("idempotency key", key)?;
+        match &self.backend {
+            Backend::Memory(m) => {
+                m.idempotency_release(scope, key);
+                Ok(())
+            }
+            Backend::Redis(r) => r.idempotency_release(scope, key).await,
+        }
+    }
+
+    // ----- timers -----
+
+    /// Schedules (or moves) `member` of timer queue `queue` to fire at `due_at`.
+    pub async fn schedule(&self, queue: &str, member: &str, due_at: SystemTime) -> BusResult<()> {
+        check_name("timer queue", queue)?;
+        check_key("timer member", member)?;
+        let due = ms_of(due_at);
+        match &self.backend {
+            Backend::Memory(m) => {
+                m.schedule(queue, member, due);
+                Ok(())
+            }
+            Backend::Redis(r) => r.schedule(queue, member, due).await,
+        }
+    }
+
+    /// Cancels a timer; true if it was scheduled.
+    pub async fn cancel(&self, queue: &str, member: &str) -> BusResult<bool> {
+        check_name("timer queue", queue)?;
+        check_key("timer member", member)?;
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.cancel(queue, member)),
+            Backend::Redis(r) => r.cancel(queue, member).await,
+        }
+    }
+
+    /// Removes and returns up to `limit` timers due at or before `now`, earliest first.
+    /// Atomic: of two replicas claiming at once, each timer goes to exactly one. A claimed
+    /// timer is gone; if firing it fails, schedule it again.
+    pub async fn claim_due(
+        &self,
+        queue: &str,
+        now: SystemTime,
+        limit: usize,
+    ) -> BusResult<Vec<DueTimer>> {
+        check_name("timer queue", queue)?;
+        let (now, limit) = (ms_of(now), limit.max(1));
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.claim_due(queue, now, limit)),
+            Backend::Redis(r) => r.claim_due(queue, now, limit).await,
+        }
+    }
+}
+
+enum ConsumerInner {
+    Memory(MemoryConsumer),
+    Redis(RedisConsumer),
+}
+
+/// A member of a consumer group. Cheap to clone (clones are the same consumer), so acks
+/// can be sent from the tasks that do the work.
+///
+/// At-least-once: handle a batch, commit its effect, then [`Consumer::ack`]. Entries not
+/// acked (the process died, the handler hung) are taken over by any consumer of the group
+/// once idle for `reclaim_idle`, with their delivery count raised; after `max_deliveries`
+/// they go to the dead-letter stream.
+#[derive(Clone)]
+pub struct Consumer {
+    inner: Arc<ConsumerInner>,
+}
+
+impl Consumer {
+    /// The next entries for this consumer: idle entries reclaimed from others first, then
+    /// new ones. Waits up to `read_block` and returns an empty batch if nothing came, so
+    /// the caller can check for shutdown.
+    pub async fn next_batch(&self) -> BusResult<Vec<Delivery>> {
+        match &*self.inner {
+            ConsumerInner::Memory(c) => Ok(c.next_batch().await),
+            ConsumerInner::Redis(c) => c.next_batch().await,
+        }
+    }
+
+    /// Acknowledges entries whose effect is committed; they will not be delivered again.
+    pub async fn ack<'a>(
+        &self,
+        deliveries: impl IntoIterator<Item = &'a Delivery>,
+    ) -> BusResult<()> {
+        let items: Vec<(u32, EntryId)> = deliveries
+            .into_iter()
+            .map(|d| (d.partition, d.id))
+            .collect();
+        if items.is_empty() {
+            return Ok(());
+        }
+        match &*self.inner {
+            ConsumerInner::Memory(c) => {
+                c.ack(&items);
+                Ok(())
+            }
+            ConsumerInner::Redis(c) => c.ack(&items).await,
+        }
+    }
+
+    /// Reports that handling `delivery` failed with `error`. It is retried after the idle
+    /// threshold, or dead-lettered with `error` if it has had `max_deliveries` deliveries.
+    pub async fn nack(&self, delivery: &Delivery, error: &str) -> BusResult<NackOutcome> {
+        match &*self.inner {
+            ConsumerInner::Memory(c) => Ok(c.nack(delivery.partition, delivery.id, error)),
+            ConsumerInner::Redis(c) => c.nack(delivery.partition, delivery.id, error).await,
+        }
+    }
+}
+
+enum TailInner {
+    Memory(MemoryTail),
+    Redis(RedisTail),
+}
+
+/// Reads a stream from a cursor onwards, without a group: every reader sees every entry.
+pub struct Tail {
+    inner: TailInner,
+}
+
+impl Tail {
+    /// The next entries after the cursor (up to `batch_size` per partition), waiting up to
+    /// `read_block`; empty if nothing came. Advances the cursor.
+    pub async fn next_batch(&mut self) -> BusResult<Vec<Delivery>> {
+        match &mut self.inner {
+            TailInner::Memory(t) => Ok(t.next_batch().await),
+            TailInner::Redis(t) => t.next_batch().await,
+        }
+    }
+
+    /// The position after the last entry returned; hand `to_string()` of it to clients to
+    /// resume.
+    pub fn cursor(&self) -> &Cursor {
+        match &self.inner {
+            TailInner::Memory(t) => t.cursor(),
+            TailInner::Redis(t) => t.cursor(),
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! In-memory versioned state, sharded by key so writers of different keys rarely contend.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex};
+
+use crate::clock::unix_ms;
+use crate::entry::{Appended, Event};
+use crate::error::{BusError, BusResult};
+use crate::partition::fnv1a64;
+use crate::state::{Expect, StatePage, StateRecord, StateWrite, page_token, parse_page_token};
+
+use super::lock;
+use super::streams::MemStream;
+
+const SHARDS: usize = 64;
+
+type Namespaces = HashMap<String, BTreeMap<String, StateRecord>>;
+
+pub(super) struct StateStore {
+    shards: Vec<Mutex<Namespaces>>,
+}
+
+fn shard_of(key: &str) -> usize {
+    (fnv1a64(key.as_bytes()) % SHARDS as u64) as usize
+}
+
+fn check(expect: Expect, ns: &str, key: &str, current: u64) -> BusResult<()> {
+    match expect {
+        Expect::Version(v) if v != current => Err(BusError::Conflict {
+            key: format!("{ns}/{key}"),
+            expected: v,
+            current,
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl StateStore {
+    pub(super) fn new() -> Self {
+        StateStore {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    pub(super) fn get(&self, ns: &str, key: &str) -> Option<StateRecord> {
+        lock(&self.shards[shard_of(key)])
+            .get(ns)
+            .and_then(|m| m.get(key))
+            .cloned()
+    }
+
+    /// Applies `write`; when `publish` is given, appends the event in the same critical
+    /// section, so no reader sees the event without the state or the state without it.
+    pub(super) fn write(
+        &self,
+        write: StateWrite,
+        publish: Option<(&Arc<MemStream>, u32, Event)>,
+    ) -> BusResult<(u64, Option<Appended>)> {
+        let mut shard = lock(&self.shards[shard_of(&write.key)]);
+        let current = shard
+            .get(&write.namespace)
+            .and_then(|m| m.get(&write.key))
+            .map_or(0, |r| r.version);
+        check(write.expect, &write.namespace, &write.key, current)?;
+        let appended = publish.as_ref().map(|(stream, partition, event)| {
+            let id = stream
+                .parts
+                .get(*partition as usize)
+                .map(|part| lock(part).append(Arc::new(event.clone()), unix_ms()));
+            (stream, *partition, id)
+        });
+        let record = shard
+            .entry(write.namespace)
+            .or_default()
+            .entry(write.key)
+            .or_default();
+        record.version = current + 1;
+        for field in &write.remove {
+            record.fields.remove(field);
+        }
+        record.fields.extend(write.set);
+        let version = record.version;
+        drop(shard);
+        let appended = match appended {
+            Some((stream, partition, Some(id))) => {
+                stream.appended.notify_waiters();
+                Some(Appended { partition, id })
+            }
+            _ => None,
+        };
+        Ok((version, appended))
+    }
+
+    pub(super) fn delete(&self, ns: &str, key: &str, expect: Expect) -> BusResult<bool> {
+        let mut shard = lock(&self.shards[shard_of(key)]);
+        let current = shard
+            .get(ns)
+            .and_then(|m| m.get(key))
+            .map_or(0, |r| r.version);
+        check(expect, ns, key, current)?;
+        Ok(shard.get_mut(ns).and_then(|m| m.remove(key)).is_some())
+    }
+
+    /// A page of `ns`, ordered by shard and then key.
+    pub(super) fn scan(&self, ns: &str, page: Option<&str>, limit: usize) -> BusResult<StatePage> {
+        let (mut shard, mut after) = match page {
+            Some(token) => {
+                let (shard, key) = parse_page_token(token)?;
+                (shard as usize, Some(key))
+            }
+            None => (0, None),
+        };
+        let mut items = Vec::new();
+        while shard < SHARDS && items.len() < limit {
+            let guard = lock(&self.shards[shard]);
+            if let Some(map) = guard.get(ns) {
+                let lower = match &after {
+                    Some(k) => Bound::Excluded(k.clone()),
+                    None => Bound::Unbounded,
+                };
+                for (k, r) in map
+                    .range((lower, Bound::Unbounded))
+                    .take(limit - items.len())
+                {
+                    items.push((k.clone(), r.clone()));
+                }
+            }
+            drop(guard);
+            if items.len() < limit {
+                shard += 1;
+                after = None;
+            }
+        }
+        let next = (shard < SHARDS).then(|| {
+            let last = items.last().map(|(k, _)| k.as_str()).unwrap_or("");
+            page_token(u32::try_from(shard).unwrap_or(0), last)
+        });
+        Ok(StatePage { items, next })
+    }
+}

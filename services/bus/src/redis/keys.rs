@@ -1,0 +1,98 @@
+//! Redis key layout.
+//!
+//! Every key starts with a Redis Cluster hash tag naming the deployment prefix and the
+//! partition, so the state of key K, the stream partition of K, its dead letters and its
+//! idempotency keys share one slot and a Lua script may touch them together:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{<prefix>:p<n>}:s:<stream>` | stream | entries of partition n |
+//! | `{<prefix>:p<n>}:dlq:<stream>:<group>` | stream | dead letters of the group |
+//! | `{<prefix>:p<n>}:err:<stream>:<group>` | hash | last error per pending entry id |
+//! | `{<prefix>:p<n>}:dlqn:<stream>:<group>` | string | dead-lettered total |
+//! | `{<prefix>:p<n>}:st:<namespace>:<key>` | hash | state: `_v` version, `f:<field>` values |
+//! | `{<prefix>:p<n>}:sti:<namespace>` | zset | index of state keys (score 0, by lex) |
+//! | `{<prefix>:p<n>}:idem:<scope>:<key>` | string | `p` in progress, `d<outcome>` done |
+//! | `{<prefix>:t:<queue>}` | zset | timers, score = due ms |
+
+use crate::partition::partition_of;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+    partitions: u32,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str, partitions: u32) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+            partitions,
+        }
+    }
+
+    pub(crate) fn partition_of(&self, key: &str) -> u32 {
+        partition_of(key, self.partitions)
+    }
+
+    fn tag(&self, p: u32) -> String {
+        format!("{{{}:p{p}}}", self.prefix)
+    }
+
+    pub(crate) fn stream(&self, stream: &str, p: u32) -> String {
+        format!("{}:s:{stream}", self.tag(p))
+    }
+
+    pub(crate) fn stream_keys(&self, stream: &str) -> Vec<String> {
+        (0..self.partitions)
+            .map(|p| self.stream(stream, p))
+            .collect()
+    }
+
+    pub(crate) fn dead_letters(&self, stream: &str, group: &str, p: u32) -> String {
+        format!("{}:dlq:{stream}:{group}", self.tag(p))
+    }
+
+    pub(crate) fn errors(&self, stream: &str, group: &str, p: u32) -> String {
+        format!("{}:err:{stream}:{group}", self.tag(p))
+    }
+
+    pub(crate) fn dead_total(&self, stream: &str, group: &str, p: u32) -> String {
+        format!("{}:dlqn:{stream}:{group}", self.tag(p))
+    }
+
+    pub(crate) fn state(&self, ns: &str, key: &str) -> String {
+        format!("{}:st:{ns}:{key}", self.tag(self.partition_of(key)))
+    }
+
+    pub(crate) fn state_index(&self, ns: &str, p: u32) -> String {
+        format!("{}:sti:{ns}", self.tag(p))
+    }
+
+    pub(crate) fn idempotency(&self, scope: &str, key: &str) -> String {
+        format!("{}:idem:{scope}:{key}", self.tag(self.partition_of(key)))
+    }
+
+    pub(crate) fn timers(&self, queue: &str) -> String {
+        format!("{{{}:t:{queue}}}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_and_stream_of_a_key_share_a_hash_tag() {
+        let keys = Keys::new("prod", 16);
+        let p = keys.partition_of("SKU-1");
+        assert_eq!(p, 12);
+        assert_eq!(keys.stream("rates", p), "{prod:p12}:s:rates");
+        assert_eq!(keys.state("sku", "SKU-1"), "{prod:p12}:st:sku:SKU-1");
+        assert_eq!(
+            keys.idempotency("erp", "SKU-1"),
+            "{prod:p12}:idem:erp:SKU-1"
+        );
+        assert_eq!(keys.timers("expiry"), "{prod:t:expiry}");
+    }
+}

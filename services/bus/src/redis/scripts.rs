@@ -1,0 +1,255 @@
+//! The Lua scripts that make multi-key operations atomic. Each runs on keys of one hash
+//! slot (see `keys.rs`), so they stay valid on Redis Cluster.
+
+use redis::Script;
+
+/// Moves pending entry `id` to the dead-letter stream with its error, acks it and counts it.
+/// `fields` may be nil; then the entry is read from the stream.
+const DEAD_LETTER_FN: &str = r#"
+local function dead_letter(stream, dlq, errs, total, group, id, count, err, now, fields)
+  if not fields then
+    local e = redis.call('XRANGE', stream, id, id)
+    if e[1] then fields = e[1][2] end
+  end
+  if fields then
+    local args = {dlq, '*', 'src', id, 'n', count, 'err', err, 'at', now}
+    for i = 1, #fields do args[#args + 1] = fields[i] end
+    redis.call('XADD', unpack(args))
+    redis.call('INCR', total)
+  end
+  redis.call('XACK', stream, group, id)
+  redis.call('HDEL', errs, id)
+end
+"#;
+
+/// KEYS: stream, dlq, errors, dead total.
+/// ARGV: group, consumer, min idle ms, start id, count, max deliveries, now ms.
+/// Returns `{next_start, id, count, fields, id, count, fields, ...}`.
+const RECLAIM: &str = r#"
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
+local out = {r[1]}
+local max = tonumber(ARGV[6])
+for _, e in ipairs(r[2]) do
+  local id, fields = e[1], e[2]
+  if fields then
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+    local count = 1
+    if p[1] then count = tonumber(p[1][4]) end
+    if count > max then
+      local err = redis.call('HGET', KEYS[3], id) or 'not acknowledged within the reclaim idle threshold'
+      dead_letter(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], id, count - 1, err, ARGV[7], fields)
+    else
+      out[#out + 1] = id
+      out[#out + 1] = count
+      out[#out + 1] = fields
+    end
+  end
+end
+return out
+"#;
+
+/// KEYS: stream, dlq, errors, dead total.
+/// ARGV: group, consumer, id, error, max deliveries, now ms.
+const NACK: &str = r#"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if not p[1] or p[1][2] ~= ARGV[2] then return 'not-owner' end
+local count = tonumber(p[1][4])
+if count >= tonumber(ARGV[5]) then
+  dead_letter(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[3], count, ARGV[4], ARGV[6], nil)
+  return 'dead'
+end
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[4])
+return 'retry'
+"#;
+
+/// KEYS: stream, dlq. ARGV: dead-letter ids. Returns the new ids ('' for unknown ids).
+const REPLAY: &str = r#"
+local out = {}
+for i = 1, #ARGV do
+  local e = redis.call('XRANGE', KEYS[2], ARGV[i], ARGV[i])
+  if e[1] then
+    local f = e[1][2]
+    local args = {KEYS[1], '*'}
+    for j = 1, #f, 2 do
+      local n = f[j]
+      if n == 'k' or n == 'p' or n == 't' or n == 'tp' then
+        args[#args + 1] = n
+        args[#args + 1] = f[j + 1]
+      end
+    end
+    out[#out + 1] = redis.call('XADD', unpack(args))
+    redis.call('XDEL', KEYS[2], ARGV[i])
+  else
+    out[#out + 1] = ''
+  end
+end
+return out
+"#;
+
+/// KEYS: stream, dlq, dead total. ARGV: group.
+/// Returns `{length, pending, undelivered, dead letters, dead total}`.
+const STATS: &str = r#"
+local len = redis.call('XLEN', KEYS[1])
+local dlq = redis.call('XLEN', KEYS[2])
+local total = tonumber(redis.call('GET', KEYS[3]) or '0')
+local pending, undelivered = 0, len
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    if info['name'] == ARGV[1] then
+      pending = info['pending']
+      if info['lag'] then
+        undelivered = info['lag']
+      else
+        undelivered = #redis.call('XRANGE', KEYS[1], '(' .. info['last-delivered-id'], '+')
+      end
+    end
+  end
+end
+return {len, pending, undelivered, dlq, total}
+"#;
+
+/// KEYS: stream. ARGV: max length ('' = none), min id from max age ('' = none).
+/// Trims to the policy but never past what a group still needs. Returns entries removed.
+const TRIM: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local function parse(id)
+  local d = string.find(id, '-', 1, true)
+  return tonumber(string.sub(id, 1, d - 1)), tonumber(string.sub(id, d + 1))
+end
+local function less(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  return am < bm or (am == bm and as < bs)
+end
+local function succ(id)
+  local m, s = parse(id)
+  return string.format('%.0f-%.0f', m, s + 1)
+end
+local target = nil
+if ARGV[1] ~= '' then
+  local len = redis.call('XLEN', KEYS[1])
+  local maxlen = tonumber(ARGV[1])
+  if len > maxlen then
+    local r = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', len - maxlen)
+    target = succ(r[#r][1])
+  end
+end
+if ARGV[2] ~= '' and (target == nil or less(target, ARGV[2])) then target = ARGV[2] end
+if target == nil then return 0 end
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local info = {}
+  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  local floor = succ(info['last-delivered-id'])
+  if info['pending'] > 0 then
+    floor = redis.call('XPENDING', KEYS[1], info['name'])[2]
+  end
+  if less(floor, target) then target = floor end
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', target)
+"#;
+
+/// KEYS: state hash, state index, stream (only when publishing).
+/// ARGV: mode ('any'|'eq'), expected version, key, n set, (field, value)×n, n remove,
+/// field×n, n event fields, (name, value)×n.
+/// Returns `{1, version, id?}` or `{0, current version}`.
+const WRITE_STATE: &str = r#"
+local cur = tonumber(redis.call('HGET', KEYS[1], '_v') or '0')
+if ARGV[1] == 'eq' and cur ~= tonumber(ARGV[2]) then return {0, cur} end
+local i = 4
+local sets = {}
+local nset = tonumber(ARGV[i]); i = i + 1
+for _ = 1, nset do
+  sets[#sets + 1] = 'f:' .. ARGV[i]
+  sets[#sets + 1] = ARGV[i + 1]
+  i = i + 2
+end
+local rems = {}
+local nrem = tonumber(ARGV[i]); i = i + 1
+for _ = 1, nrem do
+  rems[#rems + 1] = 'f:' .. ARGV[i]
+  i = i + 1
+end
+local nev = tonumber(ARGV[i]); i = i + 1
+local id = false
+if nev > 0 then
+  -- Append first: it is the step that can fail, and nothing is written before it.
+  local xa = {KEYS[3], '*'}
+  for _ = 1, nev * 2 do
+    xa[#xa + 1] = ARGV[i]
+    i = i + 1
+  end
+  id = redis.call('XADD', unpack(xa))
+end
+if #rems > 0 then redis.call('HDEL', KEYS[1], unpack(rems)) end
+local v = cur + 1
+redis.call('HSET', KEYS[1], '_v', v, unpack(sets))
+redis.call('ZADD', KEYS[2], 0, ARGV[3])
+if id then return {1, v, id} end
+return {1, v}
+"#;
+
+/// KEYS: state hash, state index. ARGV: mode, expected version, key.
+const DELETE_STATE: &str = r#"
+local cur = tonumber(redis.call('HGET', KEYS[1], '_v') or '0')
+if ARGV[1] == 'eq' and cur ~= tonumber(ARGV[2]) then return {0, cur} end
+local n = redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[3])
+return {1, n}
+"#;
+
+/// KEYS: idempotency key. ARGV: ttl ms. Returns `{'new'}`, `{'progress'}` or `{'done', outcome}`.
+const IDEMPOTENCY_BEGIN: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], 'p', 'PX', ARGV[1])
+  return {'new'}
+end
+if v == 'p' then return {'progress'} end
+return {'done', string.sub(v, 2)}
+"#;
+
+/// KEYS: idempotency key. Deletes it only while in progress.
+const IDEMPOTENCY_RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == 'p' then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// KEYS: timer queue. ARGV: now ms, limit. Returns `{member, score, ...}`.
+const CLAIM_DUE: &str = r#"
+local r = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
+for i = 1, #r, 2 do redis.call('ZREM', KEYS[1], r[i]) end
+return r
+"#;
+
+/// All scripts, hashed once per backend.
+pub(crate) struct Scripts {
+    pub(crate) reclaim: Script,
+    pub(crate) nack: Script,
+    pub(crate) replay: Script,
+    pub(crate) stats: Script,
+    pub(crate) trim: Script,
+    pub(crate) write_state: Script,
+    pub(crate) delete_state: Script,
+    pub(crate) idempotency_begin: Script,
+    pub(crate) idempotency_release: Script,
+    pub(crate) claim_due: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        Scripts {
+            reclaim: Script::new(&format!("{DEAD_LETTER_FN}{RECLAIM}")),
+            nack: Script::new(&format!("{DEAD_LETTER_FN}{NACK}")),
+            replay: Script::new(REPLAY),
+            stats: Script::new(STATS),
+            trim: Script::new(TRIM),
+            write_state: Script::new(WRITE_STATE),
+            delete_state: Script::new(DELETE_STATE),
+            idempotency_begin: Script::new(IDEMPOTENCY_BEGIN),
+            idempotency_release: Script::new(IDEMPOTENCY_RELEASE),
+            claim_due: Script::new(CLAIM_DUE),
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Versioned state, idempotency keys and timers on Redis.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::Value;
+
+use crate::clock::millis_at_least_one;
+use crate::entry::{Appended, Event};
+use crate::error::{BusError, BusResult};
+use crate::state::{
+    DueTimer, Expect, Idempotency, StatePage, StateRecord, StateWrite, page_token, parse_page_token,
+};
+
+use super::RedisBackend;
+use super::reply::{self, event_fields, unexpected};
+
+/// Version field of a state hash; user fields are stored as `f:<name>`.
+const VERSION_FIELD: &[u8] = b"_v";
+const FIELD_PREFIX: &[u8] = b"f:";
+
+fn record_of(v: &Value) -> BusResult<Option<StateRecord>> {
+    let pairs = reply::pairs(v).ok_or_else(|| unexpected("HGETALL"))?;
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    let mut record = StateRecord::default();
+    for (name, value) in pairs {
+        let name = reply::bytes_of(name).ok_or_else(|| unexpected("HGETALL"))?;
+        if name == VERSION_FIELD {
+            record.version = reply::u64_of(value).ok_or_else(|| unexpected("HGETALL"))?;
+        } else if let Some(field) = name.strip_prefix(FIELD_PREFIX) {
+            let field = String::from_utf8(field.to_vec()).map_err(|_| unexpected("HGETALL"))?;
+            let value = reply::bytes_of(value).ok_or_else(|| unexpected("HGETALL"))?;
+            record.fields.insert(field, Bytes::copy_from_slice(value));
+        }
+    }
+    Ok(Some(record))
+}
+
+fn expect_args(expect: Expect) -> (&'static str, u64) {
+    match expect {
+        Expect::Any => ("any", 0),
+        Expect::Version(v) => ("eq", v),
+    }
+}
+
+impl RedisBackend {
+    pub(crate) async fn get_state(&self, ns: &str, key: &str) -> BusResult<Option<StateRecord>> {
+        let v: Value = redis::cmd("HGETALL")
+            .arg(self.keys.state(ns, key))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail(e, || format!("read of state {ns}/{key}")))?;
+        record_of(&v)
+    }
+
+    pub(crate) async fn write_state(
+        &self,
+        write: StateWrite,
+        publish: Option<(&str, Event)>,
+    ) -> BusResult<(u64, Option<Appended>)> {
+        let (ns, key) = (&write.namespace, &write.key);
+        let p = self.keys.partition_of(key);
+        let (mode, expected) = expect_args(write.expect);
+        let mut inv = self.scripts.write_state.prepare_invoke();
+        inv.key(self.keys.state(ns, key))
+            .key(self.keys.state_index(ns, p));
+        if let Some((stream, _)) = &publish {
+            inv.key(self.keys.stream(stream, p));
+        }
+        inv.arg(mode).arg(expected).arg(key.as_str());
+        inv.arg(write.set.len());
+        for (field, value) in &write.set {
+            inv.arg(field.as_str()).arg(value.as_ref());
+        }
+        inv.arg(write.remove.len());
+        for field in &write.remove {
+            inv.arg(field.as_str());
+        }
+        match &publish {
+            Some((_, event)) => {
+                let fields = event_fields(event);
+                inv.arg(fields.len());
+                for (name, value) in fields {
+                    inv.arg(name).arg(value);
+                }
+            }
+            None => {
+                inv.arg(0);
+            }
+        }
+        let reply: Value = inv
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail(e, || format!("write of state {ns}/{key}")))?;
+        let items = reply::items(&reply).ok_or_else(|| unexpected("state write"))?;
+        let num = |i: usize| items.get(i).and_then(reply::u64_of);
+        match (num(0), num(1)) {
+            (Some(1), Some(version)) => {
+                let appended = match items.get(2) {
+                    Some(id) => Some(Appended {
+                        partition: p,
+                        id: reply::id_of(id).ok_or_else(|| unexpected("state write"))?,
+                    }),
+                    None => None,
+                };
+                Ok((version, appended))
+            }
+            (Some(0), Some(current)) => Err(BusError::Conflict {
+                key: format!("{ns}/{key}"),
+                expected,
+                current,
+            }),
+            _ => Err(unexpected("state write")),
+        }
+    }
+
+    pub(crate) async fn delete_state(
+        &self,
+        ns: &str,
+        key: &str,
+        expect: Expect,
+    ) -> BusResult<bool> {
+        let (mode, expected) = expect_args(expect);
+        let reply: Vec<u64> = self
+            .scripts
+            .delete_state
+            .key(self.keys.state(ns, key))
+            .key(self.keys.state_index(ns, self.keys.partition_of(key)))
+            .arg(mode)
+            .arg(expected)
+            .arg(key)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail(e, || format!("delete of state {ns}/{key}")))?;
+        match reply[..] {
+            [1, n] => Ok(n > 0),
+            [0, current] => Err(BusError::Conflict {
+                key: format!("{ns}/{key}"),
+                expected,
+                current,
+            }),
+            _ => Err(unexpected("state delete")),
+        }
+    }
+
+    /// A page of `ns`, ordered by partition and then key (from the per-partition index).
+    pub(crate) async fn scan_states(
+        &self,
+        ns: &str,
+        page: Option<&str>,
+        limit: usize,
+    ) -> BusResult<StatePage> {
+        let (mut p, mut after) = match page {
+            Some(token) => {
+                let (p, key) = parse_page_token(token)?;
+                (p, Some(key))
+            }
+            None => (0, None),
+        };
+        let mut conn = self.conn();
+        let mut items = Vec::new();
+        while p < self.opts.partitions && items.len() < limit {
+            let want = limit - items.len();
+            let min = after.as_ref().map_or("-".to_owned(), |k| format!("({k}"));
+            let keys: Vec<String> = redis::cmd("ZRANGEBYLEX")
+                .arg(self.keys.state_index(ns, p))
+                .arg(min)
+                .arg("+")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(want)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail(e, || format!("scan of state namespace {ns}")))?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for k in &keys {
+                    pipe.cmd("HGETALL").arg(self.keys.state(ns, k));
+                }
+                let records: Vec<Value> = pipe
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.fail(e, || format!("scan of state namespace {ns}")))?;
+                for (k, r) in keys.iter().zip(&records) {
+                    if let Some(record) = record_of(r)? {
+                        items.push((k.clone(), record));
+                    }
+                }
+            }
+            if keys.len() < want {
+                p += 1;
+                after = None;
+            } else {
+                after = keys.last().cloned();
+            }
+        }
+        let next =
+            (p < self.opts.partitions).then(|| page_token(p, after.as_deref().unwrap_or("")));
+        Ok(StatePage { items, next })
+    }
+
+    pub(crate) async fn idempotency_begin(
+        &self,
+        scope: &str,
+        key: &str,
+        ttl: Duration,
+    ) -> BusResult<Idempotency> {
+        let reply: Value = self
+            .scripts
+            .idempotency_begin
+            .key(self.keys.idempotency(scope, key))
+            .arg(millis_at_least_one(ttl))
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail(e, || format!("idempotency key {scope}/{key}")))?;
+        let items = reply::items(&reply).ok_or_else(|| unexpected("idempotency begin"))?;
+        match items.first().and_then(reply::bytes_of) {
+            Some(b"new") => Ok(Idempotency::New),
+            Some(b"progress") => Ok(Idempotency::InProgress),
+            Some(b"done") => {
+                let outcome = items.get(1).and_then(reply::bytes_of).unwrap_or_default();
+                Ok(Idempotency::Done(Bytes::copy_from_slice(outcome)))
+            }
+            _ => Err(unexpected("idempotency begin")),
+        }
+    }
+
+    pub(crate) async fn idempotency_complete(
+        &self,
+        scope: &str,
+        key: &str,
+        outcome: Bytes,
+        ttl: Duration,
+    ) -> BusResult<()> {
+        let mut value = Vec::with_capacity(outcome.len() + 1);
+        value.push(b'd');
+        value.extend_from_slice(&outcome);
+        redis::cmd("SET")
+            .arg(self.keys.idempotency(scope, key))
+            .arg(value)
+            .arg("PX")
+            .arg(millis_at_least_one(ttl))
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(|e| self.fail(e, || format!("idempotency key {scope}/{key}")))
+    }
+
+    pub(crate) async fn idempotency_release(&self, scope: &str, key: &str) -> BusResult<()> {
+        self.scripts
+            .idempotency_release
+            .key(self.keys.idempotency(scope, key))
+            .invoke_async::<i64>(&mut self.conn())
+            .await
+            .map(|_| ())
+            .map_err(|e| self.fail(e, || format!("idempotency key {scope}/{key}")))
+    }
+
+    pub(crate) async fn schedule(&self, queue: &str, member: &str, due_ms: u64) -> BusResult<()> {
+        redis::cmd("ZADD")
+            .arg(self.keys.timers(queue))
+            .arg(due_ms)
+            .arg(member)
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(|e| self.fail(e, || format!("schedule on timer queue {queue}")))
+    }
+
+    pub(crate) async fn cancel(&self, queue: &str, member: &str) -> BusResult<bool> {
+        redis::cmd("ZREM")
+            .arg(self.keys.timers(queue))
+            .arg(member)
+            .query_async::<u64>(&mut self.conn())
+            .await
+            .map(|n| n > 0)
+            .map_err(|e| self.fail(e, || format!("cancel on timer queue {queue}")))
+    }
+
+    pub(crate) async fn claim_due(
+        &self,
+        queue: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> BusResult<Vec<DueTimer>> {
+        let flat: Vec<String> = self
+            .scripts
+            .claim_due
+            .key(self.keys.timers(queue))
+            .arg(now_ms)
+            .arg(limit)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail(e, || format!("claim on timer queue {queue}")))?;
+        flat.chunks_exact(2)
+            .map(|c| {
+                let due: f64 = c[1].parse().map_err(|_| unexpected("timer claim"))?;
+                Ok(DueTimer {
+                    member: c[0].clone(),
+                    due_at_ms: due as u64,
+                })
+            })
+            .collect()
+    }
+}

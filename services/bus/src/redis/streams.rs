@@ -1,0 +1,564 @@
+//! Streams on Redis: publish, consumer groups with reclaim and dead letters, tails,
+//! trimming that respects groups, and stats.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redis::Value;
+use redis::aio::ConnectionManager;
+
+use crate::clock::{millis_at_least_one, unix_ms};
+use crate::cursor::Cursor;
+use crate::entry::{Appended, DeadLetter, DeadLetterRef, Delivery, EntryId, Event, NackOutcome};
+use crate::error::{BusError, BusResult};
+use crate::memory::lock;
+use crate::state::{Retention, StreamStats};
+
+use super::reply::{self, event_fields, unexpected};
+use super::{RedisBackend, SharedRedis, connection};
+
+fn delivery(stream: &str, partition: u32, id: EntryId, event: Event, count: u64) -> Delivery {
+    Delivery {
+        stream: stream.to_owned(),
+        partition,
+        id,
+        key: event.key,
+        kind: event.kind,
+        payload: event.payload,
+        traceparent: event.traceparent,
+        delivery_count: count,
+    }
+}
+
+fn xadd(cmd: &mut redis::Cmd, key: &str, event: &Event) {
+    cmd.arg(key).arg("*");
+    for (name, value) in event_fields(event) {
+        cmd.arg(name).arg(value);
+    }
+}
+
+/// Maps XREAD/XREADGROUP replies back to partitions by stream key.
+fn deliveries_of(v: &Value, stream: &str, keys: &[String], count: u64) -> BusResult<Vec<Delivery>> {
+    let per_stream = reply::streams_of(v).ok_or_else(|| unexpected("a stream read"))?;
+    let mut out = Vec::new();
+    for (key, entries) in per_stream {
+        let Some(p) = keys.iter().position(|k| k.as_bytes() == key.as_slice()) else {
+            return Err(unexpected("a stream read (unknown key)"));
+        };
+        let partition = u32::try_from(p).unwrap_or(u32::MAX);
+        out.extend(
+            entries
+                .into_iter()
+                .map(|(id, event)| delivery(stream, partition, id, event, count)),
+        );
+    }
+    Ok(out)
+}
+
+fn is_busygroup(e: &redis::RedisError) -> bool {
+    e.code() == Some("BUSYGROUP")
+}
+
+fn is_nogroup(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP")
+}
+
+impl RedisBackend {
+    pub(crate) async fn publish(
+        &self,
+        stream: &str,
+        events: Vec<Event>,
+    ) -> BusResult<Vec<Appended>> {
+        let mut pipe = redis::pipe();
+        let mut partitions = Vec::with_capacity(events.len());
+        for event in &events {
+            let p = self.keys.partition_of(&event.key);
+            partitions.push(p);
+            let mut cmd = redis::cmd("XADD");
+            xadd(&mut cmd, &self.keys.stream(stream, p), event);
+            pipe.add_command(cmd);
+        }
+        let ids: Vec<String> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail(e, || format!("publish to stream {stream}")))?;
+        partitions
+            .into_iter()
+            .zip(ids)
+            .map(|(partition, id)| {
+                Ok(Appended {
+                    partition,
+                    id: id.parse()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Creates `group` on every partition at the start of the stream; existing groups are
+    /// kept (BUSYGROUP is success).
+    pub(crate) async fn create_group(&self, stream: &str, group: &str) -> BusResult<()> {
+        let mut conn = self.conn();
+        for key in self.keys.stream_keys(stream) {
+            let created: Result<Value, _> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&key)
+                .arg(group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            match created {
+                Ok(_) => {}
+                Err(e) if is_busygroup(&e) => {}
+                Err(e) => {
+                    return Err(self.fail(e, || format!("create group {group} on stream {stream}")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn read_after(
+        &self,
+        stream: &str,
+        cursor: &Cursor,
+        limit: usize,
+        block: Option<(Duration, &mut ConnectionManager)>,
+    ) -> BusResult<Vec<Delivery>> {
+        let keys = self.keys.stream_keys(stream);
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(limit);
+        if let Some((block, _)) = &block {
+            cmd.arg("BLOCK").arg(millis_at_least_one(*block));
+        }
+        cmd.arg("STREAMS").arg(&keys);
+        for p in 0..self.opts.partitions {
+            cmd.arg(cursor.get(p).to_string());
+        }
+        let reply: Result<Value, _> = match block {
+            Some((_, conn)) => cmd.query_async(conn).await,
+            None => cmd.query_async(&mut self.conn()).await,
+        };
+        let reply = reply.map_err(|e| self.fail(e, || format!("read of stream {stream}")))?;
+        deliveries_of(&reply, stream, &keys, 0)
+    }
+
+    pub(crate) async fn end_cursor(&self, stream: &str) -> BusResult<Cursor> {
+        let mut pipe = redis::pipe();
+        for key in self.keys.stream_keys(stream) {
+            pipe.cmd("XREVRANGE")
+                .arg(key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1);
+        }
+        let replies: Vec<Value> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail(e, || format!("end cursor of stream {stream}")))?;
+        let mut ids = Vec::with_capacity(replies.len());
+        for r in &replies {
+            let last = reply::entries_of(r).ok_or_else(|| unexpected("XREVRANGE"))?;
+            ids.push(last.first().map_or(EntryId::ZERO, |(id, _, _)| *id));
+        }
+        Ok(Cursor::from_ids(ids))
+    }
+
+    pub(crate) async fn trim(&self, stream: &str, retention: &Retention) -> BusResult<u64> {
+        let max_len = retention
+            .max_len_per_partition
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        let min_id = retention
+            .max_age
+            .map(|age| {
+                let ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+                EntryId::new(unix_ms().saturating_sub(ms), 0).to_string()
+            })
+            .unwrap_or_default();
+        let calls = self.keys.stream_keys(stream).into_iter().map(|key| {
+            let mut conn = self.conn();
+            let mut inv = self.scripts.trim.prepare_invoke();
+            inv.key(key).arg(&max_len).arg(&min_id);
+            async move { inv.invoke_async::<u64>(&mut conn).await }
+        });
+        let removed = futures::future::try_join_all(calls)
+            .await
+            .map_err(|e| self.fail(e, || format!("trim of stream {stream}")))?;
+        Ok(removed.into_iter().sum())
+    }
+
+    pub(crate) async fn stats(&self, stream: &str, group: &str) -> BusResult<StreamStats> {
+        let calls = (0..self.opts.partitions).map(|p| {
+            let mut conn = self.conn();
+            let mut inv = self.scripts.stats.prepare_invoke();
+            inv.key(self.keys.stream(stream, p))
+                .key(self.keys.dead_letters(stream, group, p))
+                .key(self.keys.dead_total(stream, group, p))
+                .arg(group);
+            async move { inv.invoke_async::<Vec<u64>>(&mut conn).await }
+        });
+        let parts = futures::future::try_join_all(calls)
+            .await
+            .map_err(|e| self.fail(e, || format!("stats of stream {stream} group {group}")))?;
+        let mut s = StreamStats::default();
+        for part in parts {
+            let [length, pending, undelivered, dead, total] = part[..] else {
+                return Err(unexpected("stream stats"));
+            };
+            s.length += length;
+            s.pending += pending;
+            s.undelivered += undelivered;
+            s.dead_letters += dead;
+            s.dead_lettered_total += total;
+        }
+        s.backlog = s.pending + s.undelivered;
+        Ok(s)
+    }
+
+    pub(crate) async fn dead_letters(
+        &self,
+        stream: &str,
+        group: &str,
+        limit: usize,
+    ) -> BusResult<Vec<DeadLetter>> {
+        let mut pipe = redis::pipe();
+        for p in 0..self.opts.partitions {
+            pipe.cmd("XRANGE")
+                .arg(self.keys.dead_letters(stream, group, p))
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit);
+        }
+        let replies: Vec<Value> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail(e, || format!("list dead letters of stream {stream}")))?;
+        let mut out = Vec::new();
+        for (p, r) in replies.iter().enumerate() {
+            let partition = u32::try_from(p).unwrap_or(u32::MAX);
+            for (id, event, dead) in reply::entries_of(r).ok_or_else(|| unexpected("XRANGE"))? {
+                out.push(DeadLetter {
+                    at: DeadLetterRef { partition, id },
+                    stream: stream.to_owned(),
+                    group: group.to_owned(),
+                    source_id: dead.source_id.unwrap_or_default(),
+                    delivery_count: dead.count,
+                    error: dead.error,
+                    dead_at_ms: dead.at_ms,
+                    event,
+                });
+            }
+        }
+        out.sort_by_key(|d| (d.at.id, d.at.partition));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    pub(crate) async fn replay_dead_letters(
+        &self,
+        stream: &str,
+        group: &str,
+        refs: &[DeadLetterRef],
+    ) -> BusResult<Vec<Appended>> {
+        let mut out = Vec::new();
+        for p in 0..self.opts.partitions {
+            let ids: Vec<String> = refs
+                .iter()
+                .filter(|r| r.partition == p)
+                .map(|r| r.id.to_string())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let new_ids: Vec<String> = self
+                .scripts
+                .replay
+                .key(self.keys.stream(stream, p))
+                .key(self.keys.dead_letters(stream, group, p))
+                .arg(ids)
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(|e| self.fail(e, || format!("replay dead letters of stream {stream}")))?;
+            for id in new_ids.into_iter().filter(|id| !id.is_empty()) {
+                out.push(Appended {
+                    partition: p,
+                    id: id.parse()?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn delete_dead_letters(
+        &self,
+        stream: &str,
+        group: &str,
+        refs: &[DeadLetterRef],
+    ) -> BusResult<u64> {
+        let mut pipe = redis::pipe();
+        for p in 0..self.opts.partitions {
+            let ids: Vec<String> = refs
+                .iter()
+                .filter(|r| r.partition == p)
+                .map(|r| r.id.to_string())
+                .collect();
+            if !ids.is_empty() {
+                pipe.cmd("XDEL")
+                    .arg(self.keys.dead_letters(stream, group, p))
+                    .arg(ids);
+            }
+        }
+        let removed: Vec<u64> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail(e, || format!("delete dead letters of stream {stream}")))?;
+        Ok(removed.into_iter().sum())
+    }
+}
+
+/// How often a consumer looks for idle entries to take over (see the memory backend).
+fn reclaim_interval(idle: Duration) -> Duration {
+    (idle / 2).max(Duration::from_millis(5))
+}
+
+/// A consumer of one group on Redis. Blocking reads go over its own connection so they
+/// neither time out under the shared connection's response timeout nor hold it up.
+pub(crate) struct RedisConsumer {
+    backend: SharedRedis,
+    blocking: ConnectionManager,
+    stream: String,
+    group: String,
+    name: String,
+    keys: Vec<String>,
+    /// `None` = reclaim on the next call.
+    last_reclaim: Mutex<Option<Instant>>,
+    /// XAUTOCLAIM scan position per partition.
+    reclaim_from: Mutex<Vec<String>>,
+}
+
+impl RedisConsumer {
+    pub(crate) async fn new(
+        backend: SharedRedis,
+        stream: &str,
+        group: &str,
+        name: &str,
+    ) -> BusResult<Self> {
+        backend.create_group(stream, group).await?;
+        let blocking = connection::manager(&backend.client, Some(backend.opts.read_block))?;
+        let keys = backend.keys.stream_keys(stream);
+        let partitions = keys.len();
+        Ok(RedisConsumer {
+            blocking,
+            stream: stream.to_owned(),
+            group: group.to_owned(),
+            name: name.to_owned(),
+            keys,
+            last_reclaim: Mutex::new(None),
+            reclaim_from: Mutex::new(vec!["0-0".to_owned(); partitions]),
+            backend,
+        })
+    }
+
+    fn during(&self, what: &str) -> impl FnOnce() -> String {
+        let s = format!("{what} on stream {} group {}", self.stream, self.group);
+        move || s
+    }
+
+    async fn reclaim(&self) -> BusResult<Vec<Delivery>> {
+        let b = &self.backend;
+        let opts = &b.opts;
+        let starts = lock(&self.reclaim_from).clone();
+        let now = unix_ms();
+        let calls = (0..opts.partitions).map(|p| {
+            let mut conn = b.conn();
+            let mut inv = b.scripts.reclaim.prepare_invoke();
+            inv.key(b.keys.stream(&self.stream, p))
+                .key(b.keys.dead_letters(&self.stream, &self.group, p))
+                .key(b.keys.errors(&self.stream, &self.group, p))
+                .key(b.keys.dead_total(&self.stream, &self.group, p))
+                .arg(&self.group)
+                .arg(&self.name)
+                .arg(millis_at_least_one(opts.reclaim_idle))
+                .arg(starts.get(p as usize).map_or("0-0", String::as_str))
+                .arg(opts.batch_size)
+                .arg(opts.max_deliveries)
+                .arg(now);
+            async move { inv.invoke_async::<Value>(&mut conn).await }
+        });
+        let replies = match futures::future::try_join_all(calls).await {
+            Ok(r) => r,
+            Err(e) if is_nogroup(&e) => {
+                b.create_group(&self.stream, &self.group).await?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(b.fail(e, self.during("reclaim"))),
+        };
+        let mut out = Vec::new();
+        let mut next = Vec::with_capacity(replies.len());
+        for (p, r) in replies.iter().enumerate() {
+            let items = reply::items(r).ok_or_else(|| unexpected("reclaim"))?;
+            let (first, rest) = items.split_first().ok_or_else(|| unexpected("reclaim"))?;
+            next.push(reply::string_of(first).ok_or_else(|| unexpected("reclaim"))?);
+            for triple in rest.chunks_exact(3) {
+                let id = reply::id_of(&triple[0]).ok_or_else(|| unexpected("reclaim"))?;
+                let count = reply::u64_of(&triple[1]).ok_or_else(|| unexpected("reclaim"))?;
+                let (event, _) =
+                    reply::event_of(&triple[2]).ok_or_else(|| unexpected("reclaim"))?;
+                let partition = u32::try_from(p).unwrap_or(u32::MAX);
+                out.push(delivery(&self.stream, partition, id, event, count));
+            }
+        }
+        *lock(&self.reclaim_from) = next;
+        Ok(out)
+    }
+
+    pub(crate) async fn next_batch(&self) -> BusResult<Vec<Delivery>> {
+        let opts = &self.backend.opts;
+        let now = Instant::now();
+        let interval = reclaim_interval(opts.reclaim_idle);
+        let due = lock(&self.last_reclaim).is_none_or(|t| now >= t + interval);
+        if due {
+            let reclaimed = self.reclaim().await?;
+            // Found some: look again next call, there may be more.
+            *lock(&self.last_reclaim) = (reclaimed.is_empty()).then_some(now);
+            if !reclaimed.is_empty() {
+                return Ok(reclaimed);
+            }
+        }
+        let next_reclaim = lock(&self.last_reclaim).map_or(now, |t| t + interval);
+        let block = opts
+            .read_block
+            .min(next_reclaim.saturating_duration_since(Instant::now()))
+            .max(Duration::from_millis(1));
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.name)
+            .arg("COUNT")
+            .arg(opts.batch_size)
+            .arg("BLOCK")
+            .arg(millis_at_least_one(block))
+            .arg("STREAMS")
+            .arg(&self.keys);
+        for _ in &self.keys {
+            cmd.arg(">");
+        }
+        let mut conn = self.blocking.clone();
+        match cmd.query_async::<Value>(&mut conn).await {
+            Ok(v) => deliveries_of(&v, &self.stream, &self.keys, 1),
+            Err(e) if is_nogroup(&e) => {
+                // The server lost the group (restart without persistence): recreate it.
+                self.backend.create_group(&self.stream, &self.group).await?;
+                Ok(Vec::new())
+            }
+            Err(e) => Err(self.backend.fail(e, self.during("read"))),
+        }
+    }
+
+    pub(crate) async fn ack(&self, items: &[(u32, EntryId)]) -> BusResult<()> {
+        let b = &self.backend;
+        let mut pipe = redis::pipe();
+        for p in 0..b.opts.partitions {
+            let ids: Vec<String> = items
+                .iter()
+                .filter(|(ip, _)| *ip == p)
+                .map(|(_, id)| id.to_string())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            pipe.cmd("XACK")
+                .arg(b.keys.stream(&self.stream, p))
+                .arg(&self.group)
+                .arg(&ids)
+                .ignore();
+            pipe.cmd("HDEL")
+                .arg(b.keys.errors(&self.stream, &self.group, p))
+                .arg(&ids)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut b.conn())
+            .await
+            .map_err(|e| b.fail(e, self.during("ack")))
+    }
+
+    pub(crate) async fn nack(
+        &self,
+        partition: u32,
+        id: EntryId,
+        error: &str,
+    ) -> BusResult<NackOutcome> {
+        let b = &self.backend;
+        if partition >= b.opts.partitions {
+            return Ok(NackOutcome::NotOwner);
+        }
+        let outcome: String = b
+            .scripts
+            .nack
+            .key(b.keys.stream(&self.stream, partition))
+            .key(b.keys.dead_letters(&self.stream, &self.group, partition))
+            .key(b.keys.errors(&self.stream, &self.group, partition))
+            .key(b.keys.dead_total(&self.stream, &self.group, partition))
+            .arg(&self.group)
+            .arg(&self.name)
+            .arg(id.to_string())
+            .arg(error)
+            .arg(b.opts.max_deliveries)
+            .arg(unix_ms())
+            .invoke_async(&mut b.conn())
+            .await
+            .map_err(|e| b.fail(e, self.during("nack")))?;
+        match outcome.as_str() {
+            "dead" => Ok(NackOutcome::DeadLettered),
+            "retry" => Ok(NackOutcome::WillRetry),
+            "not-owner" => Ok(NackOutcome::NotOwner),
+            _ => Err(BusError::Backend(format!(
+                "unexpected nack outcome {outcome:?}"
+            ))),
+        }
+    }
+}
+
+/// A tail reader on Redis, with its own connection for blocking reads.
+pub(crate) struct RedisTail {
+    backend: SharedRedis,
+    blocking: ConnectionManager,
+    stream: String,
+    cursor: Cursor,
+}
+
+impl RedisTail {
+    pub(crate) fn new(backend: SharedRedis, stream: &str, cursor: Cursor) -> BusResult<Self> {
+        let blocking = connection::manager(&backend.client, Some(backend.opts.read_block))?;
+        Ok(RedisTail {
+            backend,
+            blocking,
+            stream: stream.to_owned(),
+            cursor,
+        })
+    }
+
+    pub(crate) fn cursor(&self) -> &Cursor {
+        &self.cursor
+    }
+
+    pub(crate) async fn next_batch(&mut self) -> BusResult<Vec<Delivery>> {
+        let block = self.backend.opts.read_block;
+        let batch = self
+            .backend
+            .read_after(
+                &self.stream,
+                &self.cursor,
+                self.backend.opts.batch_size,
+                Some((block, &mut self.blocking)),
+            )
+            .await?;
+        for d in &batch {
+            self.cursor.advance(d.partition, d.id);
+        }
+        Ok(batch)
+    }
+}

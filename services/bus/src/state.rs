@@ -1,0 +1,158 @@
+//! Types of the state API: versioned per-key records, idempotency outcomes, scan pages.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+/// The stored state of one key: named fields and a version that grows by one per write.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StateRecord {
+    /// Version of this record; 1 after the first write. 0 is never stored (it means absent).
+    pub version: u64,
+    /// Field values (services store encoded protobuf per field).
+    pub fields: BTreeMap<String, Bytes>,
+}
+
+/// What a write requires of the current version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Write whatever the current version is.
+    Any,
+    /// Write only if the current version is exactly this; `Version(0)` means "absent".
+    Version(u64),
+}
+
+/// A write to one state key: fields to set and remove, under a version check.
+///
+/// Fields not mentioned are kept. The version becomes `current + 1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateWrite {
+    /// The namespace (e.g. `"sku"`, `"partner"`).
+    pub namespace: String,
+    /// The key within the namespace (e.g. the SKU). It also picks the partition, so an
+    /// event published atomically with this write must use a key of the same partition.
+    pub key: String,
+    /// The version check.
+    pub expect: Expect,
+    /// Fields to set.
+    pub set: BTreeMap<String, Bytes>,
+    /// Fields to remove.
+    pub remove: Vec<String>,
+}
+
+impl StateWrite {
+    /// A write to `namespace`/`key` with no version check and no changes yet.
+    pub fn new(namespace: impl Into<String>, key: impl Into<String>) -> Self {
+        StateWrite {
+            namespace: namespace.into(),
+            key: key.into(),
+            expect: Expect::Any,
+            set: BTreeMap::new(),
+            remove: Vec::new(),
+        }
+    }
+
+    /// Requires the current version to be `version` (0 = the key must not exist).
+    pub fn expect_version(mut self, version: u64) -> Self {
+        self.expect = Expect::Version(version);
+        self
+    }
+
+    /// Sets a field.
+    pub fn set(mut self, field: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.set.insert(field.into(), value.into());
+        self
+    }
+
+    /// Removes a field.
+    pub fn remove(mut self, field: impl Into<String>) -> Self {
+        self.remove.push(field.into());
+        self
+    }
+}
+
+/// One page of a namespace scan.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StatePage {
+    /// Keys with their records, in a stable backend-defined order.
+    pub items: Vec<(String, StateRecord)>,
+    /// Token for the next page; `None` when the scan is complete.
+    pub next: Option<String>,
+}
+
+/// The answer to [`crate::Bus::idempotency_begin`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Idempotency {
+    /// First attempt: the caller does the work, then calls `idempotency_complete`
+    /// (or `idempotency_release` if it failed and may be retried).
+    New,
+    /// Another attempt holds the key and has not finished; answer "try again later".
+    InProgress,
+    /// The work was done; here is the outcome the first attempt stored.
+    Done(Bytes),
+}
+
+/// A timer that came due, returned by [`crate::Bus::claim_due`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueTimer {
+    /// The member given to `schedule`.
+    pub member: String,
+    /// When it was due, in milliseconds since the Unix epoch.
+    pub due_at_ms: u64,
+}
+
+/// Counters of one stream for one consumer group, summed over partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamStats {
+    /// Entries currently stored in the stream.
+    pub length: u64,
+    /// Entries the group has not been given yet.
+    pub undelivered: u64,
+    /// Entries delivered to the group and not acked.
+    pub pending: u64,
+    /// `undelivered + pending`: the work the group still has (what autoscaling reads).
+    pub backlog: u64,
+    /// Entries currently parked in the group's dead-letter stream.
+    pub dead_letters: u64,
+    /// Entries ever dead-lettered by the group (monotonic counter).
+    pub dead_lettered_total: u64,
+}
+
+/// What [`crate::Bus::trim`] may drop. Entries still pending in, or not yet delivered to,
+/// any consumer group are kept whatever the policy says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Keep at most this many entries per partition.
+    pub max_len_per_partition: Option<u64>,
+    /// Drop entries older than this.
+    pub max_age: Option<std::time::Duration>,
+}
+
+/// Encodes a scan position (partition or shard, last key returned) as a page token.
+pub(crate) fn page_token(part: u32, last_key: &str) -> String {
+    let mut token = format!("{part}:");
+    for b in last_key.bytes() {
+        token.push_str(&format!("{b:02x}"));
+    }
+    token
+}
+
+/// Decodes a token made by [`page_token`].
+pub(crate) fn parse_page_token(token: &str) -> Result<(u32, String), crate::BusError> {
+    let bad = || crate::BusError::InvalidInput(format!("state page token {token:?} is invalid"));
+    let (part, hex) = token.split_once(':').ok_or_else(bad)?;
+    let part: u32 = part.parse().map_err(|_| bad())?;
+    if !hex.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(bad)?;
+    let key = String::from_utf8(bytes).map_err(|_| bad())?;
+    Ok((part, key))
+}

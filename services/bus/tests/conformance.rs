@@ -1,0 +1,952 @@
+//! The bus conformance suite: every test runs against the in-memory backend and against a
+//! private `redis-server` (see `ratemesh_bus::testkit`).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use ratemesh_bus::testkit::RedisServer;
+use ratemesh_bus::{
+    Bus, BusError, BusOptions, Consumer, Delivery, Event, Expect, Idempotency, NackOutcome,
+    Retention, StateWrite,
+};
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Memory,
+    Redis,
+}
+
+struct Fixture {
+    bus: Bus,
+    _server: Option<RedisServer>,
+}
+
+fn test_opts() -> BusOptions {
+    BusOptions {
+        partitions: 4,
+        max_deliveries: 3,
+        reclaim_idle: Duration::from_millis(150),
+        read_block: Duration::from_millis(100),
+        batch_size: 64,
+    }
+}
+
+async fn fixture(kind: Kind) -> Fixture {
+    fixture_with(kind, test_opts()).await
+}
+
+async fn fixture_with(kind: Kind, opts: BusOptions) -> Fixture {
+    match kind {
+        Kind::Memory => Fixture {
+            bus: Bus::memory(opts).expect("memory bus"),
+            _server: None,
+        },
+        Kind::Redis => {
+            let server = RedisServer::start();
+            let bus = Bus::redis(&server.url(), &server.unique_prefix(), opts)
+                .await
+                .expect("redis bus");
+            Fixture {
+                bus,
+                _server: Some(server),
+            }
+        }
+    }
+}
+
+/// Polls `consumer` until `done(collected)` or the deadline; acks nothing.
+async fn collect_until(
+    consumer: &Consumer,
+    deadline: Duration,
+    mut done: impl FnMut(&[Delivery]) -> bool,
+) -> Vec<Delivery> {
+    let end = Instant::now() + deadline;
+    let mut got = Vec::new();
+    while !done(&got) {
+        assert!(
+            Instant::now() < end,
+            "timed out with {} deliveries: {got:?}",
+            got.len()
+        );
+        got.extend(consumer.next_batch().await.expect("next_batch"));
+    }
+    got
+}
+
+fn payload_u64(d: &Delivery) -> u64 {
+    std::str::from_utf8(&d.payload).unwrap().parse().unwrap()
+}
+
+/// Two keys that land in different partitions.
+fn keys_in_different_partitions(bus: &Bus) -> (String, String) {
+    let a = "SKU-0".to_owned();
+    let b = (1..)
+        .map(|i| format!("SKU-{i}"))
+        .find(|k| bus.partition_of(k) != bus.partition_of(&a))
+        .unwrap();
+    (a, b)
+}
+
+async fn order_within_partition(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    let consumer = bus.consumer("stock", "rates", "c1").await.unwrap();
+    let keys: Vec<String> = (0..10).map(|i| format!("SKU-{i}")).collect();
+    let mut expected = 0;
+    for round in 0..20u64 {
+        if round % 2 == 0 {
+            for k in &keys {
+                bus.publish("stock", Event::new(k.clone(), round.to_string()))
+                    .await
+                    .unwrap();
+                expected += 1;
+            }
+        } else {
+            let batch = keys
+                .iter()
+                .map(|k| Event::new(k.clone(), round.to_string()).with_kind("StockChanged"))
+                .collect();
+            let appended = bus.publish_batch("stock", batch).await.unwrap();
+            assert_eq!(appended.len(), keys.len());
+            for (a, k) in appended.iter().zip(&keys) {
+                assert_eq!(a.partition, bus.partition_of(k));
+            }
+            expected += keys.len();
+        }
+    }
+    let got = collect_until(&consumer, Duration::from_secs(10), |g| g.len() >= expected).await;
+    assert_eq!(got.len(), expected);
+    let mut last_by_key: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut last_id_by_partition = BTreeMap::new();
+    for d in &got {
+        assert_eq!(d.delivery_count, 1);
+        assert_eq!(d.stream, "stock");
+        assert_eq!(d.partition, bus.partition_of(&d.key));
+        let seq = payload_u64(d);
+        assert_eq!(d.kind.is_some(), seq % 2 == 1);
+        if let Some(prev) = last_by_key.insert(&d.key, seq) {
+            assert!(prev < seq, "key {} went from {prev} to {seq}", d.key);
+        }
+        if let Some(prev) = last_id_by_partition.insert(d.partition, d.id) {
+            assert!(prev < d.id, "partition {} out of order", d.partition);
+        }
+    }
+    consumer.ack(&got).await.unwrap();
+    let stats = bus.stream_stats("stock", "rates").await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.backlog, stats.length),
+        (0, 0, expected as u64)
+    );
+}
+
+async fn abandoned_entries_are_reclaimed_by_another_consumer(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    let dying = bus.consumer("stock", "rates", "dying").await.unwrap();
+    let survivor = bus.consumer("stock", "rates", "survivor").await.unwrap();
+    for i in 0..12u64 {
+        bus.publish("stock", Event::new(format!("SKU-{i}"), i.to_string()))
+            .await
+            .unwrap();
+    }
+    let taken = collect_until(&dying, Duration::from_secs(5), |g| g.len() >= 12).await;
+    let taken_at = Instant::now();
+    drop(dying); // dies without acking
+    let stats = bus.stream_stats("stock", "rates").await.unwrap();
+    assert_eq!(stats.pending, 12);
+
+    let reclaimed = collect_until(&survivor, Duration::from_secs(5), |g| g.len() >= 12).await;
+    assert!(
+        taken_at.elapsed() >= Duration::from_millis(120),
+        "entries were reclaimed before they were idle"
+    );
+    let want: BTreeSet<_> = taken.iter().map(|d| (d.partition, d.id)).collect();
+    let got: BTreeSet<_> = reclaimed.iter().map(|d| (d.partition, d.id)).collect();
+    assert_eq!(got, want);
+    assert!(reclaimed.iter().all(|d| d.delivery_count == 2));
+    survivor.ack(&reclaimed).await.unwrap();
+    let stats = bus.stream_stats("stock", "rates").await.unwrap();
+    assert_eq!((stats.pending, stats.backlog), (0, 0));
+}
+
+async fn nacked_entries_are_dead_lettered_with_their_error_and_replayable(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    let consumer = bus.consumer("rates", "notifier", "c1").await.unwrap();
+    let published = bus
+        .publish(
+            "rates",
+            Event::new("SKU-poison", "bad").with_kind("RateChanged"),
+        )
+        .await
+        .unwrap();
+    bus.publish("rates", Event::new("SKU-ok", "good"))
+        .await
+        .unwrap();
+
+    let mut outcomes = Vec::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    while outcomes.last() != Some(&NackOutcome::DeadLettered) {
+        assert!(Instant::now() < end, "never dead-lettered: {outcomes:?}");
+        for d in consumer.next_batch().await.unwrap() {
+            if d.key == "SKU-ok" {
+                consumer.ack([&d]).await.unwrap();
+                continue;
+            }
+            assert_eq!(d.id, published.id);
+            assert_eq!(d.delivery_count, outcomes.len() as u64 + 1);
+            let error = format!("boom {}", d.delivery_count);
+            outcomes.push(consumer.nack(&d, &error).await.unwrap());
+        }
+    }
+    assert_eq!(
+        outcomes,
+        [
+            NackOutcome::WillRetry,
+            NackOutcome::WillRetry,
+            NackOutcome::DeadLettered
+        ]
+    );
+    let stats = bus.stream_stats("rates", "notifier").await.unwrap();
+    assert_eq!(
+        (stats.pending, stats.dead_letters, stats.dead_lettered_total),
+        (0, 1, 1)
+    );
+
+    let dead = bus.dead_letters("rates", "notifier", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!(d.error, "boom 3");
+    assert_eq!(d.delivery_count, 3);
+    assert_eq!(d.source_id, published.id);
+    assert_eq!(d.at.partition, published.partition);
+    assert_eq!(d.event.key, "SKU-poison");
+    assert_eq!(d.event.kind.as_deref(), Some("RateChanged"));
+    assert_eq!(d.event.payload, Bytes::from_static(b"bad"));
+
+    let replayed = bus
+        .replay_dead_letters("rates", "notifier", &[d.at])
+        .await
+        .unwrap();
+    assert_eq!(replayed.len(), 1);
+    assert!(replayed[0].id > published.id);
+    let again = collect_until(&consumer, Duration::from_secs(5), |g| !g.is_empty()).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, replayed[0].id);
+    assert_eq!(again[0].payload, Bytes::from_static(b"bad"));
+    assert_eq!(again[0].delivery_count, 1);
+    consumer.ack(&again).await.unwrap();
+    let stats = bus.stream_stats("rates", "notifier").await.unwrap();
+    assert_eq!(
+        (stats.dead_letters, stats.dead_lettered_total, stats.backlog),
+        (0, 1, 0)
+    );
+    assert!(
+        bus.dead_letters("rates", "notifier", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn unacked_entries_are_dead_lettered_after_max_deliveries(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    let consumer = bus.consumer("stock", "rates", "crashy").await.unwrap();
+    let published = bus
+        .publish("stock", Event::new("SKU-9", "crash"))
+        .await
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut deliveries = Vec::new();
+    loop {
+        assert!(Instant::now() < end, "never dead-lettered");
+        // A handler that crashes: never acks, never nacks.
+        deliveries.extend(
+            consumer
+                .next_batch()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| d.delivery_count),
+        );
+        if !bus
+            .dead_letters("stock", "rates", 1)
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            break;
+        }
+    }
+    assert_eq!(deliveries, [1, 2, 3]);
+    let dead = bus.dead_letters("stock", "rates", 10).await.unwrap();
+    assert_eq!(dead[0].source_id, published.id);
+    assert_eq!(dead[0].delivery_count, 3);
+    assert!(
+        dead[0].error.contains("not acknowledged"),
+        "{}",
+        dead[0].error
+    );
+    assert_eq!(bus.stream_stats("stock", "rates").await.unwrap().pending, 0);
+    assert_eq!(
+        bus.delete_dead_letters("stock", "rates", &[dead[0].at])
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        bus.dead_letters("stock", "rates", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn idempotency_keys_store_the_first_outcome(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    let ttl = Duration::from_secs(60);
+    assert_eq!(
+        bus.idempotency_begin("erp", "batch-1", ttl).await.unwrap(),
+        Idempotency::New
+    );
+    assert_eq!(
+        bus.idempotency_begin("erp", "batch-1", ttl).await.unwrap(),
+        Idempotency::InProgress
+    );
+    bus.idempotency_complete("erp", "batch-1", Bytes::from_static(b"202:applied=3"), ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        bus.idempotency_begin("erp", "batch-1", ttl).await.unwrap(),
+        Idempotency::Done(Bytes::from_static(b"202:applied=3"))
+    );
+    // Releasing a completed key keeps it; releasing a failed attempt frees it.
+    bus.idempotency_release("erp", "batch-1").await.unwrap();
+    assert!(matches!(
+        bus.idempotency_begin("erp", "batch-1", ttl).await.unwrap(),
+        Idempotency::Done(_)
+    ));
+    assert_eq!(
+        bus.idempotency_begin("erp", "batch-2", ttl).await.unwrap(),
+        Idempotency::New
+    );
+    bus.idempotency_release("erp", "batch-2").await.unwrap();
+    assert_eq!(
+        bus.idempotency_begin("erp", "batch-2", ttl).await.unwrap(),
+        Idempotency::New
+    );
+    // Scopes are separate.
+    assert_eq!(
+        bus.idempotency_begin("partner", "batch-1", ttl)
+            .await
+            .unwrap(),
+        Idempotency::New
+    );
+    // An empty outcome is still an outcome.
+    bus.idempotency_complete("erp", "empty", Bytes::new(), ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        bus.idempotency_begin("erp", "empty", ttl).await.unwrap(),
+        Idempotency::Done(Bytes::new())
+    );
+}
+
+async fn idempotency_keys_expire(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    let short = Duration::from_millis(150);
+    assert_eq!(
+        bus.idempotency_begin("erp", "a", short).await.unwrap(),
+        Idempotency::New
+    );
+    bus.idempotency_complete("erp", "done", Bytes::from_static(b"ok"), short)
+        .await
+        .unwrap();
+    let long = Duration::from_secs(60);
+    assert_eq!(
+        bus.idempotency_begin("erp", "a", long).await.unwrap(),
+        Idempotency::InProgress
+    );
+    assert!(matches!(
+        bus.idempotency_begin("erp", "done", long).await.unwrap(),
+        Idempotency::Done(_)
+    ));
+    let end = Instant::now() + Duration::from_secs(3);
+    loop {
+        let a = bus.idempotency_begin("erp", "a", long).await.unwrap();
+        if a == Idempotency::New {
+            break;
+        }
+        assert!(Instant::now() < end, "in-progress key never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    loop {
+        let done = bus.idempotency_begin("erp", "done", long).await.unwrap();
+        if done == Idempotency::New {
+            break;
+        }
+        assert!(Instant::now() < end, "completed key never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn compare_and_set_detects_conflicts(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    assert_eq!(bus.get_state("sku", "SKU-1").await.unwrap(), None);
+    let create = StateWrite::new("sku", "SKU-1")
+        .expect_version(0)
+        .set("stock", "10")
+        .set("product", Bytes::from_static(&[0, 159, 146, 150]));
+    assert_eq!(bus.write_state(create.clone()).await.unwrap(), 1);
+    match bus.write_state(create).await {
+        Err(BusError::Conflict {
+            key,
+            expected,
+            current,
+        }) => {
+            assert_eq!((key.as_str(), expected, current), ("sku/SKU-1", 0, 1));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let update = StateWrite::new("sku", "SKU-1")
+        .expect_version(1)
+        .set("stock", "7")
+        .set("velocity", "2.5");
+    assert_eq!(bus.write_state(update.clone()).await.unwrap(), 2);
+    assert!(matches!(
+        bus.write_state(update).await,
+        Err(BusError::Conflict { current: 2, .. })
+    ));
+    let unchecked = StateWrite::new("sku", "SKU-1").remove("velocity");
+    assert_eq!(bus.write_state(unchecked).await.unwrap(), 3);
+    let record = bus.get_state("sku", "SKU-1").await.unwrap().unwrap();
+    assert_eq!(record.version, 3);
+    assert_eq!(
+        record.fields.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["product", "stock"]
+    );
+    assert_eq!(record.fields["stock"], Bytes::from_static(b"7"));
+    assert_eq!(
+        record.fields["product"],
+        Bytes::from_static(&[0, 159, 146, 150])
+    );
+    assert!(matches!(
+        bus.delete_state("sku", "SKU-1", Expect::Version(2)).await,
+        Err(BusError::Conflict { current: 3, .. })
+    ));
+    assert!(
+        bus.delete_state("sku", "SKU-1", Expect::Version(3))
+            .await
+            .unwrap()
+    );
+    assert!(!bus.delete_state("sku", "SKU-1", Expect::Any).await.unwrap());
+    assert_eq!(bus.get_state("sku", "SKU-1").await.unwrap(), None);
+    // Namespaces are separate.
+    assert_eq!(
+        bus.write_state(StateWrite::new("partner", "SKU-1").expect_version(0))
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+async fn write_and_publish_is_atomic(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    let write = |v: u64| {
+        StateWrite::new("rate", "SKU-1")
+            .expect_version(v)
+            .set("card", format!("card-{}", v + 1))
+    };
+    let (v, appended) = bus
+        .write_state_and_publish(write(0), "rates", Event::new("SKU-1", "1"))
+        .await
+        .unwrap();
+    assert_eq!(v, 1);
+    assert_eq!(appended.partition, bus.partition_of("SKU-1"));
+    let end = bus.end_cursor("rates").await.unwrap();
+    // A failed version check writes neither the state nor the event.
+    assert!(matches!(
+        bus.write_state_and_publish(write(0), "rates", Event::new("SKU-1", "x"))
+            .await,
+        Err(BusError::Conflict { current: 1, .. })
+    ));
+    assert_eq!(bus.end_cursor("rates").await.unwrap(), end);
+    let (events, _) = bus.read_after("rates", &end, 100).await.unwrap();
+    assert!(events.is_empty());
+    let record = bus.get_state("rate", "SKU-1").await.unwrap().unwrap();
+    assert_eq!(
+        (record.version, &record.fields["card"][..]),
+        (1, &b"card-1"[..])
+    );
+    // The event must live in the state key's partition.
+    let (a, b) = keys_in_different_partitions(bus);
+    assert!(matches!(
+        bus.write_state_and_publish(StateWrite::new("rate", a), "rates", Event::new(b, "x"))
+            .await,
+        Err(BusError::InvalidInput(_))
+    ));
+    assert_eq!(bus.end_cursor("rates").await.unwrap(), end);
+    let (events, _) = bus
+        .read_after("rates", &bus.start_cursor(), 100)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].id, appended.id);
+}
+
+async fn write_and_publish_is_atomic_under_concurrent_writers(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = f.bus.clone();
+    const WRITERS: u64 = 6;
+    const WRITES_EACH: u64 = 20;
+    let stop = Arc::new(AtomicBool::new(false));
+    // A reader that checks "no event without its state" while writers run.
+    let reader = {
+        let bus = bus.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tail = bus.tail("rates", bus.start_cursor()).unwrap();
+            let mut seen = 0u64;
+            while !stop.load(Ordering::Relaxed) || seen < WRITERS * WRITES_EACH {
+                for d in tail.next_batch().await.unwrap() {
+                    let version = payload_u64(&d);
+                    let state = bus.get_state("rate", &d.key).await.unwrap().unwrap();
+                    assert!(
+                        state.version >= version,
+                        "event for version {version} visible before its state ({})",
+                        state.version
+                    );
+                    seen += 1;
+                }
+            }
+            seen
+        })
+    };
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let bus = bus.clone();
+        writers.push(tokio::spawn(async move {
+            let mut done = 0;
+            let mut conflicts = 0;
+            while done < WRITES_EACH {
+                let current = bus
+                    .get_state("rate", "SKU-hot")
+                    .await
+                    .unwrap()
+                    .map_or(0, |r| r.version);
+                let next = current + 1;
+                let write = StateWrite::new("rate", "SKU-hot")
+                    .expect_version(current)
+                    .set("card", next.to_string())
+                    .set(format!("writer-{w}"), next.to_string());
+                match bus
+                    .write_state_and_publish(
+                        write,
+                        "rates",
+                        Event::new("SKU-hot", next.to_string()),
+                    )
+                    .await
+                {
+                    Ok((v, _)) => {
+                        assert_eq!(v, next);
+                        done += 1;
+                    }
+                    Err(BusError::Conflict { .. }) => conflicts += 1,
+                    Err(e) => panic!("write failed: {e}"),
+                }
+            }
+            conflicts
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let seen = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("reader finished")
+        .unwrap();
+    let total = WRITERS * WRITES_EACH;
+    assert_eq!(seen, total);
+    // No state without its event: exactly one event per version, in version order.
+    let record = bus.get_state("rate", "SKU-hot").await.unwrap().unwrap();
+    assert_eq!(record.version, total);
+    let mut cursor = bus.start_cursor();
+    let mut versions = Vec::new();
+    loop {
+        let (batch, next) = bus.read_after("rates", &cursor, 50).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        versions.extend(batch.iter().map(payload_u64));
+        cursor = next;
+    }
+    assert_eq!(versions, (1..=total).collect::<Vec<_>>());
+}
+
+async fn tail_reads_from_a_cursor(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = f.bus.clone();
+    for i in 0..5 {
+        bus.publish("rates", Event::new(format!("SKU-{i}"), "old"))
+            .await
+            .unwrap();
+    }
+    let mark = bus.end_cursor("rates").await.unwrap();
+    let token = mark.to_string();
+    for i in 0..7 {
+        bus.publish("rates", Event::new(format!("SKU-{i}"), format!("new-{i}")))
+            .await
+            .unwrap();
+    }
+    // Resume from the token a client handed back.
+    let resumed = bus.parse_cursor(&token).unwrap();
+    let mut tail = bus.tail("rates", resumed).unwrap();
+    let mut got = Vec::new();
+    let end = Instant::now() + Duration::from_secs(5);
+    while got.len() < 7 {
+        assert!(Instant::now() < end);
+        got.extend(tail.next_batch().await.unwrap());
+    }
+    assert_eq!(got.len(), 7);
+    assert!(
+        got.iter()
+            .all(|d| d.payload.starts_with(b"new-") && d.delivery_count == 0)
+    );
+    assert!(
+        tail.cursor()
+            .covers(&bus.end_cursor("rates").await.unwrap())
+    );
+    // Nothing more: an empty batch after the block time.
+    assert!(tail.next_batch().await.unwrap().is_empty());
+    // A blocked tail wakes up for a new entry.
+    let publisher = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            bus.publish("rates", Event::new("SKU-late", "late"))
+                .await
+                .unwrap()
+        })
+    };
+    let mut late = Vec::new();
+    while late.is_empty() {
+        assert!(Instant::now() < end);
+        late = tail.next_batch().await.unwrap();
+    }
+    assert_eq!(late[0].id, publisher.await.unwrap().id);
+    // Reading from the start sees everything; a bad token is rejected.
+    let (all, _) = bus
+        .read_after("rates", &bus.start_cursor(), 100)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 13);
+    assert!(matches!(
+        bus.parse_cursor("nonsense"),
+        Err(BusError::InvalidInput(_))
+    ));
+    assert!(
+        bus.parse_cursor(&ratemesh_bus::Cursor::start(2).to_string())
+            .is_err()
+    );
+}
+
+async fn trimming_keeps_entries_groups_still_need(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    let fast = bus.consumer("stock", "fast", "c1").await.unwrap();
+    let slow = bus.consumer("stock", "slow", "c1").await.unwrap();
+    for i in 0..20u64 {
+        bus.publish("stock", Event::new("SKU-1", i.to_string()))
+            .await
+            .unwrap();
+    }
+    let everything = Retention {
+        max_len_per_partition: Some(0),
+        max_age: None,
+    };
+    let got = collect_until(&fast, Duration::from_secs(5), |g| g.len() >= 20).await;
+    fast.ack(&got[..15]).await.unwrap();
+    // `slow` has not read anything yet: nothing may go.
+    assert_eq!(bus.trim("stock", everything).await.unwrap(), 0);
+    let slow_got = collect_until(&slow, Duration::from_secs(5), |g| g.len() >= 20).await;
+    slow.ack(&slow_got).await.unwrap();
+    // Now only `fast`'s five pending entries hold the line.
+    assert_eq!(bus.trim("stock", everything).await.unwrap(), 15);
+    let stats = bus.stream_stats("stock", "fast").await.unwrap();
+    assert_eq!((stats.length, stats.pending), (5, 5));
+    // The pending entries are still there to be reclaimed and handled.
+    let reclaimed = collect_until(&fast, Duration::from_secs(5), |g| g.len() >= 5).await;
+    let want: Vec<u64> = (15..20).collect();
+    assert_eq!(reclaimed.iter().map(payload_u64).collect::<Vec<_>>(), want);
+    fast.ack(&reclaimed).await.unwrap();
+    // An age policy that keeps the last hour drops nothing.
+    let hour = Retention {
+        max_len_per_partition: None,
+        max_age: Some(Duration::from_secs(3600)),
+    };
+    assert_eq!(bus.trim("stock", hour).await.unwrap(), 0);
+    let two = Retention {
+        max_len_per_partition: Some(2),
+        max_age: None,
+    };
+    assert_eq!(bus.trim("stock", two).await.unwrap(), 3);
+    assert_eq!(bus.trim("stock", everything).await.unwrap(), 2);
+    assert_eq!(bus.stream_stats("stock", "fast").await.unwrap().length, 0);
+    // New entries after a full trim keep flowing.
+    bus.publish("stock", Event::new("SKU-1", "20"))
+        .await
+        .unwrap();
+    let next = collect_until(&fast, Duration::from_secs(5), |g| !g.is_empty()).await;
+    assert_eq!(payload_u64(&next[0]), 20);
+}
+
+async fn stats_report_backlog_and_end_cursor(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    assert_eq!(bus.end_cursor("stock").await.unwrap(), bus.start_cursor());
+    let consumer = bus.consumer("stock", "rates", "c1").await.unwrap();
+    let mut last = None;
+    for i in 0..10u64 {
+        last = Some(
+            bus.publish("stock", Event::new(format!("SKU-{i}"), "x"))
+                .await
+                .unwrap(),
+        );
+    }
+    let last = last.unwrap();
+    assert_eq!(
+        bus.end_cursor("stock").await.unwrap().get(last.partition),
+        last.id
+    );
+    let s = bus.stream_stats("stock", "rates").await.unwrap();
+    assert_eq!(
+        (s.length, s.undelivered, s.pending, s.backlog),
+        (10, 10, 0, 10)
+    );
+    let got = collect_until(&consumer, Duration::from_secs(5), |g| g.len() >= 10).await;
+    consumer.ack(&got[..4]).await.unwrap();
+    for i in 0..5u64 {
+        bus.publish("stock", Event::new(format!("SKU-{i}"), "y"))
+            .await
+            .unwrap();
+    }
+    let s = bus.stream_stats("stock", "rates").await.unwrap();
+    assert_eq!(
+        (s.length, s.undelivered, s.pending, s.backlog),
+        (15, 5, 6, 11)
+    );
+    // A group that does not exist yet has everything ahead of it.
+    let s = bus.stream_stats("stock", "nobody").await.unwrap();
+    assert_eq!((s.backlog, s.pending), (15, 0));
+}
+
+async fn scan_states_visits_every_key_once(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    for i in 0..30 {
+        bus.write_state(StateWrite::new("sku", format!("SKU-{i}")).set("n", i.to_string()))
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        bus.write_state(StateWrite::new("other", format!("SKU-{i}")))
+            .await
+            .unwrap();
+    }
+    bus.delete_state("sku", "SKU-7", Expect::Any).await.unwrap();
+    let mut seen = HashSet::new();
+    let mut page = None;
+    let mut pages = 0;
+    loop {
+        let p = bus.scan_states("sku", page.as_deref(), 7).await.unwrap();
+        assert!(p.items.len() <= 7);
+        for (k, r) in &p.items {
+            assert_eq!(r.version, 1);
+            assert_eq!(
+                r.fields["n"],
+                Bytes::from(k.trim_start_matches("SKU-").to_owned())
+            );
+            assert!(seen.insert(k.clone()), "{k} seen twice");
+        }
+        pages += 1;
+        assert!(pages < 50);
+        match p.next {
+            Some(next) => page = Some(next),
+            None => break,
+        }
+    }
+    let want: HashSet<String> = (0..30)
+        .filter(|i| *i != 7)
+        .map(|i| format!("SKU-{i}"))
+        .collect();
+    assert_eq!(seen, want);
+    assert!(bus.scan_states("sku", Some("garbage"), 7).await.is_err());
+}
+
+async fn scheduler_fires_each_timer_once(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = f.bus.clone();
+    let now = SystemTime::now();
+    let past = now - Duration::from_secs(1);
+    for i in 0..100 {
+        bus.schedule("expiry", &format!("incentive-{i}"), past)
+            .await
+            .unwrap();
+    }
+    bus.schedule("expiry", "future", now + Duration::from_secs(3600))
+        .await
+        .unwrap();
+    // Upsert: moving a timer into the future keeps it from firing.
+    bus.schedule("expiry", "incentive-99", now + Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(bus.cancel("expiry", "incentive-98").await.unwrap());
+    assert!(!bus.cancel("expiry", "incentive-98").await.unwrap());
+    let claimers: Vec<_> = (0..2)
+        .map(|_| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                loop {
+                    let batch = bus.claim_due("expiry", SystemTime::now(), 7).await.unwrap();
+                    if batch.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(batch);
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for c in claimers {
+        all.extend(c.await.unwrap());
+    }
+    let members: Vec<&str> = all.iter().map(|t| t.member.as_str()).collect();
+    let unique: BTreeSet<&str> = members.iter().copied().collect();
+    assert_eq!(members.len(), unique.len(), "a timer fired twice");
+    assert_eq!(unique.len(), 98);
+    assert!(!unique.contains("future") && !unique.contains("incentive-99"));
+    let past_ms = past
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(all.iter().all(|t| t.due_at_ms == past_ms));
+    let later = bus
+        .claim_due("expiry", now + Duration::from_secs(7200), 10)
+        .await
+        .unwrap();
+    let later: BTreeSet<String> = later.into_iter().map(|t| t.member).collect();
+    assert_eq!(
+        later,
+        BTreeSet::from(["future".to_owned(), "incentive-99".to_owned()])
+    );
+}
+
+async fn bad_names_and_keys_are_rejected(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    assert!(matches!(
+        bus.publish("bad:stream", Event::new("k", "x")).await,
+        Err(BusError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        bus.publish("stock", Event::new("", "x")).await,
+        Err(BusError::InvalidInput(_))
+    ));
+    assert!(matches!(
+        bus.consumer("stock", "{group}", "c").await,
+        Err(BusError::InvalidInput(_))
+    ));
+    assert!(bus.tail("stock", ratemesh_bus::Cursor::start(1)).is_err());
+    assert!(*bus.connected().borrow());
+}
+
+async fn traceparent_travels_with_the_entry(kind: Kind) {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("conformance")));
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    let consumer = bus.consumer("stock", "rates", "c1").await.unwrap();
+    let producer = tracing::info_span!("ingest.push_stock");
+    let sent = {
+        let _entered = producer.enter();
+        ratemesh_bus::trace_context::current_traceparent().expect("a traceparent")
+    };
+    let publish = async {
+        bus.publish("stock", Event::new("SKU-1", "traced"))
+            .await
+            .unwrap();
+    };
+    tracing::Instrument::instrument(publish, producer.clone()).await;
+    // An explicit traceparent wins over the current span.
+    let explicit = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    bus.publish(
+        "stock",
+        Event::new("SKU-1", "explicit").with_traceparent(explicit),
+    )
+    .await
+    .unwrap();
+    let got = collect_until(&consumer, Duration::from_secs(5), |g| g.len() >= 2).await;
+    assert_eq!(got[0].traceparent.as_deref(), Some(sent.as_str()));
+    assert_eq!(got[1].traceparent.as_deref(), Some(explicit));
+    // Consuming continues the producer's trace.
+    let consume_span = got[0].span();
+    let continued = ratemesh_bus::trace_context::traceparent_of(&consume_span).unwrap();
+    assert_eq!(&continued[3..35], &sent[3..35], "same trace id");
+    assert_ne!(&continued[36..52], &sent[36..52], "a new span id");
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Memory).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Redis).await
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    order_within_partition,
+    abandoned_entries_are_reclaimed_by_another_consumer,
+    nacked_entries_are_dead_lettered_with_their_error_and_replayable,
+    unacked_entries_are_dead_lettered_after_max_deliveries,
+    idempotency_keys_store_the_first_outcome,
+    idempotency_keys_expire,
+    compare_and_set_detects_conflicts,
+    write_and_publish_is_atomic,
+    write_and_publish_is_atomic_under_concurrent_writers,
+    tail_reads_from_a_cursor,
+    trimming_keeps_entries_groups_still_need,
+    stats_report_backlog_and_end_cursor,
+    scan_states_visits_every_key_once,
+    scheduler_fires_each_timer_once,
+    bad_names_and_keys_are_rejected,
+    traceparent_travels_with_the_entry,
+);

@@ -1,0 +1,765 @@
+//! The decisions: folding stock into each SKU's record, booking sales against budgets,
+//! and opening, extending and closing incentives with the core rules.
+//!
+//! Every change is a compare-and-set on the SKU's record; a transition is written together
+//! with its `IncentiveChanged` event ([`Store::save_and_publish`]), so the stream and the
+//! state never disagree and two replicas cannot both open an incentive on one SKU. What
+//! follows a committed transition (the listing projection, the slot table, timers) is
+//! repaired by the sweep if the process dies in between.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use ratemesh_bus::BusError;
+use ratemesh_core::policy::flash::FlashRules;
+use ratemesh_core::{
+    Applied, Candidate, CloseReason, DaysOfCover, Decision, Event as CoreEvent, Incentive,
+    IncentiveInputs, IncentiveTrack, LossReason, Money, NothingReason, Policy, Quantity, Rate, Sku,
+    decide, select,
+};
+use ratemesh_proto::v1;
+use ratemesh_runtime::ApiError;
+use ratemesh_runtime::error::Conflict;
+use rust_decimal::Decimal;
+
+use crate::clock::Clock;
+use crate::events::incentive_changed;
+use crate::record::{End, Ended, Meta, Origin, SkuRecord, to_proto};
+use crate::store::{Store, StoreError};
+
+/// Metric: transitions published, by `transition`, `reason` and `origin`.
+pub const METRIC_TRANSITIONS: &str = "ratemesh_incentives_transitions_total";
+/// Metric: SKUs that qualified but did not open, by `reason`.
+pub const METRIC_SKIPPED: &str = "ratemesh_incentives_skipped_total";
+/// Metric: incentives holding a concurrency slot.
+pub const METRIC_ACTIVE: &str = "ratemesh_incentives_active";
+
+/// A merchandiser's request, already validated field by field.
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    /// The SKU.
+    pub sku: Sku,
+    /// The bonus.
+    pub bonus: Rate,
+    /// The window length.
+    pub duration: TimeDelta,
+    /// Spend budget, if any.
+    pub budget_spend: Option<Decimal>,
+    /// Unit budget, if any.
+    pub budget_units: Option<Decimal>,
+    /// Why.
+    pub reason: String,
+    /// The caller.
+    pub author: String,
+}
+
+/// The service's decision maker; shared by the consumer, the timer loop and the API.
+#[derive(Debug)]
+pub struct Engine {
+    pub(crate) store: Store,
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+fn is_conflict(e: &StoreError) -> bool {
+    matches!(e, StoreError::Bus(BusError::Conflict { .. }))
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Bus(BusError::Unavailable(m)) => ApiError::unavailable(m),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+fn conflict(kind: &str, subject: &str, description: String) -> ApiError {
+    ApiError::FailedPrecondition {
+        message: description.clone(),
+        conflicts: vec![Conflict {
+            kind: kind.to_owned(),
+            subject: subject.to_owned(),
+            description,
+        }],
+    }
+}
+
+fn reason_label(r: CloseReason) -> &'static str {
+    match r {
+        CloseReason::Expired => "expired",
+        CloseReason::SoldThrough => "sold_through",
+        CloseReason::BudgetExhausted => "budget_exhausted",
+        CloseReason::Cancelled => "cancelled",
+    }
+}
+
+fn origin_label(o: Origin) -> &'static str {
+    match o {
+        Origin::Automatic => "automatic",
+        Origin::Manual => "manual",
+    }
+}
+
+fn loss_label(l: &LossReason) -> &'static str {
+    match l {
+        LossReason::CategoryFull { .. } => "category_full",
+        LossReason::ProgramFull { .. } => "program_full",
+        LossReason::DuplicateCandidate => "duplicate_candidate",
+    }
+}
+
+/// Books units sold since the previous reading against the active incentive's budgets.
+fn book_sale(rec: &mut SkuRecord, before: Quantity, as_of: DateTime<Utc>) {
+    let Some(price) = rec.view.product.as_ref().map(|p| p.price) else {
+        return;
+    };
+    let after = rec.view.available;
+    let Some(inc) = rec.track.active.as_mut() else {
+        return;
+    };
+    // Depletion observed before the window opened was not driven by the bonus.
+    if as_of < inc.opened_at {
+        return;
+    }
+    let sold = before.get() - after.get();
+    if let Ok(sold) = Quantity::new(sold)
+        && sold > Quantity::ZERO
+    {
+        inc.record_sale(sold, price);
+    }
+}
+
+impl Engine {
+    /// The rules the SKU's incentive runs under.
+    fn rules(&self, rec: &SkuRecord) -> FlashRules {
+        let mut rules = self.policy.category(rec.category()).flash.clone();
+        if rec
+            .meta
+            .as_ref()
+            .is_some_and(|m| m.origin == Origin::Manual)
+        {
+            // A merchandiser's window is what they asked for: it is not extended, and it
+            // ends early only when the SKU sells out or a budget is used up.
+            rules.max_extensions = 0;
+            rules.exit_cover = DaysOfCover::ZERO;
+        }
+        rules
+    }
+
+    fn inputs(rec: &SkuRecord) -> IncentiveInputs {
+        IncentiveInputs {
+            available: rec.view.available,
+            velocity: rec.view.velocity.velocity(),
+            price: rec.view.product.as_ref().map(|p| p.price),
+        }
+    }
+
+    fn rule_name(&self, category: &str) -> String {
+        if self.policy.category_names().any(|c| c == category) {
+            format!("overstock-{category}")
+        } else {
+            "overstock-default".to_owned()
+        }
+    }
+
+    /// Folds `event` (if any) into `sku`'s record, books sales, and acts on the rules:
+    /// closes and extensions are committed here; a SKU that qualifies for a new incentive
+    /// is returned as a candidate for [`Engine::open_candidates`].
+    pub async fn process(
+        &self,
+        sku: &Sku,
+        event: Option<&CoreEvent>,
+    ) -> Result<Option<Candidate>, StoreError> {
+        loop {
+            let (version, mut rec) = self.store.load(sku, &self.policy).await?;
+            let mut changed = false;
+            if let Some(e) = event {
+                let before = rec.view.available;
+                if rec.view.apply(e) == Applied::Applied {
+                    changed = true;
+                    if let CoreEvent::StockObserved { as_of, .. } = e {
+                        book_sale(&mut rec, before, *as_of);
+                    }
+                }
+            }
+            let now = self.clock.now();
+            let rules = self.rules(&rec);
+            let decision = decide(&rec.track, &rules, &Self::inputs(&rec), now);
+            let result = match decision {
+                Decision::Close { reason } => self
+                    .close(version, rec, reason, now, String::new(), String::new())
+                    .await
+                    .map(|_| None),
+                Decision::Extend { ends_at } => {
+                    self.extend(version, rec, ends_at, now).await.map(|_| None)
+                }
+                Decision::Open { cover, .. } => {
+                    let candidate = Candidate {
+                        sku: sku.clone(),
+                        category: rec.category().to_owned(),
+                        cover,
+                    };
+                    if changed {
+                        self.store
+                            .save(&rec, version)
+                            .await
+                            .map(|_| Some(candidate))
+                    } else {
+                        Ok(Some(candidate))
+                    }
+                }
+                Decision::Nothing { why } => {
+                    if changed
+                        && let NothingReason::Cooldown { until } = why
+                        && matches!(
+                            decide(&IncentiveTrack::default(), &rules, &Self::inputs(&rec), now),
+                            Decision::Open { .. }
+                        )
+                    {
+                        tracing::info!(sku = %sku, %until, "overstocked SKU skipped: in cooldown");
+                        metrics::counter!(METRIC_SKIPPED, "reason" => "cooldown").increment(1);
+                    }
+                    if changed {
+                        let active = rec.active_proto();
+                        match self.store.save(&rec, version).await {
+                            Ok(_) => {
+                                // Budget accounting moved: keep the listing current.
+                                if let Some(p) = active
+                                    && let Err(e) = self.store.project(&p).await
+                                {
+                                    tracing::warn!(sku = %sku, error = %e, "incentive listing not updated");
+                                }
+                                Ok(None)
+                            }
+                            Err(e) => Err(e),
+                        }
+                    } else {
+                        Ok(None)
+                    }
+                }
+            };
+            match result {
+                Err(e) if is_conflict(&e) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Ends the active incentive of `rec` (read at `version`) for `reason`; returns it ended.
+    async fn close(
+        &self,
+        version: u64,
+        mut rec: SkuRecord,
+        reason: CloseReason,
+        now: DateTime<Utc>,
+        by: String,
+        cancel_reason: String,
+    ) -> Result<v1::Incentive, StoreError> {
+        let sku = rec.view.sku.clone();
+        let category = rec.category().to_owned();
+        let rules = self.rules(&rec);
+        let meta = rec.meta.take().ok_or_else(|| {
+            StoreError::Corrupt(format!("incentive/{sku}: active incentive without details"))
+        })?;
+        let closed = rec
+            .track
+            .apply(
+                &Decision::Close { reason },
+                &sku,
+                &category,
+                &rules,
+                String::new,
+                now,
+            )
+            .ok_or_else(|| StoreError::Corrupt(format!("incentive/{sku}: nothing to close")))?;
+        let ended = Ended {
+            incentive: closed,
+            meta,
+            end: End {
+                reason,
+                at: now,
+                by,
+                cancel_reason,
+            },
+        };
+        let proto = ended.to_proto();
+        let origin = ended.meta.origin;
+        rec.last_ended = Some(ended);
+        let event = incentive_changed(proto.clone(), v1::IncentiveTransition::Ended, now);
+        self.store.save_and_publish(&rec, version, event).await?;
+        tracing::info!(
+            sku = %sku,
+            id = %proto.id,
+            reason = reason_label(reason),
+            spent = %proto.spent,
+            units_sold = %proto.units_sold,
+            "incentive ended: {reason}"
+        );
+        metrics::counter!(METRIC_TRANSITIONS, "transition" => "ended", "reason" => reason_label(reason), "origin" => origin_label(origin)).increment(1);
+        self.after_close(&sku, &proto).await;
+        Ok(proto)
+    }
+
+    /// Follow-ups of a committed close; a failure is repaired by the sweep.
+    async fn after_close(&self, sku: &Sku, proto: &v1::Incentive) {
+        let results = [
+            self.store.project(proto).await,
+            self.store.release(sku).await,
+            self.store.cancel_expiry(sku).await,
+        ];
+        for e in results.into_iter().filter_map(Result::err) {
+            tracing::warn!(sku = %sku, error = %e, "follow-up of an ended incentive failed; the sweep repairs it");
+        }
+    }
+
+    async fn extend(
+        &self,
+        version: u64,
+        mut rec: SkuRecord,
+        ends_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let sku = rec.view.sku.clone();
+        let category = rec.category().to_owned();
+        let rules = self.rules(&rec);
+        // The timer goes first: if the write then fails, a spurious expiry re-decides
+        // harmlessly; the other order could lose the expiry.
+        self.store.schedule_expiry(&sku, ends_at).await?;
+        let inc = rec
+            .track
+            .apply(
+                &Decision::Extend { ends_at },
+                &sku,
+                &category,
+                &rules,
+                String::new,
+                now,
+            )
+            .ok_or_else(|| StoreError::Corrupt(format!("incentive/{sku}: nothing to extend")))?;
+        let meta = rec.meta.clone().ok_or_else(|| {
+            StoreError::Corrupt(format!("incentive/{sku}: active incentive without details"))
+        })?;
+        let proto = to_proto(&inc, &meta, None);
+        let event = incentive_changed(proto.clone(), v1::IncentiveTransition::Extended, now);
+        self.store.save_and_publish(&rec, version, event).await?;
+        tracing::info!(sku = %sku, id = %inc.id, %ends_at, extensions = inc.extensions, "incentive extended");
+        metrics::counter!(METRIC_TRANSITIONS, "transition" => "extended", "reason" => "", "origin" => origin_label(meta.origin)).increment(1);
+        if let Err(e) = self.store.project(&proto).await {
+            tracing::warn!(sku = %sku, error = %e, "incentive listing not updated");
+        }
+        Ok(())
+    }
+
+    fn skipped(&self, candidate: &Candidate, why: &LossReason) {
+        tracing::info!(
+            sku = %candidate.sku,
+            category = %candidate.category,
+            cover = %candidate.cover,
+            reason = loss_label(why),
+            "overstocked SKU skipped: {why}"
+        );
+        metrics::counter!(METRIC_SKIPPED, "reason" => loss_label(why)).increment(1);
+    }
+
+    /// Opens incentives for as many candidates as the concurrency limits allow, the most
+    /// overstocked first; every other one is logged with why and counted. Returns the
+    /// SKUs whose open failed on the backend (their stock entries are retried).
+    pub async fn open_candidates(&self, candidates: Vec<Candidate>) -> Vec<Sku> {
+        if candidates.is_empty() {
+            return Vec::new();
+        }
+        let counts = match self.store.active_counts().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read incentive slots");
+                return candidates.into_iter().map(|c| c.sku).collect();
+            }
+        };
+        let selection = select(&candidates, &counts, &self.policy);
+        for (c, why) in &selection.losers {
+            self.skipped(c, why);
+        }
+        let mut failed = Vec::new();
+        for c in selection.winners {
+            if let Err(e) = self.open_automatic(&c).await {
+                tracing::warn!(sku = %c.sku, error = %e, "opening an incentive failed");
+                failed.push(c.sku);
+            }
+        }
+        failed
+    }
+
+    /// Opens an incentive on `c` by rule if it still qualifies and a slot is free.
+    async fn open_automatic(&self, c: &Candidate) -> Result<bool, StoreError> {
+        let now = self.clock.now();
+        if let Err(loss) = self
+            .store
+            .reserve(&c.sku, &c.category, &self.policy, now)
+            .await?
+        {
+            self.skipped(c, &loss);
+            return Ok(false);
+        }
+        loop {
+            let (version, mut rec) = self.store.load(&c.sku, &self.policy).await?;
+            let now = self.clock.now();
+            let rules = self.rules(&rec);
+            let decision = decide(&rec.track, &rules, &Self::inputs(&rec), now);
+            let Decision::Open { cover, .. } = decision else {
+                // Someone else opened it (the slot is theirs) or it no longer qualifies.
+                if rec.track.active.is_none() {
+                    self.store.release(&c.sku).await?;
+                }
+                return Ok(false);
+            };
+            let category = rec.category().to_owned();
+            let id = ulid::Ulid::generate().to_string();
+            let inc = rec
+                .track
+                .apply(&decision, &c.sku, &category, &rules, || id, now)
+                .ok_or_else(|| StoreError::Corrupt("open produced nothing".into()))?;
+            let meta = Meta {
+                origin: Origin::Automatic,
+                opened_by: self.rule_name(&category),
+                reason: format!(
+                    "overstock: {} days of cover, at least {} required",
+                    cover.get().round_dp(1).normalize(),
+                    rules.min_cover.get().normalize()
+                ),
+                days_of_cover_at_open: Some(cover.get()),
+                budget_spend: Some(rules.budget_spend.get()),
+                budget_units: Some(rules.budget_units.get()),
+            };
+            rec.meta = Some(meta.clone());
+            let proto = to_proto(&inc, &meta, None);
+            self.store.schedule_expiry(&c.sku, inc.ends_at).await?;
+            let event = incentive_changed(proto.clone(), v1::IncentiveTransition::Opened, now);
+            match self.store.save_and_publish(&rec, version, event).await {
+                Err(e) if is_conflict(&e) => continue,
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+            self.opened(&c.sku, &proto, Origin::Automatic).await;
+            return Ok(true);
+        }
+    }
+
+    async fn opened(&self, sku: &Sku, proto: &v1::Incentive, origin: Origin) {
+        tracing::info!(
+            sku = %sku,
+            id = %proto.id,
+            bonus = %proto.bonus_rate,
+            origin = origin_label(origin),
+            opened_by = %proto.opened_by,
+            reason = %proto.reason,
+            "incentive opened"
+        );
+        metrics::counter!(METRIC_TRANSITIONS, "transition" => "opened", "reason" => "", "origin" => origin_label(origin)).increment(1);
+        if let Err(e) = self.store.project(proto).await {
+            tracing::warn!(sku = %sku, error = %e, "incentive listing not updated; the sweep repairs it");
+        }
+    }
+
+    /// Opens an incentive by hand, refusing what would break a guardrail.
+    pub async fn trigger(&self, t: Trigger) -> Result<v1::Incentive, ApiError> {
+        let mut reserved = false;
+        loop {
+            let (version, mut rec) = self.store.load(&t.sku, &self.policy).await?;
+            let now = self.clock.now();
+            let refusal = self.refuse_trigger(&rec, &t, now).await;
+            if let Err(e) = refusal {
+                if reserved && rec.track.active.is_none() {
+                    self.store.release(&t.sku).await?;
+                }
+                return Err(e);
+            }
+            let category = rec.category().to_owned();
+            if !reserved {
+                if let Err(loss) = self
+                    .store
+                    .reserve(&t.sku, &category, &self.policy, now)
+                    .await?
+                {
+                    return Err(ApiError::ResourceExhausted {
+                        message: format!("concurrency limit reached: {loss}"),
+                        retry_after: std::time::Duration::from_secs(60),
+                    });
+                }
+                reserved = true;
+            }
+            // No budget given: one that is never reached.
+            let unbounded = Decimal::MAX;
+            let internal = |e: ratemesh_core::TypeError| ApiError::Internal(e.to_string());
+            let inc = Incentive {
+                id: ulid::Ulid::generate().to_string(),
+                sku: t.sku.clone(),
+                category: category.clone(),
+                bonus: t.bonus,
+                opened_at: now,
+                ends_at: now + t.duration,
+                extensions: 0,
+                budget_spend: Money::new(t.budget_spend.unwrap_or(unbounded)).map_err(internal)?,
+                budget_units: Quantity::new(t.budget_units.unwrap_or(unbounded))
+                    .map_err(internal)?,
+                spent: Money::ZERO,
+                units_sold: Quantity::ZERO,
+                cancel_requested: false,
+                manual: true,
+            };
+            let cover = rec
+                .view
+                .velocity
+                .velocity()
+                .map(|v| DaysOfCover::from_stock(rec.view.available, v).get());
+            let meta = Meta {
+                origin: Origin::Manual,
+                opened_by: t.author.clone(),
+                reason: t.reason.clone(),
+                days_of_cover_at_open: cover,
+                budget_spend: t.budget_spend,
+                budget_units: t.budget_units,
+            };
+            rec.track.active = Some(inc.clone());
+            rec.meta = Some(meta.clone());
+            let proto = to_proto(&inc, &meta, None);
+            self.store.schedule_expiry(&t.sku, inc.ends_at).await?;
+            let event = incentive_changed(proto.clone(), v1::IncentiveTransition::Opened, now);
+            match self.store.save_and_publish(&rec, version, event).await {
+                Err(e) if is_conflict(&e) => continue,
+                Err(e) => return Err(e.into()),
+                Ok(_) => {}
+            }
+            self.opened(&t.sku, &proto, Origin::Manual).await;
+            return Ok(proto);
+        }
+    }
+
+    /// Why a trigger must be refused, if it must.
+    async fn refuse_trigger(
+        &self,
+        rec: &SkuRecord,
+        t: &Trigger,
+        now: DateTime<Utc>,
+    ) -> Result<(), ApiError> {
+        let Some(product) = rec.view.product.as_ref() else {
+            return Err(ApiError::NotFound {
+                what: "sku (with product data)",
+                key: t.sku.to_string(),
+            });
+        };
+        if let Some(active) = &rec.track.active {
+            return Err(conflict(
+                "INCENTIVE_ACTIVE",
+                &active.id,
+                format!(
+                    "incentive {} is already active on sku {} until {}",
+                    active.id, t.sku, active.ends_at
+                ),
+            ));
+        }
+        let rules = self.policy.category(&product.category).flash.clone();
+        if let Some(closed) = rec.track.last_closed_at
+            && now < closed + rules.cooldown
+        {
+            return Err(conflict(
+                "COOLDOWN",
+                t.sku.as_str(),
+                format!(
+                    "sku {} is in cooldown until {} (an incentive ended at {closed})",
+                    t.sku,
+                    closed + rules.cooldown
+                ),
+            ));
+        }
+        self.check_guardrails(rec, t).await
+    }
+
+    /// The bonus must fit under the category's cap and margin guard on top of the SKU's
+    /// published rate (or its base rate before one is published), and an EXCLUDE override
+    /// forbids any incentive.
+    async fn check_guardrails(&self, rec: &SkuRecord, t: &Trigger) -> Result<(), ApiError> {
+        let Some(product) = rec.view.product.as_ref() else {
+            return Ok(());
+        };
+        let cat = self.policy.category(&product.category);
+        let card = self.published_card(&t.sku).await?;
+        if let Some(card) = &card
+            && let Some(reason) = card.reasons.iter().find(|r| r.code == "OVERRIDE_EXCLUDE")
+        {
+            return Err(conflict(
+                "OVERRIDE_EXCLUDE",
+                t.sku.as_str(),
+                format!(
+                    "sku {} is excluded from commission by an override ({})",
+                    t.sku, reason.text
+                ),
+            ));
+        }
+        let parse = |s: &str| s.trim().parse::<Decimal>().unwrap_or(Decimal::ZERO);
+        let (current, source) = match &card {
+            Some(card) => {
+                let incentive = card
+                    .parts
+                    .as_ref()
+                    .map_or(Decimal::ZERO, |p| parse(&p.incentive));
+                (parse(&card.effective_rate) - incentive, "published rate")
+            }
+            None => (
+                product.base_rate.unwrap_or(cat.base_rate).get(),
+                "base rate",
+            ),
+        };
+        let price = product.price.get();
+        let margin_bound = if price > Decimal::ZERO {
+            cat.margin_share * (price - product.unit_cost.get()).max(Decimal::ZERO) / price
+        } else {
+            Decimal::ZERO
+        };
+        let (bound, which) = if margin_bound < cat.cap.get() {
+            (margin_bound, "margin guard")
+        } else {
+            (cat.cap.get(), "cap")
+        };
+        let total = current + t.bonus.get();
+        if total > bound {
+            let room = (bound - current).max(Decimal::ZERO).round_dp(4).normalize();
+            return Err(ApiError::invalid(
+                "bonus_rate",
+                format!(
+                    "{} on top of the {source} {} makes {}, above the {which} {} of category {}; at most {room} fits",
+                    t.bonus.get().normalize(),
+                    current.round_dp(4).normalize(),
+                    total.round_dp(4).normalize(),
+                    bound.round_dp(4).normalize(),
+                    product.category
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The rate card the rates service published for `sku` (state `rate/<sku>`, field
+    /// `card`), if any.
+    async fn published_card(&self, sku: &Sku) -> Result<Option<v1::RateCard>, StoreError> {
+        use prost::Message as _;
+        let Some(rec) = self.store.bus().get_state("rate", sku.as_str()).await? else {
+            return Ok(None);
+        };
+        Ok(rec
+            .fields
+            .get("card")
+            .and_then(|b| v1::RateCard::decode(b.clone()).ok()))
+    }
+
+    /// Cancels incentive `id`; cancelling one already cancelled returns it unchanged.
+    pub async fn cancel(
+        &self,
+        id: &str,
+        reason: &str,
+        author: &str,
+    ) -> Result<v1::Incentive, ApiError> {
+        let not_found = || ApiError::NotFound {
+            what: "incentive",
+            key: id.to_owned(),
+        };
+        let logged = self.store.logged(id).await?.ok_or_else(not_found)?;
+        let sku = Sku::new(logged.sku.clone()).map_err(|_| not_found())?;
+        loop {
+            let (version, rec) = self.store.load(&sku, &self.policy).await?;
+            if rec.track.active.as_ref().is_some_and(|a| a.id == id) {
+                let now = self.clock.now();
+                match self
+                    .close(
+                        version,
+                        rec,
+                        CloseReason::Cancelled,
+                        now,
+                        author.to_owned(),
+                        reason.to_owned(),
+                    )
+                    .await
+                {
+                    Err(e) if is_conflict(&e) => continue,
+                    other => return other.map_err(Into::into),
+                }
+            }
+            let ended = rec
+                .last_ended
+                .as_ref()
+                .filter(|e| e.incentive.id == id)
+                .map(Ended::to_proto)
+                .unwrap_or(logged);
+            if ended.end_reason == v1::IncentiveEndReason::Cancelled as i32 {
+                return Ok(ended);
+            }
+            let why = v1::IncentiveEndReason::try_from(ended.end_reason)
+                .map(|r| r.as_str_name().to_owned())
+                .unwrap_or_else(|_| "UNKNOWN".into());
+            return Err(conflict(
+                "INCENTIVE_ENDED",
+                id,
+                format!("incentive {id} already ended ({why})"),
+            ));
+        }
+    }
+
+    /// Expiries that came due: each SKU is re-decided; a failure schedules it again.
+    pub async fn fire_due(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now();
+        let due = self.store.claim_due(now).await?;
+        let n = due.len();
+        let mut candidates = Vec::new();
+        for member in due {
+            let Ok(sku) = Sku::new(member.clone()) else {
+                tracing::warn!(member = %member, "dropping an expiry timer that names no valid sku");
+                continue;
+            };
+            match self.process(&sku, None).await {
+                Ok(Some(c)) => candidates.push(c),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(sku = %sku, error = %e, "expiry failed; retrying");
+                    self.store
+                        .schedule_expiry(&sku, now + TimeDelta::seconds(1))
+                        .await?;
+                }
+            }
+        }
+        self.open_candidates(candidates).await;
+        Ok(n)
+    }
+
+    /// Checks every slot against its SKU's record: re-arms the timer of each active
+    /// incentive (ending those already past their end), and frees slots whose incentive
+    /// is gone, publishing the listing entry a crash may have missed.
+    pub async fn sweep(&self, grace: TimeDelta) -> Result<(), StoreError> {
+        let slots = self.store.slots().await?;
+        metrics::gauge!(METRIC_ACTIVE).set(slots.len() as f64);
+        for (key, slot) in slots {
+            let Ok(sku) = Sku::new(key) else { continue };
+            let (_, rec) = self.store.load(&sku, &self.policy).await?;
+            let now = self.clock.now();
+            match (&rec.track.active, rec.active_proto()) {
+                (Some(inc), Some(proto)) => {
+                    if now >= inc.ends_at {
+                        self.process(&sku, None).await?;
+                    } else {
+                        self.store.schedule_expiry(&sku, inc.ends_at).await?;
+                        self.store.project(&proto).await?;
+                    }
+                }
+                _ => {
+                    if now - slot.reserved_at >= grace {
+                        if let Some(ended) = &rec.last_ended {
+                            self.store.project(&ended.to_proto()).await?;
+                        }
+                        tracing::info!(sku = %sku, "freeing a concurrency slot held without an active incentive");
+                        self.store.release(&sku).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

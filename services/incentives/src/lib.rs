@@ -1,0 +1,310 @@
+//! The incentives service: time-boxed flash incentives for overstock SKUs.
+//!
+//! It consumes the `stock` stream (consumer group `incentives`), keeps its own view of
+//! every SKU (core [`ratemesh_core::SkuState`]: stock, velocity, price, category), runs the
+//! core flash-incentive rules ([`ratemesh_core::decide`], [`ratemesh_core::select`]) and
+//! opens, extends and ends incentives within budgets, cooldowns and concurrency limits.
+//! Merchandisers list, trigger and cancel them over `IncentiveService`.
+//!
+//! # Event contract (stream `incentives`)
+//!
+//! Every lifecycle transition is one entry on stream `incentives`
+//! ([`ratemesh_runtime::streams::INCENTIVES`]), appended atomically with the state change
+//! that caused it:
+//!
+//! - key: the SKU (so all entries of one SKU are ordered in one partition);
+//! - kind: `ratemesh.v1.IncentiveChanged` ([`INCENTIVE_CHANGED`]);
+//! - payload: protobuf `ratemesh.v1.IncentiveChanged { meta, incentive, transition }`, where
+//!   `meta.event_id` is a fresh ULID, `meta.occurred_at` the time of the transition and
+//!   `meta.traceparent` the trace that caused it, and `incentive` is the whole incentive
+//!   *after* the change:
+//!   - `OPENED`: `state = ACTIVE`, `starts_at` = now, `ends_at` = the window end,
+//!     `bonus_rate`, `origin` (`AUTOMATIC` with `opened_by` = rule name such as
+//!     `overstock-home`, or `MANUAL` with `opened_by` = the merchandiser), `reason`,
+//!     budgets (absent = none), `spent = "0"`, `units_sold = "0"`;
+//!   - `EXTENDED`: `state = ACTIVE`, same `id`, a later `ends_at`;
+//!   - `ENDED`: `state = ENDED`, `end_reason` (`EXPIRED`, `SOLD_THROUGH`,
+//!     `BUDGET_EXHAUSTED`, `CANCELLED`), `ended_at` = when, `ends_at` = the earlier of the
+//!     window end and `ended_at` (so it is the last instant the bonus applied),
+//!     `ended_by`/`cancel_reason` for cancels.
+//!
+//! What a consumer (the rates engine) needs to do: per SKU, keep the incentive of the
+//! latest entry; while `state = ACTIVE` and `now < ends_at`, add `bonus_rate` as the
+//! incentive part with reason `INCENTIVE` and `guaranteed_until = ends_at`; on `ENDED`,
+//! drop it. One SKU has at most one active incentive; an `ENDED` entry for an id other
+//! than the one held is stale and can be ignored. Entries of one SKU arrive in order;
+//! after redelivery, use `meta.occurred_at` to drop older ones. Budget accounting
+//! (`spent`, `units_sold`) moves between transitions without an event; the listing
+//! (`ListIncentives`) shows it current.
+//!
+//! # Layout
+//! - [`engine`] — decisions per SKU, selection under limits, expiries, the repair sweep.
+//! - [`record`] — the per-SKU record kept in bus state and the wire form of an incentive.
+//! - [`store`] — bus state keys, slots, listing projection, timers.
+//! - [`events`] — reading the stock stream, writing `IncentiveChanged`.
+//! - [`api`] — `IncentiveService`.
+//! - [`clock`] — the injectable clock.
+//!
+//! Metrics: `ratemesh_incentives_transitions_total{transition,reason,origin}`,
+//! `ratemesh_incentives_skipped_total{reason}` (`cooldown`, `category_full`,
+//! `program_full`: an overstocked SKU that did not open, also logged with its reason),
+//! `ratemesh_incentives_active`.
+
+pub mod api;
+pub mod clock;
+pub mod engine;
+pub mod events;
+pub mod record;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use ratemesh_bus::Consumer;
+use ratemesh_core::{Policy, Sku};
+use ratemesh_proto::v1::incentive_service_server::IncentiveServiceServer;
+use ratemesh_runtime::{Context, Readiness, ServiceModule, streams};
+use rust_decimal::Decimal;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use engine::Engine;
+pub use events::INCENTIVE_CHANGED;
+
+/// The rate policy the incentive rules come from: the file named by `[rates] policy_file`
+/// (the same one the rates service computes with), or the built-in example policy when
+/// that is empty. Errors name the setting and the file.
+pub fn policy_from_settings(settings: &ratemesh_runtime::Settings) -> anyhow::Result<Policy> {
+    let path = settings.rates.policy_file.trim();
+    if path.is_empty() {
+        return Ok(Policy::example());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        anyhow::anyhow!("invalid config: rates.policy_file: cannot read {path}: {e}")
+    })?;
+    Policy::from_toml_str(&text)
+        .map_err(|e| anyhow::anyhow!("invalid config: rates.policy_file: {path}: {e}"))
+}
+
+/// Builds the incentives service with the system clock and the configured policy.
+pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
+    let policy = policy_from_settings(ctx.settings())?;
+    Ok(Incentives::new(ctx, policy, Arc::new(SystemClock)).module(ctx))
+}
+
+/// The service before it runs; tests build it with their own policy and clock.
+#[derive(Debug, Clone)]
+pub struct Incentives {
+    engine: Arc<Engine>,
+}
+
+impl Incentives {
+    /// The service on `ctx`'s bus.
+    pub fn new(ctx: &Context, policy: Policy, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            engine: Arc::new(Engine {
+                store: store::Store::new(ctx.bus().clone()),
+                policy: Arc::new(policy),
+                clock,
+            }),
+        }
+    }
+
+    /// Re-decides `sku` from its stored record (what an expiry or the sweep does).
+    pub async fn evaluate(&self, sku: &str) -> anyhow::Result<()> {
+        let sku = Sku::new(sku)?;
+        if let Some(candidate) = self.engine.process(&sku, None).await? {
+            let failed = self.engine.open_candidates(vec![candidate]).await;
+            anyhow::ensure!(failed.is_empty(), "opening an incentive on {sku} failed");
+        }
+        Ok(())
+    }
+
+    /// Runs the repair sweep once (see [`Engine::sweep`]).
+    pub async fn sweep(&self, grace: TimeDelta) -> anyhow::Result<()> {
+        Ok(self.engine.sweep(grace).await?)
+    }
+
+    /// The module `App` runs: `IncentiveService`, the stock consumer, the expiry timer
+    /// loop and the sweep.
+    pub fn module(self, ctx: &Context) -> ServiceModule {
+        let settings = &ctx.settings().incentives;
+        let readiness = Readiness::new();
+        let api = api::IncentivesApi {
+            engine: self.engine.clone(),
+            limits: api::Limits {
+                max_bonus: Decimal::new(i64::from(settings.max_bonus_bps), 4),
+                max_duration: TimeDelta::hours(i64::from(settings.max_duration_hours)),
+            },
+        };
+        let consumer_name = if settings.consumer_name.is_empty() {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "incentives".into());
+            format!("{host}-{}", std::process::id())
+        } else {
+            settings.consumer_name.clone()
+        };
+        let shutdown = ctx.shutdown().clone();
+        let sweep_every = settings.sweep_interval();
+        ServiceModule::new("incentives", readiness.clone())
+            .grpc(IncentiveServiceServer::new(api))
+            .task(
+                "incentives stock consumer",
+                consume(
+                    self.engine.clone(),
+                    ctx.bus().clone(),
+                    consumer_name,
+                    readiness,
+                    shutdown.clone(),
+                ),
+            )
+            .task(
+                "incentives expiry timers",
+                timers(self.engine.clone(), settings.timer_poll(), shutdown.clone()),
+            )
+            .task(
+                "incentives sweep",
+                sweep(self.engine.clone(), sweep_every, shutdown),
+            )
+    }
+}
+
+async fn join(
+    bus: &ratemesh_bus::Bus,
+    name: &str,
+    shutdown: &CancellationToken,
+) -> Option<Consumer> {
+    loop {
+        match bus
+            .consumer(streams::STOCK, streams::groups::INCENTIVES, name)
+            .await
+        {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot join the stock stream yet; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = shutdown.cancelled() => return None,
+                }
+            }
+        }
+    }
+}
+
+/// Reads the stock stream: folds each entry into its SKU, then opens incentives for the
+/// SKUs of the batch that qualify, and acks what was committed.
+async fn consume(
+    engine: Arc<Engine>,
+    bus: ratemesh_bus::Bus,
+    name: String,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(consumer) = join(&bus, &name, &shutdown).await else {
+        return Ok(());
+    };
+    readiness.set(true);
+    tracing::info!(consumer = %name, "incentives consumer started");
+    loop {
+        let batch = tokio::select! {
+            b = consumer.next_batch() => b,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        let batch = match batch {
+            Ok(b) => {
+                readiness.set(true);
+                b
+            }
+            Err(e) => {
+                readiness.set(false);
+                tracing::warn!(error = %e, "reading the stock stream failed");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+            }
+        };
+        let mut done = Vec::with_capacity(batch.len());
+        let mut candidates = Vec::new();
+        for d in &batch {
+            let result = async {
+                match events::decode_stock_entry(d) {
+                    Err(bad) => Err(bad.0),
+                    Ok(None) => Ok(None),
+                    Ok(Some(event)) => {
+                        let Some(sku) = event.sku().cloned() else {
+                            return Ok(None);
+                        };
+                        engine
+                            .process(&sku, Some(&event))
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                }
+            }
+            .instrument(d.span())
+            .await;
+            match result {
+                Ok(candidate) => {
+                    candidates.extend(candidate);
+                    done.push(d);
+                }
+                Err(error) => {
+                    tracing::warn!(key = %d.key, %error, "stock entry not applied");
+                    if let Err(e) = consumer.nack(d, &error).await {
+                        tracing::warn!(error = %e, "nack failed");
+                    }
+                }
+            }
+        }
+        let failed = engine.open_candidates(candidates).await;
+        // An entry whose SKU failed to open is retried; its fold is idempotent.
+        let (acks, retries): (Vec<_>, Vec<_>) = done
+            .into_iter()
+            .partition(|d| !failed.iter().any(|s| s.as_str() == d.key));
+        for d in retries {
+            if let Err(e) = consumer.nack(d, "opening the incentive failed").await {
+                tracing::warn!(error = %e, "nack failed");
+            }
+        }
+        if let Err(e) = consumer.ack(acks).await {
+            tracing::warn!(error = %e, "ack failed; entries will be redelivered");
+        }
+    }
+}
+
+/// Claims due expiries every `poll`.
+async fn timers(
+    engine: Arc<Engine>,
+    poll: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+        if let Err(e) = engine.fire_due().await {
+            tracing::warn!(error = %e, "claiming expiry timers failed");
+        }
+    }
+}
+
+/// Repairs what a crash between a transition and its follow-ups left behind.
+async fn sweep(
+    engine: Arc<Engine>,
+    every: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let grace = TimeDelta::from_std(every).unwrap_or(TimeDelta::seconds(30));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+        if let Err(e) = engine.sweep(grace).await {
+            tracing::warn!(error = %e, "incentive sweep failed");
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! What the service stores per SKU, and how an incentive looks on the wire.
+//!
+//! One record per SKU (bus state `incentive/<sku>`, field `record`, JSON) holds everything
+//! a decision needs, so a stock event, an expiry, a trigger or a cancel is one
+//! compare-and-set on one key: the service's own view of the SKU (core [`SkuState`]: stock,
+//! velocity, product), the core [`IncentiveTrack`] (the active incentive with its budget
+//! accounting, and the cooldown clock), what the wire format needs beyond core (origin,
+//! author, reason, whether budgets were set), and the last ended incentive.
+
+use chrono::{DateTime, Utc};
+use ratemesh_core::{CloseReason, Incentive, IncentiveTrack, Policy, Sku, SkuState};
+use ratemesh_proto::v1;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// Who opened an incentive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// The overstock rules.
+    Automatic,
+    /// A merchandiser (`TriggerIncentive`).
+    Manual,
+}
+
+/// Wire details of an incentive that core does not keep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Who opened it.
+    pub origin: Origin,
+    /// Rule name (automatic) or principal (manual).
+    pub opened_by: String,
+    /// Why it was opened.
+    pub reason: String,
+    /// Days of cover when it opened, if velocity was known.
+    pub days_of_cover_at_open: Option<Decimal>,
+    /// Spend budget as given; `None` means none (core then holds an unreachable amount).
+    pub budget_spend: Option<Decimal>,
+    /// Unit budget as given; `None` means none.
+    pub budget_units: Option<Decimal>,
+}
+
+/// How an incentive ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct End {
+    /// Why.
+    pub reason: CloseReason,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Principal that cancelled it; empty otherwise.
+    pub by: String,
+    /// Reason given with the cancel; empty otherwise.
+    pub cancel_reason: String,
+}
+
+/// An incentive that ended, as kept for listing and idempotent cancels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ended {
+    /// The incentive at its end.
+    pub incentive: Incentive,
+    /// Its wire details.
+    pub meta: Meta,
+    /// How it ended.
+    pub end: End,
+}
+
+/// Everything stored for one SKU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkuRecord {
+    /// Stock, velocity and product as folded from the stock stream.
+    pub view: SkuState,
+    /// The active incentive and the cooldown clock.
+    pub track: IncentiveTrack,
+    /// Wire details of the active incentive.
+    pub meta: Option<Meta>,
+    /// The most recent incentive that ended.
+    pub last_ended: Option<Ended>,
+}
+
+impl SkuRecord {
+    /// An empty record for `sku`.
+    pub fn new(sku: Sku, policy: &Policy) -> Self {
+        Self {
+            view: SkuState::new(sku, &policy.velocity),
+            track: IncentiveTrack::default(),
+            meta: None,
+            last_ended: None,
+        }
+    }
+
+    /// The category the SKU's rules come from (empty until product data arrives).
+    pub fn category(&self) -> &str {
+        self.view
+            .product
+            .as_ref()
+            .map_or("", |p| p.category.as_str())
+    }
+
+    /// The active incentive on the wire.
+    pub fn active_proto(&self) -> Option<v1::Incentive> {
+        let inc = self.track.active.as_ref()?;
+        let meta = self.meta.as_ref()?;
+        Some(to_proto(inc, meta, None))
+    }
+}
+
+fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// The wire form of `inc`; ended when `end` is given.
+pub fn to_proto(inc: &Incentive, meta: &Meta, end: Option<&End>) -> v1::Incentive {
+    let state = if end.is_some() {
+        v1::IncentiveState::Ended
+    } else {
+        v1::IncentiveState::Active
+    };
+    let end_reason = match end.map(|e| e.reason) {
+        None => v1::IncentiveEndReason::Unspecified,
+        Some(CloseReason::Expired) => v1::IncentiveEndReason::Expired,
+        Some(CloseReason::SoldThrough) => v1::IncentiveEndReason::SoldThrough,
+        Some(CloseReason::BudgetExhausted) => v1::IncentiveEndReason::BudgetExhausted,
+        Some(CloseReason::Cancelled) => v1::IncentiveEndReason::Cancelled,
+    };
+    let origin = match meta.origin {
+        Origin::Automatic => v1::IncentiveOrigin::Automatic,
+        Origin::Manual => v1::IncentiveOrigin::Manual,
+    };
+    v1::Incentive {
+        id: inc.id.clone(),
+        sku: inc.sku.to_string(),
+        category: inc.category.clone(),
+        bonus_rate: inc.bonus.get().normalize().to_string(),
+        starts_at: Some(timestamp(inc.opened_at)),
+        ends_at: Some(timestamp(inc.ends_at)),
+        budget_spend: meta.budget_spend.map(|d| d.normalize().to_string()),
+        budget_units: meta.budget_units.map(|d| d.normalize().to_string()),
+        spent: inc.spent.get().round_dp(4).normalize().to_string(),
+        units_sold: inc.units_sold.get().normalize().to_string(),
+        state: state as i32,
+        end_reason: end_reason as i32,
+        origin: origin as i32,
+        opened_by: meta.opened_by.clone(),
+        reason: meta.reason.clone(),
+        days_of_cover_at_open: meta
+            .days_of_cover_at_open
+            .map(|d| d.round_dp(2).normalize().to_string())
+            .unwrap_or_default(),
+        ended_at: end.map(|e| timestamp(e.at)),
+        ended_by: end.map(|e| e.by.clone()).unwrap_or_default(),
+        cancel_reason: end.map(|e| e.cancel_reason.clone()).unwrap_or_default(),
+    }
+}
+
+impl Ended {
+    /// The wire form.
+    pub fn to_proto(&self) -> v1::Incentive {
+        to_proto(&self.incentive, &self.meta, Some(&self.end))
+    }
+}
+
+/// Milliseconds of a wire timestamp (0 when absent), for ordering.
+pub fn millis(t: Option<&prost_types::Timestamp>) -> i64 {
+    t.map_or(0, |t| {
+        t.seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(t.nanos / 1_000_000))
+    })
+}

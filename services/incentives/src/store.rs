@@ -1,0 +1,349 @@
+//! Bus state of the service: per-SKU records, the table of concurrency slots, the listing
+//! projection, and expiry timers.
+//!
+//! | where | key | holds |
+//! |---|---|---|
+//! | state `incentive` | SKU | field `record`: JSON [`SkuRecord`] — the truth, written by CAS |
+//! | state `incentive-slots` | `active` | field `slots`: JSON SKU → [`Slot`], one per active incentive |
+//! | state `incentive-log` | incentive id | field `incentive`: protobuf `ratemesh.v1.Incentive`, for listing |
+//! | timers `incentive-expiry` | SKU | due at the active incentive's `ends_at` |
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use prost::Message as _;
+use ratemesh_bus::{Bus, BusError, Event, StateWrite};
+use ratemesh_core::{ActiveCounts, LossReason, Policy, Sku};
+use ratemesh_proto::v1;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::system_time;
+use crate::record::{SkuRecord, millis};
+
+/// State namespace of the per-SKU records.
+pub const NS_RECORD: &str = "incentive";
+/// State namespace of the slot table.
+pub const NS_SLOTS: &str = "incentive-slots";
+/// State namespace of the listing projection.
+pub const NS_LOG: &str = "incentive-log";
+/// Timer queue of expiries.
+pub const TIMERS: &str = "incentive-expiry";
+const FIELD_RECORD: &str = "record";
+const FIELD_SLOTS: &str = "slots";
+const FIELD_INCENTIVE: &str = "incentive";
+const SLOTS_KEY: &str = "active";
+
+/// Errors of the store.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The bus failed.
+    Bus(BusError),
+    /// Stored data could not be read (a bug or a foreign writer).
+    Corrupt(String),
+}
+
+impl std::error::Error for StoreError {}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Bus(e) => write!(f, "{e}"),
+            StoreError::Corrupt(what) => write!(f, "stored state is unreadable: {what}"),
+        }
+    }
+}
+
+impl From<BusError> for StoreError {
+    fn from(e: BusError) -> Self {
+        StoreError::Bus(e)
+    }
+}
+
+/// One reserved concurrency slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    /// Category of the SKU holding it.
+    pub category: String,
+    /// When it was reserved (stale reservations without an incentive are swept).
+    pub reserved_at: DateTime<Utc>,
+}
+
+/// Bus access for the service.
+#[derive(Debug, Clone)]
+pub struct Store {
+    bus: Bus,
+}
+
+impl Store {
+    pub fn new(bus: Bus) -> Self {
+        Self { bus }
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// The record of `sku` and its version (0 and a fresh record when absent).
+    pub async fn load(&self, sku: &Sku, policy: &Policy) -> Result<(u64, SkuRecord), StoreError> {
+        match self.bus.get_state(NS_RECORD, sku.as_str()).await? {
+            None => Ok((0, SkuRecord::new(sku.clone(), policy))),
+            Some(rec) => {
+                let bytes = rec.fields.get(FIELD_RECORD).ok_or_else(|| {
+                    StoreError::Corrupt(format!("{NS_RECORD}/{sku}: no field {FIELD_RECORD}"))
+                })?;
+                let record = serde_json::from_slice(bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("{NS_RECORD}/{sku}: {e}")))?;
+                Ok((rec.version, record))
+            }
+        }
+    }
+
+    fn write_of(record: &SkuRecord, expect: u64) -> Result<StateWrite, StoreError> {
+        let json = serde_json::to_vec(record)
+            .map_err(|e| StoreError::Corrupt(format!("encoding record: {e}")))?;
+        Ok(StateWrite::new(NS_RECORD, record.view.sku.as_str())
+            .expect_version(expect)
+            .set(FIELD_RECORD, json))
+    }
+
+    /// Saves `record` if it is still at version `expect`.
+    pub async fn save(&self, record: &SkuRecord, expect: u64) -> Result<u64, StoreError> {
+        Ok(self
+            .bus
+            .write_state(Self::write_of(record, expect)?)
+            .await?)
+    }
+
+    /// Saves `record` if it is still at version `expect` and appends `event` to the
+    /// incentives stream, atomically.
+    pub async fn save_and_publish(
+        &self,
+        record: &SkuRecord,
+        expect: u64,
+        event: Event,
+    ) -> Result<u64, StoreError> {
+        let (version, _) = self
+            .bus
+            .write_state_and_publish(
+                Self::write_of(record, expect)?,
+                ratemesh_runtime::streams::INCENTIVES,
+                event,
+            )
+            .await?;
+        Ok(version)
+    }
+
+    // ----- slots -----
+
+    async fn load_slots(&self) -> Result<(u64, BTreeMap<String, Slot>), StoreError> {
+        match self.bus.get_state(NS_SLOTS, SLOTS_KEY).await? {
+            None => Ok((0, BTreeMap::new())),
+            Some(rec) => {
+                let map = match rec.fields.get(FIELD_SLOTS) {
+                    Some(bytes) => serde_json::from_slice(bytes)
+                        .map_err(|e| StoreError::Corrupt(format!("{NS_SLOTS}: {e}")))?,
+                    None => BTreeMap::new(),
+                };
+                Ok((rec.version, map))
+            }
+        }
+    }
+
+    async fn save_slots(
+        &self,
+        map: &BTreeMap<String, Slot>,
+        expect: u64,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(map)
+            .map_err(|e| StoreError::Corrupt(format!("encoding slots: {e}")))?;
+        self.bus
+            .write_state(
+                StateWrite::new(NS_SLOTS, SLOTS_KEY)
+                    .expect_version(expect)
+                    .set(FIELD_SLOTS, json),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Every held slot.
+    pub async fn slots(&self) -> Result<BTreeMap<String, Slot>, StoreError> {
+        Ok(self.load_slots().await?.1)
+    }
+
+    /// Incentives holding a slot, per category and in total (what [`ratemesh_core::select`]
+    /// counts against).
+    pub async fn active_counts(&self) -> Result<ActiveCounts, StoreError> {
+        Ok(counts(&self.slots().await?))
+    }
+
+    /// Reserves a slot for `sku` unless its category or the program is full. A SKU that
+    /// already holds one keeps it (whoever reserved it, at most one incentive opens on it).
+    pub async fn reserve(
+        &self,
+        sku: &Sku,
+        category: &str,
+        policy: &Policy,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), LossReason>, StoreError> {
+        loop {
+            let (version, mut map) = self.load_slots().await?;
+            if map.contains_key(sku.as_str()) {
+                return Ok(Ok(()));
+            }
+            let c = counts(&map);
+            if c.program >= policy.max_concurrent_incentives {
+                return Ok(Err(LossReason::ProgramFull {
+                    limit: policy.max_concurrent_incentives,
+                    already_open: c.program,
+                    selected_ahead: 0,
+                }));
+            }
+            let limit = policy.category(category).flash.max_concurrent;
+            let in_category = c.per_category.get(category).copied().unwrap_or(0);
+            if in_category >= limit {
+                return Ok(Err(LossReason::CategoryFull {
+                    category: category.to_owned(),
+                    limit,
+                    already_open: in_category,
+                    selected_ahead: 0,
+                }));
+            }
+            map.insert(
+                sku.to_string(),
+                Slot {
+                    category: category.to_owned(),
+                    reserved_at: now,
+                },
+            );
+            match self.save_slots(&map, version).await {
+                Err(StoreError::Bus(BusError::Conflict { .. })) => continue,
+                other => return other.map(Ok),
+            }
+        }
+    }
+
+    /// Frees the slot of `sku`, if it holds one.
+    pub async fn release(&self, sku: &Sku) -> Result<(), StoreError> {
+        loop {
+            let (version, mut map) = self.load_slots().await?;
+            if map.remove(sku.as_str()).is_none() {
+                return Ok(());
+            }
+            match self.save_slots(&map, version).await {
+                Err(StoreError::Bus(BusError::Conflict { .. })) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    // ----- listing projection -----
+
+    /// Records `incentive` in the listing unless what is there is newer: an ended
+    /// incentive is final; while active, a later end or more units sold is newer.
+    pub async fn project(&self, incentive: &v1::Incentive) -> Result<(), StoreError> {
+        loop {
+            let current = self.bus.get_state(NS_LOG, &incentive.id).await?;
+            let version = current.as_ref().map_or(0, |r| r.version);
+            if let Some(stored) = current
+                .as_ref()
+                .and_then(|r| r.fields.get(FIELD_INCENTIVE))
+                .and_then(|b| v1::Incentive::decode(b.clone()).ok())
+                && !is_newer(incentive, &stored)
+            {
+                return Ok(());
+            }
+            let write = StateWrite::new(NS_LOG, incentive.id.clone())
+                .expect_version(version)
+                .set(FIELD_INCENTIVE, Bytes::from(incentive.encode_to_vec()));
+            match self.bus.write_state(write).await {
+                Err(BusError::Conflict { .. }) => continue,
+                other => return other.map(|_| ()).map_err(Into::into),
+            }
+        }
+    }
+
+    /// One incentive from the listing.
+    pub async fn logged(&self, id: &str) -> Result<Option<v1::Incentive>, StoreError> {
+        let Some(rec) = self.bus.get_state(NS_LOG, id).await? else {
+            return Ok(None);
+        };
+        rec.fields
+            .get(FIELD_INCENTIVE)
+            .map(|b| {
+                v1::Incentive::decode(b.clone())
+                    .map_err(|e| StoreError::Corrupt(format!("{NS_LOG}/{id}: {e}")))
+            })
+            .transpose()
+    }
+
+    /// Every incentive in the listing.
+    pub async fn all_logged(&self) -> Result<Vec<v1::Incentive>, StoreError> {
+        let mut out = Vec::new();
+        let mut page: Option<String> = None;
+        loop {
+            let p = self.bus.scan_states(NS_LOG, page.as_deref(), 500).await?;
+            for (key, rec) in p.items {
+                if let Some(b) = rec.fields.get(FIELD_INCENTIVE) {
+                    out.push(
+                        v1::Incentive::decode(b.clone())
+                            .map_err(|e| StoreError::Corrupt(format!("{NS_LOG}/{key}: {e}")))?,
+                    );
+                }
+            }
+            match p.next {
+                Some(next) => page = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    // ----- timers -----
+
+    /// Makes `sku`'s expiry due at `at` (moving any earlier one).
+    pub async fn schedule_expiry(&self, sku: &Sku, at: DateTime<Utc>) -> Result<(), StoreError> {
+        Ok(self
+            .bus
+            .schedule(TIMERS, sku.as_str(), system_time(at))
+            .await?)
+    }
+
+    /// Drops `sku`'s expiry timer.
+    pub async fn cancel_expiry(&self, sku: &Sku) -> Result<(), StoreError> {
+        self.bus.cancel(TIMERS, sku.as_str()).await?;
+        Ok(())
+    }
+
+    /// Claims expiries due at `now`.
+    pub async fn claim_due(&self, now: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .bus
+            .claim_due(TIMERS, system_time(now), 256)
+            .await?
+            .into_iter()
+            .map(|t| t.member)
+            .collect())
+    }
+}
+
+fn counts(map: &BTreeMap<String, Slot>) -> ActiveCounts {
+    let mut c = ActiveCounts::default();
+    for slot in map.values() {
+        *c.per_category.entry(slot.category.clone()).or_default() += 1;
+        c.program += 1;
+    }
+    c
+}
+
+fn is_newer(new: &v1::Incentive, stored: &v1::Incentive) -> bool {
+    let ended = v1::IncentiveState::Ended as i32;
+    if stored.state == ended {
+        return false;
+    }
+    if new.state == ended {
+        return true;
+    }
+    let units = |i: &v1::Incentive| i.units_sold.parse::<rust_decimal::Decimal>().ok();
+    millis(new.ends_at.as_ref()) >= millis(stored.ends_at.as_ref()) && units(new) >= units(stored)
+}

@@ -1,0 +1,364 @@
+//! Test harness: the incentives service alone on a private redis-server, with a manual
+//! clock, a test policy, a key per role, and helpers to push stock and read the
+//! incentives stream.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeZone, Utc};
+use prost::Message as _;
+use ratemesh_bus::testkit::RedisServer;
+use ratemesh_bus::{Bus, BusOptions, Event};
+use ratemesh_core::Policy;
+use ratemesh_incentives::{Incentives, ManualClock};
+use ratemesh_proto::v1;
+use ratemesh_proto::v1::incentive_service_client::IncentiveServiceClient;
+use ratemesh_runtime::settings::ApiKeySettings;
+use ratemesh_runtime::{App, Context, Role, Settings, auth, streams};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// A policy with small numbers: overstock at 100 days of cover, windows of 48 h, a 24 h
+/// cooldown, budgets of 50 (money) and 40 units, two incentives per category, three in
+/// the program.
+pub const POLICY: &str = r#"
+[program]
+max_concurrent_incentives = 3
+
+[defaults]
+base_rate = "0.05"
+cap = "0.20"
+margin_share = "0.50"
+
+[defaults.flash]
+enabled = true
+min_cover_days = "100"
+exit_cover_days = "30"
+bonus = "0.02"
+duration_hours = 48
+budget_spend = "50"
+budget_units = "40"
+cooldown_hours = 24
+max_extensions = 0
+max_concurrent = 2
+
+[categories.toys]
+cap = "0.08"
+
+[categories.toys.flash]
+max_concurrent = 5
+"#;
+
+pub fn policy() -> Policy {
+    Policy::from_toml_str(POLICY).expect("test policy")
+}
+
+/// The same policy with room for 100 incentives (50 in toys).
+pub fn policy_roomy() -> Policy {
+    Policy::from_toml_str(
+        &POLICY
+            .replace(
+                "max_concurrent_incentives = 3",
+                "max_concurrent_incentives = 100",
+            )
+            .replace("max_concurrent = 5", "max_concurrent = 50"),
+    )
+    .expect("test policy")
+}
+
+/// The same policy with automatic incentives off.
+pub fn policy_disabled() -> Policy {
+    Policy::from_toml_str(&POLICY.replace("enabled = true", "enabled = false"))
+        .expect("test policy")
+}
+
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 3, 3, 9, 0, 0)
+        .single()
+        .expect("t0")
+}
+
+pub fn key_of(role: Role) -> String {
+    format!("incentives-test-key-{role}")
+}
+
+pub fn settings() -> Settings {
+    let mut s = Settings::default();
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    s.server.grpc_addr = any;
+    s.server.http_addr = any;
+    s.server.admin_addr = any;
+    s.server.shutdown_grace_ms = 2_000;
+    s.incentives.timer_poll_ms = 20;
+    s.incentives.sweep_interval_secs = 3600;
+    s.auth.keys = Role::ALL
+        .into_iter()
+        .map(|role| ApiKeySettings {
+            name: format!("test-{role}"),
+            role,
+            sha256: auth::hash_key(&key_of(role)),
+            partner_id: (role == Role::Partner).then(|| "p".to_owned()),
+        })
+        .collect();
+    s
+}
+
+pub fn bus_options() -> BusOptions {
+    BusOptions {
+        partitions: 4,
+        reclaim_idle: Duration::from_millis(500),
+        read_block: Duration::from_millis(50),
+        ..BusOptions::default()
+    }
+}
+
+pub async fn bus(redis: &RedisServer, prefix: &str) -> Bus {
+    Bus::redis(&redis.url(), prefix, bus_options())
+        .await
+        .expect("redis bus")
+}
+
+/// A running incentives service.
+pub struct Instance {
+    pub grpc: SocketAddr,
+    pub handle: Incentives,
+    pub bus: Bus,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts the service on `redis` under `prefix` with `policy` and `clock`.
+pub async fn start(
+    redis: &RedisServer,
+    prefix: &str,
+    policy: Policy,
+    clock: &ManualClock,
+) -> Instance {
+    start_named(redis, prefix, policy, clock, "replica-a").await
+}
+
+pub async fn start_named(
+    redis: &RedisServer,
+    prefix: &str,
+    policy: Policy,
+    clock: &ManualClock,
+    consumer: &str,
+) -> Instance {
+    ratemesh_runtime::telemetry::init_for_tests();
+    let mut s = settings();
+    s.incentives.consumer_name = consumer.to_owned();
+    let bus = bus(redis, prefix).await;
+    let ctx = Context::new(s, bus.clone());
+    let handle = Incentives::new(&ctx, policy, Arc::new(clock.clone()));
+    let module = handle.clone().module(&ctx);
+    let app = App::bind(&ctx, vec![module]).await.expect("bind");
+    let grpc = app.grpc_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run(async move {
+        let _ = stopped.await;
+    }));
+    let instance = Instance {
+        grpc,
+        handle,
+        bus,
+        stop: Some(stop),
+        task,
+    };
+    // Readiness follows the consumer joining the stock stream.
+    let mut client = instance.client(Role::Merchandiser).await;
+    eventually("service answers", || {
+        let mut c = client.clone();
+        async move {
+            c.list_incentives(v1::ListIncentivesRequest::default())
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    let _ = &mut client;
+    instance
+}
+
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        r.metadata_mut().insert("authorization", self.0.clone());
+        Ok(r)
+    }
+}
+
+pub type Client = IncentiveServiceClient<InterceptedService<Channel, Bearer>>;
+
+impl Instance {
+    pub async fn client(&self, role: Role) -> Client {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let bearer = Bearer(format!("Bearer {}", key_of(role)).parse().expect("ascii"));
+        IncentiveServiceClient::with_interceptor(channel, bearer)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task)
+            .await
+            .expect("app task")
+            .expect("app stopped cleanly");
+    }
+}
+
+fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: 0,
+    }
+}
+
+fn meta(t: DateTime<Utc>) -> Option<v1::EventMeta> {
+    Some(v1::EventMeta {
+        event_id: ulid::Ulid::generate().to_string(),
+        occurred_at: Some(ts(t)),
+        ..Default::default()
+    })
+}
+
+/// Product data as ingest publishes it.
+pub fn product(sku: &str, category: &str, price: &str, cost: &str, at: DateTime<Utc>) -> Event {
+    let m = v1::ProductChanged {
+        meta: meta(at),
+        product: Some(v1::Product {
+            sku: sku.into(),
+            category: category.into(),
+            price: price.into(),
+            unit_cost: cost.into(),
+            currency: "EUR".into(),
+            as_of: Some(ts(at)),
+            ..Default::default()
+        }),
+        source: "test".into(),
+        batch_id: "b".into(),
+    };
+    Event::new(sku, m.encode_to_vec()).with_kind("ratemesh.v1.ProductChanged")
+}
+
+/// A stock reading with the ERP's velocity, as ingest publishes it.
+pub fn stock(sku: &str, on_hand: &str, velocity: &str, sequence: u64, at: DateTime<Utc>) -> Event {
+    let m = v1::StockChanged {
+        meta: meta(at),
+        update: Some(v1::StockUpdate {
+            sku: sku.into(),
+            on_hand: on_hand.into(),
+            as_of: Some(ts(at)),
+            sequence,
+            velocity: Some(velocity.into()),
+            ..Default::default()
+        }),
+        source: "test".into(),
+        batch_id: "b".into(),
+    };
+    Event::new(sku, m.encode_to_vec()).with_kind("ratemesh.v1.StockChanged")
+}
+
+pub async fn publish(bus: &Bus, events: Vec<Event>) {
+    bus.publish_batch(streams::STOCK, events)
+        .await
+        .expect("publish stock");
+}
+
+/// Every entry on the incentives stream so far, decoded, with the entry's key and kind.
+pub async fn incentive_events(bus: &Bus) -> Vec<(String, Option<String>, v1::IncentiveChanged)> {
+    let mut out = Vec::new();
+    let mut cursor = bus.start_cursor();
+    loop {
+        let (batch, next) = bus
+            .read_after(streams::INCENTIVES, &cursor, 500)
+            .await
+            .expect("read incentives");
+        if batch.is_empty() {
+            break;
+        }
+        for d in batch {
+            let m = v1::IncentiveChanged::decode(d.payload.clone()).expect("IncentiveChanged");
+            out.push((d.key.clone(), d.kind.clone(), m));
+        }
+        cursor = next;
+    }
+    out.sort_by_key(|(_, _, m)| {
+        m.meta
+            .as_ref()
+            .and_then(|m| m.occurred_at)
+            .map(|t| (t.seconds, t.nanos))
+            .unwrap_or_default()
+    });
+    out
+}
+
+/// The transitions published for `sku`, in order.
+pub async fn transitions_of(bus: &Bus, sku: &str) -> Vec<(v1::IncentiveTransition, v1::Incentive)> {
+    incentive_events(bus)
+        .await
+        .into_iter()
+        .filter(|(k, _, _)| k == sku)
+        .map(|(_, _, m)| {
+            (
+                v1::IncentiveTransition::try_from(m.transition).expect("transition"),
+                m.incentive.expect("incentive"),
+            )
+        })
+        .collect()
+}
+
+/// Polls `check` until it holds, failing the test after 10 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `sku` has `n` transitions and returns them.
+pub async fn wait_transitions(
+    bus: &Bus,
+    sku: &str,
+    n: usize,
+) -> Vec<(v1::IncentiveTransition, v1::Incentive)> {
+    eventually(&format!("{n} transitions of {sku}"), || async {
+        transitions_of(bus, sku).await.len() >= n
+    })
+    .await;
+    transitions_of(bus, sku).await
+}
+
+pub async fn list(client: &mut Client, req: v1::ListIncentivesRequest) -> Vec<v1::Incentive> {
+    client
+        .list_incentives(req)
+        .await
+        .expect("list")
+        .into_inner()
+        .incentives
+}
+
+pub fn millis(t: Option<&prost_types::Timestamp>) -> i64 {
+    t.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000))
+}

@@ -1,0 +1,522 @@
+//! The durable hand-off: classify each validated item against what was already accepted
+//! (applied, duplicate, stale), and append the applied ones to the stock stream together
+//! with the per-SKU high-water mark, atomically, before answering.
+//!
+//! Per SKU the bus keeps `erp_seq/<sku>` with one field per location holding the highest
+//! ERP sequence accepted; the write of that field and the append of the event are one
+//! atomic bus operation, so there is never an accepted event without its mark or a mark
+//! without its event. A concurrent push for the same SKU shows up as a version conflict
+//! and is re-classified. Batch ids are remembered with their answer, so a repeated batch
+//! gets the first answer again and changes nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use ratemesh_bus::{Bus, BusError, Idempotency, StateWrite};
+use ratemesh_runtime::ApiError;
+use ratemesh_runtime::streams;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::events;
+use crate::validate::{ProductItem, StockItem};
+
+const SEQ_NAMESPACE: &str = "erp_seq";
+const PRODUCT_NAMESPACE: &str = "erp_product";
+/// SKUs of one batch written concurrently (their commands pipeline on one connection).
+const SKU_CONCURRENCY: usize = 64;
+/// How long a batch id stays "in progress" if the attempt dies without finishing; after
+/// that a retry may apply the batch (items already appended then count as duplicates).
+const IN_PROGRESS_LEASE: Duration = Duration::from_secs(60);
+
+/// Counts of one batch, as answered to the ERP.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Items appended to the stock stream.
+    pub applied: u32,
+    /// Items identical to one already accepted (same SKU, location and sequence).
+    pub duplicate: u32,
+    /// Items older than one already accepted; not applied, not an error.
+    pub stale: u32,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, other: Counts) {
+        self.applied += other.applied;
+        self.duplicate += other.duplicate;
+        self.stale += other.stale;
+    }
+}
+
+/// The answer to a push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// The batch id the answer is remembered under (generated when none was sent).
+    pub batch_id: String,
+    /// What happened to the items.
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// True when this is the remembered answer of an earlier identical batch.
+    pub replayed: bool,
+}
+
+/// What is stored under a batch id: the content fingerprint and the first answer.
+#[derive(Debug, Serialize, Deserialize)]
+struct Remembered {
+    fingerprint: String,
+    counts: Counts,
+}
+
+/// Hands validated batches to the stock stream.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    bus: Bus,
+    idempotency_ttl: Duration,
+    max_backlog: u64,
+    retry_after: Duration,
+    backlog: Arc<AtomicU64>,
+}
+
+/// Which kind of batch, for idempotency scopes, metrics and messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Stock,
+    Products,
+}
+
+impl Kind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Kind::Stock => "stock",
+            Kind::Products => "products",
+        }
+    }
+}
+
+impl Handoff {
+    pub(crate) fn new(
+        bus: Bus,
+        idempotency_ttl: Duration,
+        max_backlog: u64,
+        retry_after: Duration,
+    ) -> Self {
+        Self {
+            bus,
+            idempotency_ttl,
+            max_backlog,
+            retry_after,
+            backlog: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Where the backlog monitor records the stock stream's backlog for the rates group.
+    pub(crate) fn backlog_gauge(&self) -> Arc<AtomicU64> {
+        self.backlog.clone()
+    }
+
+    fn shed_if_backlogged(&self) -> Result<(), ApiError> {
+        let backlog = self.backlog.load(Ordering::Relaxed);
+        if backlog > self.max_backlog {
+            metrics::counter!("ratemesh_ingest_rejected_total", "reason" => "backlog").increment(1);
+            return Err(ApiError::ResourceExhausted {
+                message: format!(
+                    "the stock stream has {backlog} unprocessed entries (limit {}); retry after the advised delay",
+                    self.max_backlog
+                ),
+                retry_after: self.retry_after,
+            });
+        }
+        Ok(())
+    }
+
+    /// Appends a validated stock batch; answers only after the bus acknowledged every
+    /// applied item.
+    pub(crate) async fn push_stock(
+        &self,
+        source: &str,
+        batch_id: Option<String>,
+        items: Vec<StockItem>,
+        now: DateTime<Utc>,
+    ) -> Result<Answer, ApiError> {
+        self.shed_if_backlogged()?;
+        let fingerprint = fingerprint(items.iter().map(|i| {
+            format!(
+                "{}|{}|{}|{}|{}|{}|{:?}",
+                i.sku,
+                i.location,
+                i.on_hand,
+                i.reserved,
+                i.as_of.timestamp_micros(),
+                i.sequence,
+                i.velocity
+            )
+        }));
+        self.once(Kind::Stock, batch_id, fingerprint, |batch_id| async move {
+            self.apply_stock(source, &batch_id, items, now).await
+        })
+        .await
+    }
+
+    /// Appends a validated product batch.
+    pub(crate) async fn push_products(
+        &self,
+        source: &str,
+        batch_id: Option<String>,
+        items: Vec<ProductItem>,
+        now: DateTime<Utc>,
+    ) -> Result<Answer, ApiError> {
+        self.shed_if_backlogged()?;
+        let fingerprint = fingerprint(items.iter().map(product_fingerprint));
+        self.once(
+            Kind::Products,
+            batch_id,
+            fingerprint,
+            |batch_id| async move { self.apply_products(source, &batch_id, items, now).await },
+        )
+        .await
+    }
+
+    /// Runs `work` once per batch id; a repeat gets the remembered answer.
+    async fn once<F, Fut>(
+        &self,
+        kind: Kind,
+        batch_id: Option<String>,
+        fingerprint: String,
+        work: F,
+    ) -> Result<Answer, ApiError>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = Result<Counts, ApiError>>,
+    {
+        let Some(batch_id) = batch_id else {
+            let batch_id = ulid::Ulid::generate().to_string();
+            let counts = work(batch_id.clone()).await?;
+            return Ok(Answer {
+                batch_id,
+                counts,
+                replayed: false,
+            });
+        };
+        let scope = format!("ingest.{}", kind.as_str());
+        match self
+            .bus
+            .idempotency_begin(&scope, &batch_id, IN_PROGRESS_LEASE)
+            .await?
+        {
+            Idempotency::Done(stored) => {
+                let remembered: Remembered = serde_json::from_slice(&stored).map_err(|e| {
+                    ApiError::Internal(format!("stored answer of batch {batch_id}: {e}"))
+                })?;
+                if remembered.fingerprint != fingerprint {
+                    return Err(ApiError::AlreadyExists(format!(
+                        "batch id {batch_id:?} was already used for a different {} batch; use a new id for new content",
+                        kind.as_str()
+                    )));
+                }
+                metrics::counter!("ratemesh_ingest_batches_total", "kind" => kind.as_str(), "outcome" => "replayed")
+                    .increment(1);
+                Ok(Answer {
+                    batch_id,
+                    counts: remembered.counts,
+                    replayed: true,
+                })
+            }
+            Idempotency::InProgress => Err(ApiError::Unavailable {
+                message: format!(
+                    "batch {batch_id:?} is being applied by another request; retry to get its answer"
+                ),
+                retry_after: Duration::from_secs(1),
+            }),
+            Idempotency::New => match work(batch_id.clone()).await {
+                Ok(counts) => {
+                    let stored = serde_json::to_vec(&Remembered {
+                        fingerprint,
+                        counts,
+                    })
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                    self.bus
+                        .idempotency_complete(
+                            &scope,
+                            &batch_id,
+                            Bytes::from(stored),
+                            self.idempotency_ttl,
+                        )
+                        .await?;
+                    Ok(Answer {
+                        batch_id,
+                        counts,
+                        replayed: false,
+                    })
+                }
+                Err(err) => {
+                    // Let a retry apply what is left; items already appended count as
+                    // duplicates then. Failing to release only delays that retry until
+                    // the in-progress mark expires.
+                    if let Err(release) = self.bus.idempotency_release(&scope, &batch_id).await {
+                        tracing::warn!(%batch_id, error = %release, "could not release the batch id after a failure");
+                    }
+                    Err(err)
+                }
+            },
+        }
+    }
+
+    async fn apply_stock(
+        &self,
+        source: &str,
+        batch_id: &str,
+        items: Vec<StockItem>,
+        now: DateTime<Utc>,
+    ) -> Result<Counts, ApiError> {
+        let groups = group_by_sku(items, |i| i.sku.as_str().to_owned());
+        let totals = sum_concurrently(
+            groups
+                .into_iter()
+                .map(|(sku, items)| self.apply_stock_sku(sku, items, source, batch_id, now)),
+        )
+        .await?;
+        record(Kind::Stock, totals);
+        Ok(totals)
+    }
+
+    async fn apply_stock_sku(
+        &self,
+        sku: String,
+        items: Vec<StockItem>,
+        source: &str,
+        batch_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Counts, ApiError> {
+        let mut counts = Counts::default();
+        let mut record = self
+            .bus
+            .get_state(SEQ_NAMESPACE, &sku)
+            .await?
+            .unwrap_or_default();
+        for item in items {
+            let field = format!("loc:{}", item.location);
+            loop {
+                let last = record
+                    .fields
+                    .get(&field)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                match last {
+                    Some(last) if item.sequence < last => {
+                        counts.stale += 1;
+                        break;
+                    }
+                    Some(last) if item.sequence == last => {
+                        counts.duplicate += 1;
+                        break;
+                    }
+                    _ => {}
+                }
+                let sequence = item.sequence.to_string();
+                let write = StateWrite::new(SEQ_NAMESPACE, sku.clone())
+                    .expect_version(record.version)
+                    .set(field.clone(), Bytes::from(sequence.clone()));
+                let event = events::stock_changed(&item, source, batch_id, now);
+                match self
+                    .bus
+                    .write_state_and_publish(write, streams::STOCK, event)
+                    .await
+                {
+                    Ok(_) => {
+                        record.version += 1;
+                        record.fields.insert(field.clone(), Bytes::from(sequence));
+                        counts.applied += 1;
+                        break;
+                    }
+                    Err(BusError::Conflict { .. }) => {
+                        // Another push for this SKU got in first: re-read and re-classify.
+                        record = self
+                            .bus
+                            .get_state(SEQ_NAMESPACE, &sku)
+                            .await?
+                            .unwrap_or_default();
+                    }
+                    Err(other) => return Err(other.into()),
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn apply_products(
+        &self,
+        source: &str,
+        batch_id: &str,
+        items: Vec<ProductItem>,
+        now: DateTime<Utc>,
+    ) -> Result<Counts, ApiError> {
+        let groups = group_by_sku(items, |i| i.sku.as_str().to_owned());
+        let totals = sum_concurrently(
+            groups
+                .into_iter()
+                .map(|(sku, items)| self.apply_product_sku(sku, items, source, batch_id, now)),
+        )
+        .await?;
+        record(Kind::Products, totals);
+        Ok(totals)
+    }
+
+    async fn apply_product_sku(
+        &self,
+        sku: String,
+        items: Vec<ProductItem>,
+        source: &str,
+        batch_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Counts, ApiError> {
+        let mut counts = Counts::default();
+        let mut record = self
+            .bus
+            .get_state(PRODUCT_NAMESPACE, &sku)
+            .await?
+            .unwrap_or_default();
+        for item in items {
+            let fp = product_fingerprint(&item);
+            loop {
+                let stored_as_of = record
+                    .fields
+                    .get("as_of")
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.parse::<i64>().ok());
+                let stored_fp = record.fields.get("fp");
+                let item_as_of = item.as_of.map(|t| t.timestamp_micros());
+                if let (Some(stored), Some(new)) = (stored_as_of, item_as_of)
+                    && new < stored
+                {
+                    counts.stale += 1;
+                    break;
+                }
+                if stored_fp.is_some_and(|f| f.as_ref() == fp.as_bytes()) {
+                    counts.duplicate += 1;
+                    break;
+                }
+                let mut write = StateWrite::new(PRODUCT_NAMESPACE, sku.clone())
+                    .expect_version(record.version)
+                    .set("fp", Bytes::from(fp.clone()));
+                if let Some(as_of) = item_as_of {
+                    write = write.set("as_of", Bytes::from(as_of.to_string()));
+                }
+                let event = events::product_changed(&item, source, batch_id, now);
+                match self
+                    .bus
+                    .write_state_and_publish(write, streams::STOCK, event)
+                    .await
+                {
+                    Ok(_) => {
+                        record.version += 1;
+                        record.fields.insert("fp".into(), Bytes::from(fp.clone()));
+                        if let Some(as_of) = item_as_of {
+                            record
+                                .fields
+                                .insert("as_of".into(), Bytes::from(as_of.to_string()));
+                        }
+                        counts.applied += 1;
+                        break;
+                    }
+                    Err(BusError::Conflict { .. }) => {
+                        record = self
+                            .bus
+                            .get_state(PRODUCT_NAMESPACE, &sku)
+                            .await?
+                            .unwrap_or_default();
+                    }
+                    Err(other) => return Err(other.into()),
+                }
+            }
+        }
+        Ok(counts)
+    }
+}
+
+/// Runs per-SKU work with bounded concurrency (its Redis commands pipeline on the shared
+/// connection) and adds up the counts; the first error wins.
+async fn sum_concurrently<F>(work: impl Iterator<Item = F>) -> Result<Counts, ApiError>
+where
+    F: Future<Output = Result<Counts, ApiError>>,
+{
+    stream::iter(work)
+        .buffer_unordered(SKU_CONCURRENCY)
+        .try_fold(Counts::default(), |mut acc, c| async move {
+            acc += c;
+            Ok(acc)
+        })
+        .await
+}
+
+fn record(kind: Kind, counts: Counts) {
+    for (outcome, n) in [
+        ("applied", counts.applied),
+        ("duplicate", counts.duplicate),
+        ("stale", counts.stale),
+    ] {
+        metrics::counter!("ratemesh_ingest_items_total", "kind" => kind.as_str(), "outcome" => outcome)
+            .increment(u64::from(n));
+    }
+}
+
+/// Groups items by SKU, keeping batch order within each SKU (sequences are per SKU).
+fn group_by_sku<T>(items: Vec<T>, key: impl Fn(&T) -> String) -> Vec<(String, Vec<T>)> {
+    let mut index: HashMap<String, usize> = HashMap::with_capacity(items.len());
+    let mut groups: Vec<(String, Vec<T>)> = Vec::new();
+    for item in items {
+        let k = key(&item);
+        match index.get(&k) {
+            Some(&i) => groups[i].1.push(item),
+            None => {
+                index.insert(k.clone(), groups.len());
+                groups.push((k, vec![item]));
+            }
+        }
+    }
+    groups
+}
+
+fn product_fingerprint(p: &ProductItem) -> String {
+    fingerprint(std::iter::once(format!(
+        "{}|{}|{}|{}|{:?}|{}|{:?}|{:?}",
+        p.sku,
+        p.category,
+        p.price,
+        p.unit_cost,
+        p.base_rate,
+        p.currency,
+        p.title,
+        p.as_of.map(|t| t.timestamp_micros())
+    )))
+}
+
+fn fingerprint(parts: impl Iterator<Item = String>) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update(b"\n");
+    }
+    hex::encode(hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouping_keeps_order_within_a_sku() {
+        let groups = group_by_sku(vec![("a", 1), ("b", 1), ("a", 2), ("a", 3)], |i| {
+            i.0.to_owned()
+        });
+        assert_eq!(groups.len(), 2);
+        assert_eq!(
+            groups[0].1.iter().map(|i| i.1).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+    }
+}

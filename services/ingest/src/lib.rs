@@ -1,0 +1,83 @@
+//! The ingest service: ERP stock and product pushes, over signed webhooks or gRPC
+//! `InventoryIngest`, validated, de-duplicated and appended to the stock stream.
+//!
+//! - [`payload`]: strict JSON parsing with error positions.
+//! - [`validate`]: per-item checks shared by both paths (index, field, problem).
+//! - [`handoff`]: stale/duplicate classification and the atomic append; batch idempotency.
+//! - [`webhook`] and [`api`]: the two front doors.
+//! - [`backlog`]: watches the rates service's backlog so pushes are shed, not queued.
+
+mod api;
+mod backlog;
+mod events;
+#[cfg(test)]
+mod fuzz_tests;
+pub mod handoff;
+mod payload;
+mod validate;
+pub mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ratemesh_proto::v1::inventory_ingest_server::InventoryIngestServer;
+use ratemesh_runtime::{Context, Readiness, ServiceModule};
+use tokio::sync::Semaphore;
+
+pub use events::{PRODUCT_CHANGED, STOCK_CHANGED};
+
+/// Builds the ingest service: gRPC `InventoryIngest`, the webhook routes, and the backlog
+/// monitor.
+pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
+    let settings = &ctx.settings().ingest;
+    let retry_after = Duration::from_secs(settings.retry_after_secs);
+    let handoff = handoff::Handoff::new(
+        ctx.bus().clone(),
+        Duration::from_secs(settings.idempotency_ttl_secs),
+        settings.max_stock_backlog,
+        retry_after,
+    );
+    let limits = validate::Limits {
+        max_items: settings.max_batch_items,
+        max_text_len: 256,
+        max_future_skew: chrono::Duration::seconds(settings.max_future_skew_secs as i64),
+    };
+    let webhook_state = Arc::new(webhook::WebhookState {
+        handoff: handoff.clone(),
+        limits: limits.clone(),
+        sources: settings
+            .sources
+            .iter()
+            .map(|s| webhook::Source {
+                name: s.name.clone(),
+                secrets: s
+                    .secrets
+                    .iter()
+                    .map(|x| x.expose().as_bytes().to_vec())
+                    .collect(),
+            })
+            .collect(),
+        tolerance_secs: settings.signature_tolerance_secs,
+        max_body_bytes: settings.max_body_bytes,
+        in_flight: Semaphore::new(settings.max_in_flight),
+        retry_after,
+    });
+    if settings.sources.is_empty() {
+        tracing::warn!("no [[ingest.sources]] configured: the ERP webhooks will refuse every push");
+    }
+
+    let readiness = Readiness::new();
+    readiness.set(true);
+    let monitor = backlog::monitor(
+        ctx.bus().clone(),
+        handoff.backlog_gauge(),
+        ctx.shutdown().clone(),
+    );
+    Ok(ServiceModule::new("ingest", readiness)
+        .grpc(InventoryIngestServer::new(api::IngestApi {
+            handoff,
+            limits,
+        }))
+        .http(webhook::router(webhook_state))
+        .task("backlog monitor", monitor))
+}

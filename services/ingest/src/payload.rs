@@ -1,0 +1,180 @@
+//! The webhook JSON bodies, parsed strictly: unknown fields are refused, and a body that
+//! does not parse is answered with the path and position of the problem
+//! (`updates[3].on_hand at line 1 column 212: invalid type: …`).
+//!
+//! Numbers may be sent as JSON numbers or strings; both become exact decimals (a JSON
+//! number is read from its shortest text, never through a float's binary value).
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+
+/// `POST /v1/stock`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StockBatch {
+    /// Idempotency key when the `Idempotency-Key` header is absent.
+    #[serde(default)]
+    pub(crate) batch_id: Option<String>,
+    /// The updates, applied together or not at all.
+    pub(crate) updates: Vec<RawStock>,
+}
+
+/// `POST /v1/products`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProductBatch {
+    /// Idempotency key when the `Idempotency-Key` header is absent.
+    #[serde(default)]
+    pub(crate) batch_id: Option<String>,
+    /// The products, applied together or not at all.
+    pub(crate) products: Vec<RawProduct>,
+}
+
+/// A stock update as sent, before validation. The gRPC path builds the same struct.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStock {
+    pub(crate) sku: String,
+    #[serde(default)]
+    pub(crate) location: Option<String>,
+    #[serde(deserialize_with = "decimal_text")]
+    pub(crate) on_hand: String,
+    #[serde(default, deserialize_with = "optional_decimal_text")]
+    pub(crate) reserved: Option<String>,
+    pub(crate) as_of: String,
+    pub(crate) sequence: u64,
+    #[serde(default, deserialize_with = "optional_decimal_text")]
+    pub(crate) velocity: Option<String>,
+}
+
+/// A product as sent, before validation.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProduct {
+    pub(crate) sku: String,
+    pub(crate) category: String,
+    #[serde(deserialize_with = "decimal_text")]
+    pub(crate) price: String,
+    #[serde(deserialize_with = "decimal_text")]
+    pub(crate) unit_cost: String,
+    #[serde(default, deserialize_with = "optional_decimal_text")]
+    pub(crate) base_rate: Option<String>,
+    #[serde(default)]
+    pub(crate) currency: Option<String>,
+    #[serde(default)]
+    pub(crate) title: Option<String>,
+    #[serde(default)]
+    pub(crate) as_of: Option<String>,
+}
+
+/// A number or a string, kept as text for exact decimal parsing during validation.
+fn decimal_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrText {
+        Number(serde_json::Number),
+        Text(String),
+    }
+    // Untagged enums lose the inner error; the message below says what was expected.
+    match NumberOrText::deserialize(deserializer)
+        .map_err(|_| de::Error::custom("expected a decimal number or a string holding one"))?
+    {
+        NumberOrText::Number(n) => Ok(n.to_string()),
+        NumberOrText::Text(t) => Ok(t),
+    }
+}
+
+fn optional_decimal_text<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrapped(#[serde(deserialize_with = "decimal_text")] String);
+    Ok(Option::<Wrapped>::deserialize(deserializer)?.map(|w| w.0))
+}
+
+/// A body that could not be parsed: where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct ParseError {
+    /// `path at line L column C: problem`.
+    pub(crate) message: String,
+}
+
+/// Parses a JSON body, reporting the field path and position of the first problem.
+pub(crate) fn parse<T: de::DeserializeOwned>(body: &[u8]) -> Result<T, ParseError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let position = format!("line {} column {}", inner.line(), inner.column());
+        // serde_json appends " at line L column C" to its messages; keep one copy.
+        let text = inner.to_string();
+        let problem = text
+            .rsplit_once(" at line ")
+            .map_or(text.as_str(), |(head, _)| head);
+        let message = if path == "." || path.is_empty() {
+            format!("malformed JSON at {position}: {problem}")
+        } else {
+            format!("malformed JSON at {path} ({position}): {problem}")
+        };
+        ParseError { message }
+    })?;
+    deserializer.end().map_err(|err| ParseError {
+        message: format!(
+            "malformed JSON at line {} column {}: trailing characters after the body",
+            err.line(),
+            err.column()
+        ),
+    })?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_and_strings_are_both_exact_decimals() {
+        let batch: StockBatch = parse(
+            br#"{"updates":[{"sku":"A","on_hand":12.10,"reserved":"3","as_of":"2026-11-27T05:00:00Z","sequence":7,"velocity":0.1}]}"#,
+        )
+        .expect("valid");
+        let update = &batch.updates[0];
+        assert_eq!(update.on_hand, "12.1");
+        assert_eq!(update.reserved.as_deref(), Some("3"));
+        assert_eq!(update.velocity.as_deref(), Some("0.1"));
+        assert_eq!(update.location, None);
+    }
+
+    #[test]
+    fn unknown_fields_are_named_with_their_position() {
+        let err = parse::<StockBatch>(
+            br#"{"updates":[{"sku":"A","on_hand":1,"as_of":"x","sequence":1,"onhand":2}]}"#,
+        )
+        .expect_err("unknown field");
+        assert!(err.message.contains("updates[0]"), "{}", err.message);
+        assert!(err.message.contains("onhand"), "{}", err.message);
+        assert!(err.message.contains("column"), "{}", err.message);
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let err = parse::<StockBatch>(
+            br#"{"updates":[{"sku":"A","on_hand":1,"as_of":"x","sequence":1},{"sku":"B","on_hand":1,"as_of":"x","sequence":"seven"}]}"#,
+        )
+        .expect_err("bad type");
+        assert!(
+            err.message.contains("updates[1].sequence"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn truncated_and_trailing_bodies_are_malformed() {
+        assert!(parse::<StockBatch>(br#"{"updates":[{"sku":"A""#).is_err());
+        assert!(parse::<StockBatch>(br#"{"updates":[]} x"#).is_err());
+        assert!(parse::<StockBatch>(b"").is_err());
+        assert!(parse::<StockBatch>(b"\xff\xfe").is_err());
+    }
+}

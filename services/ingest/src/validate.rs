@@ -1,0 +1,443 @@
+//! Validation shared by the webhook and gRPC paths: every item is checked, every problem is
+//! reported with its item index and field, and a batch with any problem is refused whole.
+
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use ratemesh_core::types::Sku;
+use ratemesh_runtime::FieldViolation;
+use rust_decimal::Decimal;
+
+use crate::payload::{RawProduct, RawStock};
+
+/// Limits a batch must respect (from `[ingest]` settings).
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub(crate) max_items: usize,
+    pub(crate) max_text_len: usize,
+    pub(crate) max_future_skew: chrono::Duration,
+}
+
+/// The largest quantity or money amount accepted: beyond any real stock level or price, and
+/// far inside the decimal range so arithmetic on it cannot overflow.
+const MAX_AMOUNT: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
+/// Most decimal places accepted.
+const MAX_SCALE: u32 = 6;
+
+/// A validated stock update.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StockItem {
+    pub(crate) sku: Sku,
+    pub(crate) location: String,
+    pub(crate) on_hand: Decimal,
+    pub(crate) reserved: Decimal,
+    pub(crate) as_of: DateTime<Utc>,
+    pub(crate) sequence: u64,
+    pub(crate) velocity: Option<Decimal>,
+}
+
+/// A validated product.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ProductItem {
+    pub(crate) sku: Sku,
+    pub(crate) category: String,
+    pub(crate) price: Decimal,
+    pub(crate) unit_cost: Decimal,
+    pub(crate) base_rate: Option<Decimal>,
+    pub(crate) currency: String,
+    pub(crate) title: Option<String>,
+    pub(crate) as_of: Option<DateTime<Utc>>,
+}
+
+/// Collects violations for one item.
+struct Check<'a> {
+    prefix: String,
+    violations: &'a mut Vec<FieldViolation>,
+}
+
+impl Check<'_> {
+    fn fail(&mut self, field: &str, description: impl Into<String>) {
+        self.violations.push(FieldViolation::new(
+            format!("{}.{field}", self.prefix),
+            description,
+        ));
+    }
+
+    fn sku(&mut self, raw: &str) -> Option<Sku> {
+        match Sku::new(raw) {
+            Ok(sku) => Some(sku),
+            Err(err) => {
+                let text = err.to_string();
+                self.fail("sku", text.trim_start_matches("sku: "));
+                None
+            }
+        }
+    }
+
+    fn decimal(
+        &mut self,
+        field: &str,
+        raw: &str,
+        min: Decimal,
+        min_inclusive: bool,
+    ) -> Option<Decimal> {
+        let value = match Decimal::from_str(raw.trim()) {
+            Ok(value) => value,
+            Err(_) => {
+                self.fail(field, format!("{raw:?} is not a decimal number"));
+                return None;
+            }
+        };
+        if value.scale() > MAX_SCALE && value.normalize().scale() > MAX_SCALE {
+            self.fail(field, format!("at most {MAX_SCALE} decimal places"));
+            return None;
+        }
+        let too_small = if min_inclusive {
+            value < min
+        } else {
+            value <= min
+        };
+        if too_small {
+            let bound = if min_inclusive {
+                "at least"
+            } else {
+                "greater than"
+            };
+            self.fail(field, format!("must be {bound} {min}, got {value}"));
+            return None;
+        }
+        if value > MAX_AMOUNT {
+            self.fail(field, format!("must be at most {MAX_AMOUNT}, got {value}"));
+            return None;
+        }
+        Some(value.normalize())
+    }
+
+    fn text(&mut self, field: &str, raw: &str, max: usize) -> Option<String> {
+        if raw.chars().count() > max {
+            self.fail(field, format!("must be at most {max} characters"));
+            return None;
+        }
+        if raw.chars().any(char::is_control) {
+            self.fail(field, "must not contain control characters");
+            return None;
+        }
+        Some(raw.to_owned())
+    }
+
+    fn time(
+        &mut self,
+        field: &str,
+        raw: &str,
+        now: DateTime<Utc>,
+        limits: &Limits,
+    ) -> Option<DateTime<Utc>> {
+        match DateTime::parse_from_rfc3339(raw.trim()) {
+            Ok(t) => {
+                let t = t.with_timezone(&Utc);
+                if t > now + limits.max_future_skew {
+                    self.fail(
+                        field,
+                        format!(
+                            "{raw} is more than {} s in the future; check the sender's clock",
+                            limits.max_future_skew.num_seconds()
+                        ),
+                    );
+                    None
+                } else {
+                    Some(t)
+                }
+            }
+            Err(err) => {
+                self.fail(field, format!("{raw:?} is not an RFC 3339 time ({err})"));
+                None
+            }
+        }
+    }
+}
+
+fn check_count(what: &str, count: usize) -> Result<(), Vec<FieldViolation>> {
+    if count == 0 {
+        return Err(vec![FieldViolation::new(
+            what,
+            "must hold at least one item",
+        )]);
+    }
+    Ok(())
+}
+
+/// Whether a batch has more items than allowed (answered as too large, not invalid).
+pub(crate) fn too_many(count: usize, limits: &Limits) -> Option<String> {
+    (count > limits.max_items).then(|| {
+        format!(
+            "batch has {count} items; at most {} are accepted per request, split it",
+            limits.max_items
+        )
+    })
+}
+
+/// Validates every stock update; any violation refuses the whole batch.
+pub(crate) fn stock(
+    raw: &[RawStock],
+    now: DateTime<Utc>,
+    limits: &Limits,
+) -> Result<Vec<StockItem>, Vec<FieldViolation>> {
+    check_count("updates", raw.len())?;
+    let mut violations = Vec::new();
+    let mut items = Vec::with_capacity(raw.len());
+    for (i, update) in raw.iter().enumerate() {
+        let mut check = Check {
+            prefix: format!("updates[{i}]"),
+            violations: &mut violations,
+        };
+        let sku = check.sku(&update.sku);
+        let location = check.text("location", update.location.as_deref().unwrap_or(""), 64);
+        let on_hand = check.decimal("on_hand", &update.on_hand, Decimal::ZERO, true);
+        let reserved = match &update.reserved {
+            Some(r) => check.decimal("reserved", r, Decimal::ZERO, true),
+            None => Some(Decimal::ZERO),
+        };
+        let as_of = check.time("as_of", &update.as_of, now, limits);
+        if update.sequence == 0 {
+            check.fail(
+                "sequence",
+                "must be at least 1 (a per-SKU counter from the ERP)",
+            );
+        }
+        let velocity = match &update.velocity {
+            Some(v) => check.decimal("velocity", v, Decimal::ZERO, true).map(Some),
+            None => Some(None),
+        };
+        if let (
+            Some(sku),
+            Some(location),
+            Some(on_hand),
+            Some(reserved),
+            Some(as_of),
+            Some(velocity),
+        ) = (sku, location, on_hand, reserved, as_of, velocity)
+            && update.sequence > 0
+        {
+            items.push(StockItem {
+                sku,
+                location,
+                on_hand,
+                reserved,
+                as_of,
+                sequence: update.sequence,
+                velocity,
+            });
+        }
+    }
+    if violations.is_empty() {
+        Ok(items)
+    } else {
+        Err(violations)
+    }
+}
+
+/// Validates every product; any violation refuses the whole batch.
+pub(crate) fn products(
+    raw: &[RawProduct],
+    now: DateTime<Utc>,
+    limits: &Limits,
+) -> Result<Vec<ProductItem>, Vec<FieldViolation>> {
+    check_count("products", raw.len())?;
+    let mut violations = Vec::new();
+    let mut items = Vec::with_capacity(raw.len());
+    for (i, product) in raw.iter().enumerate() {
+        let mut check = Check {
+            prefix: format!("products[{i}]"),
+            violations: &mut violations,
+        };
+        let sku = check.sku(&product.sku);
+        let category = {
+            let c = product.category.trim();
+            if c.is_empty()
+                || c.len() > 64
+                || !c
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            {
+                check.fail(
+                    "category",
+                    "must be 1 to 64 characters of A-Z a-z 0-9 - _ .",
+                );
+                None
+            } else {
+                Some(c.to_ascii_lowercase())
+            }
+        };
+        let price = check.decimal("price", &product.price, Decimal::ZERO, false);
+        let unit_cost = check.decimal("unit_cost", &product.unit_cost, Decimal::ZERO, true);
+        let base_rate = match &product.base_rate {
+            Some(r) => match check.decimal("base_rate", r, Decimal::ZERO, true) {
+                Some(rate) if rate > Decimal::ONE => {
+                    check.fail(
+                        "base_rate",
+                        format!("must be a fraction between 0 and 1 (0.08 = 8 %), got {rate}"),
+                    );
+                    None
+                }
+                other => other.map(Some),
+            },
+            None => Some(None),
+        };
+        let currency = match product.currency.as_deref() {
+            None | Some("") => Some("USD".to_owned()),
+            Some(c) if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) => {
+                Some(c.to_owned())
+            }
+            Some(c) => {
+                check.fail(
+                    "currency",
+                    format!("{c:?} is not an ISO 4217 code such as USD"),
+                );
+                None
+            }
+        };
+        let title = match &product.title {
+            Some(t) => check.text("title", t, limits.max_text_len).map(Some),
+            None => Some(None),
+        };
+        let as_of = match &product.as_of {
+            Some(t) => check.time("as_of", t, now, limits).map(Some),
+            None => Some(None),
+        };
+        if let (
+            Some(sku),
+            Some(category),
+            Some(price),
+            Some(unit_cost),
+            Some(base_rate),
+            Some(currency),
+            Some(title),
+            Some(as_of),
+        ) = (
+            sku, category, price, unit_cost, base_rate, currency, title, as_of,
+        ) {
+            items.push(ProductItem {
+                sku,
+                category,
+                price,
+                unit_cost,
+                base_rate,
+                currency,
+                title,
+                as_of,
+            });
+        }
+    }
+    if violations.is_empty() {
+        Ok(items)
+    } else {
+        Err(violations)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_items: 100,
+            max_text_len: 256,
+            max_future_skew: chrono::Duration::seconds(300),
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-27T05:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    fn raw(sku: &str, on_hand: &str, sequence: u64) -> RawStock {
+        RawStock {
+            sku: sku.into(),
+            location: None,
+            on_hand: on_hand.into(),
+            reserved: None,
+            as_of: "2026-11-27T04:59:00Z".into(),
+            sequence,
+            velocity: None,
+        }
+    }
+
+    #[test]
+    fn a_valid_batch_validates() {
+        let items =
+            stock(&[raw("A-1", "10", 1), raw("B-2", "0", 9)], now(), &limits()).expect("valid");
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].on_hand, Decimal::from(10));
+        assert_eq!(items[0].location, "");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_index_and_field() {
+        let mut bad_time = raw("C", "1", 1);
+        bad_time.as_of = "yesterday".into();
+        let violations = stock(
+            &[raw("ok", "1", 1), raw("bad sku", "-1", 0), bad_time],
+            now(),
+            &limits(),
+        )
+        .expect_err("invalid");
+        let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "updates[1].sku",
+                "updates[1].on_hand",
+                "updates[1].sequence",
+                "updates[2].as_of"
+            ]
+        );
+    }
+
+    #[test]
+    fn future_times_and_absurd_amounts_are_refused() {
+        let mut future = raw("A", "1", 1);
+        future.as_of = "2026-11-28T00:00:00Z".into();
+        assert!(stock(&[future], now(), &limits()).is_err());
+        assert!(stock(&[raw("A", "10000000000", 1)], now(), &limits()).is_err());
+        assert!(stock(&[raw("A", "1.1234567", 1)], now(), &limits()).is_err());
+        assert!(stock(&[], now(), &limits()).is_err());
+    }
+
+    #[test]
+    fn products_check_price_rate_and_currency() {
+        let product = |price: &str, rate: Option<&str>, currency: Option<&str>| RawProduct {
+            sku: "P-1".into(),
+            category: "Electronics".into(),
+            price: price.into(),
+            unit_cost: "10".into(),
+            base_rate: rate.map(str::to_owned),
+            currency: currency.map(str::to_owned),
+            title: None,
+            as_of: None,
+        };
+        let ok =
+            products(&[product("19.99", Some("0.08"), None)], now(), &limits()).expect("valid");
+        assert_eq!(ok[0].category, "electronics");
+        assert_eq!(ok[0].currency, "USD");
+        let violations = products(&[product("0", Some("8"), Some("usd"))], now(), &limits())
+            .expect_err("invalid");
+        let fields: Vec<_> = violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "products[0].price",
+                "products[0].base_rate",
+                "products[0].currency"
+            ]
+        );
+    }
+
+    #[test]
+    fn too_many_items_is_its_own_answer() {
+        assert!(too_many(101, &limits()).is_some());
+        assert!(too_many(100, &limits()).is_none());
+    }
+}

@@ -1,0 +1,235 @@
+//! `POST /v1/stock` and `POST /v1/products` (DESIGN §4.2).
+//!
+//! Order of checks, cheapest and least trusting first: concurrency, size, signature, JSON,
+//! item count, validation, then the hand-off. Every refusal leaves the stream unchanged.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use chrono::Utc;
+use ratemesh_runtime::ApiError;
+use ratemesh_runtime::signature::{self, SIGNATURE_HEADER, SignatureError};
+use ratemesh_runtime::trace_context;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::handoff::{Handoff, Kind};
+use crate::payload::{self, ProductBatch, StockBatch};
+use crate::validate::{self, Limits};
+
+/// The header naming a batch for de-duplication (the body's `batch_id` is the fallback).
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// An ERP source and its secrets, as bytes ready for HMAC.
+#[derive(Clone)]
+pub(crate) struct Source {
+    pub(crate) name: String,
+    pub(crate) secrets: Vec<Vec<u8>>,
+}
+
+pub(crate) struct WebhookState {
+    pub(crate) handoff: Handoff,
+    pub(crate) limits: Limits,
+    pub(crate) sources: Vec<Source>,
+    pub(crate) tolerance_secs: u64,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) in_flight: Semaphore,
+    pub(crate) retry_after: std::time::Duration,
+}
+
+pub(crate) fn router(state: Arc<WebhookState>) -> Router {
+    Router::new()
+        .route("/v1/stock", post(post_stock))
+        .route("/v1/products", post(post_products))
+        .with_state(state)
+}
+
+async fn post_stock(
+    State(state): State<Arc<WebhookState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(state, Kind::Stock, headers, body).await
+}
+
+async fn post_products(
+    State(state): State<Arc<WebhookState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(state, Kind::Products, headers, body).await
+}
+
+async fn handle(state: Arc<WebhookState>, kind: Kind, headers: HeaderMap, body: Body) -> Response {
+    let span = tracing::info_span!(
+        "webhook",
+        otel.name = %format!("POST /v1/{}", kind.as_str()),
+        otel.kind = "server",
+        source = tracing::field::Empty,
+        batch_id = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    trace_context::continue_from_headers(&span, &headers);
+    let started = Instant::now();
+    let response = async {
+        match accept(&state, kind, &headers, body).await {
+            Ok(answer) => (StatusCode::ACCEPTED, axum::Json(answer)).into_response(),
+            Err(err) => {
+                metrics::counter!("ratemesh_ingest_rejected_total", "reason" => err.code_name())
+                    .increment(1);
+                tracing::info!(error = %err, "push refused");
+                err.into_response()
+            }
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    span.record("status", response.status().as_u16());
+    metrics::counter!(
+        "ratemesh_ingest_requests_total",
+        "path" => kind.as_str(),
+        "status" => response.status().as_str().to_owned()
+    )
+    .increment(1);
+    metrics::histogram!("ratemesh_ingest_request_duration_seconds", "path" => kind.as_str())
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn accept(
+    state: &WebhookState,
+    kind: Kind,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<crate::handoff::Answer, ApiError> {
+    let _permit = state
+        .in_flight
+        .try_acquire()
+        .map_err(|_| ApiError::Unavailable {
+            message: "ingest is at its concurrency limit; retry after the advised delay".into(),
+            retry_after: state.retry_after,
+        })?;
+
+    let too_large = || {
+        ApiError::TooLarge(format!(
+            "body is larger than {} bytes; send smaller batches",
+            state.max_body_bytes
+        ))
+    };
+    if headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|len| len > state.max_body_bytes)
+    {
+        return Err(too_large());
+    }
+    let body = axum::body::to_bytes(body, state.max_body_bytes)
+        .await
+        .map_err(|_| too_large())?;
+
+    let source = verify(state, headers, &body)?;
+    tracing::Span::current().record("source", source.as_str());
+
+    let header_batch_id = batch_id_header(headers)?;
+    let now = Utc::now();
+    match kind {
+        Kind::Stock => {
+            let batch: StockBatch =
+                payload::parse(&body).map_err(|e| ApiError::Malformed(e.message))?;
+            if let Some(message) = validate::too_many(batch.updates.len(), &state.limits) {
+                return Err(ApiError::TooLarge(message));
+            }
+            let items = validate::stock(&batch.updates, now, &state.limits)
+                .map_err(ApiError::InvalidArgument)?;
+            let batch_id = checked_batch_id(header_batch_id.or(batch.batch_id))?;
+            record_batch_id(batch_id.as_deref());
+            state
+                .handoff
+                .push_stock(&source, batch_id, items, now)
+                .await
+        }
+        Kind::Products => {
+            let batch: ProductBatch =
+                payload::parse(&body).map_err(|e| ApiError::Malformed(e.message))?;
+            if let Some(message) = validate::too_many(batch.products.len(), &state.limits) {
+                return Err(ApiError::TooLarge(message));
+            }
+            let items = validate::products(&batch.products, now, &state.limits)
+                .map_err(ApiError::InvalidArgument)?;
+            let batch_id = checked_batch_id(header_batch_id.or(batch.batch_id))?;
+            record_batch_id(batch_id.as_deref());
+            state
+                .handoff
+                .push_products(&source, batch_id, items, now)
+                .await
+        }
+    }
+}
+
+fn record_batch_id(batch_id: Option<&str>) {
+    if let Some(id) = batch_id {
+        tracing::Span::current().record("batch_id", id);
+    }
+}
+
+/// Finds the source whose secret signed the body.
+fn verify(state: &WebhookState, headers: &HeaderMap, body: &[u8]) -> Result<String, ApiError> {
+    if state.sources.is_empty() {
+        return Err(ApiError::Unauthenticated(
+            "no ERP source is configured ([[ingest.sources]]); the webhooks accept nothing".into(),
+        ));
+    }
+    let header = headers
+        .get(SIGNATURE_HEADER)
+        .map(|v| v.to_str().unwrap_or(""));
+    let now = Utc::now().timestamp();
+    let mut last = SignatureError::Mismatch;
+    for source in &state.sources {
+        match signature::verify(
+            header,
+            body,
+            source.secrets.iter().map(Vec::as_slice),
+            now,
+            state.tolerance_secs,
+        ) {
+            Ok(_) => return Ok(source.name.clone()),
+            // Missing, malformed and expired do not depend on the secret: stop at once.
+            Err(SignatureError::Mismatch) => last = SignatureError::Mismatch,
+            Err(other) => {
+                last = other;
+                break;
+            }
+        }
+    }
+    Err(ApiError::Unauthenticated(last.to_string()))
+}
+
+fn batch_id_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get(IDEMPOTENCY_KEY_HEADER) {
+        None => Ok(None),
+        Some(value) => value
+            .to_str()
+            .map(|v| Some(v.trim().to_owned()))
+            .map_err(|_| ApiError::invalid("Idempotency-Key", "must be printable ASCII")),
+    }
+}
+
+/// Batch ids become bus keys: bounded, printable.
+pub(crate) fn checked_batch_id(batch_id: Option<String>) -> Result<Option<String>, ApiError> {
+    match batch_id {
+        None => Ok(None),
+        Some(id) if id.is_empty() => Ok(None),
+        Some(id) if id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(id)),
+        Some(_) => Err(ApiError::invalid(
+            "batch_id",
+            "must be at most 128 printable ASCII characters without spaces",
+        )),
+    }
+}

@@ -1,0 +1,297 @@
+//! Coalescing: each partner's rate changes wait in an outbox in bus state until its
+//! window closes, then become one delivery (latest version of each SKU, in version order).
+//!
+//! The outbox write happens before the stream entry is acknowledged and the window's
+//! timer lives in the bus, so a crash at any point loses nothing: an unacknowledged entry
+//! is merged again (a version not newer than the stored one changes nothing), and
+//! outboxes without a timer are found by the start-up sweep.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ratemesh_bus::{Bus, BusError, BusResult, StateWrite};
+use rust_decimal::Decimal;
+
+use crate::config::Config;
+use crate::model::{
+    DeliveryRecord, FLUSHES, OUTBOX, OUTBOX_OPENED_AT, OutboxItem, PartnerRecord, SENT, Status,
+    outbox_field,
+};
+use crate::scheduling::{Enqueue, deterministic_id};
+use crate::store::{Partners, now_ms, time_of};
+use crate::webhook::{RATE_CHANGED, WebhookBody, rfc3339_ms};
+
+/// How many times a contended outbox write is retried before the entry is left for
+/// redelivery.
+const MAX_CAS_ROUNDS: usize = 32;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Outbox {
+    bus: Bus,
+    config: Arc<Config>,
+    partners: Partners,
+    enqueue: Enqueue,
+}
+
+fn items_of(fields: &BTreeMap<String, Bytes>) -> Vec<(String, OutboxItem)> {
+    fields
+        .iter()
+        .filter(|(k, _)| k.starts_with("item:"))
+        .filter_map(|(k, v)| Some((k.clone(), serde_json::from_slice(v).ok()?)))
+        .collect()
+}
+
+impl Outbox {
+    pub(crate) fn new(bus: Bus, config: Arc<Config>, partners: Partners, enqueue: Enqueue) -> Self {
+        Self {
+            bus,
+            config,
+            partners,
+            enqueue,
+        }
+    }
+
+    /// Adds a rate change for `partner`; a newer version of the same SKU replaces an
+    /// older one, an older or equal version changes nothing.
+    pub(crate) async fn add(&self, partner: &PartnerRecord, item: OutboxItem) -> BusResult<()> {
+        let field = outbox_field(&item.rate.sku);
+        for _ in 0..MAX_CAS_ROUNDS {
+            let record = self.bus.get_state(OUTBOX, &partner.id).await?;
+            let (version, fields) = record.map(|r| (r.version, r.fields)).unwrap_or_default();
+            let existing: Option<OutboxItem> = fields
+                .get(&field)
+                .and_then(|b| serde_json::from_slice(b).ok());
+            let mut item = item.clone();
+            match &existing {
+                Some(old) if old.rate.version >= item.rate.version => return Ok(()),
+                // The partner has not seen the intermediate rate: it still knows the one
+                // before the first change of the window.
+                Some(old) => item.rate.previous_rate = old.rate.previous_rate.clone(),
+                None => {
+                    if self.below_min_change(partner, &item).await? {
+                        return Ok(());
+                    }
+                }
+            }
+            let first = !fields.keys().any(|k| k.starts_with("item:"));
+            let mut write = StateWrite::new(OUTBOX, partner.id.clone())
+                .expect_version(version)
+                .set(field.clone(), serde_json::to_vec(&item).unwrap_or_default());
+            if first {
+                write = write.set(OUTBOX_OPENED_AT, now_ms().to_string());
+            }
+            match self.bus.write_state(write).await {
+                Ok(_) => {
+                    if first {
+                        let due = now_ms() + self.config.coalesce_window.as_millis() as i64;
+                        self.bus
+                            .schedule(FLUSHES, &partner.id, time_of(due))
+                            .await?;
+                    }
+                    return Ok(());
+                }
+                Err(BusError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(BusError::Unavailable(format!(
+            "outbox of partner {} stayed contended",
+            partner.id
+        )))
+    }
+
+    /// Whether the change is smaller than the partner's `min_change`, measured against
+    /// the last rate sent to it (a SKU never sent is always sent).
+    async fn below_min_change(
+        &self,
+        partner: &PartnerRecord,
+        item: &OutboxItem,
+    ) -> BusResult<bool> {
+        let Some(min) = partner.filters.min_change.filter(|m| !m.is_zero()) else {
+            return Ok(false);
+        };
+        let Ok(new) = item.rate.rate.parse::<Decimal>() else {
+            return Ok(false);
+        };
+        let last = self
+            .bus
+            .get_state(SENT, &partner.id)
+            .await?
+            .and_then(|r| r.fields.get(&item.rate.sku).cloned())
+            .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<Decimal>().ok());
+        Ok(matches!(last, Some(last) if (new - last).abs() < min))
+    }
+
+    /// Turns the partner's outbox into a delivery (or several, past the size limit).
+    pub(crate) async fn flush(&self, partner_id: &str) -> BusResult<()> {
+        let Some(record) = self.bus.get_state(OUTBOX, partner_id).await? else {
+            return Ok(());
+        };
+        let mut items = items_of(&record.fields);
+        if items.is_empty() {
+            return Ok(());
+        }
+        let partner = self.partners.get(partner_id).await?.map(|(_, p)| p);
+        let Some(partner) = partner.filter(|p| p.enabled) else {
+            // A deleted or disabled partner accumulates nothing.
+            self.bus
+                .delete_state(
+                    OUTBOX,
+                    partner_id,
+                    ratemesh_bus::Expect::Version(record.version),
+                )
+                .await
+                .or_else(|e| match e {
+                    BusError::Conflict { .. } => Ok(true),
+                    e => Err(e),
+                })?;
+            return Ok(());
+        };
+        items.sort_by(|a, b| {
+            (a.1.rate.version, &a.1.rate.sku).cmp(&(b.1.rate.version, &b.1.rate.sku))
+        });
+        let split = items.len() > self.config.max_rates_per_delivery;
+        items.truncate(self.config.max_rates_per_delivery);
+
+        let opened_at = record
+            .fields
+            .get(OUTBOX_OPENED_AT)
+            .and_then(|b| std::str::from_utf8(b).ok()?.parse::<i64>().ok())
+            .unwrap_or_else(now_ms);
+        // Derived from the outbox version, so a flush retried after a crash finds the
+        // delivery it already made instead of making a second one.
+        let id = deterministic_id(
+            opened_at,
+            &[partner_id, "flush", &record.version.to_string()],
+        );
+        let latest = items
+            .iter()
+            .max_by_key(|(_, i)| i.occurred_at_ms)
+            .map(|(_, i)| i.clone());
+        let occurred_at_ms = latest
+            .as_ref()
+            .map(|i| i.occurred_at_ms)
+            .unwrap_or(opened_at);
+        let body = WebhookBody {
+            event_id: id.clone(),
+            event_type: RATE_CHANGED.to_owned(),
+            occurred_at: rfc3339_ms(occurred_at_ms),
+            rates: Some(items.iter().map(|(_, i)| i.rate.clone()).collect()),
+            incentive: None,
+        };
+        let now = now_ms();
+        let delivery = DeliveryRecord {
+            id: id.clone(),
+            partner_id: partner_id.to_owned(),
+            event_id: id,
+            event_type: RATE_CHANGED.to_owned(),
+            status: Status::Pending,
+            attempts: 0,
+            last_error: String::new(),
+            last_response_code: 0,
+            next_attempt_at_ms: Some(now),
+            created_at_ms: now,
+            round_started_at_ms: now,
+            delivered_at_ms: None,
+            skus: items.iter().map(|(_, i)| i.rate.sku.clone()).collect(),
+            traceparent: latest.and_then(|i| i.traceparent),
+            body: serde_json::to_string(&body).unwrap_or_default(),
+        };
+        self.enqueue.enqueue(&delivery).await?;
+
+        if partner.filters.min_change.is_some_and(|m| !m.is_zero()) {
+            let mut sent = StateWrite::new(SENT, partner_id.to_owned());
+            for (_, item) in &items {
+                sent = sent.set(item.rate.sku.clone(), item.rate.rate.clone().into_bytes());
+            }
+            self.bus.write_state(sent).await?;
+        }
+
+        let included: Vec<(String, u64)> = items
+            .iter()
+            .map(|(field, i)| (field.clone(), i.rate.version))
+            .collect();
+        self.remove_sent_items(partner_id, &included, split).await
+    }
+
+    /// Removes the items a delivery was made of, unless a newer version replaced them
+    /// meanwhile; schedules the next window if anything is left.
+    async fn remove_sent_items(
+        &self,
+        partner_id: &str,
+        included: &[(String, u64)],
+        split: bool,
+    ) -> BusResult<()> {
+        for _ in 0..MAX_CAS_ROUNDS {
+            let Some(record) = self.bus.get_state(OUTBOX, partner_id).await? else {
+                return Ok(());
+            };
+            let current = items_of(&record.fields);
+            let mut write =
+                StateWrite::new(OUTBOX, partner_id.to_owned()).expect_version(record.version);
+            let mut remaining = 0usize;
+            for (field, item) in &current {
+                if included.contains(&(field.clone(), item.rate.version)) {
+                    write = write.remove(field.clone());
+                } else {
+                    remaining += 1;
+                }
+            }
+            if remaining == 0 {
+                write = write.remove(OUTBOX_OPENED_AT);
+            } else {
+                write = write.set(OUTBOX_OPENED_AT, now_ms().to_string());
+            }
+            match self.bus.write_state(write).await {
+                Ok(_) => {
+                    if remaining > 0 {
+                        let delay = if split {
+                            Duration::ZERO
+                        } else {
+                            self.config.coalesce_window
+                        };
+                        let due = now_ms() + delay.as_millis() as i64;
+                        self.bus.schedule(FLUSHES, partner_id, time_of(due)).await?;
+                    }
+                    return Ok(());
+                }
+                Err(BusError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(BusError::Unavailable(format!(
+            "outbox of partner {partner_id} stayed contended"
+        )))
+    }
+
+    /// Schedules a flush for every outbox holding items (start-up recovery: the process
+    /// may have died between writing an outbox and scheduling its window).
+    pub(crate) async fn recover(&self) -> BusResult<usize> {
+        let mut page: Option<String> = None;
+        let mut scheduled = 0;
+        loop {
+            let result = self.bus.scan_states(OUTBOX, page.as_deref(), 500).await?;
+            for (partner_id, record) in result.items {
+                if items_of(&record.fields).is_empty() {
+                    continue;
+                }
+                let opened_at = record
+                    .fields
+                    .get(OUTBOX_OPENED_AT)
+                    .and_then(|b| std::str::from_utf8(b).ok()?.parse::<i64>().ok())
+                    .unwrap_or_else(now_ms);
+                let due = opened_at + self.config.coalesce_window.as_millis() as i64;
+                self.bus
+                    .schedule(FLUSHES, &partner_id, time_of(due))
+                    .await?;
+                scheduled += 1;
+            }
+            match result.next {
+                Some(next) => page = Some(next),
+                None => return Ok(scheduled),
+            }
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Reading and writing the notifier's records in bus state (see [`crate::model`]).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use ratemesh_bus::{Bus, BusError, BusResult, StateWrite};
+use tokio::sync::RwLock;
+
+use crate::model::{
+    DELIVERIES, DELIVERY_INDEX, DeliveryRecord, PARTNERS, PartnerRecord, RECORD, Status,
+};
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, key: &str, bytes: &[u8]) -> BusResult<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| BusError::Backend(format!("stored {what} {key:?} is unreadable: {e}")))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // Plain structs of strings and numbers always serialise.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    ms_of(SystemTime::now())
+}
+
+pub(crate) fn ms_of(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn time_of(ms: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+/// The in-memory partner list and when it was loaded.
+type Snapshot = Option<(Instant, Arc<Vec<PartnerRecord>>)>;
+
+/// Partners in bus state, with an in-memory copy for the fan-out hot path.
+#[derive(Debug, Clone)]
+pub(crate) struct Partners {
+    bus: Bus,
+    refresh: Duration,
+    cache: Arc<RwLock<Snapshot>>,
+    /// Bumped by every local write: a load that started before a write must not be cached,
+    /// or a partner registered here could miss events for a refresh interval.
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Partners {
+    pub(crate) fn new(bus: Bus, refresh: Duration) -> Self {
+        Self {
+            bus,
+            refresh,
+            cache: Arc::new(RwLock::new(None)),
+            generation: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        }
+    }
+
+    /// One partner with its version, read from the bus.
+    pub(crate) async fn get(&self, id: &str) -> BusResult<Option<(u64, PartnerRecord)>> {
+        let Some(record) = self.bus.get_state(PARTNERS, id).await? else {
+            return Ok(None);
+        };
+        match record.fields.get(RECORD) {
+            Some(bytes) => Ok(Some((record.version, decode("partner", id, bytes)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes `partner` if its stored version is still `expected` (0: must not exist).
+    pub(crate) async fn put(&self, expected: u64, partner: &PartnerRecord) -> BusResult<()> {
+        self.bus
+            .write_state(
+                StateWrite::new(PARTNERS, partner.id.clone())
+                    .expect_version(expected)
+                    .set(RECORD, encode(partner)),
+            )
+            .await?;
+        let mut cache = self.cache.write().await;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        *cache = None;
+        Ok(())
+    }
+
+    /// Every partner, ordered by id, straight from the bus.
+    pub(crate) async fn load_all(&self) -> BusResult<Vec<PartnerRecord>> {
+        let mut partners = Vec::new();
+        let mut page: Option<String> = None;
+        loop {
+            let result = self.bus.scan_states(PARTNERS, page.as_deref(), 500).await?;
+            for (key, record) in result.items {
+                if let Some(bytes) = record.fields.get(RECORD) {
+                    partners.push(decode::<PartnerRecord>("partner", &key, bytes)?);
+                }
+            }
+            match result.next {
+                Some(next) => page = Some(next),
+                None => break,
+            }
+        }
+        partners.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(partners)
+    }
+
+    /// Every partner, from memory when the copy is fresher than the refresh interval
+    /// (a change on another replica shows up within that interval).
+    pub(crate) async fn cached(&self) -> BusResult<Arc<Vec<PartnerRecord>>> {
+        if let Some((at, partners)) = self.cache.read().await.as_ref()
+            && at.elapsed() < self.refresh
+        {
+            return Ok(partners.clone());
+        }
+        let started = self.generation.load(std::sync::atomic::Ordering::SeqCst);
+        let partners = Arc::new(self.load_all().await?);
+        let mut cache = self.cache.write().await;
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) == started {
+            *cache = Some((Instant::now(), partners.clone()));
+        }
+        Ok(partners)
+    }
+}
+
+/// Deliveries and each partner's index of them.
+#[derive(Debug, Clone)]
+pub(crate) struct Deliveries {
+    bus: Bus,
+}
+
+impl Deliveries {
+    pub(crate) fn new(bus: Bus) -> Self {
+        Self { bus }
+    }
+
+    pub(crate) async fn get(&self, id: &str) -> BusResult<Option<DeliveryRecord>> {
+        let Some(record) = self.bus.get_state(DELIVERIES, id).await? else {
+            return Ok(None);
+        };
+        match record.fields.get(RECORD) {
+            Some(bytes) => Ok(Some(decode("delivery", id, bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a new delivery; false when one with its id exists already (a retried
+    /// creation), in which case nothing is changed.
+    pub(crate) async fn create(&self, delivery: &DeliveryRecord) -> BusResult<bool> {
+        let write = StateWrite::new(DELIVERIES, delivery.id.clone())
+            .expect_version(0)
+            .set(RECORD, encode(delivery));
+        match self.bus.write_state(write).await {
+            Ok(_) => {}
+            Err(BusError::Conflict { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        self.index(delivery).await?;
+        Ok(true)
+    }
+
+    /// Stores a changed delivery and its status in the partner's index.
+    pub(crate) async fn update(&self, delivery: &DeliveryRecord) -> BusResult<()> {
+        self.bus
+            .write_state(
+                StateWrite::new(DELIVERIES, delivery.id.clone()).set(RECORD, encode(delivery)),
+            )
+            .await?;
+        self.index(delivery).await
+    }
+
+    pub(crate) async fn index(&self, delivery: &DeliveryRecord) -> BusResult<()> {
+        self.bus
+            .write_state(
+                StateWrite::new(DELIVERY_INDEX, delivery.partner_id.clone()).set(
+                    delivery.id.clone(),
+                    delivery.status.as_str().as_bytes().to_vec(),
+                ),
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// A partner's deliveries with their status, newest first (ids are ULIDs).
+    pub(crate) async fn index_of(&self, partner_id: &str) -> BusResult<Vec<(String, Status)>> {
+        let Some(record) = self.bus.get_state(DELIVERY_INDEX, partner_id).await? else {
+            return Ok(Vec::new());
+        };
+        let mut ids: Vec<(String, Status)> = record
+            .fields
+            .iter()
+            .filter_map(|(id, status)| Some((id.clone(), Status::parse(status)?)))
+            .collect();
+        ids.sort_by(|a, b| b.0.cmp(&a.0));
+        Ok(ids)
+    }
+
+    /// Removes a delivery and its index entry (retention).
+    pub(crate) async fn remove(&self, delivery: &DeliveryRecord) -> BusResult<()> {
+        self.bus
+            .write_state(
+                StateWrite::new(DELIVERY_INDEX, delivery.partner_id.clone())
+                    .remove(delivery.id.clone()),
+            )
+            .await?;
+        self.bus
+            .delete_state(DELIVERIES, &delivery.id, ratemesh_bus::Expect::Any)
+            .await
+            .map(|_| ())
+    }
+
+    /// Every stored delivery, page by page, for recovery and retention sweeps.
+    pub(crate) async fn scan(
+        &self,
+        page: Option<&str>,
+    ) -> BusResult<(Vec<DeliveryRecord>, Option<String>)> {
+        let result = self.bus.scan_states(DELIVERIES, page, 500).await?;
+        let mut out = Vec::with_capacity(result.items.len());
+        for (key, record) in result.items {
+            if let Some(bytes) = record.fields.get(RECORD) {
+                match decode::<DeliveryRecord>("delivery", &key, bytes) {
+                    Ok(d) => out.push(d),
+                    Err(e) => tracing::warn!(error = %e, "skipping unreadable delivery"),
+                }
+            }
+        }
+        Ok((out, result.next))
+    }
+}

@@ -1,0 +1,215 @@
+//! `PartnerService`: validation with field names, SSRF refusal, secrets shown once, and
+//! what a partner key may see.
+
+mod support;
+
+use ratemesh_bus::testkit::RedisServer;
+use ratemesh_proto::v1;
+use ratemesh_runtime::Role;
+use support::*;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn partner(id: &str, url: &str) -> v1::UpsertPartnerRequest {
+    v1::UpsertPartnerRequest {
+        partner: Some(v1::Partner {
+            id: id.into(),
+            name: "Acme".into(),
+            endpoint_url: url.into(),
+            enabled: true,
+            ..Default::default()
+        }),
+    }
+}
+
+fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_and_plain_http_destinations_are_refused_unless_allowed() {
+    let redis = RedisServer::start();
+    let mut settings = fast_settings();
+    settings.notifier.allow_private_destinations = false;
+    settings.notifier.allow_plain_http = false;
+    let notifier = Notifier::start(&redis, &redis.unique_prefix(), settings).await;
+    let mut admin = notifier.client(Role::Admin).await;
+    for url in [
+        "https://127.0.0.1/hook",
+        "https://localhost:8443/hook",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[::1]/hook",
+        "https://10.0.0.7/hook",
+        "http://hooks.example.com/x",
+        "ftp://hooks.example.com/x",
+        "not a url",
+    ] {
+        let err = admin
+            .upsert_partner(partner("acme", url))
+            .await
+            .expect_err(url);
+        assert_eq!(err.code(), Code::InvalidArgument, "{url}");
+        assert_eq!(violated_fields(&err), vec!["partner.endpoint_url"], "{url}");
+    }
+    let listed = admin
+        .list_partners(v1::ListPartnersRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(listed.partners.is_empty(), "nothing was stored");
+    notifier.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upsert_validates_fields_and_returns_the_secret_only_on_create() {
+    let redis = RedisServer::start();
+    let notifier = Notifier::start(&redis, &redis.unique_prefix(), fast_settings()).await;
+    let sink = Sink::start().await;
+    let mut admin = notifier.client(Role::Admin).await;
+
+    let mut bad = partner("Not_Valid", &sink.url());
+    let p = bad.partner.as_mut().expect("partner");
+    p.name = String::new();
+    p.filters = Some(v1::PartnerFilter {
+        event_types: vec!["rate.exploded".into()],
+        min_change: "-1".into(),
+        skus: vec!["has space".into()],
+        ..Default::default()
+    });
+    let err = admin.upsert_partner(bad).await.expect_err("invalid");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let mut fields = violated_fields(&err);
+    fields.sort();
+    assert_eq!(
+        fields,
+        vec![
+            "partner.filters.event_types[0]",
+            "partner.filters.min_change",
+            "partner.filters.skus[0]",
+            "partner.id",
+            "partner.name",
+        ]
+    );
+
+    let created = admin
+        .upsert_partner(partner("", &sink.url()))
+        .await
+        .expect("create with server id")
+        .into_inner();
+    assert!(created.created);
+    assert!(created.signing_secret.len() >= 43, "32 bytes base64url");
+    let id = created.partner.expect("partner").id;
+    assert!(id.starts_with("p-"), "{id}");
+
+    let updated = admin
+        .upsert_partner(partner(&id, &sink.url()))
+        .await
+        .expect("update")
+        .into_inner();
+    assert!(!updated.created);
+    assert!(
+        updated.signing_secret.is_empty(),
+        "the secret is shown only once"
+    );
+
+    let err = admin
+        .get_partner(v1::GetPartnerRequest {
+            id: "nobody".into(),
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = admin
+        .rotate_secret(v1::RotateSecretRequest {
+            id: id.clone(),
+            overlap: Some(prost_types::Duration {
+                seconds: 8 * 24 * 3600,
+                nanos: 0,
+            }),
+        })
+        .await
+        .expect_err("overlap too long");
+    assert_eq!(violated_fields(&err), vec!["overlap"]);
+    notifier.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partner_key_sees_only_its_own_partner() {
+    let redis = RedisServer::start();
+    let notifier = Notifier::start(&redis, &redis.unique_prefix(), fast_settings()).await;
+    let sink = Sink::start().await;
+    notifier
+        .add_partner(PARTNER_KEY_ID, &sink.url(), v1::PartnerFilter::default())
+        .await;
+    notifier
+        .add_partner("globex", &sink.url(), v1::PartnerFilter::default())
+        .await;
+    let mut own = notifier.client(Role::Partner).await;
+
+    let me = own
+        .get_partner(v1::GetPartnerRequest {
+            id: PARTNER_KEY_ID.into(),
+        })
+        .await
+        .expect("own record")
+        .into_inner();
+    assert_eq!(me.partner.expect("partner").id, PARTNER_KEY_ID);
+    own.list_deliveries(v1::ListDeliveriesRequest {
+        partner_id: PARTNER_KEY_ID.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("own deliveries");
+    own.rotate_secret(v1::RotateSecretRequest {
+        id: PARTNER_KEY_ID.into(),
+        overlap: None,
+    })
+    .await
+    .expect("own secret");
+
+    let denied = [
+        own.get_partner(v1::GetPartnerRequest {
+            id: "globex".into(),
+        })
+        .await
+        .map(|_| ())
+        .expect_err("other record"),
+        own.list_deliveries(v1::ListDeliveriesRequest {
+            partner_id: "globex".into(),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+        .expect_err("other deliveries"),
+        own.rotate_secret(v1::RotateSecretRequest {
+            id: "globex".into(),
+            overlap: None,
+        })
+        .await
+        .map(|_| ())
+        .expect_err("other secret"),
+        own.list_partners(v1::ListPartnersRequest::default())
+            .await
+            .map(|_| ())
+            .expect_err("list"),
+        own.upsert_partner(partner("globex", &sink.url()))
+            .await
+            .map(|_| ())
+            .expect_err("upsert"),
+    ];
+    for status in denied {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
+    let mut network = notifier.client(Role::Network).await;
+    let err = network
+        .get_partner(v1::GetPartnerRequest {
+            id: PARTNER_KEY_ID.into(),
+        })
+        .await
+        .expect_err("network key");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    notifier.stop().await;
+}

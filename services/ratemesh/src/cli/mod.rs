@@ -1,0 +1,102 @@
+//! Command-line interface: argument types and dispatch.
+
+// Shared by the client commands; parts stay unused until every command uses them.
+#[allow(dead_code)]
+pub(crate) mod client;
+mod config_cmd;
+mod health_cmd;
+mod incentives_cmd;
+mod keys_cmd;
+mod overrides_cmd;
+mod partners_cmd;
+mod push_cmd;
+mod rates_cmd;
+mod serve_cmd;
+mod table;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use ratemesh::ServiceName;
+use ratemesh_runtime::Settings;
+use ratemesh_runtime::settings::EnvSource;
+
+/// Inventory-aware affiliate commission rates.
+#[derive(Debug, Parser)]
+#[command(name = "ratemesh", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// A TOML settings file, layered over the built-in defaults and under `RATEMESH__…`
+    /// environment variables.
+    #[arg(
+        long = "config",
+        visible_alias = "file",
+        global = true,
+        env = "RATEMESH_CONFIG"
+    )]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every service in one process.
+    Up(serve_cmd::UpArgs),
+    /// Run one service (one Kubernetes Deployment per service).
+    Serve {
+        /// Which service.
+        service: ServiceName,
+    },
+    /// Check or show the effective settings.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+    /// Make and hash API keys.
+    #[command(subcommand)]
+    Keys(keys_cmd::KeysCommand),
+    /// Ask a running server's gRPC health service (exit code 0 when SERVING).
+    Health(health_cmd::HealthArgs),
+    /// Partner webhooks: add, get, list, rotate-secret, deliveries, redeliver.
+    Partners(partners_cmd::PartnersArgs),
+    /// Flash incentives: list, trigger, cancel.
+    Incentives(incentives_cmd::IncentivesArgs),
+    /// Read rates: get, list (delta sync), watch, explain.
+    Rates(rates_cmd::RatesArgs),
+    /// Merchandiser overrides: set, clear, list, history.
+    Overrides(overrides_cmd::OverridesArgs),
+    /// ERP stock feeds: sign and send a file to the webhook.
+    #[command(subcommand)]
+    Stock(push_cmd::PushCommand),
+    /// ERP product feeds: sign and send a file to the webhook.
+    #[command(subcommand)]
+    Products(push_cmd::PushCommand),
+}
+
+impl Cli {
+    fn settings(&self) -> anyhow::Result<Settings> {
+        Ok(Settings::load(self.config.as_deref(), EnvSource::Process)?)
+    }
+}
+
+/// Runs the parsed command.
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Up(args) => {
+            let mut settings = cli.settings()?;
+            args.apply(&mut settings)?;
+            serve_cmd::run(settings, &ServiceName::ALL, true, args.demo).await
+        }
+        Command::Serve { service } => {
+            serve_cmd::run(cli.settings()?, &[*service], false, false).await
+        }
+        Command::Config(command) => config_cmd::run(command, cli.settings()),
+        Command::Keys(command) => keys_cmd::run(command),
+        Command::Health(args) => health_cmd::run(args).await,
+        Command::Partners(args) => partners_cmd::run(args).await,
+        Command::Incentives(args) => incentives_cmd::run(args).await,
+        Command::Rates(args) => rates_cmd::run(args).await,
+        Command::Overrides(args) => overrides_cmd::run(args).await,
+        Command::Stock(command) => push_cmd::run(push_cmd::Feed::Stock, command).await,
+        Command::Products(command) => push_cmd::run(push_cmd::Feed::Products, command).await,
+    }
+}

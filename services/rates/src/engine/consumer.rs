@@ -1,0 +1,212 @@
+//! The consumer-group loops: one per stream (`stock`, `overrides`, `incentives`), all in
+//! group `rates`.
+//!
+//! A batch is split by entry key; the keys' runs are processed concurrently, each key's
+//! entries in stream order. Consecutive entries for one SKU are folded in one
+//! read-compute-write (so a burst of readings costs one round trip, and the card is
+//! still recomputed after each reading). Entries are acked after their effect is
+//! committed and nacked with the error otherwise (the bus dead-letters an entry after its
+//! maximum deliveries). When a SKU's update fails, its later entries in the batch are
+//! nacked too, so they are retried in order rather than overtaking it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ratemesh_bus::{Consumer, Delivery};
+use ratemesh_core::{Event, Sku};
+use ratemesh_runtime::streams;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::Engine;
+use super::decode::{Routed, decode};
+
+/// Consumes `stream` as `name` in group `rates` until `shutdown`.
+pub async fn run(
+    engine: Engine,
+    stream: &'static str,
+    name: String,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let consumer = loop {
+        match engine
+            .bus()
+            .consumer(stream, streams::groups::RATES, &name)
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(stream, error = %e, "joining the rates group failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    while !shutdown.is_cancelled() {
+        // Not raced against shutdown: a read returns within the bus's read_block, and
+        // abandoning it could leave delivered entries pending until reclaimed.
+        match consumer.next_batch().await {
+            Ok(batch) if batch.is_empty() => {}
+            Ok(batch) => handle_batch(&engine, &consumer, batch).await,
+            Err(e) => {
+                tracing::warn!(stream, error = %e, "reading the stream failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What became of one key's entries.
+#[derive(Default)]
+struct Settled {
+    ack: Vec<Delivery>,
+    nack: Vec<(Delivery, String)>,
+}
+
+/// Processes one batch: keys concurrently, each key's entries in order; then acks and
+/// nacks.
+pub async fn handle_batch(engine: &Engine, consumer: &Consumer, batch: Vec<Delivery>) {
+    let mut order: Vec<String> = Vec::new();
+    let mut by_key: HashMap<String, Vec<Delivery>> = HashMap::new();
+    for d in batch {
+        if !by_key.contains_key(&d.key) {
+            order.push(d.key.clone());
+        }
+        by_key.entry(d.key.clone()).or_default().push(d);
+    }
+    let runs: Vec<Vec<Delivery>> = order
+        .into_iter()
+        .filter_map(|k| by_key.remove(&k))
+        .collect();
+    let concurrency = engine.options().concurrency.max(1);
+    use futures::StreamExt;
+    let settled: Vec<Settled> = futures::stream::iter(runs)
+        .map(|run| process_key(engine, run))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut acks = Vec::new();
+    for s in settled {
+        acks.extend(s.ack);
+        for (d, error) in s.nack {
+            metrics::counter!("ratemesh_rates_entries_failed_total", "stream" => d.stream.clone())
+                .increment(1);
+            if let Err(e) = consumer.nack(&d, &error).await {
+                tracing::warn!(stream = %d.stream, id = %d.id, error = %e, "nack failed; the entry will be reclaimed");
+            }
+        }
+    }
+    if let Some(first) = acks.first() {
+        let stream = first.stream.clone();
+        metrics::counter!("ratemesh_rates_entries_processed_total", "stream" => stream.clone())
+            .increment(acks.len() as u64);
+        if let Err(e) = consumer.ack(&acks).await {
+            tracing::warn!(stream = %stream, error = %e, "ack failed; entries will be redelivered (handled idempotently)");
+        }
+    }
+}
+
+/// One key's entries, in order.
+async fn process_key(engine: &Engine, run: Vec<Delivery>) -> Settled {
+    let mut settled = Settled::default();
+    // Consecutive entries for the same SKU, folded in one update.
+    let mut pending: Option<(Sku, Vec<Event>, Vec<Delivery>)> = None;
+    let mut failed: Option<String> = None;
+    for d in run {
+        if let Some(error) = &failed {
+            settled
+                .nack
+                .push((d, format!("an earlier entry of this key failed: {error}")));
+            continue;
+        }
+        let routed = match decode(&d) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(stream = %d.stream, id = %d.id, error = %e, "undecodable entry");
+                settled.nack.push((d, e.to_string()));
+                continue;
+            }
+        };
+        match routed {
+            Routed::Sku(sku, event) => match &mut pending {
+                Some((s, events, ds)) if *s == sku => {
+                    events.push(event);
+                    ds.push(d);
+                }
+                _ => {
+                    if let Some(run) = pending.take() {
+                        failed = flush(engine, run, &mut settled).await;
+                    }
+                    if let Some(error) = &failed {
+                        settled
+                            .nack
+                            .push((d, format!("an earlier entry of this key failed: {error}")));
+                        continue;
+                    }
+                    pending = Some((sku, vec![event], vec![d]));
+                }
+            },
+            Routed::Category(category, event) => {
+                if let Some(run) = pending.take() {
+                    failed = flush(engine, run, &mut settled).await;
+                    if let Some(error) = &failed {
+                        settled
+                            .nack
+                            .push((d, format!("an earlier entry of this key failed: {error}")));
+                        continue;
+                    }
+                }
+                let span = d.span();
+                match engine
+                    .apply_category(&category, &event)
+                    .instrument(span)
+                    .await
+                {
+                    Ok(_) => settled.ack.push(d),
+                    Err(e) => {
+                        failed = Some(e.to_string());
+                        settled.nack.push((d, e.to_string()));
+                    }
+                }
+            }
+            Routed::Ignore => settled.ack.push(d),
+        }
+    }
+    if let Some(run) = pending.take() {
+        flush(engine, run, &mut settled).await;
+    }
+    settled
+}
+
+/// Applies one SKU's run; returns the error if it failed (its entries are nacked).
+async fn flush(
+    engine: &Engine,
+    (sku, events, deliveries): (Sku, Vec<Event>, Vec<Delivery>),
+    settled: &mut Settled,
+) -> Option<String> {
+    let span = deliveries
+        .last()
+        .map(Delivery::span)
+        .unwrap_or_else(tracing::Span::none);
+    match engine.apply(&sku, &events).instrument(span).await {
+        Ok(_) => {
+            settled.ack.extend(deliveries);
+            None
+        }
+        Err(e) => {
+            let error = e.to_string();
+            tracing::warn!(sku = %sku, error = %error, "updating the rate failed");
+            settled
+                .nack
+                .extend(deliveries.into_iter().map(|d| (d, error.clone())));
+            Some(error)
+        }
+    }
+}

@@ -1,0 +1,432 @@
+//! The rate engine: folds stock, product, override and incentive events into per-SKU
+//! state, computes the card with the core policy, and persists and publishes it.
+//!
+//! Layout:
+//! - [`record`] — the `rate` state record: the published proto card and the engine's JSON.
+//! - [`decode`] — stream entries as core events.
+//! - [`categories`] — the in-memory category overrides every compute needs.
+//! - [`consumer`] — the consumer-group loops on `stock`, `overrides` and `incentives`.
+//! - [`timers`] — durable time-driven recomputes (hold and boost expiry, override and
+//!   incentive windows, peak windows) and the bounded sweep over many SKUs.
+//!
+//! # How a SKU is updated
+//!
+//! [`Engine::apply`] reads the SKU's record, folds the events with core
+//! [`SkuState::apply`](ratemesh_core::SkuState::apply) (monotonic by ERP sequence for
+//! stock, by event time for the rest, so stale and duplicate deliveries change nothing),
+//! recomputes the card after every event that changed the state — exactly like
+//! [`ratemesh_core::replay`] — and writes the record back with a compare-and-set on the
+//! version it read; on a conflict it re-reads and does it again. When the published card
+//! changes, the write and the `RateChanged` append to `rates` are one atomic operation.
+//!
+//! # Which `now` a computation uses
+//!
+//! `now` is the time of the event being folded (a stock reading's ERP `as_of`, a
+//! product's `as_of`, an override's or incentive's `occurred_at`, a timer's due time),
+//! raised to the previous card's `computed_at` when the event is older, so a SKU's
+//! computations never go back in time. Replaying the same entries therefore produces the
+//! same cards whenever and wherever they are processed, which is what the fault tests
+//! compare against `core::replay`; the wall clock only decides *when* a timer fires.
+//!
+//! # What is published
+//!
+//! A SKU has a published card once it has product data (before that its rate is
+//! undefined and readers answer NOT_FOUND). A new card is published — `card` field
+//! rewritten and `RateChanged` appended — when its effective rate, its `guaranteed_until`
+//! or its category changes; the proto `version` grows by one per publication. Other
+//! recomputes only update the `engine` field: the published card keeps the reasons and
+//! band of its publication (the contract, see `RateCard` in common.proto), and
+//! `ExplainRate` shows the current inputs next to it.
+
+pub mod categories;
+pub mod consumer;
+pub mod decode;
+pub mod record;
+pub mod timers;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use prost::Message;
+use ratemesh_bus::{Bus, BusError, StateWrite};
+use ratemesh_core::{Applied, Event, Override, Policy, RateCard, Reason, Sku, compute};
+use ratemesh_proto::v1;
+use ratemesh_runtime::streams;
+
+use crate::convert::card_to_proto;
+use categories::CategoryOverrides;
+use record::{EngineRecord, FIELD_CARD, FIELD_ENGINE, NAMESPACE, Published, RATE_CHANGED};
+
+/// How often a compare-and-set is retried before the update is reported as failed (and
+/// the entry redelivered later).
+const MAX_CAS_ATTEMPTS: usize = 64;
+
+/// Why an update failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The backend failed; retry later.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The stored record cannot be read; retrying will not help.
+    #[error("state rate/{sku}: engine field does not decode: {problem}")]
+    Corrupt {
+        /// The SKU.
+        sku: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Other writers kept winning the compare-and-set.
+    #[error("state rate/{0}: gave up after {MAX_CAS_ATTEMPTS} version conflicts")]
+    Contended(String),
+}
+
+/// What an update did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outcome {
+    /// Some event changed the state (so the card was recomputed and stored).
+    pub changed: bool,
+    /// The version of the card published by this update, if one was.
+    pub published: Option<u64>,
+}
+
+/// The engine's knobs.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// SKUs recomputed at once by a sweep and by a batch.
+    pub concurrency: usize,
+    /// SKUs per `scan_states` page in a sweep.
+    pub scan_page: usize,
+    /// Timers claimed per poll.
+    pub timer_batch: usize,
+    /// How often due timers are polled.
+    pub timer_poll: Duration,
+    /// A sweep over many SKUs re-arms its timer this far ahead, so it runs again after a
+    /// crash.
+    pub sweep_lease: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            scan_page: 500,
+            timer_batch: 256,
+            timer_poll: Duration::from_millis(500),
+            sweep_lease: Duration::from_secs(300),
+        }
+    }
+}
+
+struct Inner {
+    bus: Bus,
+    policy: Arc<Policy>,
+    categories: CategoryOverrides,
+    options: EngineOptions,
+}
+
+/// The rate engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("bus", &self.inner.bus)
+            .field("program", &self.inner.policy.program_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine over `bus` computing with `policy`.
+    pub fn new(bus: Bus, policy: Arc<Policy>, options: EngineOptions) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                bus,
+                policy,
+                categories: CategoryOverrides::default(),
+                options,
+            }),
+        }
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> &Bus {
+        &self.inner.bus
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &Policy {
+        &self.inner.policy
+    }
+
+    /// The knobs.
+    pub fn options(&self) -> &EngineOptions {
+        &self.inner.options
+    }
+
+    /// The category overrides in memory.
+    pub fn categories(&self) -> &CategoryOverrides {
+        &self.inner.categories
+    }
+
+    /// Reads a SKU's engine record and the state version it was read at (0 = absent).
+    pub async fn load(&self, sku: &Sku) -> Result<(EngineRecord, u64), EngineError> {
+        match self.bus().get_state(NAMESPACE, sku.as_str()).await? {
+            None => Ok((EngineRecord::new(sku.clone(), self.policy()), 0)),
+            Some(rec) => match rec.fields.get(FIELD_ENGINE) {
+                None => Ok((EngineRecord::new(sku.clone(), self.policy()), rec.version)),
+                Some(bytes) => EngineRecord::decode(bytes)
+                    .map(|r| (r, rec.version))
+                    .map_err(|e| EngineError::Corrupt {
+                        sku: sku.to_string(),
+                        problem: e.to_string(),
+                    }),
+            },
+        }
+    }
+
+    /// Folds `events` (all for `sku`, in order) into the SKU's state, recomputing after
+    /// each one that changed it, and commits the result. `force` recomputes at `force`'s
+    /// time even if no event changed anything (a category override changed).
+    pub async fn apply(&self, sku: &Sku, events: &[Event]) -> Result<Outcome, EngineError> {
+        self.update(sku, events, None).await
+    }
+
+    /// Recomputes `sku` as of `at` whatever its state (used when something outside the
+    /// SKU's own state changed: a category override).
+    pub async fn recompute(&self, sku: &Sku, at: DateTime<Utc>) -> Result<Outcome, EngineError> {
+        self.update(sku, &[], Some(at)).await
+    }
+
+    async fn update(
+        &self,
+        sku: &Sku,
+        events: &[Event],
+        force: Option<DateTime<Utc>>,
+    ) -> Result<Outcome, EngineError> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let (mut record, version) = self.load(sku).await?;
+            let categories = self.categories().snapshot();
+            let mut changed = false;
+            for event in events {
+                if record.state.apply(event) == Applied::Applied {
+                    self.recompute_in(&mut record, &categories, event.occurred_at());
+                    changed = true;
+                }
+            }
+            if let Some(at) = force
+                && record.state.product.is_some()
+            {
+                self.recompute_in(&mut record, &categories, at);
+                changed = true;
+            }
+            if !changed {
+                metrics::counter!("ratemesh_rates_events_skipped_total")
+                    .increment(events.len() as u64);
+                return Ok(Outcome::default());
+            }
+            match self.commit(sku, &mut record, version, &categories).await {
+                Ok(published) => {
+                    return Ok(Outcome {
+                        changed: true,
+                        published,
+                    });
+                }
+                Err(BusError::Conflict { .. }) => {
+                    metrics::counter!("ratemesh_rates_state_conflicts_total").increment(1);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(EngineError::Contended(sku.to_string()))
+    }
+
+    fn recompute_in(&self, record: &mut EngineRecord, categories: &[Override], at: DateTime<Utc>) {
+        let now = record.card.as_ref().map_or(at, |c| c.computed_at.max(at));
+        let card = compute(
+            self.policy(),
+            &record.state.inputs_with(categories),
+            record.card.as_ref(),
+            now,
+        );
+        record.card = Some(card);
+    }
+
+    /// Writes the record (CAS on `version`), publishing the card if it changed.
+    async fn commit(
+        &self,
+        sku: &Sku,
+        record: &mut EngineRecord,
+        version: u64,
+        categories: &[Override],
+    ) -> Result<Option<u64>, BusError> {
+        let next = self.next_recompute(record, categories);
+        if next != record.next_recompute {
+            if let Some(at) = next {
+                // Scheduled before the write: a timer without the write only causes a
+                // harmless extra recompute, a write without its timer would miss one.
+                timers::schedule_sku(self.bus(), sku, at).await?;
+            }
+            record.next_recompute = next;
+        }
+        let publication = self.publication(record);
+        let write = StateWrite::new(NAMESPACE, sku.as_str()).expect_version(version);
+        match publication {
+            None => {
+                self.bus()
+                    .write_state(write.set(FIELD_ENGINE, record.encode()))
+                    .await?;
+                Ok(None)
+            }
+            Some((published, card)) => {
+                let previous = record.published.replace(published.clone());
+                let event = v1::RateChanged {
+                    meta: Some(v1::EventMeta {
+                        event_id: ulid::Ulid::generate().to_string(),
+                        occurred_at: card.computed_at,
+                        traceparent: ratemesh_runtime::trace_context::current_traceparent()
+                            .unwrap_or_default(),
+                        tracestate: String::new(),
+                    }),
+                    previous_rate: card.previous_rate.clone(),
+                    card: Some(card.clone()),
+                };
+                let write = write
+                    .set(FIELD_CARD, Bytes::from(card.encode_to_vec()))
+                    .set(FIELD_ENGINE, record.encode());
+                let result = self
+                    .bus()
+                    .write_state_and_publish(
+                        write,
+                        streams::RATES,
+                        ratemesh_bus::Event::new(sku.as_str(), event.encode_to_vec())
+                            .with_kind(RATE_CHANGED),
+                    )
+                    .await;
+                if let Err(e) = result {
+                    record.published = previous;
+                    return Err(e);
+                }
+                metrics::counter!("ratemesh_rates_cards_published_total").increment(1);
+                Ok(Some(published.version))
+            }
+        }
+    }
+
+    /// The card to publish, if the record's current card differs from the published one.
+    fn publication(&self, record: &EngineRecord) -> Option<(Published, v1::RateCard)> {
+        let card = record.card.as_ref()?;
+        let category = record.category()?.to_owned();
+        let same = record.published.as_ref().is_some_and(|p| {
+            p.rate == card.effective_rate
+                && p.guaranteed_until == card.guaranteed_until
+                && p.category == category
+        });
+        if same {
+            return None;
+        }
+        let version = record.published.as_ref().map_or(1, |p| p.version + 1);
+        let previous_rate = record.published.as_ref().map(|p| p.rate);
+        let proto = card_to_proto(self.policy(), card, &category, version, previous_rate);
+        Some((
+            Published {
+                version,
+                rate: card.effective_rate,
+                guaranteed_until: card.guaranteed_until,
+                category,
+            },
+            proto,
+        ))
+    }
+
+    /// The next instant at which the SKU's card may change with nothing else happening:
+    /// a hold or damping step ends, a boost guarantee or announced cut falls due, an
+    /// incentive or a SKU override starts or ends. Category overrides and peak windows
+    /// have timers of their own.
+    fn next_recompute(
+        &self,
+        record: &EngineRecord,
+        _categories: &[Override],
+    ) -> Option<DateTime<Utc>> {
+        let card = record.card.as_ref()?;
+        let now = card.computed_at;
+        let mut times: Vec<DateTime<Utc>> = Vec::new();
+        let cat = record.category().map(|c| self.policy().category(c));
+        for reason in &card.reasons {
+            match reason {
+                Reason::Held { until, .. } | Reason::BoostGuaranteed { until } => {
+                    times.push(*until);
+                }
+                Reason::Damped { .. } => {
+                    if let Some(cat) = cat {
+                        let hold = cat.min_hold.max(chrono::TimeDelta::seconds(1));
+                        if let Some(at) = card.state.policy_changed_at {
+                            times.push(at + hold);
+                        }
+                        if let Some(at) = card.state.boost_changed_at {
+                            times.push(at + hold);
+                        }
+                    }
+                }
+                Reason::BaseCutScheduled { effective_at, .. } => times.push(*effective_at),
+                _ => {}
+            }
+        }
+        times.extend(card.guaranteed_until);
+        times.extend(card.state.boost_guaranteed_until);
+        times.extend(card.state.pending_cut.map(|c| c.effective_at));
+        if let Some(i) = &record.state.incentive {
+            times.push(i.opened_at);
+            times.push(i.ends_at);
+        }
+        for o in &record.state.overrides.overrides {
+            times.push(o.starts_at);
+            times.extend(o.ends_at);
+        }
+        times.into_iter().filter(|t| *t > now).min()
+    }
+
+    /// Folds a category override event into the book and recomputes the category's SKUs
+    /// as of the event's time. Returns how many SKUs were recomputed.
+    pub async fn apply_category(&self, category: &str, event: &Event) -> Result<u64, EngineError> {
+        let at = event.occurred_at();
+        match event {
+            Event::OverrideSet { value, at } => {
+                self.categories().set(value, *at);
+                if let Some(end) = value.ends_at {
+                    timers::schedule_category(self.bus(), category, end).await?;
+                }
+                if value.starts_at > *at {
+                    timers::schedule_category(self.bus(), category, value.starts_at).await?;
+                }
+            }
+            Event::OverrideCleared { id, at, .. } => {
+                self.categories().clear(id, *at);
+            }
+            _ => {}
+        }
+        timers::sweep(self, Some(category), at, false).await
+    }
+
+    /// The published proto card of `sku`, if any (for callers that must answer with it).
+    pub async fn published_card(&self, sku: &Sku) -> Result<Option<v1::RateCard>, EngineError> {
+        let Some(rec) = self.bus().get_state(NAMESPACE, sku.as_str()).await? else {
+            return Ok(None);
+        };
+        Ok(rec
+            .fields
+            .get(FIELD_CARD)
+            .and_then(|b| v1::RateCard::decode(b.as_ref()).ok()))
+    }
+}
+
+/// The core card stored for `sku` by the engine, if any (tests and tools).
+pub async fn stored_core_card(engine: &Engine, sku: &Sku) -> Result<Option<RateCard>, EngineError> {
+    Ok(engine.load(sku).await?.0.card)
+}

@@ -1,0 +1,72 @@
+//! What the engine stores per SKU: the `rate` state record (contract shared with the read
+//! path) and the engine's own part of it, the JSON `engine` field.
+
+use chrono::{DateTime, Utc};
+use ratemesh_core::{Policy, Rate, RateCard, Sku, SkuState};
+use serde::{Deserialize, Serialize};
+
+/// State namespace of the per-SKU records.
+pub const NAMESPACE: &str = "rate";
+/// Field holding the published `ratemesh.v1.RateCard` (protobuf); absent until the SKU has
+/// product data and so a rate.
+pub const FIELD_CARD: &str = "card";
+/// Field holding the JSON [`EngineRecord`].
+pub const FIELD_ENGINE: &str = "engine";
+/// Type name of the events appended to the `rates` stream.
+pub const RATE_CHANGED: &str = "ratemesh.v1.RateChanged";
+
+/// What was last published for a SKU: the proto card's version and what a new publication
+/// is compared against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// Version of the published proto card: 1 for the first, +1 per publication.
+    pub version: u64,
+    /// Its effective rate.
+    pub rate: Rate,
+    /// Its guarantee.
+    pub guaranteed_until: Option<DateTime<Utc>>,
+    /// Its category.
+    pub category: String,
+}
+
+/// The engine's state of one SKU, stored as JSON in the `engine` field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineRecord {
+    /// Folded events: product, stock per location, velocity, SKU overrides, incentive.
+    pub state: SkuState,
+    /// The card of the last computation (also when it was not published).
+    pub card: Option<RateCard>,
+    /// What was last published.
+    pub published: Option<Published>,
+    /// The time-driven recompute scheduled for this SKU, so it is scheduled once.
+    #[serde(default)]
+    pub next_recompute: Option<DateTime<Utc>>,
+}
+
+impl EngineRecord {
+    /// A SKU never seen before.
+    pub fn new(sku: Sku, policy: &Policy) -> Self {
+        Self {
+            state: SkuState::new(sku, &policy.velocity),
+            card: None,
+            published: None,
+            next_recompute: None,
+        }
+    }
+
+    /// Parses the `engine` field.
+    pub fn decode(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The `engine` field.
+    pub fn encode(&self) -> Vec<u8> {
+        // Plain data of strings, numbers and maps with string keys: cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The SKU's category, once product data arrived.
+    pub fn category(&self) -> Option<&str> {
+        self.state.product.as_ref().map(|p| p.category.as_str())
+    }
+}

@@ -1,0 +1,283 @@
+//! Time-driven recomputes on durable bus timers, so they fire after a restart and on
+//! exactly one replica.
+//!
+//! One timer queue, `rates-recompute`, whose members name what to do and when:
+//! - `sku:<ms>:<SKU>` — recompute one SKU (hold or damping step over, boost guarantee or
+//!   announced cut due, incentive or SKU override starting or ending);
+//! - `cat:<ms>:<category>` — recompute every SKU of a category (a category override
+//!   starts or ends);
+//! - `all:<ms>:<label>` — recompute every SKU (a peak window starts or ends);
+//! - `expire:<ms>:<override id>` — record that an override reached its end (audit trail
+//!   and `OverrideChanged` EXPIRE) and recompute what it applied to.
+//!
+//! The due time inside the member is the `now` of the recompute, so a timer that fires
+//! late, or twice after a crash, computes the same card. Sweeps over many SKUs walk
+//! `scan_states` pages with bounded concurrency and report progress as metrics
+//! (`ratemesh_rates_recompute_*`); a sweep re-arms its own timer a lease ahead while it
+//! runs, so a crash mid-sweep only means the sweep runs again (SKUs already done are
+//! skipped: their tick at that instant is a duplicate).
+
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use ratemesh_bus::{Bus, BusError, BusResult};
+use ratemesh_core::{Event, Sku};
+use tokio_util::sync::CancellationToken;
+
+use super::record::{EngineRecord, FIELD_ENGINE, NAMESPACE};
+use super::{Engine, EngineError};
+
+/// The timer queue of the rates service.
+pub const QUEUE: &str = "rates-recompute";
+
+/// What a timer asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Due {
+    /// Recompute one SKU.
+    Sku(Sku),
+    /// Recompute a category's SKUs.
+    Category(String),
+    /// Recompute every SKU.
+    All(String),
+    /// An override reached its end.
+    Expire(String),
+}
+
+/// Timers have millisecond resolution: `at` rounded up, so a timer never fires (and
+/// never computes) before the instant it stands for.
+pub fn ceil_ms(at: DateTime<Utc>) -> i64 {
+    let ms = at.timestamp_millis();
+    if at.timestamp_subsec_nanos().is_multiple_of(1_000_000) {
+        ms
+    } else {
+        ms + 1
+    }
+}
+
+fn system_time(at: DateTime<Utc>) -> SystemTime {
+    let ms = u64::try_from(ceil_ms(at)).unwrap_or(0);
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+fn member(kind: &str, at: DateTime<Utc>, subject: &str) -> String {
+    format!("{kind}:{}:{subject}", ceil_ms(at))
+}
+
+/// Parses a member into its due time and action.
+pub fn parse_member(member: &str) -> Option<(DateTime<Utc>, Due)> {
+    let mut parts = member.splitn(3, ':');
+    let kind = parts.next()?;
+    let ms: i64 = parts.next()?.parse().ok()?;
+    let subject = parts.next()?.to_owned();
+    let at = DateTime::from_timestamp_millis(ms)?;
+    let due = match kind {
+        "sku" => Due::Sku(Sku::new(subject).ok()?),
+        "cat" => Due::Category(subject),
+        "all" => Due::All(subject),
+        "expire" => Due::Expire(subject),
+        _ => return None,
+    };
+    Some((at, due))
+}
+
+/// Recompute `sku` at `at`.
+pub async fn schedule_sku(bus: &Bus, sku: &Sku, at: DateTime<Utc>) -> BusResult<()> {
+    bus.schedule(QUEUE, &member("sku", at, sku.as_str()), system_time(at))
+        .await
+}
+
+/// Recompute the SKUs of `category` at `at`.
+pub async fn schedule_category(bus: &Bus, category: &str, at: DateTime<Utc>) -> BusResult<()> {
+    bus.schedule(QUEUE, &member("cat", at, category), system_time(at))
+        .await
+}
+
+/// Record the end of override `id` at `at`.
+pub async fn schedule_expiry(bus: &Bus, id: &str, at: DateTime<Utc>) -> BusResult<()> {
+    bus.schedule(QUEUE, &member("expire", at, id), system_time(at))
+        .await
+}
+
+/// Schedules a full sweep at each peak window's start and end that is still ahead.
+/// Idempotent (the members are fixed), so every replica does it at start.
+pub async fn schedule_peak_windows(engine: &Engine, now: DateTime<Utc>) -> BusResult<()> {
+    for window in &engine.policy().peak_windows {
+        for (edge, at) in [("start", window.starts_at), ("end", window.ends_at)] {
+            if at > now {
+                let label = format!("peak-{}-{edge}", window.name);
+                engine
+                    .bus()
+                    .schedule(QUEUE, &member("all", at, &label), system_time(at))
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Claims due timers until shutdown and fires them, `concurrency` at a time.
+pub async fn run(engine: Engine, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let options = engine.options().clone();
+    while !shutdown.is_cancelled() {
+        let due = match engine
+            .bus()
+            .claim_due(QUEUE, SystemTime::now(), options.timer_batch)
+            .await
+        {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming due recompute timers failed");
+                Vec::new()
+            }
+        };
+        if due.is_empty() {
+            tokio::select! {
+                () = tokio::time::sleep(options.timer_poll) => {}
+                () = shutdown.cancelled() => {}
+            }
+            continue;
+        }
+        metrics::counter!("ratemesh_rates_recompute_timers_fired_total")
+            .increment(due.len() as u64);
+        futures::stream::iter(due)
+            .for_each_concurrent(options.concurrency.max(1), |timer| {
+                let engine = engine.clone();
+                async move {
+                    if let Err(e) = fire(&engine, &timer.member).await {
+                        metrics::counter!("ratemesh_rates_recompute_failures_total").increment(1);
+                        tracing::warn!(timer = %timer.member, error = %e, "recompute timer failed; retrying later");
+                        let retry = SystemTime::now() + Duration::from_secs(5);
+                        if let Err(e) = engine.bus().schedule(QUEUE, &timer.member, retry).await {
+                            tracing::error!(timer = %timer.member, error = %e, "could not re-arm a failed recompute timer");
+                        }
+                    }
+                }
+            })
+            .await;
+    }
+    Ok(())
+}
+
+/// Does what `member` asks.
+pub async fn fire(engine: &Engine, member: &str) -> Result<(), EngineError> {
+    let Some((at, due)) = parse_member(member) else {
+        tracing::warn!(timer = %member, "ignoring a malformed recompute timer");
+        return Ok(());
+    };
+    match due {
+        Due::Sku(sku) => {
+            let tick = Event::Tick {
+                at,
+                sku: Some(sku.clone()),
+            };
+            engine.apply(&sku, &[tick]).await?;
+        }
+        Due::Category(category) => {
+            engine.categories().prune(at);
+            sweep_leased(engine, member, Some(&category), at).await?;
+        }
+        Due::All(_) => {
+            engine.categories().prune(at);
+            sweep_leased(engine, member, None, at).await?;
+        }
+        Due::Expire(id) => {
+            crate::overrides::store::expire(engine, &id, at).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn sweep_leased(
+    engine: &Engine,
+    member: &str,
+    category: Option<&str>,
+    at: DateTime<Utc>,
+) -> Result<u64, EngineError> {
+    let lease = SystemTime::now() + engine.options().sweep_lease;
+    engine.bus().schedule(QUEUE, member, lease).await?;
+    let done = sweep(engine, category, at, true).await?;
+    engine.bus().cancel(QUEUE, member).await?;
+    Ok(done)
+}
+
+/// Recomputes every SKU (of `category`, if given) as of `at`, a page of `scan_states` at
+/// a time with bounded concurrency. `tick` folds a tick (time passed: ended overrides are
+/// forgotten, a SKU already ticked at `at` is skipped); otherwise every SKU is recomputed.
+/// Returns how many SKUs changed.
+pub async fn sweep(
+    engine: &Engine,
+    category: Option<&str>,
+    at: DateTime<Utc>,
+    tick: bool,
+) -> Result<u64, EngineError> {
+    let options = engine.options().clone();
+    let label = category.unwrap_or("*").to_owned();
+    metrics::gauge!("ratemesh_rates_recompute_sweeps_running").increment(1.0);
+    let result = async {
+        let mut page: Option<String> = None;
+        let mut changed = 0u64;
+        loop {
+            let batch = engine
+                .bus()
+                .scan_states(NAMESPACE, page.as_deref(), options.scan_page)
+                .await?;
+            let skus: Vec<Sku> = batch
+                .items
+                .iter()
+                .filter_map(|(key, rec)| {
+                    let engine_field = rec.fields.get(FIELD_ENGINE)?;
+                    let record = EngineRecord::decode(engine_field).ok()?;
+                    let wanted = match category {
+                        None => true,
+                        Some(c) => record.category() == Some(c),
+                    };
+                    (wanted).then(|| Sku::new(key.clone()).ok()).flatten()
+                })
+                .collect();
+            metrics::counter!("ratemesh_rates_recompute_scanned_total")
+                .increment(batch.items.len() as u64);
+            let outcomes: Vec<bool> = futures::stream::iter(skus)
+                .map(|sku| async move {
+                    let outcome = if tick {
+                        let event = Event::Tick {
+                            at,
+                            sku: Some(sku.clone()),
+                        };
+                        engine.apply(&sku, &[event]).await?
+                    } else {
+                        engine.recompute(&sku, at).await?
+                    };
+                    metrics::counter!("ratemesh_rates_recompute_skus_total").increment(1);
+                    Ok::<bool, EngineError>(outcome.changed)
+                })
+                .buffer_unordered(options.concurrency.max(1))
+                .try_collect()
+                .await?;
+            changed += outcomes.into_iter().filter(|c| *c).count() as u64;
+            match batch.next {
+                Some(next) => page = Some(next),
+                None => return Ok::<u64, EngineError>(changed),
+            }
+        }
+    }
+    .await;
+    metrics::gauge!("ratemesh_rates_recompute_sweeps_running").decrement(1.0);
+    match &result {
+        Ok(n) => {
+            metrics::counter!("ratemesh_rates_recompute_sweeps_total").increment(1);
+            tracing::info!(category = %label, at = %at, changed = n, "recompute sweep finished");
+        }
+        Err(e) => tracing::warn!(category = %label, error = %e, "recompute sweep failed"),
+    }
+    result
+}
+
+impl From<EngineError> for BusError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Bus(b) => b,
+            other => BusError::Backend(other.to_string()),
+        }
+    }
+}

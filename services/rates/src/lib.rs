@@ -1,0 +1,216 @@
+//! The rates service: computes rates from stock, persists and publishes them, serves them,
+//! and applies merchandiser overrides.
+//!
+//! [`build`] turns a runtime [`Context`] into the [`ServiceModule`] that `ratemesh up` and
+//! `ratemesh serve rates` run:
+//! - [`engine`] — the computation: consumer group `rates` on `stock`, `overrides` and
+//!   `incentives`, per-SKU state in bus state `rate/<SKU>`, cards computed by the core
+//!   policy, persisted and appended to `rates` atomically; durable time-driven recomputes.
+//! - [`overrides`] — `OverrideService` and the override store with its audit trail.
+//! - [`convert`] — core ↔ `ratemesh.v1` conversions (cards, overrides, explanations),
+//!   shared with the read path.
+//! - [`read`] — the in-memory replica of the rate table and `RateService` on it.
+
+pub mod convert;
+pub mod engine;
+pub mod overrides;
+pub mod read;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ratemesh_core::Policy;
+use ratemesh_proto::v1::override_service_server::OverrideServiceServer;
+use ratemesh_runtime::settings::RatesSettings;
+use ratemesh_runtime::{Context, Readiness, ServiceModule, streams};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use engine::decode::{OVERRIDE_CHANGED, Routed};
+use engine::{Engine, EngineOptions};
+use overrides::OverridesApi;
+
+/// Loads and validates the policy named by `rates.policy_file` (empty: the example
+/// policy). Errors name the setting, the file and the policy key.
+pub fn load_policy(settings: &RatesSettings) -> anyhow::Result<Policy> {
+    let path = settings.policy_file.trim();
+    if path.is_empty() {
+        return Ok(Policy::example());
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("invalid config: rates.policy_file: cannot read {path}"))?;
+    Policy::from_toml_str(&text)
+        .map_err(|e| anyhow::anyhow!("invalid config: rates.policy_file: {path}: {e}"))
+}
+
+/// This replica's name in the `rates` group: the setting, else `<host>-<pid>`.
+pub fn consumer_name(settings: &RatesSettings) -> String {
+    let configured = settings.consumer_name.trim();
+    let raw = if configured.is_empty() {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "rates".to_owned());
+        format!("{host}-{}", std::process::id())
+    } else {
+        configured.to_owned()
+    };
+    let name: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(128)
+        .collect();
+    name
+}
+
+/// The engine's knobs from settings.
+pub fn engine_options(settings: &RatesSettings) -> EngineOptions {
+    EngineOptions {
+        concurrency: settings.recompute_concurrency,
+        scan_page: settings.recompute_page_size,
+        timer_poll: Duration::from_millis(settings.timer_poll_ms),
+        ..EngineOptions::default()
+    }
+}
+
+/// Builds the rates service.
+pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
+    let settings = &ctx.settings().rates;
+    let policy = Arc::new(load_policy(settings)?);
+    let engine = Engine::new(ctx.bus().clone(), policy, engine_options(settings));
+    let name = consumer_name(settings);
+    // Ready once the rate replica is loaded (the read path sets it).
+    let readiness = Readiness::new();
+    let explain_engine = engine.clone();
+    let read = read::ReadPath::new(
+        ctx,
+        readiness.clone(),
+        Arc::new(move |record| {
+            Ok(record.fields.get(read::ENGINE_FIELD).and_then(|bytes| {
+                convert::explain(
+                    bytes,
+                    &explain_engine.categories().snapshot(),
+                    explain_engine.policy(),
+                    chrono::Utc::now(),
+                )
+            }))
+        }),
+    );
+    let overrides_api = OverridesApi::new(
+        engine.clone(),
+        Duration::from_millis(settings.override_recompute_timeout_ms),
+    );
+    let (loaded_tx, loaded) = watch::channel(false);
+    let shutdown = ctx.shutdown().clone();
+    let mut module = ServiceModule::new("rates", readiness)
+        .grpc(read.server)
+        .task("rates replica", read.task)
+        .grpc(OverrideServiceServer::new(overrides_api))
+        .task(
+            "rates override book",
+            follow_overrides(engine.clone(), loaded_tx, shutdown.clone()),
+        );
+    for stream in [streams::STOCK, streams::OVERRIDES, streams::INCENTIVES] {
+        let (engine, name, shutdown, mut loaded) = (
+            engine.clone(),
+            name.clone(),
+            shutdown.clone(),
+            loaded.clone(),
+        );
+        module = module.task("rates consumer", async move {
+            if !wait_loaded(&mut loaded, &shutdown).await {
+                return Ok(());
+            }
+            engine::consumer::run(engine, stream, name, shutdown).await
+        });
+    }
+    let mut timers_loaded = loaded;
+    Ok(module.task("rates recompute timers", async move {
+        if !wait_loaded(&mut timers_loaded, &shutdown).await {
+            return Ok(());
+        }
+        if let Err(e) = engine::timers::schedule_peak_windows(&engine, chrono::Utc::now()).await {
+            tracing::warn!(error = %e, "scheduling peak-window recomputes failed; retried at next start");
+        }
+        engine::timers::run(engine, shutdown).await
+    }))
+}
+
+/// Waits until the category overrides are loaded; false if shutdown came first.
+async fn wait_loaded(loaded: &mut watch::Receiver<bool>, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        r = loaded.wait_for(|l| *l) => r.is_ok(),
+        () = shutdown.cancelled() => false,
+    }
+}
+
+/// Loads the category overrides into the engine (noting the end of the `overrides` stream
+/// first), signals `loaded`, then keeps them current by tailing the stream, so every
+/// replica sees every change (a consumer group gives each entry to one replica only).
+pub async fn follow_overrides(
+    engine: Engine,
+    loaded: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let cursor = loop {
+        let attempt = async {
+            let cursor = engine.bus().end_cursor(streams::OVERRIDES).await?;
+            let n = overrides::store::load_category_book(&engine).await?;
+            Ok::<_, ratemesh_bus::BusError>((cursor, n))
+        };
+        match attempt.await {
+            Ok((cursor, n)) => {
+                tracing::info!(category_overrides = n, "category overrides loaded");
+                break cursor;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "loading category overrides failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+            }
+        }
+    };
+    let _ = loaded.send(true);
+    let mut tail = engine.bus().tail(streams::OVERRIDES, cursor)?;
+    while !shutdown.is_cancelled() {
+        match tail.next_batch().await {
+            Ok(batch) => {
+                for d in batch {
+                    if d.kind.as_deref() != Some(OVERRIDE_CHANGED) {
+                        continue;
+                    }
+                    if let Ok(Routed::Category(_, event)) = engine::decode::decode(&d) {
+                        match &event {
+                            ratemesh_core::Event::OverrideSet { value, at } => {
+                                engine.categories().set(value, *at);
+                            }
+                            ratemesh_core::Event::OverrideCleared { id, at, .. } => {
+                                engine.categories().clear(id, *at);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "tailing the overrides stream failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    () = shutdown.cancelled() => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,434 @@
+//! How overrides are kept in bus state, and every change to them.
+//!
+//! - `override/<id>`: field `override` (the proto `Override` as set, with author and
+//!   created_at), field `meta` (JSON: when it was cleared or whether it expired) and field
+//!   `audit` (every change as `OverrideAuditEntry`s, in a `ListOverrideAuditResponse`).
+//!   Each change rewrites the record (compare-and-set) and appends its `OverrideChanged`
+//!   to the `overrides` stream in one atomic operation, so the audit trail and the stream
+//!   never disagree.
+//! - `override_scope/sku:<SKU>` and `override_scope/category:<name>`: field `ids`, the JSON
+//!   list of override ids set on that scope. Setting an override compare-and-sets this
+//!   index, which serialises concurrent sets on one scope, so two overlapping overrides
+//!   cannot both pass the conflict check.
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use prost::Message;
+use ratemesh_bus::{BusError, StateRecord, StateWrite};
+use ratemesh_core::{Event, Override, OverrideScope};
+use ratemesh_proto::v1;
+use ratemesh_runtime::streams;
+use serde::{Deserialize, Serialize};
+
+use crate::convert::{override_from_stored, override_status, override_to_proto, timestamp};
+use crate::engine::decode::OVERRIDE_CHANGED;
+use crate::engine::{Engine, EngineError};
+
+/// Namespace of override records.
+pub const NAMESPACE: &str = "override";
+/// Namespace of the per-scope id index.
+pub const SCOPE_NAMESPACE: &str = "override_scope";
+const FIELD_OVERRIDE: &str = "override";
+const FIELD_META: &str = "meta";
+const FIELD_AUDIT: &str = "audit";
+const FIELD_IDS: &str = "ids";
+/// Author recorded for changes nobody made by hand.
+pub const SYSTEM: &str = "system";
+
+/// Lifecycle of a stored override.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverrideMeta {
+    /// When it was set.
+    pub created_at: Option<DateTime<Utc>>,
+    /// When a merchandiser cleared it (or a replacing override did).
+    pub cleared_at: Option<DateTime<Utc>>,
+    /// Whether its end was recorded.
+    #[serde(default)]
+    pub expired: bool,
+}
+
+/// One stored override.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The override.
+    pub value: Override,
+    /// Its lifecycle.
+    pub meta: OverrideMeta,
+    /// Its audit entries, oldest first.
+    pub audit: Vec<v1::OverrideAuditEntry>,
+    /// State version read.
+    pub version: u64,
+}
+
+impl Stored {
+    /// Whether it may still act at or after `now` (not cleared, not ended).
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.meta.cleared_at.is_none() && !self.value.has_ended(now)
+    }
+
+    /// The proto form with its output fields filled in as of `now`.
+    pub fn to_proto(&self, now: DateTime<Utc>) -> v1::Override {
+        let mut p = override_to_proto(&self.value);
+        p.created_at = self.meta.created_at.map(timestamp);
+        p.status = override_status(&self.value, self.meta.cleared_at.is_some(), now) as i32;
+        p
+    }
+
+    fn from_record(record: &StateRecord) -> Option<Stored> {
+        let proto = v1::Override::decode(record.fields.get(FIELD_OVERRIDE)?.as_ref()).ok()?;
+        let value = override_from_stored(&proto)?;
+        let meta = record
+            .fields
+            .get(FIELD_META)
+            .and_then(|m| serde_json::from_slice(m).ok())
+            .unwrap_or_default();
+        let audit = record
+            .fields
+            .get(FIELD_AUDIT)
+            .and_then(|a| v1::ListOverrideAuditResponse::decode(a.as_ref()).ok())
+            .map(|a| a.entries)
+            .unwrap_or_default();
+        Some(Stored {
+            value,
+            meta,
+            audit,
+            version: record.version,
+        })
+    }
+}
+
+/// The index key of a scope.
+pub fn scope_key(scope: &OverrideScope) -> String {
+    match scope {
+        OverrideScope::Sku(s) => format!("sku:{s}"),
+        OverrideScope::Category(c) => format!("category:{c}"),
+    }
+}
+
+/// Loads one override.
+pub async fn load(engine: &Engine, id: &str) -> Result<Option<Stored>, BusError> {
+    Ok(engine
+        .bus()
+        .get_state(NAMESPACE, id)
+        .await?
+        .as_ref()
+        .and_then(Stored::from_record))
+}
+
+/// The ids indexed under a scope key, and the index version.
+pub async fn scope_ids(engine: &Engine, key: &str) -> Result<(Vec<String>, u64), BusError> {
+    match engine.bus().get_state(SCOPE_NAMESPACE, key).await? {
+        None => Ok((Vec::new(), 0)),
+        Some(rec) => Ok((
+            rec.fields
+                .get(FIELD_IDS)
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or_default(),
+            rec.version,
+        )),
+    }
+}
+
+/// Replaces the ids of a scope if the index is still at `version`.
+pub async fn write_scope_ids(
+    engine: &Engine,
+    key: &str,
+    ids: &[String],
+    version: u64,
+) -> Result<(), BusError> {
+    let json = serde_json::to_vec(ids).unwrap_or_default();
+    engine
+        .bus()
+        .write_state(
+            StateWrite::new(SCOPE_NAMESPACE, key)
+                .expect_version(version)
+                .set(FIELD_IDS, json),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// Every stored override (a scan; merchandiser-scale data).
+pub async fn load_all(engine: &Engine) -> Result<Vec<Stored>, BusError> {
+    let mut out = Vec::new();
+    let mut page: Option<String> = None;
+    loop {
+        let batch = engine
+            .bus()
+            .scan_states(NAMESPACE, page.as_deref(), 500)
+            .await?;
+        out.extend(
+            batch
+                .items
+                .iter()
+                .filter_map(|(_, r)| Stored::from_record(r)),
+        );
+        match batch.next {
+            Some(next) => page = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Loads the overrides with these ids (missing ones are skipped).
+pub async fn load_many(engine: &Engine, ids: &[String]) -> Result<Vec<Stored>, BusError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(s) = load(engine, id).await? {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+fn meta_of(at: DateTime<Utc>, author: &str) -> v1::EventMeta {
+    let _ = author;
+    v1::EventMeta {
+        event_id: ulid::Ulid::generate().to_string(),
+        occurred_at: Some(timestamp(at)),
+        traceparent: ratemesh_runtime::trace_context::current_traceparent().unwrap_or_default(),
+        tracestate: String::new(),
+    }
+}
+
+/// Records a change: rewrites the override's record (CAS on `expect`) with `meta`, appends
+/// the audit entry and publishes `OverrideChanged`, atomically.
+#[allow(clippy::too_many_arguments)]
+async fn record_change(
+    engine: &Engine,
+    value: &Override,
+    meta: &OverrideMeta,
+    mut audit: Vec<v1::OverrideAuditEntry>,
+    expect: u64,
+    action: v1::OverrideAction,
+    before: Option<v1::Override>,
+    after: v1::Override,
+    author: &str,
+    reason: &str,
+    at: DateTime<Utc>,
+) -> Result<(), BusError> {
+    audit.push(v1::OverrideAuditEntry {
+        at: Some(timestamp(at)),
+        author: author.to_owned(),
+        action: action as i32,
+        reason: reason.to_owned(),
+        before: before.clone(),
+        after: Some(after.clone()),
+    });
+    let mut stored = override_to_proto(value);
+    stored.created_at = meta.created_at.map(timestamp);
+    let event = v1::OverrideChanged {
+        meta: Some(meta_of(at, author)),
+        action: action as i32,
+        before,
+        after: Some(after),
+        author: author.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let write = StateWrite::new(NAMESPACE, value.id.as_str())
+        .expect_version(expect)
+        .set(FIELD_OVERRIDE, Bytes::from(stored.encode_to_vec()))
+        .set(FIELD_META, serde_json::to_vec(meta).unwrap_or_default())
+        .set(
+            FIELD_AUDIT,
+            Bytes::from(
+                v1::ListOverrideAuditResponse {
+                    entries: audit,
+                    next_page_token: String::new(),
+                }
+                .encode_to_vec(),
+            ),
+        );
+    engine
+        .bus()
+        .write_state_and_publish(
+            write,
+            streams::OVERRIDES,
+            ratemesh_bus::Event::new(value.id.as_str(), event.encode_to_vec())
+                .with_kind(OVERRIDE_CHANGED),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// Stores a new override (its id must be new) and publishes SET.
+pub async fn insert(
+    engine: &Engine,
+    value: &Override,
+    at: DateTime<Utc>,
+) -> Result<Stored, BusError> {
+    let meta = OverrideMeta {
+        created_at: Some(at),
+        ..OverrideMeta::default()
+    };
+    let stored = Stored {
+        value: value.clone(),
+        meta: meta.clone(),
+        audit: Vec::new(),
+        version: 0,
+    };
+    let after = stored.to_proto(at);
+    record_change(
+        engine,
+        value,
+        &meta,
+        Vec::new(),
+        0,
+        v1::OverrideAction::Set,
+        None,
+        after,
+        &value.author,
+        &value.reason,
+        at,
+    )
+    .await?;
+    Ok(Stored {
+        version: 1,
+        ..stored
+    })
+}
+
+/// Marks an override cleared at `at` (CLEAR or REPLACE) and publishes it. Returns the
+/// stored override after the change; a conflict means someone changed it meanwhile.
+pub async fn clear(
+    engine: &Engine,
+    current: &Stored,
+    action: v1::OverrideAction,
+    author: &str,
+    reason: &str,
+    at: DateTime<Utc>,
+) -> Result<Stored, BusError> {
+    let before = current.to_proto(at);
+    let mut meta = current.meta.clone();
+    meta.cleared_at = Some(at);
+    let mut next = current.clone();
+    next.meta = meta.clone();
+    let after = next.to_proto(at);
+    record_change(
+        engine,
+        &current.value,
+        &meta,
+        current.audit.clone(),
+        current.version,
+        action,
+        Some(before),
+        after,
+        author,
+        reason,
+        at,
+    )
+    .await?;
+    next.version += 1;
+    Ok(next)
+}
+
+/// The core event that folds `stored`'s current lifecycle into a SKU's or the category
+/// book's overrides.
+pub fn clear_event(value: &Override, at: DateTime<Utc>) -> Event {
+    Event::OverrideCleared {
+        id: value.id.clone(),
+        scope: value.scope.clone(),
+        at,
+    }
+}
+
+/// Applies the effect of a set or clear to the cards: the SKU's card, or the category's
+/// SKUs (bounded by `timeout`; the consumer of the `overrides` stream finishes the rest).
+pub async fn take_effect(
+    engine: &Engine,
+    scope: &OverrideScope,
+    events: &[Event],
+    timeout: std::time::Duration,
+) -> Result<bool, EngineError> {
+    match scope {
+        OverrideScope::Sku(sku) => {
+            engine.apply(sku, events).await?;
+            Ok(true)
+        }
+        OverrideScope::Category(category) => {
+            let work = async {
+                for event in events {
+                    engine.apply_category(category, event).await?;
+                }
+                Ok::<(), EngineError>(())
+            };
+            match tokio::time::timeout(timeout, work).await {
+                Ok(result) => result.map(|()| true),
+                Err(_) => Ok(false),
+            }
+        }
+    }
+}
+
+/// Records that override `id` reached its end at `at` (timer `expire:`), publishes
+/// EXPIRE and recomputes what it applied to. Nothing happens if it was cleared, already
+/// expired, or moved.
+pub async fn expire(engine: &Engine, id: &str, at: DateTime<Utc>) -> Result<(), EngineError> {
+    for _ in 0..16 {
+        let Some(current) = load(engine, id).await? else {
+            return Ok(());
+        };
+        if current.meta.cleared_at.is_some()
+            || current.meta.expired
+            || current.value.ends_at.map(crate::engine::timers::ceil_ms)
+                != Some(at.timestamp_millis())
+        {
+            return Ok(());
+        }
+        let before = current.to_proto(at - chrono::TimeDelta::milliseconds(1));
+        let mut meta = current.meta.clone();
+        meta.expired = true;
+        let mut next = current.clone();
+        next.meta = meta.clone();
+        let after = next.to_proto(at);
+        match record_change(
+            engine,
+            &current.value,
+            &meta,
+            current.audit.clone(),
+            current.version,
+            v1::OverrideAction::Expire,
+            Some(before),
+            after,
+            SYSTEM,
+            "",
+            at,
+        )
+        .await
+        {
+            Ok(()) => {
+                let event = clear_event(&current.value, at);
+                take_effect(
+                    engine,
+                    &current.value.scope,
+                    &[event],
+                    std::time::Duration::from_secs(3600),
+                )
+                .await?;
+                return Ok(());
+            }
+            Err(BusError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(EngineError::Contended(format!("override/{id}")))
+}
+
+/// Loads the category overrides into the engine's book (at start), as the events that
+/// made them: set at creation, cleared when cleared.
+pub async fn load_category_book(engine: &Engine) -> Result<usize, BusError> {
+    let mut n = 0;
+    for s in load_all(engine).await? {
+        if !matches!(s.value.scope, OverrideScope::Category(_)) {
+            continue;
+        }
+        if let Some(created) = s.meta.created_at {
+            engine.categories().set(&s.value, created);
+            n += 1;
+        }
+        if let Some(cleared) = s.meta.cleared_at {
+            engine.categories().clear(&s.value.id, cleared);
+        }
+    }
+    Ok(n)
+}

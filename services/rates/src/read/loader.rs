@@ -1,0 +1,180 @@
+//! Keeps the replica current: loads the snapshot, then tails the `rates` stream.
+//!
+//! Load order (the storage contract): note the stream's end, scan every `rate` state,
+//! then tail from the noted end — so a card written during the scan is either in the scan
+//! or in the tail (applying by version makes seeing it twice harmless). The replica is
+//! marked loaded once the tail has reached the stream's end as of the scan's completion,
+//! so it never serves a table older than the snapshot it read.
+//!
+//! This is the only part of the read path that holds the bus. Backend errors are logged
+//! and retried with backoff; reads meanwhile keep being served from memory.
+
+use std::time::Duration;
+
+use prost::Message;
+use ratemesh_bus::{Bus, BusResult, Delivery};
+use ratemesh_proto::v1;
+use ratemesh_runtime::Readiness;
+use ratemesh_runtime::streams;
+use tokio_util::sync::CancellationToken;
+
+use super::replica::Replica;
+use super::{CARD_FIELD, RATE_CHANGED_KIND, STATE_NAMESPACE};
+
+/// States read per snapshot page.
+const SNAPSHOT_PAGE: usize = 1_000;
+/// Longest wait between retries after a backend error.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Loads and then follows the rate table until `shutdown` is cancelled.
+pub async fn run(
+    bus: Bus,
+    replica: Replica,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(50);
+    let mut tail = loop {
+        let attempt = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            attempt = load(&bus, &replica, &shutdown) => attempt,
+        };
+        match attempt {
+            Ok(Some(tail)) => break tail,
+            Ok(None) => return Ok(()),
+            Err(err) => {
+                tracing::warn!(error = %err, "loading the rate replica failed; retrying");
+                if sleep_or_shutdown(backoff, &shutdown).await {
+                    return Ok(());
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    };
+    replica.set_loaded();
+    readiness.set(true);
+    let reader = replica.reader();
+    metrics::gauge!("ratemesh_rates_replica_skus").set(reader.len() as f64);
+    tracing::info!(skus = reader.len(), "rate replica loaded");
+
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let batch = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            batch = tail.next_batch() => batch,
+        };
+        match batch {
+            Ok(batch) => {
+                backoff = Duration::from_millis(50);
+                apply_batch(&replica, &batch);
+                metrics::gauge!("ratemesh_rates_replica_skus").set(reader.len() as f64);
+                // Let watchers drain the batch before the next one is applied.
+                tokio::task::yield_now().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "tailing the rates stream failed; retrying");
+                if sleep_or_shutdown(backoff, &shutdown).await {
+                    return Ok(());
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// True when shutdown came first.
+async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => true,
+        () = tokio::time::sleep(delay) => false,
+    }
+}
+
+/// One load attempt: snapshot, then tail until caught up. `None` when shut down.
+async fn load(
+    bus: &Bus,
+    replica: &Replica,
+    shutdown: &CancellationToken,
+) -> BusResult<Option<ratemesh_bus::Tail>> {
+    let base = bus.end_cursor(streams::RATES).await?;
+    replica.begin_load(&base);
+    let mut page: Option<String> = None;
+    let mut scanned = 0usize;
+    loop {
+        let result = bus
+            .scan_states(STATE_NAMESPACE, page.as_deref(), SNAPSHOT_PAGE)
+            .await?;
+        for (sku, record) in &result.items {
+            let Some(bytes) = record.fields.get(CARD_FIELD) else {
+                // The engine keeps state for SKUs that have no published card yet.
+                continue;
+            };
+            match v1::RateCard::decode(bytes.as_ref()) {
+                Ok(card) if card.sku == *sku => {
+                    replica.apply_snapshot(card, &base);
+                    scanned += 1;
+                }
+                Ok(card) => {
+                    tracing::warn!(sku = %sku, card_sku = %card.sku, "stored card names another sku; skipped");
+                }
+                Err(err) => {
+                    metrics::counter!("ratemesh_rates_replica_bad_entries_total").increment(1);
+                    tracing::warn!(sku = %sku, error = %err, "stored card does not decode; skipped");
+                }
+            }
+        }
+        match result.next {
+            Some(next) => page = Some(next),
+            None => break,
+        }
+        if shutdown.is_cancelled() {
+            return Ok(None);
+        }
+    }
+    let target = bus.end_cursor(streams::RATES).await?;
+    let mut tail = bus.tail(streams::RATES, base)?;
+    while !replica.reader().position().covers(&target) {
+        if shutdown.is_cancelled() {
+            return Ok(None);
+        }
+        let batch = tail.next_batch().await?;
+        apply_batch(replica, &batch);
+        if batch.is_empty() && tail.cursor().covers(&target) {
+            // Entries up to the target were trimmed away: nothing more to wait for.
+            replica.begin_load(&target);
+        }
+    }
+    tracing::debug!(scanned, "rate snapshot scanned and tail caught up");
+    Ok(Some(tail))
+}
+
+/// Applies `RateChanged` entries; anything else on the stream is skipped.
+pub fn apply_batch(replica: &Replica, batch: &[Delivery]) {
+    for delivery in batch {
+        let kind_ok = delivery
+            .kind
+            .as_deref()
+            .is_none_or(|k| k == RATE_CHANGED_KIND);
+        let decoded = kind_ok
+            .then(|| v1::RateChanged::decode(delivery.payload.as_ref()))
+            .transpose();
+        match decoded {
+            Ok(Some(v1::RateChanged {
+                card: Some(card),
+                previous_rate,
+                ..
+            })) if card.sku == delivery.key => {
+                replica.apply_change(delivery.partition, delivery.id, card, previous_rate);
+            }
+            Ok(_) => {
+                tracing::debug!(key = %delivery.key, id = %delivery.id, "rates entry without a usable card; skipped");
+                replica.skip(delivery.partition, delivery.id);
+            }
+            Err(err) => {
+                metrics::counter!("ratemesh_rates_replica_bad_entries_total").increment(1);
+                tracing::warn!(key = %delivery.key, id = %delivery.id, error = %err, "rates entry does not decode; skipped");
+                replica.skip(delivery.partition, delivery.id);
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The read path: an in-memory replica of the rate table and the `RateService` on it.
+//!
+//! Every rates process keeps the whole table in memory, loaded from a snapshot of the
+//! `rate` states and kept current by tailing the `rates` stream; it reports NOT_SERVING
+//! until loaded. `GetRate`, `BatchGetRates`, `ListRates` and `WatchRates` answer from
+//! memory and have no handle on the backend, so they never wait on Redis and keep
+//! answering while it is down. Only `ExplainRate` reads the backend.
+//!
+//! Layout:
+//! - [`replica`] — the sharded card table, per-SKU history and change positions,
+//!   and the change broadcast; [`Replica`] writes, [`ReplicaReader`] reads.
+//! - [`loader`] — snapshot + tail, the only holder of the bus on the read path.
+//! - [`point`] — `GetRate`, `BatchGetRates`, `ListRates`.
+//! - [`watch`] — `WatchRates`.
+//! - [`explain`] — `ExplainRate`.
+//! - [`page_token`], [`error`] — listing tokens; errors and their gRPC status.
+//! - [`service`] — the `RateService` trait implementation.
+//!
+//! Cursors are the bus's per-partition cursor tokens ([`ratemesh_bus::Cursor`]), the same
+//! for `ListRates` and `WatchRates`; they never expire because every card keeps the
+//! position of its last change.
+
+pub mod error;
+pub mod explain;
+pub mod loader;
+pub mod page_token;
+pub mod point;
+pub mod replica;
+pub mod service;
+pub mod watch;
+
+use std::time::Duration;
+
+use ratemesh_proto::v1::rate_service_server::RateServiceServer;
+use ratemesh_runtime::settings::RatesSettings;
+use ratemesh_runtime::{Context, Readiness};
+
+pub use explain::{Explainer, InputsDecoder};
+pub use replica::{Clock, Replica, ReplicaOptions, ReplicaReader, system_clock};
+pub use service::RatesApi;
+
+/// State namespace of the rate table (written only by the engine).
+pub const STATE_NAMESPACE: &str = "rate";
+/// Field of a `rate` state holding the protobuf `v1::RateCard`.
+pub const CARD_FIELD: &str = "card";
+/// Field of a `rate` state holding the engine's own record (decoded only by `ExplainRate`).
+pub const ENGINE_FIELD: &str = "engine";
+/// Kind of the `rates` stream entries the replica applies.
+pub const RATE_CHANGED_KIND: &str = "ratemesh.v1.RateChanged";
+
+/// Replica options from the `[rates]` settings and the bus's partition count.
+pub fn replica_options(settings: &RatesSettings, partitions: u32) -> ReplicaOptions {
+    ReplicaOptions {
+        partitions,
+        history_retention: chrono::Duration::days(i64::from(settings.history_retention_days)),
+        history_max_versions: settings.history_max_versions,
+        watch_buffer: settings.watch_buffer,
+    }
+}
+
+/// The read path's parts, for `build` to put into the service module.
+pub struct ReadPath {
+    /// The gRPC service.
+    pub server: RateServiceServer<RatesApi>,
+    /// The same service, for calling directly (tests).
+    pub api: RatesApi,
+    /// Loads and follows the replica; marks `readiness` ready once loaded.
+    pub task: std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>,
+    /// The replica's read view (for tests and metrics).
+    pub reader: ReplicaReader,
+}
+
+impl std::fmt::Debug for ReadPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadPath")
+            .field("reader", &self.reader)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReadPath {
+    /// Builds the replica, its loader and the service from `ctx`, with the system clock.
+    pub fn new(ctx: &Context, readiness: Readiness, decode_inputs: InputsDecoder) -> Self {
+        Self::with_clock(ctx, readiness, decode_inputs, system_clock())
+    }
+
+    /// As [`ReadPath::new`] with an injected clock (for `as_of` tests).
+    pub fn with_clock(
+        ctx: &Context,
+        readiness: Readiness,
+        decode_inputs: InputsDecoder,
+        clock: Clock,
+    ) -> Self {
+        let settings = &ctx.settings().rates;
+        let mut options = replica_options(settings, ctx.bus().partitions());
+        // The loader applies a whole tail read before watchers run again, so the ring must
+        // hold at least one read's worth or even a fast watcher would be ended.
+        let burst = ctx.bus().options().batch_size * ctx.bus().partitions() as usize;
+        options.watch_buffer = options.watch_buffer.max(burst);
+        let replica = Replica::new(options, clock);
+        let reader = replica.reader();
+        let api = RatesApi::new(
+            reader.clone(),
+            Explainer::new(ctx.bus().clone(), decode_inputs),
+            Duration::from_millis(settings.watch_heartbeat_ms),
+            ctx.shutdown().clone(),
+        );
+        let task = Box::pin(loader::run(
+            ctx.bus().clone(),
+            replica,
+            readiness,
+            ctx.shutdown().clone(),
+        ));
+        Self {
+            server: RateServiceServer::new(api.clone()),
+            api,
+            task,
+            reader,
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! `GetRate`, `BatchGetRates` and `ListRates`: answered from the replica alone.
+//!
+//! These functions take a [`ReplicaReader`] and nothing else, so they cannot reach the
+//! backend: a read never waits on Redis, and keeps answering while Redis is down.
+
+use chrono::{DateTime, Utc};
+use ratemesh_core::Sku;
+use ratemesh_proto::v1::{self, rate_result::Outcome};
+use ratemesh_runtime::ApiError;
+
+use super::error::ReadError;
+use super::page_token::{PageToken, fingerprint};
+use super::replica::{HistoryMiss, ListQuery, ReplicaReader};
+
+/// Most SKUs in one `BatchGetRates`.
+pub const MAX_BATCH: usize = 1_000;
+/// Most cards per `ListRates` page, and the default.
+pub const MAX_PAGE: u32 = 1_000;
+/// Page size when the request says 0.
+pub const DEFAULT_PAGE: u32 = 500;
+/// Most SKUs one `ListRates` page examines, so a sparse `changed_since` or category
+/// cannot make one call scan the whole table; the page comes back short with a token.
+pub const SCAN_BUDGET: usize = 20_000;
+/// How far in the future `as_of` may be (client clock skew); it then reads "now".
+const AS_OF_SKEW: chrono::Duration = chrono::Duration::seconds(5);
+
+/// Fails with UNAVAILABLE until the replica has loaded.
+pub fn ensure_loaded(reader: &ReplicaReader) -> Result<(), ReadError> {
+    if reader.is_loaded() {
+        Ok(())
+    } else {
+        Err(ApiError::unavailable("the rate replica is still loading; retry shortly").into())
+    }
+}
+
+fn count(method: &'static str, n: u64) {
+    metrics::counter!("ratemesh_rates_reads_total", "method" => method).increment(n);
+}
+
+/// Validates a SKU, naming `field` in the error.
+pub fn parse_sku(field: &str, sku: &str) -> Result<Sku, ReadError> {
+    Sku::new(sku).map_err(|e| ReadError::invalid(field, e.to_string()))
+}
+
+fn timestamp_to_utc(field: &str, ts: &prost_types::Timestamp) -> Result<DateTime<Utc>, ReadError> {
+    u32::try_from(ts.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000)
+        .and_then(|nanos| DateTime::from_timestamp(ts.seconds, nanos))
+        .ok_or_else(|| ReadError::invalid(field, "is not a valid timestamp"))
+}
+
+/// `GetRate`.
+pub fn get_rate(
+    reader: &ReplicaReader,
+    request: &v1::GetRateRequest,
+) -> Result<v1::GetRateResponse, ReadError> {
+    ensure_loaded(reader)?;
+    let sku = parse_sku("sku", &request.sku)?;
+    count("GetRate", 1);
+    reader.count_reads(1);
+    let card = match &request.as_of {
+        None => reader.get(sku.as_str()).ok_or(ApiError::NotFound {
+            what: "rate for sku",
+            key: sku.as_str().to_owned(),
+        })?,
+        Some(ts) => {
+            let as_of = timestamp_to_utc("as_of", ts)?;
+            let now = reader.now();
+            if as_of > now + AS_OF_SKEW {
+                return Err(ReadError::invalid("as_of", "must not be in the future"));
+            }
+            match reader.get_at(sku.as_str(), as_of.min(now)) {
+                Ok(card) => card,
+                Err(HistoryMiss::NotFound) => {
+                    return Err(ApiError::NotFound {
+                        what: "rate at as_of for sku",
+                        key: sku.as_str().to_owned(),
+                    }
+                    .into());
+                }
+                Err(HistoryMiss::OutOfRange { kept_from }) => {
+                    return Err(ReadError::OutOfRange(format!(
+                        "as_of {} is before the kept rate history of sku {} (kept from {})",
+                        as_of.to_rfc3339(),
+                        sku.as_str(),
+                        kept_from.to_rfc3339()
+                    )));
+                }
+            }
+        }
+    };
+    Ok(v1::GetRateResponse {
+        card: Some((*card).clone()),
+    })
+}
+
+/// `BatchGetRates`: one result per requested SKU, in order; a bad or unknown SKU is an
+/// item error, not a failed call.
+pub fn batch_get_rates(
+    reader: &ReplicaReader,
+    request: &v1::BatchGetRatesRequest,
+) -> Result<v1::BatchGetRatesResponse, ReadError> {
+    ensure_loaded(reader)?;
+    if request.skus.is_empty() {
+        return Err(ReadError::invalid("skus", "must hold at least one sku"));
+    }
+    if request.skus.len() > MAX_BATCH {
+        return Err(ReadError::invalid(
+            "skus",
+            format!(
+                "must hold at most {MAX_BATCH} skus (got {}); split the batch",
+                request.skus.len()
+            ),
+        ));
+    }
+    count("BatchGetRates", request.skus.len() as u64);
+    reader.count_reads(request.skus.len() as u64);
+    let results = request
+        .skus
+        .iter()
+        .map(|sku| {
+            let outcome = match Sku::new(sku.as_str()) {
+                Err(e) => Outcome::Error(v1::ItemError {
+                    code: v1::ItemErrorCode::InvalidSku.into(),
+                    message: e.to_string(),
+                }),
+                Ok(valid) => match reader.get(valid.as_str()) {
+                    Some(card) => Outcome::Card((*card).clone()),
+                    None => Outcome::Error(v1::ItemError {
+                        code: v1::ItemErrorCode::NotFound.into(),
+                        message: format!("no rate for sku {sku}"),
+                    }),
+                },
+            };
+            v1::RateResult {
+                sku: sku.clone(),
+                outcome: Some(outcome),
+            }
+        })
+        .collect();
+    Ok(v1::BatchGetRatesResponse { results })
+}
+
+/// `ListRates`: a page in SKU order. The `cursor` on the last page is the replica
+/// position captured before the first page was read, so every change made during the
+/// listing is returned again by the next `changed_since` call.
+pub fn list_rates(
+    reader: &ReplicaReader,
+    request: &v1::ListRatesRequest,
+) -> Result<v1::ListRatesResponse, ReadError> {
+    ensure_loaded(reader)?;
+    if request.page_size > MAX_PAGE {
+        return Err(ReadError::invalid(
+            "page_size",
+            format!("must be at most {MAX_PAGE} (got {})", request.page_size),
+        ));
+    }
+    let limit = match request.page_size {
+        0 => DEFAULT_PAGE,
+        n => n,
+    } as usize;
+    if request.category.as_deref().is_some_and(str::is_empty) {
+        return Err(ReadError::invalid(
+            "category",
+            "must not be empty when set (leave it unset for every category)",
+        ));
+    }
+    let since = match request.changed_since.as_str() {
+        "" => None,
+        token => Some(
+            ratemesh_bus::Cursor::parse_for(token, reader.partitions())
+                .map_err(|e| ReadError::invalid("changed_since", e.to_string()))?,
+        ),
+    };
+    let fp = fingerprint(&request.changed_since, request.category.as_deref());
+    let token = match request.page_token.as_str() {
+        "" => PageToken {
+            start: reader.position(),
+            fingerprint: fp,
+            after: String::new(),
+        },
+        text => {
+            let token = PageToken::decode(text, reader.partitions())
+                .map_err(|why| ReadError::invalid("page_token", why))?;
+            if token.fingerprint != fp {
+                return Err(ReadError::invalid(
+                    "page_token",
+                    "was issued for different changed_since or category; start the listing again",
+                ));
+            }
+            token
+        }
+    };
+    let page = reader.list(&ListQuery {
+        after: (!token.after.is_empty()).then_some(token.after.as_str()),
+        changed_since: since.as_ref(),
+        category: request.category.as_deref(),
+        limit,
+        scan_budget: SCAN_BUDGET,
+    });
+    count("ListRates", page.cards.len() as u64);
+    let (next_page_token, cursor) = match page.resume_after {
+        Some(after) => (
+            PageToken {
+                after,
+                ..token.clone()
+            }
+            .encode(),
+            String::new(),
+        ),
+        None => (String::new(), token.start.to_string()),
+    };
+    Ok(v1::ListRatesResponse {
+        cards: page.cards.iter().map(|c| (**c).clone()).collect(),
+        next_page_token,
+        cursor,
+    })
+}

@@ -1,0 +1,101 @@
+//! The `RateService` implementation: a thin shell that validates nothing itself and
+//! hands each call to the module that owns it.
+
+use std::time::Duration;
+
+use ratemesh_proto::v1;
+use ratemesh_proto::v1::rate_service_server::RateService;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::explain::Explainer;
+use super::point;
+use super::replica::ReplicaReader;
+use super::watch::{self, WatchStream};
+
+/// `RateService`. Point reads and listings see only [`ReplicaReader`]; only
+/// [`Explainer`] holds a backend handle.
+#[derive(Debug, Clone)]
+pub struct RatesApi {
+    reader: ReplicaReader,
+    explainer: Explainer,
+    heartbeat: Duration,
+    shutdown: CancellationToken,
+}
+
+impl RatesApi {
+    /// The service over `reader`, with `explainer` for `ExplainRate`, sending watch
+    /// heartbeats every `heartbeat` and ending watches when `shutdown` is cancelled.
+    pub fn new(
+        reader: ReplicaReader,
+        explainer: Explainer,
+        heartbeat: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            reader,
+            explainer,
+            heartbeat,
+            shutdown,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RateService for RatesApi {
+    #[tracing::instrument(skip_all, fields(sku = %request.get_ref().sku))]
+    async fn get_rate(
+        &self,
+        request: Request<v1::GetRateRequest>,
+    ) -> Result<Response<v1::GetRateResponse>, Status> {
+        Ok(Response::new(point::get_rate(
+            &self.reader,
+            request.get_ref(),
+        )?))
+    }
+
+    #[tracing::instrument(skip_all, fields(skus = request.get_ref().skus.len()))]
+    async fn batch_get_rates(
+        &self,
+        request: Request<v1::BatchGetRatesRequest>,
+    ) -> Result<Response<v1::BatchGetRatesResponse>, Status> {
+        Ok(Response::new(point::batch_get_rates(
+            &self.reader,
+            request.get_ref(),
+        )?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_rates(
+        &self,
+        request: Request<v1::ListRatesRequest>,
+    ) -> Result<Response<v1::ListRatesResponse>, Status> {
+        Ok(Response::new(point::list_rates(
+            &self.reader,
+            request.get_ref(),
+        )?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn watch_rates(
+        &self,
+        request: Request<v1::WatchRatesRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        Ok(Response::new(watch::watch_rates(
+            &self.reader,
+            request.into_inner(),
+            self.heartbeat,
+            self.shutdown.clone(),
+        )?))
+    }
+
+    #[tracing::instrument(skip_all, fields(sku = %request.get_ref().sku))]
+    async fn explain_rate(
+        &self,
+        request: Request<v1::ExplainRateRequest>,
+    ) -> Result<Response<v1::ExplainRateResponse>, Status> {
+        Ok(Response::new(
+            self.explainer.explain(request.get_ref()).await?,
+        ))
+    }
+}

@@ -1,0 +1,301 @@
+//! The engine on the embedded bus: stock readings published as ingest publishes them
+//! move the stored and published cards the way the policy says.
+
+mod engine_support;
+
+use std::time::Duration;
+
+use engine_support::*;
+use ratemesh_core::{Event, Policy, replay};
+use ratemesh_rates::engine::timers;
+
+#[tokio::test]
+async fn stock_moves_the_rate_down_when_scarce_and_up_on_overstock_with_reasons() {
+    let bus = memory_bus();
+    let engine = engine(&bus, Policy::example());
+    // home: base 6 %, scarce (< 7 days) −2 points, overstock (90–180 days) +2 points.
+    // The ERP sends stock first, then master data: the first card is the policy's
+    // target (there is nothing to damp from).
+    let mut entries = vec![
+        stock("SCARCE-1", 20, 1, t(0), Some(10)).1, // 2 days of cover
+        stock("OVER-1", 1500, 1, t(0), Some(10)).1, // 150 days
+        stock("NORMAL-1", 500, 1, t(0), Some(10)).1, // 50 days
+    ];
+    for s in ["SCARCE-1", "OVER-1", "NORMAL-1"] {
+        entries.push(product(s, "home", 100, 40, t(1)).1);
+    }
+    bus.publish_batch(STOCK, entries).await.unwrap();
+    let (stop, task) = spawn_consumer(&engine, STOCK, "c1");
+    drained(&bus, STOCK, Duration::from_secs(10)).await;
+
+    let scarce = published(&bus, "SCARCE-1").await.expect("scarce card");
+    assert_eq!(scarce.effective_rate, "0.04");
+    assert_eq!(codes(&scarce), ["LOW_COVER"]);
+    assert!(scarce.reasons[0].text.contains("low cover"), "{scarce:?}");
+    assert_eq!(scarce.band, "scarce");
+    assert_eq!(scarce.category, "home");
+    assert_eq!(scarce.version, 1);
+
+    let over = published(&bus, "OVER-1").await.expect("overstock card");
+    assert_eq!(over.effective_rate, "0.08");
+    assert_eq!(codes(&over), ["OVERSTOCK"]);
+    assert_eq!(over.band, "overstock");
+
+    let normal = published(&bus, "NORMAL-1").await.expect("normal card");
+    assert_eq!(normal.effective_rate, "0.06");
+    assert_eq!(codes(&normal), ["BASE_RATE"]);
+
+    // The scarce SKU is restocked a day later: the rate rises, damped to one point per
+    // recompute, as a new version with the previous rate.
+    bus.publish(STOCK, stock("SCARCE-1", 1500, 2, t(24 * 60), Some(10)).1)
+        .await
+        .unwrap();
+    drained(&bus, STOCK, Duration::from_secs(10)).await;
+    let moved = published(&bus, "SCARCE-1").await.unwrap();
+    assert_eq!(moved.effective_rate, "0.05");
+    assert_eq!(moved.previous_rate, "0.04");
+    assert_eq!(moved.version, 2);
+    assert!(codes(&moved).contains(&"DAMPED"), "{moved:?}");
+
+    // Every publication is on the rates stream, in order, with its previous rate.
+    let changes = rate_changes(&bus).await;
+    let scarce_changes: Vec<_> = changes
+        .iter()
+        .filter_map(|c| c.card.as_ref())
+        .filter(|c| c.sku == "SCARCE-1")
+        .map(|c| (c.version, c.effective_rate.clone()))
+        .collect();
+    assert_eq!(scarce_changes, [(1, "0.04".into()), (2, "0.05".into())]);
+    assert_eq!(changes.len(), 4);
+
+    // A redelivered (older) reading changes nothing and publishes nothing.
+    bus.publish(STOCK, stock("SCARCE-1", 1, 1, t(1), Some(10)).1)
+        .await
+        .unwrap();
+    drained(&bus, STOCK, Duration::from_secs(10)).await;
+    assert_eq!(published(&bus, "SCARCE-1").await.unwrap(), moved);
+    assert_eq!(rate_changes(&bus).await.len(), 4);
+
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn hold_expiry_timers_finish_a_damped_move_without_new_stock() {
+    let bus = memory_bus();
+    let engine = engine(&bus, Policy::example());
+    bus.publish_batch(
+        STOCK,
+        vec![
+            stock("S-1", 20, 1, t(0), Some(10)).1,
+            product("S-1", "home", 100, 40, t(1)).1,
+            // after the home hold time (4 h): deep overstock, target 10 %
+            stock("S-1", 5000, 2, t(241), Some(10)).1,
+        ],
+    )
+    .await
+    .unwrap();
+    let (stop, task) = spawn_consumer(&engine, STOCK, "c1");
+    drained(&bus, STOCK, Duration::from_secs(10)).await;
+    assert_eq!(published(&bus, "S-1").await.unwrap().effective_rate, "0.05");
+
+    // The damped card scheduled a durable recompute at the end of its hold; each one
+    // moves another step (the event times are in the past, so they are all due now).
+    let timer_stop = tokio_util::sync::CancellationToken::new();
+    let timer_task = tokio::spawn(timers::run(engine.clone(), timer_stop.clone()));
+    let card = eventually(
+        "the rate to reach its target",
+        Duration::from_secs(10),
+        || {
+            let bus = bus.clone();
+            async move {
+                published(&bus, "S-1")
+                    .await
+                    .filter(|c| c.effective_rate == "0.1")
+            }
+        },
+    )
+    .await;
+    assert_eq!(codes(&card), ["OVERSTOCK"]);
+    // The three entries came in one batch and were folded in one update, so 0.04 was
+    // computed but only 0.05 published (v1); then 0.06 … 0.10 from timers, one version
+    // per step.
+    assert_eq!(card.version, 6);
+    // the steps are one hold time apart, computed at their due time, not at the wall clock
+    let computed = card.computed_at.as_ref().unwrap();
+    assert_eq!(
+        computed.seconds,
+        (t(241) + chrono::TimeDelta::hours(20)).timestamp()
+    );
+    timer_stop.cancel();
+    timer_task.await.unwrap().unwrap();
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_peak_window_sweep_recomputes_every_sku_with_the_peak_table() {
+    let bus = memory_bus();
+    let engine = engine(&bus, Policy::example());
+    let mut entries = Vec::new();
+    for i in 0..120 {
+        let s = format!("P-{i:03}");
+        entries.push(stock(&s, 100, 1, t(0), Some(10)).1); // 10 days: "low" (0.8)
+        entries.push(product(&s, "electronics", 100, 40, t(1)).1);
+    }
+    bus.publish_batch(STOCK, entries).await.unwrap();
+    let (stop, task) = spawn_consumer(&engine, STOCK, "c1");
+    drained(&bus, STOCK, Duration::from_secs(20)).await;
+    assert_eq!(published(&bus, "P-007").await.unwrap().band, "low");
+
+    // BFCM 2025 starts at Thanksgiving midnight in New York.
+    let (_, bfcm) = engine
+        .policy()
+        .peak_windows
+        .iter()
+        .enumerate()
+        .find(|(_, w)| w.name == "bfcm-2025")
+        .unwrap();
+    let changed = timers::sweep(&engine, None, bfcm.starts_at, true)
+        .await
+        .unwrap();
+    assert_eq!(changed, 120);
+    for i in [0, 59, 119] {
+        let card = published(&bus, &format!("P-{i:03}")).await.unwrap();
+        assert!(codes(&card).contains(&"PEAK_WINDOW"), "{card:?}");
+        // 10 days is "normal" in the peak table
+        assert_eq!(card.band, "normal");
+    }
+    // The same sweep again (a crash mid-sweep re-runs it) changes nothing.
+    let again = timers::sweep(&engine, None, bfcm.starts_at, true)
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
+fn inputs() -> Vec<(Event, ratemesh_bus::Event)> {
+    let mut all = Vec::new();
+    for s in ["A", "B", "C", "D"] {
+        all.push(product(s, "toys", 50, 20, t(0)));
+    }
+    for seq in 1..=30u64 {
+        for (i, s) in ["A", "B", "C", "D"].iter().enumerate() {
+            let on_hand = ((seq as i64 * 37 + i as i64 * 101) % 400) + 1;
+            all.push(stock(
+                s,
+                on_hand,
+                seq,
+                t(seq as i64 * 10),
+                Some(5 + i as i64),
+            ));
+        }
+    }
+    all
+}
+
+#[tokio::test]
+async fn duplicated_and_reordered_entries_converge_to_the_same_cards() {
+    let policy = path_independent_policy();
+    let all = inputs();
+    let core: Vec<Event> = all.iter().map(|(c, _)| c.clone()).collect();
+    let expected = replay(&policy, &core);
+
+    // Delivered in a scrambled order, with every reading delivered twice.
+    let mut scrambled: Vec<ratemesh_bus::Event> = Vec::new();
+    let n = all.len();
+    for k in 0..n {
+        let i = (k * 53) % n; // 53 is coprime with n = 124
+        scrambled.push(all[i].1.clone());
+        if k % 3 == 0 {
+            scrambled.push(all[(i + 7) % n].1.clone());
+        }
+    }
+    for (_, e) in all.iter().rev() {
+        scrambled.push(e.clone());
+    }
+    let bus = memory_bus();
+    let engine = engine(&bus, policy.clone());
+    bus.publish_batch(STOCK, scrambled).await.unwrap();
+    let (stop, task) = spawn_consumer(&engine, STOCK, "c1");
+    drained(&bus, STOCK, Duration::from_secs(20)).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    for (sku, want) in &expected {
+        let got = ratemesh_rates::engine::stored_core_card(&engine, sku)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.effective_rate, want.effective_rate, "{sku}");
+        assert_eq!(got.parts, want.parts, "{sku}");
+        assert_eq!(got.reasons, want.reasons, "{sku}");
+        let card = published(&bus, sku.as_str()).await.unwrap();
+        assert_eq!(
+            card.effective_rate,
+            want.effective_rate.get().normalize().to_string()
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_undecodable_entry_is_dead_lettered_and_the_rest_applied() {
+    let mut options = fast_options();
+    options.max_deliveries = 2;
+    options.reclaim_idle = Duration::from_millis(50);
+    let bus = ratemesh_bus::Bus::memory(options).unwrap();
+    let engine = engine(&bus, Policy::example());
+    bus.publish_batch(
+        STOCK,
+        vec![
+            product("OK-1", "home", 100, 40, t(0)).1,
+            ratemesh_bus::Event::new("BAD-1", b"\xff\xff not protobuf".to_vec())
+                .with_kind("ratemesh.v1.StockChanged"),
+            stock("OK-1", 500, 1, t(1), Some(10)).1,
+        ],
+    )
+    .await
+    .unwrap();
+    let (stop, task) = spawn_consumer(&engine, STOCK, "c1");
+    drained(&bus, STOCK, Duration::from_secs(10)).await;
+    assert_eq!(
+        published(&bus, "OK-1").await.unwrap().effective_rate,
+        "0.06"
+    );
+    let dead = bus.dead_letters(STOCK, "rates", 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(
+        dead[0].error.contains("StockChanged does not decode"),
+        "{:?}",
+        dead[0]
+    );
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_incentive_is_published_with_its_end_as_the_guarantee() {
+    let bus = memory_bus();
+    let engine = engine(&bus, Policy::example());
+    let policy = Policy::example();
+    let rules = &policy.category("home").flash;
+    let incentive =
+        ratemesh_core::Incentive::open("inc-1".into(), sku("INC-1"), "home".into(), rules, t(10));
+    let events = [
+        product("INC-1", "home", 100, 40, t(0)).0,
+        stock("INC-1", 1500, 1, t(1), Some(10)).0,
+        Event::IncentiveOpened {
+            incentive: incentive.clone(),
+            at: t(10),
+        },
+    ];
+    let outcome = engine.apply(&sku("INC-1"), &events).await.unwrap();
+    assert!(outcome.published.is_some());
+    let card = published(&bus, "INC-1").await.expect("card");
+    assert!(codes(&card).contains(&"INCENTIVE"), "{card:?}");
+    assert_eq!(
+        card.guaranteed_until,
+        Some(ratemesh_rates::convert::timestamp(incentive.ends_at))
+    );
+}

@@ -1,0 +1,238 @@
+//! Shared by the engine and override tests: events as ingest and the override service
+//! publish them, an engine over a bus, and waiting for consumers to drain.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use prost::Message;
+use ratemesh_bus::{Bus, BusOptions};
+use ratemesh_core::{Event, Money, Policy, Product, Quantity, Sku, Velocity};
+use ratemesh_proto::v1;
+use ratemesh_rates::convert::timestamp;
+use ratemesh_rates::engine::record::{FIELD_CARD, NAMESPACE};
+use ratemesh_rates::engine::{Engine, EngineOptions};
+use rust_decimal::Decimal;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const STOCK: &str = "stock";
+
+pub fn t(minutes: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2025, 3, 3, 8, 0, 0).unwrap() + TimeDelta::minutes(minutes)
+}
+
+pub fn sku(s: &str) -> Sku {
+    Sku::new(s).unwrap()
+}
+
+pub fn fast_options() -> BusOptions {
+    BusOptions {
+        partitions: 1,
+        max_deliveries: 5,
+        reclaim_idle: Duration::from_millis(300),
+        read_block: Duration::from_millis(50),
+        batch_size: 128,
+    }
+}
+
+pub fn memory_bus() -> Bus {
+    Bus::memory(fast_options()).unwrap()
+}
+
+pub fn engine(bus: &Bus, policy: Policy) -> Engine {
+    Engine::new(
+        bus.clone(),
+        Arc::new(policy),
+        EngineOptions {
+            concurrency: 16,
+            scan_page: 50,
+            timer_poll: Duration::from_millis(20),
+            ..EngineOptions::default()
+        },
+    )
+}
+
+/// A stock reading as the core event and as ingest's `StockChanged` entry.
+pub fn stock(
+    sku_: &str,
+    on_hand: i64,
+    sequence: u64,
+    as_of: DateTime<Utc>,
+    velocity: Option<i64>,
+) -> (Event, ratemesh_bus::Event) {
+    let core = Event::StockObserved {
+        sku: sku(sku_),
+        location: String::new(),
+        on_hand: Quantity::new(Decimal::from(on_hand)).unwrap(),
+        reserved: Quantity::ZERO,
+        sequence,
+        as_of,
+        erp_velocity: velocity.map(|v| Velocity::new(Decimal::from(v)).unwrap()),
+    };
+    let message = v1::StockChanged {
+        meta: Some(v1::EventMeta {
+            event_id: format!("stock-{sku_}-{sequence}"),
+            occurred_at: Some(timestamp(as_of)),
+            ..Default::default()
+        }),
+        update: Some(v1::StockUpdate {
+            sku: sku_.into(),
+            location: String::new(),
+            on_hand: on_hand.to_string(),
+            reserved: Some("0".into()),
+            as_of: Some(timestamp(as_of)),
+            sequence,
+            velocity: velocity.map(|v| v.to_string()),
+        }),
+        source: "test-erp".into(),
+        batch_id: "b".into(),
+    };
+    let entry = ratemesh_bus::Event::new(sku_, message.encode_to_vec())
+        .with_kind("ratemesh.v1.StockChanged");
+    (core, entry)
+}
+
+/// Product data as the core event and as ingest's `ProductChanged` entry.
+pub fn product(
+    sku_: &str,
+    category: &str,
+    price: i64,
+    unit_cost: i64,
+    at: DateTime<Utc>,
+) -> (Event, ratemesh_bus::Event) {
+    let core = Event::ProductUpserted {
+        sku: sku(sku_),
+        product: Product {
+            category: category.into(),
+            price: Money::new(Decimal::from(price)).unwrap(),
+            unit_cost: Money::new(Decimal::from(unit_cost)).unwrap(),
+            base_rate: None,
+        },
+        at,
+    };
+    let message = v1::ProductChanged {
+        meta: Some(v1::EventMeta {
+            event_id: format!("product-{sku_}"),
+            occurred_at: Some(timestamp(at)),
+            ..Default::default()
+        }),
+        product: Some(v1::Product {
+            sku: sku_.into(),
+            category: category.into(),
+            price: price.to_string(),
+            unit_cost: unit_cost.to_string(),
+            base_rate: None,
+            currency: "USD".into(),
+            title: None,
+            as_of: Some(timestamp(at)),
+        }),
+        source: "test-erp".into(),
+        batch_id: "b".into(),
+    };
+    let entry = ratemesh_bus::Event::new(sku_, message.encode_to_vec())
+        .with_kind("ratemesh.v1.ProductChanged");
+    (core, entry)
+}
+
+/// Starts a consumer of `stream` in group `rates`; cancel the token or abort the handle.
+pub fn spawn_consumer(
+    engine: &Engine,
+    stream: &'static str,
+    name: &str,
+) -> (CancellationToken, JoinHandle<anyhow::Result<()>>) {
+    let token = CancellationToken::new();
+    let handle = tokio::spawn(ratemesh_rates::engine::consumer::run(
+        engine.clone(),
+        stream,
+        name.to_owned(),
+        token.clone(),
+    ));
+    (token, handle)
+}
+
+/// Waits until group `rates` has nothing left on `stream`, failing after `limit`.
+pub async fn drained(bus: &Bus, stream: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let stats = bus.stream_stats(stream, "rates").await.unwrap();
+        if stats.backlog == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stream {stream} not drained in time: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing with `what` after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The published proto card of a SKU.
+pub async fn published(bus: &Bus, sku_: &str) -> Option<v1::RateCard> {
+    let rec = bus.get_state(NAMESPACE, sku_).await.unwrap()?;
+    rec.fields
+        .get(FIELD_CARD)
+        .map(|b| v1::RateCard::decode(b.as_ref()).unwrap())
+}
+
+/// Every `RateChanged` on the rates stream, in order.
+pub async fn rate_changes(bus: &Bus) -> Vec<v1::RateChanged> {
+    let (entries, _) = bus
+        .read_after("rates", &bus.start_cursor(), 100_000)
+        .await
+        .unwrap();
+    entries
+        .iter()
+        .map(|d| {
+            assert_eq!(d.kind.as_deref(), Some("ratemesh.v1.RateChanged"));
+            v1::RateChanged::decode(d.payload.as_ref()).unwrap()
+        })
+        .collect()
+}
+
+pub fn codes(card: &v1::RateCard) -> Vec<&str> {
+    card.reasons.iter().map(|r| r.code.as_str()).collect()
+}
+
+/// A policy whose cards depend only on the latest inputs (no damping, hold or
+/// hysteresis), so any delivery order of the same readings must give the same card.
+pub fn path_independent_policy() -> Policy {
+    Policy::from_toml_str(
+        r#"
+[program]
+id = "test"
+[defaults]
+base_rate = "0.05"
+bands = [
+    { name = "scarce", max_days = "3", multiplier = "0.6" },
+    { name = "normal", max_days = "60", multiplier = "1.0" },
+    { name = "overstock", multiplier = "1.4" },
+]
+hysteresis = "0"
+max_step = "1"
+min_hold_minutes = 0
+floor = "0.01"
+cap = "0.20"
+margin_share = "0.40"
+"#,
+    )
+    .unwrap()
+}

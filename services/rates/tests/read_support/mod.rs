@@ -1,0 +1,193 @@
+//! Shared by the read-path tests: a read path over a bus, and rate-card fixtures written
+//! the way the engine writes them (state + `RateChanged`, atomically).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use prost::Message;
+use ratemesh_bus::{Bus, BusOptions, Event, StateWrite};
+use ratemesh_proto::v1;
+use ratemesh_rates::read::{self, Clock, RatesApi, ReadPath, ReplicaReader};
+use ratemesh_runtime::{Context, Readiness, Settings};
+use tokio::task::JoinHandle;
+
+/// A card as the engine publishes it.
+pub fn card(
+    sku: &str,
+    category: &str,
+    rate: &str,
+    version: u64,
+    at: DateTime<Utc>,
+) -> v1::RateCard {
+    v1::RateCard {
+        sku: sku.into(),
+        category: category.into(),
+        effective_rate: rate.into(),
+        parts: Some(v1::RateParts {
+            base: rate.into(),
+            inventory_adjustment: "0".into(),
+            boost: "0".into(),
+            incentive: "0".into(),
+            override_adjustment: "0".into(),
+            guardrail_adjustment: "0".into(),
+        }),
+        reasons: vec![v1::Reason {
+            code: "BASE_RATE".into(),
+            text: "base rate".into(),
+        }],
+        version,
+        computed_at: Some(prost_types::Timestamp {
+            seconds: at.timestamp(),
+            nanos: 0,
+        }),
+        guaranteed_until: None,
+        previous_rate: String::new(),
+        band: "normal".into(),
+    }
+}
+
+/// Writes `card` as the engine does: state and stream entry atomically.
+pub async fn publish(bus: &Bus, card: &v1::RateCard) {
+    let write = StateWrite::new("rate", card.sku.clone()).set("card", card.encode_to_vec());
+    let event = v1::RateChanged {
+        meta: None,
+        card: Some(card.clone()),
+        previous_rate: card.previous_rate.clone(),
+    };
+    bus.write_state_and_publish(
+        write,
+        "rates",
+        Event::new(card.sku.clone(), event.encode_to_vec()).with_kind(read::RATE_CHANGED_KIND),
+    )
+    .await
+    .expect("publish card");
+}
+
+/// A settable clock.
+#[derive(Clone)]
+pub struct TestClock(Arc<Mutex<DateTime<Utc>>>);
+
+impl TestClock {
+    pub fn at(t: DateTime<Utc>) -> Self {
+        Self(Arc::new(Mutex::new(t)))
+    }
+    pub fn set(&self, t: DateTime<Utc>) {
+        *self.0.lock().expect("clock") = t;
+    }
+    pub fn clock(&self) -> Clock {
+        let me = self.clone();
+        Arc::new(move || *me.0.lock().expect("clock"))
+    }
+}
+
+/// A running read path.
+pub struct Reads {
+    pub ctx: Context,
+    pub api: RatesApi,
+    pub reader: ReplicaReader,
+    pub readiness: Readiness,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    path_task: Option<std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>>,
+}
+
+pub fn memory_bus() -> Bus {
+    Bus::memory(BusOptions {
+        read_block: Duration::from_millis(50),
+        ..BusOptions::embedded()
+    })
+    .expect("memory bus")
+}
+
+/// Settings with short watch heartbeats and a small watch buffer.
+pub fn settings() -> Settings {
+    let mut s = Settings::default();
+    s.rates.watch_buffer = 16;
+    s.rates.watch_heartbeat_ms = 200;
+    s
+}
+
+impl Reads {
+    /// Builds (does not start) a read path over `bus`.
+    pub fn build(bus: Bus, settings: Settings, clock: Clock) -> Self {
+        let ctx = Context::new(settings, bus);
+        let readiness = Readiness::new();
+        let path = ReadPath::with_clock(&ctx, readiness.clone(), Arc::new(|_| Ok(None)), clock);
+        let ReadPath {
+            api, reader, task, ..
+        } = path;
+        Reads {
+            ctx,
+            api,
+            reader,
+            readiness,
+            task: None,
+            path_task: Some(task),
+        }
+    }
+
+    /// Starts the loader and waits until loaded.
+    pub async fn start(mut self) -> Self {
+        let task = self.path_task.take().expect("not started");
+        self.task = Some(tokio::spawn(task));
+        wait_for("replica loaded", || self.readiness.get()).await;
+        self
+    }
+
+    pub fn bus(&self) -> &Bus {
+        self.ctx.bus()
+    }
+
+    /// Waits until the replica serves `sku` at `version`.
+    pub async fn wait_version(&self, sku: &str, version: u64) {
+        wait_for(&format!("{sku} v{version}"), || {
+            self.reader.get(sku).is_some_and(|c| c.version >= version)
+        })
+        .await;
+    }
+
+    pub async fn stop(mut self) {
+        self.ctx.shutdown().cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("loader task").expect("loader ok");
+        }
+    }
+}
+
+/// Polls `cond` until true, failing after 10 s.
+pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The next item of a watch stream, failing after 10 s.
+pub async fn next_update<S>(stream: &mut S) -> Option<Result<v1::RateUpdate, tonic::Status>>
+where
+    S: futures::Stream<Item = Result<v1::RateUpdate, tonic::Status>> + Unpin,
+{
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("watch stream stalled")
+}
+
+/// The next update that carries a card (skipping heartbeats).
+pub async fn next_card<S>(stream: &mut S) -> v1::RateUpdate
+where
+    S: futures::Stream<Item = Result<v1::RateUpdate, tonic::Status>> + Unpin,
+{
+    loop {
+        let update = next_update(stream)
+            .await
+            .expect("stream open")
+            .expect("an update");
+        if update.card.is_some() {
+            return update;
+        }
+    }
+}

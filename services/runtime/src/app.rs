@@ -1,0 +1,439 @@
+//! Composes services into one process: binds the gRPC, webhook and admin listeners, runs
+//! the services' background work, and shuts everything down in order.
+//!
+//! A service crate turns [`Context`] into a [`ServiceModule`]; `ratemesh up` hands all four
+//! modules to one [`App`], `ratemesh serve <service>` hands one. Tests do the same with
+//! port 0 and read the bound addresses back.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ratemesh_bus::Bus;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+
+use crate::auth::ApiKeys;
+use crate::grpc::RpcLayer;
+use crate::health::{HealthEntry, HealthState, Readiness};
+use crate::settings::Settings;
+
+/// What every service is built from: settings, the backend, and the shutdown signal.
+#[derive(Clone)]
+pub struct Context {
+    settings: Arc<Settings>,
+    bus: Bus,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field(
+                "backend",
+                &if self.settings.redis.url().is_some() {
+                    "redis"
+                } else {
+                    "embedded"
+                },
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// A context over an existing backend.
+    pub fn new(settings: Settings, bus: Bus) -> Self {
+        Self {
+            settings: Arc::new(settings),
+            bus,
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// Connects the backend the settings name: Redis when `redis.url` is set, otherwise the
+    /// embedded in-process bus.
+    pub async fn connect(settings: Settings) -> anyhow::Result<Self> {
+        let bus = crate::backend::connect(&settings).await?;
+        Ok(Self::new(settings, bus))
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The streams and state backend.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// Cancelled when shutdown starts: background work finishes its current step and
+    /// returns, long-lived streams end so clients can resume elsewhere.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+}
+
+type Task = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'static>>;
+type AddRoutes = Box<dyn FnOnce(&mut RoutesBuilder) + Send>;
+
+/// One service, as the app runs it.
+pub struct ServiceModule {
+    name: &'static str,
+    grpc_services: Vec<&'static str>,
+    add_routes: Vec<AddRoutes>,
+    http: Option<axum::Router>,
+    readiness: Readiness,
+    tasks: Vec<(&'static str, Task)>,
+}
+
+impl std::fmt::Debug for ServiceModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceModule")
+            .field("name", &self.name)
+            .field("grpc_services", &self.grpc_services)
+            .field("http", &self.http.is_some())
+            .field("tasks", &self.tasks.iter().map(|t| t.0).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl ServiceModule {
+    /// A module named `name` (`ingest`, `rates`, …) whose readiness is `readiness`.
+    pub fn new(name: &'static str, readiness: Readiness) -> Self {
+        Self {
+            name,
+            grpc_services: Vec::new(),
+            add_routes: Vec::new(),
+            http: None,
+            readiness,
+            tasks: Vec::new(),
+        }
+    }
+
+    /// Adds a gRPC service; its name is reported by health and reflection.
+    pub fn grpc<S>(mut self, service: S) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.grpc_services.push(S::NAME);
+        self.add_routes.push(Box::new(move |routes| {
+            routes.add_service(service);
+        }));
+        self
+    }
+
+    /// Adds HTTP routes to the webhook port.
+    pub fn http(mut self, router: axum::Router) -> Self {
+        self.http = Some(match self.http.take() {
+            Some(existing) => existing.merge(router),
+            None => router,
+        });
+        self
+    }
+
+    /// Adds background work (a stream consumer, a timer loop). It must return once
+    /// [`Context::shutdown`] is cancelled; an error before then stops the process.
+    pub fn task(
+        mut self,
+        name: &'static str,
+        work: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) -> Self {
+        self.tasks.push((name, Box::pin(work)));
+        self
+    }
+
+    /// The module's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// A bound, not yet running process.
+pub struct App {
+    ctx: Context,
+    grpc: TcpListener,
+    http: Option<TcpListener>,
+    admin: TcpListener,
+    modules: Vec<ServiceModule>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("grpc", &self.grpc_addr())
+            .field("http", &self.http_addr())
+            .field("admin", &self.admin_addr())
+            .field("modules", &self.modules)
+            .finish()
+    }
+}
+
+async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener on {addr}"))
+}
+
+impl App {
+    /// Binds the listeners for `modules`. The webhook port is bound only if a module has
+    /// HTTP routes.
+    pub async fn bind(ctx: &Context, modules: Vec<ServiceModule>) -> anyhow::Result<Self> {
+        let server = &ctx.settings().server;
+        let grpc = bind("gRPC", server.grpc_addr).await?;
+        let http = match modules.iter().any(|m| m.http.is_some()) {
+            true => Some(bind("webhook HTTP", server.http_addr).await?),
+            false => None,
+        };
+        let admin = bind("admin HTTP", server.admin_addr).await?;
+        Ok(Self {
+            ctx: ctx.clone(),
+            grpc,
+            http,
+            admin,
+            modules,
+        })
+    }
+
+    /// Where gRPC is served.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        local_addr(&self.grpc)
+    }
+
+    /// Where the ERP webhooks are served, if a module has any.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(local_addr)
+    }
+
+    /// Where `/metrics`, `/livez` and `/readyz` are served.
+    pub fn admin_addr(&self) -> SocketAddr {
+        local_addr(&self.admin)
+    }
+
+    /// The names of the modules this app runs.
+    pub fn module_names(&self) -> Vec<&'static str> {
+        self.modules.iter().map(|m| m.name).collect()
+    }
+
+    /// The gRPC service names served, for start-up messages.
+    pub fn grpc_services(&self) -> Vec<&'static str> {
+        self.modules
+            .iter()
+            .flat_map(|m| m.grpc_services.iter().copied())
+            .collect()
+    }
+
+    /// Serves until `signal` resolves (or a background task fails), then shuts down:
+    /// health turns NOT_SERVING, the listeners stop accepting, in-flight calls and
+    /// background work get `server.shutdown_grace_ms` to finish.
+    pub async fn run(self, signal: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let App {
+            ctx,
+            grpc,
+            http,
+            admin,
+            modules,
+        } = self;
+        let settings = ctx.settings().clone();
+        crate::metrics::spawn_upkeep();
+
+        let (shutting_down_tx, shutting_down) = watch::channel(false);
+        let health_state = HealthState {
+            entries: modules
+                .iter()
+                .map(|m| HealthEntry {
+                    grpc_services: m.grpc_services.clone(),
+                    readiness: m.readiness.clone(),
+                })
+                .collect(),
+            backend: ctx.bus().connected(),
+            shutting_down,
+        };
+
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        health_state.publish(&reporter).await;
+        let follower = tokio::spawn(health_state.clone().follow(reporter));
+
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ratemesh_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building the reflection service")?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(ratemesh_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("building the reflection service")?;
+
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(health_service);
+        routes.add_service(reflection);
+        routes.add_service(reflection_alpha);
+        let mut http_router: Option<axum::Router> = None;
+        let mut tasks = JoinSet::new();
+        for module in modules {
+            for add in module.add_routes {
+                add(&mut routes);
+            }
+            if let Some(router) = module.http {
+                http_router = Some(match http_router.take() {
+                    Some(existing) => existing.merge(router),
+                    None => router,
+                });
+            }
+            for (name, task) in module.tasks {
+                let module_name = module.name;
+                tasks.spawn(async move {
+                    let result = task.await;
+                    (module_name, name, result)
+                });
+            }
+        }
+
+        // Stream upkeep runs once per process, whichever services it hosts: trimming is
+        // idempotent and the gauges are global figures, so replicas doing the same is fine.
+        {
+            let (bus, shutdown) = (ctx.bus().clone(), ctx.shutdown().clone());
+            let retention = settings.retention.clone();
+            tasks.spawn(async move {
+                let result = crate::retention::run(bus, retention, shutdown).await;
+                ("runtime", "stream retention", result)
+            });
+            let (bus, shutdown) = (ctx.bus().clone(), ctx.shutdown().clone());
+            let interval = settings.telemetry.gauge_interval();
+            tasks.spawn(async move {
+                let result = crate::stream_gauges::run(bus, interval, shutdown).await;
+                ("runtime", "stream gauges", result)
+            });
+        }
+
+        let stop_accepting = CancellationToken::new();
+        let keys = ApiKeys::from_settings(&settings.auth);
+        let grpc_server = tonic::transport::Server::builder()
+            .timeout(settings.server.request_timeout())
+            .layer(RpcLayer::new(
+                keys,
+                settings.server.max_concurrent_requests,
+                settings.server.shed_retry_after(),
+            ))
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                stop_accepting.clone().cancelled_owned(),
+            );
+        let mut servers = JoinSet::new();
+        servers.spawn(async move { grpc_server.await.context("gRPC server") });
+        if let (Some(listener), Some(router)) = (http, http_router) {
+            let stop = stop_accepting.clone();
+            servers.spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+                    .context("webhook HTTP server")
+            });
+        }
+        let stop_admin = CancellationToken::new();
+        let admin_server = {
+            let stop = stop_admin.clone();
+            let router = crate::admin::router(health_state);
+            tokio::spawn(async move {
+                axum::serve(admin, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            })
+        };
+
+        // Serve until the signal, or until something that should run forever stops.
+        let mut failure: Option<anyhow::Error> = None;
+        tokio::select! {
+            _ = signal => {}
+            Some(done) = servers.join_next() => {
+                failure = Some(match done {
+                    Ok(Ok(())) => anyhow::anyhow!("a server stopped unexpectedly"),
+                    Ok(Err(e)) => e,
+                    Err(e) => anyhow::anyhow!("a server panicked: {e}"),
+                });
+            }
+            Some(done) = tasks.join_next() => {
+                failure = Some(match done {
+                    Ok((module, task, Ok(()))) => anyhow::anyhow!("{module} {task} stopped unexpectedly"),
+                    Ok((module, task, Err(e))) => e.context(format!("{module} {task} failed")),
+                    Err(e) => anyhow::anyhow!("a background task panicked: {e}"),
+                });
+            }
+        }
+        if let Some(err) = &failure {
+            tracing::error!(error = format!("{err:#}"), "stopping because of a failure");
+        }
+
+        // Drain: NOT_SERVING first, so load balancers stop routing here, then stop
+        // accepting, then let in-flight calls and background work finish under a deadline.
+        let _ = shutting_down_tx.send(true);
+        stop_accepting.cancel();
+        ctx.shutdown().cancel();
+        let grace = settings.server.shutdown_grace();
+        let drained = tokio::time::timeout(grace, async {
+            while let Some(done) = servers.join_next().await {
+                if let Ok(Err(e)) = done {
+                    tracing::warn!(error = format!("{e:#}"), "server stopped with an error");
+                }
+            }
+            while let Some(done) = tasks.join_next().await {
+                match done {
+                    Ok((module, task, Err(e))) => {
+                        tracing::warn!(
+                            module,
+                            task,
+                            error = format!("{e:#}"),
+                            "background task failed during shutdown"
+                        )
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "background task panicked during shutdown")
+                    }
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "shutdown deadline passed; abandoning unfinished calls and tasks"
+            );
+            servers.abort_all();
+            tasks.abort_all();
+        }
+        stop_admin.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), admin_server).await;
+        follower.abort();
+        tracing::info!("stopped");
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+}
+
+fn local_addr(listener: &TcpListener) -> SocketAddr {
+    // A bound TCP listener always has a local address.
+    listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}

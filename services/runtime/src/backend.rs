@@ -1,0 +1,24 @@
+//! Chooses and connects the streams and state backend from settings.
+
+use anyhow::Context as _;
+use ratemesh_bus::{Bus, BusOptions};
+
+use crate::settings::Settings;
+
+/// Bus options derived from settings.
+pub fn bus_options(settings: &Settings) -> BusOptions {
+    let mut options = BusOptions::embedded();
+    options.partitions = u32::from(settings.redis.partitions);
+    options
+}
+
+/// The Redis backend when `redis.url` is set, otherwise the embedded in-process one.
+pub async fn connect(settings: &Settings) -> anyhow::Result<Bus> {
+    let options = bus_options(settings);
+    match settings.redis.url() {
+        Some(url) => Bus::redis(url, &settings.redis.key_prefix, options)
+            .await
+            .with_context(|| format!("connecting to redis at {}", settings.redis.redacted_url())),
+        None => Bus::memory(options).context("starting the embedded backend"),
+    }
+}

@@ -1,0 +1,36 @@
+//! What every ratemesh service shares: settings, telemetry, the gRPC server plumbing
+//! (health, reflection, timeouts, load shedding, authentication, metrics), the API error
+//! type, the admin port and graceful shutdown.
+//!
+//! - [`settings`]: defaults → file → `RATEMESH__…` environment, validated with key names.
+//! - [`telemetry`] and [`trace_context`]: logs, OpenTelemetry traces, `traceparent` on the wire.
+//! - [`auth`]: API keys (hashed), roles and the RPC → roles table.
+//! - [`error`]: [`ApiError`] and its one mapping to gRPC status and HTTP responses.
+//! - [`app`]: [`Context`], [`ServiceModule`] and [`App`], which binds and runs services.
+//! - [`health`]: per-service readiness feeding `grpc.health.v1` and `/readyz`.
+//! - [`shutdown`]: SIGTERM/SIGINT handling.
+//! - [`retention`] and [`stream_gauges`]: per-process upkeep of the shared streams
+//!   (trimming under `[retention]`; backlog, pending, length and dead-letter gauges).
+
+mod admin;
+pub mod app;
+pub mod auth;
+pub mod backend;
+pub mod error;
+pub mod grpc;
+pub mod health;
+pub mod metrics;
+pub mod retention;
+pub mod settings;
+pub mod shutdown;
+pub mod signature;
+pub mod stream_gauges;
+pub mod streams;
+pub mod telemetry;
+pub mod trace_context;
+
+pub use app::{App, Context, ServiceModule};
+pub use auth::{Principal, Role};
+pub use error::{ApiError, FieldViolation};
+pub use health::Readiness;
+pub use settings::Settings;

@@ -1,0 +1,131 @@
+//! Logs and traces: a `tracing` subscriber with pretty or JSON output, and an OpenTelemetry
+//! layer so every span has a W3C trace context, exported over OTLP when an endpoint is set.
+//!
+//! The trace context exists even without an exporter: requests, stream entries and partner
+//! webhooks carry `traceparent` either way, so traces join up once a collector is added.
+
+use std::time::Duration;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::settings::{LogFormat, TelemetrySettings};
+
+/// Flushes and shuts down trace export when the process stops.
+#[must_use = "dropping the guard without `shutdown` may lose the last spans"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Flushes pending spans (bounded by a timeout, on a blocking thread because the SDK's
+    /// shutdown blocks).
+    pub async fn shutdown(mut self) {
+        if let Some(provider) = self.provider.take() {
+            let result = tokio::task::spawn_blocking(move || {
+                provider.shutdown_with_timeout(Duration::from_secs(5))
+            })
+            .await;
+            if let Ok(Err(err)) = result {
+                eprintln!("trace export did not shut down cleanly: {err}");
+            }
+        }
+    }
+}
+
+/// Installs the global subscriber. Returns an error if one is already installed (tests call
+/// [`init_for_tests`] instead) or the OTLP exporter cannot be built.
+pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
+    let (provider, layers) = build_layers(settings)?;
+    tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("installing the tracing subscriber: {e}"))?;
+    Ok(TelemetryGuard {
+        provider: Some(provider),
+    })
+}
+
+/// Installs a quiet subscriber with trace context once per test process; later calls are
+/// no-ops.
+pub fn init_for_tests() {
+    static ONCE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    ONCE.get_or_init(|| {
+        let settings = TelemetrySettings {
+            log_format: LogFormat::Pretty,
+            log_filter: "warn".into(),
+            otlp_endpoint: String::new(),
+            service_name: "ratemesh-test".into(),
+            sample_ratio: 1.0,
+            gauge_interval_ms: 5_000,
+        };
+        if let Ok((provider, layers)) = build_layers(&settings) {
+            let _ = tracing_subscriber::registry().with(layers).try_init();
+            // Kept for the life of the process: tests never flush.
+            std::mem::forget(provider);
+        }
+    });
+}
+
+type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+fn build_layers(
+    settings: &TelemetrySettings,
+) -> anyhow::Result<(SdkTracerProvider, Vec<BoxedLayer>)> {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.log_filter))
+        .map_err(|e| anyhow::anyhow!("telemetry.log_filter: {e}"))?;
+
+    let mut provider = SdkTracerProvider::builder()
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            settings.sample_ratio,
+        ))))
+        .with_resource(
+            Resource::builder()
+                .with_service_name(settings.service_name.clone())
+                .build(),
+        );
+    if let Some(endpoint) = settings.otlp_endpoint() {
+        use opentelemetry_otlp::WithExportConfig;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .with_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| anyhow::anyhow!("telemetry.otlp_endpoint: {e}"))?;
+        provider = provider.with_batch_exporter(exporter);
+    }
+    let provider = provider.build();
+    let tracer = provider.tracer("ratemesh");
+
+    let fmt: BoxedLayer = match settings.log_format {
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .compact()
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .boxed(),
+    };
+    // Traces follow their own filter, not the log level: quieting logs to `warn` must not
+    // break trace context, which rides on info-level spans.
+    let trace_filter = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::Level::INFO)
+        .with_target("h2", tracing::Level::WARN)
+        .with_target("hyper", tracing::Level::WARN)
+        .with_target("tower", tracing::Level::WARN);
+    let layers = vec![
+        fmt.with_filter(filter).boxed(),
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(trace_filter)
+            .boxed(),
+    ];
+    Ok((provider, layers))
+}
