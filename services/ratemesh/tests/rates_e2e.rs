@@ -177,7 +177,13 @@ async fn stock_through_the_webhook_moves_rates_visible_in_every_read() {
         codes(c).contains(&"LOW_COVER")
     })
     .await;
-    let over = wait_card(&mut client, "E2E-OVER", |c| codes(c).contains(&"OVERSTOCK")).await;
+    // 200 days of cover is also the home category's flash-incentive threshold: the
+    // incentives service adds its bonus on a later card. Wait for that one, so the card
+    // compared and listed below is the settled one.
+    let over = wait_card(&mut client, "E2E-OVER", |c| {
+        codes(c).contains(&"OVERSTOCK") && codes(c).contains(&"INCENTIVE")
+    })
+    .await;
     // The normal SKU's rate is the base rate, as it was out of stock: nothing to publish,
     // so the published card stays the product push's (version 1) and ExplainRate shows
     // the current inputs (its band now) next to it.
