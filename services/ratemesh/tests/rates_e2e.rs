@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
 use ratemesh_bus::testkit::RedisServer;
+use ratemesh_core::Policy;
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::rate_result::Outcome;
 use ratemesh_proto::v1::rate_service_client::RateServiceClient;
 use ratemesh_runtime::Role;
 use ratemesh_runtime::settings::{ErpSource, Secret};
 use rust_decimal::Decimal;
-use support::{Bearer, spawn_on_redis, test_settings};
+use support::{Bearer, policy_file, spawn_on_redis, test_settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -133,11 +134,10 @@ async fn stock_through_the_webhook_moves_rates_visible_in_every_read() {
         name: "erp-main".into(),
         secrets: vec![Secret::new(ERP_SECRET)],
     }];
-    // The example policy without its one-hour hold, so a second push can move a rate.
-    settings.rates.policy_file = ratemesh::demo::write_demo_policy()
-        .expect("demo policy")
-        .to_string_lossy()
-        .into_owned();
+    // The example policy without its one-hour hold, so a second push can move a rate,
+    // and without its peak windows, so the bands below hold whatever the date.
+    let demo = Policy::from_toml_str(&ratemesh::demo::demo_policy_toml()).expect("demo policy");
+    settings.rates.policy_file = policy_file(&demo.off_peak().expect("off-peak"));
     let app = spawn_on_redis(&redis, settings).await;
     let ingest = app.http.expect("webhook port");
     let mut client =

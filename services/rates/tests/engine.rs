@@ -12,7 +12,7 @@ use ratemesh_rates::engine::timers;
 #[tokio::test]
 async fn stock_moves_the_rate_down_when_scarce_and_up_on_overstock_with_reasons() {
     let bus = memory_bus();
-    let engine = engine(&bus, Policy::example());
+    let engine = engine(&bus, example_policy());
     // home: base 6 %, scarce (< 7 days) −2 points, overstock (90–180 days) +2 points.
     // The ERP sends stock first, then master data: the first card is the policy's
     // target (there is nothing to damp from).
@@ -83,7 +83,7 @@ async fn stock_moves_the_rate_down_when_scarce_and_up_on_overstock_with_reasons(
 #[tokio::test]
 async fn hold_expiry_timers_finish_a_damped_move_without_new_stock() {
     let bus = memory_bus();
-    let engine = engine(&bus, Policy::example());
+    let engine = engine(&bus, example_policy());
     bus.publish_batch(
         STOCK,
         vec![
@@ -136,7 +136,16 @@ async fn hold_expiry_timers_finish_a_damped_move_without_new_stock() {
 #[tokio::test]
 async fn a_peak_window_sweep_recomputes_every_sku_with_the_peak_table() {
     let bus = memory_bus();
-    let engine = engine(&bus, Policy::example());
+    // Only the past BFCM window, so the cards computed before the sweep are off-peak
+    // whatever today's date is.
+    let mut config = Policy::example().config().clone();
+    config.peak_windows.retain(|w| w.name == "bfcm-2025");
+    for category in config.categories.values_mut() {
+        if let Some(tables) = &mut category.peak_bands {
+            tables.retain(|window, _| window == "bfcm-2025");
+        }
+    }
+    let engine = engine(&bus, Policy::from_config(&config).unwrap());
     let mut entries = Vec::new();
     for i in 0..120 {
         let s = format!("P-{i:03}");
@@ -245,7 +254,7 @@ async fn an_undecodable_entry_is_dead_lettered_and_the_rest_applied() {
     options.max_deliveries = 2;
     options.reclaim_idle = Duration::from_millis(50);
     let bus = ratemesh_bus::Bus::memory(options).unwrap();
-    let engine = engine(&bus, Policy::example());
+    let engine = engine(&bus, example_policy());
     bus.publish_batch(
         STOCK,
         vec![
@@ -277,8 +286,8 @@ async fn an_undecodable_entry_is_dead_lettered_and_the_rest_applied() {
 #[tokio::test]
 async fn an_incentive_is_published_with_its_end_as_the_guarantee() {
     let bus = memory_bus();
-    let engine = engine(&bus, Policy::example());
-    let policy = Policy::example();
+    let engine = engine(&bus, example_policy());
+    let policy = example_policy();
     let rules = &policy.category("home").flash;
     let incentive =
         ratemesh_core::Incentive::open("inc-1".into(), sku("INC-1"), "home".into(), rules, t(10));

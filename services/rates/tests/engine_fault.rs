@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use engine_support::*;
 use ratemesh_bus::testkit::RedisServer;
 use ratemesh_bus::{Bus, BusOptions};
-use ratemesh_core::{Event, Policy, replay};
+use ratemesh_core::{Event, replay};
 
 const SKUS: usize = 200;
 const READINGS_PER_SKU: usize = 50;
@@ -49,7 +49,7 @@ async fn an_aborted_consumer_loses_nothing_and_cards_equal_the_offline_replay() 
     let bus = Bus::redis(&redis.url(), &redis.unique_prefix(), options)
         .await
         .unwrap();
-    let policy = Policy::example();
+    let policy = example_policy();
     let all = inputs();
     for chunk in all.chunks(1000) {
         bus.publish_batch(STOCK, chunk.iter().map(|(_, e)| e.clone()).collect())

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use engine_support::*;
-use ratemesh_core::Policy;
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::override_service_server::OverrideService;
 use ratemesh_rates::convert::timestamp;
@@ -47,7 +46,7 @@ fn set(o: v1::Override, replace: bool) -> v1::SetOverrideRequest {
 /// One SKU in `home` at 50 days of cover: 6 %.
 async fn setup() -> (ratemesh_bus::Bus, Engine, OverridesApi) {
     let bus = memory_bus();
-    let engine = engine(&bus, Policy::example());
+    let engine = engine(&bus, example_policy());
     bus.publish_batch(
         STOCK,
         vec![

@@ -272,6 +272,26 @@ impl Policy {
     pub fn config(&self) -> &PolicyConfig {
         &self.config
     }
+
+    /// The same policy without its peak windows and the categories' peak band tables:
+    /// what the program pays on an ordinary day, whatever the calendar says. For comparing
+    /// peak with off-peak rates, and for checks that must not depend on today's date.
+    pub fn off_peak(&self) -> Result<Policy, PolicyError> {
+        let mut config = self.config.clone();
+        config.peak_windows.clear();
+        config.defaults.peak_bands = None;
+        for category in config.categories.values_mut() {
+            category.peak_bands = None;
+        }
+        Policy::from_config(&config)
+    }
+
+    /// The policy as a TOML file that [`Policy::from_toml_str`] reads back to the same
+    /// policy.
+    pub fn to_toml(&self) -> String {
+        // Every field of the config is a string, number, table or array: always encodable.
+        toml::to_string_pretty(&self.config).expect("a policy config encodes as TOML")
+    }
 }
 
 fn location(err: &toml::de::Error, text: &str) -> String {
@@ -630,6 +650,28 @@ mod tests {
             Some(dec!(21))
         );
         assert_eq!(Policy::example(), p);
+    }
+
+    #[test]
+    fn off_peak_drops_every_peak_table_and_keeps_the_rest() {
+        let example = Policy::example();
+        let off_peak = example.off_peak().unwrap();
+        let black_friday = Utc.with_ymd_and_hms(2026, 11, 27, 15, 0, 0).unwrap();
+        assert!(example.peak_window_at(black_friday).is_some());
+        assert!(off_peak.peak_window_at(black_friday).is_none());
+        assert!(off_peak.category("apparel").peak_bands.is_empty());
+        let mut home = example.category("home").clone();
+        home.peak_bands.clear();
+        assert_eq!(off_peak.category("home"), &home);
+        assert_eq!(off_peak.program_id, example.program_id);
+    }
+
+    #[test]
+    fn a_policy_reads_back_from_its_toml() {
+        for policy in [Policy::example(), Policy::builtin()] {
+            let text = policy.to_toml();
+            assert_eq!(Policy::from_toml_str(&text).unwrap(), policy, "{text}");
+        }
     }
 
     #[test]

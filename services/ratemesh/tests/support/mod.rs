@@ -4,10 +4,12 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ratemesh::ServiceName;
 use ratemesh_bus::{Bus, BusOptions};
+use ratemesh_core::Policy;
 use ratemesh_runtime::settings::ApiKeySettings;
 use ratemesh_runtime::{App, Context, Role, Settings, auth};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,9 +27,24 @@ pub fn key_of(role: Role) -> String {
     format!("test-key-{role}")
 }
 
-/// Settings for a test: ephemeral ports and one key per role.
+/// Writes `policy` to a file of this test process and returns its path, for
+/// `rates.policy_file`.
+pub fn policy_file(policy: &Policy) -> String {
+    static WRITTEN: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "ratemesh-test-policy-{}-{}.toml",
+        std::process::id(),
+        WRITTEN.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, policy.to_toml()).expect("writing the test policy");
+    path.to_string_lossy().into_owned()
+}
+
+/// Settings for a test: ephemeral ports, one key per role, and the example policy
+/// without its peak windows, so what a test expects does not change during BFCM.
 pub fn test_settings() -> Settings {
     let mut settings = Settings::default();
+    settings.rates.policy_file = policy_file(&Policy::example().off_peak().expect("off-peak"));
     let any_port: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     settings.server.grpc_addr = any_port;
     settings.server.http_addr = any_port;

@@ -212,6 +212,12 @@ pub fn codes(card: &v1::RateCard) -> Vec<&str> {
     card.reasons.iter().map(|r| r.code.as_str()).collect()
 }
 
+/// The shipped example policy on an ordinary day: its peak windows removed, so a card
+/// computed "now" does not depend on whether the calendar is in BFCM.
+pub fn example_policy() -> Policy {
+    Policy::example().off_peak().unwrap()
+}
+
 /// A policy whose cards depend only on the latest inputs (no damping, hold or
 /// hysteresis), so any delivery order of the same readings must give the same card.
 pub fn path_independent_policy() -> Policy {
