@@ -242,6 +242,18 @@ impl Bus {
         }
     }
 
+    /// Whether retention has removed entries of `stream` that come after `cursor`: a reader
+    /// positioned there has missed them for good and must reload from state (read replicas
+    /// check this after an outage).
+    pub async fn trimmed_past(&self, stream: &str, cursor: &Cursor) -> BusResult<bool> {
+        check_name("stream", stream)?;
+        self.check_cursor(cursor)?;
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.trimmed_past(stream, cursor)),
+            Backend::Redis(r) => r.trimmed_past(stream, cursor).await,
+        }
+    }
+
     /// Length, backlog, pending and dead-letter counts of `stream` for `group`.
     pub async fn stream_stats(&self, stream: &str, group: &str) -> BusResult<StreamStats> {
         check_name("stream", stream)?;

@@ -709,6 +709,50 @@ async fn trimming_keeps_entries_groups_still_need(kind: Kind) {
     assert_eq!(payload_u64(&next[0]), 20);
 }
 
+async fn a_reader_learns_when_retention_passed_it(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    let start = bus.start_cursor();
+    assert!(
+        !bus.trimmed_past("rates", &start).await.unwrap(),
+        "no stream yet"
+    );
+    for i in 0..10u64 {
+        bus.publish("rates", Event::new("SKU-1", i.to_string()))
+            .await
+            .unwrap();
+    }
+    assert!(
+        !bus.trimmed_past("rates", &start).await.unwrap(),
+        "nothing trimmed"
+    );
+    // Readers that have seen 3, 8 and all 10 entries of the one partition in use.
+    let (_, after_3) = bus.read_after("rates", &start, 3).await.unwrap();
+    let (_, after_8) = bus.read_after("rates", &after_3, 5).await.unwrap();
+    let end = bus.end_cursor("rates").await.unwrap();
+    // No group holds the stream back: keeping two per partition drops the first eight.
+    let two = Retention {
+        max_len_per_partition: Some(2),
+        max_age: None,
+    };
+    assert_eq!(bus.trim("rates", two).await.unwrap(), 8);
+    assert!(bus.trimmed_past("rates", &start).await.unwrap());
+    assert!(bus.trimmed_past("rates", &after_3).await.unwrap());
+    assert!(
+        !bus.trimmed_past("rates", &after_8).await.unwrap(),
+        "saw all removed"
+    );
+    assert!(!bus.trimmed_past("rates", &end).await.unwrap());
+    // What is left is still read from the reader that saw everything removed.
+    let (rest, _) = bus.read_after("rates", &after_8, 10).await.unwrap();
+    assert_eq!(rest.iter().map(payload_u64).collect::<Vec<_>>(), [8, 9]);
+    assert!(matches!(
+        bus.trimmed_past("rates", &ratemesh_bus::Cursor::start(1))
+            .await,
+        Err(BusError::InvalidInput(_))
+    ));
+}
+
 async fn stats_report_backlog_and_end_cursor(kind: Kind) {
     let f = fixture(kind).await;
     let bus = &f.bus;
@@ -944,6 +988,7 @@ conformance!(
     write_and_publish_is_atomic_under_concurrent_writers,
     tail_reads_from_a_cursor,
     trimming_keeps_entries_groups_still_need,
+    a_reader_learns_when_retention_passed_it,
     stats_report_backlog_and_end_cursor,
     scan_states_visits_every_key_once,
     scheduler_fires_each_timer_once,

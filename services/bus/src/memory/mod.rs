@@ -128,6 +128,10 @@ impl MemoryBackend {
         self.stream(stream).trim(retention)
     }
 
+    pub(crate) fn trimmed_past(&self, stream: &str, cursor: &Cursor) -> bool {
+        self.stream(stream).trimmed_past(cursor)
+    }
+
     pub(crate) fn stats(&self, stream: &str, group: &str) -> StreamStats {
         self.stream(stream).stats(group)
     }

@@ -27,6 +27,8 @@ pub(super) struct MemStream {
 pub(super) struct Part {
     entries: VecDeque<Stored>,
     last_id: EntryId,
+    /// The newest entry retention removed (`0-0` while none was).
+    max_trimmed: EntryId,
     groups: HashMap<String, Group>,
 }
 
@@ -367,11 +369,21 @@ impl MemStream {
                 min_kept = min_kept.min(floor);
             }
             while part.entries.front().is_some_and(|s| s.id < min_kept) {
-                part.entries.pop_front();
+                if let Some(gone) = part.entries.pop_front() {
+                    part.max_trimmed = part.max_trimmed.max(gone.id);
+                }
                 removed += 1;
             }
         }
         removed
+    }
+
+    /// Whether retention removed an entry after `cursor` in some partition.
+    pub(super) fn trimmed_past(&self, cursor: &Cursor) -> bool {
+        self.parts
+            .iter()
+            .zip(cursor.ids())
+            .any(|(part, seen)| lock(part).max_trimmed > *seen)
     }
 
     /// Backlog, pending and dead-letter counts of `group`.

@@ -7,6 +7,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `{<prefix>:p<n>}:s:<stream>` | stream | entries of partition n |
+//! | `{<prefix>:p<n>}:trim:<stream>` | string | newest entry id retention removed |
 //! | `{<prefix>:p<n>}:dlq:<stream>:<group>` | stream | dead letters of the group |
 //! | `{<prefix>:p<n>}:err:<stream>:<group>` | hash | last error per pending entry id |
 //! | `{<prefix>:p<n>}:dlqn:<stream>:<group>` | string | dead-lettered total |
@@ -41,6 +42,10 @@ impl Keys {
 
     pub(crate) fn stream(&self, stream: &str, p: u32) -> String {
         format!("{}:s:{stream}", self.tag(p))
+    }
+
+    pub(crate) fn trim_marker(&self, stream: &str, p: u32) -> String {
+        format!("{}:trim:{stream}", self.tag(p))
     }
 
     pub(crate) fn stream_keys(&self, stream: &str) -> Vec<String> {

@@ -110,8 +110,10 @@ end
 return {len, pending, undelivered, dlq, total}
 "#;
 
-/// KEYS: stream. ARGV: max length ('' = none), min id from max age ('' = none).
-/// Trims to the policy but never past what a group still needs. Returns entries removed.
+/// KEYS: stream, trim marker. ARGV: max length ('' = none), min id from max age ('' = none).
+/// Trims to the policy but never past what a group still needs, and records the newest id
+/// removed in the marker (readers without a group learn from it that they missed
+/// entries). Returns entries removed.
 const TRIM: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local function parse(id)
@@ -147,7 +149,10 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   end
   if less(floor, target) then target = floor end
 end
-return redis.call('XTRIM', KEYS[1], 'MINID', target)
+local newest = redis.call('XREVRANGE', KEYS[1], '(' .. target, '-', 'COUNT', 1)
+local removed = redis.call('XTRIM', KEYS[1], 'MINID', target)
+if removed > 0 and newest[1] then redis.call('SET', KEYS[2], newest[1][1]) end
+return removed
 "#;
 
 /// KEYS: state hash, state index, stream (only when publishing).

@@ -177,16 +177,38 @@ impl RedisBackend {
                 EntryId::new(unix_ms().saturating_sub(ms), 0).to_string()
             })
             .unwrap_or_default();
-        let calls = self.keys.stream_keys(stream).into_iter().map(|key| {
+        let calls = (0..self.opts.partitions).map(|p| {
             let mut conn = self.conn();
             let mut inv = self.scripts.trim.prepare_invoke();
-            inv.key(key).arg(&max_len).arg(&min_id);
+            inv.key(self.keys.stream(stream, p))
+                .key(self.keys.trim_marker(stream, p))
+                .arg(&max_len)
+                .arg(&min_id);
             async move { inv.invoke_async::<u64>(&mut conn).await }
         });
         let removed = futures::future::try_join_all(calls)
             .await
             .map_err(|e| self.fail(e, || format!("trim of stream {stream}")))?;
         Ok(removed.into_iter().sum())
+    }
+
+    pub(crate) async fn trimmed_past(&self, stream: &str, cursor: &Cursor) -> BusResult<bool> {
+        let mut pipe = redis::pipe();
+        for p in 0..self.opts.partitions {
+            pipe.cmd("GET").arg(self.keys.trim_marker(stream, p));
+        }
+        let markers: Vec<Option<String>> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail(e, || format!("trim check of stream {stream}")))?;
+        for (marker, seen) in markers.iter().zip(cursor.ids()) {
+            let Some(marker) = marker else { continue };
+            let removed: EntryId = marker.parse().map_err(|_| unexpected("trim marker"))?;
+            if removed > *seen {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     pub(crate) async fn stats(&self, stream: &str, group: &str) -> BusResult<StreamStats> {
