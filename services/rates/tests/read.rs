@@ -408,6 +408,44 @@ async fn watch(
         .into_inner()
 }
 
+/// Virtual time: the replica's periodic retention check (every 30 s) comes at once.
+#[tokio::test(start_paused = true)]
+async fn a_replica_the_stream_was_trimmed_past_reloads_and_tells_watchers() {
+    let reads = started().await;
+    publish(reads.bus(), &card("GAP-1", "toys", "0.05", 1, t0())).await;
+    publish(reads.bus(), &card("GAP-2", "toys", "0.05", 1, t0())).await;
+    reads.wait_version("GAP-2", 1).await;
+    let mut watcher = watch(
+        &reads,
+        v1::WatchRatesRequest {
+            skus: vec!["GAP-1".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    // A change the replica never reads: written, then trimmed away by retention before
+    // the loader runs again (nothing here yields to it).
+    let mut moved = card("GAP-1", "toys", "0.07", 2, t0());
+    moved.previous_rate = "0.05".into();
+    publish(reads.bus(), &moved).await;
+    let everything = ratemesh_bus::Retention {
+        max_len_per_partition: Some(0),
+        max_age: None,
+    };
+    assert_eq!(reads.bus().trim("rates", everything).await.unwrap(), 3);
+    assert_eq!(get(&reads, "GAP-1").await.unwrap().version, 1);
+    // The check finds the gap and reloads the snapshot, which holds version 2.
+    reads.wait_version("GAP-1", 2).await;
+    let update = next_card(&mut watcher).await;
+    let seen = update.card.expect("card");
+    assert_eq!((seen.version, seen.effective_rate.as_str()), (2, "0.07"));
+    assert_eq!(update.previous_rate, "0.05");
+    // The reloaded replica follows the stream again.
+    publish(reads.bus(), &card("GAP-2", "toys", "0.06", 2, t0())).await;
+    reads.wait_version("GAP-2", 2).await;
+    reads.stop().await;
+}
+
 #[tokio::test]
 async fn a_resumed_watch_misses_nothing() {
     let reads = started().await;

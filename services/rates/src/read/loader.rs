@@ -8,8 +8,16 @@
 //!
 //! This is the only part of the read path that holds the bus. Backend errors are logged
 //! and retried with backoff; reads meanwhile keep being served from memory.
+//!
+//! A serving replica checks every 30 s, and at once when the tail works again after an
+//! error, whether retention trimmed entries it never read (`Bus::trimmed_past`): after an
+//! outage longer than the stream's retention it would otherwise miss those changes for
+//! good. It then reloads the snapshot, which holds every card's latest version, tells its
+//! watchers of the cards that moved, and tails on (`ratemesh_rates_replica_resyncs_total`).
 
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use prost::Message;
 use ratemesh_bus::{Bus, BusResult, Delivery};
@@ -25,6 +33,9 @@ use super::{CARD_FIELD, RATE_CHANGED_KIND, STATE_NAMESPACE};
 const SNAPSHOT_PAGE: usize = 1_000;
 /// Longest wait between retries after a backend error.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often a serving replica checks that retention has not trimmed the stream past it.
+/// It also checks at once when the tail works again after an error.
+const TRIM_CHECK_EVERY: Duration = Duration::from_secs(30);
 
 /// Loads and then follows the rate table until `shutdown` is cancelled.
 pub async fn run(
@@ -58,6 +69,7 @@ pub async fn run(
     tracing::info!(skus = reader.len(), "rate replica loaded");
 
     let mut backoff = Duration::from_millis(50);
+    let mut check_at = Instant::now() + TRIM_CHECK_EVERY;
     loop {
         let batch = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
@@ -70,6 +82,16 @@ pub async fn run(
                 metrics::gauge!("ratemesh_rates_replica_skus").set(reader.len() as f64);
                 // Let watchers drain the batch before the next one is applied.
                 tokio::task::yield_now().await;
+                if Instant::now() >= check_at {
+                    check_at = Instant::now() + TRIM_CHECK_EVERY;
+                    match resync_if_trimmed(&bus, &replica, tail.cursor(), &shutdown).await {
+                        Ok(Some(reloaded)) => tail = reloaded,
+                        Ok(None) => {}
+                        Err(err) => {
+                            tracing::warn!(error = %err, "checking the rates stream's retention failed; will check again");
+                        }
+                    }
+                }
             }
             Err(err) => {
                 tracing::warn!(error = %err, "tailing the rates stream failed; retrying");
@@ -77,9 +99,31 @@ pub async fn run(
                     return Ok(());
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
+                // The outage may have lasted longer than the stream's retention.
+                check_at = Instant::now();
             }
         }
     }
+}
+
+/// When retention has trimmed entries this replica never read (a long outage, or a tail
+/// far behind), reloads the snapshot, which holds every card's latest version, and
+/// returns the tail to continue with. `None` when nothing was missed (or on shutdown).
+async fn resync_if_trimmed(
+    bus: &Bus,
+    replica: &Replica,
+    cursor: &ratemesh_bus::Cursor,
+    shutdown: &CancellationToken,
+) -> BusResult<Option<ratemesh_bus::Tail>> {
+    if !bus.trimmed_past(streams::RATES, cursor).await? {
+        return Ok(None);
+    }
+    metrics::counter!("ratemesh_rates_replica_resyncs_total").increment(1);
+    tracing::warn!(
+        cursor = %cursor,
+        "the rates stream was trimmed past this replica; reloading the snapshot"
+    );
+    load(bus, replica, shutdown).await
 }
 
 /// True when shutdown came first.
@@ -97,7 +141,6 @@ async fn load(
     shutdown: &CancellationToken,
 ) -> BusResult<Option<ratemesh_bus::Tail>> {
     let base = bus.end_cursor(streams::RATES).await?;
-    replica.begin_load(&base);
     let mut page: Option<String> = None;
     let mut scanned = 0usize;
     loop {
@@ -131,6 +174,9 @@ async fn load(
             return Ok(None);
         }
     }
+    // The position moves to `base` only now: while a serving replica reloads, a cursor
+    // handed out mid-scan stays before the cards the scan is still applying.
+    replica.begin_load(&base);
     let target = bus.end_cursor(streams::RATES).await?;
     let mut tail = bus.tail(streams::RATES, base)?;
     while !replica.reader().position().covers(&target) {

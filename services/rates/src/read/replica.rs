@@ -226,9 +226,28 @@ impl Replica {
     /// Applies a card read from the snapshot. Its change position is taken as `base` (the
     /// stream end noted before the scan): the true one is at or before it, or the card is
     /// newer and its stream entry, applied next, sets the exact position.
+    ///
+    /// A reload while serving (the stream was trimmed past this replica) broadcasts the
+    /// cards it finds newer, so watchers learn of changes made in the gap; a first load
+    /// has no watchers yet.
     pub fn apply_snapshot(&self, card: v1::RateCard, base: &Cursor) -> Applied {
         let partition = partition_of(&card.sku, self.inner.options.partitions);
-        let (applied, _) = self.store(card, partition, base.get(partition));
+        let watched = self.inner.changes.receiver_count() > 0;
+        let previous_rate = if watched {
+            card.previous_rate.clone()
+        } else {
+            String::new()
+        };
+        let (applied, stored) = self.store(card, partition, base.get(partition));
+        if watched && let (Applied::Newer, Some(card)) = (applied, stored) {
+            let cursor = read_lock(&self.inner.position).to_string();
+            // Watchers may have gone since the count was taken: not an error.
+            let _ = self.inner.changes.send(Arc::new(Change {
+                card,
+                previous_rate,
+                cursor: Arc::from(cursor),
+            }));
+        }
         applied
     }
 
