@@ -184,35 +184,22 @@ async fn stock_through_the_webhook_moves_rates_visible_in_every_read() {
         codes(c).contains(&"OVERSTOCK") && codes(c).contains(&"INCENTIVE")
     })
     .await;
-    // The normal SKU's rate is the base rate, as it was out of stock: nothing to publish,
-    // so the published card stays the product push's (version 1) and ExplainRate shows
-    // the current inputs (its band now) next to it.
+    // The normal SKU's rate is the base rate, as it was out of stock; coming into stock
+    // still publishes a new version, so no network is told it is out of stock.
+    let normal = wait_card(&mut client, "E2E-NORMAL", |c| c.band == "normal").await;
+    assert_eq!(normal.version, 2, "{normal:?}");
+    assert_eq!(normal.previous_rate, normal.effective_rate);
+    assert!(!codes(&normal).contains(&"OUT_OF_STOCK"), "{normal:?}");
     let mut merchandiser =
         RateServiceClient::with_interceptor(app.channel().await, Bearer::role(Role::Merchandiser));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let explained = loop {
-        let explained = merchandiser
-            .explain_rate(v1::ExplainRateRequest {
-                sku: "E2E-NORMAL".into(),
-            })
-            .await
-            .expect("explain")
-            .into_inner();
-        if explained
-            .inputs
-            .as_ref()
-            .is_some_and(|i| i.band == "normal")
-        {
-            break explained;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stock never applied: {explained:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let normal = explained.card.expect("published card");
-    assert_eq!(normal.version, 1, "{normal:?}");
+    let explained = merchandiser
+        .explain_rate(v1::ExplainRateRequest {
+            sku: "E2E-NORMAL".into(),
+        })
+        .await
+        .expect("explain")
+        .into_inner();
+    assert_eq!(explained.card.as_ref(), Some(&normal));
     assert_eq!(explained.inputs.expect("inputs").available, "300");
     assert!(
         rate(&scarce) < rate(&normal),

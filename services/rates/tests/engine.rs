@@ -134,6 +134,32 @@ async fn hold_expiry_timers_finish_a_damped_move_without_new_stock() {
 }
 
 #[tokio::test]
+async fn going_out_of_stock_and_back_is_published_even_when_the_rate_holds() {
+    let bus = memory_bus();
+    let engine = engine(&bus, example_policy());
+    let s = sku("OOS-1");
+    // home pays its 6 % base both out of stock and at 50 days of cover ("normal", +0).
+    let steps: [(Event, Option<u64>, bool); 4] = [
+        (product("OOS-1", "home", 100, 40, t(0)).0, Some(1), true),
+        (stock("OOS-1", 500, 1, t(1), Some(10)).0, Some(2), false),
+        (stock("OOS-1", 0, 2, t(2), Some(10)).0, Some(3), true),
+        // Still out of stock: nothing new to say.
+        (stock("OOS-1", 0, 3, t(3), Some(10)).0, None, true),
+    ];
+    for (event, version, out_of_stock) in steps {
+        let outcome = engine.apply(&s, &[event]).await.unwrap();
+        assert_eq!(outcome.published, version);
+        let card = published(&bus, "OOS-1").await.expect("card");
+        assert_eq!(card.effective_rate, "0.06", "{card:?}");
+        assert_eq!(
+            codes(&card).contains(&"OUT_OF_STOCK"),
+            out_of_stock,
+            "{card:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_peak_window_sweep_recomputes_every_sku_with_the_peak_table() {
     let bus = memory_bus();
     // Only the past BFCM window, so the cards computed before the sweep are off-peak

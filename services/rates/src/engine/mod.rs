@@ -33,7 +33,8 @@
 //! A SKU has a published card once it has product data (before that its rate is
 //! undefined and readers answer NOT_FOUND). A new card is published — `card` field
 //! rewritten and `RateChanged` appended — when its effective rate, its `guaranteed_until`
-//! or its category changes; the proto `version` grows by one per publication. Other
+//! or its category changes, or the SKU goes out of stock or comes back (networks act on
+//! `OUT_OF_STOCK`); the proto `version` grows by one per publication. Other
 //! recomputes only update the `engine` field: the published card keeps the reasons and
 //! band of its publication (the contract, see `RateCard` in common.proto), and
 //! `ExplainRate` shows the current inputs next to it.
@@ -323,10 +324,15 @@ impl Engine {
     fn publication(&self, record: &EngineRecord) -> Option<(Published, v1::RateCard)> {
         let card = record.card.as_ref()?;
         let category = record.category()?.to_owned();
+        let out_of_stock = card
+            .reasons
+            .iter()
+            .any(|r| matches!(r, Reason::OutOfStock { .. }));
         let same = record.published.as_ref().is_some_and(|p| {
             p.rate == card.effective_rate
                 && p.guaranteed_until == card.guaranteed_until
                 && p.category == category
+                && p.out_of_stock == out_of_stock
         });
         if same {
             return None;
@@ -340,6 +346,7 @@ impl Engine {
                 rate: card.effective_rate,
                 guaranteed_until: card.guaranteed_until,
                 category,
+                out_of_stock,
             },
             proto,
         ))

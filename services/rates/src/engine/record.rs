@@ -27,6 +27,10 @@ pub struct Published {
     pub guaranteed_until: Option<DateTime<Utc>>,
     /// Its category.
     pub category: String,
+    /// Whether it said the SKU is out of stock (records written before this field was
+    /// kept read as `false`: at worst one extra publication).
+    #[serde(default)]
+    pub out_of_stock: bool,
 }
 
 /// The engine's state of one SKU, stored as JSON in the `engine` field.
