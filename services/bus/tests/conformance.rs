@@ -709,6 +709,28 @@ async fn trimming_keeps_entries_groups_still_need(kind: Kind) {
     assert_eq!(payload_u64(&next[0]), 20);
 }
 
+async fn trimming_far_over_the_limit_removes_all_that_is_over(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    // Far more than one trim call removes on the Redis backend: it repeats.
+    let events: Vec<Event> = (0..5_000u64)
+        .map(|i| Event::new("SKU-1", i.to_string()))
+        .collect();
+    bus.publish_batch("stock", events).await.unwrap();
+    let ten = Retention {
+        max_len_per_partition: Some(10),
+        max_age: None,
+    };
+    assert_eq!(bus.trim("stock", ten).await.unwrap(), 4_990);
+    let (left, _) = bus
+        .read_after("stock", &bus.start_cursor(), 100)
+        .await
+        .unwrap();
+    let want: Vec<u64> = (4_990..5_000).collect();
+    assert_eq!(left.iter().map(payload_u64).collect::<Vec<_>>(), want);
+    assert_eq!(bus.trim("stock", ten).await.unwrap(), 0);
+}
+
 async fn a_reader_learns_when_retention_passed_it(kind: Kind) {
     let f = fixture(kind).await;
     let bus = &f.bus;
@@ -989,6 +1011,7 @@ conformance!(
     tail_reads_from_a_cursor,
     trimming_keeps_entries_groups_still_need,
     a_reader_learns_when_retention_passed_it,
+    trimming_far_over_the_limit_removes_all_that_is_over,
     stats_report_backlog_and_end_cursor,
     scan_states_visits_every_key_once,
     scheduler_fires_each_timer_once,

@@ -110,10 +110,13 @@ end
 return {len, pending, undelivered, dlq, total}
 "#;
 
-/// KEYS: stream, trim marker. ARGV: max length ('' = none), min id from max age ('' = none).
+/// KEYS: stream, trim marker. ARGV: max length ('' = none), min id from max age ('' = none),
+/// most entries the length rule may remove in this call.
 /// Trims to the policy but never past what a group still needs, and records the newest id
 /// removed in the marker (readers without a group learn from it that they missed
-/// entries). Returns entries removed.
+/// entries). Returns entries removed. The length rule reads the entries it removes, so it
+/// is bounded per call: the caller repeats while a call removed its whole bound, and Redis
+/// serves other clients in between.
 const TRIM: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local function parse(id)
@@ -134,7 +137,7 @@ if ARGV[1] ~= '' then
   local len = redis.call('XLEN', KEYS[1])
   local maxlen = tonumber(ARGV[1])
   if len > maxlen then
-    local r = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', len - maxlen)
+    local r = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', math.min(len - maxlen, tonumber(ARGV[3])))
     target = succ(r[#r][1])
   end
 end

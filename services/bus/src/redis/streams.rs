@@ -14,6 +14,10 @@ use crate::error::{BusError, BusResult};
 use crate::memory::lock;
 use crate::state::{Retention, StreamStats};
 
+/// Most entries one trim call removes under a length limit: the script reads them, and a
+/// partition far over its limit (a backlog at peak) must not stall Redis for everyone.
+const TRIM_CHUNK: u64 = 2_000;
+
 use super::reply::{self, event_fields, unexpected};
 use super::{RedisBackend, SharedRedis, connection};
 
@@ -183,8 +187,18 @@ impl RedisBackend {
             inv.key(self.keys.stream(stream, p))
                 .key(self.keys.trim_marker(stream, p))
                 .arg(&max_len)
-                .arg(&min_id);
-            async move { inv.invoke_async::<u64>(&mut conn).await }
+                .arg(&min_id)
+                .arg(TRIM_CHUNK);
+            async move {
+                let mut removed = 0u64;
+                loop {
+                    let n = inv.invoke_async::<u64>(&mut conn).await?;
+                    removed += n;
+                    if n < TRIM_CHUNK {
+                        return Ok::<u64, redis::RedisError>(removed);
+                    }
+                }
+            }
         });
         let removed = futures::future::try_join_all(calls)
             .await
