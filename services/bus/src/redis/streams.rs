@@ -14,12 +14,12 @@ use crate::error::{BusError, BusResult};
 use crate::memory::lock;
 use crate::state::{Retention, StreamStats};
 
+use super::reply::{self, event_fields, unexpected};
+use super::{RedisBackend, SharedRedis, connection};
+
 /// Most entries one trim call removes under a length limit: the script reads them, and a
 /// partition far over its limit (a backlog at peak) must not stall Redis for everyone.
 const TRIM_CHUNK: u64 = 2_000;
-
-use super::reply::{self, event_fields, unexpected};
-use super::{RedisBackend, SharedRedis, connection};
 
 fn delivery(stream: &str, partition: u32, id: EntryId, event: Event, count: u64) -> Delivery {
     Delivery {

@@ -17,13 +17,12 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use prost::Message;
 use ratemesh_bus::{Bus, BusResult, Delivery};
 use ratemesh_proto::v1;
 use ratemesh_runtime::Readiness;
 use ratemesh_runtime::streams;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::replica::Replica;
