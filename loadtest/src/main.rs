@@ -9,6 +9,11 @@ use clap::Parser;
 use ratemesh_loadtest::scenario::{self, RunConfig, Scenario};
 use ratemesh_loadtest::target::{External, TargetSpec};
 
+/// The same allocator as the `ratemesh` binary, so the in-process target measures what a
+/// deployment runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ratemesh-loadtest",
