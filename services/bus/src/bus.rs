@@ -19,7 +19,8 @@ use crate::options::BusOptions;
 use crate::partition::partition_of;
 use crate::redis::{RedisBackend, RedisConsumer, RedisTail};
 use crate::state::{
-    DueTimer, Expect, Idempotency, Retention, StatePage, StateRecord, StateWrite, StreamStats,
+    DueTimer, Expect, HistoryLookup, Idempotency, Retention, StatePage, StateRecord, StateWrite,
+    StreamStats,
 };
 use crate::trace_context::current_traceparent;
 
@@ -381,6 +382,22 @@ impl Bus {
             BusError::Backend(format!("state write to stream {stream} returned no id"))
         })?;
         Ok((version, appended))
+    }
+
+    /// The version of `namespace`/`key`'s history (see [`StateWrite::keep_history`])
+    /// that was current at `at_us` (µs since the Unix epoch), and the oldest one kept.
+    pub async fn history_at(
+        &self,
+        namespace: &str,
+        key: &str,
+        at_us: i64,
+    ) -> BusResult<HistoryLookup> {
+        check_name("namespace", namespace)?;
+        check_key("state key", key)?;
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.history_at(namespace, key, at_us)),
+            Backend::Redis(r) => r.history_at(namespace, key, at_us).await,
+        }
     }
 
     /// Deletes `namespace`/`key` if the version check passes; true if it existed.

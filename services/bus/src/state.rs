@@ -38,6 +38,40 @@ pub struct StateWrite {
     pub set: BTreeMap<String, Bytes>,
     /// Fields to remove.
     pub remove: Vec<String>,
+    /// A version to keep in the key's history, written in the same atomic step.
+    pub history: Option<(HistoryEntry, HistoryLimits)>,
+}
+
+/// One version kept in a key's history (e.g. a published rate card), found again by
+/// [`crate::Bus::history_at`] for any instant it was current at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// From when this version was current, in microseconds since the Unix epoch.
+    pub at_us: i64,
+    /// Its version; versions grow with `at_us`.
+    pub version: u64,
+    /// The version as stored (services store encoded protobuf).
+    pub payload: Bytes,
+}
+
+/// How much of a key's history is kept; applied whenever a version is added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Versions superseded before this instant (µs since the Unix epoch) are dropped, but
+    /// the one current at it is kept: it answers instants just after the horizon.
+    pub keep_since_us: i64,
+    /// At most this many versions (the newest); at least 1.
+    pub max_versions: u32,
+}
+
+/// The answer to [`crate::Bus::history_at`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HistoryLookup {
+    /// The newest version current at the instant asked for (`at_us` at or before it).
+    pub found: Option<HistoryEntry>,
+    /// The oldest version kept, as `(version, at_us)`: tells "before the first version"
+    /// (it is version 1) from "before what is kept".
+    pub oldest: Option<(u64, i64)>,
 }
 
 impl StateWrite {
@@ -49,7 +83,15 @@ impl StateWrite {
             expect: Expect::Any,
             set: BTreeMap::new(),
             remove: Vec::new(),
+            history: None,
         }
+    }
+
+    /// Also keeps `entry` in the key's history, trimmed to `limits`, in the same atomic
+    /// step as the write (and its publication, if any).
+    pub fn keep_history(mut self, entry: HistoryEntry, limits: HistoryLimits) -> Self {
+        self.history = Some((entry, limits));
+        self
     }
 
     /// Requires the current version to be `version` (0 = the key must not exist).

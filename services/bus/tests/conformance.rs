@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use ratemesh_bus::testkit::RedisServer;
 use ratemesh_bus::{
-    Bus, BusError, BusOptions, Consumer, Delivery, Event, Expect, Idempotency, NackOutcome,
-    Retention, StateWrite,
+    Bus, BusError, BusOptions, Consumer, Delivery, Event, Expect, HistoryEntry, HistoryLimits,
+    Idempotency, NackOutcome, Retention, StateWrite,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -977,6 +977,97 @@ async fn traceparent_travels_with_the_entry(kind: Kind) {
     assert_ne!(&continued[36..52], &sent[36..52], "a new span id");
 }
 
+/// Kept versions answer "which version was current at t" for any t, survive nothing but
+/// their limits, and are written in the same atomic step as the state (a failed version
+/// check keeps nothing).
+async fn history_keeps_versions_within_their_limits(kind: Kind) {
+    let fx = fixture(kind).await;
+    let bus = &fx.bus;
+    let limits = HistoryLimits {
+        keep_since_us: 0,
+        max_versions: 3,
+    };
+    let entry = |version: u64, at_us: i64| HistoryEntry {
+        at_us,
+        version,
+        payload: Bytes::from(format!("card v{version}")),
+    };
+    let lookup = bus.history_at("rate", "SKU-H", 5_000).await.unwrap();
+    assert_eq!(lookup.found, None);
+    assert_eq!(lookup.oldest, None);
+
+    // v1 at 1000, v2 at 2000, v3 and v4 in the same microsecond 3000.
+    let mut version = 0;
+    for (v, at) in [(1, 1_000), (2, 2_000), (3, 3_000)] {
+        let write = StateWrite::new("rate", "SKU-H")
+            .expect_version(version)
+            .set("card", format!("v{v}").into_bytes())
+            .keep_history(entry(v, at), limits);
+        version = bus.write_state(write).await.unwrap();
+    }
+    let at = |t: i64| async move {
+        bus.history_at("rate", "SKU-H", t)
+            .await
+            .unwrap()
+            .found
+            .map(|e| e.version)
+    };
+    assert_eq!(at(999).await, None);
+    assert_eq!(at(1_000).await, Some(1));
+    assert_eq!(at(1_999).await, Some(1));
+    assert_eq!(at(2_500).await, Some(2));
+    assert_eq!(at(9_999).await, Some(3));
+    let found = bus.history_at("rate", "SKU-H", 2_000).await.unwrap();
+    assert_eq!(found.found.unwrap().payload, Bytes::from_static(b"card v2"));
+    assert_eq!(found.oldest, Some((1, 1_000)));
+
+    // A failed version check keeps no version.
+    let stale = StateWrite::new("rate", "SKU-H")
+        .expect_version(version - 1)
+        .set("card", b"lost".to_vec())
+        .keep_history(entry(9, 2_500), limits);
+    assert!(matches!(
+        bus.write_state(stale).await,
+        Err(BusError::Conflict { .. })
+    ));
+    assert_eq!(at(2_600).await, Some(2));
+
+    // The same instant: the higher version wins. Beyond max_versions the oldest goes.
+    let write = StateWrite::new("rate", "SKU-H")
+        .expect_version(version)
+        .set("card", b"v4".to_vec())
+        .keep_history(entry(4, 3_000), limits);
+    let (version, _) = bus
+        .write_state_and_publish(write, "rates", Event::new("SKU-H", b"v4".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(at(3_000).await, Some(4));
+    let lookup = bus.history_at("rate", "SKU-H", 1_500).await.unwrap();
+    assert_eq!(lookup.found, None, "v1 is beyond the 3 versions kept");
+    assert_eq!(lookup.oldest, Some((2, 2_000)));
+
+    // The horizon drops versions superseded before it, keeping the one current at it.
+    let write = StateWrite::new("rate", "SKU-H")
+        .expect_version(version)
+        .keep_history(
+            entry(5, 10_000),
+            HistoryLimits {
+                keep_since_us: 5_000,
+                max_versions: 10,
+            },
+        );
+    bus.write_state(write).await.unwrap();
+    let lookup = bus.history_at("rate", "SKU-H", 5_000).await.unwrap();
+    assert_eq!(lookup.found.map(|e| e.version), Some(4));
+    assert_eq!(lookup.oldest, Some((4, 3_000)));
+    assert_eq!(at(10_000).await, Some(5));
+    // Other keys have their own history.
+    assert_eq!(
+        bus.history_at("rate", "SKU-OTHER", 10_000).await.unwrap(),
+        Default::default()
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -1017,4 +1108,5 @@ conformance!(
     scheduler_fires_each_timer_once,
     bad_names_and_keys_are_rejected,
     traceparent_travels_with_the_entry,
+    history_keeps_versions_within_their_limits,
 );

@@ -29,7 +29,8 @@ use crate::error::BusResult;
 use crate::options::BusOptions;
 use crate::partition::partition_of;
 use crate::state::{
-    DueTimer, Expect, Idempotency, Retention, StatePage, StateRecord, StateWrite, StreamStats,
+    DueTimer, Expect, HistoryLookup, Idempotency, Retention, StatePage, StateRecord, StateWrite,
+    StreamStats,
 };
 
 use idempotency::IdempotencyStore;
@@ -175,6 +176,10 @@ impl MemoryBackend {
             }
             None => self.state.write(write, None),
         }
+    }
+
+    pub(crate) fn history_at(&self, ns: &str, key: &str, at_us: i64) -> HistoryLookup {
+        self.state.history_at(ns, key, at_us)
     }
 
     pub(crate) fn delete_state(&self, ns: &str, key: &str, expect: Expect) -> BusResult<bool> {

@@ -4,11 +4,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+
 use crate::clock::unix_ms;
 use crate::entry::{Appended, Event};
 use crate::error::{BusError, BusResult};
 use crate::partition::fnv1a64;
-use crate::state::{Expect, StatePage, StateRecord, StateWrite, page_token, parse_page_token};
+use crate::state::{
+    Expect, HistoryEntry, HistoryLimits, HistoryLookup, StatePage, StateRecord, StateWrite,
+    page_token, parse_page_token,
+};
 
 use super::lock;
 use super::streams::MemStream;
@@ -17,12 +22,30 @@ const SHARDS: usize = 64;
 
 type Namespaces = HashMap<String, BTreeMap<String, StateRecord>>;
 
+/// Kept versions of one key, by `(at_us, version)`.
+type History = BTreeMap<(i64, u64), Bytes>;
+
 pub(super) struct StateStore {
     shards: Vec<Mutex<Namespaces>>,
+    /// Per shard (the state key's), `(namespace, key)` → its history. Locked after the
+    /// state shard, inside the same critical section as the write it belongs to.
+    histories: Vec<Mutex<HashMap<(String, String), History>>>,
 }
 
 fn shard_of(key: &str) -> usize {
     (fnv1a64(key.as_bytes()) % SHARDS as u64) as usize
+}
+
+/// Drops what `limits` no longer keep: every version superseded before the horizon (the
+/// one current at it stays), then the oldest beyond `max_versions`.
+fn trim_history(history: &mut History, limits: &HistoryLimits) {
+    let before = history.range(..(limits.keep_since_us, 0)).count();
+    for _ in 1..before {
+        history.pop_first();
+    }
+    while history.len() > limits.max_versions.max(1) as usize {
+        history.pop_first();
+    }
 }
 
 fn check(expect: Expect, ns: &str, key: &str, current: u64) -> BusResult<()> {
@@ -40,6 +63,28 @@ impl StateStore {
     pub(super) fn new() -> Self {
         StateStore {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            histories: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    /// The version of `ns`/`key` current at `at_us`, and the oldest kept.
+    pub(super) fn history_at(&self, ns: &str, key: &str, at_us: i64) -> HistoryLookup {
+        let histories = lock(&self.histories[shard_of(key)]);
+        let Some(history) = histories.get(&(ns.to_owned(), key.to_owned())) else {
+            return HistoryLookup::default();
+        };
+        HistoryLookup {
+            found: history.range(..=(at_us, u64::MAX)).next_back().map(
+                |(&(at_us, version), payload)| HistoryEntry {
+                    at_us,
+                    version,
+                    payload: payload.clone(),
+                },
+            ),
+            oldest: history
+                .keys()
+                .next()
+                .map(|&(at_us, version)| (version, at_us)),
         }
     }
 
@@ -70,6 +115,14 @@ impl StateStore {
                 .map(|part| lock(part).append(Arc::new(event.clone()), unix_ms()));
             (stream, *partition, id)
         });
+        if let Some((entry, limits)) = &write.history {
+            let mut histories = lock(&self.histories[shard_of(&write.key)]);
+            let history = histories
+                .entry((write.namespace.clone(), write.key.clone()))
+                .or_default();
+            history.insert((entry.at_us, entry.version), entry.payload.clone());
+            trim_history(history, limits);
+        }
         let record = shard
             .entry(write.namespace)
             .or_default()

@@ -74,6 +74,11 @@ impl Keys {
         format!("{}:sti:{ns}", self.tag(p))
     }
 
+    /// The kept versions of state `ns`/`key` (same slot as the state hash).
+    pub(crate) fn history(&self, ns: &str, key: &str) -> String {
+        format!("{}:h:{ns}:{key}", self.tag(self.partition_of(key)))
+    }
+
     pub(crate) fn idempotency(&self, scope: &str, key: &str) -> String {
         format!("{}:idem:{scope}:{key}", self.tag(self.partition_of(key)))
     }

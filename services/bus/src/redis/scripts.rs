@@ -158,9 +158,11 @@ if removed > 0 and newest[1] then redis.call('SET', KEYS[2], newest[1][1]) end
 return removed
 "#;
 
-/// KEYS: state hash, state index, stream (only when publishing).
+/// KEYS: state hash, state index, stream (only when publishing), history (only when
+/// keeping a version: always the last key).
 /// ARGV: mode ('any'|'eq'), expected version, key, n set, (field, value)×n, n remove,
-/// field×n, n event fields, (name, value)×n.
+/// field×n, n event fields, (name, value)×n, n history (0|1), then for 1: score (µs),
+/// member (8-byte big-endian version ‖ payload), horizon score, max versions.
 /// Returns `{1, version, id?}` or `{0, current version}`.
 const WRITE_STATE: &str = r#"
 local cur = tonumber(redis.call('HGET', KEYS[1], '_v') or '0')
@@ -190,6 +192,17 @@ if nev > 0 then
   end
   id = redis.call('XADD', unpack(xa))
 end
+local nh = tonumber(ARGV[i] or '0'); i = i + 1
+if nh > 0 then
+  local hk = KEYS[#KEYS]
+  redis.call('ZADD', hk, ARGV[i], ARGV[i + 1])
+  -- Versions superseded before the horizon go; the one current at it stays.
+  local old = redis.call('ZCOUNT', hk, '-inf', '(' .. ARGV[i + 2])
+  if old > 1 then redis.call('ZREMRANGEBYRANK', hk, 0, old - 2) end
+  local n = redis.call('ZCARD', hk)
+  local keep = tonumber(ARGV[i + 3])
+  if n > keep then redis.call('ZREMRANGEBYRANK', hk, 0, n - keep - 1) end
+end
 if #rems > 0 then redis.call('HDEL', KEYS[1], unpack(rems)) end
 local v = cur + 1
 redis.call('HSET', KEYS[1], '_v', v, unpack(sets))
@@ -205,6 +218,15 @@ if ARGV[1] == 'eq' and cur ~= tonumber(ARGV[2]) then return {0, cur} end
 local n = redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[3])
 return {1, n}
+"#;
+
+/// KEYS: history. ARGV: score (µs). Returns `{newest member at or before it, its score}`
+/// (empty when none) and `{oldest member's 8-byte version, its score}` (empty when none).
+const HISTORY_AT: &str = r#"
+local r = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local o = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #o > 0 then o[1] = string.sub(o[1], 1, 8) end
+return {r, o}
 "#;
 
 /// KEYS: idempotency key. ARGV: ttl ms. Returns `{'new'}`, `{'progress'}` or `{'done', outcome}`.
@@ -239,6 +261,7 @@ pub(crate) struct Scripts {
     pub(crate) stats: Script,
     pub(crate) trim: Script,
     pub(crate) write_state: Script,
+    pub(crate) history_at: Script,
     pub(crate) delete_state: Script,
     pub(crate) idempotency_begin: Script,
     pub(crate) idempotency_release: Script,
@@ -254,6 +277,7 @@ impl Scripts {
             stats: Script::new(STATS),
             trim: Script::new(TRIM),
             write_state: Script::new(WRITE_STATE),
+            history_at: Script::new(HISTORY_AT),
             delete_state: Script::new(DELETE_STATE),
             idempotency_begin: Script::new(IDEMPOTENCY_BEGIN),
             idempotency_release: Script::new(IDEMPOTENCY_RELEASE),

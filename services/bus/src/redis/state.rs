@@ -9,7 +9,8 @@ use crate::clock::millis_at_least_one;
 use crate::entry::{Appended, Event};
 use crate::error::{BusError, BusResult};
 use crate::state::{
-    DueTimer, Expect, Idempotency, StatePage, StateRecord, StateWrite, page_token, parse_page_token,
+    DueTimer, Expect, HistoryEntry, HistoryLookup, Idempotency, StatePage, StateRecord, StateWrite,
+    page_token, parse_page_token,
 };
 
 use super::RedisBackend;
@@ -90,6 +91,21 @@ impl RedisBackend {
                 inv.arg(0);
             }
         }
+        let member;
+        match &write.history {
+            Some((entry, limits)) => {
+                inv.key(self.keys.history(ns, key));
+                member = history_member(entry);
+                inv.arg(1)
+                    .arg(entry.at_us)
+                    .arg(member.as_slice())
+                    .arg(limits.keep_since_us)
+                    .arg(limits.max_versions.max(1));
+            }
+            None => {
+                inv.arg(0);
+            }
+        }
         let reply: Value = inv
             .invoke_async(&mut self.conn())
             .await
@@ -114,6 +130,58 @@ impl RedisBackend {
             }),
             _ => Err(unexpected("state write")),
         }
+    }
+
+    pub(crate) async fn history_at(
+        &self,
+        ns: &str,
+        key: &str,
+        at_us: i64,
+    ) -> BusResult<HistoryLookup> {
+        let reply: Value = self
+            .scripts
+            .history_at
+            .key(self.keys.history(ns, key))
+            .arg(at_us)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail(e, || format!("history of state {ns}/{key}")))?;
+        let bad = || unexpected("history read");
+        let parts = reply::items(&reply).ok_or_else(bad)?;
+        let pair = |i: usize| -> BusResult<Option<(Vec<u8>, i64)>> {
+            let items = parts.get(i).and_then(reply::items).ok_or_else(bad)?;
+            match items {
+                [] => Ok(None),
+                [member, score] => {
+                    let member = reply::bytes_of(member).ok_or_else(bad)?.to_vec();
+                    let score = match score {
+                        Value::Double(d) => Some(*d),
+                        other => reply::bytes_of(other)
+                            .and_then(|b| std::str::from_utf8(b).ok()?.parse::<f64>().ok()),
+                    }
+                    .ok_or_else(bad)?;
+                    // Scores are whole microseconds, exact in a double up to 2^53.
+                    Ok(Some((member, score as i64)))
+                }
+                _ => Err(bad()),
+            }
+        };
+        let found = match pair(0)? {
+            None => None,
+            Some((member, at_us)) => {
+                let (version, payload) = split_member(&member).ok_or_else(bad)?;
+                Some(HistoryEntry {
+                    at_us,
+                    version,
+                    payload: Bytes::copy_from_slice(payload),
+                })
+            }
+        };
+        let oldest = match pair(1)? {
+            None => None,
+            Some((member, at_us)) => Some((split_member(&member).ok_or_else(bad)?.0, at_us)),
+        };
+        Ok(HistoryLookup { found, oldest })
     }
 
     pub(crate) async fn delete_state(
@@ -302,4 +370,18 @@ impl RedisBackend {
             })
             .collect()
     }
+}
+
+/// A history member: the version big-endian (so versions of one instant sort by version)
+/// followed by the payload.
+fn history_member(entry: &HistoryEntry) -> Vec<u8> {
+    let mut member = Vec::with_capacity(8 + entry.payload.len());
+    member.extend_from_slice(&entry.version.to_be_bytes());
+    member.extend_from_slice(&entry.payload);
+    member
+}
+
+fn split_member(member: &[u8]) -> Option<(u64, &[u8])> {
+    let (version, payload) = member.split_first_chunk::<8>()?;
+    Some((u64::from_be_bytes(*version), payload))
 }
