@@ -1,7 +1,7 @@
 //! Offline replay: the oracle the fault tests compare the rates service against, and the
 //! engine for what-if runs. It folds events through [`SkuState::apply`] and
-//! [`crate::compute()`] — the same code the service runs — using each event's own time as
-//! `now`, and recomputes a SKU's card after every event that changed its state.
+//! [`crate::compute()`] — the same code the service runs — using each event's
+//! [`Event::priced_at`] (raised to the SKU's previous `computed_at`) as `now`, and recomputes a SKU's card after every event that changed its state.
 //!
 //! [`replay()`] first sorts events into a canonical order (time, then kind, then SKU,
 //! location, sequence and id), so its result does not depend on the order, duplication or
@@ -36,7 +36,7 @@ impl Replay {
 
     /// Folds one event and recomputes the cards it affects.
     pub fn apply(&mut self, policy: &Policy, event: &Event) -> Applied {
-        let now = event.occurred_at();
+        let now = event.priced_at();
         match event.sku() {
             Some(sku) => {
                 let state = self
@@ -45,11 +45,12 @@ impl Replay {
                     .or_insert_with(|| SkuState::new(sku.clone(), &policy.velocity));
                 let outcome = state.apply(event);
                 if outcome == Applied::Applied {
+                    let previous = self.cards.get(sku);
                     let card = compute(
                         policy,
                         &state.inputs_with(&self.category_overrides.overrides),
-                        self.cards.get(sku),
-                        now,
+                        previous,
+                        priced_now(previous, now),
                     );
                     self.cards.insert(sku.clone(), card);
                 }
@@ -96,11 +97,12 @@ impl Replay {
                             continue;
                         }
                     }
+                    let previous = self.cards.get(sku);
                     let card = compute(
                         policy,
                         &state.inputs_with(&self.category_overrides.overrides),
-                        self.cards.get(sku),
-                        now,
+                        previous,
+                        priced_now(previous, now),
                     );
                     self.cards.insert(sku.clone(), card);
                 }
@@ -128,6 +130,15 @@ impl Replay {
     pub fn into_cards(self) -> BTreeMap<Sku, RateCard> {
         self.cards
     }
+}
+
+/// A SKU's computations never go back in time: `at` raised to the previous card's
+/// `computed_at` (what the rates engine does).
+fn priced_now(
+    previous: Option<&RateCard>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> chrono::DateTime<chrono::Utc> {
+    previous.map_or(at, |c| c.computed_at.max(at))
 }
 
 fn scope_category(scope: &OverrideScope) -> Option<&str> {
@@ -172,8 +183,8 @@ fn detail_key(event: &Event) -> (&str, u64, &str) {
 pub fn replay(policy: &Policy, events: &[Event]) -> BTreeMap<Sku, RateCard> {
     let mut order: Vec<&Event> = events.iter().collect();
     order.sort_by(|a, b| {
-        a.occurred_at()
-            .cmp(&b.occurred_at())
+        a.priced_at()
+            .cmp(&b.priced_at())
             .then_with(|| kind_rank(a).cmp(&kind_rank(b)))
             .then_with(|| a.sku().map(Sku::as_str).cmp(&b.sku().map(Sku::as_str)))
             .then_with(|| detail_key(a).cmp(&detail_key(b)))
@@ -221,6 +232,7 @@ mod tests {
                 base_rate: None,
             },
             at: t(0),
+            received_at: None,
         }
     }
     fn stock(s: &str, on_hand: Decimal, seq: u64, h: i64) -> Event {
@@ -232,6 +244,7 @@ mod tests {
             sequence: seq,
             as_of: t(h),
             erp_velocity: None,
+            received_at: None,
         }
     }
 

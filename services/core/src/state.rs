@@ -28,7 +28,8 @@ use crate::product::Product;
 use crate::types::{Quantity, Sku, Velocity};
 use crate::velocity::VelocityEstimator;
 
-/// Something that happened, with the time it happened (used as `now` when folding).
+/// Something that happened. [`Event::priced_at`] is the `now` a computation after it uses;
+/// the ERP's own times (`as_of`) only order readings and feed the velocity estimate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
@@ -51,6 +52,10 @@ pub enum Event {
         /// The ERP's own sales velocity, if it sends one.
         #[serde(default)]
         erp_velocity: Option<Velocity>,
+        /// When ratemesh accepted the reading (ingest's stamp in the stream entry); the
+        /// card computed after it is priced at this instant, not at `as_of`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        received_at: Option<DateTime<Utc>>,
     },
     /// Product master data was created or changed.
     ProductUpserted {
@@ -58,8 +63,13 @@ pub enum Event {
         sku: Sku,
         /// The new data.
         product: Product,
-        /// When it changed.
+        /// When it changed (the ERP's `as_of`, else when it was accepted): orders product
+        /// versions.
         at: DateTime<Utc>,
+        /// When ratemesh accepted it (ingest's stamp); the card computed after it is
+        /// priced at this instant.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        received_at: Option<DateTime<Utc>>,
     },
     /// A merchandiser set (or replaced, by id) an override.
     OverrideSet {
@@ -114,12 +124,20 @@ pub enum Event {
 }
 
 impl Event {
-    /// When the event happened.
-    pub fn occurred_at(&self) -> DateTime<Utc> {
+    /// The instant a computation after this event is priced at: when ratemesh received
+    /// a stock reading or product (so a count taken before a peak window opened but
+    /// delivered after is priced in the window), the time of an override or incentive
+    /// change, a tick's due time. Events from before ingest stamped its entries fall back
+    /// to their own time.
+    pub fn priced_at(&self) -> DateTime<Utc> {
         match self {
-            Event::StockObserved { as_of, .. } => *as_of,
-            Event::ProductUpserted { at, .. }
-            | Event::OverrideSet { at, .. }
+            Event::StockObserved {
+                as_of, received_at, ..
+            } => received_at.unwrap_or(*as_of),
+            Event::ProductUpserted {
+                at, received_at, ..
+            } => received_at.unwrap_or(*at),
+            Event::OverrideSet { at, .. }
             | Event::OverrideCleared { at, .. }
             | Event::IncentiveOpened { at, .. }
             | Event::IncentiveChanged { at, .. }
@@ -432,6 +450,7 @@ mod tests {
             sequence: seq,
             as_of: t(h),
             erp_velocity: None,
+            received_at: None,
         }
     }
     fn state() -> SkuState {
@@ -495,6 +514,7 @@ mod tests {
             sku: sku(),
             product: p(price),
             at: t(h),
+            received_at: None,
         };
         assert_eq!(s.apply(&up(dec!(10), 5)), Applied::Applied);
         assert_eq!(s.apply(&up(dec!(10), 5)), Applied::Duplicate);

@@ -425,6 +425,7 @@ fn stock_history() -> impl Strategy<Value = Vec<Event>> {
                         base_rate: None,
                     },
                     at: t0(),
+                    received_at: None,
                 })
                 .collect();
             for (s, loc, on_hand, reserved, hours) in rows {
@@ -438,6 +439,7 @@ fn stock_history() -> impl Strategy<Value = Vec<Event>> {
                     sequence: seq[s][loc],
                     as_of: clock,
                     erp_velocity: None,
+                    received_at: None,
                 });
             }
             events.push(Event::Tick {

@@ -59,6 +59,20 @@ fn bad<E: std::fmt::Display>(field: &'static str) -> impl Fn(E) -> BadEntry {
     move |e| BadEntry(format!("{field}: {e}"))
 }
 
+/// When ingest accepted an entry: its `received_at`, else its `meta.occurred_at`.
+fn received_at(
+    stamp: Option<&prost_types::Timestamp>,
+    meta: Option<&v1::EventMeta>,
+) -> Result<DateTime<Utc>, BadEntry> {
+    match stamp {
+        Some(t) => time("received_at", Some(t)),
+        None => time(
+            "meta.occurred_at",
+            meta.and_then(|m| m.occurred_at.as_ref()),
+        ),
+    }
+}
+
 /// The core event a stock-stream entry carries; `None` for kinds this service ignores.
 pub fn decode_stock_entry(d: &Delivery) -> Result<Option<CoreEvent>, BadEntry> {
     match d.kind.as_deref() {
@@ -86,6 +100,7 @@ pub fn decode_stock_entry(d: &Delivery) -> Result<Option<CoreEvent>, BadEntry> {
                 sequence: u.sequence,
                 as_of: time("update.as_of", u.as_of.as_ref())?,
                 erp_velocity,
+                received_at: Some(received_at(m.received_at.as_ref(), m.meta.as_ref())?),
             }))
         }
         Some(PRODUCT_CHANGED) => {
@@ -119,6 +134,7 @@ pub fn decode_stock_entry(d: &Delivery) -> Result<Option<CoreEvent>, BadEntry> {
                     base_rate,
                 },
                 at,
+                received_at: Some(received_at(m.received_at.as_ref(), m.meta.as_ref())?),
             }))
         }
         _ => Ok(None),

@@ -47,6 +47,7 @@ pub(crate) fn stock_changed(
         }),
         source: source.to_owned(),
         batch_id: batch_id.to_owned(),
+        received_at: Some(timestamp(now)),
     };
     Event::new(item.sku.as_str(), message.encode_to_vec()).with_kind(STOCK_CHANGED)
 }
@@ -71,6 +72,7 @@ pub(crate) fn product_changed(
         }),
         source: source.to_owned(),
         batch_id: batch_id.to_owned(),
+        received_at: Some(timestamp(now)),
     };
     Event::new(item.sku.as_str(), message.encode_to_vec()).with_kind(PRODUCT_CHANGED)
 }

@@ -250,6 +250,7 @@ pub fn product(sku: &str, category: &str, price: &str, cost: &str, at: DateTime<
         }),
         source: "test".into(),
         batch_id: "b".into(),
+        received_at: None,
     };
     Event::new(sku, m.encode_to_vec()).with_kind("ratemesh.v1.ProductChanged")
 }
@@ -268,6 +269,7 @@ pub fn stock(sku: &str, on_hand: &str, velocity: &str, sequence: u64, at: DateTi
         }),
         source: "test".into(),
         batch_id: "b".into(),
+        received_at: None,
     };
     Event::new(sku, m.encode_to_vec()).with_kind("ratemesh.v1.StockChanged")
 }

@@ -1,9 +1,10 @@
 //! Stream entries as core events: `StockChanged` / `ProductChanged` from ingest on
 //! `stock`, `OverrideChanged` on `overrides`, `IncentiveChanged` on `incentives`.
 //!
-//! Each event carries the time it happened, which the engine uses as `now` (see the
-//! engine docs): a stock reading its ERP `as_of`, a product its `as_of` (else the time
-//! ingest accepted it), overrides and incentives their `meta.occurred_at`.
+//! Each event carries the instant the engine prices it at (see the engine docs): stock
+//! readings and products the time ingest accepted them (`received_at`, else
+//! `meta.occurred_at` for entries written before that field), overrides and incentives
+//! their `meta.occurred_at`. The ERP's `as_of` orders readings and product versions.
 
 use chrono::{DateTime, Utc};
 use prost::Message;
@@ -58,6 +59,21 @@ where
         .map_err(|e| bad(format!("{field}: {e} ({text:?})")))
 }
 
+/// When ingest accepted an entry: its `received_at`, else (entries written before that
+/// field existed) its `meta.occurred_at`, which ingest set to the same instant.
+fn received_at(
+    stamp: Option<&prost_types::Timestamp>,
+    meta: Option<&v1::EventMeta>,
+) -> Result<DateTime<Utc>, DecodeError> {
+    match stamp {
+        Some(t) => time(Some(t), "received_at"),
+        None => time(
+            meta.and_then(|m| m.occurred_at.as_ref()),
+            "meta.occurred_at",
+        ),
+    }
+}
+
 /// Decodes one delivery of any of the three streams.
 pub fn decode(d: &Delivery) -> Result<Routed, DecodeError> {
     match d.kind.as_deref() {
@@ -95,6 +111,7 @@ fn stock(payload: &[u8]) -> Result<Routed, DecodeError> {
         sequence: u.sequence,
         as_of: time(u.as_of.as_ref(), "update.as_of")?,
         erp_velocity,
+        received_at: Some(received_at(m.received_at.as_ref(), m.meta.as_ref())?),
     };
     Ok(Routed::Sku(sku, event))
 }
@@ -129,6 +146,7 @@ fn product(payload: &[u8]) -> Result<Routed, DecodeError> {
             base_rate,
         },
         at,
+        received_at: Some(received_at(m.received_at.as_ref(), m.meta.as_ref())?),
     };
     Ok(Routed::Sku(sku, event))
 }

@@ -216,7 +216,7 @@ impl Engine {
             let mut changed = false;
             for event in events {
                 if record.state.apply(event) == Applied::Applied {
-                    self.recompute_in(&mut record, &categories, event.occurred_at());
+                    self.recompute_in(&mut record, &categories, event.priced_at());
                     changed = true;
                 }
             }
@@ -402,7 +402,7 @@ impl Engine {
     /// Folds a category override event into the book and recomputes the category's SKUs
     /// as of the event's time. Returns how many SKUs were recomputed.
     pub async fn apply_category(&self, category: &str, event: &Event) -> Result<u64, EngineError> {
-        let at = event.occurred_at();
+        let at = event.priced_at();
         match event {
             Event::OverrideSet { value, at } => {
                 self.categories().set(value, *at);

@@ -71,6 +71,7 @@ pub fn stock(
         sequence,
         as_of,
         erp_velocity: velocity.map(|v| Velocity::new(Decimal::from(v)).unwrap()),
+        received_at: Some(as_of),
     };
     let message = v1::StockChanged {
         meta: Some(v1::EventMeta {
@@ -89,6 +90,7 @@ pub fn stock(
         }),
         source: "test-erp".into(),
         batch_id: "b".into(),
+        received_at: None,
     };
     let entry = ratemesh_bus::Event::new(sku_, message.encode_to_vec())
         .with_kind("ratemesh.v1.StockChanged");
@@ -112,6 +114,7 @@ pub fn product(
             base_rate: None,
         },
         at,
+        received_at: Some(at),
     };
     let message = v1::ProductChanged {
         meta: Some(v1::EventMeta {
@@ -131,6 +134,7 @@ pub fn product(
         }),
         source: "test-erp".into(),
         batch_id: "b".into(),
+        received_at: None,
     };
     let entry = ratemesh_bus::Event::new(sku_, message.encode_to_vec())
         .with_kind("ratemesh.v1.ProductChanged");
