@@ -99,21 +99,83 @@ pub async fn schedule_expiry(bus: &Bus, id: &str, at: DateTime<Utc>) -> BusResul
         .await
 }
 
-/// Schedules a full sweep at each peak window's start and end that is still ahead.
-/// Idempotent (the members are fixed), so every replica does it at start.
+/// State namespace recording which peak-window edge the last full sweep applied, so an
+/// edge that passed while no replica ran is swept at the next start, and only once.
+pub const PEAK_EDGES: &str = "rates-peak-edges";
+const FIELD_SWEPT_AT: &str = "swept_at_ms";
+const PEAK_EDGES_KEY: &str = "last";
+
+/// Schedules a full sweep at each peak window's start and end that is still ahead, and —
+/// when the latest edge already passed (a window opened or closed while the process was
+/// down) and no sweep recorded it — a sweep for that edge now. Idempotent (the members are
+/// fixed), so every replica does it at start.
 pub async fn schedule_peak_windows(engine: &Engine, now: DateTime<Utc>) -> BusResult<()> {
+    let mut latest_past: Option<(DateTime<Utc>, String)> = None;
     for window in &engine.policy().peak_windows {
         for (edge, at) in [("start", window.starts_at), ("end", window.ends_at)] {
+            let label = format!("peak-{}-{edge}", window.name);
             if at > now {
-                let label = format!("peak-{}-{edge}", window.name);
                 engine
                     .bus()
                     .schedule(QUEUE, &member("all", at, &label), system_time(at))
                     .await?;
+            } else if latest_past.as_ref().is_none_or(|(t, _)| at > *t) {
+                latest_past = Some((at, label));
             }
         }
     }
+    let Some((at, label)) = latest_past else {
+        return Ok(());
+    };
+    let swept = last_swept_edge(engine.bus()).await?;
+    if swept.is_none_or(|ms| ms < ceil_ms(at)) {
+        tracing::info!(edge = %label, at = %at, "a peak window edge passed while no replica ran; re-pricing every sku");
+        engine
+            .bus()
+            .schedule(QUEUE, &member("all", at, &label), SystemTime::now())
+            .await?;
+    }
     Ok(())
+}
+
+/// The due time (ms) of the latest peak-window edge a full sweep finished for.
+async fn last_swept_edge(bus: &Bus) -> BusResult<Option<i64>> {
+    let Some(record) = bus.get_state(PEAK_EDGES, PEAK_EDGES_KEY).await? else {
+        return Ok(None);
+    };
+    Ok(record
+        .fields
+        .get(FIELD_SWEPT_AT)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|t| t.parse().ok()))
+}
+
+/// Records that the full sweep for the peak edge due at `at` finished (never moves back).
+async fn record_swept_edge(bus: &Bus, at: DateTime<Utc>) -> BusResult<()> {
+    let ms = ceil_ms(at);
+    for _ in 0..16 {
+        let current = bus.get_state(PEAK_EDGES, PEAK_EDGES_KEY).await?;
+        let version = current.as_ref().map_or(0, |r| r.version);
+        let swept = current
+            .as_ref()
+            .and_then(|r| r.fields.get(FIELD_SWEPT_AT))
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|t| t.parse::<i64>().ok());
+        if swept.is_some_and(|s| s >= ms) {
+            return Ok(());
+        }
+        let write = ratemesh_bus::StateWrite::new(PEAK_EDGES, PEAK_EDGES_KEY)
+            .expect_version(version)
+            .set(FIELD_SWEPT_AT, ms.to_string().into_bytes());
+        match bus.write_state(write).await {
+            Ok(_) => return Ok(()),
+            Err(BusError::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(BusError::Backend(
+        "recording the swept peak edge kept conflicting".into(),
+    ))
 }
 
 /// Claims due timers until shutdown and fires them, `concurrency` at a time.
@@ -177,9 +239,12 @@ pub async fn fire(engine: &Engine, member: &str) -> Result<(), EngineError> {
             engine.categories().prune(at);
             sweep_leased(engine, member, Some(&category), at).await?;
         }
-        Due::All(_) => {
+        Due::All(label) => {
             engine.categories().prune(at);
             sweep_leased(engine, member, None, at).await?;
+            if label.starts_with("peak-") {
+                record_swept_edge(engine.bus(), at).await?;
+            }
         }
         Due::Expire(id) => {
             crate::overrides::store::expire(engine, &id, at).await?;
