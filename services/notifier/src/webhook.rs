@@ -49,6 +49,21 @@ pub struct WebhookRate {
     pub reasons: Vec<WebhookReason>,
     /// Until when the rate will not be cut, RFC 3339; null when not guaranteed.
     pub guaranteed_until: Option<String>,
+    /// A base-rate cut announced under the network's notice period; absent when none is
+    /// scheduled. Sent when the cut is scheduled, and the card that applies it follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_change: Option<WebhookScheduledChange>,
+}
+
+/// A rate change announced ahead of time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookScheduledChange {
+    /// The published base rate from `effective_at` on, a decimal fraction.
+    pub base_rate: String,
+    /// When the change takes effect, RFC 3339.
+    pub effective_at: Option<String>,
+    /// The effective rate then if nothing else changes, a decimal fraction.
+    pub rate: String,
 }
 
 /// A reason code with its human text.
@@ -125,6 +140,14 @@ pub(crate) fn rate_of(card: &v1::RateCard, previous_rate: &str) -> WebhookRate {
             })
             .collect(),
         guaranteed_until: timestamp_rfc3339(card.guaranteed_until.as_ref()),
+        scheduled_change: card
+            .scheduled_change
+            .as_ref()
+            .map(|c| WebhookScheduledChange {
+                base_rate: c.base_rate.clone(),
+                effective_at: timestamp_rfc3339(c.effective_at.as_ref()),
+                rate: c.rate.clone(),
+            }),
     }
 }
 
@@ -184,6 +207,7 @@ mod tests {
                     text: "x".into(),
                 }],
                 guaranteed_until: None,
+                scheduled_change: None,
             }]),
             incentive: None,
         };
@@ -195,5 +219,32 @@ mod tests {
         assert_eq!(json["rates"][0]["reasons"][0]["code"], "BAND");
         assert!(json["rates"][0]["previous_rate"].is_null());
         assert!(json.get("incentive").is_none());
+        assert!(json["rates"][0].get("scheduled_change").is_none());
+    }
+
+    #[test]
+    fn an_announced_cut_travels_with_the_rate() {
+        let card = v1::RateCard {
+            sku: "A".into(),
+            category: "shoes".into(),
+            effective_rate: "0.08".into(),
+            version: 3,
+            scheduled_change: Some(v1::ScheduledChange {
+                base_rate: "0.07".into(),
+                effective_at: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_000,
+                    nanos: 0,
+                }),
+                rate: "0.07".into(),
+            }),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(rate_of(&card, "")).expect("json");
+        assert_eq!(json["scheduled_change"]["base_rate"], "0.07");
+        assert_eq!(json["scheduled_change"]["rate"], "0.07");
+        assert_eq!(
+            json["scheduled_change"]["effective_at"],
+            "2023-11-14T22:13:20.000Z"
+        );
     }
 }

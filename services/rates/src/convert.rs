@@ -10,6 +10,7 @@
 
 use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
+use ratemesh_core::card::PendingCut;
 use ratemesh_core::overrides::ActiveOverrides;
 use ratemesh_core::policy::config::Mode;
 use ratemesh_core::{
@@ -125,6 +126,17 @@ pub fn card_to_proto(
         guaranteed_until: card.guaranteed_until.map(timestamp),
         previous_rate: previous_rate.map(|r| dec(r.get())).unwrap_or_default(),
         band: band_name(policy, category, card),
+        scheduled_change: None,
+    }
+}
+
+/// The proto form of an announced base cut: the new base, when, and the effective rate
+/// `forecast` the card will have then if nothing else changes.
+pub fn scheduled_change_to_proto(cut: &PendingCut, forecast: Rate) -> v1::ScheduledChange {
+    v1::ScheduledChange {
+        base_rate: dec(cut.to.get()),
+        effective_at: Some(timestamp(cut.effective_at)),
+        rate: dec(forecast.get()),
     }
 }
 
@@ -480,6 +492,18 @@ fn inputs_to_proto(
             } as i32,
             ..Default::default()
         });
+    // Where the policy wants the rate while it is held or damped, and when it may move.
+    let (mut target, mut may_move_at) = (None, None);
+    for reason in record.card.iter().flat_map(|c| &c.reasons) {
+        match reason {
+            Reason::Held { target: t, until } => {
+                target = Some(*t);
+                may_move_at = Some(*until);
+            }
+            Reason::Damped { target: t, .. } => target = target.or(Some(*t)),
+            _ => {}
+        }
+    }
     v1::RateInputs {
         product: state.product.as_ref().map(|p| v1::Product {
             sku: state.sku.to_string(),
@@ -525,6 +549,8 @@ fn inputs_to_proto(
             Mode::Direct => v1::PolicyMode::Direct,
             Mode::Boost => v1::PolicyMode::Boost,
         } as i32,
+        target_rate: target.map(|t| dec(t.get())).unwrap_or_default(),
+        may_move_at: may_move_at.map(timestamp),
     }
 }
 

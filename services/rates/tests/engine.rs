@@ -334,3 +334,183 @@ async fn an_incentive_is_published_with_its_end_as_the_guarantee() {
         Some(ratemesh_rates::convert::timestamp(incentive.ends_at))
     );
 }
+
+/// A policy with a peak window open from two days ago to three days ahead, whatever today is.
+fn policy_with_a_window_open_now() -> Policy {
+    let today = chrono::Utc::now().date_naive();
+    let window = format!(
+        "\n[[peak_windows]]\nname = \"open-now\"\nstart = \"{}\"\nend = \"{}\"\nbands = [\n  \
+         {{ name = \"short\", max_days = \"5\", multiplier = \"0.7\" }},\n  \
+         {{ name = \"long\", multiplier = \"1.5\" }},\n]\n",
+        today - chrono::TimeDelta::days(2),
+        today + chrono::TimeDelta::days(3)
+    );
+    let only_window = Policy::from_toml_str(&window).unwrap();
+    let mut config = example_policy().config().clone();
+    config.peak_windows = only_window.config().peak_windows.clone();
+    Policy::from_config(&config).unwrap()
+}
+
+#[tokio::test]
+async fn a_peak_window_that_opened_while_no_replica_ran_is_applied_at_start_up() {
+    let bus = memory_bus();
+    let engine = engine(&bus, policy_with_a_window_open_now());
+    // Priced in March 2025, long before the window: off-peak.
+    for s in ["W-1", "W-2"] {
+        engine
+            .apply(
+                &sku(s),
+                &[
+                    product(s, "home", 100, 40, t(0)).0,
+                    stock(s, 500, 1, t(1), Some(10)).0,
+                ],
+            )
+            .await
+            .unwrap();
+        let card = published(&bus, s).await.unwrap();
+        assert!(!codes(&card).contains(&"PEAK_WINDOW"), "{card:?}");
+    }
+
+    // The process starts while the window is open: its start passed unseen.
+    timers::schedule_peak_windows(&engine, chrono::Utc::now())
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(timers::run(engine.clone(), stop.clone()));
+    for s in ["W-1", "W-2"] {
+        let card = eventually("the window's table", Duration::from_secs(10), || {
+            let bus = bus.clone();
+            async move {
+                published(&bus, s)
+                    .await
+                    .filter(|c| codes(c).contains(&"PEAK_WINDOW"))
+            }
+        })
+        .await;
+        assert_eq!(card.band, "long", "{card:?}");
+    }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    // The next start knows the edge was swept: no second sweep is due.
+    timers::schedule_peak_windows(&engine, chrono::Utc::now())
+        .await
+        .unwrap();
+    let due = bus
+        .claim_due(timers::QUEUE, std::time::SystemTime::now(), 100)
+        .await
+        .unwrap();
+    assert!(due.iter().all(|d| !d.member.starts_with("all:")), "{due:?}");
+}
+
+fn boost_policy() -> Policy {
+    Policy::from_toml_str(
+        r#"
+[program]
+id = "boost-test"
+mode = "boost"
+[network]
+notice_hours = 168
+max_cut = "0.20"
+cut_period_days = 30
+boost_hours = 72
+[defaults]
+base_rate = "0.05"
+bands = [
+    { name = "scarce", max_days = "3", multiplier = "0.6" },
+    { name = "normal", max_days = "60", multiplier = "1.0" },
+    { name = "overstock", multiplier = "1.4" },
+]
+hysteresis = "0"
+max_step = "1"
+min_hold_minutes = 0
+floor = "0.01"
+cap = "0.20"
+margin_share = "0.40"
+"#,
+    )
+    .unwrap()
+}
+
+fn product_with_base(s: &str, base: &str, at: chrono::DateTime<chrono::Utc>) -> Event {
+    Event::ProductUpserted {
+        sku: sku(s),
+        product: ratemesh_core::Product {
+            category: "home".into(),
+            price: ratemesh_core::Money::new(100.into()).unwrap(),
+            unit_cost: ratemesh_core::Money::new(40.into()).unwrap(),
+            base_rate: Some(ratemesh_core::Rate::new(base.parse().unwrap()).unwrap()),
+        },
+        at,
+        received_at: Some(at),
+    }
+}
+
+#[tokio::test]
+async fn a_base_cut_is_announced_when_scheduled_and_published_again_when_it_takes_effect() {
+    let bus = memory_bus();
+    let engine = engine(&bus, boost_policy());
+    let s = sku("CUT-1");
+    engine
+        .apply(
+            &s,
+            &[
+                product_with_base("CUT-1", "0.08", t(0)),
+                stock("CUT-1", 300, 1, t(1), Some(10)).0, // 30 days: normal
+            ],
+        )
+        .await
+        .unwrap();
+    let before = published(&bus, "CUT-1").await.unwrap();
+    assert_eq!(before.effective_rate, "0.08");
+    assert!(before.scheduled_change.is_none());
+
+    // The retailer lowers the base to 7 %: the cut is announced at once, not applied.
+    let outcome = engine
+        .apply(&s, &[product_with_base("CUT-1", "0.07", t(60))])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome.published,
+        Some(before.version + 1),
+        "announcing publishes"
+    );
+    let announced = published(&bus, "CUT-1").await.unwrap();
+    assert_eq!(announced.effective_rate, "0.08", "{announced:?}");
+    assert!(
+        codes(&announced).contains(&"BASE_CUT_SCHEDULED"),
+        "{announced:?}"
+    );
+    let change = announced
+        .scheduled_change
+        .clone()
+        .expect("scheduled change");
+    assert_eq!(change.base_rate, "0.07");
+    let effective_at = t(60) + chrono::TimeDelta::hours(168);
+    assert_eq!(
+        change.effective_at.as_ref().map(|t| t.seconds),
+        Some(effective_at.timestamp())
+    );
+    // Watchers and partners see it: the announcement is on the rates stream.
+    let changes = rate_changes(&bus).await;
+    let last = changes.last().and_then(|c| c.card.as_ref()).unwrap();
+    assert_eq!(last, &announced);
+
+    // Nothing else happens until the notice ends; the timer then applies the cut.
+    let outcome = engine
+        .apply(
+            &s,
+            &[Event::Tick {
+                at: effective_at,
+                sku: Some(s.clone()),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.published, Some(announced.version + 1));
+    let cut = published(&bus, "CUT-1").await.unwrap();
+    assert_eq!(cut.effective_rate, "0.07", "{cut:?}");
+    assert!(codes(&cut).contains(&"BASE_CUT"), "{cut:?}");
+    assert!(cut.scheduled_change.is_none(), "{cut:?}");
+    assert_eq!(change.rate, cut.effective_rate, "the forecast held");
+}

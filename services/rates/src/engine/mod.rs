@@ -21,23 +21,29 @@
 //!
 //! # Which `now` a computation uses
 //!
-//! `now` is the time of the event being folded (a stock reading's ERP `as_of`, a
-//! product's `as_of`, an override's or incentive's `occurred_at`, a timer's due time),
-//! raised to the previous card's `computed_at` when the event is older, so a SKU's
-//! computations never go back in time. Replaying the same entries therefore produces the
-//! same cards whenever and wherever they are processed, which is what the fault tests
-//! compare against `core::replay`; the wall clock only decides *when* a timer fires.
+//! `now` is [`Event::priced_at`]: when ingest accepted a stock reading or product (its
+//! `received_at` stamp, never the ERP's `as_of`, which only orders readings and feeds the
+//! velocity estimate — a count taken before a peak window opened but delivered after is
+//! priced in the window), an override's or incentive's `occurred_at`, a timer's due time;
+//! raised to the previous card's `computed_at`, so a SKU's computations never go back in
+//! time and no card is dated before ratemesh first saw the SKU. The stamps are in the
+//! stream entries, so replaying the same entries produces the same cards whenever and
+//! wherever they are processed, which is what the fault tests compare against
+//! `core::replay`; the wall clock only decides *when* a timer fires.
 //!
 //! # What is published
 //!
 //! A SKU has a published card once it has product data (before that its rate is
-//! undefined and readers answer NOT_FOUND). A new card is published — `card` field
-//! rewritten and `RateChanged` appended — when its effective rate, its `guaranteed_until`
-//! or its category changes, or the SKU goes out of stock or comes back (networks act on
-//! `OUT_OF_STOCK`); the proto `version` grows by one per publication. Other
-//! recomputes only update the `engine` field: the published card keeps the reasons and
-//! band of its publication (the contract, see `RateCard` in common.proto), and
-//! `ExplainRate` shows the current inputs next to it.
+//! undefined: readers answer NOT_FOUND, `ExplainRate` shows the inputs waiting for it).
+//! A new card is published — `card` field rewritten, the version kept in the durable
+//! rate history and `RateChanged` appended — when its effective rate, its
+//! `guaranteed_until` or its category changes, the SKU goes out of stock or comes back
+//! (networks act on `OUT_OF_STOCK`), its band or reason codes change (so the card served
+//! explains the rate as of now: a held rate says `HELD` with its target and hold end), or
+//! a base cut is announced, changed or withdrawn (`scheduled_change`). The proto `version`
+//! grows by one per publication. Other recomputes (the same explanation with new
+//! numbers, e.g. days of cover) only update the `engine` field, and `ExplainRate` shows
+//! the current inputs next to the card.
 
 pub mod categories;
 pub mod consumer;
@@ -51,12 +57,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use prost::Message;
-use ratemesh_bus::{Bus, BusError, StateWrite};
+use ratemesh_bus::{Bus, BusError, HistoryEntry, HistoryLimits, StateWrite};
 use ratemesh_core::{Applied, Event, Override, Policy, RateCard, Reason, Sku, compute};
 use ratemesh_proto::v1;
 use ratemesh_runtime::streams;
 
-use crate::convert::card_to_proto;
+use crate::convert::{band_name, card_to_proto, scheduled_change_to_proto};
 use categories::CategoryOverrides;
 use record::{EngineRecord, FIELD_CARD, FIELD_ENGINE, NAMESPACE, Published, RATE_CHANGED};
 
@@ -106,6 +112,11 @@ pub struct EngineOptions {
     /// A sweep over many SKUs re-arms its timer this far ahead, so it runs again after a
     /// crash.
     pub sweep_lease: Duration,
+    /// Published versions are kept in the durable history this long after they were
+    /// superseded…
+    pub history_retention: chrono::TimeDelta,
+    /// …and at most this many per SKU.
+    pub history_max_versions: u32,
 }
 
 impl Default for EngineOptions {
@@ -116,6 +127,8 @@ impl Default for EngineOptions {
             timer_batch: 256,
             timer_poll: Duration::from_millis(500),
             sweep_lease: Duration::from_secs(300),
+            history_retention: chrono::TimeDelta::days(90),
+            history_max_versions: 1_000,
         }
     }
 }
@@ -276,7 +289,7 @@ impl Engine {
             }
             record.next_recompute = next;
         }
-        let publication = self.publication(record);
+        let publication = self.publication(record, categories);
         let write = StateWrite::new(NAMESPACE, sku.as_str()).expect_version(version);
         match publication {
             None => {
@@ -298,9 +311,27 @@ impl Engine {
                     previous_rate: card.previous_rate.clone(),
                     card: Some(card.clone()),
                 };
+                let encoded = Bytes::from(card.encode_to_vec());
+                let computed_at = record
+                    .card
+                    .as_ref()
+                    .map_or_else(Utc::now, |c| c.computed_at);
+                let options = self.options();
                 let write = write
-                    .set(FIELD_CARD, Bytes::from(card.encode_to_vec()))
-                    .set(FIELD_ENGINE, record.encode());
+                    .set(FIELD_CARD, encoded.clone())
+                    .set(FIELD_ENGINE, record.encode())
+                    .keep_history(
+                        HistoryEntry {
+                            at_us: computed_at.timestamp_micros(),
+                            version: published.version,
+                            payload: encoded,
+                        },
+                        HistoryLimits {
+                            keep_since_us: (computed_at - options.history_retention)
+                                .timestamp_micros(),
+                            max_versions: options.history_max_versions,
+                        },
+                    );
                 let result = self
                     .bus()
                     .write_state_and_publish(
@@ -320,26 +351,50 @@ impl Engine {
         }
     }
 
-    /// The card to publish, if the record's current card differs from the published one.
-    fn publication(&self, record: &EngineRecord) -> Option<(Published, v1::RateCard)> {
+    /// The card to publish, if the record's current card differs from the published one
+    /// in what partners act on or read: rate, guarantee, category, out of stock, band and
+    /// reasons, or an announced cut.
+    fn publication(
+        &self,
+        record: &EngineRecord,
+        categories: &[Override],
+    ) -> Option<(Published, v1::RateCard)> {
         let card = record.card.as_ref()?;
         let category = record.category()?.to_owned();
         let out_of_stock = card
             .reasons
             .iter()
             .any(|r| matches!(r, Reason::OutOfStock { .. }));
+        let band = band_name(self.policy(), &category, card);
+        let explanation = explanation(&band, &card.reasons);
+        let scheduled_cut = card
+            .state
+            .pending_cut
+            .filter(|cut| cut.effective_at > card.computed_at);
         let same = record.published.as_ref().is_some_and(|p| {
             p.rate == card.effective_rate
                 && p.guaranteed_until == card.guaranteed_until
                 && p.category == category
                 && p.out_of_stock == out_of_stock
+                && p.explanation == explanation
+                && p.scheduled_cut == scheduled_cut
         });
         if same {
             return None;
         }
         let version = record.published.as_ref().map_or(1, |p| p.version + 1);
         let previous_rate = record.published.as_ref().map(|p| p.rate);
-        let proto = card_to_proto(self.policy(), card, &category, version, previous_rate);
+        let mut proto = card_to_proto(self.policy(), card, &category, version, previous_rate);
+        if let Some(cut) = &scheduled_cut {
+            // What the timer at the cut's instant will compute if nothing else changes.
+            let then = compute(
+                self.policy(),
+                &record.state.inputs_with(categories),
+                Some(card),
+                cut.effective_at,
+            );
+            proto.scheduled_change = Some(scheduled_change_to_proto(cut, then.effective_rate));
+        }
         Some((
             Published {
                 version,
@@ -347,6 +402,8 @@ impl Engine {
                 guaranteed_until: card.guaranteed_until,
                 category,
                 out_of_stock,
+                explanation,
+                scheduled_cut,
             },
             proto,
         ))
@@ -431,6 +488,25 @@ impl Engine {
             .get(FIELD_CARD)
             .and_then(|b| v1::RateCard::decode(b.as_ref()).ok()))
     }
+}
+
+/// What a published card says about why its rate is what it is: the band and the reason
+/// codes, with the target and end of a hold and the terms of an announced cut (their
+/// other numbers, such as days of cover, are as of the publication).
+fn explanation(band: &str, reasons: &[Reason]) -> String {
+    let mut text = band.to_owned();
+    for reason in reasons {
+        text.push('|');
+        match reason {
+            Reason::Held { .. }
+            | Reason::BaseCutScheduled { .. }
+            | Reason::BaseCutLimited { .. } => {
+                text.push_str(&reason.to_string());
+            }
+            other => text.push_str(&crate::convert::reason_code(other)),
+        }
+    }
+    text
 }
 
 /// The core card stored for `sku` by the engine, if any (tests and tools).

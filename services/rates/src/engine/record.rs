@@ -2,6 +2,7 @@
 //! path) and the engine's own part of it, the JSON `engine` field.
 
 use chrono::{DateTime, Utc};
+use ratemesh_core::card::PendingCut;
 use ratemesh_core::{Policy, Rate, RateCard, Sku, SkuState};
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,14 @@ pub struct Published {
     /// kept read as `false`: at worst one extra publication).
     #[serde(default)]
     pub out_of_stock: bool,
+    /// Its band and reason codes (with the targets and times of `HELD` and scheduled cuts),
+    /// so a card whose explanation stopped being true is published again (records written
+    /// before this field was kept read as empty: at worst one extra publication).
+    #[serde(default)]
+    pub explanation: String,
+    /// The base cut it announced, if any.
+    #[serde(default)]
+    pub scheduled_cut: Option<PendingCut>,
 }
 
 /// The engine's state of one SKU, stored as JSON in the `engine` field.

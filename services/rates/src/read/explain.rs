@@ -1,9 +1,9 @@
 //! `ExplainRate`: the published card next to the SKU's current inputs. Unlike the other
 //! reads it reads the SKU's stored state from the backend, because the inputs (stock per
 //! location, velocity, overrides, …) are the engine's internal state, not part of the
-//! replica. The card is the last publication (rewritten only when the rate, guarantee or
-//! category changes); the inputs are those of the latest recompute, so the two may
-//! disagree on band and reasons while the rate holds.
+//! replica. The card is the last publication, made again whenever its band or reasons
+//! change, so it explains the rate as of now; the inputs' numbers are those of the latest
+//! recompute. Networks get a [`redact`]ed view.
 
 use std::sync::Arc;
 
@@ -38,14 +38,16 @@ impl Explainer {
         Self { bus, decode_inputs }
     }
 
-    /// `ExplainRate`.
+    /// `ExplainRate`; `full` shows every input (merchandisers and admins), otherwise
+    /// retailer-private inputs are withheld (networks).
     pub async fn explain(
         &self,
         request: &v1::ExplainRateRequest,
+        full: bool,
     ) -> Result<v1::ExplainRateResponse, ReadError> {
         let sku = parse_sku("sku", &request.sku)?;
         let not_found = || ApiError::NotFound {
-            what: "rate for sku",
+            what: "sku",
             key: sku.as_str().to_owned(),
         };
         let record = self
@@ -54,22 +56,69 @@ impl Explainer {
             .await
             .map_err(ApiError::from)?
             .ok_or_else(not_found)?;
-        let card_bytes = record.fields.get(super::CARD_FIELD).ok_or_else(not_found)?;
-        let card: v1::RateCard = prost::Message::decode(card_bytes.as_ref()).map_err(|e| {
-            ApiError::Internal(format!(
-                "stored card of sku {} is corrupt: {e}",
-                sku.as_str()
-            ))
-        })?;
+        let card = match record.fields.get(super::CARD_FIELD) {
+            None => None,
+            Some(bytes) => Some(prost::Message::decode(bytes.as_ref()).map_err(|e| {
+                ApiError::Internal(format!(
+                    "stored card of sku {} is corrupt: {e}",
+                    sku.as_str()
+                ))
+            })?),
+        };
         let inputs = (self.decode_inputs)(&record).map_err(|e| {
             ApiError::Internal(format!(
                 "stored state of sku {} is corrupt: {e}",
                 sku.as_str()
             ))
         })?;
-        Ok(v1::ExplainRateResponse {
-            card: Some(card),
+        let status = match (&card, &inputs) {
+            (Some(_), _) => String::new(),
+            (None, Some(inputs)) if inputs.product.is_none() => WAITING_FOR_PRODUCT.to_owned(),
+            (None, _) => return Err(not_found().into()),
+        };
+        let mut response = v1::ExplainRateResponse {
+            card,
             inputs,
-        })
+            redacted: false,
+            status,
+        };
+        if !full {
+            redact(&mut response);
+        }
+        Ok(response)
+    }
+}
+
+/// What `ExplainRate` says of a SKU with stock but no product data.
+pub const WAITING_FOR_PRODUCT: &str = "waiting for product data: stock is known, but no \
+    category, price or unit cost yet, so no rate is published";
+
+/// Withholds what is private to the retailer: stock levels, velocity, unit cost, override
+/// notes and authors, incentive budgets and spend.
+pub fn redact(response: &mut v1::ExplainRateResponse) {
+    response.redacted = true;
+    let Some(inputs) = response.inputs.as_mut() else {
+        return;
+    };
+    if let Some(product) = inputs.product.as_mut() {
+        product.unit_cost.clear();
+        product.title = None;
+    }
+    inputs.available.clear();
+    inputs.locations.clear();
+    inputs.velocity.clear();
+    for o in &mut inputs.overrides {
+        o.reason.clear();
+        o.author.clear();
+    }
+    if let Some(incentive) = inputs.incentive.as_mut() {
+        incentive.budget_spend = None;
+        incentive.budget_units = None;
+        incentive.spent.clear();
+        incentive.units_sold.clear();
+        incentive.opened_by.clear();
+        incentive.reason.clear();
+        incentive.ended_by.clear();
+        incentive.cancel_reason.clear();
     }
 }

@@ -4,7 +4,8 @@
 //! `rate` states and kept current by tailing the `rates` stream; it reports NOT_SERVING
 //! until loaded. `GetRate`, `BatchGetRates`, `ListRates` and `WatchRates` answer from
 //! memory and have no handle on the backend, so they never wait on Redis and keep
-//! answering while it is down. Only `ExplainRate` reads the backend.
+//! answering while it is down. Only `ExplainRate` and `GetRate.as_of` instants the
+//! replica's recent versions cannot settle read the backend (the durable rate history).
 //!
 //! Layout:
 //! - [`replica`] — the sharded card table, per-SKU history and change positions,
@@ -13,6 +14,7 @@
 //! - [`point`] — `GetRate`, `BatchGetRates`, `ListRates`.
 //! - [`watch`] — `WatchRates`.
 //! - [`explain`] — `ExplainRate`.
+//! - [`history`] — `GetRate.as_of` from the durable rate history.
 //! - [`page_token`], [`error`] — listing tokens; errors and their gRPC status.
 //! - [`service`] — the `RateService` trait implementation.
 //!
@@ -22,6 +24,7 @@
 
 pub mod error;
 pub mod explain;
+pub mod history;
 pub mod loader;
 pub mod page_token;
 pub mod point;
@@ -97,11 +100,13 @@ impl ReadPath {
         // hold at least one read's worth or even a fast watcher would be ended.
         let burst = ctx.bus().options().batch_size * ctx.bus().partitions() as usize;
         options.watch_buffer = options.watch_buffer.max(burst);
+        let retention = options.history_retention;
         let replica = Replica::new(options, clock);
         let reader = replica.reader();
         let api = RatesApi::new(
             reader.clone(),
             Explainer::new(ctx.bus().clone(), decode_inputs),
+            history::RateHistory::new(ctx.bus().clone(), retention),
             Duration::from_millis(settings.watch_heartbeat_ms),
             ctx.shutdown().clone(),
         );

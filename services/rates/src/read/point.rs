@@ -10,7 +10,7 @@ use ratemesh_runtime::ApiError;
 
 use super::error::ReadError;
 use super::page_token::{PageToken, fingerprint};
-use super::replica::{HistoryMiss, ListQuery, ReplicaReader};
+use super::replica::{ListQuery, ReplicaReader};
 
 /// Most SKUs in one `BatchGetRates`.
 pub const MAX_BATCH: usize = 1_000;
@@ -21,8 +21,6 @@ pub const DEFAULT_PAGE: u32 = 500;
 /// Most SKUs one `ListRates` page examines, so a sparse `changed_since` or category
 /// cannot make one call scan the whole table; the page comes back short with a token.
 pub const SCAN_BUDGET: usize = 20_000;
-/// How far in the future `as_of` may be (client clock skew); it then reads "now".
-const AS_OF_SKEW: chrono::Duration = chrono::Duration::seconds(5);
 
 /// Fails with UNAVAILABLE until the replica has loaded.
 pub fn ensure_loaded(reader: &ReplicaReader) -> Result<(), ReadError> {
@@ -42,7 +40,10 @@ pub fn parse_sku(field: &str, sku: &str) -> Result<Sku, ReadError> {
     Sku::new(sku).map_err(|e| ReadError::invalid(field, e.to_string()))
 }
 
-fn timestamp_to_utc(field: &str, ts: &prost_types::Timestamp) -> Result<DateTime<Utc>, ReadError> {
+pub(crate) fn timestamp_to_utc(
+    field: &str,
+    ts: &prost_types::Timestamp,
+) -> Result<DateTime<Utc>, ReadError> {
     u32::try_from(ts.nanos)
         .ok()
         .filter(|n| *n < 1_000_000_000)
@@ -50,7 +51,7 @@ fn timestamp_to_utc(field: &str, ts: &prost_types::Timestamp) -> Result<DateTime
         .ok_or_else(|| ReadError::invalid(field, "is not a valid timestamp"))
 }
 
-/// `GetRate`.
+/// `GetRate` for the current card (`as_of` is answered by [`super::history`]).
 pub fn get_rate(
     reader: &ReplicaReader,
     request: &v1::GetRateRequest,
@@ -59,37 +60,10 @@ pub fn get_rate(
     let sku = parse_sku("sku", &request.sku)?;
     count("GetRate", 1);
     reader.count_reads(1);
-    let card = match &request.as_of {
-        None => reader.get(sku.as_str()).ok_or(ApiError::NotFound {
-            what: "rate for sku",
-            key: sku.as_str().to_owned(),
-        })?,
-        Some(ts) => {
-            let as_of = timestamp_to_utc("as_of", ts)?;
-            let now = reader.now();
-            if as_of > now + AS_OF_SKEW {
-                return Err(ReadError::invalid("as_of", "must not be in the future"));
-            }
-            match reader.get_at(sku.as_str(), as_of.min(now)) {
-                Ok(card) => card,
-                Err(HistoryMiss::NotFound) => {
-                    return Err(ApiError::NotFound {
-                        what: "rate at as_of for sku",
-                        key: sku.as_str().to_owned(),
-                    }
-                    .into());
-                }
-                Err(HistoryMiss::OutOfRange { kept_from }) => {
-                    return Err(ReadError::OutOfRange(format!(
-                        "as_of {} is before the kept rate history of sku {} (kept from {})",
-                        as_of.to_rfc3339(),
-                        sku.as_str(),
-                        kept_from.to_rfc3339()
-                    )));
-                }
-            }
-        }
-    };
+    let card = reader.get(sku.as_str()).ok_or(ApiError::NotFound {
+        what: "rate for sku",
+        key: sku.as_str().to_owned(),
+    })?;
     Ok(v1::GetRateResponse {
         card: Some((*card).clone()),
     })

@@ -86,18 +86,6 @@ pub enum Applied {
     Stale,
 }
 
-/// Why an `as_of` read has no answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HistoryMiss {
-    /// The SKU has no card at all, or had none yet at that instant.
-    NotFound,
-    /// The instant is before the history this replica keeps for the SKU.
-    OutOfRange {
-        /// The oldest instant that can be answered for this SKU.
-        kept_from: DateTime<Utc>,
-    },
-}
-
 struct Slot {
     card: Arc<v1::RateCard>,
     partition: u32,
@@ -450,27 +438,26 @@ impl ReplicaReader {
             .map(|slot| slot.card.clone())
     }
 
-    /// The card that was current at `as_of`.
-    pub fn get_at(
-        &self,
-        sku: &str,
-        as_of: DateTime<Utc>,
-    ) -> Result<Arc<v1::RateCard>, HistoryMiss> {
-        let cutoff = self.now() - self.inner.options.history_retention;
-        if as_of < cutoff {
-            return Err(HistoryMiss::OutOfRange { kept_from: cutoff });
-        }
+    /// The card that was current at `as_of`, when this replica's own recent history can
+    /// tell for sure: a kept version computed at or before `as_of` whose successor (if
+    /// any) is the next version. `None` sends the caller to the durable history.
+    pub fn get_at_cached(&self, sku: &str, as_of: DateTime<Utc>) -> Option<Arc<v1::RateCard>> {
         let shard = read_lock(self.inner.shard(sku));
-        let slot = shard.get(sku).ok_or(HistoryMiss::NotFound)?;
-        if let Some((_, card)) = slot.versions.iter().rev().find(|(at, _)| *at <= as_of) {
-            return Ok(card.clone());
+        let slot = shard.get(sku)?;
+        let i = slot.versions.iter().rposition(|(at, _)| *at <= as_of)?;
+        let card = &slot.versions[i].1;
+        match slot.versions.get(i + 1) {
+            Some((_, next)) if next.version != card.version + 1 => None,
+            _ => Some(card.clone()),
         }
-        match slot.versions.front() {
-            // The SKU's first card is kept: there was no rate before it.
-            Some((_, first)) if first.version <= 1 => Err(HistoryMiss::NotFound),
-            Some((at, _)) => Err(HistoryMiss::OutOfRange { kept_from: *at }),
-            None => Err(HistoryMiss::NotFound),
-        }
+    }
+
+    /// When the SKU's first card (version 1) was computed, if this replica still keeps
+    /// it.
+    pub fn first_card_at(&self, sku: &str) -> Option<DateTime<Utc>> {
+        let shard = read_lock(self.inner.shard(sku));
+        let (at, first) = shard.get(sku)?.versions.front()?;
+        (first.version <= 1).then_some(*at)
     }
 
     /// One page of cards in SKU order.

@@ -5,36 +5,43 @@ use std::time::Duration;
 
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::rate_service_server::RateService;
+use ratemesh_runtime::{Principal, Role};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::explain::Explainer;
+use super::history::RateHistory;
 use super::point;
 use super::replica::ReplicaReader;
 use super::watch::{self, WatchStream};
 
 /// `RateService`. Point reads and listings see only [`ReplicaReader`]; only
-/// [`Explainer`] holds a backend handle.
+/// [`Explainer`] and [`RateHistory`] (for `as_of` the replica cannot settle) hold a
+/// backend handle.
 #[derive(Debug, Clone)]
 pub struct RatesApi {
     reader: ReplicaReader,
     explainer: Explainer,
+    history: RateHistory,
     heartbeat: Duration,
     shutdown: CancellationToken,
 }
 
 impl RatesApi {
-    /// The service over `reader`, with `explainer` for `ExplainRate`, sending watch
-    /// heartbeats every `heartbeat` and ending watches when `shutdown` is cancelled.
+    /// The service over `reader`, with `explainer` for `ExplainRate` and `history` for
+    /// `GetRate.as_of`, sending watch heartbeats every `heartbeat` and ending watches when
+    /// `shutdown` is cancelled.
     pub fn new(
         reader: ReplicaReader,
         explainer: Explainer,
+        history: RateHistory,
         heartbeat: Duration,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             reader,
             explainer,
+            history,
             heartbeat,
             shutdown,
         }
@@ -48,10 +55,15 @@ impl RateService for RatesApi {
         &self,
         request: Request<v1::GetRateRequest>,
     ) -> Result<Response<v1::GetRateResponse>, Status> {
-        Ok(Response::new(point::get_rate(
-            &self.reader,
-            request.get_ref(),
-        )?))
+        let request = request.get_ref();
+        match &request.as_of {
+            None => Ok(Response::new(point::get_rate(&self.reader, request)?)),
+            Some(as_of) => Ok(Response::new(
+                self.history
+                    .get_rate_at(&self.reader, request, as_of)
+                    .await?,
+            )),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(skus = request.get_ref().skus.len()))]
@@ -94,8 +106,11 @@ impl RateService for RatesApi {
         &self,
         request: Request<v1::ExplainRateRequest>,
     ) -> Result<Response<v1::ExplainRateResponse>, Status> {
+        // Merchandisers and admins see every input; anyone else (networks) a redacted view.
+        let full = Principal::of(&request)
+            .is_ok_and(|p| matches!(p.role, Role::Merchandiser | Role::Admin));
         Ok(Response::new(
-            self.explainer.explain(request.get_ref()).await?,
+            self.explainer.explain(request.get_ref(), full).await?,
         ))
     }
 }

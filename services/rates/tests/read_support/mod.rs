@@ -47,6 +47,7 @@ pub fn card(
         guaranteed_until: None,
         previous_rate: String::new(),
         band: "normal".into(),
+        scheduled_change: None,
     }
 }
 
