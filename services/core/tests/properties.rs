@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use ratemesh_core::overrides::{OverrideKind, OverrideScope};
 use ratemesh_core::{
     Event, Incentive, Mode, Money, Override, Policy, Product, Quantity, Rate, RateCard, RateInputs,
-    Sku, Velocity, compute, replay, replay_in_arrival_order,
+    Sku, Velocity, compute, paid_bonus, replay, replay_in_arrival_order,
 };
 use rust_decimal::Decimal;
 
@@ -500,6 +500,40 @@ proptest! {
             prop_assert_eq!(&state.stock, &other.stock);
             prop_assert_eq!(state.available, other.available);
             prop_assert_eq!(&state.product, &other.product);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The bonus booked against a spend budget is exactly what the incentive added to the
+    /// published rate: the rate with it less the rate without it, after cap and margin guard.
+    #[test]
+    fn paid_bonus_is_what_the_incentive_adds_to_the_rate(
+        product in product(),
+        steps in steps(),
+        boost in any::<bool>(),
+        bonus in 1i64..3000,
+    ) {
+        let policy = policy(if boost { Mode::Boost } else { Mode::Direct });
+        let rules = &policy.category(&product.category).flash;
+        let mut incentive = Incentive::open("inc".into(), sku(), product.category.clone(), rules, t0());
+        incentive.ends_at = t0() + TimeDelta::days(365);
+        incentive.bonus = Rate::new(dec(bonus, 4)).unwrap();
+        let with = run_with(&policy, &product, &steps, &[], Some(&incentive));
+        let without = run(&policy, &product, &steps, &[]);
+        for (with, without) in with.iter().zip(&without) {
+            // the incentive does not feed back into the policy part
+            prop_assert_eq!(with.state.policy_rate, without.state.policy_rate);
+            let before = with.parts.base.get() + with.parts.inventory_adjustment + with.parts.boost;
+            let paid = paid_bonus(&policy, &product, before, incentive.bonus);
+            prop_assert!(paid <= incentive.bonus);
+            prop_assert_eq!(
+                paid.get(),
+                with.effective_rate.get() - without.effective_rate.get(),
+                "card with {:?}, without {:?}", with, without
+            );
         }
     }
 }

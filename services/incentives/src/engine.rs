@@ -1,6 +1,10 @@
 //! The decisions: folding stock into each SKU's record, booking sales against budgets,
 //! and opening, extending and closing incentives with the core rules.
 //!
+//! A sale is booked at the bonus the published rate actually carried ([`paid_bonus`]:
+//! after the cap and the margin guard), and the decision that follows closes the incentive
+//! on the reading that reaches a budget, whatever the ERP's step overshot.
+//!
 //! Every change is a compare-and-set on the SKU's record; a transition is written together
 //! with its `IncentiveChanged` event ([`Store::save_and_publish`]), so the stream and the
 //! state never disagree and two replicas cannot both open an incentive on one SKU. What
@@ -15,7 +19,7 @@ use ratemesh_core::policy::flash::FlashRules;
 use ratemesh_core::{
     Applied, Candidate, CloseReason, DaysOfCover, Decision, Event as CoreEvent, Incentive,
     IncentiveInputs, IncentiveTrack, LossReason, Money, NothingReason, Policy, Quantity, Rate, Sku,
-    decide, select,
+    decide, paid_bonus, select,
 };
 use ratemesh_proto::v1;
 use ratemesh_runtime::ApiError;
@@ -90,6 +94,7 @@ fn reason_label(r: CloseReason) -> &'static str {
         CloseReason::Expired => "expired",
         CloseReason::SoldThrough => "sold_through",
         CloseReason::BudgetExhausted => "budget_exhausted",
+        CloseReason::BudgetForecast => "budget_forecast",
         CloseReason::Cancelled => "cancelled",
     }
 }
@@ -109,8 +114,9 @@ fn loss_label(l: &LossReason) -> &'static str {
     }
 }
 
-/// Books units sold since the previous reading against the active incentive's budgets.
-fn book_sale(rec: &mut SkuRecord, before: Quantity, as_of: DateTime<Utc>) {
+/// Books units sold since the previous reading against the active incentive's budgets,
+/// at `paid`, the part of the bonus the rate carried.
+fn book_sale(rec: &mut SkuRecord, before: Quantity, as_of: DateTime<Utc>, paid: Rate) {
     let Some(price) = rec.view.product.as_ref().map(|p| p.price) else {
         return;
     };
@@ -126,8 +132,29 @@ fn book_sale(rec: &mut SkuRecord, before: Quantity, as_of: DateTime<Utc>) {
     if let Ok(sold) = Quantity::new(sold)
         && sold > Quantity::ZERO
     {
-        inc.record_sale(sold, price);
+        inc.record_sale(sold, price, paid);
     }
+}
+
+/// The latest ERP reading time over the SKU's locations.
+fn last_report(rec: &SkuRecord) -> Option<DateTime<Utc>> {
+    rec.view.stock.values().map(|l| l.as_of).max()
+}
+
+/// The SKU's rate before the incentive and the guardrails, read off its published card:
+/// the effective rate less the guardrails' and the incentive's parts. `None` when an
+/// override pins or excludes the rate, so no bonus reaches it.
+fn rate_before_incentive(card: &v1::RateCard) -> Option<Decimal> {
+    if card
+        .reasons
+        .iter()
+        .any(|r| r.code == "OVERRIDE_PIN" || r.code == "OVERRIDE_EXCLUDE")
+    {
+        return None;
+    }
+    let parse = |s: &str| s.trim().parse::<Decimal>().unwrap_or(Decimal::ZERO);
+    let parts = card.parts.clone().unwrap_or_default();
+    Some(parse(&card.effective_rate) - parse(&parts.guardrail_adjustment) - parse(&parts.incentive))
 }
 
 impl Engine {
@@ -152,7 +179,29 @@ impl Engine {
             available: rec.view.available,
             velocity: rec.view.velocity.velocity(),
             price: rec.view.product.as_ref().map(|p| p.price),
+            report_interval: rec.report_interval_secs.map(TimeDelta::seconds),
         }
+    }
+
+    /// The part of the active incentive's bonus the SKU's rate carries: the bonus on top
+    /// of the published card's rate before incentive and guardrails (the base rate before
+    /// the rates service published one), cut by the category's cap and margin guard.
+    async fn paid_bonus(&self, rec: &SkuRecord) -> Result<Rate, StoreError> {
+        let (Some(inc), Some(product)) = (rec.track.active.as_ref(), rec.view.product.as_ref())
+        else {
+            return Ok(Rate::ZERO);
+        };
+        let before = match self.published_card(&rec.view.sku).await? {
+            Some(card) => match rate_before_incentive(&card) {
+                Some(before) => before,
+                None => return Ok(Rate::ZERO),
+            },
+            None => product
+                .base_rate
+                .unwrap_or(self.policy.category(&product.category).base_rate)
+                .get(),
+        };
+        Ok(paid_bonus(&self.policy, product, before, inc.bonus))
     }
 
     fn rule_name(&self, category: &str) -> String {
@@ -176,10 +225,19 @@ impl Engine {
             let mut changed = false;
             if let Some(e) = event {
                 let before = rec.view.available;
+                let reported = last_report(&rec);
                 if rec.view.apply(e) == Applied::Applied {
                     changed = true;
                     if let CoreEvent::StockObserved { as_of, .. } = e {
-                        book_sale(&mut rec, before, *as_of);
+                        if let Some(last) = reported
+                            && *as_of > last
+                        {
+                            rec.report_interval_secs = Some((*as_of - last).num_seconds());
+                        }
+                        if rec.track.active.is_some() {
+                            let paid = self.paid_bonus(&rec).await?;
+                            book_sale(&mut rec, before, *as_of, paid);
+                        }
                     }
                 }
             }
@@ -294,6 +352,8 @@ impl Engine {
             reason = reason_label(reason),
             spent = %proto.spent,
             units_sold = %proto.units_sold,
+            units_over_budget = %proto.units_over_budget,
+            spend_over_budget = %proto.spend_over_budget,
             "incentive ended: {reason}"
         );
         metrics::counter!(METRIC_TRANSITIONS, "transition" => "ended", "reason" => reason_label(reason), "origin" => origin_label(origin)).increment(1);

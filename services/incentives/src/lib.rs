@@ -24,9 +24,10 @@
 //!     budgets (absent = none), `spent = "0"`, `units_sold = "0"`;
 //!   - `EXTENDED`: `state = ACTIVE`, same `id`, a later `ends_at`;
 //!   - `ENDED`: `state = ENDED`, `end_reason` (`EXPIRED`, `SOLD_THROUGH`,
-//!     `BUDGET_EXHAUSTED`, `CANCELLED`), `ended_at` = when, `ends_at` = the earlier of the
-//!     window end and `ended_at` (so it is the last instant the bonus applied),
-//!     `ended_by`/`cancel_reason` for cancels.
+//!     `BUDGET_EXHAUSTED`, `BUDGET_FORECAST`, `CANCELLED`), `ended_at` = when, `ends_at` =
+//!     the earlier of the window end and `ended_at` (so it is the last instant the bonus
+//!     applied), `ended_by`/`cancel_reason` for cancels, and `units_over_budget` /
+//!     `spend_over_budget`: how far the stock reading that closed it went past a budget.
 //!
 //! What a consumer (the rates engine) needs to do: per SKU, keep the incentive of the
 //! latest entry; while `state = ACTIVE` and `now < ends_at`, add `bonus_rate` as the
@@ -35,7 +36,9 @@
 //! than the one held is stale and can be ignored. Entries of one SKU arrive in order;
 //! after redelivery, use `meta.occurred_at` to drop older ones. Budget accounting
 //! (`spent`, `units_sold`) moves between transitions without an event; the listing
-//! (`ListIncentives`) shows it current.
+//! (`ListIncentives`) shows it current. `spent` counts the bonus the published rate
+//! actually carried (after cap and margin guard), read off the rates service's card
+//! (state `rate/<sku>`), or the base rate before one is published.
 //!
 //! # Layout
 //! - [`engine`] — decisions per SKU, selection under limits, expiries, the repair sweep.

@@ -79,8 +79,8 @@ pub struct WebhookIncentive {
     pub ends_at: Option<String>,
     /// `active` or `ended`.
     pub state: String,
-    /// Why it ended (`expired`, `sold_through`, `budget_exhausted`, `cancelled`); null
-    /// while active.
+    /// Why it ended (`expired`, `sold_through`, `budget_exhausted`, `budget_forecast`,
+    /// `cancelled`); null while active.
     pub end_reason: Option<String>,
 }
 
@@ -149,6 +149,7 @@ pub(crate) fn incentive_of(
         v1::IncentiveEndReason::SoldThrough => Some("sold_through"),
         v1::IncentiveEndReason::BudgetExhausted => Some("budget_exhausted"),
         v1::IncentiveEndReason::Cancelled => Some("cancelled"),
+        v1::IncentiveEndReason::BudgetForecast => Some("budget_forecast"),
     };
     WebhookIncentive {
         id: incentive.id.clone(),
