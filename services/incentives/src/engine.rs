@@ -3,7 +3,9 @@
 //!
 //! A sale is booked at the bonus the published rate actually carried ([`paid_bonus`]:
 //! after the cap and the margin guard), and the decision that follows closes the incentive
-//! on the reading that reaches a budget, whatever the ERP's step overshot.
+//! on the reading that reaches a budget, whatever the ERP's step overshot. A SKU that
+//! qualifies while its category or the program is full waits (store [`Waiting`]); the
+//! sweep gives every freed slot to the most overstocked waiting SKU that still qualifies.
 //!
 //! Every change is a compare-and-set on the SKU's record; a transition is written together
 //! with its `IncentiveChanged` event ([`Store::save_and_publish`]), so the stream and the
@@ -29,7 +31,7 @@ use rust_decimal::Decimal;
 use crate::clock::Clock;
 use crate::events::incentive_changed;
 use crate::record::{End, Ended, Meta, Origin, SkuRecord, to_proto};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Waiting};
 
 /// Metric: transitions published, by `transition`, `reason` and `origin`.
 pub const METRIC_TRANSITIONS: &str = "ratemesh_incentives_transitions_total";
@@ -439,15 +441,68 @@ impl Engine {
         let selection = select(&candidates, &counts, &self.policy);
         for (c, why) in &selection.losers {
             self.skipped(c, why);
+            self.wait_for_slot(c, why).await;
         }
         let mut failed = Vec::new();
         for c in selection.winners {
-            if let Err(e) = self.open_automatic(&c).await {
-                tracing::warn!(sku = %c.sku, error = %e, "opening an incentive failed");
-                failed.push(c.sku);
+            match self.open_automatic(&c).await {
+                Ok(true) => {
+                    if let Err(e) = self.store.stop_waiting(&c.sku).await {
+                        tracing::warn!(sku = %c.sku, error = %e, "waiting entry not removed; the sweep drops it");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(sku = %c.sku, error = %e, "opening an incentive failed");
+                    failed.push(c.sku);
+                }
             }
         }
         failed
+    }
+
+    /// Remembers a candidate that lost to a full limit, so a freed slot finds it.
+    async fn wait_for_slot(&self, c: &Candidate, why: &LossReason) {
+        if matches!(why, LossReason::DuplicateCandidate) {
+            return;
+        }
+        if let Err(e) = self.store.wait(c, self.clock.now()).await {
+            tracing::warn!(sku = %c.sku, error = %e, "waiting candidate not recorded; its next stock reading offers it again");
+        }
+    }
+
+    /// Offers free slots to the SKUs waiting for one: each waiting SKU whose category and
+    /// the program have room is re-decided from its record, and [`select`] opens the most
+    /// overstocked of those that still qualify. A SKU that no longer qualifies stops
+    /// waiting. Returns how many opened.
+    pub async fn fill_free_slots(&self) -> Result<usize, StoreError> {
+        let counts = self.store.active_counts().await?;
+        if counts.program >= self.policy.max_concurrent_incentives {
+            return Ok(0);
+        }
+        let waiting = self.store.waiting().await?;
+        let has_room = |w: &Waiting| {
+            let open = counts.per_category.get(&w.category).copied().unwrap_or(0);
+            open < self.policy.category(&w.category).flash.max_concurrent
+        };
+        let mut candidates = Vec::new();
+        for key in waiting.iter().filter(|(_, w)| has_room(w)).map(|(k, _)| k) {
+            let Ok(sku) = Sku::new(key.clone()) else {
+                continue;
+            };
+            match self.process(&sku, None).await? {
+                Some(c) => candidates.push(c),
+                None => self.store.stop_waiting(&sku).await?,
+            }
+        }
+        let offered: Vec<Sku> = candidates.iter().map(|c| c.sku.clone()).collect();
+        let failed = self.open_candidates(candidates).await;
+        let after = self.store.slots().await?;
+        let opened = offered
+            .iter()
+            .filter(|s| after.contains_key(s.as_str()) && !failed.contains(s))
+            .count();
+        Ok(opened)
     }
 
     /// Opens an incentive on `c` by rule if it still qualifies and a slot is free.
@@ -792,7 +847,8 @@ impl Engine {
 
     /// Checks every slot against its SKU's record: re-arms the timer of each active
     /// incentive (ending those already past their end), and frees slots whose incentive
-    /// is gone, publishing the listing entry a crash may have missed.
+    /// is gone, publishing the listing entry a crash may have missed. Then offers the free
+    /// slots to the most overstocked waiting SKUs ([`Engine::fill_free_slots`]).
     pub async fn sweep(&self, grace: TimeDelta) -> Result<(), StoreError> {
         let slots = self.store.slots().await?;
         metrics::gauge!(METRIC_ACTIVE).set(slots.len() as f64);
@@ -820,6 +876,7 @@ impl Engine {
                 }
             }
         }
+        self.fill_free_slots().await?;
         Ok(())
     }
 }

@@ -40,6 +40,11 @@
 //! actually carried (after cap and margin guard), read off the rates service's card
 //! (state `rate/<sku>`), or the base rate before one is published.
 //!
+//! A SKU that qualifies while its category or the program is full waits for a slot
+//! (state `incentive-waiting`); the sweep (`incentives.sweep_interval_secs`) offers every
+//! free slot to the most overstocked waiting SKU that still qualifies, without waiting for
+//! that SKU's next stock reading.
+//!
 //! # Layout
 //! - [`engine`] — decisions per SKU, selection under limits, expiries, the repair sweep.
 //! - [`record`] — the per-SKU record kept in bus state and the wire form of an incentive.
@@ -294,7 +299,8 @@ async fn timers(
     }
 }
 
-/// Repairs what a crash between a transition and its follow-ups left behind.
+/// Repairs what a crash between a transition and its follow-ups left behind, and hands
+/// freed slots to waiting SKUs.
 async fn sweep(
     engine: Arc<Engine>,
     every: Duration,

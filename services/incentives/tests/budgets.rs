@@ -1,7 +1,8 @@
 //! Flash-incentive budgets against a real redis-server: a budget closes the incentive on
 //! the reading that reaches it and the overshoot that reading forced is reported; spend
 //! counts the bonus the rate actually carried; the forecast knob closes before the next
-//! reading would overshoot.
+//! reading would overshoot; a freed slot goes to the most overstocked waiting SKU within
+//! the sweep interval, without a new stock reading.
 
 mod support;
 
@@ -236,5 +237,81 @@ async fn the_forecast_knob_closes_before_the_next_reading_would_overshoot() {
     assert_eq!(ended.end_reason, EndReason::BudgetForecast as i32);
     assert_eq!(ended.units_sold, "30");
     assert_eq!(ended.units_over_budget, "0");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_freed_slot_goes_to_the_most_overstocked_waiting_sku_within_the_sweep_interval() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::new(t0());
+    let mut s = settings();
+    s.incentives.consumer_name = "replica-a".into();
+    s.incentives.sweep_interval_secs = 1;
+    // home allows 2 at once.
+    let app = start_with(&redis, &redis.unique_prefix(), policy(), &clock, s).await;
+    publish(
+        &app.bus,
+        vec![
+            product("H-A", "home", "10", "2", t0()),
+            stock("H-A", "1000", "5", 1, t0()),
+            product("H-B", "home", "10", "2", t0()),
+            stock("H-B", "1500", "5", 1, t0()),
+        ],
+    )
+    .await;
+    let a = wait_transitions(&app.bus, "H-A", 1).await[0].1.clone();
+    let b = wait_transitions(&app.bus, "H-B", 1).await[0].1.clone();
+    // Two more overstocked SKUs find home full: covers 400 and 600 days.
+    publish(
+        &app.bus,
+        vec![
+            product("H-C", "home", "10", "2", t0()),
+            stock("H-C", "2000", "5", 1, t0()),
+            product("H-D", "home", "10", "2", t0()),
+            stock("H-D", "3000", "5", 1, t0()),
+        ],
+    )
+    .await;
+    eventually("H-C and H-D waiting", || async {
+        let (c, d) = (
+            app.bus.get_state("incentive-waiting", "H-C").await,
+            app.bus.get_state("incentive-waiting", "H-D").await,
+        );
+        matches!((c, d), (Ok(Some(_)), Ok(Some(_))))
+    })
+    .await;
+    assert!(transitions_of(&app.bus, "H-D").await.is_empty());
+
+    // A slot frees; no stock reading follows for anyone.
+    let mut merch = app.client(Role::Merchandiser).await;
+    merch
+        .cancel_incentive(v1::CancelIncentiveRequest {
+            id: a.id.clone(),
+            reason: "done".into(),
+        })
+        .await
+        .expect("cancel");
+    let events = wait_transitions(&app.bus, "H-D", 1).await;
+    assert_eq!(events[0].0, T::Opened);
+    assert_eq!(events[0].1.days_of_cover_at_open, "600");
+    // Only one slot was free: the less overstocked H-C still waits for the next.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(transitions_of(&app.bus, "H-C").await.is_empty());
+    merch
+        .cancel_incentive(v1::CancelIncentiveRequest {
+            id: b.id.clone(),
+            reason: "done".into(),
+        })
+        .await
+        .expect("cancel");
+    let events = wait_transitions(&app.bus, "H-C", 1).await;
+    assert_eq!(events[0].0, T::Opened);
+    eventually("nobody waits any more", || async {
+        app.bus
+            .scan_states("incentive-waiting", None, 10)
+            .await
+            .is_ok_and(|p| p.items.is_empty())
+    })
+    .await;
     app.stop().await;
 }
