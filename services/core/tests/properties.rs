@@ -537,3 +537,60 @@ proptest! {
         }
     }
 }
+
+/// One booked reading: units sold (whole units), price in cents, bonus paid in basis points.
+fn sales() -> impl Strategy<Value = Vec<(i64, i64, i64)>> {
+    proptest::collection::vec((0i64..2_000, 1i64..50_000, 0i64..400), 1..30)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever steps the ERP reports in, the incentive closes on the first reading that
+    /// reaches a budget, never later, and the overshoot it reports is exactly how far that
+    /// reading went past the budget; spend is the bonus paid, never the nominal one.
+    #[test]
+    fn a_budget_closes_on_the_reading_that_reaches_it_and_shows_the_overshoot(
+        sales in sales(),
+        budget_units in 1i64..5_000,
+        budget_spend in 1i64..500_000,
+        bonus in 1i64..400,
+    ) {
+        use ratemesh_core::{CloseReason, Decision, IncentiveInputs, IncentiveTrack, decide};
+        let policy = policy(Mode::Direct);
+        let mut rules = policy.category("home").flash.clone();
+        rules.budget_units = Quantity::new(Decimal::from(budget_units)).unwrap();
+        rules.budget_spend = Money::new(dec(budget_spend, 2)).unwrap();
+        rules.bonus = Rate::new(dec(bonus, 4)).unwrap();
+        rules.exit_cover = ratemesh_core::DaysOfCover::ZERO;
+        let mut track = IncentiveTrack {
+            active: Some(Incentive::open("inc".into(), sku(), "home".into(), &rules, t0())),
+            ..IncentiveTrack::default()
+        };
+        let inputs = IncentiveInputs {
+            available: Quantity::new(Decimal::from(1_000_000)).unwrap(),
+            velocity: Some(Velocity::new(Decimal::ONE).unwrap()),
+            price: Some(Money::new(Decimal::ONE).unwrap()),
+            report_interval: None,
+        };
+        let (mut units, mut spend) = (Decimal::ZERO, Decimal::ZERO);
+        for (sold, price, paid) in sales {
+            let inc = track.active.as_mut().unwrap();
+            let paid = Rate::new(dec(paid, 4)).unwrap();
+            inc.record_sale(Quantity::new(Decimal::from(sold)).unwrap(), Money::new(dec(price, 2)).unwrap(), paid);
+            units += Decimal::from(sold);
+            spend += Decimal::from(sold) * dec(price, 2) * paid.min(rules.bonus).get();
+            prop_assert_eq!(inc.units_sold.get(), units);
+            prop_assert_eq!(inc.spent.get(), spend);
+            prop_assert_eq!(inc.units_over_budget().get(), (units - Decimal::from(budget_units)).max(Decimal::ZERO));
+            prop_assert_eq!(inc.spend_over_budget().get(), (spend - dec(budget_spend, 2)).max(Decimal::ZERO));
+            let reached = units >= Decimal::from(budget_units) || spend >= dec(budget_spend, 2);
+            let decision = decide(&track, &rules, &inputs, t0() + TimeDelta::hours(1));
+            if reached {
+                prop_assert_eq!(decision, Decision::Close { reason: CloseReason::BudgetExhausted });
+                break;
+            }
+            prop_assert!(!matches!(decision, Decision::Close { .. }), "{decision:?}");
+        }
+    }
+}
