@@ -197,4 +197,20 @@ mod tests {
         assert!(json["rates"][0]["previous_rate"].is_null());
         assert!(json.get("incentive").is_none());
     }
+
+    #[test]
+    fn an_incentive_closed_by_the_budget_forecast_says_so() {
+        let ended = v1::Incentive {
+            id: "i1".into(),
+            sku: "A".into(),
+            state: v1::IncentiveState::Ended as i32,
+            end_reason: v1::IncentiveEndReason::BudgetForecast as i32,
+            ..Default::default()
+        };
+        let w = incentive_of(&ended, v1::IncentiveTransition::Ended);
+        assert_eq!(
+            (w.state.as_str(), w.end_reason.as_deref()),
+            ("ended", Some("budget_forecast"))
+        );
+    }
 }
