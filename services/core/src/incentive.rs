@@ -5,16 +5,26 @@
 //! decisions as [`Candidate`]s, runs [`select`] against the counts of incentives already
 //! open, and publishes the winners. The rates service only folds the resulting incentive
 //! events; the bonus reaches the rate through [`crate::compute()`].
+//!
+//! Budgets are counted from stock depletion, so they move in the ERP's steps: a reading
+//! that sells 1,600 units at once books all 1,600 against a budget of 10. The incentive
+//! closes on the first reading that reaches a budget, and the overshoot that step forced
+//! stays visible ([`Incentive::units_over_budget`], [`Incentive::spend_over_budget`]).
+//! Spend counts the bonus actually paid ([`paid_bonus`]: after the cap and the margin
+//! guard), not the nominal one. With `stop_on_forecast` an incentive also closes when the
+//! velocity forecast says the rest of a budget will be used before the next stock report.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+use crate::compute::margin_limit;
 use crate::policy::Policy;
 use crate::policy::flash::FlashRules;
+use crate::product::Product;
 use crate::types::{DaysOfCover, Money, Quantity, Rate, Sku, Velocity};
 
 /// An open (or just closed) flash incentive on one SKU, with its budget accounting.
@@ -38,7 +48,7 @@ pub struct Incentive {
     pub budget_spend: Money,
     /// Unit budget.
     pub budget_units: Quantity,
-    /// Spend so far: Σ units sold × price × bonus.
+    /// Spend so far: Σ units sold × price × the bonus actually paid (see [`paid_bonus`]).
     pub spent: Money,
     /// Units sold during the window.
     pub units_sold: Quantity,
@@ -81,12 +91,57 @@ impl Incentive {
         !self.cancel_requested && self.opened_at <= now && now < self.ends_at
     }
 
-    /// Books `units` sold at `price` during the window: spend grows by
-    /// `units × price × bonus`.
-    pub fn record_sale(&mut self, units: Quantity, price: Money) {
-        let spend = units.get() * price.get() * self.bonus.get();
+    /// Books `units` sold at `price` during the window while the rate carried `paid` of
+    /// the bonus (see [`paid_bonus`]): spend grows by `units × price × paid`, never by more
+    /// than the nominal bonus would give.
+    pub fn record_sale(&mut self, units: Quantity, price: Money, paid: Rate) {
+        let spend = units.get() * price.get() * paid.min(self.bonus).get();
         self.spent = Money::clamped(self.spent.get() + spend);
         self.units_sold = Quantity::clamped(self.units_sold.get() + units.get());
+    }
+
+    /// Units sold beyond the unit budget (zero while within it): the overshoot forced by
+    /// a stock reading that stepped past the budget.
+    pub fn units_over_budget(&self) -> Quantity {
+        Quantity::clamped(self.units_sold.get() - self.budget_units.get())
+    }
+
+    /// Spend beyond the spend budget (zero while within it).
+    pub fn spend_over_budget(&self) -> Money {
+        Money::clamped(self.spent.get() - self.budget_spend.get())
+    }
+
+    /// Whether the velocity forecast says a budget will be used up before the next stock
+    /// report: `velocity × report interval` units sell in the meantime, each costing what
+    /// a unit has cost so far (the nominal `price × bonus` before the first sale).
+    /// `false` when velocity or the report interval is unknown.
+    pub fn forecast_exhausts(&self, inputs: &IncentiveInputs) -> bool {
+        let (Some(velocity), Some(interval)) = (inputs.velocity, inputs.report_interval) else {
+            return false;
+        };
+        if interval <= TimeDelta::zero() {
+            return false;
+        }
+        let days = Decimal::from(interval.num_seconds()) / Decimal::from(86_400);
+        let expected = velocity.get() * days;
+        if expected.is_zero() {
+            return false;
+        }
+        let units_left = self.budget_units.get() - self.units_sold.get();
+        if expected >= units_left {
+            return true;
+        }
+        let per_unit = if self.units_sold.get().is_zero() {
+            inputs
+                .price
+                .map_or(Decimal::ZERO, |p| p.get() * self.bonus.get())
+        } else {
+            self.spent.get() / self.units_sold.get()
+        };
+        let spend_left = self.budget_spend.get() - self.spent.get();
+        expected
+            .checked_mul(per_unit)
+            .is_some_and(|spend| spend >= spend_left)
     }
 
     /// Spend budget left (zero when exhausted).
@@ -157,6 +212,9 @@ pub struct IncentiveInputs {
     pub velocity: Option<Velocity>,
     /// Sale price, if product data is known.
     pub price: Option<Money>,
+    /// Expected time until the next stock report (the last gap between two reports), if
+    /// known; drives the budget forecast.
+    pub report_interval: Option<TimeDelta>,
 }
 
 impl IncentiveInputs {
@@ -166,6 +224,7 @@ impl IncentiveInputs {
             available: inputs.available,
             velocity: inputs.velocity,
             price: inputs.product.map(|p| p.price),
+            report_interval: None,
         }
     }
 
@@ -185,6 +244,9 @@ pub enum CloseReason {
     SoldThrough,
     /// The spend or unit budget is used up.
     BudgetExhausted,
+    /// The velocity forecast says the remaining budget would be used up before the next
+    /// stock report (`stop_on_forecast`).
+    BudgetForecast,
     /// A merchandiser cancelled it.
     Cancelled,
 }
@@ -285,7 +347,9 @@ fn velocity_check(rules: &FlashRules, velocity: Velocity) -> Option<NothingReaso
 /// Decides what to do with one SKU's incentive at `now`.
 ///
 /// With an incentive open, in this order: cancelled → close (`cancelled`); a budget used
-/// up → close (`budget_exhausted`); out of stock or cover below `exit_cover_days` →
+/// up → close (`budget_exhausted`); with `stop_on_forecast`, the rest of a budget forecast
+/// to go before the next stock report → close (`budget_forecast`); out of stock or cover
+/// below `exit_cover_days` →
 /// close (`sold_through`); window over → extend by `duration` if the SKU still qualifies
 /// and extensions remain, else close (`expired`); otherwise nothing (`running`).
 ///
@@ -308,6 +372,11 @@ pub fn decide(
         if inc.budget_exhausted() {
             return Decision::Close {
                 reason: CloseReason::BudgetExhausted,
+            };
+        }
+        if rules.stop_on_forecast && inc.forecast_exhausts(inputs) {
+            return Decision::Close {
+                reason: CloseReason::BudgetForecast,
             };
         }
         let cover = inputs.cover();
@@ -516,6 +585,9 @@ impl fmt::Display for CloseReason {
             CloseReason::Expired => "the window ended",
             CloseReason::SoldThrough => "the SKU sold through",
             CloseReason::BudgetExhausted => "the budget is used up",
+            CloseReason::BudgetForecast => {
+                "the rest of the budget would be used up before the next stock report"
+            }
             CloseReason::Cancelled => "a merchandiser cancelled it",
         })
     }
@@ -559,10 +631,23 @@ impl fmt::Display for NothingReason {
     }
 }
 
-/// Spend implied by selling `units` at `price` with `bonus` (what [`Incentive::record_sale`]
-/// books), exposed for budget previews.
+/// Spend implied by selling `units` at `price` with `bonus` paid (what
+/// [`Incentive::record_sale`] books), exposed for budget previews.
 pub fn spend_for(units: Quantity, price: Money, bonus: Rate) -> Decimal {
     units.get() * price.get() * bonus.get()
+}
+
+/// The part of `bonus` a sale actually earns: the rate with the bonus less the rate
+/// without it, both after the category's guardrails (floor, then cap, then the margin
+/// guard, as [`crate::compute()`] applies them). `rate_before` is the SKU's rate before the
+/// incentive and the guardrails. Between zero (the cap or margin guard already binds
+/// without the bonus) and `bonus`.
+pub fn paid_bonus(policy: &Policy, product: &Product, rate_before: Decimal, bonus: Rate) -> Rate {
+    let cat = policy.category(&product.category);
+    let margin = margin_limit(product, cat.margin_share, policy.rate_decimals).get();
+    let guard = |rate: Decimal| rate.max(cat.floor.get()).min(cat.cap.get()).min(margin);
+    let paid = guard(rate_before + bonus.get()) - guard(rate_before);
+    Rate::clamped(paid.min(bonus.get()))
 }
 
 #[cfg(test)]
@@ -589,6 +674,7 @@ mod tests {
             max_extensions: 1,
             exit_cover: DaysOfCover::new(dec!(30)).unwrap(),
             max_concurrent: 2,
+            stop_on_forecast: false,
         }
     }
 
@@ -597,6 +683,7 @@ mod tests {
             available: Quantity::new(available).unwrap(),
             velocity: velocity.map(|v| Velocity::new(v).unwrap()),
             price: Some(Money::new(dec!(50)).unwrap()),
+            report_interval: None,
         }
     }
 
@@ -730,6 +817,7 @@ mod tests {
         inc.record_sale(
             Quantity::new(dec!(100)).unwrap(),
             Money::new(dec!(50)).unwrap(),
+            inc.bonus,
         );
         // 100 units × 50 × 0.02 = 100 = the spend budget
         assert_eq!(inc.spent.get(), dec!(100));
@@ -740,9 +828,11 @@ mod tests {
         );
 
         let mut track = open_track();
-        track.active.as_mut().unwrap().record_sale(
+        let inc = track.active.as_mut().unwrap();
+        inc.record_sale(
             Quantity::new(dec!(40)).unwrap(),
             Money::new(dec!(1)).unwrap(),
+            inc.bonus,
         );
         assert_eq!(
             decide(&track, &r, &good, t(1)),
@@ -758,6 +848,142 @@ mod tests {
             decide(&track, &r, &inputs(dec!(0), Some(dec!(10))), t(1)),
             close(CloseReason::SoldThrough)
         );
+    }
+
+    fn qty(d: Decimal) -> Quantity {
+        Quantity::new(d).unwrap()
+    }
+
+    fn money(d: Decimal) -> Money {
+        Money::new(d).unwrap()
+    }
+
+    #[test]
+    fn a_coarse_step_closes_at_once_and_shows_its_overshoot() {
+        // budget_units 40, budget_spend 100: one reading sells 1,600 units at 50.
+        let r = rules();
+        let mut track = open_track();
+        let inc = track.active.as_mut().unwrap();
+        inc.record_sale(qty(dec!(39)), money(dec!(1)), inc.bonus);
+        assert_eq!(inc.units_over_budget(), Quantity::ZERO);
+        assert!(matches!(
+            decide(&track, &r, &inputs(dec!(100000), Some(dec!(10))), t(1)),
+            Decision::Nothing { .. }
+        ));
+        let inc = track.active.as_mut().unwrap();
+        inc.record_sale(qty(dec!(1561)), money(dec!(50)), inc.bonus);
+        assert_eq!(
+            decide(&track, &r, &inputs(dec!(100000), Some(dec!(10))), t(1)),
+            Decision::Close {
+                reason: CloseReason::BudgetExhausted
+            }
+        );
+        let inc = track.active.as_ref().unwrap();
+        assert_eq!(inc.units_sold.get(), dec!(1600));
+        assert_eq!(inc.units_over_budget().get(), dec!(1560));
+        // 39 × 1 × 0.02 + 1561 × 50 × 0.02 = 0.78 + 1561
+        assert_eq!(inc.spent.get(), dec!(1561.78));
+        assert_eq!(inc.spend_over_budget().get(), dec!(1461.78));
+    }
+
+    #[test]
+    fn spend_counts_the_bonus_actually_paid() {
+        let mut inc = open_track().active.unwrap();
+        // the cap let through only 0.005 of the 0.02 bonus
+        inc.record_sale(
+            qty(dec!(10)),
+            money(dec!(50)),
+            Rate::new(dec!(0.005)).unwrap(),
+        );
+        assert_eq!(inc.spent.get(), dec!(2.5));
+        // never more than the nominal bonus, whatever the caller says
+        inc.record_sale(
+            qty(dec!(10)),
+            money(dec!(50)),
+            Rate::new(dec!(0.5)).unwrap(),
+        );
+        assert_eq!(inc.spent.get(), dec!(12.5));
+        assert_eq!(inc.units_sold.get(), dec!(20));
+    }
+
+    #[test]
+    fn paid_bonus_is_cut_by_the_cap_and_the_margin_guard() {
+        let policy = Policy::from_toml_str(
+            "[defaults]\ncap = \"0.10\"\nmargin_share = \"0.50\"\nfloor = \"0.03\"\n",
+        )
+        .unwrap();
+        let product = |cost: Decimal| Product {
+            category: "home".into(),
+            price: money(dec!(100)),
+            unit_cost: money(cost),
+            base_rate: None,
+        };
+        let bonus = Rate::new(dec!(0.02)).unwrap();
+        let paid = |cost, before| paid_bonus(&policy, &product(cost), before, bonus).get();
+        // room under the cap (0.10) and the margin guard (0.5 × 60 / 100 = 0.30)
+        assert_eq!(paid(dec!(40), dec!(0.05)), dec!(0.02));
+        // the cap takes 0.015 of it
+        assert_eq!(paid(dec!(40), dec!(0.095)), dec!(0.005));
+        // already at the cap without it: nothing is paid
+        assert_eq!(paid(dec!(40), dec!(0.12)), Decimal::ZERO);
+        // margin guard 0.5 × 14 / 100 = 0.07
+        assert_eq!(paid(dec!(86), dec!(0.06)), dec!(0.01));
+        // below the floor either way: the floor pays, not the bonus
+        assert_eq!(paid(dec!(40), dec!(0)), Decimal::ZERO);
+        assert_eq!(paid(dec!(40), dec!(0.02)), dec!(0.01));
+    }
+
+    #[test]
+    fn forecast_closes_before_the_next_report_would_overshoot() {
+        let mut r = rules();
+        // 10/day, reports every 12 h: 5 units expected before the next one.
+        let mut inputs = inputs(dec!(100000), Some(dec!(10)));
+        inputs.report_interval = Some(TimeDelta::hours(12));
+        let mut track = open_track();
+        let inc = track.active.as_mut().unwrap();
+        inc.record_sale(qty(dec!(34)), money(dec!(1)), inc.bonus);
+        let running = decide(&track, &r, &inputs, t(1));
+        assert!(matches!(running, Decision::Nothing { .. }), "{running:?}");
+        let inc = track.active.as_mut().unwrap();
+        inc.record_sale(qty(dec!(1)), money(dec!(1)), inc.bonus);
+        // 5 left of 40 and 5 expected: off by default, on with the knob
+        assert!(matches!(
+            decide(&track, &r, &inputs, t(1)),
+            Decision::Nothing { .. }
+        ));
+        r.stop_on_forecast = true;
+        assert_eq!(
+            decide(&track, &r, &inputs, t(1)),
+            Decision::Close {
+                reason: CloseReason::BudgetForecast
+            }
+        );
+        // without a known report interval there is no forecast
+        let mut unknown = inputs;
+        unknown.report_interval = None;
+        assert!(matches!(
+            decide(&track, &r, &unknown, t(1)),
+            Decision::Nothing { .. }
+        ));
+
+        // the spend budget: 100 at 50 × 0.02 = 1 a unit; 96 spent, 5 units expected
+        let mut track = open_track();
+        let inc = track.active.as_mut().unwrap();
+        inc.record_sale(qty(dec!(1)), money(dec!(4800)), inc.bonus);
+        assert_eq!(inc.spent.get(), dec!(96));
+        // so far a unit cost 96: 5 more would cost 480
+        assert_eq!(
+            decide(&track, &r, &inputs, t(1)),
+            Decision::Close {
+                reason: CloseReason::BudgetForecast
+            }
+        );
+        let fresh = open_track();
+        // nothing sold yet: 5 × 50 × 0.02 = 5 of 100 expected
+        assert!(matches!(
+            decide(&fresh, &r, &inputs, t(1)),
+            Decision::Nothing { .. }
+        ));
     }
 
     #[test]

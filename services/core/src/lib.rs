@@ -35,7 +35,7 @@ pub use card::{CardState, RateCard, RateParts};
 pub use compute::{RateInputs, compute};
 pub use incentive::{
     ActiveCounts, Candidate, CloseReason, Decision, Incentive, IncentiveInputs, IncentiveTrack,
-    LossReason, NothingReason, Selection, decide, select,
+    LossReason, NothingReason, Selection, decide, paid_bonus, select,
 };
 pub use overrides::{Override, OverrideConflict, OverrideKind, OverrideScope, find_conflicts};
 pub use policy::config::{Mode, PolicyConfig};

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use ratemesh_core::overrides::{OverrideKind, OverrideScope};
 use ratemesh_core::{
     Event, Incentive, Mode, Money, Override, Policy, Product, Quantity, Rate, RateCard, RateInputs,
-    Sku, Velocity, compute, replay, replay_in_arrival_order,
+    Sku, Velocity, compute, paid_bonus, replay, replay_in_arrival_order,
 };
 use rust_decimal::Decimal;
 
@@ -502,6 +502,97 @@ proptest! {
             prop_assert_eq!(&state.stock, &other.stock);
             prop_assert_eq!(state.available, other.available);
             prop_assert_eq!(&state.product, &other.product);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The bonus booked against a spend budget is exactly what the incentive added to the
+    /// published rate: the rate with it less the rate without it, after cap and margin guard.
+    #[test]
+    fn paid_bonus_is_what_the_incentive_adds_to_the_rate(
+        product in product(),
+        steps in steps(),
+        boost in any::<bool>(),
+        bonus in 1i64..3000,
+    ) {
+        let policy = policy(if boost { Mode::Boost } else { Mode::Direct });
+        let rules = &policy.category(&product.category).flash;
+        let mut incentive = Incentive::open("inc".into(), sku(), product.category.clone(), rules, t0());
+        incentive.ends_at = t0() + TimeDelta::days(365);
+        incentive.bonus = Rate::new(dec(bonus, 4)).unwrap();
+        let with = run_with(&policy, &product, &steps, &[], Some(&incentive));
+        let without = run(&policy, &product, &steps, &[]);
+        for (with, without) in with.iter().zip(&without) {
+            // the incentive does not feed back into the policy part
+            prop_assert_eq!(with.state.policy_rate, without.state.policy_rate);
+            let before = with.parts.base.get() + with.parts.inventory_adjustment + with.parts.boost;
+            let paid = paid_bonus(&policy, &product, before, incentive.bonus);
+            prop_assert!(paid <= incentive.bonus);
+            prop_assert_eq!(
+                paid.get(),
+                with.effective_rate.get() - without.effective_rate.get(),
+                "card with {:?}, without {:?}", with, without
+            );
+        }
+    }
+}
+
+/// One booked reading: units sold (whole units), price in cents, bonus paid in basis points.
+fn sales() -> impl Strategy<Value = Vec<(i64, i64, i64)>> {
+    proptest::collection::vec((0i64..2_000, 1i64..50_000, 0i64..400), 1..30)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever steps the ERP reports in, the incentive closes on the first reading that
+    /// reaches a budget, never later, and the overshoot it reports is exactly how far that
+    /// reading went past the budget; spend is the bonus paid, never the nominal one.
+    #[test]
+    fn a_budget_closes_on_the_reading_that_reaches_it_and_shows_the_overshoot(
+        sales in sales(),
+        budget_units in 1i64..5_000,
+        budget_spend in 1i64..500_000,
+        bonus in 1i64..400,
+    ) {
+        use ratemesh_core::{CloseReason, Decision, IncentiveInputs, IncentiveTrack, decide};
+        let policy = policy(Mode::Direct);
+        let mut rules = policy.category("home").flash.clone();
+        rules.budget_units = Quantity::new(Decimal::from(budget_units)).unwrap();
+        rules.budget_spend = Money::new(dec(budget_spend, 2)).unwrap();
+        rules.bonus = Rate::new(dec(bonus, 4)).unwrap();
+        rules.exit_cover = ratemesh_core::DaysOfCover::ZERO;
+        let mut track = IncentiveTrack {
+            active: Some(Incentive::open("inc".into(), sku(), "home".into(), &rules, t0())),
+            ..IncentiveTrack::default()
+        };
+        let inputs = IncentiveInputs {
+            available: Quantity::new(Decimal::from(1_000_000)).unwrap(),
+            velocity: Some(Velocity::new(Decimal::ONE).unwrap()),
+            price: Some(Money::new(Decimal::ONE).unwrap()),
+            report_interval: None,
+        };
+        let (mut units, mut spend) = (Decimal::ZERO, Decimal::ZERO);
+        for (sold, price, paid) in sales {
+            let inc = track.active.as_mut().unwrap();
+            let paid = Rate::new(dec(paid, 4)).unwrap();
+            inc.record_sale(Quantity::new(Decimal::from(sold)).unwrap(), Money::new(dec(price, 2)).unwrap(), paid);
+            units += Decimal::from(sold);
+            spend += Decimal::from(sold) * dec(price, 2) * paid.min(rules.bonus).get();
+            prop_assert_eq!(inc.units_sold.get(), units);
+            prop_assert_eq!(inc.spent.get(), spend);
+            prop_assert_eq!(inc.units_over_budget().get(), (units - Decimal::from(budget_units)).max(Decimal::ZERO));
+            prop_assert_eq!(inc.spend_over_budget().get(), (spend - dec(budget_spend, 2)).max(Decimal::ZERO));
+            let reached = units >= Decimal::from(budget_units) || spend >= dec(budget_spend, 2);
+            let decision = decide(&track, &rules, &inputs, t0() + TimeDelta::hours(1));
+            if reached {
+                prop_assert_eq!(decision, Decision::Close { reason: CloseReason::BudgetExhausted });
+                break;
+            }
+            prop_assert!(!matches!(decision, Decision::Close { .. }), "{decision:?}");
         }
     }
 }

@@ -1,6 +1,12 @@
 //! The decisions: folding stock into each SKU's record, booking sales against budgets,
 //! and opening, extending and closing incentives with the core rules.
 //!
+//! A sale is booked at the bonus the published rate actually carried ([`paid_bonus`]:
+//! after the cap and the margin guard), and the decision that follows closes the incentive
+//! on the reading that reaches a budget, whatever the ERP's step overshot. A SKU that
+//! qualifies while its category or the program is full waits (store [`Waiting`]); the
+//! sweep gives every freed slot to the most overstocked waiting SKU that still qualifies.
+//!
 //! Every change is a compare-and-set on the SKU's record; a transition is written together
 //! with its `IncentiveChanged` event ([`Store::save_and_publish`]), so the stream and the
 //! state never disagree and two replicas cannot both open an incentive on one SKU. What
@@ -15,7 +21,7 @@ use ratemesh_core::policy::flash::FlashRules;
 use ratemesh_core::{
     Applied, Candidate, CloseReason, DaysOfCover, Decision, Event as CoreEvent, Incentive,
     IncentiveInputs, IncentiveTrack, LossReason, Money, NothingReason, Policy, Quantity, Rate, Sku,
-    decide, select,
+    decide, paid_bonus, select,
 };
 use ratemesh_proto::v1;
 use ratemesh_runtime::ApiError;
@@ -25,7 +31,7 @@ use rust_decimal::Decimal;
 use crate::clock::Clock;
 use crate::events::incentive_changed;
 use crate::record::{End, Ended, Meta, Origin, SkuRecord, to_proto};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Waiting};
 
 /// Metric: transitions published, by `transition`, `reason` and `origin`.
 pub const METRIC_TRANSITIONS: &str = "ratemesh_incentives_transitions_total";
@@ -90,6 +96,7 @@ fn reason_label(r: CloseReason) -> &'static str {
         CloseReason::Expired => "expired",
         CloseReason::SoldThrough => "sold_through",
         CloseReason::BudgetExhausted => "budget_exhausted",
+        CloseReason::BudgetForecast => "budget_forecast",
         CloseReason::Cancelled => "cancelled",
     }
 }
@@ -109,8 +116,9 @@ fn loss_label(l: &LossReason) -> &'static str {
     }
 }
 
-/// Books units sold since the previous reading against the active incentive's budgets.
-fn book_sale(rec: &mut SkuRecord, before: Quantity, as_of: DateTime<Utc>) {
+/// Books units sold since the previous reading against the active incentive's budgets,
+/// at `paid`, the part of the bonus the rate carried.
+fn book_sale(rec: &mut SkuRecord, before: Quantity, as_of: DateTime<Utc>, paid: Rate) {
     let Some(price) = rec.view.product.as_ref().map(|p| p.price) else {
         return;
     };
@@ -126,8 +134,29 @@ fn book_sale(rec: &mut SkuRecord, before: Quantity, as_of: DateTime<Utc>) {
     if let Ok(sold) = Quantity::new(sold)
         && sold > Quantity::ZERO
     {
-        inc.record_sale(sold, price);
+        inc.record_sale(sold, price, paid);
     }
+}
+
+/// The latest ERP reading time over the SKU's locations.
+fn last_report(rec: &SkuRecord) -> Option<DateTime<Utc>> {
+    rec.view.stock.values().map(|l| l.as_of).max()
+}
+
+/// The SKU's rate before the incentive and the guardrails, read off its published card:
+/// the effective rate less the guardrails' and the incentive's parts. `None` when an
+/// override pins or excludes the rate, so no bonus reaches it.
+fn rate_before_incentive(card: &v1::RateCard) -> Option<Decimal> {
+    if card
+        .reasons
+        .iter()
+        .any(|r| r.code == "OVERRIDE_PIN" || r.code == "OVERRIDE_EXCLUDE")
+    {
+        return None;
+    }
+    let parse = |s: &str| s.trim().parse::<Decimal>().unwrap_or(Decimal::ZERO);
+    let parts = card.parts.clone().unwrap_or_default();
+    Some(parse(&card.effective_rate) - parse(&parts.guardrail_adjustment) - parse(&parts.incentive))
 }
 
 impl Engine {
@@ -152,7 +181,29 @@ impl Engine {
             available: rec.view.available,
             velocity: rec.view.velocity.velocity(),
             price: rec.view.product.as_ref().map(|p| p.price),
+            report_interval: rec.report_interval_secs.map(TimeDelta::seconds),
         }
+    }
+
+    /// The part of the active incentive's bonus the SKU's rate carries: the bonus on top
+    /// of the published card's rate before incentive and guardrails (the base rate before
+    /// the rates service published one), cut by the category's cap and margin guard.
+    async fn paid_bonus(&self, rec: &SkuRecord) -> Result<Rate, StoreError> {
+        let (Some(inc), Some(product)) = (rec.track.active.as_ref(), rec.view.product.as_ref())
+        else {
+            return Ok(Rate::ZERO);
+        };
+        let before = match self.published_card(&rec.view.sku).await? {
+            Some(card) => match rate_before_incentive(&card) {
+                Some(before) => before,
+                None => return Ok(Rate::ZERO),
+            },
+            None => product
+                .base_rate
+                .unwrap_or(self.policy.category(&product.category).base_rate)
+                .get(),
+        };
+        Ok(paid_bonus(&self.policy, product, before, inc.bonus))
     }
 
     fn rule_name(&self, category: &str) -> String {
@@ -176,10 +227,19 @@ impl Engine {
             let mut changed = false;
             if let Some(e) = event {
                 let before = rec.view.available;
+                let reported = last_report(&rec);
                 if rec.view.apply(e) == Applied::Applied {
                     changed = true;
                     if let CoreEvent::StockObserved { as_of, .. } = e {
-                        book_sale(&mut rec, before, *as_of);
+                        if let Some(last) = reported
+                            && *as_of > last
+                        {
+                            rec.report_interval_secs = Some((*as_of - last).num_seconds());
+                        }
+                        if rec.track.active.is_some() {
+                            let paid = self.paid_bonus(&rec).await?;
+                            book_sale(&mut rec, before, *as_of, paid);
+                        }
                     }
                 }
             }
@@ -294,6 +354,8 @@ impl Engine {
             reason = reason_label(reason),
             spent = %proto.spent,
             units_sold = %proto.units_sold,
+            units_over_budget = %proto.units_over_budget,
+            spend_over_budget = %proto.spend_over_budget,
             "incentive ended: {reason}"
         );
         metrics::counter!(METRIC_TRANSITIONS, "transition" => "ended", "reason" => reason_label(reason), "origin" => origin_label(origin)).increment(1);
@@ -379,15 +441,68 @@ impl Engine {
         let selection = select(&candidates, &counts, &self.policy);
         for (c, why) in &selection.losers {
             self.skipped(c, why);
+            self.wait_for_slot(c, why).await;
         }
         let mut failed = Vec::new();
         for c in selection.winners {
-            if let Err(e) = self.open_automatic(&c).await {
-                tracing::warn!(sku = %c.sku, error = %e, "opening an incentive failed");
-                failed.push(c.sku);
+            match self.open_automatic(&c).await {
+                Ok(true) => {
+                    if let Err(e) = self.store.stop_waiting(&c.sku).await {
+                        tracing::warn!(sku = %c.sku, error = %e, "waiting entry not removed; the sweep drops it");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(sku = %c.sku, error = %e, "opening an incentive failed");
+                    failed.push(c.sku);
+                }
             }
         }
         failed
+    }
+
+    /// Remembers a candidate that lost to a full limit, so a freed slot finds it.
+    async fn wait_for_slot(&self, c: &Candidate, why: &LossReason) {
+        if matches!(why, LossReason::DuplicateCandidate) {
+            return;
+        }
+        if let Err(e) = self.store.wait(c, self.clock.now()).await {
+            tracing::warn!(sku = %c.sku, error = %e, "waiting candidate not recorded; its next stock reading offers it again");
+        }
+    }
+
+    /// Offers free slots to the SKUs waiting for one: each waiting SKU whose category and
+    /// the program have room is re-decided from its record, and [`select`] opens the most
+    /// overstocked of those that still qualify. A SKU that no longer qualifies stops
+    /// waiting. Returns how many opened.
+    pub async fn fill_free_slots(&self) -> Result<usize, StoreError> {
+        let counts = self.store.active_counts().await?;
+        if counts.program >= self.policy.max_concurrent_incentives {
+            return Ok(0);
+        }
+        let waiting = self.store.waiting().await?;
+        let has_room = |w: &Waiting| {
+            let open = counts.per_category.get(&w.category).copied().unwrap_or(0);
+            open < self.policy.category(&w.category).flash.max_concurrent
+        };
+        let mut candidates = Vec::new();
+        for key in waiting.iter().filter(|(_, w)| has_room(w)).map(|(k, _)| k) {
+            let Ok(sku) = Sku::new(key.clone()) else {
+                continue;
+            };
+            match self.process(&sku, None).await? {
+                Some(c) => candidates.push(c),
+                None => self.store.stop_waiting(&sku).await?,
+            }
+        }
+        let offered: Vec<Sku> = candidates.iter().map(|c| c.sku.clone()).collect();
+        let failed = self.open_candidates(candidates).await;
+        let after = self.store.slots().await?;
+        let opened = offered
+            .iter()
+            .filter(|s| after.contains_key(s.as_str()) && !failed.contains(s))
+            .count();
+        Ok(opened)
     }
 
     /// Opens an incentive on `c` by rule if it still qualifies and a slot is free.
@@ -732,7 +847,8 @@ impl Engine {
 
     /// Checks every slot against its SKU's record: re-arms the timer of each active
     /// incentive (ending those already past their end), and frees slots whose incentive
-    /// is gone, publishing the listing entry a crash may have missed.
+    /// is gone, publishing the listing entry a crash may have missed. Then offers the free
+    /// slots to the most overstocked waiting SKUs ([`Engine::fill_free_slots`]).
     pub async fn sweep(&self, grace: TimeDelta) -> Result<(), StoreError> {
         let slots = self.store.slots().await?;
         metrics::gauge!(METRIC_ACTIVE).set(slots.len() as f64);
@@ -760,6 +876,7 @@ impl Engine {
                 }
             }
         }
+        self.fill_free_slots().await?;
         Ok(())
     }
 }

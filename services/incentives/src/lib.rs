@@ -24,9 +24,10 @@
 //!     budgets (absent = none), `spent = "0"`, `units_sold = "0"`;
 //!   - `EXTENDED`: `state = ACTIVE`, same `id`, a later `ends_at`;
 //!   - `ENDED`: `state = ENDED`, `end_reason` (`EXPIRED`, `SOLD_THROUGH`,
-//!     `BUDGET_EXHAUSTED`, `CANCELLED`), `ended_at` = when, `ends_at` = the earlier of the
-//!     window end and `ended_at` (so it is the last instant the bonus applied),
-//!     `ended_by`/`cancel_reason` for cancels.
+//!     `BUDGET_EXHAUSTED`, `BUDGET_FORECAST`, `CANCELLED`), `ended_at` = when, `ends_at` =
+//!     the earlier of the window end and `ended_at` (so it is the last instant the bonus
+//!     applied), `ended_by`/`cancel_reason` for cancels, and `units_over_budget` /
+//!     `spend_over_budget`: how far the stock reading that closed it went past a budget.
 //!
 //! What a consumer (the rates engine) needs to do: per SKU, keep the incentive of the
 //! latest entry; while `state = ACTIVE` and `now < ends_at`, add `bonus_rate` as the
@@ -35,7 +36,14 @@
 //! than the one held is stale and can be ignored. Entries of one SKU arrive in order;
 //! after redelivery, use `meta.occurred_at` to drop older ones. Budget accounting
 //! (`spent`, `units_sold`) moves between transitions without an event; the listing
-//! (`ListIncentives`) shows it current.
+//! (`ListIncentives`) shows it current. `spent` counts the bonus the published rate
+//! actually carried (after cap and margin guard), read off the rates service's card
+//! (state `rate/<sku>`), or the base rate before one is published.
+//!
+//! A SKU that qualifies while its category or the program is full waits for a slot
+//! (state `incentive-waiting`); the sweep (`incentives.sweep_interval_secs`) offers every
+//! free slot to the most overstocked waiting SKU that still qualifies, without waiting for
+//! that SKU's next stock reading.
 //!
 //! # Layout
 //! - [`engine`] — decisions per SKU, selection under limits, expiries, the repair sweep.
@@ -291,7 +299,8 @@ async fn timers(
     }
 }
 
-/// Repairs what a crash between a transition and its follow-ups left behind.
+/// Repairs what a crash between a transition and its follow-ups left behind, and hands
+/// freed slots to waiting SKUs.
 async fn sweep(
     engine: Arc<Engine>,
     every: Duration,

@@ -75,6 +75,10 @@ pub struct SkuRecord {
     pub meta: Option<Meta>,
     /// The most recent incentive that ended.
     pub last_ended: Option<Ended>,
+    /// Seconds between the last two stock reports: the expected wait for the next one,
+    /// which the budget forecast (`stop_on_forecast`) reads.
+    #[serde(default)]
+    pub report_interval_secs: Option<i64>,
 }
 
 impl SkuRecord {
@@ -85,6 +89,7 @@ impl SkuRecord {
             track: IncentiveTrack::default(),
             meta: None,
             last_ended: None,
+            report_interval_secs: None,
         }
     }
 
@@ -124,6 +129,7 @@ pub fn to_proto(inc: &Incentive, meta: &Meta, end: Option<&End>) -> v1::Incentiv
         Some(CloseReason::SoldThrough) => v1::IncentiveEndReason::SoldThrough,
         Some(CloseReason::BudgetExhausted) => v1::IncentiveEndReason::BudgetExhausted,
         Some(CloseReason::Cancelled) => v1::IncentiveEndReason::Cancelled,
+        Some(CloseReason::BudgetForecast) => v1::IncentiveEndReason::BudgetForecast,
     };
     let origin = match meta.origin {
         Origin::Automatic => v1::IncentiveOrigin::Automatic,
@@ -152,6 +158,14 @@ pub fn to_proto(inc: &Incentive, meta: &Meta, end: Option<&End>) -> v1::Incentiv
         ended_at: end.map(|e| timestamp(e.at)),
         ended_by: end.map(|e| e.by.clone()).unwrap_or_default(),
         cancel_reason: end.map(|e| e.cancel_reason.clone()).unwrap_or_default(),
+        // Without a budget core holds an unreachable one: nothing is ever over it.
+        units_over_budget: inc.units_over_budget().get().normalize().to_string(),
+        spend_over_budget: inc
+            .spend_over_budget()
+            .get()
+            .round_dp(4)
+            .normalize()
+            .to_string(),
     }
 }
 

@@ -6,6 +6,7 @@
 //! | state `incentive` | SKU | field `record`: JSON [`SkuRecord`] — the truth, written by CAS |
 //! | state `incentive-slots` | `active` | field `slots`: JSON SKU → [`Slot`], one per active incentive |
 //! | state `incentive-log` | incentive id | field `incentive`: protobuf `ratemesh.v1.Incentive`, for listing |
+//! | state `incentive-waiting` | SKU | field `candidate`: JSON [`Waiting`] — qualified but lost to a full limit |
 //! | timers `incentive-expiry` | SKU | due at the active incentive's `ends_at` |
 
 use std::collections::BTreeMap;
@@ -13,8 +14,8 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use prost::Message as _;
-use ratemesh_bus::{Bus, BusError, Event, StateWrite};
-use ratemesh_core::{ActiveCounts, LossReason, Policy, Sku};
+use ratemesh_bus::{Bus, BusError, Event, Expect, StateWrite};
+use ratemesh_core::{ActiveCounts, Candidate, DaysOfCover, LossReason, Policy, Sku};
 use ratemesh_proto::v1;
 use serde::{Deserialize, Serialize};
 
@@ -27,9 +28,12 @@ pub const NS_RECORD: &str = "incentive";
 pub const NS_SLOTS: &str = "incentive-slots";
 /// State namespace of the listing projection.
 pub const NS_LOG: &str = "incentive-log";
+/// State namespace of the SKUs waiting for a concurrency slot.
+pub const NS_WAITING: &str = "incentive-waiting";
 /// Timer queue of expiries.
 pub const TIMERS: &str = "incentive-expiry";
 const FIELD_RECORD: &str = "record";
+const FIELD_CANDIDATE: &str = "candidate";
 const FIELD_SLOTS: &str = "slots";
 const FIELD_INCENTIVE: &str = "incentive";
 const SLOTS_KEY: &str = "active";
@@ -67,6 +71,18 @@ pub struct Slot {
     pub category: String,
     /// When it was reserved (stale reservations without an incentive are swept).
     pub reserved_at: DateTime<Utc>,
+}
+
+/// A SKU that qualified for an incentive but found its category or the program full; the
+/// sweep offers it the next free slot, the most overstocked first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// Its category (whose limit it waits on).
+    pub category: String,
+    /// Its cover when it last qualified (the sweep re-decides before opening).
+    pub cover: DaysOfCover,
+    /// When it last lost.
+    pub since: DateTime<Utc>,
 }
 
 /// Bus access for the service.
@@ -234,6 +250,56 @@ impl Store {
             match self.save_slots(&map, version).await {
                 Err(StoreError::Bus(BusError::Conflict { .. })) => continue,
                 other => return other,
+            }
+        }
+    }
+
+    // ----- waiting candidates -----
+
+    /// Records that `candidate` qualified at `now` but found no free slot.
+    pub async fn wait(&self, candidate: &Candidate, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let waiting = Waiting {
+            category: candidate.category.clone(),
+            cover: candidate.cover,
+            since: now,
+        };
+        let json = serde_json::to_vec(&waiting)
+            .map_err(|e| StoreError::Corrupt(format!("encoding waiting candidate: {e}")))?;
+        self.bus
+            .write_state(
+                StateWrite::new(NS_WAITING, candidate.sku.as_str()).set(FIELD_CANDIDATE, json),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Stops `sku` waiting for a slot (it opened, or no longer qualifies).
+    pub async fn stop_waiting(&self, sku: &Sku) -> Result<(), StoreError> {
+        self.bus
+            .delete_state(NS_WAITING, sku.as_str(), Expect::Any)
+            .await?;
+        Ok(())
+    }
+
+    /// Every SKU waiting for a slot.
+    pub async fn waiting(&self) -> Result<BTreeMap<String, Waiting>, StoreError> {
+        let mut out = BTreeMap::new();
+        let mut page: Option<String> = None;
+        loop {
+            let p = self
+                .bus
+                .scan_states(NS_WAITING, page.as_deref(), 500)
+                .await?;
+            for (key, rec) in p.items {
+                if let Some(b) = rec.fields.get(FIELD_CANDIDATE) {
+                    let w = serde_json::from_slice(b)
+                        .map_err(|e| StoreError::Corrupt(format!("{NS_WAITING}/{key}: {e}")))?;
+                    out.insert(key, w);
+                }
+            }
+            match p.next {
+                Some(next) => page = Some(next),
+                None => return Ok(out),
             }
         }
     }

@@ -94,8 +94,8 @@ pub struct WebhookIncentive {
     pub ends_at: Option<String>,
     /// `active` or `ended`.
     pub state: String,
-    /// Why it ended (`expired`, `sold_through`, `budget_exhausted`, `cancelled`); null
-    /// while active.
+    /// Why it ended (`expired`, `sold_through`, `budget_exhausted`, `budget_forecast`,
+    /// `cancelled`); null while active.
     pub end_reason: Option<String>,
 }
 
@@ -172,6 +172,7 @@ pub(crate) fn incentive_of(
         v1::IncentiveEndReason::SoldThrough => Some("sold_through"),
         v1::IncentiveEndReason::BudgetExhausted => Some("budget_exhausted"),
         v1::IncentiveEndReason::Cancelled => Some("cancelled"),
+        v1::IncentiveEndReason::BudgetForecast => Some("budget_forecast"),
     };
     WebhookIncentive {
         id: incentive.id.clone(),
@@ -245,6 +246,22 @@ mod tests {
         assert_eq!(
             json["scheduled_change"]["effective_at"],
             "2023-11-14T22:13:20.000Z"
+        );
+    }
+
+    #[test]
+    fn an_incentive_closed_by_the_budget_forecast_says_so() {
+        let ended = v1::Incentive {
+            id: "i1".into(),
+            sku: "A".into(),
+            state: v1::IncentiveState::Ended as i32,
+            end_reason: v1::IncentiveEndReason::BudgetForecast as i32,
+            ..Default::default()
+        };
+        let w = incentive_of(&ended, v1::IncentiveTransition::Ended);
+        assert_eq!(
+            (w.state.as_str(), w.end_reason.as_deref()),
+            ("ended", Some("budget_forecast"))
         );
     }
 }

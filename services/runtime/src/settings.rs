@@ -212,7 +212,8 @@ pub struct IncentivesSettings {
     /// How often due expiry timers are claimed from the bus.
     pub timer_poll_ms: u64,
     /// How often active incentives are checked against their state (a lost timer or a
-    /// leaked concurrency slot is repaired within this interval).
+    /// leaked concurrency slot is repaired within this interval), and free slots are
+    /// offered to the most overstocked SKUs waiting for one.
     pub sweep_interval_secs: u64,
     /// Largest bonus a merchandiser may trigger, in basis points of the sale price.
     pub max_bonus_bps: u32,

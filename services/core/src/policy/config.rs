@@ -148,7 +148,7 @@ pub struct FlashSection {
     pub bonus: Option<Decimal>,
     /// Length of the window and of each extension, hours (default 48).
     pub duration_hours: Option<u32>,
-    /// Spend budget: units sold × price × bonus (default 500).
+    /// Spend budget: units sold × price × the bonus actually paid (default 500).
     pub budget_spend: Option<Decimal>,
     /// Unit budget: units sold during the window (default 200).
     pub budget_units: Option<Decimal>,
@@ -160,4 +160,7 @@ pub struct FlashSection {
     pub exit_cover_days: Option<Decimal>,
     /// Incentives open at once within the category (default 10).
     pub max_concurrent: Option<u32>,
+    /// Close an incentive early when the velocity forecast says the remaining budget will
+    /// be used up before the next expected stock report (default `false`).
+    pub stop_on_forecast: Option<bool>,
 }

@@ -19,7 +19,7 @@ pub struct FlashRules {
     pub bonus: Rate,
     /// Length of the window and of each extension.
     pub duration: TimeDelta,
-    /// Spend budget (units sold × price × bonus).
+    /// Spend budget (units sold × price × the bonus actually paid).
     pub budget_spend: Money,
     /// Unit budget (units sold during the window).
     pub budget_units: Quantity,
@@ -31,4 +31,7 @@ pub struct FlashRules {
     pub exit_cover: DaysOfCover,
     /// Incentives open at once within the category.
     pub max_concurrent: u32,
+    /// Close early when the velocity forecast says the remaining budget will be used up
+    /// before the next expected stock report (the ERP's step would otherwise overshoot it).
+    pub stop_on_forecast: bool,
 }

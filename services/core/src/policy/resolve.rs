@@ -336,6 +336,7 @@ fn merge(base: &CategorySection, over: &CategorySection) -> CategorySection {
             max_extensions: o.max_extensions.or(b.max_extensions),
             exit_cover_days: o.exit_cover_days.or(b.exit_cover_days),
             max_concurrent: o.max_concurrent.or(b.max_concurrent),
+            stop_on_forecast: o.stop_on_forecast.or(b.stop_on_forecast),
         }),
         (b, o) => o.clone().or_else(|| b.clone()),
     };
@@ -602,6 +603,7 @@ fn resolve_flash(key: &str, f: &FlashSection) -> Result<FlashRules, PolicyError>
         max_extensions: f.max_extensions.unwrap_or(1),
         exit_cover,
         max_concurrent: f.max_concurrent.unwrap_or(10),
+        stop_on_forecast: f.stop_on_forecast.unwrap_or(false),
     })
 }
 

@@ -151,9 +151,20 @@ pub async fn start_named(
     clock: &ManualClock,
     consumer: &str,
 ) -> Instance {
-    ratemesh_runtime::telemetry::init_for_tests();
     let mut s = settings();
     s.incentives.consumer_name = consumer.to_owned();
+    start_with(redis, prefix, policy, clock, s).await
+}
+
+/// Starts the service with its own `settings` (e.g. a short sweep interval).
+pub async fn start_with(
+    redis: &RedisServer,
+    prefix: &str,
+    policy: Policy,
+    clock: &ManualClock,
+    s: Settings,
+) -> Instance {
+    ratemesh_runtime::telemetry::init_for_tests();
     let bus = bus(redis, prefix).await;
     let ctx = Context::new(s, bus.clone());
     let handle = Incentives::new(&ctx, policy, Arc::new(clock.clone()));

@@ -197,10 +197,25 @@ fn incentive_json(i: &v1::Incentive) -> serde_json::Value {
         "budget_units": i.budget_units,
         "spent": i.spent,
         "units_sold": i.units_sold,
+        "units_over_budget": i.units_over_budget,
+        "spend_over_budget": i.spend_over_budget,
         "days_of_cover_at_open": i.days_of_cover_at_open,
         "ended_by": i.ended_by,
         "cancel_reason": i.cancel_reason,
     })
+}
+
+/// `used/budget`, with the overshoot a coarse stock reading forced past the budget shown
+/// rather than hidden: `1600/10 (+1590 over)`.
+fn budget_cell(used: &str, budget: Option<&str>, over: &str) -> String {
+    let shown = match budget {
+        Some(b) => format!("{used}/{b}"),
+        None => used.to_owned(),
+    };
+    match over.trim() {
+        "" | "0" => shown,
+        over => format!("{shown} (+{over} over)"),
+    }
 }
 
 fn print_incentives(incentives: &[v1::Incentive]) {
@@ -210,10 +225,6 @@ fn print_incentives(incentives: &[v1::Incentive]) {
     let rows: Vec<Vec<String>> = incentives
         .iter()
         .map(|i| {
-            let budget = |used: &str, budget: &Option<String>| match budget {
-                Some(b) => format!("{used}/{b}"),
-                None => used.to_owned(),
-            };
             vec![
                 i.id.clone(),
                 i.sku.clone(),
@@ -222,11 +233,34 @@ fn print_incentives(incentives: &[v1::Incentive]) {
                 state_name(i),
                 origin_name(i).to_owned(),
                 time(i.ends_at.as_ref()),
-                budget(&i.spent, &i.budget_spend),
-                budget(&i.units_sold, &i.budget_units),
+                budget_cell(&i.spent, i.budget_spend.as_deref(), &i.spend_over_budget),
+                budget_cell(
+                    &i.units_sold,
+                    i.budget_units.as_deref(),
+                    &i.units_over_budget,
+                ),
                 i.reason.clone(),
             ]
         })
         .collect();
     super::table::print(&header, &rows, "(no incentives)");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_cell_shows_the_overshoot() {
+        assert_eq!(
+            budget_cell("1600", Some("10"), "1590"),
+            "1600/10 (+1590 over)"
+        );
+        assert_eq!(
+            budget_cell("3200", Some("500"), "2700"),
+            "3200/500 (+2700 over)"
+        );
+        assert_eq!(budget_cell("8", Some("10"), "0"), "8/10");
+        assert_eq!(budget_cell("8", None, ""), "8");
+    }
 }
