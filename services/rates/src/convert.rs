@@ -484,6 +484,10 @@ fn inputs_to_proto(
             ends_at: Some(timestamp(i.ends_at)),
             spent: dec(i.spent.get()),
             units_sold: dec(i.units_sold.get()),
+            budget_spend: Some(dec(i.budget_spend.get())),
+            budget_units: Some(dec(i.budget_units.get())),
+            units_over_budget: dec(i.units_over_budget().get()),
+            spend_over_budget: dec(i.spend_over_budget().get()),
             state: v1::IncentiveState::Active as i32,
             origin: if i.manual {
                 v1::IncentiveOrigin::Manual

@@ -116,6 +116,8 @@ pub fn redact(response: &mut v1::ExplainRateResponse) {
         incentive.budget_units = None;
         incentive.spent.clear();
         incentive.units_sold.clear();
+        incentive.units_over_budget.clear();
+        incentive.spend_over_budget.clear();
         incentive.opened_by.clear();
         incentive.reason.clear();
         incentive.ended_by.clear();
