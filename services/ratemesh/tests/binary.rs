@@ -150,11 +150,18 @@ async fn up_serves_every_service_and_stops_on_sigint() {
     });
     let mut grpc = None;
     let mut trial_keys = 0;
+    let mut warned_embedded = false;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while grpc.is_none() || trial_keys < 5 {
+    while grpc.is_none() || trial_keys < 5 || !warned_embedded {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("ratemesh up printed its listeners");
+        // Piped output is read by programs and files: no terminal colour codes.
+        assert!(
+            !line.contains('\u{1b}'),
+            "colour codes in piped output: {line:?}"
+        );
+        warned_embedded |= line.contains("embedded backend");
         if let Some(rest) = line.trim().strip_prefix("grpc listening on ") {
             grpc = rest.split_whitespace().next().map(str::to_owned);
         }
