@@ -204,6 +204,10 @@ fn incentive_json(i: &v1::Incentive) -> serde_json::Value {
 }
 
 fn print_incentives(incentives: &[v1::Incentive]) {
+    print!("{}", incentives_table(incentives));
+}
+
+fn incentives_table(incentives: &[v1::Incentive]) -> String {
     let header = [
         "ID", "SKU", "CATEGORY", "BONUS", "STATE", "ORIGIN", "ENDS", "SPENT", "UNITS", "REASON",
     ];
@@ -221,12 +225,33 @@ fn print_incentives(incentives: &[v1::Incentive]) {
                 i.bonus_rate.clone(),
                 state_name(i),
                 origin_name(i).to_owned(),
-                time(i.ends_at.as_ref()),
+                super::table::maybe_timestamp(i.ends_at.as_ref()),
                 budget(&i.spent, &i.budget_spend),
                 budget(&i.units_sold, &i.budget_units),
                 i.reason.clone(),
             ]
         })
         .collect();
-    super::table::print(&header, &rows, "(no incentives)");
+    super::table::render(&header, &rows, "(no incentives)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_shows_times_to_the_second() {
+        let incentive = v1::Incentive {
+            id: "inc-1".into(),
+            sku: "DEMO-FAN".into(),
+            ends_at: Some(prost_types::Timestamp {
+                seconds: 1_796_029_200,
+                nanos: 5,
+            }),
+            ..Default::default()
+        };
+        let text = incentives_table(&[incentive]);
+        assert!(text.contains("2026-11-30T09:00:00Z"), "{text}");
+        assert!(!text.contains("09:00:00.0"), "{text}");
+    }
 }
