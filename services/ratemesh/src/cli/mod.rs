@@ -6,6 +6,7 @@ pub(crate) mod client;
 mod config_cmd;
 mod health_cmd;
 mod incentives_cmd;
+mod invocation;
 mod keys_cmd;
 mod overrides_cmd;
 mod partners_cmd;
