@@ -277,7 +277,9 @@ impl Engine {
                             Decision::Open { .. }
                         )
                     {
-                        tracing::info!(sku = %sku, %until, "overstocked SKU skipped: in cooldown");
+                        // Every stock reading of such a SKU lands here (every few seconds
+                        // at peak): the counter is the signal, the line is for debugging.
+                        tracing::debug!(sku = %sku, %until, "overstocked SKU skipped: in cooldown");
                         metrics::counter!(METRIC_SKIPPED, "reason" => "cooldown").increment(1);
                     }
                     if changed {

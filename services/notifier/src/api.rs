@@ -487,6 +487,9 @@ impl PartnersApi {
         for mut delivery in dead.iter().cloned() {
             delivery.status = DeliveryStatus::Pending;
             delivery.attempts = 0;
+            // A fresh round: the last round's failure is history, not this round's state.
+            delivery.last_error.clear();
+            delivery.last_response_code = 0;
             delivery.round_started_at_ms = now;
             delivery.next_attempt_at_ms = Some(now);
             self.deliveries.update(&delivery).await?;

@@ -285,6 +285,11 @@ async fn a_delivery_is_dead_lettered_after_the_last_attempt_and_can_be_redeliver
     })
     .await;
     assert_eq!(after.attempts, 1, "a fresh round of attempts");
+    assert_eq!(
+        after.last_error, "",
+        "the dead round's error is not this round's"
+    );
+    assert_eq!(after.last_response_code, 200);
     notifier.stop().await;
 }
 

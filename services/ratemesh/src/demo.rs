@@ -404,6 +404,12 @@ pub const CATALOGUE: &[DemoSku] = &[
     ),
 ];
 
+/// The SKU the README and the demo banner use in their examples: its margin leaves room
+/// under the margin guard, so [`EXAMPLE_PIN`] comes out exactly as pinned.
+pub const EXAMPLE_SKU: &str = "DEMO-EARBUDS";
+/// The pin of the README and banner example (a rate fraction: 5 %).
+pub const EXAMPLE_PIN: &str = "0.05";
+
 /// The example policy with the minimum hold time removed, as TOML.
 pub fn demo_policy_toml() -> String {
     EXAMPLE_POLICY_TOML
@@ -627,6 +633,27 @@ mod tests {
         assert!(
             cover > Decimal::from(120),
             "overstock keeps deep cover: {cover}"
+        );
+    }
+
+    #[test]
+    fn the_example_pin_is_within_every_guardrail_of_the_example_sku() {
+        let policy = ratemesh_core::Policy::from_toml_str(&demo_policy_toml()).expect("valid");
+        let item = CATALOGUE
+            .iter()
+            .find(|s| s.sku == EXAMPLE_SKU)
+            .expect("the example SKU is in the catalogue");
+        let category = policy.category(item.category);
+        let pin: Decimal = EXAMPLE_PIN.parse().expect("pin");
+        let price: Decimal = item.price.parse().expect("price");
+        let cost: Decimal = item.unit_cost.parse().expect("cost");
+        let margin_limit = category.margin_share * (price - cost) / price;
+        assert!(pin >= category.floor.get(), "below the floor");
+        assert!(pin <= category.cap.get(), "above the cap");
+        assert!(
+            pin <= margin_limit,
+            "the margin guard holds {EXAMPLE_SKU} at {}",
+            margin_limit.round_dp(4)
         );
     }
 

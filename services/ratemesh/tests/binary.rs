@@ -150,11 +150,18 @@ async fn up_serves_every_service_and_stops_on_sigint() {
     });
     let mut grpc = None;
     let mut trial_keys = 0;
+    let mut warned_embedded = false;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while grpc.is_none() || trial_keys < 5 {
+    while grpc.is_none() || trial_keys < 5 || !warned_embedded {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("ratemesh up printed its listeners");
+        // Piped output is read by programs and files: no terminal colour codes.
+        assert!(
+            !line.contains('\u{1b}'),
+            "colour codes in piped output: {line:?}"
+        );
+        warned_embedded |= line.contains("embedded backend");
         if let Some(rest) = line.trim().strip_prefix("grpc listening on ") {
             grpc = rest.split_whitespace().next().map(str::to_owned);
         }
@@ -210,4 +217,97 @@ async fn up_serves_every_service_and_stops_on_sigint() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "exit status {status:?}");
+}
+
+/// Splits a printed command into its words (the banner quotes nothing it does not need to).
+fn run_printed(command: &str) -> std::process::Output {
+    let mut words = command.split_whitespace();
+    let program = words.next().expect("a command");
+    Command::new(program)
+        .args(words)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?} cannot start: {e}"))
+}
+
+/// Stops a `ratemesh up` child when the test ends, also when it fails half-way.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Someone who copies a command from the `up --demo` banner, and then the "next delta"
+/// hint of `rates list`, gets a working command each time, however ratemesh was started.
+#[test]
+fn the_demo_banner_and_list_hints_print_commands_that_run_as_written() {
+    let mut child = Running(
+        ratemesh()
+            .args(["up", "--demo"])
+            .env("RATEMESH__SERVER__GRPC_ADDR", "127.0.0.1:0")
+            .env("RATEMESH__SERVER__HTTP_ADDR", "127.0.0.1:0")
+            .env("RATEMESH__SERVER__ADMIN_ADDR", "127.0.0.1:0")
+            .env("RATEMESH__TELEMETRY__LOG_FILTER", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ratemesh up --demo"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut commands = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while commands.len() < 4 {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("ratemesh up --demo printed commands to try");
+        let line = line.trim();
+        if let Some(command) = line.strip_prefix("try:") {
+            commands.push(command.trim().to_owned());
+        } else if !commands.is_empty() {
+            commands.push(line.to_owned());
+        }
+    }
+    let list = commands
+        .iter()
+        .find(|c| c.contains(" rates list"))
+        .unwrap_or_else(|| panic!("no `rates list` in {commands:?}"));
+    assert!(
+        list.starts_with(env!("CARGO_BIN_EXE_ratemesh")),
+        "not on PATH and not under cargo: the binary's own path, got {list:?}"
+    );
+    // The read path answers UNAVAILABLE until its replica has loaded.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let listed = loop {
+        let listed = run_printed(list);
+        let stderr = String::from_utf8_lossy(&listed.stderr).into_owned();
+        if listed.status.success() || Instant::now() > deadline || !stderr.contains("loading") {
+            break listed;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stderr = String::from_utf8_lossy(&listed.stderr);
+    assert!(listed.status.success(), "{list:?}: {stderr}");
+
+    let hint = stderr
+        .lines()
+        .find_map(|l| l.split_once("next delta: ").map(|(_, c)| c.to_owned()))
+        .unwrap_or_else(|| panic!("no next-delta hint in {stderr}"));
+    let delta = run_printed(&hint);
+    assert!(
+        delta.status.success(),
+        "{hint:?}: {}",
+        String::from_utf8_lossy(&delta.stderr)
+    );
 }

@@ -64,11 +64,33 @@ async fn a_csv_feed_is_signed_sent_in_batches_and_safe_to_rerun() {
     assert!(stdout.contains("pushed 3 items"), "{stdout}");
     assert!(stdout.contains("applied 3"), "{stdout}");
 
-    // Re-running the same file applies nothing twice: every batch is answered again.
+    // Re-running the same file applies nothing twice: every batch is answered again, and
+    // the summary says so instead of claiming the items were applied now.
     let output = push("stock", &stock, &url);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success());
-    assert!(stdout.contains("applied 3"), "remembered answers: {stdout}");
+    assert!(
+        stdout.contains("already applied (replayed) 3"),
+        "remembered answers: {stdout}"
+    );
+    assert!(!stdout.contains("applied 3,"), "{stdout}");
+
+    // --json is for scripts: piped, each batch's answer is a JSON line on stdout, nothing else.
+    let output = Command::new(env!("CARGO_BIN_EXE_ratemesh"))
+        .args(["stock", "push"])
+        .arg(&stock)
+        .args(["--url", &url, "--batch-size", "2", "--json"])
+        .env("RATEMESH_ERP_SECRET", SECRET)
+        .output()
+        .expect("run ratemesh");
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let answers: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert_eq!(answers.len(), 2, "one answer per batch: {stdout}");
+    assert!(answers.iter().all(|a| a["replayed"] == true), "{stdout}");
     let entries = support_stock_len(&app).await;
     assert_eq!(entries, 5, "2 products + 3 stock updates, each once");
 

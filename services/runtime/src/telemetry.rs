@@ -4,6 +4,7 @@
 //! The trace context exists even without an exporter: requests, stream entries and partner
 //! webhooks carry `traceparent` either way, so traces join up once a collector is added.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -102,12 +103,17 @@ fn build_layers(
     let provider = provider.build();
     let tracer = provider.tracer("ratemesh");
 
+    // Logs go to stdout; colour codes only help a terminal. Piped into a file, a log
+    // collector or `grep`, they are noise.
+    let ansi = std::io::stdout().is_terminal();
     let fmt: BoxedLayer = match settings.log_format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
             .with_target(false)
             .compact()
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_ansi(false)
             .json()
             .flatten_event(true)
             .with_current_span(true)

@@ -19,7 +19,9 @@ use crate::types::{DaysOfCover, Money, Quantity, Rate, Velocity};
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PolicyError {
     /// The text is not valid TOML or does not match the schema (unknown key, wrong type).
-    #[error("policy file: {0}")]
+    /// The message starts with the dotted path of the offending key when there is one
+    /// (`program.mode: unknown variant ...`), and ends with its line.
+    #[error("{0}")]
     Parse(String),
     /// A value is out of range or inconsistent; `key` is its dotted path.
     #[error("{key}: {message}")]
@@ -119,8 +121,23 @@ pub const EXAMPLE_POLICY_TOML: &str = include_str!("../../policy.example.toml");
 impl Policy {
     /// Parses and validates a TOML policy.
     pub fn from_toml_str(text: &str) -> Result<Policy, PolicyError> {
-        let config: PolicyConfig = toml::from_str(text)
-            .map_err(|e| PolicyError::Parse(e.message().to_owned() + &location(&e, text)))?;
+        let deserializer = toml::Deserializer::parse(text).map_err(|e| {
+            PolicyError::Parse(format!(
+                "policy file: {}{}",
+                e.message(),
+                location(&e, text)
+            ))
+        })?;
+        // The dotted path names the key a person fixes; the line helps find it.
+        let config: PolicyConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let message = format!("{}{}", inner.message(), location(&inner, text));
+            PolicyError::Parse(match key.as_str() {
+                "" | "." => format!("policy file: {message}"),
+                key => format!("{key}: {message}"),
+            })
+        })?;
         Policy::from_config(&config)
     }
 
@@ -783,6 +800,18 @@ mod tests {
         let e = err("[defaults]\nbase_rat = \"0.05\"");
         assert!(e.contains("base_rat"), "{e}");
         assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn schema_errors_start_with_the_key_path() {
+        let e = err("[program]\nid = \"acme\"\nmode = \"boosted\"\n");
+        assert!(e.starts_with("program.mode: "), "{e}");
+        assert!(e.contains("boosted"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        let e = err("[defaults]\nbands = [{ name = 5, multiplier = \"2\" }]\n");
+        assert!(e.starts_with("defaults.bands[0].name: "), "{e}");
+        let e = err("[program\n");
+        assert!(e.starts_with("policy file: "), "{e}");
     }
 
     #[test]

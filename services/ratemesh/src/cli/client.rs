@@ -6,6 +6,9 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+/// Where client commands connect unless told otherwise.
+pub(crate) const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
+
 /// Connection options of client commands (`rates`, `overrides`, `incentives`, `partners`, …).
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ClientArgs {
@@ -13,7 +16,7 @@ pub(crate) struct ClientArgs {
     #[arg(
         long,
         global = true,
-        default_value = "http://127.0.0.1:50051",
+        default_value = DEFAULT_ADDR,
         env = "RATEMESH_ADDR"
     )]
     pub(crate) addr: String,

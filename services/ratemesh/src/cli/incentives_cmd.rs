@@ -219,6 +219,10 @@ fn budget_cell(used: &str, budget: Option<&str>, over: &str) -> String {
 }
 
 fn print_incentives(incentives: &[v1::Incentive]) {
+    print!("{}", incentives_table(incentives));
+}
+
+fn incentives_table(incentives: &[v1::Incentive]) -> String {
     let header = [
         "ID", "SKU", "CATEGORY", "BONUS", "STATE", "ORIGIN", "ENDS", "SPENT", "UNITS", "REASON",
     ];
@@ -232,7 +236,7 @@ fn print_incentives(incentives: &[v1::Incentive]) {
                 i.bonus_rate.clone(),
                 state_name(i),
                 origin_name(i).to_owned(),
-                time(i.ends_at.as_ref()),
+                super::table::maybe_timestamp(i.ends_at.as_ref()),
                 budget_cell(&i.spent, i.budget_spend.as_deref(), &i.spend_over_budget),
                 budget_cell(
                     &i.units_sold,
@@ -243,12 +247,28 @@ fn print_incentives(incentives: &[v1::Incentive]) {
             ]
         })
         .collect();
-    super::table::print(&header, &rows, "(no incentives)");
+    super::table::render(&header, &rows, "(no incentives)")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_table_shows_times_to_the_second() {
+        let incentive = v1::Incentive {
+            id: "inc-1".into(),
+            sku: "DEMO-FAN".into(),
+            ends_at: Some(prost_types::Timestamp {
+                seconds: 1_796_029_200,
+                nanos: 5,
+            }),
+            ..Default::default()
+        };
+        let text = incentives_table(&[incentive]);
+        assert!(text.contains("2026-11-30T09:00:00Z"), "{text}");
+        assert!(!text.contains("09:00:00.0"), "{text}");
+    }
 
     #[test]
     fn a_budget_cell_shows_the_overshoot() {

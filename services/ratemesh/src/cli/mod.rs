@@ -6,6 +6,7 @@ pub(crate) mod client;
 mod config_cmd;
 mod health_cmd;
 mod incentives_cmd;
+mod invocation;
 mod keys_cmd;
 mod overrides_cmd;
 mod partners_cmd;
@@ -66,10 +67,10 @@ enum Command {
     Overrides(overrides_cmd::OverridesArgs),
     /// ERP stock feeds: sign and send a file to the webhook.
     #[command(subcommand)]
-    Stock(push_cmd::PushCommand),
+    Stock(push_cmd::StockCommand),
     /// ERP product feeds: sign and send a file to the webhook.
     #[command(subcommand)]
-    Products(push_cmd::PushCommand),
+    Products(push_cmd::ProductsCommand),
 }
 
 impl Cli {
@@ -96,7 +97,46 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Incentives(args) => incentives_cmd::run(args).await,
         Command::Rates(args) => rates_cmd::run(args).await,
         Command::Overrides(args) => overrides_cmd::run(args).await,
-        Command::Stock(command) => push_cmd::run(push_cmd::Feed::Stock, command).await,
-        Command::Products(command) => push_cmd::run(push_cmd::Feed::Products, command).await,
+        Command::Stock(push_cmd::StockCommand::Push(args)) => {
+            push_cmd::run(push_cmd::Feed::Stock, args).await
+        }
+        Command::Products(push_cmd::ProductsCommand::Push(args)) => {
+            push_cmd::run(push_cmd::Feed::Products, args).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn about(path: &[&str]) -> String {
+        let mut command = Cli::command();
+        for name in path {
+            command = command
+                .find_subcommand(name)
+                .unwrap_or_else(|| panic!("no subcommand {name}"))
+                .clone();
+        }
+        command
+            .get_about()
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn each_push_describes_its_own_feed() {
+        let products = about(&["products", "push"]);
+        assert!(products.contains("/v1/products"), "{products}");
+        assert!(!products.contains("stock"), "{products}");
+        let stock = about(&["stock", "push"]);
+        assert!(stock.contains("/v1/stock"), "{stock}");
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
     }
 }

@@ -9,6 +9,7 @@ use ratemesh_rates::convert::parse_time;
 use serde_json::json;
 
 use super::client::{ClientArgs, explain_status};
+use super::{invocation, table};
 
 #[derive(Debug, Args)]
 pub(crate) struct OverridesArgs {
@@ -145,10 +146,11 @@ pub(crate) async fn run(args: &OverridesArgs) -> anyhow::Result<()> {
                 }),
                 replace_conflicting: *replace,
             };
+            let flags = invocation::connection_flags(&args.client);
             let response = client
                 .set_override(request)
                 .await
-                .map_err(explain_status)?
+                .map_err(|status| set_refusal(status, &invocation::prefix(), &flags))?
                 .into_inner();
             let set: Vec<v1::Override> = response.r#override.into_iter().collect();
             if json_out {
@@ -163,6 +165,14 @@ pub(crate) async fn run(args: &OverridesArgs) -> anyhow::Result<()> {
                 if !response.replaced.is_empty() {
                     println!("\nreplaced:");
                     print_overrides(&response.replaced);
+                }
+                if let Some(sku) = sku {
+                    // Guardrails act after overrides; explain shows where the rate landed.
+                    println!(
+                        "\nthe rate follows within a second: {} rates explain {}{flags}",
+                        invocation::prefix(),
+                        invocation::shell_word(sku)
+                    );
                 }
             }
         }
@@ -242,6 +252,35 @@ pub(crate) async fn run(args: &OverridesArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Why `overrides set` was refused. A conflict is told in the CLI's own terms: `--replace`
+/// and `overrides clear`, not the gRPC field `replace_conflicting`.
+fn set_refusal(status: tonic::Status, prefix: &str, flags: &str) -> anyhow::Error {
+    use tonic_types::StatusExt;
+    let conflicts: Vec<_> = status
+        .get_details_precondition_failure()
+        .map(|p| p.violations)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|v| v.r#type == "OVERRIDE_CONFLICT")
+        .collect();
+    if status.code() != tonic::Code::FailedPrecondition || conflicts.is_empty() {
+        return explain_status(status);
+    }
+    let mut message = format!(
+        "the override conflicts with {} active override(s):",
+        conflicts.len()
+    );
+    for c in &conflicts {
+        message.push_str(&format!("\n  {}: {}", c.subject, c.description));
+    }
+    message.push_str(&format!(
+        "\nrun the same command with --replace to clear them, or clear one first: \
+         {prefix} overrides clear {} --reason …{flags}",
+        invocation::shell_word(&conflicts[0].subject)
+    ));
+    anyhow::anyhow!(message)
+}
+
 fn page_size(wanted: usize) -> u32 {
     u32::try_from(wanted).unwrap_or(1000).clamp(1, 1000)
 }
@@ -319,6 +358,10 @@ fn show_overrides(overrides: &[v1::Override], json_out: bool) {
 }
 
 fn print_overrides(overrides: &[v1::Override]) {
+    print!("{}", overrides_table(overrides));
+}
+
+fn overrides_table(overrides: &[v1::Override]) -> String {
     let rows: Vec<Vec<String>> = overrides
         .iter()
         .map(|o| {
@@ -328,20 +371,20 @@ fn print_overrides(overrides: &[v1::Override]) {
                 kind_name(o),
                 o.value.clone(),
                 status_name(o),
-                time(o.starts_at.as_ref()),
-                time(o.ends_at.as_ref()),
+                table::maybe_timestamp(o.starts_at.as_ref()),
+                table::maybe_timestamp(o.ends_at.as_ref()),
                 o.author.clone(),
                 o.reason.clone(),
             ]
         })
         .collect();
-    super::table::print(
+    table::render(
         &[
             "ID", "SCOPE", "KIND", "VALUE", "STATUS", "STARTS", "ENDS", "AUTHOR", "REASON",
         ],
         &rows,
         "(no overrides)",
-    );
+    )
 }
 
 fn print_audit(entries: &[v1::OverrideAuditEntry]) {
@@ -350,7 +393,7 @@ fn print_audit(entries: &[v1::OverrideAuditEntry]) {
         .map(|e| {
             let subject = e.after.as_ref().or(e.before.as_ref());
             vec![
-                time(e.at.as_ref()),
+                table::maybe_timestamp(e.at.as_ref()),
                 v1::OverrideAction::try_from(e.action)
                     .map(|a| enum_name(a.as_str_name(), "OVERRIDE_ACTION_"))
                     .unwrap_or_default(),
@@ -364,11 +407,54 @@ fn print_audit(entries: &[v1::OverrideAuditEntry]) {
             ]
         })
         .collect();
-    super::table::print(
+    table::print(
         &[
             "AT", "ACTION", "ID", "SCOPE", "OVERRIDE", "AUTHOR", "REASON",
         ],
         &rows,
         "(no changes)",
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    use super::*;
+
+    #[test]
+    fn a_conflict_is_told_in_the_cli_terms() {
+        let status = tonic::Status::with_error_details(
+            tonic::Code::FailedPrecondition,
+            "override conflicts with 1 existing override(s) on sku A-1; clear them or set replace_conflicting",
+            ErrorDetails::with_precondition_failure_violation(
+                "OVERRIDE_CONFLICT",
+                "01JOVERRIDE",
+                "two pins on sku A-1",
+            ),
+        );
+        let text = set_refusal(status, "cargo run -p ratemesh --", "").to_string();
+        assert!(text.contains("--replace"), "{text}");
+        assert!(!text.contains("replace_conflicting"), "{text}");
+        assert!(
+            text.contains("cargo run -p ratemesh -- overrides clear 01JOVERRIDE --reason"),
+            "{text}"
+        );
+        assert!(text.contains("01JOVERRIDE: two pins on sku A-1"), "{text}");
+    }
+
+    #[test]
+    fn the_table_shows_times_to_the_second() {
+        let o = v1::Override {
+            id: "ov-1".into(),
+            starts_at: Some(prost_types::Timestamp {
+                seconds: 1_796_029_200,
+                nanos: 120_000_000,
+            }),
+            ..Default::default()
+        };
+        let text = overrides_table(&[o]);
+        assert!(text.contains("2026-11-30T09:00:00Z"), "{text}");
+        assert!(!text.contains("09:00:00.12"), "{text}");
+    }
 }

@@ -19,9 +19,19 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+/// Where pushes go unless told otherwise.
+pub(crate) const DEFAULT_WEBHOOK_URL: &str = "http://127.0.0.1:8080";
+
 #[derive(Debug, Subcommand)]
-pub(crate) enum PushCommand {
+pub(crate) enum StockCommand {
     /// Sign and send a file of stock updates to `POST /v1/stock`.
+    Push(PushArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ProductsCommand {
+    /// Sign and send a file of product master data (category, price, unit cost) to
+    /// `POST /v1/products`.
     Push(PushArgs),
 }
 
@@ -32,7 +42,7 @@ pub(crate) struct PushArgs {
     /// The webhook base URL of the ingest service.
     #[arg(
         long,
-        default_value = "http://127.0.0.1:8080",
+        default_value = DEFAULT_WEBHOOK_URL,
         env = "RATEMESH_WEBHOOK_URL"
     )]
     url: String,
@@ -42,7 +52,8 @@ pub(crate) struct PushArgs {
     /// Items per request.
     #[arg(long, default_value_t = 1000)]
     batch_size: usize,
-    /// Print each batch's answer as JSON instead of a summary.
+    /// Print each batch's answer as one JSON line on stdout instead of a progress bar and
+    /// a summary, for scripts.
     #[arg(long)]
     json: bool,
 }
@@ -78,8 +89,7 @@ impl Feed {
     }
 }
 
-pub(crate) async fn run(feed: Feed, command: &PushCommand) -> anyhow::Result<()> {
-    let PushCommand::Push(args) = command;
+pub(crate) async fn run(feed: Feed, args: &PushArgs) -> anyhow::Result<()> {
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
@@ -93,12 +103,17 @@ pub(crate) async fn run(feed: Feed, command: &PushCommand) -> anyhow::Result<()>
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let url = format!("{}{}", args.url.trim_end_matches('/'), feed.path());
 
-    let progress = ProgressBar::new(items.len() as u64);
+    // With --json stdout is for the answers alone, and a script has no use for a bar.
+    let progress = if args.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(items.len() as u64)
+    };
     progress.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} items  {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let (mut applied, mut duplicate, mut stale) = (0u64, 0u64, 0u64);
+    let mut counts = Counts::default();
     for (n, chunk) in items.chunks(args.batch_size).enumerate() {
         let first_row = n * args.batch_size;
         let mut body = Map::new();
@@ -108,12 +123,9 @@ pub(crate) async fn run(feed: Feed, command: &PushCommand) -> anyhow::Result<()>
         let answer = send(&client, &url, &args.secret, &batch_id, body).await?;
         match answer.status {
             202 => {
-                let count = |k: &str| answer.body[k].as_u64().unwrap_or(0);
-                applied += count("applied");
-                duplicate += count("duplicate");
-                stale += count("stale");
+                counts.add(&answer.body, chunk.len() as u64);
                 if args.json {
-                    progress.println(answer.body.to_string());
+                    println!("{}", answer.body);
                 }
             }
             status => {
@@ -125,17 +137,61 @@ pub(crate) async fn run(feed: Feed, command: &PushCommand) -> anyhow::Result<()>
             }
         }
         progress.inc(chunk.len() as u64);
-        progress.set_message(format!(
-            "applied {applied}, duplicate {duplicate}, stale {stale}"
-        ));
+        progress.set_message(counts.to_string());
     }
     progress.finish();
-    println!(
-        "pushed {} items from {}: applied {applied}, duplicate {duplicate}, stale {stale}",
-        items.len(),
-        args.file.display()
-    );
+    if !args.json {
+        println!(
+            "pushed {} items from {}: {counts}",
+            items.len(),
+            args.file.display()
+        );
+    }
     Ok(())
+}
+
+/// What the server did with the items of a push.
+#[derive(Debug, Default)]
+struct Counts {
+    applied: u64,
+    duplicate: u64,
+    stale: u64,
+    /// Items of batches the server had already applied: it answered them again
+    /// (`"replayed": true`) and applied nothing this time.
+    replayed: u64,
+}
+
+impl Counts {
+    fn add(&mut self, answer: &Value, items: u64) {
+        if answer["replayed"].as_bool() == Some(true) {
+            self.replayed += items;
+            return;
+        }
+        let count = |k: &str| answer[k].as_u64().unwrap_or(0);
+        self.applied += count("applied");
+        self.duplicate += count("duplicate");
+        self.stale += count("stale");
+    }
+}
+
+impl std::fmt::Display for Counts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let fresh = self.applied + self.duplicate + self.stale > 0 || self.replayed == 0;
+        if fresh {
+            write!(
+                f,
+                "applied {}, duplicate {}, stale {}",
+                self.applied, self.duplicate, self.stale
+            )?;
+        }
+        if self.replayed > 0 {
+            if fresh {
+                f.write_str("; ")?;
+            }
+            write!(f, "already applied (replayed) {}", self.replayed)?;
+        }
+        Ok(())
+    }
 }
 
 struct Answer {
@@ -288,6 +344,21 @@ mod tests {
         assert_eq!(items[0]["sequence"], 7);
         assert_eq!(items[0]["on_hand"], "12");
         assert!(items[1].get("location").is_none());
+    }
+
+    #[test]
+    fn a_replayed_batch_is_not_counted_as_applied() {
+        let mut counts = Counts::default();
+        counts.add(
+            &serde_json::json!({"applied": 2, "duplicate": 0, "stale": 0, "replayed": true}),
+            2,
+        );
+        assert_eq!(counts.to_string(), "already applied (replayed) 2");
+        counts.add(
+            &serde_json::json!({"applied": 1, "duplicate": 0, "stale": 0, "replayed": false}),
+            1,
+        );
+        assert!(counts.to_string().starts_with("applied 1, "), "{counts}");
     }
 
     #[test]

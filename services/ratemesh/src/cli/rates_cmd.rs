@@ -1,13 +1,14 @@
 //! `ratemesh rates get|list|watch|explain`: read rates over `RateService`, as tables for
 //! people or JSON lines (`--json`) for scripts.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::rate_service_client::RateServiceClient;
 use serde_json::{Value, json};
 
 use super::client::{AuthedChannel, ClientArgs, explain_status};
+use super::{invocation, table};
 
 #[derive(Debug, Args)]
 pub(crate) struct RatesArgs {
@@ -76,6 +77,7 @@ pub(crate) async fn run(args: &RatesArgs) -> anyhow::Result<()> {
         } => {
             list(
                 &mut client,
+                &args.client,
                 category.clone(),
                 changed_since.clone().unwrap_or_default(),
                 *page_size,
@@ -94,7 +96,7 @@ pub(crate) async fn run(args: &RatesArgs) -> anyhow::Result<()> {
                 categories: categories.clone(),
                 cursor: cursor.clone().unwrap_or_default(),
             };
-            watch(&mut client, request, json).await
+            watch(&mut client, &args.client, request, json).await
         }
         RatesCommand::Explain { sku } => explain(&mut client, sku, json).await,
     }
@@ -162,6 +164,7 @@ async fn get(
 
 async fn list(
     client: &mut Client,
+    connection: &ClientArgs,
     category: Option<String>,
     changed_since: String,
     page_size: u32,
@@ -203,8 +206,13 @@ async fn list(
                     println!("{}", json!({"cursor": page.cursor}));
                 } else {
                     eprintln!(
-                        "{shown} cards; next delta: ratemesh rates list --changed-since {}",
-                        page.cursor
+                        "{shown} cards; next delta: {}",
+                        delta_command(
+                            &invocation::prefix(),
+                            category.as_deref(),
+                            &page.cursor,
+                            &invocation::connection_flags(connection)
+                        )
                     );
                 }
             } else if !json {
@@ -216,8 +224,35 @@ async fn list(
     }
 }
 
+/// The command that lists what changed after `cursor`, runnable as printed.
+fn delta_command(prefix: &str, category: Option<&str>, cursor: &str, flags: &str) -> String {
+    let category = category
+        .map(|c| format!(" --category {}", invocation::shell_word(c)))
+        .unwrap_or_default();
+    format!(
+        "{prefix} rates list{category} --changed-since {}{flags}",
+        invocation::shell_word(cursor)
+    )
+}
+
+/// The command that resumes `request` where it stopped, runnable as printed.
+fn resume_command(prefix: &str, request: &v1::WatchRatesRequest, flags: &str) -> String {
+    let mut command = format!("{prefix} rates watch");
+    for sku in &request.skus {
+        command.push_str(&format!(" --sku {}", invocation::shell_word(sku)));
+    }
+    for category in &request.categories {
+        command.push_str(&format!(" --category {}", invocation::shell_word(category)));
+    }
+    format!(
+        "{command} --cursor {}{flags}",
+        invocation::shell_word(&request.cursor)
+    )
+}
+
 async fn watch(
     client: &mut Client,
+    connection: &ClientArgs,
     mut request: v1::WatchRatesRequest,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -240,8 +275,8 @@ async fn watch(
                             json!({"card": card_json(card), "previous_rate": update.previous_rate, "cursor": update.cursor})
                         ),
                         (Some(card), false) => println!(
-                            "{}  {:<24} {:>8} -> {:<8} v{:<4} {:<10} {}",
-                            card.computed_at.as_ref().map(time_text).unwrap_or_default(),
+                            "{}  {:<24} {:>8} -> {:<8} v{:<4} {:<14} {}",
+                            table::maybe_timestamp(card.computed_at.as_ref()),
                             card.sku,
                             percent(&update.previous_rate),
                             percent(&card.effective_rate),
@@ -268,15 +303,23 @@ async fn watch(
             }
             Some(status) => {
                 eprintln!(
-                    "resume with: ratemesh rates watch --cursor {}",
-                    request.cursor
+                    "resume with: {}",
+                    resume_command(
+                        &invocation::prefix(),
+                        &request,
+                        &invocation::connection_flags(connection)
+                    )
                 );
                 return Err(explain_status(status));
             }
             None => {
                 eprintln!(
-                    "the server closed the stream; resume with: ratemesh rates watch --cursor {}",
-                    request.cursor
+                    "the server closed the stream; resume with: {}",
+                    resume_command(
+                        &invocation::prefix(),
+                        &request,
+                        &invocation::connection_flags(connection)
+                    )
                 );
                 return Ok(());
             }
@@ -327,8 +370,11 @@ async fn explain(client: &mut Client, sku: &str, json: bool) -> anyhow::Result<(
     for reason in &card.reasons {
         println!("  {:<24} {}", reason.code, reason.text);
     }
+    if let Some(note) = guard_note(&card) {
+        println!("{note}");
+    }
     if let Some(t) = &card.guaranteed_until {
-        println!("guaranteed until {}", time_text(t));
+        println!("guaranteed until {}", table::timestamp(t));
     }
     match inputs {
         None => println!("inputs: not available"),
@@ -379,6 +425,38 @@ async fn explain(client: &mut Client, sku: &str, json: bool) -> anyhow::Result<(
     Ok(())
 }
 
+/// When a guardrail (applied after overrides) cut what a merchandiser's override asked
+/// for, one line saying so: "pinned 5 %, shown 3.04 %" is otherwise a puzzle.
+fn guard_note(card: &v1::RateCard) -> Option<String> {
+    let kind = card.reasons.iter().find_map(|r| match r.code.as_str() {
+        "OVERRIDE_PIN" => Some("pin"),
+        "OVERRIDE_FLOOR" => Some("floor override"),
+        "OVERRIDE_CAP" => Some("cap override"),
+        "OVERRIDE_MULTIPLIER" => Some("multiplier override"),
+        _ => None,
+    })?;
+    let guard = card
+        .reasons
+        .iter()
+        .rev()
+        .find_map(|r| match r.code.as_str() {
+            "MARGIN_GUARD" => Some("the margin guard"),
+            "CAP" => Some("the category cap"),
+            "FLOOR" => Some("the category floor"),
+            _ => None,
+        })?;
+    let effective: rust_decimal::Decimal = card.effective_rate.parse().ok()?;
+    let cut: rust_decimal::Decimal = card.parts.as_ref()?.guardrail_adjustment.parse().ok()?;
+    if cut.is_zero() {
+        return None;
+    }
+    Some(format!(
+        "note: the {kind} asks for {}; {guard} holds the rate at {}",
+        percent(&(effective - cut).to_string()),
+        percent(&card.effective_rate)
+    ))
+}
+
 fn empty_dash(s: &str) -> &str {
     if s.is_empty() { "-" } else { s }
 }
@@ -391,12 +469,6 @@ fn percent(rate: &str) -> String {
         Err(_) if rate.is_empty() => "-".to_owned(),
         Err(_) => rate.to_owned(),
     }
-}
-
-fn time_text(t: &prost_types::Timestamp) -> String {
-    DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
-        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
-        .unwrap_or_default()
 }
 
 fn reason_codes(card: &v1::RateCard) -> String {
@@ -418,23 +490,32 @@ fn print_cards(cards: &[v1::RateCard], json: bool) {
 }
 
 fn print_table(cards: &[v1::RateCard]) {
-    println!(
-        "{:<24} {:<14} {:>8} {:>8} {:>5} {:<10} {:<20} REASONS",
-        "SKU", "CATEGORY", "RATE", "PREV", "VER", "BAND", "COMPUTED"
-    );
-    for c in cards {
-        println!(
-            "{:<24} {:<14} {:>8} {:>8} {:>5} {:<10} {:<20} {}",
-            c.sku,
-            c.category,
-            percent(&c.effective_rate),
-            percent(&c.previous_rate),
-            c.version,
-            empty_dash(&c.band),
-            c.computed_at.as_ref().map(time_text).unwrap_or_default(),
-            reason_codes(c)
-        );
-    }
+    print!("{}", cards_table(cards));
+}
+
+fn cards_table(cards: &[v1::RateCard]) -> String {
+    let rows: Vec<Vec<String>> = cards
+        .iter()
+        .map(|c| {
+            vec![
+                c.sku.clone(),
+                c.category.clone(),
+                percent(&c.effective_rate),
+                percent(&c.previous_rate),
+                c.version.to_string(),
+                empty_dash(&c.band).to_owned(),
+                table::maybe_timestamp(c.computed_at.as_ref()),
+                reason_codes(c),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            "SKU", "CATEGORY", "RATE", "PREV", "VER", "BAND", "COMPUTED", "REASONS",
+        ],
+        &rows,
+        "(no rate cards)",
+    )
 }
 
 fn card_json(c: &v1::RateCard) -> Value {
@@ -446,8 +527,8 @@ fn card_json(c: &v1::RateCard) -> Value {
         "previous_rate": c.previous_rate,
         "version": c.version,
         "band": c.band,
-        "computed_at": c.computed_at.as_ref().map(time_text),
-        "guaranteed_until": c.guaranteed_until.as_ref().map(time_text),
+        "computed_at": c.computed_at.as_ref().map(table::timestamp),
+        "guaranteed_until": c.guaranteed_until.as_ref().map(table::timestamp),
         "parts": {
             "base": parts.base,
             "inventory_adjustment": parts.inventory_adjustment,
@@ -469,7 +550,7 @@ fn inputs_json(i: &v1::RateInputs) -> Value {
         "available": i.available,
         "locations": i.locations.iter().map(|l| json!({
             "location": l.location, "on_hand": l.on_hand, "reserved": l.reserved,
-            "sequence": l.sequence, "as_of": l.as_of.as_ref().map(time_text),
+            "sequence": l.sequence, "as_of": l.as_of.as_ref().map(table::timestamp),
         })).collect::<Vec<_>>(),
         "velocity": i.velocity,
         "velocity_source": v1::VelocitySource::try_from(i.velocity_source).map(|v| v.as_str_name()).unwrap_or("VELOCITY_SOURCE_UNSPECIFIED"),
@@ -480,4 +561,95 @@ fn inputs_json(i: &v1::RateInputs) -> Value {
         "incentive": i.incentive.as_ref().map(|x| json!({"id": x.id, "bonus_rate": x.bonus_rate})),
         "policy_mode": v1::PolicyMode::try_from(i.policy_mode).map(|m| m.as_str_name()).unwrap_or("POLICY_MODE_UNSPECIFIED"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn card(sku: &str, band: &str) -> v1::RateCard {
+        v1::RateCard {
+            sku: sku.into(),
+            category: "electronics".into(),
+            effective_rate: "0.0304".into(),
+            previous_rate: "0.05".into(),
+            version: 12,
+            band: band.into(),
+            computed_at: Some(prost_types::Timestamp {
+                seconds: 1_796_029_200,
+                nanos: 987_654_321,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_cards_table_keeps_its_columns_whatever_the_band() {
+        let text = cards_table(&[
+            card("DEMO-CONSOLE", "deep-overstock"),
+            card("DEMO-TV-55", "low"),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        let column = lines[0].find("COMPUTED").expect("header");
+        for line in &lines[1..] {
+            assert_eq!(line.find("2026-11-30T09:00:00Z"), Some(column), "{text}");
+        }
+        assert!(!text.contains(".987"), "no nanoseconds: {text}");
+    }
+
+    fn pinned_and_guarded() -> v1::RateCard {
+        v1::RateCard {
+            reasons: vec![
+                v1::Reason {
+                    code: "OVERRIDE_PIN".into(),
+                    text: "pinned at 5 % by override ov-1".into(),
+                },
+                v1::Reason {
+                    code: "MARGIN_GUARD".into(),
+                    text: "margin guard".into(),
+                },
+            ],
+            parts: Some(v1::RateParts {
+                guardrail_adjustment: "-0.0196".into(),
+                ..Default::default()
+            }),
+            ..card("DEMO-CONSOLE", "scarce")
+        }
+    }
+
+    #[test]
+    fn explain_says_when_a_guardrail_cut_an_override() {
+        assert_eq!(
+            guard_note(&pinned_and_guarded()).as_deref(),
+            Some("note: the pin asks for 5%; the margin guard holds the rate at 3.04%")
+        );
+        let mut unguarded = pinned_and_guarded();
+        unguarded.reasons.pop();
+        unguarded.parts = Some(v1::RateParts::default());
+        assert_eq!(guard_note(&unguarded), None);
+    }
+
+    #[test]
+    fn printed_follow_up_commands_parse_and_keep_the_connection() {
+        let flags = " --addr http://10.0.0.5:50051 --key rm_network_abc";
+        let delta = delta_command("/opt/ratemesh", Some("home"), "c-123", flags);
+        let resume = resume_command(
+            "/opt/ratemesh",
+            &v1::WatchRatesRequest {
+                skus: vec!["A-1".into()],
+                categories: vec![],
+                cursor: "c-456".into(),
+            },
+            flags,
+        );
+        for command in [delta, resume] {
+            assert!(command.ends_with(flags), "{command}");
+            let words = command.split_whitespace();
+            if let Err(err) = crate::cli::Cli::try_parse_from(words) {
+                panic!("{command:?} does not parse: {err}");
+            }
+        }
+    }
 }

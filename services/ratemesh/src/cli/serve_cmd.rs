@@ -5,7 +5,10 @@ use clap::Args;
 use ratemesh_runtime::settings::{ApiKeySettings, ErpSource, Secret};
 use ratemesh_runtime::{App, Context, Role, Settings, auth, shutdown, telemetry};
 
+use std::net::SocketAddr;
+
 use super::keys_cmd::new_key;
+use super::{client, invocation, push_cmd};
 use ratemesh::ServiceName;
 
 #[derive(Debug, Args)]
@@ -98,7 +101,7 @@ pub(crate) async fn run(
         let app = App::bind(&ctx, modules).await?;
         announce(&app, &ctx, embedded, &trial_keys, trial_secret.as_deref());
         if let Some(key) = demo_erp_key {
-            announce_demo(&trial_keys);
+            announce_demo(&trial_keys, app.grpc_addr());
             let (grpc, stop) = (app.grpc_addr(), ctx.shutdown().clone());
             tokio::spawn(async move {
                 if let Err(err) = ratemesh::demo::run_feed(grpc, key, stop.cancelled_owned()).await
@@ -152,27 +155,131 @@ fn announce(
         }
     }
     if let Some(secret) = trial_secret {
-        println!("  trial ERP webhook secret: {secret}  (ratemesh stock push FILE --secret …)");
+        println!(
+            "  trial ERP webhook secret: {secret}  ({})",
+            secret_hint(&invocation::prefix(), app.http_addr())
+        );
     }
 }
 
-fn announce_demo(trial_keys: &[(Role, String)]) {
-    let key_of = |role: Role| {
-        trial_keys
-            .iter()
-            .find(|(r, _)| *r == role)
-            .map(|(_, k)| format!(" --key {k}"))
-            .unwrap_or_default()
-    };
+/// How to push a feed to this process's webhooks (`--url` only when not the default).
+fn secret_hint(prefix: &str, http: Option<SocketAddr>) -> String {
+    let url = http
+        .map(|addr| format!("http://{}", reachable(addr)))
+        .filter(|url| url != push_cmd::DEFAULT_WEBHOOK_URL)
+        .map(|url| format!(" --url {url}"))
+        .unwrap_or_default();
+    format!("{prefix} stock push FILE{url} --secret …")
+}
+
+/// Where a client on this machine reaches a listener bound to `addr`.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
+}
+
+/// `--addr` for client commands of this process, empty when the default reaches it.
+fn addr_flag(grpc: SocketAddr) -> String {
+    let url = format!("http://{}", reachable(grpc));
+    if url == client::DEFAULT_ADDR {
+        String::new()
+    } else {
+        format!(" --addr {url}")
+    }
+}
+
+fn announce_demo(trial_keys: &[(Role, String)], grpc: SocketAddr) {
     println!(
         "  demo: {} sample SKUs; a simulated ERP pushes stock every {} s through InventoryIngest",
         ratemesh::demo::CATALOGUE.len(),
         ratemesh::demo::TICK.as_secs()
     );
-    println!("  try:  ratemesh rates watch{}", key_of(Role::Network));
-    println!("        ratemesh rates list{}", key_of(Role::Network));
-    println!(
-        "        ratemesh rates explain DEMO-CONSOLE{}",
-        key_of(Role::Merchandiser)
-    );
+    for (n, command) in demo_commands(&invocation::prefix(), trial_keys, &addr_flag(grpc))
+        .iter()
+        .enumerate()
+    {
+        let lead = if n == 0 { "  try:  " } else { "        " };
+        println!("{lead}{command}");
+    }
+}
+
+/// The commands the demo banner suggests, each runnable as printed: `prefix` is how this
+/// binary was started ([`invocation::prefix`]), `addr` the `--addr` flag it needs (if any),
+/// and each carries the key of the role it needs.
+fn demo_commands(prefix: &str, trial_keys: &[(Role, String)], addr: &str) -> Vec<String> {
+    let key_of = |role: Role| {
+        trial_keys
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map(|(_, k)| format!("{addr} --key {}", invocation::shell_word(k)))
+            .unwrap_or_else(|| addr.to_owned())
+    };
+    let network = key_of(Role::Network);
+    let merchandiser = key_of(Role::Merchandiser);
+    vec![
+        format!("{prefix} rates watch{network}"),
+        format!("{prefix} rates list{network}"),
+        format!(
+            "{prefix} rates explain {}{merchandiser}",
+            ratemesh::demo::EXAMPLE_SKU
+        ),
+        format!(
+            "{prefix} overrides set --sku {} --kind pin --value {} --reason launch{merchandiser}",
+            ratemesh::demo::EXAMPLE_SKU,
+            ratemesh::demo::EXAMPLE_PIN
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn trial_keys() -> Vec<(Role, String)> {
+        Role::ALL
+            .into_iter()
+            .map(|role| (role, new_key(role)))
+            .collect()
+    }
+
+    #[test]
+    fn demo_commands_start_with_the_invocation_and_parse_as_printed() {
+        for prefix in ["cargo run -p ratemesh --", "/tmp/build/ratemesh"] {
+            for command in demo_commands(prefix, &trial_keys(), "") {
+                let rest = command
+                    .strip_prefix(prefix)
+                    .unwrap_or_else(|| panic!("{command:?} does not start with {prefix:?}"));
+                let words = std::iter::once("ratemesh").chain(rest.split_whitespace());
+                if let Err(err) = crate::cli::Cli::try_parse_from(words) {
+                    panic!("{command:?} does not parse: {err}");
+                }
+                assert!(command.contains(" --key rm_"), "{command}");
+            }
+        }
+    }
+
+    #[test]
+    fn printed_commands_reach_this_process_where_it_listens() {
+        let default: SocketAddr = "0.0.0.0:50051".parse().expect("addr");
+        assert_eq!(addr_flag(default), "");
+        let other: SocketAddr = "127.0.0.1:41000".parse().expect("addr");
+        for command in demo_commands("ratemesh", &trial_keys(), &addr_flag(other)) {
+            assert!(
+                command.contains(" --addr http://127.0.0.1:41000"),
+                "{command}"
+            );
+        }
+        let hint = secret_hint("cargo run -p ratemesh --", "0.0.0.0:8080".parse().ok());
+        assert_eq!(hint, "cargo run -p ratemesh -- stock push FILE --secret …");
+        let hint = secret_hint("ratemesh", "127.0.0.1:9999".parse().ok());
+        assert_eq!(
+            hint,
+            "ratemesh stock push FILE --url http://127.0.0.1:9999 --secret …"
+        );
+    }
 }
