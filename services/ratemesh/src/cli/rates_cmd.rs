@@ -335,18 +335,56 @@ async fn explain(client: &mut Client, sku: &str, json: bool) -> anyhow::Result<(
         .await
         .map_err(explain_status)?
         .into_inner();
-    let card = response
-        .card
-        .ok_or_else(|| anyhow::anyhow!("the server answered without a card"))?;
-    let inputs = response.inputs;
     if json {
-        println!(
-            "{}",
-            json!({"card": card_json(&card), "inputs": inputs.as_ref().map(inputs_json)})
-        );
-        return Ok(());
+        println!("{}", explain_json(&response));
+    } else {
+        print!("{}", explain_text(sku, &response));
     }
-    println!(
+    Ok(())
+}
+
+fn explain_json(response: &v1::ExplainRateResponse) -> Value {
+    json!({
+        "card": response.card.as_ref().map(card_json),
+        "inputs": response.inputs.as_ref().map(inputs_json),
+        "status": response.status,
+        "redacted": response.redacted,
+    })
+}
+
+/// `rates explain` as people read it.
+fn explain_text(sku: &str, response: &v1::ExplainRateResponse) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    match &response.card {
+        None => {
+            let _ = writeln!(out, "{sku}: no rate");
+            if !response.status.is_empty() {
+                let _ = writeln!(out, "{}", response.status);
+            }
+        }
+        Some(card) => write_card(&mut out, card),
+    }
+    if response.redacted {
+        let _ = writeln!(
+            out,
+            "(stock, velocity, unit cost, override notes and incentive budgets are withheld \
+             for this key's role)"
+        );
+    }
+    match &response.inputs {
+        None => {
+            let _ = writeln!(out, "inputs: not available");
+        }
+        Some(i) => write_inputs(&mut out, i),
+    }
+    out
+}
+
+fn write_card(out: &mut String, card: &v1::RateCard) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        out,
         "{}  {}  rate {}  (v{}, band {})",
         card.sku,
         card.category,
@@ -363,66 +401,100 @@ async fn explain(client: &mut Client, sku: &str, json: bool) -> anyhow::Result<(
             ("override adjustment", &parts.override_adjustment),
             ("guardrail adjustment", &parts.guardrail_adjustment),
         ] {
-            println!("  {name:<22} {:>9}", percent(value));
+            let _ = writeln!(out, "  {name:<22} {:>9}", percent(value));
         }
     }
-    println!("reasons:");
+    let _ = writeln!(out, "reasons:");
     for reason in &card.reasons {
-        println!("  {:<24} {}", reason.code, reason.text);
+        let _ = writeln!(out, "  {:<24} {}", reason.code, reason.text);
     }
-    if let Some(note) = guard_note(&card) {
-        println!("{note}");
+    if let Some(note) = guard_note(card) {
+        let _ = writeln!(out, "{note}");
     }
     if let Some(t) = &card.guaranteed_until {
-        println!("guaranteed until {}", table::timestamp(t));
+        let _ = writeln!(out, "guaranteed until {}", table::timestamp(t));
     }
-    match inputs {
-        None => println!("inputs: not available"),
-        Some(i) => {
-            println!("inputs:");
-            if let Some(p) = &i.product {
-                println!(
-                    "  product     {} price {} {} cost {}",
-                    p.category, p.price, p.currency, p.unit_cost
-                );
-            }
-            println!("  available   {}", empty_dash(&i.available));
-            println!(
-                "  velocity    {}/day ({:?})",
-                empty_dash(&i.velocity),
-                v1::VelocitySource::try_from(i.velocity_source).unwrap_or_default()
-            );
-            println!(
-                "  cover       {} days, band {}",
-                empty_dash(&i.days_of_cover),
-                empty_dash(&i.band)
-            );
-            if !i.peak_window.is_empty() {
-                println!("  peak window {}", i.peak_window);
-            }
-            for l in &i.locations {
-                println!(
-                    "  location {:<10} on hand {} reserved {} (seq {})",
-                    empty_dash(&l.location),
-                    l.on_hand,
-                    l.reserved,
-                    l.sequence
-                );
-            }
-            for o in &i.overrides {
-                println!(
-                    "  override {} {:?} {}",
-                    o.id,
-                    v1::OverrideKind::try_from(o.kind).unwrap_or_default(),
-                    o.value
-                );
-            }
-            if let Some(inc) = &i.incentive {
-                println!("  incentive {} bonus {}", inc.id, inc.bonus_rate);
-            }
-        }
+    if let Some(change) = &card.scheduled_change {
+        let _ = writeln!(
+            out,
+            "announced: base cut to {} from {} (rate then {} if nothing else changes)",
+            percent(&change.base_rate),
+            change
+                .effective_at
+                .as_ref()
+                .map(table::timestamp)
+                .unwrap_or_default(),
+            percent(&change.rate)
+        );
     }
-    Ok(())
+}
+
+fn write_inputs(out: &mut String, i: &v1::RateInputs) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "inputs:");
+    if let Some(p) = &i.product {
+        let _ = writeln!(
+            out,
+            "  product     {} price {} {} cost {}",
+            p.category,
+            p.price,
+            p.currency,
+            empty_dash(&p.unit_cost)
+        );
+    }
+    let _ = writeln!(out, "  available   {}", empty_dash(&i.available));
+    let _ = writeln!(
+        out,
+        "  velocity    {}/day ({:?})",
+        empty_dash(&i.velocity),
+        v1::VelocitySource::try_from(i.velocity_source).unwrap_or_default()
+    );
+    let _ = writeln!(
+        out,
+        "  cover       {} days, band {}",
+        empty_dash(&i.days_of_cover),
+        empty_dash(&i.band)
+    );
+    if !i.target_rate.is_empty() {
+        let _ = match &i.may_move_at {
+            Some(t) => writeln!(
+                out,
+                "  target      {} (held: may move after {})",
+                percent(&i.target_rate),
+                table::timestamp(t)
+            ),
+            None => writeln!(
+                out,
+                "  target      {} (moving there step by step)",
+                percent(&i.target_rate)
+            ),
+        };
+    }
+    if !i.peak_window.is_empty() {
+        let _ = writeln!(out, "  peak window {}", i.peak_window);
+    }
+    for l in &i.locations {
+        let _ = writeln!(
+            out,
+            "  location {:<10} on hand {} reserved {} (seq {})",
+            empty_dash(&l.location),
+            l.on_hand,
+            l.reserved,
+            l.sequence
+        );
+    }
+    for o in &i.overrides {
+        let _ = writeln!(
+            out,
+            "  override {} {:?} {}",
+            o.id,
+            v1::OverrideKind::try_from(o.kind).unwrap_or_default(),
+            o.value
+        );
+    }
+    if let Some(inc) = &i.incentive {
+        let _ = writeln!(out, "  incentive {} bonus {}", inc.id, inc.bonus_rate);
+    }
 }
 
 /// When a guardrail (applied after overrides) cut what a merchandiser's override asked
@@ -538,6 +610,11 @@ fn card_json(c: &v1::RateCard) -> Value {
             "guardrail_adjustment": parts.guardrail_adjustment,
         },
         "reasons": c.reasons.iter().map(|r| json!({"code": r.code, "text": r.text})).collect::<Vec<_>>(),
+        "scheduled_change": c.scheduled_change.as_ref().map(|s| json!({
+            "base_rate": s.base_rate,
+            "effective_at": s.effective_at.as_ref().map(table::timestamp),
+            "rate": s.rate,
+        })),
     })
 }
 
@@ -560,6 +637,8 @@ fn inputs_json(i: &v1::RateInputs) -> Value {
         "overrides": i.overrides.iter().map(|o| json!({"id": o.id, "value": o.value, "reason": o.reason})).collect::<Vec<_>>(),
         "incentive": i.incentive.as_ref().map(|x| json!({"id": x.id, "bonus_rate": x.bonus_rate})),
         "policy_mode": v1::PolicyMode::try_from(i.policy_mode).map(|m| m.as_str_name()).unwrap_or("POLICY_MODE_UNSPECIFIED"),
+        "target_rate": i.target_rate,
+        "may_move_at": i.may_move_at.as_ref().map(table::timestamp),
     })
 }
 
@@ -651,5 +730,59 @@ mod tests {
                 panic!("{command:?} does not parse: {err}");
             }
         }
+    }
+
+    #[test]
+    fn explain_shows_a_sku_waiting_for_product_data_held_targets_and_announced_cuts() {
+        let waiting = v1::ExplainRateResponse {
+            card: None,
+            inputs: Some(v1::RateInputs {
+                available: "50".into(),
+                ..Default::default()
+            }),
+            redacted: false,
+            status: "waiting for product data: no category yet".into(),
+        };
+        let text = explain_text("NO-PRODUCT", &waiting);
+        assert!(
+            text.starts_with("NO-PRODUCT: no rate\nwaiting for product data"),
+            "{text}"
+        );
+        assert!(text.contains("available   50"), "{text}");
+
+        let mut held = card("HELD", "scarce");
+        held.scheduled_change = Some(v1::ScheduledChange {
+            base_rate: "0.07".into(),
+            effective_at: Some(prost_types::Timestamp {
+                seconds: 1_796_029_200,
+                nanos: 0,
+            }),
+            rate: "0.07".into(),
+        });
+        let response = v1::ExplainRateResponse {
+            card: Some(held),
+            inputs: Some(v1::RateInputs {
+                target_rate: "0.04".into(),
+                may_move_at: Some(prost_types::Timestamp {
+                    seconds: 1_796_029_200,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            redacted: true,
+            status: String::new(),
+        };
+        let text = explain_text("HELD", &response);
+        assert!(text.contains("announced: base cut to 7"), "{text}");
+        assert!(text.contains("from 2026-11-30T09:00:00Z"), "{text}");
+        assert!(
+            text.contains("held: may move after 2026-11-30T09:00:00Z"),
+            "{text}"
+        );
+        assert!(text.contains("withheld for this key's role"), "{text}");
+        let json = explain_json(&response);
+        assert_eq!(json["card"]["scheduled_change"]["base_rate"], "0.07");
+        assert_eq!(json["inputs"]["target_rate"], "0.04");
+        assert_eq!(json["redacted"], true);
     }
 }
