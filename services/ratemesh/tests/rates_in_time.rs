@@ -381,3 +381,171 @@ async fn a_held_rate_says_so_and_networks_may_ask_why_without_seeing_private_inp
     assert_eq!(status.code(), Code::NotFound);
     app.stop().await.expect("clean stop");
 }
+
+/// A partner endpoint: answers 200 to every POST and keeps the bodies.
+async fn start_sink() -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sink");
+    let addr = listener.local_addr().expect("addr");
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = bodies.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + length {
+                        store
+                            .lock()
+                            .expect("sink")
+                            .push(buf[end + 4..end + 4 + length].to_vec());
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, bodies)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_base_cut_reaches_watchers_and_partners_when_it_is_announced() {
+    let policy = Policy::from_toml_str(
+        r#"
+[program]
+id = "boost-e2e"
+mode = "boost"
+[network]
+notice_hours = 168
+max_cut = "0.20"
+[defaults]
+base_rate = "0.05"
+hysteresis = "0"
+min_hold_minutes = 0
+margin_share = "0.60"
+"#,
+    )
+    .expect("boost policy");
+    let redis = RedisServer::start();
+    let mut settings = settings_with(&policy);
+    settings.notifier.allow_private_destinations = true;
+    settings.notifier.allow_plain_http = true;
+    settings.notifier.coalesce_window_ms = 100;
+    settings.notifier.timer_poll_ms = 20;
+    settings.notifier.partner_refresh_ms = 50;
+    let app = spawn_on_redis(&redis, settings).await;
+    let ingest = app.http.expect("webhook port");
+    let mut network = client(&app, Role::Network).await;
+    let (sink, bodies) = start_sink().await;
+    ratemesh_proto::v1::partner_service_client::PartnerServiceClient::with_interceptor(
+        app.channel().await,
+        Bearer::role(Role::Admin),
+    )
+    .upsert_partner(v1::UpsertPartnerRequest {
+        partner: Some(v1::Partner {
+            id: "cut-partner".into(),
+            name: "Cut partner".into(),
+            endpoint_url: format!("http://{sink}/hooks"),
+            enabled: true,
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("register partner");
+
+    let product = |base: &str| {
+        format!(
+            r#"{{"batch_id":"cut-products-{base}","products":[{{"sku":"CUT-E2E","category":"home","price":"100","unit_cost":"40","base_rate":"{base}","currency":"USD"}}]}}"#
+        )
+    };
+    post_signed(ingest, "/v1/products", &product("0.08")).await;
+    push_stock(ingest, "cut-stock", "CUT-E2E", 300, 1, Utc::now()).await;
+    let before = wait_card(&mut network, "CUT-E2E", |c| c.band == "normal").await;
+    assert!(before.scheduled_change.is_none(), "{before:?}");
+
+    let mut watch = network
+        .watch_rates(v1::WatchRatesRequest {
+            skus: vec!["CUT-E2E".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let announced_at = Utc::now();
+    post_signed(ingest, "/v1/products", &product("0.06")).await;
+
+    // The watcher is told at once, with the new base and when it applies.
+    let update = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let update = watch.message().await.expect("watch").expect("open");
+            if update
+                .card
+                .as_ref()
+                .is_some_and(|c| c.scheduled_change.is_some())
+            {
+                break update;
+            }
+        }
+    })
+    .await
+    .expect("an announcement");
+    let card = update.card.expect("card");
+    assert_eq!(
+        card.effective_rate, before.effective_rate,
+        "not cut yet: {card:?}"
+    );
+    assert!(codes(&card).contains(&"BASE_CUT_SCHEDULED"), "{card:?}");
+    let change = card.scheduled_change.expect("change");
+    assert_eq!(change.base_rate, "0.06");
+    let effective_at = time_of(change.effective_at.as_ref());
+    assert!(
+        effective_at >= announced_at + TimeDelta::hours(168) - TimeDelta::seconds(5),
+        "{effective_at}"
+    );
+
+    // The partner gets a signed rate.changed carrying the announcement.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let announced = loop {
+        let found = bodies.lock().expect("sink").iter().find_map(|b| {
+            let json: serde_json::Value = serde_json::from_slice(b).ok()?;
+            json["rates"]
+                .as_array()?
+                .iter()
+                .find(|r| r["sku"] == "CUT-E2E" && r.get("scheduled_change").is_some())
+                .cloned()
+        });
+        if let Some(rate) = found {
+            break rate;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no announcement reached the partner"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(announced["scheduled_change"]["base_rate"], "0.06");
+    assert_eq!(announced["version"], card.version);
+    app.stop().await.expect("clean stop");
+}
