@@ -129,7 +129,7 @@ pub async fn schedule_peak_windows(engine: &Engine, now: DateTime<Utc>) -> BusRe
     };
     let swept = last_swept_edge(engine.bus()).await?;
     if swept.is_none_or(|ms| ms < ceil_ms(at)) {
-        tracing::info!(edge = %label, at = %at, "a peak window edge passed while no replica ran; re-pricing every sku");
+        tracing::info!(edge = %label, at = %at, "no sweep recorded for the latest peak window edge; re-pricing every sku for it");
         engine
             .bus()
             .schedule(QUEUE, &member("all", at, &label), SystemTime::now())

@@ -107,6 +107,7 @@ pub fn redact(response: &mut v1::ExplainRateResponse) {
     inputs.available.clear();
     inputs.locations.clear();
     inputs.velocity.clear();
+    inputs.velocity_source = v1::VelocitySource::Unspecified as i32;
     for o in &mut inputs.overrides {
         o.reason.clear();
         o.author.clear();
