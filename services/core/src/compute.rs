@@ -281,7 +281,7 @@ pub fn compute(
             rate = cat.cap.get();
             reasons.push(Reason::Cap { cap: cat.cap });
         }
-        let max_rate = margin_limit(product, cat.margin_share, dp);
+        let max_rate = product.margin_limit(cat.margin_share, dp);
         if rate > max_rate.get() {
             rate = max_rate.get();
             reasons.push(Reason::MarginGuard { max_rate });
@@ -305,18 +305,6 @@ pub fn compute(
 /// stock): the next card with stock moves to its target without hold or damping.
 fn left_at_once(reason: &Reason) -> bool {
     matches!(reason, Reason::NoProductData | Reason::OutOfStock { .. })
-}
-
-/// The highest rate the margin guard allows: `share × (price − cost) / price`, rounded
-/// down; zero when the product sells at or below cost.
-pub fn margin_limit(product: &Product, share: Decimal, decimals: u32) -> Rate {
-    let price = product.price.get();
-    let margin = price - product.unit_cost.get();
-    if price <= Decimal::ZERO || margin <= Decimal::ZERO {
-        return Rate::ZERO;
-    }
-    let limit = (share * margin / price).round_dp_with_strategy(decimals, RoundingStrategy::ToZero);
-    Rate::clamped(limit)
 }
 
 /// Moves `prev` towards `target` by at most `max_step`, unless it moved within

@@ -21,7 +21,6 @@ use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::compute::margin_limit;
 use crate::policy::Policy;
 use crate::policy::flash::FlashRules;
 use crate::product::Product;
@@ -644,7 +643,9 @@ pub fn spend_for(units: Quantity, price: Money, bonus: Rate) -> Decimal {
 /// without the bonus) and `bonus`.
 pub fn paid_bonus(policy: &Policy, product: &Product, rate_before: Decimal, bonus: Rate) -> Rate {
     let cat = policy.category(&product.category);
-    let margin = margin_limit(product, cat.margin_share, policy.rate_decimals).get();
+    let margin = product
+        .margin_limit(cat.margin_share, policy.rate_decimals)
+        .get();
     let guard = |rate: Decimal| rate.max(cat.floor.get()).min(cat.cap.get()).min(margin);
     let paid = guard(rate_before + bonus.get()) - guard(rate_before);
     Rate::clamped(paid.min(bonus.get()))

@@ -1,5 +1,6 @@
 //! Product master data as the ERP sends it.
 
+use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 
 use crate::types::{Money, Rate};
@@ -17,4 +18,20 @@ pub struct Product {
     /// Product-specific base rate; the category's `base_rate` when absent.
     #[serde(default)]
     pub base_rate: Option<Rate>,
+}
+
+impl Product {
+    /// The highest rate the margin guard allows for a margin `share`:
+    /// `share × (price − cost) / price`, rounded down to `decimals`; zero when the product
+    /// sells at or below cost.
+    pub fn margin_limit(&self, share: Decimal, decimals: u32) -> Rate {
+        let price = self.price.get();
+        let margin = price - self.unit_cost.get();
+        if price <= Decimal::ZERO || margin <= Decimal::ZERO {
+            return Rate::ZERO;
+        }
+        let limit =
+            (share * margin / price).round_dp_with_strategy(decimals, RoundingStrategy::ToZero);
+        Rate::clamped(limit)
+    }
 }

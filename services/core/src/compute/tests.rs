@@ -347,7 +347,7 @@ fn guardrails_floor_cap_and_margin_guard_act_last() {
 fn margin_limit_rounds_down() {
     let p = product(dec!(30), dec!(20));
     // 0.5 × 10 / 30 = 0.1666… → 0.1666
-    assert_eq!(margin_limit(&p, dec!(0.5), 4).get(), dec!(0.1666));
+    assert_eq!(p.margin_limit(dec!(0.5), 4).get(), dec!(0.1666));
 }
 
 #[test]
