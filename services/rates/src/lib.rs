@@ -10,11 +10,14 @@
 //! - [`convert`] — core ↔ `ratemesh.v1` conversions (cards, overrides, explanations),
 //!   shared with the read path.
 //! - [`read`] — the in-memory replica of the rate table and `RateService` on it.
+//! - [`recompute`] — fires the durable recompute timers, routing each to the engine or
+//!   the override store.
 
 pub mod convert;
 pub mod engine;
 pub mod overrides;
 pub mod read;
+pub mod recompute;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,7 +146,7 @@ pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
         if let Err(e) = engine::timers::schedule_peak_windows(&engine, chrono::Utc::now()).await {
             tracing::warn!(error = %e, "scheduling peak-window recomputes failed; retried at next start");
         }
-        engine::timers::run(engine, shutdown).await
+        recompute::run(engine, shutdown).await
     }))
 }
 

@@ -102,7 +102,10 @@ async fn hold_expiry_timers_finish_a_damped_move_without_new_stock() {
     // The damped card scheduled a durable recompute at the end of its hold; each one
     // moves another step (the event times are in the past, so they are all due now).
     let timer_stop = tokio_util::sync::CancellationToken::new();
-    let timer_task = tokio::spawn(timers::run(engine.clone(), timer_stop.clone()));
+    let timer_task = tokio::spawn(ratemesh_rates::recompute::run(
+        engine.clone(),
+        timer_stop.clone(),
+    ));
     let card = eventually(
         "the rate to reach its target",
         Duration::from_secs(10),
@@ -376,7 +379,7 @@ async fn a_peak_window_that_opened_while_no_replica_ran_is_applied_at_start_up()
         .await
         .unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(timers::run(engine.clone(), stop.clone()));
+    let task = tokio::spawn(ratemesh_rates::recompute::run(engine.clone(), stop.clone()));
     for s in ["W-1", "W-2"] {
         let card = eventually("the window's table", Duration::from_secs(10), || {
             let bus = bus.clone();

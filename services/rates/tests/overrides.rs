@@ -357,10 +357,7 @@ async fn an_override_ends_on_time_through_a_durable_timer() {
 
     // The timer lives in the bus, so a timer loop started now (as after a restart) fires it.
     let stop = tokio_util::sync::CancellationToken::new();
-    let timers = tokio::spawn(ratemesh_rates::engine::timers::run(
-        engine.clone(),
-        stop.clone(),
-    ));
+    let timers = tokio::spawn(ratemesh_rates::recompute::run(engine.clone(), stop.clone()));
     let card = eventually("the pin to expire", Duration::from_secs(10), || {
         let bus = bus.clone();
         async move {

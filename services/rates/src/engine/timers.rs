@@ -23,7 +23,6 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use ratemesh_bus::{Bus, BusError, BusResult};
 use ratemesh_core::{Event, Sku};
-use tokio_util::sync::CancellationToken;
 
 use super::record::{EngineRecord, FIELD_ENGINE, NAMESPACE};
 use super::{Engine, EngineError};
@@ -151,7 +150,7 @@ async fn last_swept_edge(bus: &Bus) -> BusResult<Option<i64>> {
 }
 
 /// Records that the full sweep for the peak edge due at `at` finished (never moves back).
-async fn record_swept_edge(bus: &Bus, at: DateTime<Utc>) -> BusResult<()> {
+pub(crate) async fn record_swept_edge(bus: &Bus, at: DateTime<Utc>) -> BusResult<()> {
     let ms = ceil_ms(at);
     for _ in 0..16 {
         let current = bus.get_state(PEAK_EDGES, PEAK_EDGES_KEY).await?;
@@ -176,94 +175,6 @@ async fn record_swept_edge(bus: &Bus, at: DateTime<Utc>) -> BusResult<()> {
     Err(BusError::Backend(
         "recording the swept peak edge kept conflicting".into(),
     ))
-}
-
-/// Claims due timers until shutdown and fires them, `concurrency` at a time.
-pub async fn run(engine: Engine, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let options = engine.options().clone();
-    while !shutdown.is_cancelled() {
-        let due = match engine
-            .bus()
-            .claim_due(QUEUE, SystemTime::now(), options.timer_batch)
-            .await
-        {
-            Ok(due) => due,
-            Err(e) => {
-                tracing::warn!(error = %e, "claiming due recompute timers failed");
-                Vec::new()
-            }
-        };
-        if due.is_empty() {
-            tokio::select! {
-                () = tokio::time::sleep(options.timer_poll) => {}
-                () = shutdown.cancelled() => {}
-            }
-            continue;
-        }
-        metrics::counter!("ratemesh_rates_recompute_timers_fired_total")
-            .increment(due.len() as u64);
-        futures::stream::iter(due)
-            .for_each_concurrent(options.concurrency.max(1), |timer| {
-                let engine = engine.clone();
-                async move {
-                    if let Err(e) = fire(&engine, &timer.member).await {
-                        metrics::counter!("ratemesh_rates_recompute_failures_total").increment(1);
-                        tracing::warn!(timer = %timer.member, error = %e, "recompute timer failed; retrying later");
-                        let retry = SystemTime::now() + Duration::from_secs(5);
-                        if let Err(e) = engine.bus().schedule(QUEUE, &timer.member, retry).await {
-                            tracing::error!(timer = %timer.member, error = %e, "could not re-arm a failed recompute timer");
-                        }
-                    }
-                }
-            })
-            .await;
-    }
-    Ok(())
-}
-
-/// Does what `member` asks.
-pub async fn fire(engine: &Engine, member: &str) -> Result<(), EngineError> {
-    let Some((at, due)) = parse_member(member) else {
-        tracing::warn!(timer = %member, "ignoring a malformed recompute timer");
-        return Ok(());
-    };
-    match due {
-        Due::Sku(sku) => {
-            let tick = Event::Tick {
-                at,
-                sku: Some(sku.clone()),
-            };
-            engine.apply(&sku, &[tick]).await?;
-        }
-        Due::Category(category) => {
-            engine.categories().prune(at);
-            sweep_leased(engine, member, Some(&category), at).await?;
-        }
-        Due::All(label) => {
-            engine.categories().prune(at);
-            sweep_leased(engine, member, None, at).await?;
-            if label.starts_with("peak-") {
-                record_swept_edge(engine.bus(), at).await?;
-            }
-        }
-        Due::Expire(id) => {
-            crate::overrides::store::expire(engine, &id, at).await?;
-        }
-    }
-    Ok(())
-}
-
-async fn sweep_leased(
-    engine: &Engine,
-    member: &str,
-    category: Option<&str>,
-    at: DateTime<Utc>,
-) -> Result<u64, EngineError> {
-    let lease = SystemTime::now() + engine.options().sweep_lease;
-    engine.bus().schedule(QUEUE, member, lease).await?;
-    let done = sweep(engine, category, at, true).await?;
-    engine.bus().cancel(QUEUE, member).await?;
-    Ok(done)
 }
 
 /// Recomputes every SKU (of `category`, if given) as of `at`, a page of `scan_states` at
