@@ -6,11 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use ratemesh_contract::streams;
 use ratemesh_proto::v1::{
     self, incentive_service_client::IncentiveServiceClient,
     override_service_client::OverrideServiceClient, rate_service_client::RateServiceClient,
 };
-use ratemesh_runtime::{Role, streams};
+use ratemesh_runtime::Role;
 
 use super::RunConfig;
 use crate::catalogue::{self, Sequences, WebhookClient};

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ratemesh_contract::streams;
 use ratemesh_proto::v1::inventory_ingest_client::InventoryIngestClient;
-use ratemesh_runtime::{Role, streams};
+use ratemesh_runtime::Role;
 
 use super::RunConfig;
 use crate::catalogue::{self, Sequences, StockItem, WebhookClient};

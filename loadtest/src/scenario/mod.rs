@@ -205,7 +205,7 @@ pub async fn drain(
 /// incentives, rates for the notifier), so a baseline is not measured
 /// while services are still busy in the background on the same cores.
 pub async fn settle(target: &crate::target::Target) {
-    use ratemesh_runtime::streams::{self, groups};
+    use ratemesh_contract::streams::{self, groups};
     if let Some(bus) = &target.bus {
         for (stream, group) in [
             (streams::STOCK, groups::RATES),

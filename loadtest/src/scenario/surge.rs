@@ -5,8 +5,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ratemesh_contract::streams;
 use ratemesh_proto::v1::{self, rate_service_client::RateServiceClient};
-use ratemesh_runtime::{Role, streams};
+use ratemesh_runtime::Role;
 
 use super::RunConfig;
 use crate::catalogue::{self, Sequences, WebhookClient};

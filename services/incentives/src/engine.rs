@@ -759,14 +759,12 @@ impl Engine {
     /// The rate card the rates service published for `sku` (state `rate/<sku>`, field
     /// `card`), if any.
     async fn published_card(&self, sku: &Sku) -> Result<Option<v1::RateCard>, StoreError> {
-        use prost::Message as _;
-        let Some(rec) = self.store.bus().get_state("rate", sku.as_str()).await? else {
-            return Ok(None);
-        };
-        Ok(rec
-            .fields
-            .get("card")
-            .and_then(|b| v1::RateCard::decode(b.clone()).ok()))
+        match ratemesh_contract::rate::published_card(self.store.bus(), sku.as_str()).await {
+            Ok(card) => Ok(card),
+            Err(ratemesh_contract::rate::CardReadError::Bus(e)) => Err(e.into()),
+            // A corrupt card is rates' problem to report; here it reads as no card.
+            Err(ratemesh_contract::rate::CardReadError::Corrupt { .. }) => Ok(None),
+        }
     }
 
     /// Cancels incentive `id`; cancelling one already cancelled returns it unchanged.

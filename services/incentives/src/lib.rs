@@ -9,7 +9,7 @@
 //! # Event contract (stream `incentives`)
 //!
 //! Every lifecycle transition is one entry on stream `incentives`
-//! ([`ratemesh_runtime::streams::INCENTIVES`]), appended atomically with the state change
+//! ([`ratemesh_contract::streams::INCENTIVES`]), appended atomically with the state change
 //! that caused it:
 //!
 //! - key: the SKU (so all entries of one SKU are ordered in one partition);
@@ -70,9 +70,10 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use ratemesh_bus::Consumer;
+use ratemesh_contract::streams;
 use ratemesh_core::{Policy, Sku};
 use ratemesh_proto::v1::incentive_service_server::IncentiveServiceServer;
-use ratemesh_runtime::{Context, Readiness, ServiceModule, streams};
+use ratemesh_runtime::{Context, Readiness, ServiceModule};
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;

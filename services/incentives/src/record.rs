@@ -109,12 +109,7 @@ impl SkuRecord {
     }
 }
 
-fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
+use ratemesh_contract::time::to_timestamp as timestamp;
 
 /// The wire form of `inc`; ended when `end` is given.
 pub fn to_proto(inc: &Incentive, meta: &Meta, end: Option<&End>) -> v1::Incentive {
@@ -123,14 +118,7 @@ pub fn to_proto(inc: &Incentive, meta: &Meta, end: Option<&End>) -> v1::Incentiv
     } else {
         v1::IncentiveState::Active
     };
-    let end_reason = match end.map(|e| e.reason) {
-        None => v1::IncentiveEndReason::Unspecified,
-        Some(CloseReason::Expired) => v1::IncentiveEndReason::Expired,
-        Some(CloseReason::SoldThrough) => v1::IncentiveEndReason::SoldThrough,
-        Some(CloseReason::BudgetExhausted) => v1::IncentiveEndReason::BudgetExhausted,
-        Some(CloseReason::Cancelled) => v1::IncentiveEndReason::Cancelled,
-        Some(CloseReason::BudgetForecast) => v1::IncentiveEndReason::BudgetForecast,
-    };
+    let end_reason = ratemesh_contract::incentive::end_reason_to_proto(end.map(|e| e.reason));
     let origin = match meta.origin {
         Origin::Automatic => v1::IncentiveOrigin::Automatic,
         Origin::Manual => v1::IncentiveOrigin::Manual,

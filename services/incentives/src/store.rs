@@ -143,7 +143,7 @@ impl Store {
             .bus
             .write_state_and_publish(
                 Self::write_of(record, expect)?,
-                ratemesh_runtime::streams::INCENTIVES,
+                ratemesh_contract::streams::INCENTIVES,
                 event,
             )
             .await?;

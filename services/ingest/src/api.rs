@@ -1,7 +1,7 @@
 //! gRPC `InventoryIngest`: the same validation and hand-off as the webhooks, authenticated
 //! by API key (role `erp`) instead of a body signature.
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::inventory_ingest_server::InventoryIngest;
 use ratemesh_runtime::{ApiError, Principal};
@@ -20,7 +20,7 @@ pub(crate) struct IngestApi {
 }
 
 fn rfc3339(t: Option<&prost_types::Timestamp>) -> String {
-    t.and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, t.nanos.clamp(0, 999_999_999) as u32))
+    t.and_then(ratemesh_contract::time::from_timestamp)
         .map(|t| t.to_rfc3339())
         .unwrap_or_default()
 }

@@ -1,31 +1,28 @@
-//! Validated items as the stream events the rates and incentives services consume.
+//! Validated items as the stock-stream entries rates and incentives consume; the entry
+//! format itself is the contract's ([`ratemesh_contract::stock`]).
 
 use chrono::{DateTime, Utc};
-use prost::Message as _;
 use ratemesh_bus::Event;
-use ratemesh_proto::v1;
+use ratemesh_contract::stock::{self, Origin, ProductRecord, StockReading};
+use ratemesh_core::{Money, Product, Quantity, Rate, Velocity};
+use rust_decimal::Decimal;
 
 use crate::validate::{ProductItem, StockItem};
 
-/// Type names carried with each entry, so readers of a shared stream can tell them apart.
-pub const STOCK_CHANGED: &str = "ratemesh.v1.StockChanged";
-/// See [`STOCK_CHANGED`].
-pub const PRODUCT_CHANGED: &str = "ratemesh.v1.ProductChanged";
+/// Kind of products on the stock stream.
+pub use ratemesh_contract::kinds::PRODUCT_CHANGED;
+/// Kind of stock readings on the stock stream.
+pub use ratemesh_contract::kinds::STOCK_CHANGED;
 
-pub(crate) fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
+// `validate` accepted only amounts that are non-negative and in range, and rates in
+// 0..=1, so the conversions below cannot fail; a value that did would be clamped to zero
+// rather than panic in the request path.
+fn quantity(d: Decimal) -> Quantity {
+    Quantity::new(d).unwrap_or(Quantity::ZERO)
 }
 
-fn meta(now: DateTime<Utc>) -> v1::EventMeta {
-    v1::EventMeta {
-        event_id: ulid::Ulid::generate().to_string(),
-        occurred_at: Some(timestamp(now)),
-        traceparent: ratemesh_runtime::trace_context::current_traceparent().unwrap_or_default(),
-        tracestate: String::new(),
-    }
+fn money(d: Decimal) -> Money {
+    Money::new(d).unwrap_or(Money::ZERO)
 }
 
 pub(crate) fn stock_changed(
@@ -34,22 +31,23 @@ pub(crate) fn stock_changed(
     batch_id: &str,
     now: DateTime<Utc>,
 ) -> Event {
-    let message = v1::StockChanged {
-        meta: Some(meta(now)),
-        update: Some(v1::StockUpdate {
-            sku: item.sku.to_string(),
-            location: item.location.clone(),
-            on_hand: item.on_hand.to_string(),
-            reserved: Some(item.reserved.to_string()),
-            as_of: Some(timestamp(item.as_of)),
-            sequence: item.sequence,
-            velocity: item.velocity.map(|v| v.to_string()),
-        }),
-        source: source.to_owned(),
-        batch_id: batch_id.to_owned(),
-        received_at: Some(timestamp(now)),
+    let reading = StockReading {
+        sku: item.sku.clone(),
+        location: item.location.clone(),
+        on_hand: quantity(item.on_hand),
+        reserved: quantity(item.reserved),
+        as_of: item.as_of,
+        sequence: item.sequence,
+        velocity: item.velocity.and_then(|v| Velocity::new(v).ok()),
     };
-    Event::new(item.sku.as_str(), message.encode_to_vec()).with_kind(STOCK_CHANGED)
+    stock::stock_changed(
+        &reading,
+        Origin {
+            source,
+            batch_id,
+            received_at: now,
+        },
+    )
 }
 
 pub(crate) fn product_changed(
@@ -58,21 +56,24 @@ pub(crate) fn product_changed(
     batch_id: &str,
     now: DateTime<Utc>,
 ) -> Event {
-    let message = v1::ProductChanged {
-        meta: Some(meta(now)),
-        product: Some(v1::Product {
-            sku: item.sku.to_string(),
+    let record = ProductRecord {
+        sku: item.sku.clone(),
+        product: Product {
             category: item.category.clone(),
-            price: item.price.to_string(),
-            unit_cost: item.unit_cost.to_string(),
-            base_rate: item.base_rate.map(|r| r.to_string()),
-            currency: item.currency.clone(),
-            title: item.title.clone(),
-            as_of: item.as_of.map(timestamp),
-        }),
-        source: source.to_owned(),
-        batch_id: batch_id.to_owned(),
-        received_at: Some(timestamp(now)),
+            price: money(item.price),
+            unit_cost: money(item.unit_cost),
+            base_rate: item.base_rate.and_then(|r| Rate::new(r).ok()),
+        },
+        currency: item.currency.clone(),
+        title: item.title.clone(),
+        as_of: item.as_of,
     };
-    Event::new(item.sku.as_str(), message.encode_to_vec()).with_kind(PRODUCT_CHANGED)
+    stock::product_changed(
+        &record,
+        Origin {
+            source,
+            batch_id,
+            received_at: now,
+        },
+    )
 }

@@ -18,8 +18,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use ratemesh_bus::{Bus, BusError, Idempotency, StateWrite};
+use ratemesh_contract::streams;
 use ratemesh_runtime::ApiError;
-use ratemesh_runtime::streams;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 

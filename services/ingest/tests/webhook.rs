@@ -330,8 +330,8 @@ async fn a_backlogged_stream_sheds_pushes_with_retry_after() {
     let _idle_consumer = ingest
         .bus
         .consumer(
-            ratemesh_runtime::streams::STOCK,
-            ratemesh_runtime::streams::groups::RATES,
+            ratemesh_contract::streams::STOCK,
+            ratemesh_contract::streams::groups::RATES,
             "idle",
         )
         .await

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use prost::Message;
 use ratemesh_bus::{Bus, Consumer, Delivery};
+use ratemesh_contract::streams;
 use ratemesh_proto::v1;
-use ratemesh_runtime::streams;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -20,10 +20,10 @@ use crate::webhook::{
     INCENTIVE_CHANGED, RATE_CHANGED, WebhookBody, incentive_of, rate_of, rfc3339_ms, timestamp_ms,
 };
 
-/// Kind of `RateChanged` entries on the rates stream.
-pub const RATE_CHANGED_KIND: &str = "ratemesh.v1.RateChanged";
-/// Kind of `IncentiveChanged` entries on the incentives stream.
-pub const INCENTIVE_CHANGED_KIND: &str = "ratemesh.v1.IncentiveChanged";
+/// Kinds of the entries delivered to partners (the contract's).
+pub use ratemesh_contract::kinds::{
+    INCENTIVE_CHANGED as INCENTIVE_CHANGED_KIND, RATE_CHANGED as RATE_CHANGED_KIND,
+};
 
 #[derive(Debug, Clone)]
 pub(crate) struct Fanout {

@@ -38,8 +38,9 @@ pub mod webhook;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use ratemesh_contract::streams;
 use ratemesh_proto::v1::partner_service_server::PartnerServiceServer;
-use ratemesh_runtime::{Context, Readiness, ServiceModule, streams};
+use ratemesh_runtime::{Context, Readiness, ServiceModule};
 
 use crate::config::Config;
 use crate::dispatcher::Dispatcher;

@@ -2,7 +2,7 @@
 //! headers that come with it. These types are public so partners' test sinks (and ours)
 //! decode exactly what is sent.
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{TimeZone, Utc};
 use ratemesh_proto::v1;
 use serde::{Deserialize, Serialize};
 
@@ -107,9 +107,7 @@ pub(crate) fn rfc3339_ms(ms: i64) -> String {
 }
 
 pub(crate) fn timestamp_rfc3339(ts: Option<&prost_types::Timestamp>) -> Option<String> {
-    let ts = ts?;
-    let nanos = u32::try_from(ts.nanos).ok()?;
-    DateTime::<Utc>::from_timestamp(ts.seconds, nanos)
+    ratemesh_contract::time::from_timestamp(ts?)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 

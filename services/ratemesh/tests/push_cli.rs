@@ -121,7 +121,7 @@ async fn a_csv_feed_is_signed_sent_in_batches_and_safe_to_rerun() {
 async fn support_stock_len(app: &support::TestApp) -> usize {
     app.bus()
         .read_after(
-            ratemesh_runtime::streams::STOCK,
+            ratemesh_contract::streams::STOCK,
             &app.bus().start_cursor(),
             1000,
         )

@@ -3,7 +3,6 @@
 //! - [`card_to_proto`]: a core [`RateCard`] as the published proto card (decimals as strings,
 //!   reason codes in upper snake case with their human text).
 //! - [`override_to_proto`] / [`override_from_proto`]: merchandiser overrides.
-//! - [`incentive_from_proto`]: an incentive as the incentives service publishes it.
 //! - [`explain`]: the stored `engine` field of a `rate` state record as [`v1::RateInputs`],
 //!   for `ExplainRate`.
 //! - [`timestamp`] / [`from_timestamp`]: `DateTime<Utc>` ↔ `google.protobuf.Timestamp`.
@@ -13,29 +12,14 @@ use prost_types::Timestamp;
 use ratemesh_core::card::PendingCut;
 use ratemesh_core::overrides::ActiveOverrides;
 use ratemesh_core::policy::config::Mode;
-use ratemesh_core::{
-    Incentive, Money, Override, OverrideKind, OverrideScope, Policy, Quantity, Rate, RateCard,
-    Reason, Sku,
-};
+use ratemesh_core::{Override, OverrideKind, OverrideScope, Policy, Rate, RateCard, Reason, Sku};
 use ratemesh_proto::v1;
 use ratemesh_runtime::FieldViolation;
 use rust_decimal::Decimal;
 
 use crate::engine::record::EngineRecord;
 
-/// A UTC time as a protobuf timestamp.
-pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: t.timestamp(),
-        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
-/// A protobuf timestamp as a UTC time; `None` when out of range.
-pub fn from_timestamp(t: &Timestamp) -> Option<DateTime<Utc>> {
-    let nanos = u32::try_from(t.nanos).ok()?;
-    DateTime::from_timestamp(t.seconds, nanos)
-}
+pub use ratemesh_contract::time::{from_timestamp, to_timestamp as timestamp};
 
 fn dec(d: Decimal) -> String {
     d.normalize().to_string()
@@ -362,60 +346,6 @@ pub fn override_from_stored(o: &v1::Override) -> Option<Override> {
     override_from_proto(o, "override", o.id.clone(), o.author.clone(), at).ok()
 }
 
-/// An incentive as the incentives service publishes it, as the core incentive the rate
-/// computation folds. Absent budgets become unbounded (the rates service only needs the
-/// bonus and the window).
-pub fn incentive_from_proto(i: &v1::Incentive) -> Result<Incentive, String> {
-    let sku = Sku::new(i.sku.clone()).map_err(|e| format!("incentive.sku: {e}"))?;
-    let bonus: Rate = i
-        .bonus_rate
-        .parse()
-        .map_err(|e| format!("incentive.bonus_rate: {e}"))?;
-    let opened_at = i
-        .starts_at
-        .as_ref()
-        .and_then(from_timestamp)
-        .ok_or("incentive.starts_at: is required")?;
-    let ends_at = i
-        .ends_at
-        .as_ref()
-        .and_then(from_timestamp)
-        .ok_or("incentive.ends_at: is required")?;
-    let unbounded = Decimal::from(i64::MAX);
-    let money = |s: &Option<String>, what: &str| -> Result<Money, String> {
-        match s.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-            None => Money::new(unbounded).map_err(|e| e.to_string()),
-            Some(s) => s.parse().map_err(|e| format!("incentive.{what}: {e}")),
-        }
-    };
-    let amount = |s: &str, what: &str| -> Result<Decimal, String> {
-        if s.trim().is_empty() {
-            return Ok(Decimal::ZERO);
-        }
-        s.trim()
-            .parse::<Decimal>()
-            .map_err(|e| format!("incentive.{what}: {e}"))
-    };
-    let budget_units = money(&i.budget_units, "budget_units")?;
-    Ok(Incentive {
-        id: i.id.clone(),
-        sku,
-        category: i.category.clone(),
-        bonus,
-        opened_at,
-        ends_at,
-        extensions: 0,
-        budget_spend: money(&i.budget_spend, "budget_spend")?,
-        budget_units: Quantity::new(budget_units.get()).map_err(|e| e.to_string())?,
-        spent: Money::new(amount(&i.spent, "spent")?.max(Decimal::ZERO))
-            .map_err(|e| e.to_string())?,
-        units_sold: Quantity::new(amount(&i.units_sold, "units_sold")?.max(Decimal::ZERO))
-            .map_err(|e| e.to_string())?,
-        cancel_requested: false,
-        manual: i.origin == v1::IncentiveOrigin::Manual as i32,
-    })
-}
-
 /// The inputs a stored card was computed from, for `ExplainRate`: pass the `engine` field
 /// of the SKU's `rate` state record, the program's category overrides in force (may be
 /// empty), the policy and `now`. `None` when the field does not decode.
@@ -562,6 +492,7 @@ fn inputs_to_proto(
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use ratemesh_core::Money;
     use ratemesh_core::{Product, compute};
     use rust_decimal_macros::dec;
 

@@ -23,16 +23,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use ratemesh_contract::streams;
 use ratemesh_core::Policy;
 use ratemesh_proto::v1::override_service_server::OverrideServiceServer;
 use ratemesh_runtime::settings::RatesSettings;
-use ratemesh_runtime::{Context, Readiness, ServiceModule, streams};
+use ratemesh_runtime::{Context, Readiness, ServiceModule};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use engine::decode::{OVERRIDE_CHANGED, Routed};
+use engine::decode::Routed;
 use engine::{Engine, EngineOptions};
 use overrides::OverridesApi;
+use ratemesh_contract::kinds::OVERRIDE_CHANGED;
 
 /// Loads and validates the policy named by `rates.policy_file` (empty: the example
 /// policy). Errors name the setting, the file and the policy key.

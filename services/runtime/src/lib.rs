@@ -25,7 +25,6 @@ pub mod settings;
 pub mod shutdown;
 pub mod signature;
 pub mod stream_gauges;
-pub mod streams;
 pub mod telemetry;
 pub mod trace_context;
 

@@ -135,9 +135,9 @@ impl RetentionSettings {
         Duration::from_millis(self.interval_ms)
     }
 
-    /// Every stream with its retention, by stream name ([`crate::streams`]).
+    /// Every stream with its retention, by stream name ([`ratemesh_contract::streams`]).
     pub fn streams(&self) -> [(&'static str, StreamRetention); 4] {
-        use crate::streams;
+        use ratemesh_contract::streams;
         [
             (streams::STOCK, self.stock),
             (streams::RATES, self.rates),

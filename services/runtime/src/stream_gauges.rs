@@ -1,5 +1,5 @@
 //! Stream gauges: every process exports, per (stream, consumer group) pair the services
-//! use ([`crate::streams::CONSUMED`]), `ratemesh_stream_backlog` (undelivered + pending:
+//! use ([`ratemesh_contract::streams::CONSUMED`]), `ratemesh_stream_backlog` (undelivered + pending:
 //! what autoscaling reads), `ratemesh_stream_pending`, `ratemesh_stream_length` and
 //! `ratemesh_stream_dead_letters`, labelled `stream` and `group`.
 //!
@@ -9,7 +9,7 @@
 use ratemesh_bus::Bus;
 use tokio_util::sync::CancellationToken;
 
-use crate::streams;
+use ratemesh_contract::streams;
 
 /// Reads the stats of every pair once and sets the gauges. A pair whose stats cannot be
 /// read keeps its last values (a scrape during a Redis outage shows the last known lag).

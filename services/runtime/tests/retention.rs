@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ratemesh_bus::{Bus, BusOptions, Event};
+use ratemesh_contract::streams;
 use ratemesh_runtime::settings::StreamRetention;
-use ratemesh_runtime::{App, Context, Settings, streams};
+use ratemesh_runtime::{App, Context, Settings};
 
 fn bus() -> Bus {
     Bus::memory(BusOptions {

@@ -8,7 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ratemesh_bus::{Bus, BusOptions, Event};
-use ratemesh_runtime::{App, Context, Settings, streams};
+use ratemesh_contract::streams;
+use ratemesh_runtime::{App, Context, Settings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn scrape(admin: SocketAddr) -> String {

@@ -14,9 +14,10 @@ use hyper_util::rt::TokioExecutor;
 use prost::Message as _;
 use ratemesh_bus::testkit::RedisServer;
 use ratemesh_bus::{Bus, BusOptions, Delivery};
+use ratemesh_contract::streams;
 use ratemesh_proto::v1;
 use ratemesh_runtime::settings::{ApiKeySettings, ErpSource, Secret};
-use ratemesh_runtime::{App, Context, Role, Settings, auth, signature, streams};
+use ratemesh_runtime::{App, Context, Role, Settings, auth, signature};
 use tokio::sync::oneshot;
 
 pub const SECRET: &str = "erp-secret-0123456789";

@@ -13,8 +13,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use ratemesh_bus::{Consumer, Delivery};
+use ratemesh_contract::streams;
 use ratemesh_core::{Event, Sku};
-use ratemesh_runtime::streams;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 

@@ -58,13 +58,13 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use prost::Message;
 use ratemesh_bus::{Bus, BusError, HistoryEntry, HistoryLimits, StateWrite};
+use ratemesh_contract::streams;
 use ratemesh_core::{Applied, Event, Override, Policy, RateCard, Reason, Sku, compute};
 use ratemesh_proto::v1;
-use ratemesh_runtime::streams;
 
 use crate::convert::{band_name, card_to_proto, scheduled_change_to_proto};
 use categories::CategoryOverrides;
-use record::{EngineRecord, FIELD_CARD, FIELD_ENGINE, NAMESPACE, Published, RATE_CHANGED};
+use record::{EngineRecord, FIELD_CARD, FIELD_ENGINE, NAMESPACE, Published};
 
 /// How often a compare-and-set is retried before the update is reported as failed (and
 /// the entry redelivered later).
@@ -300,17 +300,6 @@ impl Engine {
             }
             Some((published, card)) => {
                 let previous = record.published.replace(published.clone());
-                let event = v1::RateChanged {
-                    meta: Some(v1::EventMeta {
-                        event_id: ulid::Ulid::generate().to_string(),
-                        occurred_at: card.computed_at,
-                        traceparent: ratemesh_runtime::trace_context::current_traceparent()
-                            .unwrap_or_default(),
-                        tracestate: String::new(),
-                    }),
-                    previous_rate: card.previous_rate.clone(),
-                    card: Some(card.clone()),
-                };
                 let encoded = Bytes::from(card.encode_to_vec());
                 let computed_at = record
                     .card
@@ -337,8 +326,7 @@ impl Engine {
                     .write_state_and_publish(
                         write,
                         streams::RATES,
-                        ratemesh_bus::Event::new(sku.as_str(), event.encode_to_vec())
-                            .with_kind(RATE_CHANGED),
+                        ratemesh_contract::rate::rate_changed(card.clone(), computed_at),
                     )
                     .await;
                 if let Err(e) = result {
@@ -480,13 +468,17 @@ impl Engine {
 
     /// The published proto card of `sku`, if any (for callers that must answer with it).
     pub async fn published_card(&self, sku: &Sku) -> Result<Option<v1::RateCard>, EngineError> {
-        let Some(rec) = self.bus().get_state(NAMESPACE, sku.as_str()).await? else {
-            return Ok(None);
-        };
-        Ok(rec
-            .fields
-            .get(FIELD_CARD)
-            .and_then(|b| v1::RateCard::decode(b.as_ref()).ok()))
+        ratemesh_contract::rate::published_card(self.bus(), sku.as_str())
+            .await
+            .map_err(|e| match e {
+                ratemesh_contract::rate::CardReadError::Bus(e) => EngineError::Bus(e),
+                ratemesh_contract::rate::CardReadError::Corrupt { sku, problem } => {
+                    EngineError::Corrupt {
+                        sku,
+                        problem: problem.to_string(),
+                    }
+                }
+            })
     }
 }
 

@@ -1,20 +1,14 @@
-//! What the engine stores per SKU: the `rate` state record (contract shared with the read
-//! path) and the engine's own part of it, the JSON `engine` field.
+//! What the engine stores per SKU: the `rate` state record (its layout is the contract's,
+//! [`ratemesh_contract::rate`]) and the engine's own part of it, the JSON `engine` field.
 
 use chrono::{DateTime, Utc};
 use ratemesh_core::card::PendingCut;
 use ratemesh_core::{Policy, Rate, RateCard, Sku, SkuState};
 use serde::{Deserialize, Serialize};
 
-/// State namespace of the per-SKU records.
-pub const NAMESPACE: &str = "rate";
-/// Field holding the published `ratemesh.v1.RateCard` (protobuf); absent until the SKU has
-/// product data and so a rate.
-pub const FIELD_CARD: &str = "card";
-/// Field holding the JSON [`EngineRecord`].
-pub const FIELD_ENGINE: &str = "engine";
-/// Type name of the events appended to the `rates` stream.
-pub const RATE_CHANGED: &str = "ratemesh.v1.RateChanged";
+/// The record's layout is the contract's: namespace `rate`, the published card in
+/// `card`, the JSON [`EngineRecord`] in `engine`.
+pub use ratemesh_contract::rate::{FIELD_CARD, FIELD_ENGINE, NAMESPACE};
 
 /// What was last published for a SKU: the proto card's version and what a new publication
 /// is compared against.

@@ -15,14 +15,14 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use prost::Message;
 use ratemesh_bus::{BusError, StateRecord, StateWrite};
+use ratemesh_contract::streams;
 use ratemesh_core::{Event, Override, OverrideScope};
 use ratemesh_proto::v1;
-use ratemesh_runtime::streams;
 use serde::{Deserialize, Serialize};
 
 use crate::convert::{override_from_stored, override_status, override_to_proto, timestamp};
-use crate::engine::decode::OVERRIDE_CHANGED;
 use crate::engine::{Engine, EngineError};
+use ratemesh_contract::kinds::OVERRIDE_CHANGED;
 
 /// Namespace of override records.
 pub const NAMESPACE: &str = "override";
@@ -181,16 +181,6 @@ pub async fn load_many(engine: &Engine, ids: &[String]) -> Result<Vec<Stored>, B
     Ok(out)
 }
 
-fn meta_of(at: DateTime<Utc>, author: &str) -> v1::EventMeta {
-    let _ = author;
-    v1::EventMeta {
-        event_id: ulid::Ulid::generate().to_string(),
-        occurred_at: Some(timestamp(at)),
-        traceparent: ratemesh_runtime::trace_context::current_traceparent().unwrap_or_default(),
-        tracestate: String::new(),
-    }
-}
-
 /// Records a change: rewrites the override's record (CAS on `expect`) with `meta`, appends
 /// the audit entry and publishes `OverrideChanged`, atomically.
 #[allow(clippy::too_many_arguments)]
@@ -218,7 +208,7 @@ async fn record_change(
     let mut stored = override_to_proto(value);
     stored.created_at = meta.created_at.map(timestamp);
     let event = v1::OverrideChanged {
-        meta: Some(meta_of(at, author)),
+        meta: Some(ratemesh_contract::header::meta(at)),
         action: action as i32,
         before,
         after: Some(after),

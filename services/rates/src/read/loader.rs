@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use prost::Message;
 use ratemesh_bus::{Bus, BusResult, Delivery};
+use ratemesh_contract::streams;
 use ratemesh_proto::v1;
 use ratemesh_runtime::Readiness;
-use ratemesh_runtime::streams;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 

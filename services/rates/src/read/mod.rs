@@ -42,14 +42,12 @@ pub use explain::{Explainer, InputsDecoder};
 pub use replica::{Clock, Replica, ReplicaOptions, ReplicaReader, system_clock};
 pub use service::RatesApi;
 
-/// State namespace of the rate table (written only by the engine).
-pub const STATE_NAMESPACE: &str = "rate";
-/// Field of a `rate` state holding the protobuf `v1::RateCard`.
-pub const CARD_FIELD: &str = "card";
-/// Field of a `rate` state holding the engine's own record (decoded only by `ExplainRate`).
-pub const ENGINE_FIELD: &str = "engine";
-/// Kind of the `rates` stream entries the replica applies.
-pub const RATE_CHANGED_KIND: &str = "ratemesh.v1.RateChanged";
+/// The rate table's record layout and the kind of the `rates` entries the replica applies
+/// (the contract's; the engine writes them).
+pub use ratemesh_contract::kinds::RATE_CHANGED as RATE_CHANGED_KIND;
+pub use ratemesh_contract::rate::{
+    FIELD_CARD as CARD_FIELD, FIELD_ENGINE as ENGINE_FIELD, NAMESPACE as STATE_NAMESPACE,
+};
 
 /// Replica options from the `[rates]` settings and the bus's partition count.
 pub fn replica_options(settings: &RatesSettings, partitions: u32) -> ReplicaOptions {

@@ -44,10 +44,7 @@ pub(crate) fn timestamp_to_utc(
     field: &str,
     ts: &prost_types::Timestamp,
 ) -> Result<DateTime<Utc>, ReadError> {
-    u32::try_from(ts.nanos)
-        .ok()
-        .filter(|n| *n < 1_000_000_000)
-        .and_then(|nanos| DateTime::from_timestamp(ts.seconds, nanos))
+    ratemesh_contract::time::from_timestamp(ts)
         .ok_or_else(|| ReadError::invalid(field, "is not a valid timestamp"))
 }
 

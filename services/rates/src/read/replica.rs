@@ -127,7 +127,7 @@ fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 pub fn computed_at(card: &v1::RateCard) -> DateTime<Utc> {
     card.computed_at
         .as_ref()
-        .and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+        .and_then(ratemesh_contract::time::from_timestamp)
         .unwrap_or(DateTime::UNIX_EPOCH)
 }
 
