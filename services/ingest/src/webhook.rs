@@ -1,10 +1,14 @@
 //! `POST /v1/stock` and `POST /v1/products` (DESIGN §4.2).
 //!
-//! Order of checks, cheapest and least trusting first: concurrency, size, signature, JSON,
-//! item count, validation, then the hand-off. Every refusal leaves the stream unchanged.
+//! Order of checks, cheapest and least trusting first: the signature header's form and
+//! timestamp (before any of the body is read), the declared size, then the body, read under
+//! a deadline while its HMAC is computed, the signature itself, concurrency, JSON, item
+//! count, validation, then the hand-off. A request holds a processing slot only once its
+//! signature is verified, so clients that trickle bodies cannot starve signed pushes. Every
+//! refusal leaves the stream unchanged.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -13,8 +17,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::Utc;
+use futures::StreamExt as _;
 use ratemesh_runtime::ApiError;
-use ratemesh_runtime::signature::{self, SIGNATURE_HEADER, SignatureError};
+use ratemesh_runtime::signature::{self, SIGNATURE_HEADER, StreamingVerifier};
 use ratemesh_runtime::trace_context;
 use tokio::sync::Semaphore;
 use tracing::Instrument;
@@ -39,6 +44,7 @@ pub(crate) struct WebhookState {
     pub(crate) sources: Vec<Source>,
     pub(crate) tolerance_secs: u64,
     pub(crate) max_body_bytes: usize,
+    pub(crate) body_read_timeout: Duration,
     pub(crate) in_flight: Semaphore,
     pub(crate) retry_after: std::time::Duration,
 }
@@ -108,13 +114,7 @@ async fn accept(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<crate::handoff::Answer, ApiError> {
-    let _permit = state
-        .in_flight
-        .try_acquire()
-        .map_err(|_| ApiError::Unavailable {
-            message: "ingest is at its concurrency limit; retry after the advised delay".into(),
-            retry_after: state.retry_after,
-        })?;
+    let verifier = check_signature_header(state, headers)?;
 
     let too_large = || {
         ApiError::TooLarge(format!(
@@ -130,12 +130,32 @@ async fn accept(
     {
         return Err(too_large());
     }
-    let body = axum::body::to_bytes(body, state.max_body_bytes)
-        .await
-        .map_err(|_| too_large())?;
+    let (body, verifier) = tokio::time::timeout(
+        state.body_read_timeout,
+        read_body(body, state.max_body_bytes, verifier),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::RequestTimeout(format!(
+            "the body did not arrive within {} ms",
+            state.body_read_timeout.as_millis()
+        ))
+    })?
+    .map_err(|err| match err {
+        BodyError::TooLarge => too_large(),
+        BodyError::Broken => ApiError::Malformed("the body could not be read".into()),
+    })?;
 
-    let source = verify(state, headers, &body)?;
+    let source = verified_source(state, verifier)?;
     tracing::Span::current().record("source", source.as_str());
+
+    let _permit = state
+        .in_flight
+        .try_acquire()
+        .map_err(|_| ApiError::Unavailable {
+            message: "ingest is at its concurrency limit; retry after the advised delay".into(),
+            retry_after: state.retry_after,
+        })?;
 
     let header_batch_id = batch_id_header(headers)?;
     let now = Utc::now();
@@ -179,8 +199,13 @@ fn record_batch_id(batch_id: Option<&str>) {
     }
 }
 
-/// Finds the source whose secret signed the body.
-fn verify(state: &WebhookState, headers: &HeaderMap, body: &[u8]) -> Result<String, ApiError> {
+/// Checks the signature header before any of the body is read: a request whose header is
+/// missing, malformed or out of tolerance can never verify, so it is refused at once.
+/// Returns a verifier over every secret of every source, fed as the body arrives.
+fn check_signature_header(
+    state: &WebhookState,
+    headers: &HeaderMap,
+) -> Result<StreamingVerifier, ApiError> {
     if state.sources.is_empty() {
         return Err(ApiError::Unauthenticated(
             "no ERP source is configured ([[ingest.sources]]); the webhooks accept nothing".into(),
@@ -189,26 +214,54 @@ fn verify(state: &WebhookState, headers: &HeaderMap, body: &[u8]) -> Result<Stri
     let header = headers
         .get(SIGNATURE_HEADER)
         .map(|v| v.to_str().unwrap_or(""));
-    let now = Utc::now().timestamp();
-    let mut last = SignatureError::Mismatch;
+    let parsed = signature::check_header(header, Utc::now().timestamp(), state.tolerance_secs)
+        .map_err(|err| ApiError::Unauthenticated(err.to_string()))?;
+    let secrets = state
+        .sources
+        .iter()
+        .flat_map(|source| source.secrets.iter().map(Vec::as_slice));
+    Ok(StreamingVerifier::new(parsed, secrets))
+}
+
+/// The name of the source whose secret signed the body.
+fn verified_source(state: &WebhookState, verifier: StreamingVerifier) -> Result<String, ApiError> {
+    let index = verifier
+        .finish()
+        .map_err(|err| ApiError::Unauthenticated(err.to_string()))?;
+    let mut seen = 0;
     for source in &state.sources {
-        match signature::verify(
-            header,
-            body,
-            source.secrets.iter().map(Vec::as_slice),
-            now,
-            state.tolerance_secs,
-        ) {
-            Ok(_) => return Ok(source.name.clone()),
-            // Missing, malformed and expired do not depend on the secret: stop at once.
-            Err(SignatureError::Mismatch) => last = SignatureError::Mismatch,
-            Err(other) => {
-                last = other;
-                break;
-            }
+        if index < seen + source.secrets.len() {
+            return Ok(source.name.clone());
         }
+        seen += source.secrets.len();
     }
-    Err(ApiError::Unauthenticated(last.to_string()))
+    Err(ApiError::Internal(format!(
+        "secret {index} matched but no source holds it"
+    )))
+}
+
+enum BodyError {
+    TooLarge,
+    Broken,
+}
+
+/// Reads the body, at most `limit` bytes, feeding `verifier` as chunks arrive.
+async fn read_body(
+    body: Body,
+    limit: usize,
+    mut verifier: StreamingVerifier,
+) -> Result<(Vec<u8>, StreamingVerifier), BodyError> {
+    let mut chunks = body.into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|_| BodyError::Broken)?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        verifier.update(&chunk);
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok((bytes, verifier))
 }
 
 fn batch_id_header(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
