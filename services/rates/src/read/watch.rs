@@ -98,13 +98,9 @@ pub fn watch_rates(
             .insert(parse_sku(&format!("skus[{i}]"), sku)?.as_str().to_owned());
     }
     for (i, category) in request.categories.iter().enumerate() {
-        if category.trim().is_empty() {
-            return Err(ReadError::invalid(
-                format!("categories[{i}]"),
-                "must not be empty",
-            ));
-        }
-        filter.categories.insert(category.clone());
+        let category = ratemesh_core::input::category(category)
+            .map_err(|e| ReadError::invalid(format!("categories[{i}]"), e))?;
+        filter.categories.insert(category);
     }
     let resume = match request.cursor.as_str() {
         "" => None,
