@@ -1,185 +1,20 @@
 //! Slow, idle and unsigned clients on the webhook port, through real loopback sockets: they
-//! are cut off or refused early and never keep a signed ERP push from being answered.
+//! are cut off or refused early (the swarm of them beside a pushing ERP is in
+//! `slow_swarm.rs`, a binary of its own so nothing else runs beside it).
 //!
-//! Swarm clients connect from other loopback addresses (127.0.0.2 and up) than the ERP
+//! Clients connect from other loopback addresses (127.0.0.2 and up) than the ERP
 //! (127.0.0.1), as they would from other hosts.
 
 mod support;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ratemesh_runtime::signature;
-use support::{Ingest, now, start, stock_body};
+use support::slow::{
+    closed_within, connect_from, forged_signature, head, status_within, timed_push,
+};
+use support::{now, start, stock_body};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-
-/// A TCP connection to `server` from the loopback address `127.0.0.<host>`.
-async fn connect_from(host: u8, server: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket
-        .bind(SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::new(127, 0, 0, host)),
-            0,
-        ))
-        .expect("bind a loopback source address");
-    socket.connect(server).await.expect("connect")
-}
-
-/// Request headers for `POST /v1/stock` declaring a body of `length` bytes.
-fn head(length: usize, signature: Option<String>) -> String {
-    let mut head = format!(
-        "POST /v1/stock HTTP/1.1\r\nhost: ratemesh\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n"
-    );
-    if let Some(signature) = signature {
-        head.push_str(&format!("ratemesh-signature: {signature}\r\n"));
-    }
-    head.push_str("\r\n");
-    head
-}
-
-/// A well-formed, in-tolerance header whose HMAC matches nothing.
-fn forged_signature() -> String {
-    format!("t={},v1={}", now(), "ab".repeat(32))
-}
-
-/// Reads until the server closes the connection or `within` passes; true if it closed.
-async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-        }
-    }
-}
-
-/// Reads a response's status line (and whatever else has arrived), within `within`.
-async fn status_within(stream: &mut TcpStream, within: Duration) -> Option<u16> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + within;
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
-            _ => return None,
-        }
-    }
-    let text = String::from_utf8_lossy(&got);
-    text.split(' ').nth(1).and_then(|code| code.parse().ok())
-}
-
-/// Pushes a signed batch and returns its status and how long the answer took.
-async fn timed_push(ingest: &Ingest, n: u64) -> (u16, Duration) {
-    let body = stock_body(&[(&format!("SKU-{n}"), 10, n + 1)]);
-    let started = Instant::now();
-    let answer = ingest.post_signed("/v1/stock", &body, &[]).await;
-    (answer.status, started.elapsed())
-}
-
-#[tokio::test]
-async fn signed_pushes_are_answered_while_slow_clients_hold_hundreds_of_connections() {
-    const SWARM: usize = 300;
-    const PUSHES: u64 = 40;
-    // Fewer slots than slow clients, so any slot a slow client held would show. Every
-    // timeout is long enough that no slow client is cut off while the pushes run: what keeps
-    // the ERP answered is that slow clients never hold a slot.
-    let ingest = start(|s| {
-        s.ingest.max_in_flight = 32;
-        s.server.http_header_read_timeout_ms = 60_000;
-        s.ingest.body_read_timeout_ms = 60_000;
-    })
-    .await;
-    let server = ingest.http;
-
-    // Clients whose connection is still open: unsigned ones are refused and closed at once,
-    // the others stay until a timeout this test does not reach.
-    let open = Arc::new(AtomicUsize::new(0));
-    let connected = Arc::new(AtomicUsize::new(0));
-    let mut swarm = tokio::task::JoinSet::new();
-    for n in 0..SWARM {
-        let host = 2 + (n % 30) as u8;
-        let (open, connected) = (open.clone(), connected.clone());
-        swarm.spawn(async move {
-            let mut stream = connect_from(host, server).await;
-            open.fetch_add(1, Ordering::SeqCst);
-            connected.fetch_add(1, Ordering::SeqCst);
-            let trickle = match n % 4 {
-                // Stops in the middle of its headers.
-                0 => {
-                    let _ = stream
-                        .write_all(b"POST /v1/stock HTTP/1.1\r\nhost: ratemesh\r\ncontent-le")
-                        .await;
-                    false
-                }
-                // Unsigned, then a body one byte at a time.
-                1 => {
-                    let _ = stream.write_all(head(1_000_000, None).as_bytes()).await;
-                    true
-                }
-                // A well-formed signature that matches nothing, then a trickled body.
-                2 => {
-                    let _ = stream
-                        .write_all(head(1_000_000, Some(forged_signature())).as_bytes())
-                        .await;
-                    true
-                }
-                // Connects and says nothing.
-                _ => false,
-            };
-            let until = tokio::time::Instant::now() + Duration::from_secs(30);
-            while tokio::time::Instant::now() < until {
-                if trickle && stream.write_all(b"[").await.is_err() {
-                    break;
-                }
-                let mut buf = [0u8; 512];
-                match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await
-                {
-                    Ok(Ok(0)) | Ok(Err(_)) => break,
-                    _ => {}
-                }
-            }
-            open.fetch_sub(1, Ordering::SeqCst);
-        });
-    }
-    // Let the whole swarm connect and send its headers before the ERP starts.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while connected.load(Ordering::SeqCst) < SWARM && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        connected.load(Ordering::SeqCst),
-        SWARM,
-        "the swarm connected"
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let mut slow = Vec::new();
-    for n in 0..PUSHES {
-        let (status, took) = timed_push(&ingest, n).await;
-        assert_eq!(
-            status, 202,
-            "push {n} of {PUSHES} was refused during the swarm"
-        );
-        if took > Duration::from_secs(2) {
-            slow.push((n, took));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(slow.is_empty(), "pushes answered late: {slow:?}");
-    let still_open = open.load(Ordering::SeqCst);
-    assert!(
-        still_open >= SWARM * 3 / 4,
-        "only {still_open} of {SWARM} slow clients were still connected when the pushes ended"
-    );
-    swarm.abort_all();
-    assert_eq!(ingest.stock_updates().await.len(), PUSHES as usize);
-    ingest.stop().await;
-}
 
 #[tokio::test]
 async fn an_unsigned_request_is_refused_before_its_body_is_sent() {
