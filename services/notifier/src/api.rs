@@ -248,7 +248,6 @@ impl PartnersApi {
         let partner = request
             .partner
             .ok_or_else(|| ApiError::invalid("partner", "is required"))?;
-        let filters = validate(&self.config, &partner).await?;
         let id = if partner.id.is_empty() {
             format!(
                 "p-{}",
@@ -257,7 +256,18 @@ impl PartnersApi {
         } else {
             partner.id.clone()
         };
-        authorize(principal, &id)?;
+        // Who may act on the record comes first: the URL check below resolves names, and a
+        // caller who may not touch this partner must learn nothing from it.
+        if principal.role != Role::Admin {
+            required_id(&id, "partner.id")?;
+            authorize(principal, &id)?;
+            if self.partners.get(&id).await?.is_none() {
+                return Err(ApiError::PermissionDenied(
+                    "only admin may create partners".into(),
+                ));
+            }
+        }
+        let filters = validate(&self.config, &partner).await?;
         // Compare-and-set, so two concurrent upserts cannot lose a secret rotation.
         for _ in 0..8 {
             let now = now_ms();

@@ -10,6 +10,7 @@
 //! - [`http_server`]: the webhook listener and its connection limits.
 //! - [`health`]: per-service readiness feeding `grpc.health.v1` and `/readyz`.
 //! - [`shutdown`]: SIGTERM/SIGINT handling.
+//! - [`subscriptions`]: a partner's subscription, as the notifier stores it.
 //! - [`retention`] and [`stream_gauges`]: per-process upkeep of the shared streams
 //!   (trimming under `[retention]`; backlog, pending, length and dead-letter gauges).
 
@@ -28,6 +29,7 @@ pub mod shutdown;
 pub mod signature;
 pub mod stream_gauges;
 pub mod streams;
+pub mod subscriptions;
 pub mod telemetry;
 pub mod trace_context;
 

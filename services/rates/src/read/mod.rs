@@ -102,6 +102,7 @@ impl ReadPath {
         let api = RatesApi::new(
             reader.clone(),
             Explainer::new(ctx.bus().clone(), decode_inputs),
+            ctx.bus().clone(),
             Duration::from_millis(settings.watch_heartbeat_ms),
             ctx.shutdown().clone(),
         );

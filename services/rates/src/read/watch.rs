@@ -75,6 +75,7 @@ impl Drop for Gauge {
 pub fn watch_rates(
     reader: &ReplicaReader,
     request: v1::WatchRatesRequest,
+    subscription: Option<ratemesh_runtime::subscriptions::Subscription>,
     heartbeat: Duration,
     shutdown: CancellationToken,
 ) -> Result<WatchStream, ReadError> {
@@ -91,7 +92,10 @@ pub fn watch_rates(
             format!("must hold at most {MAX_WATCH_CATEGORIES} categories"),
         ));
     }
-    let mut filter = WatchFilter::default();
+    let mut filter = WatchFilter {
+        subscription,
+        ..WatchFilter::default()
+    };
     for (i, sku) in request.skus.iter().enumerate() {
         filter
             .skus
