@@ -371,6 +371,9 @@ impl Serialize for Secret {
 pub struct IngestSettings {
     /// Largest webhook body accepted (413 beyond).
     pub max_body_bytes: usize,
+    /// Bytes held at once, across every webhook request, for bodies whose signature is not
+    /// verified yet (503 beyond): what unsigned floods can make the process buffer.
+    pub max_unverified_body_bytes: usize,
     /// Most items in one batch (413 beyond).
     pub max_batch_items: usize,
     /// How far a signature's timestamp may be from server time.
@@ -721,6 +724,10 @@ impl Settings {
         let i = &self.ingest;
         for (key, value) in [
             ("ingest.max_body_bytes", i.max_body_bytes as u64),
+            (
+                "ingest.max_unverified_body_bytes",
+                i.max_unverified_body_bytes as u64,
+            ),
             ("ingest.max_batch_items", i.max_batch_items as u64),
             (
                 "ingest.signature_tolerance_secs",
@@ -735,6 +742,18 @@ impl Settings {
             if value == 0 {
                 return Err(SettingsError::new(key, "must be greater than 0"));
             }
+        }
+        if i.max_unverified_body_bytes < i.max_body_bytes {
+            return Err(SettingsError::new(
+                "ingest.max_unverified_body_bytes",
+                "must be at least ingest.max_body_bytes, or the largest body is never accepted",
+            ));
+        }
+        if u32::try_from(i.max_body_bytes).is_err() {
+            return Err(SettingsError::new(
+                "ingest.max_body_bytes",
+                "must be below 4 GiB",
+            ));
         }
         let mut source_names = HashSet::new();
         for (n, source) in i.sources.iter().enumerate() {
