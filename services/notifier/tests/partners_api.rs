@@ -263,3 +263,51 @@ async fn ownership_is_checked_before_urls_and_resolved_addresses_are_never_echoe
     }
     notifier.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_skus_and_categories_follow_the_shared_input_rules() {
+    let redis = RedisServer::start();
+    let notifier = Notifier::start(&redis, &redis.unique_prefix(), fast_settings()).await;
+    let sink = Sink::start().await;
+    let mut admin = notifier.client(Role::Admin).await;
+
+    let mut bad = partner("acme", &sink.url());
+    bad.partner.as_mut().expect("partner").filters = Some(v1::PartnerFilter {
+        skus: vec!["OK-1".into(), "no\u{0}nul".into(), "x".repeat(4096)],
+        categories: vec!["home\u{0}".into(), "c".repeat(4096)],
+        ..Default::default()
+    });
+    let err = admin.upsert_partner(bad).await.expect_err("invalid");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().len() < 200, "{}", err.message());
+    let mut fields = violated_fields(&err);
+    fields.sort();
+    assert_eq!(
+        fields,
+        vec![
+            "partner.filters.categories[0]",
+            "partner.filters.categories[1]",
+            "partner.filters.skus[1]",
+            "partner.filters.skus[2]",
+        ]
+    );
+
+    let mut good = partner("acme", &sink.url());
+    good.partner.as_mut().expect("partner").filters = Some(v1::PartnerFilter {
+        categories: vec!["Home".into(), "home".into()],
+        ..Default::default()
+    });
+    let saved = admin
+        .upsert_partner(good)
+        .await
+        .expect("valid")
+        .into_inner()
+        .partner
+        .expect("partner");
+    assert_eq!(
+        saved.filters.expect("filters").categories,
+        vec!["home".to_owned()],
+        "stored in the cards' lower case, once"
+    );
+    notifier.stop().await;
+}
