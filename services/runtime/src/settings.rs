@@ -425,7 +425,8 @@ pub struct ServerSettings {
     /// Webhook listener: a request's headers must arrive within this long of the
     /// connection becoming ready for them, or the connection is closed.
     pub http_header_read_timeout_ms: u64,
-    /// Webhook listener: a kept-alive connection with no request for this long is closed.
+    /// Webhook listener: a kept-alive connection with no request for this long is closed
+    /// (or sooner: the header read timeout also runs while it waits for its next request).
     pub http_keep_alive_timeout_ms: u64,
     /// Webhook listener: connections open at once; more are closed on accept.
     pub http_max_connections: usize,
