@@ -97,7 +97,8 @@ impl FromStr for Cursor {
     type Err = BusError;
 
     fn from_str(token: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| BusError::InvalidInput(format!("cursor {token:?} is invalid: {why}"));
+        // The token itself is not repeated: it may be anything a caller sent, of any size.
+        let bad = |why: &str| BusError::InvalidInput(format!("cursor is invalid: {why}"));
         if !token.len().is_multiple_of(2) || token.is_empty() {
             return Err(bad("not a hex token"));
         }

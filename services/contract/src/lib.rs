@@ -12,6 +12,8 @@
 //!   by rates and incentives.
 //! - [`incentive`] — `IncentiveChanged` ⇄ core incentive events, close reasons.
 //! - [`rate`] — `RateChanged` and the published-card record other services may read.
+//! - [`partner`] — the part of the notifier's partner record rates reads (a partner's
+//!   subscription narrows its `WatchRates`).
 //! - [`error`] — why an entry does not decode.
 //!
 //! It depends on `proto`, `core` and `bus` only; every service depends on it, none on
@@ -23,6 +25,7 @@ pub mod error;
 pub mod header;
 pub mod incentive;
 pub mod kinds;
+pub mod partner;
 pub mod rate;
 pub mod stock;
 pub mod streams;

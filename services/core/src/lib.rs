@@ -8,6 +8,7 @@
 //! Layout:
 //! - [`types`] — validated newtypes: [`Sku`], [`Rate`], [`Money`], [`Quantity`],
 //!   [`DaysOfCover`], [`Velocity`].
+//! - [`input`] — the checks every API applies to ids, SKUs, categories, times, decimals.
 //! - [`policy`] — the policy file ([`policy::config`]), its validated form [`Policy`],
 //!   band tables with hysteresis, peak windows and flash-incentive rules.
 //! - [`velocity`] — the sales-velocity estimator (EWMA of depletion).
@@ -22,6 +23,7 @@
 pub mod card;
 pub mod compute;
 pub mod incentive;
+pub mod input;
 pub mod overrides;
 pub mod policy;
 pub mod product;

@@ -34,11 +34,11 @@ pub enum TypeError {
         value: Decimal,
     },
     /// A text was not a decimal number.
-    #[error("{what}: {text:?} is not a decimal number")]
+    #[error("{what}: {text} is not a decimal number")]
     NotDecimal {
         /// Which kind of value was being parsed.
         what: &'static str,
-        /// The rejected text.
+        /// The rejected text, quoted and cut short ([`crate::input::quote`]).
         text: String,
     },
 }
@@ -152,7 +152,7 @@ impl FromStr for Rate {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let d = Decimal::from_str(s).map_err(|_| TypeError::NotDecimal {
             what: "rate",
-            text: s.to_owned(),
+            text: crate::input::quote(s),
         })?;
         Self::new(d)
     }
@@ -216,7 +216,7 @@ macro_rules! non_negative_decimal {
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 let d = Decimal::from_str(s).map_err(|_| TypeError::NotDecimal {
                     what: $what,
-                    text: s.to_owned(),
+                    text: crate::input::quote(s),
                 })?;
                 Self::new(d)
             }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use chrono::TimeDelta;
-use ratemesh_core::{Rate, Sku};
+use ratemesh_core::{Rate, input};
 use ratemesh_proto::v1::incentive_service_server::IncentiveService;
 use ratemesh_proto::v1::{
     CancelIncentiveRequest, CancelIncentiveResponse, IncentiveState, ListIncentivesRequest,
@@ -42,6 +42,8 @@ fn check_reason(field: &str, reason: &str, violations: &mut Vec<FieldViolation>)
             field,
             "must be 1 to 1024 characters (and not only spaces)",
         ));
+    } else if let Err(e) = input::text(reason.trim(), MAX_REASON) {
+        violations.push(FieldViolation::new(field, e));
     }
 }
 
@@ -59,7 +61,7 @@ fn positive_decimal(
         Err(_) => {
             violations.push(FieldViolation::new(
                 field,
-                format!("{text:?} is not a decimal number"),
+                format!("{} is not a decimal number", input::quote(text)),
             ));
             None
         }
@@ -73,13 +75,10 @@ impl IncentivesApi {
         author: String,
     ) -> Result<Trigger, ApiError> {
         let mut v = Vec::new();
-        let sku = match Sku::new(req.sku.clone()) {
+        let sku = match input::sku(&req.sku) {
             Ok(s) => Some(s),
             Err(e) => {
-                v.push(FieldViolation::new(
-                    "sku",
-                    e.to_string().trim_start_matches("sku: ").to_owned(),
-                ));
+                v.push(FieldViolation::new("sku", e));
                 None
             }
         };
@@ -102,7 +101,12 @@ impl IncentivesApi {
                 None
             }
             Some(d) => {
-                let d = TimeDelta::seconds(d.seconds) + TimeDelta::nanoseconds(i64::from(d.nanos));
+                // Out-of-range parts (the protobuf bounds are ±10,000 years) are refused
+                // like any other too-long window, never overflowed.
+                let d = TimeDelta::try_seconds(d.seconds)
+                    .filter(|_| (-999_999_999..=999_999_999).contains(&d.nanos))
+                    .map(|s| s + TimeDelta::nanoseconds(i64::from(d.nanos)))
+                    .unwrap_or(TimeDelta::MAX);
                 if d <= TimeDelta::zero() {
                     v.push(FieldViolation::new("duration", "must be positive"));
                     None
@@ -170,6 +174,13 @@ impl IncentiveService for IncentivesApi {
                 );
             }
         };
+        if let Some(sku) = req.sku.as_deref() {
+            input::sku(sku).map_err(|e| ApiError::invalid("sku", e))?;
+        }
+        let category = match req.category.as_deref() {
+            Some(c) => Some(input::category(c).map_err(|e| ApiError::invalid("category", e))?),
+            None => None,
+        };
         let state = IncentiveState::try_from(req.state).unwrap_or(IncentiveState::Unspecified);
         let mut all = self
             .engine
@@ -179,7 +190,7 @@ impl IncentiveService for IncentivesApi {
             .map_err(ApiError::from)?;
         all.retain(|i| {
             req.sku.as_deref().is_none_or(|s| i.sku == s)
-                && req.category.as_deref().is_none_or(|c| i.category == c)
+                && category.as_deref().is_none_or(|c| i.category == c)
                 && (state == IncentiveState::Unspecified || i.state == state as i32)
                 && after.as_deref().is_none_or(|a| i.id.as_str() < a)
         });
@@ -218,8 +229,8 @@ impl IncentiveService for IncentivesApi {
         let author = Principal::of(&request)?.name.clone();
         let req = request.into_inner();
         let mut v = Vec::new();
-        if req.id.trim().is_empty() {
-            v.push(FieldViolation::new("id", "is required"));
+        if let Err(e) = input::id(req.id.trim()) {
+            v.push(FieldViolation::new("id", e));
         }
         check_reason("reason", &req.reason, &mut v);
         if !v.is_empty() {

@@ -59,6 +59,8 @@ pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
             .collect(),
         tolerance_secs: settings.signature_tolerance_secs,
         max_body_bytes: settings.max_body_bytes,
+        unverified_budget: Semaphore::new(settings.max_unverified_body_bytes),
+        body_read_timeout: Duration::from_millis(settings.body_read_timeout_ms),
         in_flight: Semaphore::new(settings.max_in_flight),
         retry_after,
     });

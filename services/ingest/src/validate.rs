@@ -4,6 +4,7 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
+use ratemesh_core::input;
 use ratemesh_core::types::Sku;
 use ratemesh_runtime::FieldViolation;
 use rust_decimal::Decimal;
@@ -64,11 +65,10 @@ impl Check<'_> {
     }
 
     fn sku(&mut self, raw: &str) -> Option<Sku> {
-        match Sku::new(raw) {
+        match input::sku(raw) {
             Ok(sku) => Some(sku),
             Err(err) => {
-                let text = err.to_string();
-                self.fail("sku", text.trim_start_matches("sku: "));
+                self.fail("sku", err);
                 None
             }
         }
@@ -84,7 +84,10 @@ impl Check<'_> {
         let value = match Decimal::from_str(raw.trim()) {
             Ok(value) => value,
             Err(_) => {
-                self.fail(field, format!("{raw:?} is not a decimal number"));
+                self.fail(
+                    field,
+                    format!("{} is not a decimal number", input::quote(raw)),
+                );
                 return None;
             }
         };
@@ -114,15 +117,13 @@ impl Check<'_> {
     }
 
     fn text(&mut self, field: &str, raw: &str, max: usize) -> Option<String> {
-        if raw.chars().count() > max {
-            self.fail(field, format!("must be at most {max} characters"));
-            return None;
+        match input::text(raw, max) {
+            Ok(text) => Some(text.to_owned()),
+            Err(err) => {
+                self.fail(field, err);
+                None
+            }
         }
-        if raw.chars().any(char::is_control) {
-            self.fail(field, "must not contain control characters");
-            return None;
-        }
-        Some(raw.to_owned())
     }
 
     fn time(
@@ -132,14 +133,14 @@ impl Check<'_> {
         now: DateTime<Utc>,
         limits: &Limits,
     ) -> Option<DateTime<Utc>> {
-        match DateTime::parse_from_rfc3339(raw.trim()) {
+        match input::rfc3339(raw) {
             Ok(t) => {
-                let t = t.with_timezone(&Utc);
                 if t > now + limits.max_future_skew {
                     self.fail(
                         field,
                         format!(
-                            "{raw} is more than {} s in the future; check the sender's clock",
+                            "{} is more than {} s in the future; check the sender's clock",
+                            input::quote(raw),
                             limits.max_future_skew.num_seconds()
                         ),
                     );
@@ -149,7 +150,7 @@ impl Check<'_> {
                 }
             }
             Err(err) => {
-                self.fail(field, format!("{raw:?} is not an RFC 3339 time ({err})"));
+                self.fail(field, err);
                 None
             }
         }
@@ -251,21 +252,11 @@ pub(crate) fn products(
             violations: &mut violations,
         };
         let sku = check.sku(&product.sku);
-        let category = {
-            let c = product.category.trim();
-            if c.is_empty()
-                || c.len() > 64
-                || !c
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-            {
-                check.fail(
-                    "category",
-                    "must be 1 to 64 characters of A-Z a-z 0-9 - _ .",
-                );
+        let category = match input::category(&product.category) {
+            Ok(c) => Some(c),
+            Err(err) => {
+                check.fail("category", err);
                 None
-            } else {
-                Some(c.to_ascii_lowercase())
             }
         };
         let price = check.decimal("price", &product.price, Decimal::ZERO, false);
@@ -291,7 +282,7 @@ pub(crate) fn products(
             Some(c) => {
                 check.fail(
                     "currency",
-                    format!("{c:?} is not an ISO 4217 code such as USD"),
+                    format!("{} is not an ISO 4217 code such as USD", input::quote(c)),
                 );
                 None
             }
@@ -404,6 +395,21 @@ mod tests {
         assert!(stock(&[raw("A", "10000000000", 1)], now(), &limits()).is_err());
         assert!(stock(&[raw("A", "1.1234567", 1)], now(), &limits()).is_err());
         assert!(stock(&[], now(), &limits()).is_err());
+    }
+
+    #[test]
+    fn times_outside_the_protobuf_range_and_huge_values_are_refused_briefly() {
+        let mut year_0 = raw("A", "1", 1);
+        year_0.as_of = "0000-06-01T00:00:00Z".into();
+        let violations = stock(&[year_0], now(), &limits()).expect_err("year 0");
+        assert_eq!(violations[0].field, "updates[0].as_of");
+        let mut huge = raw("A", &"9".repeat(4096), 1);
+        huge.as_of = "x".repeat(4096);
+        let violations = stock(&[huge], now(), &limits()).expect_err("huge");
+        assert_eq!(violations.len(), 2);
+        for v in &violations {
+            assert!(v.description.len() < 200, "{}", v.description);
+        }
     }
 
     #[test]

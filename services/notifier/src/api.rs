@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use ratemesh_bus::{Bus, BusError};
+use ratemesh_core::input;
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::partner_service_server::PartnerService;
 use ratemesh_runtime::{ApiError, FieldViolation, Principal, Role};
@@ -67,10 +68,6 @@ fn valid_partner_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
-fn valid_sku(sku: &str) -> bool {
-    !sku.is_empty() && sku.len() <= 128 && sku.bytes().all(|b| b.is_ascii_graphic())
 }
 
 fn page_size(requested: u32, field: &str) -> Result<usize, ApiError> {
@@ -171,11 +168,8 @@ async fn validate(config: &Config, partner: &v1::Partner) -> Result<Filters, Api
         ));
     }
     for (i, sku) in f.skus.iter().enumerate().take(10_000) {
-        if !valid_sku(sku) {
-            violations.push(FieldViolation::new(
-                format!("partner.filters.skus[{i}]"),
-                "must be 1 to 128 printable ASCII characters without whitespace",
-            ));
+        if let Err(e) = input::sku(sku) {
+            violations.push(FieldViolation::new(format!("partner.filters.skus[{i}]"), e));
         }
     }
     if f.categories.len() > 1_000 {
@@ -184,12 +178,15 @@ async fn validate(config: &Config, partner: &v1::Partner) -> Result<Filters, Api
             "must hold at most 1000 categories",
         ));
     }
+    // Categories are compared with the cards' (stored in lower case), so kept that way.
+    let mut categories = Vec::with_capacity(f.categories.len().min(1_000));
     for (i, category) in f.categories.iter().enumerate().take(1_000) {
-        if category.is_empty() || category.chars().count() > 128 {
-            violations.push(FieldViolation::new(
+        match input::category(category) {
+            Ok(c) => categories.push(c),
+            Err(e) => violations.push(FieldViolation::new(
                 format!("partner.filters.categories[{i}]"),
-                "must be 1 to 128 characters",
-            ));
+                e,
+            )),
         }
     }
     for (i, t) in f.event_types.iter().enumerate() {
@@ -223,7 +220,7 @@ async fn validate(config: &Config, partner: &v1::Partner) -> Result<Filters, Api
     };
     Ok(Filters {
         skus: dedup(f.skus),
-        categories: dedup(f.categories),
+        categories: dedup(categories),
         event_types: dedup(f.event_types),
         min_change,
     })
@@ -248,7 +245,6 @@ impl PartnersApi {
         let partner = request
             .partner
             .ok_or_else(|| ApiError::invalid("partner", "is required"))?;
-        let filters = validate(&self.config, &partner).await?;
         let id = if partner.id.is_empty() {
             format!(
                 "p-{}",
@@ -257,7 +253,18 @@ impl PartnersApi {
         } else {
             partner.id.clone()
         };
-        authorize(principal, &id)?;
+        // Who may act on the record comes first: the URL check below resolves names, and a
+        // caller who may not touch this partner must learn nothing from it.
+        if principal.role != Role::Admin {
+            required_id(&id, "partner.id")?;
+            authorize(principal, &id)?;
+            if self.partners.get(&id).await?.is_none() {
+                return Err(ApiError::PermissionDenied(
+                    "only admin may create partners".into(),
+                ));
+            }
+        }
+        let filters = validate(&self.config, &partner).await?;
         // Compare-and-set, so two concurrent upserts cannot lose a secret rotation.
         for _ in 0..8 {
             let now = now_ms();

@@ -5,7 +5,7 @@
 //! later resolves to an internal address (DNS rebinding) is still refused. Only `http`
 //! and `https` are allowed, `http` only when configured.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use reqwest::Url;
@@ -27,8 +27,10 @@ pub(crate) enum DestinationError {
     Scheme(String),
     #[error("must not carry credentials")]
     Credentials,
-    #[error("host {host} resolves to {ip}, a private, loopback or link-local address")]
-    Private { host: String, ip: IpAddr },
+    // The address itself is not repeated: the message reaches partners, who must not learn
+    // how internal names resolve.
+    #[error("host {host} is or resolves to a private, loopback or link-local address")]
+    Private { host: String },
     #[error("host {0} does not resolve")]
     Unresolvable(String),
 }
@@ -79,33 +81,54 @@ impl DestinationPolicy {
         if self.allow_private || is_public(ip) {
             Ok(())
         } else {
+            // Operators see the address in the log; callers only learn that it is refused.
+            tracing::info!(host, %ip, "partner destination refused: not a public address");
             Err(DestinationError::Private {
                 host: host.to_owned(),
-                ip,
             })
         }
     }
 }
 
-/// Whether `ip` is a globally routable unicast address.
+/// Whether `ip` is a globally routable unicast address. An IPv6 address that carries an
+/// IPv4 address (mapped, translated, NAT64, 6to4) is judged by the IPv4 address it
+/// reaches, so `::ffff:0:127.0.0.1` is loopback like `127.0.0.1`.
 pub(crate) fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_v4(v6) {
                 return is_public_v4(v4);
             }
-            let first = v6.segments()[0];
+            let segments = v6.segments();
+            let first = segments[0];
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
                 || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
                 || (first & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated)
-                || v6.segments()[..6] == [0, 0, 0, 0, 0, 0] // IPv4-compatible
-                || (first == 0x2001 && v6.segments()[1] == 0x0db8) // documentation
-                || first == 0x0064 && v6.segments()[1] == 0xff9b) // NAT64 to anywhere
+                || segments[..6] == [0, 0, 0, 0, 0, 0] // IPv4-compatible (deprecated)
+                || (first == 0x2001 && segments[1] == 0x0db8) // documentation
+                || (first == 0x2001 && segments[1] == 0) // Teredo: tunnels to anywhere
+                || (first == 0x0100 && segments[1..4] == [0, 0, 0])) // discard-only 100::/64
         }
+    }
+}
+
+/// The IPv4 address an IPv6 address delivers to, for every form that embeds one:
+/// IPv4-mapped `::ffff:0:0/96`, IPv4-translated `::ffff:0:0:0/96`, the NAT64 prefixes
+/// `64:ff9b::/96` and `64:ff9b:1::/48`, and 6to4 `2002::/16`.
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = v6.segments();
+    let low = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, hi, lo] => Some(low(hi, lo)),
+        [0, 0, 0, 0, 0xffff, 0, hi, lo] => Some(low(hi, lo)),
+        [0x0064, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(low(hi, lo)),
+        [0x0064, 0xff9b, 0x0001, _, _, _, hi, lo] => Some(low(hi, lo)),
+        [0x2002, hi, lo, ..] => Some(low(hi, lo)),
+        _ => None,
     }
 }
 
@@ -181,10 +204,30 @@ mod tests {
             "fd00::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            // IPv4-translated, NAT64 (well-known and local-use), 6to4 and IPv4-compatible
+            // forms of loopback, private and metadata addresses.
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:7f00:1",
+            "::ffff:0:169.254.169.254",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b:1::a9fe:a9fe",
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "2002:c0a8:101::1",
+            "::127.0.0.1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             assert!(!is_public(ip.parse().expect("ip")), "{ip}");
         }
-        for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
+        for ip in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "64:ff9b::8.8.8.8",
+            "2002:808:808::1",
+            "::ffff:0:8.8.8.8",
+        ] {
             assert!(is_public(ip.parse().expect("ip")), "{ip}");
         }
     }
@@ -212,6 +255,23 @@ mod tests {
             STRICT.parse("https://[::1]:8443/"),
             Err(DestinationError::Private { .. })
         ));
+        let plain = DestinationPolicy {
+            allow_private: false,
+            allow_plain_http: true,
+        };
+        for url in [
+            "http://[::ffff:0:127.0.0.1]/",
+            "https://[::ffff:0:127.0.0.1]/",
+            "https://[64:ff9b::a9fe:a9fe]/latest",
+            "https://[2002:7f00:1::]/",
+        ] {
+            assert!(
+                matches!(plain.parse(url), Err(DestinationError::Private { .. })),
+                "{url}"
+            );
+        }
+        let err = STRICT.parse("https://[::ffff:0:127.0.0.1]/").unwrap_err();
+        assert!(!err.to_string().contains("127.0.0.1"), "{err}");
         assert!(matches!(
             STRICT.parse("not a url"),
             Err(DestinationError::Malformed(_))
@@ -224,10 +284,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn names_resolving_to_loopback_are_refused() {
-        assert!(matches!(
-            STRICT.check("https://localhost/hook").await,
-            Err(DestinationError::Private { .. })
-        ));
+    async fn names_resolving_to_loopback_are_refused_without_naming_the_address() {
+        let err = STRICT.check("https://localhost/hook").await.unwrap_err();
+        assert!(matches!(err, DestinationError::Private { .. }));
+        let message = err.to_string();
+        assert!(
+            !message.contains("127.0.0.1") && !message.contains("::1"),
+            "{message}"
+        );
     }
 }

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::webhook::{INCENTIVE_CHANGED, RATE_CHANGED, WebhookRate};
 
-/// State namespace of partners (key: partner id).
-pub(crate) const PARTNERS: &str = "notifier.partner";
+/// State namespace of partners (key: partner id); the rates service reads the
+/// subscription part of these records ([`ratemesh_runtime::subscriptions`]).
+pub(crate) const PARTNERS: &str = ratemesh_contract::partner::NAMESPACE;
 /// State namespace of deliveries (key: delivery id).
 pub(crate) const DELIVERIES: &str = "notifier.delivery";
 /// State namespace of each partner's delivery index (key: partner id; field per delivery
@@ -26,7 +27,7 @@ pub(crate) const ATTEMPTS: &str = "notifier.attempt";
 /// Timer queue of coalescing windows (member: partner id).
 pub(crate) const FLUSHES: &str = "notifier.flush";
 /// The field holding a record's JSON.
-pub(crate) const RECORD: &str = "record";
+pub(crate) const RECORD: &str = ratemesh_contract::partner::FIELD;
 
 /// A partner as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use ratemesh_runtime::signature::{SIGNATURE_HEADER, sign_many};
 
 use crate::config::Config;
-use crate::destination::GuardedResolver;
+use crate::destination::{DestinationPolicy, GuardedResolver};
 use crate::webhook::EVENT_ID_HEADER;
 
 /// The result of one attempt.
@@ -24,6 +24,9 @@ pub(crate) struct Outcome {
 pub(crate) struct Sender {
     client: reqwest::Client,
     request_timeout: Duration,
+    /// Checked again on every attempt: an IP-literal URL never reaches the resolver, and
+    /// the settings may have tightened since the partner was saved.
+    destinations: DestinationPolicy,
 }
 
 /// What one attempt sends.
@@ -54,11 +57,19 @@ impl Sender {
         Ok(Self {
             client,
             request_timeout: config.request_timeout,
+            destinations: config.destinations,
         })
     }
 
     /// POSTs the body, signed with every secret, and classifies the answer.
     pub(crate) async fn send(&self, request: Request<'_>) -> Outcome {
+        if let Err(e) = self.destinations.parse(request.url) {
+            return Outcome {
+                delivered: false,
+                status: 0,
+                error: format!("refused destination: {e}"),
+            };
+        }
         let signature = sign_many(
             request.secrets.iter().copied(),
             request.now_secs,

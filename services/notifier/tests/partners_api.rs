@@ -213,3 +213,101 @@ async fn a_partner_key_sees_only_its_own_partner() {
     assert_eq!(err.code(), Code::PermissionDenied);
     notifier.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ownership_is_checked_before_urls_and_resolved_addresses_are_never_echoed() {
+    let redis = RedisServer::start();
+    let mut settings = fast_settings();
+    settings.notifier.allow_private_destinations = false;
+    settings.notifier.allow_plain_http = true;
+    let notifier = Notifier::start(&redis, &redis.unique_prefix(), settings).await;
+    let mut admin = notifier.client(Role::Admin).await;
+    for id in [PARTNER_KEY_ID, "globex"] {
+        admin
+            .upsert_partner(partner(id, "https://93.184.216.34/hook"))
+            .await
+            .expect("a public literal is accepted");
+    }
+
+    // IPv6 forms that carry a loopback or metadata IPv4 address are refused like it.
+    for url in [
+        "http://[::ffff:0:127.0.0.1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://[64:ff9b::a9fe:a9fe]/latest",
+        "http://[2002:7f00:1::1]/",
+    ] {
+        let err = admin
+            .upsert_partner(partner("globex", url))
+            .await
+            .expect_err(url);
+        assert_eq!(err.code(), Code::InvalidArgument, "{url}");
+        assert_eq!(violated_fields(&err), vec!["partner.endpoint_url"], "{url}");
+    }
+
+    // Another partner's record: refused for ownership, before the URL is looked at.
+    let mut own = notifier.client(Role::Partner).await;
+    let err = own
+        .upsert_partner(partner("globex", "https://localhost/hook"))
+        .await
+        .expect_err("not its record");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // Its own record: the URL is refused without saying what the name resolves to.
+    let err = own
+        .upsert_partner(partner(PARTNER_KEY_ID, "https://localhost/hook"))
+        .await
+        .expect_err("private destination");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let details = format!("{err:?}");
+    for address in ["127.0.0.1", "::1"] {
+        assert!(!details.contains(address), "{details}");
+    }
+    notifier.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_skus_and_categories_follow_the_shared_input_rules() {
+    let redis = RedisServer::start();
+    let notifier = Notifier::start(&redis, &redis.unique_prefix(), fast_settings()).await;
+    let sink = Sink::start().await;
+    let mut admin = notifier.client(Role::Admin).await;
+
+    let mut bad = partner("acme", &sink.url());
+    bad.partner.as_mut().expect("partner").filters = Some(v1::PartnerFilter {
+        skus: vec!["OK-1".into(), "no\u{0}nul".into(), "x".repeat(4096)],
+        categories: vec!["home\u{0}".into(), "c".repeat(4096)],
+        ..Default::default()
+    });
+    let err = admin.upsert_partner(bad).await.expect_err("invalid");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().len() < 200, "{}", err.message());
+    let mut fields = violated_fields(&err);
+    fields.sort();
+    assert_eq!(
+        fields,
+        vec![
+            "partner.filters.categories[0]",
+            "partner.filters.categories[1]",
+            "partner.filters.skus[1]",
+            "partner.filters.skus[2]",
+        ]
+    );
+
+    let mut good = partner("acme", &sink.url());
+    good.partner.as_mut().expect("partner").filters = Some(v1::PartnerFilter {
+        categories: vec!["Home".into(), "home".into()],
+        ..Default::default()
+    });
+    let saved = admin
+        .upsert_partner(good)
+        .await
+        .expect("valid")
+        .into_inner()
+        .partner
+        .expect("partner");
+    assert_eq!(
+        saved.filters.expect("filters").categories,
+        vec!["home".to_owned()],
+        "stored in the cards' lower case, once"
+    );
+    notifier.stop().await;
+}

@@ -193,6 +193,48 @@ pub fn override_to_proto(o: &Override) -> v1::Override {
     }
 }
 
+/// Checks an override a merchandiser sends with the shared input rules: SKU or category
+/// (the category is normalised to its stored lower-case form in place), a value with at
+/// most `rate_decimals` decimal places, times within the protobuf range, and a reason of
+/// plain text. [`override_from_proto`] then checks what the values mean.
+pub fn check_override_input(
+    o: &mut v1::Override,
+    prefix: &str,
+    rate_decimals: u32,
+) -> Vec<FieldViolation> {
+    use ratemesh_core::input;
+    let mut violations = Vec::new();
+    let field = |name: &str| format!("{prefix}.{name}");
+    match &mut o.scope {
+        Some(v1::r#override::Scope::Sku(s)) => {
+            if let Err(e) = input::sku(s) {
+                violations.push(FieldViolation::new(field("sku"), e));
+            }
+        }
+        Some(v1::r#override::Scope::Category(c)) => match input::category(c) {
+            Ok(normal) => *c = normal,
+            Err(e) => violations.push(FieldViolation::new(field("category"), e)),
+        },
+        None => {}
+    }
+    if !o.value.trim().is_empty()
+        && let Err(e) = input::decimal(&o.value, rate_decimals)
+    {
+        violations.push(FieldViolation::new(field("value"), e));
+    }
+    for (name, at) in [("starts_at", &o.starts_at), ("ends_at", &o.ends_at)] {
+        if let Some(t) = at
+            && let Err(e) = input::timestamp(t.seconds, t.nanos)
+        {
+            violations.push(FieldViolation::new(field(name), e));
+        }
+    }
+    if let Err(e) = input::text(o.reason.trim(), 1024) {
+        violations.push(FieldViolation::new(field("reason"), e));
+    }
+    violations
+}
+
 /// A proto override from a request as a core override, with every problem reported as a
 /// field violation under `prefix` (e.g. `override`). `id` and `author` are the server's;
 /// an absent `starts_at` means `now`.
@@ -239,7 +281,10 @@ pub fn override_from_proto(
         Err(_) => {
             violations.push(FieldViolation::new(
                 field("value"),
-                format!("must be a decimal fraction between 0 and 1, got {value:?}"),
+                format!(
+                    "must be a decimal fraction between 0 and 1, got {}",
+                    ratemesh_core::input::quote(value)
+                ),
             ));
             None
         }
@@ -257,7 +302,10 @@ pub fn override_from_proto(
             _ => {
                 violations.push(FieldViolation::new(
                     field("value"),
-                    format!("must be a positive factor of at most 10, got {value:?}"),
+                    format!(
+                        "must be a positive factor of at most 10, got {}",
+                        ratemesh_core::input::quote(value)
+                    ),
                 ));
                 None
             }

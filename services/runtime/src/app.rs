@@ -341,9 +341,9 @@ impl App {
         servers.spawn(async move { grpc_server.await.context("gRPC server") });
         if let (Some(listener), Some(router)) = (http, http_router) {
             let stop = stop_accepting.clone();
+            let limits = settings.server.http_limits();
             servers.spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stop.cancelled_owned())
+                crate::http_server::serve(listener, router, limits, stop)
                     .await
                     .context("webhook HTTP server")
             });

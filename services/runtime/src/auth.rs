@@ -194,6 +194,8 @@ pub enum Access {
 
 const ERP: &[Role] = &[Role::Erp];
 const READERS: &[Role] = &[Role::Network, Role::Merchandiser];
+// A partner's watch is narrowed to its subscription by the rates service.
+const WATCHERS: &[Role] = &[Role::Network, Role::Merchandiser, Role::Partner];
 const MERCHANDISER: &[Role] = &[Role::Merchandiser];
 const PARTNER_SELF: &[Role] = &[Role::Partner];
 const ADMIN: &[Role] = &[];
@@ -209,8 +211,11 @@ pub fn allowed_roles(path: &str) -> Access {
         | "grpc.reflection.v1alpha.ServerReflection" => Access::Open,
         "ratemesh.v1.InventoryIngest" => Access::Roles(ERP),
         // ExplainRate answers networks without retailer-private inputs (the handler
-        // redacts by role).
-        "ratemesh.v1.RateService" => Access::Roles(READERS),
+        // redacts by role); partners may watch what they subscribe to.
+        "ratemesh.v1.RateService" => match method {
+            "WatchRates" => Access::Roles(WATCHERS),
+            _ => Access::Roles(READERS),
+        },
         "ratemesh.v1.OverrideService" => Access::Roles(MERCHANDISER),
         "ratemesh.v1.IncentiveService" => match method {
             "ListIncentives" => Access::Roles(READERS),
@@ -309,6 +314,9 @@ mod tests {
             "key-acme"
         ));
         assert!(!ok("/ratemesh.v1.PartnerService/ListPartners", "key-acme"));
+        // A partner watches its subscription (narrowed by the rates service), nothing else.
+        assert!(ok("/ratemesh.v1.RateService/WatchRates", "key-acme"));
+        assert!(!ok("/ratemesh.v1.RateService/GetRate", "key-acme"));
         assert!(ok("/ratemesh.v1.PartnerService/UpsertPartner", "key-ops"));
         assert!(ok("/ratemesh.v1.InventoryIngest/PushStock", "key-ops"));
     }

@@ -97,6 +97,9 @@ pub enum ApiError {
         /// Suggested back-off.
         retry_after: Duration,
     },
+    /// The client took too long to send its request (a body trickling in).
+    #[error("{0}")]
+    RequestTimeout(String),
     /// A bug or an unexpected state; details are logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -142,6 +145,7 @@ impl ApiError {
             ApiError::PermissionDenied(_) => Code::PermissionDenied,
             ApiError::ResourceExhausted { .. } => Code::ResourceExhausted,
             ApiError::Unavailable { .. } => Code::Unavailable,
+            ApiError::RequestTimeout(_) => Code::DeadlineExceeded,
             ApiError::Internal(_) => Code::Internal,
         }
     }
@@ -160,6 +164,7 @@ impl ApiError {
             ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
             ApiError::ResourceExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -200,6 +205,7 @@ impl ApiError {
             ApiError::PermissionDenied(_) => "permission_denied",
             ApiError::ResourceExhausted { .. } => "resource_exhausted",
             ApiError::Unavailable { .. } => "unavailable",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Internal(_) => "internal",
         }
     }

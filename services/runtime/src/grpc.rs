@@ -1,5 +1,6 @@
 //! The tower layer every gRPC call passes through: load shedding, authentication and the
-//! role table, trace context, and per-RPC metrics — in that order, in one place.
+//! role table, trace context, the answer to undecodable requests, and per-RPC metrics — in
+//! that order, in one place.
 //!
 //! Shedding comes first so an overloaded server spends nothing on a call it will refuse.
 //! Health checks and reflection skip shedding and auth: an orchestrator must always be able
@@ -122,9 +123,55 @@ where
 
             let response = inner.call(request).instrument(span).await;
             drop(permit);
-            response.map(|r| finish(&method, started, r))
+            response.map(|r| finish(&method, started, undecodable_is_invalid(&method, r)))
         })
     }
+}
+
+/// What tonic answers, before any handler runs, to a request body that is not one
+/// well-formed gRPC message of the method's type: each is the caller's fault.
+const DECODE_FAILURES: [(tonic::Code, &str); 6] = [
+    // prost: random bytes, truncated messages, wrong wire types, invalid UTF-8.
+    (tonic::Code::Internal, "failed to decode Protobuf message"),
+    // No message frame at all.
+    (tonic::Code::Internal, "Missing request message"),
+    // A frame shorter than its declared length.
+    (tonic::Code::Internal, "Unexpected EOF decoding stream"),
+    // A compressed-flag without a grpc-encoding, or an unknown flag.
+    (
+        tonic::Code::Internal,
+        "protocol error: received message with",
+    ),
+    (tonic::Code::Internal, "Error decompressing"),
+    // A declared length beyond the server's message size limit.
+    (
+        tonic::Code::OutOfRange,
+        "Error, decoded message length too large",
+    ),
+];
+
+/// The longest part of tonic's decode error repeated to the caller.
+const MAX_REASON_CHARS: usize = 120;
+
+/// Turns tonic's answer to an undecodable request (INTERNAL, as if the server were at
+/// fault) into INVALID_ARGUMENT naming the method. Handlers never see such a request, so
+/// this is the one place it can be answered for every RPC.
+fn undecodable_is_invalid(method: &str, response: Response<Body>) -> Response<Body> {
+    let Some(status) = tonic::Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    let decode_failure = DECODE_FAILURES
+        .iter()
+        .any(|(code, prefix)| status.code() == *code && status.message().starts_with(prefix));
+    if !decode_failure {
+        return response;
+    }
+    let reason: String = status.message().chars().take(MAX_REASON_CHARS).collect();
+    metrics::counter!("ratemesh_grpc_undecodable_total", "method" => method.to_owned())
+        .increment(1);
+    error_response(ApiError::Malformed(format!(
+        "the request is not a valid {method} message: {reason}"
+    )))
 }
 
 /// `Service/Method` without the package, a bounded label set for metrics.

@@ -7,6 +7,7 @@
 //! - [`auth`]: API keys (hashed), roles and the RPC → roles table.
 //! - [`error`]: [`ApiError`] and its one mapping to gRPC status and HTTP responses.
 //! - [`app`]: [`Context`], [`ServiceModule`] and [`App`], which binds and runs services.
+//! - [`http_server`]: the webhook listener and its connection limits.
 //! - [`health`]: per-service readiness feeding `grpc.health.v1` and `/readyz`.
 //! - [`shutdown`]: SIGTERM/SIGINT handling.
 //! - [`retention`] and [`stream_gauges`]: per-process upkeep of the shared streams
@@ -19,6 +20,7 @@ pub mod backend;
 pub mod error;
 pub mod grpc;
 pub mod health;
+pub mod http_server;
 pub mod metrics;
 pub mod retention;
 pub mod settings;

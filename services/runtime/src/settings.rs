@@ -372,6 +372,9 @@ impl Serialize for Secret {
 pub struct IngestSettings {
     /// Largest webhook body accepted (413 beyond).
     pub max_body_bytes: usize,
+    /// Bytes held at once, across every webhook request, for bodies whose signature is not
+    /// verified yet (503 beyond): what unsigned floods can make the process buffer.
+    pub max_unverified_body_bytes: usize,
     /// Most items in one batch (413 beyond).
     pub max_batch_items: usize,
     /// How far a signature's timestamp may be from server time.
@@ -382,8 +385,10 @@ pub struct IngestSettings {
     pub max_future_skew_secs: u64,
     /// Backlog of the stock stream for the rates group above which pushes are shed (429).
     pub max_stock_backlog: u64,
-    /// Webhook requests processed at once; more are shed (503).
+    /// Webhook requests with a verified signature processed at once; more are shed (503).
     pub max_in_flight: usize,
+    /// Deadline for receiving a webhook body, from the end of its headers (408 beyond).
+    pub body_read_timeout_ms: u64,
     /// Back-off advertised with 429/503 answers.
     pub retry_after_secs: u64,
     /// ERP sources allowed to call the webhooks, each with its signing secrets.
@@ -418,6 +423,16 @@ pub struct ServerSettings {
     pub shed_retry_after_ms: u64,
     /// How long in-flight work may take to finish once shutdown starts.
     pub shutdown_grace_ms: u64,
+    /// Webhook listener: a request's headers must arrive within this long of the
+    /// connection becoming ready for them, or the connection is closed.
+    pub http_header_read_timeout_ms: u64,
+    /// Webhook listener: a kept-alive connection with no request for this long is closed
+    /// (or sooner: the header read timeout also runs while it waits for its next request).
+    pub http_keep_alive_timeout_ms: u64,
+    /// Webhook listener: connections open at once; more are closed on accept.
+    pub http_max_connections: usize,
+    /// Webhook listener: connections open at once from one peer address.
+    pub http_max_connections_per_peer: usize,
 }
 
 impl ServerSettings {
@@ -434,6 +449,16 @@ impl ServerSettings {
     /// [`Self::shutdown_grace_ms`] as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// The limits of the webhook listener's connections.
+    pub fn http_limits(&self) -> crate::http_server::ConnectionLimits {
+        crate::http_server::ConnectionLimits {
+            header_read_timeout: Duration::from_millis(self.http_header_read_timeout_ms),
+            keep_alive_timeout: Duration::from_millis(self.http_keep_alive_timeout_ms),
+            max_connections: self.http_max_connections,
+            max_connections_per_peer: self.http_max_connections_per_peer,
+        }
     }
 }
 
@@ -598,6 +623,31 @@ impl Settings {
                 "must be greater than 0",
             ));
         }
+        for (key, value) in [
+            (
+                "server.http_header_read_timeout_ms",
+                s.http_header_read_timeout_ms,
+            ),
+            (
+                "server.http_keep_alive_timeout_ms",
+                s.http_keep_alive_timeout_ms,
+            ),
+            ("server.http_max_connections", s.http_max_connections as u64),
+            (
+                "server.http_max_connections_per_peer",
+                s.http_max_connections_per_peer as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err(SettingsError::new(key, "must be greater than 0"));
+            }
+        }
+        if s.http_max_connections_per_peer > s.http_max_connections {
+            return Err(SettingsError::new(
+                "server.http_max_connections_per_peer",
+                "must not exceed server.http_max_connections",
+            ));
+        }
         let ports = [
             ("server.grpc_addr", s.grpc_addr),
             ("server.http_addr", s.http_addr),
@@ -676,6 +726,10 @@ impl Settings {
         let i = &self.ingest;
         for (key, value) in [
             ("ingest.max_body_bytes", i.max_body_bytes as u64),
+            (
+                "ingest.max_unverified_body_bytes",
+                i.max_unverified_body_bytes as u64,
+            ),
             ("ingest.max_batch_items", i.max_batch_items as u64),
             (
                 "ingest.signature_tolerance_secs",
@@ -684,11 +738,24 @@ impl Settings {
             ("ingest.idempotency_ttl_secs", i.idempotency_ttl_secs),
             ("ingest.max_stock_backlog", i.max_stock_backlog),
             ("ingest.max_in_flight", i.max_in_flight as u64),
+            ("ingest.body_read_timeout_ms", i.body_read_timeout_ms),
             ("ingest.retry_after_secs", i.retry_after_secs),
         ] {
             if value == 0 {
                 return Err(SettingsError::new(key, "must be greater than 0"));
             }
+        }
+        if i.max_unverified_body_bytes < i.max_body_bytes {
+            return Err(SettingsError::new(
+                "ingest.max_unverified_body_bytes",
+                "must be at least ingest.max_body_bytes, or the largest body is never accepted",
+            ));
+        }
+        if u32::try_from(i.max_body_bytes).is_err() {
+            return Err(SettingsError::new(
+                "ingest.max_body_bytes",
+                "must be below 4 GiB",
+            ));
         }
         let mut source_names = HashSet::new();
         for (n, source) in i.sources.iter().enumerate() {

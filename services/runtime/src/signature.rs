@@ -131,6 +131,74 @@ pub fn parse(header: &str) -> Result<ParsedSignature, SignatureError> {
     })
 }
 
+/// Checks what a header says without the body: its form and that its timestamp is within
+/// `tolerance_secs` of `now`. A receiver calls this before reading a body, so a request that
+/// can never verify is refused before it costs a buffer or a slot.
+pub fn check_header(
+    header: Option<&str>,
+    now: i64,
+    tolerance_secs: u64,
+) -> Result<ParsedSignature, SignatureError> {
+    let parsed = parse(header.ok_or(SignatureError::Missing)?)?;
+    let age = parsed.timestamp.saturating_sub(now);
+    if age.unsigned_abs() > tolerance_secs {
+        return Err(SignatureError::Expired {
+            age_secs: age,
+            tolerance_secs,
+        });
+    }
+    Ok(parsed)
+}
+
+/// Verifies a body as it arrives, chunk by chunk, so the receiver never has to hold a body
+/// it has not verified in order to verify it.
+pub struct StreamingVerifier {
+    signatures: Vec<Vec<u8>>,
+    macs: Vec<Hmac<Sha256>>,
+}
+
+impl std::fmt::Debug for StreamingVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamingVerifier")
+            .field("secrets", &self.macs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamingVerifier {
+    /// A verifier of `parsed` (from [`check_header`]) against each of `secrets`.
+    pub fn new<'a>(parsed: ParsedSignature, secrets: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let macs = secrets
+            .into_iter()
+            .map(|secret| hmac_for(secret, parsed.timestamp, b""))
+            .collect();
+        Self {
+            signatures: parsed.signatures,
+            macs,
+        }
+    }
+
+    /// Feeds the next chunk of the body.
+    pub fn update(&mut self, chunk: &[u8]) {
+        for mac in &mut self.macs {
+            mac.update(chunk);
+        }
+    }
+
+    /// The index of the first secret under which a `v1` matches the whole body.
+    pub fn finish(self) -> Result<usize, SignatureError> {
+        for (index, mac) in self.macs.into_iter().enumerate() {
+            for candidate in &self.signatures {
+                // `verify_slice` compares in constant time.
+                if mac.clone().verify_slice(candidate).is_ok() {
+                    return Ok(index);
+                }
+            }
+        }
+        Err(SignatureError::Mismatch)
+    }
+}
+
 /// Verifies `header` for `body` against `secrets` at time `now` (unix seconds). Returns the
 /// index of the secret that matched.
 pub fn verify<'a>(
@@ -140,24 +208,10 @@ pub fn verify<'a>(
     now: i64,
     tolerance_secs: u64,
 ) -> Result<usize, SignatureError> {
-    let parsed = parse(header.ok_or(SignatureError::Missing)?)?;
-    let age = parsed.timestamp.saturating_sub(now);
-    if age.unsigned_abs() > tolerance_secs {
-        return Err(SignatureError::Expired {
-            age_secs: age,
-            tolerance_secs,
-        });
-    }
-    for (index, secret) in secrets.into_iter().enumerate() {
-        let expected = hmac_for(secret, parsed.timestamp, body);
-        for candidate in &parsed.signatures {
-            // `verify_slice` compares in constant time.
-            if expected.clone().verify_slice(candidate).is_ok() {
-                return Ok(index);
-            }
-        }
-    }
-    Err(SignatureError::Mismatch)
+    let parsed = check_header(header, now, tolerance_secs)?;
+    let mut verifier = StreamingVerifier::new(parsed, secrets);
+    verifier.update(body);
+    verifier.finish()
 }
 
 #[cfg(test)]
@@ -239,6 +293,22 @@ mod tests {
             ),
             Ok(1)
         );
+    }
+
+    #[test]
+    fn a_body_verified_in_chunks_matches_the_whole() {
+        let body = b"{\"updates\":[{\"sku\":\"A\"}]}";
+        let header = sign(b"new", NOW, body);
+        let parsed = check_header(Some(&header), NOW, 300).expect("well formed");
+        let mut verifier =
+            StreamingVerifier::new(parsed.clone(), [b"old".as_slice(), b"new".as_slice()]);
+        for chunk in body.chunks(3) {
+            verifier.update(chunk);
+        }
+        assert_eq!(verifier.finish(), Ok(1));
+        let mut verifier = StreamingVerifier::new(parsed, [b"new".as_slice()]);
+        verifier.update(&body[..body.len() - 1]);
+        assert_eq!(verifier.finish(), Err(SignatureError::Mismatch));
     }
 
     #[test]

@@ -21,14 +21,14 @@ pub mod store;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ratemesh_core::{Override, OverrideKind, OverrideScope, Sku, find_conflicts};
+use ratemesh_core::{Override, OverrideKind, OverrideScope, Sku, find_conflicts, input};
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::override_service_server::OverrideService;
 use ratemesh_runtime::error::Conflict;
 use ratemesh_runtime::{ApiError, FieldViolation, Principal};
 use tonic::{Request, Response, Status};
 
-use crate::convert::{from_timestamp, override_from_proto};
+use crate::convert::{check_override_input, from_timestamp, override_from_proto};
 use crate::engine::Engine;
 use crate::engine::record::{EngineRecord, FIELD_ENGINE, NAMESPACE as RATE_NAMESPACE};
 use store::{Stored, scope_key};
@@ -98,9 +98,14 @@ impl OverridesApi {
         req: v1::SetOverrideRequest,
     ) -> Result<v1::SetOverrideResponse, ApiError> {
         let now = Utc::now();
-        let proto = req
+        let mut proto = req
             .r#override
             .ok_or_else(|| ApiError::invalid("override", "is required"))?;
+        let violations =
+            check_override_input(&mut proto, "override", self.engine.policy().rate_decimals);
+        if !violations.is_empty() {
+            return Err(ApiError::InvalidArgument(violations));
+        }
         let id = next_override_id();
         let value = override_from_proto(&proto, "override", id, author.clone(), now)
             .map_err(ApiError::InvalidArgument)?;
@@ -234,8 +239,8 @@ impl OverridesApi {
         req: v1::ClearOverrideRequest,
     ) -> Result<v1::ClearOverrideResponse, ApiError> {
         let mut violations = Vec::new();
-        if req.id.trim().is_empty() {
-            violations.push(FieldViolation::new("id", "is required"));
+        if let Err(e) = input::id(&req.id) {
+            violations.push(FieldViolation::new("id", e));
         }
         let reason = req.reason.trim();
         if reason.is_empty() || reason.chars().count() > 1024 {
@@ -243,6 +248,8 @@ impl OverridesApi {
                 "reason",
                 "must be 1 to 1024 characters",
             ));
+        } else if let Err(e) = input::text(reason, 1024) {
+            violations.push(FieldViolation::new("reason", e));
         }
         if !violations.is_empty() {
             return Err(ApiError::InvalidArgument(violations));
@@ -302,17 +309,15 @@ impl OverridesApi {
     ) -> Result<Vec<Stored>, ApiError> {
         let mut keys = Vec::new();
         if let Some(sku) = sku {
-            let sku = Sku::new(sku).map_err(|e| ApiError::invalid("sku", e.to_string()))?;
+            let sku = input::sku(sku).map_err(|e| ApiError::invalid("sku", e))?;
             keys.push(scope_key(&OverrideScope::Sku(sku.clone())));
             if let Some(c) = self.category_of(&sku).await? {
                 keys.push(scope_key(&OverrideScope::Category(c)));
             }
         }
         if let Some(c) = category {
-            if c.trim().is_empty() {
-                return Err(ApiError::invalid("category", "must not be empty"));
-            }
-            let key = scope_key(&OverrideScope::Category(c.to_owned()));
+            let c = input::category(c).map_err(|e| ApiError::invalid("category", e))?;
+            let key = scope_key(&OverrideScope::Category(c));
             if sku.is_some() {
                 keys.retain(|k| *k == key);
             } else {
@@ -365,10 +370,10 @@ impl OverridesApi {
         let size = page_size(req.page_size, "page_size")?;
         let after = PageKey::parse(&req.page_token)?;
         let stored = match req.override_id.as_deref() {
-            Some(id) if id.trim().is_empty() => {
-                return Err(ApiError::invalid("override_id", "must not be empty"));
+            Some(id) => {
+                let id = input::id(id).map_err(|e| ApiError::invalid("override_id", e))?;
+                store::load(&self.engine, id).await?.into_iter().collect()
             }
-            Some(id) => store::load(&self.engine, id).await?.into_iter().collect(),
             None => self.scoped(req.sku.as_deref(), None).await?,
         };
         let mut items: Vec<(PageKey, v1::OverrideAuditEntry)> = Vec::new();
@@ -446,6 +451,9 @@ impl PageKey {
             return Ok(None);
         }
         let bad = || ApiError::invalid("page_token", "is not a token this service issued");
+        if token.len() > 256 {
+            return Err(bad());
+        }
         let mut parts = token.splitn(3, '.');
         let nanos: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
         let seq: u32 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;

@@ -105,6 +105,7 @@ impl ReadPath {
             reader.clone(),
             Explainer::new(ctx.bus().clone(), decode_inputs),
             history::RateHistory::new(ctx.bus().clone(), retention),
+            ctx.bus().clone(),
             Duration::from_millis(settings.watch_heartbeat_ms),
             ctx.shutdown().clone(),
         );

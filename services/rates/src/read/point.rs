@@ -37,15 +37,14 @@ fn count(method: &'static str, n: u64) {
 
 /// Validates a SKU, naming `field` in the error.
 pub fn parse_sku(field: &str, sku: &str) -> Result<Sku, ReadError> {
-    Sku::new(sku).map_err(|e| ReadError::invalid(field, e.to_string()))
+    ratemesh_core::input::sku(sku).map_err(|e| ReadError::invalid(field, e))
 }
 
 pub(crate) fn timestamp_to_utc(
     field: &str,
     ts: &prost_types::Timestamp,
 ) -> Result<DateTime<Utc>, ReadError> {
-    ratemesh_contract::time::from_timestamp(ts)
-        .ok_or_else(|| ReadError::invalid(field, "is not a valid timestamp"))
+    ratemesh_core::input::timestamp(ts.seconds, ts.nanos).map_err(|e| ReadError::invalid(field, e))
 }
 
 /// `GetRate` for the current card (`as_of` is answered by [`super::history`]).
@@ -131,12 +130,15 @@ pub fn list_rates(
         0 => DEFAULT_PAGE,
         n => n,
     } as usize;
-    if request.category.as_deref().is_some_and(str::is_empty) {
-        return Err(ReadError::invalid(
-            "category",
-            "must not be empty when set (leave it unset for every category)",
-        ));
-    }
+    let category = match request.category.as_deref() {
+        Some(c) => Some(ratemesh_core::input::category(c).map_err(|e| {
+            ReadError::invalid(
+                "category",
+                format!("{e} (leave it unset for every category)"),
+            )
+        })?),
+        None => None,
+    };
     let since = match request.changed_since.as_str() {
         "" => None,
         token => Some(
@@ -166,7 +168,7 @@ pub fn list_rates(
     let page = reader.list(&ListQuery {
         after: (!token.after.is_empty()).then_some(token.after.as_str()),
         changed_since: since.as_ref(),
-        category: request.category.as_deref(),
+        category: category.as_deref(),
         limit,
         scan_budget: SCAN_BUDGET,
     });

@@ -369,14 +369,21 @@ pub struct WatchFilter {
     pub skus: HashSet<String>,
     /// SKUs in these categories.
     pub categories: HashSet<String>,
+    /// A partner's subscription, which narrows whatever the request asks for.
+    pub subscription: Option<ratemesh_contract::partner::Subscription>,
 }
 
 impl WatchFilter {
-    /// True when `card` matches (an empty filter matches everything).
+    /// True when `card` matches (an empty filter matches everything the subscription, if
+    /// any, covers).
     pub fn matches(&self, card: &v1::RateCard) -> bool {
-        (self.skus.is_empty() && self.categories.is_empty())
+        ((self.skus.is_empty() && self.categories.is_empty())
             || self.skus.contains(&card.sku)
-            || self.categories.contains(&card.category)
+            || self.categories.contains(&card.category))
+            && self
+                .subscription
+                .as_ref()
+                .is_none_or(|s| s.covers(&card.sku, &card.category))
     }
 }
 

@@ -3,9 +3,11 @@
 
 use std::time::Duration;
 
+use ratemesh_bus::Bus;
+use ratemesh_contract::partner::{self as subscriptions, Subscription};
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::rate_service_server::RateService;
-use ratemesh_runtime::{Principal, Role};
+use ratemesh_runtime::{ApiError, Principal, Role};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -23,6 +25,8 @@ pub struct RatesApi {
     reader: ReplicaReader,
     explainer: Explainer,
     history: RateHistory,
+    /// Where a partner's subscription is read, to narrow its `WatchRates`.
+    bus: Bus,
     heartbeat: Duration,
     shutdown: CancellationToken,
 }
@@ -35,6 +39,7 @@ impl RatesApi {
         reader: ReplicaReader,
         explainer: Explainer,
         history: RateHistory,
+        bus: Bus,
         heartbeat: Duration,
         shutdown: CancellationToken,
     ) -> Self {
@@ -42,8 +47,40 @@ impl RatesApi {
             reader,
             explainer,
             history,
+            bus,
             heartbeat,
             shutdown,
+        }
+    }
+}
+
+impl RatesApi {
+    /// For a partner key, its subscription (which narrows what it may watch); `None` for
+    /// every other role.
+    async fn partner_subscription<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<Option<Subscription>, ApiError> {
+        let Ok(principal) = Principal::of(request) else {
+            return Ok(None);
+        };
+        if principal.role != Role::Partner {
+            return Ok(None);
+        }
+        let Some(partner_id) = principal.partner_id.as_deref() else {
+            return Err(ApiError::PermissionDenied(format!(
+                "key `{}` names no partner",
+                principal.name
+            )));
+        };
+        match subscriptions::load(&self.bus, partner_id).await? {
+            Some(s) if s.enabled && s.wants_rates() => Ok(Some(s)),
+            Some(_) => Err(ApiError::PermissionDenied(format!(
+                "partner `{partner_id}` is not subscribed to rate changes"
+            ))),
+            None => Err(ApiError::PermissionDenied(format!(
+                "partner `{partner_id}` is not registered"
+            ))),
         }
     }
 }
@@ -93,9 +130,11 @@ impl RateService for RatesApi {
         &self,
         request: Request<v1::WatchRatesRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        let subscription = self.partner_subscription(&request).await?;
         Ok(Response::new(watch::watch_rates(
             &self.reader,
             request.into_inner(),
+            subscription,
             self.heartbeat,
             self.shutdown.clone(),
         )?))

@@ -75,6 +75,7 @@ impl Drop for Gauge {
 pub fn watch_rates(
     reader: &ReplicaReader,
     request: v1::WatchRatesRequest,
+    subscription: Option<ratemesh_contract::partner::Subscription>,
     heartbeat: Duration,
     shutdown: CancellationToken,
 ) -> Result<WatchStream, ReadError> {
@@ -91,20 +92,19 @@ pub fn watch_rates(
             format!("must hold at most {MAX_WATCH_CATEGORIES} categories"),
         ));
     }
-    let mut filter = WatchFilter::default();
+    let mut filter = WatchFilter {
+        subscription,
+        ..WatchFilter::default()
+    };
     for (i, sku) in request.skus.iter().enumerate() {
         filter
             .skus
             .insert(parse_sku(&format!("skus[{i}]"), sku)?.as_str().to_owned());
     }
     for (i, category) in request.categories.iter().enumerate() {
-        if category.trim().is_empty() {
-            return Err(ReadError::invalid(
-                format!("categories[{i}]"),
-                "must not be empty",
-            ));
-        }
-        filter.categories.insert(category.clone());
+        let category = ratemesh_core::input::category(category)
+            .map_err(|e| ReadError::invalid(format!("categories[{i}]"), e))?;
+        filter.categories.insert(category);
     }
     let resume = match request.cursor.as_str() {
         "" => None,
