@@ -69,10 +69,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use ratemesh_bus::Consumer;
 use ratemesh_contract::streams;
 use ratemesh_core::{Policy, Sku};
 use ratemesh_proto::v1::incentive_service_server::IncentiveServiceServer;
+use ratemesh_runtime::consumer::{self, ConsumerSpec, Settled};
 use ratemesh_runtime::{Context, Readiness, ServiceModule};
 use rust_decimal::Decimal;
 use tokio_util::sync::CancellationToken;
@@ -82,24 +82,9 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::Engine;
 pub use events::INCENTIVE_CHANGED;
 
-/// The rate policy the incentive rules come from: the file named by `[rates] policy_file`
-/// (the same one the rates service computes with), or the built-in example policy when
-/// that is empty. Errors name the setting and the file.
-pub fn policy_from_settings(settings: &ratemesh_runtime::Settings) -> anyhow::Result<Policy> {
-    let path = settings.rates.policy_file.trim();
-    if path.is_empty() {
-        return Ok(Policy::example());
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        anyhow::anyhow!("invalid config: rates.policy_file: cannot read {path}: {e}")
-    })?;
-    Policy::from_toml_str(&text)
-        .map_err(|e| anyhow::anyhow!("invalid config: rates.policy_file: {path}: {e}"))
-}
-
 /// Builds the incentives service with the system clock and the configured policy.
 pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
-    let policy = policy_from_settings(ctx.settings())?;
+    let policy = ratemesh_runtime::policy::load_policy(ctx.settings())?;
     Ok(Incentives::new(ctx, policy, Arc::new(SystemClock)).module(ctx))
 }
 
@@ -148,12 +133,8 @@ impl Incentives {
                 max_duration: TimeDelta::hours(i64::from(settings.max_duration_hours)),
             },
         };
-        let consumer_name = if settings.consumer_name.is_empty() {
-            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "incentives".into());
-            format!("{host}-{}", std::process::id())
-        } else {
-            settings.consumer_name.clone()
-        };
+        let consumer_name =
+            ratemesh_runtime::consumer::consumer_name(&settings.consumer_name, "incentives");
         let shutdown = ctx.shutdown().clone();
         let sweep_every = settings.sweep_interval();
         ServiceModule::new("incentives", readiness.clone())
@@ -179,30 +160,9 @@ impl Incentives {
     }
 }
 
-async fn join(
-    bus: &ratemesh_bus::Bus,
-    name: &str,
-    shutdown: &CancellationToken,
-) -> Option<Consumer> {
-    loop {
-        match bus
-            .consumer(streams::STOCK, streams::groups::INCENTIVES, name)
-            .await
-        {
-            Ok(c) => return Some(c),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot join the stock stream yet; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = shutdown.cancelled() => return None,
-                }
-            }
-        }
-    }
-}
-
-/// Reads the stock stream: folds each entry into its SKU, then opens incentives for the
-/// SKUs of the batch that qualify, and acks what was committed.
+/// Reads the stock stream (the shared consumer driver): folds each entry into its SKU,
+/// then opens incentives for the SKUs of the batch that qualify, and acks what was
+/// committed.
 async fn consume(
     engine: Arc<Engine>,
     bus: ratemesh_bus::Bus,
@@ -210,77 +170,60 @@ async fn consume(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let Some(consumer) = join(&bus, &name, &shutdown).await else {
-        return Ok(());
+    let spec = ConsumerSpec {
+        stream: streams::STOCK,
+        group: streams::groups::INCENTIVES,
+        name,
     };
-    readiness.set(true);
-    tracing::info!(consumer = %name, "incentives consumer started");
-    loop {
-        let batch = tokio::select! {
-            b = consumer.next_batch() => b,
-            () = shutdown.cancelled() => return Ok(()),
-        };
-        let batch = match batch {
-            Ok(b) => {
-                readiness.set(true);
-                b
-            }
-            Err(e) => {
-                readiness.set(false);
-                tracing::warn!(error = %e, "reading the stock stream failed");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                    () = shutdown.cancelled() => return Ok(()),
-                }
-            }
-        };
-        let mut done = Vec::with_capacity(batch.len());
-        let mut candidates = Vec::new();
-        for d in &batch {
-            let result = async {
-                match events::decode_stock_entry(d) {
-                    Err(bad) => Err(bad.0),
-                    Ok(None) => Ok(None),
-                    Ok(Some(event)) => {
-                        let Some(sku) = event.sku().cloned() else {
-                            return Ok(None);
-                        };
-                        engine
-                            .process(&sku, Some(&event))
-                            .await
-                            .map_err(|e| e.to_string())
-                    }
-                }
-            }
-            .instrument(d.span())
-            .await;
-            match result {
-                Ok(candidate) => {
-                    candidates.extend(candidate);
-                    done.push(d);
-                }
-                Err(error) => {
-                    tracing::warn!(key = %d.key, %error, "stock entry not applied");
-                    if let Err(e) = consumer.nack(d, &error).await {
-                        tracing::warn!(error = %e, "nack failed");
-                    }
+    consumer::run(bus, spec, Some(readiness), shutdown, |batch| {
+        let engine = engine.clone();
+        async move { handle_batch(&engine, batch).await }
+    })
+    .await
+}
+
+async fn handle_batch(engine: &Engine, batch: Vec<ratemesh_bus::Delivery>) -> Settled {
+    let mut settled = Settled::default();
+    let mut done = Vec::with_capacity(batch.len());
+    let mut candidates = Vec::new();
+    for d in batch {
+        let result = async {
+            match events::decode_stock_entry(&d) {
+                Err(bad) => Err(bad.0),
+                Ok(None) => Ok(None),
+                Ok(Some(event)) => {
+                    let Some(sku) = event.sku().cloned() else {
+                        return Ok(None);
+                    };
+                    engine
+                        .process(&sku, Some(&event))
+                        .await
+                        .map_err(|e| e.to_string())
                 }
             }
         }
-        let failed = engine.open_candidates(candidates).await;
-        // An entry whose SKU failed to open is retried; its fold is idempotent.
-        let (acks, retries): (Vec<_>, Vec<_>) = done
-            .into_iter()
-            .partition(|d| !failed.iter().any(|s| s.as_str() == d.key));
-        for d in retries {
-            if let Err(e) = consumer.nack(d, "opening the incentive failed").await {
-                tracing::warn!(error = %e, "nack failed");
+        .instrument(d.span())
+        .await;
+        match result {
+            Ok(candidate) => {
+                candidates.extend(candidate);
+                done.push(d);
             }
-        }
-        if let Err(e) = consumer.ack(acks).await {
-            tracing::warn!(error = %e, "ack failed; entries will be redelivered");
+            Err(error) => settled.nack.push((d, error)),
         }
     }
+    let failed = engine.open_candidates(candidates).await;
+    // An entry whose SKU failed to open is retried; its fold is idempotent.
+    for d in done {
+        if failed.iter().any(|s| s.as_str() == d.key) {
+            settled
+                .nack
+                .push((d, "opening the incentive failed".to_owned()));
+        } else {
+            settled.ack.push(d);
+        }
+    }
+    settled
 }
 
 /// Claims due expiries every `poll`.
@@ -289,15 +232,11 @@ async fn timers(
     poll: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(poll) => {}
-            () = shutdown.cancelled() => return Ok(()),
-        }
-        if let Err(e) = engine.fire_due().await {
-            tracing::warn!(error = %e, "claiming expiry timers failed");
-        }
-    }
+    consumer::every("incentive expiry timers", poll, shutdown, || {
+        let engine = engine.clone();
+        async move { engine.fire_due().await }
+    })
+    .await
 }
 
 /// Repairs what a crash between a transition and its follow-ups left behind, and hands
@@ -308,13 +247,9 @@ async fn sweep(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let grace = TimeDelta::from_std(every).unwrap_or(TimeDelta::seconds(30));
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            () = shutdown.cancelled() => return Ok(()),
-        }
-        if let Err(e) = engine.sweep(grace).await {
-            tracing::warn!(error = %e, "incentive sweep failed");
-        }
-    }
+    consumer::every("incentive sweep", every, shutdown, || {
+        let engine = engine.clone();
+        async move { engine.sweep(grace).await }
+    })
+    .await
 }

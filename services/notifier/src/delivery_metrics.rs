@@ -70,18 +70,15 @@ pub(crate) async fn run(
     interval: Duration,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            _ = tick.tick() => {}
+    ratemesh_runtime::consumer::every("dead-delivery gauge", interval, shutdown, || {
+        let (partners, deliveries) = (partners.clone(), deliveries.clone());
+        async move {
+            let dead = count_dead(&partners, &deliveries).await?;
+            metrics::gauge!("ratemesh_notifier_dead_letters").set(dead as f64);
+            Ok::<(), ratemesh_bus::BusError>(())
         }
-        match count_dead(&partners, &deliveries).await {
-            Ok(dead) => metrics::gauge!("ratemesh_notifier_dead_letters").set(dead as f64),
-            Err(e) => tracing::debug!(error = %e, "could not count dead deliveries"),
-        }
-    }
+    })
+    .await
 }
 
 /// Dead deliveries over every partner, from the per-partner indexes (status only, no

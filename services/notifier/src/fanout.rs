@@ -6,9 +6,10 @@
 use std::sync::Arc;
 
 use prost::Message;
-use ratemesh_bus::{Bus, Consumer, Delivery};
+use ratemesh_bus::{Bus, Delivery};
 use ratemesh_contract::streams;
 use ratemesh_proto::v1;
+use ratemesh_runtime::consumer::{self, ConsumerSpec, Settled};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -34,64 +35,37 @@ pub(crate) struct Fanout {
 }
 
 impl Fanout {
-    /// Consumes `stream` until shutdown.
+    /// Consumes `stream` until shutdown (the shared consumer driver).
     pub(crate) async fn run(
         self: Arc<Self>,
         stream: &'static str,
         consumer_name: String,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let consumer = loop {
-            match self
-                .bus
-                .consumer(stream, streams::groups::NOTIFIER, &consumer_name)
-                .await
-            {
-                Ok(c) => break c,
-                Err(e) => {
-                    tracing::warn!(stream, error = %e, "cannot join the notifier group yet");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Ok(()),
-                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                    }
-                }
-            }
+        let spec = ConsumerSpec {
+            stream,
+            group: streams::groups::NOTIFIER,
+            name: consumer_name,
         };
-        while !shutdown.is_cancelled() {
-            let batch = tokio::select! {
-                () = shutdown.cancelled() => break,
-                batch = consumer.next_batch() => batch,
-            };
-            match batch {
-                Ok(batch) => self.handle_batch(&consumer, batch).await,
-                Err(e) => {
-                    tracing::warn!(stream, error = %e, "reading the stream failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                }
-            }
-        }
-        Ok(())
+        let bus = self.bus.clone();
+        consumer::run(bus, spec, None, shutdown, |batch| {
+            let this = self.clone();
+            async move { this.handle_batch(batch).await }
+        })
+        .await
     }
 
-    async fn handle_batch(&self, consumer: &Consumer, batch: Vec<Delivery>) {
-        let mut done = Vec::with_capacity(batch.len());
+    /// Handles each entry; unacked entries come back, and handling them again changes
+    /// nothing.
+    async fn handle_batch(&self, batch: Vec<Delivery>) -> Settled {
+        let mut settled = Settled::default();
         for entry in batch {
             match self.handle(&entry).instrument(entry.span()).await {
-                Ok(()) => done.push(entry),
-                Err(e) => {
-                    tracing::warn!(key = %entry.key, error = %e, "notifier could not handle an entry");
-                    if let Err(e) = consumer.nack(&entry, &e.to_string()).await {
-                        tracing::warn!(error = %e, "nack failed; the entry will be reclaimed");
-                    }
-                }
+                Ok(()) => settled.ack.push(entry),
+                Err(e) => settled.nack.push((entry, e.to_string())),
             }
         }
-        if !done.is_empty()
-            && let Err(e) = consumer.ack(&done).await
-        {
-            // Unacked entries come back; handling them again changes nothing.
-            tracing::warn!(error = %e, "ack failed");
-        }
+        settled
     }
 
     async fn handle(&self, entry: &Delivery) -> anyhow::Result<()> {

@@ -36,7 +36,6 @@ mod store;
 pub mod webhook;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ratemesh_contract::streams;
 use ratemesh_proto::v1::partner_service_server::PartnerServiceServer;
@@ -99,7 +98,7 @@ pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
         );
     }
 
-    let name = consumer_name(&settings.consumer_name);
+    let name = ratemesh_runtime::consumer::consumer_name(&settings.consumer_name, "notifier");
     let readiness = Readiness::new();
     // Everything is in the bus; there is nothing to load before serving.
     readiness.set(true);
@@ -118,24 +117,4 @@ pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
         )
         .task("notifier deliveries", dispatcher.run(shutdown))
         .task("notifier dead-letter gauge", gauges))
-}
-
-/// This replica's consumer name: configured, or host name, process id and a counter (two
-/// notifiers in one process, as in tests, must differ).
-fn consumer_name(configured: &str) -> String {
-    static BUILT: AtomicU64 = AtomicU64::new(0);
-    if !configured.is_empty() {
-        return configured.to_owned();
-    }
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "notifier".into());
-    let host: String = host
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        .take(64)
-        .collect();
-    format!(
-        "{host}-{}-{}",
-        std::process::id(),
-        BUILT.fetch_add(1, Ordering::Relaxed)
-    )
 }

@@ -22,9 +22,7 @@ pub mod recompute;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use ratemesh_contract::streams;
-use ratemesh_core::Policy;
 use ratemesh_proto::v1::override_service_server::OverrideServiceServer;
 use ratemesh_runtime::settings::RatesSettings;
 use ratemesh_runtime::{Context, Readiness, ServiceModule};
@@ -35,47 +33,6 @@ use engine::decode::Routed;
 use engine::{Engine, EngineOptions};
 use overrides::OverridesApi;
 use ratemesh_contract::kinds::OVERRIDE_CHANGED;
-
-/// Loads and validates the policy named by `rates.policy_file` (empty: the example
-/// policy). Errors name the setting, the file and the policy key.
-pub fn load_policy(settings: &RatesSettings) -> anyhow::Result<Policy> {
-    let path = settings.policy_file.trim();
-    if path.is_empty() {
-        return Ok(Policy::example());
-    }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("invalid config: rates.policy_file: cannot read {path}"))?;
-    Policy::from_toml_str(&text)
-        .map_err(|e| anyhow::anyhow!("invalid config: rates.policy_file: {path}: {e}"))
-}
-
-/// This replica's name in the `rates` group: the setting, else `<host>-<pid>`.
-pub fn consumer_name(settings: &RatesSettings) -> String {
-    let configured = settings.consumer_name.trim();
-    let raw = if configured.is_empty() {
-        let host = std::env::var("HOSTNAME")
-            .ok()
-            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-            .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "rates".to_owned());
-        format!("{host}-{}", std::process::id())
-    } else {
-        configured.to_owned()
-    };
-    let name: String = raw
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(128)
-        .collect();
-    name
-}
 
 /// The engine's knobs from settings.
 pub fn engine_options(settings: &RatesSettings) -> EngineOptions {
@@ -92,9 +49,9 @@ pub fn engine_options(settings: &RatesSettings) -> EngineOptions {
 /// Builds the rates service.
 pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
     let settings = &ctx.settings().rates;
-    let policy = Arc::new(load_policy(settings)?);
+    let policy = Arc::new(ratemesh_runtime::policy::load_policy(ctx.settings())?);
     let engine = Engine::new(ctx.bus().clone(), policy, engine_options(settings));
-    let name = consumer_name(settings);
+    let name = ratemesh_runtime::consumer::consumer_name(&settings.consumer_name, "rates");
     // Ready once the rate replica is loaded (the read path sets it).
     let readiness = Readiness::new();
     let explain_engine = engine.clone();

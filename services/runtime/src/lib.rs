@@ -10,6 +10,9 @@
 //! - [`http_server`]: the webhook listener and its connection limits.
 //! - [`health`]: per-service readiness feeding `grpc.health.v1` and `/readyz`.
 //! - [`shutdown`]: SIGTERM/SIGINT handling.
+//! - [`consumer`]: the one consumer-group driver every service's stream handling runs in
+//!   (join, read, settle, shutdown), the periodic-task loop, consumer names.
+//! - [`policy`]: loading the rate policy named by `rates.policy_file`.
 //! - [`retention`] and [`stream_gauges`]: per-process upkeep of the shared streams
 //!   (trimming under `[retention]`; backlog, pending, length and dead-letter gauges).
 
@@ -17,11 +20,13 @@ mod admin;
 pub mod app;
 pub mod auth;
 pub mod backend;
+pub mod consumer;
 pub mod error;
 pub mod grpc;
 pub mod health;
 pub mod http_server;
 pub mod metrics;
+pub mod policy;
 pub mod retention;
 pub mod settings;
 pub mod shutdown;

@@ -43,16 +43,9 @@ pub(crate) fn run(
 /// checked, for the summary line.
 fn check_policy(settings: &Settings) -> Result<String, SettingsError> {
     let path = settings.rates.policy_file.trim();
+    let policy = ratemesh_runtime::policy::load_policy(settings)?;
     if path.is_empty() {
         return Ok("built-in example".to_owned());
     }
-    let bad = |problem: String| SettingsError {
-        key: "rates.policy_file".to_owned(),
-        problem,
-    };
-    let text =
-        std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read {path}: {e}")))?;
-    let policy =
-        ratemesh_core::Policy::from_toml_str(&text).map_err(|e| bad(format!("{path}: {e}")))?;
     Ok(format!("{path} (program {})", policy.program_id))
 }

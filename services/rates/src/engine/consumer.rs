@@ -10,69 +10,40 @@
 //! nacked too, so they are retried in order rather than overtaking it.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
-use ratemesh_bus::{Consumer, Delivery};
+use ratemesh_bus::Delivery;
 use ratemesh_contract::streams;
 use ratemesh_core::{Event, Sku};
+use ratemesh_runtime::consumer::{self, ConsumerSpec, Settled};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::Engine;
 use super::decode::{Routed, decode};
 
-/// Consumes `stream` as `name` in group `rates` until `shutdown`.
+/// Consumes `stream` as `name` in group `rates` until `shutdown` (the shared consumer
+/// driver).
 pub async fn run(
     engine: Engine,
     stream: &'static str,
     name: String,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let consumer = loop {
-        match engine
-            .bus()
-            .consumer(stream, streams::groups::RATES, &name)
-            .await
-        {
-            Ok(c) => break c,
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(stream, error = %e, "joining the rates group failed; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    () = shutdown.cancelled() => return Ok(()),
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
+    let spec = ConsumerSpec {
+        stream,
+        group: streams::groups::RATES,
+        name,
     };
-    while !shutdown.is_cancelled() {
-        // Not raced against shutdown: a read returns within the bus's read_block, and
-        // abandoning it could leave delivered entries pending until reclaimed.
-        match consumer.next_batch().await {
-            Ok(batch) if batch.is_empty() => {}
-            Ok(batch) => handle_batch(&engine, &consumer, batch).await,
-            Err(e) => {
-                tracing::warn!(stream, error = %e, "reading the stream failed; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    () = shutdown.cancelled() => {}
-                }
-            }
-        }
-    }
-    Ok(())
+    let bus = engine.bus().clone();
+    consumer::run(bus, spec, None, shutdown, |batch| {
+        let engine = engine.clone();
+        async move { handle_batch(&engine, batch).await }
+    })
+    .await
 }
 
-/// What became of one key's entries.
-#[derive(Default)]
-struct Settled {
-    ack: Vec<Delivery>,
-    nack: Vec<(Delivery, String)>,
-}
-
-/// Processes one batch: keys concurrently, each key's entries in order; then acks and
-/// nacks.
-pub async fn handle_batch(engine: &Engine, consumer: &Consumer, batch: Vec<Delivery>) {
+/// Applies a batch: split by key, the keys' runs concurrently, each in stream order.
+pub async fn handle_batch(engine: &Engine, batch: Vec<Delivery>) -> Settled {
     let mut order: Vec<String> = Vec::new();
     let mut by_key: HashMap<String, Vec<Delivery>> = HashMap::new();
     for d in batch {
@@ -87,33 +58,18 @@ pub async fn handle_batch(engine: &Engine, consumer: &Consumer, batch: Vec<Deliv
         .collect();
     let concurrency = engine.options().concurrency.max(1);
     use futures::StreamExt;
-    let settled: Vec<Settled> = futures::stream::iter(runs)
+    let outcomes: Vec<Settled> = futures::stream::iter(runs)
         .map(|run| process_key(engine, run))
         .buffer_unordered(concurrency)
         .collect()
         .await;
-    let mut acks = Vec::new();
-    for s in settled {
-        acks.extend(s.ack);
-        for (d, error) in s.nack {
-            metrics::counter!("ratemesh_rates_entries_failed_total", "stream" => d.stream.clone())
-                .increment(1);
-            if let Err(e) = consumer.nack(&d, &error).await {
-                tracing::warn!(stream = %d.stream, id = %d.id, error = %e, "nack failed; the entry will be reclaimed");
-            }
-        }
+    let mut settled = Settled::default();
+    for outcome in outcomes {
+        settled.extend(outcome);
     }
-    if let Some(first) = acks.first() {
-        let stream = first.stream.clone();
-        metrics::counter!("ratemesh_rates_entries_processed_total", "stream" => stream.clone())
-            .increment(acks.len() as u64);
-        if let Err(e) = consumer.ack(&acks).await {
-            tracing::warn!(stream = %stream, error = %e, "ack failed; entries will be redelivered (handled idempotently)");
-        }
-    }
+    settled
 }
 
-/// One key's entries, in order.
 async fn process_key(engine: &Engine, run: Vec<Delivery>) -> Settled {
     let mut settled = Settled::default();
     // Consecutive entries for the same SKU, folded in one update.
