@@ -19,8 +19,8 @@ use crate::options::BusOptions;
 use crate::partition::partition_of;
 use crate::redis::{RedisBackend, RedisConsumer, RedisTail};
 use crate::state::{
-    DueTimer, Expect, HistoryLookup, Idempotency, Retention, StatePage, StateRecord, StateWrite,
-    StreamStats,
+    CAS_ATTEMPTS, DueTimer, Expect, HistoryLookup, Idempotency, Retention, StatePage, StateRecord,
+    StateWrite, StreamStats, Update,
 };
 use crate::trace_context::current_traceparent;
 
@@ -398,6 +398,53 @@ impl Bus {
             Backend::Memory(m) => Ok(m.history_at(namespace, key, at_us)),
             Backend::Redis(r) => r.history_at(namespace, key, at_us).await,
         }
+    }
+
+    /// Read-modify-write of one state record, the one compare-and-set loop every
+    /// service uses: reads `namespace`/`key`, lets `change` decide from the record (or
+    /// `None`) what to write — it gets a [`StateWrite`] already bound to the version read
+    /// — and writes it; when another writer won in between, it reads again and asks
+    /// again, at most [`CAS_ATTEMPTS`] times, then fails with `Unavailable` (the caller
+    /// retries later; nothing was half-written).
+    pub async fn update_state<T, E, F, Fut>(
+        &self,
+        namespace: &str,
+        key: &str,
+        mut change: F,
+    ) -> Result<T, E>
+    where
+        E: From<BusError>,
+        F: FnMut(Option<StateRecord>, StateWrite) -> Fut,
+        Fut: std::future::Future<Output = Result<Update<T>, E>>,
+    {
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self.get_state(namespace, key).await?;
+            let version = current.as_ref().map_or(0, |r| r.version);
+            let write = StateWrite::new(namespace, key).expect_version(version);
+            let result = match change(current, write).await? {
+                Update::Keep(value) => return Ok(value),
+                Update::Write(write, value) => self.write_state(write).await.map(|_| value),
+                Update::WriteAndPublish(write, stream, event, value) => self
+                    .write_state_and_publish(write, stream, event)
+                    .await
+                    .map(|_| value),
+            };
+            match result {
+                Ok(value) => return Ok(value),
+                Err(BusError::Conflict { .. }) => {
+                    tracing::debug!(
+                        namespace,
+                        key,
+                        "state changed under an update; reading again"
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(BusError::Unavailable(format!(
+            "state {namespace}/{key} stayed contended after {CAS_ATTEMPTS} attempts"
+        ))
+        .into())
     }
 
     /// Deletes `namespace`/`key` if the version check passes; true if it existed.

@@ -66,6 +66,6 @@ pub use entry::{Appended, DeadLetter, DeadLetterRef, Delivery, EntryId, Event, N
 pub use error::{BusError, BusResult};
 pub use options::BusOptions;
 pub use state::{
-    DueTimer, Expect, HistoryEntry, HistoryLimits, HistoryLookup, Idempotency, Retention,
-    StatePage, StateRecord, StateWrite, StreamStats,
+    CAS_ATTEMPTS, DueTimer, Expect, HistoryEntry, HistoryLimits, HistoryLookup, Idempotency,
+    Retention, StatePage, StateRecord, StateWrite, StreamStats, Update,
 };

@@ -113,6 +113,21 @@ impl StateWrite {
     }
 }
 
+/// How often [`crate::Bus::update_state`] reads and tries again when another writer of
+/// the same record won the compare-and-set.
+pub const CAS_ATTEMPTS: usize = 32;
+
+/// What a [`crate::Bus::update_state`] step decided.
+#[derive(Debug)]
+pub enum Update<T> {
+    /// Nothing to write; the update is done with this value.
+    Keep(T),
+    /// Write this (the [`StateWrite`] handed in, with changes) and return the value.
+    Write(StateWrite, T),
+    /// Write this and append the event to the stream, atomically.
+    WriteAndPublish(StateWrite, &'static str, crate::Event, T),
+}
+
 /// One page of a namespace scan.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StatePage {

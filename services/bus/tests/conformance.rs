@@ -10,7 +10,7 @@ use bytes::Bytes;
 use ratemesh_bus::testkit::RedisServer;
 use ratemesh_bus::{
     Bus, BusError, BusOptions, Consumer, Delivery, Event, Expect, HistoryEntry, HistoryLimits,
-    Idempotency, NackOutcome, Retention, StateWrite,
+    Idempotency, NackOutcome, Retention, StateWrite, Update,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -1068,6 +1068,55 @@ async fn history_keeps_versions_within_their_limits(kind: Kind) {
     );
 }
 
+/// Concurrent read-modify-writes of one record through `update_state` lose no update,
+/// and a step that keeps the record writes nothing.
+async fn update_state_retries_lost_races_and_loses_no_update(kind: Kind) {
+    let fx = fixture(kind).await;
+    let bus = fx.bus.clone();
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    bus.update_state("counter", "c", |current, write| async move {
+                        let n: u64 = current
+                            .as_ref()
+                            .and_then(|r| r.fields.get("n"))
+                            .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok())
+                            .unwrap_or(0);
+                        Ok::<_, BusError>(Update::Write(
+                            write.set("n", (n + 1).to_string().into_bytes()),
+                            (),
+                        ))
+                    })
+                    .await
+                    .expect("update");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let record = bus.get_state("counter", "c").await.unwrap().unwrap();
+    assert_eq!(record.fields["n"], Bytes::from_static(b"40"));
+    let kept = bus
+        .update_state("counter", "c", |current, _write| async move {
+            Ok::<_, BusError>(Update::Keep(current.map(|r| r.version)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(kept, Some(record.version));
+    assert_eq!(
+        bus.get_state("counter", "c")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        record.version
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -1109,4 +1158,5 @@ conformance!(
     bad_names_and_keys_are_rejected,
     traceparent_travels_with_the_entry,
     history_keeps_versions_within_their_limits,
+    update_state_retries_lost_races_and_loses_no_update,
 );

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use prost::Message as _;
-use ratemesh_bus::{Bus, BusError, Event, Expect, StateWrite};
+use ratemesh_bus::{Bus, BusError, Event, Expect, StateWrite, Update};
 use ratemesh_core::{ActiveCounts, Candidate, DaysOfCover, LossReason, Policy, Sku};
 use ratemesh_proto::v1;
 use serde::{Deserialize, Serialize};
@@ -309,25 +309,21 @@ impl Store {
     /// Records `incentive` in the listing unless what is there is newer: an ended
     /// incentive is final; while active, a later end or more units sold is newer.
     pub async fn project(&self, incentive: &v1::Incentive) -> Result<(), StoreError> {
-        loop {
-            let current = self.bus.get_state(NS_LOG, &incentive.id).await?;
-            let version = current.as_ref().map_or(0, |r| r.version);
-            if let Some(stored) = current
-                .as_ref()
-                .and_then(|r| r.fields.get(FIELD_INCENTIVE))
-                .and_then(|b| v1::Incentive::decode(b.clone()).ok())
-                && !is_newer(incentive, &stored)
-            {
-                return Ok(());
-            }
-            let write = StateWrite::new(NS_LOG, incentive.id.clone())
-                .expect_version(version)
-                .set(FIELD_INCENTIVE, Bytes::from(incentive.encode_to_vec()));
-            match self.bus.write_state(write).await {
-                Err(BusError::Conflict { .. }) => continue,
-                other => return other.map(|_| ()).map_err(Into::into),
-            }
-        }
+        self.bus
+            .update_state(NS_LOG, &incentive.id, |current, write| async move {
+                let stored = current
+                    .as_ref()
+                    .and_then(|r| r.fields.get(FIELD_INCENTIVE))
+                    .and_then(|b| v1::Incentive::decode(b.clone()).ok());
+                Ok::<_, StoreError>(match stored {
+                    Some(stored) if !is_newer(incentive, &stored) => Update::Keep(()),
+                    _ => Update::Write(
+                        write.set(FIELD_INCENTIVE, Bytes::from(incentive.encode_to_vec())),
+                        (),
+                    ),
+                })
+            })
+            .await
     }
 
     /// One incentive from the listing.

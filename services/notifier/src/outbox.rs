@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ratemesh_bus::{Bus, BusError, BusResult, StateWrite};
+use ratemesh_bus::{Bus, BusError, BusResult, StateWrite, Update};
 use rust_decimal::Decimal;
 
 use crate::config::Config;
@@ -57,49 +57,44 @@ impl Outbox {
     /// older one, an older or equal version changes nothing.
     pub(crate) async fn add(&self, partner: &PartnerRecord, item: OutboxItem) -> BusResult<()> {
         let field = outbox_field(&item.rate.sku);
-        for _ in 0..MAX_CAS_ROUNDS {
-            let record = self.bus.get_state(OUTBOX, &partner.id).await?;
-            let (version, fields) = record.map(|r| (r.version, r.fields)).unwrap_or_default();
-            let existing: Option<OutboxItem> = fields
-                .get(&field)
-                .and_then(|b| serde_json::from_slice(b).ok());
-            let mut item = item.clone();
-            match &existing {
-                Some(old) if old.rate.version >= item.rate.version => return Ok(()),
-                // The partner has not seen the intermediate rate: it still knows the one
-                // before the first change of the window.
-                Some(old) => item.rate.previous_rate = old.rate.previous_rate.clone(),
-                None => {
-                    if self.below_min_change(partner, &item).await? {
-                        return Ok(());
+        let opened = self
+            .bus
+            .update_state(OUTBOX, &partner.id, |record, write| {
+                let (field, mut item) = (field.clone(), item.clone());
+                async move {
+                    let fields = record.map(|r| r.fields).unwrap_or_default();
+                    let existing: Option<OutboxItem> = fields
+                        .get(&field)
+                        .and_then(|b| serde_json::from_slice(b).ok());
+                    match &existing {
+                        Some(old) if old.rate.version >= item.rate.version => {
+                            return Ok(Update::Keep(false));
+                        }
+                        // The partner has not seen the intermediate rate: it still knows
+                        // the one before the first change of the window.
+                        Some(old) => item.rate.previous_rate = old.rate.previous_rate.clone(),
+                        None => {
+                            if self.below_min_change(partner, &item).await? {
+                                return Ok(Update::Keep(false));
+                            }
+                        }
                     }
-                }
-            }
-            let first = !fields.keys().any(|k| k.starts_with("item:"));
-            let mut write = StateWrite::new(OUTBOX, partner.id.clone())
-                .expect_version(version)
-                .set(field.clone(), serde_json::to_vec(&item).unwrap_or_default());
-            if first {
-                write = write.set(OUTBOX_OPENED_AT, now_ms().to_string());
-            }
-            match self.bus.write_state(write).await {
-                Ok(_) => {
+                    let first = !fields.keys().any(|k| k.starts_with("item:"));
+                    let mut write = write.set(field, serde_json::to_vec(&item).unwrap_or_default());
                     if first {
-                        let due = now_ms() + self.config.coalesce_window.as_millis() as i64;
-                        self.bus
-                            .schedule(FLUSHES, &partner.id, time_of(due))
-                            .await?;
+                        write = write.set(OUTBOX_OPENED_AT, now_ms().to_string());
                     }
-                    return Ok(());
+                    Ok::<_, BusError>(Update::Write(write, first))
                 }
-                Err(BusError::Conflict { .. }) => continue,
-                Err(e) => return Err(e),
-            }
+            })
+            .await?;
+        if opened {
+            let due = now_ms() + self.config.coalesce_window.as_millis() as i64;
+            self.bus
+                .schedule(FLUSHES, &partner.id, time_of(due))
+                .await?;
         }
-        Err(BusError::Unavailable(format!(
-            "outbox of partner {} stayed contended",
-            partner.id
-        )))
+        Ok(())
     }
 
     /// Whether the change is smaller than the partner's `min_change`, measured against

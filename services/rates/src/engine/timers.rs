@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use ratemesh_bus::{Bus, BusError, BusResult};
+use ratemesh_bus::{Bus, BusError, BusResult, Update};
 use ratemesh_core::{Event, Sku};
 
 use super::record::{EngineRecord, FIELD_ENGINE, NAMESPACE};
@@ -152,29 +152,19 @@ async fn last_swept_edge(bus: &Bus) -> BusResult<Option<i64>> {
 /// Records that the full sweep for the peak edge due at `at` finished (never moves back).
 pub(crate) async fn record_swept_edge(bus: &Bus, at: DateTime<Utc>) -> BusResult<()> {
     let ms = ceil_ms(at);
-    for _ in 0..16 {
-        let current = bus.get_state(PEAK_EDGES, PEAK_EDGES_KEY).await?;
-        let version = current.as_ref().map_or(0, |r| r.version);
+    bus.update_state(PEAK_EDGES, PEAK_EDGES_KEY, |current, write| async move {
         let swept = current
             .as_ref()
             .and_then(|r| r.fields.get(FIELD_SWEPT_AT))
             .and_then(|b| std::str::from_utf8(b).ok())
             .and_then(|t| t.parse::<i64>().ok());
-        if swept.is_some_and(|s| s >= ms) {
-            return Ok(());
-        }
-        let write = ratemesh_bus::StateWrite::new(PEAK_EDGES, PEAK_EDGES_KEY)
-            .expect_version(version)
-            .set(FIELD_SWEPT_AT, ms.to_string().into_bytes());
-        match bus.write_state(write).await {
-            Ok(_) => return Ok(()),
-            Err(BusError::Conflict { .. }) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(BusError::Backend(
-        "recording the swept peak edge kept conflicting".into(),
-    ))
+        Ok::<_, BusError>(if swept.is_some_and(|s| s >= ms) {
+            Update::Keep(())
+        } else {
+            Update::Write(write.set(FIELD_SWEPT_AT, ms.to_string().into_bytes()), ())
+        })
+    })
+    .await
 }
 
 /// Recomputes every SKU (of `category`, if given) as of `at`, a page of `scan_states` at
