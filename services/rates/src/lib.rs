@@ -60,7 +60,7 @@ pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
         readiness.clone(),
         Arc::new(move |record| {
             Ok(record.fields.get(read::ENGINE_FIELD).and_then(|bytes| {
-                convert::explain(
+                engine::explain::explain(
                     bytes,
                     &explain_engine.categories().snapshot(),
                     explain_engine.policy(),

@@ -5,7 +5,7 @@
 use clap::{Args, Subcommand, ValueEnum};
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::override_service_client::OverrideServiceClient;
-use ratemesh_rates::convert::parse_time;
+use ratemesh_rates::overrides::wire::parse_time;
 use serde_json::json;
 
 use super::client::{ClientArgs, explain_status};

@@ -21,7 +21,7 @@ use ratemesh_proto::v1;
 
 pub use ratemesh_contract::DecodeError;
 
-use crate::convert::override_from_stored;
+use crate::overrides::wire::override_from_stored;
 
 /// Where a decoded event goes.
 #[derive(Debug, Clone, PartialEq)]

@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`record`] — the `rate` state record: the published proto card and the engine's JSON.
 //! - [`decode`] — stream entries as core events.
+//! - [`explain`] — the record's inputs as `ExplainRate` shows them.
 //! - [`categories`] — the in-memory category overrides every compute needs.
 //! - [`consumer`] — the consumer-group loops on `stock`, `overrides` and `incentives`.
 //! - [`timers`] — durable time-driven recomputes (hold and boost expiry, override and
@@ -48,6 +49,7 @@
 pub mod categories;
 pub mod consumer;
 pub mod decode;
+pub mod explain;
 pub mod record;
 pub mod timers;
 

@@ -17,6 +17,7 @@
 //! overlaps (a floor under a cap, a multiplier with a floor) are allowed.
 
 pub mod store;
+pub mod wire;
 
 use std::time::Duration;
 
@@ -28,9 +29,10 @@ use ratemesh_runtime::error::Conflict;
 use ratemesh_runtime::{ApiError, FieldViolation, Principal};
 use tonic::{Request, Response, Status};
 
-use crate::convert::{check_override_input, from_timestamp, override_from_proto};
+use crate::convert::from_timestamp;
 use crate::engine::Engine;
 use crate::engine::record::{EngineRecord, FIELD_ENGINE, NAMESPACE as RATE_NAMESPACE};
+use crate::overrides::wire::{check_override_input, override_from_proto};
 use store::{Stored, scope_key};
 
 /// The `OverrideService` implementation.

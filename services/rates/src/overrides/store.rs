@@ -20,8 +20,9 @@ use ratemesh_core::{Event, Override, OverrideScope};
 use ratemesh_proto::v1;
 use serde::{Deserialize, Serialize};
 
-use crate::convert::{override_from_stored, override_status, override_to_proto, timestamp};
+use crate::convert::timestamp;
 use crate::engine::{Engine, EngineError};
+use crate::overrides::wire::{override_from_stored, override_status, override_to_proto};
 use ratemesh_contract::kinds::OVERRIDE_CHANGED;
 
 /// Namespace of override records.
