@@ -85,15 +85,34 @@ impl TestApp {
     /// The named services only, built as `ratemesh serve` builds them; does not wait for
     /// readiness.
     pub async fn spawn_services(settings: Settings, bus: Bus, services: &[ServiceName]) -> Self {
-        let ctx = Context::new(settings, bus);
-        let modules = ratemesh::build_all(&ctx, services)
+        Self::try_spawn_services(settings, bus, services)
             .await
-            .expect("services build");
-        Self::spawn_modules(&ctx, modules).await
+            .expect("services build and bind")
+    }
+
+    /// [`Self::spawn_services`] for callers that report errors instead of failing a test.
+    pub async fn try_spawn_services(
+        settings: Settings,
+        bus: Bus,
+        services: &[ServiceName],
+    ) -> anyhow::Result<Self> {
+        let ctx = Context::new(settings, bus);
+        let modules = ratemesh::build_all(&ctx, services).await?;
+        Self::try_spawn_modules(&ctx, modules).await
     }
 
     /// Modules a test built itself (e.g. with a manual clock); does not wait for readiness.
     pub async fn spawn_modules(ctx: &Context, modules: Vec<ServiceModule>) -> Self {
+        Self::try_spawn_modules(ctx, modules)
+            .await
+            .expect("listeners bind")
+    }
+
+    /// [`Self::spawn_modules`] for callers that report errors instead of failing a test.
+    pub async fn try_spawn_modules(
+        ctx: &Context,
+        modules: Vec<ServiceModule>,
+    ) -> anyhow::Result<Self> {
         ratemesh_runtime::telemetry::init_for_tests();
         let erp_secret = ctx
             .settings()
@@ -102,13 +121,13 @@ impl TestApp {
             .first()
             .and_then(|source| source.secrets.first())
             .map(|secret| secret.expose().to_owned());
-        let app = App::bind(ctx, modules).await.expect("listeners bind");
+        let app = App::bind(ctx, modules).await?;
         let (grpc, http, admin) = (app.grpc_addr(), app.http_addr(), app.admin_addr());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run(async move {
             let _ = stopped.await;
         }));
-        TestApp {
+        Ok(TestApp {
             grpc,
             http,
             admin,
@@ -117,7 +136,7 @@ impl TestApp {
             stop: Some(stop),
             task,
             _redis: None,
-        }
+        })
     }
 
     /// Keeps `redis` running as long as the app.
@@ -201,7 +220,8 @@ impl TestApp {
 
     /// An admin registers an enabled partner posting to `url`; returns its signing secret.
     pub async fn register_partner(&self, id: &str, url: &str, filter: v1::PartnerFilter) -> String {
-        self.partners(Role::Admin)
+        let response = self
+            .partners(Role::Admin)
             .await
             .upsert_partner(v1::UpsertPartnerRequest {
                 partner: Some(v1::Partner {
@@ -215,8 +235,9 @@ impl TestApp {
             })
             .await
             .expect("register partner")
-            .into_inner()
-            .signing_secret
+            .into_inner();
+        assert!(response.created, "partner {id} was registered before");
+        response.signing_secret
     }
 
     /// The deliveries to `partner`, as an admin lists them.
@@ -247,14 +268,9 @@ impl TestApp {
 
     /// Waits until the overall health is SERVING, failing after 10 s.
     pub async fn wait_until_serving(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.health("").await != ServingStatus::Serving {
-            assert!(
-                Instant::now() < deadline,
-                "app did not become SERVING within 10 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::health::wait_serving(&self.grpc.to_string(), Duration::from_secs(10))
+            .await
+            .expect("app becomes SERVING");
     }
 
     /// GET on the admin port; returns status code and body.
@@ -278,6 +294,15 @@ impl TestApp {
     /// Waits for the app to stop after [`Self::begin_stop`].
     pub async fn stopped(mut self) -> anyhow::Result<()> {
         (&mut self.task).await.expect("app task panicked")
+    }
+
+    /// Starts a graceful shutdown and waits for it; a panicked app is an error, not a
+    /// panic here.
+    pub async fn try_stop(mut self) -> anyhow::Result<()> {
+        self.begin_stop();
+        (&mut self.task)
+            .await
+            .map_err(|e| anyhow::anyhow!("app task panicked: {e}"))?
     }
 
     /// Ends the app without any shutdown (what `kill -9` leaves behind).

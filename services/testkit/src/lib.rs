@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Layout: [`settings`] (ports, one key per role, one ERP source, test policy),
-//! [`bearer`] (the API-key interceptor), [`eventually`] (polling with a deadline),
+//! [`bearer`] (the API-key interceptor), [`eventually`] (polling with a deadline), [`health`] (waiting for SERVING),
 //! [`erp`] (stock and product lines, the signed webhook client), [`app`] (the running
 //! services and their verbs), [`sink`] (a partner endpoint that records webhooks).
 
@@ -22,6 +22,7 @@ pub mod app;
 pub mod bearer;
 pub mod erp;
 pub mod eventually;
+pub mod health;
 pub mod settings;
 pub mod sink;
 
@@ -29,6 +30,8 @@ pub use app::TestApp;
 pub use bearer::Bearer;
 pub use erp::{Answer, ErpClient, Product, Stock};
 pub use eventually::{eventually, wait_for};
+pub use health::wait_serving;
+pub use ratemesh::ServiceName;
 pub use ratemesh_bus::testkit::RedisServer;
 pub use settings::{ERP_SECRET, key_of, policy_file, test_bus_options, test_settings};
 pub use sink::{Received, Sink};
