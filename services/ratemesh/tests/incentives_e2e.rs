@@ -3,21 +3,18 @@
 //! `guaranteed_until`, and when the incentive ends (cancelled, or its window expires on
 //! the durable timer) the rate falls back.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use ratemesh_bus::Bus;
 use ratemesh_bus::testkit::RedisServer;
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::incentive_service_client::IncentiveServiceClient;
 use ratemesh_proto::v1::inventory_ingest_client::InventoryIngestClient;
 use ratemesh_proto::v1::rate_service_client::RateServiceClient;
 use ratemesh_runtime::Role;
-use support::*;
+use ratemesh_testkit::{Bearer, TestApp, test_settings};
 
 async fn eventually_card<F>(
     rates: &mut RateServiceClient<InterceptedService<Channel, Bearer>>,
@@ -82,18 +79,8 @@ fn incentive_part(card: &v1::RateCard) -> String {
 async fn overstock_push_opens_an_incentive_the_card_shows_and_its_end_takes_back() {
     let redis = RedisServer::start();
     let mut settings = test_settings();
-    settings.redis.url = redis.url();
-    settings.redis.key_prefix = redis.unique_prefix();
-    settings.redis.partitions = test_bus_options().partitions as u16;
     settings.incentives.timer_poll_ms = 50;
-    let bus = Bus::redis(
-        &settings.redis.url,
-        &settings.redis.key_prefix,
-        test_bus_options(),
-    )
-    .await
-    .expect("redis bus");
-    let app = spawn_with(settings, bus).await;
+    let app = TestApp::spawn_on_redis(&redis, settings).await;
     let channel = app.channel().await;
     let mut ingest =
         InventoryIngestClient::with_interceptor(channel.clone(), Bearer::role(Role::Erp));
