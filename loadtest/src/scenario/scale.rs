@@ -105,7 +105,7 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         let task = tokio::spawn(app.run(async move {
             let _ = stopped.await;
         }));
-        target::wait_serving(&addr, Duration::from_secs(3600)).await?;
+        ratemesh_testkit::wait_serving(&addr, Duration::from_secs(3600)).await?;
         let load = load_started.elapsed();
         let after = rss_bytes();
         report.figure(
