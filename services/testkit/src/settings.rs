@@ -68,15 +68,25 @@ pub fn test_settings() -> Settings {
     let mut settings = bare_settings();
     settings.rates.policy_file = policy_file(&Policy::example().off_peak().expect("off-peak"));
     settings.server.shutdown_grace_ms = 5_000;
-    settings.ingest.sources = vec![ErpSource {
-        name: "erp-main".into(),
-        secrets: vec![Secret::new(ERP_SECRET)],
-    }];
-    settings.notifier.allow_private_destinations = true;
-    settings.notifier.allow_plain_http = true;
+    settings.ingest.sources = erp_source("erp-main", &[ERP_SECRET]);
+    allow_local_partners(&mut settings);
     settings.notifier.timer_poll_ms = 20;
     settings.notifier.partner_refresh_ms = 50;
     settings
+}
+
+/// One ERP source named `name` that signs with any of `secrets` (current first).
+pub fn erp_source(name: &str, secrets: &[&str]) -> Vec<ErpSource> {
+    vec![ErpSource {
+        name: name.into(),
+        secrets: secrets.iter().map(|secret| Secret::new(*secret)).collect(),
+    }]
+}
+
+/// Lets partner webhooks go to loopback over plain HTTP, where test sinks listen.
+pub fn allow_local_partners(settings: &mut Settings) {
+    settings.notifier.allow_private_destinations = true;
+    settings.notifier.allow_plain_http = true;
 }
 
 /// Bus options for tests on Redis: a few partitions (so partitioning is exercised) and a
