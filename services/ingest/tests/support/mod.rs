@@ -8,17 +8,15 @@ pub mod slow;
 
 use std::net::SocketAddr;
 
-use bytes::Bytes;
 use prost::Message as _;
 
 use ratemesh_bus::testkit::RedisServer;
 use ratemesh_bus::{Bus, BusOptions, Delivery};
 use ratemesh_contract::streams;
 use ratemesh_proto::v1;
-use ratemesh_runtime::settings::{ErpSource, Secret};
 use ratemesh_runtime::{Role, Settings};
-use ratemesh_testkit::settings::bare_settings;
-use ratemesh_testkit::{Answer, ErpClient, ServiceName, TestApp, key_of};
+use ratemesh_testkit::settings::{bare_settings, erp_source};
+use ratemesh_testkit::{ErpClient, ServiceName, TestApp, key_of};
 
 pub const SECRET: &str = "erp-secret-0123456789";
 pub const NEXT_SECRET: &str = "erp-secret-rotated-9876543210";
@@ -32,7 +30,8 @@ pub struct Ingest {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
     pub bus: Bus,
-    erp: ErpClient,
+    /// The ERP, signing with [`SECRET`].
+    pub erp: ErpClient,
     app: TestApp,
 }
 
@@ -45,10 +44,7 @@ pub fn settings() -> Settings {
             key.name = "erp-grpc".into();
         }
     }
-    settings.ingest.sources = vec![ErpSource {
-        name: "erp-main".into(),
-        secrets: vec![Secret::new(SECRET), Secret::new(NEXT_SECRET)],
-    }];
+    settings.ingest.sources = erp_source("erp-main", &[SECRET, NEXT_SECRET]);
     settings
 }
 
@@ -97,21 +93,6 @@ pub fn now() -> i64 {
 }
 
 impl Ingest {
-    /// POSTs `body` to `path` with the given extra headers (signature included by caller).
-    pub async fn post(
-        &self,
-        path: &str,
-        body: impl Into<Bytes>,
-        headers: &[(&str, String)],
-    ) -> Answer {
-        self.erp.post(path, body, headers).await
-    }
-
-    /// POSTs a body signed now with [`SECRET`].
-    pub async fn post_signed(&self, path: &str, body: &str, extra: &[(&str, String)]) -> Answer {
-        self.erp.post_signed(path, body, extra).await
-    }
-
     /// Every entry on the stock stream, oldest first per partition.
     pub async fn stock_entries(&self) -> Vec<Delivery> {
         let (entries, _) = self
