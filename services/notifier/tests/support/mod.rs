@@ -13,7 +13,7 @@ use ratemesh_notifier::fanout::{INCENTIVE_CHANGED_KIND, RATE_CHANGED_KIND};
 use ratemesh_proto::v1;
 use ratemesh_runtime::{Role, Settings};
 use ratemesh_testkit::app::PartnersClient;
-use ratemesh_testkit::settings::{bare_settings, keys_per_role};
+use ratemesh_testkit::settings::{allow_local_partners, bare_settings, keys_per_role};
 use ratemesh_testkit::{ServiceName, TestApp, test_bus_options};
 
 pub const PARTNER_KEY_ID: &str = "acme";
@@ -23,9 +23,8 @@ pub fn fast_settings() -> Settings {
     let mut s = bare_settings();
     s.server.shutdown_grace_ms = 3_000;
     s.auth.keys = keys_per_role(PARTNER_KEY_ID);
+    allow_local_partners(&mut s);
     let n = &mut s.notifier;
-    n.allow_private_destinations = true;
-    n.allow_plain_http = true;
     n.coalesce_window_ms = 400;
     n.connect_timeout_ms = 1_000;
     n.request_timeout_ms = 10_000;
