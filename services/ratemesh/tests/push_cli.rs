@@ -4,7 +4,7 @@
 use std::process::Command;
 
 use ratemesh_bus::{Bus, BusOptions};
-use ratemesh_runtime::settings::{ErpSource, Secret};
+use ratemesh_testkit::settings::erp_source;
 use ratemesh_testkit::{TestApp, test_settings};
 
 const SECRET: &str = "integration-secret-0001";
@@ -23,10 +23,7 @@ fn push(kind: &str, file: &std::path::Path, url: &str) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_csv_feed_is_signed_sent_in_batches_and_safe_to_rerun() {
     let mut settings = test_settings();
-    settings.ingest.sources = vec![ErpSource {
-        name: "feed-test".into(),
-        secrets: vec![Secret::new(SECRET)],
-    }];
+    settings.ingest.sources = erp_source("feed-test", &[SECRET]);
     let bus = Bus::memory(BusOptions::embedded()).expect("bus");
     let app = TestApp::spawn_with(settings, bus).await;
     let url = format!("http://{}", app.http.expect("webhook port"));
