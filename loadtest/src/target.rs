@@ -13,11 +13,10 @@ use anyhow::Context as _;
 use ratemesh::ServiceName;
 use ratemesh_bus::Bus;
 use ratemesh_bus::testkit::RedisServer;
-use ratemesh_runtime::settings::{ErpSource, Secret};
 use ratemesh_runtime::{Role, Settings};
 pub use ratemesh_testkit::Bearer;
 use ratemesh_testkit::TestApp;
-use ratemesh_testkit::settings::bare_settings;
+use ratemesh_testkit::settings::{allow_local_partners, bare_settings, erp_source};
 use ratemesh_testkit::{key_of, wait_serving};
 use tonic::transport::{Channel, Endpoint};
 
@@ -160,12 +159,8 @@ max_concurrent = 50
 fn in_process_settings(policy_file: PathBuf, partitions: u16) -> Settings {
     let mut settings = bare_settings();
     settings.server.shutdown_grace_ms = 5_000;
-    settings.ingest.sources = vec![ErpSource {
-        name: "loadtest-erp".into(),
-        secrets: vec![Secret::new(ERP_SECRET)],
-    }];
-    settings.notifier.allow_private_destinations = true;
-    settings.notifier.allow_plain_http = true;
+    settings.ingest.sources = erp_source("loadtest-erp", &[ERP_SECRET]);
+    allow_local_partners(&mut settings);
     settings.rates.policy_file = policy_file.display().to_string();
     settings.redis.partitions = partitions;
     settings
