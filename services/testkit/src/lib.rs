@@ -8,7 +8,7 @@
 //! app.push_products(&[Product::new("SKU-1", "home", "100", "40")]).await;
 //! app.push_stock(&[Stock::new("SKU-1", 20).velocity("10")]).await;
 //! let card = app.wait_card("SKU-1", |c| c.band == "scarce").await;
-//! eventually("the partner hears of it", secs(10), || async { sink.received().pop() }).await;
+//! eventually("the partner hears of it", Duration::from_secs(10), || async { sink.received().pop() }).await;
 //! ```
 //!
 //! Layout: [`settings`] (ports, one key per role, one ERP source, test policy),
