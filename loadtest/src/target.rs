@@ -6,24 +6,19 @@
 //! `ratemesh up --redis URL` runs them, on a private `redis-server` (or `--redis URL`),
 //! with the load-test policy of [`policy_toml`].
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use ratemesh::ServiceName;
 use ratemesh_bus::Bus;
 use ratemesh_bus::testkit::RedisServer;
-use ratemesh_runtime::settings::{ApiKeySettings, ErpSource, Secret};
-use ratemesh_runtime::{App, Context, Role, Settings, auth};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
+use ratemesh_runtime::{Role, Settings};
+pub use ratemesh_testkit::Bearer;
+use ratemesh_testkit::TestApp;
+use ratemesh_testkit::settings::{allow_local_partners, bare_settings, erp_source};
+use ratemesh_testkit::{key_of, wait_serving};
 use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 /// Where to find an external ratemesh.
 #[derive(Debug, Clone)]
@@ -81,22 +76,13 @@ pub struct Target {
     pub settings: Option<Settings>,
     /// What this is, for the report.
     pub description: String,
-    running: Option<Running>,
+    running: Option<TestApp>,
     // Dropped last: the private Redis outlives the services on it.
     _policy: Option<tempfile::NamedTempFile>,
     _redis: Option<RedisServer>,
 }
 
-struct Running {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
 const ERP_SECRET: &str = "loadtest-erp-secret-0123456789abcdef";
-
-fn key_of(role: Role) -> String {
-    format!("loadtest-key-{role}")
-}
 
 /// The policy the in-process target runs: the example policy's shape with damping off
 /// (no hold time, no step limit, no hysteresis), so every stock move that changes a band
@@ -171,27 +157,10 @@ max_concurrent = 50
 /// Settings of the in-process ratemesh: free ports, one key per role, one ERP source,
 /// partner webhooks to the local sink allowed.
 fn in_process_settings(policy_file: PathBuf, partitions: u16) -> Settings {
-    let mut settings = Settings::default();
-    let any_port: SocketAddr = "127.0.0.1:0".parse().expect("static address");
-    settings.server.grpc_addr = any_port;
-    settings.server.http_addr = any_port;
-    settings.server.admin_addr = any_port;
+    let mut settings = bare_settings();
     settings.server.shutdown_grace_ms = 5_000;
-    settings.auth.keys = Role::ALL
-        .into_iter()
-        .map(|role| ApiKeySettings {
-            name: format!("loadtest-{role}"),
-            role,
-            sha256: auth::hash_key(&key_of(role)),
-            partner_id: (role == Role::Partner).then(|| "loadtest-partner".to_owned()),
-        })
-        .collect();
-    settings.ingest.sources = vec![ErpSource {
-        name: "loadtest-erp".into(),
-        secrets: vec![Secret::new(ERP_SECRET)],
-    }];
-    settings.notifier.allow_private_destinations = true;
-    settings.notifier.allow_plain_http = true;
+    settings.ingest.sources = erp_source("loadtest-erp", &[ERP_SECRET]);
+    allow_local_partners(&mut settings);
     settings.rates.policy_file = policy_file.display().to_string();
     settings.redis.partitions = partitions;
     settings
@@ -215,7 +184,6 @@ impl Target {
         partitions: u16,
         peak_at: Option<chrono::DateTime<chrono::Utc>>,
     ) -> anyhow::Result<Self> {
-        ratemesh_runtime::telemetry::init_for_tests();
         let mut policy = tempfile::NamedTempFile::new().context("creating the policy file")?;
         std::io::Write::write_all(&mut policy, policy_toml(peak_at).as_bytes())?;
         let mut settings = in_process_settings(policy.path().to_owned(), partitions.max(1));
@@ -231,18 +199,13 @@ impl Target {
         settings.redis.url = url.clone();
         settings.redis.key_prefix = ratemesh_bus::testkit::unique_prefix();
         let bus = ratemesh_runtime::backend::connect(&settings).await?;
-        let ctx = Context::new(settings.clone(), bus.clone());
-        let modules = ratemesh::build_all(&ctx, &ServiceName::ALL).await?;
-        let app = App::bind(&ctx, modules).await?;
-        let grpc = app.grpc_addr().to_string();
+        let app =
+            TestApp::try_spawn_services(settings.clone(), bus.clone(), &ServiceName::ALL).await?;
+        let grpc = app.grpc.to_string();
         let webhook = app
-            .http_addr()
+            .http
             .context("the ingest service bound no webhook port")?
             .to_string();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run(async move {
-            let _ = stopped.await;
-        }));
         let target = Target {
             grpc,
             webhook,
@@ -263,7 +226,7 @@ impl Target {
                 },
                 partitions.max(1)
             ),
-            running: Some(Running { stop, task }),
+            running: Some(app),
             _policy: Some(policy),
             _redis: server,
         };
@@ -312,14 +275,13 @@ impl Target {
             Role::Admin => &self.admin_key,
             _ => &self.network_key,
         };
-        Bearer(format!("Bearer {key}").parse().ok())
+        Bearer::key(key)
     }
 
     /// Stops the in-process ratemesh (nothing for an external one).
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(running) = self.running.take() {
-            let _ = running.stop.send(());
-            running.task.await.context("ratemesh task panicked")??;
+        if let Some(app) = self.running.take() {
+            app.try_stop().await?;
         }
         Ok(())
     }
@@ -338,51 +300,4 @@ pub async fn channels(addr: &str, connections: usize) -> anyhow::Result<Vec<Chan
         out.push(channel);
     }
     Ok(out)
-}
-
-/// Waits until the gRPC health of `addr` says SERVING.
-pub async fn wait_serving(addr: &str, within: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        let status = async {
-            let channel = Endpoint::from_shared(format!("http://{addr}"))?
-                .connect()
-                .await?;
-            let answer = HealthClient::new(channel)
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await?
-                .into_inner();
-            Ok::<_, anyhow::Error>(answer.status)
-        }
-        .await;
-        if matches!(status, Ok(s) if s == ServingStatus::Serving as i32) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            anyhow::bail!(
-                "ratemesh at {addr} did not become SERVING within {within:?}: {status:?}"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Sends `authorization: Bearer <key>` on every call.
-#[derive(Clone, Debug)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
 }

@@ -9,8 +9,8 @@ use ratemesh::ServiceName;
 use ratemesh_proto::v1::{
     self, override_service_client::OverrideServiceClient, rate_service_client::RateServiceClient,
 };
-use ratemesh_runtime::{App, Context, Role};
-use tokio::sync::oneshot;
+use ratemesh_runtime::Role;
+use ratemesh_testkit::TestApp;
 
 use super::RunConfig;
 use crate::catalogue::{self, CATEGORIES, Sequences};
@@ -97,15 +97,9 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         let before = rss_bytes();
         let load_started = Instant::now();
         let bus = ratemesh_runtime::backend::connect(&settings).await?;
-        let ctx = Context::new(settings, bus);
-        let modules = ratemesh::build_all(&ctx, &[ServiceName::Rates]).await?;
-        let app = App::bind(&ctx, modules).await?;
-        let addr = app.grpc_addr().to_string();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run(async move {
-            let _ = stopped.await;
-        }));
-        target::wait_serving(&addr, Duration::from_secs(3600)).await?;
+        let replica = TestApp::try_spawn_services(settings, bus, &[ServiceName::Rates]).await?;
+        let addr = replica.grpc.to_string();
+        ratemesh_testkit::wait_serving(&addr, Duration::from_secs(3600)).await?;
         let load = load_started.elapsed();
         let after = rss_bytes();
         report.figure(
@@ -149,8 +143,7 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
             served == 2,
             format!("{served} of 2"),
         );
-        let _ = stop.send(());
-        task.await??;
+        replica.try_stop().await?;
     }
 
     // Full recompute: a multiplier override on every category moves every card.

@@ -4,7 +4,7 @@ mod support;
 
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::inventory_ingest_client::InventoryIngestClient;
-use support::{ERP_KEY, start};
+use support::{erp_key, start};
 use tonic_types::StatusExt;
 
 fn update(sku: &str, on_hand: &str, sequence: u64) -> v1::StockUpdate {
@@ -27,7 +27,7 @@ fn authed<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(
         "authorization",
-        format!("Bearer {ERP_KEY}").parse().expect("ascii"),
+        format!("Bearer {}", erp_key()).parse().expect("ascii"),
     );
     request
 }

@@ -14,6 +14,7 @@ async fn a_signed_batch_is_acknowledged_and_on_the_stream_with_trace_context() {
     let ingest = start(|_| {}).await;
     let body = stock_body(&[("SKU-1", 120, 1), ("SKU-2", 3, 7)]);
     let answer = ingest
+        .erp
         .post_signed(
             "/v1/stock",
             &body,
@@ -68,13 +69,14 @@ async fn every_refusal_has_its_status_and_changes_nothing() {
     // Bad signature: signed with a secret the server does not know.
     let header = signature::sign(b"not-the-secret-at-all", now(), body.as_bytes());
     let answer = ingest
+        .erp
         .post("/v1/stock", body.clone(), &[("ratemesh-signature", header)])
         .await;
     assert_eq!(answer.status, 401);
     assert_eq!(answer.body["error"]["code"], "unauthenticated");
 
     // No signature at all.
-    let answer = ingest.post("/v1/stock", body.clone(), &[]).await;
+    let answer = ingest.erp.post("/v1/stock", body.clone(), &[]).await;
     assert_eq!(answer.status, 401);
     assert!(
         answer.body["error"]["message"]
@@ -86,6 +88,7 @@ async fn every_refusal_has_its_status_and_changes_nothing() {
     // Old timestamp: a replay of a once-valid request.
     let header = signature::sign(SECRET.as_bytes(), now() - 600, body.as_bytes());
     let answer = ingest
+        .erp
         .post("/v1/stock", body.clone(), &[("ratemesh-signature", header)])
         .await;
     assert_eq!(answer.status, 401);
@@ -100,6 +103,7 @@ async fn every_refusal_has_its_status_and_changes_nothing() {
 
     // Malformed JSON, with the position of the problem.
     let answer = ingest
+        .erp
         .post_signed("/v1/stock", r#"{"updates":[{"sku":"A",}]}"#, &[])
         .await;
     assert_eq!(answer.status, 400);
@@ -118,7 +122,7 @@ async fn every_refusal_has_its_status_and_changes_nothing() {
     let unknown = format!(
         r#"{{"updates":[{{"sku":"A","on_hand":1,"as_of":"{as_of}","sequence":1,"onhand":2}}]}}"#
     );
-    let answer = ingest.post_signed("/v1/stock", &unknown, &[]).await;
+    let answer = ingest.erp.post_signed("/v1/stock", &unknown, &[]).await;
     assert_eq!(answer.status, 400);
     assert!(
         answer.body["error"]["message"]
@@ -131,7 +135,7 @@ async fn every_refusal_has_its_status_and_changes_nothing() {
 
     // One invalid item among valid ones: 422 naming it, nothing applied.
     let invalid = stock_body(&[("SKU-1", 1, 1), ("SKU 2", -4, 1)]);
-    let answer = ingest.post_signed("/v1/stock", &invalid, &[]).await;
+    let answer = ingest.erp.post_signed("/v1/stock", &invalid, &[]).await;
     assert_eq!(answer.status, 422);
     let fields: Vec<_> = answer.body["error"]["violations"]
         .as_array()
@@ -143,7 +147,7 @@ async fn every_refusal_has_its_status_and_changes_nothing() {
 
     // Too many items.
     let many = stock_body(&[("A", 1, 1), ("B", 1, 1), ("C", 1, 1), ("D", 1, 1)]);
-    let answer = ingest.post_signed("/v1/stock", &many, &[]).await;
+    let answer = ingest.erp.post_signed("/v1/stock", &many, &[]).await;
     assert_eq!(answer.status, 413);
     assert!(
         answer.body["error"]["message"]
@@ -156,7 +160,7 @@ async fn every_refusal_has_its_status_and_changes_nothing() {
 
     // Too large a body.
     let big = format!(r#"{{"updates":[],"batch_id":"{}"}}"#, "x".repeat(5000));
-    let answer = ingest.post_signed("/v1/stock", &big, &[]).await;
+    let answer = ingest.erp.post_signed("/v1/stock", &big, &[]).await;
     assert_eq!(answer.status, 413);
 
     assert!(
@@ -165,7 +169,7 @@ async fn every_refusal_has_its_status_and_changes_nothing() {
     );
 
     // And the service keeps serving.
-    let answer = ingest.post_signed("/v1/stock", &body, &[]).await;
+    let answer = ingest.erp.post_signed("/v1/stock", &body, &[]).await;
     assert_eq!(answer.status, 202, "{}", answer.body);
     assert_eq!(ingest.stock_entries().await.len(), 1);
     ingest.stop().await;
@@ -176,10 +180,10 @@ async fn a_repeated_batch_is_applied_once_and_answered_again() {
     let ingest = start(|_| {}).await;
     let body = stock_body(&[("SKU-1", 10, 1), ("SKU-2", 20, 1)]);
     let key = [("idempotency-key", "batch-42".to_owned())];
-    let first = ingest.post_signed("/v1/stock", &body, &key).await;
+    let first = ingest.erp.post_signed("/v1/stock", &body, &key).await;
     assert_eq!(first.status, 202);
     assert_eq!(first.body["replayed"], false);
-    let again = ingest.post_signed("/v1/stock", &body, &key).await;
+    let again = ingest.erp.post_signed("/v1/stock", &body, &key).await;
     assert_eq!(again.status, 202);
     assert_eq!(again.body["replayed"], true);
     assert_eq!(again.body["applied"], first.body["applied"]);
@@ -188,7 +192,7 @@ async fn a_repeated_batch_is_applied_once_and_answered_again() {
 
     // The same id for different content is refused rather than silently answered.
     let other = stock_body(&[("SKU-3", 1, 1)]);
-    let answer = ingest.post_signed("/v1/stock", &other, &key).await;
+    let answer = ingest.erp.post_signed("/v1/stock", &other, &key).await;
     assert_eq!(answer.status, 409, "{}", answer.body);
     assert_eq!(ingest.stock_entries().await.len(), 2);
     ingest.stop().await;
@@ -198,16 +202,19 @@ async fn a_repeated_batch_is_applied_once_and_answered_again() {
 async fn stale_and_duplicate_sequences_are_counted_not_applied() {
     let ingest = start(|_| {}).await;
     let answer = ingest
+        .erp
         .post_signed("/v1/stock", &stock_body(&[("SKU-1", 10, 5)]), &[])
         .await;
     assert_eq!(answer.body["applied"], 1);
     let answer = ingest
+        .erp
         .post_signed("/v1/stock", &stock_body(&[("SKU-1", 99, 3)]), &[])
         .await;
     assert_eq!(answer.status, 202);
     assert_eq!(answer.body["stale"], 1);
     assert_eq!(answer.body["applied"], 0);
     let answer = ingest
+        .erp
         .post_signed(
             "/v1/stock",
             &stock_body(&[("SKU-1", 10, 5), ("SKU-1", 8, 6)]),
@@ -233,6 +240,7 @@ async fn both_secrets_are_accepted_during_a_rotation() {
     let new = signature::sign(NEXT_SECRET.as_bytes(), now(), body.as_bytes());
     assert_eq!(
         ingest
+            .erp
             .post("/v1/stock", body.clone(), &[("ratemesh-signature", new)])
             .await
             .status,
@@ -246,6 +254,7 @@ async fn both_secrets_are_accepted_during_a_rotation() {
     );
     assert_eq!(
         ingest
+            .erp
             .post("/v1/stock", body, &[("ratemesh-signature", both)])
             .await
             .status,
@@ -263,6 +272,7 @@ async fn products_are_upserted_with_staleness_by_as_of() {
             .to_string()
     };
     let answer = ingest
+        .erp
         .post_signed(
             "/v1/products",
             &product("99.99", "2026-11-01T00:00:00Z"),
@@ -272,6 +282,7 @@ async fn products_are_upserted_with_staleness_by_as_of() {
     assert_eq!(answer.status, 202, "{}", answer.body);
     assert_eq!(answer.body["applied"], 1);
     let answer = ingest
+        .erp
         .post_signed(
             "/v1/products",
             &product("99.99", "2026-11-01T00:00:00Z"),
@@ -280,6 +291,7 @@ async fn products_are_upserted_with_staleness_by_as_of() {
         .await;
     assert_eq!(answer.body["duplicate"], 1);
     let answer = ingest
+        .erp
         .post_signed(
             "/v1/products",
             &product("79.99", "2026-10-01T00:00:00Z"),
@@ -288,6 +300,7 @@ async fn products_are_upserted_with_staleness_by_as_of() {
         .await;
     assert_eq!(answer.body["stale"], 1);
     let answer = ingest
+        .erp
         .post_signed(
             "/v1/products",
             &product("89.99", "2026-11-02T00:00:00Z"),
@@ -296,6 +309,7 @@ async fn products_are_upserted_with_staleness_by_as_of() {
         .await;
     assert_eq!(answer.body["applied"], 1);
     let answer = ingest
+        .erp
         .post_signed("/v1/products", &product("-1", "2026-11-03T00:00:00Z"), &[])
         .await;
     assert_eq!(answer.status, 422);
@@ -337,6 +351,7 @@ async fn a_backlogged_stream_sheds_pushes_with_retry_after() {
         .await
         .expect("consumer");
     let answer = ingest
+        .erp
         .post_signed(
             "/v1/stock",
             &stock_body(&[("A", 1, 1), ("B", 1, 1), ("C", 1, 1)]),
@@ -347,6 +362,7 @@ async fn a_backlogged_stream_sheds_pushes_with_retry_after() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let shed = loop {
         let answer = ingest
+            .erp
             .post_signed("/v1/stock", &stock_body(&[("D", 1, 1)]), &[])
             .await;
         if answer.status == 429 {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use ratemesh_bus::testkit::RedisServer;
 use ratemesh_proto::v1;
 use ratemesh_runtime::Role;
+use ratemesh_testkit::{Sink, eventually};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -39,10 +40,10 @@ async fn webhooks_are_signed_with_the_partner_secret_and_both_secrets_during_rot
     })
     .await;
     assert!(
-        verifies(&first, &secret),
+        first.verifies(&secret),
         "signature must verify under the partner secret"
     );
-    assert!(!verifies(&first, "some-other-secret"));
+    assert!(!first.verifies("some-other-secret"));
     let body = first.json();
     assert_eq!(body.event_type, "rate.changed");
     assert_eq!(
@@ -80,13 +81,10 @@ async fn webhooks_are_signed_with_the_partner_secret_and_both_secrets_during_rot
     assert_eq!(second.json().event_type, "incentive.changed");
     assert_eq!(second.json().incentive.expect("incentive").sku, "SKU-1");
     assert!(
-        verifies(&second, &secret),
+        second.verifies(&secret),
         "old secret still valid in the overlap"
     );
-    assert!(
-        verifies(&second, &rotated.signing_secret),
-        "new secret valid"
-    );
+    assert!(second.verifies(&rotated.signing_secret), "new secret valid");
     notifier.stop().await;
 }
 
@@ -114,7 +112,7 @@ async fn a_burst_is_coalesced_into_one_post_with_the_latest_version_of_each_sku(
         sink.accepted().into_iter().next()
     })
     .await;
-    assert!(verifies(&post, &secret));
+    assert!(post.verifies(&secret));
     let rates = post.json().rates.expect("rates");
     let summary: Vec<(String, u64, String)> = rates
         .iter()
@@ -188,7 +186,7 @@ async fn an_endpoint_down_for_a_while_then_back_gets_every_event_and_duplicates_
     let mut rate_skus: Vec<String> = Vec::new();
     let mut incentive_skus: Vec<String> = Vec::new();
     for r in &accepted {
-        assert!(verifies(r, &secret));
+        assert!(r.verifies(&secret));
         let body = r.json();
         for rate in body.rates.unwrap_or_default() {
             rate_skus.push(rate.sku);
@@ -270,7 +268,7 @@ async fn a_delivery_is_dead_lettered_after_the_last_attempt_and_can_be_redeliver
         sink.accepted().into_iter().next()
     })
     .await;
-    assert!(verifies(&delivered, &secret));
+    assert!(delivered.verifies(&secret));
     assert_eq!(
         delivered.header("ratemesh-event-id"),
         Some(dead.event_id.as_str()),
@@ -406,7 +404,7 @@ async fn killing_the_notifier_mid_retry_loses_nothing() {
         );
     }
     let accepted = sink.accepted();
-    assert!(accepted.iter().all(|r| verifies(r, &secret)));
+    assert!(accepted.iter().all(|r| r.verifies(&secret)));
     let rate_skus: std::collections::BTreeSet<String> = accepted
         .iter()
         .flat_map(|r| r.json().rates.unwrap_or_default())

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use ratemesh_bus::testkit::RedisServer;
 use ratemesh_proto::v1;
+use ratemesh_testkit::{Sink, eventually};
 use support::*;
 
 fn category(c: &str) -> v1::PartnerFilter {

@@ -6,6 +6,7 @@ mod support;
 use ratemesh_bus::testkit::RedisServer;
 use ratemesh_proto::v1;
 use ratemesh_runtime::Role;
+use ratemesh_testkit::Sink;
 use support::*;
 use tonic::Code;
 use tonic_types::StatusExt;

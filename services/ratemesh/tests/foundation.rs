@@ -1,13 +1,11 @@
 //! The shared plumbing, through real sockets: health, reflection, authentication, roles,
 //! metrics.
 
-mod support;
-
 use ratemesh_proto::v1::override_service_client::OverrideServiceClient;
 use ratemesh_proto::v1::rate_service_client::RateServiceClient;
 use ratemesh_proto::v1::{GetRateRequest, SetOverrideRequest};
 use ratemesh_runtime::Role;
-use support::{Bearer, spawn_app};
+use ratemesh_testkit::{Bearer, TestApp};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -17,7 +15,7 @@ use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 #[tokio::test]
 async fn health_reports_every_service_serving() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     assert_eq!(app.health("").await, ServingStatus::Serving);
     for service in ratemesh_proto::SERVICE_NAMES {
         assert_eq!(
@@ -31,7 +29,7 @@ async fn health_reports_every_service_serving() {
 
 #[tokio::test]
 async fn reflection_lists_every_service() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let mut client = ServerReflectionClient::new(app.channel().await);
     let request = ServerReflectionRequest {
         host: String::new(),
@@ -66,7 +64,7 @@ async fn reflection_lists_every_service() {
 
 #[tokio::test]
 async fn a_call_without_a_key_is_unauthenticated() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let mut client = RateServiceClient::with_interceptor(app.channel().await, Bearer::none());
     let status = client
         .get_rate(GetRateRequest {
@@ -92,7 +90,7 @@ async fn a_call_without_a_key_is_unauthenticated() {
 
 #[tokio::test]
 async fn a_network_key_may_not_set_overrides() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let mut client =
         OverrideServiceClient::with_interceptor(app.channel().await, Bearer::role(Role::Network));
     let status = client
@@ -118,7 +116,7 @@ async fn a_network_key_may_not_set_overrides() {
 
 #[tokio::test]
 async fn metrics_count_requests_by_method_and_code() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let mut client = RateServiceClient::with_interceptor(app.channel().await, Bearer::none());
     for _ in 0..3 {
         let _ = client
@@ -150,7 +148,7 @@ async fn metrics_count_requests_by_method_and_code() {
 
 #[tokio::test]
 async fn admin_port_reports_liveness_and_readiness() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::spawn().await;
     assert_eq!(app.admin_get("/livez").await.0, 200);
     assert_eq!(app.admin_get("/readyz").await.0, 200);
     let admin = app.admin;

@@ -3,8 +3,6 @@
 //! the protocol or the policy allows are INVALID_ARGUMENT naming what was wrong, never
 //! INTERNAL; the process keeps serving and nothing is stored.
 
-mod support;
-
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +13,7 @@ use ratemesh_proto::v1::incentive_service_client::IncentiveServiceClient;
 use ratemesh_proto::v1::override_service_client::OverrideServiceClient;
 use ratemesh_proto::v1::rate_service_client::RateServiceClient;
 use ratemesh_runtime::Role;
-use support::{Bearer, TestApp, key_of, spawn_app};
+use ratemesh_testkit::{Bearer, TestApp, key_of};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
@@ -231,7 +229,7 @@ async fn stream_lengths(app: &TestApp) -> Vec<(&'static str, usize)> {
 
 #[tokio::test]
 async fn undecodable_messages_are_invalid_arguments_for_every_rpc() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let channel = app.channel().await;
     let admin = key_of(Role::Admin);
     let before = stream_lengths(&app).await;
@@ -295,7 +293,7 @@ fn field_of(status: &tonic::Status) -> Vec<String> {
 
 #[tokio::test]
 async fn oversized_ids_and_cursors_are_invalid_with_short_messages() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let huge = "a".repeat(4096);
     let mut overrides =
         OverrideServiceClient::with_interceptor(app.channel().await, Bearer::role(Role::Admin));
@@ -379,7 +377,7 @@ fn at(seconds: i64) -> prost_types::Timestamp {
 
 #[tokio::test]
 async fn set_override_refuses_out_of_range_times_extra_places_and_odd_categories() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let mut overrides = OverrideServiceClient::with_interceptor(
         app.channel().await,
         Bearer::role(Role::Merchandiser),

@@ -3,51 +3,12 @@
 //! `guaranteed_until`, and when the incentive ends (cancelled, or its window expires on
 //! the durable timer) the rate falls back.
 
-mod support;
-
-use std::time::{Duration, Instant};
-
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-
-use ratemesh_bus::Bus;
 use ratemesh_bus::testkit::RedisServer;
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::incentive_service_client::IncentiveServiceClient;
 use ratemesh_proto::v1::inventory_ingest_client::InventoryIngestClient;
-use ratemesh_proto::v1::rate_service_client::RateServiceClient;
 use ratemesh_runtime::Role;
-use support::*;
-
-async fn eventually_card<F>(
-    rates: &mut RateServiceClient<InterceptedService<Channel, Bearer>>,
-    sku: &str,
-    what: &str,
-    check: F,
-) -> v1::RateCard
-where
-    F: Fn(&v1::RateCard) -> bool,
-{
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(r) = rates
-            .get_rate(v1::GetRateRequest {
-                sku: sku.into(),
-                as_of: None,
-            })
-            .await
-            && let Some(card) = r.into_inner().card
-            && check(&card)
-        {
-            return card;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {sku}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use ratemesh_testkit::{Bearer, TestApp, test_settings};
 
 /// A reading taken now, selling 5 a day. The timestamp is built from a generated
 /// message's default so this test needs no direct prost-types dependency.
@@ -82,23 +43,11 @@ fn incentive_part(card: &v1::RateCard) -> String {
 async fn overstock_push_opens_an_incentive_the_card_shows_and_its_end_takes_back() {
     let redis = RedisServer::start();
     let mut settings = test_settings();
-    settings.redis.url = redis.url();
-    settings.redis.key_prefix = redis.unique_prefix();
-    settings.redis.partitions = test_bus_options().partitions as u16;
     settings.incentives.timer_poll_ms = 50;
-    let bus = Bus::redis(
-        &settings.redis.url,
-        &settings.redis.key_prefix,
-        test_bus_options(),
-    )
-    .await
-    .expect("redis bus");
-    let app = spawn_with(settings, bus).await;
+    let app = TestApp::spawn_on_redis(&redis, settings).await;
     let channel = app.channel().await;
     let mut ingest =
         InventoryIngestClient::with_interceptor(channel.clone(), Bearer::role(Role::Erp));
-    let mut rates =
-        RateServiceClient::with_interceptor(channel.clone(), Bearer::role(Role::Network));
     let mut incentives =
         IncentiveServiceClient::with_interceptor(channel, Bearer::role(Role::Merchandiser));
 
@@ -133,7 +82,7 @@ async fn overstock_push_opens_an_incentive_the_card_shows_and_its_end_takes_back
         .expect("stock");
 
     // The incentive opens by rule and the card carries it.
-    let card = eventually_card(&mut rates, "SHED-1", "incentive on the card", has_incentive).await;
+    let card = app.wait_card("SHED-1", has_incentive).await;
     let listed = incentives
         .list_incentives(v1::ListIncentivesRequest {
             sku: Some("SHED-1".into()),
@@ -170,10 +119,7 @@ async fn overstock_push_opens_an_incentive_the_card_shows_and_its_end_takes_back
         })
         .await
         .expect("cancel");
-    let fallen = eventually_card(&mut rates, "SHED-1", "incentive gone", |c| {
-        !has_incentive(c)
-    })
-    .await;
+    let fallen = app.wait_card("SHED-1", |c| !has_incentive(c)).await;
     assert_ne!(
         fallen.effective_rate, card.effective_rate,
         "the bonus is taken back"
@@ -201,19 +147,10 @@ async fn overstock_push_opens_an_incentive_the_card_shows_and_its_end_takes_back
         .into_inner()
         .incentive
         .expect("incentive");
-    let card = eventually_card(
-        &mut rates,
-        "HOSE-1",
-        "manual incentive on the card",
-        has_incentive,
-    )
-    .await;
+    let card = app.wait_card("HOSE-1", has_incentive).await;
     assert_eq!(incentive_part(&card), "0.01");
     assert_eq!(card.guaranteed_until, manual.ends_at);
-    let card = eventually_card(&mut rates, "HOSE-1", "expired incentive gone", |c| {
-        !has_incentive(c)
-    })
-    .await;
+    let card = app.wait_card("HOSE-1", |c| !has_incentive(c)).await;
     assert!(
         matches!(incentive_part(&card).as_str(), "" | "0"),
         "{card:?}"

@@ -1,8 +1,6 @@
 //! A partner key may watch rates (DESIGN §1, §4.4), and sees only the changes its
 //! subscription covers, whatever its request asks for.
 
-mod support;
-
 use std::time::Duration;
 
 use ratemesh_proto::v1;
@@ -10,7 +8,7 @@ use ratemesh_proto::v1::inventory_ingest_client::InventoryIngestClient;
 use ratemesh_proto::v1::partner_service_client::PartnerServiceClient;
 use ratemesh_proto::v1::rate_service_client::RateServiceClient;
 use ratemesh_runtime::Role;
-use support::{Bearer, spawn_app};
+use ratemesh_testkit::{Bearer, TestApp};
 use tonic::Code;
 
 fn product(sku: &str, category: &str) -> v1::Product {
@@ -42,7 +40,7 @@ async fn skus_until(watch: &mut tonic::Streaming<v1::RateUpdate>, last: &str) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partner_watches_only_what_it_subscribes_to() {
-    let app = spawn_app().await;
+    let app = TestApp::spawn().await;
     let mut partner_rates =
         RateServiceClient::with_interceptor(app.channel().await, Bearer::role(Role::Partner));
 

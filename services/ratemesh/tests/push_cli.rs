@@ -1,13 +1,11 @@
 //! `ratemesh stock push` and `ratemesh products push` against a running ratemesh: the
 //! integrator's way of testing a feed.
 
-mod support;
-
 use std::process::Command;
 
 use ratemesh_bus::{Bus, BusOptions};
-use ratemesh_runtime::settings::{ErpSource, Secret};
-use support::{spawn_with, test_settings};
+use ratemesh_testkit::settings::erp_source;
+use ratemesh_testkit::{TestApp, test_settings};
 
 const SECRET: &str = "integration-secret-0001";
 
@@ -25,12 +23,9 @@ fn push(kind: &str, file: &std::path::Path, url: &str) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_csv_feed_is_signed_sent_in_batches_and_safe_to_rerun() {
     let mut settings = test_settings();
-    settings.ingest.sources = vec![ErpSource {
-        name: "feed-test".into(),
-        secrets: vec![Secret::new(SECRET)],
-    }];
+    settings.ingest.sources = erp_source("feed-test", &[SECRET]);
     let bus = Bus::memory(BusOptions::embedded()).expect("bus");
-    let app = spawn_with(settings, bus).await;
+    let app = TestApp::spawn_with(settings, bus).await;
     let url = format!("http://{}", app.http.expect("webhook port"));
     let dir = tempfile::tempdir().expect("tempdir");
 
@@ -118,7 +113,7 @@ async fn a_csv_feed_is_signed_sent_in_batches_and_safe_to_rerun() {
     app.stop().await.expect("clean stop");
 }
 
-async fn support_stock_len(app: &support::TestApp) -> usize {
+async fn support_stock_len(app: &TestApp) -> usize {
     app.bus()
         .read_after(
             ratemesh_contract::streams::STOCK,

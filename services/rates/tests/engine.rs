@@ -8,6 +8,7 @@ use std::time::Duration;
 use engine_support::*;
 use ratemesh_core::{Event, Policy, replay};
 use ratemesh_rates::engine::timers;
+use ratemesh_testkit::eventually;
 
 #[tokio::test]
 async fn stock_moves_the_rate_down_when_scarce_and_up_on_overstock_with_reasons() {

@@ -13,6 +13,7 @@ use ratemesh_rates::convert::timestamp;
 use ratemesh_rates::engine::Engine;
 use ratemesh_rates::overrides::OverridesApi;
 use ratemesh_runtime::{Principal, Role};
+use ratemesh_testkit::eventually;
 use tonic::{Code, Request};
 use tonic_types::StatusExt;
 

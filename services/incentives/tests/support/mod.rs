@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use prost::Message as _;
@@ -17,14 +17,10 @@ use ratemesh_core::Policy;
 use ratemesh_incentives::{Incentives, ManualClock};
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::incentive_service_client::IncentiveServiceClient;
-use ratemesh_runtime::settings::ApiKeySettings;
-use ratemesh_runtime::{App, Context, Role, Settings, auth};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tonic::metadata::MetadataValue;
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use ratemesh_runtime::{Context, Role, Settings};
+use ratemesh_testkit::TestApp;
+use ratemesh_testkit::app::Authed;
+use ratemesh_testkit::settings::{bare_settings, keys_per_role};
 
 /// A policy with small numbers: overstock at 100 days of cover, windows of 48 h, a 24 h
 /// cooldown, budgets of 50 (money) and 40 units, two incentives per category, three in
@@ -86,28 +82,12 @@ pub fn t0() -> DateTime<Utc> {
         .expect("t0")
 }
 
-pub fn key_of(role: Role) -> String {
-    format!("incentives-test-key-{role}")
-}
-
 pub fn settings() -> Settings {
-    let mut s = Settings::default();
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    s.server.grpc_addr = any;
-    s.server.http_addr = any;
-    s.server.admin_addr = any;
+    let mut s = bare_settings();
     s.server.shutdown_grace_ms = 2_000;
     s.incentives.timer_poll_ms = 20;
     s.incentives.sweep_interval_secs = 3600;
-    s.auth.keys = Role::ALL
-        .into_iter()
-        .map(|role| ApiKeySettings {
-            name: format!("test-{role}"),
-            role,
-            sha256: auth::hash_key(&key_of(role)),
-            partner_id: (role == Role::Partner).then(|| "p".to_owned()),
-        })
-        .collect();
+    s.auth.keys = keys_per_role("p");
     s
 }
 
@@ -131,8 +111,7 @@ pub struct Instance {
     pub grpc: SocketAddr,
     pub handle: Incentives,
     pub bus: Bus,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
+    app: TestApp,
 }
 
 /// Starts the service on `redis` under `prefix` with `policy` and `clock`.
@@ -165,23 +144,16 @@ pub async fn start_with(
     clock: &ManualClock,
     s: Settings,
 ) -> Instance {
-    ratemesh_runtime::telemetry::init_for_tests();
     let bus = bus(redis, prefix).await;
     let ctx = Context::new(s, bus.clone());
     let handle = Incentives::new(&ctx, policy, Arc::new(clock.clone()));
     let module = handle.clone().module(&ctx);
-    let app = App::bind(&ctx, vec![module]).await.expect("bind");
-    let grpc = app.grpc_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(app.run(async move {
-        let _ = stopped.await;
-    }));
+    let app = TestApp::spawn_modules(&ctx, vec![module]).await;
     let instance = Instance {
-        grpc,
+        grpc: app.grpc,
         handle,
         bus,
-        stop: Some(stop),
-        task,
+        app,
     };
     // Readiness follows the consumer joining the stock stream.
     let mut client = instance.client(Role::Merchandiser).await;
@@ -198,37 +170,15 @@ pub async fn start_with(
     instance
 }
 
-#[derive(Clone)]
-pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        r.metadata_mut().insert("authorization", self.0.clone());
-        Ok(r)
-    }
-}
-
-pub type Client = IncentiveServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Client = IncentiveServiceClient<Authed>;
 
 impl Instance {
     pub async fn client(&self, role: Role) -> Client {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect");
-        let bearer = Bearer(format!("Bearer {}", key_of(role)).parse().expect("ascii"));
-        IncentiveServiceClient::with_interceptor(channel, bearer)
+        IncentiveServiceClient::new(self.app.authed(role).await)
     }
 
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        (&mut self.task)
-            .await
-            .expect("app task")
-            .expect("app stopped cleanly");
+    pub async fn stop(self) {
+        self.app.stop().await.expect("app stopped cleanly");
     }
 }
 
@@ -341,14 +291,11 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    ratemesh_testkit::eventually(what, Duration::from_secs(10), || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await;
 }
 
 /// Waits until `sku` has `n` transitions and returns them.

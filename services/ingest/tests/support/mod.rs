@@ -1,64 +1,50 @@
-//! Starts the ingest service alone on a private redis-server, with one ERP source and an
-//! `erp` API key, and gives tests a signed HTTP client and a view of the stock stream.
+//! Starts the ingest service alone (through the test kit) on a private redis-server or
+//! the embedded bus, with one ERP source of two secrets (current and rotated), and gives
+//! tests the signed ERP client and a view of the stock stream.
 
 #![allow(dead_code, unreachable_pub)]
 
 pub mod slow;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use prost::Message as _;
+
 use ratemesh_bus::testkit::RedisServer;
 use ratemesh_bus::{Bus, BusOptions, Delivery};
 use ratemesh_contract::streams;
 use ratemesh_proto::v1;
-use ratemesh_runtime::settings::{ApiKeySettings, ErpSource, Secret};
-use ratemesh_runtime::{App, Context, Role, Settings, auth, signature};
-use tokio::sync::oneshot;
+use ratemesh_runtime::{Role, Settings};
+use ratemesh_testkit::settings::{bare_settings, erp_source};
+use ratemesh_testkit::{ErpClient, ServiceName, TestApp, key_of};
 
 pub const SECRET: &str = "erp-secret-0123456789";
 pub const NEXT_SECRET: &str = "erp-secret-rotated-9876543210";
-pub const ERP_KEY: &str = "test-erp-key";
+
+/// The API key the ERP's gRPC client sends.
+pub fn erp_key() -> String {
+    key_of(Role::Erp)
+}
 
 pub struct Ingest {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
     pub bus: Bus,
-    client: Client<HttpConnector, Full<Bytes>>,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _redis: Option<RedisServer>,
+    /// The ERP, signing with [`SECRET`].
+    pub erp: ErpClient,
+    app: TestApp,
 }
 
-pub struct Answer {
-    pub status: u16,
-    pub headers: http::HeaderMap,
-    pub body: serde_json::Value,
-}
-
-/// Settings with one ERP source (two secrets: current and rotated) and an erp key.
+/// Settings with one ERP source (two secrets: current and rotated) and a key per role;
+/// the erp key is named `erp-grpc`, the source its gRPC pushes are recorded under.
 pub fn settings() -> Settings {
-    let mut settings = Settings::default();
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    settings.server.grpc_addr = any;
-    settings.server.http_addr = any;
-    settings.server.admin_addr = any;
-    settings.ingest.sources = vec![ErpSource {
-        name: "erp-main".into(),
-        secrets: vec![Secret::new(SECRET), Secret::new(NEXT_SECRET)],
-    }];
-    settings.auth.keys.push(ApiKeySettings {
-        name: "erp-grpc".into(),
-        role: Role::Erp,
-        sha256: auth::hash_key(ERP_KEY),
-        partner_id: None,
-    });
+    let mut settings = bare_settings();
+    for key in &mut settings.auth.keys {
+        if key.role == Role::Erp {
+            key.name = "erp-grpc".into();
+        }
+    }
+    settings.ingest.sources = erp_source("erp-main", &[SECRET, NEXT_SECRET]);
     settings
 }
 
@@ -86,26 +72,19 @@ async fn start_on(
     redis: Option<RedisServer>,
     configure: impl FnOnce(&mut Settings),
 ) -> Ingest {
-    ratemesh_runtime::telemetry::init_for_tests();
     let mut settings = settings();
     configure(&mut settings);
-    let ctx = Context::new(settings, bus.clone());
-    let module = ratemesh_ingest::build(&ctx).await.expect("ingest builds");
-    let app = App::bind(&ctx, vec![module]).await.expect("bind");
-    let http = app.http_addr().expect("webhook port");
-    let grpc = app.grpc_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(app.run(async move {
-        let _ = stopped.await;
-    }));
+    let mut app = TestApp::spawn_services(settings, bus.clone(), &[ServiceName::Ingest]).await;
+    if let Some(redis) = redis {
+        app = app.owning(redis);
+    }
+    let http = app.http.expect("webhook port");
     Ingest {
         http,
-        grpc,
+        grpc: app.grpc,
         bus,
-        client: Client::builder(TokioExecutor::new()).build_http(),
-        stop: Some(stop),
-        task,
-        _redis: redis,
+        erp: ErpClient::new(http, SECRET),
+        app,
     }
 }
 
@@ -114,51 +93,6 @@ pub fn now() -> i64 {
 }
 
 impl Ingest {
-    /// POSTs `body` to `path` with the given extra headers (signature included by caller).
-    pub async fn post(
-        &self,
-        path: &str,
-        body: impl Into<Bytes>,
-        headers: &[(&str, String)],
-    ) -> Answer {
-        let mut request = http::Request::post(format!("http://{}{path}", self.http))
-            .header(http::header::CONTENT_TYPE, "application/json");
-        for (name, value) in headers {
-            request = request.header(*name, value);
-        }
-        let response = self
-            .client
-            .request(request.body(Full::new(body.into())).expect("request"))
-            .await
-            .expect("webhook answered");
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
-        });
-        Answer {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    /// POSTs a body signed now with [`SECRET`].
-    pub async fn post_signed(&self, path: &str, body: &str, extra: &[(&str, String)]) -> Answer {
-        let mut headers = vec![(
-            "ratemesh-signature",
-            signature::sign(SECRET.as_bytes(), now(), body.as_bytes()),
-        )];
-        headers.extend(extra.iter().cloned());
-        self.post(path, body.to_owned(), &headers).await
-    }
-
     /// Every entry on the stock stream, oldest first per partition.
     pub async fn stock_entries(&self) -> Vec<Delivery> {
         let (entries, _) = self
@@ -180,18 +114,11 @@ impl Ingest {
     }
 
     pub async fn channel(&self) -> tonic::transport::Channel {
-        tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect")
+        self.app.channel().await
     }
 
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
+    pub async fn stop(self) {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.app.try_stop()).await;
     }
 }
 

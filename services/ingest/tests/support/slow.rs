@@ -70,6 +70,6 @@ pub async fn status_within(stream: &mut TcpStream, within: Duration) -> Option<u
 pub async fn timed_push(ingest: &Ingest, n: u64) -> (u16, Duration) {
     let body = stock_body(&[(&format!("SKU-{n}"), 10, n + 1)]);
     let started = Instant::now();
-    let answer = ingest.post_signed("/v1/stock", &body, &[]).await;
+    let answer = ingest.erp.post_signed("/v1/stock", &body, &[]).await;
     (answer.status, started.elapsed())
 }

@@ -3,66 +3,28 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
 use prost::Message;
 use ratemesh_bus::testkit::RedisServer;
-use ratemesh_bus::{Bus, BusOptions, Event};
+use ratemesh_bus::{Bus, Event};
 use ratemesh_contract::streams;
 use ratemesh_notifier::fanout::{INCENTIVE_CHANGED_KIND, RATE_CHANGED_KIND};
-use ratemesh_notifier::webhook::WebhookBody;
 use ratemesh_proto::v1;
-use ratemesh_proto::v1::partner_service_client::PartnerServiceClient;
-use ratemesh_runtime::settings::ApiKeySettings;
-use ratemesh_runtime::{App, Context, Role, Settings, auth};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tonic::metadata::MetadataValue;
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use ratemesh_runtime::{Role, Settings};
+use ratemesh_testkit::app::PartnersClient;
+use ratemesh_testkit::settings::{allow_local_partners, bare_settings, keys_per_role};
+use ratemesh_testkit::{ServiceName, TestApp, test_bus_options};
 
 pub const PARTNER_KEY_ID: &str = "acme";
 
-pub fn key_of(role: Role) -> String {
-    format!("notifier-test-key-{role}")
-}
-
-pub fn bus_options() -> BusOptions {
-    BusOptions {
-        partitions: 4,
-        reclaim_idle: Duration::from_millis(500),
-        read_block: Duration::from_millis(100),
-        ..BusOptions::default()
-    }
-}
-
 /// Settings for fast tests: loopback and http allowed, short windows and backoff.
 pub fn fast_settings() -> Settings {
-    let mut s = Settings::default();
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    s.server.grpc_addr = any;
-    s.server.http_addr = any;
-    s.server.admin_addr = any;
+    let mut s = bare_settings();
     s.server.shutdown_grace_ms = 3_000;
-    s.auth.keys = Role::ALL
-        .into_iter()
-        .map(|role| ApiKeySettings {
-            name: format!("test-{role}"),
-            role,
-            sha256: auth::hash_key(&key_of(role)),
-            partner_id: (role == Role::Partner).then(|| PARTNER_KEY_ID.to_owned()),
-        })
-        .collect();
+    s.auth.keys = keys_per_role(PARTNER_KEY_ID);
+    allow_local_partners(&mut s);
     let n = &mut s.notifier;
-    n.allow_private_destinations = true;
-    n.allow_plain_http = true;
     n.coalesce_window_ms = 400;
     n.connect_timeout_ms = 1_000;
     n.request_timeout_ms = 10_000;
@@ -81,249 +43,47 @@ pub struct Notifier {
     pub grpc: SocketAddr,
     /// `/metrics`, `/livez`, `/readyz`.
     pub admin: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
+    app: TestApp,
 }
 
 impl Notifier {
     pub async fn start(redis: &RedisServer, prefix: &str, settings: Settings) -> Notifier {
-        ratemesh_runtime::telemetry::init_for_tests();
-        let bus = Bus::redis(&redis.url(), prefix, bus_options())
-            .await
-            .expect("redis bus");
-        let ctx = Context::new(settings, bus);
-        let module = ratemesh_notifier::build(&ctx)
-            .await
-            .expect("notifier builds");
-        let app = App::bind(&ctx, vec![module]).await.expect("bind");
-        let grpc = app.grpc_addr();
-        let admin = app.admin_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run(async move {
-            let _ = stopped.await;
-        }));
+        let bus = publisher(redis, prefix).await;
+        let app = TestApp::spawn_services(settings, bus, &[ServiceName::Notifier]).await;
         Notifier {
-            grpc,
-            admin,
-            stop: Some(stop),
-            task,
+            grpc: app.grpc,
+            admin: app.admin,
+            app,
         }
     }
 
     /// Kills the notifier without any shutdown (what `kill -9` leaves behind).
     pub async fn kill(self) {
-        self.task.abort();
-        let _ = self.task.await;
+        self.app.kill().await;
     }
 
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = self.task.await;
+    pub async fn stop(self) {
+        let _ = self.app.try_stop().await;
     }
 
     /// The Prometheus text of the admin port's `/metrics`.
     pub async fn metrics(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut conn = tokio::net::TcpStream::connect(self.admin)
-            .await
-            .expect("connect admin");
-        conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
-            .await
-            .expect("request");
-        let mut response = String::new();
-        conn.read_to_string(&mut response).await.expect("response");
-        assert!(response.starts_with("HTTP/1.0 200"), "{response}");
-        response
+        let (status, page) = self.app.admin_get("/metrics").await;
+        assert_eq!(status, 200, "{page}");
+        page
     }
 
-    pub async fn client(
-        &self,
-        role: Role,
-    ) -> PartnerServiceClient<InterceptedService<Channel, Bearer>> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect");
-        PartnerServiceClient::with_interceptor(channel, Bearer::role(role))
+    pub async fn client(&self, role: Role) -> PartnersClient {
+        self.app.partners(role).await
     }
 
     /// Registers an enabled partner; returns its signing secret.
     pub async fn add_partner(&self, id: &str, url: &str, filter: v1::PartnerFilter) -> String {
-        let response = self
-            .client(Role::Admin)
-            .await
-            .upsert_partner(v1::UpsertPartnerRequest {
-                partner: Some(v1::Partner {
-                    id: id.into(),
-                    name: format!("Partner {id}"),
-                    endpoint_url: url.into(),
-                    filters: Some(filter),
-                    enabled: true,
-                    ..Default::default()
-                }),
-            })
-            .await
-            .expect("upsert partner")
-            .into_inner();
-        assert!(response.created);
-        response.signing_secret
+        self.app.register_partner(id, url, filter).await
     }
 
     pub async fn deliveries(&self, partner: &str) -> Vec<v1::Delivery> {
-        self.client(Role::Admin)
-            .await
-            .list_deliveries(v1::ListDeliveriesRequest {
-                partner_id: partner.into(),
-                page_size: 1000,
-                ..Default::default()
-            })
-            .await
-            .expect("list deliveries")
-            .into_inner()
-            .deliveries
-    }
-}
-
-#[derive(Clone)]
-pub struct Bearer(MetadataValue<tonic::metadata::Ascii>);
-
-impl Bearer {
-    pub fn role(role: Role) -> Self {
-        Bearer(format!("Bearer {}", key_of(role)).parse().expect("ascii"))
-    }
-}
-
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-/// One webhook as the sink received it.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-impl Received {
-    pub fn json(&self) -> WebhookBody {
-        serde_json::from_slice(&self.body).expect("webhook body is the documented JSON")
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-#[derive(Default)]
-struct SinkState {
-    /// Every request, answered or not.
-    received: Vec<Received>,
-    /// Requests answered 2xx.
-    accepted: Vec<Received>,
-    status: u16,
-    delay: Duration,
-    completed: usize,
-}
-
-/// A real HTTP server on 127.0.0.1:0 that records webhooks and answers as told.
-#[derive(Clone)]
-pub struct Sink {
-    pub addr: SocketAddr,
-    state: Arc<Mutex<SinkState>>,
-}
-
-async fn receive(
-    State(state): State<Arc<Mutex<SinkState>>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    let (status, delay) = {
-        let mut s = state.lock().expect("sink lock");
-        s.received.push(Received {
-            headers: headers.clone(),
-            body: body.clone(),
-        });
-        (s.status, s.delay)
-    };
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    let mut s = state.lock().expect("sink lock");
-    s.completed += 1;
-    if (200..300).contains(&status) {
-        s.accepted.push(Received { headers, body });
-    }
-    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-}
-
-impl Sink {
-    pub async fn start() -> Sink {
-        let state = Arc::new(Mutex::new(SinkState {
-            status: 200,
-            ..SinkState::default()
-        }));
-        let router = axum::Router::new()
-            .route("/hook", axum::routing::post(receive))
-            .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind sink");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
-        Sink { addr, state }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
-    }
-
-    pub fn answer(&self, status: u16) {
-        self.state.lock().expect("sink lock").status = status;
-    }
-
-    pub fn delay(&self, delay: Duration) {
-        self.state.lock().expect("sink lock").delay = delay;
-    }
-
-    pub fn received(&self) -> Vec<Received> {
-        self.state.lock().expect("sink lock").received.clone()
-    }
-
-    pub fn accepted(&self) -> Vec<Received> {
-        self.state.lock().expect("sink lock").accepted.clone()
-    }
-
-    pub fn completed(&self) -> usize {
-        self.state.lock().expect("sink lock").completed
-    }
-}
-
-/// Polls `check` until it returns `Some`, failing the test after `within`.
-pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        self.app.deliveries(partner).await
     }
 }
 
@@ -341,7 +101,7 @@ pub fn sample(page: &str, name: &str, labels: &str) -> Option<f64> {
 
 /// A bus handle on the same Redis and prefix, to publish what rates and incentives would.
 pub async fn publisher(redis: &RedisServer, prefix: &str) -> Bus {
-    Bus::redis(&redis.url(), prefix, bus_options())
+    Bus::redis(&redis.url(), prefix, test_bus_options())
         .await
         .expect("bus")
 }
@@ -426,19 +186,4 @@ pub async fn publish_incentive(bus: &Bus, sku: &str, category: &str) -> String {
     .await
     .expect("publish incentive change");
     id
-}
-
-pub fn verifies(received: &Received, secret: &str) -> bool {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64;
-    ratemesh_runtime::signature::verify(
-        received.header("ratemesh-signature"),
-        &received.body,
-        [secret.as_bytes()],
-        now,
-        300,
-    )
-    .is_ok()
 }

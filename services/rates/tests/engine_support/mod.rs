@@ -173,22 +173,6 @@ pub async fn drained(bus: &Bus, stream: &str, limit: Duration) {
     }
 }
 
-/// Polls `check` until it returns `Some`, failing with `what` after `limit`.
-pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The published proto card of a SKU.
 pub async fn published(bus: &Bus, sku_: &str) -> Option<v1::RateCard> {
     let rec = bus.get_state(NAMESPACE, sku_).await.unwrap()?;

@@ -4,7 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -159,12 +159,8 @@ impl Reads {
 }
 
 /// Polls `cond` until true, failing after 10 s.
-pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+pub async fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    ratemesh_testkit::wait_for(what, Duration::from_secs(10), cond).await;
 }
 
 /// The next item of a watch stream, failing after 10 s.
