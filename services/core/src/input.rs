@@ -6,6 +6,7 @@
 //! quotes at most a short prefix of the rejected value ([`quote`]), so a hostile value of
 //! any size never makes an error too big for a client to read.
 
+pub use crate::quote::{MAX_QUOTED_CHARS, quote};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
@@ -17,25 +18,11 @@ pub const MAX_ID_LEN: usize = 128;
 /// Longest category accepted, in characters.
 pub const MAX_CATEGORY_LEN: usize = 64;
 
-/// Most characters of a rejected value repeated in an error.
-pub const MAX_QUOTED_CHARS: usize = 32;
-
 /// Earliest instant a `google.protobuf.Timestamp` may hold: 0001-01-01T00:00:00Z.
 pub const MIN_TIMESTAMP_SECONDS: i64 = -62_135_596_800;
 
 /// Latest whole second a `google.protobuf.Timestamp` may hold: 9999-12-31T23:59:59Z.
 pub const MAX_TIMESTAMP_SECONDS: i64 = 253_402_300_799;
-
-/// `value` for an error message: Rust-quoted, cut to [`MAX_QUOTED_CHARS`] characters with
-/// its full length noted when longer.
-pub fn quote(value: &str) -> String {
-    let count = value.chars().count();
-    if count <= MAX_QUOTED_CHARS {
-        return format!("{value:?}");
-    }
-    let prefix: String = value.chars().take(MAX_QUOTED_CHARS).collect();
-    format!("{prefix:?}… ({count} characters)")
-}
 
 /// An identifier: 1 to [`MAX_ID_LEN`] printable ASCII characters without spaces.
 pub fn id(value: &str) -> Result<&str, String> {

@@ -27,6 +27,7 @@ pub mod input;
 pub mod overrides;
 pub mod policy;
 pub mod product;
+pub mod quote;
 pub mod reason;
 pub mod replay;
 pub mod state;

@@ -38,7 +38,7 @@ pub enum TypeError {
     NotDecimal {
         /// Which kind of value was being parsed.
         what: &'static str,
-        /// The rejected text, quoted and cut short ([`crate::input::quote`]).
+        /// The rejected text, quoted and cut short ([`crate::quote::quote`]).
         text: String,
     },
 }
@@ -152,7 +152,7 @@ impl FromStr for Rate {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let d = Decimal::from_str(s).map_err(|_| TypeError::NotDecimal {
             what: "rate",
-            text: crate::input::quote(s),
+            text: crate::quote::quote(s),
         })?;
         Self::new(d)
     }
@@ -216,7 +216,7 @@ macro_rules! non_negative_decimal {
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 let d = Decimal::from_str(s).map_err(|_| TypeError::NotDecimal {
                     what: $what,
-                    text: crate::input::quote(s),
+                    text: crate::quote::quote(s),
                 })?;
                 Self::new(d)
             }

@@ -28,6 +28,7 @@ pub mod http_server;
 pub mod metrics;
 pub mod policy;
 pub mod retention;
+pub mod role;
 pub mod settings;
 pub mod shutdown;
 pub mod signature;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::Role;
+use crate::role::Role;
 
 /// The defaults every layering starts from; also the reference for every key.
 pub const DEFAULTS_TOML: &str = include_str!("defaults.toml");
