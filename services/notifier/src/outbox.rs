@@ -23,10 +23,6 @@ use crate::scheduling::{Enqueue, deterministic_id};
 use crate::store::{Partners, now_ms, time_of};
 use crate::webhook::{RATE_CHANGED, WebhookBody, rfc3339_ms};
 
-/// How many times a contended outbox write is retried before the entry is left for
-/// redelivery.
-const MAX_CAS_ROUNDS: usize = 32;
-
 #[derive(Debug, Clone)]
 pub(crate) struct Outbox {
     bus: Bus,
@@ -219,46 +215,40 @@ impl Outbox {
         included: &[(String, u64)],
         split: bool,
     ) -> BusResult<()> {
-        for _ in 0..MAX_CAS_ROUNDS {
-            let Some(record) = self.bus.get_state(OUTBOX, partner_id).await? else {
-                return Ok(());
-            };
-            let current = items_of(&record.fields);
-            let mut write =
-                StateWrite::new(OUTBOX, partner_id.to_owned()).expect_version(record.version);
-            let mut remaining = 0usize;
-            for (field, item) in &current {
-                if included.contains(&(field.clone(), item.rate.version)) {
-                    write = write.remove(field.clone());
-                } else {
-                    remaining += 1;
-                }
-            }
-            if remaining == 0 {
-                write = write.remove(OUTBOX_OPENED_AT);
-            } else {
-                write = write.set(OUTBOX_OPENED_AT, now_ms().to_string());
-            }
-            match self.bus.write_state(write).await {
-                Ok(_) => {
-                    if remaining > 0 {
-                        let delay = if split {
-                            Duration::ZERO
-                        } else {
-                            self.config.coalesce_window
-                        };
-                        let due = now_ms() + delay.as_millis() as i64;
-                        self.bus.schedule(FLUSHES, partner_id, time_of(due)).await?;
+        let remaining = self
+            .bus
+            .update_state(OUTBOX, partner_id, |record, write| async move {
+                let Some(record) = record else {
+                    return Ok::<_, BusError>(Update::Keep(0));
+                };
+                let current = items_of(&record.fields);
+                let mut write = write;
+                let mut remaining = 0usize;
+                for (field, item) in &current {
+                    if included.contains(&(field.clone(), item.rate.version)) {
+                        write = write.remove(field.clone());
+                    } else {
+                        remaining += 1;
                     }
-                    return Ok(());
                 }
-                Err(BusError::Conflict { .. }) => continue,
-                Err(e) => return Err(e),
-            }
+                if remaining == 0 {
+                    write = write.remove(OUTBOX_OPENED_AT);
+                } else {
+                    write = write.set(OUTBOX_OPENED_AT, now_ms().to_string());
+                }
+                Ok(Update::Write(write, remaining))
+            })
+            .await?;
+        if remaining > 0 {
+            let delay = if split {
+                Duration::ZERO
+            } else {
+                self.config.coalesce_window
+            };
+            let due = now_ms() + delay.as_millis() as i64;
+            self.bus.schedule(FLUSHES, partner_id, time_of(due)).await?;
         }
-        Err(BusError::Unavailable(format!(
-            "outbox of partner {partner_id} stayed contended"
-        )))
+        Ok(())
     }
 
     /// Schedules a flush for every outbox holding items (start-up recovery: the process
