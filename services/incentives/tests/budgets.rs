@@ -10,16 +10,12 @@ use chrono::TimeDelta;
 use prost::Message as _;
 use ratemesh_bus::StateWrite;
 use ratemesh_bus::testkit::RedisServer;
-use ratemesh_incentives::{Clock as _, ManualClock};
+use ratemesh_incentives::ManualClock;
 use ratemesh_proto::v1::{
     self, IncentiveEndReason as EndReason, IncentiveState, IncentiveTransition as T,
 };
 use ratemesh_runtime::Role;
 use support::*;
-
-fn now(clock: &ManualClock) -> chrono::DateTime<chrono::Utc> {
-    clock.now()
-}
 
 async fn listed(app: &Instance, sku: &str) -> Option<v1::Incentive> {
     let mut client = app.client(Role::Merchandiser).await;
@@ -48,7 +44,7 @@ async fn a_coarse_stock_drop_closes_at_once_and_reports_the_overshoot() {
     clock.advance(TimeDelta::hours(1));
     publish(
         &app.bus,
-        vec![stock("PEG-9", "98400", "20", 2, now(&clock))],
+        vec![stock("PEG-9", "98400", "20", 2, clock_now(&clock))],
     )
     .await;
     let events = wait_transitions(&app.bus, "PEG-9", 2).await;
@@ -57,7 +53,7 @@ async fn a_coarse_stock_drop_closes_at_once_and_reports_the_overshoot() {
     assert_eq!(ended.end_reason, EndReason::BudgetExhausted as i32);
     assert_eq!(
         millis(ended.ended_at.as_ref()),
-        now(&clock).timestamp_millis()
+        clock_now(&clock).timestamp_millis()
     );
     assert_eq!(ended.units_sold, "1600");
     assert_eq!(ended.units_over_budget, "1560");
@@ -100,7 +96,7 @@ async fn an_incentive_within_budget_reports_no_overshoot() {
     clock.advance(TimeDelta::hours(1));
     publish(
         &app.bus,
-        vec![stock("PEG-8", "99990", "20", 2, now(&clock))],
+        vec![stock("PEG-8", "99990", "20", 2, clock_now(&clock))],
     )
     .await;
     eventually("sale booked", || async {
@@ -138,7 +134,11 @@ async fn spend_counts_only_the_bonus_the_margin_guard_lets_through() {
     .await;
     wait_transitions(&app.bus, "VASE-1", 1).await;
     clock.advance(TimeDelta::hours(1));
-    publish(&app.bus, vec![stock("VASE-1", "990", "5", 2, now(&clock))]).await;
+    publish(
+        &app.bus,
+        vec![stock("VASE-1", "990", "5", 2, clock_now(&clock))],
+    )
+    .await;
     eventually("sale booked", || async {
         listed(&app, "VASE-1")
             .await
@@ -186,7 +186,11 @@ async fn spend_counts_the_incentive_part_the_published_card_keeps_under_the_cap(
         .await
         .expect("card");
     clock.advance(TimeDelta::hours(1));
-    publish(&app.bus, vec![stock("KITE-1", "990", "5", 2, now(&clock))]).await;
+    publish(
+        &app.bus,
+        vec![stock("KITE-1", "990", "5", 2, clock_now(&clock))],
+    )
+    .await;
     eventually("sale booked", || async {
         listed(&app, "KITE-1")
             .await
@@ -219,7 +223,11 @@ async fn the_forecast_knob_closes_before_the_next_reading_would_overshoot() {
     wait_transitions(&app.bus, "PEG-7", 1).await;
     // Readings every 12 h at 20/day: 10 units are expected before each next one.
     clock.advance(TimeDelta::hours(12));
-    publish(&app.bus, vec![stock("PEG-7", "4990", "20", 2, now(&clock))]).await;
+    publish(
+        &app.bus,
+        vec![stock("PEG-7", "4990", "20", 2, clock_now(&clock))],
+    )
+    .await;
     eventually("sale booked", || async {
         listed(&app, "PEG-7")
             .await
@@ -229,7 +237,11 @@ async fn the_forecast_knob_closes_before_the_next_reading_would_overshoot() {
     // 30 of the 40 units left: still open.
     assert_eq!(transitions_of(&app.bus, "PEG-7").await.len(), 1);
     clock.advance(TimeDelta::hours(12));
-    publish(&app.bus, vec![stock("PEG-7", "4970", "20", 3, now(&clock))]).await;
+    publish(
+        &app.bus,
+        vec![stock("PEG-7", "4970", "20", 3, clock_now(&clock))],
+    )
+    .await;
     // 10 left and 10 expected before the next reading: closed now, not after overshooting.
     let events = wait_transitions(&app.bus, "PEG-7", 2).await;
     let (transition, ended) = &events[1];

@@ -153,11 +153,6 @@ async fn spend_budget_ends_the_incentive_when_reached() {
     app.stop().await;
 }
 
-fn clock_now(clock: &ManualClock) -> chrono::DateTime<chrono::Utc> {
-    use ratemesh_incentives::Clock as _;
-    clock.now()
-}
-
 #[tokio::test]
 async fn unit_budget_ends_the_incentive_when_reached() {
     let redis = RedisServer::start();

@@ -110,8 +110,3 @@ async fn a_sku_in_cooldown_is_skipped_at_debug_not_info() {
     );
     app.stop().await;
 }
-
-fn clock_now(clock: &ManualClock) -> chrono::DateTime<chrono::Utc> {
-    use ratemesh_incentives::Clock as _;
-    clock.now()
-}

@@ -323,3 +323,9 @@ pub async fn list(client: &mut Client, req: v1::ListIncentivesRequest) -> Vec<v1
 pub fn millis(t: Option<&prost_types::Timestamp>) -> i64 {
     t.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000))
 }
+
+/// The manual clock's current time.
+pub fn clock_now(clock: &ManualClock) -> chrono::DateTime<chrono::Utc> {
+    use ratemesh_incentives::Clock as _;
+    clock.now()
+}
