@@ -163,8 +163,8 @@ for d in docs:
             if "value" in e:
                 env[e["name"]] = e["value"]
 env["RATEMESH_CONFIG"] = f"{work}/secrets.toml"
-if "RATEMESH__RATES__POLICY_FILE" in env:
-    env["RATEMESH__RATES__POLICY_FILE"] = f"{work}/policy.toml"
+if "RATEMESH__POLICY__FILE" in env:
+    env["RATEMESH__POLICY__FILE"] = f"{work}/policy.toml"
 with open(f"{work}/env", "w") as f:
     for k, v in env.items():
         f.write(f"{k}={v}\n")

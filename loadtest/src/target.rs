@@ -6,6 +6,7 @@
 //! `ratemesh up --redis URL` runs them, on a private `redis-server` (or `--redis URL`),
 //! with the load-test policy of [`policy_toml`].
 
+use ratemesh::IngestSettings;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -159,9 +160,9 @@ max_concurrent = 50
 fn in_process_settings(policy_file: PathBuf, partitions: u16) -> Settings {
     let mut settings = bare_settings();
     settings.server.shutdown_grace_ms = 5_000;
-    settings.ingest.sources = erp_source("loadtest-erp", &[ERP_SECRET]);
+    settings.section_mut::<IngestSettings>().sources = erp_source("loadtest-erp", &[ERP_SECRET]);
     allow_local_partners(&mut settings);
-    settings.rates.policy_file = policy_file.display().to_string();
+    settings.policy.file = policy_file.display().to_string();
     settings.redis.partitions = partitions;
     settings
 }

@@ -3,6 +3,7 @@
 //! how long a cold replica takes to load its snapshot (a second rates replica started on
 //! the same Redis), and a full recompute (a multiplier override on every category).
 
+use ratemesh::RatesSettings;
 use std::time::{Duration, Instant, SystemTime};
 
 use ratemesh::ServiceName;
@@ -93,7 +94,7 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
     // A cold rates replica on the same keys: snapshot load time and memory per SKU.
     if let (Some(settings), Some(_)) = (&target.settings, &target.bus) {
         let mut settings = settings.clone();
-        settings.rates.consumer_name = "loadtest-cold-replica".into();
+        settings.section_mut::<RatesSettings>().consumer_name = "loadtest-cold-replica".into();
         let before = rss_bytes();
         let load_started = Instant::now();
         let bus = ratemesh_runtime::backend::connect(&settings).await?;

@@ -58,11 +58,13 @@
 //! `program_full`: an overstocked SKU that did not open, also logged with its reason),
 //! `ratemesh_incentives_active`.
 
+pub mod access;
 pub mod api;
 pub mod clock;
 pub mod engine;
 pub mod events;
 pub mod record;
+mod settings;
 pub mod store;
 
 use std::sync::Arc;
@@ -81,6 +83,7 @@ use tracing::Instrument;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::Engine;
 pub use events::INCENTIVE_CHANGED;
+pub use settings::IncentivesSettings;
 
 /// Builds the incentives service with the system clock and the configured policy.
 pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
@@ -124,7 +127,7 @@ impl Incentives {
     /// The module `App` runs: `IncentiveService`, the stock consumer, the expiry timer
     /// loop and the sweep.
     pub fn module(self, ctx: &Context) -> ServiceModule {
-        let settings = &ctx.settings().incentives;
+        let settings = &ctx.settings().section::<IncentivesSettings>();
         let readiness = Readiness::new();
         let api = api::IncentivesApi {
             engine: self.engine.clone(),
@@ -138,7 +141,7 @@ impl Incentives {
         let shutdown = ctx.shutdown().clone();
         let sweep_every = settings.sweep_interval();
         ServiceModule::new("incentives", readiness.clone())
-            .grpc(IncentiveServiceServer::new(api))
+            .grpc(IncentiveServiceServer::new(api), access::INCENTIVE_SERVICE)
             .task(
                 "incentives stock consumer",
                 consume(

@@ -10,6 +10,7 @@ use chrono::TimeDelta;
 use prost::Message as _;
 use ratemesh_bus::StateWrite;
 use ratemesh_bus::testkit::RedisServer;
+use ratemesh_incentives::IncentivesSettings;
 use ratemesh_incentives::ManualClock;
 use ratemesh_proto::v1::{
     self, IncentiveEndReason as EndReason, IncentiveState, IncentiveTransition as T,
@@ -257,8 +258,8 @@ async fn a_freed_slot_goes_to_the_most_overstocked_waiting_sku_within_the_sweep_
     let redis = RedisServer::start();
     let clock = ManualClock::new(t0());
     let mut s = settings();
-    s.incentives.consumer_name = "replica-a".into();
-    s.incentives.sweep_interval_secs = 1;
+    s.section_mut::<IncentivesSettings>().consumer_name = "replica-a".into();
+    s.section_mut::<IncentivesSettings>().sweep_interval_secs = 1;
     // home allows 2 at once.
     let app = start_with(&redis, &redis.unique_prefix(), policy(), &clock, s).await;
     publish(

@@ -7,6 +7,7 @@
 //! - [`webhook`] and [`api`]: the two front doors.
 //! - [`backlog`]: watches the rates service's backlog so pushes are shed, not queued.
 
+pub mod access;
 mod api;
 mod backlog;
 mod events;
@@ -14,6 +15,7 @@ mod events;
 mod fuzz_tests;
 pub mod handoff;
 mod payload;
+mod settings;
 mod validate;
 pub mod webhook;
 
@@ -25,11 +27,12 @@ use ratemesh_runtime::{Context, Readiness, ServiceModule};
 use tokio::sync::Semaphore;
 
 pub use events::{PRODUCT_CHANGED, STOCK_CHANGED};
+pub use settings::{ErpSource, IngestSettings};
 
 /// Builds the ingest service: gRPC `InventoryIngest`, the webhook routes, and the backlog
 /// monitor.
 pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
-    let settings = &ctx.settings().ingest;
+    let settings = &ctx.settings().section::<IngestSettings>();
     let retry_after = Duration::from_secs(settings.retry_after_secs);
     let handoff = handoff::Handoff::new(
         ctx.bus().clone(),
@@ -76,10 +79,10 @@ pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
         ctx.shutdown().clone(),
     );
     Ok(ServiceModule::new("ingest", readiness)
-        .grpc(InventoryIngestServer::new(api::IngestApi {
-            handoff,
-            limits,
-        }))
+        .grpc(
+            InventoryIngestServer::new(api::IngestApi { handoff, limits }),
+            access::INVENTORY_INGEST,
+        )
         .http(webhook::router(webhook_state))
         .task("backlog monitor", monitor))
 }

@@ -402,7 +402,7 @@ mod tests {
 
     #[test]
     fn the_default_body_limit_fits_the_largest_allowed_batch_and_little_more() {
-        let defaults = ratemesh_runtime::Settings::default().ingest;
+        let defaults = <crate::IngestSettings as ratemesh_runtime::settings::Section>::defaults();
         let (products, stock) = largest_batches(defaults.max_batch_items);
         // Both are valid batches, so the limit must let them through...
         let now = chrono::DateTime::parse_from_rfc3339("2026-11-27T05:00:00Z")

@@ -7,6 +7,7 @@
 
 mod support;
 
+use ratemesh_ingest::IngestSettings;
 use std::time::{Duration, Instant};
 
 use ratemesh_runtime::signature;
@@ -49,7 +50,7 @@ async fn partial_headers_idle_connections_and_trickled_bodies_are_cut_off() {
     let ingest = start(|s| {
         s.server.http_header_read_timeout_ms = 300;
         s.server.http_keep_alive_timeout_ms = 300;
-        s.ingest.body_read_timeout_ms = 300;
+        s.section_mut::<IngestSettings>().body_read_timeout_ms = 300;
     })
     .await;
 

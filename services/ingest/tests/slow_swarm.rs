@@ -7,6 +7,7 @@
 
 mod support;
 
+use ratemesh_ingest::IngestSettings;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -23,9 +24,9 @@ async fn signed_pushes_are_answered_while_slow_clients_hold_hundreds_of_connecti
     // timeout is long enough that no slow client is cut off while the pushes run: what keeps
     // the ERP answered is that slow clients never hold a slot.
     let ingest = start(|s| {
-        s.ingest.max_in_flight = 32;
+        s.section_mut::<IngestSettings>().max_in_flight = 32;
         s.server.http_header_read_timeout_ms = 60_000;
-        s.ingest.body_read_timeout_ms = 60_000;
+        s.section_mut::<IngestSettings>().body_read_timeout_ms = 60_000;
     })
     .await;
     let server = ingest.http;

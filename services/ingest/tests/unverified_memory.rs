@@ -5,6 +5,7 @@
 
 mod support;
 
+use ratemesh_ingest::IngestSettings;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -41,10 +42,10 @@ fn rss() -> u64 {
 async fn a_flood_of_forged_8_mib_bodies_stays_within_the_unverified_budget() {
     let ingest = start(|s| {
         // The sizes of the report: 8 MiB bodies allowed, 64 sent at a time.
-        s.ingest.max_body_bytes = BODY;
-        s.ingest.max_unverified_body_bytes = BUDGET;
+        s.section_mut::<IngestSettings>().max_body_bytes = BODY;
+        s.section_mut::<IngestSettings>().max_unverified_body_bytes = BUDGET;
         // Slow debug-build hashing must not turn the flood into timeouts.
-        s.ingest.body_read_timeout_ms = 120_000;
+        s.section_mut::<IngestSettings>().body_read_timeout_ms = 120_000;
     })
     .await;
     // One body, shared by every sender, allocated before the baseline.

@@ -4,6 +4,7 @@
 
 mod support;
 
+use ratemesh_ingest::IngestSettings;
 use ratemesh_runtime::signature;
 use support::{NEXT_SECRET, SECRET, now, start, stock_body};
 
@@ -60,8 +61,8 @@ async fn a_signed_batch_is_acknowledged_and_on_the_stream_with_trace_context() {
 #[tokio::test]
 async fn every_refusal_has_its_status_and_changes_nothing() {
     let ingest = start(|s| {
-        s.ingest.max_body_bytes = 4096;
-        s.ingest.max_batch_items = 3;
+        s.section_mut::<IngestSettings>().max_body_bytes = 4096;
+        s.section_mut::<IngestSettings>().max_batch_items = 3;
     })
     .await;
     let body = stock_body(&[("SKU-1", 1, 1)]);
@@ -336,8 +337,8 @@ async fn products_are_upserted_with_staleness_by_as_of() {
 #[tokio::test]
 async fn a_backlogged_stream_sheds_pushes_with_retry_after() {
     let ingest = start(|s| {
-        s.ingest.max_stock_backlog = 2;
-        s.ingest.retry_after_secs = 3;
+        s.section_mut::<IngestSettings>().max_stock_backlog = 2;
+        s.section_mut::<IngestSettings>().retry_after_secs = 3;
     })
     .await;
     // The rates group exists but consumes nothing, so its backlog grows.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ratemesh_runtime::settings::NotifierSettings;
+use crate::NotifierSettings;
 
 use crate::destination::DestinationPolicy;
 
@@ -77,7 +77,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_jitter_and_is_capped() {
-        let mut s = ratemesh_runtime::Settings::default().notifier;
+        let mut s = <crate::NotifierSettings as ratemesh_runtime::settings::Section>::defaults();
         s.backoff_initial_ms = 1000;
         s.backoff_max_ms = 10_000;
         let c = Config::from_settings(&s);

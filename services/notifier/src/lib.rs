@@ -21,6 +21,7 @@
 //! - [`config`]: `[notifier]` settings as durations, and the backoff formula.
 //! - [`delivery_metrics`]: deliveries by outcome, delivery lag, dead letters, breakers.
 
+pub mod access;
 mod api;
 mod breaker;
 mod config;
@@ -32,6 +33,7 @@ mod model;
 mod outbox;
 mod scheduling;
 mod sender;
+mod settings;
 mod store;
 pub mod webhook;
 
@@ -48,9 +50,11 @@ use crate::outbox::Outbox;
 use crate::scheduling::Enqueue;
 use crate::store::{Deliveries, Partners};
 
+pub use settings::NotifierSettings;
+
 /// Builds the notifier: `PartnerService`, the two stream consumers and the delivery loop.
 pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
-    let settings = &ctx.settings().notifier;
+    let settings = &ctx.settings().section::<NotifierSettings>();
     let config = Arc::new(Config::from_settings(settings));
     let bus = ctx.bus().clone();
     let partners = Partners::new(bus.clone(), config.partner_refresh);
@@ -104,7 +108,7 @@ pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
     readiness.set(true);
     let shutdown = ctx.shutdown().clone();
     Ok(ServiceModule::new("notifier", readiness)
-        .grpc(PartnerServiceServer::new(api))
+        .grpc(PartnerServiceServer::new(api), access::PARTNER_SERVICE)
         .task(
             "notifier rates fan-out",
             fanout

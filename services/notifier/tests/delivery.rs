@@ -4,6 +4,7 @@
 
 mod support;
 
+use ratemesh_notifier::NotifierSettings;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -94,7 +95,9 @@ async fn a_burst_is_coalesced_into_one_post_with_the_latest_version_of_each_sku(
     let prefix = redis.unique_prefix();
     let sink = Sink::start().await;
     let mut settings = fast_settings();
-    settings.notifier.coalesce_window_ms = 1_500;
+    settings
+        .section_mut::<NotifierSettings>()
+        .coalesce_window_ms = 1_500;
     let notifier = Notifier::start(&redis, &prefix, settings).await;
     let secret = notifier
         .add_partner("acme", &sink.url(), v1::PartnerFilter::default())
@@ -143,7 +146,9 @@ async fn an_endpoint_down_for_a_while_then_back_gets_every_event_and_duplicates_
     let prefix = redis.unique_prefix();
     let sink = Sink::start().await;
     let mut settings = fast_settings();
-    settings.notifier.coalesce_window_ms = 100;
+    settings
+        .section_mut::<NotifierSettings>()
+        .coalesce_window_ms = 100;
     let notifier = Notifier::start(&redis, &prefix, settings).await;
     let secret = notifier
         .add_partner("acme", &sink.url(), v1::PartnerFilter::default())
@@ -221,7 +226,7 @@ async fn a_delivery_is_dead_lettered_after_the_last_attempt_and_can_be_redeliver
     let prefix = redis.unique_prefix();
     let sink = Sink::start().await;
     let mut settings = fast_settings();
-    settings.notifier.max_attempts = 3;
+    settings.section_mut::<NotifierSettings>().max_attempts = 3;
     let notifier = Notifier::start(&redis, &prefix, settings).await;
     let secret = notifier
         .add_partner("acme", &sink.url(), v1::PartnerFilter::default())
@@ -299,7 +304,9 @@ async fn a_slow_partner_does_not_delay_a_fast_one() {
     let fast = Sink::start().await;
     slow.delay(Duration::from_secs(2));
     let mut settings = fast_settings();
-    settings.notifier.max_in_flight_per_partner = 2;
+    settings
+        .section_mut::<NotifierSettings>()
+        .max_in_flight_per_partner = 2;
     let notifier = Notifier::start(&redis, &prefix, settings).await;
     notifier
         .add_partner("slow", &slow.url(), v1::PartnerFilter::default())
@@ -342,7 +349,9 @@ async fn killing_the_notifier_mid_retry_loses_nothing() {
     let prefix = redis.unique_prefix();
     let sink = Sink::start().await;
     let mut settings = fast_settings();
-    settings.notifier.coalesce_window_ms = 100;
+    settings
+        .section_mut::<NotifierSettings>()
+        .coalesce_window_ms = 100;
     let notifier = Notifier::start(&redis, &prefix, settings.clone()).await;
     let secret = notifier
         .add_partner("acme", &sink.url(), v1::PartnerFilter::default())

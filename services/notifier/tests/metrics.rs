@@ -6,6 +6,7 @@
 
 mod support;
 
+use ratemesh_notifier::NotifierSettings;
 use std::time::Duration;
 
 use ratemesh_bus::testkit::RedisServer;
@@ -24,9 +25,11 @@ fn category(c: &str) -> v1::PartnerFilter {
 async fn metrics_count_deliveries_by_outcome_lag_dead_letters_and_open_breakers() {
     let redis = RedisServer::start();
     let mut settings = fast_settings();
-    settings.notifier.max_attempts = 2;
-    settings.notifier.breaker_failure_threshold = 2;
-    settings.notifier.breaker_open_ms = 1_000;
+    settings.section_mut::<NotifierSettings>().max_attempts = 2;
+    settings
+        .section_mut::<NotifierSettings>()
+        .breaker_failure_threshold = 2;
+    settings.section_mut::<NotifierSettings>().breaker_open_ms = 1_000;
     settings.telemetry.gauge_interval_ms = 50;
     let notifier = Notifier::start(&redis, "metrics", settings).await;
     let good = Sink::start().await;

@@ -4,6 +4,7 @@
 mod support;
 
 use ratemesh_bus::testkit::RedisServer;
+use ratemesh_notifier::NotifierSettings;
 use ratemesh_proto::v1;
 use ratemesh_runtime::Role;
 use ratemesh_testkit::Sink;
@@ -34,8 +35,10 @@ fn violated_fields(status: &tonic::Status) -> Vec<String> {
 async fn private_and_plain_http_destinations_are_refused_unless_allowed() {
     let redis = RedisServer::start();
     let mut settings = fast_settings();
-    settings.notifier.allow_private_destinations = false;
-    settings.notifier.allow_plain_http = false;
+    settings
+        .section_mut::<NotifierSettings>()
+        .allow_private_destinations = false;
+    settings.section_mut::<NotifierSettings>().allow_plain_http = false;
     let notifier = Notifier::start(&redis, &redis.unique_prefix(), settings).await;
     let mut admin = notifier.client(Role::Admin).await;
     for url in [
@@ -219,8 +222,10 @@ async fn a_partner_key_sees_only_its_own_partner() {
 async fn ownership_is_checked_before_urls_and_resolved_addresses_are_never_echoed() {
     let redis = RedisServer::start();
     let mut settings = fast_settings();
-    settings.notifier.allow_private_destinations = false;
-    settings.notifier.allow_plain_http = true;
+    settings
+        .section_mut::<NotifierSettings>()
+        .allow_private_destinations = false;
+    settings.section_mut::<NotifierSettings>().allow_plain_http = true;
     let notifier = Notifier::start(&redis, &redis.unique_prefix(), settings).await;
     let mut admin = notifier.client(Role::Admin).await;
     for id in [PARTNER_KEY_ID, "globex"] {

@@ -3,8 +3,16 @@
 
 pub mod demo;
 
+use std::path::Path;
+
 use clap::ValueEnum;
-use ratemesh_runtime::{Context, ServiceModule};
+use ratemesh_runtime::settings::{EnvSource, SectionDef, SettingsError};
+use ratemesh_runtime::{Context, ServiceModule, Settings};
+
+pub use ratemesh_incentives::IncentivesSettings;
+pub use ratemesh_ingest::{ErpSource, IngestSettings};
+pub use ratemesh_notifier::NotifierSettings;
+pub use ratemesh_rates::RatesSettings;
 
 /// The services of ratemesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -27,6 +35,22 @@ impl ServiceName {
         ServiceName::Incentives,
         ServiceName::Notifier,
     ];
+}
+
+/// Every service's settings section. All are loaded whichever services a process runs,
+/// so one configuration serves every Deployment and a typo in any section is refused.
+pub fn sections() -> [SectionDef; 4] {
+    [
+        SectionDef::of::<IngestSettings>(),
+        SectionDef::of::<RatesSettings>(),
+        SectionDef::of::<IncentivesSettings>(),
+        SectionDef::of::<NotifierSettings>(),
+    ]
+}
+
+/// The frame's settings and every service's section, layered and checked.
+pub fn load_settings(file: Option<&Path>, env: EnvSource) -> Result<Settings, SettingsError> {
+    Settings::load(file, env, &sections())
 }
 
 /// Builds one service's module.

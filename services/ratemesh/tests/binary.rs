@@ -73,7 +73,7 @@ fn config_check_validates_the_policy_file() {
     std::fs::write(&good, "[program]\nid = \"acme-eu\"\n").expect("write");
     let output = ratemesh()
         .args(["config", "check"])
-        .env("RATEMESH__RATES__POLICY_FILE", &good)
+        .env("RATEMESH__POLICY__FILE", &good)
         .output()
         .expect("run ratemesh");
     assert!(
@@ -87,25 +87,22 @@ fn config_check_validates_the_policy_file() {
     std::fs::write(&bad, "[program]\nid = \"acme-eu\"\nrate_decimals = 99\n").expect("write");
     let output = ratemesh()
         .args(["config", "check"])
-        .env("RATEMESH__RATES__POLICY_FILE", &bad)
+        .env("RATEMESH__POLICY__FILE", &bad)
         .output()
         .expect("run ratemesh");
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("rates.policy_file"), "{stderr}");
+    assert!(stderr.contains("policy.file"), "{stderr}");
     assert!(stderr.contains("program.rate_decimals"), "{stderr}");
 
     let output = ratemesh()
         .args(["config", "check"])
-        .env(
-            "RATEMESH__RATES__POLICY_FILE",
-            dir.path().join("missing.toml"),
-        )
+        .env("RATEMESH__POLICY__FILE", dir.path().join("missing.toml"))
         .output()
         .expect("run ratemesh");
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("rates.policy_file"), "{stderr}");
+    assert!(stderr.contains("policy.file"), "{stderr}");
 }
 
 #[test]

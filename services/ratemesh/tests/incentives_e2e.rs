@@ -3,6 +3,7 @@
 //! `guaranteed_until`, and when the incentive ends (cancelled, or its window expires on
 //! the durable timer) the rate falls back.
 
+use ratemesh::IncentivesSettings;
 use ratemesh_bus::testkit::RedisServer;
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::incentive_service_client::IncentiveServiceClient;
@@ -43,7 +44,7 @@ fn incentive_part(card: &v1::RateCard) -> String {
 async fn overstock_push_opens_an_incentive_the_card_shows_and_its_end_takes_back() {
     let redis = RedisServer::start();
     let mut settings = test_settings();
-    settings.incentives.timer_poll_ms = 50;
+    settings.section_mut::<IncentivesSettings>().timer_poll_ms = 50;
     let app = TestApp::spawn_on_redis(&redis, settings).await;
     let channel = app.channel().await;
     let mut ingest =

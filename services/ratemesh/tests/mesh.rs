@@ -2,6 +2,7 @@
 //! becomes a rate card in the rates service and a signed webhook at a partner's HTTP
 //! endpoint, with one trace id from the ERP request to the partner delivery.
 
+use ratemesh::NotifierSettings;
 use std::time::Duration;
 
 use ratemesh_bus::testkit::RedisServer;
@@ -15,7 +16,9 @@ const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 async fn a_signed_erp_push_reaches_the_partner_as_a_signed_webhook_in_one_trace() {
     let redis = RedisServer::start();
     let mut settings = test_settings();
-    settings.notifier.coalesce_window_ms = 200;
+    settings
+        .section_mut::<NotifierSettings>()
+        .coalesce_window_ms = 200;
     let app = TestApp::spawn_on_redis(&redis, settings).await;
 
     let sink = Sink::start().await;

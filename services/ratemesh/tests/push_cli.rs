@@ -1,6 +1,7 @@
 //! `ratemesh stock push` and `ratemesh products push` against a running ratemesh: the
 //! integrator's way of testing a feed.
 
+use ratemesh::IngestSettings;
 use std::process::Command;
 
 use ratemesh_bus::{Bus, BusOptions};
@@ -23,7 +24,7 @@ fn push(kind: &str, file: &std::path::Path, url: &str) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_csv_feed_is_signed_sent_in_batches_and_safe_to_rerun() {
     let mut settings = test_settings();
-    settings.ingest.sources = erp_source("feed-test", &[SECRET]);
+    settings.section_mut::<IngestSettings>().sources = erp_source("feed-test", &[SECRET]);
     let bus = Bus::memory(BusOptions::embedded()).expect("bus");
     let app = TestApp::spawn_with(settings, bus).await;
     let url = format!("http://{}", app.http.expect("webhook port"));

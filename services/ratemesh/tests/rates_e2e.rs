@@ -60,7 +60,7 @@ async fn stock_through_the_webhook_moves_rates_visible_in_every_read() {
     // The example policy without its one-hour hold, so a second push can move a rate,
     // and without its peak windows, so the bands below hold whatever the date.
     let demo = Policy::from_toml_str(&ratemesh::demo::demo_policy_toml()).expect("demo policy");
-    settings.rates.policy_file = policy_file(&demo.off_peak().expect("off-peak"));
+    settings.policy.file = policy_file(&demo.off_peak().expect("off-peak"));
     let app = TestApp::spawn_on_redis(&redis, settings).await;
     let mut client =
         RateServiceClient::with_interceptor(app.channel().await, Bearer::role(Role::Network));

@@ -4,6 +4,7 @@
 //! so on the card served and in `ExplainRate`, which networks may call without seeing
 //! retailer-private inputs; a SKU with stock but no product data is explained as waiting.
 
+use ratemesh::NotifierSettings;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -18,7 +19,7 @@ use tonic::Code;
 
 fn settings_with(policy: &Policy) -> Settings {
     let mut settings = test_settings();
-    settings.rates.policy_file = policy_file(policy);
+    settings.policy.file = policy_file(policy);
     settings
 }
 
@@ -298,7 +299,9 @@ margin_share = "0.60"
     .expect("boost policy");
     let redis = RedisServer::start();
     let mut settings = settings_with(&policy);
-    settings.notifier.coalesce_window_ms = 100;
+    settings
+        .section_mut::<NotifierSettings>()
+        .coalesce_window_ms = 100;
     let app = TestApp::spawn_on_redis(&redis, settings).await;
     let mut network = app.rates(Role::Network).await;
     let sink = Sink::start().await;

@@ -13,18 +13,19 @@
 //! - [`recompute`] — fires the durable recompute timers, routing each to the engine or
 //!   the override store.
 
+pub mod access;
 pub mod convert;
 pub mod engine;
 pub mod overrides;
 pub mod read;
 pub mod recompute;
+mod settings;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ratemesh_contract::streams;
 use ratemesh_proto::v1::override_service_server::OverrideServiceServer;
-use ratemesh_runtime::settings::RatesSettings;
 use ratemesh_runtime::{Context, Readiness, ServiceModule};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +34,7 @@ use engine::decode::Routed;
 use engine::{Engine, EngineOptions};
 use overrides::OverridesApi;
 use ratemesh_contract::kinds::OVERRIDE_CHANGED;
+pub use settings::RatesSettings;
 
 /// The engine's knobs from settings.
 pub fn engine_options(settings: &RatesSettings) -> EngineOptions {
@@ -48,7 +50,7 @@ pub fn engine_options(settings: &RatesSettings) -> EngineOptions {
 
 /// Builds the rates service.
 pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
-    let settings = &ctx.settings().rates;
+    let settings = &ctx.settings().section::<RatesSettings>();
     let policy = Arc::new(ratemesh_runtime::policy::load_policy(ctx.settings())?);
     let engine = Engine::new(ctx.bus().clone(), policy, engine_options(settings));
     let name = ratemesh_runtime::consumer::consumer_name(&settings.consumer_name, "rates");
@@ -76,9 +78,12 @@ pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
     let (loaded_tx, loaded) = watch::channel(false);
     let shutdown = ctx.shutdown().clone();
     let mut module = ServiceModule::new("rates", readiness)
-        .grpc(read.server)
+        .grpc(read.server, access::RATE_SERVICE)
         .task("rates replica", read.task)
-        .grpc(OverrideServiceServer::new(overrides_api))
+        .grpc(
+            OverrideServiceServer::new(overrides_api),
+            access::OVERRIDE_SERVICE,
+        )
         .task(
             "rates override book",
             follow_overrides(engine.clone(), loaded_tx, shutdown.clone()),

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 
-use crate::auth::ApiKeys;
+use crate::auth::{AccessTable, ApiKeys, MethodRoles};
 use crate::grpc::RpcLayer;
 use crate::health::{HealthEntry, HealthState, Readiness};
 use crate::settings::Settings;
@@ -87,7 +87,7 @@ type AddRoutes = Box<dyn FnOnce(&mut RoutesBuilder) + Send>;
 /// One service, as the app runs it.
 pub struct ServiceModule {
     name: &'static str,
-    grpc_services: Vec<&'static str>,
+    grpc_services: Vec<(&'static str, MethodRoles)>,
     add_routes: Vec<AddRoutes>,
     http: Option<axum::Router>,
     readiness: Readiness,
@@ -98,7 +98,10 @@ impl std::fmt::Debug for ServiceModule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServiceModule")
             .field("name", &self.name)
-            .field("grpc_services", &self.grpc_services)
+            .field(
+                "grpc_services",
+                &self.grpc_services.iter().map(|s| s.0).collect::<Vec<_>>(),
+            )
             .field("http", &self.http.is_some())
             .field("tasks", &self.tasks.iter().map(|t| t.0).collect::<Vec<_>>())
             .finish()
@@ -118,8 +121,9 @@ impl ServiceModule {
         }
     }
 
-    /// Adds a gRPC service; its name is reported by health and reflection.
-    pub fn grpc<S>(mut self, service: S) -> Self
+    /// Adds a gRPC service and the service's declaration of who may call each of its RPCs;
+    /// its name is reported by health and reflection.
+    pub fn grpc<S>(mut self, service: S, access: MethodRoles) -> Self
     where
         S: tower::Service<
                 http::Request<tonic::body::Body>,
@@ -132,7 +136,7 @@ impl ServiceModule {
             + 'static,
         S::Future: Send + 'static,
     {
-        self.grpc_services.push(S::NAME);
+        self.grpc_services.push((S::NAME, access));
         self.add_routes.push(Box::new(move |routes| {
             routes.add_service(service);
         }));
@@ -235,7 +239,7 @@ impl App {
     pub fn grpc_services(&self) -> Vec<&'static str> {
         self.modules
             .iter()
-            .flat_map(|m| m.grpc_services.iter().copied())
+            .flat_map(|m| m.grpc_services.iter().map(|s| s.0))
             .collect()
     }
 
@@ -258,7 +262,7 @@ impl App {
             entries: modules
                 .iter()
                 .map(|m| HealthEntry {
-                    grpc_services: m.grpc_services.clone(),
+                    grpc_services: m.grpc_services.iter().map(|s| s.0).collect(),
                     readiness: m.readiness.clone(),
                 })
                 .collect(),
@@ -287,6 +291,7 @@ impl App {
         routes.add_service(reflection_alpha);
         let mut http_router: Option<axum::Router> = None;
         let mut tasks = JoinSet::new();
+        let access = AccessTable::new(modules.iter().flat_map(|m| m.grpc_services.iter().copied()));
         for module in modules {
             for add in module.add_routes {
                 add(&mut routes);
@@ -329,6 +334,7 @@ impl App {
             .timeout(settings.server.request_timeout())
             .layer(RpcLayer::new(
                 keys,
+                access,
                 settings.server.max_concurrent_requests,
                 settings.server.shed_retry_after(),
             ))

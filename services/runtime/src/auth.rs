@@ -1,8 +1,9 @@
-//! API-key authentication and the one table that says which role may call which RPC.
+//! API-key authentication and the table that says which role may call which RPC.
 //!
 //! Keys arrive as `authorization: Bearer <key>`. Only the SHA-256 of each key is kept, in
-//! config and in memory; a presented key is hashed and looked up. Every gRPC path of
-//! `ratemesh.v1` is listed in [`allowed_roles`]; health and reflection are open.
+//! config and in memory; a presented key is hashed and looked up. Each service declares
+//! who may call its RPCs ([`MethodRoles`], next to its handlers); the app composes the
+//! mounted services' declarations into one [`AccessTable`]. Health and reflection are open.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -83,14 +84,15 @@ impl ApiKeys {
         self.by_hash.is_empty()
     }
 
-    /// Authenticates the `authorization` header value of a call to `path` and checks the
-    /// role table.
+    /// Authenticates the `authorization` header value of a call to `path`, which `access`
+    /// governs.
     pub fn authorize(
         &self,
         path: &str,
+        access: Access,
         authorization: Option<&str>,
     ) -> Result<Option<Principal>, ApiError> {
-        let Access::Roles(roles) = allowed_roles(path) else {
+        let Access::Roles(roles) = access else {
             return Ok(None);
         };
         let key = authorization
@@ -133,45 +135,91 @@ pub enum Access {
     Roles(&'static [Role]),
 }
 
-const ERP: &[Role] = &[Role::Erp];
-const READERS: &[Role] = &[Role::Network, Role::Merchandiser];
-// A partner's watch is narrowed to its subscription by the rates service.
-const WATCHERS: &[Role] = &[Role::Network, Role::Merchandiser, Role::Partner];
-const MERCHANDISER: &[Role] = &[Role::Merchandiser];
-const PARTNER_SELF: &[Role] = &[Role::Partner];
-const ADMIN: &[Role] = &[];
+/// Every RPC of one gRPC service with the roles that may call it (admin always may). A
+/// service declares its own; an RPC it does not list is for admin only.
+pub type MethodRoles = &'static [(&'static str, &'static [Role])];
 
-/// The RPC → roles table. Unknown paths need a key of any role and then fall through to
-/// the server, which answers UNIMPLEMENTED.
-pub fn allowed_roles(path: &str) -> Access {
-    let path = path.trim_start_matches('/');
-    let (service, method) = path.split_once('/').unwrap_or((path, ""));
-    match service {
-        "grpc.health.v1.Health"
-        | "grpc.reflection.v1.ServerReflection"
-        | "grpc.reflection.v1alpha.ServerReflection" => Access::Open,
-        "ratemesh.v1.InventoryIngest" => Access::Roles(ERP),
-        // ExplainRate answers networks without retailer-private inputs (the handler
-        // redacts by role); partners may watch what they subscribe to.
-        "ratemesh.v1.RateService" => match method {
-            "WatchRates" => Access::Roles(WATCHERS),
-            _ => Access::Roles(READERS),
-        },
-        "ratemesh.v1.OverrideService" => Access::Roles(MERCHANDISER),
-        "ratemesh.v1.IncentiveService" => match method {
-            "ListIncentives" => Access::Roles(READERS),
-            _ => Access::Roles(MERCHANDISER),
-        },
-        "ratemesh.v1.PartnerService" => match method {
-            // Partners see and edit their own subscription, see their own deliveries and
-            // rotate their own secret; the handler narrows every answer to
-            // `Principal::partner_id` and refuses other partners' ids.
-            "GetPartner" | "UpsertPartner" | "ListDeliveries" | "RotateSecret" => {
-                Access::Roles(PARTNER_SELF)
-            }
-            _ => Access::Roles(ADMIN),
-        },
-        _ => Access::Roles(&[Role::Erp, Role::Network, Role::Partner, Role::Merchandiser]),
+/// Any role: what a path no mounted service owns asks for before the server answers
+/// UNIMPLEMENTED (so unknown paths reveal nothing to anonymous callers).
+const ANY_ROLE: &[Role] = &[Role::Erp, Role::Network, Role::Partner, Role::Merchandiser];
+/// Admin only.
+const ADMIN_ONLY: &[Role] = &[];
+
+/// The RPC → roles table of one process: the frame's open services plus the declarations
+/// of every mounted service.
+#[derive(Debug, Clone)]
+pub struct AccessTable {
+    services: Arc<HashMap<&'static str, MethodRoles>>,
+}
+
+impl Default for AccessTable {
+    fn default() -> Self {
+        Self::new(std::iter::empty())
+    }
+}
+
+impl AccessTable {
+    /// Services open to everyone: an orchestrator or a developer must always be able to
+    /// ask whether the process is healthy and what it serves.
+    pub const OPEN: [&'static str; 3] = [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+
+    /// The table of `services`: (full service name, its declaration).
+    pub fn new(services: impl IntoIterator<Item = (&'static str, MethodRoles)>) -> Self {
+        Self {
+            services: Arc::new(services.into_iter().collect()),
+        }
+    }
+
+    /// Who may call `path` (`/package.Service/Method`).
+    pub fn access(&self, path: &str) -> Access {
+        let path = path.trim_start_matches('/');
+        let (service, method) = path.split_once('/').unwrap_or((path, ""));
+        if Self::OPEN.contains(&service) {
+            return Access::Open;
+        }
+        match self.services.get(service) {
+            Some(methods) => Access::Roles(
+                methods
+                    .iter()
+                    .find(|(name, _)| *name == method)
+                    .map_or(ADMIN_ONLY, |(_, roles)| roles),
+            ),
+            None => Access::Roles(ANY_ROLE),
+        }
+    }
+}
+
+/// Checks a service's declaration against the contract: every RPC the proto defines for
+/// `service` is listed once, and nothing else is. Each service runs it in its tests, so a
+/// new RPC cannot ship without a decision about who may call it.
+pub fn check_declaration(service: &str, methods: MethodRoles) -> Result<(), String> {
+    let defined = ratemesh_proto::method_names(service)
+        .ok_or_else(|| format!("{service} is not a service of the contract"))?;
+    let mut declared: Vec<&str> = methods.iter().map(|(name, _)| *name).collect();
+    declared.sort_unstable();
+    if let Some(pair) = declared.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("{service}/{} is declared twice", pair[0]));
+    }
+    let missing: Vec<&str> = defined
+        .iter()
+        .map(String::as_str)
+        .filter(|m| !declared.contains(m))
+        .collect();
+    let unknown: Vec<&str> = declared
+        .iter()
+        .copied()
+        .filter(|m| !defined.iter().any(|d| d == m))
+        .collect();
+    if missing.is_empty() && unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{service}: RPCs without a role declaration: {missing:?}; declared RPCs the contract does not define: {unknown:?}"
+        ))
     }
 }
 
@@ -197,16 +245,29 @@ mod tests {
         })
     }
 
+    const READ: &[Role] = &[Role::Network, Role::Merchandiser];
+    const WATCH: &[Role] = &[Role::Network, Role::Partner];
+
+    fn table() -> AccessTable {
+        AccessTable::new([(
+            "ratemesh.v1.RateService",
+            &[("GetRate", READ), ("WatchRates", WATCH)] as MethodRoles,
+        )])
+    }
+
+    fn call(path: &str, key: Option<&str>) -> Result<Option<Principal>, ApiError> {
+        let authorization = key.map(|k| format!("Bearer {k}"));
+        keys().authorize(path, table().access(path), authorization.as_deref())
+    }
+
     #[test]
     fn health_and_reflection_are_open() {
-        let keys = keys();
         assert_eq!(
-            keys.authorize("/grpc.health.v1.Health/Check", None)
-                .expect("open"),
+            call("/grpc.health.v1.Health/Check", None).expect("open"),
             None
         );
         assert_eq!(
-            keys.authorize(
+            call(
                 "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
                 None
             )
@@ -219,57 +280,55 @@ mod tests {
     fn missing_and_unknown_keys_are_unauthenticated() {
         let keys = keys();
         let path = "/ratemesh.v1.RateService/GetRate";
+        let access = table().access(path);
+        for authorization in [None, Some("Bearer "), Some("Bearer nope"), Some("key-net")] {
+            assert!(
+                matches!(
+                    keys.authorize(path, access, authorization),
+                    Err(ApiError::Unauthenticated(_))
+                ),
+                "{authorization:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn roles_follow_the_declarations() {
+        let ok = |path: &str, key: &str| call(path, Some(key)).is_ok();
+        assert!(ok("/ratemesh.v1.RateService/GetRate", "key-net"));
+        assert!(ok("/ratemesh.v1.RateService/GetRate", "key-merch"));
+        assert!(!ok("/ratemesh.v1.RateService/GetRate", "key-acme"));
+        assert!(ok("/ratemesh.v1.RateService/WatchRates", "key-acme"));
+        assert!(!ok("/ratemesh.v1.RateService/WatchRates", "key-merch"));
+        // Admin may call everything, including what a service did not declare.
+        assert!(ok("/ratemesh.v1.RateService/WatchRates", "key-ops"));
+        assert!(ok("/ratemesh.v1.RateService/Undeclared", "key-ops"));
+        assert!(!ok("/ratemesh.v1.RateService/Undeclared", "key-net"));
+        // A service nobody mounted: any key, then the server answers UNIMPLEMENTED.
+        assert!(ok("/ratemesh.v1.Elsewhere/Anything", "key-acme"));
         assert!(matches!(
-            keys.authorize(path, None),
-            Err(ApiError::Unauthenticated(_))
-        ));
-        assert!(matches!(
-            keys.authorize(path, Some("Bearer ")),
-            Err(ApiError::Unauthenticated(_))
-        ));
-        assert!(matches!(
-            keys.authorize(path, Some("Bearer nope")),
-            Err(ApiError::Unauthenticated(_))
-        ));
-        assert!(matches!(
-            keys.authorize(path, Some("key-net")),
+            call("/ratemesh.v1.Elsewhere/Anything", None),
             Err(ApiError::Unauthenticated(_))
         ));
     }
 
     #[test]
-    fn roles_follow_the_table() {
-        let keys = keys();
-        let ok =
-            |path: &str, key: &str| keys.authorize(path, Some(&format!("Bearer {key}"))).is_ok();
-        assert!(ok("/ratemesh.v1.RateService/GetRate", "key-net"));
-        assert!(ok("/ratemesh.v1.RateService/ExplainRate", "key-net"));
-        assert!(ok("/ratemesh.v1.RateService/ExplainRate", "key-merch"));
-        assert!(!ok("/ratemesh.v1.OverrideService/SetOverride", "key-net"));
-        assert!(ok("/ratemesh.v1.OverrideService/SetOverride", "key-merch"));
-        assert!(!ok("/ratemesh.v1.InventoryIngest/PushStock", "key-merch"));
-        assert!(ok("/ratemesh.v1.PartnerService/ListDeliveries", "key-acme"));
-        assert!(ok("/ratemesh.v1.PartnerService/UpsertPartner", "key-acme"));
-        assert!(!ok(
-            "/ratemesh.v1.PartnerService/RedeliverDeadLetters",
-            "key-acme"
-        ));
-        assert!(!ok("/ratemesh.v1.PartnerService/ListPartners", "key-acme"));
-        // A partner watches its subscription (narrowed by the rates service), nothing else.
-        assert!(ok("/ratemesh.v1.RateService/WatchRates", "key-acme"));
-        assert!(!ok("/ratemesh.v1.RateService/GetRate", "key-acme"));
-        assert!(ok("/ratemesh.v1.PartnerService/UpsertPartner", "key-ops"));
-        assert!(ok("/ratemesh.v1.InventoryIngest/PushStock", "key-ops"));
+    fn a_declaration_must_match_the_contract() {
+        let err = check_declaration("ratemesh.v1.RateService", &[("GetRate", READ)])
+            .expect_err("incomplete");
+        assert!(err.contains("WatchRates"), "{err}");
+        let err = check_declaration(
+            "ratemesh.v1.RateService",
+            &[("GetRate", READ), ("GetRate", WATCH)],
+        )
+        .expect_err("twice");
+        assert!(err.contains("twice"), "{err}");
+        assert!(check_declaration("grpc.health.v1.Health", &[]).is_err());
     }
 
     #[test]
     fn principal_carries_name_role_and_partner() {
-        let keys = keys();
-        let p = keys
-            .authorize(
-                "/ratemesh.v1.PartnerService/GetPartner",
-                Some("Bearer key-acme"),
-            )
+        let p = call("/ratemesh.v1.RateService/WatchRates", Some("key-acme"))
             .expect("allowed")
             .expect("principal");
         assert_eq!(p.name, "acme");

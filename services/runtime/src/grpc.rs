@@ -17,7 +17,7 @@ use tonic::body::Body;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::auth::{Access, ApiKeys, allowed_roles};
+use crate::auth::{Access, AccessTable, ApiKeys};
 use crate::error::ApiError;
 use crate::trace_context;
 
@@ -25,15 +25,23 @@ use crate::trace_context;
 #[derive(Debug, Clone)]
 pub struct RpcLayer {
     keys: ApiKeys,
+    access: AccessTable,
     in_flight: Arc<Semaphore>,
     shed_retry_after: Duration,
 }
 
 impl RpcLayer {
-    /// A layer admitting at most `max_in_flight` calls at once.
-    pub fn new(keys: ApiKeys, max_in_flight: usize, shed_retry_after: Duration) -> Self {
+    /// A layer admitting at most `max_in_flight` calls at once, each checked against
+    /// `access`.
+    pub fn new(
+        keys: ApiKeys,
+        access: AccessTable,
+        max_in_flight: usize,
+        shed_retry_after: Duration,
+    ) -> Self {
         Self {
             keys,
+            access,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             shed_retry_after,
         }
@@ -82,7 +90,8 @@ where
         let started = Instant::now();
 
         Box::pin(async move {
-            if allowed_roles(&path) == Access::Open {
+            let access = layer.access.access(&path);
+            if access == Access::Open {
                 return inner.call(request).await;
             }
             let method = method_label(&path);
@@ -102,7 +111,7 @@ where
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            let principal = match layer.keys.authorize(&path, authorization) {
+            let principal = match layer.keys.authorize(&path, access, authorization) {
                 Ok(principal) => principal,
                 Err(err) => return Ok(finish(&method, started, error_response(err))),
             };

@@ -12,7 +12,7 @@
 //! - [`shutdown`]: SIGTERM/SIGINT handling.
 //! - [`consumer`]: the one consumer-group driver every service's stream handling runs in
 //!   (join, read, settle, shutdown), the periodic-task loop, consumer names.
-//! - [`policy`]: loading the rate policy named by `rates.policy_file`.
+//! - [`policy`]: loading the rate policy named by `policy.file`.
 //! - [`retention`] and [`stream_gauges`]: per-process upkeep of the shared streams
 //!   (trimming under `[retention]`; backlog, pending, length and dead-letter gauges).
 

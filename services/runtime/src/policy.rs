@@ -1,20 +1,20 @@
 //! The rate policy every service that needs one loads the same way: the file named by
-//! `rates.policy_file`, or the built-in example policy when that is empty.
+//! `policy.file`, or the built-in example policy when that is empty.
 
 use ratemesh_core::Policy;
 
 use crate::settings::{Settings, SettingsError};
 
-/// The policy named by `rates.policy_file` (empty: the built-in example), with errors
+/// The policy named by `policy.file` (empty: the built-in example), with errors
 /// naming the setting and the file, so a bad policy stops the process at start with a
 /// message rather than crash-looping a pod.
 pub fn load_policy(settings: &Settings) -> Result<Policy, SettingsError> {
-    let path = settings.rates.policy_file.trim();
+    let path = settings.policy.file.trim();
     if path.is_empty() {
         return Ok(Policy::example());
     }
     let bad = |problem: String| SettingsError {
-        key: "rates.policy_file".to_owned(),
+        key: "policy.file".to_owned(),
         problem,
     };
     let text =
@@ -29,7 +29,7 @@ mod tests {
     #[test]
     fn an_empty_path_is_the_example_and_a_bad_file_names_the_setting() {
         let mut settings = Settings::default();
-        settings.rates.policy_file = String::new();
+        settings.policy.file = String::new();
         assert_eq!(
             load_policy(&settings).unwrap().program_id,
             Policy::example().program_id
@@ -37,11 +37,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("policy.toml");
         std::fs::write(&path, "[program]\nmode = \"sideways\"\n").unwrap();
-        settings.rates.policy_file = path.to_string_lossy().into_owned();
+        settings.policy.file = path.to_string_lossy().into_owned();
         let err = load_policy(&settings).unwrap_err();
-        assert_eq!(err.key, "rates.policy_file");
+        assert_eq!(err.key, "policy.file");
         assert!(err.problem.contains("program.mode"), "{err}");
-        settings.rates.policy_file = "/nonexistent/policy.toml".into();
+        settings.policy.file = "/nonexistent/policy.toml".into();
         assert!(
             load_policy(&settings)
                 .unwrap_err()

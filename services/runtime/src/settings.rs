@@ -4,12 +4,14 @@
 //! Every problem is reported with the dotted key it concerns (`server.grpc_addr`,
 //! `auth.keys[1].sha256`) so an operator can fix it without reading code.
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::role::Role;
@@ -31,7 +33,8 @@ pub struct SettingsError {
 }
 
 impl SettingsError {
-    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+    /// A problem with the setting at the dotted `key`.
+    pub fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
             key: key.into(),
             problem: problem.into(),
@@ -66,9 +69,9 @@ pub enum EnvSource {
     None,
 }
 
-/// All of ratemesh's settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// All of ratemesh's settings: the frame every service shares, plus the sections the
+/// services own ([`Section`]), composed by whoever assembles the process.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// Listeners, timeouts and limits of the gRPC, webhook and admin servers.
     pub server: ServerSettings,
@@ -78,16 +81,251 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     /// API keys and their roles.
     pub auth: AuthSettings,
-    /// ERP webhooks and `InventoryIngest`.
-    pub ingest: IngestSettings,
-    /// Rate computation and reads.
-    pub rates: RatesSettings,
-    /// Flash incentives.
-    pub incentives: IncentivesSettings,
-    /// Partner webhooks.
-    pub notifier: NotifierSettings,
+    /// The rate policy shared by the rates and incentives services.
+    pub policy: PolicySettings,
     /// How long stream entries are kept.
     pub retention: RetentionSettings,
+    /// The services' own sections, by name.
+    sections: Sections,
+}
+
+/// The frame's part of a layering, as deserialized; the services' sections are read
+/// separately, each by its own type.
+#[derive(Deserialize)]
+struct Frame {
+    server: ServerSettings,
+    redis: RedisSettings,
+    telemetry: TelemetrySettings,
+    auth: AuthSettings,
+    policy: PolicySettings,
+    retention: RetentionSettings,
+}
+
+/// The top-level tables the frame itself owns.
+const FRAME_SECTIONS: [&str; 6] = [
+    "server",
+    "redis",
+    "telemetry",
+    "auth",
+    "policy",
+    "retention",
+];
+
+/// The rate policy (`[policy]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    /// The policy file (TOML, see services/core/POLICY.md); empty: the built-in example
+    /// policy. Checked at start: an invalid policy stops the process naming the key.
+    pub file: String,
+}
+
+/// A service's own settings section (`[rates]`, `[notifier]`, …). The service crate owns
+/// the type, its documented defaults and its checks; the frame layers the section with
+/// every other (defaults, file, environment) and reports its problems the same way.
+pub trait Section:
+    Serialize + DeserializeOwned + Clone + fmt::Debug + PartialEq + Send + Sync + 'static
+{
+    /// The top-level table, e.g. `rates`.
+    const NAME: &'static str;
+    /// The documented defaults: a TOML document holding one `[NAME]` table with every key.
+    const DEFAULTS: &'static str;
+
+    /// Checks what types alone cannot: ranges, formats, consistency. Errors name the
+    /// dotted key (`rates.watch_buffer`).
+    fn validate(&self) -> Result<(), SettingsError>;
+
+    /// The section as its defaults document gives it.
+    fn defaults() -> Self {
+        // Each service's tests load its defaults, so they always parse.
+        config::Config::builder()
+            .add_source(config::File::from_str(
+                Self::DEFAULTS,
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .and_then(|c| c.get::<Self>(Self::NAME))
+            .unwrap_or_else(|e| panic!("built-in defaults of [{}]: {e}", Self::NAME))
+    }
+}
+
+/// A section a process knows how to load: what [`Settings::load`] is given, one per
+/// service it may run.
+#[derive(Clone, Copy)]
+pub struct SectionDef {
+    name: &'static str,
+    defaults: &'static str,
+    load: fn(&config::Config) -> Result<Box<dyn AnySection>, SettingsError>,
+}
+
+impl fmt::Debug for SectionDef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SectionDef").field(&self.name).finish()
+    }
+}
+
+impl SectionDef {
+    /// The definition of section `T`.
+    pub fn of<T: Section>() -> Self {
+        Self {
+            name: T::NAME,
+            defaults: T::DEFAULTS,
+            load: load_section::<T>,
+        }
+    }
+
+    /// The section's table name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+fn load_section<T: Section>(c: &config::Config) -> Result<Box<dyn AnySection>, SettingsError> {
+    // Deserialized from the whole layering (not `get(NAME)`), so errors carry the full
+    // dotted key (`rates.watch_buffer`) like the frame's do.
+    let Only(section) = c
+        .clone()
+        .try_deserialize::<Only<T>>()
+        .map_err(SettingsError::from_config)?;
+    let section = section.ok_or_else(|| SettingsError::new(T::NAME, "missing section"))?;
+    Ok(Box::new(section))
+}
+
+/// The one top-level table `T::NAME` of a layering; every other table is skipped.
+struct Only<T>(Option<T>);
+
+impl<'de, T: Section> Deserialize<'de> for Only<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Tables<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: Section> serde::de::Visitor<'de> for Tables<T> {
+            type Value = Only<T>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a table holding [{}]", T::NAME)
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut found = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == T::NAME {
+                        found = Some(map.next_value::<T>()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(Only(found))
+            }
+        }
+
+        deserializer.deserialize_map(Tables(std::marker::PhantomData))
+    }
+}
+
+/// Refuses the first of `values` (dotted key, value) that is 0: the check most numeric
+/// settings need.
+pub fn require_positive<const N: usize>(values: [(&str, u64); N]) -> Result<(), SettingsError> {
+    match values.into_iter().find(|(_, value)| *value == 0) {
+        Some((key, _)) => Err(SettingsError::new(key, "must be greater than 0")),
+        None => Ok(()),
+    }
+}
+
+/// Checks a consumer-group member name setting (`rates.consumer_name`, …): empty (derived
+/// from the host) or up to 128 characters without spaces.
+pub fn check_consumer_name(key: &str, name: &str) -> Result<(), SettingsError> {
+    if name.len() > 128 || name.contains(char::is_whitespace) {
+        return Err(SettingsError::new(
+            key,
+            "must be at most 128 characters without spaces",
+        ));
+    }
+    Ok(())
+}
+
+/// What each service's tests assert of its section: the documented defaults load and pass
+/// its checks, and each `(variable, value, key)` override is refused naming `key`.
+pub fn check_section<T: Section>(refused: &[(&str, &str, &str)]) -> Result<(), String> {
+    let load = |env: &[(&str, &str)]| {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Settings::load(
+            None,
+            EnvSource::Map(env.collect()),
+            &[SectionDef::of::<T>()],
+        )
+    };
+    let defaults = load(&[]).map_err(|e| format!("the defaults of [{}]: {e}", T::NAME))?;
+    if defaults.section::<T>() != T::defaults() {
+        return Err(format!("[{}] did not load as its defaults", T::NAME));
+    }
+    for (var, value, key) in refused {
+        match load(&[(var, value)]) {
+            Err(err) if err.key == *key => {}
+            Err(err) => return Err(format!("{var}={value}: expected {key}, got {err}")),
+            Ok(_) => return Err(format!("{var}={value} was accepted")),
+        }
+    }
+    Ok(())
+}
+
+/// A loaded section with its type erased, so the frame can hold, check, compare and show
+/// sections it does not know.
+trait AnySection: Any + Send + Sync + fmt::Debug {
+    fn clone_box(&self) -> Box<dyn AnySection>;
+    fn validate(&self) -> Result<(), SettingsError>;
+    fn to_toml(&self) -> Result<toml::Value, toml::ser::Error>;
+    fn same_as(&self, other: &dyn AnySection) -> bool;
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: Section> AnySection for T {
+    fn clone_box(&self) -> Box<dyn AnySection> {
+        Box::new(self.clone())
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        Section::validate(self)
+    }
+
+    fn to_toml(&self) -> Result<toml::Value, toml::ser::Error> {
+        toml::Value::try_from(self)
+    }
+
+    fn same_as(&self, other: &dyn AnySection) -> bool {
+        other.as_any().downcast_ref::<T>() == Some(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// The services' sections, by table name.
+#[derive(Debug, Default)]
+struct Sections(BTreeMap<&'static str, Box<dyn AnySection>>);
+
+impl Clone for Sections {
+    fn clone(&self) -> Self {
+        Self(self.0.iter().map(|(k, v)| (*k, v.clone_box())).collect())
+    }
+}
+
+impl PartialEq for Sections {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .all(|(k, v)| other.0.get(k).is_some_and(|o| v.same_as(o.as_ref())))
+    }
 }
 
 /// How long entries stay in the shared streams (`[retention]`). The streams are a
@@ -171,172 +409,6 @@ impl RetentionSettings {
     }
 }
 
-/// Rate computation and reads (`[rates]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RatesSettings {
-    /// How far back `GetRate.as_of` can look; older instants answer OUT_OF_RANGE.
-    pub history_retention_days: u32,
-    /// Most past card versions kept per SKU for `as_of`, so a flapping SKU cannot grow
-    /// without bound; older versions than that answer OUT_OF_RANGE.
-    pub history_max_versions: usize,
-    /// Rate changes a `WatchRates` stream may fall behind before it is ended with ABORTED
-    /// (the client resumes from its last cursor); bounds the memory a slow client costs.
-    pub watch_buffer: usize,
-    /// Interval of `WatchRates` heartbeats while no matching change is sent.
-    pub watch_heartbeat_ms: u64,
-    /// The rate policy (TOML, see services/core/POLICY.md); empty: the built-in example
-    /// policy. Checked at start: an invalid policy stops the process naming the key.
-    pub policy_file: String,
-    /// Name of this replica in the `rates` consumer group; empty derives one from the host
-    /// name and process id (names must differ between replicas).
-    pub consumer_name: String,
-    /// SKUs updated at once: the keys of one consumed batch, and a recompute sweep.
-    pub recompute_concurrency: usize,
-    /// SKUs read per `scan_states` page by a recompute sweep (BFCM start: every SKU).
-    pub recompute_page_size: usize,
-    /// How often due recompute timers are claimed from the bus.
-    pub timer_poll_ms: u64,
-    /// How long `SetOverride`/`ClearOverride` of a category override wait for the
-    /// category's cards to be recomputed before answering (the consumer finishes later).
-    pub override_recompute_timeout_ms: u64,
-}
-
-/// Flash incentives (`[incentives]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IncentivesSettings {
-    /// Name of this replica in the `incentives` consumer group; empty derives one from
-    /// the host name and process id (names must differ between replicas).
-    pub consumer_name: String,
-    /// How often due expiry timers are claimed from the bus.
-    pub timer_poll_ms: u64,
-    /// How often active incentives are checked against their state (a lost timer or a
-    /// leaked concurrency slot is repaired within this interval), and free slots are
-    /// offered to the most overstocked SKUs waiting for one.
-    pub sweep_interval_secs: u64,
-    /// Largest bonus a merchandiser may trigger, in basis points of the sale price.
-    pub max_bonus_bps: u32,
-    /// Longest window a merchandiser may trigger, in hours.
-    pub max_duration_hours: u32,
-}
-
-impl IncentivesSettings {
-    /// [`Self::timer_poll_ms`] as a duration.
-    pub fn timer_poll(&self) -> Duration {
-        Duration::from_millis(self.timer_poll_ms)
-    }
-
-    /// [`Self::sweep_interval_secs`] as a duration.
-    pub fn sweep_interval(&self) -> Duration {
-        Duration::from_secs(self.sweep_interval_secs)
-    }
-}
-
-/// Partner webhooks (`[notifier]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NotifierSettings {
-    /// Allow partner URLs that resolve to private, loopback or link-local addresses
-    /// (SSRF protection off); for tests and closed networks only.
-    pub allow_private_destinations: bool,
-    /// Allow `http://` partner URLs (bodies are signed but not encrypted); for tests.
-    pub allow_plain_http: bool,
-    /// Name of this replica in the `notifier` consumer group; empty derives one from the
-    /// host name and process id.
-    pub consumer_name: String,
-    /// Rate changes for one partner within this window become one POST.
-    pub coalesce_window_ms: u64,
-    /// Most rates in one POST; a larger burst is split into several deliveries.
-    pub max_rates_per_delivery: usize,
-    /// Deadline for connecting to a partner (TCP and TLS).
-    pub connect_timeout_ms: u64,
-    /// Deadline for a whole attempt, from connecting to the response status.
-    pub request_timeout_ms: u64,
-    /// Attempts per delivery before it is dead-lettered.
-    pub max_attempts: u32,
-    /// A delivery older than this is dead-lettered after its next failure.
-    pub max_age_secs: u64,
-    /// Delay before the first retry; doubles per attempt, with jitter.
-    pub backoff_initial_ms: u64,
-    /// Longest delay between two attempts.
-    pub backoff_max_ms: u64,
-    /// Attempts in flight to one partner at once (a slow partner holds only its own slots).
-    pub max_in_flight_per_partner: usize,
-    /// Consecutive failures of an endpoint that open its circuit breaker.
-    pub breaker_failure_threshold: u32,
-    /// How long an open breaker holds deliveries back before one trial attempt.
-    pub breaker_open_ms: u64,
-    /// How often due retries and coalescing windows are claimed from the bus.
-    pub timer_poll_ms: u64,
-    /// How stale the in-memory partner list may get before it is reloaded from the bus.
-    pub partner_refresh_ms: u64,
-    /// How long delivered and dead deliveries stay listable.
-    pub delivery_retention_secs: u64,
-}
-
-impl NotifierSettings {
-    fn validate(&self) -> Result<(), SettingsError> {
-        for (key, value) in [
-            ("notifier.coalesce_window_ms", self.coalesce_window_ms),
-            (
-                "notifier.max_rates_per_delivery",
-                self.max_rates_per_delivery as u64,
-            ),
-            ("notifier.connect_timeout_ms", self.connect_timeout_ms),
-            ("notifier.request_timeout_ms", self.request_timeout_ms),
-            ("notifier.max_attempts", u64::from(self.max_attempts)),
-            ("notifier.max_age_secs", self.max_age_secs),
-            ("notifier.backoff_initial_ms", self.backoff_initial_ms),
-            ("notifier.backoff_max_ms", self.backoff_max_ms),
-            (
-                "notifier.max_in_flight_per_partner",
-                self.max_in_flight_per_partner as u64,
-            ),
-            (
-                "notifier.breaker_failure_threshold",
-                u64::from(self.breaker_failure_threshold),
-            ),
-            ("notifier.breaker_open_ms", self.breaker_open_ms),
-            ("notifier.timer_poll_ms", self.timer_poll_ms),
-            ("notifier.partner_refresh_ms", self.partner_refresh_ms),
-            (
-                "notifier.delivery_retention_secs",
-                self.delivery_retention_secs,
-            ),
-        ] {
-            if value == 0 {
-                return Err(SettingsError::new(key, "must be greater than 0"));
-            }
-        }
-        if self.backoff_max_ms < self.backoff_initial_ms {
-            return Err(SettingsError::new(
-                "notifier.backoff_max_ms",
-                "must not be less than notifier.backoff_initial_ms",
-            ));
-        }
-        if self.max_attempts > 100 {
-            return Err(SettingsError::new(
-                "notifier.max_attempts",
-                "must be at most 100",
-            ));
-        }
-        if self.max_rates_per_delivery > 10_000 {
-            return Err(SettingsError::new(
-                "notifier.max_rates_per_delivery",
-                "must be at most 10000",
-            ));
-        }
-        if self.consumer_name.len() > 128 || self.consumer_name.contains(char::is_whitespace) {
-            return Err(SettingsError::new(
-                "notifier.consumer_name",
-                "must be at most 128 characters without spaces",
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// A signing secret: shown as `[redacted]` in logs and `config dump`.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
@@ -364,45 +436,6 @@ impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str("[redacted]")
     }
-}
-
-/// ERP webhooks and `InventoryIngest`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IngestSettings {
-    /// Largest webhook body accepted (413 beyond).
-    pub max_body_bytes: usize,
-    /// Bytes held at once, across every webhook request, for bodies whose signature is not
-    /// verified yet (503 beyond): what unsigned floods can make the process buffer.
-    pub max_unverified_body_bytes: usize,
-    /// Most items in one batch (413 beyond).
-    pub max_batch_items: usize,
-    /// How far a signature's timestamp may be from server time.
-    pub signature_tolerance_secs: u64,
-    /// How long a batch id is remembered with its answer.
-    pub idempotency_ttl_secs: u64,
-    /// How far in the future an item's `as_of` may be (clock skew allowance).
-    pub max_future_skew_secs: u64,
-    /// Backlog of the stock stream for the rates group above which pushes are shed (429).
-    pub max_stock_backlog: u64,
-    /// Webhook requests with a verified signature processed at once; more are shed (503).
-    pub max_in_flight: usize,
-    /// Deadline for receiving a webhook body, from the end of its headers (408 beyond).
-    pub body_read_timeout_ms: u64,
-    /// Back-off advertised with 429/503 answers.
-    pub retry_after_secs: u64,
-    /// ERP sources allowed to call the webhooks, each with its signing secrets.
-    pub sources: Vec<ErpSource>,
-}
-
-/// One ERP system that pushes over the webhooks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ErpSource {
-    /// Name recorded on every event from this source.
-    pub name: String,
-    /// Current signing secrets; list two while rotating.
-    pub secrets: Vec<Secret>,
 }
 
 /// Listeners, timeouts and limits.
@@ -563,19 +596,33 @@ pub struct ApiKeySettings {
 }
 
 impl Default for Settings {
+    /// The frame's defaults and no service section: [`Settings::section`] then answers
+    /// each section's own defaults.
     fn default() -> Self {
         // The defaults are part of the binary and covered by a test, so they always parse.
-        Self::load(None, EnvSource::None).expect("built-in defaults are valid")
+        Self::load(None, EnvSource::None, &[]).expect("built-in defaults are valid")
     }
 }
 
 impl Settings {
-    /// Layers the defaults, the optional `file` and the environment, then validates.
-    pub fn load(file: Option<&Path>, env: EnvSource) -> Result<Self, SettingsError> {
+    /// Layers the defaults (the frame's and each of `sections`'), the optional `file` and
+    /// the environment, then validates. A top-level table that is neither the frame's nor
+    /// one of `sections` is refused, naming it.
+    pub fn load(
+        file: Option<&Path>,
+        env: EnvSource,
+        sections: &[SectionDef],
+    ) -> Result<Self, SettingsError> {
         let mut builder = config::Config::builder().add_source(config::File::from_str(
             DEFAULTS_TOML,
             config::FileFormat::Toml,
         ));
+        for section in sections {
+            builder = builder.add_source(config::File::from_str(
+                section.defaults,
+                config::FileFormat::Toml,
+            ));
+        }
         if let Some(path) = file {
             if !path.exists() {
                 return Err(SettingsError::new(
@@ -600,12 +647,75 @@ impl Settings {
             ))),
             EnvSource::None => builder,
         };
-        let settings: Settings = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
+        let layered = builder.build().map_err(SettingsError::from_config)?;
+
+        let tables: BTreeMap<String, config::Value> = layered
+            .clone()
+            .try_deserialize()
             .map_err(SettingsError::from_config)?;
+        let known = || {
+            FRAME_SECTIONS
+                .iter()
+                .copied()
+                .chain(sections.iter().map(|s| s.name))
+        };
+        if let Some(unknown) = tables.keys().find(|k| !known().any(|n| n == k.as_str())) {
+            return Err(SettingsError::new(
+                unknown.clone(),
+                format!(
+                    "unknown section (expected one of: {})",
+                    known().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+
+        let frame: Frame = layered
+            .clone()
+            .try_deserialize()
+            .map_err(SettingsError::from_config)?;
+        let mut loaded = Sections::default();
+        for section in sections {
+            loaded.0.insert(section.name, (section.load)(&layered)?);
+        }
+        let settings = Settings {
+            server: frame.server,
+            redis: frame.redis,
+            telemetry: frame.telemetry,
+            auth: frame.auth,
+            policy: frame.policy,
+            retention: frame.retention,
+            sections: loaded,
+        };
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Section `T` as loaded, or its defaults when this process did not load it.
+    pub fn section<T: Section>(&self) -> T {
+        self.sections
+            .0
+            .get(T::NAME)
+            .and_then(|s| s.as_any().downcast_ref::<T>())
+            .cloned()
+            .unwrap_or_else(T::defaults)
+    }
+
+    /// Section `T` for changing (tests, `serve --demo`); starts from its defaults when it
+    /// was not loaded. Call [`Settings::validate`] after changing it.
+    pub fn section_mut<T: Section>(&mut self) -> &mut T {
+        let entry = self
+            .sections
+            .0
+            .entry(T::NAME)
+            .or_insert_with(|| Box::new(T::defaults()));
+        if entry.as_any().downcast_ref::<T>().is_none() {
+            // Two section types may not share a name; the later one wins.
+            *entry = Box::new(T::defaults());
+        }
+        entry
+            .as_any_mut()
+            .downcast_mut::<T>()
+            .expect("the entry was just made a T")
     }
 
     /// Checks what types alone cannot: ranges, formats, consistency.
@@ -723,134 +833,10 @@ impl Settings {
             ));
         }
 
-        let i = &self.ingest;
-        for (key, value) in [
-            ("ingest.max_body_bytes", i.max_body_bytes as u64),
-            (
-                "ingest.max_unverified_body_bytes",
-                i.max_unverified_body_bytes as u64,
-            ),
-            ("ingest.max_batch_items", i.max_batch_items as u64),
-            (
-                "ingest.signature_tolerance_secs",
-                i.signature_tolerance_secs,
-            ),
-            ("ingest.idempotency_ttl_secs", i.idempotency_ttl_secs),
-            ("ingest.max_stock_backlog", i.max_stock_backlog),
-            ("ingest.max_in_flight", i.max_in_flight as u64),
-            ("ingest.body_read_timeout_ms", i.body_read_timeout_ms),
-            ("ingest.retry_after_secs", i.retry_after_secs),
-        ] {
-            if value == 0 {
-                return Err(SettingsError::new(key, "must be greater than 0"));
-            }
-        }
-        if i.max_unverified_body_bytes < i.max_body_bytes {
-            return Err(SettingsError::new(
-                "ingest.max_unverified_body_bytes",
-                "must be at least ingest.max_body_bytes, or the largest body is never accepted",
-            ));
-        }
-        if u32::try_from(i.max_body_bytes).is_err() {
-            return Err(SettingsError::new(
-                "ingest.max_body_bytes",
-                "must be below 4 GiB",
-            ));
-        }
-        let mut source_names = HashSet::new();
-        for (n, source) in i.sources.iter().enumerate() {
-            let at = |field: &str| format!("ingest.sources[{n}].{field}");
-            if source.name.trim().is_empty() || !source_names.insert(source.name.as_str()) {
-                return Err(SettingsError::new(
-                    at("name"),
-                    "must be non-empty and unique",
-                ));
-            }
-            if source.secrets.is_empty() {
-                return Err(SettingsError::new(
-                    at("secrets"),
-                    "must hold at least one secret",
-                ));
-            }
-            if let Some(k) = source.secrets.iter().position(|s| s.expose().len() < 16) {
-                return Err(SettingsError::new(
-                    format!("ingest.sources[{n}].secrets[{k}]"),
-                    "must be at least 16 characters",
-                ));
-            }
-        }
-
-        let r = &self.rates;
-        for (key, value) in [
-            (
-                "rates.history_retention_days",
-                u64::from(r.history_retention_days),
-            ),
-            ("rates.history_max_versions", r.history_max_versions as u64),
-            ("rates.watch_buffer", r.watch_buffer as u64),
-            ("rates.watch_heartbeat_ms", r.watch_heartbeat_ms),
-            (
-                "rates.recompute_concurrency",
-                r.recompute_concurrency as u64,
-            ),
-            ("rates.recompute_page_size", r.recompute_page_size as u64),
-            ("rates.timer_poll_ms", r.timer_poll_ms),
-            (
-                "rates.override_recompute_timeout_ms",
-                r.override_recompute_timeout_ms,
-            ),
-        ] {
-            if value == 0 {
-                return Err(SettingsError::new(key, "must be greater than 0"));
-            }
-        }
-        if r.recompute_concurrency > 4096 {
-            return Err(SettingsError::new(
-                "rates.recompute_concurrency",
-                "must be at most 4096",
-            ));
-        }
-        if r.recompute_page_size > 10_000 {
-            return Err(SettingsError::new(
-                "rates.recompute_page_size",
-                "must be at most 10000",
-            ));
-        }
-        if r.watch_buffer > 1_000_000 {
-            return Err(SettingsError::new(
-                "rates.watch_buffer",
-                "must be at most 1000000",
-            ));
-        }
-
-        let inc = &self.incentives;
-        for (key, value) in [
-            ("incentives.timer_poll_ms", inc.timer_poll_ms),
-            ("incentives.sweep_interval_secs", inc.sweep_interval_secs),
-            (
-                "incentives.max_duration_hours",
-                u64::from(inc.max_duration_hours),
-            ),
-        ] {
-            if value == 0 {
-                return Err(SettingsError::new(key, "must be greater than 0"));
-            }
-        }
-        if inc.max_bonus_bps == 0 || inc.max_bonus_bps > 10_000 {
-            return Err(SettingsError::new(
-                "incentives.max_bonus_bps",
-                "must be between 1 and 10000 (basis points of the sale price)",
-            ));
-        }
-        if inc.consumer_name.len() > 128 || inc.consumer_name.contains(char::is_whitespace) {
-            return Err(SettingsError::new(
-                "incentives.consumer_name",
-                "must be at most 128 characters without spaces",
-            ));
-        }
-
-        self.notifier.validate()?;
         self.retention.validate()?;
+        for section in self.sections.0.values() {
+            section.validate()?;
+        }
 
         let mut names = HashSet::new();
         let mut hashes = HashSet::new();
@@ -904,15 +890,28 @@ impl Settings {
         for key in &mut shown.auth.keys {
             key.sha256 = format!("{}…", &key.sha256[..key.sha256.len().min(8)]);
         }
-        toml_string(&shown)
-    }
-}
-
-fn toml_string(settings: &Settings) -> String {
-    // Serialising plain structs of strings, numbers and arrays cannot fail.
-    match toml::to_string_pretty(settings) {
-        Ok(text) => text,
-        Err(err) => format!("# settings could not be shown: {err}\n"),
+        let frame = [
+            ("server", toml::Value::try_from(&shown.server)),
+            ("redis", toml::Value::try_from(&shown.redis)),
+            ("telemetry", toml::Value::try_from(&shown.telemetry)),
+            ("auth", toml::Value::try_from(&shown.auth)),
+            ("policy", toml::Value::try_from(&shown.policy)),
+        ];
+        let services = shown.sections.0.iter().map(|(n, s)| (*n, s.to_toml()));
+        let retention = ("retention", toml::Value::try_from(&shown.retention));
+        let mut text = String::new();
+        for (name, value) in frame.into_iter().chain(services).chain([retention]) {
+            // Plain structs of strings, numbers and arrays always serialise.
+            let table = value.and_then(|v| {
+                toml::to_string_pretty(&toml::Table::from_iter([(name.to_owned(), v)]))
+            });
+            match table {
+                Ok(table) => text.push_str(&table),
+                Err(err) => text.push_str(&format!("# [{name}] could not be shown: {err}\n")),
+            }
+            text.push('\n');
+        }
+        text
     }
 }
 
@@ -960,6 +959,7 @@ mod tests {
                 ("RATEMESH__TELEMETRY__LOG_FORMAT", "json"),
                 ("UNRELATED", "ignored"),
             ]),
+            &[],
         )
         .expect("valid");
         assert_eq!(s.server.grpc_addr, "0.0.0.0:6000".parse().expect("addr"));
@@ -979,6 +979,7 @@ mod tests {
         let s = Settings::load(
             Some(&path),
             env(&[("RATEMESH__SERVER__SHUTDOWN_GRACE_MS", "5")]),
+            &[],
         )
         .expect("valid");
         assert_eq!(s.server.request_timeout_ms, 1234);
@@ -991,6 +992,7 @@ mod tests {
         let err = Settings::load(
             None,
             env(&[("RATEMESH__SERVER__REQUEST_TIMEOUT_MS", "soon")]),
+            &[],
         )
         .expect_err("invalid");
         assert_eq!(err.key, "server.request_timeout_ms", "{err}");
@@ -1001,7 +1003,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ratemesh.toml");
         std::fs::write(&path, "[server]\ngrpc_adr = \"127.0.0.1:1\"\n").expect("write");
-        let err = Settings::load(Some(&path), EnvSource::None).expect_err("invalid");
+        let err = Settings::load(Some(&path), EnvSource::None, &[]).expect_err("invalid");
         assert!(err.to_string().contains("grpc_adr"), "{err}");
     }
 
@@ -1021,7 +1023,7 @@ mod tests {
                 "telemetry.sample_ratio",
             ),
         ] {
-            let err = Settings::load(None, env(&[(var, value)])).expect_err(var);
+            let err = Settings::load(None, env(&[(var, value)]), &[]).expect_err(var);
             assert_eq!(err.key, key, "{err}");
         }
     }
@@ -1031,6 +1033,7 @@ mod tests {
         let s = Settings::load(
             None,
             env(&[("RATEMESH__RETENTION__RATES__MAX_AGE_SECS", "600")]),
+            &[],
         )
         .expect("valid");
         assert_eq!(s.retention.rates.max_age_secs, 600);
@@ -1050,7 +1053,7 @@ mod tests {
                 "telemetry.gauge_interval_ms",
             ),
         ] {
-            let err = Settings::load(None, env(&[(var, "0")])).expect_err(var);
+            let err = Settings::load(None, env(&[(var, "0")]), &[]).expect_err(var);
             assert_eq!(err.key, key, "{err}");
         }
     }
@@ -1073,6 +1076,78 @@ mod tests {
             s.validate().expect_err("bad hash").key,
             "auth.keys[0].sha256"
         );
+    }
+
+    /// A service's section, as a service crate would declare it.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        batch: u32,
+        label: String,
+    }
+
+    impl Section for Sample {
+        const NAME: &'static str = "sample";
+        const DEFAULTS: &'static str = "[sample]\nbatch = 8\nlabel = \"x\"\n";
+
+        fn validate(&self) -> Result<(), SettingsError> {
+            if self.batch == 0 {
+                return Err(SettingsError::new("sample.batch", "must be greater than 0"));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_service_section_is_layered_checked_and_shown_like_the_frame() {
+        let sections = [SectionDef::of::<Sample>()];
+        let s = Settings::load(
+            None,
+            env(&[("RATEMESH__SAMPLE__LABEL", "from-env")]),
+            &sections,
+        )
+        .expect("valid");
+        assert_eq!(
+            s.section::<Sample>(),
+            Sample {
+                batch: 8,
+                label: "from-env".into()
+            }
+        );
+        assert!(s.to_redacted_toml().contains("[sample]\nbatch = 8"));
+
+        let err = Settings::load(None, env(&[("RATEMESH__SAMPLE__BATCH", "0")]), &sections)
+            .expect_err("out of range");
+        assert_eq!(err.key, "sample.batch", "{err}");
+        let err = Settings::load(None, env(&[("RATEMESH__SAMPLE__BATCH", "many")]), &sections)
+            .expect_err("wrong type");
+        assert_eq!(err.key, "sample.batch", "{err}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ratemesh.toml");
+        std::fs::write(&path, "[sample]\nbach = 3\n").expect("write");
+        let err = Settings::load(Some(&path), EnvSource::None, &sections).expect_err("typo");
+        assert!(err.to_string().contains("bach"), "{err}");
+    }
+
+    #[test]
+    fn a_section_nobody_loads_is_refused_by_name() {
+        let err = Settings::load(None, env(&[("RATEMESH__SAMPLE__BATCH", "3")]), &[])
+            .expect_err("unknown");
+        assert_eq!(err.key, "sample", "{err}");
+        assert!(err.problem.contains("server, redis"), "{err}");
+    }
+
+    #[test]
+    fn an_unloaded_section_reads_as_its_defaults_and_can_be_changed() {
+        let mut s = Settings::default();
+        assert_eq!(s.section::<Sample>(), Sample::defaults());
+        s.section_mut::<Sample>().batch = 0;
+        assert_eq!(s.validate().expect_err("checked").key, "sample.batch");
+        s.section_mut::<Sample>().batch = 2;
+        s.validate().expect("valid");
+        assert_eq!(s.section::<Sample>().batch, 2);
+        assert_ne!(s, Settings::default());
     }
 
     #[test]

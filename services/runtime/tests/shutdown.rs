@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use http::uri::PathAndQuery;
 use ratemesh_bus::{Bus, BusOptions};
+use ratemesh_runtime::auth::MethodRoles;
 use ratemesh_runtime::settings::ApiKeySettings;
 use ratemesh_runtime::{App, Context, Readiness, Role, ServiceModule, Settings, auth};
 use tokio::sync::oneshot;
@@ -16,6 +17,9 @@ use tonic::server::NamedService;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+
+/// Who may call the test service: network keys (the role these tests use).
+const SLOW_ACCESS: MethodRoles = &[("Check", &[Role::Network])];
 
 const KEY: &str = "shutdown-test-key";
 
@@ -98,8 +102,8 @@ async fn start(delay: Duration, grace: Duration) -> Running {
     );
     let readiness = Readiness::new();
     readiness.set(true);
-    let module =
-        ServiceModule::new("slow", readiness).grpc(Slow(HealthServer::new(SlowHealth { delay })));
+    let module = ServiceModule::new("slow", readiness)
+        .grpc(Slow(HealthServer::new(SlowHealth { delay })), SLOW_ACCESS);
     let app = App::bind(&ctx, vec![module]).await.expect("bind");
     let grpc = app.grpc_addr();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -192,9 +196,12 @@ async fn shed_calls_get_resource_exhausted_with_retry_info() {
     );
     let readiness = Readiness::new();
     readiness.set(true);
-    let module = ServiceModule::new("slow", readiness).grpc(Slow(HealthServer::new(SlowHealth {
-        delay: Duration::from_millis(800),
-    })));
+    let module = ServiceModule::new("slow", readiness).grpc(
+        Slow(HealthServer::new(SlowHealth {
+            delay: Duration::from_millis(800),
+        })),
+        SLOW_ACCESS,
+    );
     let app = App::bind(&ctx, vec![module]).await.expect("bind");
     let grpc = app.grpc_addr();
     let (stop, stopped) = oneshot::channel::<()>();

@@ -116,7 +116,7 @@ impl TestApp {
         ratemesh_runtime::telemetry::init_for_tests();
         let erp_secret = ctx
             .settings()
-            .ingest
+            .section::<ratemesh_ingest::IngestSettings>()
             .sources
             .first()
             .and_then(|source| source.secrets.first())

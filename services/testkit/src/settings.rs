@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use ratemesh_bus::BusOptions;
 use ratemesh_core::Policy;
-use ratemesh_runtime::settings::{ApiKeySettings, ErpSource, Secret};
+use ratemesh_ingest::{ErpSource, IngestSettings};
+use ratemesh_notifier::NotifierSettings;
+use ratemesh_runtime::settings::{ApiKeySettings, Secret};
 use ratemesh_runtime::{Role, Settings, auth};
 
 /// The signing secret of the ERP source of [`test_settings`].
@@ -36,7 +38,7 @@ pub fn keys_per_role(partner_id: &str) -> Vec<ApiKeySettings> {
 }
 
 /// Writes `policy` to a file of this test process and returns its path, for
-/// `rates.policy_file`.
+/// `policy.file`.
 pub fn policy_file(policy: &Policy) -> String {
     static WRITTEN: AtomicU64 = AtomicU64::new(0);
     let path = std::env::temp_dir().join(format!(
@@ -66,12 +68,13 @@ pub fn bare_settings() -> Settings {
 /// not change during BFCM.
 pub fn test_settings() -> Settings {
     let mut settings = bare_settings();
-    settings.rates.policy_file = policy_file(&Policy::example().off_peak().expect("off-peak"));
+    settings.policy.file = policy_file(&Policy::example().off_peak().expect("off-peak"));
     settings.server.shutdown_grace_ms = 5_000;
-    settings.ingest.sources = erp_source("erp-main", &[ERP_SECRET]);
+    settings.section_mut::<IngestSettings>().sources = erp_source("erp-main", &[ERP_SECRET]);
     allow_local_partners(&mut settings);
-    settings.notifier.timer_poll_ms = 20;
-    settings.notifier.partner_refresh_ms = 50;
+    let notifier = settings.section_mut::<NotifierSettings>();
+    notifier.timer_poll_ms = 20;
+    notifier.partner_refresh_ms = 50;
     settings
 }
 
@@ -85,8 +88,9 @@ pub fn erp_source(name: &str, secrets: &[&str]) -> Vec<ErpSource> {
 
 /// Lets partner webhooks go to loopback over plain HTTP, where test sinks listen.
 pub fn allow_local_partners(settings: &mut Settings) {
-    settings.notifier.allow_private_destinations = true;
-    settings.notifier.allow_plain_http = true;
+    let notifier = settings.section_mut::<NotifierSettings>();
+    notifier.allow_private_destinations = true;
+    notifier.allow_plain_http = true;
 }
 
 /// Bus options for tests on Redis: a few partitions (so partitioning is exercised) and a

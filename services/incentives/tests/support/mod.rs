@@ -4,6 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use ratemesh_incentives::IncentivesSettings;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,8 +86,8 @@ pub fn t0() -> DateTime<Utc> {
 pub fn settings() -> Settings {
     let mut s = bare_settings();
     s.server.shutdown_grace_ms = 2_000;
-    s.incentives.timer_poll_ms = 20;
-    s.incentives.sweep_interval_secs = 3600;
+    s.section_mut::<IncentivesSettings>().timer_poll_ms = 20;
+    s.section_mut::<IncentivesSettings>().sweep_interval_secs = 3600;
     s.auth.keys = keys_per_role("p");
     s
 }
@@ -132,7 +133,7 @@ pub async fn start_named(
     consumer: &str,
 ) -> Instance {
     let mut s = settings();
-    s.incentives.consumer_name = consumer.to_owned();
+    s.section_mut::<IncentivesSettings>().consumer_name = consumer.to_owned();
     start_with(redis, prefix, policy, clock, s).await
 }
 

@@ -6,6 +6,7 @@
 
 pub mod slow;
 
+use ratemesh_ingest::IngestSettings;
 use std::net::SocketAddr;
 
 use prost::Message as _;
@@ -44,7 +45,8 @@ pub fn settings() -> Settings {
             key.name = "erp-grpc".into();
         }
     }
-    settings.ingest.sources = erp_source("erp-main", &[SECRET, NEXT_SECRET]);
+    settings.section_mut::<IngestSettings>().sources =
+        erp_source("erp-main", &[SECRET, NEXT_SECRET]);
     settings
 }
 

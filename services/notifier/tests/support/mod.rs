@@ -24,7 +24,7 @@ pub fn fast_settings() -> Settings {
     s.server.shutdown_grace_ms = 3_000;
     s.auth.keys = keys_per_role(PARTNER_KEY_ID);
     allow_local_partners(&mut s);
-    let n = &mut s.notifier;
+    let n = s.section_mut::<ratemesh_notifier::NotifierSettings>();
     n.coalesce_window_ms = 400;
     n.connect_timeout_ms = 1_000;
     n.request_timeout_ms = 10_000;

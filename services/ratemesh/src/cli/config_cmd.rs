@@ -7,7 +7,7 @@ use ratemesh_runtime::settings::SettingsError;
 #[derive(Debug, Subcommand)]
 pub(crate) enum ConfigCommand {
     /// Validate the defaults + `--file` + environment layering and the policy file named by
-    /// `rates.policy_file`; exit code 2 names the bad key.
+    /// `policy.file`; exit code 2 names the bad key.
     Check,
     /// Print the effective settings as TOML, secrets redacted.
     Dump,
@@ -42,7 +42,7 @@ pub(crate) fn run(
 /// policy is caught before a deploy rather than by a crash-looping pod. Returns what was
 /// checked, for the summary line.
 fn check_policy(settings: &Settings) -> Result<String, SettingsError> {
-    let path = settings.rates.policy_file.trim();
+    let path = settings.policy.file.trim();
     let policy = ratemesh_runtime::policy::load_policy(settings)?;
     if path.is_empty() {
         return Ok("built-in example".to_owned());

@@ -75,7 +75,10 @@ enum Command {
 
 impl Cli {
     fn settings(&self) -> anyhow::Result<Settings> {
-        Ok(Settings::load(self.config.as_deref(), EnvSource::Process)?)
+        Ok(ratemesh::load_settings(
+            self.config.as_deref(),
+            EnvSource::Process,
+        )?)
     }
 }
 

@@ -2,7 +2,8 @@
 //! signal, drain.
 
 use clap::Args;
-use ratemesh_runtime::settings::{ApiKeySettings, ErpSource, Secret};
+use ratemesh::{ErpSource, IngestSettings};
+use ratemesh_runtime::settings::{ApiKeySettings, Secret};
 use ratemesh_runtime::{App, Context, Role, Settings, auth, shutdown, telemetry};
 
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ pub(crate) struct UpArgs {
     redis: Option<String>,
     /// Load a sample catalogue and run a simulated ERP feed, so rates move and can be
     /// watched (`ratemesh rates watch`). Uses a demo policy without the minimum hold time
-    /// unless `rates.policy_file` is set.
+    /// unless `policy.file` is set.
     #[arg(long)]
     pub(crate) demo: bool,
 }
@@ -29,8 +30,8 @@ impl UpArgs {
             settings.redis.url = url.clone();
             settings.validate()?;
         }
-        if self.demo && settings.rates.policy_file.trim().is_empty() {
-            settings.rates.policy_file = ratemesh::demo::write_demo_policy()?
+        if self.demo && settings.policy.file.trim().is_empty() {
+            settings.policy.file = ratemesh::demo::write_demo_policy()?
                 .to_string_lossy()
                 .into_owned();
         }
@@ -68,12 +69,17 @@ pub(crate) async fn run(
     };
     // Trying ratemesh out should include the webhooks: with trial keys and no ERP source
     // configured, make one with a secret printed once.
-    let trial_secret = (!trial_keys.is_empty() && settings.ingest.sources.is_empty()).then(|| {
+    let trial_secret = (!trial_keys.is_empty()
+        && settings.section::<IngestSettings>().sources.is_empty())
+    .then(|| {
         let secret = format!("rm_whsec_{}", hex::encode(rand::random::<[u8; 16]>()));
-        settings.ingest.sources.push(ErpSource {
-            name: "trial-erp".to_owned(),
-            secrets: vec![Secret::new(secret.clone())],
-        });
+        settings
+            .section_mut::<IngestSettings>()
+            .sources
+            .push(ErpSource {
+                name: "trial-erp".to_owned(),
+                secrets: vec![Secret::new(secret.clone())],
+            });
         secret
     });
     // The demo feed pushes with the trial erp key, or with a key of its own when keys

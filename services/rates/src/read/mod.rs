@@ -34,8 +34,8 @@ pub mod watch;
 
 use std::time::Duration;
 
+use crate::RatesSettings;
 use ratemesh_proto::v1::rate_service_server::RateServiceServer;
-use ratemesh_runtime::settings::RatesSettings;
 use ratemesh_runtime::{Context, Readiness};
 
 pub use explain::{Explainer, InputsDecoder};
@@ -92,7 +92,7 @@ impl ReadPath {
         decode_inputs: InputsDecoder,
         clock: Clock,
     ) -> Self {
-        let settings = &ctx.settings().rates;
+        let settings = &ctx.settings().section::<RatesSettings>();
         let mut options = replica_options(settings, ctx.bus().partitions());
         // The loader applies a whole tail read before watchers run again, so the ring must
         // hold at least one read's worth or even a fast watcher would be ended.

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use ratemesh_rates::RatesSettings;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,8 +107,8 @@ pub fn memory_bus() -> Bus {
 /// Settings with short watch heartbeats and a small watch buffer.
 pub fn settings() -> Settings {
     let mut s = Settings::default();
-    s.rates.watch_buffer = 16;
-    s.rates.watch_heartbeat_ms = 200;
+    s.section_mut::<RatesSettings>().watch_buffer = 16;
+    s.section_mut::<RatesSettings>().watch_heartbeat_ms = 200;
     s
 }
 

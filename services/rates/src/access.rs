@@ -1,0 +1,40 @@
+//! Who may call `RateService` and `OverrideService` (admin may call anything).
+
+use ratemesh_runtime::Role;
+use ratemesh_runtime::auth::MethodRoles;
+
+/// Networks and merchandisers read rates. ExplainRate answers networks without the
+/// retailer's private inputs (the handler redacts by role).
+const READERS: &[Role] = &[Role::Network, Role::Merchandiser];
+/// A partner may also watch, narrowed to its own subscription by the handler.
+const WATCHERS: &[Role] = &[Role::Network, Role::Merchandiser, Role::Partner];
+const MERCHANDISER: &[Role] = &[Role::Merchandiser];
+
+/// Every RPC of `ratemesh.v1.RateService` and the roles that may call it.
+pub const RATE_SERVICE: MethodRoles = &[
+    ("GetRate", READERS),
+    ("BatchGetRates", READERS),
+    ("ListRates", READERS),
+    ("WatchRates", WATCHERS),
+    ("ExplainRate", READERS),
+];
+
+/// Every RPC of `ratemesh.v1.OverrideService` and the roles that may call it.
+pub const OVERRIDE_SERVICE: MethodRoles = &[
+    ("SetOverride", MERCHANDISER),
+    ("ClearOverride", MERCHANDISER),
+    ("ListOverrides", MERCHANDISER),
+    ("ListOverrideAudit", MERCHANDISER),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ratemesh_runtime::auth::check_declaration;
+
+    #[test]
+    fn every_rpc_is_declared() {
+        check_declaration(ratemesh_proto::RATE_SERVICE, RATE_SERVICE).unwrap();
+        check_declaration(ratemesh_proto::OVERRIDE_SERVICE, OVERRIDE_SERVICE).unwrap();
+    }
+}
