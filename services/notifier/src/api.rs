@@ -4,6 +4,7 @@
 //! `GetPartner`, `ListDeliveries` and `RotateSecret`; here a partner key is narrowed to its
 //! own partner id (anything else is PERMISSION_DENIED).
 
+use ratemesh_contract::time::from_millis;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,13 +42,6 @@ fn new_secret() -> String {
     let mut bytes = [0u8; 32];
     rand::fill(&mut bytes);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
 }
 
 /// Admin may act on any partner; a partner key only on its own.
@@ -105,8 +99,8 @@ fn to_proto(p: &PartnerRecord) -> v1::Partner {
                 .unwrap_or_default(),
         }),
         enabled: p.enabled,
-        created_at: Some(timestamp(p.created_at_ms)),
-        updated_at: Some(timestamp(p.updated_at_ms)),
+        created_at: Some(from_millis(p.created_at_ms)),
+        updated_at: Some(from_millis(p.updated_at_ms)),
     }
 }
 
@@ -129,9 +123,9 @@ fn delivery_to_proto(d: &crate::model::DeliveryRecord) -> v1::Delivery {
         next_attempt_at: d
             .next_attempt_at_ms
             .filter(|_| d.status.is_open())
-            .map(timestamp),
-        created_at: Some(timestamp(d.created_at_ms)),
-        delivered_at: d.delivered_at_ms.map(timestamp),
+            .map(from_millis),
+        created_at: Some(from_millis(d.created_at_ms)),
+        delivered_at: d.delivered_at_ms.map(from_millis),
         skus: d.skus.clone(),
     }
 }
@@ -370,7 +364,7 @@ impl PartnersApi {
                     tracing::info!(partner = %record.id, overlap_ms = overlap.as_millis() as u64, "signing secret rotated");
                     return Ok(v1::RotateSecretResponse {
                         signing_secret: secret,
-                        previous_valid_until: Some(timestamp(until)),
+                        previous_valid_until: Some(from_millis(until)),
                     });
                 }
                 Err(BusError::Conflict { .. }) => continue,

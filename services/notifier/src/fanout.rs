@@ -3,6 +3,7 @@
 //! partner's outbox for coalescing, incentive changes straight to a delivery. An entry
 //! is acknowledged only after that is stored in the bus.
 
+use ratemesh_contract::time::to_millis;
 use std::sync::Arc;
 
 use prost::Message;
@@ -18,7 +19,7 @@ use crate::outbox::Outbox;
 use crate::scheduling::{Enqueue, deterministic_id};
 use crate::store::{Partners, now_ms};
 use crate::webhook::{
-    INCENTIVE_CHANGED, RATE_CHANGED, WebhookBody, incentive_of, rate_of, rfc3339_ms, timestamp_ms,
+    INCENTIVE_CHANGED, RATE_CHANGED, WebhookBody, incentive_of, rate_of, rfc3339_ms,
 };
 
 /// Kinds of the entries delivered to partners (the contract's).
@@ -90,7 +91,7 @@ impl Fanout {
         let meta = event.meta.unwrap_or_default();
         let item = OutboxItem {
             rate: rate_of(&card, &event.previous_rate),
-            occurred_at_ms: timestamp_ms(meta.occurred_at.as_ref()).unwrap_or_else(now_ms),
+            occurred_at_ms: meta.occurred_at.as_ref().map_or_else(now_ms, to_millis),
             traceparent: traceparent_of(entry, &meta),
         };
         let partners = self.partners.cached().await?;
@@ -113,7 +114,7 @@ impl Fanout {
             .incentive
             .ok_or_else(|| anyhow::anyhow!("IncentiveChanged without an incentive"))?;
         let meta = event.meta.unwrap_or_default();
-        let occurred_at_ms = timestamp_ms(meta.occurred_at.as_ref()).unwrap_or_else(now_ms);
+        let occurred_at_ms = meta.occurred_at.as_ref().map_or_else(now_ms, to_millis);
         // The stream position identifies the event when the producer gave no id.
         let event_key = if meta.event_id.is_empty() {
             format!("{}/{}/{}", entry.stream, entry.partition, entry.id)

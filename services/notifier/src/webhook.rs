@@ -111,11 +111,6 @@ pub(crate) fn timestamp_rfc3339(ts: Option<&prost_types::Timestamp>) -> Option<S
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
-pub(crate) fn timestamp_ms(ts: Option<&prost_types::Timestamp>) -> Option<i64> {
-    let ts = ts?;
-    Some(ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000)
-}
-
 /// The webhook form of a published rate card.
 pub(crate) fn rate_of(card: &v1::RateCard, previous_rate: &str) -> WebhookRate {
     let previous = if previous_rate.is_empty() {

@@ -501,16 +501,6 @@ impl Simulation {
     }
 }
 
-fn now_timestamp() -> prost_types::Timestamp {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
-        nanos: 0,
-    }
-}
-
 fn run_id() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -556,7 +546,7 @@ pub async fn run_feed(
                     base_rate: None,
                     currency: "USD".into(),
                     title: Some(s.title.into()),
-                    as_of: Some(now_timestamp()),
+                    as_of: Some(ratemesh_contract::time::to_timestamp(chrono::Utc::now())),
                 })
                 .collect(),
         })
@@ -583,7 +573,7 @@ pub async fn run_feed(
                 location: "dc-east".into(),
                 on_hand: sim.on_hand(i).to_string(),
                 reserved: None,
-                as_of: Some(now_timestamp()),
+                as_of: Some(ratemesh_contract::time::to_timestamp(chrono::Utc::now())),
                 sequence,
                 velocity: Some(s.velocity.to_string()),
             })
