@@ -11,6 +11,8 @@
 //! - [`stock`] — `StockChanged` / `ProductChanged`: written by ingest, read as core events
 //!   by rates and incentives.
 //! - [`incentive`] — `IncentiveChanged` ⇄ core incentive events, close reasons.
+//! - [`overrides`] — `OverrideChanged` ⇄ core override events, and the stored
+//!   `Override` ⇄ core override.
 //! - [`rate`] — `RateChanged` and the published-card record other services may read.
 //! - [`partner`] — the part of the notifier's partner record rates reads (a partner's
 //!   subscription narrows its `WatchRates`).
@@ -25,6 +27,7 @@ pub mod error;
 pub mod header;
 pub mod incentive;
 pub mod kinds;
+pub mod overrides;
 pub mod partner;
 pub mod rate;
 pub mod stock;

@@ -10,8 +10,8 @@ use chrono::TimeDelta;
 use prost::Message as _;
 use ratemesh_bus::StateWrite;
 use ratemesh_bus::testkit::RedisServer;
-use ratemesh_incentives::IncentivesSettings;
-use ratemesh_incentives::ManualClock;
+use ratemesh_contract::rate;
+use ratemesh_incentives::{IncentivesSettings, ManualClock};
 use ratemesh_proto::v1::{
     self, IncentiveEndReason as EndReason, IncentiveState, IncentiveTransition as T,
 };
@@ -183,7 +183,9 @@ async fn spend_counts_the_incentive_part_the_published_card_keeps_under_the_cap(
         ..Default::default()
     };
     app.bus
-        .write_state(StateWrite::new("rate", "KITE-1").set("card", card.encode_to_vec()))
+        .write_state(
+            StateWrite::new(rate::NAMESPACE, "KITE-1").set(rate::FIELD_CARD, card.encode_to_vec()),
+        )
         .await
         .expect("card");
     clock.advance(TimeDelta::hours(1));

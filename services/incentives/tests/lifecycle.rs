@@ -6,6 +6,7 @@ mod support;
 
 use chrono::TimeDelta;
 use ratemesh_bus::testkit::RedisServer;
+use ratemesh_contract::kinds;
 use ratemesh_incentives::ManualClock;
 use ratemesh_proto::v1::{
     self, IncentiveEndReason as EndReason, IncentiveState, IncentiveTransition as T,
@@ -48,7 +49,7 @@ async fn overstock_opens_an_incentive_and_expiry_ends_it_on_time() {
     // The entry follows the published contract.
     let all = incentive_events(&app.bus).await;
     assert_eq!(all[0].0, "SOFA-1");
-    assert_eq!(all[0].1.as_deref(), Some("ratemesh.v1.IncentiveChanged"));
+    assert_eq!(all[0].1.as_deref(), Some(kinds::INCENTIVE_CHANGED));
     assert_eq!(all[0].2.meta.as_ref().map(|m| m.event_id.len()), Some(26));
 
     // One minute before the end nothing happens; at the end it expires.

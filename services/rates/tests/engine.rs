@@ -6,6 +6,7 @@ mod engine_support;
 use std::time::Duration;
 
 use engine_support::*;
+use ratemesh_contract::kinds;
 use ratemesh_core::{Event, Policy, replay};
 use ratemesh_rates::engine::timers;
 use ratemesh_testkit::eventually;
@@ -289,8 +290,9 @@ async fn an_undecodable_entry_is_dead_lettered_and_the_rest_applied() {
         STOCK,
         vec![
             product("OK-1", "home", 100, 40, t(0)).1,
+            // Built by hand on purpose: no encoder writes a payload that does not decode.
             ratemesh_bus::Event::new("BAD-1", b"\xff\xff not protobuf".to_vec())
-                .with_kind("ratemesh.v1.StockChanged"),
+                .with_kind(kinds::STOCK_CHANGED),
             stock("OK-1", 500, 1, t(1), Some(10)).1,
         ],
     )
@@ -302,7 +304,7 @@ async fn an_undecodable_entry_is_dead_lettered_and_the_rest_applied() {
         published(&bus, "OK-1").await.unwrap().effective_rate,
         "0.06"
     );
-    let dead = bus.dead_letters(STOCK, "rates", 10).await.unwrap();
+    let dead = bus.dead_letters(STOCK, GROUP, 10).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert!(
         dead[0].error.contains("StockChanged does not decode"),

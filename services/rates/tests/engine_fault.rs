@@ -62,7 +62,7 @@ async fn an_aborted_consumer_loses_nothing_and_cards_equal_the_offline_replay() 
     let (_stop_a, task_a) = spawn_consumer(&engine_a, STOCK, "consumer-a");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let stats = bus.stream_stats(STOCK, "rates").await.unwrap();
+        let stats = bus.stream_stats(STOCK, GROUP).await.unwrap();
         // abort while A holds delivered, unacked entries
         if stats.undelivered < 7_000 && stats.pending > 0 {
             break;
@@ -75,7 +75,7 @@ async fn an_aborted_consumer_loses_nothing_and_cards_equal_the_offline_replay() 
     }
     task_a.abort();
     let _ = task_a.await;
-    let stats = bus.stream_stats(STOCK, "rates").await.unwrap();
+    let stats = bus.stream_stats(STOCK, GROUP).await.unwrap();
     assert!(
         stats.backlog > 0,
         "the abort came too late to test anything"
@@ -88,7 +88,7 @@ async fn an_aborted_consumer_loses_nothing_and_cards_equal_the_offline_replay() 
     drained(&bus, STOCK, Duration::from_secs(120)).await;
     stop_b.cancel();
     task_b.await.unwrap().unwrap();
-    let after = bus.stream_stats(STOCK, "rates").await.unwrap();
+    let after = bus.stream_stats(STOCK, GROUP).await.unwrap();
     assert_eq!(after.dead_lettered_total, 0, "{after:?}");
 
     let core: Vec<Event> = all.into_iter().map(|(c, _)| c).collect();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use engine_support::*;
+use ratemesh_contract::{kinds, overrides, streams};
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::override_service_server::OverrideService;
 use ratemesh_rates::convert::timestamp;
@@ -258,10 +259,14 @@ async fn overrides_take_effect_before_the_call_returns_with_documented_precedenc
 
     // The overrides stream carries every change.
     let (entries, _) = bus
-        .read_after("overrides", &bus.start_cursor(), 100)
+        .read_after(streams::OVERRIDES, &bus.start_cursor(), 100)
         .await
         .unwrap();
     assert_eq!(entries.len(), 5);
+    for d in &entries {
+        assert_eq!(d.kind.as_deref(), Some(kinds::OVERRIDE_CHANGED));
+        overrides::decode(&d.payload).expect("the contract decodes what the service publishes");
+    }
 }
 
 #[tokio::test]
@@ -333,7 +338,7 @@ async fn bad_overrides_are_refused_naming_the_field_and_change_nothing() {
     assert_eq!(status.code(), Code::NotFound);
     assert_eq!(published(&bus, "SKU-1").await.unwrap(), before);
     let (entries, _) = bus
-        .read_after("overrides", &bus.start_cursor(), 100)
+        .read_after(streams::OVERRIDES, &bus.start_cursor(), 100)
         .await
         .unwrap();
     assert!(entries.is_empty());

@@ -13,8 +13,11 @@ use chrono::{DateTime, TimeZone, Utc};
 use prost::Message as _;
 use ratemesh_bus::testkit::RedisServer;
 use ratemesh_bus::{Bus, BusOptions, Event};
+use ratemesh_contract::stock::{
+    Origin, ProductRecord, StockReading, product_changed, stock_changed,
+};
 use ratemesh_contract::streams;
-use ratemesh_core::Policy;
+use ratemesh_core::{Policy, Product, Quantity, Sku};
 use ratemesh_incentives::{Incentives, ManualClock};
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::incentive_service_client::IncentiveServiceClient;
@@ -183,58 +186,44 @@ impl Instance {
     }
 }
 
-fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.timestamp(),
-        nanos: 0,
+/// Where the test ERP's pushes come from: ingest accepted each at `at`.
+fn origin(at: DateTime<Utc>) -> Origin<'static> {
+    Origin {
+        source: "test",
+        batch_id: "b",
+        received_at: at,
     }
-}
-
-fn meta(t: DateTime<Utc>) -> Option<v1::EventMeta> {
-    Some(v1::EventMeta {
-        event_id: ulid::Ulid::generate().to_string(),
-        occurred_at: Some(ts(t)),
-        ..Default::default()
-    })
 }
 
 /// Product data as ingest publishes it.
 pub fn product(sku: &str, category: &str, price: &str, cost: &str, at: DateTime<Utc>) -> Event {
-    let m = v1::ProductChanged {
-        meta: meta(at),
-        product: Some(v1::Product {
-            sku: sku.into(),
+    let record = ProductRecord {
+        sku: Sku::new(sku).expect("sku"),
+        product: Product {
             category: category.into(),
-            price: price.into(),
-            unit_cost: cost.into(),
-            currency: "EUR".into(),
-            as_of: Some(ts(at)),
-            ..Default::default()
-        }),
-        source: "test".into(),
-        batch_id: "b".into(),
-        received_at: None,
+            price: price.parse().expect("price"),
+            unit_cost: cost.parse().expect("unit cost"),
+            base_rate: None,
+        },
+        currency: "EUR".into(),
+        title: None,
+        as_of: Some(at),
     };
-    Event::new(sku, m.encode_to_vec()).with_kind("ratemesh.v1.ProductChanged")
+    product_changed(&record, origin(at))
 }
 
 /// A stock reading with the ERP's velocity, as ingest publishes it.
 pub fn stock(sku: &str, on_hand: &str, velocity: &str, sequence: u64, at: DateTime<Utc>) -> Event {
-    let m = v1::StockChanged {
-        meta: meta(at),
-        update: Some(v1::StockUpdate {
-            sku: sku.into(),
-            on_hand: on_hand.into(),
-            as_of: Some(ts(at)),
-            sequence,
-            velocity: Some(velocity.into()),
-            ..Default::default()
-        }),
-        source: "test".into(),
-        batch_id: "b".into(),
-        received_at: None,
+    let reading = StockReading {
+        sku: Sku::new(sku).expect("sku"),
+        location: String::new(),
+        on_hand: on_hand.parse().expect("on hand"),
+        reserved: Quantity::ZERO,
+        as_of: at,
+        sequence,
+        velocity: Some(velocity.parse().expect("velocity")),
     };
-    Event::new(sku, m.encode_to_vec()).with_kind("ratemesh.v1.StockChanged")
+    stock_changed(&reading, origin(at))
 }
 
 pub async fn publish(bus: &Bus, events: Vec<Event>) {

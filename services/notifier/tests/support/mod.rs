@@ -5,11 +5,12 @@
 
 use std::net::SocketAddr;
 
-use prost::Message;
+use chrono::Utc;
 use ratemesh_bus::testkit::RedisServer;
 use ratemesh_bus::{Bus, Event};
+use ratemesh_contract::incentive::incentive_changed;
 use ratemesh_contract::streams;
-use ratemesh_notifier::fanout::{INCENTIVE_CHANGED_KIND, RATE_CHANGED_KIND};
+use ratemesh_contract::time::to_timestamp;
 use ratemesh_proto::v1;
 use ratemesh_runtime::{Role, Settings};
 use ratemesh_testkit::app::PartnersClient;
@@ -106,82 +107,49 @@ pub async fn publisher(redis: &RedisServer, prefix: &str) -> Bus {
         .expect("bus")
 }
 
-fn now_ts() -> prost_types::Timestamp {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock");
-    prost_types::Timestamp {
-        seconds: now.as_secs() as i64,
-        nanos: now.subsec_nanos() as i32,
-    }
-}
-
-pub fn rate_changed(
-    sku: &str,
-    category: &str,
-    version: u64,
-    rate: &str,
-    previous: &str,
-) -> v1::RateChanged {
-    v1::RateChanged {
-        meta: Some(v1::EventMeta {
-            event_id: ulid::Ulid::generate().to_string(),
-            occurred_at: Some(now_ts()),
-            ..Default::default()
-        }),
-        card: Some(v1::RateCard {
-            sku: sku.into(),
-            category: category.into(),
-            effective_rate: rate.into(),
-            reasons: vec![v1::Reason {
-                code: "BAND".into(),
-                text: format!("version {version} of {sku}"),
-            }],
-            version,
-            computed_at: Some(now_ts()),
-            previous_rate: previous.into(),
-            ..Default::default()
-        }),
+/// The `rates` stream entry rates would publish for version `version` of `sku`'s card
+/// at `rate`, moved from `previous` (empty for the first card).
+pub fn rate_changed(sku: &str, category: &str, version: u64, rate: &str, previous: &str) -> Event {
+    let now = Utc::now();
+    let card = v1::RateCard {
+        sku: sku.into(),
+        category: category.into(),
+        effective_rate: rate.into(),
+        reasons: vec![v1::Reason {
+            code: "BAND".into(),
+            text: format!("version {version} of {sku}"),
+        }],
+        version,
+        computed_at: Some(to_timestamp(now)),
         previous_rate: previous.into(),
-    }
+        ..Default::default()
+    };
+    ratemesh_contract::rate::rate_changed(card, now)
 }
 
-pub async fn publish_rate(bus: &Bus, event: v1::RateChanged) {
-    let sku = event
-        .card
-        .as_ref()
-        .map(|c| c.sku.clone())
-        .unwrap_or_default();
-    bus.publish(
-        streams::RATES,
-        Event::new(sku, event.encode_to_vec()).with_kind(RATE_CHANGED_KIND),
-    )
-    .await
-    .expect("publish rate change");
+pub async fn publish_rate(bus: &Bus, entry: Event) {
+    bus.publish(streams::RATES, entry)
+        .await
+        .expect("publish rate change");
 }
 
+/// Publishes an incentive opening on `sku` as the incentives service would; returns its
+/// id.
 pub async fn publish_incentive(bus: &Bus, sku: &str, category: &str) -> String {
     let id = ulid::Ulid::generate().to_string();
-    let event = v1::IncentiveChanged {
-        meta: Some(v1::EventMeta {
-            event_id: ulid::Ulid::generate().to_string(),
-            occurred_at: Some(now_ts()),
-            ..Default::default()
-        }),
-        incentive: Some(v1::Incentive {
-            id: id.clone(),
-            sku: sku.into(),
-            category: category.into(),
-            bonus_rate: "0.02".into(),
-            starts_at: Some(now_ts()),
-            state: v1::IncentiveState::Active as i32,
-            ..Default::default()
-        }),
-        transition: v1::IncentiveTransition::Opened as i32,
+    let now = Utc::now();
+    let incentive = v1::Incentive {
+        id: id.clone(),
+        sku: sku.into(),
+        category: category.into(),
+        bonus_rate: "0.02".into(),
+        starts_at: Some(to_timestamp(now)),
+        state: v1::IncentiveState::Active as i32,
+        ..Default::default()
     };
     bus.publish(
         streams::INCENTIVES,
-        Event::new(sku, event.encode_to_vec()).with_kind(INCENTIVE_CHANGED_KIND),
+        incentive_changed(incentive, v1::IncentiveTransition::Opened, now),
     )
     .await
     .expect("publish incentive change");

@@ -2,6 +2,7 @@
 //! [`v1::RateInputs`] a merchandiser or network reads, next to the record it decodes.
 
 use chrono::{DateTime, Utc};
+use ratemesh_contract::overrides::override_to_proto;
 use ratemesh_core::overrides::ActiveOverrides;
 use ratemesh_core::policy::config::Mode;
 use ratemesh_core::{Override, Policy, Reason};
@@ -9,7 +10,6 @@ use ratemesh_proto::v1;
 
 use super::record::EngineRecord;
 use crate::convert::{band_name, dec, timestamp};
-use crate::overrides::wire::override_to_proto;
 
 /// The inputs a stored card was computed from, for `ExplainRate`: pass the `engine` field
 /// of the SKU's `rate` state record, the program's category overrides in force (may be

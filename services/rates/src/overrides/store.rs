@@ -15,6 +15,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use prost::Message;
 use ratemesh_bus::{BusError, StateRecord, StateWrite};
+use ratemesh_contract::overrides::{override_changed, override_from_proto, override_to_proto};
 use ratemesh_contract::streams;
 use ratemesh_core::{Event, Override, OverrideScope};
 use ratemesh_proto::v1;
@@ -22,8 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::convert::timestamp;
 use crate::engine::{Engine, EngineError};
-use crate::overrides::wire::{override_from_stored, override_status, override_to_proto};
-use ratemesh_contract::kinds::OVERRIDE_CHANGED;
+use crate::overrides::wire::override_status;
 
 /// Namespace of override records.
 pub const NAMESPACE: &str = "override";
@@ -77,7 +77,7 @@ impl Stored {
 
     fn from_record(record: &StateRecord) -> Option<Stored> {
         let proto = v1::Override::decode(record.fields.get(FIELD_OVERRIDE)?.as_ref()).ok()?;
-        let value = override_from_stored(&proto)?;
+        let value = override_from_proto(&proto).ok()?;
         let meta = record
             .fields
             .get(FIELD_META)
@@ -208,14 +208,7 @@ async fn record_change(
     });
     let mut stored = override_to_proto(value);
     stored.created_at = meta.created_at.map(timestamp);
-    let event = v1::OverrideChanged {
-        meta: Some(ratemesh_contract::header::meta(at)),
-        action: action as i32,
-        before,
-        after: Some(after),
-        author: author.to_owned(),
-        reason: reason.to_owned(),
-    };
+    let event = override_changed(action, before, after, author, reason, at);
     let write = StateWrite::new(NAMESPACE, value.id.as_str())
         .expect_version(expect)
         .set(FIELD_OVERRIDE, Bytes::from(stored.encode_to_vec()))
@@ -232,12 +225,7 @@ async fn record_change(
         );
     engine
         .bus()
-        .write_state_and_publish(
-            write,
-            streams::OVERRIDES,
-            ratemesh_bus::Event::new(value.id.as_str(), event.encode_to_vec())
-                .with_kind(OVERRIDE_CHANGED),
-        )
+        .write_state_and_publish(write, streams::OVERRIDES, event)
         .await
         .map(|_| ())
 }

@@ -1,7 +1,8 @@
-//! Overrides on the wire: the `ratemesh.v1.Override` a merchandiser sends (checked with
-//! the shared input rules, then for what the values mean) and the one stored on the
-//! `overrides` stream and in the override records, ⇄ the core [`Override`]; command-line
-//! times for the CLI.
+//! Overrides as a merchandiser sends them: the `ratemesh.v1.Override` of a request,
+//! checked with the shared input rules, then for what the values mean, with every
+//! problem reported as the field it is in; an override's status; command-line times for
+//! the CLI. The stored form (override records and the `overrides` stream) is the
+//! contract's, in [`ratemesh_contract::overrides`].
 
 use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
@@ -10,7 +11,7 @@ use ratemesh_proto::v1;
 use ratemesh_runtime::FieldViolation;
 use rust_decimal::Decimal;
 
-use crate::convert::{dec, from_timestamp, timestamp};
+use crate::convert::{from_timestamp, timestamp};
 
 /// Where an override stands at `now`, given whether it was cleared.
 pub fn override_status(o: &Override, cleared: bool, now: DateTime<Utc>) -> v1::OverrideStatus {
@@ -53,32 +54,6 @@ pub fn parse_time_at(text: &str, now: DateTime<Utc>) -> Result<Timestamp, String
     DateTime::parse_from_rfc3339(text)
         .map(|t| timestamp(t.with_timezone(&Utc)))
         .map_err(|e| format!("{text:?}: not an RFC 3339 time ({e})"))
-}
-
-/// A core override as proto (output fields `created_at` and `status` are the caller's).
-pub fn override_to_proto(o: &Override) -> v1::Override {
-    let (kind, value) = match &o.kind {
-        OverrideKind::Pin { rate } => (v1::OverrideKind::Pin, dec(rate.get())),
-        OverrideKind::Floor { rate } => (v1::OverrideKind::Floor, dec(rate.get())),
-        OverrideKind::Cap { rate } => (v1::OverrideKind::Cap, dec(rate.get())),
-        OverrideKind::Multiplier { factor } => (v1::OverrideKind::Multiplier, dec(*factor)),
-        OverrideKind::Exclude => (v1::OverrideKind::Exclude, String::new()),
-    };
-    v1::Override {
-        id: o.id.clone(),
-        scope: Some(match &o.scope {
-            OverrideScope::Sku(s) => v1::r#override::Scope::Sku(s.to_string()),
-            OverrideScope::Category(c) => v1::r#override::Scope::Category(c.clone()),
-        }),
-        kind: kind as i32,
-        value,
-        starts_at: Some(timestamp(o.starts_at)),
-        ends_at: o.ends_at.map(timestamp),
-        reason: o.reason.clone(),
-        author: o.author.clone(),
-        created_at: None,
-        status: v1::OverrideStatus::Unspecified as i32,
-    }
 }
 
 /// Checks an override a merchandiser sends with the shared input rules: SKU or category
@@ -274,18 +249,11 @@ pub fn override_from_proto(
     }
 }
 
-/// A stored proto override (as written by the override service) as a core override.
-/// `None` when it does not decode (never written by this crate). Validated as of its own
-/// start, so an override that has ended since still decodes.
-pub fn override_from_stored(o: &v1::Override) -> Option<Override> {
-    let at = o.starts_at.as_ref().and_then(from_timestamp)?;
-    override_from_proto(o, "override", o.id.clone(), o.author.clone(), at).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use ratemesh_contract::overrides::override_to_proto;
     use rust_decimal_macros::dec;
 
     fn t0() -> DateTime<Utc> {
@@ -309,7 +277,6 @@ mod tests {
         assert_eq!(p.value, "0.07");
         let back = override_from_proto(&p, "override", "01J".into(), "ann".into(), t0()).unwrap();
         assert_eq!(back, o);
-        assert_eq!(override_from_stored(&p), Some(o));
 
         let mut bad = p.clone();
         bad.value = "1.5".into();

@@ -7,18 +7,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
-use prost::Message;
 use ratemesh_bus::{Bus, BusOptions};
+use ratemesh_contract::stock::{
+    Origin, ProductRecord, StockReading, product_changed, stock_changed,
+};
+use ratemesh_contract::{kinds, rate, streams};
 use ratemesh_core::{Event, Money, Policy, Product, Quantity, Sku, Velocity};
 use ratemesh_proto::v1;
-use ratemesh_rates::convert::timestamp;
-use ratemesh_rates::engine::record::{FIELD_CARD, NAMESPACE};
 use ratemesh_rates::engine::{Engine, EngineOptions};
 use rust_decimal::Decimal;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub const STOCK: &str = "stock";
+pub const STOCK: &str = streams::STOCK;
+/// The consumer group the rates engine reads with.
+pub const GROUP: &str = streams::groups::RATES;
 
 pub fn t(minutes: i64) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2025, 3, 3, 8, 0, 0).unwrap() + TimeDelta::minutes(minutes)
@@ -55,7 +58,17 @@ pub fn engine(bus: &Bus, policy: Policy) -> Engine {
     )
 }
 
-/// A stock reading as the core event and as ingest's `StockChanged` entry.
+/// Where the test ERP's pushes come from: ingest accepted each at `received_at`.
+fn origin(received_at: DateTime<Utc>) -> Origin<'static> {
+    Origin {
+        source: "test-erp",
+        batch_id: "b",
+        received_at,
+    }
+}
+
+/// A stock reading as the core event and as ingest's `StockChanged` entry (accepted at
+/// `as_of`).
 pub fn stock(
     sku_: &str,
     on_hand: i64,
@@ -63,41 +76,31 @@ pub fn stock(
     as_of: DateTime<Utc>,
     velocity: Option<i64>,
 ) -> (Event, ratemesh_bus::Event) {
-    let core = Event::StockObserved {
+    let reading = StockReading {
         sku: sku(sku_),
         location: String::new(),
         on_hand: Quantity::new(Decimal::from(on_hand)).unwrap(),
         reserved: Quantity::ZERO,
+        as_of,
+        sequence,
+        velocity: velocity.map(|v| Velocity::new(Decimal::from(v)).unwrap()),
+    };
+    let entry = stock_changed(&reading, origin(as_of));
+    let core = Event::StockObserved {
+        sku: reading.sku,
+        location: reading.location,
+        on_hand: reading.on_hand,
+        reserved: reading.reserved,
         sequence,
         as_of,
-        erp_velocity: velocity.map(|v| Velocity::new(Decimal::from(v)).unwrap()),
+        erp_velocity: reading.velocity,
         received_at: Some(as_of),
     };
-    let message = v1::StockChanged {
-        meta: Some(v1::EventMeta {
-            event_id: format!("stock-{sku_}-{sequence}"),
-            occurred_at: Some(timestamp(as_of)),
-            ..Default::default()
-        }),
-        update: Some(v1::StockUpdate {
-            sku: sku_.into(),
-            location: String::new(),
-            on_hand: on_hand.to_string(),
-            reserved: Some("0".into()),
-            as_of: Some(timestamp(as_of)),
-            sequence,
-            velocity: velocity.map(|v| v.to_string()),
-        }),
-        source: "test-erp".into(),
-        batch_id: "b".into(),
-        received_at: None,
-    };
-    let entry = ratemesh_bus::Event::new(sku_, message.encode_to_vec())
-        .with_kind("ratemesh.v1.StockChanged");
     (core, entry)
 }
 
-/// Product data as the core event and as ingest's `ProductChanged` entry.
+/// Product data as the core event and as ingest's `ProductChanged` entry (changed and
+/// accepted at `at`).
 pub fn product(
     sku_: &str,
     category: &str,
@@ -105,7 +108,7 @@ pub fn product(
     unit_cost: i64,
     at: DateTime<Utc>,
 ) -> (Event, ratemesh_bus::Event) {
-    let core = Event::ProductUpserted {
+    let record = ProductRecord {
         sku: sku(sku_),
         product: Product {
             category: category.into(),
@@ -113,31 +116,17 @@ pub fn product(
             unit_cost: Money::new(Decimal::from(unit_cost)).unwrap(),
             base_rate: None,
         },
+        currency: "USD".into(),
+        title: None,
+        as_of: Some(at),
+    };
+    let entry = product_changed(&record, origin(at));
+    let core = Event::ProductUpserted {
+        sku: record.sku,
+        product: record.product,
         at,
         received_at: Some(at),
     };
-    let message = v1::ProductChanged {
-        meta: Some(v1::EventMeta {
-            event_id: format!("product-{sku_}"),
-            occurred_at: Some(timestamp(at)),
-            ..Default::default()
-        }),
-        product: Some(v1::Product {
-            sku: sku_.into(),
-            category: category.into(),
-            price: price.to_string(),
-            unit_cost: unit_cost.to_string(),
-            base_rate: None,
-            currency: "USD".into(),
-            title: None,
-            as_of: Some(timestamp(at)),
-        }),
-        source: "test-erp".into(),
-        batch_id: "b".into(),
-        received_at: None,
-    };
-    let entry = ratemesh_bus::Event::new(sku_, message.encode_to_vec())
-        .with_kind("ratemesh.v1.ProductChanged");
     (core, entry)
 }
 
@@ -161,7 +150,7 @@ pub fn spawn_consumer(
 pub async fn drained(bus: &Bus, stream: &str, limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {
-        let stats = bus.stream_stats(stream, "rates").await.unwrap();
+        let stats = bus.stream_stats(stream, GROUP).await.unwrap();
         if stats.backlog == 0 {
             return;
         }
@@ -175,23 +164,20 @@ pub async fn drained(bus: &Bus, stream: &str, limit: Duration) {
 
 /// The published proto card of a SKU.
 pub async fn published(bus: &Bus, sku_: &str) -> Option<v1::RateCard> {
-    let rec = bus.get_state(NAMESPACE, sku_).await.unwrap()?;
-    rec.fields
-        .get(FIELD_CARD)
-        .map(|b| v1::RateCard::decode(b.as_ref()).unwrap())
+    rate::published_card(bus, sku_).await.unwrap()
 }
 
 /// Every `RateChanged` on the rates stream, in order.
 pub async fn rate_changes(bus: &Bus) -> Vec<v1::RateChanged> {
     let (entries, _) = bus
-        .read_after("rates", &bus.start_cursor(), 100_000)
+        .read_after(streams::RATES, &bus.start_cursor(), 100_000)
         .await
         .unwrap();
     entries
         .iter()
         .map(|d| {
-            assert_eq!(d.kind.as_deref(), Some("ratemesh.v1.RateChanged"));
-            v1::RateChanged::decode(d.payload.as_ref()).unwrap()
+            assert_eq!(d.kind.as_deref(), Some(kinds::RATE_CHANGED));
+            rate::decode_rate_changed(&d.payload).unwrap()
         })
         .collect()
 }

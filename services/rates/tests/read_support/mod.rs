@@ -10,9 +10,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use prost::Message;
-use ratemesh_bus::{Bus, BusOptions, Event, StateWrite};
+use ratemesh_bus::{Bus, BusOptions, StateWrite};
+use ratemesh_contract::time::from_timestamp;
+use ratemesh_contract::{rate, streams};
 use ratemesh_proto::v1;
-use ratemesh_rates::read::{self, Clock, RatesApi, ReadPath, ReplicaReader};
+use ratemesh_rates::read::{Clock, RatesApi, ReadPath, ReplicaReader};
 use ratemesh_runtime::{Context, Readiness, Settings};
 use tokio::task::JoinHandle;
 
@@ -54,16 +56,17 @@ pub fn card(
 
 /// Writes `card` as the engine does: state and stream entry atomically.
 pub async fn publish(bus: &Bus, card: &v1::RateCard) {
-    let write = StateWrite::new("rate", card.sku.clone()).set("card", card.encode_to_vec());
-    let event = v1::RateChanged {
-        meta: None,
-        card: Some(card.clone()),
-        previous_rate: card.previous_rate.clone(),
-    };
+    let write = StateWrite::new(rate::NAMESPACE, card.sku.clone())
+        .set(rate::FIELD_CARD, card.encode_to_vec());
+    let computed_at = card
+        .computed_at
+        .as_ref()
+        .and_then(from_timestamp)
+        .unwrap_or_else(Utc::now);
     bus.write_state_and_publish(
         write,
-        "rates",
-        Event::new(card.sku.clone(), event.encode_to_vec()).with_kind(read::RATE_CHANGED_KIND),
+        streams::RATES,
+        rate::rate_changed(card.clone(), computed_at),
     )
     .await
     .expect("publish card");
