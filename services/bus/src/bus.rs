@@ -410,6 +410,42 @@ impl Bus {
         &self,
         namespace: &str,
         key: &str,
+        change: F,
+    ) -> Result<T, E>
+    where
+        E: From<BusError>,
+        F: FnMut(Option<StateRecord>, StateWrite) -> Fut,
+        Fut: std::future::Future<Output = Result<Update<T>, E>>,
+    {
+        self.update_state_loop(namespace, key, None, change).await
+    }
+
+    /// [`Bus::update_state`] whose first step decides from `seen`, the record as the
+    /// caller last read or wrote it (`None`: absent), instead of reading it again. A
+    /// caller making several changes to one record in a row saves a read per change; a
+    /// `seen` that is out of date only costs one lost race, after which the record is
+    /// read as usual.
+    pub async fn update_state_from<T, E, F, Fut>(
+        &self,
+        namespace: &str,
+        key: &str,
+        seen: Option<StateRecord>,
+        change: F,
+    ) -> Result<T, E>
+    where
+        E: From<BusError>,
+        F: FnMut(Option<StateRecord>, StateWrite) -> Fut,
+        Fut: std::future::Future<Output = Result<Update<T>, E>>,
+    {
+        self.update_state_loop(namespace, key, Some(seen), change)
+            .await
+    }
+
+    async fn update_state_loop<T, E, F, Fut>(
+        &self,
+        namespace: &str,
+        key: &str,
+        mut seen: Option<Option<StateRecord>>,
         mut change: F,
     ) -> Result<T, E>
     where
@@ -418,7 +454,10 @@ impl Bus {
         Fut: std::future::Future<Output = Result<Update<T>, E>>,
     {
         for _ in 0..CAS_ATTEMPTS {
-            let current = self.get_state(namespace, key).await?;
+            let current = match seen.take() {
+                Some(record) => record.filter(|r| r.version > 0),
+                None => self.get_state(namespace, key).await?,
+            };
             let version = current.as_ref().map_or(0, |r| r.version);
             let write = StateWrite::new(namespace, key).expect_version(version);
             let result = match change(current, write).await? {

@@ -128,6 +128,19 @@ pub enum Update<T> {
     WriteAndPublish(StateWrite, &'static str, crate::Event, T),
 }
 
+impl<T> Update<T> {
+    /// The same decision with its value turned into another.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Update<U> {
+        match self {
+            Update::Keep(value) => Update::Keep(f(value)),
+            Update::Write(write, value) => Update::Write(write, f(value)),
+            Update::WriteAndPublish(write, stream, event, value) => {
+                Update::WriteAndPublish(write, stream, event, f(value))
+            }
+        }
+    }
+}
+
 /// One page of a namespace scan.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StatePage {

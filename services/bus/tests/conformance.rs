@@ -1117,6 +1117,87 @@ async fn update_state_retries_lost_races_and_loses_no_update(kind: Kind) {
     );
 }
 
+/// `update_state_from` decides first from the record the caller passes; when that record
+/// is out of date the write loses the race and the step is asked again with the stored one.
+async fn update_state_from_starts_at_the_record_seen(kind: Kind) {
+    let fx = fixture(kind).await;
+    let bus = fx.bus.clone();
+    let count = |record: &Option<ratemesh_bus::StateRecord>| -> u64 {
+        record
+            .as_ref()
+            .and_then(|r| r.fields.get("n"))
+            .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok())
+            .unwrap_or(0)
+    };
+    // Absent, as seen: the first step writes without reading.
+    let mut asked = Vec::new();
+    bus.update_state_from("counter", "f", None, |current, write| {
+        asked.push(current.as_ref().map_or(0, |r| r.version));
+        let n = count(&current);
+        async move {
+            Ok::<_, BusError>(Update::Write(
+                write.set("n", (n + 1).to_string().into_bytes()),
+                (),
+            ))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(asked, vec![0]);
+    let fresh = bus.get_state("counter", "f").await.unwrap();
+    // Another writer moves the record on; the caller still holds version 1.
+    bus.write_state(StateWrite::new("counter", "f").set("n", b"10".to_vec()))
+        .await
+        .unwrap();
+    let mut asked = Vec::new();
+    let n = bus
+        .update_state_from("counter", "f", fresh, |current, write| {
+            asked.push(current.as_ref().map_or(0, |r| r.version));
+            let n = count(&current) + 1;
+            async move {
+                Ok::<_, BusError>(Update::Write(write.set("n", n.to_string().into_bytes()), n))
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        asked,
+        vec![1, 2],
+        "asked from the record seen, then the stored one"
+    );
+    assert_eq!(n, 11);
+    let record = bus.get_state("counter", "f").await.unwrap().unwrap();
+    assert_eq!((record.version, &record.fields["n"][..]), (3, &b"11"[..]));
+}
+
+/// A record that keeps changing under an update fails it after `CAS_ATTEMPTS` tries as
+/// `Unavailable` (retry later), with nothing written by the update itself.
+async fn update_state_gives_up_after_cas_attempts(kind: Kind) {
+    let fx = fixture(kind).await;
+    let bus = fx.bus.clone();
+    let mut asked = 0usize;
+    let result = bus
+        .update_state("counter", "busy", |_current, write| {
+            asked += 1;
+            let bus = bus.clone();
+            async move {
+                // Another writer gets in between every read and write.
+                bus.write_state(StateWrite::new("counter", "busy").set("other", b"x".to_vec()))
+                    .await?;
+                Ok::<_, BusError>(Update::Write(write.set("mine", b"y".to_vec()), ()))
+            }
+        })
+        .await;
+    assert!(
+        matches!(result, Err(BusError::Unavailable(_))),
+        "expected Unavailable, got {result:?}"
+    );
+    assert_eq!(asked, ratemesh_bus::CAS_ATTEMPTS);
+    let record = bus.get_state("counter", "busy").await.unwrap().unwrap();
+    assert_eq!(record.version, ratemesh_bus::CAS_ATTEMPTS as u64);
+    assert!(!record.fields.contains_key("mine"));
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -1159,4 +1240,6 @@ conformance!(
     traceparent_travels_with_the_entry,
     history_keeps_versions_within_their_limits,
     update_state_retries_lost_races_and_loses_no_update,
+    update_state_from_starts_at_the_record_seen,
+    update_state_gives_up_after_cas_attempts,
 );

@@ -8,12 +8,13 @@
 //! sweep gives every freed slot to the most overstocked waiting SKU that still qualifies.
 //!
 //! Every change is a compare-and-set on the SKU's record; a transition is written together
-//! with its `IncentiveChanged` event ([`Store::save_and_publish`]), so the stream and the
+//! with its `IncentiveChanged` event ([`Store::update`]), so the stream and the
 //! state never disagree and two replicas cannot both open an incentive on one SKU. What
 //! follows a committed transition (the listing projection, the slot table, timers) is
 //! repaired by the sweep if the process dies in between.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use ratemesh_bus::BusError;
@@ -31,7 +32,7 @@ use rust_decimal::Decimal;
 use crate::clock::Clock;
 use crate::events::incentive_changed;
 use crate::record::{End, Ended, Meta, Origin, SkuRecord, to_proto};
-use crate::store::{Store, StoreError, Waiting};
+use crate::store::{Change, Store, StoreError, Waiting};
 
 /// Metric: transitions published, by `transition`, `reason` and `origin`.
 pub const METRIC_TRANSITIONS: &str = "ratemesh_incentives_transitions_total";
@@ -67,8 +68,32 @@ pub struct Engine {
     pub(crate) clock: Arc<dyn Clock>,
 }
 
-fn is_conflict(e: &StoreError) -> bool {
-    matches!(e, StoreError::Bus(BusError::Conflict { .. }))
+/// A close saved with its record, for [`Engine::closed`] to report.
+#[derive(Debug)]
+struct Closed {
+    sku: Sku,
+    proto: v1::Incentive,
+    reason: CloseReason,
+    origin: Origin,
+}
+
+/// An extension saved with its record, for [`Engine::extended`] to report.
+#[derive(Debug)]
+struct Extended {
+    sku: Sku,
+    incentive: Incentive,
+    origin: Origin,
+    proto: v1::Incentive,
+}
+
+/// What a change saved by [`Engine::process`] still has to report.
+#[derive(Debug)]
+enum Committed {
+    Nothing,
+    Closed(Closed),
+    Extended(Extended),
+    /// Sales were booked; the active incentive as it now stands, for the listing.
+    Booked(Option<v1::Incentive>),
 }
 
 impl From<StoreError> for ApiError {
@@ -222,102 +247,105 @@ impl Engine {
         sku: &Sku,
         event: Option<&CoreEvent>,
     ) -> Result<Option<Candidate>, StoreError> {
-        loop {
-            let (version, mut rec) = self.store.load(sku, &self.policy).await?;
-            let mut changed = false;
-            if let Some(e) = event {
-                let before = rec.view.available;
-                let reported = last_report(&rec);
-                if rec.view.apply(e) == Applied::Applied {
-                    changed = true;
-                    if let CoreEvent::StockObserved { as_of, .. } = e {
-                        if let Some(last) = reported
-                            && *as_of > last
-                        {
-                            rec.report_interval_secs = Some((*as_of - last).num_seconds());
-                        }
-                        if rec.track.active.is_some() {
-                            let paid = self.paid_bonus(&rec).await?;
-                            book_sale(&mut rec, before, *as_of, paid);
-                        }
-                    }
-                }
-            }
-            let now = self.clock.now();
-            let rules = self.rules(&rec);
-            let decision = decide(&rec.track, &rules, &Self::inputs(&rec), now);
-            let result = match decision {
-                Decision::Close { reason } => self
-                    .close(version, rec, reason, now, String::new(), String::new())
-                    .await
-                    .map(|_| None),
-                Decision::Extend { ends_at } => {
-                    self.extend(version, rec, ends_at, now).await.map(|_| None)
-                }
-                Decision::Open { cover, .. } => {
-                    let candidate = Candidate {
-                        sku: sku.clone(),
-                        category: rec.category().to_owned(),
-                        cover,
-                    };
-                    if changed {
-                        self.store
-                            .save(&rec, version)
-                            .await
-                            .map(|_| Some(candidate))
-                    } else {
-                        Ok(Some(candidate))
-                    }
-                }
-                Decision::Nothing { why } => {
-                    if changed
-                        && let NothingReason::Cooldown { until } = why
-                        && matches!(
-                            decide(&IncentiveTrack::default(), &rules, &Self::inputs(&rec), now),
-                            Decision::Open { .. }
-                        )
-                    {
-                        // Every stock reading of such a SKU lands here (every few seconds
-                        // at peak): the counter is the signal, the line is for debugging.
-                        tracing::debug!(sku = %sku, %until, "overstocked SKU skipped: in cooldown");
-                        metrics::counter!(METRIC_SKIPPED, "reason" => "cooldown").increment(1);
-                    }
-                    if changed {
-                        let active = rec.active_proto();
-                        match self.store.save(&rec, version).await {
-                            Ok(_) => {
-                                // Budget accounting moved: keep the listing current.
-                                if let Some(p) = active
-                                    && let Err(e) = self.store.project(&p).await
-                                {
-                                    tracing::warn!(sku = %sku, error = %e, "incentive listing not updated");
-                                }
-                                Ok(None)
+        let (candidate, committed) = self
+            .store
+            .update(sku, &self.policy, |mut rec| async move {
+                let mut changed = false;
+                if let Some(e) = event {
+                    let before = rec.view.available;
+                    let reported = last_report(&rec);
+                    if rec.view.apply(e) == Applied::Applied {
+                        changed = true;
+                        if let CoreEvent::StockObserved { as_of, .. } = e {
+                            if let Some(last) = reported
+                                && *as_of > last
+                            {
+                                rec.report_interval_secs = Some((*as_of - last).num_seconds());
                             }
-                            Err(e) => Err(e),
+                            if rec.track.active.is_some() {
+                                let paid = self.paid_bonus(&rec).await?;
+                                book_sale(&mut rec, before, *as_of, paid);
+                            }
                         }
-                    } else {
-                        Ok(None)
                     }
                 }
-            };
-            match result {
-                Err(e) if is_conflict(&e) => continue,
-                other => return other,
+                let now = self.clock.now();
+                let rules = self.rules(&rec);
+                let decision = decide(&rec.track, &rules, &Self::inputs(&rec), now);
+                Ok::<_, StoreError>(match decision {
+                    Decision::Close { reason } => self
+                        .close(rec, reason, now, String::new(), String::new())?
+                        .map(|closed| (None, Committed::Closed(closed))),
+                    Decision::Extend { ends_at } => self
+                        .extend(rec, ends_at, now)
+                        .await?
+                        .map(|extended| (None, Committed::Extended(extended))),
+                    Decision::Open { cover, .. } => {
+                        let candidate = Candidate {
+                            sku: sku.clone(),
+                            category: rec.category().to_owned(),
+                            cover,
+                        };
+                        if changed {
+                            Change::Save(rec, (Some(candidate), Committed::Nothing))
+                        } else {
+                            Change::Keep((Some(candidate), Committed::Nothing))
+                        }
+                    }
+                    Decision::Nothing { why } => {
+                        if changed
+                            && let NothingReason::Cooldown { until } = why
+                            && matches!(
+                                decide(
+                                    &IncentiveTrack::default(),
+                                    &rules,
+                                    &Self::inputs(&rec),
+                                    now
+                                ),
+                                Decision::Open { .. }
+                            )
+                        {
+                            // Every stock reading of such a SKU lands here (every few
+                            // seconds at peak): the counter is the signal, the line is for
+                            // debugging.
+                            tracing::debug!(sku = %sku, %until, "overstocked SKU skipped: in cooldown");
+                            metrics::counter!(METRIC_SKIPPED, "reason" => "cooldown")
+                                .increment(1);
+                        }
+                        if changed {
+                            // Budget accounting moved: keep the listing current.
+                            let active = rec.active_proto();
+                            Change::Save(rec, (None, Committed::Booked(active)))
+                        } else {
+                            Change::Keep((None, Committed::Nothing))
+                        }
+                    }
+                })
+            })
+            .await?;
+        match committed {
+            Committed::Nothing | Committed::Booked(None) => {}
+            Committed::Closed(closed) => self.closed(&closed).await,
+            Committed::Extended(extended) => self.extended(&extended).await,
+            Committed::Booked(Some(active)) => {
+                if let Err(e) = self.store.project(&active).await {
+                    tracing::warn!(sku = %sku, error = %e, "incentive listing not updated");
+                }
             }
         }
+        Ok(candidate)
     }
 
-    /// Ends the active incentive of `rec` (read at `version`) for `reason`; returns it ended.
-    async fn close(
+    /// Ends the active incentive of `rec` for `reason`: the record to save with its
+    /// event, and the incentive ended, which [`Engine::closed`] reports once it is saved.
+    fn close(
         &self,
-        version: u64,
         mut rec: SkuRecord,
         reason: CloseReason,
         now: DateTime<Utc>,
         by: String,
         cancel_reason: String,
-    ) -> Result<v1::Incentive, StoreError> {
+    ) -> Result<Change<Closed>, StoreError> {
         let sku = rec.view.sku.clone();
         let category = rec.category().to_owned();
         let rules = self.rules(&rec);
@@ -349,7 +377,28 @@ impl Engine {
         let origin = ended.meta.origin;
         rec.last_ended = Some(ended);
         let event = incentive_changed(proto.clone(), v1::IncentiveTransition::Ended, now);
-        self.store.save_and_publish(&rec, version, event).await?;
+        Ok(Change::SaveAndPublish(
+            rec,
+            event,
+            Closed {
+                sku,
+                proto,
+                reason,
+                origin,
+            },
+        ))
+    }
+
+    /// Reports a saved close and does what follows it; a failure of those follow-ups is
+    /// repaired by the sweep.
+    async fn closed(&self, closed: &Closed) {
+        let Closed {
+            sku,
+            proto,
+            reason,
+            origin,
+        } = closed;
+        let reason = *reason;
         tracing::info!(
             sku = %sku,
             id = %proto.id,
@@ -360,9 +409,8 @@ impl Engine {
             spend_over_budget = %proto.spend_over_budget,
             "incentive ended: {reason}"
         );
-        metrics::counter!(METRIC_TRANSITIONS, "transition" => "ended", "reason" => reason_label(reason), "origin" => origin_label(origin)).increment(1);
-        self.after_close(&sku, &proto).await;
-        Ok(proto)
+        metrics::counter!(METRIC_TRANSITIONS, "transition" => "ended", "reason" => reason_label(reason), "origin" => origin_label(*origin)).increment(1);
+        self.after_close(sku, proto).await;
     }
 
     /// Follow-ups of a committed close; a failure is repaired by the sweep.
@@ -377,13 +425,15 @@ impl Engine {
         }
     }
 
+    /// Extends the active incentive of `rec` to `ends_at`: the record to save with its
+    /// event, and the incentive extended, which [`Engine::extended`] reports once it is
+    /// saved.
     async fn extend(
         &self,
-        version: u64,
         mut rec: SkuRecord,
         ends_at: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Change<Extended>, StoreError> {
         let sku = rec.view.sku.clone();
         let category = rec.category().to_owned();
         let rules = self.rules(&rec);
@@ -406,13 +456,31 @@ impl Engine {
         })?;
         let proto = to_proto(&inc, &meta, None);
         let event = incentive_changed(proto.clone(), v1::IncentiveTransition::Extended, now);
-        self.store.save_and_publish(&rec, version, event).await?;
-        tracing::info!(sku = %sku, id = %inc.id, %ends_at, extensions = inc.extensions, "incentive extended");
-        metrics::counter!(METRIC_TRANSITIONS, "transition" => "extended", "reason" => "", "origin" => origin_label(meta.origin)).increment(1);
-        if let Err(e) = self.store.project(&proto).await {
+        Ok(Change::SaveAndPublish(
+            rec,
+            event,
+            Extended {
+                sku,
+                incentive: inc,
+                origin: meta.origin,
+                proto,
+            },
+        ))
+    }
+
+    /// Reports a saved extension and keeps the listing current.
+    async fn extended(&self, extended: &Extended) {
+        let Extended {
+            sku,
+            incentive: inc,
+            origin,
+            proto,
+        } = extended;
+        tracing::info!(sku = %sku, id = %inc.id, ends_at = %inc.ends_at, extensions = inc.extensions, "incentive extended");
+        metrics::counter!(METRIC_TRANSITIONS, "transition" => "extended", "reason" => "", "origin" => origin_label(*origin)).increment(1);
+        if let Err(e) = self.store.project(proto).await {
             tracing::warn!(sku = %sku, error = %e, "incentive listing not updated");
         }
-        Ok(())
     }
 
     fn skipped(&self, candidate: &Candidate, why: &LossReason) {
@@ -518,48 +586,49 @@ impl Engine {
             self.skipped(c, &loss);
             return Ok(false);
         }
-        loop {
-            let (version, mut rec) = self.store.load(&c.sku, &self.policy).await?;
-            let now = self.clock.now();
-            let rules = self.rules(&rec);
-            let decision = decide(&rec.track, &rules, &Self::inputs(&rec), now);
-            let Decision::Open { cover, .. } = decision else {
-                // Someone else opened it (the slot is theirs) or it no longer qualifies.
-                if rec.track.active.is_none() {
-                    self.store.release(&c.sku).await?;
-                }
-                return Ok(false);
-            };
-            let category = rec.category().to_owned();
-            let id = ulid::Ulid::generate().to_string();
-            let inc = rec
-                .track
-                .apply(&decision, &c.sku, &category, &rules, || id, now)
-                .ok_or_else(|| StoreError::Corrupt("open produced nothing".into()))?;
-            let meta = Meta {
-                origin: Origin::Automatic,
-                opened_by: self.rule_name(&category),
-                reason: format!(
-                    "overstock: {} days of cover, at least {} required",
-                    cover.get().round_dp(1).normalize(),
-                    rules.min_cover.get().normalize()
-                ),
-                days_of_cover_at_open: Some(cover.get()),
-                budget_spend: Some(rules.budget_spend.get()),
-                budget_units: Some(rules.budget_units.get()),
-            };
-            rec.meta = Some(meta.clone());
-            let proto = to_proto(&inc, &meta, None);
-            self.store.schedule_expiry(&c.sku, inc.ends_at).await?;
-            let event = incentive_changed(proto.clone(), v1::IncentiveTransition::Opened, now);
-            match self.store.save_and_publish(&rec, version, event).await {
-                Err(e) if is_conflict(&e) => continue,
-                Err(e) => return Err(e),
-                Ok(_) => {}
+        let (opened, free_slot) = self
+            .store
+            .update(&c.sku, &self.policy, |mut rec| async move {
+                let now = self.clock.now();
+                let rules = self.rules(&rec);
+                let decision = decide(&rec.track, &rules, &Self::inputs(&rec), now);
+                let Decision::Open { cover, .. } = decision else {
+                    // Someone else opened it (the slot is theirs) or it no longer qualifies.
+                    return Ok::<_, StoreError>(Change::Keep((None, rec.track.active.is_none())));
+                };
+                let category = rec.category().to_owned();
+                let id = ulid::Ulid::generate().to_string();
+                let inc = rec
+                    .track
+                    .apply(&decision, &c.sku, &category, &rules, || id, now)
+                    .ok_or_else(|| StoreError::Corrupt("open produced nothing".into()))?;
+                let meta = Meta {
+                    origin: Origin::Automatic,
+                    opened_by: self.rule_name(&category),
+                    reason: format!(
+                        "overstock: {} days of cover, at least {} required",
+                        cover.get().round_dp(1).normalize(),
+                        rules.min_cover.get().normalize()
+                    ),
+                    days_of_cover_at_open: Some(cover.get()),
+                    budget_spend: Some(rules.budget_spend.get()),
+                    budget_units: Some(rules.budget_units.get()),
+                };
+                rec.meta = Some(meta.clone());
+                let proto = to_proto(&inc, &meta, None);
+                self.store.schedule_expiry(&c.sku, inc.ends_at).await?;
+                let event = incentive_changed(proto.clone(), v1::IncentiveTransition::Opened, now);
+                Ok(Change::SaveAndPublish(rec, event, (Some(proto), false)))
+            })
+            .await?;
+        let Some(proto) = opened else {
+            if free_slot {
+                self.store.release(&c.sku).await?;
             }
-            self.opened(&c.sku, &proto, Origin::Automatic).await;
-            return Ok(true);
-        }
+            return Ok(false);
+        };
+        self.opened(&c.sku, &proto, Origin::Automatic).await;
+        Ok(true)
     }
 
     async fn opened(&self, sku: &Sku, proto: &v1::Incentive, origin: Origin) {
@@ -580,76 +649,79 @@ impl Engine {
 
     /// Opens an incentive by hand, refusing what would break a guardrail.
     pub async fn trigger(&self, t: Trigger) -> Result<v1::Incentive, ApiError> {
-        let mut reserved = false;
-        loop {
-            let (version, mut rec) = self.store.load(&t.sku, &self.policy).await?;
-            let now = self.clock.now();
-            let refusal = self.refuse_trigger(&rec, &t, now).await;
-            if let Err(e) = refusal {
-                if reserved && rec.track.active.is_none() {
-                    self.store.release(&t.sku).await?;
+        let t = &t;
+        // Reserved by the first step that got that far; a later step that refuses gives
+        // the slot back.
+        let reserved = AtomicBool::new(false);
+        let reserved = &reserved;
+        let proto = self
+            .store
+            .update(&t.sku, &self.policy, |mut rec| async move {
+                let now = self.clock.now();
+                let refusal = self.refuse_trigger(&rec, t, now).await;
+                if let Err(e) = refusal {
+                    if reserved.load(Ordering::SeqCst) && rec.track.active.is_none() {
+                        self.store.release(&t.sku).await?;
+                    }
+                    return Err(e);
                 }
-                return Err(e);
-            }
-            let category = rec.category().to_owned();
-            if !reserved {
-                if let Err(loss) = self
-                    .store
-                    .reserve(&t.sku, &category, &self.policy, now)
-                    .await?
-                {
-                    return Err(ApiError::ResourceExhausted {
-                        message: format!("concurrency limit reached: {loss}"),
-                        retry_after: std::time::Duration::from_secs(60),
-                    });
+                let category = rec.category().to_owned();
+                if !reserved.load(Ordering::SeqCst) {
+                    if let Err(loss) = self
+                        .store
+                        .reserve(&t.sku, &category, &self.policy, now)
+                        .await?
+                    {
+                        return Err(ApiError::ResourceExhausted {
+                            message: format!("concurrency limit reached: {loss}"),
+                            retry_after: std::time::Duration::from_secs(60),
+                        });
+                    }
+                    reserved.store(true, Ordering::SeqCst);
                 }
-                reserved = true;
-            }
-            // No budget given: one that is never reached.
-            let unbounded = Decimal::MAX;
-            let internal = |e: ratemesh_core::TypeError| ApiError::Internal(e.to_string());
-            let inc = Incentive {
-                id: ulid::Ulid::generate().to_string(),
-                sku: t.sku.clone(),
-                category: category.clone(),
-                bonus: t.bonus,
-                opened_at: now,
-                ends_at: now + t.duration,
-                extensions: 0,
-                budget_spend: Money::new(t.budget_spend.unwrap_or(unbounded)).map_err(internal)?,
-                budget_units: Quantity::new(t.budget_units.unwrap_or(unbounded))
-                    .map_err(internal)?,
-                spent: Money::ZERO,
-                units_sold: Quantity::ZERO,
-                cancel_requested: false,
-                manual: true,
-            };
-            let cover = rec
-                .view
-                .velocity
-                .velocity()
-                .map(|v| DaysOfCover::from_stock(rec.view.available, v).get());
-            let meta = Meta {
-                origin: Origin::Manual,
-                opened_by: t.author.clone(),
-                reason: t.reason.clone(),
-                days_of_cover_at_open: cover,
-                budget_spend: t.budget_spend,
-                budget_units: t.budget_units,
-            };
-            rec.track.active = Some(inc.clone());
-            rec.meta = Some(meta.clone());
-            let proto = to_proto(&inc, &meta, None);
-            self.store.schedule_expiry(&t.sku, inc.ends_at).await?;
-            let event = incentive_changed(proto.clone(), v1::IncentiveTransition::Opened, now);
-            match self.store.save_and_publish(&rec, version, event).await {
-                Err(e) if is_conflict(&e) => continue,
-                Err(e) => return Err(e.into()),
-                Ok(_) => {}
-            }
-            self.opened(&t.sku, &proto, Origin::Manual).await;
-            return Ok(proto);
-        }
+                // No budget given: one that is never reached.
+                let unbounded = Decimal::MAX;
+                let internal = |e: ratemesh_core::TypeError| ApiError::Internal(e.to_string());
+                let inc = Incentive {
+                    id: ulid::Ulid::generate().to_string(),
+                    sku: t.sku.clone(),
+                    category: category.clone(),
+                    bonus: t.bonus,
+                    opened_at: now,
+                    ends_at: now + t.duration,
+                    extensions: 0,
+                    budget_spend: Money::new(t.budget_spend.unwrap_or(unbounded))
+                        .map_err(internal)?,
+                    budget_units: Quantity::new(t.budget_units.unwrap_or(unbounded))
+                        .map_err(internal)?,
+                    spent: Money::ZERO,
+                    units_sold: Quantity::ZERO,
+                    cancel_requested: false,
+                    manual: true,
+                };
+                let cover = rec
+                    .view
+                    .velocity
+                    .velocity()
+                    .map(|v| DaysOfCover::from_stock(rec.view.available, v).get());
+                let meta = Meta {
+                    origin: Origin::Manual,
+                    opened_by: t.author.clone(),
+                    reason: t.reason.clone(),
+                    days_of_cover_at_open: cover,
+                    budget_spend: t.budget_spend,
+                    budget_units: t.budget_units,
+                };
+                rec.track.active = Some(inc.clone());
+                rec.meta = Some(meta.clone());
+                let proto = to_proto(&inc, &meta, None);
+                self.store.schedule_expiry(&t.sku, inc.ends_at).await?;
+                let event = incentive_changed(proto.clone(), v1::IncentiveTransition::Opened, now);
+                Ok(Change::SaveAndPublish(rec, event, proto))
+            })
+            .await?;
+        self.opened(&t.sku, &proto, Origin::Manual).await;
+        Ok(proto)
     }
 
     /// Why a trigger must be refused, if it must.
@@ -780,43 +852,46 @@ impl Engine {
         };
         let logged = self.store.logged(id).await?.ok_or_else(not_found)?;
         let sku = Sku::new(logged.sku.clone()).map_err(|_| not_found())?;
-        loop {
-            let (version, rec) = self.store.load(&sku, &self.policy).await?;
-            if rec.track.active.as_ref().is_some_and(|a| a.id == id) {
-                let now = self.clock.now();
-                match self
-                    .close(
-                        version,
+        let outcome = self
+            .store
+            .update(&sku, &self.policy, |rec| async move {
+                if rec.track.active.as_ref().is_some_and(|a| a.id == id) {
+                    let now = self.clock.now();
+                    let change = self.close(
                         rec,
                         CloseReason::Cancelled,
                         now,
                         author.to_owned(),
                         reason.to_owned(),
-                    )
-                    .await
-                {
-                    Err(e) if is_conflict(&e) => continue,
-                    other => return other.map_err(Into::into),
+                    )?;
+                    return Ok::<_, ApiError>(change.map(Ok));
                 }
+                let ended = rec
+                    .last_ended
+                    .as_ref()
+                    .filter(|e| e.incentive.id == id)
+                    .map(Ended::to_proto);
+                Ok(Change::Keep(Err(ended)))
+            })
+            .await?;
+        let ended = match outcome {
+            Ok(closed) => {
+                self.closed(&closed).await;
+                return Ok(closed.proto);
             }
-            let ended = rec
-                .last_ended
-                .as_ref()
-                .filter(|e| e.incentive.id == id)
-                .map(Ended::to_proto)
-                .unwrap_or(logged);
-            if ended.end_reason == v1::IncentiveEndReason::Cancelled as i32 {
-                return Ok(ended);
-            }
-            let why = v1::IncentiveEndReason::try_from(ended.end_reason)
-                .map(|r| r.as_str_name().to_owned())
-                .unwrap_or_else(|_| "UNKNOWN".into());
-            return Err(conflict(
-                "INCENTIVE_ENDED",
-                id,
-                format!("incentive {id} already ended ({why})"),
-            ));
+            Err(ended) => ended.unwrap_or(logged),
+        };
+        if ended.end_reason == v1::IncentiveEndReason::Cancelled as i32 {
+            return Ok(ended);
         }
+        let why = v1::IncentiveEndReason::try_from(ended.end_reason)
+            .map(|r| r.as_str_name().to_owned())
+            .unwrap_or_else(|_| "UNKNOWN".into());
+        Err(conflict(
+            "INCENTIVE_ENDED",
+            id,
+            format!("incentive {id} already ended ({why})"),
+        ))
     }
 
     /// Expiries that came due: each SKU is re-decided; a failure schedules it again.

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use prost::Message as _;
-use ratemesh_bus::{Bus, BusError, Event, Expect, StateWrite, Update};
+use ratemesh_bus::{Bus, BusError, Event, Expect, StateRecord, StateWrite, Update};
 use ratemesh_core::{ActiveCounts, Candidate, DaysOfCover, LossReason, Policy, Sku};
 use ratemesh_proto::v1;
 use serde::{Deserialize, Serialize};
@@ -64,6 +64,30 @@ impl From<BusError> for StoreError {
     }
 }
 
+/// What a step of [`Store::update`] decided for a SKU's record.
+#[derive(Debug)]
+pub enum Change<T> {
+    /// Leave the record as stored; the update is done with this value.
+    Keep(T),
+    /// Save the record.
+    Save(SkuRecord, T),
+    /// Save the record and append the event to the incentives stream, atomically.
+    SaveAndPublish(SkuRecord, Event, T),
+}
+
+impl<T> Change<T> {
+    /// The same decision with its value turned into another.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Change<U> {
+        match self {
+            Change::Keep(value) => Change::Keep(f(value)),
+            Change::Save(record, value) => Change::Save(record, f(value)),
+            Change::SaveAndPublish(record, event, value) => {
+                Change::SaveAndPublish(record, event, f(value))
+            }
+        }
+    }
+}
+
 /// One reserved concurrency slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Slot {
@@ -102,90 +126,104 @@ impl Store {
 
     /// The record of `sku` and its version (0 and a fresh record when absent).
     pub async fn load(&self, sku: &Sku, policy: &Policy) -> Result<(u64, SkuRecord), StoreError> {
-        match self.bus.get_state(NS_RECORD, sku.as_str()).await? {
-            None => Ok((0, SkuRecord::new(sku.clone(), policy))),
+        let stored = self.bus.get_state(NS_RECORD, sku.as_str()).await?;
+        let version = stored.as_ref().map_or(0, |r| r.version);
+        Ok((version, Self::record_of(sku, policy, stored)?))
+    }
+
+    /// The record in `sku`'s stored state (a fresh one when there is none).
+    fn record_of(
+        sku: &Sku,
+        policy: &Policy,
+        stored: Option<StateRecord>,
+    ) -> Result<SkuRecord, StoreError> {
+        match stored {
+            None => Ok(SkuRecord::new(sku.clone(), policy)),
             Some(rec) => {
                 let bytes = rec.fields.get(FIELD_RECORD).ok_or_else(|| {
                     StoreError::Corrupt(format!("{NS_RECORD}/{sku}: no field {FIELD_RECORD}"))
                 })?;
-                let record = serde_json::from_slice(bytes)
-                    .map_err(|e| StoreError::Corrupt(format!("{NS_RECORD}/{sku}: {e}")))?;
-                Ok((rec.version, record))
+                serde_json::from_slice(bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("{NS_RECORD}/{sku}: {e}")))
             }
         }
     }
 
-    fn write_of(record: &SkuRecord, expect: u64) -> Result<StateWrite, StoreError> {
+    fn write_of(record: &SkuRecord, write: StateWrite) -> Result<StateWrite, StoreError> {
         let json = serde_json::to_vec(record)
             .map_err(|e| StoreError::Corrupt(format!("encoding record: {e}")))?;
-        Ok(StateWrite::new(NS_RECORD, record.view.sku.as_str())
-            .expect_version(expect)
-            .set(FIELD_RECORD, json))
+        Ok(write.set(FIELD_RECORD, json))
     }
 
-    /// Saves `record` if it is still at version `expect`.
-    pub async fn save(&self, record: &SkuRecord, expect: u64) -> Result<u64, StoreError> {
-        Ok(self
-            .bus
-            .write_state(Self::write_of(record, expect)?)
-            .await?)
-    }
-
-    /// Saves `record` if it is still at version `expect` and appends `event` to the
-    /// incentives stream, atomically.
-    pub async fn save_and_publish(
+    /// Read-modify-write of `sku`'s record through [`Bus::update_state`]: `change` gets
+    /// the record (a fresh one when absent) and says whether to save it, and with which
+    /// event; it is asked again with the new record when another writer got in first.
+    pub async fn update<T, E, F, Fut>(
         &self,
-        record: &SkuRecord,
-        expect: u64,
-        event: Event,
-    ) -> Result<u64, StoreError> {
-        let (version, _) = self
-            .bus
-            .write_state_and_publish(
-                Self::write_of(record, expect)?,
-                ratemesh_contract::streams::INCENTIVES,
-                event,
-            )
-            .await?;
-        Ok(version)
+        sku: &Sku,
+        policy: &Policy,
+        mut change: F,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError> + From<BusError>,
+        F: FnMut(SkuRecord) -> Fut,
+        Fut: Future<Output = Result<Change<T>, E>>,
+    {
+        self.bus
+            .update_state(NS_RECORD, sku.as_str(), |stored, write| {
+                let decided = Self::record_of(sku, policy, stored).map(&mut change);
+                async move {
+                    Ok(match decided?.await? {
+                        Change::Keep(value) => Update::Keep(value),
+                        Change::Save(record, value) => {
+                            Update::Write(Self::write_of(&record, write)?, value)
+                        }
+                        Change::SaveAndPublish(record, event, value) => Update::WriteAndPublish(
+                            Self::write_of(&record, write)?,
+                            ratemesh_contract::streams::INCENTIVES,
+                            event,
+                            value,
+                        ),
+                    })
+                }
+            })
+            .await
     }
 
     // ----- slots -----
 
-    async fn load_slots(&self) -> Result<(u64, BTreeMap<String, Slot>), StoreError> {
-        match self.bus.get_state(NS_SLOTS, SLOTS_KEY).await? {
-            None => Ok((0, BTreeMap::new())),
-            Some(rec) => {
-                let map = match rec.fields.get(FIELD_SLOTS) {
-                    Some(bytes) => serde_json::from_slice(bytes)
-                        .map_err(|e| StoreError::Corrupt(format!("{NS_SLOTS}: {e}")))?,
-                    None => BTreeMap::new(),
-                };
-                Ok((rec.version, map))
-            }
+    fn slots_of(stored: Option<StateRecord>) -> Result<BTreeMap<String, Slot>, StoreError> {
+        match stored.and_then(|r| r.fields.get(FIELD_SLOTS).cloned()) {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("{NS_SLOTS}: {e}"))),
+            None => Ok(BTreeMap::new()),
         }
     }
 
-    async fn save_slots(
+    /// Read-modify-write of the slot table: `change` gets the held slots and returns the
+    /// table to store (`None`: leave it) with the value to answer.
+    async fn update_slots<T>(
         &self,
-        map: &BTreeMap<String, Slot>,
-        expect: u64,
-    ) -> Result<(), StoreError> {
-        let json = serde_json::to_vec(map)
-            .map_err(|e| StoreError::Corrupt(format!("encoding slots: {e}")))?;
+        mut change: impl FnMut(BTreeMap<String, Slot>) -> (Option<BTreeMap<String, Slot>>, T),
+    ) -> Result<T, StoreError> {
         self.bus
-            .write_state(
-                StateWrite::new(NS_SLOTS, SLOTS_KEY)
-                    .expect_version(expect)
-                    .set(FIELD_SLOTS, json),
-            )
-            .await?;
-        Ok(())
+            .update_state(NS_SLOTS, SLOTS_KEY, |stored, write| {
+                let step = Self::slots_of(stored).and_then(|map| match change(map) {
+                    (None, value) => Ok(Update::Keep(value)),
+                    (Some(map), value) => {
+                        let json = serde_json::to_vec(&map)
+                            .map_err(|e| StoreError::Corrupt(format!("encoding slots: {e}")))?;
+                        Ok(Update::Write(write.set(FIELD_SLOTS, json), value))
+                    }
+                });
+                std::future::ready(step)
+            })
+            .await
     }
 
     /// Every held slot.
     pub async fn slots(&self) -> Result<BTreeMap<String, Slot>, StoreError> {
-        Ok(self.load_slots().await?.1)
+        Self::slots_of(self.bus.get_state(NS_SLOTS, SLOTS_KEY).await?)
     }
 
     /// Incentives holding a slot, per category and in total (what [`ratemesh_core::select`]
@@ -203,28 +241,33 @@ impl Store {
         policy: &Policy,
         now: DateTime<Utc>,
     ) -> Result<Result<(), LossReason>, StoreError> {
-        loop {
-            let (version, mut map) = self.load_slots().await?;
+        self.update_slots(|mut map| {
             if map.contains_key(sku.as_str()) {
-                return Ok(Ok(()));
+                return (None, Ok(()));
             }
             let c = counts(&map);
             if c.program >= policy.max_concurrent_incentives {
-                return Ok(Err(LossReason::ProgramFull {
-                    limit: policy.max_concurrent_incentives,
-                    already_open: c.program,
-                    selected_ahead: 0,
-                }));
+                return (
+                    None,
+                    Err(LossReason::ProgramFull {
+                        limit: policy.max_concurrent_incentives,
+                        already_open: c.program,
+                        selected_ahead: 0,
+                    }),
+                );
             }
             let limit = policy.category(category).flash.max_concurrent;
             let in_category = c.per_category.get(category).copied().unwrap_or(0);
             if in_category >= limit {
-                return Ok(Err(LossReason::CategoryFull {
-                    category: category.to_owned(),
-                    limit,
-                    already_open: in_category,
-                    selected_ahead: 0,
-                }));
+                return (
+                    None,
+                    Err(LossReason::CategoryFull {
+                        category: category.to_owned(),
+                        limit,
+                        already_open: in_category,
+                        selected_ahead: 0,
+                    }),
+                );
             }
             map.insert(
                 sku.to_string(),
@@ -233,25 +276,18 @@ impl Store {
                     reserved_at: now,
                 },
             );
-            match self.save_slots(&map, version).await {
-                Err(StoreError::Bus(BusError::Conflict { .. })) => continue,
-                other => return other.map(Ok),
-            }
-        }
+            (Some(map), Ok(()))
+        })
+        .await
     }
 
     /// Frees the slot of `sku`, if it holds one.
     pub async fn release(&self, sku: &Sku) -> Result<(), StoreError> {
-        loop {
-            let (version, mut map) = self.load_slots().await?;
-            if map.remove(sku.as_str()).is_none() {
-                return Ok(());
-            }
-            match self.save_slots(&map, version).await {
-                Err(StoreError::Bus(BusError::Conflict { .. })) => continue,
-                other => return other,
-            }
-        }
+        self.update_slots(|mut map| match map.remove(sku.as_str()) {
+            Some(_) => (Some(map), ()),
+            None => (None, ()),
+        })
+        .await
     }
 
     // ----- waiting candidates -----

@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
-use ratemesh_bus::{Bus, BusError, Idempotency, StateWrite};
+use ratemesh_bus::{Bus, BusError, Idempotency, Update};
 use ratemesh_contract::streams;
 use ratemesh_runtime::ApiError;
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,24 @@ pub struct Counts {
     pub duplicate: u32,
     /// Items older than one already accepted; not applied, not an error.
     pub stale: u32,
+}
+
+/// What happened to one item.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Applied,
+    Duplicate,
+    Stale,
+}
+
+impl Counts {
+    fn add(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Applied => self.applied += 1,
+            Outcome::Duplicate => self.duplicate += 1,
+            Outcome::Stale => self.stale += 1,
+        }
+    }
 }
 
 impl std::ops::AddAssign for Counts {
@@ -293,57 +311,47 @@ impl Handoff {
         now: DateTime<Utc>,
     ) -> Result<Counts, ApiError> {
         let mut counts = Counts::default();
-        let mut record = self
-            .bus
-            .get_state(SEQ_NAMESPACE, &sku)
-            .await?
-            .unwrap_or_default();
+        let mut seen = self.bus.get_state(SEQ_NAMESPACE, &sku).await?;
         for item in items {
             let field = format!("loc:{}", item.location);
-            loop {
-                let last = record
-                    .fields
-                    .get(&field)
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                match last {
-                    Some(last) if item.sequence < last => {
-                        counts.stale += 1;
-                        break;
-                    }
-                    Some(last) if item.sequence == last => {
-                        counts.duplicate += 1;
-                        break;
-                    }
-                    _ => {}
-                }
-                let sequence = item.sequence.to_string();
-                let write = StateWrite::new(SEQ_NAMESPACE, sku.clone())
-                    .expect_version(record.version)
-                    .set(field.clone(), Bytes::from(sequence.clone()));
-                let event = events::stock_changed(&item, source, batch_id, now);
-                match self
-                    .bus
-                    .write_state_and_publish(write, streams::STOCK, event)
-                    .await
-                {
-                    Ok(_) => {
-                        record.version += 1;
-                        record.fields.insert(field.clone(), Bytes::from(sequence));
-                        counts.applied += 1;
-                        break;
-                    }
-                    Err(BusError::Conflict { .. }) => {
-                        // Another push for this SKU got in first: re-read and re-classify.
-                        record = self
-                            .bus
-                            .get_state(SEQ_NAMESPACE, &sku)
-                            .await?
-                            .unwrap_or_default();
-                    }
-                    Err(other) => return Err(other.into()),
-                }
-            }
+            // A concurrent push for this SKU that got in first makes the bus ask again
+            // with the record it left: the item is re-classified against it.
+            let (outcome, record) = self
+                .bus
+                .update_state_from(SEQ_NAMESPACE, &sku, seen, |record, write| {
+                    let record = record.unwrap_or_default();
+                    let last = record
+                        .fields
+                        .get(&field)
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    let update = match last {
+                        Some(last) if item.sequence < last => {
+                            Update::Keep((Outcome::Stale, record))
+                        }
+                        Some(last) if item.sequence == last => {
+                            Update::Keep((Outcome::Duplicate, record))
+                        }
+                        _ => {
+                            let sequence = Bytes::from(item.sequence.to_string());
+                            let event = events::stock_changed(&item, source, batch_id, now);
+                            let write = write.set(field.clone(), sequence.clone());
+                            let mut written = record;
+                            written.version += 1;
+                            written.fields.insert(field.clone(), sequence);
+                            Update::WriteAndPublish(
+                                write,
+                                streams::STOCK,
+                                event,
+                                (Outcome::Applied, written),
+                            )
+                        }
+                    };
+                    std::future::ready(Ok::<_, BusError>(update))
+                })
+                .await?;
+            counts.add(outcome);
+            seen = Some(record);
         }
         Ok(counts)
     }
@@ -375,64 +383,49 @@ impl Handoff {
         now: DateTime<Utc>,
     ) -> Result<Counts, ApiError> {
         let mut counts = Counts::default();
-        let mut record = self
-            .bus
-            .get_state(PRODUCT_NAMESPACE, &sku)
-            .await?
-            .unwrap_or_default();
+        let mut seen = self.bus.get_state(PRODUCT_NAMESPACE, &sku).await?;
         for item in items {
             let fp = product_fingerprint(&item);
-            loop {
-                let stored_as_of = record
-                    .fields
-                    .get("as_of")
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .and_then(|v| v.parse::<i64>().ok());
-                let stored_fp = record.fields.get("fp");
-                let item_as_of = item.as_of.map(|t| t.timestamp_micros());
-                if let (Some(stored), Some(new)) = (stored_as_of, item_as_of)
-                    && new < stored
-                {
-                    counts.stale += 1;
-                    break;
-                }
-                if stored_fp.is_some_and(|f| f.as_ref() == fp.as_bytes()) {
-                    counts.duplicate += 1;
-                    break;
-                }
-                let mut write = StateWrite::new(PRODUCT_NAMESPACE, sku.clone())
-                    .expect_version(record.version)
-                    .set("fp", Bytes::from(fp.clone()));
-                if let Some(as_of) = item_as_of {
-                    write = write.set("as_of", Bytes::from(as_of.to_string()));
-                }
-                let event = events::product_changed(&item, source, batch_id, now);
-                match self
-                    .bus
-                    .write_state_and_publish(write, streams::STOCK, event)
-                    .await
-                {
-                    Ok(_) => {
-                        record.version += 1;
-                        record.fields.insert("fp".into(), Bytes::from(fp.clone()));
+            let item_as_of = item.as_of.map(|t| t.timestamp_micros());
+            let (outcome, record) = self
+                .bus
+                .update_state_from(PRODUCT_NAMESPACE, &sku, seen, |record, write| {
+                    let record = record.unwrap_or_default();
+                    let stored_as_of = record
+                        .fields
+                        .get("as_of")
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .and_then(|v| v.parse::<i64>().ok());
+                    let stored_fp = record.fields.get("fp");
+                    let update = if let (Some(stored), Some(new)) = (stored_as_of, item_as_of)
+                        && new < stored
+                    {
+                        Update::Keep((Outcome::Stale, record))
+                    } else if stored_fp.is_some_and(|f| f.as_ref() == fp.as_bytes()) {
+                        Update::Keep((Outcome::Duplicate, record))
+                    } else {
+                        let mut write = write.set("fp", Bytes::from(fp.clone()));
+                        let mut written = record;
+                        written.version += 1;
+                        written.fields.insert("fp".into(), Bytes::from(fp.clone()));
                         if let Some(as_of) = item_as_of {
-                            record
-                                .fields
-                                .insert("as_of".into(), Bytes::from(as_of.to_string()));
+                            let as_of = Bytes::from(as_of.to_string());
+                            write = write.set("as_of", as_of.clone());
+                            written.fields.insert("as_of".into(), as_of);
                         }
-                        counts.applied += 1;
-                        break;
-                    }
-                    Err(BusError::Conflict { .. }) => {
-                        record = self
-                            .bus
-                            .get_state(PRODUCT_NAMESPACE, &sku)
-                            .await?
-                            .unwrap_or_default();
-                    }
-                    Err(other) => return Err(other.into()),
-                }
-            }
+                        let event = events::product_changed(&item, source, batch_id, now);
+                        Update::WriteAndPublish(
+                            write,
+                            streams::STOCK,
+                            event,
+                            (Outcome::Applied, written),
+                        )
+                    };
+                    std::future::ready(Ok::<_, BusError>(update))
+                })
+                .await?;
+            counts.add(outcome);
+            seen = Some(record);
         }
         Ok(counts)
     }
@@ -507,6 +500,66 @@ fn fingerprint(parts: impl Iterator<Item = String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ratemesh_bus::BusOptions;
+    use ratemesh_core::Sku;
+    use rust_decimal::Decimal;
+
+    fn stock(sequence: u64) -> StockItem {
+        StockItem {
+            sku: Sku::new("SKU-RACE").unwrap(),
+            location: "DC-1".into(),
+            on_hand: Decimal::from(sequence),
+            reserved: Decimal::ZERO,
+            as_of: DateTime::from_timestamp(1_700_000_000 + sequence as i64, 0).unwrap(),
+            sequence,
+            velocity: None,
+        }
+    }
+
+    /// Pushes racing on one SKU: every item is applied exactly once or counted as stale
+    /// or duplicate against what the others accepted, and the mark ends at the highest.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_pushes_for_one_sku_are_reclassified_not_lost() {
+        let bus = Bus::memory(BusOptions::embedded()).unwrap();
+        let handoff = Handoff::new(
+            bus.clone(),
+            Duration::from_secs(60),
+            u64::MAX,
+            Duration::ZERO,
+        );
+        let pushes: Vec<_> = (0..8u64)
+            .map(|p| {
+                let handoff = handoff.clone();
+                // Interleaved sequences: a push that gets in first makes lower ones stale.
+                let items: Vec<StockItem> = (1..=5).map(|i| stock(i * 8 + p)).collect();
+                tokio::spawn(async move {
+                    handoff
+                        .push_stock("erp", None, items, Utc::now())
+                        .await
+                        .unwrap()
+                        .counts
+                })
+            })
+            .collect();
+        let mut total = Counts::default();
+        for push in pushes {
+            total += push.await.unwrap();
+        }
+        assert_eq!(total.applied + total.duplicate + total.stale, 40);
+        assert!(
+            total.applied >= 5,
+            "at least one push applies all of its items"
+        );
+        let mark = bus
+            .get_state(SEQ_NAMESPACE, "SKU-RACE")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&mark.fields["loc:DC-1"][..], b"47");
+        assert_eq!(mark.version, u64::from(total.applied));
+        let appended = bus.stream_stats(streams::STOCK, "rates").await.unwrap();
+        assert_eq!(appended.length, u64::from(total.applied));
+    }
 
     #[test]
     fn grouping_keeps_order_within_a_sku() {

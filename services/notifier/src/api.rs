@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use ratemesh_bus::{Bus, BusError};
+use ratemesh_bus::Bus;
 use ratemesh_core::input;
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::partner_service_server::PartnerService;
@@ -260,75 +260,67 @@ impl PartnersApi {
         }
         let filters = validate(&self.config, &partner).await?;
         // Compare-and-set, so two concurrent upserts cannot lose a secret rotation.
-        for _ in 0..8 {
-            let now = now_ms();
-            let current = self.partners.get(&id).await?;
-            if principal.role != Role::Admin {
-                // Partners may edit their own record but neither create one nor switch
-                // deliveries on or off.
-                match &current {
-                    None => {
-                        return Err(ApiError::PermissionDenied(
-                            "only admin may create partners".into(),
-                        ));
+        let (record, secret) = self
+            .partners
+            .update(&id, |current| {
+                let now = now_ms();
+                if principal.role != Role::Admin {
+                    // Partners may edit their own record but neither create one nor switch
+                    // deliveries on or off.
+                    match &current {
+                        None => {
+                            return Err(ApiError::PermissionDenied(
+                                "only admin may create partners".into(),
+                            ));
+                        }
+                        Some(p) if p.enabled != partner.enabled => {
+                            return Err(ApiError::PermissionDenied(
+                                "only admin may change `enabled`".into(),
+                            ));
+                        }
+                        _ => {}
                     }
-                    Some((_, p)) if p.enabled != partner.enabled => {
-                        return Err(ApiError::PermissionDenied(
-                            "only admin may change `enabled`".into(),
-                        ));
-                    }
-                    _ => {}
                 }
-            }
-            let (expected, record, secret) = match current {
-                Some((version, existing)) => (
-                    version,
-                    PartnerRecord {
-                        name: partner.name.trim().to_owned(),
-                        endpoint_url: partner.endpoint_url.trim().to_owned(),
-                        filters: filters.clone(),
-                        enabled: partner.enabled,
-                        updated_at_ms: now,
-                        ..existing
-                    },
-                    None,
-                ),
-                None => {
-                    let secret = new_secret();
-                    (
-                        0,
+                let (record, secret) = match current {
+                    Some(existing) => (
                         PartnerRecord {
-                            id: id.clone(),
                             name: partner.name.trim().to_owned(),
                             endpoint_url: partner.endpoint_url.trim().to_owned(),
                             filters: filters.clone(),
                             enabled: partner.enabled,
-                            created_at_ms: now,
                             updated_at_ms: now,
-                            secret: secret.clone(),
-                            previous_secret: None,
-                            previous_valid_until_ms: 0,
+                            ..existing
                         },
-                        Some(secret),
-                    )
-                }
-            };
-            match self.partners.put(expected, &record).await {
-                Ok(()) => {
-                    tracing::info!(partner = %id, created = secret.is_some(), "partner saved");
-                    return Ok(v1::UpsertPartnerResponse {
-                        partner: Some(to_proto(&record)),
-                        created: secret.is_some(),
-                        signing_secret: secret.unwrap_or_default(),
-                    });
-                }
-                Err(BusError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ApiError::unavailable(format!(
-            "partner `{id}` is being changed concurrently; try again"
-        )))
+                        None,
+                    ),
+                    None => {
+                        let secret = new_secret();
+                        (
+                            PartnerRecord {
+                                id: id.clone(),
+                                name: partner.name.trim().to_owned(),
+                                endpoint_url: partner.endpoint_url.trim().to_owned(),
+                                filters: filters.clone(),
+                                enabled: partner.enabled,
+                                created_at_ms: now,
+                                updated_at_ms: now,
+                                secret: secret.clone(),
+                                previous_secret: None,
+                                previous_valid_until_ms: 0,
+                            },
+                            Some(secret),
+                        )
+                    }
+                };
+                Ok((Some(record.clone()), (record, secret)))
+            })
+            .await?;
+        tracing::info!(partner = %id, created = secret.is_some(), "partner saved");
+        Ok(v1::UpsertPartnerResponse {
+            partner: Some(to_proto(&record)),
+            created: secret.is_some(),
+            signing_secret: secret.unwrap_or_default(),
+        })
     }
 
     async fn rotate(
@@ -351,29 +343,28 @@ impl PartnersApi {
                 overlap
             }
         };
-        for _ in 0..8 {
-            let (version, mut record) = self.existing(&request.id).await?;
-            let now = now_ms();
-            let secret = new_secret();
-            let until = now + overlap.as_millis() as i64;
-            record.previous_secret = Some(std::mem::replace(&mut record.secret, secret.clone()));
-            record.previous_valid_until_ms = until;
-            record.updated_at_ms = now;
-            match self.partners.put(version, &record).await {
-                Ok(()) => {
-                    tracing::info!(partner = %record.id, overlap_ms = overlap.as_millis() as u64, "signing secret rotated");
-                    return Ok(v1::RotateSecretResponse {
-                        signing_secret: secret,
-                        previous_valid_until: Some(from_millis(until)),
-                    });
-                }
-                Err(BusError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(ApiError::unavailable(
-            "partner is being changed concurrently; try again",
-        ))
+        let (record, secret, until) = self
+            .partners
+            .update(&request.id, |current| {
+                let mut record = current.ok_or_else(|| ApiError::NotFound {
+                    what: "partner",
+                    key: request.id.clone(),
+                })?;
+                let now = now_ms();
+                let secret = new_secret();
+                let until = now + overlap.as_millis() as i64;
+                record.previous_secret =
+                    Some(std::mem::replace(&mut record.secret, secret.clone()));
+                record.previous_valid_until_ms = until;
+                record.updated_at_ms = now;
+                Ok::<_, ApiError>((Some(record.clone()), (record, secret, until)))
+            })
+            .await?;
+        tracing::info!(partner = %record.id, overlap_ms = overlap.as_millis() as u64, "signing secret rotated");
+        Ok(v1::RotateSecretResponse {
+            signing_secret: secret,
+            previous_valid_until: Some(from_millis(until)),
+        })
     }
 
     async fn list_deliveries(

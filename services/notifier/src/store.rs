@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use ratemesh_bus::{Bus, BusError, BusResult, StateWrite};
+use ratemesh_bus::{Bus, BusError, BusResult, StateWrite, Update};
 use tokio::sync::RwLock;
 
 use crate::model::{
@@ -70,20 +70,40 @@ impl Partners {
         }
     }
 
-    /// Writes `partner` if its stored version is still `expected` (0: must not exist).
-    pub(crate) async fn put(&self, expected: u64, partner: &PartnerRecord) -> BusResult<()> {
-        self.bus
-            .write_state(
-                StateWrite::new(PARTNERS, partner.id.clone())
-                    .expect_version(expected)
-                    .set(RECORD, encode(partner)),
-            )
+    /// Read-modify-write of partner `id` through [`Bus::update_state`]: `change` gets the
+    /// stored partner (`None`: there is none) and returns the record to store, or `None`
+    /// to leave it, with the value to answer. Asked again when another writer got in
+    /// first. A write drops the in-memory copy.
+    pub(crate) async fn update<T, E, F>(&self, id: &str, mut change: F) -> Result<T, E>
+    where
+        E: From<BusError>,
+        F: FnMut(Option<PartnerRecord>) -> Result<(Option<PartnerRecord>, T), E>,
+    {
+        let (written, value) = self
+            .bus
+            .update_state(PARTNERS, id, |record, write| {
+                let decided = record
+                    .and_then(|r| r.fields.get(RECORD).cloned())
+                    .map(|bytes| decode::<PartnerRecord>("partner", id, &bytes))
+                    .transpose()
+                    .map_err(E::from)
+                    .and_then(&mut change)
+                    .map(|(next, value)| match next {
+                        Some(partner) => {
+                            Update::Write(write.set(RECORD, encode(&partner)), (true, value))
+                        }
+                        None => Update::Keep((false, value)),
+                    });
+                std::future::ready(decided)
+            })
             .await?;
-        let mut cache = self.cache.write().await;
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        *cache = None;
-        Ok(())
+        if written {
+            let mut cache = self.cache.write().await;
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            *cache = None;
+        }
+        Ok(value)
     }
 
     /// Every partner, ordered by id, straight from the bus.

@@ -59,7 +59,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use prost::Message;
-use ratemesh_bus::{Bus, BusError, HistoryEntry, HistoryLimits, StateWrite};
+use ratemesh_bus::{Bus, BusError, HistoryEntry, HistoryLimits, StateRecord, StateWrite, Update};
 use ratemesh_contract::streams;
 use ratemesh_core::{Applied, Event, Override, Policy, RateCard, Reason, Sku, compute};
 use ratemesh_proto::v1;
@@ -67,10 +67,6 @@ use ratemesh_proto::v1;
 use crate::convert::{band_name, card_to_proto, scheduled_change_to_proto};
 use categories::CategoryOverrides;
 use record::{EngineRecord, FIELD_CARD, FIELD_ENGINE, NAMESPACE, Published};
-
-/// How often a compare-and-set is retried before the update is reported as failed (and
-/// the entry redelivered later).
-const MAX_CAS_ATTEMPTS: usize = 64;
 
 /// Why an update failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,9 +82,6 @@ pub enum EngineError {
         /// What is wrong.
         problem: String,
     },
-    /// Other writers kept winning the compare-and-set.
-    #[error("state rate/{0}: gave up after {MAX_CAS_ATTEMPTS} version conflicts")]
-    Contended(String),
 }
 
 /// What an update did.
@@ -192,7 +185,18 @@ impl Engine {
 
     /// Reads a SKU's engine record and the state version it was read at (0 = absent).
     pub async fn load(&self, sku: &Sku) -> Result<(EngineRecord, u64), EngineError> {
-        match self.bus().get_state(NAMESPACE, sku.as_str()).await? {
+        let stored = self.bus().get_state(NAMESPACE, sku.as_str()).await?;
+        self.engine_record(sku, stored)
+    }
+
+    /// The engine record in the SKU's stored state (a fresh one when there is none), and
+    /// the state's version (0 = absent).
+    fn engine_record(
+        &self,
+        sku: &Sku,
+        stored: Option<StateRecord>,
+    ) -> Result<(EngineRecord, u64), EngineError> {
+        match stored {
             None => Ok((EngineRecord::new(sku.clone(), self.policy()), 0)),
             Some(rec) => match rec.fields.get(FIELD_ENGINE) {
                 None => Ok((EngineRecord::new(sku.clone(), self.policy()), rec.version)),
@@ -225,42 +229,44 @@ impl Engine {
         events: &[Event],
         force: Option<DateTime<Utc>>,
     ) -> Result<Outcome, EngineError> {
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let (mut record, version) = self.load(sku).await?;
-            let categories = self.categories().snapshot();
-            let mut changed = false;
-            for event in events {
-                if record.state.apply(event) == Applied::Applied {
-                    self.recompute_in(&mut record, &categories, event.priced_at());
-                    changed = true;
-                }
-            }
-            if let Some(at) = force
-                && record.state.product.is_some()
-            {
-                self.recompute_in(&mut record, &categories, at);
-                changed = true;
-            }
-            if !changed {
-                metrics::counter!("ratemesh_rates_events_skipped_total")
-                    .increment(events.len() as u64);
-                return Ok(Outcome::default());
-            }
-            match self.commit(sku, &mut record, version, &categories).await {
-                Ok(published) => {
-                    return Ok(Outcome {
-                        changed: true,
-                        published,
-                    });
-                }
-                Err(BusError::Conflict { .. }) => {
+        let mut asked = 0u32;
+        let outcome = self
+            .bus()
+            .update_state(NAMESPACE, sku.as_str(), |stored, write| {
+                if asked > 0 {
+                    // The previous step's write lost the compare-and-set.
                     metrics::counter!("ratemesh_rates_state_conflicts_total").increment(1);
-                    continue;
                 }
-                Err(e) => return Err(e.into()),
-            }
+                asked += 1;
+                async move {
+                    let (mut record, _) = self.engine_record(sku, stored)?;
+                    let categories = self.categories().snapshot();
+                    let mut changed = false;
+                    for event in events {
+                        if record.state.apply(event) == Applied::Applied {
+                            self.recompute_in(&mut record, &categories, event.priced_at());
+                            changed = true;
+                        }
+                    }
+                    if let Some(at) = force
+                        && record.state.product.is_some()
+                    {
+                        self.recompute_in(&mut record, &categories, at);
+                        changed = true;
+                    }
+                    if !changed {
+                        metrics::counter!("ratemesh_rates_events_skipped_total")
+                            .increment(events.len() as u64);
+                        return Ok(Update::Keep(Outcome::default()));
+                    }
+                    Ok::<_, EngineError>(self.commit(sku, record, write, &categories).await?)
+                }
+            })
+            .await?;
+        if outcome.published.is_some() {
+            metrics::counter!("ratemesh_rates_cards_published_total").increment(1);
         }
-        Err(EngineError::Contended(sku.to_string()))
+        Ok(outcome)
     }
 
     fn recompute_in(&self, record: &mut EngineRecord, categories: &[Override], at: DateTime<Utc>) {
@@ -274,15 +280,16 @@ impl Engine {
         record.card = Some(card);
     }
 
-    /// Writes the record (CAS on `version`), publishing the card if it changed.
+    /// The write of the record (`write` is bound to the version it was read at), with
+    /// the publication of the card if it changed.
     async fn commit(
         &self,
         sku: &Sku,
-        record: &mut EngineRecord,
-        version: u64,
+        mut record: EngineRecord,
+        write: StateWrite,
         categories: &[Override],
-    ) -> Result<Option<u64>, BusError> {
-        let next = self.next_recompute(record, categories);
+    ) -> Result<Update<Outcome>, BusError> {
+        let next = self.next_recompute(&record, categories);
         if next != record.next_recompute {
             if let Some(at) = next {
                 // Scheduled before the write: a timer without the write only causes a
@@ -291,54 +298,46 @@ impl Engine {
             }
             record.next_recompute = next;
         }
-        let publication = self.publication(record, categories);
-        let write = StateWrite::new(NAMESPACE, sku.as_str()).expect_version(version);
-        match publication {
-            None => {
-                self.bus()
-                    .write_state(write.set(FIELD_ENGINE, record.encode()))
-                    .await?;
-                Ok(None)
-            }
-            Some((published, card)) => {
-                let previous = record.published.replace(published.clone());
-                let encoded = Bytes::from(card.encode_to_vec());
-                let computed_at = record
-                    .card
-                    .as_ref()
-                    .map_or_else(Utc::now, |c| c.computed_at);
-                let options = self.options();
-                let write = write
-                    .set(FIELD_CARD, encoded.clone())
-                    .set(FIELD_ENGINE, record.encode())
-                    .keep_history(
-                        HistoryEntry {
-                            at_us: computed_at.timestamp_micros(),
-                            version: published.version,
-                            payload: encoded,
-                        },
-                        HistoryLimits {
-                            keep_since_us: (computed_at - options.history_retention)
-                                .timestamp_micros(),
-                            max_versions: options.history_max_versions,
-                        },
-                    );
-                let result = self
-                    .bus()
-                    .write_state_and_publish(
-                        write,
-                        streams::RATES,
-                        ratemesh_contract::rate::rate_changed(card.clone(), computed_at),
-                    )
-                    .await;
-                if let Err(e) = result {
-                    record.published = previous;
-                    return Err(e);
-                }
-                metrics::counter!("ratemesh_rates_cards_published_total").increment(1);
-                Ok(Some(published.version))
-            }
-        }
+        let Some((published, card)) = self.publication(&record, categories) else {
+            return Ok(Update::Write(
+                write.set(FIELD_ENGINE, record.encode()),
+                Outcome {
+                    changed: true,
+                    published: None,
+                },
+            ));
+        };
+        let version = published.version;
+        record.published = Some(published);
+        let encoded = Bytes::from(card.encode_to_vec());
+        let computed_at = record
+            .card
+            .as_ref()
+            .map_or_else(Utc::now, |c| c.computed_at);
+        let options = self.options();
+        let write = write
+            .set(FIELD_CARD, encoded.clone())
+            .set(FIELD_ENGINE, record.encode())
+            .keep_history(
+                HistoryEntry {
+                    at_us: computed_at.timestamp_micros(),
+                    version,
+                    payload: encoded,
+                },
+                HistoryLimits {
+                    keep_since_us: (computed_at - options.history_retention).timestamp_micros(),
+                    max_versions: options.history_max_versions,
+                },
+            );
+        Ok(Update::WriteAndPublish(
+            write,
+            streams::RATES,
+            ratemesh_contract::rate::rate_changed(card, computed_at),
+            Outcome {
+                changed: true,
+                published: Some(version),
+            },
+        ))
     }
 
     /// The card to publish, if the record's current card differs from the published one

@@ -22,6 +22,7 @@ pub mod wire;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use ratemesh_bus::Update;
 use ratemesh_core::{Override, OverrideKind, OverrideScope, Sku, find_conflicts, input};
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::override_service_server::OverrideService;
@@ -113,104 +114,94 @@ impl OverridesApi {
             .map_err(ApiError::InvalidArgument)?;
         self.check_pin(&value).await?;
         let key = scope_key(&value.scope);
-        let mut replaced: Vec<Stored> = Vec::new();
-        for attempt in 0.. {
-            if attempt == 16 {
-                return Err(ApiError::unavailable(format!(
-                    "overrides of {key} are changing too fast; try again"
-                )));
-            }
-            let (ids, index_version) = store::scope_ids(&self.engine, &key).await?;
-            let live: Vec<Stored> = store::load_many(&self.engine, &ids)
-                .await?
-                .into_iter()
-                .filter(|s| s.is_live(now))
-                .collect();
-            let mut candidates: Vec<Override> = live.iter().map(|s| s.value.clone()).collect();
-            candidates.push(value.clone());
-            let conflicts: Vec<_> = find_conflicts(&candidates)
-                .into_iter()
-                .filter(|c| c.first == value.id || c.second == value.id)
-                .collect();
-            if !conflicts.is_empty() && !req.replace_conflicting {
-                let list = conflicts
+        // The index write serialises sets on one scope: a set that lost the race to
+        // another checks again against what that one stored.
+        let replace_conflicting = req.replace_conflicting;
+        let replaced = store::update_scope_ids(&self.engine, &key, |ids| {
+            let (value, key) = (&value, &key);
+            async move {
+                let live: Vec<Stored> = store::load_many(&self.engine, &ids)
+                    .await?
+                    .into_iter()
+                    .filter(|s| s.is_live(now))
+                    .collect();
+                let mut candidates: Vec<Override> =
+                    live.iter().map(|s| s.value.clone()).collect();
+                candidates.push(value.clone());
+                let conflicts: Vec<_> = find_conflicts(&candidates)
+                    .into_iter()
+                    .filter(|c| c.first == value.id || c.second == value.id)
+                    .collect();
+                if !conflicts.is_empty() && !replace_conflicting {
+                    let list = conflicts
+                        .iter()
+                        .map(|c| {
+                            let other = if c.first == value.id {
+                                &c.second
+                            } else {
+                                &c.first
+                            };
+                            Conflict {
+                                kind: "OVERRIDE_CONFLICT".into(),
+                                subject: other.clone(),
+                                description: c.text(),
+                            }
+                        })
+                        .collect::<Vec<_>>();
+                    return Err(ApiError::FailedPrecondition {
+                        message: format!(
+                            "override conflicts with {} existing override(s) on {key}; clear them or set replace_conflicting",
+                            list.len()
+                        ),
+                        conflicts: list,
+                    });
+                }
+                let conflicting: Vec<&String> = conflicts
                     .iter()
                     .map(|c| {
-                        let other = if c.first == value.id {
+                        if c.first == value.id {
                             &c.second
                         } else {
                             &c.first
-                        };
-                        Conflict {
-                            kind: "OVERRIDE_CONFLICT".into(),
-                            subject: other.clone(),
-                            description: c.text(),
                         }
                     })
-                    .collect::<Vec<_>>();
-                return Err(ApiError::FailedPrecondition {
-                    message: format!(
-                        "override conflicts with {} existing override(s) on {key}; clear them or set replace_conflicting",
-                        list.len()
-                    ),
-                    conflicts: list,
-                });
+                    .collect();
+                let replaced: Vec<Stored> = live
+                    .iter()
+                    .filter(|s| conflicting.contains(&&s.value.id))
+                    .cloned()
+                    .collect();
+                // Every id stays indexed (cleared and ended ones too): listings with
+                // include_inactive and the audit trail of a scope read them from here.
+                let mut next_ids = ids;
+                next_ids.push(value.id.clone());
+                Ok((next_ids, replaced))
             }
-            let conflicting: Vec<&String> = conflicts
-                .iter()
-                .map(|c| {
-                    if c.first == value.id {
-                        &c.second
-                    } else {
-                        &c.first
-                    }
-                })
-                .collect();
-            replaced = live
-                .iter()
-                .filter(|s| conflicting.contains(&&s.value.id))
-                .cloned()
-                .collect();
-            // Every id stays indexed (cleared and ended ones too): listings with
-            // include_inactive and the audit trail of a scope read them from here.
-            let mut next_ids = ids;
-            next_ids.push(value.id.clone());
-            match store::write_scope_ids(&self.engine, &key, &next_ids, index_version).await {
-                Ok(()) => break,
-                Err(ratemesh_bus::BusError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        })
+        .await?;
         let mut events = Vec::new();
         let mut replaced_out = Vec::new();
         for old in &replaced {
             let reason = format!("replaced by override {}: {}", value.id, value.reason);
-            let mut current = old.clone();
             // A concurrent clear of the replaced override is fine: it is cleared either way.
-            for _ in 0..8 {
-                match store::clear(
-                    &self.engine,
-                    &current,
-                    v1::OverrideAction::Replace,
-                    &author,
-                    &reason,
-                    now,
-                )
-                .await
-                {
-                    Ok(done) => {
-                        replaced_out.push(done.to_proto(now));
-                        events.push(store::clear_event(&old.value, now));
-                        break;
-                    }
-                    Err(ratemesh_bus::BusError::Conflict { .. }) => {
-                        match store::load(&self.engine, &old.value.id).await? {
-                            Some(s) if s.meta.cleared_at.is_none() => current = s,
-                            _ => break,
-                        }
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+            let done = store::update(&self.engine, &old.value.id, |current, write| {
+                Ok::<_, ApiError>(match current {
+                    Some(current) if current.meta.cleared_at.is_none() => store::clear(
+                        &current,
+                        write,
+                        v1::OverrideAction::Replace,
+                        &author,
+                        &reason,
+                        now,
+                    )
+                    .map(Some),
+                    _ => Update::Keep(None),
+                })
+            })
+            .await?;
+            if let Some(done) = done {
+                replaced_out.push(done.to_proto(now));
+                events.push(store::clear_event(&old.value, now));
             }
         }
         let stored = store::insert(&self.engine, &value, now).await?;
@@ -257,50 +248,42 @@ impl OverridesApi {
             return Err(ApiError::InvalidArgument(violations));
         }
         let now = Utc::now();
-        for _ in 0..16 {
-            let Some(current) = store::load(&self.engine, &req.id).await? else {
+        let (done, cleared) = store::update(&self.engine, &req.id, |current, write| {
+            let Some(current) = current else {
                 return Err(ApiError::NotFound {
                     what: "override",
                     key: req.id.clone(),
                 });
             };
             if !current.is_live(now) {
-                return Ok(v1::ClearOverrideResponse {
-                    cleared: Some(current.to_proto(now)),
-                });
+                return Ok(Update::Keep((current, false)));
             }
-            match store::clear(
-                &self.engine,
+            Ok(store::clear(
                 &current,
+                write,
                 v1::OverrideAction::Clear,
                 &author,
                 reason,
                 now,
             )
+            .map(|done| (done, true)))
+        })
+        .await?;
+        if cleared {
+            let event = store::clear_event(&done.value, now);
+            store::take_effect(
+                &self.engine,
+                &done.value.scope,
+                &[event],
+                self.recompute_timeout,
+            )
             .await
-            {
-                Ok(done) => {
-                    let event = store::clear_event(&current.value, now);
-                    store::take_effect(
-                        &self.engine,
-                        &current.value.scope,
-                        &[event],
-                        self.recompute_timeout,
-                    )
-                    .await
-                    .map_err(|e| ApiError::Internal(e.to_string()))?;
-                    tracing::info!(id = %req.id, author = %author, "override cleared");
-                    return Ok(v1::ClearOverrideResponse {
-                        cleared: Some(done.to_proto(now)),
-                    });
-                }
-                Err(ratemesh_bus::BusError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            tracing::info!(id = %req.id, author = %author, "override cleared");
         }
-        Err(ApiError::unavailable(
-            "the override is changing too fast; try again",
-        ))
+        Ok(v1::ClearOverrideResponse {
+            cleared: Some(done.to_proto(now)),
+        })
     }
 
     /// The overrides a SKU and/or category filter can see.

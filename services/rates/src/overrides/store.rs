@@ -14,7 +14,7 @@
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use prost::Message;
-use ratemesh_bus::{BusError, StateRecord, StateWrite};
+use ratemesh_bus::{BusError, StateRecord, StateWrite, Update};
 use ratemesh_contract::overrides::{override_changed, override_from_proto, override_to_proto};
 use ratemesh_contract::streams;
 use ratemesh_core::{Event, Override, OverrideScope};
@@ -130,23 +130,34 @@ pub async fn scope_ids(engine: &Engine, key: &str) -> Result<(Vec<String>, u64),
     }
 }
 
-/// Replaces the ids of a scope if the index is still at `version`.
-pub async fn write_scope_ids(
+/// Read-modify-write of a scope's id index through [`ratemesh_bus::Bus::update_state`]:
+/// `change` gets the ids indexed now and returns the ids to store, with the value to
+/// answer; it is asked again with the new ids when another writer got in first.
+pub async fn update_scope_ids<T, E, F, Fut>(
     engine: &Engine,
     key: &str,
-    ids: &[String],
-    version: u64,
-) -> Result<(), BusError> {
-    let json = serde_json::to_vec(ids).unwrap_or_default();
+    mut change: F,
+) -> Result<T, E>
+where
+    E: From<BusError>,
+    F: FnMut(Vec<String>) -> Fut,
+    Fut: Future<Output = Result<(Vec<String>, T), E>>,
+{
     engine
         .bus()
-        .write_state(
-            StateWrite::new(SCOPE_NAMESPACE, key)
-                .expect_version(version)
-                .set(FIELD_IDS, json),
-        )
+        .update_state(SCOPE_NAMESPACE, key, |record, write| {
+            let ids = record
+                .and_then(|r| r.fields.get(FIELD_IDS).cloned())
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            let changed = change(ids);
+            async move {
+                let (ids, value) = changed.await?;
+                let json = serde_json::to_vec(&ids).unwrap_or_default();
+                Ok(Update::Write(write.set(FIELD_IDS, json), value))
+            }
+        })
         .await
-        .map(|_| ())
 }
 
 /// Every stored override (a scan; merchandiser-scale data).
@@ -182,22 +193,40 @@ pub async fn load_many(engine: &Engine, ids: &[String]) -> Result<Vec<Stored>, B
     Ok(out)
 }
 
-/// Records a change: rewrites the override's record (CAS on `expect`) with `meta`, appends
-/// the audit entry and publishes `OverrideChanged`, atomically.
+/// Read-modify-write of override `id` through [`ratemesh_bus::Bus::update_state`]:
+/// `change` gets the stored override (`None`: there is none) and the write bound to the
+/// version read, and says what to do ([`clear`] makes the change that clears it); it is
+/// asked again with the new record when another writer got in first.
+pub async fn update<T, E, F>(engine: &Engine, id: &str, mut change: F) -> Result<T, E>
+where
+    E: From<BusError>,
+    F: FnMut(Option<Stored>, StateWrite) -> Result<Update<T>, E>,
+{
+    engine
+        .bus()
+        .update_state(NAMESPACE, id, |record, write| {
+            let stored = record.as_ref().and_then(Stored::from_record);
+            std::future::ready(change(stored, write))
+        })
+        .await
+}
+
+/// Records a change in `write` (to the override's record): rewrites the record with
+/// `meta` and appends the audit entry; returns it with the `OverrideChanged` to publish
+/// in the same atomic step.
 #[allow(clippy::too_many_arguments)]
-async fn record_change(
-    engine: &Engine,
+fn change_of(
+    write: StateWrite,
     value: &Override,
     meta: &OverrideMeta,
     mut audit: Vec<v1::OverrideAuditEntry>,
-    expect: u64,
     action: v1::OverrideAction,
     before: Option<v1::Override>,
     after: v1::Override,
     author: &str,
     reason: &str,
     at: DateTime<Utc>,
-) -> Result<(), BusError> {
+) -> (StateWrite, ratemesh_bus::Event) {
     audit.push(v1::OverrideAuditEntry {
         at: Some(timestamp(at)),
         author: author.to_owned(),
@@ -209,8 +238,7 @@ async fn record_change(
     let mut stored = override_to_proto(value);
     stored.created_at = meta.created_at.map(timestamp);
     let event = override_changed(action, before, after, author, reason, at);
-    let write = StateWrite::new(NAMESPACE, value.id.as_str())
-        .expect_version(expect)
+    let write = write
         .set(FIELD_OVERRIDE, Bytes::from(stored.encode_to_vec()))
         .set(FIELD_META, serde_json::to_vec(meta).unwrap_or_default())
         .set(
@@ -223,11 +251,7 @@ async fn record_change(
                 .encode_to_vec(),
             ),
         );
-    engine
-        .bus()
-        .write_state_and_publish(write, streams::OVERRIDES, event)
-        .await
-        .map(|_| ())
+    (write, event)
 }
 
 /// Stores a new override (its id must be new) and publishes SET.
@@ -247,58 +271,58 @@ pub async fn insert(
         version: 0,
     };
     let after = stored.to_proto(at);
-    record_change(
-        engine,
+    let (write, event) = change_of(
+        StateWrite::new(NAMESPACE, value.id.as_str()).expect_version(0),
         value,
         &meta,
         Vec::new(),
-        0,
         v1::OverrideAction::Set,
         None,
         after,
         &value.author,
         &value.reason,
         at,
-    )
-    .await?;
+    );
+    engine
+        .bus()
+        .write_state_and_publish(write, streams::OVERRIDES, event)
+        .await?;
     Ok(Stored {
         version: 1,
         ..stored
     })
 }
 
-/// Marks an override cleared at `at` (CLEAR or REPLACE) and publishes it. Returns the
-/// stored override after the change; a conflict means someone changed it meanwhile.
-pub async fn clear(
-    engine: &Engine,
+/// The change (for [`update`], with its `write`) that marks `current` cleared at `at`
+/// (CLEAR or REPLACE) and publishes it; its value is the stored override after it.
+pub fn clear(
     current: &Stored,
+    write: StateWrite,
     action: v1::OverrideAction,
     author: &str,
     reason: &str,
     at: DateTime<Utc>,
-) -> Result<Stored, BusError> {
+) -> Update<Stored> {
     let before = current.to_proto(at);
     let mut meta = current.meta.clone();
     meta.cleared_at = Some(at);
     let mut next = current.clone();
     next.meta = meta.clone();
     let after = next.to_proto(at);
-    record_change(
-        engine,
+    let (write, event) = change_of(
+        write,
         &current.value,
         &meta,
         current.audit.clone(),
-        current.version,
         action,
         Some(before),
         after,
         author,
         reason,
         at,
-    )
-    .await?;
+    );
     next.version += 1;
-    Ok(next)
+    Update::WriteAndPublish(write, streams::OVERRIDES, event, next)
 }
 
 /// The core event that folds `stored`'s current lifecycle into a SKU's or the category
@@ -343,16 +367,16 @@ pub async fn take_effect(
 /// EXPIRE and recomputes what it applied to. Nothing happens if it was cleared, already
 /// expired, or moved.
 pub async fn expire(engine: &Engine, id: &str, at: DateTime<Utc>) -> Result<(), EngineError> {
-    for _ in 0..16 {
-        let Some(current) = load(engine, id).await? else {
-            return Ok(());
+    let expired = update(engine, id, |current, write| {
+        let Some(current) = current else {
+            return Ok::<_, EngineError>(Update::Keep(None));
         };
         if current.meta.cleared_at.is_some()
             || current.meta.expired
             || current.value.ends_at.map(crate::engine::timers::ceil_ms)
                 != Some(at.timestamp_millis())
         {
-            return Ok(());
+            return Ok(Update::Keep(None));
         }
         let before = current.to_proto(at - chrono::TimeDelta::milliseconds(1));
         let mut meta = current.meta.clone();
@@ -360,37 +384,37 @@ pub async fn expire(engine: &Engine, id: &str, at: DateTime<Utc>) -> Result<(), 
         let mut next = current.clone();
         next.meta = meta.clone();
         let after = next.to_proto(at);
-        match record_change(
-            engine,
+        let (write, event) = change_of(
+            write,
             &current.value,
             &meta,
             current.audit.clone(),
-            current.version,
             v1::OverrideAction::Expire,
             Some(before),
             after,
             SYSTEM,
             "",
             at,
+        );
+        Ok(Update::WriteAndPublish(
+            write,
+            streams::OVERRIDES,
+            event,
+            Some(current.value),
+        ))
+    })
+    .await?;
+    if let Some(value) = expired {
+        let event = clear_event(&value, at);
+        take_effect(
+            engine,
+            &value.scope,
+            &[event],
+            std::time::Duration::from_secs(3600),
         )
-        .await
-        {
-            Ok(()) => {
-                let event = clear_event(&current.value, at);
-                take_effect(
-                    engine,
-                    &current.value.scope,
-                    &[event],
-                    std::time::Duration::from_secs(3600),
-                )
-                .await?;
-                return Ok(());
-            }
-            Err(BusError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
+        .await?;
     }
-    Err(EngineError::Contended(format!("override/{id}")))
+    Ok(())
 }
 
 /// Loads the category overrides into the engine's book (at start), as the events that
