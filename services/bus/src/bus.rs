@@ -620,23 +620,50 @@ enum ConsumerInner {
 /// A member of a consumer group. Cheap to clone (clones are the same consumer), so acks
 /// can be sent from the tasks that do the work.
 ///
+/// Each partition is read by one member at a time (a lease per partition, see
+/// [`crate::lease`]), so a key's entries reach the group in stream order whatever the
+/// number of members. Ask for the next batch only once the previous one is settled:
+/// partitions change hands between batches.
+///
 /// At-least-once: handle a batch, commit its effect, then [`Consumer::ack`]. Entries not
-/// acked (the process died, the handler hung) are taken over by any consumer of the group
-/// once idle for `reclaim_idle`, with their delivery count raised; after `max_deliveries`
-/// they go to the dead-letter stream.
+/// acked are delivered again to the partition's owner once idle for `reclaim_idle`, or
+/// taken over first thing by the next owner if the owner died or left, with their
+/// delivery count raised; after `max_deliveries` they go to the dead-letter stream.
 #[derive(Clone)]
 pub struct Consumer {
     inner: Arc<ConsumerInner>,
 }
 
 impl Consumer {
-    /// The next entries for this consumer: idle entries reclaimed from others first, then
-    /// new ones. Waits up to `read_block` and returns an empty batch if nothing came, so
-    /// the caller can check for shutdown.
+    /// The next entries for this consumer, from the partitions it owns: the previous
+    /// owner's unacknowledged entries of a partition just taken first, then its own idle
+    /// ones, then new ones. Waits up to `read_block` and returns an empty batch if nothing
+    /// came, so the caller can check for shutdown.
     pub async fn next_batch(&self) -> BusResult<Vec<Delivery>> {
         match &*self.inner {
             ConsumerInner::Memory(c) => Ok(c.next_batch().await),
             ConsumerInner::Redis(c) => c.next_batch().await,
+        }
+    }
+
+    /// The partitions this consumer owns as of its last batch.
+    pub fn owned_partitions(&self) -> Vec<u32> {
+        match &*self.inner {
+            ConsumerInner::Memory(c) => c.owned_partitions(),
+            ConsumerInner::Redis(c) => c.owned_partitions(),
+        }
+    }
+
+    /// Leaves the group: gives up every partition at once, so the other members take them
+    /// over at their next refresh instead of after `lease_ttl`. Settle what was delivered
+    /// first; anything unacknowledged is taken over by the next owner.
+    pub async fn leave(&self) -> BusResult<()> {
+        match &*self.inner {
+            ConsumerInner::Memory(c) => {
+                c.leave();
+                Ok(())
+            }
+            ConsumerInner::Redis(c) => c.leave().await,
         }
     }
 

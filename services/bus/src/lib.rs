@@ -50,6 +50,7 @@ mod clock;
 pub mod cursor;
 pub mod entry;
 pub mod error;
+pub mod lease;
 mod memory;
 mod names;
 pub mod options;

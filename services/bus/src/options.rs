@@ -21,6 +21,11 @@ pub struct BusOptions {
     pub read_block: Duration,
     /// Most entries returned by one read, per partition.
     pub batch_size: usize,
+    /// How long a consumer's partition leases and group membership last without renewal
+    /// (see [`crate::lease`]): a partition whose owner died is taken over within this
+    /// plus a quarter of it. Consumers renew between batches, so it must exceed the
+    /// longest time a consumer spends handling one batch.
+    pub lease_ttl: Duration,
 }
 
 impl Default for BusOptions {
@@ -31,6 +36,7 @@ impl Default for BusOptions {
             reclaim_idle: Duration::from_secs(30),
             read_block: Duration::from_secs(1),
             batch_size: 128,
+            lease_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -54,6 +60,9 @@ impl BusOptions {
         }
         if self.reclaim_idle.is_zero() {
             return bad("reclaim_idle must be positive");
+        }
+        if self.lease_ttl < Duration::from_millis(20) {
+            return bad("lease_ttl must be at least 20 ms");
         }
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1");

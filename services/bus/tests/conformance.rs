@@ -31,6 +31,7 @@ fn test_opts() -> BusOptions {
         reclaim_idle: Duration::from_millis(150),
         read_block: Duration::from_millis(100),
         batch_size: 64,
+        lease_ttl: Duration::from_millis(400),
     }
 }
 
@@ -170,6 +171,140 @@ async fn abandoned_entries_are_reclaimed_by_another_consumer(kind: Kind) {
     survivor.ack(&reclaimed).await.unwrap();
     let stats = bus.stream_stats("stock", "rates").await.unwrap();
     assert_eq!((stats.pending, stats.backlog), (0, 0));
+}
+
+/// Members of a group split the partitions between them and each partition is read by one
+/// member at a time, so every key's entries reach the group in stream order — also across
+/// the hand-over when a second member joins mid-stream.
+async fn each_partition_is_read_by_one_member_at_a_time(kind: Kind) {
+    // Small batches, so a partition's backlog spans many of them, and members of unequal
+    // speed: were a partition read by both, the fast one would overtake the slow one.
+    let f = fixture_with(
+        kind,
+        BusOptions {
+            batch_size: 8,
+            ..test_opts()
+        },
+    )
+    .await;
+    let bus = f.bus.clone();
+    let keys: Vec<String> = (0..40).map(|i| format!("SKU-{i}")).collect();
+    let rounds = 10u64;
+    let total = keys.len() * rounds as usize;
+    let log: Arc<std::sync::Mutex<Vec<Delivery>>> = Arc::default();
+    let done = Arc::new(AtomicBool::new(false));
+    let member = |name: &'static str, pace: Duration| {
+        let (bus, log, done) = (bus.clone(), log.clone(), done.clone());
+        tokio::spawn(async move {
+            let consumer = bus.consumer("stock", "rates", name).await.unwrap();
+            while !done.load(Ordering::SeqCst) {
+                let batch = consumer.next_batch().await.unwrap();
+                if !batch.is_empty() {
+                    tokio::time::sleep(pace).await;
+                }
+                log.lock().unwrap().extend(batch.iter().cloned());
+                consumer.ack(&batch).await.unwrap();
+            }
+            consumer.owned_partitions()
+        })
+    };
+    let publish = |from: u64, to: u64| {
+        let (bus, keys) = (bus.clone(), keys.clone());
+        async move {
+            for round in from..to {
+                let batch = keys
+                    .iter()
+                    .map(|k| Event::new(k.clone(), round.to_string()))
+                    .collect();
+                bus.publish_batch("stock", batch).await.unwrap();
+            }
+        }
+    };
+    let a = member("a", Duration::from_millis(15));
+    publish(0, 3).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let b = member("b", Duration::from_millis(1));
+    publish(3, rounds).await;
+    let end = Instant::now() + Duration::from_secs(10);
+    while log.lock().unwrap().len() < total {
+        assert!(
+            Instant::now() < end,
+            "only {} of {total} delivered",
+            log.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the partitions settle: both members hold half.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    done.store(true, Ordering::SeqCst);
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert_eq!((a.len(), b.len()), (2, 2), "a owns {a:?}, b owns {b:?}");
+    assert!(
+        a.iter().all(|p| !b.contains(p)),
+        "a owns {a:?}, b owns {b:?}"
+    );
+
+    let log = log.lock().unwrap();
+    let ids: HashSet<_> = log.iter().map(|d| (d.partition, d.id)).collect();
+    assert_eq!(
+        (log.len(), ids.len()),
+        (total, total),
+        "each entry exactly once"
+    );
+    let mut seen: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for d in log.iter() {
+        seen.entry(d.key.as_str()).or_default().push(payload_u64(d));
+    }
+    for (key, rounds_seen) in seen {
+        assert!(
+            rounds_seen.windows(2).all(|w| w[0] < w[1]),
+            "{key} reached the group out of order: {rounds_seen:?}"
+        );
+    }
+}
+
+/// A member that leaves hands its partitions, and the entries it did not acknowledge, to
+/// the others at their next refresh — without waiting for its leases to lapse.
+async fn a_leaving_member_hands_its_partitions_over_at_once(kind: Kind) {
+    let lease_ttl = Duration::from_secs(2);
+    let f = fixture_with(
+        kind,
+        BusOptions {
+            lease_ttl,
+            ..test_opts()
+        },
+    )
+    .await;
+    let bus = &f.bus;
+    let leaving = bus.consumer("stock", "rates", "leaving").await.unwrap();
+    let staying = bus.consumer("stock", "rates", "staying").await.unwrap();
+    for i in 0..12u64 {
+        bus.publish("stock", Event::new(format!("SKU-{i}"), i.to_string()))
+            .await
+            .unwrap();
+    }
+    let taken = collect_until(&leaving, Duration::from_secs(5), |g| g.len() >= 12).await;
+    assert!(
+        staying.next_batch().await.unwrap().is_empty(),
+        "every partition is taken"
+    );
+    let (acked, unacked) = taken.split_at(5);
+    leaving.ack(acked).await.unwrap();
+    leaving.leave().await.unwrap();
+    let left_at = Instant::now();
+    assert!(leaving.owned_partitions().is_empty());
+
+    let handed = collect_until(&staying, Duration::from_secs(5), |g| g.len() >= 7).await;
+    assert!(
+        left_at.elapsed() < lease_ttl,
+        "took {:?}: waited for the lease to lapse",
+        left_at.elapsed()
+    );
+    let want: BTreeSet<_> = unacked.iter().map(|d| (d.partition, d.id)).collect();
+    let got: BTreeSet<_> = handed.iter().map(|d| (d.partition, d.id)).collect();
+    assert_eq!(got, want);
+    assert!(handed.iter().all(|d| d.delivery_count == 2));
+    assert_eq!(staying.owned_partitions(), vec![0, 1, 2, 3]);
 }
 
 async fn nacked_entries_are_dead_lettered_with_their_error_and_replayable(kind: Kind) {
@@ -1222,6 +1357,8 @@ macro_rules! conformance {
 conformance!(
     order_within_partition,
     abandoned_entries_are_reclaimed_by_another_consumer,
+    each_partition_is_read_by_one_member_at_a_time,
+    a_leaving_member_hands_its_partitions_over_at_once,
     nacked_entries_are_dead_lettered_with_their_error_and_replayable,
     unacked_entries_are_dead_lettered_after_max_deliveries,
     idempotency_keys_store_the_first_outcome,

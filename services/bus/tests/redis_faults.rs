@@ -28,6 +28,7 @@ async fn acknowledged_publishes_survive_kill_9_and_clients_recover() {
         max_deliveries: 100,
         reclaim_idle: Duration::from_millis(500),
         read_block: Duration::from_millis(100),
+        lease_ttl: Duration::from_millis(500),
         batch_size: 256,
     };
     let bus = Bus::redis(&server.url(), &server.unique_prefix(), opts)

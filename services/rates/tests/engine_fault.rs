@@ -44,6 +44,7 @@ async fn an_aborted_consumer_loses_nothing_and_cards_equal_the_offline_replay() 
         max_deliveries: 10,
         reclaim_idle: Duration::from_millis(400),
         read_block: Duration::from_millis(50),
+        lease_ttl: Duration::from_millis(500),
         batch_size: 64,
     };
     let bus = Bus::redis(&redis.url(), &redis.unique_prefix(), options)

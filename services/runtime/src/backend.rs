@@ -9,6 +9,7 @@ use crate::settings::Settings;
 pub fn bus_options(settings: &Settings) -> BusOptions {
     let mut options = BusOptions::embedded();
     options.partitions = u32::from(settings.redis.partitions);
+    options.lease_ttl = std::time::Duration::from_millis(settings.redis.partition_lease_ms);
     options
 }
 

@@ -123,12 +123,22 @@ where
         r.set(true);
     }
     tracing::info!(stream = spec.stream, group = spec.group, consumer = %spec.name, "consumer started");
+    let mut owned = Vec::new();
     loop {
         let batch = tokio::select! {
             biased;
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => {
+                leave(&consumer, &spec).await;
+                return Ok(());
+            }
             b = consumer.next_batch() => b,
         };
+        let now_owned = consumer.owned_partitions();
+        if now_owned != owned {
+            metrics::gauge!("ratemesh_consumer_partitions_owned", "stream" => spec.stream, "group" => spec.group)
+                .set(now_owned.len() as f64);
+            owned = now_owned;
+        }
         let batch = match batch {
             Ok(b) => {
                 if let Some(r) = &readiness {
@@ -156,6 +166,21 @@ where
 }
 
 /// Nacks the failures and acks the rest, counting both.
+/// Gives this consumer's partitions up at shutdown, so the other replicas take them over
+/// at once rather than after the lease lapses.
+async fn leave(consumer: &Consumer, spec: &ConsumerSpec) {
+    match consumer.leave().await {
+        Ok(()) => tracing::info!(
+            stream = spec.stream,
+            group = spec.group,
+            "left the consumer group"
+        ),
+        Err(e) => {
+            tracing::warn!(stream = spec.stream, group = spec.group, error = %e, "leaving the consumer group failed; its partitions move when the leases lapse")
+        }
+    }
+}
+
 async fn settle(consumer: &Consumer, spec: &ConsumerSpec, settled: Settled) {
     for (d, error) in &settled.nack {
         metrics::counter!("ratemesh_consumer_entries_total", "stream" => spec.stream, "group" => spec.group, "outcome" => "failed")

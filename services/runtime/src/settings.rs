@@ -505,6 +505,9 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// Number of stream partitions.
     pub partitions: u16,
+    /// How long a consumer's hold on a stream partition lasts without renewal: a replica
+    /// that dies or hangs has its partitions taken over within this plus a quarter of it.
+    pub partition_lease_ms: u64,
 }
 
 impl RedisSettings {
@@ -526,6 +529,7 @@ impl fmt::Debug for RedisSettings {
             .field("url", &self.redacted_url())
             .field("key_prefix", &self.key_prefix)
             .field("partitions", &self.partitions)
+            .field("partition_lease_ms", &self.partition_lease_ms)
             .finish()
     }
 }
@@ -804,6 +808,12 @@ impl Settings {
                 "must be between 1 and 1024",
             ));
         }
+        if !(1_000..=600_000).contains(&r.partition_lease_ms) {
+            return Err(SettingsError::new(
+                "redis.partition_lease_ms",
+                "must be between 1000 and 600000",
+            ));
+        }
 
         let t = &self.telemetry;
         if !(0.0..=1.0).contains(&t.sample_ratio) {
@@ -1016,6 +1026,11 @@ mod tests {
                 "server.request_timeout_ms",
             ),
             ("RATEMESH__REDIS__PARTITIONS", "0", "redis.partitions"),
+            (
+                "RATEMESH__REDIS__PARTITION_LEASE_MS",
+                "10",
+                "redis.partition_lease_ms",
+            ),
             ("RATEMESH__REDIS__URL", "http://x", "redis.url"),
             (
                 "RATEMESH__TELEMETRY__SAMPLE_RATIO",

@@ -16,7 +16,7 @@ mod state;
 mod streams;
 mod timers;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use bytes::Bytes;
 use crate::cursor::Cursor;
 use crate::entry::{Appended, DeadLetter, DeadLetterRef, Delivery, EntryId, Event, NackOutcome};
 use crate::error::BusResult;
+use crate::lease::Ownership;
 use crate::options::BusOptions;
 use crate::partition::partition_of;
 use crate::state::{
@@ -104,6 +105,7 @@ impl MemoryBackend {
             group: group.to_owned(),
             name: Arc::from(name),
             opts: self.opts.clone(),
+            ownership: Mutex::new(Ownership::default()),
             last_reclaim: Mutex::new(None),
             rotation: AtomicUsize::new(0),
         }
@@ -238,6 +240,7 @@ pub(crate) struct MemoryConsumer {
     group: String,
     name: Arc<str>,
     opts: BusOptions,
+    ownership: Mutex<Ownership>,
     last_reclaim: Mutex<Option<Instant>>,
     /// Rotates the partition read first, so one busy partition cannot starve the others.
     rotation: AtomicUsize,
@@ -253,13 +256,69 @@ impl MemoryConsumer {
             }
             *last = Some(now);
         }
+        let owned: BTreeMap<u32, EntryId> = lock(&self.ownership)
+            .owned
+            .iter()
+            .map(|p| (*p, EntryId::ZERO))
+            .collect();
         self.stream.reclaim(
             &self.group,
             &self.name,
             self.opts.reclaim_idle,
             u64::from(self.opts.max_deliveries),
             self.opts.batch_size,
+            &owned,
         )
+    }
+
+    /// Renews membership and leases when due, and takes over the pending entries of
+    /// partitions just taken; returns those entries (oldest first per partition).
+    fn own_partitions(&self, now: Instant) -> Vec<Delivery> {
+        let ttl = self.opts.lease_ttl;
+        if lock(&self.ownership).due(now, ttl) {
+            let held = self
+                .stream
+                .lease_refresh(&self.group, &self.name, ttl, false);
+            lock(&self.ownership).update(held, now, self.stream.name(), &self.group);
+        }
+        let taking_over = lock(&self.ownership).taking_over.clone();
+        if taking_over.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (p, after) in taking_over {
+            let pending = self.stream.reclaim(
+                &self.group,
+                &self.name,
+                Duration::ZERO,
+                u64::from(self.opts.max_deliveries),
+                self.opts.batch_size,
+                &BTreeMap::from([(p, after)]),
+            );
+            let mut ownership = lock(&self.ownership);
+            match pending.last() {
+                Some(last) => {
+                    ownership.taking_over.insert(p, last.id);
+                }
+                None => {
+                    ownership.taking_over.remove(&p);
+                }
+            }
+            out.extend(pending);
+        }
+        out
+    }
+
+    /// The partitions this consumer holds.
+    pub(crate) fn owned_partitions(&self) -> Vec<u32> {
+        lock(&self.ownership).owned.iter().copied().collect()
+    }
+
+    /// Gives up membership and every lease, so the others take over at their next refresh.
+    pub(crate) fn leave(&self) {
+        self.stream
+            .lease_refresh(&self.group, &self.name, self.opts.lease_ttl, true);
+        lock(&self.ownership).clear();
     }
 
     fn next_reclaim_at(&self) -> Instant {
@@ -273,14 +332,19 @@ impl MemoryConsumer {
             let notified = self.stream.appended.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let taken_over = self.own_partitions(Instant::now());
+            if !taken_over.is_empty() {
+                return taken_over;
+            }
             let reclaimed = self.reclaim_if_due(Instant::now());
             if !reclaimed.is_empty() {
                 return reclaimed;
             }
             let start = self.rotation.fetch_add(1, Ordering::Relaxed);
-            let fresh = self
-                .stream
-                .read_new(&self.group, &self.name, self.opts.batch_size, start);
+            let owned = lock(&self.ownership).owned.clone();
+            let fresh =
+                self.stream
+                    .read_new(&self.group, &self.name, self.opts.batch_size, start, &owned);
             if !fresh.is_empty() {
                 return fresh;
             }
@@ -288,7 +352,11 @@ impl MemoryConsumer {
             if now >= deadline {
                 return Vec::new();
             }
-            let wake = deadline.min(self.next_reclaim_at()).max(now);
+            let next_refresh = lock(&self.ownership).next_refresh(self.opts.lease_ttl);
+            let wake = deadline
+                .min(self.next_reclaim_at())
+                .min(next_refresh)
+                .max(now);
             let _ = tokio::time::timeout_at(wake.into(), notified).await;
         }
     }

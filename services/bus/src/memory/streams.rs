@@ -2,7 +2,7 @@
 //! idle reclaim, delivery counts and dead letters — the Redis Streams semantics the
 //! services rely on, behind one mutex per partition.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use crate::clock::unix_ms;
 use crate::cursor::Cursor;
 use crate::entry::{Appended, DeadLetter, DeadLetterRef, Delivery, EntryId, Event, NackOutcome};
+use crate::lease::LeaseBook;
 use crate::state::{Retention, StreamStats};
 
 use super::lock;
@@ -20,6 +21,8 @@ pub(super) struct MemStream {
     name: String,
     pub(super) parts: Vec<std::sync::Mutex<Part>>,
     pub(super) appended: Notify,
+    /// Partition leases per group (see [`crate::lease`]).
+    leases: std::sync::Mutex<HashMap<String, LeaseBook>>,
 }
 
 /// One partition of a stream, with the per-group bookkeeping that concerns its entries.
@@ -135,11 +138,16 @@ fn partition_index(i: usize) -> u32 {
 }
 
 impl MemStream {
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
     pub(super) fn new(name: &str, partitions: u32) -> Self {
         MemStream {
             name: name.to_owned(),
             parts: (0..partitions).map(|_| Default::default()).collect(),
             appended: Notify::new(),
+            leases: Default::default(),
         }
     }
 
@@ -168,19 +176,41 @@ impl MemStream {
         }
     }
 
-    /// Hands out up to `limit` never-delivered entries per partition to `consumer`.
+    /// Renews `consumer`'s membership and leases in `group` (or gives them up when
+    /// `leaving`) and returns the partitions it holds.
+    pub(super) fn lease_refresh(
+        &self,
+        group: &str,
+        consumer: &str,
+        ttl: Duration,
+        leaving: bool,
+    ) -> BTreeSet<u32> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let partitions = u32::try_from(self.parts.len()).unwrap_or(u32::MAX);
+        lock(&self.leases)
+            .entry(group.to_owned())
+            .or_default()
+            .refresh(consumer, unix_ms(), ttl_ms, partitions, leaving)
+    }
+
+    /// Hands out up to `limit` never-delivered entries per partition of `owned` to
+    /// `consumer`.
     pub(super) fn read_new(
         &self,
         group: &str,
         consumer: &Arc<str>,
         limit: usize,
         start: usize,
+        owned: &BTreeSet<u32>,
     ) -> Vec<Delivery> {
         let now = Instant::now();
         let mut out = Vec::new();
         let n = self.parts.len();
         for k in 0..n {
             let i = (start + k) % n;
+            if !owned.contains(&partition_index(i)) {
+                continue;
+            }
             let mut guard = lock(&self.parts[i]);
             let part = &mut *guard;
             let Some(g) = part.groups.get_mut(group) else {
@@ -204,8 +234,9 @@ impl MemStream {
         out
     }
 
-    /// Takes over entries of `group` idle for at least `idle`, dead-lettering those that
-    /// would exceed `max_deliveries`.
+    /// Takes over entries of `group` idle for at least `idle` in the partitions of `from`,
+    /// each scanned after its id there, dead-lettering those that would exceed
+    /// `max_deliveries`.
     pub(super) fn reclaim(
         &self,
         group: &str,
@@ -213,10 +244,14 @@ impl MemStream {
         idle: Duration,
         max_deliveries: u64,
         limit: usize,
+        from: &BTreeMap<u32, EntryId>,
     ) -> Vec<Delivery> {
         let now = Instant::now();
         let mut out = Vec::new();
         for (i, part) in self.parts.iter().enumerate() {
+            let Some(&after) = from.get(&partition_index(i)) else {
+                continue;
+            };
             let mut guard = lock(part);
             let part = &mut *guard;
             let Some(g) = part.groups.get(group) else {
@@ -224,7 +259,7 @@ impl MemStream {
             };
             let idle: Vec<(EntryId, u64, Option<String>)> = g
                 .pending
-                .iter()
+                .range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
                 .filter(|(_, p)| now.saturating_duration_since(p.delivered_at) >= idle)
                 .take(limit)
                 .map(|(id, p)| (*id, p.count, p.error.clone()))

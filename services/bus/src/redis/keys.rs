@@ -15,6 +15,8 @@
 //! | `{<prefix>:p<n>}:sti:<namespace>` | zset | index of state keys (score 0, by lex) |
 //! | `{<prefix>:p<n>}:idem:<scope>:<key>` | string | `p` in progress, `d<outcome>` done |
 //! | `{<prefix>:t:<queue>}` | zset | timers, score = due ms |
+//! | `{<prefix>:l:<stream>:<group>}:m` | zset | consumers of the group, score = expiry ms |
+//! | `{<prefix>:l:<stream>:<group>}:o` | hash | partition → `owner\|expiry ms` (leases) |
 
 use crate::partition::partition_of;
 
@@ -81,6 +83,15 @@ impl Keys {
 
     pub(crate) fn idempotency(&self, scope: &str, key: &str) -> String {
         format!("{}:idem:{scope}:{key}", self.tag(self.partition_of(key)))
+    }
+
+    /// The group's members and partition leases, in one slot so one script updates both.
+    pub(crate) fn lease_members(&self, stream: &str, group: &str) -> String {
+        format!("{{{}:l:{stream}:{group}}}:m", self.prefix)
+    }
+
+    pub(crate) fn lease_owners(&self, stream: &str, group: &str) -> String {
+        format!("{{{}:l:{stream}:{group}}}:o", self.prefix)
     }
 
     pub(crate) fn timers(&self, queue: &str) -> String {

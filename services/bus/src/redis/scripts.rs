@@ -48,6 +48,48 @@ end
 return out
 "#;
 
+/// The lease rule of `crate::lease::LeaseBook::refresh`, on the group's member zset and
+/// lease hash, with the server's clock (replicas' clocks may differ).
+/// KEYS: members, owners. ARGV: me, ttl ms, partitions, leaving (1/0).
+/// Returns the partitions `me` holds.
+const LEASES: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local me, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local leaving = ARGV[4] == '1'
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if leaving then
+  redis.call('ZREM', KEYS[1], me)
+else
+  redis.call('ZADD', KEYS[1], now + ttl, me)
+end
+redis.call('PEXPIRE', KEYS[1], ttl * 4)
+local live = redis.call('ZRANGE', KEYS[1], 0, -1)
+table.sort(live)
+local held = {}
+for p = 0, n - 1 do
+  local wanted = (not leaving) and #live > 0 and live[(p % #live) + 1] == me
+  local cur = redis.call('HGET', KEYS[2], p)
+  local owner, expiry = nil, 0
+  if cur then
+    local bar = string.find(cur, '|', 1, true)
+    owner = string.sub(cur, 1, bar - 1)
+    expiry = tonumber(string.sub(cur, bar + 1))
+  end
+  local free = (not cur) or expiry <= now
+  if wanted then
+    if free or owner == me then
+      redis.call('HSET', KEYS[2], p, me .. '|' .. (now + ttl))
+      held[#held + 1] = p
+    end
+  elseif owner == me and not free then
+    redis.call('HDEL', KEYS[2], p)
+  end
+end
+if #held > 0 then redis.call('PEXPIRE', KEYS[2], ttl * 4) end
+return held
+"#;
+
 /// KEYS: stream, dlq, errors, dead total.
 /// ARGV: group, consumer, id, error, max deliveries, now ms.
 const NACK: &str = r#"
@@ -256,6 +298,7 @@ return r
 /// All scripts, hashed once per backend.
 pub(crate) struct Scripts {
     pub(crate) reclaim: Script,
+    pub(crate) leases: Script,
     pub(crate) nack: Script,
     pub(crate) replay: Script,
     pub(crate) stats: Script,
@@ -272,6 +315,7 @@ impl Scripts {
     pub(crate) fn new() -> Self {
         Scripts {
             reclaim: Script::new(&format!("{DEAD_LETTER_FN}{RECLAIM}")),
+            leases: Script::new(LEASES),
             nack: Script::new(&format!("{DEAD_LETTER_FN}{NACK}")),
             replay: Script::new(REPLAY),
             stats: Script::new(STATS),

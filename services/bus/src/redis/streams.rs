@@ -1,6 +1,7 @@
 //! Streams on Redis: publish, consumer groups with reclaim and dead letters, tails,
 //! trimming that respects groups, and stats.
 
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use crate::clock::{millis_at_least_one, unix_ms};
 use crate::cursor::Cursor;
 use crate::entry::{Appended, DeadLetter, DeadLetterRef, Delivery, EntryId, Event, NackOutcome};
 use crate::error::{BusError, BusResult};
+use crate::lease::Ownership;
 use crate::memory::lock;
 use crate::state::{Retention, StreamStats};
 
@@ -369,6 +371,7 @@ pub(crate) struct RedisConsumer {
     group: String,
     name: String,
     keys: Vec<String>,
+    ownership: Mutex<Ownership>,
     /// `None` = reclaim on the next call.
     last_reclaim: Mutex<Option<Instant>>,
     /// XAUTOCLAIM scan position per partition.
@@ -392,6 +395,7 @@ impl RedisConsumer {
             group: group.to_owned(),
             name: name.to_owned(),
             keys,
+            ownership: Mutex::new(Ownership::default()),
             last_reclaim: Mutex::new(None),
             reclaim_from: Mutex::new(vec!["0-0".to_owned(); partitions]),
             backend,
@@ -403,12 +407,85 @@ impl RedisConsumer {
         move || s
     }
 
-    async fn reclaim(&self) -> BusResult<Vec<Delivery>> {
+    /// Runs the lease script: renews membership and leases (or gives them up when
+    /// `leaving`) and returns the partitions held.
+    async fn refresh_leases(&self, leaving: bool) -> BusResult<BTreeSet<u32>> {
+        let b = &self.backend;
+        let held: Vec<u32> = b
+            .scripts
+            .leases
+            .key(b.keys.lease_members(&self.stream, &self.group))
+            .key(b.keys.lease_owners(&self.stream, &self.group))
+            .arg(&self.name)
+            .arg(u64::try_from(b.opts.lease_ttl.as_millis()).unwrap_or(u64::MAX))
+            .arg(b.opts.partitions)
+            .arg(if leaving { "1" } else { "0" })
+            .invoke_async(&mut b.conn())
+            .await
+            .map_err(|e| b.fail(e, self.during("partition leases")))?;
+        Ok(held.into_iter().collect())
+    }
+
+    /// Renews membership and leases when due, and takes over the pending entries of
+    /// partitions just taken; returns those entries (oldest first per partition).
+    async fn own_partitions(&self) -> BusResult<Vec<Delivery>> {
+        let ttl = self.backend.opts.lease_ttl;
+        if lock(&self.ownership).due(Instant::now(), ttl) {
+            let held = self.refresh_leases(false).await?;
+            lock(&self.ownership).update(held, Instant::now(), &self.stream, &self.group);
+        }
+        let taking_over: Vec<(u32, EntryId)> = lock(&self.ownership)
+            .taking_over
+            .iter()
+            .map(|(p, after)| (*p, *after))
+            .collect();
+        if taking_over.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (parts, starts): (Vec<u32>, Vec<String>) = taking_over
+            .into_iter()
+            .map(|(p, after)| (p, after.to_string()))
+            .unzip();
+        let (out, next) = self.reclaim(&parts, 0, &starts).await?;
+        let mut ownership = lock(&self.ownership);
+        for (p, next) in parts.into_iter().zip(next) {
+            // XAUTOCLAIM answers 0-0 once it has scanned to the end.
+            match next.parse::<EntryId>() {
+                Ok(id) if id != EntryId::ZERO => {
+                    ownership.taking_over.insert(p, id);
+                }
+                _ => {
+                    ownership.taking_over.remove(&p);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The partitions this consumer holds.
+    pub(crate) fn owned_partitions(&self) -> Vec<u32> {
+        lock(&self.ownership).owned.iter().copied().collect()
+    }
+
+    /// Gives up membership and every lease, so the others take over at their next refresh.
+    pub(crate) async fn leave(&self) -> BusResult<()> {
+        self.refresh_leases(true).await?;
+        lock(&self.ownership).clear();
+        Ok(())
+    }
+
+    /// Takes over entries of `parts` idle at least `idle_ms`, scanning each from its entry
+    /// of `starts`; returns them and where each scan continues.
+    async fn reclaim(
+        &self,
+        parts: &[u32],
+        idle_ms: u64,
+        starts: &[String],
+    ) -> BusResult<(Vec<Delivery>, Vec<String>)> {
         let b = &self.backend;
         let opts = &b.opts;
-        let starts = lock(&self.reclaim_from).clone();
         let now = unix_ms();
-        let calls = (0..opts.partitions).map(|p| {
+        let calls = parts.iter().zip(starts).map(|(&p, start)| {
             let mut conn = b.conn();
             let mut inv = b.scripts.reclaim.prepare_invoke();
             inv.key(b.keys.stream(&self.stream, p))
@@ -417,8 +494,8 @@ impl RedisConsumer {
                 .key(b.keys.dead_total(&self.stream, &self.group, p))
                 .arg(&self.group)
                 .arg(&self.name)
-                .arg(millis_at_least_one(opts.reclaim_idle))
-                .arg(starts.get(p as usize).map_or("0-0", String::as_str))
+                .arg(idle_ms)
+                .arg(start)
                 .arg(opts.batch_size)
                 .arg(opts.max_deliveries)
                 .arg(now);
@@ -428,13 +505,13 @@ impl RedisConsumer {
             Ok(r) => r,
             Err(e) if is_nogroup(&e) => {
                 b.create_group(&self.stream, &self.group).await?;
-                return Ok(Vec::new());
+                return Ok((Vec::new(), starts.to_vec()));
             }
             Err(e) => return Err(b.fail(e, self.during("reclaim"))),
         };
         let mut out = Vec::new();
         let mut next = Vec::with_capacity(replies.len());
-        for (p, r) in replies.iter().enumerate() {
+        for (&partition, r) in parts.iter().zip(&replies) {
             let items = reply::items(r).ok_or_else(|| unexpected("reclaim"))?;
             let (first, rest) = items.split_first().ok_or_else(|| unexpected("reclaim"))?;
             next.push(reply::string_of(first).ok_or_else(|| unexpected("reclaim"))?);
@@ -443,21 +520,58 @@ impl RedisConsumer {
                 let count = reply::u64_of(&triple[1]).ok_or_else(|| unexpected("reclaim"))?;
                 let (event, _) =
                     reply::event_of(&triple[2]).ok_or_else(|| unexpected("reclaim"))?;
-                let partition = u32::try_from(p).unwrap_or(u32::MAX);
                 out.push(delivery(&self.stream, partition, id, event, count));
             }
         }
-        *lock(&self.reclaim_from) = next;
+        Ok((out, next))
+    }
+
+    /// Redelivers this consumer's own entries idle past `reclaim_idle` (nacked, or not
+    /// acknowledged by a handler that gave up), in the partitions it owns.
+    async fn reclaim_idle(&self, owned: &[u32]) -> BusResult<Vec<Delivery>> {
+        let starts: Vec<String> = {
+            let from = lock(&self.reclaim_from);
+            owned
+                .iter()
+                .map(|p| {
+                    from.get(*p as usize)
+                        .cloned()
+                        .unwrap_or_else(|| "0-0".to_owned())
+                })
+                .collect()
+        };
+        let idle = millis_at_least_one(self.backend.opts.reclaim_idle);
+        let (out, next) = self.reclaim(owned, idle, &starts).await?;
+        let mut from = lock(&self.reclaim_from);
+        for (p, next) in owned.iter().zip(next) {
+            if let Some(slot) = from.get_mut(*p as usize) {
+                *slot = next;
+            }
+        }
         Ok(out)
     }
 
     pub(crate) async fn next_batch(&self) -> BusResult<Vec<Delivery>> {
+        let taken_over = self.own_partitions().await?;
+        if !taken_over.is_empty() {
+            return Ok(taken_over);
+        }
         let opts = &self.backend.opts;
+        let owned = self.owned_partitions();
+        let next_refresh = lock(&self.ownership).next_refresh(opts.lease_ttl);
+        if owned.is_empty() {
+            // Nothing to read until a refresh hands this consumer a partition.
+            let wait = opts
+                .read_block
+                .min(next_refresh.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+            return Ok(Vec::new());
+        }
         let now = Instant::now();
         let interval = reclaim_interval(opts.reclaim_idle);
         let due = lock(&self.last_reclaim).is_none_or(|t| now >= t + interval);
         if due {
-            let reclaimed = self.reclaim().await?;
+            let reclaimed = self.reclaim_idle(&owned).await?;
             // Found some: look again next call, there may be more.
             *lock(&self.last_reclaim) = (reclaimed.is_empty()).then_some(now);
             if !reclaimed.is_empty() {
@@ -468,7 +582,9 @@ impl RedisConsumer {
         let block = opts
             .read_block
             .min(next_reclaim.saturating_duration_since(Instant::now()))
+            .min(next_refresh.saturating_duration_since(Instant::now()))
             .max(Duration::from_millis(1));
+        let keys: Vec<&String> = owned.iter().map(|p| &self.keys[*p as usize]).collect();
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&self.group)
@@ -478,8 +594,8 @@ impl RedisConsumer {
             .arg("BLOCK")
             .arg(millis_at_least_one(block))
             .arg("STREAMS")
-            .arg(&self.keys);
-        for _ in &self.keys {
+            .arg(&keys);
+        for _ in &keys {
             cmd.arg(">");
         }
         let mut conn = self.blocking.clone();

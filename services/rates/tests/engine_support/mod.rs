@@ -37,6 +37,7 @@ pub fn fast_options() -> BusOptions {
         max_deliveries: 5,
         reclaim_idle: Duration::from_millis(300),
         read_block: Duration::from_millis(50),
+        lease_ttl: Duration::from_millis(500),
         batch_size: 128,
     }
 }
