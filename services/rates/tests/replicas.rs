@@ -1,7 +1,8 @@
 //! Several rates replicas on one real Redis, under the example policy (hysteresis, hold and
 //! damping make a card depend on the order of its readings): replicas join mid-feed, one is
 //! killed (its task dropped: no ack, no hand-over, its leases lapse), and the final cards
-//! equal `core::replay` of the feed for every SKU — rate, parts, reasons and state.
+//! equal `core::replay` of the feed for every SKU — rate, version, parts, reasons, state
+//! and computation time.
 
 mod engine_support;
 
@@ -115,14 +116,21 @@ async fn replicas_agree_with_the_replay(replicas: usize) {
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("no card for {sku}"));
-        if (&got.effective_rate, &got.parts, &got.reasons, &got.state)
-            != (
-                &want.effective_rate,
-                &want.parts,
-                &want.reasons,
-                &want.state,
-            )
-        {
+        if (
+            &got.effective_rate,
+            got.version,
+            got.computed_at,
+            &got.parts,
+            &got.reasons,
+            &got.state,
+        ) != (
+            &want.effective_rate,
+            want.version,
+            want.computed_at,
+            &want.parts,
+            &want.reasons,
+            &want.state,
+        ) {
             differ.push(format!(
                 "{sku}: {} {:?} where the replay gives {} {:?}",
                 got.effective_rate.get(),
