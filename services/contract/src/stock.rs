@@ -33,6 +33,23 @@ pub struct StockReading {
     pub velocity: Option<Velocity>,
 }
 
+impl StockReading {
+    /// A reading of `on_hand` units at the SKU's default location, nothing reserved and no
+    /// ERP velocity; set the other fields with struct update syntax. Fields added later get
+    /// their "not sent" value here, so callers that do not use them need no change.
+    pub fn new(sku: Sku, on_hand: Quantity, as_of: DateTime<Utc>, sequence: u64) -> Self {
+        Self {
+            sku,
+            location: String::new(),
+            on_hand,
+            reserved: Quantity::ZERO,
+            as_of,
+            sequence,
+            velocity: None,
+        }
+    }
+}
+
 /// Validated product master data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProductRecord {
@@ -46,6 +63,20 @@ pub struct ProductRecord {
     pub title: Option<String>,
     /// When the ERP says the data changed, if it said.
     pub as_of: Option<DateTime<Utc>>,
+}
+
+impl ProductRecord {
+    /// `product` of `sku` priced in `currency`, without title or ERP change time; set the
+    /// other fields with struct update syntax (as for [`StockReading::new`]).
+    pub fn new(sku: Sku, product: Product, currency: impl Into<String>) -> Self {
+        Self {
+            sku,
+            product,
+            currency: currency.into(),
+            title: None,
+            as_of: None,
+        }
+    }
 }
 
 /// Where an accepted push came from and when ingest accepted it.

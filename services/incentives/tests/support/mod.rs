@@ -17,7 +17,7 @@ use ratemesh_contract::stock::{
     Origin, ProductRecord, StockReading, product_changed, stock_changed,
 };
 use ratemesh_contract::streams;
-use ratemesh_core::{Policy, Product, Quantity, Sku};
+use ratemesh_core::{Policy, Product, Sku};
 use ratemesh_incentives::{Incentives, ManualClock};
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::incentive_service_client::IncentiveServiceClient;
@@ -197,31 +197,25 @@ fn origin(at: DateTime<Utc>) -> Origin<'static> {
 
 /// Product data as ingest publishes it.
 pub fn product(sku: &str, category: &str, price: &str, cost: &str, at: DateTime<Utc>) -> Event {
+    let product = Product {
+        category: category.into(),
+        price: price.parse().expect("price"),
+        unit_cost: cost.parse().expect("unit cost"),
+        base_rate: None,
+    };
     let record = ProductRecord {
-        sku: Sku::new(sku).expect("sku"),
-        product: Product {
-            category: category.into(),
-            price: price.parse().expect("price"),
-            unit_cost: cost.parse().expect("unit cost"),
-            base_rate: None,
-        },
-        currency: "EUR".into(),
-        title: None,
         as_of: Some(at),
+        ..ProductRecord::new(Sku::new(sku).expect("sku"), product, "EUR")
     };
     product_changed(&record, origin(at))
 }
 
 /// A stock reading with the ERP's velocity, as ingest publishes it.
 pub fn stock(sku: &str, on_hand: &str, velocity: &str, sequence: u64, at: DateTime<Utc>) -> Event {
+    let on_hand = on_hand.parse().expect("on hand");
     let reading = StockReading {
-        sku: Sku::new(sku).expect("sku"),
-        location: String::new(),
-        on_hand: on_hand.parse().expect("on hand"),
-        reserved: Quantity::ZERO,
-        as_of: at,
-        sequence,
         velocity: Some(velocity.parse().expect("velocity")),
+        ..StockReading::new(Sku::new(sku).expect("sku"), on_hand, at, sequence)
     };
     stock_changed(&reading, origin(at))
 }

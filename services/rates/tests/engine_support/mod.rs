@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use ratemesh_bus::{Bus, BusOptions};
 use ratemesh_contract::stock::{
-    Origin, ProductRecord, StockReading, product_changed, stock_changed,
+    Origin, ProductRecord, StockReading, decode_product, decode_stock, product_changed,
+    stock_changed,
 };
 use ratemesh_contract::{kinds, rate, streams};
 use ratemesh_core::{Event, Money, Policy, Product, Quantity, Sku, Velocity};
@@ -77,26 +78,15 @@ pub fn stock(
     as_of: DateTime<Utc>,
     velocity: Option<i64>,
 ) -> (Event, ratemesh_bus::Event) {
+    let on_hand = Quantity::new(Decimal::from(on_hand)).unwrap();
     let reading = StockReading {
-        sku: sku(sku_),
-        location: String::new(),
-        on_hand: Quantity::new(Decimal::from(on_hand)).unwrap(),
-        reserved: Quantity::ZERO,
-        as_of,
-        sequence,
         velocity: velocity.map(|v| Velocity::new(Decimal::from(v)).unwrap()),
+        ..StockReading::new(sku(sku_), on_hand, as_of, sequence)
     };
     let entry = stock_changed(&reading, origin(as_of));
-    let core = Event::StockObserved {
-        sku: reading.sku,
-        location: reading.location,
-        on_hand: reading.on_hand,
-        reserved: reading.reserved,
-        sequence,
-        as_of,
-        erp_velocity: reading.velocity,
-        received_at: Some(as_of),
-    };
+    // The core event is what the consumers decode, so the offline replay sees exactly
+    // what they do.
+    let core = decode_stock(&entry.payload).expect("an encoded reading decodes");
     (core, entry)
 }
 
@@ -109,25 +99,18 @@ pub fn product(
     unit_cost: i64,
     at: DateTime<Utc>,
 ) -> (Event, ratemesh_bus::Event) {
+    let product = Product {
+        category: category.into(),
+        price: Money::new(Decimal::from(price)).unwrap(),
+        unit_cost: Money::new(Decimal::from(unit_cost)).unwrap(),
+        base_rate: None,
+    };
     let record = ProductRecord {
-        sku: sku(sku_),
-        product: Product {
-            category: category.into(),
-            price: Money::new(Decimal::from(price)).unwrap(),
-            unit_cost: Money::new(Decimal::from(unit_cost)).unwrap(),
-            base_rate: None,
-        },
-        currency: "USD".into(),
-        title: None,
         as_of: Some(at),
+        ..ProductRecord::new(sku(sku_), product, "USD")
     };
     let entry = product_changed(&record, origin(at));
-    let core = Event::ProductUpserted {
-        sku: record.sku,
-        product: record.product,
-        at,
-        received_at: Some(at),
-    };
+    let core = decode_product(&entry.payload).expect("an encoded product decodes");
     (core, entry)
 }
 
