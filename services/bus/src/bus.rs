@@ -332,6 +332,26 @@ impl Bus {
         }
     }
 
+    /// The states of `namespace`/`keys`, in the order of `keys`, read in one round trip:
+    /// what a consumer reads before folding a batch of entries for many keys.
+    pub async fn get_states<K: AsRef<str>>(
+        &self,
+        namespace: &str,
+        keys: &[K],
+    ) -> BusResult<Vec<Option<StateRecord>>> {
+        check_name("namespace", namespace)?;
+        for key in keys {
+            check_key("state key", key.as_ref())?;
+        }
+        match &self.backend {
+            Backend::Memory(m) => Ok(keys
+                .iter()
+                .map(|k| m.get_state(namespace, k.as_ref()))
+                .collect()),
+            Backend::Redis(r) => r.get_states(namespace, keys).await,
+        }
+    }
+
     fn check_write(write: &StateWrite) -> BusResult<()> {
         check_name("namespace", &write.namespace)?;
         check_key("state key", &write.key)?;

@@ -531,6 +531,37 @@ async fn idempotency_keys_expire(kind: Kind) {
     }
 }
 
+async fn get_states_reads_many_keys_in_their_order(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    for (key, value) in [("SKU-1", "one"), ("SKU-3", "three"), ("SKU-4", "four")] {
+        bus.write_state(StateWrite::new("sku", key).set("v", value.as_bytes().to_vec()))
+            .await
+            .unwrap();
+    }
+    bus.write_state(StateWrite::new("sku", "SKU-4").set("v", b"four again".to_vec()))
+        .await
+        .unwrap();
+    let keys = ["SKU-4", "SKU-2", "SKU-1", "SKU-3"];
+    let many = bus.get_states("sku", &keys).await.unwrap();
+    let mut one_by_one = Vec::new();
+    for key in keys {
+        one_by_one.push(bus.get_state("sku", key).await.unwrap());
+    }
+    assert_eq!(many, one_by_one);
+    let values: Vec<Option<&[u8]>> = many
+        .iter()
+        .map(|r| r.as_ref().map(|r| r.fields["v"].as_ref()))
+        .collect();
+    assert_eq!(
+        values,
+        [Some(&b"four again"[..]), None, Some(b"one"), Some(b"three")]
+    );
+    assert_eq!(many[0].as_ref().unwrap().version, 2);
+    assert!(bus.get_states::<&str>("sku", &[]).await.unwrap().is_empty());
+    assert!(bus.get_states("sku", &["SKU-1", ""]).await.is_err());
+}
+
 async fn compare_and_set_detects_conflicts(kind: Kind) {
     let f = fixture(kind).await;
     let bus = &f.bus;
@@ -1363,6 +1394,7 @@ conformance!(
     unacked_entries_are_dead_lettered_after_max_deliveries,
     idempotency_keys_store_the_first_outcome,
     idempotency_keys_expire,
+    get_states_reads_many_keys_in_their_order,
     compare_and_set_detects_conflicts,
     write_and_publish_is_atomic,
     write_and_publish_is_atomic_under_concurrent_writers,

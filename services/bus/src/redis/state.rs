@@ -56,6 +56,25 @@ impl RedisBackend {
         record_of(&v)
     }
 
+    pub(crate) async fn get_states<K: AsRef<str>>(
+        &self,
+        ns: &str,
+        keys: &[K],
+    ) -> BusResult<Vec<Option<StateRecord>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HGETALL").arg(self.keys.state(ns, key.as_ref()));
+        }
+        let replies: Vec<Value> = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail(e, || format!("read of {} states {ns}/…", keys.len())))?;
+        replies.iter().map(record_of).collect()
+    }
+
     pub(crate) async fn write_state(
         &self,
         write: StateWrite,

@@ -2,16 +2,17 @@
 //! group `rates`.
 //!
 //! A batch is split by entry key; the keys' runs are processed concurrently, each key's
-//! entries in stream order. Consecutive entries for one SKU are folded in one
-//! read-compute-write (so a burst of readings costs one round trip, and the card is
-//! still recomputed after each reading). Entries are acked after their effect is
+//! entries in stream order. The records of the batch's SKUs are read in one round trip
+//! first, then consecutive entries for one SKU are folded in one compute-write (so a
+//! burst of readings costs one write, and the card is still recomputed after each
+//! reading); a record changed since it was read costs one lost race and a re-read. Entries are acked after their effect is
 //! committed and nacked with the error otherwise (the bus dead-letters an entry after its
 //! maximum deliveries). When a SKU's update fails, its later entries in the batch are
 //! nacked too, so they are retried in order rather than overtaking it.
 
 use std::collections::HashMap;
 
-use ratemesh_bus::Delivery;
+use ratemesh_bus::{Delivery, StateRecord};
 use ratemesh_contract::streams;
 use ratemesh_core::{Event, Sku};
 use ratemesh_runtime::consumer::{self, ConsumerSpec, Settled};
@@ -52,14 +53,18 @@ pub async fn handle_batch(engine: &Engine, batch: Vec<Delivery>) -> Settled {
         }
         by_key.entry(d.key.clone()).or_default().push(d);
     }
-    let runs: Vec<Vec<Delivery>> = order
+    let mut records = read_records(engine, &order).await;
+    let runs: Vec<(Vec<Delivery>, Option<Option<StateRecord>>)> = order
         .into_iter()
-        .filter_map(|k| by_key.remove(&k))
+        .filter_map(|k| {
+            let seen = records.remove(&k);
+            by_key.remove(&k).map(|run| (run, seen))
+        })
         .collect();
     let concurrency = engine.options().concurrency.max(1);
     use futures::StreamExt;
     let outcomes: Vec<Settled> = futures::stream::iter(runs)
-        .map(|run| process_key(engine, run))
+        .map(|(run, seen)| process_key(engine, run, seen))
         .buffer_unordered(concurrency)
         .collect()
         .await;
@@ -70,7 +75,29 @@ pub async fn handle_batch(engine: &Engine, batch: Vec<Delivery>) -> Settled {
     settled
 }
 
-async fn process_key(engine: &Engine, run: Vec<Delivery>) -> Settled {
+/// The stored records of the SKUs among `keys`, read in one round trip. Keys that are
+/// not SKUs (a category override's) are left out; a failed read leaves every key out,
+/// so each is read on its own as before.
+async fn read_records(engine: &Engine, keys: &[String]) -> HashMap<String, Option<StateRecord>> {
+    let skus: Vec<&String> = keys
+        .iter()
+        .filter(|k| Sku::new(k.as_str()).is_ok())
+        .collect();
+    match engine.bus().get_states(super::NAMESPACE, &skus).await {
+        Ok(records) => skus.into_iter().cloned().zip(records).collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "reading a batch's records failed; reading them one by one");
+            HashMap::new()
+        }
+    }
+}
+
+/// Applies one key's run; `seen` is the key's record as read for the batch, if it was.
+async fn process_key(
+    engine: &Engine,
+    run: Vec<Delivery>,
+    mut seen: Option<Option<StateRecord>>,
+) -> Settled {
     let mut settled = Settled::default();
     // Consecutive entries for the same SKU, folded in one update.
     let mut pending: Option<(Sku, Vec<Event>, Vec<Delivery>)> = None;
@@ -98,7 +125,7 @@ async fn process_key(engine: &Engine, run: Vec<Delivery>) -> Settled {
                 }
                 _ => {
                     if let Some(run) = pending.take() {
-                        failed = flush(engine, run, &mut settled).await;
+                        failed = flush(engine, run, seen.take(), &mut settled).await;
                     }
                     if let Some(error) = &failed {
                         settled
@@ -111,7 +138,7 @@ async fn process_key(engine: &Engine, run: Vec<Delivery>) -> Settled {
             },
             Routed::Category(category, event) => {
                 if let Some(run) = pending.take() {
-                    failed = flush(engine, run, &mut settled).await;
+                    failed = flush(engine, run, seen.take(), &mut settled).await;
                     if let Some(error) = &failed {
                         settled
                             .nack
@@ -136,7 +163,7 @@ async fn process_key(engine: &Engine, run: Vec<Delivery>) -> Settled {
         }
     }
     if let Some(run) = pending.take() {
-        flush(engine, run, &mut settled).await;
+        flush(engine, run, seen.take(), &mut settled).await;
     }
     settled
 }
@@ -145,13 +172,18 @@ async fn process_key(engine: &Engine, run: Vec<Delivery>) -> Settled {
 async fn flush(
     engine: &Engine,
     (sku, events, deliveries): (Sku, Vec<Event>, Vec<Delivery>),
+    seen: Option<Option<StateRecord>>,
     settled: &mut Settled,
 ) -> Option<String> {
     let span = deliveries
         .last()
         .map(Delivery::span)
         .unwrap_or_else(tracing::Span::none);
-    match engine.apply(&sku, &events).instrument(span).await {
+    match engine
+        .apply_seen(&sku, &events, seen)
+        .instrument(span)
+        .await
+    {
         Ok(_) => {
             settled.ack.extend(deliveries);
             None

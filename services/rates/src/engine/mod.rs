@@ -214,13 +214,24 @@ impl Engine {
     /// each one that changed it, and commits the result. `force` recomputes at `force`'s
     /// time even if no event changed anything (a category override changed).
     pub async fn apply(&self, sku: &Sku, events: &[Event]) -> Result<Outcome, EngineError> {
-        self.update(sku, events, None).await
+        self.update(sku, events, None, None).await
+    }
+
+    /// [`Engine::apply`] starting from `seen`, the SKU's record as already read (`None`:
+    /// not read, `Some(None)`: absent), which saves reading it again.
+    pub async fn apply_seen(
+        &self,
+        sku: &Sku,
+        events: &[Event],
+        seen: Option<Option<StateRecord>>,
+    ) -> Result<Outcome, EngineError> {
+        self.update(sku, events, None, seen).await
     }
 
     /// Recomputes `sku` as of `at` whatever its state (used when something outside the
     /// SKU's own state changed: a category override).
     pub async fn recompute(&self, sku: &Sku, at: DateTime<Utc>) -> Result<Outcome, EngineError> {
-        self.update(sku, &[], Some(at)).await
+        self.update(sku, &[], Some(at), None).await
     }
 
     async fn update(
@@ -228,41 +239,51 @@ impl Engine {
         sku: &Sku,
         events: &[Event],
         force: Option<DateTime<Utc>>,
+        seen: Option<Option<StateRecord>>,
     ) -> Result<Outcome, EngineError> {
         let mut asked = 0u32;
-        let outcome = self
-            .bus()
-            .update_state(NAMESPACE, sku.as_str(), |stored, write| {
-                if asked > 0 {
-                    // The previous step's write lost the compare-and-set.
-                    metrics::counter!("ratemesh_rates_state_conflicts_total").increment(1);
-                }
-                asked += 1;
-                async move {
-                    let (mut record, _) = self.engine_record(sku, stored)?;
-                    let categories = self.categories().snapshot();
-                    let mut changed = false;
-                    for event in events {
-                        if record.state.apply(event) == Applied::Applied {
-                            self.recompute_in(&mut record, &categories, event.priced_at());
-                            changed = true;
-                        }
-                    }
-                    if let Some(at) = force
-                        && record.state.product.is_some()
-                    {
-                        self.recompute_in(&mut record, &categories, at);
+        let step = |stored: Option<StateRecord>, write: StateWrite| {
+            if asked > 0 {
+                // The previous step's write lost the compare-and-set.
+                metrics::counter!("ratemesh_rates_state_conflicts_total").increment(1);
+            }
+            asked += 1;
+            async move {
+                let (mut record, _) = self.engine_record(sku, stored)?;
+                let categories = self.categories().snapshot();
+                let mut changed = false;
+                for event in events {
+                    if record.state.apply(event) == Applied::Applied {
+                        self.recompute_in(&mut record, &categories, event.priced_at());
                         changed = true;
                     }
-                    if !changed {
-                        metrics::counter!("ratemesh_rates_events_skipped_total")
-                            .increment(events.len() as u64);
-                        return Ok(Update::Keep(Outcome::default()));
-                    }
-                    Ok::<_, EngineError>(self.commit(sku, record, write, &categories).await?)
                 }
-            })
-            .await?;
+                if let Some(at) = force
+                    && record.state.product.is_some()
+                {
+                    self.recompute_in(&mut record, &categories, at);
+                    changed = true;
+                }
+                if !changed {
+                    metrics::counter!("ratemesh_rates_events_skipped_total")
+                        .increment(events.len() as u64);
+                    return Ok(Update::Keep(Outcome::default()));
+                }
+                Ok::<_, EngineError>(self.commit(sku, record, write, &categories).await?)
+            }
+        };
+        let outcome = match seen {
+            Some(seen) => {
+                self.bus()
+                    .update_state_from(NAMESPACE, sku.as_str(), seen, step)
+                    .await?
+            }
+            None => {
+                self.bus()
+                    .update_state(NAMESPACE, sku.as_str(), step)
+                    .await?
+            }
+        };
         if outcome.published.is_some() {
             metrics::counter!("ratemesh_rates_cards_published_total").increment(1);
         }
