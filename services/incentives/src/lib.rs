@@ -67,12 +67,13 @@ pub mod record;
 mod settings;
 pub mod store;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeDelta;
 use ratemesh_contract::streams;
-use ratemesh_core::{Policy, Sku};
+use ratemesh_core::{Candidate, Policy, Sku};
 use ratemesh_proto::v1::incentive_service_server::IncentiveServiceServer;
 use ratemesh_runtime::consumer::{self, ConsumerSpec, Settled};
 use ratemesh_runtime::{Context, Readiness, ServiceModule};
@@ -185,11 +186,72 @@ async fn consume(
     .await
 }
 
+/// SKUs of a batch folded at once. Each is a read and a write of its own record, so the
+/// batch's time is bounded by round trips, not work: overlapping them is what lets this
+/// consumer keep up with the rates consumer on the same stream.
+const SKUS_AT_ONCE: usize = 64;
+
+/// Folds a batch: split by SKU, the SKUs concurrently, each SKU's entries in stream order
+/// (after a failure, the SKU's later entries are retried with it rather than overtaking
+/// it); then offers the batch's candidates their incentives.
 async fn handle_batch(engine: &Engine, batch: Vec<ratemesh_bus::Delivery>) -> Settled {
-    let mut settled = Settled::default();
-    let mut done = Vec::with_capacity(batch.len());
-    let mut candidates = Vec::new();
+    use futures::StreamExt;
+    let mut order: Vec<String> = Vec::new();
+    let mut by_key: HashMap<String, Vec<ratemesh_bus::Delivery>> = HashMap::new();
     for d in batch {
+        if !by_key.contains_key(&d.key) {
+            order.push(d.key.clone());
+        }
+        by_key.entry(d.key.clone()).or_default().push(d);
+    }
+    let runs: Vec<Vec<ratemesh_bus::Delivery>> = order
+        .into_iter()
+        .filter_map(|k| by_key.remove(&k))
+        .collect();
+    let folded: Vec<(Settled, Vec<ratemesh_bus::Delivery>, Vec<Candidate>)> =
+        futures::stream::iter(runs)
+            .map(|run| fold_run(engine, run))
+            .buffer_unordered(SKUS_AT_ONCE)
+            .collect()
+            .await;
+    let mut settled = Settled::default();
+    let mut done = Vec::new();
+    let mut candidates = Vec::new();
+    for (failed, folded, found) in folded {
+        settled.extend(failed);
+        done.extend(folded);
+        candidates.extend(found);
+    }
+    let failed = engine.open_candidates(candidates).await;
+    // An entry whose SKU failed to open is retried; its fold is idempotent.
+    for d in done {
+        if failed.iter().any(|s| s.as_str() == d.key) {
+            settled
+                .nack
+                .push((d, "opening the incentive failed".to_owned()));
+        } else {
+            settled.ack.push(d);
+        }
+    }
+    settled
+}
+
+/// Folds one SKU's entries in order: what failed (nacked), what was folded, and the
+/// candidates found.
+async fn fold_run(
+    engine: &Engine,
+    run: Vec<ratemesh_bus::Delivery>,
+) -> (Settled, Vec<ratemesh_bus::Delivery>, Vec<Candidate>) {
+    let mut settled = Settled::default();
+    let mut done = Vec::with_capacity(run.len());
+    let mut candidates = Vec::new();
+    let mut failed: Option<String> = None;
+    for d in run {
+        if let Some(error) = &failed {
+            let error = format!("an earlier entry of this SKU failed: {error}");
+            settled.nack.push((d, error));
+            continue;
+        }
         let result = async {
             match events::decode_stock_entry(&d) {
                 Err(bad) => Err(bad.0),
@@ -212,21 +274,13 @@ async fn handle_batch(engine: &Engine, batch: Vec<ratemesh_bus::Delivery>) -> Se
                 candidates.extend(candidate);
                 done.push(d);
             }
-            Err(error) => settled.nack.push((d, error)),
+            Err(error) => {
+                failed = Some(error.clone());
+                settled.nack.push((d, error));
+            }
         }
     }
-    let failed = engine.open_candidates(candidates).await;
-    // An entry whose SKU failed to open is retried; its fold is idempotent.
-    for d in done {
-        if failed.iter().any(|s| s.as_str() == d.key) {
-            settled
-                .nack
-                .push((d, "opening the incentive failed".to_owned()));
-        } else {
-            settled.ack.push(d);
-        }
-    }
-    settled
+    (settled, done, candidates)
 }
 
 /// Claims due expiries every `poll`.
