@@ -159,24 +159,55 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         "",
     );
 
-    // Nothing accepted may be lost: the rates service consumes every accepted update.
+    // Nothing accepted may be lost: both stock consumers consume every accepted update.
+    // How fast each drains the backlog the pushes left, with no ingest running, is the
+    // consumers' own throughput.
     if let Some(bus) = &target.bus {
-        let drained = super::drain(
-            bus,
-            streams::STOCK,
-            streams::groups::RATES,
-            Duration::from_secs(300),
+        let groups = [streams::groups::RATES, streams::groups::INCENTIVES];
+        let mut backlog = Vec::new();
+        for group in groups {
+            backlog.push(bus.stream_stats(streams::STOCK, group).await?.backlog);
+        }
+        let drained = futures::future::join_all(
+            groups.map(|g| super::drain(bus, streams::STOCK, g, Duration::from_secs(300))),
         )
         .await;
-        report.check(
-            "rates consumed every accepted stock update",
-            drained.is_some(),
-            drained.map_or("stock backlog still not empty after 300 s".into(), |d| {
-                format!("drained {:.1} s after the last push", d.as_secs_f64())
-            }),
-        );
-        if let Some(d) = drained {
-            report.figure("stock backlog drain after last push", d.as_secs_f64(), "s");
+        for ((group, drained), backlog) in groups.iter().zip(&drained).zip(&backlog) {
+            report.check(
+                &format!("{group} consumed every accepted stock update"),
+                drained.is_some(),
+                drained.map_or("stock backlog still not empty after 300 s".into(), |d| {
+                    format!(
+                        "drained {backlog} entries {:.1} s after the last push",
+                        d.as_secs_f64()
+                    )
+                }),
+            );
+        }
+        if let [Some(rates), Some(incentives)] = drained[..] {
+            report.figure(
+                "stock backlog drain after last push",
+                rates.as_secs_f64(),
+                "s",
+            );
+            report.figure(
+                "incentives stock backlog drain after last push",
+                incentives.as_secs_f64(),
+                "s",
+            );
+            let per_sec = |entries: u64, d: Duration| entries as f64 / d.as_secs_f64().max(1e-3);
+            report.ratio(
+                "(drain) rates consumer SKU updates/s / pipelined XADD entries/s",
+                ("rates drain updates/s", per_sec(backlog[0], rates)),
+                ("XADD entries/s", xadd.items_per_sec),
+                "both stock consumers drain the backlog left by the pushes at once, with no ingest running",
+            );
+            report.ratio(
+                "incentives consumer drain time / rates consumer drain time",
+                ("incentives drain s", incentives.as_secs_f64()),
+                ("rates drain s", rates.as_secs_f64()),
+                "",
+            );
         }
         let stats = bus
             .stream_stats(streams::STOCK, streams::groups::RATES)
