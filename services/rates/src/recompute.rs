@@ -96,7 +96,7 @@ async fn sweep_leased(
 ) -> Result<u64, EngineError> {
     let lease = SystemTime::now() + engine.options().sweep_lease;
     engine.bus().schedule(QUEUE, member, lease).await?;
-    let done = sweep(engine, category, at, true).await?;
+    let done = sweep(engine, category, at, true, Some(member)).await?;
     engine.bus().cancel(QUEUE, member).await?;
     Ok(done)
 }

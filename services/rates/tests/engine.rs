@@ -6,8 +6,10 @@ mod engine_support;
 use std::time::Duration;
 
 use engine_support::*;
+use ratemesh_bus::StateWrite;
 use ratemesh_contract::kinds;
 use ratemesh_core::{Event, Policy, replay};
+use ratemesh_rates::engine::record::NAMESPACE;
 use ratemesh_rates::engine::timers;
 use ratemesh_testkit::eventually;
 
@@ -196,10 +198,31 @@ async fn a_peak_window_sweep_recomputes_every_sku_with_the_peak_table() {
         .enumerate()
         .find(|(_, w)| w.name == "bfcm-2025")
         .unwrap();
-    let changed = timers::sweep(&engine, None, bfcm.starts_at, true)
+    // An earlier attempt at this sweep died after its first page (the engine scans 50
+    // SKUs a page): the sweep resumes at the recorded page and forgets it when done.
+    let first_page = bus.scan_states(NAMESPACE, None, 50).await.unwrap();
+    let second = first_page.next.clone().expect("more than one page");
+    bus.write_state(
+        StateWrite::new(timers::SWEEPS, "peak-edge").set("next_page", second.into_bytes()),
+    )
+    .await
+    .unwrap();
+    let resumed = timers::sweep(&engine, None, bfcm.starts_at, true, Some("peak-edge"))
         .await
         .unwrap();
-    assert_eq!(changed, 120);
+    assert_eq!(resumed, 70);
+    assert_eq!(
+        bus.get_state(timers::SWEEPS, "peak-edge").await.unwrap(),
+        None
+    );
+    let skipped = &first_page.items[0].0;
+    assert!(!codes(&published(&bus, skipped).await.unwrap()).contains(&"PEAK_WINDOW"));
+
+    // The whole sweep picks up the rest.
+    let changed = timers::sweep(&engine, None, bfcm.starts_at, true, None)
+        .await
+        .unwrap();
+    assert_eq!(changed, 50);
     for i in [0, 59, 119] {
         let card = published(&bus, &format!("P-{i:03}")).await.unwrap();
         assert!(codes(&card).contains(&"PEAK_WINDOW"), "{card:?}");
@@ -207,7 +230,7 @@ async fn a_peak_window_sweep_recomputes_every_sku_with_the_peak_table() {
         assert_eq!(card.band, "normal");
     }
     // The same sweep again (a crash mid-sweep re-runs it) changes nothing.
-    let again = timers::sweep(&engine, None, bfcm.starts_at, true)
+    let again = timers::sweep(&engine, None, bfcm.starts_at, true, None)
         .await
         .unwrap();
     assert_eq!(again, 0);

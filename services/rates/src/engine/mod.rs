@@ -234,6 +234,16 @@ impl Engine {
         self.update(sku, &[], Some(at), None).await
     }
 
+    /// [`Engine::recompute`] starting from `seen` (see [`Engine::apply_seen`]).
+    pub async fn recompute_seen(
+        &self,
+        sku: &Sku,
+        at: DateTime<Utc>,
+        seen: Option<Option<StateRecord>>,
+    ) -> Result<Outcome, EngineError> {
+        self.update(sku, &[], Some(at), seen).await
+    }
+
     async fn update(
         &self,
         sku: &Sku,
@@ -485,7 +495,7 @@ impl Engine {
             }
             _ => {}
         }
-        timers::sweep(self, Some(category), at, false).await
+        timers::sweep(self, Some(category), at, false, None).await
     }
 
     /// The published proto card of `sku`, if any (for callers that must answer with it).

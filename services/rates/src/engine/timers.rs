@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use ratemesh_bus::{Bus, BusError, BusResult, Update};
+use ratemesh_bus::{Bus, BusError, BusResult, Expect, StateRecord, StateWrite, Update};
 use ratemesh_core::{Event, Sku};
 
 use super::record::{EngineRecord, FIELD_ENGINE, NAMESPACE};
@@ -167,30 +167,54 @@ pub(crate) async fn record_swept_edge(bus: &Bus, at: DateTime<Utc>) -> BusResult
     .await
 }
 
+/// State namespace of sweeps in progress: the page a sweep has reached, by sweep (its
+/// timer member), so a sweep cut short by a crash resumes there instead of starting over.
+pub const SWEEPS: &str = "rates-sweeps";
+const FIELD_PAGE: &str = "next_page";
+/// A sweep logs how far it got every this many pages.
+const PAGES_PER_PROGRESS_LOG: u64 = 20;
+
 /// Recomputes every SKU (of `category`, if given) as of `at`, a page of `scan_states` at
-/// a time with bounded concurrency. `tick` folds a tick (time passed: ended overrides are
-/// forgotten, a SKU already ticked at `at` is skipped); otherwise every SKU is recomputed.
-/// Returns how many SKUs changed.
+/// a time with bounded concurrency, each SKU from the record the page carried. `tick`
+/// folds a tick (time passed: ended overrides are forgotten, a SKU already ticked at `at`
+/// is skipped); otherwise every SKU is recomputed. With `progress`, the sweep records the
+/// page it reached under that name after every page and starts from the recorded page if
+/// there is one (a previous attempt died). Returns how many SKUs changed.
 pub async fn sweep(
     engine: &Engine,
     category: Option<&str>,
     at: DateTime<Utc>,
     tick: bool,
+    progress: Option<&str>,
 ) -> Result<u64, EngineError> {
     let options = engine.options().clone();
     let label = category.unwrap_or("*").to_owned();
     metrics::gauge!("ratemesh_rates_recompute_sweeps_running").increment(1.0);
+    let started = std::time::Instant::now();
     let result = async {
-        let mut page: Option<String> = None;
+        let mut page: Option<String> = match progress {
+            Some(name) => engine
+                .bus()
+                .get_state(SWEEPS, name)
+                .await?
+                .and_then(|r| r.fields.get(FIELD_PAGE).cloned())
+                .and_then(|p| String::from_utf8(p.to_vec()).ok()),
+            None => None,
+        };
+        if let Some(from) = &page {
+            tracing::info!(category = %label, at = %at, page = %from, "resuming a recompute sweep where an earlier attempt stopped");
+        }
         let mut changed = 0u64;
+        let (mut pages, mut scanned) = (0u64, 0u64);
         loop {
             let batch = engine
                 .bus()
                 .scan_states(NAMESPACE, page.as_deref(), options.scan_page)
                 .await?;
-            let skus: Vec<Sku> = batch
+            let scanned_here = batch.items.len() as u64;
+            let skus: Vec<(Sku, StateRecord)> = batch
                 .items
-                .iter()
+                .into_iter()
                 .filter_map(|(key, rec)| {
                     let engine_field = rec.fields.get(FIELD_ENGINE)?;
                     let record = EngineRecord::decode(engine_field).ok()?;
@@ -198,21 +222,21 @@ pub async fn sweep(
                         None => true,
                         Some(c) => record.category() == Some(c),
                     };
-                    (wanted).then(|| Sku::new(key.clone()).ok()).flatten()
+                    let sku = Sku::new(key).ok()?;
+                    wanted.then_some((sku, rec))
                 })
                 .collect();
-            metrics::counter!("ratemesh_rates_recompute_scanned_total")
-                .increment(batch.items.len() as u64);
+            metrics::counter!("ratemesh_rates_recompute_scanned_total").increment(scanned_here);
             let outcomes: Vec<bool> = futures::stream::iter(skus)
-                .map(|sku| async move {
+                .map(|(sku, rec)| async move {
                     let outcome = if tick {
                         let event = Event::Tick {
                             at,
                             sku: Some(sku.clone()),
                         };
-                        engine.apply(&sku, &[event]).await?
+                        engine.apply_seen(&sku, &[event], Some(Some(rec))).await?
                     } else {
-                        engine.recompute(&sku, at).await?
+                        engine.recompute_seen(&sku, at, Some(Some(rec))).await?
                     };
                     metrics::counter!("ratemesh_rates_recompute_skus_total").increment(1);
                     Ok::<bool, EngineError>(outcome.changed)
@@ -221,9 +245,26 @@ pub async fn sweep(
                 .try_collect()
                 .await?;
             changed += outcomes.into_iter().filter(|c| *c).count() as u64;
+            pages += 1;
+            scanned += scanned_here;
+            if pages % PAGES_PER_PROGRESS_LOG == 0 {
+                tracing::info!(category = %label, at = %at, scanned, changed, elapsed_s = started.elapsed().as_secs(), "recompute sweep in progress");
+            }
             match batch.next {
-                Some(next) => page = Some(next),
-                None => return Ok::<u64, EngineError>(changed),
+                Some(next) => {
+                    if let Some(name) = progress {
+                        let write = StateWrite::new(SWEEPS, name)
+                            .set(FIELD_PAGE, next.clone().into_bytes());
+                        engine.bus().write_state(write).await?;
+                    }
+                    page = Some(next);
+                }
+                None => {
+                    if let Some(name) = progress {
+                        engine.bus().delete_state(SWEEPS, name, Expect::Any).await?;
+                    }
+                    return Ok::<u64, EngineError>(changed);
+                }
             }
         }
     }
