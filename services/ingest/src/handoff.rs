@@ -8,6 +8,9 @@
 //! without its event. A concurrent push for the same SKU shows up as a version conflict
 //! and is re-classified. Batch ids are remembered with their answer, so a repeated batch
 //! gets the first answer again and changes nothing.
+//!
+//! While a batch is applied its id is held under a short lease that the request renews;
+//! if the request dies, a retry of the batch takes it over seconds later.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,9 +33,14 @@ const SEQ_NAMESPACE: &str = "erp_seq";
 const PRODUCT_NAMESPACE: &str = "erp_product";
 /// SKUs of one batch written concurrently (their commands pipeline on one connection).
 const SKU_CONCURRENCY: usize = 64;
-/// How long a batch id stays "in progress" if the attempt dies without finishing; after
-/// that a retry may apply the batch (items already appended then count as duplicates).
-const IN_PROGRESS_LEASE: Duration = Duration::from_secs(60);
+/// How long a batch id stays "in progress" after the request applying it last renewed
+/// it. Short, because it is how long an ERP retrying after an ingest crash or a Redis blip
+/// is refused before its retry takes the batch over; the live request renews it every
+/// third of this (see [`Handoff::hold`]), so a slow batch keeps it however long it takes.
+const IN_PROGRESS_LEASE: Duration = Duration::from_secs(5);
+/// Back-off advised to a request that finds its batch being applied by another one: the
+/// answer is usually a moment away, and a dead holder is taken over within the lease.
+const IN_PROGRESS_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Counts of one batch, as answered to the ERP.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +103,8 @@ struct Remembered {
 pub struct Handoff {
     bus: Bus,
     idempotency_ttl: Duration,
+    /// How long a batch id stays held without renewal ([`IN_PROGRESS_LEASE`]).
+    lease: Duration,
     max_backlog: u64,
     retry_after: Duration,
     backlog: Arc<AtomicU64>,
@@ -126,10 +136,18 @@ impl Handoff {
         Self {
             bus,
             idempotency_ttl,
+            lease: IN_PROGRESS_LEASE,
             max_backlog,
             retry_after,
             backlog: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The same hand-off holding batch ids under a lease of `lease` (tests shorten it).
+    #[cfg(test)]
+    fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
     }
 
     /// Where the backlog monitor records the stock stream's backlog for the rates group.
@@ -221,11 +239,13 @@ impl Handoff {
             });
         };
         let scope = format!("ingest.{}", kind.as_str());
-        match self
+        // Unique to this request, so only it renews, completes or releases its hold.
+        let owner = ulid::Ulid::generate().to_string();
+        let begun = self
             .bus
-            .idempotency_begin(&scope, &batch_id, IN_PROGRESS_LEASE)
-            .await?
-        {
+            .idempotency_begin(&scope, &batch_id, &owner, self.lease)
+            .await?;
+        match begun {
             Idempotency::Done(stored) => {
                 let remembered: Remembered = serde_json::from_slice(&stored).map_err(|e| {
                     ApiError::Internal(format!("stored answer of batch {batch_id}: {e}"))
@@ -248,39 +268,90 @@ impl Handoff {
                 message: format!(
                     "batch {batch_id:?} is being applied by another request; retry to get its answer"
                 ),
-                retry_after: Duration::from_secs(1),
+                retry_after: IN_PROGRESS_RETRY_AFTER,
             }),
-            Idempotency::New => match work(batch_id.clone()).await {
-                Ok(counts) => {
-                    let stored = serde_json::to_vec(&Remembered {
-                        fingerprint,
-                        counts,
-                    })
-                    .map_err(|e| ApiError::Internal(e.to_string()))?;
-                    self.bus
-                        .idempotency_complete(
-                            &scope,
-                            &batch_id,
-                            Bytes::from(stored),
-                            self.idempotency_ttl,
-                        )
-                        .await?;
-                    Ok(Answer {
-                        batch_id,
-                        counts,
-                        replayed: false,
-                    })
-                }
-                Err(err) => {
-                    // Let a retry apply what is left; items already appended count as
-                    // duplicates then. Failing to release only delays that retry until
-                    // the in-progress mark expires.
-                    if let Err(release) = self.bus.idempotency_release(&scope, &batch_id).await {
-                        tracing::warn!(%batch_id, error = %release, "could not release the batch id after a failure");
+            Idempotency::New => {
+                let applied = tokio::select! {
+                    applied = work(batch_id.clone()) => applied,
+                    lost = self.hold(&scope, &batch_id, &owner) => Err(lost),
+                };
+                match applied {
+                    Ok(counts) => {
+                        let stored = serde_json::to_vec(&Remembered {
+                            fingerprint,
+                            counts,
+                        })
+                        .map_err(|e| ApiError::Internal(e.to_string()))?;
+                        let kept = self
+                            .bus
+                            .idempotency_complete(
+                                &scope,
+                                &batch_id,
+                                &owner,
+                                Bytes::from(stored),
+                                self.idempotency_ttl,
+                            )
+                            .await?;
+                        if !kept {
+                            // Every item is on the stream, so the answer stands; a request
+                            // that took the batch over remembers its own.
+                            tracing::warn!(%batch_id, "the batch was taken over before its answer was stored");
+                        }
+                        Ok(Answer {
+                            batch_id,
+                            counts,
+                            replayed: false,
+                        })
                     }
-                    Err(err)
+                    Err(err) => {
+                        // Let a retry apply what is left; items already appended count as
+                        // duplicates then. Failing to release only delays that retry until
+                        // the lease lapses.
+                        if let Err(release) = self
+                            .bus
+                            .idempotency_release(&scope, &batch_id, &owner)
+                            .await
+                        {
+                            tracing::warn!(%batch_id, error = %release, "could not release the batch id after a failure");
+                        }
+                        Err(err)
+                    }
                 }
-            },
+            }
+        }
+    }
+
+    /// Keeps `owner`'s hold on `batch_id` while the batch is applied, renewing it every
+    /// third of the lease. Returns only when the hold is lost (the lease lapsed, say while
+    /// Redis was unreachable, and another request may have taken the batch over): this
+    /// request must stop then, and the error is its answer.
+    async fn hold(&self, scope: &str, batch_id: &str, owner: &str) -> ApiError {
+        let mut renew = tokio::time::interval(self.lease / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate; the hold was just taken.
+        renew.tick().await;
+        loop {
+            renew.tick().await;
+            match self
+                .bus
+                .idempotency_renew(scope, batch_id, owner, self.lease)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(%batch_id, "lost the hold on the batch id while applying it");
+                    return ApiError::Unavailable {
+                        message: format!(
+                            "batch {batch_id:?} stalled and may be applied by another request; retry to get its answer"
+                        ),
+                        retry_after: IN_PROGRESS_RETRY_AFTER,
+                    };
+                }
+                // The next renewal may get through before the lease lapses.
+                Err(err) => {
+                    tracing::warn!(%batch_id, error = %err, "could not renew the hold on the batch id");
+                }
+            }
         }
     }
 
@@ -559,6 +630,56 @@ mod tests {
         assert_eq!(mark.version, u64::from(total.applied));
         let appended = bus.stream_stats(streams::STOCK, "rates").await.unwrap();
         assert_eq!(appended.length, u64::from(total.applied));
+    }
+
+    /// The request applying a batch keeps its hold however long the batch takes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_batch_keeps_its_hold_past_the_lease() {
+        let bus = Bus::memory(BusOptions::embedded()).unwrap();
+        let lease = Duration::from_millis(400);
+        let handoff = Handoff::new(
+            bus.clone(),
+            Duration::from_secs(60),
+            u64::MAX,
+            Duration::ZERO,
+        )
+        .with_lease(lease);
+        let slow = tokio::spawn({
+            let handoff = handoff.clone();
+            async move {
+                handoff
+                    .once(
+                        Kind::Stock,
+                        Some("slow".into()),
+                        "fp".into(),
+                        |_| async move {
+                            tokio::time::sleep(lease * 4).await;
+                            Ok(Counts::default())
+                        },
+                    )
+                    .await
+            }
+        });
+        for _ in 0..6 {
+            tokio::time::sleep(lease / 2).await;
+            if slow.is_finished() {
+                break;
+            }
+            assert_eq!(
+                bus.idempotency_begin("ingest.stock", "slow", "retry", lease)
+                    .await
+                    .unwrap(),
+                Idempotency::InProgress
+            );
+        }
+        let answer = slow.await.unwrap().unwrap();
+        assert!(!answer.replayed);
+        assert!(matches!(
+            bus.idempotency_begin("ingest.stock", "slow", "retry", lease)
+                .await
+                .unwrap(),
+            Idempotency::Done(_)
+        ));
     }
 
     #[test]
