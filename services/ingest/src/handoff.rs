@@ -109,6 +109,7 @@ pub struct Handoff {
     /// How long a batch id stays held without renewal ([`IN_PROGRESS_LEASE`]).
     lease: Duration,
     max_backlog: u64,
+    /// Back-off advertised when shedding or when the bus is unreachable.
     retry_after: Duration,
     backlog: Arc<AtomicU64>,
 }
@@ -151,6 +152,18 @@ impl Handoff {
     fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
+    }
+
+    /// A bus failure as answered to the ERP: an unreachable Redis is a 503 advising the
+    /// configured back-off; anything else is internal.
+    fn backend(&self, err: BusError) -> ApiError {
+        match ApiError::from(err) {
+            ApiError::Unavailable { message, .. } => ApiError::Unavailable {
+                message,
+                retry_after: self.retry_after,
+            },
+            other => other,
+        }
     }
 
     /// Where the backlog monitor records the stock stream's backlog for the rates group.
@@ -247,7 +260,8 @@ impl Handoff {
         let begun = self
             .bus
             .idempotency_begin(&scope, &batch_id, &owner, self.lease)
-            .await?;
+            .await
+            .map_err(|e| self.backend(e))?;
         match begun {
             Idempotency::Done(stored) => {
                 let remembered: Remembered = serde_json::from_slice(&stored).map_err(|e| {
@@ -294,7 +308,8 @@ impl Handoff {
                                 Bytes::from(stored),
                                 self.idempotency_ttl,
                             )
-                            .await?;
+                            .await
+                            .map_err(|e| self.backend(e))?;
                         if !kept {
                             // Every item is on the stream, so the answer stands; a request
                             // that took the batch over remembers its own.
@@ -388,7 +403,11 @@ impl Handoff {
         now: DateTime<Utc>,
     ) -> Result<Counts, ApiError> {
         let mut counts = Counts::default();
-        let mut seen = self.bus.get_state(SEQ_NAMESPACE, &sku).await?;
+        let mut seen = self
+            .bus
+            .get_state(SEQ_NAMESPACE, &sku)
+            .await
+            .map_err(|e| self.backend(e))?;
         for (index, item) in items {
             let field = format!("loc:{}", item.location);
             let applied_field = format!("applied:{}", item.location);
@@ -439,7 +458,8 @@ impl Handoff {
                     };
                     std::future::ready(Ok::<_, BusError>(update))
                 })
-                .await?;
+                .await
+                .map_err(|e| self.backend(e))?;
             counts.add(outcome);
             seen = Some(record);
         }
@@ -476,7 +496,11 @@ impl Handoff {
         now: DateTime<Utc>,
     ) -> Result<Counts, ApiError> {
         let mut counts = Counts::default();
-        let mut seen = self.bus.get_state(PRODUCT_NAMESPACE, &sku).await?;
+        let mut seen = self
+            .bus
+            .get_state(PRODUCT_NAMESPACE, &sku)
+            .await
+            .map_err(|e| self.backend(e))?;
         for (index, item) in items {
             let fp = product_fingerprint(&item);
             let item_as_of = item.as_of.map(|t| t.timestamp_micros());
@@ -525,7 +549,8 @@ impl Handoff {
                     };
                     std::future::ready(Ok::<_, BusError>(update))
                 })
-                .await?;
+                .await
+                .map_err(|e| self.backend(e))?;
             counts.add(outcome);
             seen = Some(record);
         }
