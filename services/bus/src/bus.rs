@@ -540,51 +540,81 @@ impl Bus {
 
     // ----- idempotency -----
 
-    /// Starts an attempt under idempotency key `scope`/`key`. `New` marks it in progress
-    /// for `ttl` (so a crashed attempt frees the key after `ttl`).
+    /// Starts an attempt under idempotency key `scope`/`key` on behalf of `owner` (a token
+    /// unique to this attempt). `New` makes `owner` the holder for `ttl`: a short lease the
+    /// holder keeps with [`Self::idempotency_renew`] while it works, so an attempt that
+    /// dies frees the key soon after and a retry takes it over.
     pub async fn idempotency_begin(
         &self,
         scope: &str,
         key: &str,
+        owner: &str,
         ttl: Duration,
     ) -> BusResult<Idempotency> {
         check_name("idempotency scope", scope)?;
         check_key("idempotency key", key)?;
+        check_key("idempotency owner", owner)?;
         match &self.backend {
-            Backend::Memory(m) => Ok(m.idempotency_begin(scope, key, ttl)),
-            Backend::Redis(r) => r.idempotency_begin(scope, key, ttl).await,
+            Backend::Memory(m) => Ok(m.idempotency_begin(scope, key, owner, ttl)),
+            Backend::Redis(r) => r.idempotency_begin(scope, key, owner, ttl).await,
         }
     }
 
-    /// Stores the outcome of the attempt; later `begin`s return it until `ttl` passes.
+    /// Extends `owner`'s hold on an attempt to `ttl` from now. `false` when `owner` no
+    /// longer holds it (its lease lapsed, and another attempt may have taken over): the
+    /// work must stop, since whatever it stores now is no longer its to store.
+    pub async fn idempotency_renew(
+        &self,
+        scope: &str,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> BusResult<bool> {
+        check_name("idempotency scope", scope)?;
+        check_key("idempotency key", key)?;
+        check_key("idempotency owner", owner)?;
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.idempotency_renew(scope, key, owner, ttl)),
+            Backend::Redis(r) => r.idempotency_renew(scope, key, owner, ttl).await,
+        }
+    }
+
+    /// Stores the outcome of `owner`'s attempt; later `begin`s return it until `ttl`
+    /// passes. `false`, storing nothing, when another attempt holds the key or already
+    /// stored its outcome (this one's lease lapsed and the key was taken over); a key that
+    /// merely lapsed is still stored, since nobody else is working on it.
     pub async fn idempotency_complete(
         &self,
         scope: &str,
         key: &str,
+        owner: &str,
         outcome: Bytes,
         ttl: Duration,
-    ) -> BusResult<()> {
+    ) -> BusResult<bool> {
         check_name("idempotency scope", scope)?;
         check_key("idempotency key", key)?;
+        check_key("idempotency owner", owner)?;
         match &self.backend {
-            Backend::Memory(m) => {
-                m.idempotency_complete(scope, key, outcome, ttl);
-                Ok(())
+            Backend::Memory(m) => Ok(m.idempotency_complete(scope, key, owner, outcome, ttl)),
+            Backend::Redis(r) => {
+                r.idempotency_complete(scope, key, owner, outcome, ttl)
+                    .await
             }
-            Backend::Redis(r) => r.idempotency_complete(scope, key, outcome, ttl).await,
         }
     }
 
-    /// Gives up an attempt that failed, so a retry starts afresh. A completed key is kept.
-    pub async fn idempotency_release(&self, scope: &str, key: &str) -> BusResult<()> {
+    /// Gives up `owner`'s attempt that failed, so a retry starts afresh. A completed key,
+    /// or one another attempt holds, is kept.
+    pub async fn idempotency_release(&self, scope: &str, key: &str, owner: &str) -> BusResult<()> {
         check_name("idempotency scope", scope)?;
         check_key("idempotency key", key)?;
+        check_key("idempotency owner", owner)?;
         match &self.backend {
             Backend::Memory(m) => {
-                m.idempotency_release(scope, key);
+                m.idempotency_release(scope, key, owner);
                 Ok(())
             }
-            Backend::Redis(r) => r.idempotency_release(scope, key).await,
+            Backend::Redis(r) => r.idempotency_release(scope, key, owner).await,
         }
     }
 

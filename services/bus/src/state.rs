@@ -153,10 +153,11 @@ pub struct StatePage {
 /// The answer to [`crate::Bus::idempotency_begin`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Idempotency {
-    /// First attempt: the caller does the work, then calls `idempotency_complete`
+    /// First attempt, or a retry taking over one whose holder stopped renewing: the
+    /// caller holds the key, renews it while it works, then calls `idempotency_complete`
     /// (or `idempotency_release` if it failed and may be retried).
     New,
-    /// Another attempt holds the key and has not finished; answer "try again later".
+    /// Another attempt holds the key and keeps renewing it; answer "try again later".
     InProgress,
     /// The work was done; here is the outcome the first attempt stored.
     Done(Bytes),

@@ -446,49 +446,187 @@ async fn idempotency_keys_store_the_first_outcome(kind: Kind) {
     let bus = &f.bus;
     let ttl = Duration::from_secs(60);
     assert_eq!(
-        bus.idempotency_begin("erp", "batch-1", ttl).await.unwrap(),
-        Idempotency::New
-    );
-    assert_eq!(
-        bus.idempotency_begin("erp", "batch-1", ttl).await.unwrap(),
-        Idempotency::InProgress
-    );
-    bus.idempotency_complete("erp", "batch-1", Bytes::from_static(b"202:applied=3"), ttl)
-        .await
-        .unwrap();
-    assert_eq!(
-        bus.idempotency_begin("erp", "batch-1", ttl).await.unwrap(),
-        Idempotency::Done(Bytes::from_static(b"202:applied=3"))
-    );
-    // Releasing a completed key keeps it; releasing a failed attempt frees it.
-    bus.idempotency_release("erp", "batch-1").await.unwrap();
-    assert!(matches!(
-        bus.idempotency_begin("erp", "batch-1", ttl).await.unwrap(),
-        Idempotency::Done(_)
-    ));
-    assert_eq!(
-        bus.idempotency_begin("erp", "batch-2", ttl).await.unwrap(),
-        Idempotency::New
-    );
-    bus.idempotency_release("erp", "batch-2").await.unwrap();
-    assert_eq!(
-        bus.idempotency_begin("erp", "batch-2", ttl).await.unwrap(),
-        Idempotency::New
-    );
-    // Scopes are separate.
-    assert_eq!(
-        bus.idempotency_begin("partner", "batch-1", ttl)
+        bus.idempotency_begin("erp", "batch-1", "first", ttl)
             .await
             .unwrap(),
         Idempotency::New
     );
-    // An empty outcome is still an outcome.
-    bus.idempotency_complete("erp", "empty", Bytes::new(), ttl)
+    assert_eq!(
+        bus.idempotency_begin("erp", "batch-1", "second", ttl)
+            .await
+            .unwrap(),
+        Idempotency::InProgress
+    );
+    assert!(
+        bus.idempotency_complete(
+            "erp",
+            "batch-1",
+            "first",
+            Bytes::from_static(b"202:applied=3"),
+            ttl
+        )
+        .await
+        .unwrap()
+    );
+    assert_eq!(
+        bus.idempotency_begin("erp", "batch-1", "third", ttl)
+            .await
+            .unwrap(),
+        Idempotency::Done(Bytes::from_static(b"202:applied=3"))
+    );
+    // Releasing a completed key keeps it; releasing a failed attempt frees it.
+    bus.idempotency_release("erp", "batch-1", "first")
+        .await
+        .unwrap();
+    assert!(matches!(
+        bus.idempotency_begin("erp", "batch-1", "third", ttl)
+            .await
+            .unwrap(),
+        Idempotency::Done(_)
+    ));
+    assert_eq!(
+        bus.idempotency_begin("erp", "batch-2", "first", ttl)
+            .await
+            .unwrap(),
+        Idempotency::New
+    );
+    bus.idempotency_release("erp", "batch-2", "first")
         .await
         .unwrap();
     assert_eq!(
-        bus.idempotency_begin("erp", "empty", ttl).await.unwrap(),
+        bus.idempotency_begin("erp", "batch-2", "second", ttl)
+            .await
+            .unwrap(),
+        Idempotency::New
+    );
+    // Scopes are separate.
+    assert_eq!(
+        bus.idempotency_begin("partner", "batch-1", "first", ttl)
+            .await
+            .unwrap(),
+        Idempotency::New
+    );
+    // An empty outcome is still an outcome, and a key nobody holds may be completed.
+    assert!(
+        bus.idempotency_complete("erp", "empty", "first", Bytes::new(), ttl)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        bus.idempotency_begin("erp", "empty", "second", ttl)
+            .await
+            .unwrap(),
         Idempotency::Done(Bytes::new())
+    );
+}
+
+/// Only the holder of an attempt renews, completes or releases it; a holder that stops
+/// renewing loses the key to the next attempt, and then cannot overwrite that attempt.
+async fn idempotency_keys_are_held_by_their_owner(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    let lease = Duration::from_millis(300);
+    let long = Duration::from_secs(60);
+    assert_eq!(
+        bus.idempotency_begin("erp", "batch", "dead", lease)
+            .await
+            .unwrap(),
+        Idempotency::New
+    );
+    // Someone else can neither renew, release nor complete it.
+    assert!(
+        !bus.idempotency_renew("erp", "batch", "other", long)
+            .await
+            .unwrap()
+    );
+    bus.idempotency_release("erp", "batch", "other")
+        .await
+        .unwrap();
+    assert!(
+        !bus.idempotency_complete("erp", "batch", "other", Bytes::from_static(b"x"), long)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        bus.idempotency_begin("erp", "batch", "retry", long)
+            .await
+            .unwrap(),
+        Idempotency::InProgress
+    );
+
+    // The owner renewing keeps the key well past its first lease.
+    let held = Instant::now() + lease * 3;
+    while Instant::now() < held {
+        assert!(
+            bus.idempotency_renew("erp", "batch", "dead", lease)
+                .await
+                .unwrap()
+        );
+        tokio::time::sleep(lease / 4).await;
+        assert_eq!(
+            bus.idempotency_begin("erp", "batch", "retry", long)
+                .await
+                .unwrap(),
+            Idempotency::InProgress
+        );
+    }
+
+    // Once it stops, a retry takes over within about a lease.
+    let stopped = Instant::now();
+    loop {
+        let retry = bus
+            .idempotency_begin("erp", "batch", "retry", lease)
+            .await
+            .unwrap();
+        if retry == Idempotency::New {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < lease * 5,
+            "a lapsed attempt was never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The old owner has lost it for good: no renewal, no release, no answer stored.
+    assert!(
+        !bus.idempotency_renew("erp", "batch", "dead", long)
+            .await
+            .unwrap()
+    );
+    bus.idempotency_release("erp", "batch", "dead")
+        .await
+        .unwrap();
+    assert!(
+        !bus.idempotency_complete("erp", "batch", "dead", Bytes::from_static(b"old"), long)
+            .await
+            .unwrap()
+    );
+    assert!(
+        bus.idempotency_renew("erp", "batch", "retry", long)
+            .await
+            .unwrap()
+    );
+    assert!(
+        bus.idempotency_complete("erp", "batch", "retry", Bytes::from_static(b"new"), long)
+            .await
+            .unwrap()
+    );
+    // A completed key is nobody's to renew, and its outcome stays.
+    assert!(
+        !bus.idempotency_renew("erp", "batch", "retry", long)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !bus.idempotency_complete("erp", "batch", "dead", Bytes::from_static(b"old"), long)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        bus.idempotency_begin("erp", "batch", "late", long)
+            .await
+            .unwrap(),
+        Idempotency::Done(Bytes::from_static(b"new"))
     );
 }
 
@@ -497,24 +635,35 @@ async fn idempotency_keys_expire(kind: Kind) {
     let bus = &f.bus;
     let short = Duration::from_millis(150);
     assert_eq!(
-        bus.idempotency_begin("erp", "a", short).await.unwrap(),
+        bus.idempotency_begin("erp", "a", "first", short)
+            .await
+            .unwrap(),
         Idempotency::New
     );
-    bus.idempotency_complete("erp", "done", Bytes::from_static(b"ok"), short)
-        .await
-        .unwrap();
+    assert!(
+        bus.idempotency_complete("erp", "done", "first", Bytes::from_static(b"ok"), short)
+            .await
+            .unwrap()
+    );
     let long = Duration::from_secs(60);
     assert_eq!(
-        bus.idempotency_begin("erp", "a", long).await.unwrap(),
+        bus.idempotency_begin("erp", "a", "second", long)
+            .await
+            .unwrap(),
         Idempotency::InProgress
     );
     assert!(matches!(
-        bus.idempotency_begin("erp", "done", long).await.unwrap(),
+        bus.idempotency_begin("erp", "done", "second", long)
+            .await
+            .unwrap(),
         Idempotency::Done(_)
     ));
     let end = Instant::now() + Duration::from_secs(3);
     loop {
-        let a = bus.idempotency_begin("erp", "a", long).await.unwrap();
+        let a = bus
+            .idempotency_begin("erp", "a", "second", long)
+            .await
+            .unwrap();
         if a == Idempotency::New {
             break;
         }
@@ -522,7 +671,10 @@ async fn idempotency_keys_expire(kind: Kind) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     loop {
-        let done = bus.idempotency_begin("erp", "done", long).await.unwrap();
+        let done = bus
+            .idempotency_begin("erp", "done", "second", long)
+            .await
+            .unwrap();
         if done == Idempotency::New {
             break;
         }
@@ -1393,6 +1545,7 @@ conformance!(
     nacked_entries_are_dead_lettered_with_their_error_and_replayable,
     unacked_entries_are_dead_lettered_after_max_deliveries,
     idempotency_keys_store_the_first_outcome,
+    idempotency_keys_are_held_by_their_owner,
     idempotency_keys_expire,
     get_states_reads_many_keys_in_their_order,
     compare_and_set_detects_conflicts,

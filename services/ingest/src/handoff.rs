@@ -8,6 +8,12 @@
 //! without its event. A concurrent push for the same SKU shows up as a version conflict
 //! and is re-classified. Batch ids are remembered with their answer, so a repeated batch
 //! gets the first answer again and changes nothing.
+//!
+//! While a batch is applied its id is held under a short lease that the request renews;
+//! if the request dies, a retry of the batch takes it over seconds later. Each mark also
+//! remembers which items of which batch set it (`applied:<location>` beside
+//! `loc:<location>`, `applied` beside a product's fingerprint), so the items the dead
+//! attempt already appended count as duplicates in the retry rather than as stale.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,9 +36,14 @@ const SEQ_NAMESPACE: &str = "erp_seq";
 const PRODUCT_NAMESPACE: &str = "erp_product";
 /// SKUs of one batch written concurrently (their commands pipeline on one connection).
 const SKU_CONCURRENCY: usize = 64;
-/// How long a batch id stays "in progress" if the attempt dies without finishing; after
-/// that a retry may apply the batch (items already appended then count as duplicates).
-const IN_PROGRESS_LEASE: Duration = Duration::from_secs(60);
+/// How long a batch id stays "in progress" after the request applying it last renewed
+/// it. Short, because it is how long an ERP retrying after an ingest crash or a Redis blip
+/// is refused before its retry takes the batch over; the live request renews it every
+/// third of this (see [`Handoff::hold`]), so a slow batch keeps it however long it takes.
+const IN_PROGRESS_LEASE: Duration = Duration::from_secs(5);
+/// Back-off advised to a request that finds its batch being applied by another one: the
+/// answer is usually a moment away, and a dead holder is taken over within the lease.
+const IN_PROGRESS_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Counts of one batch, as answered to the ERP.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,7 +106,10 @@ struct Remembered {
 pub struct Handoff {
     bus: Bus,
     idempotency_ttl: Duration,
+    /// How long a batch id stays held without renewal ([`IN_PROGRESS_LEASE`]).
+    lease: Duration,
     max_backlog: u64,
+    /// Back-off advertised when shedding or when the bus is unreachable.
     retry_after: Duration,
     backlog: Arc<AtomicU64>,
 }
@@ -126,9 +140,29 @@ impl Handoff {
         Self {
             bus,
             idempotency_ttl,
+            lease: IN_PROGRESS_LEASE,
             max_backlog,
             retry_after,
             backlog: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The same hand-off holding batch ids under a lease of `lease` (tests shorten it).
+    #[cfg(test)]
+    fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// A bus failure as answered to the ERP: an unreachable Redis is a 503 advising the
+    /// configured back-off; anything else is internal.
+    fn backend(&self, err: BusError) -> ApiError {
+        match ApiError::from(err) {
+            ApiError::Unavailable { message, .. } => ApiError::Unavailable {
+                message,
+                retry_after: self.retry_after,
+            },
+            other => other,
         }
     }
 
@@ -221,11 +255,14 @@ impl Handoff {
             });
         };
         let scope = format!("ingest.{}", kind.as_str());
-        match self
+        // Unique to this request, so only it renews, completes or releases its hold.
+        let owner = ulid::Ulid::generate().to_string();
+        let begun = self
             .bus
-            .idempotency_begin(&scope, &batch_id, IN_PROGRESS_LEASE)
-            .await?
-        {
+            .idempotency_begin(&scope, &batch_id, &owner, self.lease)
+            .await
+            .map_err(|e| self.backend(e))?;
+        match begun {
             Idempotency::Done(stored) => {
                 let remembered: Remembered = serde_json::from_slice(&stored).map_err(|e| {
                     ApiError::Internal(format!("stored answer of batch {batch_id}: {e}"))
@@ -248,39 +285,91 @@ impl Handoff {
                 message: format!(
                     "batch {batch_id:?} is being applied by another request; retry to get its answer"
                 ),
-                retry_after: Duration::from_secs(1),
+                retry_after: IN_PROGRESS_RETRY_AFTER,
             }),
-            Idempotency::New => match work(batch_id.clone()).await {
-                Ok(counts) => {
-                    let stored = serde_json::to_vec(&Remembered {
-                        fingerprint,
-                        counts,
-                    })
-                    .map_err(|e| ApiError::Internal(e.to_string()))?;
-                    self.bus
-                        .idempotency_complete(
-                            &scope,
-                            &batch_id,
-                            Bytes::from(stored),
-                            self.idempotency_ttl,
-                        )
-                        .await?;
-                    Ok(Answer {
-                        batch_id,
-                        counts,
-                        replayed: false,
-                    })
-                }
-                Err(err) => {
-                    // Let a retry apply what is left; items already appended count as
-                    // duplicates then. Failing to release only delays that retry until
-                    // the in-progress mark expires.
-                    if let Err(release) = self.bus.idempotency_release(&scope, &batch_id).await {
-                        tracing::warn!(%batch_id, error = %release, "could not release the batch id after a failure");
+            Idempotency::New => {
+                let applied = tokio::select! {
+                    applied = work(batch_id.clone()) => applied,
+                    lost = self.hold(&scope, &batch_id, &owner) => Err(lost),
+                };
+                match applied {
+                    Ok(counts) => {
+                        let stored = serde_json::to_vec(&Remembered {
+                            fingerprint,
+                            counts,
+                        })
+                        .map_err(|e| ApiError::Internal(e.to_string()))?;
+                        let kept = self
+                            .bus
+                            .idempotency_complete(
+                                &scope,
+                                &batch_id,
+                                &owner,
+                                Bytes::from(stored),
+                                self.idempotency_ttl,
+                            )
+                            .await
+                            .map_err(|e| self.backend(e))?;
+                        if !kept {
+                            // Every item is on the stream, so the answer stands; a request
+                            // that took the batch over remembers its own.
+                            tracing::warn!(%batch_id, "the batch was taken over before its answer was stored");
+                        }
+                        Ok(Answer {
+                            batch_id,
+                            counts,
+                            replayed: false,
+                        })
                     }
-                    Err(err)
+                    Err(err) => {
+                        // Let a retry apply what is left; items already appended count as
+                        // duplicates then. Failing to release only delays that retry until
+                        // the lease lapses.
+                        if let Err(release) = self
+                            .bus
+                            .idempotency_release(&scope, &batch_id, &owner)
+                            .await
+                        {
+                            tracing::warn!(%batch_id, error = %release, "could not release the batch id after a failure");
+                        }
+                        Err(err)
+                    }
                 }
-            },
+            }
+        }
+    }
+
+    /// Keeps `owner`'s hold on `batch_id` while the batch is applied, renewing it every
+    /// third of the lease. Returns only when the hold is lost (the lease lapsed, say while
+    /// Redis was unreachable, and another request may have taken the batch over): this
+    /// request must stop then, and the error is its answer.
+    async fn hold(&self, scope: &str, batch_id: &str, owner: &str) -> ApiError {
+        let mut renew = tokio::time::interval(self.lease / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate; the hold was just taken.
+        renew.tick().await;
+        loop {
+            renew.tick().await;
+            match self
+                .bus
+                .idempotency_renew(scope, batch_id, owner, self.lease)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(%batch_id, "lost the hold on the batch id while applying it");
+                    return ApiError::Unavailable {
+                        message: format!(
+                            "batch {batch_id:?} stalled and may be applied by another request; retry to get its answer"
+                        ),
+                        retry_after: IN_PROGRESS_RETRY_AFTER,
+                    };
+                }
+                // The next renewal may get through before the lease lapses.
+                Err(err) => {
+                    tracing::warn!(%batch_id, error = %err, "could not renew the hold on the batch id");
+                }
+            }
         }
     }
 
@@ -291,7 +380,9 @@ impl Handoff {
         items: Vec<StockItem>,
         now: DateTime<Utc>,
     ) -> Result<Counts, ApiError> {
-        let groups = group_by_sku(items, |i| i.sku.as_str().to_owned());
+        let groups = group_by_sku(items.into_iter().enumerate().collect(), |(_, i)| {
+            i.sku.as_str().to_owned()
+        });
         let totals = sum_concurrently(
             groups
                 .into_iter()
@@ -302,18 +393,24 @@ impl Handoff {
         Ok(totals)
     }
 
+    /// Applies one SKU's items, each with its position in the batch.
     async fn apply_stock_sku(
         &self,
         sku: String,
-        items: Vec<StockItem>,
+        items: Vec<(usize, StockItem)>,
         source: &str,
         batch_id: &str,
         now: DateTime<Utc>,
     ) -> Result<Counts, ApiError> {
         let mut counts = Counts::default();
-        let mut seen = self.bus.get_state(SEQ_NAMESPACE, &sku).await?;
-        for item in items {
+        let mut seen = self
+            .bus
+            .get_state(SEQ_NAMESPACE, &sku)
+            .await
+            .map_err(|e| self.backend(e))?;
+        for (index, item) in items {
             let field = format!("loc:{}", item.location);
+            let applied_field = format!("applied:{}", item.location);
             // A concurrent push for this SKU that got in first makes the bus ask again
             // with the record it left: the item is re-classified against it.
             let (outcome, record) = self
@@ -325,20 +422,32 @@ impl Handoff {
                         .get(&field)
                         .and_then(|v| std::str::from_utf8(v).ok())
                         .and_then(|v| v.parse::<u64>().ok());
+                    let applied = AppliedBy::parse(record.fields.get(&applied_field));
                     let update = match last {
-                        Some(last) if item.sequence < last => {
-                            Update::Keep((Outcome::Stale, record))
-                        }
                         Some(last) if item.sequence == last => {
                             Update::Keep((Outcome::Duplicate, record))
                         }
+                        Some(last) if item.sequence < last => {
+                            // Older than the mark, unless an earlier attempt of this very
+                            // batch appended it and items after it moved the mark on.
+                            let outcome = if applied.holds(batch_id, index) {
+                                Outcome::Duplicate
+                            } else {
+                                Outcome::Stale
+                            };
+                            Update::Keep((outcome, record))
+                        }
                         _ => {
                             let sequence = Bytes::from(item.sequence.to_string());
+                            let applied = applied.with(batch_id, index);
                             let event = events::stock_changed(&item, source, batch_id, now);
-                            let write = write.set(field.clone(), sequence.clone());
+                            let write = write
+                                .set(field.clone(), sequence.clone())
+                                .set(applied_field.clone(), applied.clone());
                             let mut written = record;
                             written.version += 1;
                             written.fields.insert(field.clone(), sequence);
+                            written.fields.insert(applied_field.clone(), applied);
                             Update::WriteAndPublish(
                                 write,
                                 streams::STOCK,
@@ -349,7 +458,8 @@ impl Handoff {
                     };
                     std::future::ready(Ok::<_, BusError>(update))
                 })
-                .await?;
+                .await
+                .map_err(|e| self.backend(e))?;
             counts.add(outcome);
             seen = Some(record);
         }
@@ -363,7 +473,9 @@ impl Handoff {
         items: Vec<ProductItem>,
         now: DateTime<Utc>,
     ) -> Result<Counts, ApiError> {
-        let groups = group_by_sku(items, |i| i.sku.as_str().to_owned());
+        let groups = group_by_sku(items.into_iter().enumerate().collect(), |(_, i)| {
+            i.sku.as_str().to_owned()
+        });
         let totals = sum_concurrently(
             groups
                 .into_iter()
@@ -374,17 +486,22 @@ impl Handoff {
         Ok(totals)
     }
 
+    /// Applies one SKU's product items, each with its position in the batch.
     async fn apply_product_sku(
         &self,
         sku: String,
-        items: Vec<ProductItem>,
+        items: Vec<(usize, ProductItem)>,
         source: &str,
         batch_id: &str,
         now: DateTime<Utc>,
     ) -> Result<Counts, ApiError> {
         let mut counts = Counts::default();
-        let mut seen = self.bus.get_state(PRODUCT_NAMESPACE, &sku).await?;
-        for item in items {
+        let mut seen = self
+            .bus
+            .get_state(PRODUCT_NAMESPACE, &sku)
+            .await
+            .map_err(|e| self.backend(e))?;
+        for (index, item) in items {
             let fp = product_fingerprint(&item);
             let item_as_of = item.as_of.map(|t| t.timestamp_micros());
             let (outcome, record) = self
@@ -397,17 +514,26 @@ impl Handoff {
                         .and_then(|v| std::str::from_utf8(v).ok())
                         .and_then(|v| v.parse::<i64>().ok());
                     let stored_fp = record.fields.get("fp");
-                    let update = if let (Some(stored), Some(new)) = (stored_as_of, item_as_of)
+                    let applied = AppliedBy::parse(record.fields.get("applied"));
+                    // An earlier attempt of this very batch appended it; items after it
+                    // may have changed the product since.
+                    let update = if applied.holds(batch_id, index) {
+                        Update::Keep((Outcome::Duplicate, record))
+                    } else if let (Some(stored), Some(new)) = (stored_as_of, item_as_of)
                         && new < stored
                     {
                         Update::Keep((Outcome::Stale, record))
                     } else if stored_fp.is_some_and(|f| f.as_ref() == fp.as_bytes()) {
                         Update::Keep((Outcome::Duplicate, record))
                     } else {
-                        let mut write = write.set("fp", Bytes::from(fp.clone()));
+                        let applied = applied.with(batch_id, index);
+                        let mut write = write
+                            .set("fp", Bytes::from(fp.clone()))
+                            .set("applied", applied.clone());
                         let mut written = record;
                         written.version += 1;
                         written.fields.insert("fp".into(), Bytes::from(fp.clone()));
+                        written.fields.insert("applied".into(), applied);
                         if let Some(as_of) = item_as_of {
                             let as_of = Bytes::from(as_of.to_string());
                             write = write.set("as_of", as_of.clone());
@@ -423,11 +549,53 @@ impl Handoff {
                     };
                     std::future::ready(Ok::<_, BusError>(update))
                 })
-                .await?;
+                .await
+                .map_err(|e| self.backend(e))?;
             counts.add(outcome);
             seen = Some(record);
         }
         Ok(counts)
+    }
+}
+
+/// Which items of which batch last moved a mark, stored beside it as
+/// `"<batch id> <index> <index> ..."` (indices are positions in the batch; batch ids have
+/// no spaces). When the request applying a batch dies part-way, its retry finds here the
+/// items that request already appended and counts them as duplicates. Only the latest
+/// batch is kept: once another batch moves the mark, the older one's items are stale.
+#[derive(Debug, Default)]
+struct AppliedBy<'a> {
+    batch_id: &'a str,
+    indices: Vec<usize>,
+}
+
+impl<'a> AppliedBy<'a> {
+    fn parse(value: Option<&'a Bytes>) -> Self {
+        let Some(text) = value.and_then(|v| std::str::from_utf8(v).ok()) else {
+            return Self::default();
+        };
+        let mut words = text.split(' ');
+        AppliedBy {
+            batch_id: words.next().unwrap_or_default(),
+            indices: words.filter_map(|w| w.parse().ok()).collect(),
+        }
+    }
+
+    /// Whether item `index` of batch `batch_id` was applied here.
+    fn holds(&self, batch_id: &str, index: usize) -> bool {
+        self.batch_id == batch_id && self.indices.contains(&index)
+    }
+
+    /// The value after item `index` of batch `batch_id` is applied here.
+    fn with(&self, batch_id: &str, index: usize) -> Bytes {
+        let mut value = batch_id.to_owned();
+        if self.batch_id == batch_id {
+            for i in &self.indices {
+                value.push_str(&format!(" {i}"));
+            }
+        }
+        value.push_str(&format!(" {index}"));
+        Bytes::from(value)
     }
 }
 
@@ -505,8 +673,12 @@ mod tests {
     use rust_decimal::Decimal;
 
     fn stock(sequence: u64) -> StockItem {
+        stock_of("SKU-RACE", sequence)
+    }
+
+    fn stock_of(sku: &str, sequence: u64) -> StockItem {
         StockItem {
-            sku: Sku::new("SKU-RACE").unwrap(),
+            sku: Sku::new(sku).unwrap(),
             location: "DC-1".into(),
             on_hand: Decimal::from(sequence),
             reserved: Decimal::ZERO,
@@ -559,6 +731,219 @@ mod tests {
         assert_eq!(mark.version, u64::from(total.applied));
         let appended = bus.stream_stats(streams::STOCK, "rates").await.unwrap();
         assert_eq!(appended.length, u64::from(total.applied));
+    }
+
+    /// A request died part-way through batch "erp-7" (it took the batch id and appended
+    /// its first three items, then stopped renewing). The ERP's retry is refused while
+    /// the lease runs, then takes the batch over: what the dead request appended counts
+    /// as duplicate, the rest is applied, and nothing is appended twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_whose_request_died_is_taken_over_and_its_appended_items_are_duplicates() {
+        let bus = Bus::memory(BusOptions::embedded()).unwrap();
+        let lease = Duration::from_millis(500);
+        let handoff = Handoff::new(
+            bus.clone(),
+            Duration::from_secs(60),
+            u64::MAX,
+            Duration::from_secs(2),
+        )
+        .with_lease(lease);
+        let batch = vec![
+            stock_of("SKU-A", 1),
+            stock_of("SKU-B", 1),
+            stock_of("SKU-A", 2),
+            stock_of("SKU-B", 2),
+            stock_of("SKU-A", 3),
+        ];
+
+        let began = std::time::Instant::now();
+        assert_eq!(
+            bus.idempotency_begin("ingest.stock", "erp-7", "dead", lease)
+                .await
+                .unwrap(),
+            Idempotency::New
+        );
+        let dead = handoff
+            .apply_stock("erp", "erp-7", batch[..3].to_vec(), Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(dead.applied, 3);
+
+        let refused = handoff
+            .push_stock("erp", Some("erp-7".into()), batch.clone(), Utc::now())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, ApiError::Unavailable { .. }),
+            "{refused:?}"
+        );
+
+        let answer = loop {
+            match handoff
+                .push_stock("erp", Some("erp-7".into()), batch.clone(), Utc::now())
+                .await
+            {
+                Ok(answer) => break answer,
+                Err(ApiError::Unavailable { .. }) => {
+                    assert!(began.elapsed() < lease * 10, "never taken over");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(other) => panic!("retry refused: {other:?}"),
+            }
+        };
+        assert!(began.elapsed() >= lease, "taken over while the lease ran");
+        assert_eq!(
+            answer.counts,
+            Counts {
+                applied: 2,
+                duplicate: 3,
+                stale: 0
+            }
+        );
+        assert!(!answer.replayed);
+        let appended = bus.stream_stats(streams::STOCK, "rates").await.unwrap();
+        assert_eq!(appended.length, 5);
+
+        // The answer is remembered as usual.
+        let again = handoff
+            .push_stock("erp", Some("erp-7".into()), batch, Utc::now())
+            .await
+            .unwrap();
+        assert!(again.replayed);
+        assert_eq!(again.counts, answer.counts);
+    }
+
+    /// Items older than the mark stay stale in a retry when another batch moved the mark,
+    /// and products an earlier attempt upserted are duplicates even when later items of
+    /// the batch changed the product since.
+    #[tokio::test]
+    async fn only_the_items_an_earlier_attempt_appended_count_as_duplicates() {
+        let bus = Bus::memory(BusOptions::embedded()).unwrap();
+        let handoff = Handoff::new(
+            bus.clone(),
+            Duration::from_secs(60),
+            u64::MAX,
+            Duration::ZERO,
+        );
+        let now = Utc::now();
+        // Batch "a" appended 1 and 2, then batch "b" moved the mark to 3.
+        handoff
+            .apply_stock(
+                "erp",
+                "a",
+                vec![stock_of("SKU-S", 1), stock_of("SKU-S", 2)],
+                now,
+            )
+            .await
+            .unwrap();
+        handoff
+            .apply_stock("erp", "b", vec![stock_of("SKU-S", 3)], now)
+            .await
+            .unwrap();
+        let retried = handoff
+            .apply_stock(
+                "erp",
+                "a",
+                vec![stock_of("SKU-S", 1), stock_of("SKU-S", 2)],
+                now,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            retried,
+            Counts {
+                applied: 0,
+                duplicate: 0,
+                stale: 2
+            }
+        );
+
+        // Two versions of one product without `as_of`: the last one wins, and a retry of
+        // the batch neither flips it back nor appends anything.
+        let product = |price: &str| ProductItem {
+            sku: Sku::new("SKU-P").unwrap(),
+            category: "toys".into(),
+            price: price.parse().unwrap(),
+            unit_cost: "1".parse().unwrap(),
+            base_rate: None,
+            currency: "USD".into(),
+            title: None,
+            as_of: None,
+        };
+        let versions = vec![product("10"), product("12")];
+        let first = handoff
+            .apply_products("erp", "p", versions.clone(), now)
+            .await
+            .unwrap();
+        assert_eq!(first.applied, 2);
+        let retried = handoff
+            .apply_products("erp", "p", versions.clone(), now)
+            .await
+            .unwrap();
+        assert_eq!(
+            retried,
+            Counts {
+                applied: 0,
+                duplicate: 2,
+                stale: 0
+            }
+        );
+        // A new batch with the first version again is a change, as before.
+        let other = handoff
+            .apply_products("erp", "q", versions[..1].to_vec(), now)
+            .await
+            .unwrap();
+        assert_eq!(other.applied, 1);
+    }
+
+    /// The request applying a batch keeps its hold however long the batch takes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_batch_keeps_its_hold_past_the_lease() {
+        let bus = Bus::memory(BusOptions::embedded()).unwrap();
+        let lease = Duration::from_millis(400);
+        let handoff = Handoff::new(
+            bus.clone(),
+            Duration::from_secs(60),
+            u64::MAX,
+            Duration::ZERO,
+        )
+        .with_lease(lease);
+        let slow = tokio::spawn({
+            let handoff = handoff.clone();
+            async move {
+                handoff
+                    .once(
+                        Kind::Stock,
+                        Some("slow".into()),
+                        "fp".into(),
+                        |_| async move {
+                            tokio::time::sleep(lease * 4).await;
+                            Ok(Counts::default())
+                        },
+                    )
+                    .await
+            }
+        });
+        for _ in 0..6 {
+            tokio::time::sleep(lease / 2).await;
+            if slow.is_finished() {
+                break;
+            }
+            assert_eq!(
+                bus.idempotency_begin("ingest.stock", "slow", "retry", lease)
+                    .await
+                    .unwrap(),
+                Idempotency::InProgress
+            );
+        }
+        let answer = slow.await.unwrap().unwrap();
+        assert!(!answer.replayed);
+        assert!(matches!(
+            bus.idempotency_begin("ingest.stock", "slow", "retry", lease)
+                .await
+                .unwrap(),
+            Idempotency::Done(_)
+        ));
     }
 
     #[test]

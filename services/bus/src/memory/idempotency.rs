@@ -1,4 +1,6 @@
-//! In-memory idempotency keys with a TTL, expired lazily and swept now and then.
+//! In-memory idempotency keys with a TTL, expired lazily and swept now and then. An
+//! attempt in progress is held by its owner's token, so only that owner renews, completes
+//! or releases it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,7 +18,8 @@ const SHARDS: usize = 16;
 const SWEEP_EVERY: u32 = 1024;
 
 enum Slot {
-    InProgress,
+    /// Held by the attempt with this owner token.
+    InProgress(String),
     Done(Bytes),
 }
 
@@ -24,6 +27,20 @@ enum Slot {
 struct Shard {
     keys: HashMap<String, (Slot, Instant)>,
     inserts: u32,
+}
+
+impl Shard {
+    /// The live slot under `k`; an expired one is as good as absent.
+    fn live(&self, k: &str, now: Instant) -> Option<&Slot> {
+        self.keys
+            .get(k)
+            .filter(|(_, expires)| *expires > now)
+            .map(|(slot, _)| slot)
+    }
+
+    fn held_by(&self, k: &str, owner: &str, now: Instant) -> bool {
+        matches!(self.live(k, now), Some(Slot::InProgress(holder)) if holder == owner)
+    }
 }
 
 pub(super) struct IdempotencyStore {
@@ -54,32 +71,56 @@ impl IdempotencyStore {
         }
     }
 
-    pub(super) fn begin(&self, scope: &str, key: &str, ttl: Duration) -> Idempotency {
+    pub(super) fn begin(&self, scope: &str, key: &str, owner: &str, ttl: Duration) -> Idempotency {
         let k = slot_key(scope, key);
         let now = Instant::now();
         let mut shard = lock(self.shard(&k));
-        match shard.keys.get(&k) {
-            Some((Slot::InProgress, expires)) if *expires > now => Idempotency::InProgress,
-            Some((Slot::Done(outcome), expires)) if *expires > now => {
-                Idempotency::Done(outcome.clone())
-            }
-            _ => {
-                Self::insert(&mut shard, k, Slot::InProgress, ttl, now);
+        match shard.live(&k, now) {
+            Some(Slot::InProgress(_)) => Idempotency::InProgress,
+            Some(Slot::Done(outcome)) => Idempotency::Done(outcome.clone()),
+            None => {
+                Self::insert(&mut shard, k, Slot::InProgress(owner.to_owned()), ttl, now);
                 Idempotency::New
             }
         }
     }
 
-    pub(super) fn complete(&self, scope: &str, key: &str, outcome: Bytes, ttl: Duration) {
+    pub(super) fn renew(&self, scope: &str, key: &str, owner: &str, ttl: Duration) -> bool {
         let k = slot_key(scope, key);
+        let now = Instant::now();
         let mut shard = lock(self.shard(&k));
-        Self::insert(&mut shard, k, Slot::Done(outcome), ttl, Instant::now());
+        if !shard.held_by(&k, owner, now) {
+            return false;
+        }
+        if let Some((_, expires)) = shard.keys.get_mut(&k) {
+            *expires = now + ttl;
+        }
+        true
     }
 
-    pub(super) fn release(&self, scope: &str, key: &str) {
+    pub(super) fn complete(
+        &self,
+        scope: &str,
+        key: &str,
+        owner: &str,
+        outcome: Bytes,
+        ttl: Duration,
+    ) -> bool {
         let k = slot_key(scope, key);
+        let now = Instant::now();
         let mut shard = lock(self.shard(&k));
-        if matches!(shard.keys.get(&k), Some((Slot::InProgress, _))) {
+        if shard.live(&k, now).is_some() && !shard.held_by(&k, owner, now) {
+            return false;
+        }
+        Self::insert(&mut shard, k, Slot::Done(outcome), ttl, now);
+        true
+    }
+
+    pub(super) fn release(&self, scope: &str, key: &str, owner: &str) {
+        let k = slot_key(scope, key);
+        let now = Instant::now();
+        let mut shard = lock(self.shard(&k));
+        if shard.held_by(&k, owner, now) {
             shard.keys.remove(&k);
         }
     }

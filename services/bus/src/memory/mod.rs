@@ -197,22 +197,39 @@ impl MemoryBackend {
         self.state.scan(ns, page, limit)
     }
 
-    pub(crate) fn idempotency_begin(&self, scope: &str, key: &str, ttl: Duration) -> Idempotency {
-        self.idempotency.begin(scope, key, ttl)
+    pub(crate) fn idempotency_begin(
+        &self,
+        scope: &str,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> Idempotency {
+        self.idempotency.begin(scope, key, owner, ttl)
+    }
+
+    pub(crate) fn idempotency_renew(
+        &self,
+        scope: &str,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> bool {
+        self.idempotency.renew(scope, key, owner, ttl)
     }
 
     pub(crate) fn idempotency_complete(
         &self,
         scope: &str,
         key: &str,
+        owner: &str,
         outcome: Bytes,
         ttl: Duration,
-    ) {
-        self.idempotency.complete(scope, key, outcome, ttl)
+    ) -> bool {
+        self.idempotency.complete(scope, key, owner, outcome, ttl)
     }
 
-    pub(crate) fn idempotency_release(&self, scope: &str, key: &str) {
-        self.idempotency.release(scope, key)
+    pub(crate) fn idempotency_release(&self, scope: &str, key: &str, owner: &str) {
+        self.idempotency.release(scope, key, owner)
     }
 
     pub(crate) fn schedule(&self, queue: &str, member: &str, due_ms: u64) {

@@ -13,7 +13,7 @@
 //! | `{<prefix>:p<n>}:dlqn:<stream>:<group>` | string | dead-lettered total |
 //! | `{<prefix>:p<n>}:st:<namespace>:<key>` | hash | state: `_v` version, `f:<field>` values |
 //! | `{<prefix>:p<n>}:sti:<namespace>` | zset | index of state keys (score 0, by lex) |
-//! | `{<prefix>:p<n>}:idem:<scope>:<key>` | string | `p` in progress, `d<outcome>` done |
+//! | `{<prefix>:p<n>}:idem:<scope>:<key>` | string | `p<owner>` in progress (a short lease), `d<outcome>` done |
 //! | `{<prefix>:t:<queue>}` | zset | timers, score = due ms |
 //! | `{<prefix>:l:<stream>:<group>}:m` | zset | consumers of the group, score = expiry ms |
 //! | `{<prefix>:l:<stream>:<group>}:o` | hash | partition → `owner\|expiry ms` (leases) |

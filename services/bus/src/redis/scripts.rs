@@ -271,20 +271,43 @@ if #o > 0 then o[1] = string.sub(o[1], 1, 8) end
 return {r, o}
 "#;
 
-/// KEYS: idempotency key. ARGV: ttl ms. Returns `{'new'}`, `{'progress'}` or `{'done', outcome}`.
+/// An idempotency key holds `'p' .. owner` while an attempt is in progress and
+/// `'d' .. outcome` once it completed.
+///
+/// KEYS: idempotency key. ARGV: ttl ms, owner.
+/// Returns `{'new'}`, `{'progress'}` or `{'done', outcome}`.
 const IDEMPOTENCY_BEGIN: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if not v then
-  redis.call('SET', KEYS[1], 'p', 'PX', ARGV[1])
+  redis.call('SET', KEYS[1], 'p' .. ARGV[2], 'PX', ARGV[1])
   return {'new'}
 end
-if v == 'p' then return {'progress'} end
+if string.sub(v, 1, 1) == 'p' then return {'progress'} end
 return {'done', string.sub(v, 2)}
 "#;
 
-/// KEYS: idempotency key. Deletes it only while in progress.
+/// KEYS: idempotency key. ARGV: ttl ms, owner. Extends the key only while `owner` holds
+/// it. Returns 1 when extended, 0 when not held.
+const IDEMPOTENCY_RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) == 'p' .. ARGV[2] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+/// KEYS: idempotency key. ARGV: ttl ms, owner, outcome. Stores the outcome when `owner`
+/// holds the key or nobody does. Returns 1 when stored, 0 when another attempt has it.
+const IDEMPOTENCY_COMPLETE: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v and v ~= 'p' .. ARGV[2] then return 0 end
+redis.call('SET', KEYS[1], 'd' .. ARGV[3], 'PX', ARGV[1])
+return 1
+"#;
+
+/// KEYS: idempotency key. ARGV: owner. Deletes it only while `owner` holds it.
 const IDEMPOTENCY_RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == 'p' then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == 'p' .. ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 "#;
 
@@ -307,6 +330,8 @@ pub(crate) struct Scripts {
     pub(crate) history_at: Script,
     pub(crate) delete_state: Script,
     pub(crate) idempotency_begin: Script,
+    pub(crate) idempotency_renew: Script,
+    pub(crate) idempotency_complete: Script,
     pub(crate) idempotency_release: Script,
     pub(crate) claim_due: Script,
 }
@@ -324,6 +349,8 @@ impl Scripts {
             history_at: Script::new(HISTORY_AT),
             delete_state: Script::new(DELETE_STATE),
             idempotency_begin: Script::new(IDEMPOTENCY_BEGIN),
+            idempotency_renew: Script::new(IDEMPOTENCY_RENEW),
+            idempotency_complete: Script::new(IDEMPOTENCY_COMPLETE),
             idempotency_release: Script::new(IDEMPOTENCY_RELEASE),
             claim_due: Script::new(CLAIM_DUE),
         }

@@ -292,6 +292,7 @@ impl RedisBackend {
         &self,
         scope: &str,
         key: &str,
+        owner: &str,
         ttl: Duration,
     ) -> BusResult<Idempotency> {
         let reply: Value = self
@@ -299,6 +300,7 @@ impl RedisBackend {
             .idempotency_begin
             .key(self.keys.idempotency(scope, key))
             .arg(millis_at_least_one(ttl))
+            .arg(owner)
             .invoke_async(&mut self.conn())
             .await
             .map_err(|e| self.fail(e, || format!("idempotency key {scope}/{key}")))?;
@@ -314,30 +316,54 @@ impl RedisBackend {
         }
     }
 
+    pub(crate) async fn idempotency_renew(
+        &self,
+        scope: &str,
+        key: &str,
+        owner: &str,
+        ttl: Duration,
+    ) -> BusResult<bool> {
+        self.scripts
+            .idempotency_renew
+            .key(self.keys.idempotency(scope, key))
+            .arg(millis_at_least_one(ttl))
+            .arg(owner)
+            .invoke_async::<i64>(&mut self.conn())
+            .await
+            .map(|held| held == 1)
+            .map_err(|e| self.fail(e, || format!("idempotency key {scope}/{key}")))
+    }
+
     pub(crate) async fn idempotency_complete(
         &self,
         scope: &str,
         key: &str,
+        owner: &str,
         outcome: Bytes,
         ttl: Duration,
-    ) -> BusResult<()> {
-        let mut value = Vec::with_capacity(outcome.len() + 1);
-        value.push(b'd');
-        value.extend_from_slice(&outcome);
-        redis::cmd("SET")
-            .arg(self.keys.idempotency(scope, key))
-            .arg(value)
-            .arg("PX")
+    ) -> BusResult<bool> {
+        self.scripts
+            .idempotency_complete
+            .key(self.keys.idempotency(scope, key))
             .arg(millis_at_least_one(ttl))
-            .query_async::<()>(&mut self.conn())
+            .arg(owner)
+            .arg(outcome.as_ref())
+            .invoke_async::<i64>(&mut self.conn())
             .await
+            .map(|stored| stored == 1)
             .map_err(|e| self.fail(e, || format!("idempotency key {scope}/{key}")))
     }
 
-    pub(crate) async fn idempotency_release(&self, scope: &str, key: &str) -> BusResult<()> {
+    pub(crate) async fn idempotency_release(
+        &self,
+        scope: &str,
+        key: &str,
+        owner: &str,
+    ) -> BusResult<()> {
         self.scripts
             .idempotency_release
             .key(self.keys.idempotency(scope, key))
+            .arg(owner)
             .invoke_async::<i64>(&mut self.conn())
             .await
             .map(|_| ())
