@@ -20,7 +20,7 @@ use crate::partition::partition_of;
 use crate::redis::{RedisBackend, RedisConsumer, RedisTail};
 use crate::state::{
     CAS_ATTEMPTS, DueTimer, Expect, HistoryLookup, Idempotency, Retention, StatePage, StateRecord,
-    StateWrite, StreamStats, Update,
+    StateWrite, StreamStats, Update, Written,
 };
 use crate::trace_context::current_traceparent;
 
@@ -404,6 +404,83 @@ impl Bus {
         Ok((version, appended))
     }
 
+    /// Applies many writes, each under its own version check and each atomically with
+    /// the event appended with it (if any) — what a consumer does with a batch it
+    /// folded in memory. On Redis the writes of one partition are one script (one round
+    /// trip, one atomic step); partitions are written concurrently. The answer is per
+    /// write, in order: its new version and appended entry, [`BusError::Conflict`] when
+    /// its check failed (nothing of it was written; the others were), or the error that
+    /// kept it from being written.
+    pub async fn write_states(
+        &self,
+        writes: Vec<(StateWrite, Option<(&str, Event)>)>,
+    ) -> Vec<BusResult<Written>> {
+        let mut results: Vec<Option<BusResult<Written>>> =
+            (0..writes.len()).map(|_| None).collect();
+        let mut by_partition: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        let mut checked = Vec::with_capacity(writes.len());
+        for (i, (write, publish)) in writes.into_iter().enumerate() {
+            let verdict = Self::check_write(&write).and_then(|()| match &publish {
+                Some((stream, event)) => {
+                    check_name("stream", stream)?;
+                    check_event(stream, event)?;
+                    if self.partition_of(&event.key) != self.partition_of(&write.key) {
+                        return Err(BusError::InvalidInput(format!(
+                            "event key {:?} is not in the partition of state key {:?}",
+                            event.key, write.key
+                        )));
+                    }
+                    Ok(())
+                }
+                None => Ok(()),
+            });
+            match verdict {
+                Ok(()) => {
+                    by_partition
+                        .entry(self.partition_of(&write.key))
+                        .or_default()
+                        .push(i);
+                }
+                Err(e) => results[i] = Some(Err(e)),
+            }
+            let publish = publish.map(|(stream, event)| (stream, fill_traceparent(event)));
+            checked.push(Some((write, publish)));
+        }
+        match &self.backend {
+            Backend::Memory(m) => {
+                for i in by_partition.into_values().flatten() {
+                    if let Some((write, publish)) = checked[i].take() {
+                        results[i] = Some(m.write_state(write, publish));
+                    }
+                }
+            }
+            Backend::Redis(r) => {
+                let calls = by_partition.into_iter().map(|(p, indices)| {
+                    let batch: Vec<_> = indices.iter().filter_map(|&i| checked[i].take()).collect();
+                    async move { (indices, r.write_states(p, batch).await) }
+                });
+                for (indices, written) in futures::future::join_all(calls).await {
+                    match written {
+                        Ok(written) => {
+                            for (i, result) in indices.into_iter().zip(written) {
+                                results[i] = Some(result);
+                            }
+                        }
+                        Err(e) => {
+                            for i in indices {
+                                results[i] = Some(Err(e.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(BusError::Backend("state write lost".to_owned()))))
+            .collect()
+    }
+
     /// The version of `namespace`/`key`'s history (see [`StateWrite::keep_history`])
     /// that was current at `at_us` (µs since the Unix epoch), and the oldest one kept.
     pub async fn history_at(
@@ -622,15 +699,31 @@ impl Bus {
 
     /// Schedules (or moves) `member` of timer queue `queue` to fire at `due_at`.
     pub async fn schedule(&self, queue: &str, member: &str, due_at: SystemTime) -> BusResult<()> {
+        self.schedule_many(queue, &[(member, due_at)]).await
+    }
+
+    /// Schedules many timers on `queue` in one step (one command on Redis), with the
+    /// semantics of [`Bus::schedule`] for each.
+    pub async fn schedule_many<M: AsRef<str>>(
+        &self,
+        queue: &str,
+        timers: &[(M, SystemTime)],
+    ) -> BusResult<()> {
         check_name("timer queue", queue)?;
-        check_key("timer member", member)?;
-        let due = ms_of(due_at);
+        for (member, _) in timers {
+            check_key("timer member", member.as_ref())?;
+        }
+        if timers.is_empty() {
+            return Ok(());
+        }
         match &self.backend {
             Backend::Memory(m) => {
-                m.schedule(queue, member, due);
+                for (member, due_at) in timers {
+                    m.schedule(queue, member.as_ref(), ms_of(*due_at));
+                }
                 Ok(())
             }
-            Backend::Redis(r) => r.schedule(queue, member, due).await,
+            Backend::Redis(r) => r.schedule(queue, timers).await,
         }
     }
 

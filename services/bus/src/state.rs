@@ -113,6 +113,10 @@ impl StateWrite {
     }
 }
 
+/// One write's answer from [`crate::Bus::write_states`]: the record's new version and the
+/// entry appended with it, if one was.
+pub type Written = (u64, Option<crate::Appended>);
+
 /// How often [`crate::Bus::update_state`] reads and tries again when another writer of
 /// the same record won the compare-and-set.
 pub const CAS_ATTEMPTS: usize = 32;

@@ -820,6 +820,110 @@ async fn write_and_publish_is_atomic(kind: Kind) {
     assert_eq!(events[0].id, appended.id);
 }
 
+async fn write_states_checks_each_record_and_writes_the_rest(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    let limits = HistoryLimits {
+        keep_since_us: 0,
+        max_versions: 10,
+    };
+    // Forty SKUs over every partition, each created at version 1.
+    let skus: Vec<String> = (0..40).map(|i| format!("SKU-B{i}")).collect();
+    for sku in &skus {
+        bus.write_state(StateWrite::new("rate", sku).set("card", b"v1".to_vec()))
+            .await
+            .unwrap();
+    }
+    let start = bus.end_cursor("rates").await.unwrap();
+    let (a, b) = keys_in_different_partitions(bus);
+    let mut writes = Vec::new();
+    for (i, sku) in skus.iter().enumerate() {
+        // Every fourth SKU expects a version it does not have.
+        let expected = if i % 4 == 3 { 7 } else { 1 };
+        let write = StateWrite::new("rate", sku)
+            .expect_version(expected)
+            .set("card", format!("{sku} v2"))
+            .remove("gone")
+            .keep_history(
+                HistoryEntry {
+                    at_us: 1_000 + i as i64,
+                    version: 2,
+                    payload: Bytes::from(format!("{sku} v2")),
+                },
+                limits,
+            );
+        let publish = (i % 2 == 0).then(|| ("rates", Event::new(sku.as_str(), sku.clone())));
+        writes.push((write, publish));
+    }
+    // A new key, and an event outside its state key's partition.
+    writes.push((
+        StateWrite::new("rate", "SKU-NEW")
+            .expect_version(0)
+            .set("card", b"new".to_vec()),
+        None,
+    ));
+    writes.push((
+        StateWrite::new("rate", a.clone()),
+        Some(("rates", Event::new(b, "x"))),
+    ));
+    let results = bus.write_states(writes).await;
+    assert_eq!(results.len(), skus.len() + 2);
+    let mut published = BTreeSet::new();
+    for (i, sku) in skus.iter().enumerate() {
+        let record = bus.get_state("rate", sku).await.unwrap().unwrap();
+        let history = bus.history_at("rate", sku, 1_000_000).await.unwrap();
+        if i % 4 == 3 {
+            assert!(
+                matches!(
+                    results[i],
+                    Err(BusError::Conflict {
+                        current: 1,
+                        expected: 7,
+                        ..
+                    })
+                ),
+                "{sku}: {:?}",
+                results[i]
+            );
+            assert_eq!(record.version, 1);
+            assert_eq!(&record.fields["card"][..], b"v1");
+            assert_eq!(
+                history.found, None,
+                "{sku}: a conflicting write keeps no version"
+            );
+            continue;
+        }
+        let (version, appended) = results[i].as_ref().unwrap();
+        assert_eq!((*version, record.version), (2, 2), "{sku}");
+        assert_eq!(record.fields["card"], Bytes::from(format!("{sku} v2")));
+        assert_eq!(history.found.map(|e| e.version), Some(2), "{sku}");
+        match appended {
+            Some(appended) => {
+                assert_eq!(i % 2, 0, "{sku}: appended without an event");
+                assert_eq!(appended.partition, bus.partition_of(sku));
+                published.insert(sku.clone());
+            }
+            None => assert_eq!(i % 2, 1, "{sku}: its event was not appended"),
+        }
+    }
+    assert_eq!(results[skus.len()].as_ref().unwrap().0, 1);
+    assert!(matches!(
+        results[skus.len() + 1],
+        Err(BusError::InvalidInput(_))
+    ));
+    assert_eq!(bus.get_state("rate", &a).await.unwrap(), None);
+    // Exactly the written records' events were appended, each once, and a scan finds
+    // the new key.
+    let (events, _) = bus.read_after("rates", &start, 1_000).await.unwrap();
+    let keys: Vec<String> = events.iter().map(|d| d.key.clone()).collect();
+    assert_eq!(keys.iter().cloned().collect::<BTreeSet<_>>(), published);
+    assert_eq!(keys.len(), published.len());
+    let page = bus.scan_states("rate", None, 1_000).await.unwrap();
+    assert!(page.items.iter().any(|(k, _)| k == "SKU-NEW"));
+    assert_eq!(page.items.len(), skus.len() + 1);
+    assert!(bus.write_states(Vec::new()).await.is_empty());
+}
+
 async fn write_and_publish_is_atomic_under_concurrent_writers(kind: Kind) {
     let f = fixture(kind).await;
     let bus = f.bus.clone();
@@ -1550,6 +1654,7 @@ conformance!(
     get_states_reads_many_keys_in_their_order,
     compare_and_set_detects_conflicts,
     write_and_publish_is_atomic,
+    write_states_checks_each_record_and_writes_the_rest,
     write_and_publish_is_atomic_under_concurrent_writers,
     tail_reads_from_a_cursor,
     trimming_keeps_entries_groups_still_need,

@@ -200,57 +200,81 @@ if removed > 0 and newest[1] then redis.call('SET', KEYS[2], newest[1][1]) end
 return removed
 "#;
 
-/// KEYS: state hash, state index, stream (only when publishing), history (only when
-/// keeping a version: always the last key).
-/// ARGV: mode ('any'|'eq'), expected version, key, n set, (field, value)×n, n remove,
-/// field×n, n event fields, (name, value)×n, n history (0|1), then for 1: score (µs),
-/// member (8-byte big-endian version ‖ payload), horizon score, max versions.
-/// Returns `{1, version, id?}` or `{0, current version}`.
-const WRITE_STATE: &str = r#"
-local cur = tonumber(redis.call('HGET', KEYS[1], '_v') or '0')
-if ARGV[1] == 'eq' and cur ~= tonumber(ARGV[2]) then return {0, cur} end
-local i = 4
-local sets = {}
-local nset = tonumber(ARGV[i]); i = i + 1
-for _ = 1, nset do
-  sets[#sets + 1] = 'f:' .. ARGV[i]
-  sets[#sets + 1] = ARGV[i + 1]
-  i = i + 2
-end
-local rems = {}
-local nrem = tonumber(ARGV[i]); i = i + 1
-for _ = 1, nrem do
-  rems[#rems + 1] = 'f:' .. ARGV[i]
-  i = i + 1
-end
-local nev = tonumber(ARGV[i]); i = i + 1
-local id = false
-if nev > 0 then
-  -- Append first: it is the step that can fail, and nothing is written before it.
-  local xa = {KEYS[3], '*'}
-  for _ = 1, nev * 2 do
-    xa[#xa + 1] = ARGV[i]
+/// Writes a batch of state records of one partition (one slot), each with its own version
+/// check: a record whose check fails is left as it is and reported, the others are
+/// written. Each record's write, append and history entry happen together, and the whole
+/// batch is one atomic step.
+///
+/// ARGV[1] is the number of records; then per record, with its keys taken in order from
+/// KEYS: state hash and state index (always), stream (only when publishing), history
+/// (only when keeping a version).
+/// ARGV per record: mode ('any'|'eq'), expected version, key, n set, (field, value)×n,
+/// n remove, field×n, n event fields, (name, value)×n, n history (0|1), then for 1:
+/// score (µs), member (8-byte big-endian version ‖ payload), horizon score, max versions.
+/// Returns per record `{1, version, id?}` or `{0, current version}`.
+const WRITE_STATES: &str = r#"
+local out = {}
+local k, i = 1, 2
+for r = 1, tonumber(ARGV[1]) do
+  local state, index = KEYS[k], KEYS[k + 1]
+  k = k + 2
+  local mode, expected, key = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  i = i + 3
+  local sets = {}
+  local nset = tonumber(ARGV[i]); i = i + 1
+  for _ = 1, nset do
+    sets[#sets + 1] = 'f:' .. ARGV[i]
+    sets[#sets + 1] = ARGV[i + 1]
+    i = i + 2
+  end
+  local rems = {}
+  local nrem = tonumber(ARGV[i]); i = i + 1
+  for _ = 1, nrem do
+    rems[#rems + 1] = 'f:' .. ARGV[i]
     i = i + 1
   end
-  id = redis.call('XADD', unpack(xa))
+  local nev = tonumber(ARGV[i]); i = i + 1
+  local xa = nil
+  if nev > 0 then
+    xa = {KEYS[k], '*'}
+    k = k + 1
+    for _ = 1, nev * 2 do
+      xa[#xa + 1] = ARGV[i]
+      i = i + 1
+    end
+  end
+  local nh = tonumber(ARGV[i]); i = i + 1
+  local hk, h = nil, i
+  if nh > 0 then
+    hk = KEYS[k]
+    k = k + 1
+    i = i + 4
+  end
+  local cur = tonumber(redis.call('HGET', state, '_v') or '0')
+  if mode == 'eq' and cur ~= expected then
+    out[r] = {0, cur}
+  else
+    local id = false
+    -- Append first: it is the step that can fail, and nothing of this record is
+    -- written before it.
+    if xa then id = redis.call('XADD', unpack(xa)) end
+    if hk then
+      redis.call('ZADD', hk, ARGV[h], ARGV[h + 1])
+      -- Versions superseded before the horizon go; the one current at it stays.
+      local old = redis.call('ZCOUNT', hk, '-inf', '(' .. ARGV[h + 2])
+      if old > 1 then redis.call('ZREMRANGEBYRANK', hk, 0, old - 2) end
+      local n = redis.call('ZCARD', hk)
+      local keep = tonumber(ARGV[h + 3])
+      if n > keep then redis.call('ZREMRANGEBYRANK', hk, 0, n - keep - 1) end
+    end
+    if #rems > 0 then redis.call('HDEL', state, unpack(rems)) end
+    local v = cur + 1
+    redis.call('HSET', state, '_v', v, unpack(sets))
+    if cur == 0 then redis.call('ZADD', index, 0, key) end
+    if id then out[r] = {1, v, id} else out[r] = {1, v} end
+  end
 end
-local nh = tonumber(ARGV[i] or '0'); i = i + 1
-if nh > 0 then
-  local hk = KEYS[#KEYS]
-  redis.call('ZADD', hk, ARGV[i], ARGV[i + 1])
-  -- Versions superseded before the horizon go; the one current at it stays.
-  local old = redis.call('ZCOUNT', hk, '-inf', '(' .. ARGV[i + 2])
-  if old > 1 then redis.call('ZREMRANGEBYRANK', hk, 0, old - 2) end
-  local n = redis.call('ZCARD', hk)
-  local keep = tonumber(ARGV[i + 3])
-  if n > keep then redis.call('ZREMRANGEBYRANK', hk, 0, n - keep - 1) end
-end
-if #rems > 0 then redis.call('HDEL', KEYS[1], unpack(rems)) end
-local v = cur + 1
-redis.call('HSET', KEYS[1], '_v', v, unpack(sets))
-redis.call('ZADD', KEYS[2], 0, ARGV[3])
-if id then return {1, v, id} end
-return {1, v}
+return out
 "#;
 
 /// KEYS: state hash, state index. ARGV: mode, expected version, key.
@@ -326,7 +350,7 @@ pub(crate) struct Scripts {
     pub(crate) replay: Script,
     pub(crate) stats: Script,
     pub(crate) trim: Script,
-    pub(crate) write_state: Script,
+    pub(crate) write_states: Script,
     pub(crate) history_at: Script,
     pub(crate) delete_state: Script,
     pub(crate) idempotency_begin: Script,
@@ -345,7 +369,7 @@ impl Scripts {
             replay: Script::new(REPLAY),
             stats: Script::new(STATS),
             trim: Script::new(TRIM),
-            write_state: Script::new(WRITE_STATE),
+            write_states: Script::new(WRITE_STATES),
             history_at: Script::new(HISTORY_AT),
             delete_state: Script::new(DELETE_STATE),
             idempotency_begin: Script::new(IDEMPOTENCY_BEGIN),

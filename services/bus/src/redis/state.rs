@@ -10,7 +10,7 @@ use crate::entry::{Appended, Event};
 use crate::error::{BusError, BusResult};
 use crate::state::{
     DueTimer, Expect, HistoryEntry, HistoryLookup, Idempotency, StatePage, StateRecord, StateWrite,
-    page_token, parse_page_token,
+    Written, page_token, parse_page_token,
 };
 
 use super::RedisBackend;
@@ -79,76 +79,104 @@ impl RedisBackend {
         &self,
         write: StateWrite,
         publish: Option<(&str, Event)>,
-    ) -> BusResult<(u64, Option<Appended>)> {
-        let (ns, key) = (&write.namespace, &write.key);
-        let p = self.keys.partition_of(key);
-        let (mode, expected) = expect_args(write.expect);
-        let mut inv = self.scripts.write_state.prepare_invoke();
-        inv.key(self.keys.state(ns, key))
-            .key(self.keys.state_index(ns, p));
-        if let Some((stream, _)) = &publish {
-            inv.key(self.keys.stream(stream, p));
+    ) -> BusResult<Written> {
+        let p = self.keys.partition_of(&write.key);
+        let mut written = self.write_states(p, vec![(write, publish)]).await?;
+        written
+            .pop()
+            .unwrap_or_else(|| Err(unexpected("state write")))
+    }
+
+    /// Writes records of partition `p` in one script: each under its own version check,
+    /// the whole batch atomically. Per record: the new version and the appended entry, or
+    /// [`BusError::Conflict`].
+    pub(crate) async fn write_states(
+        &self,
+        p: u32,
+        writes: Vec<(StateWrite, Option<(&str, Event)>)>,
+    ) -> BusResult<Vec<BusResult<Written>>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
         }
-        inv.arg(mode).arg(expected).arg(key.as_str());
-        inv.arg(write.set.len());
-        for (field, value) in &write.set {
-            inv.arg(field.as_str()).arg(value.as_ref());
-        }
-        inv.arg(write.remove.len());
-        for field in &write.remove {
-            inv.arg(field.as_str());
-        }
-        match &publish {
-            Some((_, event)) => {
-                let fields = event_fields(event);
-                inv.arg(fields.len());
-                for (name, value) in fields {
-                    inv.arg(name).arg(value);
+        let mut inv = self.scripts.write_states.prepare_invoke();
+        inv.arg(writes.len());
+        for (write, publish) in &writes {
+            let (ns, key) = (&write.namespace, &write.key);
+            let (mode, expected) = expect_args(write.expect);
+            inv.key(self.keys.state(ns, key))
+                .key(self.keys.state_index(ns, p));
+            inv.arg(mode).arg(expected).arg(key.as_str());
+            inv.arg(write.set.len());
+            for (field, value) in &write.set {
+                inv.arg(field.as_str()).arg(value.as_ref());
+            }
+            inv.arg(write.remove.len());
+            for field in &write.remove {
+                inv.arg(field.as_str());
+            }
+            match publish {
+                Some((stream, event)) => {
+                    inv.key(self.keys.stream(stream, p));
+                    let fields = event_fields(event);
+                    inv.arg(fields.len());
+                    for (name, value) in fields {
+                        inv.arg(name).arg(value);
+                    }
+                }
+                None => {
+                    inv.arg(0);
                 }
             }
-            None => {
-                inv.arg(0);
+            match &write.history {
+                Some((entry, limits)) => {
+                    inv.key(self.keys.history(ns, key));
+                    inv.arg(1)
+                        .arg(entry.at_us)
+                        .arg(history_member(entry))
+                        .arg(limits.keep_since_us)
+                        .arg(limits.max_versions.max(1));
+                }
+                None => {
+                    inv.arg(0);
+                }
             }
         }
-        let member;
-        match &write.history {
-            Some((entry, limits)) => {
-                inv.key(self.keys.history(ns, key));
-                member = history_member(entry);
-                inv.arg(1)
-                    .arg(entry.at_us)
-                    .arg(member.as_slice())
-                    .arg(limits.keep_since_us)
-                    .arg(limits.max_versions.max(1));
-            }
-            None => {
-                inv.arg(0);
-            }
+        let reply: Value = inv.invoke_async(&mut self.conn()).await.map_err(|e| {
+            self.fail(e, || match &writes[..] {
+                [(w, _)] => format!("write of state {}/{}", w.namespace, w.key),
+                many => format!("write of {} states in partition {p}", many.len()),
+            })
+        })?;
+        let results = reply::items(&reply).ok_or_else(|| unexpected("state write"))?;
+        if results.len() != writes.len() {
+            return Err(unexpected("state write"));
         }
-        let reply: Value = inv
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(|e| self.fail(e, || format!("write of state {ns}/{key}")))?;
-        let items = reply::items(&reply).ok_or_else(|| unexpected("state write"))?;
-        let num = |i: usize| items.get(i).and_then(reply::u64_of);
-        match (num(0), num(1)) {
-            (Some(1), Some(version)) => {
-                let appended = match items.get(2) {
-                    Some(id) => Some(Appended {
-                        partition: p,
-                        id: reply::id_of(id).ok_or_else(|| unexpected("state write"))?,
+        results
+            .iter()
+            .zip(&writes)
+            .map(|(result, (write, _))| {
+                let items = reply::items(result).ok_or_else(|| unexpected("state write"))?;
+                let num = |i: usize| items.get(i).and_then(reply::u64_of);
+                Ok(match (num(0), num(1)) {
+                    (Some(1), Some(version)) => {
+                        let appended = match items.get(2) {
+                            Some(id) => Some(Appended {
+                                partition: p,
+                                id: reply::id_of(id).ok_or_else(|| unexpected("state write"))?,
+                            }),
+                            None => None,
+                        };
+                        Ok((version, appended))
+                    }
+                    (Some(0), Some(current)) => Err(BusError::Conflict {
+                        key: format!("{}/{}", write.namespace, write.key),
+                        expected: expect_args(write.expect).1,
+                        current,
                     }),
-                    None => None,
-                };
-                Ok((version, appended))
-            }
-            (Some(0), Some(current)) => Err(BusError::Conflict {
-                key: format!("{ns}/{key}"),
-                expected,
-                current,
-            }),
-            _ => Err(unexpected("state write")),
-        }
+                    _ => return Err(unexpected("state write")),
+                })
+            })
+            .collect()
     }
 
     pub(crate) async fn history_at(
@@ -370,12 +398,17 @@ impl RedisBackend {
             .map_err(|e| self.fail(e, || format!("idempotency key {scope}/{key}")))
     }
 
-    pub(crate) async fn schedule(&self, queue: &str, member: &str, due_ms: u64) -> BusResult<()> {
-        redis::cmd("ZADD")
-            .arg(self.keys.timers(queue))
-            .arg(due_ms)
-            .arg(member)
-            .query_async::<()>(&mut self.conn())
+    pub(crate) async fn schedule<M: AsRef<str>>(
+        &self,
+        queue: &str,
+        timers: &[(M, std::time::SystemTime)],
+    ) -> BusResult<()> {
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(self.keys.timers(queue));
+        for (member, due_at) in timers {
+            zadd.arg(crate::clock::ms_of(*due_at)).arg(member.as_ref());
+        }
+        zadd.query_async::<()>(&mut self.conn())
             .await
             .map_err(|e| self.fail(e, || format!("schedule on timer queue {queue}")))
     }
