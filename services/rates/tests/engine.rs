@@ -543,3 +543,74 @@ async fn a_base_cut_is_announced_when_scheduled_and_published_again_when_it_take
     assert!(cut.scheduled_change.is_none(), "{cut:?}");
     assert_eq!(change.rate, cut.effective_rate, "the forecast held");
 }
+
+#[tokio::test]
+async fn a_batch_applied_from_a_stale_read_redoes_only_the_sku_that_moved() {
+    let bus = memory_bus();
+    let reference_bus = memory_bus();
+    let reference = engine(&reference_bus, example_policy());
+    let engine = engine(&bus, example_policy());
+    let first = [
+        (
+            "STALE-1",
+            vec![
+                stock("STALE-1", 20, 1, t(0), Some(10)).0,
+                product("STALE-1", "home", 100, 40, t(1)).0,
+            ],
+        ),
+        (
+            "FRESH-1",
+            vec![
+                stock("FRESH-1", 500, 1, t(0), Some(10)).0,
+                product("FRESH-1", "home", 100, 40, t(1)).0,
+            ],
+        ),
+    ];
+    for (s, events) in &first {
+        engine.apply(&sku(s), events).await.unwrap();
+        reference.apply(&sku(s), events).await.unwrap();
+    }
+    // The batch reads both records; then another writer moves STALE-1.
+    let seen = bus
+        .get_states(NAMESPACE, &["STALE-1", "FRESH-1"])
+        .await
+        .unwrap();
+    let between = stock("STALE-1", 1500, 2, t(60), Some(10)).0;
+    engine
+        .apply(&sku("STALE-1"), std::slice::from_ref(&between))
+        .await
+        .unwrap();
+    reference
+        .apply(&sku("STALE-1"), std::slice::from_ref(&between))
+        .await
+        .unwrap();
+    let later = |s: &str, on_hand: i64| stock(s, on_hand, 3, t(120), Some(10)).0;
+    let runs = vec![
+        (
+            sku("STALE-1"),
+            vec![later("STALE-1", 3000)],
+            seen[0].clone(),
+        ),
+        (sku("FRESH-1"), vec![later("FRESH-1", 10)], seen[1].clone()),
+    ];
+    let outcomes = engine.apply_many(runs).await;
+    assert!(
+        outcomes.iter().all(|o| o.as_ref().is_ok_and(|o| o.changed)),
+        "{outcomes:?}"
+    );
+    for s in ["STALE-1", "FRESH-1"] {
+        reference
+            .apply(&sku(s), &[later(s, if s == "STALE-1" { 3000 } else { 10 })])
+            .await
+            .unwrap();
+        // The stale SKU was read again and folded on top of the reading in between.
+        let record = bus.get_state(NAMESPACE, s).await.unwrap().unwrap();
+        let expected = reference_bus
+            .get_state(NAMESPACE, s)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.fields, expected.fields, "{s}");
+        assert_eq!(record.version, expected.version, "{s}");
+    }
+}

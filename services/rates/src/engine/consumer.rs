@@ -1,14 +1,16 @@
 //! The consumer-group loops: one per stream (`stock`, `overrides`, `incentives`), all in
 //! group `rates`.
 //!
-//! A batch is split by entry key; the keys' runs are processed concurrently, each key's
-//! entries in stream order. The records of the batch's SKUs are read in one round trip
-//! first, then consecutive entries for one SKU are folded in one compute-write (so a
-//! burst of readings costs one write, and the card is still recomputed after each
-//! reading); a record changed since it was read costs one lost race and a re-read. Entries are acked after their effect is
-//! committed and nacked with the error otherwise (the bus dead-letters an entry after its
-//! maximum deliveries). When a SKU's update fails, its later entries in the batch are
-//! nacked too, so they are retried in order rather than overtaking it.
+//! A batch is split by entry key, each key's entries kept in stream order. The records
+//! of the batch's SKUs are read in one round trip; each SKU's entries are folded in
+//! memory (the card recomputed after each one that changed the state, so a burst of
+//! readings costs one write); then every changed record is written with its
+//! publication in one atomic step per partition, each under its own version check. A
+//! record changed since it was read costs one lost race and a re-read of that SKU.
+//! Category overrides re-price a category and are applied key by key. Entries are acked
+//! after their effect is committed and nacked with the error otherwise (the bus
+//! dead-letters an entry after its maximum deliveries); a SKU's entries of one batch
+//! succeed or fail together, so none overtakes another.
 
 use std::collections::HashMap;
 
@@ -43,7 +45,9 @@ pub async fn run(
     .await
 }
 
-/// Applies a batch: split by key, the keys' runs concurrently, each in stream order.
+/// Applies a batch: split by key, each key's entries in stream order. The SKUs' runs
+/// are applied together ([`Engine::apply_many`]: one read, one write per partition);
+/// runs with category overrides are applied key by key, concurrently.
 pub async fn handle_batch(engine: &Engine, batch: Vec<Delivery>) -> Settled {
     let mut order: Vec<String> = Vec::new();
     let mut by_key: HashMap<String, Vec<Delivery>> = HashMap::new();
@@ -54,25 +58,118 @@ pub async fn handle_batch(engine: &Engine, batch: Vec<Delivery>) -> Settled {
         by_key.entry(d.key.clone()).or_default().push(d);
     }
     let mut records = read_records(engine, &order).await;
-    let runs: Vec<(Vec<Delivery>, Option<Option<StateRecord>>)> = order
+    let mut settled = Settled::default();
+    let mut sku_runs: Vec<(Sku, Vec<Event>, Vec<Delivery>)> = Vec::new();
+    let mut seen: Vec<Option<StateRecord>> = Vec::new();
+    let mut other_runs: Vec<(Vec<Delivery>, Option<Option<StateRecord>>)> = Vec::new();
+    for key in order {
+        let Some(run) = by_key.remove(&key) else {
+            continue;
+        };
+        let record = records.remove(&key);
+        match sku_run(run, &mut settled) {
+            Ok(Some((sku, events, deliveries))) => match record {
+                Some(record) => {
+                    sku_runs.push((sku, events, deliveries));
+                    seen.push(record);
+                }
+                // Not read with the batch: on its own, reading it first.
+                None => other_runs.push((deliveries, None)),
+            },
+            Ok(None) => {}
+            Err(run) => other_runs.push((run, record)),
+        }
+    }
+    let (runs, deliveries): (Vec<_>, Vec<_>) = sku_runs
         .into_iter()
-        .filter_map(|k| {
-            let seen = records.remove(&k);
-            by_key.remove(&k).map(|run| (run, seen))
+        .zip(seen)
+        .map(|((sku, events, deliveries), seen)| ((sku, events, seen), deliveries))
+        .unzip();
+    let spans: Vec<tracing::Span> = deliveries
+        .iter()
+        .map(|ds: &Vec<Delivery>| {
+            ds.last()
+                .map(Delivery::span)
+                .unwrap_or_else(tracing::Span::none)
         })
         .collect();
+    let skus: Vec<Sku> = runs.iter().map(|(sku, _, _)| sku.clone()).collect();
+    let outcomes = engine.apply_many(runs).await;
+    for (((sku, outcome), ds), span) in skus.into_iter().zip(outcomes).zip(deliveries).zip(spans) {
+        match outcome {
+            Ok(_) => settled.ack.extend(ds),
+            Err(e) => {
+                let error = e.to_string();
+                span.in_scope(
+                    || tracing::warn!(sku = %sku, error = %error, "updating the rate failed"),
+                );
+                settled
+                    .nack
+                    .extend(ds.into_iter().map(|d| (d, error.clone())));
+            }
+        }
+    }
     let concurrency = engine.options().concurrency.max(1);
     use futures::StreamExt;
-    let outcomes: Vec<Settled> = futures::stream::iter(runs)
+    let outcomes: Vec<Settled> = futures::stream::iter(other_runs)
         .map(|(run, seen)| process_key(engine, run, seen))
         .buffer_unordered(concurrency)
         .collect()
         .await;
-    let mut settled = Settled::default();
     for outcome in outcomes {
         settled.extend(outcome);
     }
     settled
+}
+
+/// An entry of a SKU's run, decoded.
+enum Step {
+    Apply(Event),
+    Ignore,
+    Undecodable(String),
+}
+
+/// A key's run as one SKU's events, when every entry is an event of that SKU (or one to
+/// ignore, acked, or undecodable, nacked into `settled`); `Ok(None)` when nothing is left
+/// to apply; `Err(run)` otherwise (a category override: applied key by key).
+#[allow(clippy::type_complexity)]
+fn sku_run(
+    run: Vec<Delivery>,
+    settled: &mut Settled,
+) -> Result<Option<(Sku, Vec<Event>, Vec<Delivery>)>, Vec<Delivery>> {
+    let mut steps = Vec::with_capacity(run.len());
+    let mut sku: Option<Sku> = None;
+    for d in &run {
+        let step = match decode(d) {
+            Ok(Routed::Sku(s, event)) => {
+                if sku.as_ref().is_some_and(|first| *first != s) {
+                    return Err(run);
+                }
+                sku = Some(s);
+                Step::Apply(event)
+            }
+            Ok(Routed::Ignore) => Step::Ignore,
+            Ok(Routed::Category(..)) => return Err(run),
+            Err(e) => Step::Undecodable(e.to_string()),
+        };
+        steps.push(step);
+    }
+    let mut events = Vec::with_capacity(steps.len());
+    let mut deliveries = Vec::with_capacity(steps.len());
+    for (d, step) in run.into_iter().zip(steps) {
+        match step {
+            Step::Apply(event) => {
+                events.push(event);
+                deliveries.push(d);
+            }
+            Step::Ignore => settled.ack.push(d),
+            Step::Undecodable(error) => {
+                tracing::warn!(stream = %d.stream, id = %d.id, error = %error, "undecodable entry");
+                settled.nack.push((d, error));
+            }
+        }
+    }
+    Ok(sku.map(|sku| (sku, events, deliveries)))
 }
 
 /// The stored records of the SKUs among `keys`, read in one round trip. Keys that are

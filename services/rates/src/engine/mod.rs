@@ -259,27 +259,13 @@ impl Engine {
             }
             asked += 1;
             async move {
-                let (mut record, _) = self.engine_record(sku, stored)?;
-                let categories = self.categories().snapshot();
-                let mut changed = false;
-                for event in events {
-                    if record.state.apply(event) == Applied::Applied {
-                        self.recompute_in(&mut record, &categories, event.priced_at());
-                        changed = true;
-                    }
+                let (update, timer) = self.decide(sku, events, force, stored, write)?;
+                if let Some(at) = timer {
+                    // Scheduled before the write: a timer without the write only causes a
+                    // harmless extra recompute, a write without its timer would miss one.
+                    timers::schedule_sku(self.bus(), sku, at).await?;
                 }
-                if let Some(at) = force
-                    && record.state.product.is_some()
-                {
-                    self.recompute_in(&mut record, &categories, at);
-                    changed = true;
-                }
-                if !changed {
-                    metrics::counter!("ratemesh_rates_events_skipped_total")
-                        .increment(events.len() as u64);
-                    return Ok(Update::Keep(Outcome::default()));
-                }
-                Ok::<_, EngineError>(self.commit(sku, record, write, &categories).await?)
+                Ok::<_, EngineError>(update)
             }
         };
         let outcome = match seen {
@@ -300,6 +286,114 @@ impl Engine {
         Ok(outcome)
     }
 
+    /// Applies many SKUs' runs of events at once: each SKU folded and computed in memory
+    /// from `stored` (its record as read for the batch), the time-driven recomputes of
+    /// them all scheduled in one step, and every record written with its publication in
+    /// one atomic step per partition ([`Bus::write_states`]), each under its own version
+    /// check. A SKU whose record changed since it was read is updated again on its own
+    /// (read, fold, compare-and-set). The answers are in the order of `runs`.
+    pub async fn apply_many(
+        &self,
+        runs: Vec<(Sku, Vec<Event>, Option<StateRecord>)>,
+    ) -> Vec<Result<Outcome, EngineError>> {
+        let mut results: Vec<Option<Result<Outcome, EngineError>>> =
+            (0..runs.len()).map(|_| None).collect();
+        let mut writes = Vec::new();
+        let mut written: Vec<(usize, Outcome)> = Vec::new();
+        let mut timers = Vec::new();
+        let mut applied = Vec::with_capacity(runs.len());
+        for (i, (sku, events, stored)) in runs.into_iter().enumerate() {
+            let stored = stored.filter(|r| r.version > 0);
+            let write = StateWrite::new(NAMESPACE, sku.as_str())
+                .expect_version(stored.as_ref().map_or(0, |r| r.version));
+            let decided = self.decide(&sku, &events, None, stored, write);
+            applied.push((sku, events));
+            let sku = &applied[i].0;
+            match decided {
+                Err(e) => results[i] = Some(Err(e)),
+                Ok((update, timer)) => {
+                    if let Some(at) = timer {
+                        timers.push((timers::sku_member(sku, at), timers::system_time(at)));
+                    }
+                    match update {
+                        Update::Keep(outcome) => results[i] = Some(Ok(outcome)),
+                        Update::Write(write, outcome) => {
+                            writes.push((write, None));
+                            written.push((i, outcome));
+                        }
+                        Update::WriteAndPublish(write, stream, event, outcome) => {
+                            writes.push((write, Some((stream, event))));
+                            written.push((i, outcome));
+                        }
+                    }
+                }
+            }
+        }
+        // Scheduled before the writes, as in a single update.
+        let scheduled = self.bus().schedule_many(timers::QUEUE, &timers).await;
+        if let Err(e) = scheduled {
+            for (i, _) in written {
+                results[i] = Some(Err(e.clone().into()));
+            }
+        } else {
+            let answers = self.bus().write_states(writes).await;
+            for ((i, outcome), answer) in written.into_iter().zip(answers) {
+                results[i] = Some(match answer {
+                    Ok(_) => {
+                        if outcome.published.is_some() {
+                            metrics::counter!("ratemesh_rates_cards_published_total").increment(1);
+                        }
+                        Ok(outcome)
+                    }
+                    Err(BusError::Conflict { .. }) => {
+                        metrics::counter!("ratemesh_rates_state_conflicts_total").increment(1);
+                        let (sku, events) = &applied[i];
+                        self.apply(sku, events).await
+                    }
+                    Err(e) => Err(e.into()),
+                });
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Ok(Outcome::default())))
+            .collect()
+    }
+
+    /// What an update of `sku` from `stored` writes (`write` is bound to the version
+    /// read): the events folded in order, the card recomputed after each one that
+    /// changed the state (and at `force`, if given), and the publication if the card
+    /// changed. Also the time-driven recompute to schedule, if it moved.
+    fn decide(
+        &self,
+        sku: &Sku,
+        events: &[Event],
+        force: Option<DateTime<Utc>>,
+        stored: Option<StateRecord>,
+        write: StateWrite,
+    ) -> Result<(Update<Outcome>, Option<DateTime<Utc>>), EngineError> {
+        let (mut record, _) = self.engine_record(sku, stored)?;
+        let categories = self.categories().snapshot();
+        let mut changed = false;
+        for event in events {
+            if record.state.apply(event) == Applied::Applied {
+                self.recompute_in(&mut record, &categories, event.priced_at());
+                changed = true;
+            }
+        }
+        if let Some(at) = force
+            && record.state.product.is_some()
+        {
+            self.recompute_in(&mut record, &categories, at);
+            changed = true;
+        }
+        if !changed {
+            metrics::counter!("ratemesh_rates_events_skipped_total").increment(events.len() as u64);
+            return Ok((Update::Keep(Outcome::default()), None));
+        }
+        Ok(self.commit(record, write, &categories))
+    }
+
     fn recompute_in(&self, record: &mut EngineRecord, categories: &[Override], at: DateTime<Utc>) {
         let now = record.card.as_ref().map_or(at, |c| c.computed_at.max(at));
         let card = compute(
@@ -312,31 +406,29 @@ impl Engine {
     }
 
     /// The write of the record (`write` is bound to the version it was read at), with
-    /// the publication of the card if it changed.
-    async fn commit(
+    /// the publication of the card if it changed, and the SKU's next time-driven
+    /// recompute if it moved (to be scheduled before the write).
+    fn commit(
         &self,
-        sku: &Sku,
         mut record: EngineRecord,
         write: StateWrite,
         categories: &[Override],
-    ) -> Result<Update<Outcome>, BusError> {
+    ) -> (Update<Outcome>, Option<DateTime<Utc>>) {
         let next = self.next_recompute(&record, categories);
+        let mut timer = None;
         if next != record.next_recompute {
-            if let Some(at) = next {
-                // Scheduled before the write: a timer without the write only causes a
-                // harmless extra recompute, a write without its timer would miss one.
-                timers::schedule_sku(self.bus(), sku, at).await?;
-            }
+            timer = next;
             record.next_recompute = next;
         }
         let Some((published, card)) = self.publication(&record, categories) else {
-            return Ok(Update::Write(
+            let update = Update::Write(
                 write.set(FIELD_ENGINE, record.encode()),
                 Outcome {
                     changed: true,
                     published: None,
                 },
-            ));
+            );
+            return (update, timer);
         };
         let version = published.version;
         record.published = Some(published);
@@ -360,7 +452,7 @@ impl Engine {
                     max_versions: options.history_max_versions,
                 },
             );
-        Ok(Update::WriteAndPublish(
+        let update = Update::WriteAndPublish(
             write,
             streams::RATES,
             ratemesh_contract::rate::rate_changed(card, computed_at),
@@ -368,7 +460,8 @@ impl Engine {
                 changed: true,
                 published: Some(version),
             },
-        ))
+        );
+        (update, timer)
     }
 
     /// The card to publish, if the record's current card differs from the published one

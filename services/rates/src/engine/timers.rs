@@ -54,7 +54,8 @@ pub fn ceil_ms(at: DateTime<Utc>) -> i64 {
     }
 }
 
-fn system_time(at: DateTime<Utc>) -> SystemTime {
+/// The instant a timer standing for `at` is due ([`ceil_ms`]).
+pub fn system_time(at: DateTime<Utc>) -> SystemTime {
     let ms = u64::try_from(ceil_ms(at)).unwrap_or(0);
     SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
 }
@@ -82,8 +83,13 @@ pub fn parse_member(member: &str) -> Option<(DateTime<Utc>, Due)> {
 
 /// Recompute `sku` at `at`.
 pub async fn schedule_sku(bus: &Bus, sku: &Sku, at: DateTime<Utc>) -> BusResult<()> {
-    bus.schedule(QUEUE, &member("sku", at, sku.as_str()), system_time(at))
+    bus.schedule(QUEUE, &sku_member(sku, at), system_time(at))
         .await
+}
+
+/// The timer member that recomputes `sku` at `at`.
+pub fn sku_member(sku: &Sku, at: DateTime<Utc>) -> String {
+    member("sku", at, sku.as_str())
 }
 
 /// Recompute the SKUs of `category` at `at`.
