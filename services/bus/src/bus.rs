@@ -19,8 +19,8 @@ use crate::options::BusOptions;
 use crate::partition::partition_of;
 use crate::redis::{RedisBackend, RedisConsumer, RedisTail};
 use crate::state::{
-    CAS_ATTEMPTS, DueTimer, Expect, HistoryLookup, Idempotency, Retention, StatePage, StateRecord,
-    StateWrite, StreamStats, Update, Written,
+    CAS_ATTEMPTS, DueTimer, Expect, HistoryLookup, Idempotency, Retention, Staged, StatePage,
+    StateRecord, StateWrite, StreamStats, Update, Written,
 };
 use crate::trace_context::current_traceparent;
 
@@ -395,40 +395,40 @@ impl Bus {
         }
         let event = fill_traceparent(event);
         let (version, appended) = match &self.backend {
-            Backend::Memory(m) => m.write_state(write, Some((stream, event)))?,
-            Backend::Redis(r) => r.write_state(write, Some((stream, event))).await?,
+            Backend::Memory(m) => m.write_state(write, Some((stream, vec![event])))?,
+            Backend::Redis(r) => r.write_state(write, Some((stream, vec![event]))).await?,
         };
-        let appended = appended.ok_or_else(|| {
+        let appended = appended.into_iter().next().ok_or_else(|| {
             BusError::Backend(format!("state write to stream {stream} returned no id"))
         })?;
         Ok((version, appended))
     }
 
     /// Applies many writes, each under its own version check and each atomically with
-    /// the event appended with it (if any) — what a consumer does with a batch it
+    /// the events appended with it (if any) — what a consumer does with a batch it
     /// folded in memory. On Redis the writes of one partition are one script (one round
     /// trip, one atomic step); partitions are written concurrently. The answer is per
     /// write, in order: its new version and appended entry, [`BusError::Conflict`] when
     /// its check failed (nothing of it was written; the others were), or the error that
-    /// kept it from being written.
-    pub async fn write_states(
-        &self,
-        writes: Vec<(StateWrite, Option<(&str, Event)>)>,
-    ) -> Vec<BusResult<Written>> {
+    /// kept it from being written. The events of a write go to its stream in order and
+    /// must be in the state key's partition.
+    pub async fn write_states(&self, writes: Vec<Staged<'_>>) -> Vec<BusResult<Written>> {
         let mut results: Vec<Option<BusResult<Written>>> =
             (0..writes.len()).map(|_| None).collect();
         let mut by_partition: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
         let mut checked = Vec::with_capacity(writes.len());
         for (i, (write, publish)) in writes.into_iter().enumerate() {
             let verdict = Self::check_write(&write).and_then(|()| match &publish {
-                Some((stream, event)) => {
+                Some((stream, events)) => {
                     check_name("stream", stream)?;
-                    check_event(stream, event)?;
-                    if self.partition_of(&event.key) != self.partition_of(&write.key) {
-                        return Err(BusError::InvalidInput(format!(
-                            "event key {:?} is not in the partition of state key {:?}",
-                            event.key, write.key
-                        )));
+                    for event in events {
+                        check_event(stream, event)?;
+                        if self.partition_of(&event.key) != self.partition_of(&write.key) {
+                            return Err(BusError::InvalidInput(format!(
+                                "event key {:?} is not in the partition of state key {:?}",
+                                event.key, write.key
+                            )));
+                        }
                     }
                     Ok(())
                 }
@@ -443,7 +443,9 @@ impl Bus {
                 }
                 Err(e) => results[i] = Some(Err(e)),
             }
-            let publish = publish.map(|(stream, event)| (stream, fill_traceparent(event)));
+            let publish = publish.map(|(stream, events)| {
+                (stream, events.into_iter().map(fill_traceparent).collect())
+            });
             checked.push(Some((write, publish)));
         }
         match &self.backend {

@@ -68,5 +68,5 @@ pub use error::{BusError, BusResult};
 pub use options::BusOptions;
 pub use state::{
     CAS_ATTEMPTS, DueTimer, Expect, HistoryEntry, HistoryLimits, HistoryLookup, Idempotency,
-    Retention, StatePage, StateRecord, StateWrite, StreamStats, Update, Written,
+    Retention, Staged, StatePage, StateRecord, StateWrite, StreamStats, Update, Written,
 };

@@ -114,8 +114,12 @@ impl StateWrite {
 }
 
 /// One write's answer from [`crate::Bus::write_states`]: the record's new version and the
-/// entry appended with it, if one was.
-pub type Written = (u64, Option<crate::Appended>);
+/// entries appended with it, in order.
+pub type Written = (u64, Vec<crate::Appended>);
+
+/// A write for [`crate::Bus::write_states`] and the events appended to a stream with it
+/// (`None`: none), in the same partition as the state key.
+pub type Staged<'a> = (StateWrite, Option<(&'a str, Vec<crate::Event>)>);
 
 /// How often [`crate::Bus::update_state`] reads and tries again when another writer of
 /// the same record won the compare-and-set.

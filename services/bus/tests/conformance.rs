@@ -838,8 +838,9 @@ async fn write_states_checks_each_record_and_writes_the_rest(kind: Kind) {
     let (a, b) = keys_in_different_partitions(bus);
     let mut writes = Vec::new();
     for (i, sku) in skus.iter().enumerate() {
-        // Every fourth SKU expects a version it does not have.
-        let expected = if i % 4 == 3 { 7 } else { 1 };
+        // Every fourth SKU expects a version it does not have (and has events that must
+        // not be appended).
+        let expected = if i % 4 == 2 { 7 } else { 1 };
         let write = StateWrite::new("rate", sku)
             .expect_version(expected)
             .set("card", format!("{sku} v2"))
@@ -852,7 +853,16 @@ async fn write_states_checks_each_record_and_writes_the_rest(kind: Kind) {
                 },
                 limits,
             );
-        let publish = (i % 2 == 0).then(|| ("rates", Event::new(sku.as_str(), sku.clone())));
+        // Even SKUs publish one event, every eighth two.
+        let events = match i % 8 {
+            0 => vec![
+                Event::new(sku.as_str(), format!("{sku} a")),
+                Event::new(sku.as_str(), format!("{sku} b")),
+            ],
+            n if n % 2 == 0 => vec![Event::new(sku.as_str(), format!("{sku} a"))],
+            _ => Vec::new(),
+        };
+        let publish = (!events.is_empty()).then_some(("rates", events));
         writes.push((write, publish));
     }
     // A new key, and an event outside its state key's partition.
@@ -864,15 +874,19 @@ async fn write_states_checks_each_record_and_writes_the_rest(kind: Kind) {
     ));
     writes.push((
         StateWrite::new("rate", a.clone()),
-        Some(("rates", Event::new(b, "x"))),
+        Some((
+            "rates",
+            vec![Event::new(a.as_str(), "x"), Event::new(b, "x")],
+        )),
     ));
     let results = bus.write_states(writes).await;
     assert_eq!(results.len(), skus.len() + 2);
     let mut published = BTreeSet::new();
+    let mut appended_total = 0;
     for (i, sku) in skus.iter().enumerate() {
         let record = bus.get_state("rate", sku).await.unwrap().unwrap();
         let history = bus.history_at("rate", sku, 1_000_000).await.unwrap();
-        if i % 4 == 3 {
+        if i % 4 == 2 {
             assert!(
                 matches!(
                     results[i],
@@ -897,14 +911,22 @@ async fn write_states_checks_each_record_and_writes_the_rest(kind: Kind) {
         assert_eq!((*version, record.version), (2, 2), "{sku}");
         assert_eq!(record.fields["card"], Bytes::from(format!("{sku} v2")));
         assert_eq!(history.found.map(|e| e.version), Some(2), "{sku}");
-        match appended {
-            Some(appended) => {
-                assert_eq!(i % 2, 0, "{sku}: appended without an event");
-                assert_eq!(appended.partition, bus.partition_of(sku));
-                published.insert(sku.clone());
-            }
-            None => assert_eq!(i % 2, 1, "{sku}: its event was not appended"),
+        let expected = match i % 8 {
+            0 => 2,
+            n if n % 2 == 0 => 1,
+            _ => 0,
+        };
+        assert_eq!(appended.len(), expected, "{sku}");
+        assert!(
+            appended
+                .iter()
+                .all(|a| a.partition == bus.partition_of(sku))
+        );
+        assert!(appended.windows(2).all(|w| w[0].id < w[1].id), "{sku}");
+        if expected > 0 {
+            published.insert(sku.clone());
         }
+        appended_total += expected;
     }
     assert_eq!(results[skus.len()].as_ref().unwrap().0, 1);
     assert!(matches!(
@@ -917,7 +939,16 @@ async fn write_states_checks_each_record_and_writes_the_rest(kind: Kind) {
     let (events, _) = bus.read_after("rates", &start, 1_000).await.unwrap();
     let keys: Vec<String> = events.iter().map(|d| d.key.clone()).collect();
     assert_eq!(keys.iter().cloned().collect::<BTreeSet<_>>(), published);
-    assert_eq!(keys.len(), published.len());
+    assert_eq!(keys.len(), appended_total);
+    for pair in events.windows(2).filter(|w| w[0].key == w[1].key) {
+        assert_eq!(
+            (&pair[0].payload[..], &pair[1].payload[..]),
+            (
+                format!("{} a", pair[0].key).as_bytes(),
+                format!("{} b", pair[0].key).as_bytes()
+            )
+        );
+    }
     let page = bus.scan_states("rate", None, 1_000).await.unwrap();
     assert!(page.items.iter().any(|(k, _)| k == "SKU-NEW"));
     assert_eq!(page.items.len(), skus.len() + 1);

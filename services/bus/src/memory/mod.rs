@@ -31,7 +31,7 @@ use crate::options::BusOptions;
 use crate::partition::partition_of;
 use crate::state::{
     DueTimer, Expect, HistoryLookup, Idempotency, Retention, StatePage, StateRecord, StateWrite,
-    StreamStats,
+    StreamStats, Written,
 };
 
 use idempotency::IdempotencyStore;
@@ -168,13 +168,13 @@ impl MemoryBackend {
     pub(crate) fn write_state(
         &self,
         write: StateWrite,
-        publish: Option<(&str, Event)>,
-    ) -> BusResult<(u64, Option<Appended>)> {
+        publish: Option<(&str, Vec<Event>)>,
+    ) -> BusResult<Written> {
         match publish {
-            Some((stream, event)) => {
+            Some((stream, events)) => {
                 let s = self.stream(stream);
-                let partition = partition_of(&event.key, self.opts.partitions);
-                self.state.write(write, Some((&s, partition, event)))
+                let partition = partition_of(&write.key, self.opts.partitions);
+                self.state.write(write, Some((&s, partition, events)))
             }
             None => self.state.write(write, None),
         }

@@ -12,7 +12,7 @@ use crate::error::{BusError, BusResult};
 use crate::partition::fnv1a64;
 use crate::state::{
     Expect, HistoryEntry, HistoryLimits, HistoryLookup, StatePage, StateRecord, StateWrite,
-    page_token, parse_page_token,
+    Written, page_token, parse_page_token,
 };
 
 use super::lock;
@@ -95,26 +95,32 @@ impl StateStore {
             .cloned()
     }
 
-    /// Applies `write`; when `publish` is given, appends the event in the same critical
-    /// section, so no reader sees the event without the state or the state without it.
+    /// Applies `write`; when `publish` is given, appends its events in the same critical
+    /// section, so no reader sees an event without the state or the state without it.
     pub(super) fn write(
         &self,
         write: StateWrite,
-        publish: Option<(&Arc<MemStream>, u32, Event)>,
-    ) -> BusResult<(u64, Option<Appended>)> {
+        publish: Option<(&Arc<MemStream>, u32, Vec<Event>)>,
+    ) -> BusResult<Written> {
         let mut shard = lock(&self.shards[shard_of(&write.key)]);
         let current = shard
             .get(&write.namespace)
             .and_then(|m| m.get(&write.key))
             .map_or(0, |r| r.version);
         check(write.expect, &write.namespace, &write.key, current)?;
-        let appended = publish.as_ref().map(|(stream, partition, event)| {
-            let id = stream
-                .parts
-                .get(*partition as usize)
-                .map(|part| lock(part).append(Arc::new(event.clone()), unix_ms()));
-            (stream, *partition, id)
-        });
+        let mut appended = Vec::new();
+        if let Some((stream, partition, events)) = &publish
+            && let Some(part) = stream.parts.get(*partition as usize)
+        {
+            let mut part = lock(part);
+            for event in events {
+                let id = part.append(Arc::new(event.clone()), unix_ms());
+                appended.push(Appended {
+                    partition: *partition,
+                    id,
+                });
+            }
+        }
         if let Some((entry, limits)) = &write.history {
             let mut histories = lock(&self.histories[shard_of(&write.key)]);
             let history = histories
@@ -135,13 +141,11 @@ impl StateStore {
         record.fields.extend(write.set);
         let version = record.version;
         drop(shard);
-        let appended = match appended {
-            Some((stream, partition, Some(id))) => {
-                stream.appended.notify_waiters();
-                Some(Appended { partition, id })
-            }
-            _ => None,
-        };
+        if let Some((stream, _, _)) = &publish
+            && !appended.is_empty()
+        {
+            stream.appended.notify_waiters();
+        }
         Ok((version, appended))
     }
 

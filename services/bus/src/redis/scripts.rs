@@ -209,9 +209,11 @@ return removed
 /// KEYS: state hash and state index (always), stream (only when publishing), history
 /// (only when keeping a version).
 /// ARGV per record: mode ('any'|'eq'), expected version, key, n set, (field, value)×n,
-/// n remove, field×n, n event fields, (name, value)×n, n history (0|1), then for 1:
-/// score (µs), member (8-byte big-endian version ‖ payload), horizon score, max versions.
-/// Returns per record `{1, version, id?}` or `{0, current version}`.
+/// n remove, field×n, n events, then per event: n fields, (name, value)×n; n history
+/// (0|1), then for 1: score (µs), member (8-byte big-endian version ‖ payload), horizon
+/// score, max versions.
+/// Returns per record `{1, version, id...}` (the appended ids in order) or
+/// `{0, current version}`.
 const WRITE_STATES: &str = r#"
 local out = {}
 local k, i = 1, 2
@@ -234,13 +236,18 @@ for r = 1, tonumber(ARGV[1]) do
     i = i + 1
   end
   local nev = tonumber(ARGV[i]); i = i + 1
-  local xa = nil
+  local xas = {}
   if nev > 0 then
-    xa = {KEYS[k], '*'}
+    local stream = KEYS[k]
     k = k + 1
-    for _ = 1, nev * 2 do
-      xa[#xa + 1] = ARGV[i]
-      i = i + 1
+    for e = 1, nev do
+      local xa = {stream, '*'}
+      local nf = tonumber(ARGV[i]); i = i + 1
+      for _ = 1, nf * 2 do
+        xa[#xa + 1] = ARGV[i]
+        i = i + 1
+      end
+      xas[e] = xa
     end
   end
   local nh = tonumber(ARGV[i]); i = i + 1
@@ -254,10 +261,10 @@ for r = 1, tonumber(ARGV[1]) do
   if mode == 'eq' and cur ~= expected then
     out[r] = {0, cur}
   else
-    local id = false
     -- Append first: it is the step that can fail, and nothing of this record is
     -- written before it.
-    if xa then id = redis.call('XADD', unpack(xa)) end
+    local ok = {1, 0}
+    for e = 1, #xas do ok[e + 2] = redis.call('XADD', unpack(xas[e])) end
     if hk then
       redis.call('ZADD', hk, ARGV[h], ARGV[h + 1])
       -- Versions superseded before the horizon go; the one current at it stays.
@@ -271,7 +278,8 @@ for r = 1, tonumber(ARGV[1]) do
     local v = cur + 1
     redis.call('HSET', state, '_v', v, unpack(sets))
     if cur == 0 then redis.call('ZADD', index, 0, key) end
-    if id then out[r] = {1, v, id} else out[r] = {1, v} end
+    ok[2] = v
+    out[r] = ok
   end
 end
 return out

@@ -9,8 +9,8 @@ use crate::clock::millis_at_least_one;
 use crate::entry::{Appended, Event};
 use crate::error::{BusError, BusResult};
 use crate::state::{
-    DueTimer, Expect, HistoryEntry, HistoryLookup, Idempotency, StatePage, StateRecord, StateWrite,
-    Written, page_token, parse_page_token,
+    DueTimer, Expect, HistoryEntry, HistoryLookup, Idempotency, Staged, StatePage, StateRecord,
+    StateWrite, Written, page_token, parse_page_token,
 };
 
 use super::RedisBackend;
@@ -78,7 +78,7 @@ impl RedisBackend {
     pub(crate) async fn write_state(
         &self,
         write: StateWrite,
-        publish: Option<(&str, Event)>,
+        publish: Option<(&str, Vec<Event>)>,
     ) -> BusResult<Written> {
         let p = self.keys.partition_of(&write.key);
         let mut written = self.write_states(p, vec![(write, publish)]).await?;
@@ -93,7 +93,7 @@ impl RedisBackend {
     pub(crate) async fn write_states(
         &self,
         p: u32,
-        writes: Vec<(StateWrite, Option<(&str, Event)>)>,
+        writes: Vec<Staged<'_>>,
     ) -> BusResult<Vec<BusResult<Written>>> {
         if writes.is_empty() {
             return Ok(Vec::new());
@@ -115,15 +115,18 @@ impl RedisBackend {
                 inv.arg(field.as_str());
             }
             match publish {
-                Some((stream, event)) => {
+                Some((stream, events)) if !events.is_empty() => {
                     inv.key(self.keys.stream(stream, p));
-                    let fields = event_fields(event);
-                    inv.arg(fields.len());
-                    for (name, value) in fields {
-                        inv.arg(name).arg(value);
+                    inv.arg(events.len());
+                    for event in events {
+                        let fields = event_fields(event);
+                        inv.arg(fields.len());
+                        for (name, value) in fields {
+                            inv.arg(name).arg(value);
+                        }
                     }
                 }
-                None => {
+                _ => {
                     inv.arg(0);
                 }
             }
@@ -159,13 +162,16 @@ impl RedisBackend {
                 let num = |i: usize| items.get(i).and_then(reply::u64_of);
                 Ok(match (num(0), num(1)) {
                     (Some(1), Some(version)) => {
-                        let appended = match items.get(2) {
-                            Some(id) => Some(Appended {
-                                partition: p,
-                                id: reply::id_of(id).ok_or_else(|| unexpected("state write"))?,
-                            }),
-                            None => None,
-                        };
+                        let appended = items[2..]
+                            .iter()
+                            .map(|id| {
+                                Ok(Appended {
+                                    partition: p,
+                                    id: reply::id_of(id)
+                                        .ok_or_else(|| unexpected("state write"))?,
+                                })
+                            })
+                            .collect::<BusResult<Vec<_>>>()?;
                         Ok((version, appended))
                     }
                     (Some(0), Some(current)) => Err(BusError::Conflict {

@@ -322,7 +322,7 @@ impl Engine {
                             written.push((i, outcome));
                         }
                         Update::WriteAndPublish(write, stream, event, outcome) => {
-                            writes.push((write, Some((stream, event))));
+                            writes.push((write, Some((stream, vec![event]))));
                             written.push((i, outcome));
                         }
                     }
