@@ -5,9 +5,12 @@
 //! Per SKU the bus keeps `erp_seq/<sku>` with one field per location holding the highest
 //! ERP sequence accepted; the write of that field and the append of the event are one
 //! atomic bus operation, so there is never an accepted event without its mark or a mark
-//! without its event. A concurrent push for the same SKU shows up as a version conflict
-//! and is re-classified. Batch ids are remembered with their answer, so a repeated batch
-//! gets the first answer again and changes nothing.
+//! without its event. A batch costs two round trips whatever its size: the marks of all
+//! its SKUs are read in one step, its items classified in memory in batch order, and
+//! every changed mark written with its events in one atomic step per partition, each
+//! under its own version check. A concurrent push for the same SKU shows up as a version
+//! conflict and that SKU is re-classified. Batch ids are remembered with their answer, so
+//! a repeated batch gets the first answer again and changes nothing.
 //!
 //! While a batch is applied its id is held under a short lease that the request renews;
 //! if the request dies, a retry of the batch takes it over seconds later. Each mark also
@@ -23,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
-use ratemesh_bus::{Bus, BusError, Idempotency, StateRecord, StateWrite, Update};
+use ratemesh_bus::{Bus, BusError, Event, Idempotency, StateRecord, StateWrite, Update};
 use ratemesh_contract::streams;
 use ratemesh_runtime::ApiError;
 use serde::{Deserialize, Serialize};
@@ -380,108 +383,15 @@ impl Handoff {
         items: Vec<StockItem>,
         now: DateTime<Utc>,
     ) -> Result<Counts, ApiError> {
-        let groups = group_by_sku(items.into_iter().enumerate().collect(), |(_, i)| {
-            i.sku.as_str().to_owned()
-        });
-        // Every SKU's marks in one read; every SKU classified in memory; every mark
-        // written with its events in one atomic step per partition, each under its own
-        // version check.
-        let skus: Vec<&str> = groups.iter().map(|(sku, _)| sku.as_str()).collect();
-        let records = self
-            .bus
-            .get_states(SEQ_NAMESPACE, &skus)
-            .await
-            .map_err(|e| self.backend(e))?;
-        let mut totals = Counts::default();
-        let mut writes = Vec::new();
-        let mut pending = Vec::new();
-        for ((sku, items), record) in groups.into_iter().zip(records) {
-            let mut record = record.unwrap_or_default();
-            let mut write =
-                StateWrite::new(SEQ_NAMESPACE, sku.as_str()).expect_version(record.version);
-            let mut events = Vec::new();
-            let mut counts = Counts::default();
-            for (index, item) in &items {
-                let (outcome, set) = classify_stock(&record, batch_id, *index, item);
-                counts.add(outcome);
-                if !set.is_empty() {
-                    for (field, value) in set {
-                        record.fields.insert(field.clone(), value.clone());
-                        write = write.set(field, value);
-                    }
-                    events.push(events::stock_changed(item, source, batch_id, now));
-                }
-            }
-            if events.is_empty() {
-                totals += counts;
-            } else {
-                writes.push((write, Some((streams::STOCK, events))));
-                pending.push((sku, items, counts));
-            }
-        }
-        let written = self.bus.write_states(writes).await;
-        let mut again = Vec::new();
-        for ((sku, items, counts), result) in pending.into_iter().zip(written) {
-            match result {
-                Ok(_) => totals += counts,
-                // A concurrent push for this SKU got in first: classified again against
-                // what it left.
-                Err(BusError::Conflict { .. }) => again.push((sku, items)),
-                Err(e) => return Err(self.backend(e)),
-            }
-        }
-        totals += sum_concurrently(
-            again
-                .into_iter()
-                .map(|(sku, items)| self.apply_stock_sku(sku, items, source, batch_id, now)),
-        )
-        .await?;
+        let classify = |record: &StateRecord, index: usize, item: &StockItem| {
+            classify_stock(record, batch_id, index, item)
+        };
+        let event = |item: &StockItem| events::stock_changed(item, source, batch_id, now);
+        let totals = self
+            .apply(SEQ_NAMESPACE, items, |i| i.sku.as_str(), classify, event)
+            .await?;
         record(Kind::Stock, totals);
         Ok(totals)
-    }
-
-    /// Applies one SKU's items, each with its position in the batch.
-    async fn apply_stock_sku(
-        &self,
-        sku: String,
-        items: Vec<(usize, StockItem)>,
-        source: &str,
-        batch_id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Counts, ApiError> {
-        let mut counts = Counts::default();
-        let mut seen = self
-            .bus
-            .get_state(SEQ_NAMESPACE, &sku)
-            .await
-            .map_err(|e| self.backend(e))?;
-        for (index, item) in items {
-            // A concurrent push for this SKU that got in first makes the bus ask again
-            // with the record it left: the item is re-classified against it.
-            let (outcome, record) = self
-                .bus
-                .update_state_from(SEQ_NAMESPACE, &sku, seen, |record, mut write| {
-                    let mut record = record.unwrap_or_default();
-                    let (outcome, set) = classify_stock(&record, batch_id, index, &item);
-                    let update = if set.is_empty() {
-                        Update::Keep((outcome, record))
-                    } else {
-                        record.version += 1;
-                        for (field, value) in set {
-                            record.fields.insert(field.clone(), value.clone());
-                            write = write.set(field, value);
-                        }
-                        let event = events::stock_changed(&item, source, batch_id, now);
-                        Update::WriteAndPublish(write, streams::STOCK, event, (outcome, record))
-                    };
-                    std::future::ready(Ok::<_, BusError>(update))
-                })
-                .await
-                .map_err(|e| self.backend(e))?;
-            counts.add(outcome);
-            seen = Some(record);
-        }
-        Ok(counts)
     }
 
     async fn apply_products(
@@ -491,78 +401,133 @@ impl Handoff {
         items: Vec<ProductItem>,
         now: DateTime<Utc>,
     ) -> Result<Counts, ApiError> {
-        let groups = group_by_sku(items.into_iter().enumerate().collect(), |(_, i)| {
-            i.sku.as_str().to_owned()
-        });
-        let totals = sum_concurrently(
-            groups
-                .into_iter()
-                .map(|(sku, items)| self.apply_product_sku(sku, items, source, batch_id, now)),
-        )
-        .await?;
+        let classify = |record: &StateRecord, index: usize, item: &ProductItem| {
+            classify_product(record, batch_id, index, item)
+        };
+        let event = |item: &ProductItem| events::product_changed(item, source, batch_id, now);
+        let totals = self
+            .apply(
+                PRODUCT_NAMESPACE,
+                items,
+                |i| i.sku.as_str(),
+                classify,
+                event,
+            )
+            .await?;
         record(Kind::Products, totals);
         Ok(totals)
     }
 
-    /// Applies one SKU's product items, each with its position in the batch.
-    async fn apply_product_sku(
+    /// Classifies a batch's items against their SKUs' marks in `namespace` and appends
+    /// the applied ones: every SKU's record read in one step, its items classified in
+    /// memory in batch order (`classify` answers an item's outcome and the fields to set
+    /// when it is applied), and every changed record written with its events in one
+    /// atomic step per partition, each under its own version check. A SKU whose record
+    /// another push changed in between is classified again, item by item.
+    async fn apply<T, K, C, E>(
         &self,
+        namespace: &str,
+        items: Vec<T>,
+        sku_of: K,
+        classify: C,
+        event: E,
+    ) -> Result<Counts, ApiError>
+    where
+        K: Fn(&T) -> &str,
+        C: Fn(&StateRecord, usize, &T) -> (Outcome, Vec<(String, Bytes)>),
+        E: Fn(&T) -> Event,
+    {
+        let groups = group_by_sku(items.into_iter().enumerate().collect(), |(_, i)| {
+            sku_of(i).to_owned()
+        });
+        let skus: Vec<&str> = groups.iter().map(|(sku, _)| sku.as_str()).collect();
+        let records = self
+            .bus
+            .get_states(namespace, &skus)
+            .await
+            .map_err(|e| self.backend(e))?;
+        let mut totals = Counts::default();
+        let mut writes = Vec::new();
+        let mut pending = Vec::new();
+        for ((sku, items), record) in groups.into_iter().zip(records) {
+            let mut record = record.unwrap_or_default();
+            let mut write = StateWrite::new(namespace, sku.as_str()).expect_version(record.version);
+            let mut appended = Vec::new();
+            let mut counts = Counts::default();
+            for (index, item) in &items {
+                let (outcome, set) = classify(&record, *index, item);
+                counts.add(outcome);
+                if !set.is_empty() {
+                    for (field, value) in set {
+                        record.fields.insert(field.clone(), value.clone());
+                        write = write.set(field, value);
+                    }
+                    appended.push(event(item));
+                }
+            }
+            if appended.is_empty() {
+                totals += counts;
+            } else {
+                writes.push((write, Some((streams::STOCK, appended))));
+                pending.push((sku, items, counts));
+            }
+        }
+        let written = self.bus.write_states(writes).await;
+        let mut again = Vec::new();
+        for ((sku, items, counts), result) in pending.into_iter().zip(written) {
+            match result {
+                Ok(_) => totals += counts,
+                Err(BusError::Conflict { .. }) => again.push((sku, items)),
+                Err(e) => return Err(self.backend(e)),
+            }
+        }
+        let (classify, event) = (&classify, &event);
+        totals += sum_concurrently(
+            again
+                .into_iter()
+                .map(|(sku, items)| self.apply_sku(namespace, sku, items, classify, event)),
+        )
+        .await?;
+        Ok(totals)
+    }
+
+    /// Applies one SKU's items (each with its position in the batch) one at a time, each
+    /// a compare-and-set on the SKU's record: a concurrent push that got in first makes
+    /// the bus ask again with the record it left, and the item is re-classified against
+    /// it.
+    async fn apply_sku<T>(
+        &self,
+        namespace: &str,
         sku: String,
-        items: Vec<(usize, ProductItem)>,
-        source: &str,
-        batch_id: &str,
-        now: DateTime<Utc>,
+        items: Vec<(usize, T)>,
+        classify: &impl Fn(&StateRecord, usize, &T) -> (Outcome, Vec<(String, Bytes)>),
+        event: &impl Fn(&T) -> Event,
     ) -> Result<Counts, ApiError> {
         let mut counts = Counts::default();
         let mut seen = self
             .bus
-            .get_state(PRODUCT_NAMESPACE, &sku)
+            .get_state(namespace, &sku)
             .await
             .map_err(|e| self.backend(e))?;
         for (index, item) in items {
-            let fp = product_fingerprint(&item);
-            let item_as_of = item.as_of.map(|t| t.timestamp_micros());
             let (outcome, record) = self
                 .bus
-                .update_state_from(PRODUCT_NAMESPACE, &sku, seen, |record, write| {
-                    let record = record.unwrap_or_default();
-                    let stored_as_of = record
-                        .fields
-                        .get("as_of")
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                        .and_then(|v| v.parse::<i64>().ok());
-                    let stored_fp = record.fields.get("fp");
-                    let applied = AppliedBy::parse(record.fields.get("applied"));
-                    // An earlier attempt of this very batch appended it; items after it
-                    // may have changed the product since.
-                    let update = if applied.holds(batch_id, index) {
-                        Update::Keep((Outcome::Duplicate, record))
-                    } else if let (Some(stored), Some(new)) = (stored_as_of, item_as_of)
-                        && new < stored
-                    {
-                        Update::Keep((Outcome::Stale, record))
-                    } else if stored_fp.is_some_and(|f| f.as_ref() == fp.as_bytes()) {
-                        Update::Keep((Outcome::Duplicate, record))
+                .update_state_from(namespace, &sku, seen, |record, mut write| {
+                    let mut record = record.unwrap_or_default();
+                    let (outcome, set) = classify(&record, index, &item);
+                    let update = if set.is_empty() {
+                        Update::Keep((outcome, record))
                     } else {
-                        let applied = applied.with(batch_id, index);
-                        let mut write = write
-                            .set("fp", Bytes::from(fp.clone()))
-                            .set("applied", applied.clone());
-                        let mut written = record;
-                        written.version += 1;
-                        written.fields.insert("fp".into(), Bytes::from(fp.clone()));
-                        written.fields.insert("applied".into(), applied);
-                        if let Some(as_of) = item_as_of {
-                            let as_of = Bytes::from(as_of.to_string());
-                            write = write.set("as_of", as_of.clone());
-                            written.fields.insert("as_of".into(), as_of);
+                        record.version += 1;
+                        for (field, value) in set {
+                            record.fields.insert(field.clone(), value.clone());
+                            write = write.set(field, value);
                         }
-                        let event = events::product_changed(&item, source, batch_id, now);
                         Update::WriteAndPublish(
                             write,
                             streams::STOCK,
-                            event,
-                            (Outcome::Applied, written),
+                            event(&item),
+                            (outcome, record),
                         )
                     };
                     std::future::ready(Ok::<_, BusError>(update))
@@ -574,6 +539,51 @@ impl Handoff {
         }
         Ok(counts)
     }
+}
+
+/// How product item `index` of batch `batch_id` classifies against its SKU's product
+/// mark in `record`, and the fields to set when it is applied (none otherwise): the
+/// product's fingerprint (`fp`), its `as_of` if it has one, and which items of which batch
+/// set them (`applied`).
+fn classify_product(
+    record: &StateRecord,
+    batch_id: &str,
+    index: usize,
+    item: &ProductItem,
+) -> (Outcome, Vec<(String, Bytes)>) {
+    let fp = product_fingerprint(item);
+    let item_as_of = item.as_of.map(|t| t.timestamp_micros());
+    let stored_as_of = record
+        .fields
+        .get("as_of")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse::<i64>().ok());
+    let applied = AppliedBy::parse(record.fields.get("applied"));
+    // An earlier attempt of this very batch appended it; items after it may have changed
+    // the product since.
+    if applied.holds(batch_id, index) {
+        return (Outcome::Duplicate, Vec::new());
+    }
+    if let (Some(stored), Some(new)) = (stored_as_of, item_as_of)
+        && new < stored
+    {
+        return (Outcome::Stale, Vec::new());
+    }
+    if record
+        .fields
+        .get("fp")
+        .is_some_and(|f| f.as_ref() == fp.as_bytes())
+    {
+        return (Outcome::Duplicate, Vec::new());
+    }
+    let mut set = vec![
+        ("fp".to_owned(), Bytes::from(fp)),
+        ("applied".to_owned(), applied.with(batch_id, index)),
+    ];
+    if let Some(as_of) = item_as_of {
+        set.push(("as_of".to_owned(), Bytes::from(as_of.to_string())));
+    }
+    (Outcome::Applied, set)
 }
 
 /// How stock item `index` of batch `batch_id` classifies against its SKU's marks in
