@@ -7,7 +7,10 @@
 //! qualifies while its category or the program is full waits (store [`Waiting`]); the
 //! sweep gives every freed slot to the most overstocked waiting SKU that still qualifies.
 //!
-//! Every change is a compare-and-set on the SKU's record; a transition is written together
+//! Every change is a compare-and-set on the SKU's record (the stock readings of a batch
+//! for SKUs without an active incentive are folded together and saved in one step per
+//! partition, each record under its own version check; [`Engine::fold_quiet`]); a
+//! transition is written together
 //! with its `IncentiveChanged` event ([`Store::update`]), so the stream and the
 //! state never disagree and two replicas cannot both open an incentive on one SKU. What
 //! follows a committed transition (the listing projection, the slot table, timers) is
@@ -58,6 +61,17 @@ pub struct Trigger {
     pub reason: String,
     /// The caller.
     pub author: String,
+}
+
+/// What [`Engine::fold_quiet`] did with one SKU's run.
+#[derive(Debug)]
+pub enum Quiet {
+    /// Folded and saved; the SKU's candidate for a new incentive, if it qualifies.
+    Folded(Option<Candidate>),
+    /// Not folded: apply the run event by event with [`Engine::process`].
+    Busy,
+    /// Reading or saving failed; nothing of the run was saved.
+    Failed(String),
 }
 
 /// The service's decision maker; shared by the consumer, the timer loop and the API.
@@ -237,6 +251,107 @@ impl Engine {
         } else {
             "overstock-default".to_owned()
         }
+    }
+
+    /// Folds many SKUs' runs of stock events at once, for the SKUs that have no active
+    /// incentive (most of them, most of the time): their records read in one step,
+    /// each run folded in memory and decided on, and the changed records saved in one
+    /// atomic step per partition. Per run, in order: the candidate for a new incentive if
+    /// the SKU qualifies ([`Quiet::Folded`]), or [`Quiet::Busy`] when the SKU must go
+    /// through [`Engine::process`] event by event (an active incentive books sales and
+    /// may close or extend; another writer changed its record in between), or the error.
+    pub async fn fold_quiet(&self, runs: &[(Sku, Vec<CoreEvent>)]) -> Vec<Quiet> {
+        let skus: Vec<Sku> = runs.iter().map(|(sku, _)| sku.clone()).collect();
+        let records = match self.store.load_many(&skus, &self.policy).await {
+            Ok(records) => records,
+            Err(e) => return runs.iter().map(|_| Quiet::Failed(e.to_string())).collect(),
+        };
+        let now = self.clock.now();
+        let mut answers: Vec<Quiet> = Vec::with_capacity(runs.len());
+        let mut to_save: Vec<(u64, SkuRecord)> = Vec::new();
+        let mut saved_at: Vec<usize> = Vec::new();
+        for ((sku, events), (version, mut rec)) in runs.iter().zip(records) {
+            if rec.track.active.is_some() {
+                answers.push(Quiet::Busy);
+                continue;
+            }
+            // Decided after every event, as event by event: a candidate is the last
+            // event's that qualified, and every reading in cooldown is counted.
+            let mut changed = false;
+            let mut candidate = None;
+            let mut busy = false;
+            for e in events {
+                let reported = last_report(&rec);
+                let applied = rec.view.apply(e) == Applied::Applied;
+                if applied {
+                    changed = true;
+                    if let CoreEvent::StockObserved { as_of, .. } = e
+                        && let Some(last) = reported
+                        && *as_of > last
+                    {
+                        rec.report_interval_secs = Some((*as_of - last).num_seconds());
+                    }
+                }
+                let rules = self.rules(&rec);
+                match decide(&rec.track, &rules, &Self::inputs(&rec), now) {
+                    Decision::Open { cover, .. } => {
+                        candidate = Some(Candidate {
+                            sku: sku.clone(),
+                            category: rec.category().to_owned(),
+                            cover,
+                        });
+                    }
+                    Decision::Nothing { why } => {
+                        if applied
+                            && let NothingReason::Cooldown { until } = why
+                            && matches!(
+                                decide(
+                                    &IncentiveTrack::default(),
+                                    &rules,
+                                    &Self::inputs(&rec),
+                                    now
+                                ),
+                                Decision::Open { .. }
+                            )
+                        {
+                            tracing::debug!(sku = %sku, %until, "overstocked SKU skipped: in cooldown");
+                            metrics::counter!(METRIC_SKIPPED, "reason" => "cooldown").increment(1);
+                        }
+                    }
+                    // Only an active incentive closes or extends.
+                    Decision::Close { .. } | Decision::Extend { .. } => {
+                        busy = true;
+                        break;
+                    }
+                }
+            }
+            if busy {
+                answers.push(Quiet::Busy);
+                continue;
+            }
+            if changed {
+                saved_at.push(answers.len());
+                to_save.push((version, rec));
+            }
+            answers.push(Quiet::Folded(candidate));
+        }
+        match self.store.save_many(&to_save).await {
+            Ok(saved) => {
+                for (i, result) in saved_at.into_iter().zip(saved) {
+                    match result {
+                        Ok(()) => {}
+                        Err(BusError::Conflict { .. }) => answers[i] = Quiet::Busy,
+                        Err(e) => answers[i] = Quiet::Failed(e.to_string()),
+                    }
+                }
+            }
+            Err(e) => {
+                for i in saved_at {
+                    answers[i] = Quiet::Failed(e.to_string());
+                }
+            }
+        }
+        answers
     }
 
     /// Folds `event` (if any) into `sku`'s record, books sales, and acts on the rules:

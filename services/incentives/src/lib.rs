@@ -73,7 +73,7 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use ratemesh_contract::streams;
-use ratemesh_core::{Candidate, Policy, Sku};
+use ratemesh_core::{Candidate, Event as CoreEvent, Policy, Sku};
 use ratemesh_proto::v1::incentive_service_server::IncentiveServiceServer;
 use ratemesh_runtime::consumer::{self, ConsumerSpec, Settled};
 use ratemesh_runtime::{Context, Readiness, ServiceModule};
@@ -82,7 +82,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use engine::Engine;
+pub use engine::{Engine, Quiet};
 pub use events::INCENTIVE_CHANGED;
 pub use settings::IncentivesSettings;
 
@@ -186,14 +186,16 @@ async fn consume(
     .await
 }
 
-/// SKUs of a batch folded at once. Each is a read and a write of its own record, so the
-/// batch's time is bounded by round trips, not work: overlapping them is what lets this
-/// consumer keep up with the rates consumer on the same stream.
+/// SKUs of a batch folded at once on the event-by-event path. Each is a read and a write
+/// of its own record, so that path's time is bounded by round trips: overlapping them
+/// keeps it short.
 const SKUS_AT_ONCE: usize = 64;
 
-/// Folds a batch: split by SKU, the SKUs concurrently, each SKU's entries in stream order
-/// (after a failure, the SKU's later entries are retried with it rather than overtaking
-/// it); then offers the batch's candidates their incentives.
+/// Folds a batch: split by SKU, each SKU's entries in stream order. The SKUs without an
+/// active incentive are folded together ([`Engine::fold_quiet`]: one read, one write per
+/// partition); the others event by event, concurrently (after a failure, the SKU's later
+/// entries are retried with it rather than overtaking it). Then the batch's candidates
+/// are offered their incentives.
 async fn handle_batch(engine: &Engine, batch: Vec<ratemesh_bus::Delivery>) -> Settled {
     use futures::StreamExt;
     let mut order: Vec<String> = Vec::new();
@@ -204,19 +206,44 @@ async fn handle_batch(engine: &Engine, batch: Vec<ratemesh_bus::Delivery>) -> Se
         }
         by_key.entry(d.key.clone()).or_default().push(d);
     }
-    let runs: Vec<Vec<ratemesh_bus::Delivery>> = order
-        .into_iter()
-        .filter_map(|k| by_key.remove(&k))
-        .collect();
+    let mut settled = Settled::default();
+    let mut done = Vec::new();
+    let mut candidates = Vec::new();
+    // Runs of one SKU's stock events, decoded; the rest go event by event.
+    let mut quiet: Vec<(Sku, Vec<CoreEvent>)> = Vec::new();
+    let mut quiet_runs: Vec<Vec<ratemesh_bus::Delivery>> = Vec::new();
+    let mut runs: Vec<Vec<ratemesh_bus::Delivery>> = Vec::new();
+    for run in order.into_iter().filter_map(|k| by_key.remove(&k)) {
+        match decoded_run(&run) {
+            Some((sku, events)) => {
+                quiet.push((sku, events));
+                quiet_runs.push(run);
+            }
+            None => runs.push(run),
+        }
+    }
+    let folded = engine.fold_quiet(&quiet).await;
+    for (run, answer) in quiet_runs.into_iter().zip(folded) {
+        match answer {
+            Quiet::Folded(candidate) => {
+                candidates.extend(candidate);
+                done.extend(run);
+            }
+            Quiet::Busy => runs.push(run),
+            Quiet::Failed(error) => {
+                tracing::warn!(error = %error, "folding stock into incentive records failed");
+                settled
+                    .nack
+                    .extend(run.into_iter().map(|d| (d, error.clone())));
+            }
+        }
+    }
     let folded: Vec<(Settled, Vec<ratemesh_bus::Delivery>, Vec<Candidate>)> =
         futures::stream::iter(runs)
             .map(|run| fold_run(engine, run))
             .buffer_unordered(SKUS_AT_ONCE)
             .collect()
             .await;
-    let mut settled = Settled::default();
-    let mut done = Vec::new();
-    let mut candidates = Vec::new();
     for (failed, folded, found) in folded {
         settled.extend(failed);
         done.extend(folded);
@@ -234,6 +261,25 @@ async fn handle_batch(engine: &Engine, batch: Vec<ratemesh_bus::Delivery>) -> Se
         }
     }
     settled
+}
+
+/// A run's entries as one SKU's stock events, when every entry decodes to an event of
+/// the same SKU (anything else goes event by event, where it is acked or nacked on its
+/// own).
+fn decoded_run(run: &[ratemesh_bus::Delivery]) -> Option<(Sku, Vec<CoreEvent>)> {
+    let mut sku: Option<Sku> = None;
+    let mut events = Vec::with_capacity(run.len());
+    for d in run {
+        let event = events::decode_stock_entry(d).ok()??;
+        let of = event.sku()?;
+        match &sku {
+            Some(s) if s != of => return None,
+            Some(_) => {}
+            None => sku = Some(of.clone()),
+        }
+        events.push(event);
+    }
+    Some((sku?, events))
 }
 
 /// Folds one SKU's entries in order: what failed (nacked), what was folded, and the

@@ -131,6 +131,47 @@ impl Store {
         Ok((version, Self::record_of(sku, policy, stored)?))
     }
 
+    /// The records of `skus` with their versions, read in one step (as [`Store::load`]).
+    pub async fn load_many(
+        &self,
+        skus: &[Sku],
+        policy: &Policy,
+    ) -> Result<Vec<(u64, SkuRecord)>, StoreError> {
+        let keys: Vec<&str> = skus.iter().map(Sku::as_str).collect();
+        let stored = self.bus.get_states(NS_RECORD, &keys).await?;
+        skus.iter()
+            .zip(stored)
+            .map(|(sku, stored)| {
+                let version = stored.as_ref().map_or(0, |r| r.version);
+                Ok((version, Self::record_of(sku, policy, stored)?))
+            })
+            .collect()
+    }
+
+    /// Saves records read at the given versions, in one atomic step per partition, each
+    /// under its own version check: per record, `Ok` or the error (a
+    /// [`BusError::Conflict`] when another writer got in first; nothing of it was saved).
+    pub async fn save_many(
+        &self,
+        records: &[(u64, SkuRecord)],
+    ) -> Result<Vec<Result<(), BusError>>, StoreError> {
+        let writes = records
+            .iter()
+            .map(|(version, record)| {
+                let write =
+                    StateWrite::new(NS_RECORD, record.view.sku.as_str()).expect_version(*version);
+                Ok((Self::write_of(record, write)?, None))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(self
+            .bus
+            .write_states(writes)
+            .await
+            .into_iter()
+            .map(|r| r.map(|_| ()))
+            .collect())
+    }
+
     /// The record in `sku`'s stored state (a fresh one when there is none).
     fn record_of(
         sku: &Sku,

@@ -5,6 +5,7 @@ mod support;
 
 use chrono::TimeDelta;
 use ratemesh_bus::testkit::RedisServer;
+use ratemesh_contract::streams;
 use ratemesh_incentives::ManualClock;
 use ratemesh_proto::v1::{
     self, IncentiveEndReason as EndReason, IncentiveState, IncentiveTransition as T,
@@ -36,16 +37,24 @@ fn violations(status: &tonic::Status) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-async fn folded(app: &Instance, sku: &str, versions: u64) {
+/// Waits until the incentives group consumed every stock entry published so far and
+/// `sku` has a record.
+async fn folded(app: &Instance, sku: &str) {
     eventually(&format!("{sku} folded"), || {
         let bus = app.bus.clone();
         let sku = sku.to_owned();
         async move {
-            bus.get_state("incentive", &sku)
+            let drained = bus
+                .stream_stats(streams::STOCK, streams::groups::INCENTIVES)
                 .await
-                .ok()
-                .flatten()
-                .is_some_and(|r| r.version >= versions)
+                .is_ok_and(|s| s.backlog == 0);
+            drained
+                && bus
+                    .get_state("incentive", &sku)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
         }
     })
     .await;
@@ -65,7 +74,7 @@ async fn manual_trigger_runs_its_window_and_cancel_keeps_the_reason() {
         ],
     )
     .await;
-    folded(&app, "KETTLE-1", 2).await;
+    folded(&app, "KETTLE-1").await;
     let mut merch = app.client(Role::Merchandiser).await;
     let opened = merch
         .trigger_incentive(trigger("KETTLE-1", "0.03", 7200))
@@ -113,7 +122,7 @@ async fn manual_trigger_runs_its_window_and_cancel_keeps_the_reason() {
         )],
     )
     .await;
-    folded(&app, "KETTLE-1", 4).await;
+    folded(&app, "KETTLE-1").await;
     assert_eq!(transitions_of(&app.bus, "KETTLE-1").await.len(), 1);
 
     let cancel = v1::CancelIncentiveRequest {
@@ -169,7 +178,7 @@ async fn manual_incentive_expires_at_its_own_end() {
         ],
     )
     .await;
-    folded(&app, "MUG-1", 2).await;
+    folded(&app, "MUG-1").await;
     let mut merch = app.client(Role::Merchandiser).await;
     merch
         .trigger_incentive(trigger("MUG-1", "0.02", 90))
@@ -201,8 +210,8 @@ async fn trigger_refuses_what_breaks_a_guardrail_or_is_malformed() {
         ],
     )
     .await;
-    folded(&app, "ROBOT-1", 2).await;
-    folded(&app, "BALL-1", 2).await;
+    folded(&app, "ROBOT-1").await;
+    folded(&app, "BALL-1").await;
     let mut merch = app.client(Role::Merchandiser).await;
 
     // Toys cap at 0.08 on a 0.05 base: 0.04 more is too much.
@@ -308,7 +317,7 @@ async fn cancel_errors_name_the_problem() {
         ],
     )
     .await;
-    folded(&app, "CUP-1", 2).await;
+    folded(&app, "CUP-1").await;
     let mut merch = app.client(Role::Merchandiser).await;
     let missing = merch
         .cancel_incentive(v1::CancelIncentiveRequest {
@@ -366,7 +375,7 @@ async fn list_filters_and_pages_newest_first() {
     let mut merch = app.client(Role::Merchandiser).await;
     let mut ids = Vec::new();
     for sku in ["A-1", "A-2", "B-1", "B-2"] {
-        folded(&app, sku, 2).await;
+        folded(&app, sku).await;
         let inc = merch
             .trigger_incentive(trigger(sku, "0.01", 3600))
             .await

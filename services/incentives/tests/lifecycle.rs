@@ -395,13 +395,7 @@ async fn two_replicas_racing_open_one_incentive_per_sku() {
         eventually("stock folded", || {
             let bus = loader.bus.clone();
             let sku = sku.clone();
-            async move {
-                bus.get_state("incentive", &sku)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|r| r.version >= 2)
-            }
+            async move { has_stock_and_product(&bus, &sku).await }
         })
         .await;
     }
@@ -438,13 +432,7 @@ async fn two_replicas_racing_open_one_incentive_per_sku() {
     .await;
     eventually("RACE-M folded", || {
         let bus = bus.clone();
-        async move {
-            bus.get_state("incentive", "RACE-M")
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|r| r.version >= 2)
-        }
+        async move { has_stock_and_product(&bus, "RACE-M").await }
     })
     .await;
     let (mut ca, mut cb) = (

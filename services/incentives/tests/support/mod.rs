@@ -313,3 +313,16 @@ pub fn clock_now(clock: &ManualClock) -> chrono::DateTime<chrono::Utc> {
     use ratemesh_incentives::Clock as _;
     clock.now()
 }
+
+/// Whether `sku`'s record holds its product data and a stock reading (the stock stream's
+/// entries for it were folded).
+pub async fn has_stock_and_product(bus: &Bus, sku: &str) -> bool {
+    let Ok(Some(stored)) = bus.get_state("incentive", sku).await else {
+        return false;
+    };
+    stored
+        .fields
+        .get("record")
+        .and_then(|b| serde_json::from_slice::<ratemesh_incentives::record::SkuRecord>(b).ok())
+        .is_some_and(|r| r.view.product.is_some() && !r.view.stock.is_empty())
+}
