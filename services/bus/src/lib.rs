@@ -3,7 +3,10 @@
 //! The four services coordinate only through this crate: partitioned event streams with
 //! consumer groups (at-least-once, reclaim of abandoned entries, dead letters), versioned
 //! per-key state with compare-and-set and an atomic "write state + append event",
-//! idempotency keys, durable timers, and the stats autoscaling reads.
+//! batched reads ([`Bus::get_states`]) and writes ([`Bus::write_states`]: a batch's
+//! records with their events, one atomic step per partition, each record under its own
+//! version check) so a consumer's round trips do not grow with its batch, idempotency
+//! keys, durable timers, and the stats autoscaling reads.
 //!
 //! Services hold one [`Bus`] handle, built either on Redis ([`Bus::redis`], production)
 //! or in process memory ([`Bus::memory`], `ratemesh up` without Redis); both backends have
