@@ -21,7 +21,8 @@ pub struct RatesSettings {
     /// Name of this replica in the `rates` consumer group; empty derives one from the host
     /// name and process id (names must differ between replicas).
     pub consumer_name: String,
-    /// SKUs updated at once: the keys of one consumed batch, and a recompute sweep.
+    /// Keys updated at once on the one-by-one paths: category overrides of a consumed
+    /// batch, and due recompute timers (SKU entries and sweeps are written in batches).
     pub recompute_concurrency: usize,
     /// SKUs read per `scan_states` page by a recompute sweep (BFCM start: every SKU).
     pub recompute_page_size: usize,

@@ -296,6 +296,28 @@ impl Engine {
         &self,
         runs: Vec<(Sku, Vec<Event>, Option<StateRecord>)>,
     ) -> Vec<Result<Outcome, EngineError>> {
+        self.update_many(runs, None).await
+    }
+
+    /// [`Engine::recompute`] of many SKUs as of `at`, from their records as read (a
+    /// sweep's page), written like [`Engine::apply_many`]'s.
+    pub async fn recompute_many(
+        &self,
+        records: Vec<(Sku, StateRecord)>,
+        at: DateTime<Utc>,
+    ) -> Vec<Result<Outcome, EngineError>> {
+        let runs = records
+            .into_iter()
+            .map(|(sku, record)| (sku, Vec::new(), Some(record)))
+            .collect();
+        self.update_many(runs, Some(at)).await
+    }
+
+    async fn update_many(
+        &self,
+        runs: Vec<(Sku, Vec<Event>, Option<StateRecord>)>,
+        force: Option<DateTime<Utc>>,
+    ) -> Vec<Result<Outcome, EngineError>> {
         let mut results: Vec<Option<Result<Outcome, EngineError>>> =
             (0..runs.len()).map(|_| None).collect();
         let mut writes = Vec::new();
@@ -306,7 +328,7 @@ impl Engine {
             let stored = stored.filter(|r| r.version > 0);
             let write = StateWrite::new(NAMESPACE, sku.as_str())
                 .expect_version(stored.as_ref().map_or(0, |r| r.version));
-            let decided = self.decide(&sku, &events, None, stored, write);
+            let decided = self.decide(&sku, &events, force, stored, write);
             applied.push((sku, events));
             let sku = &applied[i].0;
             match decided {
@@ -348,7 +370,7 @@ impl Engine {
                     Err(BusError::Conflict { .. }) => {
                         metrics::counter!("ratemesh_rates_state_conflicts_total").increment(1);
                         let (sku, events) = &applied[i];
-                        self.apply(sku, events).await
+                        self.update(sku, events, force, None).await
                     }
                     Err(e) => Err(e.into()),
                 });

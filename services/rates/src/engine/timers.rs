@@ -12,7 +12,8 @@
 //!
 //! The due time inside the member is the `now` of the recompute, so a timer that fires
 //! late, or twice after a crash, computes the same card. Sweeps over many SKUs walk
-//! `scan_states` pages with bounded concurrency and report progress as metrics
+//! `scan_states` pages, each page's SKUs computed in memory and written in one step per
+//! partition, and report progress as metrics
 //! (`ratemesh_rates_recompute_*`); a sweep re-arms its own timer a lease ahead while it
 //! runs, so a crash mid-sweep only means the sweep runs again (SKUs already done are
 //! skipped: their tick at that instant is a duplicate).
@@ -20,7 +21,6 @@
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
 use ratemesh_bus::{Bus, BusError, BusResult, Expect, StateRecord, StateWrite, Update};
 use ratemesh_core::{Event, Sku};
 
@@ -181,7 +181,8 @@ const FIELD_PAGE: &str = "next_page";
 const PAGES_PER_PROGRESS_LOG: u64 = 20;
 
 /// Recomputes every SKU (of `category`, if given) as of `at`, a page of `scan_states` at
-/// a time with bounded concurrency, each SKU from the record the page carried. `tick`
+/// a time: the page's SKUs computed in memory from the records the page carried and
+/// written in one step per partition ([`Engine::recompute_many`]). `tick`
 /// folds a tick (time passed: ended overrides are forgotten, a SKU already ticked at `at`
 /// is skipped); otherwise every SKU is recomputed. With `progress`, the sweep records the
 /// page it reached under that name after every page and starts from the recorded page if
@@ -233,23 +234,27 @@ pub async fn sweep(
                 })
                 .collect();
             metrics::counter!("ratemesh_rates_recompute_scanned_total").increment(scanned_here);
-            let outcomes: Vec<bool> = futures::stream::iter(skus)
-                .map(|(sku, rec)| async move {
-                    let outcome = if tick {
+            // The page's SKUs at once: computed in memory, written in one step per
+            // partition.
+            let outcomes: Vec<bool> = if tick {
+                let runs = skus
+                    .into_iter()
+                    .map(|(sku, rec)| {
                         let event = Event::Tick {
                             at,
                             sku: Some(sku.clone()),
                         };
-                        engine.apply_seen(&sku, &[event], Some(Some(rec))).await?
-                    } else {
-                        engine.recompute_seen(&sku, at, Some(Some(rec))).await?
-                    };
-                    metrics::counter!("ratemesh_rates_recompute_skus_total").increment(1);
-                    Ok::<bool, EngineError>(outcome.changed)
-                })
-                .buffer_unordered(options.concurrency.max(1))
-                .try_collect()
-                .await?;
+                        (sku, vec![event], Some(rec))
+                    })
+                    .collect();
+                engine.apply_many(runs).await
+            } else {
+                engine.recompute_many(skus, at).await
+            }
+            .into_iter()
+            .map(|outcome| outcome.map(|o| o.changed))
+            .collect::<Result<_, EngineError>>()?;
+            metrics::counter!("ratemesh_rates_recompute_skus_total").increment(outcomes.len() as u64);
             changed += outcomes.into_iter().filter(|c| *c).count() as u64;
             pages += 1;
             scanned += scanned_here;
