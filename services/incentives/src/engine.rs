@@ -626,8 +626,16 @@ impl Engine {
         let selection = select(&candidates, &counts, &self.policy);
         for (c, why) in &selection.losers {
             self.skipped(c, why);
-            self.wait_for_slot(c, why).await;
         }
+        self.wait_for_slot(
+            selection
+                .losers
+                .iter()
+                .filter(|(_, why)| !matches!(why, LossReason::DuplicateCandidate))
+                .map(|(c, _)| c)
+                .collect(),
+        )
+        .await;
         let mut failed = Vec::new();
         for c in selection.winners {
             match self.open_automatic(&c).await {
@@ -646,13 +654,13 @@ impl Engine {
         failed
     }
 
-    /// Remembers a candidate that lost to a full limit, so a freed slot finds it.
-    async fn wait_for_slot(&self, c: &Candidate, why: &LossReason) {
-        if matches!(why, LossReason::DuplicateCandidate) {
+    /// Remembers candidates that lost to a full limit, so a freed slot finds them.
+    async fn wait_for_slot(&self, losers: Vec<&Candidate>) {
+        if losers.is_empty() {
             return;
         }
-        if let Err(e) = self.store.wait(c, self.clock.now()).await {
-            tracing::warn!(sku = %c.sku, error = %e, "waiting candidate not recorded; its next stock reading offers it again");
+        if let Err(e) = self.store.wait(&losers, self.clock.now()).await {
+            tracing::warn!(candidates = losers.len(), error = %e, "waiting candidates not recorded; their next stock readings offer them again");
         }
     }
 

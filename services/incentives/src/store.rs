@@ -333,20 +333,29 @@ impl Store {
 
     // ----- waiting candidates -----
 
-    /// Records that `candidate` qualified at `now` but found no free slot.
-    pub async fn wait(&self, candidate: &Candidate, now: DateTime<Utc>) -> Result<(), StoreError> {
-        let waiting = Waiting {
-            category: candidate.category.clone(),
-            cover: candidate.cover,
-            since: now,
-        };
-        let json = serde_json::to_vec(&waiting)
-            .map_err(|e| StoreError::Corrupt(format!("encoding waiting candidate: {e}")))?;
-        self.bus
-            .write_state(
-                StateWrite::new(NS_WAITING, candidate.sku.as_str()).set(FIELD_CANDIDATE, json),
-            )
-            .await?;
+    /// Records that `candidates` qualified at `now` but found no free slot, in one step
+    /// per partition.
+    pub async fn wait(
+        &self,
+        candidates: &[&Candidate],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut writes = Vec::with_capacity(candidates.len());
+        for candidate in candidates {
+            let waiting = Waiting {
+                category: candidate.category.clone(),
+                cover: candidate.cover,
+                since: now,
+            };
+            let json = serde_json::to_vec(&waiting)
+                .map_err(|e| StoreError::Corrupt(format!("encoding waiting candidate: {e}")))?;
+            let write =
+                StateWrite::new(NS_WAITING, candidate.sku.as_str()).set(FIELD_CANDIDATE, json);
+            writes.push((write, None));
+        }
+        for written in self.bus.write_states(writes).await {
+            written?;
+        }
         Ok(())
     }
 
