@@ -1316,14 +1316,19 @@ async fn scheduler_fires_each_timer_once(kind: Kind) {
     let bus = f.bus.clone();
     let now = SystemTime::now();
     let past = now - Duration::from_secs(1);
-    for i in 0..100 {
+    for i in 0..50 {
         bus.schedule("expiry", &format!("incentive-{i}"), past)
             .await
             .unwrap();
     }
-    bus.schedule("expiry", "future", now + Duration::from_secs(3600))
-        .await
-        .unwrap();
+    // The other half, and one far ahead, in one step.
+    let many: Vec<(String, SystemTime)> = (50..100)
+        .map(|i| (format!("incentive-{i}"), past))
+        .chain([("future".to_owned(), now + Duration::from_secs(3600))])
+        .collect();
+    bus.schedule_many("expiry", &many).await.unwrap();
+    bus.schedule_many::<&str>("expiry", &[]).await.unwrap();
+    assert!(bus.schedule_many("expiry", &[("", past)]).await.is_err());
     // Upsert: moving a timer into the future keeps it from firing.
     bus.schedule("expiry", "incentive-99", now + Duration::from_secs(3600))
         .await
