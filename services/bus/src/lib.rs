@@ -41,6 +41,7 @@
 //! - [`bus`] — the [`Bus`] handle, [`Consumer`] and [`Tail`]
 //! - [`entry`] — events, deliveries, entry ids, dead letters
 //! - [`cursor`] — per-partition positions as opaque tokens
+//! - [`cache`] — decoded records a partition's consumer wrote, to skip their next read
 //! - [`state`] — state records and writes, idempotency, timers, stats, retention types
 //! - [`partition`] — the stable key → partition hash (FNV-1a 64)
 //! - [`trace_context`] — W3C `traceparent` helpers
@@ -49,6 +50,7 @@
 //! - `testkit` (feature `testkit`) — a private `redis-server` per test
 
 pub mod bus;
+pub mod cache;
 mod clock;
 pub mod cursor;
 pub mod entry;
@@ -65,6 +67,7 @@ pub mod testkit;
 pub mod trace_context;
 
 pub use bus::{Bus, Consumer, Tail};
+pub use cache::RecordCache;
 pub use cursor::Cursor;
 pub use entry::{Appended, DeadLetter, DeadLetterRef, Delivery, EntryId, Event, NackOutcome};
 pub use error::{BusError, BusResult};
