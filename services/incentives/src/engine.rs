@@ -272,6 +272,7 @@ impl Engine {
         let mut saved_at: Vec<usize> = Vec::new();
         for ((sku, events), (version, mut rec)) in runs.iter().zip(records) {
             if rec.track.active.is_some() {
+                self.store.keep(version, rec);
                 answers.push(Quiet::Busy);
                 continue;
             }
@@ -326,16 +327,19 @@ impl Engine {
                 }
             }
             if busy {
+                // Not saved: what is stored is still the record as read.
                 answers.push(Quiet::Busy);
                 continue;
             }
             if changed {
                 saved_at.push(answers.len());
                 to_save.push((version, rec));
+            } else {
+                self.store.keep(version, rec);
             }
             answers.push(Quiet::Folded(candidate));
         }
-        match self.store.save_many(&to_save).await {
+        match self.store.save_many(to_save).await {
             Ok(saved) => {
                 for (i, result) in saved_at.into_iter().zip(saved) {
                     match result {

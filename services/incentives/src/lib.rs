@@ -103,7 +103,12 @@ impl Incentives {
     pub fn new(ctx: &Context, policy: Policy, clock: Arc<dyn Clock>) -> Self {
         Self {
             engine: Arc::new(Engine {
-                store: store::Store::new(ctx.bus().clone()),
+                store: store::Store::new(
+                    ctx.bus().clone(),
+                    ctx.settings()
+                        .section::<IncentivesSettings>()
+                        .record_cache_skus,
+                ),
                 policy: Arc::new(policy),
                 clock,
             }),

@@ -23,6 +23,9 @@ pub struct IncentivesSettings {
     pub max_bonus_bps: u32,
     /// Longest window a merchandiser may trigger, in hours.
     pub max_duration_hours: u32,
+    /// SKU records the consumer keeps in memory after saving them, so its next batch for
+    /// the same SKUs skips reading and decoding them (0 keeps none).
+    pub record_cache_skus: usize,
 }
 
 impl IncentivesSettings {

@@ -10,11 +10,12 @@
 //! | timers `incentive-expiry` | SKU | due at the active incentive's `ends_at` |
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use prost::Message as _;
-use ratemesh_bus::{Bus, BusError, Event, Expect, StateRecord, StateWrite, Update};
+use ratemesh_bus::{Bus, BusError, Event, Expect, RecordCache, StateRecord, StateWrite, Update};
 use ratemesh_core::{ActiveCounts, Candidate, DaysOfCover, LossReason, Policy, Sku};
 use ratemesh_proto::v1;
 use serde::{Deserialize, Serialize};
@@ -113,11 +114,17 @@ pub struct Waiting {
 #[derive(Debug, Clone)]
 pub struct Store {
     bus: Bus,
+    /// Records this replica last saved in a batch, by SKU ([`RecordCache`]).
+    cache: Arc<RecordCache<SkuRecord>>,
 }
 
 impl Store {
-    pub fn new(bus: Bus) -> Self {
-        Self { bus }
+    /// The store on `bus`, keeping up to `cached` records it saved in memory.
+    pub fn new(bus: Bus, cached: usize) -> Self {
+        Self {
+            bus,
+            cache: Arc::new(RecordCache::new(cached)),
+        }
     }
 
     pub fn bus(&self) -> &Bus {
@@ -131,29 +138,51 @@ impl Store {
         Ok((version, Self::record_of(sku, policy, stored)?))
     }
 
-    /// The records of `skus` with their versions, read in one step (as [`Store::load`]).
+    /// The records of `skus` with their versions (as [`Store::load`]): those this replica
+    /// saved last from memory, the others read in one step.
     pub async fn load_many(
         &self,
         skus: &[Sku],
         policy: &Policy,
     ) -> Result<Vec<(u64, SkuRecord)>, StoreError> {
-        let keys: Vec<&str> = skus.iter().map(Sku::as_str).collect();
-        let stored = self.bus.get_states(NS_RECORD, &keys).await?;
-        skus.iter()
-            .zip(stored)
-            .map(|(sku, stored)| {
+        let mut found: Vec<Option<(u64, SkuRecord)>> = skus
+            .iter()
+            .map(|sku| self.cache.take(sku.as_str()))
+            .collect();
+        let missing: Vec<usize> = (0..skus.len()).filter(|&i| found[i].is_none()).collect();
+        if !missing.is_empty() {
+            let keys: Vec<&str> = missing.iter().map(|&i| skus[i].as_str()).collect();
+            let stored = match self.bus.get_states(NS_RECORD, &keys).await {
+                Ok(stored) => stored,
+                Err(e) => {
+                    // What came from memory goes back for the retry.
+                    for (version, record) in found.into_iter().flatten() {
+                        self.keep(version, record);
+                    }
+                    return Err(e.into());
+                }
+            };
+            for (i, stored) in missing.into_iter().zip(stored) {
                 let version = stored.as_ref().map_or(0, |r| r.version);
-                Ok((version, Self::record_of(sku, policy, stored)?))
-            })
-            .collect()
+                found[i] = Some((version, Self::record_of(&skus[i], policy, stored)?));
+            }
+        }
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    /// Keeps `record`, unchanged since it was stored at `version`, for the next batch.
+    pub fn keep(&self, version: u64, record: SkuRecord) {
+        let sku = record.view.sku.to_string();
+        self.cache.put(sku, version, record);
     }
 
     /// Saves records read at the given versions, in one atomic step per partition, each
     /// under its own version check: per record, `Ok` or the error (a
     /// [`BusError::Conflict`] when another writer got in first; nothing of it was saved).
+    /// Saved records are kept in memory for the next batch.
     pub async fn save_many(
         &self,
-        records: &[(u64, SkuRecord)],
+        records: Vec<(u64, SkuRecord)>,
     ) -> Result<Vec<Result<(), BusError>>, StoreError> {
         let writes = records
             .iter()
@@ -163,12 +192,15 @@ impl Store {
                 Ok((Self::write_of(record, write)?, None))
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
-        Ok(self
-            .bus
-            .write_states(writes)
-            .await
+        let written = self.bus.write_states(writes).await;
+        Ok(records
             .into_iter()
-            .map(|r| r.map(|_| ()))
+            .zip(written)
+            .map(|((_, record), result)| {
+                let (version, _) = result?;
+                self.keep(version, record);
+                Ok(())
+            })
             .collect())
     }
 
@@ -210,6 +242,8 @@ impl Store {
         F: FnMut(SkuRecord) -> Fut,
         Fut: Future<Output = Result<Change<T>, E>>,
     {
+        // Written here, so what a batch kept in memory is out of date.
+        self.cache.forget(sku.as_str());
         self.bus
             .update_state(NS_RECORD, sku.as_str(), |stored, write| {
                 let decided = Self::record_of(sku, policy, stored).map(&mut change);
