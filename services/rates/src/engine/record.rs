@@ -221,3 +221,6 @@ impl EngineRecord {
         self.state.product.as_ref().map(|p| p.category.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests;
