@@ -48,4 +48,4 @@ pub use reason::{Reason, ReasonCode};
 pub use replay::{Replay, replay, replay_in_arrival_order};
 pub use state::{Applied, Event, SkuState, StockLevel};
 pub use types::{DaysOfCover, Money, Quantity, Rate, Sku, TypeError, Velocity};
-pub use velocity::VelocityEstimator;
+pub use velocity::{ErpVelocity, VelocityEstimator, VelocityParts};

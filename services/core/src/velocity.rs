@@ -30,6 +30,27 @@ pub struct ErpVelocity {
     pub as_of: DateTime<Utc>,
 }
 
+/// The estimator's state field by field, for storage formats other than serde (the rates
+/// service's compact record): [`VelocityEstimator::parts`] and
+/// [`VelocityEstimator::from_parts`] round-trip exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VelocityParts {
+    /// Half-life of the average, in seconds.
+    pub half_life_secs: i64,
+    /// How long an ERP figure stays authoritative, in seconds.
+    pub erp_max_age_secs: i64,
+    /// Time of the last folded observation; `None` before the first.
+    pub anchor_at: Option<DateTime<Utc>>,
+    /// Latest stock level seen.
+    pub level: Decimal,
+    /// Units depleted since `anchor_at` by observations at that same instant.
+    pub pending: Decimal,
+    /// The EWMA of units/day; `None` until one interval has been folded.
+    pub estimate: Option<Decimal>,
+    /// Newest ERP-supplied figure.
+    pub erp: Option<ErpVelocity>,
+}
+
 /// Serialisable EWMA state; the rates service persists it inside [`crate::SkuState`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VelocityEstimator {
@@ -60,6 +81,33 @@ impl VelocityEstimator {
             pending: Decimal::ZERO,
             estimate: None,
             erp: None,
+        }
+    }
+
+    /// The state field by field (see [`VelocityParts`]).
+    pub fn parts(&self) -> VelocityParts {
+        VelocityParts {
+            half_life_secs: self.half_life_secs,
+            erp_max_age_secs: self.erp_max_age_secs,
+            anchor_at: self.anchor_at,
+            level: self.level,
+            pending: self.pending,
+            estimate: self.estimate,
+            erp: self.erp,
+        }
+    }
+
+    /// The estimator whose state is `parts`, as stored by [`VelocityEstimator::parts`].
+    /// Like deserialising, it takes the parts as they are.
+    pub fn from_parts(parts: VelocityParts) -> Self {
+        Self {
+            half_life_secs: parts.half_life_secs,
+            erp_max_age_secs: parts.erp_max_age_secs,
+            anchor_at: parts.anchor_at,
+            level: parts.level,
+            pending: parts.pending,
+            estimate: parts.estimate,
+            erp: parts.erp,
         }
     }
 
@@ -256,6 +304,17 @@ mod tests {
         assert_eq!(v.estimate().unwrap().get(), dec!(10));
         v.observe(t(24 * 3), q(dec!(70)), None); // erp figure now 72 h old > 48 h
         assert_eq!(v.velocity(), v.estimate());
+    }
+
+    #[test]
+    fn round_trips_through_its_parts() {
+        let mut v = VelocityEstimator::new(&settings(72));
+        v.observe(t(0), q(dec!(100)), Some(Velocity::new(dec!(3.50)).unwrap()));
+        v.observe(t(24), q(dec!(90)), None);
+        v.observe(t(24), q(dec!(89.5)), None);
+        let parts = v.parts();
+        assert_eq!(parts.pending, dec!(0.5));
+        assert_eq!(VelocityEstimator::from_parts(parts), v);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! state, computes the card with the core policy, and persists and publishes it.
 //!
 //! Layout:
-//! - [`record`] — the `rate` state record: the published proto card and the engine's JSON.
+//! - [`record`] — the `rate` state record: the published proto card and the engine's own
+//!   state in a compact protobuf (`wire` holds its messages); JSON records of earlier
+//!   releases are still read.
 //! - [`decode`] — stream entries as core events.
 //! - [`explain`] — the record's inputs as `ExplainRate` shows them.
 //! - [`categories`] — the in-memory category overrides every compute needs.
@@ -52,6 +54,7 @@ pub mod decode;
 pub mod explain;
 pub mod record;
 pub mod timers;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
