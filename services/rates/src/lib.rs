@@ -44,6 +44,7 @@ pub fn engine_options(settings: &RatesSettings) -> EngineOptions {
         timer_poll: Duration::from_millis(settings.timer_poll_ms),
         history_retention: chrono::TimeDelta::days(i64::from(settings.history_retention_days)),
         history_max_versions: u32::try_from(settings.history_max_versions).unwrap_or(u32::MAX),
+        record_cache: settings.record_cache_skus,
         ..EngineOptions::default()
     }
 }

@@ -26,6 +26,9 @@ pub struct RatesSettings {
     pub recompute_concurrency: usize,
     /// SKUs read per `scan_states` page by a recompute sweep (BFCM start: every SKU).
     pub recompute_page_size: usize,
+    /// SKU records the consumer keeps in memory after writing them, so its next batch for
+    /// the same SKUs skips reading and decoding them (0 keeps none).
+    pub record_cache_skus: usize,
     /// How often due recompute timers are claimed from the bus.
     pub timer_poll_ms: u64,
     /// How long `SetOverride`/`ClearOverride` of a category override wait for the

@@ -614,3 +614,39 @@ async fn a_batch_applied_from_a_stale_read_redoes_only_the_sku_that_moved() {
         assert_eq!(record.version, expected.version, "{s}");
     }
 }
+
+#[tokio::test]
+async fn a_record_kept_in_memory_and_changed_by_another_replica_is_read_again() {
+    let bus = memory_bus();
+    let (one, other) = (
+        engine(&bus, example_policy()),
+        engine(&bus, example_policy()),
+    );
+    let reference_bus = memory_bus();
+    let reference = engine(&reference_bus, example_policy());
+    let batch = |events: Vec<Event>| vec![(sku("KEPT-1"), events, tracing::Span::none())];
+    let steps = [
+        vec![
+            stock("KEPT-1", 20, 1, t(0), Some(10)).0,
+            product("KEPT-1", "home", 100, 40, t(1)).0,
+        ],
+        vec![stock("KEPT-1", 1500, 2, t(60), Some(10)).0],
+        vec![stock("KEPT-1", 3000, 3, t(120), Some(10)).0],
+        vec![stock("KEPT-1", 10, 4, t(180), Some(10)).0],
+    ];
+    // `one` applies and keeps the record; `other` (another replica, say after a
+    // partition moved) changes it; `one`'s kept record is then out of date.
+    for (step, events) in steps.iter().enumerate() {
+        let by = if step == 1 { &other } else { &one };
+        let outcome = by.apply_batch(batch(events.clone())).await;
+        assert!(outcome[0].as_ref().is_ok_and(|o| o.changed), "{outcome:?}");
+        reference.apply(&sku("KEPT-1"), events).await.unwrap();
+        let record = bus.get_state(NAMESPACE, "KEPT-1").await.unwrap().unwrap();
+        let expected = reference_bus
+            .get_state(NAMESPACE, "KEPT-1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.fields, expected.fields, "after step {step}");
+    }
+}

@@ -2,7 +2,8 @@
 //! group `rates`.
 //!
 //! A batch is split by entry key, each key's entries kept in stream order. The records
-//! of the batch's SKUs are read in one round trip; each SKU's entries are folded in
+//! of the batch's SKUs are read in one round trip (or taken from memory: the records this
+//! consumer wrote last, see [`Engine::apply_batch`]); each SKU's entries are folded in
 //! memory (the card recomputed after each one that changed the state, so a burst of
 //! readings costs one write); then every changed record is written with its
 //! publication in one atomic step per partition, each under its own version check. A
@@ -57,49 +58,38 @@ pub async fn handle_batch(engine: &Engine, batch: Vec<Delivery>) -> Settled {
         }
         by_key.entry(d.key.clone()).or_default().push(d);
     }
-    let mut records = read_records(engine, &order).await;
     let mut settled = Settled::default();
-    let mut sku_runs: Vec<(Sku, Vec<Event>, Vec<Delivery>)> = Vec::new();
-    let mut seen: Vec<Option<StateRecord>> = Vec::new();
-    let mut other_runs: Vec<(Vec<Delivery>, Option<Option<StateRecord>>)> = Vec::new();
+    let mut runs: Vec<(Sku, Vec<Event>, tracing::Span)> = Vec::new();
+    let mut deliveries: Vec<Vec<Delivery>> = Vec::new();
+    let mut other_runs: Vec<Vec<Delivery>> = Vec::new();
     for key in order {
         let Some(run) = by_key.remove(&key) else {
             continue;
         };
-        let record = records.remove(&key);
         match sku_run(run, &mut settled) {
-            Ok(Some((sku, events, deliveries))) => match record {
-                Some(record) => {
-                    sku_runs.push((sku, events, deliveries));
-                    seen.push(record);
-                }
-                // Not read with the batch: on its own, reading it first.
-                None => other_runs.push((deliveries, None)),
-            },
+            Ok(Some((sku, events, ds))) => {
+                let span = ds
+                    .last()
+                    .map(Delivery::span)
+                    .unwrap_or_else(tracing::Span::none);
+                runs.push((sku, events, span));
+                deliveries.push(ds);
+            }
             Ok(None) => {}
-            Err(run) => other_runs.push((run, record)),
+            Err(run) => other_runs.push(run),
         }
     }
-    let (runs, deliveries): (Vec<_>, Vec<_>) = sku_runs
-        .into_iter()
-        .zip(seen)
-        .map(|((sku, events, deliveries), seen)| ((sku, events, seen), deliveries))
-        .unzip();
-    let spans: Vec<tracing::Span> = deliveries
-        .iter()
-        .map(|ds: &Vec<Delivery>| {
-            ds.last()
-                .map(Delivery::span)
-                .unwrap_or_else(tracing::Span::none)
-        })
-        .collect();
     let skus: Vec<Sku> = runs.iter().map(|(sku, _, _)| sku.clone()).collect();
-    let outcomes = engine.apply_many(runs).await;
-    for (((sku, outcome), ds), span) in skus.into_iter().zip(outcomes).zip(deliveries).zip(spans) {
+    let outcomes = engine.apply_batch(runs).await;
+    for ((sku, outcome), ds) in skus.into_iter().zip(outcomes).zip(deliveries) {
         match outcome {
             Ok(_) => settled.ack.extend(ds),
             Err(e) => {
                 let error = e.to_string();
+                let span = ds
+                    .last()
+                    .map(Delivery::span)
+                    .unwrap_or_else(tracing::Span::none);
                 span.in_scope(
                     || tracing::warn!(sku = %sku, error = %error, "updating the rate failed"),
                 );
@@ -112,7 +102,7 @@ pub async fn handle_batch(engine: &Engine, batch: Vec<Delivery>) -> Settled {
     let concurrency = engine.options().concurrency.max(1);
     use futures::StreamExt;
     let outcomes: Vec<Settled> = futures::stream::iter(other_runs)
-        .map(|(run, seen)| process_key(engine, run, seen))
+        .map(|run| process_key(engine, run, None))
         .buffer_unordered(concurrency)
         .collect()
         .await;
@@ -170,23 +160,6 @@ fn sku_run(
         }
     }
     Ok(sku.map(|sku| (sku, events, deliveries)))
-}
-
-/// The stored records of the SKUs among `keys`, read in one round trip. Keys that are
-/// not SKUs (a category override's) are left out; a failed read leaves every key out,
-/// so each is read on its own as before.
-async fn read_records(engine: &Engine, keys: &[String]) -> HashMap<String, Option<StateRecord>> {
-    let skus: Vec<&String> = keys
-        .iter()
-        .filter(|k| Sku::new(k.as_str()).is_ok())
-        .collect();
-    match engine.bus().get_states(super::NAMESPACE, &skus).await {
-        Ok(records) => skus.into_iter().cloned().zip(records).collect(),
-        Err(e) => {
-            tracing::debug!(error = %e, "reading a batch's records failed; reading them one by one");
-            HashMap::new()
-        }
-    }
 }
 
 /// Applies one key's run; `seen` is the key's record as read for the batch, if it was.

@@ -62,10 +62,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use prost::Message;
-use ratemesh_bus::{Bus, BusError, HistoryEntry, HistoryLimits, StateRecord, StateWrite, Update};
+use ratemesh_bus::trace_context::current_traceparent;
+use ratemesh_bus::{
+    Bus, BusError, HistoryEntry, HistoryLimits, RecordCache, StateRecord, StateWrite, Update,
+};
 use ratemesh_contract::streams;
 use ratemesh_core::{Applied, Event, Override, Policy, RateCard, Reason, Sku, compute};
 use ratemesh_proto::v1;
+use tracing::Instrument;
 
 use crate::convert::{band_name, card_to_proto, scheduled_change_to_proto};
 use categories::CategoryOverrides;
@@ -115,6 +119,9 @@ pub struct EngineOptions {
     pub history_retention: chrono::TimeDelta,
     /// …and at most this many per SKU.
     pub history_max_versions: u32,
+    /// Records the consumer keeps in memory after writing them, so its next batch for the
+    /// same SKUs skips reading and decoding them (0 keeps none).
+    pub record_cache: usize,
 }
 
 impl Default for EngineOptions {
@@ -127,6 +134,7 @@ impl Default for EngineOptions {
             sweep_lease: Duration::from_secs(300),
             history_retention: chrono::TimeDelta::days(90),
             history_max_versions: 1_000,
+            record_cache: 50_000,
         }
     }
 }
@@ -136,6 +144,16 @@ struct Inner {
     policy: Arc<Policy>,
     categories: CategoryOverrides,
     options: EngineOptions,
+    /// Records the consumer last wrote ([`Engine::apply_batch`]).
+    cache: RecordCache<EngineRecord>,
+}
+
+/// A SKU's record as a batch starts from it.
+enum Seen {
+    /// Read from the bus (`None`: absent).
+    Read(Option<StateRecord>),
+    /// Kept in memory since this engine wrote it at this version.
+    Kept(u64, EngineRecord),
 }
 
 /// The rate engine; cheap to clone.
@@ -161,6 +179,7 @@ impl Engine {
                 bus,
                 policy,
                 categories: CategoryOverrides::default(),
+                cache: RecordCache::new(options.record_cache),
                 options,
             }),
         }
@@ -262,7 +281,8 @@ impl Engine {
             }
             asked += 1;
             async move {
-                let (update, timer) = self.decide(sku, events, force, stored, write)?;
+                let (record, _) = self.engine_record(sku, stored)?;
+                let (update, timer, _) = self.decide(events, force, record, write);
                 if let Some(at) = timer {
                     // Scheduled before the write: a timer without the write only causes a
                     // harmless extra recompute, a write without its timer would miss one.
@@ -271,6 +291,8 @@ impl Engine {
                 Ok::<_, EngineError>(update)
             }
         };
+        // Written here, so what a batch kept in memory is out of date.
+        self.inner.cache.forget(sku.as_str());
         let outcome = match seen {
             Some(seen) => {
                 self.bus()
@@ -299,7 +321,70 @@ impl Engine {
         &self,
         runs: Vec<(Sku, Vec<Event>, Option<StateRecord>)>,
     ) -> Vec<Result<Outcome, EngineError>> {
-        self.update_many(runs, None).await
+        let runs = runs
+            .into_iter()
+            .map(|(sku, events, stored)| (sku, events, Seen::Read(stored), tracing::Span::none()))
+            .collect();
+        self.update_many(runs, None, false).await
+    }
+
+    /// What the consumer does with a batch: [`Engine::apply_many`] from the records it
+    /// wrote last and still keeps in memory, the others read in one step; the records
+    /// written are kept for its next batch (up to [`EngineOptions::record_cache`]).
+    ///
+    /// Each run comes with the span it is applied in (the consumed entries' trace): the
+    /// `RateChanged` it publishes carries that trace on.
+    pub async fn apply_batch(
+        &self,
+        runs: Vec<(Sku, Vec<Event>, tracing::Span)>,
+    ) -> Vec<Result<Outcome, EngineError>> {
+        let mut seen: Vec<Option<Seen>> = runs
+            .iter()
+            .map(|(sku, _, _)| {
+                self.inner
+                    .cache
+                    .take(sku.as_str())
+                    .map(|(version, record)| Seen::Kept(version, record))
+            })
+            .collect();
+        let missing: Vec<usize> = (0..runs.len()).filter(|&i| seen[i].is_none()).collect();
+        if !missing.is_empty() {
+            let keys: Vec<&str> = missing.iter().map(|&i| runs[i].0.as_str()).collect();
+            match self.bus().get_states(NAMESPACE, &keys).await {
+                Ok(stored) => {
+                    for (i, stored) in missing.into_iter().zip(stored) {
+                        seen[i] = Some(Seen::Read(stored));
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading a batch's records failed; reading them one by one");
+                }
+            }
+        }
+        let mut batched = Vec::with_capacity(runs.len());
+        let mut alone = Vec::new();
+        for (i, ((sku, events, span), seen)) in runs.into_iter().zip(seen).enumerate() {
+            match seen {
+                Some(seen) => batched.push((i, (sku, events, seen, span))),
+                None => alone.push((i, sku, events, span)),
+            }
+        }
+        let (order, runs): (Vec<usize>, Vec<_>) = batched.into_iter().unzip();
+        let mut results: Vec<Option<Result<Outcome, EngineError>>> =
+            (0..order.len() + alone.len()).map(|_| None).collect();
+        for (i, result) in order
+            .into_iter()
+            .zip(self.update_many(runs, None, true).await)
+        {
+            results[i] = Some(result);
+        }
+        for (i, sku, events, span) in alone {
+            results[i] = Some(self.apply(&sku, &events).instrument(span).await);
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Ok(Outcome::default())))
+            .collect()
     }
 
     /// [`Engine::recompute`] of many SKUs as of `at`, from their records as read (a
@@ -311,44 +396,70 @@ impl Engine {
     ) -> Vec<Result<Outcome, EngineError>> {
         let runs = records
             .into_iter()
-            .map(|(sku, record)| (sku, Vec::new(), Some(record)))
+            .map(|(sku, record)| {
+                (
+                    sku,
+                    Vec::new(),
+                    Seen::Read(Some(record)),
+                    tracing::Span::none(),
+                )
+            })
             .collect();
-        self.update_many(runs, Some(at)).await
+        self.update_many(runs, Some(at), false).await
     }
 
+    /// The batched update; `keep` puts the records written (and those left as they were)
+    /// in the consumer's cache, otherwise what the cache holds for them is dropped.
     async fn update_many(
         &self,
-        runs: Vec<(Sku, Vec<Event>, Option<StateRecord>)>,
+        runs: Vec<(Sku, Vec<Event>, Seen, tracing::Span)>,
         force: Option<DateTime<Utc>>,
+        keep: bool,
     ) -> Vec<Result<Outcome, EngineError>> {
         let mut results: Vec<Option<Result<Outcome, EngineError>>> =
             (0..runs.len()).map(|_| None).collect();
         let mut writes = Vec::new();
-        let mut written: Vec<(usize, Outcome)> = Vec::new();
+        let mut written: Vec<(usize, Outcome, EngineRecord)> = Vec::new();
         let mut timers = Vec::new();
         let mut applied = Vec::with_capacity(runs.len());
-        for (i, (sku, events, stored)) in runs.into_iter().enumerate() {
-            let stored = stored.filter(|r| r.version > 0);
-            let write = StateWrite::new(NAMESPACE, sku.as_str())
-                .expect_version(stored.as_ref().map_or(0, |r| r.version));
-            let decided = self.decide(&sku, &events, force, stored, write);
+        for (i, (sku, events, seen, span)) in runs.into_iter().enumerate() {
+            let _in_trace = span.enter();
+            let decoded = match seen {
+                Seen::Kept(version, record) => Ok((record, version)),
+                Seen::Read(stored) => self.engine_record(&sku, stored.filter(|r| r.version > 0)),
+            };
+            if !keep {
+                self.inner.cache.forget(sku.as_str());
+            }
+            let decided = decoded.map(|(record, version)| {
+                let write = StateWrite::new(NAMESPACE, sku.as_str()).expect_version(version);
+                (self.decide(&events, force, record, write), version)
+            });
             applied.push((sku, events));
             let sku = &applied[i].0;
             match decided {
                 Err(e) => results[i] = Some(Err(e)),
-                Ok((update, timer)) => {
+                Ok(((update, timer, record), version)) => {
                     if let Some(at) = timer {
                         timers.push((timers::sku_member(sku, at), timers::system_time(at)));
                     }
                     match update {
-                        Update::Keep(outcome) => results[i] = Some(Ok(outcome)),
+                        Update::Keep(outcome) => {
+                            if keep {
+                                self.inner.cache.put(sku.as_str(), version, record);
+                            }
+                            results[i] = Some(Ok(outcome));
+                        }
                         Update::Write(write, outcome) => {
                             writes.push((write, None));
-                            written.push((i, outcome));
+                            written.push((i, outcome, record));
                         }
-                        Update::WriteAndPublish(write, stream, event, outcome) => {
+                        Update::WriteAndPublish(write, stream, mut event, outcome) => {
+                            if event.traceparent.is_none() {
+                                event.traceparent = current_traceparent();
+                            }
                             writes.push((write, Some((stream, vec![event]))));
-                            written.push((i, outcome));
+                            written.push((i, outcome, record));
                         }
                     }
                 }
@@ -357,16 +468,19 @@ impl Engine {
         // Scheduled before the writes, as in a single update.
         let scheduled = self.bus().schedule_many(timers::QUEUE, &timers).await;
         if let Err(e) = scheduled {
-            for (i, _) in written {
+            for (i, _, _) in written {
                 results[i] = Some(Err(e.clone().into()));
             }
         } else {
             let answers = self.bus().write_states(writes).await;
-            for ((i, outcome), answer) in written.into_iter().zip(answers) {
+            for ((i, outcome, record), answer) in written.into_iter().zip(answers) {
                 results[i] = Some(match answer {
-                    Ok(_) => {
+                    Ok((version, _)) => {
                         if outcome.published.is_some() {
                             metrics::counter!("ratemesh_rates_cards_published_total").increment(1);
+                        }
+                        if keep {
+                            self.inner.cache.put(applied[i].0.as_str(), version, record);
                         }
                         Ok(outcome)
                     }
@@ -385,19 +499,18 @@ impl Engine {
             .collect()
     }
 
-    /// What an update of `sku` from `stored` writes (`write` is bound to the version
-    /// read): the events folded in order, the card recomputed after each one that
+    /// What an update from `record` writes (`write` is bound to the version it was
+    /// read at): the events folded in order, the card recomputed after each one that
     /// changed the state (and at `force`, if given), and the publication if the card
-    /// changed. Also the time-driven recompute to schedule, if it moved.
+    /// changed. Also the time-driven recompute to schedule, if it moved, and the record
+    /// as written (or as it was, when nothing changed).
     fn decide(
         &self,
-        sku: &Sku,
         events: &[Event],
         force: Option<DateTime<Utc>>,
-        stored: Option<StateRecord>,
+        mut record: EngineRecord,
         write: StateWrite,
-    ) -> Result<(Update<Outcome>, Option<DateTime<Utc>>), EngineError> {
-        let (mut record, _) = self.engine_record(sku, stored)?;
+    ) -> (Update<Outcome>, Option<DateTime<Utc>>, EngineRecord) {
         let categories = self.categories().snapshot();
         let mut changed = false;
         for event in events {
@@ -414,9 +527,9 @@ impl Engine {
         }
         if !changed {
             metrics::counter!("ratemesh_rates_events_skipped_total").increment(events.len() as u64);
-            return Ok((Update::Keep(Outcome::default()), None));
+            return (Update::Keep(Outcome::default()), None, record);
         }
-        Ok(self.commit(record, write, &categories))
+        self.commit(record, write, &categories)
     }
 
     fn recompute_in(&self, record: &mut EngineRecord, categories: &[Override], at: DateTime<Utc>) {
@@ -431,14 +544,14 @@ impl Engine {
     }
 
     /// The write of the record (`write` is bound to the version it was read at), with
-    /// the publication of the card if it changed, and the SKU's next time-driven
-    /// recompute if it moved (to be scheduled before the write).
+    /// the publication of the card if it changed, the SKU's next time-driven recompute
+    /// if it moved (to be scheduled before the write), and the record as written.
     fn commit(
         &self,
         mut record: EngineRecord,
         write: StateWrite,
         categories: &[Override],
-    ) -> (Update<Outcome>, Option<DateTime<Utc>>) {
+    ) -> (Update<Outcome>, Option<DateTime<Utc>>, EngineRecord) {
         let next = self.next_recompute(&record, categories);
         let mut timer = None;
         if next != record.next_recompute {
@@ -453,7 +566,7 @@ impl Engine {
                     published: None,
                 },
             );
-            return (update, timer);
+            return (update, timer, record);
         };
         let version = published.version;
         record.published = Some(published);
@@ -486,7 +599,7 @@ impl Engine {
                 published: Some(version),
             },
         );
-        (update, timer)
+        (update, timer, record)
     }
 
     /// The card to publish, if the record's current card differs from the published one
