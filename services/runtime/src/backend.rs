@@ -10,6 +10,7 @@ pub fn bus_options(settings: &Settings) -> BusOptions {
     let mut options = BusOptions::embedded();
     options.partitions = u32::from(settings.redis.partitions);
     options.lease_ttl = std::time::Duration::from_millis(settings.redis.partition_lease_ms);
+    options.batch_size = settings.redis.read_batch;
     options
 }
 

@@ -508,6 +508,10 @@ pub struct RedisSettings {
     /// How long a consumer's hold on a stream partition lasts without renewal: a replica
     /// that dies or hangs has its partitions taken over within this plus a quarter of it.
     pub partition_lease_ms: u64,
+    /// Entries a consumer reads and handles as one batch (per read of its partitions):
+    /// its records are read and written once per batch, so larger batches cost fewer
+    /// round trips per entry.
+    pub read_batch: usize,
 }
 
 impl RedisSettings {
@@ -530,6 +534,7 @@ impl fmt::Debug for RedisSettings {
             .field("key_prefix", &self.key_prefix)
             .field("partitions", &self.partitions)
             .field("partition_lease_ms", &self.partition_lease_ms)
+            .field("read_batch", &self.read_batch)
             .finish()
     }
 }
@@ -814,6 +819,12 @@ impl Settings {
                 "must be between 1000 and 600000",
             ));
         }
+        if !(1..=10_000).contains(&r.read_batch) {
+            return Err(SettingsError::new(
+                "redis.read_batch",
+                "must be between 1 and 10000",
+            ));
+        }
 
         let t = &self.telemetry;
         if !(0.0..=1.0).contains(&t.sample_ratio) {
@@ -1031,6 +1042,7 @@ mod tests {
                 "10",
                 "redis.partition_lease_ms",
             ),
+            ("RATEMESH__REDIS__READ_BATCH", "0", "redis.read_batch"),
             ("RATEMESH__REDIS__URL", "http://x", "redis.url"),
             (
                 "RATEMESH__TELEMETRY__SAMPLE_RATIO",
