@@ -103,8 +103,8 @@ pub async fn join(
 }
 
 /// Consumes `spec` until `shutdown`, calling `handle` with each non-empty batch and
-/// settling what it returns. `readiness`, when given, follows whether the stream can be
-/// read.
+/// settling what it returns, one batch at a time while the next one is read.
+/// `readiness`, when given, follows whether the stream can be read.
 pub async fn run<H, F>(
     bus: Bus,
     spec: ConsumerSpec,
@@ -124,14 +124,18 @@ where
     }
     tracing::info!(stream = spec.stream, group = spec.group, consumer = %spec.name, "consumer started");
     let mut owned = Vec::new();
+    let mut prefetched = None;
     loop {
-        let batch = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => {
-                leave(&consumer, &spec).await;
-                return Ok(());
-            }
-            b = consumer.next_batch() => b,
+        let batch = match prefetched.take() {
+            Some(batch) => batch,
+            None => tokio::select! {
+                biased;
+                () = shutdown.cancelled() => {
+                    leave(&consumer, &spec).await;
+                    return Ok(());
+                }
+                b = consumer.next_batch() => b,
+            },
         };
         let now_owned = consumer.owned_partitions();
         if now_owned != owned {
@@ -160,8 +164,30 @@ where
         if batch.is_empty() {
             continue;
         }
-        let settled = handle(batch).await;
-        settle(&consumer, &spec, settled).await;
+        // The next batch is read while this one is handled and settled, so the read's
+        // round trip overlaps the work. Entries of one key stay in order: the next batch
+        // is handled only after this one is settled.
+        let work = async {
+            let settled = handle(batch).await;
+            settle(&consumer, &spec, settled).await;
+        };
+        let next = async {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => None,
+                b = consumer.next_batch() => Some(b),
+            }
+        };
+        let ((), next) = tokio::join!(work, next);
+        match next {
+            Some(next) => prefetched = Some(next),
+            None => {
+                // Entries read ahead and not handled stay pending; the partition's next
+                // owner takes them over first.
+                leave(&consumer, &spec).await;
+                return Ok(());
+            }
+        }
     }
 }
 
