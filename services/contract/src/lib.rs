@@ -14,6 +14,8 @@
 //! - [`overrides`] — `OverrideChanged` ⇄ core override events, and the stored
 //!   `Override` ⇄ core override.
 //! - [`rate`] — `RateChanged` and the published-card record other services may read.
+//! - [`state_wire`] — protobuf messages of the core per-SKU state (exact decimals and
+//!   instants), shared by the services that store it in binary form.
 //! - [`partner`] — the part of the notifier's partner record rates reads (a partner's
 //!   subscription narrows its `WatchRates`).
 //! - [`error`] — why an entry does not decode.
@@ -30,6 +32,7 @@ pub mod kinds;
 pub mod overrides;
 pub mod partner;
 pub mod rate;
+pub mod state_wire;
 pub mod stock;
 pub mod streams;
 pub mod time;

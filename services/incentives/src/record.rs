@@ -1,17 +1,90 @@
 //! What the service stores per SKU, and how an incentive looks on the wire.
 //!
-//! One record per SKU (bus state `incentive/<sku>`, field `record`, JSON) holds everything
-//! a decision needs, so a stock event, an expiry, a trigger or a cancel is one
+//! One record per SKU (bus state `incentive/<sku>`, field `record`) holds everything a
+//! decision needs, so a stock event, an expiry, a trigger or a cancel is one
 //! compare-and-set on one key: the service's own view of the SKU (core [`SkuState`]: stock,
 //! velocity, product), the core [`IncentiveTrack`] (the active incentive with its budget
 //! accounting, and the cooldown clock), what the wire format needs beyond core (origin,
 //! author, reason, whether budgets were set), and the last ended incentive.
+//!
+//! # The `record` field
+//!
+//! The field is read and rewritten on every update of its SKU, so it is kept small and
+//! cheap to parse: one format byte, then the [`SkuRecord`] as a protobuf message.
+//!
+//! | first byte | format |
+//! |---|---|
+//! | `0x01` ([`FORMAT_PROTOBUF`]) | the protobuf message `SkuRecord` below, written by [`SkuRecord::encode`] |
+//! | `{` | JSON (serde) written by earlier releases; still read, never written |
+//!
+//! [`SkuRecord::decode`] ([`decode_record`]) reads both, so records written before the
+//! change are read as they are and rewritten in the binary form on the SKU's next update;
+//! any other first byte is an error (a format of a later release).
+//!
+//! The message follows proto3 rules so it can evolve: fields are numbered, a default
+//! (zero, empty, `false`) is not written, an unknown field is skipped by an older reader,
+//! and a field added later reads as its default from an older record. The encoding is
+//! lossless, `decode(encode(r)) == r` for every record. `SkuState`, `Incentive`,
+//! `Decimal` and `Timestamp` are the messages the rates service's engine record uses too,
+//! with the same rules (exact decimals with their scale, instants to the nanosecond, an
+//! incentive's SKU written only when it is not the record's); their schema is in
+//! [`ratemesh_contract::state_wire`]. Of the record's own fields, the optional decimals of
+//! `Meta` are written whenever present (`Some(0)` stays `Some(0)`), and the enums are
+//! numbered from 1 so that 0 reads as "none" (`last_close_reason`) or is refused (an
+//! `origin` or an end's `reason` is required).
+//!
+//! ```proto
+//! message SkuRecord { SkuState view = 1; IncentiveTrack track = 2; Meta meta = 3;
+//!   Ended last_ended = 4; optional sint64 report_interval_secs = 5; }
+//! message IncentiveTrack { Incentive active = 1; Timestamp last_closed_at = 2;
+//!   CloseReason last_close_reason = 3; }
+//! message Meta { Origin origin = 1; string opened_by = 2; string reason = 3;
+//!   Decimal days_of_cover_at_open = 4; Decimal budget_spend = 5;
+//!   Decimal budget_units = 6; }
+//! message Ended { Incentive incentive = 1; Meta meta = 2; End end = 3; }
+//! message End { CloseReason reason = 1; Timestamp at = 2; string by = 3;
+//!   string cancel_reason = 4; }
+//! enum CloseReason { NONE = 0; EXPIRED = 1; SOLD_THROUGH = 2; BUDGET_EXHAUSTED = 3;
+//!   BUDGET_FORECAST = 4; CANCELLED = 5; }
+//! enum Origin { UNSPECIFIED = 0; AUTOMATIC = 1; MANUAL = 2; }
+//! ```
 
 use chrono::{DateTime, Utc};
+use prost::Message as _;
 use ratemesh_core::{CloseReason, Incentive, IncentiveTrack, Policy, Sku, SkuState};
 use ratemesh_proto::v1;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+
+mod wire;
+
+/// First byte of a `record` field in the binary form: a JSON text never starts with it.
+pub const FORMAT_PROTOBUF: u8 = 0x01;
+
+/// Why a `record` field could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The field is empty.
+    #[error("empty")]
+    Empty,
+    /// The first byte names no format this release reads.
+    #[error("unknown format byte {0:#04x}")]
+    UnknownFormat(u8),
+    /// The binary form is not a valid protobuf message.
+    #[error("protobuf: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    /// The binary form holds a value its field does not allow (path and problem).
+    #[error("{0}")]
+    Invalid(String),
+    /// The JSON form of an earlier release does not parse.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Reads a `record` field: the binary form, or JSON written by an earlier release.
+pub fn decode_record(bytes: &[u8]) -> Result<SkuRecord, RecordError> {
+    SkuRecord::decode(bytes)
+}
 
 /// Who opened an incentive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +166,29 @@ impl SkuRecord {
         }
     }
 
+    /// Reads the `record` field: the binary form, or JSON written by an earlier release.
+    pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
+        match bytes.first() {
+            Some(&FORMAT_PROTOBUF) => {
+                let message = wire::Record::decode(&bytes[1..])?;
+                message.into_record().map_err(RecordError::Invalid)
+            }
+            Some(b'{') => Ok(serde_json::from_slice(bytes)?),
+            Some(&other) => Err(RecordError::UnknownFormat(other)),
+            None => Err(RecordError::Empty),
+        }
+    }
+
+    /// The `record` field, in the binary form.
+    pub fn encode(&self) -> Vec<u8> {
+        let message = wire::Record::of(self);
+        let mut out = Vec::with_capacity(1 + message.encoded_len());
+        out.push(FORMAT_PROTOBUF);
+        // A `Vec` has room for any message: encoding into it cannot fail.
+        message.encode(&mut out).unwrap_or_default();
+        out
+    }
+
     /// The category the SKU's rules come from (empty until product data arrives).
     pub fn category(&self) -> &str {
         self.view
@@ -172,3 +268,6 @@ pub fn millis(t: Option<&prost_types::Timestamp>) -> i64 {
             .saturating_add(i64::from(t.nanos / 1_000_000))
     })
 }
+
+#[cfg(test)]
+mod tests;

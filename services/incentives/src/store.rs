@@ -3,7 +3,7 @@
 //!
 //! | where | key | holds |
 //! |---|---|---|
-//! | state `incentive` | SKU | field `record`: JSON [`SkuRecord`] — the truth, written by CAS |
+//! | state `incentive` | SKU | field `record`: [`SkuRecord`], format byte `0x01` then protobuf (JSON of earlier releases still read; see [`record`](crate::record)) — the truth, written by CAS |
 //! | state `incentive-slots` | `active` | field `slots`: JSON SKU → [`Slot`], one per active incentive |
 //! | state `incentive-log` | incentive id | field `incentive`: protobuf `ratemesh.v1.Incentive`, for listing |
 //! | state `incentive-waiting` | SKU | field `candidate`: JSON [`Waiting`] — qualified but lost to a full limit |
@@ -189,9 +189,9 @@ impl Store {
             .map(|(version, record)| {
                 let write =
                     StateWrite::new(NS_RECORD, record.view.sku.as_str()).expect_version(*version);
-                Ok((Self::write_of(record, write)?, None))
+                (Self::write_of(record, write), None)
             })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+            .collect::<Vec<_>>();
         let written = self.bus.write_states(writes).await;
         Ok(records
             .into_iter()
@@ -216,16 +216,15 @@ impl Store {
                 let bytes = rec.fields.get(FIELD_RECORD).ok_or_else(|| {
                     StoreError::Corrupt(format!("{NS_RECORD}/{sku}: no field {FIELD_RECORD}"))
                 })?;
-                serde_json::from_slice(bytes)
+                SkuRecord::decode(bytes)
                     .map_err(|e| StoreError::Corrupt(format!("{NS_RECORD}/{sku}: {e}")))
             }
         }
     }
 
-    fn write_of(record: &SkuRecord, write: StateWrite) -> Result<StateWrite, StoreError> {
-        let json = serde_json::to_vec(record)
-            .map_err(|e| StoreError::Corrupt(format!("encoding record: {e}")))?;
-        Ok(write.set(FIELD_RECORD, json))
+    /// `write` with `record` in its binary form.
+    fn write_of(record: &SkuRecord, write: StateWrite) -> StateWrite {
+        write.set(FIELD_RECORD, record.encode())
     }
 
     /// Read-modify-write of `sku`'s record through [`Bus::update_state`]: `change` gets
@@ -251,10 +250,10 @@ impl Store {
                     Ok(match decided?.await? {
                         Change::Keep(value) => Update::Keep(value),
                         Change::Save(record, value) => {
-                            Update::Write(Self::write_of(&record, write)?, value)
+                            Update::Write(Self::write_of(&record, write), value)
                         }
                         Change::SaveAndPublish(record, event, value) => Update::WriteAndPublish(
-                            Self::write_of(&record, write)?,
+                            Self::write_of(&record, write),
                             ratemesh_contract::streams::INCENTIVES,
                             event,
                             value,

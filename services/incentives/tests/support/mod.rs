@@ -323,6 +323,6 @@ pub async fn has_stock_and_product(bus: &Bus, sku: &str) -> bool {
     stored
         .fields
         .get("record")
-        .and_then(|b| serde_json::from_slice::<ratemesh_incentives::record::SkuRecord>(b).ok())
+        .and_then(|b| ratemesh_incentives::record::decode_record(b).ok())
         .is_some_and(|r| r.view.product.is_some() && !r.view.stock.is_empty())
 }

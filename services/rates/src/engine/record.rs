@@ -40,6 +40,9 @@
 //!   state's (never, in practice); a card's `changed_at` only when it differs from its
 //!   `computed_at`.
 //!
+//! `SkuState` and every message under it, `Decimal`, `Timestamp` and `Unit` are shared
+//! with the incentives service's record: [`ratemesh_contract::state_wire`].
+//!
 //! ```proto
 //! message EngineRecord { SkuState state = 1; RateCard card = 2; Published published = 3;
 //!   Timestamp next_recompute = 4; }
