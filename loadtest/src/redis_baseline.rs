@@ -26,6 +26,49 @@ async fn connect(url: &str, response_timeout: Duration) -> anyhow::Result<Multip
         .await?)
 }
 
+/// Redis's `used_memory`, and the `MEMORY USAGE` of every key of `url`'s database whose
+/// name ends with `suffix` (one SKU's records), by key name.
+pub async fn memory(url: &str, suffix: &str) -> anyhow::Result<(u64, Vec<(String, u64)>)> {
+    let mut conn = connect(url, Duration::from_secs(60)).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await?;
+    let used = info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("INFO memory has no used_memory"))?;
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("*{suffix}"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await?;
+        keys.extend(page);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort();
+    let mut sizes = Vec::with_capacity(keys.len());
+    for key in keys {
+        let bytes: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await?;
+        sizes.push((key, bytes.unwrap_or(0)));
+    }
+    Ok((used, sizes))
+}
+
 /// Appends to `key` in pipelines of `depth` entries from `drive.concurrency` workers (one
 /// connection each) for `length`. Items are entries.
 pub async fn xadd_pipelined(

@@ -91,6 +91,25 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         "SKUs/s",
     );
 
+    // What Redis holds per SKU once every card is computed: everything it stores (streams
+    // included) over the catalogue, and one SKU's records.
+    if let Some(url) = &target.redis_url {
+        match crate::redis_baseline::memory(url, &format!(":{}", catalogue::sku(n / 2))).await {
+            Ok((used, records)) => {
+                report.figure(
+                    "redis: used_memory per SKU",
+                    used as f64 / n as f64,
+                    "bytes/SKU",
+                );
+                for (key, bytes) in records {
+                    let name = key.split("}:").nth(1).unwrap_or(&key).to_owned();
+                    report.figure(&format!("  redis: {name}"), bytes as f64, "bytes");
+                }
+            }
+            Err(e) => eprintln!("reading redis memory failed: {e:#}"),
+        }
+    }
+
     // A cold rates replica on the same keys: snapshot load time and memory per SKU.
     if let (Some(settings), Some(_)) = (&target.settings, &target.bus) {
         let mut settings = settings.clone();
