@@ -152,7 +152,8 @@ struct Inner {
 enum Seen {
     /// Read from the bus (`None`: absent).
     Read(Option<StateRecord>),
-    /// Kept in memory since this engine wrote it at this version.
+    /// Already decoded, at this version (kept in memory since this engine wrote it, or
+    /// decoded by a sweep).
     Kept(u64, EngineRecord),
 }
 
@@ -387,25 +388,22 @@ impl Engine {
             .collect()
     }
 
-    /// [`Engine::recompute`] of many SKUs as of `at`, from their records as read (a
-    /// sweep's page), written like [`Engine::apply_many`]'s.
-    pub async fn recompute_many(
+    /// [`Engine::apply_many`] from records already decoded, each with the state version
+    /// it was read at (a sweep's page), recomputing each at `force` if given (as
+    /// [`Engine::recompute`]).
+    pub async fn apply_decoded(
         &self,
-        records: Vec<(Sku, StateRecord)>,
-        at: DateTime<Utc>,
+        runs: Vec<(Sku, Vec<Event>, u64, EngineRecord)>,
+        force: Option<DateTime<Utc>>,
     ) -> Vec<Result<Outcome, EngineError>> {
-        let runs = records
+        let runs = runs
             .into_iter()
-            .map(|(sku, record)| {
-                (
-                    sku,
-                    Vec::new(),
-                    Seen::Read(Some(record)),
-                    tracing::Span::none(),
-                )
+            .map(|(sku, events, version, record)| {
+                let seen = Seen::Kept(version, record);
+                (sku, events, seen, tracing::Span::none())
             })
             .collect();
-        self.update_many(runs, Some(at), false).await
+        self.update_many(runs, force, false).await
     }
 
     /// The batched update; `keep` puts the records written (and those left as they were)

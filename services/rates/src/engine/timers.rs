@@ -21,7 +21,7 @@
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use ratemesh_bus::{Bus, BusError, BusResult, Expect, StateRecord, StateWrite, Update};
+use ratemesh_bus::{Bus, BusError, BusResult, Expect, StateWrite, Update};
 use ratemesh_core::{Event, Sku};
 
 use super::record::{EngineRecord, FIELD_ENGINE, NAMESPACE};
@@ -182,9 +182,9 @@ const PAGES_PER_PROGRESS_LOG: u64 = 20;
 
 /// Recomputes every SKU (of `category`, if given) as of `at`, a page of `scan_states` at
 /// a time: the page's SKUs computed in memory from the records the page carried and
-/// written in one step per partition ([`Engine::recompute_many`]). `tick`
-/// folds a tick (time passed: ended overrides are forgotten, a SKU already ticked at `at`
-/// is skipped); otherwise every SKU is recomputed. With `progress`, the sweep records the
+/// written in one step per partition ([`Engine::apply_decoded`]) while the next page is
+/// read. `tick` folds a tick (time passed: ended overrides are forgotten, a SKU already
+/// ticked at `at` is skipped); otherwise every SKU is recomputed. With `progress`, the sweep records the
 /// page it reached under that name after every page and starts from the recorded page if
 /// there is one (a previous attempt died). Returns how many SKUs changed.
 pub async fn sweep(
@@ -199,7 +199,7 @@ pub async fn sweep(
     metrics::gauge!("ratemesh_rates_recompute_sweeps_running").increment(1.0);
     let started = std::time::Instant::now();
     let result = async {
-        let mut page: Option<String> = match progress {
+        let page: Option<String> = match progress {
             Some(name) => engine
                 .bus()
                 .get_state(SWEEPS, name)
@@ -213,13 +213,16 @@ pub async fn sweep(
         }
         let mut changed = 0u64;
         let (mut pages, mut scanned) = (0u64, 0u64);
-        loop {
-            let batch = engine
+        let scan = |page: Option<String>| async move {
+            engine
                 .bus()
                 .scan_states(NAMESPACE, page.as_deref(), options.scan_page)
-                .await?;
+                .await
+        };
+        let mut batch = scan(page).await?;
+        loop {
             let scanned_here = batch.items.len() as u64;
-            let skus: Vec<(Sku, StateRecord)> = batch
+            let skus: Vec<(Sku, u64, EngineRecord)> = batch
                 .items
                 .into_iter()
                 .filter_map(|(key, rec)| {
@@ -230,30 +233,45 @@ pub async fn sweep(
                         Some(c) => record.category() == Some(c),
                     };
                     let sku = Sku::new(key).ok()?;
-                    wanted.then_some((sku, rec))
+                    wanted.then_some((sku, rec.version, record))
                 })
                 .collect();
             metrics::counter!("ratemesh_rates_recompute_scanned_total").increment(scanned_here);
-            // The page's SKUs at once: computed in memory, written in one step per
-            // partition.
-            let outcomes: Vec<bool> = if tick {
-                let runs = skus
-                    .into_iter()
-                    .map(|(sku, rec)| {
-                        let event = Event::Tick {
-                            at,
-                            sku: Some(sku.clone()),
-                        };
-                        (sku, vec![event], Some(rec))
-                    })
-                    .collect();
-                engine.apply_many(runs).await
-            } else {
-                engine.recompute_many(skus, at).await
-            }
-            .into_iter()
-            .map(|outcome| outcome.map(|o| o.changed))
-            .collect::<Result<_, EngineError>>()?;
+            // The page's SKUs at once (computed in memory, written in one step per
+            // partition) while the next page is read.
+            let work = async {
+                if tick {
+                    let runs = skus
+                        .into_iter()
+                        .map(|(sku, version, record)| {
+                            let event = Event::Tick {
+                                at,
+                                sku: Some(sku.clone()),
+                            };
+                            (sku, vec![event], version, record)
+                        })
+                        .collect();
+                    engine.apply_decoded(runs, None).await
+                } else {
+                    let runs = skus
+                        .into_iter()
+                        .map(|(sku, version, record)| (sku, Vec::new(), version, record))
+                        .collect();
+                    engine.apply_decoded(runs, Some(at)).await
+                }
+            };
+            let following = batch.next.clone();
+            let read_ahead = async {
+                match &following {
+                    Some(next) => Some(scan(Some(next.clone())).await),
+                    None => None,
+                }
+            };
+            let (outcomes, next_batch) = tokio::join!(work, read_ahead);
+            let outcomes: Vec<bool> = outcomes
+                .into_iter()
+                .map(|outcome| outcome.map(|o| o.changed))
+                .collect::<Result<_, EngineError>>()?;
             metrics::counter!("ratemesh_rates_recompute_skus_total").increment(outcomes.len() as u64);
             changed += outcomes.into_iter().filter(|c| *c).count() as u64;
             pages += 1;
@@ -261,16 +279,16 @@ pub async fn sweep(
             if pages % PAGES_PER_PROGRESS_LOG == 0 {
                 tracing::info!(category = %label, at = %at, scanned, changed, elapsed_s = started.elapsed().as_secs(), "recompute sweep in progress");
             }
-            match batch.next {
-                Some(next) => {
+            match (following, next_batch) {
+                (Some(next), Some(next_batch)) => {
                     if let Some(name) = progress {
                         let write = StateWrite::new(SWEEPS, name)
-                            .set(FIELD_PAGE, next.clone().into_bytes());
+                            .set(FIELD_PAGE, next.into_bytes());
                         engine.bus().write_state(write).await?;
                     }
-                    page = Some(next);
+                    batch = next_batch?;
                 }
-                None => {
+                _ => {
                     if let Some(name) = progress {
                         engine.bus().delete_state(SWEEPS, name, Expect::Any).await?;
                     }
