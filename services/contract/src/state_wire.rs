@@ -70,6 +70,57 @@ pub type Invalid = String;
 
 type Result<T> = std::result::Result<T, Invalid>;
 
+/// First byte of a stored record in the binary form (the rate engine's `engine` field,
+/// the incentives service's `record` field): a JSON text never starts with it.
+pub const FORMAT_PROTOBUF: u8 = 0x01;
+
+/// Why a stored record could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The field is empty.
+    #[error("empty")]
+    Empty,
+    /// The first byte names no format this release reads.
+    #[error("unknown format byte {0:#04x}")]
+    UnknownFormat(u8),
+    /// The binary form is not a valid protobuf message.
+    #[error("protobuf: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    /// The binary form holds a value its field does not allow (path and problem).
+    #[error("{0}")]
+    Invalid(String),
+    /// The JSON form of an earlier release does not parse.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Reads a stored record: [`FORMAT_PROTOBUF`] and message `M`, turned into the record by
+/// `into`, or the JSON an earlier release wrote.
+pub fn decode_stored<M, T>(
+    bytes: &[u8],
+    into: impl FnOnce(M) -> Result<T>,
+) -> std::result::Result<T, RecordError>
+where
+    M: prost::Message + Default,
+    T: serde::de::DeserializeOwned,
+{
+    match bytes.first() {
+        Some(&FORMAT_PROTOBUF) => into(M::decode(&bytes[1..])?).map_err(RecordError::Invalid),
+        Some(b'{') => Ok(serde_json::from_slice(bytes)?),
+        Some(&other) => Err(RecordError::UnknownFormat(other)),
+        None => Err(RecordError::Empty),
+    }
+}
+
+/// The binary form of a stored record: [`FORMAT_PROTOBUF`], then `message`.
+pub fn encode_stored(message: &impl prost::Message) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + message.encoded_len());
+    out.push(FORMAT_PROTOBUF);
+    // A `Vec` has room for any message: encoding into it cannot fail.
+    message.encode(&mut out).unwrap_or_default();
+    out
+}
+
 /// An exact decimal: `units × 10^−scale`, or its text when the mantissa does not fit 64
 /// bits.
 #[derive(Clone, PartialEq, prost::Message)]

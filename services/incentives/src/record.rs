@@ -50,7 +50,7 @@
 //! ```
 
 use chrono::{DateTime, Utc};
-use prost::Message as _;
+use ratemesh_contract::state_wire;
 use ratemesh_core::{CloseReason, Incentive, IncentiveTrack, Policy, Sku, SkuState};
 use ratemesh_proto::v1;
 use rust_decimal::Decimal;
@@ -58,28 +58,7 @@ use serde::{Deserialize, Serialize};
 
 mod wire;
 
-/// First byte of a `record` field in the binary form: a JSON text never starts with it.
-pub const FORMAT_PROTOBUF: u8 = 0x01;
-
-/// Why a `record` field could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum RecordError {
-    /// The field is empty.
-    #[error("empty")]
-    Empty,
-    /// The first byte names no format this release reads.
-    #[error("unknown format byte {0:#04x}")]
-    UnknownFormat(u8),
-    /// The binary form is not a valid protobuf message.
-    #[error("protobuf: {0}")]
-    Protobuf(#[from] prost::DecodeError),
-    /// The binary form holds a value its field does not allow (path and problem).
-    #[error("{0}")]
-    Invalid(String),
-    /// The JSON form of an earlier release does not parse.
-    #[error("json: {0}")]
-    Json(#[from] serde_json::Error),
-}
+pub use ratemesh_contract::state_wire::{FORMAT_PROTOBUF, RecordError};
 
 /// Reads a `record` field: the binary form, or JSON written by an earlier release.
 pub fn decode_record(bytes: &[u8]) -> Result<SkuRecord, RecordError> {
@@ -168,25 +147,12 @@ impl SkuRecord {
 
     /// Reads the `record` field: the binary form, or JSON written by an earlier release.
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        match bytes.first() {
-            Some(&FORMAT_PROTOBUF) => {
-                let message = wire::Record::decode(&bytes[1..])?;
-                message.into_record().map_err(RecordError::Invalid)
-            }
-            Some(b'{') => Ok(serde_json::from_slice(bytes)?),
-            Some(&other) => Err(RecordError::UnknownFormat(other)),
-            None => Err(RecordError::Empty),
-        }
+        state_wire::decode_stored(bytes, wire::Record::into_record)
     }
 
     /// The `record` field, in the binary form.
     pub fn encode(&self) -> Vec<u8> {
-        let message = wire::Record::of(self);
-        let mut out = Vec::with_capacity(1 + message.encoded_len());
-        out.push(FORMAT_PROTOBUF);
-        // A `Vec` has room for any message: encoding into it cannot fail.
-        message.encode(&mut out).unwrap_or_default();
-        out
+        state_wire::encode_stored(&wire::Record::of(self))
     }
 
     /// The category the SKU's rules come from (empty until product data arrives).

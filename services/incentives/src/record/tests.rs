@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use proptest::prelude::*;
+use prost::Message as _;
 use ratemesh_core::{
     Applied, CloseReason, DaysOfCover, Decision, Event, Incentive, IncentiveInputs, Money, Policy,
     Product, Quantity, Rate, Sku, Velocity, decide,
