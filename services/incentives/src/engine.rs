@@ -224,6 +224,28 @@ impl Engine {
         }
     }
 
+    /// Counts a reading that would open an incentive on `sku` but for its cooldown. Every
+    /// stock reading of such a SKU lands here (every few seconds at peak): the counter is
+    /// the signal, the line is for debugging.
+    fn note_cooldown(
+        &self,
+        sku: &Sku,
+        why: &NothingReason,
+        rules: &FlashRules,
+        rec: &SkuRecord,
+        now: DateTime<Utc>,
+    ) {
+        if let NothingReason::Cooldown { until } = why
+            && matches!(
+                decide(&IncentiveTrack::default(), rules, &Self::inputs(rec), now),
+                Decision::Open { .. }
+            )
+        {
+            tracing::debug!(sku = %sku, %until, "overstocked SKU skipped: in cooldown");
+            metrics::counter!(METRIC_SKIPPED, "reason" => "cooldown").increment(1);
+        }
+    }
+
     /// The part of the active incentive's bonus the SKU's rate carries: the bonus on top
     /// of the published card's rate before incentive and guardrails (the base rate before
     /// the rates service published one), cut by the category's cap and margin guard.
@@ -303,20 +325,8 @@ impl Engine {
                         });
                     }
                     Decision::Nothing { why } => {
-                        if applied
-                            && let NothingReason::Cooldown { until } = why
-                            && matches!(
-                                decide(
-                                    &IncentiveTrack::default(),
-                                    &rules,
-                                    &Self::inputs(&rec),
-                                    now
-                                ),
-                                Decision::Open { .. }
-                            )
-                        {
-                            tracing::debug!(sku = %sku, %until, "overstocked SKU skipped: in cooldown");
-                            metrics::counter!(METRIC_SKIPPED, "reason" => "cooldown").increment(1);
+                        if applied {
+                            self.note_cooldown(sku, &why, &rules, &rec, now);
                         }
                     }
                     // Only an active incentive closes or extends.
@@ -412,26 +422,8 @@ impl Engine {
                         }
                     }
                     Decision::Nothing { why } => {
-                        if changed
-                            && let NothingReason::Cooldown { until } = why
-                            && matches!(
-                                decide(
-                                    &IncentiveTrack::default(),
-                                    &rules,
-                                    &Self::inputs(&rec),
-                                    now
-                                ),
-                                Decision::Open { .. }
-                            )
-                        {
-                            // Every stock reading of such a SKU lands here (every few
-                            // seconds at peak): the counter is the signal, the line is for
-                            // debugging.
-                            tracing::debug!(sku = %sku, %until, "overstocked SKU skipped: in cooldown");
-                            metrics::counter!(METRIC_SKIPPED, "reason" => "cooldown")
-                                .increment(1);
-                        }
                         if changed {
+                            self.note_cooldown(sku, &why, &rules, &rec, now);
                             // Budget accounting moved: keep the listing current.
                             let active = rec.active_proto();
                             Change::Save(rec, (None, Committed::Booked(active)))
