@@ -16,6 +16,7 @@
 //! follows a committed transition (the listing projection, the slot table, timers) is
 //! repaired by the sweep if the process dies in between.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -594,14 +595,27 @@ impl Engine {
         }
     }
 
-    fn skipped(&self, candidate: &Candidate, why: &LossReason) {
-        tracing::info!(
-            sku = %candidate.sku,
-            category = %candidate.category,
-            cover = %candidate.cover,
-            reason = loss_label(why),
-            "overstocked SKU skipped: {why}"
-        );
+    /// Counts an overstocked SKU that did not open, and logs it: at info when it starts
+    /// waiting (`first`), at debug on the readings after that, which land here every few
+    /// seconds at peak while the limit stays full (the counter is the signal).
+    fn skipped(&self, candidate: &Candidate, why: &LossReason, first: bool) {
+        if first {
+            tracing::info!(
+                sku = %candidate.sku,
+                category = %candidate.category,
+                cover = %candidate.cover,
+                reason = loss_label(why),
+                "overstocked SKU skipped: {why}"
+            );
+        } else {
+            tracing::debug!(
+                sku = %candidate.sku,
+                category = %candidate.category,
+                cover = %candidate.cover,
+                reason = loss_label(why),
+                "overstocked SKU skipped again: {why}"
+            );
+        }
         metrics::counter!(METRIC_SKIPPED, "reason" => loss_label(why)).increment(1);
     }
 
@@ -620,18 +634,21 @@ impl Engine {
             }
         };
         let selection = select(&candidates, &counts, &self.policy);
+        let started_waiting = self
+            .wait_for_slot(
+                selection
+                    .losers
+                    .iter()
+                    .filter(|(_, why)| !matches!(why, LossReason::DuplicateCandidate))
+                    .map(|(c, _)| c)
+                    .collect(),
+            )
+            .await;
         for (c, why) in &selection.losers {
-            self.skipped(c, why);
+            let first =
+                !matches!(why, LossReason::DuplicateCandidate) && started_waiting.contains(&c.sku);
+            self.skipped(c, why, first);
         }
-        self.wait_for_slot(
-            selection
-                .losers
-                .iter()
-                .filter(|(_, why)| !matches!(why, LossReason::DuplicateCandidate))
-                .map(|(c, _)| c)
-                .collect(),
-        )
-        .await;
         let mut failed = Vec::new();
         for c in selection.winners {
             match self.open_automatic(&c).await {
@@ -650,13 +667,23 @@ impl Engine {
         failed
     }
 
-    /// Remembers candidates that lost to a full limit, so a freed slot finds them.
-    async fn wait_for_slot(&self, losers: Vec<&Candidate>) {
+    /// Remembers candidates that lost to a full limit, so a freed slot finds them; returns
+    /// those that were not waiting yet (all of them if that is unknown).
+    async fn wait_for_slot(&self, losers: Vec<&Candidate>) -> HashSet<Sku> {
         if losers.is_empty() {
-            return;
+            return HashSet::new();
         }
-        if let Err(e) = self.store.wait(&losers, self.clock.now()).await {
-            tracing::warn!(candidates = losers.len(), error = %e, "waiting candidates not recorded; their next stock readings offer them again");
+        match self.store.wait(&losers, self.clock.now()).await {
+            Ok(started) => losers
+                .iter()
+                .zip(started)
+                .filter(|(_, started)| *started)
+                .map(|(c, _)| c.sku.clone())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(candidates = losers.len(), error = %e, "waiting candidates not recorded; their next stock readings offer them again");
+                losers.iter().map(|c| c.sku.clone()).collect()
+            }
         }
     }
 
@@ -702,7 +729,7 @@ impl Engine {
             .reserve(&c.sku, &c.category, &self.policy, now)
             .await?
         {
-            self.skipped(c, &loss);
+            self.skipped(c, &loss, true);
             return Ok(false);
         }
         let (opened, free_slot) = self

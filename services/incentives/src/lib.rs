@@ -55,7 +55,8 @@
 //!
 //! Metrics: `ratemesh_incentives_transitions_total{transition,reason,origin}`,
 //! `ratemesh_incentives_skipped_total{reason}` (`cooldown`, `category_full`,
-//! `program_full`: an overstocked SKU that did not open, also logged with its reason),
+//! `program_full`: an overstocked SKU that did not open, also logged with its reason, at
+//! info when it starts waiting for a slot and at debug on its readings after that),
 //! `ratemesh_incentives_active`.
 
 pub mod access;

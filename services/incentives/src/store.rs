@@ -367,12 +367,13 @@ impl Store {
     // ----- waiting candidates -----
 
     /// Records that `candidates` qualified at `now` but found no free slot, in one step
-    /// per partition.
+    /// per partition; answers, per candidate, whether it started waiting now (it was not
+    /// waiting already).
     pub async fn wait(
         &self,
         candidates: &[&Candidate],
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<bool>, StoreError> {
         let mut writes = Vec::with_capacity(candidates.len());
         for candidate in candidates {
             let waiting = Waiting {
@@ -386,10 +387,12 @@ impl Store {
                 StateWrite::new(NS_WAITING, candidate.sku.as_str()).set(FIELD_CANDIDATE, json);
             writes.push((write, None));
         }
+        let mut started = Vec::with_capacity(candidates.len());
         for written in self.bus.write_states(writes).await {
-            written?;
+            // Version 1: the record was just created.
+            started.push(written?.0 == 1);
         }
-        Ok(())
+        Ok(started)
     }
 
     /// Stops `sku` waiting for a slot (it opened, or no longer qualifies).

@@ -1,5 +1,6 @@
 //! What the service logs at INFO stays readable at peak: a line that would repeat on every
-//! stock reading of a SKU is DEBUG, and the metrics count it.
+//! stock reading of a SKU is DEBUG after its first time (or always), and the metrics count
+//! it.
 
 mod support;
 
@@ -107,6 +108,57 @@ async fn a_sku_in_cooldown_is_skipped_at_debug_not_info() {
     assert!(
         levels.iter().all(|l| *l == tracing::Level::DEBUG),
         "cooldown skips logged at {levels:?}"
+    );
+
+    // Category `home` allows two incentives at once. A third overstocked SKU is logged at
+    // INFO when it starts waiting for a slot, and at DEBUG on its readings after that.
+    for sku in ["TABLE-1", "TABLE-2"] {
+        publish(
+            &app.bus,
+            vec![
+                product(sku, "home", "100", "30", clock_now(&clock)),
+                stock(sku, "1000", "5", 1, clock_now(&clock)),
+            ],
+        )
+        .await;
+        wait_transitions(&app.bus, sku, 1).await;
+    }
+    publish(
+        &app.bus,
+        vec![product("LAMP-1", "home", "100", "30", clock_now(&clock))],
+    )
+    .await;
+    for sequence in 1..4 {
+        clock.advance(TimeDelta::minutes(10));
+        publish(
+            &app.bus,
+            vec![stock(
+                "LAMP-1",
+                &(1000 + sequence).to_string(),
+                "5",
+                sequence,
+                clock_now(&clock),
+            )],
+        )
+        .await;
+    }
+    eventually("three skips of a full category", || {
+        let recorded = recorded.clone();
+        async move { recorded.levels_of("category home allows 2").len() >= 3 }
+    })
+    .await;
+    let levels = recorded.levels_of("category home allows 2");
+    assert_eq!(
+        levels
+            .iter()
+            .filter(|l| **l == tracing::Level::INFO)
+            .count(),
+        1,
+        "full-category skips logged at {levels:?}"
+    );
+    assert!(
+        levels[1..].iter().all(|l| *l == tracing::Level::DEBUG),
+        "full-category skips logged at {levels:?}"
     );
     app.stop().await;
 }
