@@ -483,7 +483,7 @@ impl Bus {
             .collect()
     }
 
-    /// The version of `namespace`/`key`'s history (see [`StateWrite::keep_history`])
+    /// The version of `namespace`/`key`'s history (see [`StateWrite::set_kept`])
     /// that was current at `at_us` (µs since the Unix epoch), and the oldest one kept.
     pub async fn history_at(
         &self,
@@ -600,7 +600,8 @@ impl Bus {
         }
     }
 
-    /// One page of every state in `namespace` (snapshot load). Pass the previous page's
+    /// One page of every listed state in `namespace` (snapshot load; records created by an
+    /// [`StateWrite::unlisted`] write are not listed). Pass the previous page's
     /// `next` token to continue; `None` starts from the beginning. Keys written during a
     /// scan may or may not appear; keys present throughout appear exactly once.
     pub async fn scan_states(

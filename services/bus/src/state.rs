@@ -38,8 +38,15 @@ pub struct StateWrite {
     pub set: BTreeMap<String, Bytes>,
     /// Fields to remove.
     pub remove: Vec<String>,
-    /// A version to keep in the key's history, written in the same atomic step.
-    pub history: Option<(HistoryEntry, HistoryLimits)>,
+    /// A field whose value this write sets is kept as a version in the key's history
+    /// ([`StateWrite::set_kept`]), in the same atomic step: the field's name, the version
+    /// (its payload is the field's new value) and how much history is kept.
+    pub history: Option<(String, HistoryEntry, HistoryLimits)>,
+    /// Whether [`crate::Bus::scan_states`] lists the key. Decided by the write that
+    /// creates the record (later writes do not change it); true unless
+    /// [`StateWrite::unlisted`] was called. A record only ever read by its key leaves it
+    /// false and saves its index entry (~100 bytes in Redis).
+    pub listed: bool,
 }
 
 /// One version kept in a key's history (e.g. a published rate card), found again by
@@ -84,13 +91,37 @@ impl StateWrite {
             set: BTreeMap::new(),
             remove: Vec::new(),
             history: None,
+            listed: true,
         }
     }
 
-    /// Also keeps `entry` in the key's history, trimmed to `limits`, in the same atomic
-    /// step as the write (and its publication, if any).
-    pub fn keep_history(mut self, entry: HistoryEntry, limits: HistoryLimits) -> Self {
-        self.history = Some((entry, limits));
+    /// Creates the record, if this write creates it, without listing it in
+    /// [`crate::Bus::scan_states`]: for records only ever read by their key.
+    pub fn unlisted(mut self) -> Self {
+        self.listed = false;
+        self
+    }
+
+    /// Sets `field` to `value` and keeps that value as version `version` of the key's
+    /// history, current from `at_us`, trimmed to `limits`, in the same atomic step as the
+    /// write (and its publication, if any). The value is stored once: while it is current
+    /// it is the field; a later kept write moves it into the history.
+    pub fn set_kept(
+        mut self,
+        field: impl Into<String>,
+        value: impl Into<Bytes>,
+        at_us: i64,
+        version: u64,
+        limits: HistoryLimits,
+    ) -> Self {
+        let (field, payload) = (field.into(), value.into());
+        self.set.insert(field.clone(), payload.clone());
+        let entry = HistoryEntry {
+            at_us,
+            version,
+            payload,
+        };
+        self.history = Some((field, entry, limits));
         self
     }
 

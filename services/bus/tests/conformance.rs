@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use ratemesh_bus::testkit::RedisServer;
 use ratemesh_bus::{
-    Bus, BusError, BusOptions, Consumer, Delivery, Event, Expect, HistoryEntry, HistoryLimits,
-    Idempotency, NackOutcome, Retention, StateWrite, Update,
+    Bus, BusError, BusOptions, Consumer, Delivery, Event, Expect, HistoryLimits, Idempotency,
+    NackOutcome, Retention, StateWrite, Update,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -843,16 +843,8 @@ async fn write_states_checks_each_record_and_writes_the_rest(kind: Kind) {
         let expected = if i % 4 == 2 { 7 } else { 1 };
         let write = StateWrite::new("rate", sku)
             .expect_version(expected)
-            .set("card", format!("{sku} v2"))
             .remove("gone")
-            .keep_history(
-                HistoryEntry {
-                    at_us: 1_000 + i as i64,
-                    version: 2,
-                    payload: Bytes::from(format!("{sku} v2")),
-                },
-                limits,
-            );
+            .set_kept("card", format!("{sku} v2"), 1_000 + i as i64, 2, limits);
         // Even SKUs publish one event, every eighth two.
         let events = match i % 8 {
             0 => vec![
@@ -1311,6 +1303,43 @@ async fn scan_states_visits_every_key_once(kind: Kind) {
     assert!(bus.scan_states("sku", Some("garbage"), 7).await.is_err());
 }
 
+async fn unlisted_records_are_read_by_key_and_never_scanned(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    for i in 0..12 {
+        let write = StateWrite::new("sku", format!("SKU-{i}")).set("n", i.to_string());
+        let write = if i % 3 == 0 { write } else { write.unlisted() };
+        bus.write_state(write).await.unwrap();
+    }
+    // Listing is decided when the record is created: a later write does not change it.
+    bus.write_state(StateWrite::new("sku", "SKU-1").set("n", "again"))
+        .await
+        .unwrap();
+    bus.write_state(StateWrite::new("sku", "SKU-3").unlisted())
+        .await
+        .unwrap();
+    let mut listed = Vec::new();
+    let mut page = None;
+    loop {
+        let p = bus.scan_states("sku", page.as_deref(), 2).await.unwrap();
+        listed.extend(p.items.into_iter().map(|(k, _)| k));
+        match p.next {
+            Some(next) => page = Some(next),
+            None => break,
+        }
+    }
+    listed.sort();
+    assert_eq!(listed, ["SKU-0", "SKU-3", "SKU-6", "SKU-9"]);
+    let got = bus
+        .get_states("sku", &["SKU-1", "SKU-2", "SKU-3"])
+        .await
+        .unwrap();
+    let n = |i: usize| got[i].as_ref().map(|r| (r.version, r.fields["n"].clone()));
+    assert_eq!(n(0), Some((2, Bytes::from("again"))));
+    assert_eq!(n(1), Some((1, Bytes::from("2"))));
+    assert_eq!(n(2), Some((2, Bytes::from("3"))));
+}
+
 async fn scheduler_fires_each_timer_once(kind: Kind) {
     let f = fixture(kind).await;
     let bus = f.bus.clone();
@@ -1445,11 +1474,7 @@ async fn history_keeps_versions_within_their_limits(kind: Kind) {
         keep_since_us: 0,
         max_versions: 3,
     };
-    let entry = |version: u64, at_us: i64| HistoryEntry {
-        at_us,
-        version,
-        payload: Bytes::from(format!("card v{version}")),
-    };
+    let card = |version: u64| Bytes::from(format!("card v{version}"));
     let lookup = bus.history_at("rate", "SKU-H", 5_000).await.unwrap();
     assert_eq!(lookup.found, None);
     assert_eq!(lookup.oldest, None);
@@ -1459,8 +1484,7 @@ async fn history_keeps_versions_within_their_limits(kind: Kind) {
     for (v, at) in [(1, 1_000), (2, 2_000), (3, 3_000)] {
         let write = StateWrite::new("rate", "SKU-H")
             .expect_version(version)
-            .set("card", format!("v{v}").into_bytes())
-            .keep_history(entry(v, at), limits);
+            .set_kept("card", card(v), at, v, limits);
         version = bus.write_state(write).await.unwrap();
     }
     let at = |t: i64| async move {
@@ -1482,8 +1506,7 @@ async fn history_keeps_versions_within_their_limits(kind: Kind) {
     // A failed version check keeps no version.
     let stale = StateWrite::new("rate", "SKU-H")
         .expect_version(version - 1)
-        .set("card", b"lost".to_vec())
-        .keep_history(entry(9, 2_500), limits);
+        .set_kept("card", b"lost".to_vec(), 2_500, 9, limits);
     assert!(matches!(
         bus.write_state(stale).await,
         Err(BusError::Conflict { .. })
@@ -1493,8 +1516,7 @@ async fn history_keeps_versions_within_their_limits(kind: Kind) {
     // The same instant: the higher version wins. Beyond max_versions the oldest goes.
     let write = StateWrite::new("rate", "SKU-H")
         .expect_version(version)
-        .set("card", b"v4".to_vec())
-        .keep_history(entry(4, 3_000), limits);
+        .set_kept("card", card(4), 3_000, 4, limits);
     let (version, _) = bus
         .write_state_and_publish(write, "rates", Event::new("SKU-H", b"v4".to_vec()))
         .await
@@ -1507,8 +1529,11 @@ async fn history_keeps_versions_within_their_limits(kind: Kind) {
     // The horizon drops versions superseded before it, keeping the one current at it.
     let write = StateWrite::new("rate", "SKU-H")
         .expect_version(version)
-        .keep_history(
-            entry(5, 10_000),
+        .set_kept(
+            "card",
+            card(5),
+            10_000,
+            5,
             HistoryLimits {
                 keep_since_us: 5_000,
                 max_versions: 10,
@@ -1519,6 +1544,13 @@ async fn history_keeps_versions_within_their_limits(kind: Kind) {
     assert_eq!(lookup.found.map(|e| e.version), Some(4));
     assert_eq!(lookup.oldest, Some((4, 3_000)));
     assert_eq!(at(10_000).await, Some(5));
+    // Each kept version answers with its own payload, the current one too.
+    for (t, v) in [(3_000, 4), (12_000, 5)] {
+        let found = bus.history_at("rate", "SKU-H", t).await.unwrap().found;
+        assert_eq!(found.map(|e| (e.version, e.payload)), Some((v, card(v))));
+    }
+    let current = bus.get_state("rate", "SKU-H").await.unwrap().unwrap();
+    assert_eq!(current.fields["card"], card(5));
     // Other keys have their own history.
     assert_eq!(
         bus.history_at("rate", "SKU-OTHER", 10_000).await.unwrap(),
@@ -1698,6 +1730,7 @@ conformance!(
     trimming_far_over_the_limit_removes_all_that_is_over,
     stats_report_backlog_and_end_cursor,
     scan_states_visits_every_key_once,
+    unlisted_records_are_read_by_key_and_never_scanned,
     scheduler_fires_each_timer_once,
     bad_names_and_keys_are_rejected,
     traceparent_travels_with_the_entry,

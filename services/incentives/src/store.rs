@@ -222,9 +222,10 @@ impl Store {
         }
     }
 
-    /// `write` with `record` in its binary form.
+    /// `write` with `record` in its binary form. SKU records are only ever read by SKU,
+    /// so no scan lists them.
     fn write_of(record: &SkuRecord, write: StateWrite) -> StateWrite {
-        write.set(FIELD_RECORD, record.encode())
+        write.set(FIELD_RECORD, record.encode()).unlisted()
     }
 
     /// Read-modify-write of `sku`'s record through [`Bus::update_state`]: `change` gets

@@ -451,7 +451,10 @@ impl Handoff {
         let mut pending = Vec::new();
         for ((sku, items), record) in groups.into_iter().zip(records) {
             let mut record = record.unwrap_or_default();
-            let mut write = StateWrite::new(namespace, sku.as_str()).expect_version(record.version);
+            // Marks are only ever read by SKU, so no scan lists them.
+            let mut write = StateWrite::new(namespace, sku.as_str())
+                .expect_version(record.version)
+                .unlisted();
             let mut appended = Vec::new();
             let mut counts = Counts::default();
             for (index, item) in &items {
@@ -524,7 +527,7 @@ impl Handoff {
                             write = write.set(field, value);
                         }
                         Update::WriteAndPublish(
-                            write,
+                            write.unlisted(),
                             streams::STOCK,
                             event(&item),
                             (outcome, record),

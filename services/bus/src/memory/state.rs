@@ -20,7 +20,14 @@ use super::streams::MemStream;
 
 const SHARDS: usize = 64;
 
-type Namespaces = HashMap<String, BTreeMap<String, StateRecord>>;
+type Namespaces = HashMap<String, BTreeMap<String, Stored>>;
+
+/// A record and whether scans list it ([`StateWrite::listed`] of its first write).
+#[derive(Default)]
+struct Stored {
+    record: StateRecord,
+    listed: bool,
+}
 
 /// Kept versions of one key, by `(at_us, version)`.
 type History = BTreeMap<(i64, u64), Bytes>;
@@ -92,7 +99,7 @@ impl StateStore {
         lock(&self.shards[shard_of(key)])
             .get(ns)
             .and_then(|m| m.get(key))
-            .cloned()
+            .map(|s| s.record.clone())
     }
 
     /// Applies `write`; when `publish` is given, appends its events in the same critical
@@ -106,7 +113,7 @@ impl StateStore {
         let current = shard
             .get(&write.namespace)
             .and_then(|m| m.get(&write.key))
-            .map_or(0, |r| r.version);
+            .map_or(0, |s| s.record.version);
         check(write.expect, &write.namespace, &write.key, current)?;
         let mut appended = Vec::new();
         if let Some((stream, partition, events)) = &publish
@@ -121,7 +128,7 @@ impl StateStore {
                 });
             }
         }
-        if let Some((entry, limits)) = &write.history {
+        if let Some((_, entry, limits)) = &write.history {
             let mut histories = lock(&self.histories[shard_of(&write.key)]);
             let history = histories
                 .entry((write.namespace.clone(), write.key.clone()))
@@ -129,11 +136,15 @@ impl StateStore {
             history.insert((entry.at_us, entry.version), entry.payload.clone());
             trim_history(history, limits);
         }
-        let record = shard
+        let stored = shard
             .entry(write.namespace)
             .or_default()
             .entry(write.key)
-            .or_default();
+            .or_insert_with(|| Stored {
+                record: StateRecord::default(),
+                listed: write.listed,
+            });
+        let record = &mut stored.record;
         record.version = current + 1;
         for field in &write.remove {
             record.fields.remove(field);
@@ -154,7 +165,7 @@ impl StateStore {
         let current = shard
             .get(ns)
             .and_then(|m| m.get(key))
-            .map_or(0, |r| r.version);
+            .map_or(0, |s| s.record.version);
         check(expect, ns, key, current)?;
         Ok(shard.get_mut(ns).and_then(|m| m.remove(key)).is_some())
     }
@@ -176,11 +187,12 @@ impl StateStore {
                     Some(k) => Bound::Excluded(k.clone()),
                     None => Bound::Unbounded,
                 };
-                for (k, r) in map
+                for (k, s) in map
                     .range((lower, Bound::Unbounded))
+                    .filter(|(_, s)| s.listed)
                     .take(limit - items.len())
                 {
-                    items.push((k.clone(), r.clone()));
+                    items.push((k.clone(), s.record.clone()));
                 }
             }
             drop(guard);

@@ -11,8 +11,10 @@
 //! | `{<prefix>:p<n>}:dlq:<stream>:<group>` | stream | dead letters of the group |
 //! | `{<prefix>:p<n>}:err:<stream>:<group>` | hash | last error per pending entry id |
 //! | `{<prefix>:p<n>}:dlqn:<stream>:<group>` | string | dead-lettered total |
-//! | `{<prefix>:p<n>}:st:<namespace>:<key>` | hash | state: `_v` version, `f:<field>` values |
-//! | `{<prefix>:p<n>}:sti:<namespace>` | zset | index of state keys (score 0, by lex) |
+//! | `{<prefix>:p<n>}:st:<namespace>:<key>` | hash | state: `_v` version, `f:<field>` values, `_h` the current kept version |
+//! | `{<prefix>:p<n>}:sti:<namespace>` | zset | index of the listed state keys (score 0, by lex) |
+//! | `{<prefix>:p<n>}:hv:<namespace>:<key>` | string | superseded kept versions (see `WRITE_STATES`) |
+//! | `{<prefix>:p<n>}:h:<namespace>:<key>` | zset | kept versions in the earlier layout, moved on the next write |
 //! | `{<prefix>:p<n>}:idem:<scope>:<key>` | string | `p<owner>` in progress (a short lease), `d<outcome>` done |
 //! | `{<prefix>:t:<queue>}` | zset | timers, score = due ms |
 //! | `{<prefix>:l:<stream>:<group>}:m` | zset | consumers of the group, score = expiry ms |
@@ -81,8 +83,14 @@ impl Keys {
         format!("{}:sti:{ns}", self.tag(p))
     }
 
-    /// The kept versions of state `ns`/`key` (same slot as the state hash).
+    /// The superseded kept versions of state `ns`/`key` (same slot as the state hash).
     pub(crate) fn history(&self, ns: &str, key: &str) -> String {
+        format!("{}:hv:{ns}:{key}", self.tag(self.partition_of(key)))
+    }
+
+    /// The kept versions of state `ns`/`key` in the earlier layout (a sorted set), moved
+    /// into [`Keys::history`] by the key's next kept write.
+    pub(crate) fn legacy_history(&self, ns: &str, key: &str) -> String {
         format!("{}:h:{ns}:{key}", self.tag(self.partition_of(key)))
     }
 

@@ -208,22 +208,72 @@ return removed
 /// batch is one atomic step.
 ///
 /// ARGV[1] is the number of records; then per record, with its keys taken in order from
-/// KEYS: state hash and state index (always), stream (only when publishing), history
-/// (only when keeping a version).
-/// ARGV per record: mode ('any'|'eq'), expected version, key, n set, (field, value)×n,
+/// KEYS: state hash and state index (always), stream (only when publishing), history and
+/// the key's history in the earlier layout (only when keeping a version).
+/// ARGV per record: mode ('any'|'eq'), expected version, key, listed ('1'|'0': whether a
+/// record this write creates goes into the index), n set, (field, value)×n,
 /// n remove, field×n, n events, then per event: n fields, (name, value)×n; n history
-/// (0|1), then for 1: score (µs), member (8-byte big-endian version ‖ payload), horizon
-/// score, max versions.
+/// (0|1), then for 1: from when (µs), version, kept field, horizon (µs), max versions.
+///
+/// History: the state hash's `_h` holds `<from µs>,<version>,<n>,<field>` of the current
+/// version, whose payload is the field itself; the history key is a string of the `n`
+/// superseded versions, oldest first, each `<from µs>,<version>,<length>:<payload>`. A
+/// kept write appends the current version to it, becomes the current one, and drops
+/// versions from the front: beyond max versions (the current counts), or superseded
+/// before the horizon (the one current at it stays). A key kept in the earlier layout (a
+/// sorted set of 8-byte big-endian version ‖ payload, scored by from µs) is moved into
+/// the string on its next kept write.
 /// Returns per record `{1, version, id...}` (the appended ids in order) or
 /// `{0, current version}`.
 const WRITE_STATES: &str = r#"
+local function keep(state, hk, lk, at, ver, field, horizon, maxv)
+  local meta = redis.call('HGET', state, '_h')
+  local n = 0
+  if meta then
+    local ma, mv, mc, mf = string.match(meta, '^(-?%d+),(%d+),(%d+),(.*)$')
+    local old = redis.call('HGET', state, 'f:' .. mf) or ''
+    redis.call('APPEND', hk, ma .. ',' .. mv .. ',' .. #old .. ':' .. old)
+    n = tonumber(mc) + 1
+  else
+    local z = redis.call('ZRANGE', lk, 0, -1, 'WITHSCORES')
+    if #z > 0 then
+      redis.call('APPEND', hk, legacy_entries(z, #z))
+      redis.call('DEL', lk)
+      n = #z / 2
+    end
+  end
+  local drop = 0
+  while n > 0 do
+    local head = redis.call('GETRANGE', hk, drop, drop + 63)
+    local _, _, l, p = string.match(head, '^(-?%d+),(%d+),(%d+):()')
+    local size = p - 1 + tonumber(l)
+    local next_at = tonumber(at)
+    if n > 1 then
+      next_at = tonumber(string.match(redis.call('GETRANGE', hk, drop + size, drop + size + 31), '^(-?%d+),'))
+    end
+    if n + 1 > maxv or next_at < horizon then
+      drop = drop + size
+      n = n - 1
+    else
+      break
+    end
+  end
+  if drop > 0 then
+    if n == 0 then
+      redis.call('DEL', hk)
+    else
+      redis.call('SET', hk, redis.call('GETRANGE', hk, drop, -1))
+    end
+  end
+  return at .. ',' .. ver .. ',' .. n .. ',' .. field
+end
 local out = {}
 local k, i = 1, 2
 for r = 1, tonumber(ARGV[1]) do
   local state, index = KEYS[k], KEYS[k + 1]
   k = k + 2
-  local mode, expected, key = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2]
-  i = i + 3
+  local mode, expected, key, listed = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3]
+  i = i + 4
   local sets = {}
   local nset = tonumber(ARGV[i]); i = i + 1
   for _ = 1, nset do
@@ -253,11 +303,11 @@ for r = 1, tonumber(ARGV[1]) do
     end
   end
   local nh = tonumber(ARGV[i]); i = i + 1
-  local hk, h = nil, i
+  local hk, lk, h = nil, nil, i
   if nh > 0 then
-    hk = KEYS[k]
-    k = k + 1
-    i = i + 4
+    hk, lk = KEYS[k], KEYS[k + 1]
+    k = k + 2
+    i = i + 5
   end
   local cur = tonumber(redis.call('HGET', state, '_v') or '0')
   if mode == 'eq' and cur ~= expected then
@@ -268,18 +318,14 @@ for r = 1, tonumber(ARGV[1]) do
     local ok = {1, 0}
     for e = 1, #xas do ok[e + 2] = redis.call('XADD', unpack(xas[e])) end
     if hk then
-      redis.call('ZADD', hk, ARGV[h], ARGV[h + 1])
-      -- Versions superseded before the horizon go; the one current at it stays.
-      local old = redis.call('ZCOUNT', hk, '-inf', '(' .. ARGV[h + 2])
-      if old > 1 then redis.call('ZREMRANGEBYRANK', hk, 0, old - 2) end
-      local n = redis.call('ZCARD', hk)
-      local keep = tonumber(ARGV[h + 3])
-      if n > keep then redis.call('ZREMRANGEBYRANK', hk, 0, n - keep - 1) end
+      sets[#sets + 1] = '_h'
+      sets[#sets + 1] = keep(state, hk, lk, ARGV[h], ARGV[h + 1], ARGV[h + 2],
+        tonumber(ARGV[h + 3]), tonumber(ARGV[h + 4]))
     end
     if #rems > 0 then redis.call('HDEL', state, unpack(rems)) end
     local v = cur + 1
     redis.call('HSET', state, '_v', v, unpack(sets))
-    if cur == 0 then redis.call('ZADD', index, 0, key) end
+    if cur == 0 and listed == '1' then redis.call('ZADD', index, 0, key) end
     ok[2] = v
     out[r] = ok
   end
@@ -333,13 +379,38 @@ redis.call('ZREM', KEYS[2], ARGV[3])
 return {1, n}
 "#;
 
-/// KEYS: history. ARGV: score (µs). Returns `{newest member at or before it, its score}`
-/// (empty when none) and `{oldest member's 8-byte version, its score}` (empty when none).
+/// KEYS: history, state hash, the key's history in the earlier layout. Returns `{}` when
+/// nothing is kept, else `{current's `_h`, its payload, superseded versions}` in the
+/// layout `WRITE_STATES` describes (a key still in the earlier layout is answered in the
+/// same form).
 const HISTORY_AT: &str = r#"
-local r = redis.call('ZREVRANGEBYSCORE', KEYS[1], ARGV[1], '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
-local o = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if #o > 0 then o[1] = string.sub(o[1], 1, 8) end
-return {r, o}
+local meta = redis.call('HGET', KEYS[2], '_h')
+if meta then
+  local field = string.match(meta, '^[^,]*,[^,]*,[^,]*,(.*)$')
+  return {meta, redis.call('HGET', KEYS[2], 'f:' .. field) or '', redis.call('GET', KEYS[1]) or ''}
+end
+local z = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+if #z == 0 then return {} end
+local last = z[#z - 1]
+return {z[#z] .. ',' .. legacy_version(last) .. ',0,', string.sub(last, 9), legacy_entries(z, #z - 2)}
+"#;
+
+/// Reading the earlier history layout: a member's 8-byte big-endian version as decimal,
+/// and the first `upto` items of a `ZRANGE ... WITHSCORES` reply as history entries.
+const LEGACY_HISTORY_FN: &str = r#"
+local function legacy_version(member)
+  local v = 0
+  for j = 1, 8 do v = v * 256 + string.byte(member, j) end
+  return string.format('%.0f', v)
+end
+local function legacy_entries(z, upto)
+  local parts = {}
+  for j = 1, upto, 2 do
+    local payload = string.sub(z[j], 9)
+    parts[#parts + 1] = z[j + 1] .. ',' .. legacy_version(z[j]) .. ',' .. #payload .. ':' .. payload
+  end
+  return table.concat(parts)
+end
 "#;
 
 /// An idempotency key holds `'p' .. owner` while an attempt is in progress and
@@ -419,11 +490,11 @@ impl Scripts {
             replay: Script::new(REPLAY),
             stats: Script::new(STATS),
             trim: Script::new(TRIM),
-            write_states: Script::new(WRITE_STATES),
+            write_states: Script::new(&format!("{LEGACY_HISTORY_FN}{WRITE_STATES}")),
             get_states: Script::new(&format!("{LUA_PACK}{GET_STATES}")),
             read_group: Script::new(&format!("{LUA_PACK}{READ_GROUP}")),
             scan_states: Script::new(&format!("{LUA_PACK}{SCAN_STATES}")),
-            history_at: Script::new(HISTORY_AT),
+            history_at: Script::new(&format!("{LEGACY_HISTORY_FN}{HISTORY_AT}")),
             delete_state: Script::new(DELETE_STATE),
             idempotency_begin: Script::new(IDEMPOTENCY_BEGIN),
             idempotency_renew: Script::new(IDEMPOTENCY_RENEW),

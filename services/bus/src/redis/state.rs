@@ -152,7 +152,10 @@ impl RedisBackend {
             let (mode, expected) = expect_args(write.expect);
             inv.key(self.keys.state(ns, key))
                 .key(self.keys.state_index(ns, p));
-            inv.arg(mode).arg(expected).arg(key.as_str());
+            inv.arg(mode)
+                .arg(expected)
+                .arg(key.as_str())
+                .arg(if write.listed { "1" } else { "0" });
             inv.arg(write.set.len());
             for (field, value) in &write.set {
                 inv.arg(field.as_str()).arg(value.as_ref());
@@ -178,11 +181,13 @@ impl RedisBackend {
                 }
             }
             match &write.history {
-                Some((entry, limits)) => {
-                    inv.key(self.keys.history(ns, key));
+                Some((field, entry, limits)) => {
+                    inv.key(self.keys.history(ns, key))
+                        .key(self.keys.legacy_history(ns, key));
                     inv.arg(1)
                         .arg(entry.at_us)
-                        .arg(history_member(entry))
+                        .arg(entry.version)
+                        .arg(field.as_str())
                         .arg(limits.keep_since_us)
                         .arg(limits.max_versions.max(1));
                 }
@@ -242,46 +247,43 @@ impl RedisBackend {
             .scripts
             .history_at
             .key(self.keys.history(ns, key))
-            .arg(at_us)
+            .key(self.keys.state(ns, key))
+            .key(self.keys.legacy_history(ns, key))
             .invoke_async(&mut self.conn())
             .await
             .map_err(|e| self.fail(e, || format!("history of state {ns}/{key}")))?;
         let bad = || unexpected("history read");
         let parts = reply::items(&reply).ok_or_else(bad)?;
-        let pair = |i: usize| -> BusResult<Option<(Vec<u8>, i64)>> {
-            let items = parts.get(i).and_then(reply::items).ok_or_else(bad)?;
-            match items {
-                [] => Ok(None),
-                [member, score] => {
-                    let member = reply::bytes_of(member).ok_or_else(bad)?.to_vec();
-                    let score = match score {
-                        Value::Double(d) => Some(*d),
-                        other => reply::bytes_of(other)
-                            .and_then(|b| std::str::from_utf8(b).ok()?.parse::<f64>().ok()),
-                    }
-                    .ok_or_else(bad)?;
-                    // Scores are whole microseconds, exact in a double up to 2^53.
-                    Ok(Some((member, score as i64)))
-                }
-                _ => Err(bad()),
-            }
+        let [meta, current, superseded] = parts else {
+            return if parts.is_empty() {
+                Ok(HistoryLookup::default())
+            } else {
+                Err(bad())
+            };
         };
-        let found = match pair(0)? {
-            None => None,
-            Some((member, at_us)) => {
-                let (version, payload) = split_member(&member).ok_or_else(bad)?;
-                Some(HistoryEntry {
-                    at_us,
-                    version,
-                    payload: Bytes::copy_from_slice(payload),
-                })
-            }
+        let bytes = |v: &Value| {
+            reply::bytes_of(v)
+                .map(Bytes::copy_from_slice)
+                .ok_or_else(bad)
         };
-        let oldest = match pair(1)? {
-            None => None,
-            Some((member, at_us)) => Some((split_member(&member).ok_or_else(bad)?.0, at_us)),
-        };
-        Ok(HistoryLookup { found, oldest })
+        let mut versions = kept_versions(&bytes(superseded)?).ok_or_else(bad)?;
+        let meta = bytes(meta)?;
+        let (at, version) = std::str::from_utf8(&meta)
+            .ok()
+            .and_then(|m| {
+                let mut parts = m.splitn(3, ',');
+                Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+            })
+            .ok_or_else(bad)?;
+        versions.push(HistoryEntry {
+            at_us: at,
+            version,
+            payload: bytes(current)?,
+        });
+        Ok(HistoryLookup {
+            oldest: versions.first().map(|e| (e.version, e.at_us)),
+            found: versions.into_iter().rev().find(|e| e.at_us <= at_us),
+        })
     }
 
     pub(crate) async fn delete_state(
@@ -501,14 +503,25 @@ impl RedisBackend {
 
 /// A history member: the version big-endian (so versions of one instant sort by version)
 /// followed by the payload.
-fn history_member(entry: &HistoryEntry) -> Vec<u8> {
-    let mut member = Vec::with_capacity(8 + entry.payload.len());
-    member.extend_from_slice(&entry.version.to_be_bytes());
-    member.extend_from_slice(&entry.payload);
-    member
-}
-
-fn split_member(member: &[u8]) -> Option<(u64, &[u8])> {
-    let (version, payload) = member.split_first_chunk::<8>()?;
-    Some((u64::from_be_bytes(*version), payload))
+/// Decodes the superseded versions of a history key: `<from µs>,<version>,<length>:<payload>`
+/// each, oldest first (see `WRITE_STATES`).
+fn kept_versions(blob: &Bytes) -> Option<Vec<HistoryEntry>> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < blob.len() {
+        let colon = pos + blob[pos..].iter().position(|b| *b == b':')?;
+        let head = std::str::from_utf8(&blob[pos..colon]).ok()?;
+        let mut fields = head.split(',');
+        let at_us = fields.next()?.parse().ok()?;
+        let version = fields.next()?.parse().ok()?;
+        let len: usize = fields.next()?.parse().ok()?;
+        let end = colon.checked_add(1 + len).filter(|e| *e <= blob.len())?;
+        out.push(HistoryEntry {
+            at_us,
+            version,
+            payload: blob.slice(colon + 1..end),
+        });
+        pos = end;
+    }
+    Some(out)
 }

@@ -63,9 +63,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use prost::Message;
 use ratemesh_bus::trace_context::current_traceparent;
-use ratemesh_bus::{
-    Bus, BusError, HistoryEntry, HistoryLimits, RecordCache, StateRecord, StateWrite, Update,
-};
+use ratemesh_bus::{Bus, BusError, HistoryLimits, RecordCache, StateRecord, StateWrite, Update};
 use ratemesh_contract::streams;
 use ratemesh_core::{Applied, Event, Override, Policy, RateCard, Reason, Sku, compute};
 use ratemesh_proto::v1;
@@ -574,20 +572,16 @@ impl Engine {
             .as_ref()
             .map_or_else(Utc::now, |c| c.computed_at);
         let options = self.options();
-        let write = write
-            .set(FIELD_CARD, encoded.clone())
-            .set(FIELD_ENGINE, record.encode())
-            .keep_history(
-                HistoryEntry {
-                    at_us: computed_at.timestamp_micros(),
-                    version,
-                    payload: encoded,
-                },
-                HistoryLimits {
-                    keep_since_us: (computed_at - options.history_retention).timestamp_micros(),
-                    max_versions: options.history_max_versions,
-                },
-            );
+        let write = write.set(FIELD_ENGINE, record.encode()).set_kept(
+            FIELD_CARD,
+            encoded,
+            computed_at.timestamp_micros(),
+            version,
+            HistoryLimits {
+                keep_since_us: (computed_at - options.history_retention).timestamp_micros(),
+                max_versions: options.history_max_versions,
+            },
+        );
         let update = Update::WriteAndPublish(
             write,
             streams::RATES,
