@@ -74,11 +74,6 @@ impl Keys {
         format!("{}:st:{ns}:{key}", self.tag(self.partition_of(key)))
     }
 
-    /// What every state key of `ns` in partition `p` starts with (the key follows).
-    pub(crate) fn state_prefix(&self, ns: &str, p: u32) -> String {
-        format!("{}:st:{ns}:", self.tag(p))
-    }
-
     pub(crate) fn state_index(&self, ns: &str, p: u32) -> String {
         format!("{}:sti:{ns}", self.tag(p))
     }
@@ -123,10 +118,6 @@ mod tests {
         assert_eq!(p, 12);
         assert_eq!(keys.stream("rates", p), "{prod:p12}:s:rates");
         assert_eq!(keys.state("sku", "SKU-1"), "{prod:p12}:st:sku:SKU-1");
-        assert_eq!(
-            format!("{}SKU-1", keys.state_prefix("sku", p)),
-            keys.state("sku", "SKU-1")
-        );
         assert_eq!(
             keys.idempotency("erp", "SKU-1"),
             "{prod:p12}:idem:erp:SKU-1"

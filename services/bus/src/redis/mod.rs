@@ -5,14 +5,12 @@
 //! - `keys.rs` — key layout and hash tags
 //! - `scripts.rs` — Lua scripts
 //! - `reply.rs` — decoding replies
-//! - `packed.rs` — replies that scripts pack into one string (the hot batch reads)
 //! - `connection.rs` — connections, reconnect backoff, the connected signal
 //! - `streams.rs` — publish, consumers, tails, trimming, stats, dead letters
 //! - `state.rs` — versioned state, idempotency keys, timers
 
 mod connection;
 mod keys;
-mod packed;
 mod reply;
 mod scripts;
 mod state;

@@ -3,8 +3,6 @@
 
 use redis::Script;
 
-use super::packed::LUA_PACK;
-
 /// Moves pending entry `id` to the dead-letter stream with its error, acks it and counts it.
 /// `fields` may be nil; then the entry is read from the stream.
 const DEAD_LETTER_FN: &str = r#"
@@ -333,43 +331,6 @@ end
 return out
 "#;
 
-/// KEYS: state hashes (one partition). Returns, packed (see `packed.rs`), each hash's
-/// fields and values in KEYS order (0 items: absent).
-const GET_STATES: &str = r#"
-local out = {}
-for i = 1, #KEYS do flat(out, redis.call('HGETALL', KEYS[i])) end
-return table.concat(out)
-"#;
-
-/// KEYS: one partition's stream. ARGV: group, consumer, most entries. Reads new entries
-/// for the consumer like `XREADGROUP ... >` without blocking, and returns them packed
-/// (see `packed.rs`): per entry its id, then its fields as a flat list.
-const READ_GROUP: &str = r#"
-local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', tonumber(ARGV[3]), 'STREAMS', KEYS[1], '>')
-local out = {}
-if r then
-  for _, e in ipairs(r[1][2]) do
-    item(out, e[1])
-    flat(out, e[2])
-  end
-end
-return table.concat(out)
-"#;
-
-/// KEYS: state index of one partition. ARGV: lowest key ('-' or '(' .. key), most keys,
-/// the state key prefix of the partition and namespace (the index and the hashes share a
-/// hash tag). Returns, packed, per key in index order: the key, then its hash as in
-/// `GET_STATES` (0 items when the hash went away after the index was read).
-const SCAN_STATES: &str = r#"
-local out = {}
-local keys = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], '+', 'LIMIT', 0, tonumber(ARGV[2]))
-for i = 1, #keys do
-  item(out, keys[i])
-  flat(out, redis.call('HGETALL', ARGV[3] .. keys[i]))
-end
-return table.concat(out)
-"#;
-
 /// KEYS: state hash, state index. ARGV: mode, expected version, key.
 const DELETE_STATE: &str = r#"
 local cur = tonumber(redis.call('HGET', KEYS[1], '_v') or '0')
@@ -469,9 +430,6 @@ pub(crate) struct Scripts {
     pub(crate) stats: Script,
     pub(crate) trim: Script,
     pub(crate) write_states: Script,
-    pub(crate) get_states: Script,
-    pub(crate) read_group: Script,
-    pub(crate) scan_states: Script,
     pub(crate) history_at: Script,
     pub(crate) delete_state: Script,
     pub(crate) idempotency_begin: Script,
@@ -491,9 +449,6 @@ impl Scripts {
             stats: Script::new(STATS),
             trim: Script::new(TRIM),
             write_states: Script::new(&format!("{LEGACY_HISTORY_FN}{WRITE_STATES}")),
-            get_states: Script::new(&format!("{LUA_PACK}{GET_STATES}")),
-            read_group: Script::new(&format!("{LUA_PACK}{READ_GROUP}")),
-            scan_states: Script::new(&format!("{LUA_PACK}{SCAN_STATES}")),
             history_at: Script::new(&format!("{LEGACY_HISTORY_FN}{HISTORY_AT}")),
             delete_state: Script::new(DELETE_STATE),
             idempotency_begin: Script::new(IDEMPOTENCY_BEGIN),

@@ -14,7 +14,6 @@ use crate::state::{
 };
 
 use super::RedisBackend;
-use super::packed::Packed;
 use super::reply::{self, event_fields, unexpected};
 
 /// Version field of a state hash; user fields are stored as `f:<name>`.
@@ -40,32 +39,6 @@ fn record_of(v: &Value) -> BusResult<Option<StateRecord>> {
     Ok(Some(record))
 }
 
-/// Decodes one hash from a packed reply (see `GET_STATES`); `None` when it is absent.
-fn packed_record(packed: &mut Packed) -> BusResult<Option<StateRecord>> {
-    let n = packed.count()?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if n % 2 != 0 {
-        return Err(unexpected("state read"));
-    }
-    let mut record = StateRecord::default();
-    for _ in 0..n / 2 {
-        let name = packed.item()?;
-        let value = packed.item()?;
-        if name == VERSION_FIELD {
-            record.version = std::str::from_utf8(&value)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| unexpected("state read"))?;
-        } else if let Some(field) = name.strip_prefix(FIELD_PREFIX) {
-            let field = String::from_utf8(field.to_vec()).map_err(|_| unexpected("state read"))?;
-            record.fields.insert(field, value);
-        }
-    }
-    Ok(Some(record))
-}
-
 fn expect_args(expect: Expect) -> (&'static str, u64) {
     match expect {
         Expect::Any => ("any", 0),
@@ -83,8 +56,6 @@ impl RedisBackend {
         record_of(&v)
     }
 
-    /// Reads records of any partitions: one script per partition, all in flight at once,
-    /// each answering its records packed into one string.
     pub(crate) async fn get_states<K: AsRef<str>>(
         &self,
         ns: &str,
@@ -93,33 +64,15 @@ impl RedisBackend {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut by_partition: Vec<(u32, Vec<usize>)> = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
-            let p = self.keys.partition_of(key.as_ref());
-            match by_partition.iter_mut().find(|(q, _)| *q == p) {
-                Some((_, at)) => at.push(i),
-                None => by_partition.push((p, vec![i])),
-            }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HGETALL").arg(self.keys.state(ns, key.as_ref()));
         }
-        let reads = by_partition.iter().map(|(_, at)| {
-            let mut inv = self.scripts.get_states.prepare_invoke();
-            for i in at {
-                inv.key(self.keys.state(ns, keys[*i].as_ref()));
-            }
-            let mut conn = self.conn();
-            async move { inv.invoke_async::<Value>(&mut conn).await }
-        });
-        let replies = futures::future::try_join_all(reads)
+        let replies: Vec<Value> = pipe
+            .query_async(&mut self.conn())
             .await
             .map_err(|e| self.fail(e, || format!("read of {} states {ns}/…", keys.len())))?;
-        let mut out = vec![None; keys.len()];
-        for ((_, at), reply) in by_partition.iter().zip(replies) {
-            let mut packed = Packed::of(reply, "state read")?;
-            for i in at {
-                out[*i] = packed_record(&mut packed)?;
-            }
-        }
-        Ok(out)
+        replies.iter().map(record_of).collect()
     }
 
     pub(crate) async fn write_state(
@@ -334,32 +287,36 @@ impl RedisBackend {
         while p < self.opts.partitions && items.len() < limit {
             let want = limit - items.len();
             let min = after.as_ref().map_or("-".to_owned(), |k| format!("({k}"));
-            let reply: Value = self
-                .scripts
-                .scan_states
-                .key(self.keys.state_index(ns, p))
+            let keys: Vec<String> = redis::cmd("ZRANGEBYLEX")
+                .arg(self.keys.state_index(ns, p))
                 .arg(min)
+                .arg("+")
+                .arg("LIMIT")
+                .arg(0)
                 .arg(want)
-                .arg(self.keys.state_prefix(ns, p))
-                .invoke_async(&mut conn)
+                .query_async(&mut conn)
                 .await
                 .map_err(|e| self.fail(e, || format!("scan of state namespace {ns}")))?;
-            let mut packed = Packed::of(reply, "state scan")?;
-            let mut listed = 0;
-            let mut last = None;
-            while !packed.is_done() {
-                let key = packed.text()?;
-                listed += 1;
-                if let Some(record) = packed_record(&mut packed)? {
-                    items.push((key.clone(), record));
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for k in &keys {
+                    pipe.cmd("HGETALL").arg(self.keys.state(ns, k));
                 }
-                last = Some(key);
+                let records: Vec<Value> = pipe
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.fail(e, || format!("scan of state namespace {ns}")))?;
+                for (k, r) in keys.iter().zip(&records) {
+                    if let Some(record) = record_of(r)? {
+                        items.push((k.clone(), record));
+                    }
+                }
             }
-            if listed < want {
+            if keys.len() < want {
                 p += 1;
                 after = None;
             } else {
-                after = last;
+                after = keys.last().cloned();
             }
         }
         let next =

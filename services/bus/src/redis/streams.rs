@@ -16,7 +16,6 @@ use crate::lease::Ownership;
 use crate::memory::lock;
 use crate::state::{Retention, StreamStats};
 
-use super::packed::Packed;
 use super::reply::{self, event_fields, unexpected};
 use super::{RedisBackend, SharedRedis, connection};
 
@@ -58,34 +57,6 @@ fn deliveries_of(v: &Value, stream: &str, keys: &[String], count: u64) -> BusRes
                 .into_iter()
                 .map(|(id, event)| delivery(stream, partition, id, event, count)),
         );
-    }
-    Ok(out)
-}
-
-/// Decodes the entries a `READ_GROUP` script packed: per entry its id, then its fields.
-fn packed_deliveries(reply: Value, stream: &str, partition: u32) -> BusResult<Vec<Delivery>> {
-    const WHAT: &str = "a stream read";
-    let mut packed = Packed::of(reply, WHAT)?;
-    let mut out = Vec::new();
-    while !packed.is_done() {
-        let id: EntryId = packed.text()?.parse().map_err(|_| unexpected(WHAT))?;
-        let n = packed.count()?;
-        let mut key = None;
-        let mut event = Event::new(String::new(), bytes::Bytes::new());
-        for _ in 0..n / 2 {
-            let name = packed.item()?;
-            match &name[..] {
-                b"k" => key = Some(packed.text()?),
-                b"t" => event.kind = Some(packed.text()?),
-                b"tp" => event.traceparent = Some(packed.text()?),
-                b"p" => event.payload = packed.item()?,
-                _ => {
-                    packed.item()?;
-                }
-            }
-        }
-        event.key = key.ok_or_else(|| unexpected(WHAT))?;
-        out.push(delivery(stream, partition, id, event, 1));
     }
     Ok(out)
 }
@@ -607,10 +578,6 @@ impl RedisConsumer {
                 return Ok(reclaimed);
             }
         }
-        let ready = self.read_ready(&owned).await;
-        if !ready.is_empty() {
-            return Ok(ready);
-        }
         let next_reclaim = lock(&self.last_reclaim).map_or(now, |t| t + interval);
         let block = opts
             .read_block
@@ -641,32 +608,6 @@ impl RedisConsumer {
             }
             Err(e) => Err(self.backend.fail(e, self.during("read"))),
         }
-    }
-
-    /// New entries that are already there, read without blocking: one script per owned
-    /// partition, all in flight at once, each answering its entries packed into one
-    /// string. A partition whose read failed is left to the blocking read that follows
-    /// when nothing was found (it reports the error, or recreates a lost group).
-    async fn read_ready(&self, owned: &[u32]) -> Vec<Delivery> {
-        let b = &self.backend;
-        let reads = owned.iter().map(|p| {
-            let mut inv = b.scripts.read_group.prepare_invoke();
-            inv.key(&self.keys[*p as usize])
-                .arg(&self.group)
-                .arg(&self.name)
-                .arg(b.opts.batch_size);
-            let mut conn = b.conn();
-            async move { (*p, inv.invoke_async::<Value>(&mut conn).await) }
-        });
-        let mut out = Vec::new();
-        for (p, reply) in futures::future::join_all(reads).await {
-            let Ok(reply) = reply else { continue };
-            match packed_deliveries(reply, &self.stream, p) {
-                Ok(batch) => out.extend(batch),
-                Err(e) => tracing::warn!(error = %e, partition = p, "stream read not decoded"),
-            }
-        }
-        out
     }
 
     pub(crate) async fn ack(&self, items: &[(u32, EntryId)]) -> BusResult<()> {
