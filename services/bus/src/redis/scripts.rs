@@ -230,12 +230,16 @@ local function keep(state, hk, lk, at, ver, field, horizon, maxv)
   if meta then
     local ma, mv, mc, mf = string.match(meta, '^(-?%d+),(%d+),(%d+),(.*)$')
     local old = redis.call('HGET', state, 'f:' .. mf) or ''
-    redis.call('APPEND', hk, ma .. ',' .. mv .. ',' .. #old .. ':' .. old)
+    -- SET, not APPEND: APPEND leaves the string room to grow (up to twice its size), and
+    -- most keys gain a version rarely.
+    local kept = ''
+    if tonumber(mc) > 0 then kept = redis.call('GET', hk) or '' end
+    redis.call('SET', hk, kept .. ma .. ',' .. mv .. ',' .. #old .. ':' .. old)
     n = tonumber(mc) + 1
   else
     local z = redis.call('ZRANGE', lk, 0, -1, 'WITHSCORES')
     if #z > 0 then
-      redis.call('APPEND', hk, legacy_entries(z, #z))
+      redis.call('SET', hk, legacy_entries(z, #z))
       redis.call('DEL', lk)
       n = #z / 2
     end
