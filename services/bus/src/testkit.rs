@@ -144,6 +144,8 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1", "--protected-mode", "no"])
             .args(["--dir", &dir])
             .args(["--save", ""])
+            // As deploy/README.md recommends for production.
+            .args(["--hash-max-listpack-value", "1024"])
             .args(["--daemonize", "no"])
             .args(["--logfile", "redis.log"]);
         match self.persistence {
