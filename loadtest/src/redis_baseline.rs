@@ -26,9 +26,19 @@ async fn connect(url: &str, response_timeout: Duration) -> anyhow::Result<Multip
         .await?)
 }
 
-/// Redis's `used_memory`, and the `MEMORY USAGE` of every key of `url`'s database whose
-/// name ends with `suffix` (one SKU's records), by key name.
-pub async fn memory(url: &str, suffix: &str) -> anyhow::Result<(u64, Vec<(String, u64)>)> {
+/// What Redis holds, as [`memory`] reads it.
+pub struct Memory {
+    /// `used_memory`.
+    pub used: u64,
+    /// `MEMORY USAGE` summed over every stream partition (`…}:s:<stream>` keys).
+    pub streams: u64,
+    /// `MEMORY USAGE` of each key whose name ends with the suffix asked for, by key name.
+    pub records: Vec<(String, u64)>,
+}
+
+/// Redis's `used_memory`, the `MEMORY USAGE` of the streams, and that of every key of
+/// `url`'s database whose name ends with `suffix` (one SKU's records).
+pub async fn memory(url: &str, suffix: &str) -> anyhow::Result<Memory> {
     let mut conn = connect(url, Duration::from_secs(60)).await?;
     let info: String = redis::cmd("INFO")
         .arg("memory")
@@ -39,16 +49,33 @@ pub async fn memory(url: &str, suffix: &str) -> anyhow::Result<(u64, Vec<(String
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| anyhow::anyhow!("INFO memory has no used_memory"))?;
+    let mut streams = 0;
+    for (_, bytes) in usage(&mut conn, "*}:s:*").await? {
+        streams += bytes;
+    }
+    let records = usage(&mut conn, &format!("*{suffix}")).await?;
+    Ok(Memory {
+        used,
+        streams,
+        records,
+    })
+}
+
+/// `MEMORY USAGE` of every key matching `pattern`, sorted by name.
+async fn usage(
+    conn: &mut MultiplexedConnection,
+    pattern: &str,
+) -> anyhow::Result<Vec<(String, u64)>> {
     let mut keys: Vec<String> = Vec::new();
     let mut cursor: u64 = 0;
     loop {
         let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(format!("*{suffix}"))
+            .arg(pattern)
             .arg("COUNT")
             .arg(10_000)
-            .query_async(&mut conn)
+            .query_async(conn)
             .await?;
         keys.extend(page);
         if next == 0 {
@@ -62,11 +89,13 @@ pub async fn memory(url: &str, suffix: &str) -> anyhow::Result<(u64, Vec<(String
         let bytes: Option<u64> = redis::cmd("MEMORY")
             .arg("USAGE")
             .arg(&key)
-            .query_async(&mut conn)
+            .arg("SAMPLES")
+            .arg(0)
+            .query_async(conn)
             .await?;
         sizes.push((key, bytes.unwrap_or(0)));
     }
-    Ok((used, sizes))
+    Ok(sizes)
 }
 
 /// Appends to `key` in pipelines of `depth` entries from `drive.concurrency` workers (one

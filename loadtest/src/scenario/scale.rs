@@ -92,23 +92,8 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
     );
 
     // What Redis holds per SKU once every card is computed: everything it stores (streams
-    // included) over the catalogue, and one SKU's records.
-    if let Some(url) = &target.redis_url {
-        match crate::redis_baseline::memory(url, &format!(":{}", catalogue::sku(n / 2))).await {
-            Ok((used, records)) => {
-                report.figure(
-                    "redis: used_memory per SKU",
-                    used as f64 / n as f64,
-                    "bytes/SKU",
-                );
-                for (key, bytes) in records {
-                    let name = key.split("}:").nth(1).unwrap_or(&key).to_owned();
-                    report.figure(&format!("  redis: {name}"), bytes as f64, "bytes");
-                }
-            }
-            Err(e) => eprintln!("reading redis memory failed: {e:#}"),
-        }
-    }
+    // included) over the catalogue, the streams apart, and one SKU's records.
+    redis_memory(target, n, "", report).await;
 
     // A cold rates replica on the same keys: snapshot load time and memory per SKU.
     if let (Some(settings), Some(_)) = (&target.settings, &target.bus) {
@@ -230,5 +215,32 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         n as f64 / took.as_secs_f64().max(1e-3),
         "SKUs/s",
     );
+    // The same once every SKU has a superseded version in its history.
+    redis_memory(target, n, " after the recompute", report).await;
     Ok(())
+}
+
+/// Reports Redis's memory per SKU, the streams' share of it (entries retention has not
+/// trimmed yet included) and the `MEMORY USAGE` of one SKU's records.
+async fn redis_memory(target: &Target, n: usize, when: &str, report: &mut Report) {
+    let Some(url) = &target.redis_url else { return };
+    match crate::redis_baseline::memory(url, &format!(":{}", catalogue::sku(n / 2))).await {
+        Ok(memory) => {
+            report.figure(
+                &format!("redis: used_memory per SKU{when}"),
+                memory.used as f64 / n as f64,
+                "bytes/SKU",
+            );
+            report.figure(
+                "  of which streams (not yet trimmed to retention)",
+                memory.streams as f64 / n as f64,
+                "bytes/SKU",
+            );
+            for (key, bytes) in memory.records {
+                let name = key.split("}:").nth(1).unwrap_or(&key).to_owned();
+                report.figure(&format!("  redis: {name}"), bytes as f64, "bytes");
+            }
+        }
+        Err(e) => eprintln!("reading redis memory failed: {e:#}"),
+    }
 }
