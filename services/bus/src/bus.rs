@@ -585,7 +585,8 @@ impl Bus {
         .into())
     }
 
-    /// Deletes `namespace`/`key` if the version check passes; true if it existed.
+    /// Deletes `namespace`/`key` if the version check passes, with its kept versions
+    /// ([`StateWrite::set_kept`]); true if it existed.
     pub async fn delete_state(
         &self,
         namespace: &str,

@@ -1556,6 +1556,21 @@ async fn history_keeps_versions_within_their_limits(kind: Kind) {
         bus.history_at("rate", "SKU-OTHER", 10_000).await.unwrap(),
         Default::default()
     );
+    // A deleted record's versions go with it; a record created again starts afresh.
+    bus.delete_state("rate", "SKU-H", Expect::Any)
+        .await
+        .unwrap();
+    assert_eq!(
+        bus.history_at("rate", "SKU-H", 10_000).await.unwrap(),
+        Default::default()
+    );
+    for (v, at) in [(1, 20_000), (2, 21_000)] {
+        let write = StateWrite::new("rate", "SKU-H").set_kept("card", card(v), at, v, limits);
+        bus.write_state(write).await.unwrap();
+    }
+    let lookup = bus.history_at("rate", "SKU-H", 20_500).await.unwrap();
+    assert_eq!(lookup.found.map(|e| e.payload), Some(card(1)));
+    assert_eq!(lookup.oldest, Some((1, 20_000)));
 }
 
 /// Concurrent read-modify-writes of one record through `update_state` lose no update,

@@ -167,6 +167,7 @@ impl StateStore {
             .and_then(|m| m.get(key))
             .map_or(0, |s| s.record.version);
         check(expect, ns, key, current)?;
+        lock(&self.histories[shard_of(key)]).remove(&(ns.to_owned(), key.to_owned()));
         Ok(shard.get_mut(ns).and_then(|m| m.remove(key)).is_some())
     }
 

@@ -335,11 +335,13 @@ end
 return out
 "#;
 
-/// KEYS: state hash, state index. ARGV: mode, expected version, key.
+/// KEYS: state hash, state index, history, history in the earlier layout. ARGV: mode,
+/// expected version, key. The record's kept versions go with it.
 const DELETE_STATE: &str = r#"
 local cur = tonumber(redis.call('HGET', KEYS[1], '_v') or '0')
 if ARGV[1] == 'eq' and cur ~= tonumber(ARGV[2]) then return {0, cur} end
 local n = redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[3], KEYS[4])
 redis.call('ZREM', KEYS[2], ARGV[3])
 return {1, n}
 "#;

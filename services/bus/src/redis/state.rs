@@ -251,6 +251,8 @@ impl RedisBackend {
             .delete_state
             .key(self.keys.state(ns, key))
             .key(self.keys.state_index(ns, self.keys.partition_of(key)))
+            .key(self.keys.history(ns, key))
+            .key(self.keys.legacy_history(ns, key))
             .arg(mode)
             .arg(expected)
             .arg(key)
