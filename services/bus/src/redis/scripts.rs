@@ -213,9 +213,11 @@ return removed
 /// n remove, field×n, n events, then per event: n fields, (name, value)×n; n history
 /// (0|1), then for 1: from when (µs), version, kept field, horizon (µs), max versions.
 ///
-/// History: the state hash's `_h` holds `<from µs>,<version>,<n>,<field>` of the current
-/// version, whose payload is the field itself; the history key is a string of the `n`
-/// superseded versions, oldest first, each `<from µs>,<version>,<length>:<payload>`. A
+/// History: the state hash's `_h` holds `<from µs>,<version>,<n>,<oldest from µs>,<field>`
+/// of the current version, whose payload is the field itself (the oldest version's start
+/// tells whether the horizon can drop anything without reading the versions); the history
+/// key is a string of the `n` superseded versions, oldest first, each
+/// `<from µs>,<version>,<length>:<payload>`. A
 /// kept write appends the current version to it, becomes the current one, and drops
 /// versions from the front: beyond max versions (the current counts), or superseded
 /// before the horizon (the one current at it stays). A key kept in the earlier layout (a
@@ -224,50 +226,53 @@ return removed
 /// Returns per record `{1, version, id...}` (the appended ids in order) or
 /// `{0, current version}`.
 const WRITE_STATES: &str = r#"
-local function keep(state, hk, lk, at, ver, field, horizon, maxv)
-  local meta = redis.call('HGET', state, '_h')
-  local n = 0
+local function keep(state, hk, lk, meta, at, ver, field, horizon, maxv)
+  local n, oldest = 0, at
   if meta then
-    local ma, mv, mc, mf = string.match(meta, '^(-?%d+),(%d+),(%d+),(.*)$')
+    local ma, mv, mc, mo, mf = string.match(meta, '^(-?%d+),(%d+),(%d+),(-?%d+),(.*)$')
     local old = redis.call('HGET', state, 'f:' .. mf) or ''
-    -- SET, not APPEND: APPEND leaves the string room to grow (up to twice its size), and
-    -- most keys gain a version rarely.
     local kept = ''
-    if tonumber(mc) > 0 then kept = redis.call('GET', hk) or '' end
+    n = tonumber(mc)
+    if n > 0 then kept = redis.call('GET', hk) or '' else mo = ma end
     redis.call('SET', hk, kept .. ma .. ',' .. mv .. ',' .. #old .. ':' .. old)
-    n = tonumber(mc) + 1
+    n, oldest = n + 1, mo
   else
     local z = redis.call('ZRANGE', lk, 0, -1, 'WITHSCORES')
     if #z > 0 then
       redis.call('SET', hk, legacy_entries(z, #z))
       redis.call('DEL', lk)
-      n = #z / 2
+      n, oldest = #z / 2, z[2]
     end
   end
-  local drop = 0
-  while n > 0 do
-    local head = redis.call('GETRANGE', hk, drop, drop + 63)
-    local _, _, l, p = string.match(head, '^(-?%d+),(%d+),(%d+):()')
-    local size = p - 1 + tonumber(l)
-    local next_at = tonumber(at)
-    if n > 1 then
-      next_at = tonumber(string.match(redis.call('GETRANGE', hk, drop + size, drop + size + 31), '^(-?%d+),'))
+  -- A limit can only bite when there are more versions than kept, or the oldest began
+  -- before the horizon (versions grow with their start, so otherwise none was superseded
+  -- before it).
+  if n > 0 and (n + 1 > maxv or tonumber(oldest) < horizon) then
+    local drop = 0
+    while n > 0 do
+      local head = redis.call('GETRANGE', hk, drop, drop + 63)
+      local a, _, l, p = string.match(head, '^(-?%d+),(%d+),(%d+):()')
+      local size = p - 1 + tonumber(l)
+      oldest = a
+      local next_at = at
+      if n > 1 then
+        next_at = string.match(redis.call('GETRANGE', hk, drop + size, drop + size + 31), '^(-?%d+),')
+      end
+      if n + 1 > maxv or tonumber(next_at) < horizon then
+        drop = drop + size
+        n = n - 1
+        oldest = next_at
+      else
+        break
+      end
     end
-    if n + 1 > maxv or next_at < horizon then
-      drop = drop + size
-      n = n - 1
-    else
-      break
-    end
-  end
-  if drop > 0 then
     if n == 0 then
       redis.call('DEL', hk)
-    else
+    elseif drop > 0 then
       redis.call('SET', hk, redis.call('GETRANGE', hk, drop, -1))
     end
   end
-  return at .. ',' .. ver .. ',' .. n .. ',' .. field
+  return at .. ',' .. ver .. ',' .. n .. ',' .. oldest .. ',' .. field
 end
 local out = {}
 local k, i = 1, 2
@@ -311,7 +316,13 @@ for r = 1, tonumber(ARGV[1]) do
     k = k + 2
     i = i + 5
   end
-  local cur = tonumber(redis.call('HGET', state, '_v') or '0')
+  local cur, meta
+  if hk then
+    local vm = redis.call('HMGET', state, '_v', '_h')
+    cur, meta = tonumber(vm[1] or '0'), vm[2]
+  else
+    cur = tonumber(redis.call('HGET', state, '_v') or '0')
+  end
   if mode == 'eq' and cur ~= expected then
     out[r] = {0, cur}
   else
@@ -321,7 +332,7 @@ for r = 1, tonumber(ARGV[1]) do
     for e = 1, #xas do ok[e + 2] = redis.call('XADD', unpack(xas[e])) end
     if hk then
       sets[#sets + 1] = '_h'
-      sets[#sets + 1] = keep(state, hk, lk, ARGV[h], ARGV[h + 1], ARGV[h + 2],
+      sets[#sets + 1] = keep(state, hk, lk, meta, ARGV[h], ARGV[h + 1], ARGV[h + 2],
         tonumber(ARGV[h + 3]), tonumber(ARGV[h + 4]))
     end
     if #rems > 0 then redis.call('HDEL', state, unpack(rems)) end
@@ -353,13 +364,13 @@ return {1, n}
 const HISTORY_AT: &str = r#"
 local meta = redis.call('HGET', KEYS[2], '_h')
 if meta then
-  local field = string.match(meta, '^[^,]*,[^,]*,[^,]*,(.*)$')
+  local field = string.match(meta, '^[^,]*,[^,]*,[^,]*,[^,]*,(.*)$')
   return {meta, redis.call('HGET', KEYS[2], 'f:' .. field) or '', redis.call('GET', KEYS[1]) or ''}
 end
 local z = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
 if #z == 0 then return {} end
 local last = z[#z - 1]
-return {z[#z] .. ',' .. legacy_version(last) .. ',0,', string.sub(last, 9), legacy_entries(z, #z - 2)}
+return {z[#z] .. ',' .. legacy_version(last) .. ',0,' .. z[#z] .. ',', string.sub(last, 9), legacy_entries(z, #z - 2)}
 "#;
 
 /// Reading the earlier history layout: a member's 8-byte big-endian version as decimal,
