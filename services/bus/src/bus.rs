@@ -14,7 +14,7 @@ use crate::cursor::Cursor;
 use crate::entry::{Appended, DeadLetter, DeadLetterRef, Delivery, EntryId, Event, NackOutcome};
 use crate::error::{BusError, BusResult};
 use crate::memory::{MemoryBackend, MemoryConsumer, MemoryTail};
-use crate::names::{check_key, check_name};
+use crate::names::{check_group, check_key, check_name, check_state_key};
 use crate::options::BusOptions;
 use crate::partition::partition_of;
 use crate::redis::{RedisBackend, RedisConsumer, RedisTail};
@@ -354,7 +354,10 @@ impl Bus {
 
     fn check_write(write: &StateWrite) -> BusResult<()> {
         check_name("namespace", &write.namespace)?;
-        check_key("state key", &write.key)?;
+        check_state_key(&write.key)?;
+        if let Some(group) = &write.group {
+            check_group(group)?;
+        }
         for field in write.set.keys().chain(&write.remove) {
             check_key(
                 &format!("field of state {}/{}", write.namespace, write.key),
@@ -594,7 +597,7 @@ impl Bus {
         expect: Expect,
     ) -> BusResult<bool> {
         check_name("namespace", namespace)?;
-        check_key("state key", key)?;
+        check_state_key(key)?;
         match &self.backend {
             Backend::Memory(m) => m.delete_state(namespace, key, expect),
             Backend::Redis(r) => r.delete_state(namespace, key, expect).await,
@@ -614,8 +617,27 @@ impl Bus {
         check_name("namespace", namespace)?;
         let limit = limit.max(1);
         match &self.backend {
-            Backend::Memory(m) => m.scan_states(namespace, page, limit),
-            Backend::Redis(r) => r.scan_states(namespace, page, limit).await,
+            Backend::Memory(m) => m.scan_states(namespace, None, page, limit),
+            Backend::Redis(r) => r.scan_states(namespace, None, page, limit).await,
+        }
+    }
+
+    /// One page of the records of `namespace` listed under `group`
+    /// ([`StateWrite::listed_in`]), reading only those: a category's SKUs without walking
+    /// the catalogue. Pages and guarantees as [`Self::scan_states`].
+    pub async fn scan_group(
+        &self,
+        namespace: &str,
+        group: &str,
+        page: Option<&str>,
+        limit: usize,
+    ) -> BusResult<StatePage> {
+        check_name("namespace", namespace)?;
+        check_group(group)?;
+        let limit = limit.max(1);
+        match &self.backend {
+            Backend::Memory(m) => m.scan_states(namespace, Some(group), page, limit),
+            Backend::Redis(r) => r.scan_states(namespace, Some(group), page, limit).await,
         }
     }
 

@@ -30,6 +30,28 @@ pub(crate) fn check_key(what: &str, key: &str) -> Result<(), BusError> {
     Ok(())
 }
 
+/// A state key: a key that also names its record in the scan indexes, where a NUL byte
+/// separates a record's group from its key.
+pub(crate) fn check_state_key(key: &str) -> Result<(), BusError> {
+    check_key("state key", key)?;
+    no_nul("state key", key)
+}
+
+/// A group a state record is listed under (1-1024 bytes, no NUL byte).
+pub(crate) fn check_group(group: &str) -> Result<(), BusError> {
+    check_key("state group", group)?;
+    no_nul("state group", group)
+}
+
+fn no_nul(what: &str, value: &str) -> Result<(), BusError> {
+    if value.contains('\0') {
+        return Err(BusError::InvalidInput(format!(
+            "{what} {value:?} must not contain a NUL byte"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,6 +47,9 @@ pub struct StateWrite {
     /// [`StateWrite::unlisted`] was called. A record only ever read by its key leaves it
     /// false and saves its index entry (~100 bytes in Redis).
     pub listed: bool,
+    /// The group a listed record is listed under ([`StateWrite::listed_in`]); `None`
+    /// leaves it where it is.
+    pub group: Option<String>,
 }
 
 /// One version kept in a key's history (e.g. a published rate card), found again by
@@ -92,6 +95,7 @@ impl StateWrite {
             remove: Vec::new(),
             history: None,
             listed: true,
+            group: None,
         }
     }
 
@@ -99,6 +103,15 @@ impl StateWrite {
     /// [`crate::Bus::scan_states`]: for records only ever read by their key.
     pub fn unlisted(mut self) -> Self {
         self.listed = false;
+        self
+    }
+
+    /// Lists the record under `group` (a category, say), so [`crate::Bus::scan_group`]
+    /// reads that group's records without walking the rest; [`crate::Bus::scan_states`]
+    /// still lists it. A write naming another group moves it there; a write naming none
+    /// leaves it where it is. A record created unlisted stays unlisted.
+    pub fn listed_in(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
         self
     }
 

@@ -1340,6 +1340,104 @@ async fn unlisted_records_are_read_by_key_and_never_scanned(kind: Kind) {
     assert_eq!(n(2), Some((2, Bytes::from("3"))));
 }
 
+/// Every key of a scan, page by page (`group` picks a group scan), sorted.
+async fn scanned(bus: &Bus, group: Option<&str>, page_size: usize) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut page = None;
+    loop {
+        let p = match group {
+            Some(g) => bus.scan_group("sku", g, page.as_deref(), page_size).await,
+            None => bus.scan_states("sku", page.as_deref(), page_size).await,
+        }
+        .unwrap();
+        keys.extend(p.items.into_iter().map(|(k, _)| k));
+        match p.next {
+            Some(next) => page = Some(next),
+            None => break,
+        }
+    }
+    keys.sort();
+    keys
+}
+
+async fn grouped_records_are_scanned_by_group(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    let key = |i: usize| format!("SKU-{i:02}");
+    // Groups by i % 3; every fourth ungrouped; every fifth created unlisted.
+    for i in 0..30 {
+        let mut write = StateWrite::new("sku", key(i)).set("n", i.to_string());
+        if i % 4 != 0 {
+            write = write.listed_in(format!("cat-{}", i % 3));
+        }
+        if i % 5 == 0 {
+            write = write.unlisted();
+        }
+        bus.write_state(write).await.unwrap();
+    }
+    let listed = |i: &usize| i % 5 != 0;
+    let in_group = |g: usize| {
+        (0..30)
+            .filter(|i| listed(i) && i % 4 != 0 && i % 3 == g)
+            .map(key)
+            .collect::<Vec<_>>()
+    };
+    for g in 0..3 {
+        assert_eq!(
+            scanned(bus, Some(&format!("cat-{g}")), 3).await,
+            in_group(g)
+        );
+    }
+    assert_eq!(scanned(bus, Some("cat-9"), 3).await, Vec::<String>::new());
+    let all: Vec<String> = (0..30).filter(listed).map(key).collect();
+    assert_eq!(scanned(bus, None, 4).await, all);
+
+    // A write naming another group moves the record; one naming none leaves it; an
+    // ungrouped record joins the group it is given; an unlisted one stays unlisted.
+    bus.write_state(StateWrite::new("sku", key(1)).listed_in("cat-2"))
+        .await
+        .unwrap();
+    bus.write_state(StateWrite::new("sku", key(2)).set("n", "again"))
+        .await
+        .unwrap();
+    bus.write_state(StateWrite::new("sku", key(4)).listed_in("cat-2"))
+        .await
+        .unwrap();
+    bus.write_state(StateWrite::new("sku", key(10)).listed_in("cat-2"))
+        .await
+        .unwrap();
+    let mut cat2 = in_group(2);
+    cat2.extend([key(1), key(4)]);
+    cat2.sort();
+    assert_eq!(scanned(bus, Some("cat-2"), 2).await, cat2);
+    assert!(!scanned(bus, Some("cat-1"), 2).await.contains(&key(1)));
+    assert_eq!(scanned(bus, None, 7).await, all);
+    let got = bus.get_states("sku", &[key(1), key(2)]).await.unwrap();
+    assert_eq!(got[0].as_ref().map(|r| r.version), Some(2));
+    assert_eq!(
+        got[1].as_ref().map(|r| r.fields["n"].clone()),
+        Some(Bytes::from("again"))
+    );
+
+    // Deleting a record takes it out of its group.
+    assert!(bus.delete_state("sku", &key(1), Expect::Any).await.unwrap());
+    assert!(!scanned(bus, Some("cat-2"), 2).await.contains(&key(1)));
+    assert!(!scanned(bus, None, 7).await.contains(&key(1)));
+
+    // The NUL byte separates group from key in the index: neither may hold one.
+    for write in [
+        StateWrite::new("sku", "SKU-x").listed_in("cat\0x"),
+        StateWrite::new("sku", "SKU\0x").listed_in("cat-0"),
+    ] {
+        let err = bus.write_state(write).await.unwrap_err();
+        assert!(
+            matches!(&err, BusError::InvalidInput(m) if m.contains("NUL")),
+            "{err}"
+        );
+    }
+    assert!(bus.scan_group("sku", "", None, 5).await.is_err());
+}
+
 async fn scheduler_fires_each_timer_once(kind: Kind) {
     let f = fixture(kind).await;
     let bus = f.bus.clone();
@@ -1746,6 +1844,7 @@ conformance!(
     stats_report_backlog_and_end_cursor,
     scan_states_visits_every_key_once,
     unlisted_records_are_read_by_key_and_never_scanned,
+    grouped_records_are_scanned_by_group,
     scheduler_fires_each_timer_once,
     bad_names_and_keys_are_rejected,
     traceparent_travels_with_the_entry,

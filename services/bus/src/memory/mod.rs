@@ -191,10 +191,11 @@ impl MemoryBackend {
     pub(crate) fn scan_states(
         &self,
         ns: &str,
+        group: Option<&str>,
         page: Option<&str>,
         limit: usize,
     ) -> BusResult<StatePage> {
-        self.state.scan(ns, page, limit)
+        self.state.scan(ns, group, page, limit)
     }
 
     pub(crate) fn idempotency_begin(

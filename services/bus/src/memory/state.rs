@@ -22,11 +22,13 @@ const SHARDS: usize = 64;
 
 type Namespaces = HashMap<String, BTreeMap<String, Stored>>;
 
-/// A record and whether scans list it ([`StateWrite::listed`] of its first write).
+/// A record, whether scans list it ([`StateWrite::listed`] of its first write) and the
+/// group it is listed under.
 #[derive(Default)]
 struct Stored {
     record: StateRecord,
     listed: bool,
+    group: Option<String>,
 }
 
 /// Kept versions of one key, by `(at_us, version)`.
@@ -143,7 +145,11 @@ impl StateStore {
             .or_insert_with(|| Stored {
                 record: StateRecord::default(),
                 listed: write.listed,
+                group: None,
             });
+        if stored.listed && write.group.is_some() {
+            stored.group = write.group;
+        }
         let record = &mut stored.record;
         record.version = current + 1;
         for field in &write.remove {
@@ -171,8 +177,15 @@ impl StateStore {
         Ok(shard.get_mut(ns).and_then(|m| m.remove(key)).is_some())
     }
 
-    /// A page of `ns`, ordered by shard and then key.
-    pub(super) fn scan(&self, ns: &str, page: Option<&str>, limit: usize) -> BusResult<StatePage> {
+    /// A page of `ns` (of its records listed under `group`, if given), ordered by shard and
+    /// then key.
+    pub(super) fn scan(
+        &self,
+        ns: &str,
+        group: Option<&str>,
+        page: Option<&str>,
+        limit: usize,
+    ) -> BusResult<StatePage> {
         let (mut shard, mut after) = match page {
             Some(token) => {
                 let (shard, key) = parse_page_token(token)?;
@@ -190,7 +203,9 @@ impl StateStore {
                 };
                 for (k, s) in map
                     .range((lower, Bound::Unbounded))
-                    .filter(|(_, s)| s.listed)
+                    .filter(|(_, s)| {
+                        s.listed && group.is_none_or(|g| s.group.as_deref() == Some(g))
+                    })
                     .take(limit - items.len())
                 {
                     items.push((k.clone(), s.record.clone()));

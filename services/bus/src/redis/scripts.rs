@@ -208,8 +208,9 @@ return removed
 /// ARGV[1] is the number of records; then per record, with its keys taken in order from
 /// KEYS: state hash and state index (always), stream (only when publishing), history and
 /// the key's history in the earlier layout (only when keeping a version).
-/// ARGV per record: mode ('any'|'eq'), expected version, key, listed ('1'|'0': whether a
-/// record this write creates goes into the index), n set, (field, value)×n,
+/// ARGV per record: mode ('any'|'eq'), expected version, key, listed ('0': a record
+/// this write creates goes into no index; '1': into the index; 'g' .. group: into the
+/// index under that group, moving a listed record from the group it was in), n set, (field, value)×n,
 /// n remove, field×n, n events, then per event: n fields, (name, value)×n; n history
 /// (0|1), then for 1: from when (µs), version, kept field, horizon (µs), max versions.
 ///
@@ -223,6 +224,10 @@ return removed
 /// before the horizon (the one current at it stays). A key kept in the earlier layout (a
 /// sorted set of 8-byte big-endian version ‖ payload, scored by from µs) is moved into
 /// the string on its next kept write.
+/// Index: the state index is a sorted set of members with score 0, ordered by member:
+/// the key of an ungrouped record, `<group>\0<key>` of a grouped one, whose group the
+/// hash's `_g` holds, so a group's records are one range of it.
+///
 /// Returns per record `{1, version, id...}` (the appended ids in order) or
 /// `{0, current version}`.
 const WRITE_STATES: &str = r#"
@@ -316,10 +321,12 @@ for r = 1, tonumber(ARGV[1]) do
     k = k + 2
     i = i + 5
   end
-  local cur, meta
-  if hk then
-    local vm = redis.call('HMGET', state, '_v', '_h')
-    cur, meta = tonumber(vm[1] or '0'), vm[2]
+  local group
+  if string.byte(listed, 1) == 103 then group = string.sub(listed, 2) end
+  local cur, meta, held
+  if hk or group then
+    local vm = redis.call('HMGET', state, '_v', '_h', '_g')
+    cur, meta, held = tonumber(vm[1] or '0'), vm[2], vm[3]
   else
     cur = tonumber(redis.call('HGET', state, '_v') or '0')
   end
@@ -335,10 +342,27 @@ for r = 1, tonumber(ARGV[1]) do
       sets[#sets + 1] = keep(state, hk, lk, meta, ARGV[h], ARGV[h + 1], ARGV[h + 2],
         tonumber(ARGV[h + 3]), tonumber(ARGV[h + 4]))
     end
+    if cur == 0 and listed ~= '0' then
+      if group then
+        redis.call('ZADD', index, 0, group .. '\0' .. key)
+        sets[#sets + 1] = '_g'
+        sets[#sets + 1] = group
+      else
+        redis.call('ZADD', index, 0, key)
+      end
+    elseif group and held ~= group then
+      -- Moves a listed record to its new group; a record created unlisted is in no index.
+      local was = key
+      if held then was = held .. '\0' .. key end
+      if redis.call('ZREM', index, was) == 1 then
+        redis.call('ZADD', index, 0, group .. '\0' .. key)
+        sets[#sets + 1] = '_g'
+        sets[#sets + 1] = group
+      end
+    end
     if #rems > 0 then redis.call('HDEL', state, unpack(rems)) end
     local v = cur + 1
     redis.call('HSET', state, '_v', v, unpack(sets))
-    if cur == 0 and listed == '1' then redis.call('ZADD', index, 0, key) end
     ok[2] = v
     out[r] = ok
   end
@@ -347,13 +371,17 @@ return out
 "#;
 
 /// KEYS: state hash, state index, history, history in the earlier layout. ARGV: mode,
-/// expected version, key. The record's kept versions go with it.
+/// expected version, key. The record's kept versions and its index member (of its group,
+/// if any) go with it.
 const DELETE_STATE: &str = r#"
-local cur = tonumber(redis.call('HGET', KEYS[1], '_v') or '0')
+local vg = redis.call('HMGET', KEYS[1], '_v', '_g')
+local cur = tonumber(vg[1] or '0')
 if ARGV[1] == 'eq' and cur ~= tonumber(ARGV[2]) then return {0, cur} end
 local n = redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[3], KEYS[4])
-redis.call('ZREM', KEYS[2], ARGV[3])
+local member = ARGV[3]
+if vg[2] then member = vg[2] .. '\0' .. member end
+redis.call('ZREM', KEYS[2], member)
 return {1, n}
 "#;
 

@@ -108,7 +108,11 @@ impl RedisBackend {
             inv.arg(mode)
                 .arg(expected)
                 .arg(key.as_str())
-                .arg(if write.listed { "1" } else { "0" });
+                .arg(match (&write.group, write.listed) {
+                    (_, false) => "0".to_owned(),
+                    (None, true) => "1".to_owned(),
+                    (Some(group), true) => format!("g{group}"),
+                });
             inv.arg(write.set.len());
             for (field, value) in &write.set {
                 inv.arg(field.as_str()).arg(value.as_ref());
@@ -270,10 +274,14 @@ impl RedisBackend {
         }
     }
 
-    /// A page of `ns`, ordered by partition and then key (from the per-partition index).
+    /// A page of `ns` (of its records listed under `group`, if given), ordered by
+    /// partition and then index member: a group's records are one range of the
+    /// partition's index (`<group>\0<key>`, see `WRITE_STATES`). A page token holds the
+    /// last member read, less the group's prefix in a group scan.
     pub(crate) async fn scan_states(
         &self,
         ns: &str,
+        group: Option<&str>,
         page: Option<&str>,
         limit: usize,
     ) -> BusResult<StatePage> {
@@ -284,21 +292,31 @@ impl RedisBackend {
             }
             None => (0, None),
         };
+        let prefix = group.map(|g| format!("{g}\0")).unwrap_or_default();
+        let max = group.map_or("+".to_owned(), |g| format!("({g}\u{1}"));
         let mut conn = self.conn();
         let mut items = Vec::new();
         while p < self.opts.partitions && items.len() < limit {
             let want = limit - items.len();
-            let min = after.as_ref().map_or("-".to_owned(), |k| format!("({k}"));
-            let keys: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            let min = match &after {
+                Some(a) => format!("({prefix}{a}"),
+                None if group.is_some() => format!("[{prefix}"),
+                None => "-".to_owned(),
+            };
+            let members: Vec<String> = redis::cmd("ZRANGEBYLEX")
                 .arg(self.keys.state_index(ns, p))
                 .arg(min)
-                .arg("+")
+                .arg(&max)
                 .arg("LIMIT")
                 .arg(0)
                 .arg(want)
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| self.fail(e, || format!("scan of state namespace {ns}")))?;
+            let keys: Vec<&str> = members
+                .iter()
+                .map(|m| m.split_once('\0').map_or(m.as_str(), |(_, key)| key))
+                .collect();
             if !keys.is_empty() {
                 let mut pipe = redis::pipe();
                 for k in &keys {
@@ -310,15 +328,15 @@ impl RedisBackend {
                     .map_err(|e| self.fail(e, || format!("scan of state namespace {ns}")))?;
                 for (k, r) in keys.iter().zip(&records) {
                     if let Some(record) = record_of(r)? {
-                        items.push((k.clone(), record));
+                        items.push(((*k).to_owned(), record));
                     }
                 }
             }
-            if keys.len() < want {
+            if members.len() < want {
                 p += 1;
                 after = None;
             } else {
-                after = keys.last().cloned();
+                after = members.last().map(|m| m[prefix.len()..].to_owned());
             }
         }
         let next =
