@@ -103,6 +103,19 @@ pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
             engine::consumer::run(engine, stream, name, shutdown).await
         });
     }
+    let (index_engine, index_shutdown) = (engine.clone(), shutdown.clone());
+    module = module.task("rates category index", async move {
+        // Retried until done: until then category sweeps walk every SKU.
+        while let Err(e) = engine::timers::index_categories(&index_engine).await {
+            tracing::warn!(error = %e, "listing rate records under their categories failed; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                () = index_shutdown.cancelled() => return Ok(()),
+            }
+        }
+        index_shutdown.cancelled().await;
+        Ok(())
+    });
     let mut timers_loaded = loaded;
     Ok(module.task("rates recompute timers", async move {
         if !wait_loaded(&mut timers_loaded, &shutdown).await {

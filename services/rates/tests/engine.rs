@@ -650,3 +650,80 @@ async fn a_record_kept_in_memory_and_changed_by_another_replica_is_read_again() 
         assert_eq!(record.fields, expected.fields, "after step {step}");
     }
 }
+
+/// The SKUs a group scan of the rate records lists, sorted.
+async fn listed_under(bus: &ratemesh_bus::Bus, category: &str) -> Vec<String> {
+    let page = bus
+        .scan_group(NAMESPACE, category, None, 100)
+        .await
+        .unwrap();
+    let mut skus: Vec<String> = page.items.into_iter().map(|(k, _)| k).collect();
+    skus.sort();
+    skus
+}
+
+/// Rewrites `sku`'s record as a release that did not list records by category stored it.
+async fn as_written_before_categories(bus: &ratemesh_bus::Bus, sku: &str) {
+    let stored = bus.get_state(NAMESPACE, sku).await.unwrap().unwrap();
+    bus.delete_state(NAMESPACE, sku, ratemesh_bus::Expect::Any)
+        .await
+        .unwrap();
+    let mut write = StateWrite::new(NAMESPACE, sku);
+    for (field, value) in stored.fields {
+        write = write.set(field, value);
+    }
+    bus.write_state(write).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_category_sweep_reads_only_its_category_once_records_are_listed_under_it() {
+    let bus = memory_bus();
+    let engine = engine(&bus, example_policy());
+    let skus = [
+        ("H-1", "home"),
+        ("H-2", "home"),
+        ("H-3", "home"),
+        ("T-1", "toys"),
+        ("T-2", "toys"),
+    ];
+    let mut entries = Vec::new();
+    for (s, category) in skus {
+        entries.push(stock(s, 500, 1, t(0), Some(10)).1);
+        entries.push(product(s, category, 100, 40, t(1)).1);
+    }
+    bus.publish_batch(STOCK, entries).await.unwrap();
+    let (stop, task) = spawn_consumer(&engine, STOCK, "c1");
+    drained(&bus, STOCK, Duration::from_secs(10)).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(listed_under(&bus, "home").await, ["H-1", "H-2", "H-3"]);
+    assert_eq!(listed_under(&bus, "toys").await, ["T-1", "T-2"]);
+
+    // Records of an earlier release are in no category: until they have been listed,
+    // a category's sweep walks every SKU and still re-prices them (and lists them).
+    as_written_before_categories(&bus, "H-3").await;
+    as_written_before_categories(&bus, "T-2").await;
+    assert_eq!(listed_under(&bus, "home").await, ["H-1", "H-2"]);
+    let swept = timers::sweep(&engine, Some("home"), t(60), false, None)
+        .await
+        .unwrap();
+    assert_eq!(swept, 3);
+    assert_eq!(listed_under(&bus, "home").await, ["H-1", "H-2", "H-3"]);
+
+    // The one-time pass lists the rest; it is done once.
+    assert_eq!(timers::index_categories(&engine).await.unwrap(), 5);
+    assert_eq!(listed_under(&bus, "toys").await, ["T-1", "T-2"]);
+    assert_eq!(timers::index_categories(&engine).await.unwrap(), 0);
+
+    // From then on a category's sweep reads its group only: a record left outside it
+    // (which only an earlier release writes) is not visited.
+    as_written_before_categories(&bus, "H-1").await;
+    let swept = timers::sweep(&engine, Some("home"), t(120), false, None)
+        .await
+        .unwrap();
+    assert_eq!(swept, 2);
+    let swept = timers::sweep(&engine, None, t(180), false, None)
+        .await
+        .unwrap();
+    assert_eq!(swept, 5);
+}

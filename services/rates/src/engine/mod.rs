@@ -548,6 +548,13 @@ impl Engine {
         write: StateWrite,
         categories: &[Override],
     ) -> (Update<Outcome>, Option<DateTime<Utc>>, EngineRecord) {
+        // Listed under its category, so a category's recompute reads only its SKUs.
+        let write = match record.category() {
+            Some(category) if !category.is_empty() && !category.contains('\0') => {
+                write.listed_in(category)
+            }
+            _ => write,
+        };
         let next = self.next_recompute(&record, categories);
         let mut timer = None;
         if next != record.next_recompute {

@@ -213,11 +213,18 @@ pub async fn sweep(
         }
         let mut changed = 0u64;
         let (mut pages, mut scanned) = (0u64, 0u64);
+        // A category's SKUs are listed under it: its sweep reads only them, once records
+        // written before categories were listed have been listed too.
+        let by_group = match category {
+            Some(c) if categories_indexed(engine.bus()).await? => Some(c),
+            _ => None,
+        };
         let scan = |page: Option<String>| async move {
-            engine
-                .bus()
-                .scan_states(NAMESPACE, page.as_deref(), options.scan_page)
-                .await
+            let bus = engine.bus();
+            match by_group {
+                Some(c) => bus.scan_group(NAMESPACE, c, page.as_deref(), options.scan_page).await,
+                None => bus.scan_states(NAMESPACE, page.as_deref(), options.scan_page).await,
+            }
         };
         let mut batch = scan(page).await?;
         loop {
@@ -307,6 +314,71 @@ pub async fn sweep(
         Err(e) => tracing::warn!(category = %label, error = %e, "recompute sweep failed"),
     }
     result
+}
+
+/// State namespace noting that every rate record is listed under its category, so a
+/// category's sweep can read just that group ([`Bus::scan_group`]).
+pub const CATEGORY_INDEX: &str = "rates-category-index";
+const CATEGORY_INDEX_KEY: &str = "complete";
+
+async fn categories_indexed(bus: &Bus) -> BusResult<bool> {
+    Ok(bus
+        .get_state(CATEGORY_INDEX, CATEGORY_INDEX_KEY)
+        .await?
+        .is_some())
+}
+
+/// Lists every rate record under its category, once per deployment: records written
+/// before records were listed by category are only in the namespace's index, and until
+/// this pass has finished category sweeps walk every SKU. Safe to run on every replica at
+/// once and to cut short (each record is moved under its own version check; a record
+/// written meanwhile was listed by that write). Returns how many records it moved.
+pub async fn index_categories(engine: &Engine) -> Result<u64, EngineError> {
+    let bus = engine.bus();
+    if categories_indexed(bus).await? {
+        return Ok(0);
+    }
+    let page_size = engine.options().scan_page;
+    let (mut page, mut moved) = (None::<String>, 0u64);
+    loop {
+        let batch = bus
+            .scan_states(NAMESPACE, page.as_deref(), page_size)
+            .await?;
+        let writes = batch
+            .items
+            .iter()
+            .filter_map(|(key, stored)| {
+                let record = EngineRecord::decode(stored.fields.get(FIELD_ENGINE)?).ok()?;
+                let category = record
+                    .category()
+                    .filter(|c| !c.is_empty() && !c.contains('\0'))?;
+                let write = StateWrite::new(NAMESPACE, key.as_str())
+                    .expect_version(stored.version)
+                    .listed_in(category);
+                Some((write, None))
+            })
+            .collect();
+        for written in bus.write_states(writes).await {
+            match written {
+                Ok(_) => moved += 1,
+                Err(BusError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match batch.next {
+            Some(next) => page = Some(next),
+            None => break,
+        }
+    }
+    let done = StateWrite::new(CATEGORY_INDEX, CATEGORY_INDEX_KEY).set(
+        "at_ms",
+        Utc::now().timestamp_millis().to_string().into_bytes(),
+    );
+    bus.write_state(done).await?;
+    if moved > 0 {
+        tracing::info!(moved, "rate records listed under their categories");
+    }
+    Ok(moved)
 }
 
 impl From<EngineError> for BusError {
