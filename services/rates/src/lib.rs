@@ -41,6 +41,7 @@ pub fn engine_options(settings: &RatesSettings) -> EngineOptions {
     EngineOptions {
         concurrency: settings.recompute_concurrency,
         scan_page: settings.recompute_page_size,
+        sweep_pages: settings.recompute_pages_in_flight,
         timer_poll: Duration::from_millis(settings.timer_poll_ms),
         history_retention: chrono::TimeDelta::days(i64::from(settings.history_retention_days)),
         history_max_versions: u32::try_from(settings.history_max_versions).unwrap_or(u32::MAX),

@@ -26,6 +26,8 @@ pub struct RatesSettings {
     pub recompute_concurrency: usize,
     /// SKUs read per `scan_states` page by a recompute sweep (BFCM start: every SKU).
     pub recompute_page_size: usize,
+    /// Pages of a sweep computed and written at once, while the next is read.
+    pub recompute_pages_in_flight: usize,
     /// SKU records the consumer keeps in memory after writing them, so its next batch for
     /// the same SKUs skips reading and decoding them (0 keeps none).
     pub record_cache_skus: usize,
@@ -68,6 +70,10 @@ impl Section for RatesSettings {
                 self.recompute_concurrency as u64,
             ),
             ("rates.recompute_page_size", self.recompute_page_size as u64),
+            (
+                "rates.recompute_pages_in_flight",
+                self.recompute_pages_in_flight as u64,
+            ),
             ("rates.timer_poll_ms", self.timer_poll_ms),
             (
                 "rates.override_recompute_timeout_ms",
@@ -84,6 +90,12 @@ impl Section for RatesSettings {
             return Err(SettingsError::new(
                 "rates.recompute_page_size",
                 "must be at most 10000",
+            ));
+        }
+        if self.recompute_pages_in_flight > 64 {
+            return Err(SettingsError::new(
+                "rates.recompute_pages_in_flight",
+                "must be at most 64",
             ));
         }
         if self.watch_buffer > 1_000_000 {
@@ -115,6 +127,11 @@ mod tests {
                 "RATEMESH__RATES__RECOMPUTE_CONCURRENCY",
                 "5000",
                 "rates.recompute_concurrency",
+            ),
+            (
+                "RATEMESH__RATES__RECOMPUTE_PAGES_IN_FLIGHT",
+                "0",
+                "rates.recompute_pages_in_flight",
             ),
             (
                 "RATEMESH__RATES__HISTORY_RETENTION_DAYS",

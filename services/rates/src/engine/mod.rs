@@ -105,6 +105,8 @@ pub struct EngineOptions {
     pub concurrency: usize,
     /// SKUs per `scan_states` page in a sweep.
     pub scan_page: usize,
+    /// Pages of a sweep computed and written at once.
+    pub sweep_pages: usize,
     /// Timers claimed per poll.
     pub timer_batch: usize,
     /// How often due timers are polled.
@@ -127,6 +129,7 @@ impl Default for EngineOptions {
         Self {
             concurrency: 64,
             scan_page: 500,
+            sweep_pages: 4,
             timer_batch: 256,
             timer_poll: Duration::from_millis(500),
             sweep_lease: Duration::from_secs(300),
@@ -710,8 +713,12 @@ impl Engine {
     /// as of the event's time. Returns how many SKUs were recomputed.
     pub async fn apply_category(&self, category: &str, event: &Event) -> Result<u64, EngineError> {
         let at = event.priced_at();
+        // The sweep records how far it got under the override and instant it applies, so
+        // the entry delivered again after a crash resumes it instead of starting over.
+        let mut progress = None;
         match event {
             Event::OverrideSet { value, at } => {
+                progress = Some(format!("override:{}:{}", value.id, timers::ceil_ms(*at)));
                 self.categories().set(value, *at);
                 if let Some(end) = value.ends_at {
                     timers::schedule_category(self.bus(), category, end).await?;
@@ -721,11 +728,12 @@ impl Engine {
                 }
             }
             Event::OverrideCleared { id, at, .. } => {
+                progress = Some(format!("override:{id}:{}", timers::ceil_ms(*at)));
                 self.categories().clear(id, *at);
             }
             _ => {}
         }
-        timers::sweep(self, Some(category), at, false, None).await
+        timers::sweep(self, Some(category), at, false, progress.as_deref()).await
     }
 
     /// The published proto card of `sku`, if any (for callers that must answer with it).

@@ -12,8 +12,9 @@
 //!
 //! The due time inside the member is the `now` of the recompute, so a timer that fires
 //! late, or twice after a crash, computes the same card. Sweeps over many SKUs walk
-//! `scan_states` pages, each page's SKUs computed in memory and written in one step per
-//! partition, and report progress as metrics
+//! `scan_states` pages (a category's sweep only the category's records), each page's SKUs
+//! computed in memory and written in one step per partition, several pages at once, and
+//! report progress as metrics
 //! (`ratemesh_rates_recompute_*`); a sweep re-arms its own timer a lease ahead while it
 //! runs, so a crash mid-sweep only means the sweep runs again (SKUs already done are
 //! skipped: their tick at that instant is a duplicate).
@@ -21,8 +22,11 @@
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use ratemesh_bus::{Bus, BusError, BusResult, Expect, StateWrite, Update};
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use ratemesh_bus::{Bus, BusError, BusResult, Expect, StateRecord, StateWrite, Update};
 use ratemesh_core::{Event, Sku};
+use tokio_util::task::AbortOnDropHandle;
 
 use super::record::{EngineRecord, FIELD_ENGINE, NAMESPACE};
 use super::{Engine, EngineError};
@@ -180,10 +184,10 @@ const FIELD_PAGE: &str = "next_page";
 /// A sweep logs how far it got every this many pages.
 const PAGES_PER_PROGRESS_LOG: u64 = 20;
 
-/// Recomputes every SKU (of `category`, if given) as of `at`, a page of `scan_states` at
-/// a time: the page's SKUs computed in memory from the records the page carried and
-/// written in one step per partition ([`Engine::apply_decoded`]) while the next page is
-/// read. `tick` folds a tick (time passed: ended overrides are forgotten, a SKU already
+/// Recomputes every SKU (of `category`, if given) as of `at`, page by page: each page's
+/// SKUs computed in memory from the records the page carried and written in one step per
+/// partition ([`Engine::apply_decoded`]), up to `sweep_pages` pages at once while the next
+/// page is read. `tick` folds a tick (time passed: ended overrides are forgotten, a SKU already
 /// ticked at `at` is skipped); otherwise every SKU is recomputed. With `progress`, the sweep records the
 /// page it reached under that name after every page and starts from the recorded page if
 /// there is one (a previous attempt died). Returns how many SKUs changed.
@@ -226,83 +230,55 @@ pub async fn sweep(
                 None => bus.scan_states(NAMESPACE, page.as_deref(), options.scan_page).await,
             }
         };
-        let mut batch = scan(page).await?;
+        // Pages are read one after the other and computed and written up to
+        // `sweep_pages` at once, each on a task of its own. They finish in order here, so
+        // the progress recorded is a page before which every page is done.
+        let mut in_flight = FuturesOrdered::new();
+        let mut page = page;
         loop {
-            let scanned_here = batch.items.len() as u64;
-            let skus: Vec<(Sku, u64, EngineRecord)> = batch
-                .items
-                .into_iter()
-                .filter_map(|(key, rec)| {
-                    let engine_field = rec.fields.get(FIELD_ENGINE)?;
-                    let record = EngineRecord::decode(engine_field).ok()?;
-                    let wanted = match category {
-                        None => true,
-                        Some(c) => record.category() == Some(c),
-                    };
-                    let sku = Sku::new(key).ok()?;
-                    wanted.then_some((sku, rec.version, record))
-                })
-                .collect();
-            metrics::counter!("ratemesh_rates_recompute_scanned_total").increment(scanned_here);
-            // The page's SKUs at once (computed in memory, written in one step per
-            // partition) while the next page is read.
-            let work = async {
-                if tick {
-                    let runs = skus
-                        .into_iter()
-                        .map(|(sku, version, record)| {
-                            let event = Event::Tick {
-                                at,
-                                sku: Some(sku.clone()),
-                            };
-                            (sku, vec![event], version, record)
-                        })
-                        .collect();
-                    engine.apply_decoded(runs, None).await
-                } else {
-                    let runs = skus
-                        .into_iter()
-                        .map(|(sku, version, record)| (sku, Vec::new(), version, record))
-                        .collect();
-                    engine.apply_decoded(runs, Some(at)).await
-                }
-            };
+            let batch = scan(page.take()).await?;
             let following = batch.next.clone();
-            let read_ahead = async {
-                match &following {
-                    Some(next) => Some(scan(Some(next.clone())).await),
-                    None => None,
+            let scanned_here = batch.items.len() as u64;
+            metrics::counter!("ratemesh_rates_recompute_scanned_total").increment(scanned_here);
+            let work = AbortOnDropHandle::new(tokio::spawn(sweep_page(
+                engine.clone(),
+                batch.items,
+                category.map(str::to_owned),
+                at,
+                tick,
+            )));
+            let resume_at = following.clone();
+            in_flight.push_back(async move { (work.await, resume_at, scanned_here) });
+            while in_flight.len() >= options.sweep_pages.max(1)
+                || (following.is_none() && !in_flight.is_empty())
+            {
+                let Some((done, resume_at, scanned_here)) = in_flight.next().await else {
+                    break;
+                };
+                let (changed_here, computed) = done.map_err(|e| {
+                    EngineError::Bus(BusError::Backend(format!("a sweep page failed: {e}")))
+                })??;
+                metrics::counter!("ratemesh_rates_recompute_skus_total").increment(computed);
+                changed += changed_here;
+                pages += 1;
+                scanned += scanned_here;
+                if pages % PAGES_PER_PROGRESS_LOG == 0 {
+                    tracing::info!(category = %label, at = %at, scanned, changed, elapsed_s = started.elapsed().as_secs(), "recompute sweep in progress");
                 }
-            };
-            let (outcomes, next_batch) = tokio::join!(work, read_ahead);
-            let outcomes: Vec<bool> = outcomes
-                .into_iter()
-                .map(|outcome| outcome.map(|o| o.changed))
-                .collect::<Result<_, EngineError>>()?;
-            metrics::counter!("ratemesh_rates_recompute_skus_total").increment(outcomes.len() as u64);
-            changed += outcomes.into_iter().filter(|c| *c).count() as u64;
-            pages += 1;
-            scanned += scanned_here;
-            if pages % PAGES_PER_PROGRESS_LOG == 0 {
-                tracing::info!(category = %label, at = %at, scanned, changed, elapsed_s = started.elapsed().as_secs(), "recompute sweep in progress");
+                if let (Some(name), Some(next)) = (progress, resume_at) {
+                    let write = StateWrite::new(SWEEPS, name).set(FIELD_PAGE, next.into_bytes());
+                    engine.bus().write_state(write).await?;
+                }
             }
-            match (following, next_batch) {
-                (Some(next), Some(next_batch)) => {
-                    if let Some(name) = progress {
-                        let write = StateWrite::new(SWEEPS, name)
-                            .set(FIELD_PAGE, next.into_bytes());
-                        engine.bus().write_state(write).await?;
-                    }
-                    batch = next_batch?;
-                }
-                _ => {
-                    if let Some(name) = progress {
-                        engine.bus().delete_state(SWEEPS, name, Expect::Any).await?;
-                    }
-                    return Ok::<u64, EngineError>(changed);
-                }
+            match following {
+                Some(next) => page = Some(next),
+                None => break,
             }
         }
+        if let Some(name) = progress {
+            engine.bus().delete_state(SWEEPS, name, Expect::Any).await?;
+        }
+        Ok::<u64, EngineError>(changed)
     }
     .await;
     metrics::gauge!("ratemesh_rates_recompute_sweeps_running").decrement(1.0);
@@ -314,6 +290,44 @@ pub async fn sweep(
         Err(e) => tracing::warn!(category = %label, error = %e, "recompute sweep failed"),
     }
     result
+}
+
+/// Computes and writes one page of a sweep: the records of `category` (all if `None`),
+/// ticked or recomputed at `at`. Returns how many changed and how many were computed.
+async fn sweep_page(
+    engine: Engine,
+    items: Vec<(String, StateRecord)>,
+    category: Option<String>,
+    at: DateTime<Utc>,
+    tick: bool,
+) -> Result<(u64, u64), EngineError> {
+    let runs: Vec<_> = items
+        .into_iter()
+        .filter_map(|(key, rec)| {
+            let record = EngineRecord::decode(rec.fields.get(FIELD_ENGINE)?).ok()?;
+            let wanted = category.is_none() || record.category() == category.as_deref();
+            let sku = Sku::new(key).ok()?;
+            let events = if tick {
+                vec![Event::Tick {
+                    at,
+                    sku: Some(sku.clone()),
+                }]
+            } else {
+                Vec::new()
+            };
+            wanted.then_some((sku, events, rec.version, record))
+        })
+        .collect();
+    let force = (!tick).then_some(at);
+    let outcomes = engine.apply_decoded(runs, force).await;
+    let computed = outcomes.len() as u64;
+    let mut changed = 0;
+    for outcome in outcomes {
+        if outcome?.changed {
+            changed += 1;
+        }
+    }
+    Ok((changed, computed))
 }
 
 /// State namespace noting that every rate record is listed under its category, so a
