@@ -1375,7 +1375,7 @@ async fn grouped_records_are_scanned_by_group(kind: Kind) {
         }
         bus.write_state(write).await.unwrap();
     }
-    let listed = |i: &usize| i % 5 != 0;
+    let listed = |i: &usize| !i.is_multiple_of(5);
     let in_group = |g: usize| {
         (0..30)
             .filter(|i| listed(i) && i % 4 != 0 && i % 3 == g)

@@ -210,9 +210,12 @@ return removed
 /// the key's history in the earlier layout (only when keeping a version).
 /// ARGV per record: mode ('any'|'eq'), expected version, key, listed ('0': a record
 /// this write creates goes into no index; '1': into the index; 'g' .. group: into the
-/// index under that group, moving a listed record from the group it was in), n set, (field, value)×n,
-/// n remove, field×n, n events, then per event: n fields, (name, value)×n; n history
-/// (0|1), then for 1: from when (µs), version, kept field, horizon (µs), max versions.
+/// index under that group, moving a listed record from the group it was in); n set, then
+/// (hash field, value)×n: `_v` (any value: the new version replaces it), `_h` when keeping
+/// a version (any value: the history marker replaces it), `_g` and the group when listing
+/// under one, then the record's fields as `f:<name>`; n remove, `f:<name>`×n; n events,
+/// then per event: n fields, (name, value)×n; n history (0|1), then for 1: from when (µs),
+/// version, kept field (its name without `f:`), horizon (µs), max versions.
 ///
 /// History: the state hash's `_h` holds `<from µs>,<version>,<n>,<oldest from µs>,<field>`
 /// of the current version, whose payload is the field itself (the oldest version's start
@@ -236,10 +239,14 @@ local function keep(state, hk, lk, meta, at, ver, field, horizon, maxv)
   if meta then
     local ma, mv, mc, mo, mf = string.match(meta, '^(-?%d+),(%d+),(%d+),(-?%d+),(.*)$')
     local old = redis.call('HGET', state, 'f:' .. mf) or ''
-    local kept = ''
+    local entry = ma .. ',' .. mv .. ',' .. #old .. ':' .. old
     n = tonumber(mc)
-    if n > 0 then kept = redis.call('GET', hk) or '' else mo = ma end
-    redis.call('SET', hk, kept .. ma .. ',' .. mv .. ',' .. #old .. ':' .. old)
+    if n > 0 then
+      redis.call('APPEND', hk, entry)
+    else
+      mo = ma
+      redis.call('SET', hk, entry)
+    end
     n, oldest = n + 1, mo
   else
     local z = redis.call('ZRANGE', lk, 0, -1, 'WITHSCORES')
@@ -286,33 +293,23 @@ for r = 1, tonumber(ARGV[1]) do
   k = k + 2
   local mode, expected, key, listed = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3]
   i = i + 4
-  local sets = {}
-  local nset = tonumber(ARGV[i]); i = i + 1
-  for _ = 1, nset do
-    sets[#sets + 1] = 'f:' .. ARGV[i]
-    sets[#sets + 1] = ARGV[i + 1]
-    i = i + 2
-  end
-  local rems = {}
-  local nrem = tonumber(ARGV[i]); i = i + 1
-  for _ = 1, nrem do
-    rems[#rems + 1] = 'f:' .. ARGV[i]
-    i = i + 1
-  end
-  local nev = tonumber(ARGV[i]); i = i + 1
-  local xas = {}
+  -- The fields to set are one slice of ARGV, passed to HSET as it is: `_v` first, then
+  -- `_h` when keeping a version and `_g` when listing under a group (their values are
+  -- filled in below), then the record's fields, already prefixed.
+  local nset = tonumber(ARGV[i])
+  local set_from = i + 1
+  i = set_from + 2 * nset
+  local nrem = tonumber(ARGV[i])
+  local rem_from = i + 1
+  i = rem_from + nrem
+  local nev = tonumber(ARGV[i])
+  local ev_from = i + 1
+  i = ev_from
+  local stream
   if nev > 0 then
-    local stream = KEYS[k]
+    stream = KEYS[k]
     k = k + 1
-    for e = 1, nev do
-      local xa = {stream, '*'}
-      local nf = tonumber(ARGV[i]); i = i + 1
-      for _ = 1, nf * 2 do
-        xa[#xa + 1] = ARGV[i]
-        i = i + 1
-      end
-      xas[e] = xa
-    end
+    for _ = 1, nev do i = i + 1 + 2 * tonumber(ARGV[i]) end
   end
   local nh = tonumber(ARGV[i]); i = i + 1
   local hk, lk, h = nil, nil, i
@@ -336,33 +333,35 @@ for r = 1, tonumber(ARGV[1]) do
     -- Append first: it is the step that can fail, and nothing of this record is
     -- written before it.
     local ok = {1, 0}
-    for e = 1, #xas do ok[e + 2] = redis.call('XADD', unpack(xas[e])) end
+    local j = ev_from
+    for e = 1, nev do
+      local nf = tonumber(ARGV[j])
+      ok[e + 2] = redis.call('XADD', stream, '*', unpack(ARGV, j + 1, j + 2 * nf))
+      j = j + 1 + 2 * nf
+    end
     if hk then
-      sets[#sets + 1] = '_h'
-      sets[#sets + 1] = keep(state, hk, lk, meta, ARGV[h], ARGV[h + 1], ARGV[h + 2],
+      ARGV[set_from + 3] = keep(state, hk, lk, meta, ARGV[h], ARGV[h + 1], ARGV[h + 2],
         tonumber(ARGV[h + 3]), tonumber(ARGV[h + 4]))
     end
     if cur == 0 and listed ~= '0' then
       if group then
         redis.call('ZADD', index, 0, group .. '\0' .. key)
-        sets[#sets + 1] = '_g'
-        sets[#sets + 1] = group
       else
         redis.call('ZADD', index, 0, key)
       end
     elseif group and held ~= group then
-      -- Moves a listed record to its new group; a record created unlisted is in no index.
+      -- Moves a listed record to its new group; a record created unlisted is in no index
+      -- (and keeps the group only as a field).
       local was = key
       if held then was = held .. '\0' .. key end
       if redis.call('ZREM', index, was) == 1 then
         redis.call('ZADD', index, 0, group .. '\0' .. key)
-        sets[#sets + 1] = '_g'
-        sets[#sets + 1] = group
       end
     end
-    if #rems > 0 then redis.call('HDEL', state, unpack(rems)) end
+    if nrem > 0 then redis.call('HDEL', state, unpack(ARGV, rem_from, rem_from + nrem - 1)) end
     local v = cur + 1
-    redis.call('HSET', state, '_v', v, unpack(sets))
+    ARGV[set_from + 1] = v
+    redis.call('HSET', state, unpack(ARGV, set_from, set_from + 2 * nset - 1))
     ok[2] = v
     out[r] = ok
   end

@@ -39,6 +39,14 @@ fn record_of(v: &Value) -> BusResult<Option<StateRecord>> {
     Ok(Some(record))
 }
 
+/// A record's field as its state hash holds it.
+fn prefixed(field: &str) -> Vec<u8> {
+    let mut name = Vec::with_capacity(FIELD_PREFIX.len() + field.len());
+    name.extend_from_slice(FIELD_PREFIX);
+    name.extend_from_slice(field.as_bytes());
+    name
+}
+
 fn expect_args(expect: Expect) -> (&'static str, u64) {
     match expect {
         Expect::Any => ("any", 0),
@@ -113,13 +121,22 @@ impl RedisBackend {
                     (None, true) => "1".to_owned(),
                     (Some(group), true) => format!("g{group}"),
                 });
-            inv.arg(write.set.len());
+            let grouped = write.group.as_ref().filter(|_| write.listed);
+            let reserved =
+                1 + usize::from(write.history.is_some()) + usize::from(grouped.is_some());
+            inv.arg(reserved + write.set.len()).arg("_v").arg("");
+            if write.history.is_some() {
+                inv.arg("_h").arg("");
+            }
+            if let Some(group) = grouped {
+                inv.arg("_g").arg(group.as_str());
+            }
             for (field, value) in &write.set {
-                inv.arg(field.as_str()).arg(value.as_ref());
+                inv.arg(prefixed(field)).arg(value.as_ref());
             }
             inv.arg(write.remove.len());
             for field in &write.remove {
-                inv.arg(field.as_str());
+                inv.arg(prefixed(field));
             }
             match publish {
                 Some((stream, events)) if !events.is_empty() => {
