@@ -4,7 +4,7 @@
 //! | where | key | holds |
 //! |---|---|---|
 //! | state `incentive` | SKU | field `record`: [`SkuRecord`], format byte `0x01` then protobuf (JSON of earlier releases still read; see [`record`](crate::record)) — the truth, written by CAS |
-//! | state `incentive-slots` | `active` | field `slots`: JSON SKU → [`Slot`], one per active incentive |
+//! | state `incentive-slots` | `active` | field `slots`: SKU → [`Slot`], one per active incentive; format byte `0x01` then protobuf `SlotTable` (JSON of earlier releases still read) |
 //! | state `incentive-log` | incentive id | field `incentive`: protobuf `ratemesh.v1.Incentive`, for listing |
 //! | state `incentive-waiting` | SKU | field `candidate`: JSON [`Waiting`] — qualified but lost to a full limit |
 //! | timers `incentive-expiry` | SKU | due at the active incentive's `ends_at` |
@@ -16,6 +16,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use prost::Message as _;
 use ratemesh_bus::{Bus, BusError, Event, Expect, RecordCache, StateRecord, StateWrite, Update};
+use ratemesh_contract::state_wire::{Timestamp, required_time, timestamp};
 use ratemesh_core::{ActiveCounts, Candidate, DaysOfCover, LossReason, Policy, Sku};
 use ratemesh_proto::v1;
 use serde::{Deserialize, Serialize};
@@ -269,8 +270,9 @@ impl Store {
 
     fn slots_of(stored: Option<StateRecord>) -> Result<BTreeMap<String, Slot>, StoreError> {
         match stored.and_then(|r| r.fields.get(FIELD_SLOTS).cloned()) {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::Corrupt(format!("{NS_SLOTS}: {e}"))),
+            Some(bytes) => {
+                decode_slots(&bytes).map_err(|e| StoreError::Corrupt(format!("{NS_SLOTS}: {e}")))
+            }
             None => Ok(BTreeMap::new()),
         }
     }
@@ -283,12 +285,10 @@ impl Store {
     ) -> Result<T, StoreError> {
         self.bus
             .update_state(NS_SLOTS, SLOTS_KEY, |stored, write| {
-                let step = Self::slots_of(stored).and_then(|map| match change(map) {
-                    (None, value) => Ok(Update::Keep(value)),
+                let step = Self::slots_of(stored).map(|map| match change(map) {
+                    (None, value) => Update::Keep(value),
                     (Some(map), value) => {
-                        let json = serde_json::to_vec(&map)
-                            .map_err(|e| StoreError::Corrupt(format!("encoding slots: {e}")))?;
-                        Ok(Update::Write(write.set(FIELD_SLOTS, json), value))
+                        Update::Write(write.set(FIELD_SLOTS, encode_slots(&map)), value)
                     }
                 });
                 std::future::ready(step)
@@ -512,6 +512,69 @@ impl Store {
     }
 }
 
+/// Format byte of the binary slot table (a table written by an earlier release is JSON,
+/// which starts with `{`). The table is read by every batch with candidates and on every
+/// open and close, so it is kept cheap to decode.
+const SLOTS_FORMAT: u8 = 0x01;
+
+/// The slot table on the wire.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SlotTable {
+    #[prost(message, repeated, tag = "1")]
+    slots: Vec<SlotEntry>,
+}
+
+/// One held slot on the wire.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SlotEntry {
+    #[prost(string, tag = "1")]
+    sku: String,
+    #[prost(string, tag = "2")]
+    category: String,
+    #[prost(message, optional, tag = "3")]
+    reserved_at: Option<Timestamp>,
+}
+
+fn encode_slots(map: &BTreeMap<String, Slot>) -> Vec<u8> {
+    let table = SlotTable {
+        slots: map
+            .iter()
+            .map(|(sku, slot)| SlotEntry {
+                sku: sku.clone(),
+                category: slot.category.clone(),
+                reserved_at: Some(timestamp(slot.reserved_at)),
+            })
+            .collect(),
+    };
+    let mut out = Vec::with_capacity(1 + table.encoded_len());
+    out.push(SLOTS_FORMAT);
+    table.encode(&mut out).unwrap_or_default();
+    out
+}
+
+fn decode_slots(bytes: &[u8]) -> Result<BTreeMap<String, Slot>, String> {
+    match bytes.split_first() {
+        Some((&SLOTS_FORMAT, rest)) => {
+            let table = SlotTable::decode(rest).map_err(|e| e.to_string())?;
+            table
+                .slots
+                .into_iter()
+                .enumerate()
+                .map(|(i, entry)| {
+                    let reserved_at =
+                        required_time(entry.reserved_at, &format!("slots[{i}].reserved_at"))?;
+                    let slot = Slot {
+                        category: entry.category,
+                        reserved_at,
+                    };
+                    Ok((entry.sku, slot))
+                })
+                .collect()
+        }
+        _ => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+    }
+}
+
 fn counts(map: &BTreeMap<String, Slot>) -> ActiveCounts {
     let mut c = ActiveCounts::default();
     for slot in map.values() {
@@ -531,4 +594,53 @@ fn is_newer(new: &v1::Incentive, stored: &v1::Incentive) -> bool {
     }
     let units = |i: &v1::Incentive| i.units_sold.parse::<rust_decimal::Decimal>().ok();
     millis(new.ends_at.as_ref()) >= millis(stored.ends_at.as_ref()) && units(new) >= units(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> BTreeMap<String, Slot> {
+        let at = |s: i64, n: u32| DateTime::from_timestamp(s, n).unwrap();
+        BTreeMap::from([
+            (
+                "SKU-1".to_owned(),
+                Slot {
+                    category: "home".to_owned(),
+                    reserved_at: at(1_795_000_000, 123_456_789),
+                },
+            ),
+            (
+                "SKU-2".to_owned(),
+                Slot {
+                    category: "toys".to_owned(),
+                    reserved_at: at(1_795_000_100, 0),
+                },
+            ),
+        ])
+    }
+
+    #[test]
+    fn the_slot_table_round_trips_and_earlier_json_is_still_read() {
+        let map = table();
+        let bytes = encode_slots(&map);
+        assert_eq!(bytes[0], SLOTS_FORMAT);
+        assert_eq!(decode_slots(&bytes).unwrap(), map);
+        assert!(bytes.len() < serde_json::to_vec(&map).unwrap().len() / 2);
+        let json = serde_json::to_vec(&map).unwrap();
+        assert_eq!(decode_slots(&json).unwrap(), map);
+        assert_eq!(
+            decode_slots(&encode_slots(&BTreeMap::new())).unwrap(),
+            BTreeMap::new()
+        );
+    }
+
+    #[test]
+    fn a_damaged_slot_table_names_what_is_wrong() {
+        let bad = [SLOTS_FORMAT, 0x0a, 0x02, 0x0a, 0x00];
+        let err = decode_slots(&bad).unwrap_err();
+        assert!(err.contains("slots[0].reserved_at"), "{err}");
+        assert!(decode_slots(&[SLOTS_FORMAT, 0xff]).is_err());
+        assert!(decode_slots(b"not json").is_err());
+    }
 }
