@@ -17,7 +17,7 @@ use crate::memory::{MemoryBackend, MemoryConsumer, MemoryTail};
 use crate::names::{check_group, check_key, check_name, check_state_key};
 use crate::options::BusOptions;
 use crate::partition::partition_of;
-use crate::redis::{RedisBackend, RedisConsumer, RedisTail};
+use crate::redis::{RedisBackend, RedisConsumer, RedisTail, Target};
 use crate::state::{
     CAS_ATTEMPTS, DueTimer, Expect, HistoryLookup, Idempotency, Retention, Staged, StatePage,
     StateRecord, StateWrite, StreamStats, Update, Written,
@@ -77,13 +77,48 @@ impl Bus {
     /// [`Bus::connected`] reports when it is up, and operations fail with
     /// [`BusError::Unavailable`] meanwhile. Only a bad URL, prefix or options fail here.
     pub async fn redis(url: &str, prefix: &str, opts: BusOptions) -> BusResult<Bus> {
+        Self::on_redis(Target::open(&[url.to_owned()], false)?, prefix, opts).await
+    }
+
+    /// A bus on a Redis Cluster known by `seeds` (`redis://host:port` each; any reachable
+    /// node will do, the rest of the cluster is discovered from it), with every key under
+    /// `prefix`. A partition's keys share one slot, so partitions spread over the cluster's
+    /// primaries. Redirections (`MOVED`, `ASK`), failovers and slot moves are followed
+    /// with a few retries; an operation that still fails is [`BusError::Unavailable`].
+    pub async fn redis_cluster(seeds: &[String], prefix: &str, opts: BusOptions) -> BusResult<Bus> {
+        Self::on_redis(Target::open(seeds, true)?, prefix, opts).await
+    }
+
+    async fn on_redis(target: Target, prefix: &str, opts: BusOptions) -> BusResult<Bus> {
         opts.validate()?;
         check_name("key prefix", prefix)?;
-        let backend = RedisBackend::connect(url, prefix, opts.clone()).await?;
+        let backend = RedisBackend::connect(target, prefix, opts.clone()).await?;
         Ok(Bus {
             backend: Backend::Redis(Arc::new(backend)),
             opts: Arc::new(opts),
         })
+    }
+
+    /// This bus with appends that count as done only once `replicas` Redis replicas
+    /// confirmed them (`WAIT`) within `timeout`: a write or publish that is not confirmed
+    /// in time fails with [`BusError::Unavailable`] although the primary applied it, so a
+    /// caller answers "retry" rather than "accepted" for what a failover could lose. The
+    /// handle has a connection of its own (`WAIT` holds the connection it is sent on).
+    /// With `replicas` 0 it is the bus itself; on the in-memory backend, which has no
+    /// replicas, `replicas` > 0 is refused.
+    pub fn with_replica_acks(&self, replicas: u32, timeout: Duration) -> BusResult<Bus> {
+        if replicas == 0 {
+            return Ok(self.clone());
+        }
+        match &self.backend {
+            Backend::Memory(_) => Err(BusError::InvalidInput(
+                "replica acknowledgements need Redis: the in-memory bus has no replicas".to_owned(),
+            )),
+            Backend::Redis(r) => Ok(Bus {
+                backend: Backend::Redis(Arc::new(r.with_replica_acks(replicas, timeout)?)),
+                opts: self.opts.clone(),
+            }),
+        }
     }
 
     /// `"memory"` or `"redis"`, for logs and the start-up banner.

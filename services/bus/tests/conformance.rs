@@ -1,5 +1,6 @@
-//! The bus conformance suite: every test runs against the in-memory backend and against a
-//! private `redis-server` (see `ratemesh_bus::testkit`).
+//! The bus conformance suite: every test runs against the in-memory backend, against a
+//! private `redis-server` and against a private six-node Redis Cluster (see
+//! `ratemesh_bus::testkit`).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use ratemesh_bus::testkit::RedisServer;
+use ratemesh_bus::testkit::{RedisCluster, RedisServer};
 use ratemesh_bus::{
     Bus, BusError, BusOptions, Consumer, Delivery, Event, Expect, HistoryLimits, Idempotency,
     NackOutcome, Retention, StateWrite, Update,
@@ -17,11 +18,20 @@ use ratemesh_bus::{
 enum Kind {
     Memory,
     Redis,
+    Cluster,
+}
+
+/// What a fixture's bus runs on; stopped when the fixture is dropped.
+#[allow(dead_code)]
+enum Servers {
+    None,
+    One(RedisServer),
+    Cluster(RedisCluster),
 }
 
 struct Fixture {
     bus: Bus,
-    _server: Option<RedisServer>,
+    _servers: Servers,
 }
 
 fn test_opts() -> BusOptions {
@@ -43,7 +53,7 @@ async fn fixture_with(kind: Kind, opts: BusOptions) -> Fixture {
     match kind {
         Kind::Memory => Fixture {
             bus: Bus::memory(opts).expect("memory bus"),
-            _server: None,
+            _servers: Servers::None,
         },
         Kind::Redis => {
             let server = RedisServer::start();
@@ -52,7 +62,17 @@ async fn fixture_with(kind: Kind, opts: BusOptions) -> Fixture {
                 .expect("redis bus");
             Fixture {
                 bus,
-                _server: Some(server),
+                _servers: Servers::One(server),
+            }
+        }
+        Kind::Cluster => {
+            let cluster = RedisCluster::start();
+            let bus = Bus::redis_cluster(&cluster.urls(), &cluster.unique_prefix(), opts)
+                .await
+                .expect("redis cluster bus");
+            Fixture {
+                bus,
+                _servers: Servers::Cluster(cluster),
             }
         }
     }
@@ -1816,6 +1836,14 @@ macro_rules! conformance {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name(super::Kind::Redis).await
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Kind::Cluster).await
                 }
             )*
         }

@@ -1,9 +1,14 @@
-//! Connections to Redis: reconnecting managers with backoff, and the connected signal.
+//! Connections to Redis: one server through a reconnecting manager with backoff, or a
+//! cluster through a client that follows `MOVED`/`ASK` redirections and refreshes its slot
+//! map; and the connected signal.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::watch;
 
 use crate::error::BusError;
@@ -15,35 +20,132 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const PROBE_EVERY_UP: Duration = Duration::from_millis(500);
 const PROBE_EVERY_DOWN: Duration = Duration::from_millis(100);
 
-/// A reconnecting multiplexed connection. `block` is the longest blocking read that will
-/// be sent on it; its response timeout is extended by that much.
-pub(crate) fn manager(
-    client: &redis::Client,
-    block: Option<Duration>,
-) -> Result<ConnectionManager, BusError> {
-    let config = ConnectionManagerConfig::new()
-        .set_min_delay(Duration::from_millis(20))
-        .set_max_delay(Duration::from_secs(1))
-        .set_exponent_base(2.0)
-        .set_number_of_retries(6)
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT + block.unwrap_or_default()));
-    ConnectionManager::new_lazy_with_config(client.clone(), config)
-        .map_err(|e| BusError::InvalidInput(format!("redis connection config is invalid: {e}")))
+/// Times a cluster request is retried after a redirection, a failover or a lost
+/// connection before it fails with the last error.
+const CLUSTER_RETRIES: u32 = 6;
+/// Bounds of the pause before a cluster retry (ms). The pause grows from the lower bound,
+/// so a request that meets a failover keeps asking while a replica is promoted.
+const CLUSTER_RETRY_WAIT_MS: (u64, u64) = (20, 1_000);
+
+/// Where the bus connects: one server, or a cluster known by its seed nodes.
+#[derive(Clone)]
+pub(crate) enum Target {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+impl Target {
+    /// One server at `urls[0]`, or, with `cluster`, a cluster seeded by every URL.
+    pub(crate) fn open(urls: &[String], cluster: bool) -> Result<Self, BusError> {
+        let invalid =
+            |e: redis::RedisError| BusError::InvalidInput(format!("redis url is invalid: {e}"));
+        match (urls, cluster) {
+            ([], _) => Err(BusError::InvalidInput("no redis url given".to_owned())),
+            ([url], false) => Ok(Target::Single(
+                redis::Client::open(url.as_str()).map_err(invalid)?,
+            )),
+            (_, false) => Err(BusError::InvalidInput(
+                "several redis urls are only accepted in cluster mode".to_owned(),
+            )),
+            (urls, true) => {
+                let client = ClusterClientBuilder::new(urls.iter().map(String::as_str))
+                    .retries(CLUSTER_RETRIES)
+                    .min_retry_wait(CLUSTER_RETRY_WAIT_MS.0)
+                    .max_retry_wait(CLUSTER_RETRY_WAIT_MS.1)
+                    .retry_wait_formula(CLUSTER_RETRY_WAIT_MS.0, 2)
+                    .build()
+                    .map_err(invalid)?;
+                Ok(Target::Cluster(client))
+            }
+        }
+    }
+
+    /// A new connection. `block` is the longest blocking command that will be sent on it;
+    /// its response timeout is extended by that much. It connects in the background: an
+    /// unreachable server shows up as errors of the commands sent meanwhile.
+    pub(crate) fn connect(&self, block: Option<Duration>) -> Result<Conn, BusError> {
+        let response_timeout = RESPONSE_TIMEOUT + block.unwrap_or_default();
+        match self {
+            Target::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_min_delay(Duration::from_millis(20))
+                    .set_max_delay(Duration::from_secs(1))
+                    .set_exponent_base(2.0)
+                    .set_number_of_retries(6)
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(response_timeout));
+                ConnectionManager::new_lazy_with_config(client.clone(), config)
+                    .map(Conn::Single)
+                    .map_err(|e| {
+                        BusError::InvalidInput(format!("redis connection config is invalid: {e}"))
+                    })
+            }
+            Target::Cluster(client) => {
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(response_timeout);
+                Ok(Conn::Cluster(
+                    client.get_pending_async_connection_with_config(config),
+                ))
+            }
+        }
+    }
+
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self, Target::Cluster(_))
+    }
+}
+
+/// A multiplexed connection to one server or to a cluster. Every command and pipeline
+/// sent on a cluster connection names keys of one slot; the client sends it to the node
+/// that serves the slot.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// The connected/disconnected signal. A background task pings Redis (every 500 ms while
 /// up, every 100 ms while down, which also drives the manager's reconnects); operations
 /// that hit a connectivity error flip it to down at once.
+#[derive(Clone)]
 pub(crate) struct Health {
     tx: Arc<watch::Sender<bool>>,
-    conn: ConnectionManager,
+    conn: Conn,
     /// The probe task stops when this is dropped with the backend.
     _alive: Arc<()>,
 }
 
 impl Health {
-    pub(crate) fn spawn(conn: ConnectionManager) -> Self {
+    pub(crate) fn spawn(conn: Conn) -> Self {
         let (tx, _) = watch::channel(false);
         let tx = Arc::new(tx);
         let alive = Arc::new(());
@@ -88,7 +190,7 @@ fn set(tx: &watch::Sender<bool>, up: bool) {
     });
 }
 
-async fn ping(conn: &mut ConnectionManager) -> bool {
+async fn ping(conn: &mut Conn) -> bool {
     let cmd = redis::cmd("PING");
     let probe = cmd.query_async::<String>(conn);
     matches!(

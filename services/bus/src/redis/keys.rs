@@ -40,6 +40,12 @@ impl Keys {
         partition_of(key, self.partitions)
     }
 
+    /// The hash tag every key of partition `p` starts with: it decides the partition's
+    /// Redis Cluster slot.
+    pub(crate) fn partition_tag(&self, p: u32) -> String {
+        self.tag(p)
+    }
+
     fn tag(&self, p: u32) -> String {
         format!("{{{}:p{p}}}", self.prefix)
     }

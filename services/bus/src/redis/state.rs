@@ -72,12 +72,17 @@ impl RedisBackend {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("HGETALL").arg(self.keys.state(ns, key.as_ref()));
-        }
-        let replies: Vec<Value> = pipe
-            .query_async(&mut self.conn())
+        let cmds = keys
+            .iter()
+            .map(|key| {
+                let key = key.as_ref();
+                let mut cmd = redis::cmd("HGETALL");
+                cmd.arg(self.keys.state(ns, key));
+                (self.keys.partition_of(key), cmd)
+            })
+            .collect();
+        let replies: Vec<Value> = self
+            .query_by_partition(cmds)
             .await
             .map_err(|e| self.fail(e, || format!("read of {} states {ns}/…", keys.len())))?;
         replies.iter().map(record_of).collect()
@@ -180,6 +185,7 @@ impl RedisBackend {
         if results.len() != writes.len() {
             return Err(unexpected("state write"));
         }
+        self.confirm_replicated(p).await?;
         results
             .iter()
             .zip(&writes)

@@ -6,7 +6,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use redis::Value;
-use redis::aio::ConnectionManager;
 
 use crate::clock::{millis_at_least_one, unix_ms};
 use crate::cursor::Cursor;
@@ -17,7 +16,7 @@ use crate::memory::lock;
 use crate::state::{Retention, StreamStats};
 
 use super::reply::{self, event_fields, unexpected};
-use super::{RedisBackend, SharedRedis, connection};
+use super::{Conn, IdlePoll, RedisBackend, SharedRedis};
 
 /// Most entries one trim call removes under a length limit: the script reads them, and a
 /// partition far over its limit (a backlog at peak) must not stall Redis for everyone.
@@ -75,19 +74,23 @@ impl RedisBackend {
         stream: &str,
         events: Vec<Event>,
     ) -> BusResult<Vec<Appended>> {
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::with_capacity(events.len());
         let mut partitions = Vec::with_capacity(events.len());
         for event in &events {
             let p = self.keys.partition_of(&event.key);
             partitions.push(p);
             let mut cmd = redis::cmd("XADD");
             xadd(&mut cmd, &self.keys.stream(stream, p), event);
-            pipe.add_command(cmd);
+            cmds.push((p, cmd));
         }
-        let ids: Vec<String> = pipe
-            .query_async(&mut self.conn())
+        let ids: Vec<String> = self
+            .query_by_partition(cmds)
             .await
             .map_err(|e| self.fail(e, || format!("publish to stream {stream}")))?;
+        let touched: BTreeSet<u32> = partitions.iter().copied().collect();
+        for p in touched {
+            self.confirm_replicated(p).await?;
+        }
         partitions
             .into_iter()
             .zip(ids)
@@ -129,9 +132,12 @@ impl RedisBackend {
         stream: &str,
         cursor: &Cursor,
         limit: usize,
-        block: Option<(Duration, &mut ConnectionManager)>,
+        block: Option<(Duration, &mut Conn)>,
     ) -> BusResult<Vec<Delivery>> {
         let keys = self.keys.stream_keys(stream);
+        if self.is_cluster() {
+            return self.read_after_each(stream, cursor, limit, &keys).await;
+        }
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT").arg(limit);
         if let Some((block, _)) = &block {
@@ -149,18 +155,54 @@ impl RedisBackend {
         deliveries_of(&reply, stream, &keys, 0)
     }
 
-    pub(crate) async fn end_cursor(&self, stream: &str) -> BusResult<Cursor> {
-        let mut pipe = redis::pipe();
-        for key in self.keys.stream_keys(stream) {
-            pipe.cmd("XREVRANGE")
-                .arg(key)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1);
+    /// [`RedisBackend::read_after`] without blocking, one `XREAD` per partition sent
+    /// concurrently (on a cluster a read names keys of one slot).
+    async fn read_after_each(
+        &self,
+        stream: &str,
+        cursor: &Cursor,
+        limit: usize,
+        keys: &[String],
+    ) -> BusResult<Vec<Delivery>> {
+        let cmds = keys
+            .iter()
+            .enumerate()
+            .map(|(p, key)| {
+                let p = u32::try_from(p).unwrap_or(u32::MAX);
+                let mut cmd = redis::cmd("XREAD");
+                cmd.arg("COUNT")
+                    .arg(limit)
+                    .arg("STREAMS")
+                    .arg(key)
+                    .arg(cursor.get(p).to_string());
+                (p, cmd)
+            })
+            .collect();
+        let replies: Vec<Value> = self
+            .query_by_partition(cmds)
+            .await
+            .map_err(|e| self.fail(e, || format!("read of stream {stream}")))?;
+        let mut out = Vec::new();
+        for reply in &replies {
+            out.extend(deliveries_of(reply, stream, keys, 0)?);
         }
-        let replies: Vec<Value> = pipe
-            .query_async(&mut self.conn())
+        Ok(out)
+    }
+
+    pub(crate) async fn end_cursor(&self, stream: &str) -> BusResult<Cursor> {
+        let cmds = (0..self.opts.partitions)
+            .map(|p| {
+                let mut cmd = redis::cmd("XREVRANGE");
+                cmd.arg(self.keys.stream(stream, p))
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1);
+                (p, cmd)
+            })
+            .collect();
+        let replies: Vec<Value> = self
+            .query_by_partition(cmds)
             .await
             .map_err(|e| self.fail(e, || format!("end cursor of stream {stream}")))?;
         let mut ids = Vec::with_capacity(replies.len());
@@ -209,12 +251,15 @@ impl RedisBackend {
     }
 
     pub(crate) async fn trimmed_past(&self, stream: &str, cursor: &Cursor) -> BusResult<bool> {
-        let mut pipe = redis::pipe();
-        for p in 0..self.opts.partitions {
-            pipe.cmd("GET").arg(self.keys.trim_marker(stream, p));
-        }
-        let markers: Vec<Option<String>> = pipe
-            .query_async(&mut self.conn())
+        let cmds = (0..self.opts.partitions)
+            .map(|p| {
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(self.keys.trim_marker(stream, p));
+                (p, cmd)
+            })
+            .collect();
+        let markers: Vec<Option<String>> = self
+            .query_by_partition(cmds)
             .await
             .map_err(|e| self.fail(e, || format!("trim check of stream {stream}")))?;
         for (marker, seen) in markers.iter().zip(cursor.ids()) {
@@ -261,17 +306,19 @@ impl RedisBackend {
         group: &str,
         limit: usize,
     ) -> BusResult<Vec<DeadLetter>> {
-        let mut pipe = redis::pipe();
-        for p in 0..self.opts.partitions {
-            pipe.cmd("XRANGE")
-                .arg(self.keys.dead_letters(stream, group, p))
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(limit);
-        }
-        let replies: Vec<Value> = pipe
-            .query_async(&mut self.conn())
+        let cmds = (0..self.opts.partitions)
+            .map(|p| {
+                let mut cmd = redis::cmd("XRANGE");
+                cmd.arg(self.keys.dead_letters(stream, group, p))
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit);
+                (p, cmd)
+            })
+            .collect();
+        let replies: Vec<Value> = self
+            .query_by_partition(cmds)
             .await
             .map_err(|e| self.fail(e, || format!("list dead letters of stream {stream}")))?;
         let mut out = Vec::new();
@@ -336,7 +383,7 @@ impl RedisBackend {
         group: &str,
         refs: &[DeadLetterRef],
     ) -> BusResult<u64> {
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::new();
         for p in 0..self.opts.partitions {
             let ids: Vec<String> = refs
                 .iter()
@@ -344,13 +391,13 @@ impl RedisBackend {
                 .map(|r| r.id.to_string())
                 .collect();
             if !ids.is_empty() {
-                pipe.cmd("XDEL")
-                    .arg(self.keys.dead_letters(stream, group, p))
-                    .arg(ids);
+                let mut cmd = redis::cmd("XDEL");
+                cmd.arg(self.keys.dead_letters(stream, group, p)).arg(ids);
+                cmds.push((p, cmd));
             }
         }
-        let removed: Vec<u64> = pipe
-            .query_async(&mut self.conn())
+        let removed: Vec<u64> = self
+            .query_by_partition(cmds)
             .await
             .map_err(|e| self.fail(e, || format!("delete dead letters of stream {stream}")))?;
         Ok(removed.into_iter().sum())
@@ -363,10 +410,13 @@ fn reclaim_interval(idle: Duration) -> Duration {
 }
 
 /// A consumer of one group on Redis. Blocking reads go over its own connection so they
-/// neither time out under the shared connection's response timeout nor hold it up.
+/// neither time out under the shared connection's response timeout nor hold it up; on a
+/// cluster it reads without blocking (see [`IdlePoll`]).
 pub(crate) struct RedisConsumer {
     backend: SharedRedis,
-    blocking: ConnectionManager,
+    /// `None` on a cluster.
+    blocking: Option<Conn>,
+    idle: Mutex<IdlePoll>,
     stream: String,
     group: String,
     name: String,
@@ -386,11 +436,12 @@ impl RedisConsumer {
         name: &str,
     ) -> BusResult<Self> {
         backend.create_group(stream, group).await?;
-        let blocking = connection::manager(&backend.client, Some(backend.opts.read_block))?;
+        let blocking = backend.blocking_conn()?;
         let keys = backend.keys.stream_keys(stream);
         let partitions = keys.len();
         Ok(RedisConsumer {
             blocking,
+            idle: Mutex::new(IdlePoll::new()),
             stream: stream.to_owned(),
             group: group.to_owned(),
             name: name.to_owned(),
@@ -584,6 +635,9 @@ impl RedisConsumer {
             .min(next_reclaim.saturating_duration_since(Instant::now()))
             .min(next_refresh.saturating_duration_since(Instant::now()))
             .max(Duration::from_millis(1));
+        let Some(blocking) = &self.blocking else {
+            return self.read_each(&owned, block).await;
+        };
         let keys: Vec<&String> = owned.iter().map(|p| &self.keys[*p as usize]).collect();
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
@@ -598,7 +652,7 @@ impl RedisConsumer {
         for _ in &keys {
             cmd.arg(">");
         }
-        let mut conn = self.blocking.clone();
+        let mut conn = blocking.clone();
         match cmd.query_async::<Value>(&mut conn).await {
             Ok(v) => deliveries_of(&v, &self.stream, &self.keys, 1),
             Err(e) if is_nogroup(&e) => {
@@ -610,9 +664,48 @@ impl RedisConsumer {
         }
     }
 
+    /// The read of a cluster consumer: new entries of each owned partition, one
+    /// `XREADGROUP` per partition sent concurrently; when there are none, a pause of at
+    /// most `block` before answering empty.
+    async fn read_each(&self, owned: &[u32], block: Duration) -> BusResult<Vec<Delivery>> {
+        let b = &self.backend;
+        let cmds = owned
+            .iter()
+            .map(|&p| {
+                let mut cmd = redis::cmd("XREADGROUP");
+                cmd.arg("GROUP")
+                    .arg(&self.group)
+                    .arg(&self.name)
+                    .arg("COUNT")
+                    .arg(b.opts.batch_size)
+                    .arg("STREAMS")
+                    .arg(&self.keys[p as usize])
+                    .arg(">");
+                (p, cmd)
+            })
+            .collect();
+        let replies: Vec<Value> = match b.query_by_partition(cmds).await {
+            Ok(r) => r,
+            Err(e) if is_nogroup(&e) => {
+                b.create_group(&self.stream, &self.group).await?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(b.fail(e, self.during("read"))),
+        };
+        let mut out = Vec::new();
+        for reply in &replies {
+            out.extend(deliveries_of(reply, &self.stream, &self.keys, 1)?);
+        }
+        let pause = lock(&self.idle).after(!out.is_empty());
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause.min(block)).await;
+        }
+        Ok(out)
+    }
+
     pub(crate) async fn ack(&self, items: &[(u32, EntryId)]) -> BusResult<()> {
         let b = &self.backend;
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::new();
         for p in 0..b.opts.partitions {
             let ids: Vec<String> = items
                 .iter()
@@ -622,18 +715,22 @@ impl RedisConsumer {
             if ids.is_empty() {
                 continue;
             }
-            pipe.cmd("XACK")
-                .arg(b.keys.stream(&self.stream, p))
+            let mut xack = redis::cmd("XACK");
+            xack.arg(b.keys.stream(&self.stream, p))
                 .arg(&self.group)
-                .arg(&ids)
-                .ignore();
-            pipe.cmd("HDEL")
-                .arg(b.keys.errors(&self.stream, &self.group, p))
-                .arg(&ids)
-                .ignore();
+                .arg(&ids);
+            let mut hdel = redis::cmd("HDEL");
+            hdel.arg(b.keys.errors(&self.stream, &self.group, p))
+                .arg(&ids);
+            cmds.push((p, xack));
+            cmds.push((p, hdel));
         }
-        pipe.query_async::<()>(&mut b.conn())
+        if cmds.is_empty() {
+            return Ok(());
+        }
+        b.query_by_partition::<Value>(cmds)
             .await
+            .map(|_| ())
             .map_err(|e| b.fail(e, self.during("ack")))
     }
 
@@ -674,20 +771,23 @@ impl RedisConsumer {
     }
 }
 
-/// A tail reader on Redis, with its own connection for blocking reads.
+/// A tail reader on Redis, with its own connection for blocking reads (none on a cluster,
+/// where it reads without blocking and pauses between empty reads).
 pub(crate) struct RedisTail {
     backend: SharedRedis,
-    blocking: ConnectionManager,
+    blocking: Option<Conn>,
+    idle: IdlePoll,
     stream: String,
     cursor: Cursor,
 }
 
 impl RedisTail {
     pub(crate) fn new(backend: SharedRedis, stream: &str, cursor: Cursor) -> BusResult<Self> {
-        let blocking = connection::manager(&backend.client, Some(backend.opts.read_block))?;
+        let blocking = backend.blocking_conn()?;
         Ok(RedisTail {
             backend,
             blocking,
+            idle: IdlePoll::new(),
             stream: stream.to_owned(),
             cursor,
         })
@@ -705,9 +805,14 @@ impl RedisTail {
                 &self.stream,
                 &self.cursor,
                 self.backend.opts.batch_size,
-                Some((block, &mut self.blocking)),
+                self.blocking.as_mut().map(|conn| (block, conn)),
             )
             .await?;
+        if self.blocking.is_none()
+            && let Some(pause) = self.idle.after(!batch.is_empty())
+        {
+            tokio::time::sleep(pause.min(block)).await;
+        }
         for d in &batch {
             self.cursor.advance(d.partition, d.id);
         }

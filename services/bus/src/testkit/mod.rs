@@ -6,8 +6,15 @@
 //! on the same port and data dir. Each test gets its own key prefix from
 //! [`RedisServer::unique_prefix`].
 //!
-//! A missing `redis-server` fails the test with a message saying how to install it;
-//! it never skips.
+//! [`RedisCluster::start`] does the same for a Redis Cluster of six such servers (three
+//! primaries, three replicas), created with `redis-cli --cluster create`.
+//!
+//! A missing `redis-server` (or, for a cluster, `redis-cli`) fails the test with a
+//! message saying how to install it; it never skips.
+
+mod cluster;
+
+pub use cluster::RedisCluster;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -41,6 +48,8 @@ pub struct RedisServer {
     dir: TempDir,
     port: u16,
     persistence: Persistence,
+    /// The cluster bus port, for a node of a [`RedisCluster`].
+    cluster_port: Option<u16>,
     child: Option<Child>,
 }
 
@@ -63,10 +72,16 @@ impl RedisServer {
 
     /// Like [`RedisServer::start_with`], returning the failure instead of panicking.
     pub fn try_start_with(persistence: Persistence) -> Result<Self, String> {
+        Self::try_start_node(persistence, false)
+    }
+
+    /// A server, with cluster mode enabled when `cluster` (see [`RedisCluster`]).
+    fn try_start_node(persistence: Persistence, cluster: bool) -> Result<Self, String> {
         let mut last_error = String::new();
         // A port picked free may be taken before redis binds it; try a few.
         for _ in 0..5 {
             let port = free_port()?;
+            let cluster_port = if cluster { Some(free_port()?) } else { None };
             let mut server = RedisServer {
                 dir: tempfile::Builder::new()
                     .prefix("ratemesh-redis-")
@@ -74,6 +89,7 @@ impl RedisServer {
                     .map_err(|e| format!("cannot create a temp dir for redis-server: {e}"))?,
                 port,
                 persistence,
+                cluster_port,
                 child: None,
             };
             match server.spawn_and_wait() {
@@ -148,6 +164,16 @@ impl RedisServer {
             .args(["--hash-max-listpack-value", "1024"])
             .args(["--daemonize", "no"])
             .args(["--logfile", "redis.log"]);
+        if let Some(bus_port) = self.cluster_port {
+            cmd.args(["--cluster-enabled", "yes"])
+                .args(["--cluster-port", &bus_port.to_string()])
+                .args(["--cluster-config-file", "nodes.conf"])
+                // Failover within a few seconds of a primary's death.
+                .args([
+                    "--cluster-node-timeout",
+                    &cluster::NODE_TIMEOUT_MS.to_string(),
+                ]);
+        }
         match self.persistence {
             Persistence::None => {
                 cmd.args(["--appendonly", "no"]);
