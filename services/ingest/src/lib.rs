@@ -34,8 +34,14 @@ pub use settings::{ErpSource, IngestSettings};
 pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
     let settings = &ctx.settings().section::<IngestSettings>();
     let retry_after = Duration::from_secs(settings.retry_after_secs);
+    // Accepted pushes are appended on a connection that waits for the configured replicas.
+    let redis = &ctx.settings().redis;
+    let bus = ctx.bus().with_replica_acks(
+        redis.min_replica_acks,
+        Duration::from_millis(redis.replica_ack_timeout_ms),
+    )?;
     let handoff = handoff::Handoff::new(
-        ctx.bus().clone(),
+        bus,
         Duration::from_secs(settings.idempotency_ttl_secs),
         settings.max_stock_backlog,
         retry_after,

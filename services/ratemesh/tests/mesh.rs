@@ -1,26 +1,53 @@
-//! The whole mesh, end to end, on a real Redis: a signed ERP push to the ingest webhook
-//! becomes a rate card in the rates service and a signed webhook at a partner's HTTP
-//! endpoint, with one trace id from the ERP request to the partner delivery.
+//! The whole mesh, end to end, on a real Redis and on a real Redis Cluster: a signed ERP
+//! push to the ingest webhook becomes a rate card in the rates service and a signed
+//! webhook at a partner's HTTP endpoint, with one trace id from the ERP request to the
+//! partner delivery.
 
 use ratemesh::NotifierSettings;
 use std::time::Duration;
 
-use ratemesh_bus::testkit::RedisServer;
+use ratemesh_bus::testkit::{RedisCluster, RedisServer};
 use ratemesh_proto::v1;
 use ratemesh_testkit::erp::{product_batch, stock_batch};
 use ratemesh_testkit::{Product, Sink, Stock, TestApp, eventually, test_settings};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_signed_erp_push_reaches_the_partner_as_a_signed_webhook_in_one_trace() {
-    let redis = RedisServer::start();
+fn mesh_settings() -> ratemesh_runtime::Settings {
     let mut settings = test_settings();
     settings
         .section_mut::<NotifierSettings>()
         .coalesce_window_ms = 200;
-    let app = TestApp::spawn_on_redis(&redis, settings).await;
+    settings
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_erp_push_reaches_the_partner_as_a_signed_webhook_in_one_trace() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn_on_redis(&redis, mesh_settings()).await;
+    erp_push_reaches_the_partner(&app).await;
+    app.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_a_signed_erp_push_reaches_the_partner_with_keys_on_every_primary() {
+    let cluster = RedisCluster::start();
+    // The deployment's default prefix: its partitions' slots lie on all three primaries.
+    let app = TestApp::spawn_on_cluster_at(&cluster, mesh_settings(), "ratemesh").await;
+    erp_push_reaches_the_partner(&app).await;
+    let primaries = cluster.primaries().expect("the cluster's primaries");
+    assert_eq!(primaries.len(), 3, "{primaries:?}");
+    for node in primaries {
+        let keys = cluster.key_count(node).expect("DBSIZE");
+        assert!(
+            keys > 0,
+            "primary {node} holds none of the deployment's keys"
+        );
+    }
+    app.stop().await.expect("clean shutdown");
+}
+
+async fn erp_push_reaches_the_partner(app: &TestApp) {
     let sink = Sink::start().await;
     let secret = app
         .register_partner(
@@ -102,5 +129,4 @@ async fn a_signed_erp_push_reaches_the_partner_as_a_signed_webhook_in_one_trace(
     // The delivery is listed as delivered.
     let deliveries = app.deliveries("mesh-partner").await;
     assert!(deliveries.iter().any(|d| d.event_id == body.event_id));
-    app.stop().await.expect("clean shutdown");
 }

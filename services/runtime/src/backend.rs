@@ -17,10 +17,19 @@ pub fn bus_options(settings: &Settings) -> BusOptions {
 /// The Redis backend when `redis.url` is set, otherwise the embedded in-process one.
 pub async fn connect(settings: &Settings) -> anyhow::Result<Bus> {
     let options = bus_options(settings);
-    match settings.redis.url() {
-        Some(url) => Bus::redis(url, &settings.redis.key_prefix, options)
+    let redis = &settings.redis;
+    match redis.url() {
+        Some(_) if redis.cluster => Bus::redis_cluster(&redis.urls(), &redis.key_prefix, options)
             .await
-            .with_context(|| format!("connecting to redis at {}", settings.redis.redacted_url())),
+            .with_context(|| {
+                format!(
+                    "connecting to the redis cluster at {}",
+                    redis.redacted_url()
+                )
+            }),
+        Some(url) => Bus::redis(url, &redis.key_prefix, options)
+            .await
+            .with_context(|| format!("connecting to redis at {}", redis.redacted_url())),
         None => Bus::memory(options).context("starting the embedded backend"),
     }
 }

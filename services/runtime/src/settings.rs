@@ -499,8 +499,16 @@ impl ServerSettings {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host:port[/db]`; empty selects the embedded backend.
+    /// `redis://[user:password@]host:port[/db]`; empty selects the embedded backend. With
+    /// `cluster`, a comma-separated list of seed nodes.
     pub url: String,
+    /// The URL names a Redis Cluster (its seed nodes) rather than one server.
+    pub cluster: bool,
+    /// Replicas that must confirm an accepted ERP push (`WAIT`) before ingest answers
+    /// 202; 0 answers once the primary has it.
+    pub min_replica_acks: u32,
+    /// How long ingest waits for those confirmations before answering 503.
+    pub replica_ack_timeout_ms: u64,
     /// Prefix of every key, so deployments can share a Redis.
     pub key_prefix: String,
     /// Number of stream partitions.
@@ -521,9 +529,23 @@ impl RedisSettings {
         (!url.is_empty()).then_some(url)
     }
 
+    /// The URLs of `url`, split at commas (the seed nodes of a cluster).
+    pub fn urls(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The URL with any password replaced, for logs and `config dump`.
     pub fn redacted_url(&self) -> String {
-        redact_url_password(&self.url)
+        self.url
+            .split(',')
+            .map(|u| redact_url_password(u.trim()))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -531,6 +553,9 @@ impl fmt::Debug for RedisSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisSettings")
             .field("url", &self.redacted_url())
+            .field("cluster", &self.cluster)
+            .field("min_replica_acks", &self.min_replica_acks)
+            .field("replica_ack_timeout_ms", &self.replica_ack_timeout_ms)
             .field("key_prefix", &self.key_prefix)
             .field("partitions", &self.partitions)
             .field("partition_lease_ms", &self.partition_lease_ms)
@@ -784,18 +809,56 @@ impl Settings {
         }
 
         let r = &self.redis;
-        if let Some(url) = r.url()
-            && !(url.starts_with("redis://")
+        let urls = r.urls();
+        for url in &urls {
+            let redis_url = url.starts_with("redis://")
                 || url.starts_with("rediss://")
-                || url.starts_with("redis+unix://")
-                || url.starts_with("unix://"))
-        {
+                || (!r.cluster && (url.starts_with("redis+unix://") || url.starts_with("unix://")));
+            if !redis_url {
+                let expected = if r.cluster {
+                    "a comma-separated list of redis://host:port seed nodes"
+                } else {
+                    "redis://host:port"
+                };
+                return Err(SettingsError::new(
+                    "redis.url",
+                    format!(
+                        "`{}` is not a redis URL (expected {expected})",
+                        redact_url_password(url)
+                    ),
+                ));
+            }
+        }
+        if urls.len() > 1 && !r.cluster {
             return Err(SettingsError::new(
                 "redis.url",
-                format!(
-                    "`{}` is not a redis URL (expected redis://host:port)",
-                    r.redacted_url()
-                ),
+                "lists several servers: set redis.cluster = true (RATEMESH__REDIS__CLUSTER=true) \
+                 to use them as the seed nodes of a Redis Cluster",
+            ));
+        }
+        if r.cluster && urls.is_empty() {
+            return Err(SettingsError::new(
+                "redis.cluster",
+                "needs redis.url: the seed nodes of the cluster, e.g. \
+                 redis://h1:6379,redis://h2:6379,redis://h3:6379",
+            ));
+        }
+        if r.min_replica_acks > 0 && urls.is_empty() {
+            return Err(SettingsError::new(
+                "redis.min_replica_acks",
+                "needs redis.url: the embedded backend has no replicas",
+            ));
+        }
+        if r.min_replica_acks > 16 {
+            return Err(SettingsError::new(
+                "redis.min_replica_acks",
+                "must be between 0 and 16",
+            ));
+        }
+        if !(10..=60_000).contains(&r.replica_ack_timeout_ms) {
+            return Err(SettingsError::new(
+                "redis.replica_ack_timeout_ms",
+                "must be between 10 and 60000",
             ));
         }
         if r.key_prefix.is_empty()
@@ -1052,6 +1115,74 @@ mod tests {
         ] {
             let err = Settings::load(None, env(&[(var, value)]), &[]).expect_err(var);
             assert_eq!(err.key, key, "{err}");
+        }
+    }
+
+    #[test]
+    fn cluster_mode_takes_seed_nodes_from_the_environment() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("RATEMESH__REDIS__CLUSTER", "true"),
+                (
+                    "RATEMESH__REDIS__URL",
+                    "redis://h1:7000, redis://app:secret@h2:7001,redis://h3:7002",
+                ),
+                ("RATEMESH__REDIS__MIN_REPLICA_ACKS", "1"),
+            ]),
+            &[],
+        )
+        .expect("valid");
+        assert!(s.redis.cluster);
+        assert_eq!(
+            s.redis.urls(),
+            ["redis://h1:7000", "redis://app:secret@h2:7001", "redis://h3:7002"]
+        );
+        assert_eq!(s.redis.min_replica_acks, 1);
+        assert_eq!(
+            s.redis.redacted_url(),
+            "redis://h1:7000,redis://app:***@h2:7001,redis://h3:7002"
+        );
+    }
+
+    #[test]
+    fn redis_topology_mistakes_name_the_key() {
+        for (vars, key, says) in [
+            (
+                vec![("RATEMESH__REDIS__URL", "redis://h1:7000,redis://h2:7001")],
+                "redis.url",
+                "redis.cluster = true",
+            ),
+            (
+                vec![("RATEMESH__REDIS__CLUSTER", "true")],
+                "redis.cluster",
+                "seed nodes",
+            ),
+            (
+                vec![
+                    ("RATEMESH__REDIS__CLUSTER", "true"),
+                    ("RATEMESH__REDIS__URL", "redis://h1:7000,h2:7001"),
+                ],
+                "redis.url",
+                "`h2:7001` is not a redis URL",
+            ),
+            (
+                vec![("RATEMESH__REDIS__MIN_REPLICA_ACKS", "1")],
+                "redis.min_replica_acks",
+                "no replicas",
+            ),
+            (
+                vec![
+                    ("RATEMESH__REDIS__URL", "redis://h1:7000"),
+                    ("RATEMESH__REDIS__REPLICA_ACK_TIMEOUT_MS", "0"),
+                ],
+                "redis.replica_ack_timeout_ms",
+                "between 10 and 60000",
+            ),
+        ] {
+            let err = Settings::load(None, env(&vars), &[]).expect_err(key);
+            assert_eq!(err.key, key, "{err}");
+            assert!(err.to_string().contains(says), "{err}");
         }
     }
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ratemesh::ServiceName;
-use ratemesh_bus::testkit::RedisServer;
+use ratemesh_bus::testkit::{RedisCluster, RedisServer};
 use ratemesh_bus::{Bus, BusOptions};
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::partner_service_client::PartnerServiceClient;
@@ -72,6 +72,25 @@ impl TestApp {
         let bus = Bus::redis(&settings.redis.url, prefix, options)
             .await
             .expect("redis bus");
+        Self::spawn_with(settings, bus).await
+    }
+
+    /// Every service on a Redis Cluster (`redis.cluster = true`, `redis.url` the
+    /// cluster's seed nodes) under `prefix`; waits until it is SERVING.
+    pub async fn spawn_on_cluster_at(
+        cluster: &RedisCluster,
+        settings: Settings,
+        prefix: &str,
+    ) -> Self {
+        let mut settings = settings;
+        let options = test_bus_options();
+        settings.redis.url = cluster.seeds();
+        settings.redis.cluster = true;
+        settings.redis.key_prefix = prefix.to_owned();
+        settings.redis.partitions = options.partitions as u16;
+        let bus = Bus::redis_cluster(&settings.redis.urls(), prefix, options)
+            .await
+            .expect("redis cluster bus");
         Self::spawn_with(settings, bus).await
     }
 

@@ -69,7 +69,8 @@ pub async fn start_embedded(configure: impl FnOnce(&mut Settings)) -> Ingest {
     start_on(bus, None, configure).await
 }
 
-async fn start_on(
+/// Ingest on `bus`, owning `redis` (stopped with it) if given.
+pub async fn start_on(
     bus: Bus,
     redis: Option<RedisServer>,
     configure: impl FnOnce(&mut Settings),
