@@ -147,18 +147,22 @@ impl Incentives {
             ratemesh_runtime::consumer::consumer_name(&settings.consumer_name, "incentives");
         let shutdown = ctx.shutdown().clone();
         let sweep_every = settings.sweep_interval();
-        ServiceModule::new("incentives", readiness.clone())
-            .grpc(IncentiveServiceServer::new(api), access::INCENTIVE_SERVICE)
-            .task(
+        let mut module = ServiceModule::new("incentives", readiness.clone())
+            .grpc(IncentiveServiceServer::new(api), access::INCENTIVE_SERVICE);
+        for &stream in streams::readers::INCENTIVES.streams {
+            module = module.task(
                 "incentives stock consumer",
                 consume(
                     self.engine.clone(),
                     ctx.bus().clone(),
-                    consumer_name,
-                    readiness,
+                    stream,
+                    consumer_name.clone(),
+                    readiness.clone(),
                     shutdown.clone(),
                 ),
-            )
+            );
+        }
+        module
             .task(
                 "incentives expiry timers",
                 timers(self.engine.clone(), settings.timer_poll(), shutdown.clone()),
@@ -170,19 +174,20 @@ impl Incentives {
     }
 }
 
-/// Reads the stock stream (the shared consumer driver): folds each entry into its SKU,
-/// then opens incentives for the SKUs of the batch that qualify, and acks what was
-/// committed.
+/// Reads `stream` (the stock stream: the service's entry in the contract's table of
+/// readers) with the shared consumer driver: folds each entry into its SKU, then opens
+/// incentives for the SKUs of the batch that qualify, and acks what was committed.
 async fn consume(
     engine: Arc<Engine>,
     bus: ratemesh_bus::Bus,
+    stream: &'static str,
     name: String,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let spec = ConsumerSpec {
-        stream: streams::STOCK,
-        group: streams::groups::INCENTIVES,
+        stream,
+        group: streams::readers::INCENTIVES.group,
         name,
     };
     consumer::run(bus, spec, Some(readiness), shutdown, |batch| {

@@ -36,7 +36,8 @@ pub(crate) struct Fanout {
 }
 
 impl Fanout {
-    /// Consumes `stream` until shutdown (the shared consumer driver).
+    /// Consumes `stream` in the notifier's group until shutdown (the shared consumer
+    /// driver).
     pub(crate) async fn run(
         self: Arc<Self>,
         stream: &'static str,
@@ -45,7 +46,7 @@ impl Fanout {
     ) -> anyhow::Result<()> {
         let spec = ConsumerSpec {
             stream,
-            group: streams::groups::NOTIFIER,
+            group: streams::readers::NOTIFIER.group,
             name: consumer_name,
         };
         let bus = self.bus.clone();

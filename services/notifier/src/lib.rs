@@ -107,18 +107,15 @@ pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
     // Everything is in the bus; there is nothing to load before serving.
     readiness.set(true);
     let shutdown = ctx.shutdown().clone();
-    Ok(ServiceModule::new("notifier", readiness)
-        .grpc(PartnerServiceServer::new(api), access::PARTNER_SERVICE)
-        .task(
-            "notifier rates fan-out",
-            fanout
-                .clone()
-                .run(streams::RATES, name.clone(), shutdown.clone()),
-        )
-        .task(
-            "notifier incentives fan-out",
-            fanout.run(streams::INCENTIVES, name, shutdown.clone()),
-        )
+    let mut module = ServiceModule::new("notifier", readiness)
+        .grpc(PartnerServiceServer::new(api), access::PARTNER_SERVICE);
+    for &stream in streams::readers::NOTIFIER.streams {
+        module = module.task(
+            "notifier fan-out",
+            fanout.clone().run(stream, name.clone(), shutdown.clone()),
+        );
+    }
+    Ok(module
         .task("notifier deliveries", dispatcher.run(shutdown))
         .task("notifier dead-letter gauge", gauges))
 }

@@ -90,7 +90,7 @@ pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
             "rates override book",
             follow_overrides(engine.clone(), loaded_tx, shutdown.clone()),
         );
-    for stream in [streams::STOCK, streams::OVERRIDES, streams::INCENTIVES] {
+    for &stream in streams::readers::RATES.streams {
         let (engine, name, shutdown, mut loaded) = (
             engine.clone(),
             name.clone(),

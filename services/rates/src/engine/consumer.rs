@@ -1,5 +1,5 @@
-//! The consumer-group loops: one per stream (`stock`, `overrides`, `incentives`), all in
-//! group `rates`.
+//! The consumer-group loops: one per stream of the rates service's entry in the contract's
+//! table of readers (`stock`, `overrides`, `incentives`), all in its group `rates`.
 //!
 //! A batch is split by entry key, each key's entries kept in stream order. The records
 //! of the batch's SKUs are read in one round trip (or taken from memory: the records this
@@ -25,8 +25,8 @@ use tracing::Instrument;
 use super::Engine;
 use super::decode::{Routed, decode};
 
-/// Consumes `stream` as `name` in group `rates` until `shutdown` (the shared consumer
-/// driver).
+/// Consumes `stream` as `name` in the rates service's group until `shutdown` (the shared
+/// consumer driver).
 pub async fn run(
     engine: Engine,
     stream: &'static str,
@@ -35,7 +35,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let spec = ConsumerSpec {
         stream,
-        group: streams::groups::RATES,
+        group: streams::readers::RATES.group,
         name,
     };
     let bus = engine.bus().clone();
