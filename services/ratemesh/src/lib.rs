@@ -6,6 +6,7 @@ pub mod demo;
 use std::path::Path;
 
 use clap::ValueEnum;
+use ratemesh_contract::streams::{Reader, readers};
 use ratemesh_runtime::settings::{EnvSource, SectionDef, SettingsError};
 use ratemesh_runtime::{Context, ServiceModule, Settings};
 
@@ -35,6 +36,28 @@ impl ServiceName {
         ServiceName::Incentives,
         ServiceName::Notifier,
     ];
+
+    /// The name `ratemesh serve` takes and the service's Deployment is named after.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceName::Ingest => "ingest",
+            ServiceName::Rates => "rates",
+            ServiceName::Incentives => "incentives",
+            ServiceName::Notifier => "notifier",
+        }
+    }
+
+    /// The consumer group and streams the service consumes (its entry in the contract's
+    /// table of readers, which the service starts its consumers from); `None` for ingest,
+    /// which only writes.
+    pub fn reader(self) -> Option<Reader> {
+        match self {
+            ServiceName::Ingest => None,
+            ServiceName::Rates => Some(readers::RATES),
+            ServiceName::Incentives => Some(readers::INCENTIVES),
+            ServiceName::Notifier => Some(readers::NOTIFIER),
+        }
+    }
 }
 
 /// Every service's settings section. All are loaded whichever services a process runs,
@@ -73,4 +96,36 @@ pub async fn build_all(
         modules.push(build(ctx, *service).await?);
     }
     Ok(modules)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reader_of_the_contract_is_a_service_and_each_service_reads_its_own_group() {
+        let mut mapped: Vec<Reader> = ServiceName::ALL.iter().filter_map(|s| s.reader()).collect();
+        let mut table = readers::ALL.to_vec();
+        let by_group = |r: &Reader| r.group;
+        mapped.sort_by_key(by_group);
+        table.sort_by_key(by_group);
+        assert_eq!(mapped, table);
+        for service in ServiceName::ALL {
+            if let Some(reader) = service.reader() {
+                assert_eq!(
+                    reader.group,
+                    service.name(),
+                    "groups are named after their reader"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_name_is_the_one_the_command_line_takes() {
+        for service in ServiceName::ALL {
+            let value = service.to_possible_value().expect("a command-line value");
+            assert_eq!(value.get_name(), service.name());
+        }
+    }
 }

@@ -13,6 +13,7 @@ mod partners_cmd;
 mod push_cmd;
 mod rates_cmd;
 mod serve_cmd;
+mod streams_cmd;
 mod table;
 
 use std::path::PathBuf;
@@ -52,6 +53,9 @@ enum Command {
     /// Check or show the effective settings.
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// The streams each service consumes, its consumer group on each and the Redis key of
+    /// every partition stream (what autoscaling watches), under the loaded settings.
+    Streams(streams_cmd::StreamsArgs),
     /// Make and hash API keys.
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
@@ -94,6 +98,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             serve_cmd::run(cli.settings()?, &[*service], false, false).await
         }
         Command::Config(command) => config_cmd::run(command, cli.settings()),
+        Command::Streams(args) => streams_cmd::run(args, cli.settings()),
         Command::Keys(command) => keys_cmd::run(command),
         Command::Health(args) => health_cmd::run(args).await,
         Command::Partners(args) => partners_cmd::run(args).await,
