@@ -22,7 +22,7 @@ const PROBE_EVERY_DOWN: Duration = Duration::from_millis(100);
 
 /// Times a cluster request is retried after a redirection, a failover or a lost
 /// connection before it fails with the last error.
-const CLUSTER_RETRIES: u32 = 6;
+const CLUSTER_RETRIES: u32 = 8;
 /// Bounds of the pause before a cluster retry (ms). The pause grows from the lower bound,
 /// so a request that meets a failover keeps asking while a replica is promoted.
 const CLUSTER_RETRY_WAIT_MS: (u64, u64) = (20, 1_000);

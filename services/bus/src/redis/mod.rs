@@ -248,13 +248,18 @@ pub(crate) fn map_error(e: RedisError, during: impl FnOnce() -> String) -> BusEr
         || e.is_unrecoverable_error()
         || matches!(
             e.kind(),
-            ErrorKind::Server(
-                ServerErrorKind::BusyLoading
-                    | ServerErrorKind::MasterDown
-                    | ServerErrorKind::TryAgain
-                    | ServerErrorKind::ClusterDown
-                    | ServerErrorKind::ReadOnly
-            )
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::ClusterDown
+                        | ServerErrorKind::ReadOnly
+                        // Still redirected once the client's retries ran out: the slot
+                        // is moving or its primary failing over.
+                        | ServerErrorKind::Moved
+                        | ServerErrorKind::Ask
+                )
         );
     if transient {
         BusError::Unavailable(format!("redis unavailable during {}: {e}", during()))

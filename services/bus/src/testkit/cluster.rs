@@ -174,8 +174,46 @@ impl RedisCluster {
         Ok(())
     }
 
-    /// Waits until every running node sees all slots served and the cluster `ok`.
+    /// `CLUSTER NODES` as a live node sees it, for failure messages.
+    pub fn describe(&mut self) -> String {
+        match self.live_port() {
+            Ok(port) => query(port, &redis::cmd("CLUSTER").arg("NODES"))
+                .unwrap_or_else(|e| format!("CLUSTER NODES failed: {e}")),
+            Err(e) => e,
+        }
+    }
+
+    /// Waits until every running node sees all slots served and the cluster `ok`, and
+    /// every primary has a replica in sync.
     pub fn wait_formed(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        self.wait_slots_served(timeout)?;
+        loop {
+            let mut lagging = Vec::new();
+            for (i, node) in self.nodes.iter().enumerate() {
+                let Ok(info) = query::<String>(node.port(), redis::cmd("INFO").arg("replication"))
+                else {
+                    continue;
+                };
+                if info.contains("role:master")
+                    && !(info.contains("connected_slaves:1") && info.contains("state=online"))
+                {
+                    lagging.push(i);
+                }
+            }
+            if lagging.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "primaries {lagging:?} have no replica in sync after {timeout:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_slots_served(&self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
         while Instant::now() < deadline {
