@@ -177,7 +177,7 @@ impl RedisCluster {
     /// `CLUSTER NODES` as a live node sees it, for failure messages.
     pub fn describe(&mut self) -> String {
         match self.live_port() {
-            Ok(port) => query(port, &redis::cmd("CLUSTER").arg("NODES"))
+            Ok(port) => query(port, redis::cmd("CLUSTER").arg("NODES"))
                 .unwrap_or_else(|e| format!("CLUSTER NODES failed: {e}")),
             Err(e) => e,
         }
