@@ -8,9 +8,11 @@
 //! version check) so a consumer's round trips do not grow with its batch, idempotency
 //! keys, durable timers, and the stats autoscaling reads.
 //!
-//! Services hold one [`Bus`] handle, built either on Redis ([`Bus::redis`], production)
-//! or in process memory ([`Bus::memory`], `ratemesh up` without Redis); both backends have
-//! the same semantics and pass the same conformance suite (`tests/conformance.rs`).
+//! Services hold one [`Bus`] handle, built on one Redis server ([`Bus::redis`]), on a
+//! Redis Cluster ([`Bus::redis_cluster`]) or in process memory ([`Bus::memory`], `ratemesh
+//! up` without Redis); all three have the same semantics and pass the same conformance
+//! suite (`tests/conformance.rs`). [`Bus::with_replica_acks`] gives a handle whose appends
+//! count as done only once Redis replicas confirmed them.
 //!
 //! ```no_run
 //! use ratemesh_bus::{Bus, BusOptions, Event, StateWrite};
@@ -47,7 +49,8 @@
 //! - [`trace_context`] — W3C `traceparent` helpers
 //! - [`options`], [`error`]
 //! - `memory/`, `redis/` — the two backends
-//! - `testkit` (feature `testkit`) — a private `redis-server` per test
+//! - `testkit` (feature `testkit`) — a private `redis-server`, or a private six-node Redis
+//!   Cluster, per test
 
 pub mod bus;
 pub mod cache;
