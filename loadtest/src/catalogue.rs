@@ -136,6 +136,11 @@ pub struct Counts {
 impl WebhookClient {
     /// A client for the target's webhook.
     pub fn new(target: &Target) -> Self {
+        Self::at(&target.webhook, &target.erp_secret)
+    }
+
+    /// A client for the webhook at `addr` (host:port), signing with `secret`.
+    pub fn at(addr: &str, secret: &str) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
@@ -143,8 +148,8 @@ impl WebhookClient {
             .build(connector);
         Self {
             client,
-            base: format!("http://{}", target.webhook),
-            secret: target.erp_secret.as_str().into(),
+            base: format!("http://{addr}"),
+            secret: secret.into(),
         }
     }
 

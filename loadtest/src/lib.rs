@@ -4,11 +4,13 @@
 //! Layout:
 //! - [`load`]: the open-loop (scheduled rate, latency from the scheduled time) and
 //!   closed-loop (saturation) drivers; [`recorder`]: HDR histograms and per-second timelines.
-//! - [`target`]: ratemesh started in this process (all four services on a private or given
-//!   Redis) or an external one; [`catalogue`]: SKUs, ERP batches, the signed webhook client;
+//! - [`target`]: ratemesh started in this process (all four services on a private
+//!   redis-server, a private six-node Redis Cluster, or a given server or cluster) or an
+//!   external one; [`catalogue`]: SKUs, ERP batches, the signed webhook client;
 //!   [`sink`]: a partner webhook endpoint; [`zipf`]: skewed popularity.
 //! - Baselines: [`echo`] (a bare tonic server with GetRate's messages) and
-//!   [`redis_baseline`] (pipelined XADD, XADD → XREADGROUP hop).
+//!   [`redis_baseline`] (pipelined XADD, XADD → XREADGROUP hop; per partition slot and per
+//!   primary on a cluster).
 //! - [`scenario`]: poll, ingest, freshness, bfcm, surge, scale — each a full run or a smoke
 //!   run ([`scenario::RunConfig::smoke`]), whose checks fail only on errors or lost events.
 //! - [`report`]: terminal table, JSON and SVG.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use ratemesh_loadtest::scenario::{self, RunConfig, Scenario};
-use ratemesh_loadtest::target::{External, TargetSpec};
+use ratemesh_loadtest::target::{External, InProcess, RedisSpec, TargetSpec};
 
 /// The same allocator as the `ratemesh` binary, so the in-process target measures what a
 /// deployment runs.
@@ -63,6 +63,18 @@ struct Args {
     /// with --grpc, the external deployment's Redis (for backlog figures and baselines).
     #[arg(long)]
     redis: Option<String>,
+    /// A Redis Cluster's seed node URLs, comma-separated: the in-process ratemesh runs on
+    /// it in cluster mode; with --grpc, the external deployment's cluster.
+    #[arg(long, value_name = "URLS", value_delimiter = ',')]
+    redis_cluster: Option<Vec<String>>,
+    /// Run the in-process ratemesh on a private Redis Cluster started for the run: six
+    /// redis-servers on this machine, three primaries with a replica each.
+    #[arg(long)]
+    private_cluster: bool,
+    /// Replicas that must confirm an accepted push before ingest answers 202
+    /// (`redis.min_replica_acks` of the in-process ratemesh).
+    #[arg(long, default_value_t = 0)]
+    min_replica_acks: u32,
     /// Stream partitions of the in-process ratemesh (or of the external deployment).
     #[arg(long, default_value_t = 1)]
     partitions: u16,
@@ -101,25 +113,83 @@ enum ScenarioArg {
     All,
 }
 
+/// Where ratemesh's Redis is, from `--redis`, `--redis-cluster` and `--private-cluster`.
+fn redis_spec(args: &Args) -> anyhow::Result<RedisSpec> {
+    let spec = match (&args.redis, &args.redis_cluster, args.private_cluster) {
+        (Some(_), Some(_), _) => anyhow::bail!(
+            "--redis names one Redis server and --redis-cluster a cluster's seed nodes: give one of them"
+        ),
+        (Some(_), None, true) => anyhow::bail!(
+            "--redis runs on a given Redis server and --private-cluster on a cluster started for the run: give one of them"
+        ),
+        (None, Some(_), true) => anyhow::bail!(
+            "--redis-cluster runs on a given cluster and --private-cluster on one started for the run: give one of them"
+        ),
+        (Some(url), None, false) => RedisSpec::Server(url.clone()),
+        (None, Some(urls), false) => {
+            let urls: Vec<String> = urls
+                .iter()
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect();
+            anyhow::ensure!(
+                !urls.is_empty(),
+                "--redis-cluster needs the cluster's seed node URLs, comma-separated \
+                 (or use --private-cluster to start one)"
+            );
+            RedisSpec::Cluster(urls)
+        }
+        (None, None, true) => RedisSpec::PrivateCluster,
+        (None, None, false) => RedisSpec::PrivateServer,
+    };
+    Ok(spec)
+}
+
 fn config(args: &Args) -> anyhow::Result<RunConfig> {
+    let redis = redis_spec(args)?;
     let target = match &args.grpc {
-        Some(grpc) => TargetSpec::External(External {
-            grpc: grpc.clone(),
-            webhook: args.webhook.clone().unwrap_or_default(),
-            erp_key: args.erp_key.clone(),
-            network_key: args.network_key.clone(),
-            merchandiser_key: args.merchandiser_key.clone(),
-            admin_key: args.admin_key.clone(),
-            erp_secret: args.erp_secret.clone().unwrap_or_default(),
-            redis: args.redis.clone(),
-            key_prefix: args.key_prefix.clone(),
-            partitions: args.partitions,
-        }),
-        None => TargetSpec::InProcess {
-            redis: args.redis.clone(),
-            partitions: args.partitions,
-            peak_at: None,
-        },
+        Some(grpc) => {
+            anyhow::ensure!(
+                redis != RedisSpec::PrivateCluster,
+                "--private-cluster starts a cluster for the in-process ratemesh; with --grpc, \
+                 give the deployment's cluster with --redis-cluster URLS"
+            );
+            anyhow::ensure!(
+                args.min_replica_acks == 0,
+                "--min-replica-acks sets the in-process ratemesh's redis.min_replica_acks; \
+                 an external deployment has its own"
+            );
+            TargetSpec::External(External {
+                grpc: grpc.clone(),
+                webhook: args.webhook.clone().unwrap_or_default(),
+                erp_key: args.erp_key.clone(),
+                network_key: args.network_key.clone(),
+                merchandiser_key: args.merchandiser_key.clone(),
+                admin_key: args.admin_key.clone(),
+                erp_secret: args.erp_secret.clone().unwrap_or_default(),
+                redis: (redis != RedisSpec::PrivateServer).then_some(redis),
+                key_prefix: args.key_prefix.clone(),
+                partitions: args.partitions,
+            })
+        }
+        None => {
+            match (&redis, args.min_replica_acks) {
+                (_, 0) => {}
+                (RedisSpec::PrivateServer, _) => anyhow::bail!(
+                    "--min-replica-acks needs replicas, and the private redis-server has none: \
+                     add --private-cluster, --redis-cluster URLS or a --redis with replicas"
+                ),
+                (RedisSpec::PrivateCluster, n) if n > 1 => anyhow::bail!(
+                    "--min-replica-acks {n}: the private cluster has one replica per primary"
+                ),
+                (_, n) if n > 16 => anyhow::bail!("--min-replica-acks must be at most 16"),
+                _ => {}
+            }
+            TargetSpec::InProcess(InProcess {
+                min_replica_acks: args.min_replica_acks,
+                ..InProcess::on(redis, args.partitions)
+            })
+        }
     };
     let mut config = if args.smoke {
         RunConfig::smoke(target)
@@ -239,5 +309,133 @@ async fn main() -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> anyhow::Result<RunConfig> {
+        let args = Args::try_parse_from(["ratemesh-loadtest"].iter().chain(args))?;
+        config(&args)
+    }
+
+    fn in_process(args: &[&str]) -> InProcess {
+        match parse(args).expect("valid arguments").target {
+            TargetSpec::InProcess(spec) => spec,
+            other => panic!("expected an in-process target, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn redis_and_redis_cluster_together_are_refused() {
+        let error = parse(&[
+            "ingest",
+            "--redis",
+            "redis://127.0.0.1:7000/",
+            "--redis-cluster",
+            "redis://127.0.0.1:7001/",
+        ])
+        .expect_err("both were given");
+        assert!(
+            error.to_string().contains("--redis names one Redis server"),
+            "{error}"
+        );
+        assert!(parse(&["ingest", "--redis", "redis://h/", "--private-cluster"]).is_err());
+        assert!(
+            parse(&[
+                "ingest",
+                "--redis-cluster",
+                "redis://h/",
+                "--private-cluster"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn redis_cluster_takes_comma_separated_seeds() {
+        let spec = in_process(&[
+            "ingest",
+            "--redis-cluster",
+            "redis://127.0.0.1:7000/, redis://127.0.0.1:7001/",
+            "--partitions",
+            "6",
+            "--min-replica-acks",
+            "1",
+        ]);
+        assert_eq!(
+            spec.redis,
+            RedisSpec::Cluster(vec![
+                "redis://127.0.0.1:7000/".into(),
+                "redis://127.0.0.1:7001/".into()
+            ])
+        );
+        assert_eq!((spec.partitions, spec.min_replica_acks), (6, 1));
+        assert_eq!(
+            in_process(&["all", "--private-cluster"]).redis,
+            RedisSpec::PrivateCluster
+        );
+        assert_eq!(in_process(&["all"]).redis, RedisSpec::PrivateServer);
+    }
+
+    #[test]
+    fn replica_acks_need_replicas_and_an_in_process_target() {
+        assert!(parse(&["ingest", "--min-replica-acks", "1"]).is_err());
+        assert!(parse(&["ingest", "--private-cluster", "--min-replica-acks", "2"]).is_err());
+        assert!(
+            parse(&[
+                "ingest",
+                "--grpc",
+                "h:50051",
+                "--webhook",
+                "h:8080",
+                "--erp-secret",
+                "s",
+                "--min-replica-acks",
+                "1"
+            ])
+            .is_err()
+        );
+        assert_eq!(
+            in_process(&["ingest", "--private-cluster", "--min-replica-acks", "1"])
+                .min_replica_acks,
+            1
+        );
+    }
+
+    #[test]
+    fn an_external_target_takes_its_cluster_but_never_a_private_one() {
+        let external = [
+            "poll",
+            "--grpc",
+            "h:50051",
+            "--webhook",
+            "h:8080",
+            "--erp-secret",
+            "s",
+        ];
+        let with = |extra: &[&str]| {
+            let args: Vec<&str> = external.iter().chain(extra).copied().collect();
+            parse(&args)
+        };
+        match with(&["--redis-cluster", "redis://h:7000/"])
+            .expect("valid")
+            .target
+        {
+            TargetSpec::External(ext) => {
+                assert_eq!(
+                    ext.redis,
+                    Some(RedisSpec::Cluster(vec!["redis://h:7000/".into()]))
+                )
+            }
+            other => panic!("expected an external target, got {other:?}"),
+        }
+        match with(&[]).expect("valid").target {
+            TargetSpec::External(ext) => assert_eq!(ext.redis, None),
+            other => panic!("expected an external target, got {other:?}"),
+        }
+        assert!(with(&["--private-cluster"]).is_err());
     }
 }

@@ -3,8 +3,9 @@
 //! keys and the ERP signing secret.
 //!
 //! In-process, every service runs through `ratemesh::build_all` and `App` exactly as
-//! `ratemesh up --redis URL` runs them, on a private `redis-server` (or `--redis URL`),
-//! with the load-test policy of [`policy_toml`].
+//! `ratemesh up --redis URL` runs them, with the load-test policy of [`policy_toml`], on
+//! the Redis [`RedisSpec`] names: a private `redis-server` (the default), a private
+//! six-node Redis Cluster, or a given server or cluster.
 
 use ratemesh::IngestSettings;
 use std::path::PathBuf;
@@ -13,13 +14,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use ratemesh::ServiceName;
 use ratemesh_bus::Bus;
-use ratemesh_bus::testkit::RedisServer;
+use ratemesh_bus::testkit::{RedisCluster, RedisServer};
 use ratemesh_runtime::{Role, Settings};
 pub use ratemesh_testkit::Bearer;
 use ratemesh_testkit::TestApp;
 use ratemesh_testkit::settings::{allow_local_partners, bare_settings, erp_source};
 use ratemesh_testkit::{key_of, wait_serving};
 use tonic::transport::{Channel, Endpoint};
+
+use crate::redis_baseline::DirectRedis;
 
 /// Where to find an external ratemesh.
 #[derive(Debug, Clone)]
@@ -35,24 +38,67 @@ pub struct External {
     pub admin_key: String,
     /// A signing secret of one of the deployment's `[[ingest.sources]]`.
     pub erp_secret: String,
-    /// Redis of the deployment and its key prefix, for backlog figures and baselines.
-    pub redis: Option<String>,
+    /// Redis of the deployment ([`RedisSpec::Server`] or [`RedisSpec::Cluster`]) and its
+    /// key prefix, for backlog figures and baselines.
+    pub redis: Option<RedisSpec>,
     pub key_prefix: String,
     /// Stream partitions of the deployment (to read backlog across them).
     pub partitions: u16,
 }
 
+/// The Redis ratemesh runs on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RedisSpec {
+    /// A `redis-server` started for the run (free port, no persistence, no replicas).
+    #[default]
+    PrivateServer,
+    /// A Redis Cluster started for the run: six `redis-server`s on this machine, three
+    /// primaries with a replica each (the bus test kit's [`RedisCluster`]).
+    PrivateCluster,
+    /// A running Redis server, by URL.
+    Server(String),
+    /// A running Redis Cluster, by its seed nodes' URLs.
+    Cluster(Vec<String>),
+}
+
+impl RedisSpec {
+    /// The Redis is a cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisSpec::PrivateCluster | RedisSpec::Cluster(_))
+    }
+}
+
+/// A ratemesh started in this process.
+#[derive(Debug, Clone)]
+pub struct InProcess {
+    /// Where its Redis is.
+    pub redis: RedisSpec,
+    /// Stream partitions (as `redis.partitions`).
+    pub partitions: u16,
+    /// Replicas that must confirm an accepted push before ingest answers 202 (as
+    /// `redis.min_replica_acks`).
+    pub min_replica_acks: u32,
+    /// Start of a peak window in the policy, for the BFCM scenario.
+    pub peak_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl InProcess {
+    /// On `redis` with `partitions` partitions, no replica confirmations, no peak window.
+    pub fn on(redis: RedisSpec, partitions: u16) -> Self {
+        Self {
+            redis,
+            partitions,
+            min_replica_acks: 0,
+            peak_at: None,
+        }
+    }
+}
+
 /// How to start or reach ratemesh.
 #[derive(Debug, Clone)]
 pub enum TargetSpec {
-    /// Start every service in this process; on `redis` (a URL) or a private redis-server.
-    InProcess {
-        redis: Option<String>,
-        /// Stream partitions (as `redis.partitions`).
-        partitions: u16,
-        /// Start of a peak window in the policy, for the BFCM scenario.
-        peak_at: Option<chrono::DateTime<chrono::Utc>>,
-    },
+    /// Start every service in this process.
+    InProcess(InProcess),
     /// An already running ratemesh.
     External(External),
 }
@@ -69,8 +115,9 @@ pub struct Target {
     admin_key: String,
     /// The ERP signing secret.
     pub erp_secret: String,
-    /// Redis URL (for the baselines) when known.
-    pub redis_url: Option<String>,
+    /// The deployment's Redis reached directly (for the baselines and memory figures),
+    /// when known.
+    pub redis: Option<DirectRedis>,
     /// A bus handle on the deployment's keys, for stream backlog figures.
     pub bus: Option<Bus>,
     /// Settings the in-process ratemesh runs with (to start more replicas on it).
@@ -81,6 +128,7 @@ pub struct Target {
     // Dropped last: the private Redis outlives the services on it.
     _policy: Option<tempfile::NamedTempFile>,
     _redis: Option<RedisServer>,
+    _cluster: Option<RedisCluster>,
 }
 
 const ERP_SECRET: &str = "loadtest-erp-secret-0123456789abcdef";
@@ -171,34 +219,52 @@ impl Target {
     /// Starts or connects to ratemesh as `spec` says and waits until it is SERVING.
     pub async fn start(spec: &TargetSpec) -> anyhow::Result<Self> {
         match spec {
-            TargetSpec::InProcess {
-                redis,
-                partitions,
-                peak_at,
-            } => Self::in_process(redis.clone(), *partitions, *peak_at).await,
+            TargetSpec::InProcess(spec) => Self::in_process(spec).await,
             TargetSpec::External(ext) => Self::external(ext).await,
         }
     }
 
-    async fn in_process(
-        redis: Option<String>,
-        partitions: u16,
-        peak_at: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> anyhow::Result<Self> {
+    async fn in_process(spec: &InProcess) -> anyhow::Result<Self> {
         let mut policy = tempfile::NamedTempFile::new().context("creating the policy file")?;
-        std::io::Write::write_all(&mut policy, policy_toml(peak_at).as_bytes())?;
-        let mut settings = in_process_settings(policy.path().to_owned(), partitions.max(1));
-        let (server, url) = match redis {
-            Some(url) => (None, url),
-            None => {
-                let server = RedisServer::try_start_with(Default::default())
+        std::io::Write::write_all(&mut policy, policy_toml(spec.peak_at).as_bytes())?;
+        let partitions = spec.partitions.max(1);
+        let mut settings = in_process_settings(policy.path().to_owned(), partitions);
+        let (mut server, mut cluster) = (None, None);
+        let (urls, on) = match &spec.redis {
+            RedisSpec::PrivateServer => {
+                let started = RedisServer::try_start_with(Default::default())
                     .map_err(|e| anyhow::anyhow!(e))?;
-                let url = server.url();
-                (Some(server), url)
+                let url = started.url();
+                server = Some(started);
+                (vec![url], "a private redis-server".to_owned())
             }
+            RedisSpec::PrivateCluster => {
+                // Forming the cluster runs redis-cli and waits for the replicas to sync.
+                let started =
+                    tokio::task::spawn_blocking(
+                        || RedisCluster::try_start_with(Default::default()),
+                    )
+                    .await?
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                let urls = started.urls();
+                cluster = Some(started);
+                (
+                    urls,
+                    "a private redis cluster (3 primaries, 3 replicas, on this machine)".to_owned(),
+                )
+            }
+            RedisSpec::Server(url) => (vec![url.clone()], "the given redis".to_owned()),
+            RedisSpec::Cluster(urls) => (urls.clone(), "the given redis cluster".to_owned()),
         };
-        settings.redis.url = url.clone();
+        settings.redis.url = urls.join(",");
+        settings.redis.cluster = spec.redis.is_cluster();
+        settings.redis.min_replica_acks = spec.min_replica_acks;
         settings.redis.key_prefix = ratemesh_bus::testkit::unique_prefix();
+        let direct = if settings.redis.cluster {
+            DirectRedis::cluster(&urls, &settings.redis.key_prefix, u32::from(partitions))
+        } else {
+            DirectRedis::server(&urls[0], &settings.redis.key_prefix, u32::from(partitions))
+        };
         let bus = ratemesh_runtime::backend::connect(&settings).await?;
         let app =
             TestApp::try_spawn_services(settings.clone(), bus.clone(), &ServiceName::ALL).await?;
@@ -207,6 +273,17 @@ impl Target {
             .http
             .context("the ingest service bound no webhook port")?
             .to_string();
+        let mut description =
+            format!("in-process ratemesh (all four services) on {on}, {partitions} partition(s)");
+        if settings.redis.cluster {
+            // Which primaries the partitions' slots fall on decides how the load spreads.
+            let spread = direct.partitions_per_primary().await?;
+            let spread: Vec<String> = spread.iter().map(usize::to_string).collect();
+            description.push_str(&format!(" on the primaries as {}", spread.join("/")));
+        }
+        if spec.min_replica_acks > 0 {
+            description.push_str(&format!(", min_replica_acks {}", spec.min_replica_acks));
+        }
         let target = Target {
             grpc,
             webhook,
@@ -215,34 +292,37 @@ impl Target {
             merchandiser_key: key_of(Role::Merchandiser),
             admin_key: key_of(Role::Admin),
             erp_secret: ERP_SECRET.to_owned(),
-            redis_url: Some(url),
+            redis: Some(direct),
             bus: Some(bus),
             settings: Some(settings),
-            description: format!(
-                "in-process ratemesh (all four services) on {} redis, {} partition(s)",
-                if server.is_some() {
-                    "a private"
-                } else {
-                    "the given"
-                },
-                partitions.max(1)
-            ),
+            description,
             running: Some(app),
             _policy: Some(policy),
             _redis: server,
+            _cluster: cluster,
         };
         wait_serving(&target.grpc, Duration::from_secs(30)).await?;
         Ok(target)
     }
 
     async fn external(ext: &External) -> anyhow::Result<Self> {
-        let bus = match &ext.redis {
-            Some(url) => {
-                let mut options = ratemesh_bus::BusOptions::embedded();
-                options.partitions = u32::from(ext.partitions.max(1));
-                Some(Bus::redis(url, &ext.key_prefix, options).await?)
-            }
-            None => None,
+        let mut options = ratemesh_bus::BusOptions::embedded();
+        options.partitions = u32::from(ext.partitions.max(1));
+        let partitions = options.partitions;
+        let (bus, direct) = match &ext.redis {
+            None => (None, None),
+            Some(RedisSpec::Server(url)) => (
+                Some(Bus::redis(url, &ext.key_prefix, options).await?),
+                Some(DirectRedis::server(url, &ext.key_prefix, partitions)),
+            ),
+            Some(RedisSpec::Cluster(urls)) => (
+                Some(Bus::redis_cluster(urls, &ext.key_prefix, options).await?),
+                Some(DirectRedis::cluster(urls, &ext.key_prefix, partitions)),
+            ),
+            Some(private) => anyhow::bail!(
+                "an external deployment runs on its own redis, not on {private:?}: give its \
+                 server or cluster"
+            ),
         };
         wait_serving(&ext.grpc, Duration::from_secs(10)).await?;
         Ok(Target {
@@ -253,13 +333,14 @@ impl Target {
             merchandiser_key: ext.merchandiser_key.clone(),
             admin_key: ext.admin_key.clone(),
             erp_secret: ext.erp_secret.clone(),
-            redis_url: ext.redis.clone(),
+            redis: direct,
             bus,
             settings: None,
             description: format!("external ratemesh at {}", ext.grpc),
             running: None,
             _policy: None,
             _redis: None,
+            _cluster: None,
         })
     }
 

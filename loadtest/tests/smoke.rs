@@ -1,16 +1,18 @@
 //! The CI smoke run: every scenario, short and at a low rate, against an in-process
-//! ratemesh on a private redis-server. It fails only on errors or lost events (the
-//! report's checks), never on a throughput or latency figure.
+//! ratemesh on a private redis-server, and `ingest` on a private Redis Cluster. It fails
+//! only on errors or lost events (the report's checks), never on a throughput or latency
+//! figure.
 
+use ratemesh_loadtest::report::Report;
 use ratemesh_loadtest::scenario::{self, RunConfig, Scenario};
-use ratemesh_loadtest::target::TargetSpec;
+use ratemesh_loadtest::target::{InProcess, RedisSpec, TargetSpec};
 
 async fn smoke(s: Scenario) {
-    let config = RunConfig::smoke(TargetSpec::InProcess {
-        redis: None,
-        partitions: 2,
-        peak_at: None,
-    });
+    smoke_on(s, RedisSpec::PrivateServer).await;
+}
+
+async fn smoke_on(s: Scenario, redis: RedisSpec) -> Report {
+    let config = RunConfig::smoke(TargetSpec::InProcess(InProcess::on(redis, 2)));
     let report = scenario::run(s, &config).await;
     let failures = report.failures();
     assert!(failures.is_empty(), "{}", report.table());
@@ -40,6 +42,7 @@ async fn smoke(s: Scenario) {
         4 * report.phases.len(),
         "one throughput and three latency lines per phase"
     );
+    report
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,4 +73,34 @@ async fn surge_smoke() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_smoke() {
     smoke(Scenario::Scale).await;
+}
+
+/// On a cluster (three primaries with a replica each) the baseline appends to the
+/// partitions' slots, and the webhook is measured with and without a replica's
+/// confirmation of every push, in the same run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_smoke_on_a_private_cluster() {
+    let report = smoke_on(Scenario::Ingest, RedisSpec::PrivateCluster).await;
+    assert!(report.target.contains("redis cluster"), "{}", report.target);
+    let acks: Vec<&str> = report
+        .phases
+        .iter()
+        .map(|p| p.name.as_str())
+        .filter(|name| name.starts_with("webhook batch"))
+        .collect();
+    assert_eq!(
+        acks,
+        [
+            "webhook batch 20, acks 0",
+            "webhook batch 20, acks 1, 2nd ingest"
+        ],
+        "{}",
+        report.table()
+    );
+    let ratio = report
+        .ratios
+        .iter()
+        .find(|r| r.name.contains("min_replica_acks 1 / min_replica_acks 0"))
+        .unwrap_or_else(|| panic!("no replica acks ratio\n{}", report.table()));
+    assert!(ratio.value > 0.0, "{}", report.table());
 }

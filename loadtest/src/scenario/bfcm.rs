@@ -18,7 +18,7 @@ use crate::catalogue::{self, Sequences, WebhookClient};
 use crate::load::{self, Shape};
 use crate::recorder::Outcome;
 use crate::report::Report;
-use crate::target::{Target, TargetSpec};
+use crate::target::{InProcess, Target, TargetSpec};
 use crate::zipf::{SplitMix, Zipf};
 
 /// Runs the scenario into `report`.
@@ -31,16 +31,13 @@ pub async fn run(config: &RunConfig, report: &mut Report) -> anyhow::Result<()> 
     let peak_in = seed_guess + length.mul_f64(0.4);
     let peak_at = chrono::Utc::now() + chrono::Duration::from_std(peak_in)?;
     let spec = match &config.target {
-        TargetSpec::InProcess {
-            redis, partitions, ..
-        } => TargetSpec::InProcess {
-            redis: redis.clone(),
-            partitions: *partitions,
+        TargetSpec::InProcess(spec) => TargetSpec::InProcess(InProcess {
             peak_at: Some(peak_at),
-        },
+            ..spec.clone()
+        }),
         external => external.clone(),
     };
-    let peak = matches!(spec, TargetSpec::InProcess { .. }).then_some(peak_at);
+    let peak = matches!(spec, TargetSpec::InProcess(_)).then_some(peak_at);
     let target = Target::start(&spec).await?;
     report.target = target.description.clone();
     let result = measure(config, report, &target, n, length, peak).await;

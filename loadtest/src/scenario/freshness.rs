@@ -291,13 +291,15 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         ),
     );
 
-    let redis_url = target.redis_url.clone().ok_or_else(|| {
-        anyhow::anyhow!("the freshness baseline needs the target's redis (--redis)")
+    let redis = target.redis.as_ref().ok_or_else(|| {
+        anyhow::anyhow!(
+            "the freshness baseline needs the target's redis (--redis or --redis-cluster)"
+        )
     })?;
     let t = report.elapsed_s();
     let r = redis_baseline::hop_probe(
-        &redis_url,
-        &format!("loadtest:hop:{run_id:x}"),
+        redis,
+        &format!("hop:{run_id:x}"),
         &config.drive("redis hop probe", 4096),
         &Shape::constant(rate, length),
     )

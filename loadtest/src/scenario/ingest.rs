@@ -1,18 +1,22 @@
 //! `ingest`: the ERP pushing stock. Saturation of signed webhook batches and of gRPC
-//! PushStock, against pipelined XADD on the same Redis; then every accepted update must
-//! be consumed by the rates service (nothing lost).
+//! PushStock, against pipelined XADD on the same Redis; on a Redis with replicas, the
+//! webhook again with the other `redis.min_replica_acks` (0 or 1) on a second ingest;
+//! then every accepted update must be consumed by the rates service (nothing lost).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use ratemesh::ServiceName;
 use ratemesh_contract::streams;
 use ratemesh_proto::v1::inventory_ingest_client::InventoryIngestClient;
 use ratemesh_runtime::Role;
+use ratemesh_testkit::TestApp;
 
 use super::RunConfig;
 use crate::catalogue::{self, Sequences, StockItem, WebhookClient};
 use crate::load;
-use crate::recorder::Outcome;
+use crate::recorder::{Outcome, Summary};
 use crate::redis_baseline;
 use crate::report::Report;
 use crate::target::Target;
@@ -51,21 +55,25 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
     let c = config.concurrency;
     let run_id = format!("{:x}", seqs.next());
 
-    let redis_url = target
-        .redis_url
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("the ingest baseline needs the target's redis (--redis)"))?;
+    let redis = target.redis.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("the ingest baseline needs the target's redis (--redis or --redis-cluster)")
+    })?;
+    let spread = if redis.partitions > 1 {
+        format!(", {} partition keys in turn", redis.partitions)
+    } else {
+        String::new()
+    };
     let t = report.elapsed_s();
     let r = redis_baseline::xadd_pipelined(
-        &redis_url,
-        &format!("loadtest:xadd:{run_id}"),
+        redis,
+        &format!("xadd:{run_id}"),
         b,
         &config.drive("XADD pipelined", c.min(16)),
         config.duration,
     )
     .await?;
     let xadd = report.phase(
-        &format!("XADD pipelined, depth {b} (baseline)"),
+        &format!("XADD pipelined, depth {b}{spread} (baseline)"),
         "closed",
         0.0,
         c.min(16),
@@ -73,29 +81,54 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         &r,
     );
 
-    let webhook = WebhookClient::new(target);
-    let op = {
-        let (webhook, seqs, run_id) = (webhook.clone(), seqs.clone(), run_id.clone());
-        move |i: u64| {
-            let items = batch(i, b, n, &seqs);
-            let body = catalogue::stock_json(&format!("lt-{run_id}-w-{i}"), &items);
-            let webhook = webhook.clone();
-            async move { applied(webhook.post("/v1/stock", body).await, items.len()) }
-        }
+    // With replicas, the webhook phase runs again on a second ingest that differs only in
+    // `redis.min_replica_acks` (1 if the target runs with 0, else 0).
+    let acks = target
+        .settings
+        .as_ref()
+        .map_or(0, |s| s.redis.min_replica_acks);
+    let other = other_acks(report, target).await?;
+    // The table shows 40 characters of a phase's name: short enough to tell them apart.
+    let hook_name = |a: u32, second: &str| match other {
+        Some(_) => format!("webhook batch {b}, acks {a}{second}"),
+        None if a > 0 => format!("webhook POST /v1/stock, batch {b}, acks {a}"),
+        None => format!("webhook POST /v1/stock, batch {b}"),
     };
-    let t = report.elapsed_s();
-    let r = load::closed_loop(&config.drive("webhook saturation", c), config.duration, op).await;
-    let hook = report.phase(
-        &format!("webhook POST /v1/stock, batch {b}"),
-        "closed",
-        0.0,
-        c,
-        t,
-        &r,
-    );
+    let hook = webhook_saturation(
+        config,
+        report,
+        &WebhookClient::new(target),
+        &hook_name(acks, ""),
+        0,
+        (n, &seqs, &run_id),
+    )
+    .await;
+    if let Some(other) = other {
+        super::settle(target).await;
+        let name = hook_name(other, ", 2nd ingest");
+        let other_hook =
+            other_acks_phase(config, report, target, other, &name, (n, &seqs, &run_id)).await?;
+        let (with, without) = if other > 0 {
+            ((other, &other_hook), &hook)
+        } else {
+            ((acks, &hook), &other_hook)
+        };
+        report.ratio(
+            &format!(
+                "webhook ingest updates/s, min_replica_acks {} / min_replica_acks 0",
+                with.0
+            ),
+            (
+                &format!("acks {} updates/s", with.0),
+                with.1.items_per_sec,
+            ),
+            ("acks 0 updates/s", without.items_per_sec),
+            "each accepted push waits for WAIT on its partition's primary; ingest sends its acked appends on one connection (per primary on a cluster), which each WAIT holds until it returns",
+        );
+    }
 
-    // The webhook phase leaves a stock backlog (ingest outruns the rates consumer and
-    // sheds past `ingest.backlog_limit`): let it drain, so the gRPC phase starts where the
+    // A webhook phase leaves a stock backlog (ingest outruns the rates consumer and sheds
+    // past `ingest.backlog_limit`): let it drain, so the next phase starts where the first
     // webhook phase did instead of being mostly shed.
     super::settle(target).await;
     let channels = Arc::new(target.channels(config.connections).await?);
@@ -219,6 +252,85 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         );
     }
     Ok(())
+}
+
+/// The catalogue size, the sequence source and the run id that make batches unique.
+type Batches<'a> = (usize, &'a Arc<Sequences>, &'a str);
+
+/// Closed-loop signed batches to `webhook` for the configured duration; `offset` keeps
+/// the batches apart from other phases'.
+async fn webhook_saturation(
+    config: &RunConfig,
+    report: &mut Report,
+    webhook: &WebhookClient,
+    name: &str,
+    offset: u64,
+    (n, seqs, run_id): Batches<'_>,
+) -> Summary {
+    let b = config.ingest_batch.max(1);
+    let c = config.concurrency;
+    let op = {
+        let (webhook, seqs, run_id) = (webhook.clone(), seqs.clone(), run_id.to_owned());
+        move |i: u64| {
+            let i = i + offset;
+            let items = batch(i, b, n, &seqs);
+            let body = catalogue::stock_json(&format!("lt-{run_id}-w-{i}"), &items);
+            let webhook = webhook.clone();
+            async move { applied(webhook.post("/v1/stock", body).await, items.len()) }
+        }
+    };
+    let t = report.elapsed_s();
+    let r = load::closed_loop(&config.drive(name, c), config.duration, op).await;
+    report.phase(name, "closed", 0.0, c, t, &r)
+}
+
+/// The `redis.min_replica_acks` to compare the target's with (1 when it runs with 0,
+/// else 0), when the target runs in this process on a Redis whose every primary has
+/// enough replicas for both.
+async fn other_acks(report: &mut Report, target: &Target) -> anyhow::Result<Option<u32>> {
+    let (Some(settings), Some(_), Some(redis)) = (&target.settings, &target.bus, &target.redis)
+    else {
+        return Ok(None);
+    };
+    let acks = settings.redis.min_replica_acks;
+    let other = u32::from(acks == 0);
+    let replicas = redis.min_replicas().await?;
+    report.figure(
+        "redis replicas (fewest of any primary)",
+        replicas as f64,
+        "",
+    );
+    Ok((replicas >= u64::from(acks.max(other))).then_some(other))
+}
+
+/// The webhook phase against a second ingest service on the target's Redis, keys and
+/// consumers, built with `redis.min_replica_acks = acks`.
+async fn other_acks_phase(
+    config: &RunConfig,
+    report: &mut Report,
+    target: &Target,
+    acks: u32,
+    name: &str,
+    batches: Batches<'_>,
+) -> anyhow::Result<Summary> {
+    let (Some(settings), Some(bus)) = (&target.settings, &target.bus) else {
+        anyhow::bail!("a second ingest needs the target in this process");
+    };
+    let mut settings = settings.clone();
+    settings.redis.min_replica_acks = acks;
+    let ingest = TestApp::try_spawn_services(settings, bus.clone(), &[ServiceName::Ingest]).await?;
+    let phase = async {
+        ratemesh_testkit::wait_serving(&ingest.grpc.to_string(), Duration::from_secs(30)).await?;
+        let addr = ingest
+            .http
+            .context("the second ingest service bound no webhook port")?
+            .to_string();
+        let webhook = WebhookClient::at(&addr, &target.erp_secret);
+        anyhow::Ok(webhook_saturation(config, report, &webhook, name, 1 << 41, batches).await)
+    }
+    .await;
+    ingest.try_stop().await?;
+    phase
 }
 
 /// An accepted batch must account for every update: applied, or stale when a

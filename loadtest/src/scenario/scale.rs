@@ -220,14 +220,20 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
     Ok(())
 }
 
-/// Reports Redis's memory per SKU, the streams' share of it (entries retention has not
-/// trimmed yet included) and the `MEMORY USAGE` of one SKU's records.
+/// Reports Redis's memory per SKU (on a cluster, summed over the primaries, so every key
+/// counts once), the streams' share of it (entries retention has not trimmed yet
+/// included) and the `MEMORY USAGE` of one SKU's records.
 async fn redis_memory(target: &Target, n: usize, when: &str, report: &mut Report) {
-    let Some(url) = &target.redis_url else { return };
-    match crate::redis_baseline::memory(url, &format!(":{}", catalogue::sku(n / 2))).await {
+    let Some(redis) = &target.redis else { return };
+    let over = if redis.cluster {
+        " (primaries summed)"
+    } else {
+        ""
+    };
+    match crate::redis_baseline::memory(redis, &format!(":{}", catalogue::sku(n / 2))).await {
         Ok(memory) => {
             report.figure(
-                &format!("redis: used_memory per SKU{when}"),
+                &format!("redis: used_memory{over} per SKU{when}"),
                 memory.used as f64 / n as f64,
                 "bytes/SKU",
             );
