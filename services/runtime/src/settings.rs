@@ -1136,7 +1136,11 @@ mod tests {
         assert!(s.redis.cluster);
         assert_eq!(
             s.redis.urls(),
-            ["redis://h1:7000", "redis://app:secret@h2:7001", "redis://h3:7002"]
+            [
+                "redis://h1:7000",
+                "redis://app:secret@h2:7001",
+                "redis://h3:7002"
+            ]
         );
         assert_eq!(s.redis.min_replica_acks, 1);
         assert_eq!(
