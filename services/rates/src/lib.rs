@@ -82,6 +82,7 @@ pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
     let mut module = ServiceModule::new("rates", readiness)
         .grpc(read.server, access::RATE_SERVICE)
         .task("rates replica", read.task)
+        .task("rates snapshot", read.snapshot_task)
         .grpc(
             OverrideServiceServer::new(overrides_api),
             access::OVERRIDE_SERVICE,

@@ -18,6 +18,9 @@ pub struct RatesSettings {
     pub watch_buffer: usize,
     /// Interval of `WatchRates` heartbeats while no matching change is sent.
     pub watch_heartbeat_ms: u64,
+    /// How often the replica holding the snapshot lease writes the rate table's changed
+    /// blocks and moves the snapshot's position forward.
+    pub snapshot_interval_ms: u64,
     /// Name of this replica in the `rates` consumer group; empty derives one from the host
     /// name and process id (names must differ between replicas).
     pub consumer_name: String,
@@ -65,6 +68,7 @@ impl Section for RatesSettings {
             ),
             ("rates.watch_buffer", self.watch_buffer as u64),
             ("rates.watch_heartbeat_ms", self.watch_heartbeat_ms),
+            ("rates.snapshot_interval_ms", self.snapshot_interval_ms),
             (
                 "rates.recompute_concurrency",
                 self.recompute_concurrency as u64,

@@ -1,10 +1,11 @@
 //! Keeps the replica current: loads the snapshot, then tails the `rates` stream.
 //!
-//! Load order (the storage contract): note the stream's end, scan every `rate` state,
-//! then tail from the noted end — so a card written during the scan is either in the scan
-//! or in the tail (applying by version makes seeing it twice harmless). The replica is
-//! marked loaded once the tail has reached the stream's end as of the scan's completion,
-//! so it never serves a table older than the snapshot it read.
+//! Load order: read the snapshot ([`super::snapshot`]) and tail from the position it is
+//! complete up to. Without a usable snapshot (the storage contract): note the stream's
+//! end, scan every `rate` state, then tail from the noted end — so a card written during
+//! the scan is either in the scan or in the tail (applying by version makes seeing it
+//! twice harmless). The replica is marked loaded once the tail has reached the stream's
+//! end as of the load's completion, so it never serves a table older than what it read.
 //!
 //! This is the only part of the read path that holds the bus. Backend errors are logged
 //! and retried with backoff; reads meanwhile keep being served from memory.
@@ -25,8 +26,8 @@ use ratemesh_runtime::Readiness;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::replica::Replica;
-use super::{CARD_FIELD, RATE_CHANGED_KIND, STATE_NAMESPACE};
+use super::replica::{Incoming, Replica};
+use super::{CARD_FIELD, RATE_CHANGED_KIND, STATE_NAMESPACE, snapshot, wire};
 
 /// States read per snapshot page.
 const SNAPSHOT_PAGE: usize = 1_000;
@@ -133,12 +134,71 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> boo
     }
 }
 
-/// One load attempt: snapshot, then tail until caught up. `None` when shut down.
+/// One load attempt: the snapshot (or, without a usable one, every state record), then
+/// the tail until caught up. `None` when shut down.
 async fn load(
     bus: &Bus,
     replica: &Replica,
     shutdown: &CancellationToken,
 ) -> BusResult<Option<ratemesh_bus::Tail>> {
+    let started = std::time::Instant::now();
+    let from = match snapshot::load(bus, replica).await {
+        Ok(Some(loaded)) => {
+            replica.note_snapshot_load();
+            metrics::counter!("ratemesh_rates_replica_loads_total", "from" => "snapshot")
+                .increment(1);
+            tracing::info!(
+                cards = loaded.cards,
+                took_ms = started.elapsed().as_millis() as u64,
+                "rate snapshot read"
+            );
+            loaded.cursor
+        }
+        Ok(None) => {
+            metrics::counter!("ratemesh_rates_replica_loads_total", "from" => "records")
+                .increment(1);
+            scan(bus, replica, shutdown).await?
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "reading the rate snapshot failed; reading every record");
+            metrics::counter!("ratemesh_rates_replica_loads_total", "from" => "records")
+                .increment(1);
+            scan(bus, replica, shutdown).await?
+        }
+    };
+    if shutdown.is_cancelled() {
+        return Ok(None);
+    }
+    // The position moves to `from` only now: while a serving replica reloads, a cursor
+    // handed out mid-scan stays before the cards the scan is still applying.
+    replica.begin_load(&from);
+    let target = bus.end_cursor(streams::RATES).await?;
+    let mut tail = bus.tail(streams::RATES, from)?;
+    while !replica.reader().position().covers(&target) {
+        if shutdown.is_cancelled() {
+            return Ok(None);
+        }
+        let batch = tail.next_batch().await?;
+        apply_batch(replica, &batch);
+        if batch.is_empty() && tail.cursor().covers(&target) {
+            // Entries up to the target were trimmed away: nothing more to wait for.
+            replica.begin_load(&target);
+        }
+    }
+    tracing::debug!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "rate table loaded and tail caught up"
+    );
+    Ok(Some(tail))
+}
+
+/// Reads every `rate` state record into the replica; the stream position to tail from
+/// (the stream's end noted before the scan).
+async fn scan(
+    bus: &Bus,
+    replica: &Replica,
+    shutdown: &CancellationToken,
+) -> BusResult<ratemesh_bus::Cursor> {
     let base = bus.end_cursor(streams::RATES).await?;
     let mut page: Option<String> = None;
     let mut scanned = 0usize;
@@ -151,13 +211,18 @@ async fn load(
                 // The engine keeps state for SKUs that have no published card yet.
                 continue;
             };
-            match v1::RateCard::decode(bytes.as_ref()) {
-                Ok(card) if card.sku == *sku => {
+            // Decoded whole once, so a card the replica serves is known to be well formed.
+            match v1::RateCard::decode(bytes.as_ref()).map(|_| Incoming::new(bytes)) {
+                Ok(Ok(card)) if card.head.sku == sku.as_str() => {
                     replica.apply_snapshot(card, &base);
                     scanned += 1;
                 }
-                Ok(card) => {
-                    tracing::warn!(sku = %sku, card_sku = %card.sku, "stored card names another sku; skipped");
+                Ok(Ok(card)) => {
+                    tracing::warn!(sku = %sku, card_sku = %card.head.sku, "stored card names another sku; skipped");
+                }
+                Ok(Err(err)) => {
+                    metrics::counter!("ratemesh_rates_replica_bad_entries_total").increment(1);
+                    tracing::warn!(sku = %sku, error = %err, "stored card does not decode; skipped");
                 }
                 Err(err) => {
                     metrics::counter!("ratemesh_rates_replica_bad_entries_total").increment(1);
@@ -170,27 +235,11 @@ async fn load(
             None => break,
         }
         if shutdown.is_cancelled() {
-            return Ok(None);
+            break;
         }
     }
-    // The position moves to `base` only now: while a serving replica reloads, a cursor
-    // handed out mid-scan stays before the cards the scan is still applying.
-    replica.begin_load(&base);
-    let target = bus.end_cursor(streams::RATES).await?;
-    let mut tail = bus.tail(streams::RATES, base)?;
-    while !replica.reader().position().covers(&target) {
-        if shutdown.is_cancelled() {
-            return Ok(None);
-        }
-        let batch = tail.next_batch().await?;
-        apply_batch(replica, &batch);
-        if batch.is_empty() && tail.cursor().covers(&target) {
-            // Entries up to the target were trimmed away: nothing more to wait for.
-            replica.begin_load(&target);
-        }
-    }
-    tracing::debug!(scanned, "rate snapshot scanned and tail caught up");
-    Ok(Some(tail))
+    tracing::debug!(scanned, "rate records scanned");
+    Ok(base)
 }
 
 /// Applies `RateChanged` entries; anything else on the stream is skipped.
@@ -209,7 +258,18 @@ pub fn apply_batch(replica: &Replica, batch: &[Delivery]) {
                 previous_rate,
                 ..
             })) if card.sku == delivery.key => {
-                replica.apply_change(delivery.partition, delivery.id, card, previous_rate);
+                // Kept as published when the entry carries it once (as the engine writes
+                // it); re-encoded otherwise.
+                let payload = delivery.payload.as_ref();
+                let encoded;
+                let bytes = match wire::rate_changed_card(payload) {
+                    Some(range) => &payload[range],
+                    None => {
+                        encoded = card.encode_to_vec();
+                        &encoded
+                    }
+                };
+                replica.apply_change(delivery.partition, delivery.id, card, bytes, previous_rate);
             }
             Ok(_) => {
                 tracing::debug!(key = %delivery.key, id = %delivery.id, "rates entry without a usable card; skipped");

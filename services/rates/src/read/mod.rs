@@ -8,10 +8,13 @@
 //! replica's recent versions cannot settle read the backend (the durable rate history).
 //!
 //! Layout:
-//! - [`replica`] — the sharded card table, per-SKU history and change positions,
-//!   and the change broadcast; [`Replica`] writes, [`ReplicaReader`] reads.
-//! - [`loader`] — snapshot + tail, the only holder of the bus on the read path.
-//! - [`point`] — `GetRate`, `BatchGetRates`, `ListRates`.
+//! - [`replica`] — the sharded table of encoded cards, change positions, recent
+//!   versions and the change broadcast; [`Replica`] writes, [`ReplicaReader`] reads.
+//! - [`wire`] — cards' fields read from their bytes; responses around encoded cards.
+//! - [`loader`] — snapshot + tail, the holder of the bus on the read path.
+//! - [`snapshot`] — the compact snapshot a cold replica loads, and its writer.
+//! - [`point`] — `GetRate`, `BatchGetRates`, `ListRates`, answered as encoded bytes.
+//! - [`server`] — the gRPC server sending those bytes as they are.
 //! - [`watch`] — `WatchRates`.
 //! - [`explain`] — `ExplainRate`.
 //! - [`history`] — `GetRate.as_of` from the durable rate history.
@@ -29,17 +32,20 @@ pub mod loader;
 pub mod page_token;
 pub mod point;
 pub mod replica;
+pub mod server;
 pub mod service;
+pub mod snapshot;
 pub mod watch;
+pub mod wire;
 
 use std::time::Duration;
 
 use crate::RatesSettings;
-use ratemesh_proto::v1::rate_service_server::RateServiceServer;
 use ratemesh_runtime::{Context, Readiness};
 
 pub use explain::{Explainer, InputsDecoder};
 pub use replica::{Clock, Replica, ReplicaOptions, ReplicaReader, system_clock};
+pub use server::RatesServer;
 pub use service::RatesApi;
 
 /// The rate table's record layout and the kind of the `rates` entries the replica applies
@@ -54,7 +60,6 @@ pub fn replica_options(settings: &RatesSettings, partitions: u32) -> ReplicaOpti
     ReplicaOptions {
         partitions,
         history_retention: chrono::Duration::days(i64::from(settings.history_retention_days)),
-        history_max_versions: settings.history_max_versions,
         watch_buffer: settings.watch_buffer,
     }
 }
@@ -62,11 +67,13 @@ pub fn replica_options(settings: &RatesSettings, partitions: u32) -> ReplicaOpti
 /// The read path's parts, for `build` to put into the service module.
 pub struct ReadPath {
     /// The gRPC service.
-    pub server: RateServiceServer<RatesApi>,
+    pub server: RatesServer,
     /// The same service, for calling directly (tests).
     pub api: RatesApi,
     /// Loads and follows the replica; marks `readiness` ready once loaded.
     pub task: std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>,
+    /// Keeps the snapshot fresh while this replica holds its lease.
+    pub snapshot_task: std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>,
     /// The replica's read view (for tests and metrics).
     pub reader: ReplicaReader,
 }
@@ -109,6 +116,18 @@ impl ReadPath {
             Duration::from_millis(settings.watch_heartbeat_ms),
             ctx.shutdown().clone(),
         );
+        let interval = Duration::from_millis(settings.snapshot_interval_ms);
+        let writer = snapshot::Writer::new(
+            ctx.bus().clone(),
+            replica.clone(),
+            format!(
+                "{}-{}",
+                ratemesh_runtime::consumer::consumer_name(&settings.consumer_name, "rates"),
+                ulid::Ulid::generate()
+            ),
+            interval * 3,
+        );
+        let snapshot_task = Box::pin(snapshot::run(writer, interval, ctx.shutdown().clone()));
         let task = Box::pin(loader::run(
             ctx.bus().clone(),
             replica,
@@ -116,9 +135,10 @@ impl ReadPath {
             ctx.shutdown().clone(),
         ));
         Self {
-            server: RateServiceServer::new(api.clone()),
+            server: RatesServer::new(api.clone()),
             api,
             task,
+            snapshot_task,
             reader,
         }
     }

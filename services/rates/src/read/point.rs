@@ -1,16 +1,19 @@
 //! `GetRate`, `BatchGetRates` and `ListRates`: answered from the replica alone.
 //!
 //! These functions take a [`ReplicaReader`] and nothing else, so they cannot reach the
-//! backend: a read never waits on Redis, and keeps answering while Redis is down.
+//! backend: a read never waits on Redis, and keeps answering while Redis is down. They
+//! answer with the encoded response, assembled from the replica's pre-encoded cards
+//! ([`super::wire`]).
 
 use chrono::{DateTime, Utc};
 use ratemesh_core::Sku;
-use ratemesh_proto::v1::{self, rate_result::Outcome};
+use ratemesh_proto::v1;
 use ratemesh_runtime::ApiError;
 
 use super::error::ReadError;
 use super::page_token::{PageToken, fingerprint};
 use super::replica::{ListQuery, ReplicaReader};
+use super::wire;
 
 /// Most SKUs in one `BatchGetRates`.
 pub const MAX_BATCH: usize = 1_000;
@@ -47,30 +50,33 @@ pub(crate) fn timestamp_to_utc(
     ratemesh_core::input::timestamp(ts.seconds, ts.nanos).map_err(|e| ReadError::invalid(field, e))
 }
 
-/// `GetRate` for the current card (`as_of` is answered by [`super::history`]).
+/// `GetRate` for the current card (`as_of` is answered by [`super::history`]): the
+/// encoded `GetRateResponse`.
 pub fn get_rate(
     reader: &ReplicaReader,
     request: &v1::GetRateRequest,
-) -> Result<v1::GetRateResponse, ReadError> {
+) -> Result<Vec<u8>, ReadError> {
     ensure_loaded(reader)?;
     let sku = parse_sku("sku", &request.sku)?;
     count("GetRate", 1);
     reader.count_reads(1);
-    let card = reader.get(sku.as_str()).ok_or(ApiError::NotFound {
-        what: "rate for sku",
-        key: sku.as_str().to_owned(),
-    })?;
-    Ok(v1::GetRateResponse {
-        card: Some((*card).clone()),
-    })
+    reader
+        .with_card(sku.as_str(), wire::get_rate_response)
+        .ok_or_else(|| {
+            ApiError::NotFound {
+                what: "rate for sku",
+                key: sku.as_str().to_owned(),
+            }
+            .into()
+        })
 }
 
 /// `BatchGetRates`: one result per requested SKU, in order; a bad or unknown SKU is an
-/// item error, not a failed call.
+/// item error, not a failed call. The encoded `BatchGetRatesResponse`.
 pub fn batch_get_rates(
     reader: &ReplicaReader,
     request: &v1::BatchGetRatesRequest,
-) -> Result<v1::BatchGetRatesResponse, ReadError> {
+) -> Result<Vec<u8>, ReadError> {
     ensure_loaded(reader)?;
     if request.skus.is_empty() {
         return Err(ReadError::invalid("skus", "must hold at least one sku"));
@@ -86,39 +92,34 @@ pub fn batch_get_rates(
     }
     count("BatchGetRates", request.skus.len() as u64);
     reader.count_reads(request.skus.len() as u64);
-    let results = request
-        .skus
-        .iter()
-        .map(|sku| {
-            let outcome = match Sku::new(sku.as_str()) {
-                Err(e) => Outcome::Error(v1::ItemError {
-                    code: v1::ItemErrorCode::InvalidSku.into(),
-                    message: e.to_string(),
-                }),
-                Ok(valid) => match reader.get(valid.as_str()) {
-                    Some(card) => Outcome::Card((*card).clone()),
-                    None => Outcome::Error(v1::ItemError {
-                        code: v1::ItemErrorCode::NotFound.into(),
-                        message: format!("no rate for sku {sku}"),
-                    }),
-                },
-            };
-            v1::RateResult {
-                sku: sku.clone(),
-                outcome: Some(outcome),
+    let mut out = wire::BatchWriter::with_capacity(request.skus.len(), 256);
+    for sku in &request.skus {
+        match Sku::new(sku.as_str()) {
+            Err(e) => out.error(sku, v1::ItemErrorCode::InvalidSku.into(), &e.to_string()),
+            Ok(valid) => {
+                if reader
+                    .with_card(valid.as_str(), |card| out.card(sku, card))
+                    .is_none()
+                {
+                    out.error(
+                        sku,
+                        v1::ItemErrorCode::NotFound.into(),
+                        &format!("no rate for sku {sku}"),
+                    );
+                }
             }
-        })
-        .collect();
-    Ok(v1::BatchGetRatesResponse { results })
+        }
+    }
+    Ok(out.finish())
 }
 
-/// `ListRates`: a page in SKU order. The `cursor` on the last page is the replica
-/// position captured before the first page was read, so every change made during the
-/// listing is returned again by the next `changed_since` call.
+/// `ListRates`: a page in SKU order, the encoded `ListRatesResponse`. The `cursor` on the
+/// last page is the replica position captured before the first page was read, so every
+/// change made during the listing is returned again by the next `changed_since` call.
 pub fn list_rates(
     reader: &ReplicaReader,
     request: &v1::ListRatesRequest,
-) -> Result<v1::ListRatesResponse, ReadError> {
+) -> Result<Vec<u8>, ReadError> {
     ensure_loaded(reader)?;
     if request.page_size > MAX_PAGE {
         return Err(ReadError::invalid(
@@ -184,9 +185,9 @@ pub fn list_rates(
         ),
         None => (String::new(), token.start.to_string()),
     };
-    Ok(v1::ListRatesResponse {
-        cards: page.cards.iter().map(|c| (**c).clone()).collect(),
-        next_page_token,
-        cursor,
-    })
+    Ok(wire::list_rates_response(
+        page.cards.iter().map(Vec::as_slice),
+        &next_page_token,
+        &cursor,
+    ))
 }

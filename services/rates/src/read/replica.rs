@@ -1,35 +1,57 @@
 //! The in-memory rate table every rates process serves reads from.
 //!
-//! Built for BFCM: hundreds of thousands of SKUs, many concurrent readers and one writer
-//! (the loader applying `rates` stream entries). Cards live in [`SHARDS`] independently
-//! locked hash maps, so a reader contends only with a write to the same shard and never
-//! with readers; a separate ordered SKU index (write-locked only when a new SKU appears)
-//! serves paged listings in SKU order. Cards are stored as ready-to-serve `v1::RateCard`s
-//! behind `Arc`, so a read clones a pointer, not a card.
+//! Built for a whole catalogue (a million SKUs and more) in a small pod, many concurrent
+//! readers and one writer (the loader applying `rates` stream entries):
+//!
+//! - **Cards are kept encoded**, as the protobuf bytes the engine published, packed one
+//!   after another in a per-shard arena; a read copies bytes into the response
+//!   ([`super::wire`]) and nothing is encoded per call. The SKU is stored once, inside its
+//!   card.
+//! - **The index costs a few words per SKU**: [`SHARDS`] independently locked shards, each
+//!   a hash table of 4-byte slot numbers over a vector of 40-byte slots (where the card
+//!   is, its version, the position of its last change, its interned category). A reader
+//!   contends only with a write to the same shard and never with other readers.
+//! - **Listings** walk a vector of slot ids in SKU order (4 bytes per SKU), plus a small
+//!   sorted vector of SKUs added since it was last merged.
+//! - **History is out of the hot structure**: the durable history lives in the backend
+//!   (see [`super::history`]); the replica keeps only the last [`RECENT_VERSIONS`]
+//!   superseded cards, for `as_of` reads of the last moments.
 //!
 //! Every card remembers the stream position of its last change. That makes delta sync a
 //! filter over the table instead of a change log that can expire: "changed after cursor C"
 //! is "last change position > C in the card's partition", which holds for every SKU ever
-//! seen, however old C is. Cards loaded from the snapshot carry the snapshot's base position
-//! (their true position is at or before it), so an older cursor conservatively includes them.
+//! seen, however old C is. Cards loaded from a state scan carry the scan's base position
+//! (their true position is at or before it), so an older cursor conservatively includes
+//! them; cards loaded from a snapshot block carry their own.
+//!
+//! SKUs fall into [`BLOCKS`] buckets by a stable hash; a change marks its bucket dirty, and
+//! the snapshot writer ([`super::snapshot`]) rewrites only dirty buckets.
 //!
 //! The writer is split from the readers by type: [`Replica`] applies, [`ReplicaReader`]
 //! only reads, and neither holds a bus handle.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::hash::BuildHasher;
-use std::ops::Bound;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use chrono::{DateTime, Utc};
+use hashbrown::HashTable;
+use prost::Message;
 use ratemesh_bus::partition::partition_of;
 use ratemesh_bus::{Cursor, EntryId};
 use ratemesh_proto::v1;
 use tokio::sync::broadcast;
 
-/// Number of independently locked shards of the card map.
+use super::wire::{self, CardHead};
+
+/// Number of independently locked shards of the card table.
 pub const SHARDS: usize = 64;
+/// Number of snapshot buckets (a multiple of [`SHARDS`]: bucket `b` lives in shard
+/// `b % SHARDS`).
+pub const BLOCKS: usize = 1024;
+/// Superseded cards kept in memory for `as_of` reads of the last moments; older instants
+/// are read from the durable history.
+pub const RECENT_VERSIONS: usize = 8192;
 
 /// Where "now" comes from; tests inject a fixed or stepping clock.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
@@ -46,8 +68,6 @@ pub struct ReplicaOptions {
     pub partitions: u32,
     /// How far back `as_of` reads can look.
     pub history_retention: chrono::Duration,
-    /// Most versions kept per SKU.
-    pub history_max_versions: usize,
     /// Changes a watcher may fall behind before it is ended.
     pub watch_buffer: usize,
 }
@@ -86,33 +106,165 @@ pub enum Applied {
     Stale,
 }
 
-struct Slot {
-    card: Arc<v1::RateCard>,
-    partition: u32,
-    /// Position of the last change in `partition`.
-    changed_at: EntryId,
-    /// Past and current versions with their computation time, oldest first; the last is
-    /// `card`.
-    versions: VecDeque<(DateTime<Utc>, Arc<v1::RateCard>)>,
+/// A stable 64-bit hash of a SKU (FNV-1a with a final mix): the same in every process,
+/// so snapshot buckets mean the same to every replica.
+pub fn sku_hash(sku: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in sku {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // Spread the low bits (bucket, shard) and the high bits (hash table control bytes).
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h
 }
 
-/// One shard of the card map.
-type Shard = RwLock<HashMap<Arc<str>, Slot>>;
+/// The snapshot bucket of a SKU.
+pub fn bucket_of(sku: &[u8]) -> usize {
+    (sku_hash(sku) % BLOCKS as u64) as usize
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// Where the card's bytes start in the shard's arena.
+    offset: u32,
+    /// Their length.
+    len: u32,
+    version: u64,
+    /// Position of the last change in `partition`.
+    changed: EntryId,
+    category: u32,
+    partition: u16,
+    bucket: u16,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Slot numbers, hashed by SKU.
+    table: HashTable<u32>,
+    slots: Vec<Slot>,
+    /// Encoded cards, back to back; a replaced card leaves garbage until compaction.
+    arena: Vec<u8>,
+    garbage: usize,
+}
+
+fn card_of<'a>(arena: &'a [u8], slot: &Slot) -> &'a [u8] {
+    &arena[slot.offset as usize..slot.offset as usize + slot.len as usize]
+}
+
+impl Shard {
+    fn card(&self, slot: &Slot) -> &[u8] {
+        card_of(&self.arena, slot)
+    }
+
+    fn find(&self, hash: u64, sku: &[u8]) -> Option<u32> {
+        self.table
+            .find(hash, |&i| {
+                wire::card_sku(card_of(&self.arena, &self.slots[i as usize])) == sku
+            })
+            .copied()
+    }
+
+    fn get(&self, sku: &str) -> Option<&Slot> {
+        let i = self.find(sku_hash(sku.as_bytes()), sku.as_bytes())?;
+        Some(&self.slots[i as usize])
+    }
+
+    /// Appends `card` to the arena; its offset.
+    fn push_card(&mut self, card: &[u8]) -> u32 {
+        let offset = self.arena.len();
+        self.arena.extend_from_slice(card);
+        u32::try_from(offset).expect("a shard's cards exceed 4 GiB")
+    }
+
+    fn insert(&mut self, hash: u64, slot: Slot) -> u32 {
+        let index = u32::try_from(self.slots.len()).expect("too many SKUs in one shard");
+        self.slots.push(slot);
+        let Shard {
+            table,
+            slots,
+            arena,
+            ..
+        } = self;
+        table.insert_unique(hash, index, |&i| {
+            sku_hash(wire::card_sku(card_of(arena, &slots[i as usize])))
+        });
+        index
+    }
+
+    /// Rewrites the arena without garbage once garbage is a quarter of it.
+    fn compact_if_needed(&mut self) {
+        if self.garbage < 64 * 1024 || self.garbage * 4 < self.arena.len() {
+            return;
+        }
+        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
+        for slot in &mut self.slots {
+            let start = slot.offset as usize;
+            let offset = arena.len();
+            arena.extend_from_slice(&self.arena[start..start + slot.len as usize]);
+            slot.offset = u32::try_from(offset).expect("compacted arena fits");
+        }
+        self.arena = arena;
+        self.garbage = 0;
+    }
+}
+
+/// A slot id across shards: the slot number times [`SHARDS`] plus the shard.
+type SlotId = u32;
+
+fn slot_id(shard: usize, index: u32) -> SlotId {
+    index * SHARDS as u32 + shard as u32
+}
+
+fn split_id(id: SlotId) -> (usize, usize) {
+    ((id % SHARDS as u32) as usize, (id / SHARDS as u32) as usize)
+}
+
+/// Slot ids in SKU order: a large sorted vector, and the SKUs added since it was last
+/// merged (also sorted), merged once they pass an eighth of it.
+#[derive(Default)]
+struct Order {
+    sorted: Vec<SlotId>,
+    recent: Vec<SlotId>,
+    /// Ids appended to `sorted` while loading, sorted once when loading ends.
+    unsorted: bool,
+}
+
+/// Interned categories.
+#[derive(Default)]
+struct Categories {
+    names: Vec<Arc<str>>,
+    ids: HashMap<Arc<str>, u32>,
+}
+
+/// A superseded card kept for recent `as_of` reads.
+struct Superseded {
+    hash: u64,
+    version: u64,
+    at: DateTime<Utc>,
+    card: Box<[u8]>,
+}
 
 struct Inner {
     options: ReplicaOptions,
     clock: Clock,
-    hasher: std::collections::hash_map::RandomState,
-    shards: Box<[Shard]>,
-    /// Every SKU, ordered, for listings.
-    index: RwLock<BTreeSet<Arc<str>>>,
-    /// Position up to which entries are applied; advanced after the card is in the map,
+    shards: Box<[RwLock<Shard>]>,
+    order: RwLock<Order>,
+    categories: RwLock<Categories>,
+    recent: Mutex<VecDeque<Superseded>>,
+    /// Buckets changed since the snapshot writer last took them.
+    dirty: Box<[AtomicBool]>,
+    /// Position up to which entries are applied; advanced after the card is in the table,
     /// so a listing that captures it first never misses a change it covers.
     position: RwLock<Cursor>,
     changes: broadcast::Sender<Arc<Change>>,
     loaded: AtomicBool,
     reads: AtomicU64,
     applied: AtomicU64,
+    /// Loads that read a snapshot rather than every state record.
+    snapshot_loads: AtomicU64,
 }
 
 fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -131,14 +283,113 @@ pub fn computed_at(card: &v1::RateCard) -> DateTime<Utc> {
         .unwrap_or(DateTime::UNIX_EPOCH)
 }
 
-impl Inner {
-    fn shard(&self, sku: &str) -> &Shard {
-        let n = self.hasher.hash_one(sku) as usize % self.shards.len();
-        &self.shards[n]
+/// Decodes a card the replica holds (its bytes were checked when applied).
+fn decode(card: &[u8]) -> Option<Arc<v1::RateCard>> {
+    match v1::RateCard::decode(card) {
+        Ok(card) => Some(Arc::new(card)),
+        Err(err) => {
+            tracing::error!(error = %err, "a card held by the replica does not decode");
+            None
+        }
     }
 }
 
-/// The writer's handle: applies cards from the snapshot and the stream.
+impl Inner {
+    fn shard_of(hash: u64) -> usize {
+        (hash % BLOCKS as u64) as usize % SHARDS
+    }
+
+    /// Calls `f` with the SKU of slot `id`, under its shard's read lock.
+    fn with_sku<R>(&self, id: SlotId, f: impl FnOnce(&[u8]) -> R) -> R {
+        let (shard, index) = split_id(id);
+        let shard = read_lock(&self.shards[shard]);
+        f(wire::card_sku(shard.card(&shard.slots[index])))
+    }
+
+    /// Copies the SKU of slot `id` into `buf`.
+    fn sku_into(&self, id: SlotId, buf: &mut Vec<u8>) {
+        self.with_sku(id, |sku| {
+            buf.clear();
+            buf.extend_from_slice(sku);
+        });
+    }
+
+    fn category_id(&self, name: &str) -> u32 {
+        if let Some(id) = read_lock(&self.categories).ids.get(name) {
+            return *id;
+        }
+        let mut categories = write_lock(&self.categories);
+        if let Some(id) = categories.ids.get(name) {
+            return *id;
+        }
+        let id = u32::try_from(categories.names.len()).unwrap_or(u32::MAX);
+        let name: Arc<str> = Arc::from(name);
+        categories.names.push(name.clone());
+        categories.ids.insert(name, id);
+        id
+    }
+
+    fn find_category(&self, name: &str) -> Option<u32> {
+        read_lock(&self.categories).ids.get(name).copied()
+    }
+
+    /// Files a new SKU in SKU order.
+    fn order_insert(&self, id: SlotId, sku: &[u8]) {
+        let mut order = write_lock(&self.order);
+        if !self.loaded.load(Ordering::Acquire) {
+            order.sorted.push(id);
+            order.unsorted = true;
+            return;
+        }
+        let at = order
+            .recent
+            .partition_point(|&other| self.with_sku(other, |o| o < sku));
+        order.recent.insert(at, id);
+        if order.recent.len() > 4096.max(order.sorted.len() / 8) {
+            self.merge(&mut order);
+        }
+    }
+
+    /// Merges `recent` into `sorted` (and sorts `sorted` after a load).
+    fn merge(&self, order: &mut Order) {
+        let guards: Vec<RwLockReadGuard<'_, Shard>> = self.shards.iter().map(read_lock).collect();
+        let sku = |id: SlotId| {
+            let (shard, index) = split_id(id);
+            let shard = &guards[shard];
+            wire::card_sku(shard.card(&shard.slots[index]))
+        };
+        if order.unsorted {
+            order.sorted.sort_unstable_by(|a, b| sku(*a).cmp(sku(*b)));
+            order.unsorted = false;
+        }
+        if order.recent.is_empty() {
+            return;
+        }
+        let recent = std::mem::take(&mut order.recent);
+        let old = std::mem::take(&mut order.sorted);
+        let mut merged = Vec::with_capacity(old.len() + recent.len());
+        let (mut a, mut b) = (old.into_iter().peekable(), recent.into_iter().peekable());
+        loop {
+            match (a.peek(), b.peek()) {
+                (Some(&x), Some(&y)) => {
+                    if sku(x) <= sku(y) {
+                        merged.push(x);
+                        a.next();
+                    } else {
+                        merged.push(y);
+                        b.next();
+                    }
+                }
+                (Some(_), None) => merged.extend(a.by_ref()),
+                (None, Some(_)) => merged.extend(b.by_ref()),
+                (None, None) => break,
+            }
+        }
+        order.sorted = merged;
+    }
+}
+
+/// The writer's handle: applies cards from snapshots and the stream.
 #[derive(Clone)]
 pub struct Replica {
     inner: Arc<Inner>,
@@ -168,24 +419,50 @@ impl std::fmt::Debug for ReplicaReader {
     }
 }
 
+/// A card to apply: its bytes and the fields read from them.
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<'a> {
+    /// The encoded card.
+    pub bytes: &'a [u8],
+    /// Its head.
+    pub head: CardHead<'a>,
+}
+
+impl<'a> Incoming<'a> {
+    /// Reads the head of `bytes`.
+    pub fn new(bytes: &'a [u8]) -> Result<Self, wire::WireError> {
+        Ok(Self {
+            bytes,
+            head: wire::card_head(bytes)?,
+        })
+    }
+}
+
 impl Replica {
     /// An empty, not yet loaded replica.
     pub fn new(options: ReplicaOptions, clock: Clock) -> Self {
-        let partitions = options.partitions.max(1);
+        let partitions = options.partitions.clamp(1, u32::from(u16::MAX));
         let (changes, _) = broadcast::channel(options.watch_buffer.max(1));
-        let shards = (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect();
+        let shards = (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect();
+        let dirty = (0..BLOCKS).map(|_| AtomicBool::new(false)).collect();
         Replica {
             inner: Arc::new(Inner {
-                options,
+                options: ReplicaOptions {
+                    partitions,
+                    ..options
+                },
                 clock,
-                hasher: std::collections::hash_map::RandomState::new(),
                 shards,
-                index: RwLock::new(BTreeSet::new()),
+                order: RwLock::new(Order::default()),
+                categories: RwLock::new(Categories::default()),
+                recent: Mutex::new(VecDeque::new()),
+                dirty,
                 position: RwLock::new(Cursor::start(partitions)),
                 changes,
                 loaded: AtomicBool::new(false),
                 reads: AtomicU64::new(0),
                 applied: AtomicU64::new(0),
+                snapshot_loads: AtomicU64::new(0),
             }),
         }
     }
@@ -197,8 +474,8 @@ impl Replica {
         }
     }
 
-    /// Starts a load at `base` (the stream's end noted before the snapshot scan): the
-    /// position never moves backwards, so a reload keeps what is already applied.
+    /// Moves the position to at least `base`: the position never moves backwards, so a
+    /// reload keeps what is already applied.
     pub fn begin_load(&self, base: &Cursor) {
         let mut position = write_lock(&self.inner.position);
         for (p, id) in base.ids().iter().enumerate() {
@@ -206,32 +483,51 @@ impl Replica {
         }
     }
 
+    /// Counts a load that read a snapshot.
+    pub fn note_snapshot_load(&self) {
+        self.inner.snapshot_loads.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Marks the replica loaded: reads are answered from now on.
     pub fn set_loaded(&self) {
+        {
+            let mut order = write_lock(&self.inner.order);
+            self.inner.merge(&mut order);
+        }
         self.inner.loaded.store(true, Ordering::Release);
     }
 
-    /// Applies a card read from the snapshot. Its change position is taken as `base` (the
-    /// stream end noted before the scan): the true one is at or before it, or the card is
-    /// newer and its stream entry, applied next, sets the exact position.
+    /// Applies a card read from the state records. Its change position is taken as
+    /// `base` (the stream end noted before the scan): the true one is at or before it, or
+    /// the card is newer and its stream entry, applied next, sets the exact position.
     ///
     /// A reload while serving (the stream was trimmed past this replica) broadcasts the
     /// cards it finds newer, so watchers learn of changes made in the gap; a first load
     /// has no watchers yet.
-    pub fn apply_snapshot(&self, card: v1::RateCard, base: &Cursor) -> Applied {
-        let partition = partition_of(&card.sku, self.inner.options.partitions);
+    pub fn apply_snapshot(&self, card: Incoming<'_>, base: &Cursor) -> Applied {
+        let partition = partition_of(card.head.sku, self.inner.options.partitions);
+        self.apply_loaded(card, partition, base.get(partition))
+    }
+
+    /// Applies a card read from a snapshot block, last changed at `changed` in its
+    /// partition.
+    pub fn apply_block_card(&self, card: Incoming<'_>, changed: EntryId) -> Applied {
+        let partition = partition_of(card.head.sku, self.inner.options.partitions);
+        self.apply_loaded(card, partition, changed)
+    }
+
+    fn apply_loaded(&self, card: Incoming<'_>, partition: u32, changed: EntryId) -> Applied {
         let watched = self.inner.changes.receiver_count() > 0;
-        let previous_rate = if watched {
-            card.previous_rate.clone()
-        } else {
-            String::new()
-        };
-        let (applied, stored) = self.store(card, partition, base.get(partition));
-        if watched && let (Applied::Newer, Some(card)) = (applied, stored) {
+        let applied = self.store(card, partition, changed);
+        if watched
+            && applied == Applied::Newer
+            && let Some(decoded) = decode(card.bytes)
+        {
             let cursor = read_lock(&self.inner.position).to_string();
+            let previous_rate = decoded.previous_rate.clone();
             // Watchers may have gone since the count was taken: not an error.
             let _ = self.inner.changes.send(Arc::new(Change {
-                card,
+                card: decoded,
                 previous_rate,
                 cursor: Arc::from(cursor),
             }));
@@ -239,22 +535,30 @@ impl Replica {
         applied
     }
 
-    /// Applies a `RateChanged` stream entry at `partition`/`id`, broadcasts it to
-    /// watchers if it is newer, then advances the replica position past it.
+    /// Applies a `RateChanged` stream entry at `partition`/`id` (`card` decoded from
+    /// `bytes`), broadcasts it to watchers if it is newer, then advances the replica
+    /// position past it.
     pub fn apply_change(
         &self,
         partition: u32,
         id: EntryId,
         card: v1::RateCard,
+        bytes: &[u8],
         previous_rate: String,
     ) -> Applied {
-        let (applied, stored) = self.store(card, partition, id);
+        let head = CardHead {
+            sku: &card.sku,
+            category: &card.category,
+            version: card.version,
+            computed_at: card.computed_at.as_ref().map(|t| (t.seconds, t.nanos)),
+        };
+        let applied = self.store(Incoming { bytes, head }, partition, id);
         let mut next = read_lock(&self.inner.position).clone();
         next.advance(partition, id);
-        if let (Applied::Newer, Some(card)) = (applied, stored) {
-            // No receivers is the normal idle case, not an error.
+        if applied == Applied::Newer && self.inner.changes.receiver_count() > 0 {
+            // Watchers may have gone since the count was taken: not an error.
             let _ = self.inner.changes.send(Arc::new(Change {
-                card,
+                card: Arc::new(card),
                 previous_rate,
                 cursor: Arc::from(next.to_string()),
             }));
@@ -269,80 +573,147 @@ impl Replica {
         write_lock(&self.inner.position).advance(partition, id);
     }
 
-    fn store(
-        &self,
-        card: v1::RateCard,
-        partition: u32,
-        id: EntryId,
-    ) -> (Applied, Option<Arc<v1::RateCard>>) {
+    fn store(&self, card: Incoming<'_>, partition: u32, changed: EntryId) -> Applied {
         let inner = &self.inner;
-        let at = computed_at(&card);
-        let card = Arc::new(card);
-        let key: Arc<str> = Arc::from(card.sku.as_str());
-        let mut shard = write_lock(inner.shard(&key));
-        let outcome = match shard.get_mut(&key) {
+        let sku = card.head.sku.as_bytes();
+        let hash = sku_hash(sku);
+        let bucket = (hash % BLOCKS as u64) as usize;
+        let shard_no = Inner::shard_of(hash);
+        let category = inner.category_id(card.head.category);
+        let len = u32::try_from(card.bytes.len()).expect("a card under 4 GiB");
+        let mut shard = write_lock(&inner.shards[shard_no]);
+        let outcome = match shard.find(hash, sku) {
             None => {
-                shard.insert(
-                    key.clone(),
+                let offset = shard.push_card(card.bytes);
+                let index = shard.insert(
+                    hash,
                     Slot {
-                        card: card.clone(),
-                        partition,
-                        changed_at: id,
-                        versions: VecDeque::from([(at, card.clone())]),
+                        offset,
+                        len,
+                        version: card.head.version,
+                        changed,
+                        category,
+                        partition: u16::try_from(partition).unwrap_or(u16::MAX),
+                        bucket: u16::try_from(bucket).unwrap_or(u16::MAX),
                     },
                 );
+                // The dirty mark precedes the position's advance (the caller's), so a
+                // snapshot taken at a position covers every change it marks.
+                inner.dirty[bucket].store(true, Ordering::Release);
                 drop(shard);
-                write_lock(&inner.index).insert(key);
+                inner.order_insert(slot_id(shard_no, index), sku);
                 Applied::Newer
             }
-            Some(slot) if card.version > slot.card.version => {
-                slot.card = card.clone();
-                slot.changed_at = slot.changed_at.max(id);
-                slot.versions.push_back((at, card.clone()));
-                let cutoff = (inner.clock)() - inner.options.history_retention;
-                prune(
-                    &mut slot.versions,
-                    cutoff,
-                    inner.options.history_max_versions,
-                );
-                Applied::Newer
+            Some(index) => {
+                let slot = shard.slots[index as usize];
+                if card.head.version > slot.version {
+                    let old = shard.card(&slot);
+                    if let Ok(old_head) = wire::card_head(old) {
+                        let superseded = Superseded {
+                            hash,
+                            version: slot.version,
+                            at: old_head.computed_at(),
+                            card: old.into(),
+                        };
+                        let mut recent =
+                            inner.recent.lock().unwrap_or_else(PoisonError::into_inner);
+                        if recent.len() >= RECENT_VERSIONS {
+                            recent.pop_front();
+                        }
+                        recent.push_back(superseded);
+                    }
+                    let offset = if card.bytes.len() <= slot.len as usize {
+                        // Fits where the old one was: overwrite in place.
+                        let start = slot.offset as usize;
+                        shard.arena[start..start + card.bytes.len()].copy_from_slice(card.bytes);
+                        shard.garbage += slot.len as usize - card.bytes.len();
+                        slot.offset
+                    } else {
+                        shard.garbage += slot.len as usize;
+                        shard.push_card(card.bytes)
+                    };
+                    let s = &mut shard.slots[index as usize];
+                    s.offset = offset;
+                    s.len = len;
+                    s.version = card.head.version;
+                    s.changed = s.changed.max(changed);
+                    s.category = category;
+                    shard.compact_if_needed();
+                    inner.dirty[bucket].store(true, Ordering::Release);
+                    Applied::Newer
+                } else if card.head.version == slot.version {
+                    let s = &mut shard.slots[index as usize];
+                    if changed > s.changed {
+                        s.changed = changed;
+                        inner.dirty[bucket].store(true, Ordering::Release);
+                    }
+                    Applied::Same
+                } else {
+                    Applied::Stale
+                }
             }
-            Some(slot) if card.version == slot.card.version => {
-                slot.changed_at = slot.changed_at.max(id);
-                Applied::Same
-            }
-            Some(_) => Applied::Stale,
         };
-        if outcome != Applied::Newer {
-            return (outcome, None);
+        if outcome == Applied::Newer {
+            inner.applied.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("ratemesh_rates_replica_applied_total").increment(1);
         }
-        inner.applied.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("ratemesh_rates_replica_applied_total").increment(1);
-        (outcome, Some(card))
+        outcome
+    }
+
+    /// Takes the dirty marks of the buckets of `shard`, clearing them: the buckets that
+    /// changed since the last call.
+    pub fn take_dirty(&self, shard: usize) -> Vec<usize> {
+        (shard..BLOCKS)
+            .step_by(SHARDS)
+            .filter(|&b| self.inner.dirty[b].swap(false, Ordering::AcqRel))
+            .collect()
+    }
+
+    /// Marks `buckets` dirty again (their snapshot write failed).
+    pub fn mark_dirty(&self, buckets: impl IntoIterator<Item = usize>) {
+        for b in buckets {
+            self.inner.dirty[b].store(true, Ordering::Release);
+        }
+    }
+
+    /// Marks every bucket dirty (a new snapshot writer rewrites them all).
+    pub fn mark_all_dirty(&self) {
+        self.mark_dirty(0..BLOCKS);
+    }
+
+    /// Encodes the snapshot blocks of `buckets` (all of shard `shard`): per bucket that
+    /// holds a SKU, every card in it with the position of its last change. See
+    /// [`super::snapshot`] for the format.
+    pub fn dump_blocks(&self, shard: usize, buckets: &[usize]) -> Vec<(usize, Vec<u8>)> {
+        let mut out: Vec<(usize, Vec<u8>)> = buckets
+            .iter()
+            .map(|&b| (b, vec![super::snapshot::BLOCK_FORMAT]))
+            .collect();
+        let guard = read_lock(&self.inner.shards[shard]);
+        for slot in &guard.slots {
+            let Some((_, block)) = out.iter_mut().find(|(b, _)| *b == slot.bucket as usize) else {
+                continue;
+            };
+            super::snapshot::put_entry(block, slot.changed, guard.card(slot));
+        }
+        drop(guard);
+        // A bucket without a SKU has no block.
+        out.retain(|(_, block)| block.len() > 1);
+        out
     }
 }
 
-/// Drops versions older than needed: beyond `max` per SKU, and all but the newest one
-/// computed at or before `cutoff` (that one was current at the cutoff, so it still
-/// answers `as_of` instants just after it).
-fn prune(
-    versions: &mut VecDeque<(DateTime<Utc>, Arc<v1::RateCard>)>,
-    cutoff: DateTime<Utc>,
-    max: usize,
-) {
-    while versions.len() > max.max(1) {
-        versions.pop_front();
-    }
-    while versions.len() >= 2 && versions[1].0 <= cutoff {
-        versions.pop_front();
-    }
+/// Superseded versions kept (tests).
+#[cfg(test)]
+fn recent_len(inner: &Inner) -> usize {
+    inner.recent.lock().map(|r| r.len()).unwrap_or(0)
 }
 
 /// A page of a listing.
 #[derive(Debug, Default)]
 pub struct ListPage {
-    /// Cards in SKU order.
-    pub cards: Vec<Arc<v1::RateCard>>,
+    /// Encoded cards in SKU order.
+    pub cards: Vec<Vec<u8>>,
     /// The last SKU examined when more may follow; `None` when the listing is complete.
     pub resume_after: Option<String>,
 }
@@ -395,7 +766,8 @@ impl ReplicaReader {
 
     /// Number of SKUs held.
     pub fn len(&self) -> usize {
-        read_lock(&self.inner.index).len()
+        let order = read_lock(&self.inner.order);
+        order.sorted.len() + order.recent.len()
     }
 
     /// True when no SKU is held.
@@ -411,6 +783,11 @@ impl ReplicaReader {
     /// Reads served so far (point and batch reads count one per SKU).
     pub fn reads(&self) -> u64 {
         self.inner.reads.load(Ordering::Relaxed)
+    }
+
+    /// Loads (the first and any reload) that read a snapshot rather than every record.
+    pub fn snapshot_loads(&self) -> u64 {
+        self.inner.snapshot_loads.load(Ordering::Relaxed)
     }
 
     /// Cards applied as newer so far.
@@ -438,70 +815,144 @@ impl ReplicaReader {
         read_lock(&self.inner.position).clone()
     }
 
-    /// The current card of `sku`.
+    /// Calls `f` with the encoded current card of `sku`, under the shard's read lock
+    /// (keep `f` short: copy the bytes out).
+    pub fn with_card<R>(&self, sku: &str, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        let hash = sku_hash(sku.as_bytes());
+        let shard = read_lock(&self.inner.shards[Inner::shard_of(hash)]);
+        let index = shard.find(hash, sku.as_bytes())?;
+        Some(f(shard.card(&shard.slots[index as usize])))
+    }
+
+    /// The current card of `sku`, decoded.
     pub fn get(&self, sku: &str) -> Option<Arc<v1::RateCard>> {
-        read_lock(self.inner.shard(sku))
-            .get(sku)
-            .map(|slot| slot.card.clone())
+        self.with_card(sku, decode).flatten()
     }
 
-    /// The card that was current at `as_of`, when this replica's own recent history can
-    /// tell for sure: a kept version computed at or before `as_of` whose successor (if
-    /// any) is the next version. `None` sends the caller to the durable history.
+    /// The version of the current card of `sku`.
+    pub fn version(&self, sku: &str) -> Option<u64> {
+        let hash = sku_hash(sku.as_bytes());
+        let shard = read_lock(&self.inner.shards[Inner::shard_of(hash)]);
+        shard.get(sku).map(|slot| slot.version)
+    }
+
+    /// The card that was current at `as_of`, when this replica can tell for sure from
+    /// the current card and the recent versions it keeps: a version computed at or
+    /// before `as_of` whose successor (if any) is the next version. `None` sends the
+    /// caller to the durable history.
     pub fn get_at_cached(&self, sku: &str, as_of: DateTime<Utc>) -> Option<Arc<v1::RateCard>> {
-        let shard = read_lock(self.inner.shard(sku));
-        let slot = shard.get(sku)?;
-        let i = slot.versions.iter().rposition(|(at, _)| *at <= as_of)?;
-        let card = &slot.versions[i].1;
-        match slot.versions.get(i + 1) {
-            Some((_, next)) if next.version != card.version + 1 => None,
-            _ => Some(card.clone()),
+        let (current_version, current_at, current) = self.with_card(sku, |bytes| {
+            let head = wire::card_head(bytes).ok()?;
+            Some((head.version, head.computed_at(), bytes.to_vec()))
+        })??;
+        if current_at <= as_of {
+            return decode(&current);
         }
+        let hash = sku_hash(sku.as_bytes());
+        let recent = self
+            .inner
+            .recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut mine: Vec<&Superseded> = recent
+            .iter()
+            .filter(|s| s.hash == hash && wire::card_sku(&s.card) == sku.as_bytes())
+            .collect();
+        mine.sort_by_key(|s| s.version);
+        let i = mine.iter().rposition(|s| s.at <= as_of)?;
+        let found = mine[i];
+        let next_version = mine.get(i + 1).map_or(current_version, |s| s.version);
+        (next_version == found.version + 1)
+            .then(|| decode(&found.card))
+            .flatten()
     }
 
-    /// When the SKU's first card (version 1) was computed, if this replica still keeps
-    /// it.
+    /// When the SKU's first card (version 1) was computed, if this replica still knows.
     pub fn first_card_at(&self, sku: &str) -> Option<DateTime<Utc>> {
-        let shard = read_lock(self.inner.shard(sku));
-        let (at, first) = shard.get(sku)?.versions.front()?;
-        (first.version <= 1).then_some(*at)
+        let current = self.with_card(sku, |bytes| {
+            wire::card_head(bytes)
+                .ok()
+                .map(|h| (h.version, h.computed_at()))
+        })??;
+        if current.0 <= 1 {
+            return Some(current.1);
+        }
+        let hash = sku_hash(sku.as_bytes());
+        let recent = self
+            .inner
+            .recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        recent
+            .iter()
+            .find(|s| s.hash == hash && s.version <= 1 && wire::card_sku(&s.card) == sku.as_bytes())
+            .map(|s| s.at)
     }
 
     /// One page of cards in SKU order.
     pub fn list(&self, query: &ListQuery<'_>) -> ListPage {
         let budget = query.scan_budget.max(1);
-        let keys: Vec<Arc<str>> = {
-            let index = read_lock(&self.inner.index);
-            let lower = match query.after {
-                Some(after) => Bound::Excluded(after),
-                None => Bound::Unbounded,
-            };
-            index
-                .range::<str, _>((lower, Bound::Unbounded))
-                .take(budget)
-                .cloned()
-                .collect()
+        let limit = query.limit.max(1);
+        let category = match query.category {
+            Some(name) => match self.inner.find_category(name) {
+                Some(id) => Some(id),
+                // No card was ever filed under it: scan, but match nothing.
+                None => Some(u32::MAX),
+            },
+            None => None,
         };
+        let inner = &self.inner;
+        let order = read_lock(&inner.order);
+        let start = |ids: &[SlotId]| match query.after {
+            Some(after) => ids.partition_point(|&id| inner.with_sku(id, |s| s <= after.as_bytes())),
+            None => 0,
+        };
+        let (mut a, mut b) = (start(&order.sorted), start(&order.recent));
         let mut page = ListPage::default();
+        let mut examined = 0;
         let mut stopped_early = false;
-        for key in &keys {
-            if page.cards.len() >= query.limit.max(1) {
+        let mut left = Vec::new();
+        loop {
+            let next = match (order.sorted.get(a), order.recent.get(b)) {
+                (Some(&x), Some(&y)) => {
+                    inner.sku_into(x, &mut left);
+                    if inner.with_sku(y, |right| left.as_slice() <= right) {
+                        a += 1;
+                        x
+                    } else {
+                        b += 1;
+                        y
+                    }
+                }
+                (Some(&x), None) => {
+                    a += 1;
+                    x
+                }
+                (None, Some(&y)) => {
+                    b += 1;
+                    y
+                }
+                (None, None) => break,
+            };
+            if page.cards.len() >= limit || examined >= budget {
                 stopped_early = true;
                 break;
             }
-            let shard = read_lock(self.inner.shard(key));
-            if let Some(slot) = shard.get(&**key) {
-                let category_ok = query.category.is_none_or(|c| slot.card.category == c);
-                let changed_ok = query
-                    .changed_since
-                    .is_none_or(|since| slot.changed_at > since.get(slot.partition));
-                if category_ok && changed_ok {
-                    page.cards.push(slot.card.clone());
-                }
+            examined += 1;
+            let (shard_no, index) = split_id(next);
+            let shard = read_lock(&inner.shards[shard_no]);
+            let slot = &shard.slots[index];
+            let category_ok = category.is_none_or(|c| slot.category == c);
+            let changed_ok = query
+                .changed_since
+                .is_none_or(|since| slot.changed > since.get(u32::from(slot.partition)));
+            let card = shard.card(slot);
+            if category_ok && changed_ok {
+                page.cards.push(card.to_vec());
             }
-            page.resume_after = Some(key.to_string());
+            page.resume_after = Some(String::from_utf8_lossy(wire::card_sku(card)).into_owned());
         }
-        if !stopped_early && keys.len() < budget {
+        if !stopped_early {
             page.resume_after = None;
         }
         page
@@ -512,12 +963,20 @@ impl ReplicaReader {
     pub fn changed_after(&self, since: &Cursor, filter: &WatchFilter) -> Vec<PositionedCard> {
         let mut out = Vec::new();
         for shard in self.inner.shards.iter() {
-            for slot in read_lock(shard).values() {
-                if slot.changed_at > since.get(slot.partition) && filter.matches(&slot.card) {
+            let shard = read_lock(shard);
+            for slot in &shard.slots {
+                let partition = u32::from(slot.partition);
+                if slot.changed <= since.get(partition) {
+                    continue;
+                }
+                let Some(card) = decode(shard.card(slot)) else {
+                    continue;
+                };
+                if filter.matches(&card) {
                     out.push(PositionedCard {
-                        partition: slot.partition,
-                        id: slot.changed_at,
-                        card: slot.card.clone(),
+                        partition,
+                        id: slot.changed,
+                        card,
                     });
                 }
             }
@@ -529,5 +988,164 @@ impl ReplicaReader {
     /// A receiver of every change applied from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
         self.inner.changes.subscribe()
+    }
+
+    /// What the table holds, for the memory gauge: cards' bytes, arena garbage, slots.
+    pub fn footprint(&self) -> (usize, usize, usize) {
+        let (mut cards, mut garbage, mut slots) = (0, 0, 0);
+        for shard in self.inner.shards.iter() {
+            let shard = read_lock(shard);
+            cards += shard.arena.len() - shard.garbage;
+            garbage += shard.garbage;
+            slots += shard.slots.len();
+        }
+        (cards, garbage, slots)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> ReplicaOptions {
+        ReplicaOptions {
+            partitions: 4,
+            history_retention: chrono::Duration::days(30),
+            watch_buffer: 16,
+        }
+    }
+
+    fn card(sku: &str, category: &str, version: u64, secs: i64, filler: usize) -> Vec<u8> {
+        v1::RateCard {
+            sku: sku.into(),
+            category: category.into(),
+            effective_rate: "0.05".into(),
+            version,
+            computed_at: Some(prost_types::Timestamp {
+                seconds: secs,
+                nanos: 0,
+            }),
+            band: "x".repeat(filler),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn apply(replica: &Replica, bytes: &[u8], ms: u64) -> Applied {
+        replica.apply_block_card(Incoming::new(bytes).expect("card"), EntryId { ms, seq: 0 })
+    }
+
+    #[test]
+    fn newer_cards_replace_older_ones_and_listings_stay_in_sku_order() {
+        let replica = Replica::new(options(), system_clock());
+        let reader = replica.reader();
+        // Loading: appended unsorted, sorted when loaded.
+        for i in (0..500).rev() {
+            apply(&replica, &card(&format!("S{i:04}"), "a", 1, 100, 3), 1);
+        }
+        replica.set_loaded();
+        // Serving: new SKUs go through the recent list and its merges.
+        for i in (500..6000).rev() {
+            apply(&replica, &card(&format!("S{i:04}"), "b", 1, 100, 3), 2);
+        }
+        assert_eq!(reader.len(), 6000);
+        // Replacements of every size, in place and appended.
+        for i in 0..6000 {
+            let filler = if i % 2 == 0 { 1 } else { 40 };
+            let sku = format!("S{i:04}");
+            assert_eq!(
+                apply(&replica, &card(&sku, "a", 2, 200, filler), 3),
+                Applied::Newer
+            );
+            assert_eq!(
+                apply(&replica, &card(&sku, "a", 1, 100, 3), 4),
+                Applied::Stale
+            );
+        }
+        assert_eq!(reader.version("S0042"), Some(2));
+        assert_eq!(reader.get("S0043").map(|c| c.band.len()), Some(40));
+        let (cards, garbage, slots) = reader.footprint();
+        assert_eq!(slots, 6000);
+        assert!(
+            garbage < SHARDS * 64 * 1024 + (cards + garbage) / 4,
+            "{garbage} of {cards}"
+        );
+
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = reader.list(&ListQuery {
+                after: after.as_deref(),
+                limit: 700,
+                scan_budget: 1000,
+                ..ListQuery::default()
+            });
+            seen.extend(
+                page.cards
+                    .iter()
+                    .map(|c| wire::card_head(c).expect("card").sku.to_owned()),
+            );
+            match page.resume_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let expected: Vec<String> = (0..6000).map(|i| format!("S{i:04}")).collect();
+        assert_eq!(seen, expected);
+
+        let only_b = reader.list(&ListQuery {
+            category: Some("b"),
+            limit: 10,
+            scan_budget: 10_000,
+            ..ListQuery::default()
+        });
+        assert!(only_b.cards.is_empty(), "every card moved to category a");
+        let nothing = reader.list(&ListQuery {
+            category: Some("never-seen"),
+            limit: 10,
+            scan_budget: 10_000,
+            ..ListQuery::default()
+        });
+        assert!(nothing.cards.is_empty());
+    }
+
+    #[test]
+    fn recent_versions_answer_as_of_only_when_the_chain_is_whole() {
+        let replica = Replica::new(options(), system_clock());
+        let reader = replica.reader();
+        apply(&replica, &card("A", "c", 1, 100, 0), 1);
+        replica.set_loaded();
+        apply(&replica, &card("A", "c", 2, 200, 0), 2);
+        apply(&replica, &card("A", "c", 4, 400, 0), 3);
+        let at = |s| DateTime::from_timestamp(s, 0).expect("time");
+        assert_eq!(
+            reader.get_at_cached("A", at(450)).map(|c| c.version),
+            Some(4)
+        );
+        assert_eq!(
+            reader.get_at_cached("A", at(150)).map(|c| c.version),
+            Some(1)
+        );
+        // Version 3 was never seen: what was current at 300 is not known here.
+        assert_eq!(reader.get_at_cached("A", at(300)), None);
+        assert_eq!(reader.get_at_cached("A", at(50)), None);
+        assert_eq!(reader.first_card_at("A"), Some(at(100)));
+        assert_eq!(recent_len(&replica.inner), 2);
+    }
+
+    #[test]
+    fn dirty_buckets_are_taken_once_and_dumped_with_their_cards() {
+        let replica = Replica::new(options(), system_clock());
+        let bytes = card("A", "c", 1, 100, 0);
+        apply(&replica, &bytes, 7);
+        let bucket = bucket_of(b"A");
+        let shard = bucket % SHARDS;
+        assert_eq!(replica.take_dirty(shard), vec![bucket]);
+        assert!(replica.take_dirty(shard).is_empty());
+        let blocks = replica.dump_blocks(shard, &[bucket]);
+        let cards = super::super::snapshot::read_block(&blocks[0].1).expect("block");
+        assert_eq!(cards.len(), 1);
+        assert_eq!(cards[0].0, EntryId { ms: 7, seq: 0 });
+        assert_eq!(cards[0].1, bytes.as_slice());
     }
 }

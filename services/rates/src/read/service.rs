@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use prost::Message;
 use ratemesh_bus::Bus;
 use ratemesh_contract::partner::{self as subscriptions, Subscription};
 use ratemesh_proto::v1;
@@ -85,44 +86,65 @@ impl RatesApi {
     }
 }
 
+impl RatesApi {
+    /// `GetRate`, as the encoded response.
+    pub async fn get_rate_wire(&self, request: &v1::GetRateRequest) -> Result<Vec<u8>, Status> {
+        match &request.as_of {
+            None => Ok(point::get_rate(&self.reader, request)?),
+            Some(as_of) => Ok(self
+                .history
+                .get_rate_at(&self.reader, request, as_of)
+                .await?
+                .encode_to_vec()),
+        }
+    }
+
+    /// `BatchGetRates`, as the encoded response.
+    pub fn batch_get_rates_wire(
+        &self,
+        request: &v1::BatchGetRatesRequest,
+    ) -> Result<Vec<u8>, Status> {
+        Ok(point::batch_get_rates(&self.reader, request)?)
+    }
+
+    /// `ListRates`, as the encoded response.
+    pub fn list_rates_wire(&self, request: &v1::ListRatesRequest) -> Result<Vec<u8>, Status> {
+        Ok(point::list_rates(&self.reader, request)?)
+    }
+}
+
+/// Decodes a response this service encoded (for callers of the trait methods).
+fn decoded<T: Message + Default>(bytes: &[u8]) -> Result<T, Status> {
+    T::decode(bytes)
+        .map_err(|e| Status::internal(format!("an encoded response does not decode: {e}")))
+}
+
+/// The trait methods, for calling the service directly; the network-facing server
+/// ([`super::server::RatesServer`]) sends the encoded responses as they are.
 #[tonic::async_trait]
 impl RateService for RatesApi {
-    #[tracing::instrument(skip_all, fields(sku = %request.get_ref().sku))]
     async fn get_rate(
         &self,
         request: Request<v1::GetRateRequest>,
     ) -> Result<Response<v1::GetRateResponse>, Status> {
-        let request = request.get_ref();
-        match &request.as_of {
-            None => Ok(Response::new(point::get_rate(&self.reader, request)?)),
-            Some(as_of) => Ok(Response::new(
-                self.history
-                    .get_rate_at(&self.reader, request, as_of)
-                    .await?,
-            )),
-        }
+        let bytes = self.get_rate_wire(request.get_ref()).await?;
+        Ok(Response::new(decoded(&bytes)?))
     }
 
-    #[tracing::instrument(skip_all, fields(skus = request.get_ref().skus.len()))]
     async fn batch_get_rates(
         &self,
         request: Request<v1::BatchGetRatesRequest>,
     ) -> Result<Response<v1::BatchGetRatesResponse>, Status> {
-        Ok(Response::new(point::batch_get_rates(
-            &self.reader,
-            request.get_ref(),
-        )?))
+        let bytes = self.batch_get_rates_wire(request.get_ref())?;
+        Ok(Response::new(decoded(&bytes)?))
     }
 
-    #[tracing::instrument(skip_all)]
     async fn list_rates(
         &self,
         request: Request<v1::ListRatesRequest>,
     ) -> Result<Response<v1::ListRatesResponse>, Status> {
-        Ok(Response::new(point::list_rates(
-            &self.reader,
-            request.get_ref(),
-        )?))
+        let bytes = self.list_rates_wire(request.get_ref())?;
+        Ok(Response::new(decoded(&bytes)?))
     }
 
     #[tracing::instrument(skip_all)]

@@ -97,6 +97,8 @@ pub struct Reads {
     pub readiness: Readiness,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     path_task: Option<std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>>,
+    snapshot: Option<JoinHandle<anyhow::Result<()>>>,
+    snapshot_task: Option<std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>>,
 }
 
 pub fn memory_bus() -> Bus {
@@ -122,7 +124,11 @@ impl Reads {
         let readiness = Readiness::new();
         let path = ReadPath::with_clock(&ctx, readiness.clone(), Arc::new(|_| Ok(None)), clock);
         let ReadPath {
-            api, reader, task, ..
+            api,
+            reader,
+            task,
+            snapshot_task,
+            ..
         } = path;
         Reads {
             ctx,
@@ -131,6 +137,8 @@ impl Reads {
             readiness,
             task: None,
             path_task: Some(task),
+            snapshot: None,
+            snapshot_task: Some(snapshot_task),
         }
     }
 
@@ -138,6 +146,9 @@ impl Reads {
     pub async fn start(mut self) -> Self {
         let task = self.path_task.take().expect("not started");
         self.task = Some(tokio::spawn(task));
+        if let Some(snapshot) = self.snapshot_task.take() {
+            self.snapshot = Some(tokio::spawn(snapshot));
+        }
         wait_for("replica loaded", || self.readiness.get()).await;
         self
     }
@@ -158,6 +169,9 @@ impl Reads {
         self.ctx.shutdown().cancel();
         if let Some(task) = self.task.take() {
             task.await.expect("loader task").expect("loader ok");
+        }
+        if let Some(task) = self.snapshot.take() {
+            task.await.expect("snapshot task").expect("snapshot ok");
         }
     }
 }
