@@ -75,6 +75,18 @@ impl Shape {
         None
     }
 
+    /// Where each segment starts, then where the last one ends: the windows a phase
+    /// driven by this shape is summarised by ([`Recorder::windows`]).
+    pub fn bounds(&self) -> Vec<Duration> {
+        let mut at = Duration::ZERO;
+        let mut out = vec![at];
+        for s in &self.segments {
+            at += s.length;
+            out.push(at);
+        }
+        out
+    }
+
     /// Highest rate anywhere in the shape.
     pub fn peak(&self) -> f64 {
         self.segments
@@ -114,14 +126,18 @@ fn bar(drive: &Drive, length: Duration) -> ProgressBar {
 }
 
 /// Runs `op(i)` for the i-th request at the times `shape` schedules. Returns the record
-/// and how long the measured window was.
+/// (also summarised per segment of the shape, by scheduled time) and how long the
+/// measured window was.
 pub async fn open_loop<F, Fut>(drive: &Drive, shape: &Shape, op: F) -> (Recorder, Duration)
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send + 'static,
 {
     let op = Arc::new(op);
-    let recorder = Arc::new(Mutex::new(Recorder::default()));
+    let recorder = Arc::new(Mutex::new(Recorder::with_windows(
+        &shape.bounds(),
+        drive.warmup,
+    )));
     let permits = Arc::new(Semaphore::new(drive.concurrency.max(1)));
     let bar = bar(drive, shape.length());
     let start = Instant::now();
@@ -282,5 +298,29 @@ mod tests {
         let sent = rec.summary(Duration::from_secs(1)).ok;
         // ∫ 0..2 of 50 t dt = 100 requests (the first waits for the rate to rise).
         assert!((90..=110).contains(&sent), "{sent}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_loop_phase_is_summarised_per_segment_of_its_shape() {
+        let shape = Shape::constant(10.0, Duration::from_secs(1))
+            .then(100.0, Duration::from_secs(1))
+            .then(10.0, Duration::from_secs(1));
+        // The step's calls are refused at once; the others take 5 ms.
+        let (rec, _) = open_loop(&drive(64), &shape, |i| async move {
+            if (10..110).contains(&i) {
+                Outcome::Shed
+            } else {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Outcome::Ok(1)
+            }
+        })
+        .await;
+        let w = rec.windows();
+        assert_eq!(w.len(), 3);
+        assert_eq!((w[0].ok, w[0].shed), (10, 0));
+        assert_eq!((w[1].ok, w[1].shed), (0, 100));
+        assert!((9..=11).contains(&w[2].ok), "{}", w[2].ok);
+        assert!(w[0].served.p99_ms >= 5.0, "{}", w[0].served.p99_ms);
+        assert!(w[1].refused.max_ms < 1.0, "{}", w[1].refused.max_ms);
     }
 }

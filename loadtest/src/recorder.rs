@@ -1,5 +1,7 @@
-//! Latency and throughput bookkeeping: one HDR histogram for the measured window and a
-//! per-second timeline (for the plot), both in microseconds.
+//! Latency and throughput bookkeeping: HDR histograms for the measured window (answers
+//! served and refusals apart), a per-second timeline (for the plot), and optionally the
+//! same per window of scheduled time (an open-loop shape's segments, so a surge is
+//! summarised apart from the steady load around it), all in microseconds.
 
 use std::time::Duration;
 
@@ -35,33 +37,73 @@ struct Second {
     latency: Histogram<u64>,
 }
 
+/// The measured operations of one window of scheduled time.
+#[derive(Debug, Clone)]
+struct Window {
+    from: Duration,
+    to: Duration,
+    ok: u64,
+    items: u64,
+    errors: u64,
+    served: Histogram<u64>,
+    refused: Histogram<u64>,
+}
+
 /// Everything recorded for one phase.
 #[derive(Debug, Clone)]
 pub struct Recorder {
     measured: Histogram<u64>,
+    /// Latencies of refusals: a quick "no" and a slow answer are different things.
+    measured_shed: Histogram<u64>,
     ok: u64,
     items: u64,
     shed: u64,
     errors: u64,
     first_error: Option<String>,
     timeline: Vec<Second>,
+    windows: Vec<Window>,
 }
 
 impl Default for Recorder {
     fn default() -> Self {
         Self {
             measured: histogram(),
+            measured_shed: histogram(),
             ok: 0,
             items: 0,
             shed: 0,
             errors: 0,
             first_error: None,
             timeline: Vec::new(),
+            windows: Vec::new(),
         }
     }
 }
 
 impl Recorder {
+    /// A recorder that also summarises each window `[bounds[k], bounds[k + 1])` of
+    /// scheduled time apart (see [`Recorder::windows`]), from `warmup` on: a window that
+    /// starts earlier is cut there, one that ends earlier is empty. Operations scheduled
+    /// after the last bound count in the last window; empty windows never match.
+    pub fn with_windows(bounds: &[Duration], warmup: Duration) -> Self {
+        let windows = bounds
+            .windows(2)
+            .map(|w| Window {
+                from: w[0].max(warmup),
+                to: w[1].max(warmup),
+                ok: 0,
+                items: 0,
+                errors: 0,
+                served: histogram(),
+                refused: histogram(),
+            })
+            .collect();
+        Self {
+            windows,
+            ..Self::default()
+        }
+    }
+
     /// Records one operation scheduled `offset` after the phase started. `measured` is
     /// false during warm-up: the timeline shows it, the summary does not.
     pub fn record(
@@ -82,6 +124,17 @@ impl Recorder {
                 latency: histogram(),
             });
         }
+        if measured && let Some(window) = self.window_of(offset) {
+            match outcome {
+                Outcome::Ok(items) => {
+                    window.ok += 1;
+                    window.items += items;
+                    window.served.saturating_record(micros);
+                }
+                Outcome::Shed => window.refused.saturating_record(micros),
+                Outcome::Error(_) => window.errors += 1,
+            }
+        }
         let slot = &mut self.timeline[second];
         match outcome {
             Outcome::Ok(items) => {
@@ -98,6 +151,7 @@ impl Recorder {
                 slot.shed += 1;
                 if measured {
                     self.shed += 1;
+                    self.measured_shed.saturating_record(micros);
                 }
             }
             Outcome::Error(message) => {
@@ -109,6 +163,39 @@ impl Recorder {
                 }
             }
         }
+    }
+
+    /// The window an operation scheduled at `offset` belongs to.
+    fn window_of(&mut self, offset: Duration) -> Option<&mut Window> {
+        let last = self.windows.len().checked_sub(1)?;
+        let k = self
+            .windows
+            .iter()
+            .position(|w| w.from <= offset && offset < w.to)
+            .unwrap_or(last);
+        self.windows.get_mut(k)
+    }
+
+    /// Each window's operations (after warm-up), served and refused apart; empty unless
+    /// made by [`Recorder::with_windows`].
+    pub fn windows(&self) -> Vec<WindowSummary> {
+        self.windows
+            .iter()
+            .map(|w| {
+                let secs = w.to.saturating_sub(w.from).as_secs_f64().max(1e-9);
+                WindowSummary {
+                    from_s: w.from.as_secs_f64(),
+                    to_s: w.to.as_secs_f64(),
+                    ok: w.ok,
+                    items: w.items,
+                    shed: w.refused.len(),
+                    errors: w.errors,
+                    ops_per_sec: w.ok as f64 / secs,
+                    served: Latencies::of(&w.served),
+                    refused: Latencies::of(&w.refused),
+                }
+            })
+            .collect()
     }
 
     /// The summary over the measured window of `measured_for`.
@@ -139,6 +226,7 @@ impl Recorder {
             } else {
                 self.measured.max() as f64 / 1000.0
             },
+            shed_latency: Latencies::of(&self.measured_shed),
         }
     }
 
@@ -205,6 +293,57 @@ pub struct Summary {
     pub p99_ms: f64,
     pub p999_ms: f64,
     pub max_ms: f64,
+    /// Latencies of the refusals (from the scheduled time in open loop), apart from the
+    /// served answers above.
+    pub shed_latency: Latencies,
+}
+
+/// Latency percentiles of one kind of outcome, milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latencies {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Latencies {
+    fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let q = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Self {
+            p50_ms: q(0.5),
+            p90_ms: q(0.9),
+            p99_ms: q(0.99),
+            p999_ms: q(0.999),
+            max_ms: h.max() as f64 / 1000.0,
+        }
+    }
+}
+
+/// The operations scheduled in one window of a phase (after warm-up): what was served,
+/// what was refused (shed) and how fast each was answered.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WindowSummary {
+    /// Start and end of the window, seconds after the phase started.
+    pub from_s: f64,
+    pub to_s: f64,
+    /// Served answers and the items they carried.
+    pub ok: u64,
+    pub items: u64,
+    /// Refusals (RESOURCE_EXHAUSTED and the like).
+    pub shed: u64,
+    /// Anything else.
+    pub errors: u64,
+    /// Served answers per second of the window.
+    pub ops_per_sec: f64,
+    /// Latencies of the served answers.
+    pub served: Latencies,
+    /// Latencies of the refusals.
+    pub refused: Latencies,
 }
 
 /// One second of a phase, for the plot.
@@ -260,5 +399,42 @@ mod tests {
         let t = r.timeline();
         assert_eq!(t.len(), 2);
         assert_eq!((t[0].ok, t[0].errors, t[1].items, t[1].shed), (1, 1, 10, 1));
+    }
+
+    #[test]
+    fn windows_keep_served_and_refused_apart_by_scheduled_time() {
+        let ms = Duration::from_millis;
+        // Windows 0–1 s, 1–3 s, 3–4 s; warm-up 0.5 s cuts the first.
+        let mut r = Recorder::with_windows(&[ms(0), ms(1000), ms(3000), ms(4000)], ms(500));
+        let mut rec = |at: u64, latency: u64, outcome: Outcome| {
+            r.record(ms(at), ms(latency), &outcome, at >= 500);
+        };
+        rec(100, 50, Outcome::Ok(1)); // warm-up: in no window
+        rec(600, 2, Outcome::Ok(1));
+        rec(900, 3, Outcome::Ok(1));
+        rec(1200, 40, Outcome::Ok(1));
+        rec(2500, 1, Outcome::Shed);
+        rec(2600, 1, Outcome::Shed);
+        rec(2700, 900, Outcome::Error("deadline".into()));
+        rec(4200, 5, Outcome::Ok(1)); // after the last bound: the last window
+        let w = r.windows();
+        assert_eq!(w.len(), 3);
+        assert_eq!((w[0].from_s, w[0].to_s), (0.5, 1.0));
+        assert_eq!((w[0].ok, w[0].shed, w[0].errors), (2, 0, 0));
+        assert!(
+            (w[0].ops_per_sec - 4.0).abs() < 1e-9,
+            "{}",
+            w[0].ops_per_sec
+        );
+        assert!(w[0].served.p99_ms >= 2.9 && w[0].served.p99_ms <= 3.1);
+        assert_eq!((w[1].ok, w[1].shed, w[1].errors), (1, 2, 1));
+        assert!(w[1].served.p99_ms >= 39.0, "{}", w[1].served.p99_ms);
+        assert!(w[1].refused.p99_ms <= 1.1, "{}", w[1].refused.p99_ms);
+        assert_eq!((w[2].ok, w[2].shed), (1, 0));
+        let s = r.summary(ms(3500));
+        assert_eq!((s.ok, s.shed, s.errors), (4, 2, 1));
+        assert!(s.shed_latency.max_ms <= 1.1, "{}", s.shed_latency.max_ms);
+        assert!(s.max_ms >= 39.0, "refusals are not in the served latencies");
+        assert!(Recorder::default().windows().is_empty());
     }
 }

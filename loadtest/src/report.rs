@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::recorder::{Point, Recorder, Summary};
+use crate::recorder::{Point, Recorder, Summary, WindowSummary};
 
 /// One measured phase.
 #[derive(Debug, Clone, Serialize)]
@@ -24,6 +24,10 @@ pub struct Phase {
     /// Seconds after the scenario started that this phase started.
     pub started_at_s: f64,
     pub summary: Summary,
+    /// The same per segment of an open-loop shape with more than one (e.g. steady, the
+    /// surge, steady again), by scheduled time.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<WindowSummary>,
     pub timeline: Vec<Point>,
 }
 
@@ -111,6 +115,10 @@ impl Report {
         (recorder, measured): &(Recorder, std::time::Duration),
     ) -> Summary {
         let summary = recorder.summary(*measured);
+        let mut windows = recorder.windows();
+        if windows.len() < 2 {
+            windows.clear();
+        }
         self.check(
             &format!("{name}: no errors"),
             summary.errors == 0,
@@ -127,6 +135,7 @@ impl Report {
             concurrency,
             started_at_s,
             summary: summary.clone(),
+            windows,
             timeline: recorder.timeline(),
         });
         summary
@@ -223,10 +232,17 @@ impl Report {
         if !self.ratios.is_empty() {
             let _ = writeln!(out, "\nratios (same run, same machine):");
             for r in &self.ratios {
+                // A long name gets a line of its own, so the values stay in their column.
+                let name = if r.name.chars().count() > 52 {
+                    let _ = writeln!(out, "  {}", r.name);
+                    ""
+                } else {
+                    r.name.as_str()
+                };
                 let _ = writeln!(
                     out,
                     "  {:<52} {:>8.3}   = {} {:.1} / {} {:.1}",
-                    r.name,
+                    name,
                     r.value,
                     r.numerator,
                     r.numerator_value,
@@ -241,7 +257,7 @@ impl Report {
         if !self.figures.is_empty() {
             let _ = writeln!(out, "\nfigures:");
             for f in &self.figures {
-                let _ = writeln!(out, "  {:<52} {:>12.3} {}", f.name, f.value, f.unit);
+                let _ = writeln!(out, "  {:<60} {:>12.3} {}", f.name, f.value, f.unit);
             }
         }
         let _ = writeln!(out, "\nchecks:");
