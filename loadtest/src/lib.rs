@@ -8,6 +8,8 @@
 //!   redis-server, a private six-node Redis Cluster, or a given server or cluster) or an
 //!   external one; [`catalogue`]: SKUs, ERP batches, the signed webhook client;
 //!   [`sink`]: a partner webhook endpoint; [`zipf`]: skewed popularity.
+//! - [`raw_grpc`]: pre-encoded requests over bare `h2`, answers not decoded (the
+//!   server-only phases of `poll`).
 //! - Baselines: [`echo`] (a bare tonic server with GetRate's messages) and
 //!   [`redis_baseline`] (pipelined XADD, XADD → XREADGROUP hop; per partition slot and per
 //!   primary on a cluster).
@@ -18,6 +20,7 @@
 pub mod catalogue;
 pub mod echo;
 pub mod load;
+pub mod raw_grpc;
 pub mod recorder;
 pub mod redis_baseline;
 pub mod report;

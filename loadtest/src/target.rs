@@ -351,13 +351,18 @@ impl Target {
 
     /// The bearer interceptor of `role`.
     pub fn bearer(&self, role: Role) -> Bearer {
-        let key = match role {
+        Bearer::key(self.api_key(role))
+    }
+
+    /// The API key of `role` (what [`Target::bearer`] sends), for clients that build
+    /// their own `authorization` header.
+    pub fn api_key(&self, role: Role) -> &str {
+        match role {
             Role::Erp => &self.erp_key,
             Role::Merchandiser => &self.merchandiser_key,
             Role::Admin => &self.admin_key,
             _ => &self.network_key,
-        };
-        Bearer::key(key)
+        }
     }
 
     /// Stops the in-process ratemesh (nothing for an external one).

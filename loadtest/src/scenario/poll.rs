@@ -1,20 +1,36 @@
 //! `poll`: affiliate networks reading rates. Saturation (closed loop) of the echo
-//! baseline, GetRate and BatchGetRates at each size, then GetRate and echo open-loop at
-//! half the echo's saturation rate.
+//! baseline, GetRate and BatchGetRates at each size through the tonic client; the echo,
+//! GetRate and BatchGetRates(100) again from pre-encoded requests whose answers are not
+//! decoded ([`crate::raw_grpc`]: the server's share alone, the client's own encoding and
+//! decoding off the shared cores); then GetRate and echo open-loop at half the echo's
+//! saturation rate.
 
 use std::sync::Arc;
 
-use ratemesh_proto::v1::{self, rate_service_client::RateServiceClient};
+use anyhow::Context as _;
+use bytes::Bytes;
+use prost::Message as _;
+use ratemesh_proto::v1::{
+    self, rate_service_client::RateServiceClient, rate_service_server::SERVICE_NAME,
+};
 use ratemesh_runtime::Role;
 
 use super::RunConfig;
 use crate::catalogue::{self, Sequences};
-use crate::echo::{self, pb::echo_client::EchoClient};
+use crate::echo::{self, EchoServer, pb::echo_client::EchoClient};
 use crate::load::{self, Shape};
-use crate::recorder::Outcome;
+use crate::raw_grpc::{self, RawClient, Unary};
+use crate::recorder::{Outcome, Summary};
 use crate::report::Report;
 use crate::target::{self, Target};
 use crate::zipf::{SplitMix, Zipf};
+
+/// Pre-encoded GetRate requests the server-only phases cycle through.
+const RAW_GET_POOL: usize = 4096;
+/// Pre-encoded BatchGetRates(100) requests the server-only phases cycle through.
+const RAW_BATCH_POOL: usize = 512;
+/// The batch size of the server-only BatchGetRates phase (the one the ratio names).
+const RAW_BATCH: usize = 100;
 
 /// Runs the scenario into `report`.
 pub async fn run(config: &RunConfig, report: &mut Report) -> anyhow::Result<()> {
@@ -53,7 +69,7 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         })
         .await?
         .into_inner();
-    let echo = echo::start(sample).await?;
+    let echo = echo::start(sample.clone()).await?;
     let echo_channels =
         Arc::new(target::channels(&echo.addr.to_string(), config.connections).await?);
 
@@ -165,6 +181,12 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         }
     }
 
+    let raw = if config.stopped() {
+        None
+    } else {
+        Some(server_only(config, report, target, &echo, &sample, &zipf).await?)
+    };
+
     // Open loop at half the echo's saturation: latency where neither side is saturated.
     let half = config
         .rate
@@ -206,6 +228,22 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
             "per-call overhead amortised over 100 SKUs; bounded by card encoding",
         );
     }
+    if let Some(raw) = raw {
+        report.ratio(
+            "GetRate throughput / echo throughput (server only: pre-encoded requests, responses not decoded)",
+            ("GetRate ops/s", raw.get.ops_per_sec),
+            ("echo ops/s", raw.echo.ops_per_sec),
+            "the same, with the client's encoding and decoding off the shared cores",
+        );
+        if let Some(b) = raw.batch100 {
+            report.ratio(
+                "BatchGetRates(100) SKUs/s / GetRate SKUs/s (server only: pre-encoded requests, responses not decoded)",
+                ("BatchGetRates(100) SKUs/s", b.items_per_sec),
+                ("GetRate SKUs/s", raw.get.items_per_sec),
+                "the same, with the client's encoding and decoding off the shared cores",
+            );
+        }
+    }
     report.ratio(
         "GetRate p99 / echo p99 at 50% of echo saturation",
         ("GetRate p99 ms", get_open.p99_ms),
@@ -213,4 +251,220 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         "",
     );
     Ok(())
+}
+
+/// Saturation of the server-only phases.
+struct ServerOnly {
+    echo: Summary,
+    get: Summary,
+    batch100: Option<Summary>,
+}
+
+/// One raw call of `what` carrying `items` SKUs, for the closed loop.
+async fn raw_call(
+    client: Arc<RawClient>,
+    method: Arc<Unary>,
+    n: u64,
+    frame: Bytes,
+    what: &'static str,
+    items: u64,
+) -> Outcome {
+    match client.call(n as usize, &method, frame).await {
+        Ok(_) => Outcome::Ok(items),
+        Err(failure) => failure.outcome(what),
+    }
+}
+
+/// The echo, GetRate and BatchGetRates(100) saturations again, from pools of pre-encoded
+/// requests for the same Zipf-sampled SKUs, over raw HTTP/2 connections whose answers
+/// are counted, not decoded. Before measuring, one raw answer of each method is decoded
+/// and compared with what the tonic client got, so the phases are known to make the
+/// same calls.
+async fn server_only(
+    config: &RunConfig,
+    report: &mut Report,
+    target: &Target,
+    echo: &EchoServer,
+    sample: &v1::GetRateResponse,
+    zipf: &Zipf,
+) -> anyhow::Result<ServerOnly> {
+    let key = target.api_key(Role::Network);
+    let echo_addr = echo.addr.to_string();
+    let ratemesh = Arc::new(
+        RawClient::connect(&target.grpc, config.connections)
+            .await
+            .context("raw connections to ratemesh")?,
+    );
+    let echo_client = Arc::new(
+        RawClient::connect(&echo_addr, config.connections)
+            .await
+            .context("raw connections to the echo")?,
+    );
+    // The same headers to both servers: they differ in the path alone.
+    let get = Arc::new(Unary::new(
+        &target.grpc,
+        &format!("/{SERVICE_NAME}/GetRate"),
+        Some(key),
+    )?);
+    let batch = Arc::new(Unary::new(
+        &target.grpc,
+        &format!("/{SERVICE_NAME}/BatchGetRates"),
+        Some(key),
+    )?);
+    let echo_get = Arc::new(Unary::new(
+        &echo_addr,
+        &format!("/{}/GetRate", echo::pb::echo_server::SERVICE_NAME),
+        Some(key),
+    )?);
+    let get_pool: Arc<Vec<Bytes>> = Arc::new(
+        (0..RAW_GET_POOL as u64)
+            .map(|i| {
+                let sku = catalogue::sku(zipf.sample(&mut SplitMix::new(i)));
+                raw_grpc::frame(&v1::GetRateRequest { sku, as_of: None })
+            })
+            .collect(),
+    );
+    let batch_pool: Arc<Vec<Bytes>> = Arc::new(
+        (0..RAW_BATCH_POOL as u64)
+            .map(|i| {
+                let mut rng = SplitMix::new(i.wrapping_mul(0x9E37));
+                let skus = (0..RAW_BATCH)
+                    .map(|_| catalogue::sku(zipf.sample(&mut rng)))
+                    .collect();
+                raw_grpc::frame(&v1::BatchGetRatesRequest { skus })
+            })
+            .collect(),
+    );
+
+    // Outside the measured loop: one answer of each, decoded and compared.
+    let expected = sample.encode_to_vec();
+    let sku0 = raw_grpc::frame(&v1::GetRateRequest {
+        sku: catalogue::sku(0),
+        as_of: None,
+    });
+    for (what, client, method) in [
+        ("GetRate", &ratemesh, &get),
+        ("echo", &echo_client, &echo_get),
+    ] {
+        let (ok, detail) = match client.call_keeping_body(0, method, sku0.clone()).await {
+            Err(failure) => (false, format!("{failure:?}")),
+            Ok(body) => match raw_grpc::unframe(&body) {
+                Err(e) => (false, format!("{e:#}")),
+                Ok(message) if message == expected.as_slice() => {
+                    (true, format!("byte-identical, {} bytes", message.len()))
+                }
+                Ok(message) => match v1::GetRateResponse::decode(message) {
+                    Ok(decoded) if decoded == *sample => (
+                        true,
+                        format!(
+                            "same message, encoded differently ({} bytes raw, {} re-encoded)",
+                            message.len(),
+                            expected.len()
+                        ),
+                    ),
+                    Ok(decoded) => (false, format!("raw {decoded:?} != tonic {sample:?}")),
+                    Err(e) => (false, format!("raw answer does not decode: {e}")),
+                },
+            },
+        };
+        report.check(
+            &format!(
+                "raw {what} answer for {} equals the tonic client's",
+                catalogue::sku(0)
+            ),
+            ok,
+            detail,
+        );
+    }
+    report.figure(
+        "GetRate answer, one gRPC message",
+        expected.len() as f64,
+        "bytes",
+    );
+    let (ok, detail) = match ratemesh
+        .call_keeping_body(0, &batch, batch_pool[0].clone())
+        .await
+    {
+        Err(failure) => (false, format!("{failure:?}")),
+        Ok(body) => {
+            match raw_grpc::unframe(&body).and_then(|m| Ok(v1::BatchGetRatesResponse::decode(m)?)) {
+                Err(e) => (false, format!("{e:#}")),
+                Ok(answer) => {
+                    let cards = answer
+                        .results
+                        .iter()
+                        .filter(|r| matches!(r.outcome, Some(v1::rate_result::Outcome::Card(_))))
+                        .count();
+                    report.figure(
+                        &format!("BatchGetRates({RAW_BATCH}) answer, one gRPC message"),
+                        (body.len() - 5) as f64,
+                        "bytes",
+                    );
+                    (cards == RAW_BATCH, format!("{cards} cards"))
+                }
+            }
+        }
+    };
+    report.check(
+        &format!("raw BatchGetRates({RAW_BATCH}) answer holds a card per SKU"),
+        ok,
+        detail,
+    );
+
+    let c = config.concurrency;
+    let t = report.elapsed_s();
+    let op = {
+        let (client, method, pool) = (echo_client.clone(), echo_get.clone(), get_pool.clone());
+        move |i: u64| {
+            let frame = pool[i as usize % pool.len()].clone();
+            raw_call(client.clone(), method.clone(), i, frame, "raw echo", 1)
+        }
+    };
+    let r = load::closed_loop(&config.drive("raw echo saturation", c), config.duration, op).await;
+    let echo_sat = report.phase("raw echo saturation (baseline)", "closed", 0.0, c, t, &r);
+
+    let t = report.elapsed_s();
+    let op = {
+        let (client, method, pool) = (ratemesh.clone(), get.clone(), get_pool.clone());
+        move |i: u64| {
+            let frame = pool[i as usize % pool.len()].clone();
+            raw_call(client.clone(), method.clone(), i, frame, "raw GetRate", 1)
+        }
+    };
+    let r = load::closed_loop(
+        &config.drive("raw GetRate saturation", c),
+        config.duration,
+        op,
+    )
+    .await;
+    let get_sat = report.phase("raw GetRate saturation", "closed", 0.0, c, t, &r);
+
+    let batch100 = if config.stopped() {
+        None
+    } else {
+        let t = report.elapsed_s();
+        let op = {
+            let (client, method, pool) = (ratemesh.clone(), batch.clone(), batch_pool.clone());
+            move |i: u64| {
+                let frame = pool[i as usize % pool.len()].clone();
+                let what = "raw BatchGetRates";
+                raw_call(
+                    client.clone(),
+                    method.clone(),
+                    i,
+                    frame,
+                    what,
+                    RAW_BATCH as u64,
+                )
+            }
+        };
+        let name = format!("raw BatchGetRates({RAW_BATCH}) saturation");
+        let r = load::closed_loop(&config.drive(&name, c), config.duration, op).await;
+        Some(report.phase(&name, "closed", 0.0, c, t, &r))
+    };
+    Ok(ServerOnly {
+        echo: echo_sat,
+        get: get_sat,
+        batch100,
+    })
 }
