@@ -191,12 +191,36 @@ impl WebhookClient {
     }
 }
 
-/// Maps a gRPC status to an outcome (shedding apart from errors).
+/// Maps a gRPC status to an outcome (shedding, RESOURCE_EXHAUSTED, apart from errors).
 pub fn status_outcome(what: &str, status: &tonic::Status) -> Outcome {
     if status.code() == tonic::Code::ResourceExhausted {
         Outcome::Shed
     } else {
         Outcome::Error(format!("{what}: {:?} {}", status.code(), status.message()))
+    }
+}
+
+/// Maps the status of a call made with a `deadline` as a network's client sees it:
+/// RESOURCE_EXHAUSTED and UNAVAILABLE are refusals (come back later), DEADLINE_EXCEEDED
+/// and the client's own expiry (tonic's CANCELLED "Timeout expired") are errors that name
+/// the deadline, and anything else is an error. A transport failure also comes back as
+/// UNAVAILABLE from tonic, so it counts as a refusal here; the scenario reports how many
+/// refusals were UNAVAILABLE.
+pub fn deadline_outcome(what: &str, status: &tonic::Status, deadline: Duration) -> Outcome {
+    match status.code() {
+        tonic::Code::ResourceExhausted | tonic::Code::Unavailable => Outcome::Shed,
+        tonic::Code::DeadlineExceeded => Outcome::Error(format!(
+            "{what}: DEADLINE_EXCEEDED from the server ({} ms deadline): {}",
+            deadline.as_millis(),
+            status.message()
+        )),
+        tonic::Code::Cancelled if status.message().contains("Timeout expired") => {
+            Outcome::Error(format!(
+                "{what}: no answer within the {} ms deadline (client side)",
+                deadline.as_millis()
+            ))
+        }
+        _ => status_outcome(what, status),
     }
 }
 
@@ -348,4 +372,41 @@ pub async fn wait_for_cards(
         }
     }
     Ok(started.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn under_a_deadline_refusals_are_shed_and_expiry_is_an_error() {
+        let deadline = Duration::from_millis(1000);
+        let outcome = |status: tonic::Status| deadline_outcome("GetRate", &status, deadline);
+        assert_eq!(
+            outcome(tonic::Status::resource_exhausted("busy")),
+            Outcome::Shed
+        );
+        assert_eq!(
+            outcome(tonic::Status::unavailable("draining")),
+            Outcome::Shed
+        );
+        for expired in [
+            tonic::Status::deadline_exceeded("too slow"),
+            tonic::Status::cancelled("Timeout expired"),
+        ] {
+            match outcome(expired) {
+                Outcome::Error(message) => assert!(message.contains("1000 ms"), "{message}"),
+                other => panic!("an expired deadline is an error, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            outcome(tonic::Status::not_found("no card")),
+            Outcome::Error(_)
+        ));
+        // Without a deadline, only RESOURCE_EXHAUSTED is shedding.
+        assert!(matches!(
+            status_outcome("GetRate", &tonic::Status::unavailable("x")),
+            Outcome::Error(_)
+        ));
+    }
 }

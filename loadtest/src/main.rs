@@ -53,6 +53,10 @@ struct Args {
     /// Stock updates per ingest batch.
     #[arg(long)]
     ingest_batch: Option<usize>,
+    /// Deadline of each GetRate call in `surge`, in milliseconds (sent as grpc-timeout;
+    /// a call not answered within it is an error).
+    #[arg(long, value_name = "MS")]
+    client_timeout_ms: Option<u64>,
     /// Directory for <scenario>.json and <scenario>.svg.
     #[arg(long, default_value = "target/loadtest")]
     out: PathBuf,
@@ -253,6 +257,13 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
         );
         config.ingest_batch = b;
     }
+    if let Some(ms) = args.client_timeout_ms {
+        anyhow::ensure!(
+            (1..=120_000).contains(&ms),
+            "--client-timeout-ms must be between 1 and 120,000"
+        );
+        config.client_timeout = Duration::from_millis(ms);
+    }
     anyhow::ensure!(
         args.zipf.is_finite() && args.zipf >= 0.0,
         "--zipf must be a non-negative number"
@@ -326,6 +337,21 @@ mod tests {
             TargetSpec::InProcess(spec) => spec,
             other => panic!("expected an in-process target, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_client_timeout_defaults_to_one_second_and_takes_milliseconds() {
+        let timeout = |args: &[&str]| parse(args).map(|c| c.client_timeout);
+        assert_eq!(timeout(&["surge"]).expect("valid"), Duration::from_secs(1));
+        assert_eq!(
+            timeout(&["surge", "--smoke"]).expect("valid"),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            timeout(&["surge", "--client-timeout-ms", "250"]).expect("valid"),
+            Duration::from_millis(250)
+        );
+        assert!(timeout(&["surge", "--client-timeout-ms", "0"]).is_err());
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub enum Scenario {
     Freshness,
     /// Everything at once with a BFCM shape and the peak window opening.
     Bfcm,
-    /// A step to 10× steady load: errors, shedding, backlog and its drain.
+    /// A step to 10× steady load: GetRate served and refused, backlog and its drain.
     Surge,
     /// A large catalogue: replica memory per SKU, cold load, full recompute.
     Scale,
@@ -84,6 +84,9 @@ pub struct RunConfig {
     pub batch_sizes: Vec<usize>,
     /// Stock updates per ingest batch.
     pub ingest_batch: usize,
+    /// Deadline of each GetRate call in `surge`, sent as `grpc-timeout` and enforced by
+    /// the client too, as a network's client would.
+    pub client_timeout: Duration,
     /// Progress bars on the terminal.
     pub progress: bool,
     /// Ctrl-C: phases end early and the report is still written.
@@ -105,6 +108,7 @@ impl RunConfig {
             zipf: 1.0,
             batch_sizes: vec![1, 10, 100, 1000],
             ingest_batch: 100,
+            client_timeout: Duration::from_millis(1000),
             progress: true,
             stop: CancellationToken::new(),
         }

@@ -1,7 +1,14 @@
-//! `surge`: steady load, a step to 10× for a while, then steady again. Reports errors,
-//! shedding (RESOURCE_EXHAUSTED, 429, 503), the stock and rates backlogs over time, and
-//! how long the backlog takes to drain after the step ends.
+//! `surge`: steady load, a step to 10× for a while, then steady again. GetRate calls
+//! carry a deadline (`--client-timeout-ms`) as a network's client's would, and are
+//! summarised per part of the shape by scheduled time: the steady p99 before the step;
+//! during the step what was served and its p99, what was refused (RESOURCE_EXHAUSTED or
+//! UNAVAILABLE) and how fast, and what failed (a missed deadline is a failure, never
+//! "served"). The issue's target: served p99 during the step ≤ 10× the steady p99, and
+//! refusals answered within 5 ms at p99. Also reports webhook shedding (429, 503), the
+//! stock and rates backlogs over time, and how long the backlog takes to drain after the
+//! step ends.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +19,7 @@ use ratemesh_runtime::Role;
 use super::RunConfig;
 use crate::catalogue::{self, Sequences, WebhookClient};
 use crate::load::{self, Shape};
-use crate::recorder::Outcome;
+use crate::recorder::{Outcome, WindowSummary};
 use crate::report::Report;
 use crate::target::Target;
 use crate::zipf::{SplitMix, Zipf};
@@ -44,22 +51,42 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
             .then(r, after)
     };
 
+    // Refusals that were UNAVAILABLE rather than RESOURCE_EXHAUSTED (a transport failure
+    // would show here too).
+    let unavailable = Arc::new(AtomicU64::new(0));
+    let deadline = config.client_timeout;
     let get_op = {
-        let (channels, zipf, bearer) =
-            (channels.clone(), zipf.clone(), target.bearer(Role::Network));
+        let (channels, zipf, bearer, unavailable) = (
+            channels.clone(),
+            zipf.clone(),
+            target.bearer(Role::Network),
+            unavailable.clone(),
+        );
         move |i: u64| {
             let mut client = RateServiceClient::with_interceptor(
                 channels[i as usize % channels.len()].clone(),
                 bearer.clone(),
             );
             let sku = catalogue::sku(zipf.sample(&mut SplitMix::new(i)));
+            let unavailable = unavailable.clone();
             async move {
-                match client
-                    .get_rate(v1::GetRateRequest { sku, as_of: None })
-                    .await
-                {
-                    Ok(_) => Outcome::Ok(1),
-                    Err(s) => catalogue::status_outcome("GetRate", &s),
+                let mut request = tonic::Request::new(v1::GetRateRequest { sku, as_of: None });
+                // Sent as grpc-timeout; tonic's channel also gives up when it passes.
+                request.set_timeout(deadline);
+                // And a body that never ends is cut off at the same deadline.
+                match tokio::time::timeout(deadline, client.get_rate(request)).await {
+                    Ok(Ok(r)) if r.get_ref().card.is_some() => Outcome::Ok(1),
+                    Ok(Ok(_)) => Outcome::Error("GetRate answered without a card".into()),
+                    Ok(Err(s)) => {
+                        if s.code() == tonic::Code::Unavailable {
+                            unavailable.fetch_add(1, Ordering::Relaxed);
+                        }
+                        catalogue::deadline_outcome("GetRate", &s, deadline)
+                    }
+                    Err(_) => Outcome::Error(format!(
+                        "GetRate: no answer within the {} ms deadline (client side)",
+                        deadline.as_millis()
+                    )),
                 }
             }
         }
@@ -112,6 +139,8 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         load::open_loop(&erp_drive, &erp_shape, erp_op),
     );
     let step_end = (before + step).as_secs_f64();
+    // By scheduled time: steady (after warm-up), the step, steady again.
+    let windows = get.0.windows();
     let get = report.phase(
         "GetRate, steady -> 10x -> steady",
         "open",
@@ -129,6 +158,12 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         &erp_r,
     );
     report.figure("GetRate shed during the run", get.shed as f64, "calls");
+    surge_figures(
+        report,
+        &windows,
+        unavailable.load(Ordering::Relaxed),
+        deadline,
+    );
     report.figure(
         "webhook batches shed (429/503) during the run",
         erp_s.shed as f64,
@@ -185,4 +220,77 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         );
     }
     Ok(())
+}
+
+/// The issue's surge figures from the GetRate phase's windows (steady, step, steady).
+fn surge_figures(
+    report: &mut Report,
+    windows: &[WindowSummary],
+    unavailable: u64,
+    deadline: Duration,
+) {
+    let [steady, surge, after] = windows else {
+        report.check(
+            "GetRate is summarised per part of the surge",
+            false,
+            format!("{} windows, expected 3", windows.len()),
+        );
+        return;
+    };
+    report.figure(
+        "GetRate deadline of each call (grpc-timeout)",
+        deadline.as_secs_f64() * 1000.0,
+        "ms",
+    );
+    report.figure(
+        "steady: GetRate p99 before the step (from schedule)",
+        steady.served.p99_ms,
+        "ms",
+    );
+    report.figure("steady: GetRate served", steady.ok as f64, "calls");
+    report.figure("steady: GetRate refused", steady.shed as f64, "calls");
+    report.figure("surge: GetRate served", surge.ok as f64, "calls");
+    report.figure(
+        "surge: GetRate served p99 (from schedule)",
+        surge.served.p99_ms,
+        "ms",
+    );
+    report.figure(
+        "surge: GetRate refused (RESOURCE_EXHAUSTED / UNAVAILABLE)",
+        surge.shed as f64,
+        "calls",
+    );
+    report.figure(
+        "surge: GetRate refusal p99 (from schedule; target <= 5 ms)",
+        surge.refused.p99_ms,
+        "ms",
+    );
+    report.figure(
+        "surge: GetRate failed (deadline exceeded, other errors)",
+        surge.errors as f64,
+        "calls",
+    );
+    let answered = (surge.ok + surge.shed + surge.errors).max(1);
+    report.figure(
+        "surge: share of GetRate calls served",
+        surge.ok as f64 * 100.0 / answered as f64,
+        "%",
+    );
+    report.figure(
+        "after the step: GetRate p99 (from schedule)",
+        after.served.p99_ms,
+        "ms",
+    );
+    report.figure(
+        "GetRate refusals that were UNAVAILABLE (whole run)",
+        unavailable as f64,
+        "calls",
+    );
+    report.ratio(
+        "GetRate served p99 during the surge / steady p99",
+        ("served p99 ms during the 10x step", surge.served.p99_ms),
+        ("steady p99 ms", steady.served.p99_ms),
+        "target <= 10: what is served stays fast and the excess is refused quickly; \
+         latency from the scheduled send time, open loop",
+    );
 }
