@@ -196,8 +196,25 @@ pub fn status_outcome(what: &str, status: &tonic::Status) -> Outcome {
     if status.code() == tonic::Code::ResourceExhausted {
         Outcome::Shed
     } else {
-        Outcome::Error(format!("{what}: {:?} {}", status.code(), status.message()))
+        Outcome::Error(format!(
+            "{what}: {:?} {}{}",
+            status.code(),
+            status.message(),
+            causes(status)
+        ))
     }
+}
+
+/// The chain of errors under a client-side status (a transport failure says little
+/// without it), each after a colon; empty for a status the server sent.
+fn causes(status: &tonic::Status) -> String {
+    let mut out = String::new();
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        out.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    out
 }
 
 /// Maps the status of a call made with a `deadline` as a network's client sees it:
