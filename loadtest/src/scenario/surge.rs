@@ -128,9 +128,14 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         })
     });
     let c = config.concurrency;
+    // Enough GetRate slots for every call the step can have in flight until its deadline,
+    // so the client's own cap never delays a send and what a refusal costs is the
+    // server's: a call waiting for a slot would be charged the wait.
+    let get_in_flight =
+        ((poll * 10.0 * deadline.as_secs_f64() * 1.25).ceil() as usize).max((c * 16).max(512));
     let t = report.elapsed_s();
     let (get_drive, erp_drive) = (
-        config.drive("GetRate steady → 10×", (c * 16).max(512)),
+        config.drive("GetRate steady → 10×", get_in_flight),
         config.drive("ERP steady → 10×", (c * 4).max(256)),
     );
     let (get_shape, erp_shape) = (shape(poll), shape(erp));
@@ -145,7 +150,7 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         "GetRate, steady -> 10x -> steady",
         "open",
         poll * 10.0,
-        (c * 16).max(512),
+        get_in_flight,
         t,
         &get,
     );
