@@ -26,7 +26,7 @@ use ratemesh_runtime::Readiness;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::replica::{Incoming, Replica};
+use super::replica::{Footprint, Incoming, Replica, ReplicaReader};
 use super::{CARD_FIELD, RATE_CHANGED_KIND, STATE_NAMESPACE, snapshot, wire};
 
 /// States read per snapshot page.
@@ -66,7 +66,13 @@ pub async fn run(
     readiness.set(true);
     let reader = replica.reader();
     metrics::gauge!("ratemesh_rates_replica_skus").set(reader.len() as f64);
-    tracing::info!(skus = reader.len(), "rate replica loaded");
+    let footprint = report_footprint(&reader);
+    tracing::info!(
+        skus = reader.len(),
+        card_bytes = footprint.cards,
+        index_bytes = footprint.index,
+        "rate replica loaded"
+    );
 
     let mut backoff = Duration::from_millis(50);
     let mut check_at = Instant::now() + TRIM_CHECK_EVERY;
@@ -84,6 +90,7 @@ pub async fn run(
                 tokio::task::yield_now().await;
                 if Instant::now() >= check_at {
                     check_at = Instant::now() + TRIM_CHECK_EVERY;
+                    report_footprint(&reader);
                     match resync_if_trimmed(&bus, &replica, tail.cursor(), &shutdown).await {
                         Ok(Some(reloaded)) => tail = reloaded,
                         Ok(None) => {}
@@ -104,6 +111,20 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Sets the replica's memory gauges (`ratemesh_rates_replica_bytes{part}`).
+fn report_footprint(reader: &ReplicaReader) -> Footprint {
+    let f = reader.footprint();
+    for (part, bytes) in [
+        ("cards", f.cards),
+        ("garbage", f.garbage),
+        ("allocated", f.allocated),
+        ("index", f.index),
+    ] {
+        metrics::gauge!("ratemesh_rates_replica_bytes", "part" => part).set(bytes as f64);
+    }
+    f
 }
 
 /// When retention has trimmed entries this replica never read (a long outage, or a tail

@@ -35,7 +35,21 @@ pub fn ensure_loaded(reader: &ReplicaReader) -> Result<(), ReadError> {
 }
 
 fn count(method: &'static str, n: u64) {
-    metrics::counter!("ratemesh_rates_reads_total", "method" => method).increment(n);
+    // Resolved once per method: the read path runs this on every call.
+    static HANDLES: std::sync::OnceLock<[(&'static str, metrics::Counter); 3]> =
+        std::sync::OnceLock::new();
+    let handles = HANDLES.get_or_init(|| {
+        ["GetRate", "BatchGetRates", "ListRates"].map(|m| {
+            (
+                m,
+                metrics::counter!("ratemesh_rates_reads_total", "method" => m),
+            )
+        })
+    });
+    match handles.iter().find(|(m, _)| *m == method) {
+        Some((_, counter)) => counter.increment(n),
+        None => metrics::counter!("ratemesh_rates_reads_total", "method" => method).increment(n),
+    }
 }
 
 /// Validates a SKU, naming `field` in the error.

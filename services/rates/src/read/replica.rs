@@ -4,7 +4,7 @@
 //! readers and one writer (the loader applying `rates` stream entries):
 //!
 //! - **Cards are kept encoded**, as the protobuf bytes the engine published, packed one
-//!   after another in a per-shard arena; a read copies bytes into the response
+//!   after another in a per-shard arena of 64 KiB chunks; a read copies bytes into the response
 //!   ([`super::wire`]) and nothing is encoded per call. The SKU is stored once, inside its
 //!   card.
 //! - **The index costs a few words per SKU**: [`SHARDS`] independently locked shards, each
@@ -121,11 +121,18 @@ pub fn sku_hash(sku: &[u8]) -> u64 {
     h
 }
 
+/// The stream partition of an encoded card's SKU.
+fn partition_of_sku(card: &[u8], partitions: u32) -> u32 {
+    partition_of(&String::from_utf8_lossy(wire::card_sku(card)), partitions)
+}
+
 /// The snapshot bucket of a SKU.
 pub fn bucket_of(sku: &[u8]) -> usize {
     (sku_hash(sku) % BLOCKS as u64) as usize
 }
 
+/// 32 bytes per SKU. The SKU's partition and bucket are not kept: they follow from its
+/// SKU, which is in its card.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     /// Where the card's bytes start in the shard's arena.
@@ -133,11 +140,73 @@ struct Slot {
     /// Their length.
     len: u32,
     version: u64,
-    /// Position of the last change in `partition`.
-    changed: EntryId,
+    /// Position of the last change in the SKU's partition: milliseconds and sequence
+    /// (a sequence beyond `u32` within one millisecond is not a stream Redis can hold).
+    changed_ms: u64,
+    changed_seq: u32,
     category: u32,
-    partition: u16,
-    bucket: u16,
+}
+
+impl Slot {
+    fn changed(&self) -> EntryId {
+        EntryId {
+            ms: self.changed_ms,
+            seq: u64::from(self.changed_seq),
+        }
+    }
+
+    fn set_changed(&mut self, id: EntryId) {
+        self.changed_ms = id.ms;
+        self.changed_seq = u32::try_from(id.seq).unwrap_or(u32::MAX);
+    }
+}
+
+/// Size of an arena chunk.
+const CHUNK: usize = 64 * 1024;
+
+/// Encoded cards back to back in fixed-size chunks: growing never copies or doubles,
+/// and a card never straddles two chunks (one larger than a chunk gets one of its own).
+/// A replaced card that does not fit in place leaves garbage until compaction.
+#[derive(Default)]
+struct Arena {
+    chunks: Vec<Vec<u8>>,
+    /// Bytes of live and dead cards.
+    used: usize,
+    garbage: usize,
+}
+
+impl Arena {
+    fn get(&self, offset: u32, len: u32) -> &[u8] {
+        let (chunk, at) = (offset as usize / CHUNK, offset as usize % CHUNK);
+        &self.chunks[chunk][at..at + len as usize]
+    }
+
+    fn get_mut(&mut self, offset: u32, len: usize) -> &mut [u8] {
+        let (chunk, at) = (offset as usize / CHUNK, offset as usize % CHUNK);
+        &mut self.chunks[chunk][at..at + len]
+    }
+
+    /// Appends `card`; its offset.
+    fn push(&mut self, card: &[u8]) -> u32 {
+        let fits = self
+            .chunks
+            .last()
+            .is_some_and(|c| c.len() + card.len() <= CHUNK);
+        if !fits {
+            self.chunks.push(Vec::with_capacity(card.len().max(CHUNK)));
+        }
+        let index = self.chunks.len() - 1;
+        let chunk = &mut self.chunks[index];
+        let offset = index * CHUNK + chunk.len();
+        chunk.extend_from_slice(card);
+        self.used += card.len();
+        u32::try_from(offset).expect("a shard's cards exceed 4 GiB")
+    }
+
+    /// Bytes allocated.
+    fn allocated(&self) -> usize {
+        self.chunks.iter().map(Vec::capacity).sum()
+    }
 }
 
 #[derive(Default)]
@@ -145,13 +214,11 @@ struct Shard {
     /// Slot numbers, hashed by SKU.
     table: HashTable<u32>,
     slots: Vec<Slot>,
-    /// Encoded cards, back to back; a replaced card leaves garbage until compaction.
-    arena: Vec<u8>,
-    garbage: usize,
+    arena: Arena,
 }
 
-fn card_of<'a>(arena: &'a [u8], slot: &Slot) -> &'a [u8] {
-    &arena[slot.offset as usize..slot.offset as usize + slot.len as usize]
+fn card_of<'a>(arena: &'a Arena, slot: &Slot) -> &'a [u8] {
+    arena.get(slot.offset, slot.len)
 }
 
 impl Shard {
@@ -172,13 +239,6 @@ impl Shard {
         Some(&self.slots[i as usize])
     }
 
-    /// Appends `card` to the arena; its offset.
-    fn push_card(&mut self, card: &[u8]) -> u32 {
-        let offset = self.arena.len();
-        self.arena.extend_from_slice(card);
-        u32::try_from(offset).expect("a shard's cards exceed 4 GiB")
-    }
-
     fn insert(&mut self, hash: u64, slot: Slot) -> u32 {
         let index = u32::try_from(self.slots.len()).expect("too many SKUs in one shard");
         self.slots.push(slot);
@@ -196,18 +256,14 @@ impl Shard {
 
     /// Rewrites the arena without garbage once garbage is a quarter of it.
     fn compact_if_needed(&mut self) {
-        if self.garbage < 64 * 1024 || self.garbage * 4 < self.arena.len() {
+        if self.arena.garbage < 4 * CHUNK || self.arena.garbage * 4 < self.arena.used {
             return;
         }
-        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
+        let mut arena = Arena::default();
         for slot in &mut self.slots {
-            let start = slot.offset as usize;
-            let offset = arena.len();
-            arena.extend_from_slice(&self.arena[start..start + slot.len as usize]);
-            slot.offset = u32::try_from(offset).expect("compacted arena fits");
+            slot.offset = arena.push(self.arena.get(slot.offset, slot.len));
         }
         self.arena = arena;
-        self.garbage = 0;
     }
 }
 
@@ -265,6 +321,8 @@ struct Inner {
     applied: AtomicU64,
     /// Loads that read a snapshot rather than every state record.
     snapshot_loads: AtomicU64,
+    /// `ratemesh_rates_replica_applied_total`, resolved once.
+    applied_total: metrics::Counter,
 }
 
 fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -463,6 +521,7 @@ impl Replica {
                 reads: AtomicU64::new(0),
                 applied: AtomicU64::new(0),
                 snapshot_loads: AtomicU64::new(0),
+                applied_total: metrics::counter!("ratemesh_rates_replica_applied_total"),
             }),
         }
     }
@@ -506,19 +565,18 @@ impl Replica {
     /// has no watchers yet.
     pub fn apply_snapshot(&self, card: Incoming<'_>, base: &Cursor) -> Applied {
         let partition = partition_of(card.head.sku, self.inner.options.partitions);
-        self.apply_loaded(card, partition, base.get(partition))
+        self.apply_loaded(card, base.get(partition))
     }
 
     /// Applies a card read from a snapshot block, last changed at `changed` in its
     /// partition.
     pub fn apply_block_card(&self, card: Incoming<'_>, changed: EntryId) -> Applied {
-        let partition = partition_of(card.head.sku, self.inner.options.partitions);
-        self.apply_loaded(card, partition, changed)
+        self.apply_loaded(card, changed)
     }
 
-    fn apply_loaded(&self, card: Incoming<'_>, partition: u32, changed: EntryId) -> Applied {
+    fn apply_loaded(&self, card: Incoming<'_>, changed: EntryId) -> Applied {
         let watched = self.inner.changes.receiver_count() > 0;
-        let applied = self.store(card, partition, changed);
+        let applied = self.store(card, changed);
         if watched
             && applied == Applied::Newer
             && let Some(decoded) = decode(card.bytes)
@@ -552,7 +610,7 @@ impl Replica {
             version: card.version,
             computed_at: card.computed_at.as_ref().map(|t| (t.seconds, t.nanos)),
         };
-        let applied = self.store(Incoming { bytes, head }, partition, id);
+        let applied = self.store(Incoming { bytes, head }, id);
         let mut next = read_lock(&self.inner.position).clone();
         next.advance(partition, id);
         if applied == Applied::Newer && self.inner.changes.receiver_count() > 0 {
@@ -573,7 +631,7 @@ impl Replica {
         write_lock(&self.inner.position).advance(partition, id);
     }
 
-    fn store(&self, card: Incoming<'_>, partition: u32, changed: EntryId) -> Applied {
+    fn store(&self, card: Incoming<'_>, changed: EntryId) -> Applied {
         let inner = &self.inner;
         let sku = card.head.sku.as_bytes();
         let hash = sku_hash(sku);
@@ -584,19 +642,17 @@ impl Replica {
         let mut shard = write_lock(&inner.shards[shard_no]);
         let outcome = match shard.find(hash, sku) {
             None => {
-                let offset = shard.push_card(card.bytes);
-                let index = shard.insert(
-                    hash,
-                    Slot {
-                        offset,
-                        len,
-                        version: card.head.version,
-                        changed,
-                        category,
-                        partition: u16::try_from(partition).unwrap_or(u16::MAX),
-                        bucket: u16::try_from(bucket).unwrap_or(u16::MAX),
-                    },
-                );
+                let offset = shard.arena.push(card.bytes);
+                let mut slot = Slot {
+                    offset,
+                    len,
+                    version: card.head.version,
+                    changed_ms: 0,
+                    changed_seq: 0,
+                    category,
+                };
+                slot.set_changed(changed);
+                let index = shard.insert(hash, slot);
                 // The dirty mark precedes the position's advance (the caller's), so a
                 // snapshot taken at a position covers every change it marks.
                 inner.dirty[bucket].store(true, Ordering::Release);
@@ -624,27 +680,29 @@ impl Replica {
                     }
                     let offset = if card.bytes.len() <= slot.len as usize {
                         // Fits where the old one was: overwrite in place.
-                        let start = slot.offset as usize;
-                        shard.arena[start..start + card.bytes.len()].copy_from_slice(card.bytes);
-                        shard.garbage += slot.len as usize - card.bytes.len();
+                        shard
+                            .arena
+                            .get_mut(slot.offset, card.bytes.len())
+                            .copy_from_slice(card.bytes);
+                        shard.arena.garbage += slot.len as usize - card.bytes.len();
                         slot.offset
                     } else {
-                        shard.garbage += slot.len as usize;
-                        shard.push_card(card.bytes)
+                        shard.arena.garbage += slot.len as usize;
+                        shard.arena.push(card.bytes)
                     };
                     let s = &mut shard.slots[index as usize];
                     s.offset = offset;
                     s.len = len;
                     s.version = card.head.version;
-                    s.changed = s.changed.max(changed);
+                    s.set_changed(s.changed().max(changed));
                     s.category = category;
                     shard.compact_if_needed();
                     inner.dirty[bucket].store(true, Ordering::Release);
                     Applied::Newer
                 } else if card.head.version == slot.version {
                     let s = &mut shard.slots[index as usize];
-                    if changed > s.changed {
-                        s.changed = changed;
+                    if changed > s.changed() {
+                        s.set_changed(changed);
                         inner.dirty[bucket].store(true, Ordering::Release);
                     }
                     Applied::Same
@@ -655,7 +713,7 @@ impl Replica {
         };
         if outcome == Applied::Newer {
             inner.applied.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("ratemesh_rates_replica_applied_total").increment(1);
+            inner.applied_total.increment(1);
         }
         outcome
     }
@@ -691,10 +749,12 @@ impl Replica {
             .collect();
         let guard = read_lock(&self.inner.shards[shard]);
         for slot in &guard.slots {
-            let Some((_, block)) = out.iter_mut().find(|(b, _)| *b == slot.bucket as usize) else {
+            let card = guard.card(slot);
+            let bucket = bucket_of(wire::card_sku(card));
+            let Some((_, block)) = out.iter_mut().find(|(b, _)| *b == bucket) else {
                 continue;
             };
-            super::snapshot::put_entry(block, slot.changed, guard.card(slot));
+            super::snapshot::put_entry(block, slot.changed(), card);
         }
         drop(guard);
         // A bucket without a SKU has no block.
@@ -707,6 +767,21 @@ impl Replica {
 #[cfg(test)]
 fn recent_len(inner: &Inner) -> usize {
     inner.recent.lock().map(|r| r.len()).unwrap_or(0)
+}
+
+/// What the replica's table holds, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// SKUs.
+    pub skus: usize,
+    /// Encoded cards.
+    pub cards: usize,
+    /// Left by replaced cards until compaction.
+    pub garbage: usize,
+    /// Allocated for cards (cards, garbage and the unused end of the last chunks).
+    pub allocated: usize,
+    /// Slots, hash tables and the SKU order.
+    pub index: usize,
 }
 
 /// A page of a listing.
@@ -902,6 +977,7 @@ impl ReplicaReader {
             None => None,
         };
         let inner = &self.inner;
+        let partitions = inner.options.partitions;
         let order = read_lock(&inner.order);
         let start = |ids: &[SlotId]| match query.after {
             Some(after) => ids.partition_point(|&id| inner.with_sku(id, |s| s <= after.as_bytes())),
@@ -943,10 +1019,10 @@ impl ReplicaReader {
             let shard = read_lock(&inner.shards[shard_no]);
             let slot = &shard.slots[index];
             let category_ok = category.is_none_or(|c| slot.category == c);
+            let card = shard.card(slot);
             let changed_ok = query
                 .changed_since
-                .is_none_or(|since| slot.changed > since.get(u32::from(slot.partition)));
-            let card = shard.card(slot);
+                .is_none_or(|since| slot.changed() > since.get(partition_of_sku(card, partitions)));
             if category_ok && changed_ok {
                 page.cards.push(card.to_vec());
             }
@@ -965,8 +1041,8 @@ impl ReplicaReader {
         for shard in self.inner.shards.iter() {
             let shard = read_lock(shard);
             for slot in &shard.slots {
-                let partition = u32::from(slot.partition);
-                if slot.changed <= since.get(partition) {
+                let partition = partition_of_sku(shard.card(slot), self.inner.options.partitions);
+                if slot.changed() <= since.get(partition) {
                     continue;
                 }
                 let Some(card) = decode(shard.card(slot)) else {
@@ -975,7 +1051,7 @@ impl ReplicaReader {
                 if filter.matches(&card) {
                     out.push(PositionedCard {
                         partition,
-                        id: slot.changed,
+                        id: slot.changed(),
                         card,
                     });
                 }
@@ -990,16 +1066,22 @@ impl ReplicaReader {
         self.inner.changes.subscribe()
     }
 
-    /// What the table holds, for the memory gauge: cards' bytes, arena garbage, slots.
-    pub fn footprint(&self) -> (usize, usize, usize) {
-        let (mut cards, mut garbage, mut slots) = (0, 0, 0);
+    /// What the table holds: the cards' bytes, garbage left by replaced cards, bytes
+    /// allocated for cards, and the index (slots, hash tables, SKU order).
+    pub fn footprint(&self) -> Footprint {
+        let mut f = Footprint::default();
         for shard in self.inner.shards.iter() {
             let shard = read_lock(shard);
-            cards += shard.arena.len() - shard.garbage;
-            garbage += shard.garbage;
-            slots += shard.slots.len();
+            f.cards += shard.arena.used - shard.arena.garbage;
+            f.garbage += shard.arena.garbage;
+            f.allocated += shard.arena.allocated();
+            f.skus += shard.slots.len();
+            f.index += shard.slots.capacity() * std::mem::size_of::<Slot>()
+                + shard.table.capacity() * (std::mem::size_of::<u32>() + 1);
         }
-        (cards, garbage, slots)
+        let order = read_lock(&self.inner.order);
+        f.index += (order.sorted.capacity() + order.recent.capacity()) * 4;
+        f
     }
 }
 
@@ -1064,10 +1146,15 @@ mod tests {
         }
         assert_eq!(reader.version("S0042"), Some(2));
         assert_eq!(reader.get("S0043").map(|c| c.band.len()), Some(40));
-        let (cards, garbage, slots) = reader.footprint();
+        let Footprint {
+            skus: slots,
+            cards,
+            garbage,
+            ..
+        } = reader.footprint();
         assert_eq!(slots, 6000);
         assert!(
-            garbage < SHARDS * 64 * 1024 + (cards + garbage) / 4,
+            garbage < SHARDS * 4 * CHUNK + (cards + garbage) / 4,
             "{garbage} of {cards}"
         );
 
@@ -1107,6 +1194,23 @@ mod tests {
             ..ListQuery::default()
         });
         assert!(nothing.cards.is_empty());
+    }
+
+    #[test]
+    fn a_card_larger_than_a_chunk_gets_a_chunk_of_its_own() {
+        let replica = Replica::new(options(), system_clock());
+        let reader = replica.reader();
+        apply(&replica, &card("BIG", "c", 1, 100, 3 * CHUNK / 2), 1);
+        apply(&replica, &card("SMALL", "c", 1, 100, 10), 1);
+        replica.set_loaded();
+        assert_eq!(reader.get("BIG").map(|c| c.band.len()), Some(3 * CHUNK / 2));
+        assert_eq!(reader.get("SMALL").map(|c| c.band.len()), Some(10));
+        apply(&replica, &card("BIG", "c", 2, 200, 5), 2);
+        assert_eq!(
+            reader.get("BIG").map(|c| (c.version, c.band.len())),
+            Some((2, 5))
+        );
+        assert_eq!(reader.get("SMALL").map(|c| c.version), Some(1));
     }
 
     #[test]
