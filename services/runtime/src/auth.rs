@@ -1,13 +1,15 @@
 //! API-key authentication and the table that says which role may call which RPC.
 //!
-//! Keys arrive as `authorization: Bearer <key>`. Only the SHA-256 of each key is kept, in
-//! config and in memory; a presented key is hashed and looked up. Each service declares
+//! Keys arrive as `authorization: Bearer <key>`. Config holds only the SHA-256 of each key;
+//! a presented key is hashed and looked up. A key that verified is remembered (a bounded
+//! table, valid keys only), so a partner polling all day pays the hash once, not per call;
+//! an unknown key is hashed every time, so guessing buys nothing. Each service declares
 //! who may call its RPCs ([`MethodRoles`], next to its handlers); the app composes the
 //! mounted services' declarations into one [`AccessTable`]. Health and reflection are open.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use sha2::{Digest, Sha256};
 
@@ -15,7 +17,8 @@ use crate::error::ApiError;
 pub use crate::role::Role;
 use crate::settings::AuthSettings;
 
-/// The caller of a request, put into the request's extensions by the auth layer.
+/// The caller of a request, put into the request's extensions by the auth layer (as an
+/// `Arc<Principal>`, shared with the key table rather than copied per call).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// The key's configured name; recorded as author of changes.
@@ -29,23 +32,64 @@ pub struct Principal {
 impl Principal {
     /// The principal a handler runs as; absent only on open endpoints.
     pub fn of<T>(request: &tonic::Request<T>) -> Result<&Principal, ApiError> {
-        request
-            .extensions()
-            .get::<Principal>()
+        let extensions = request.extensions();
+        extensions
+            .get::<Arc<Principal>>()
+            .map(|p| &**p)
+            // A handler test may insert a plain `Principal`.
+            .or_else(|| extensions.get::<Principal>())
             .ok_or_else(|| ApiError::Unauthenticated("no API key was presented".into()))
+    }
+}
+
+/// Presented keys that verified, so a repeat caller skips the SHA-256. Only valid keys
+/// enter, so it holds at most one entry per configured key; the capacity is a second fence
+/// (whatever enters, the table is emptied rather than grown past it).
+#[derive(Default)]
+struct VerifiedKeys {
+    by_key: RwLock<HashMap<Box<str>, Arc<Principal>>>,
+}
+
+impl VerifiedKeys {
+    /// Entries kept at most.
+    const CAPACITY: usize = 1024;
+
+    fn get(&self, key: &str) -> Option<Arc<Principal>> {
+        self.by_key
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()
+    }
+
+    fn insert(&self, key: &str, principal: Arc<Principal>) {
+        let mut by_key = self.by_key.write().unwrap_or_else(PoisonError::into_inner);
+        if by_key.len() >= Self::CAPACITY {
+            by_key.clear();
+        }
+        by_key.insert(key.into(), principal);
+    }
+
+    fn len(&self) -> usize {
+        self.by_key
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
 /// The configured keys, by hash.
 #[derive(Clone, Default)]
 pub struct ApiKeys {
-    by_hash: Arc<HashMap<[u8; 32], Principal>>,
+    by_hash: Arc<HashMap<[u8; 32], Arc<Principal>>>,
+    verified: Arc<VerifiedKeys>,
 }
 
 impl fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ApiKeys")
             .field("keys", &self.by_hash.len())
+            .field("verified", &self.verified.len())
             .finish()
     }
 }
@@ -60,23 +104,40 @@ impl ApiKeys {
             if hex::decode_to_slice(&key.sha256, &mut hash).is_ok() {
                 by_hash.insert(
                     hash,
-                    Principal {
+                    Arc::new(Principal {
                         name: key.name.clone(),
                         role: key.role,
                         partner_id: key.partner_id.clone(),
-                    },
+                    }),
                 );
             }
         }
         Self {
             by_hash: Arc::new(by_hash),
+            verified: Arc::default(),
         }
     }
 
-    /// The principal holding `key`, if it is configured.
+    /// The principal holding `key`, if it is configured. Always hashes the key; calls go
+    /// through [`Self::authorize`], which remembers keys that verified.
     pub fn lookup(&self, key: &str) -> Option<&Principal> {
+        self.lookup_by_hash(key).map(|p| &**p)
+    }
+
+    fn lookup_by_hash(&self, key: &str) -> Option<&Arc<Principal>> {
         let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         self.by_hash.get(&hash)
+    }
+
+    /// The principal holding `key`: from the keys that verified before, else by hash (and
+    /// then remembered).
+    fn verify(&self, key: &str) -> Option<Arc<Principal>> {
+        if let Some(principal) = self.verified.get(key) {
+            return Some(principal);
+        }
+        let principal = self.lookup_by_hash(key)?.clone();
+        self.verified.insert(key, principal.clone());
+        Some(principal)
     }
 
     /// Whether no key is configured at all.
@@ -91,7 +152,7 @@ impl ApiKeys {
         path: &str,
         access: Access,
         authorization: Option<&str>,
-    ) -> Result<Option<Principal>, ApiError> {
+    ) -> Result<Option<Arc<Principal>>, ApiError> {
         let Access::Roles(roles) = access else {
             return Ok(None);
         };
@@ -108,10 +169,10 @@ impl ApiKeys {
                 )
             })?;
         let principal = self
-            .lookup(key)
+            .verify(key)
             .ok_or_else(|| ApiError::Unauthenticated("unknown API key".into()))?;
         if principal.role == Role::Admin || roles.contains(&principal.role) {
-            Ok(Some(principal.clone()))
+            Ok(Some(principal))
         } else {
             Err(ApiError::PermissionDenied(format!(
                 "role `{}` may not call {path}",
@@ -255,7 +316,7 @@ mod tests {
         )])
     }
 
-    fn call(path: &str, key: Option<&str>) -> Result<Option<Principal>, ApiError> {
+    fn call(path: &str, key: Option<&str>) -> Result<Option<Arc<Principal>>, ApiError> {
         let authorization = key.map(|k| format!("Bearer {k}"));
         keys().authorize(path, table().access(path), authorization.as_deref())
     }
@@ -324,6 +385,91 @@ mod tests {
         .expect_err("twice");
         assert!(err.contains("twice"), "{err}");
         assert!(check_declaration("grpc.health.v1.Health", &[]).is_err());
+    }
+
+    #[test]
+    fn only_keys_that_verified_are_remembered() {
+        let keys = keys();
+        let path = "/ratemesh.v1.RateService/GetRate";
+        let access = table().access(path);
+        for _ in 0..3 {
+            assert!(keys.authorize(path, access, Some("Bearer nope")).is_err());
+        }
+        assert_eq!(keys.verified.len(), 0, "an unknown key is never remembered");
+
+        let first = keys
+            .authorize(path, access, Some("Bearer key-net"))
+            .expect("valid")
+            .expect("principal");
+        assert_eq!(keys.verified.len(), 1);
+        let again = keys
+            .authorize(path, access, Some("Bearer key-net"))
+            .expect("valid")
+            .expect("principal");
+        // The same shared principal, not a copy, and no second entry.
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(keys.verified.len(), 1);
+        // A remembered key still goes through the role check.
+        assert!(matches!(
+            keys.authorize(
+                "/ratemesh.v1.RateService/WatchRates",
+                table().access("/ratemesh.v1.RateService/WatchRates"),
+                Some("Bearer key-merch")
+            ),
+            Err(ApiError::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            keys.authorize(
+                "/ratemesh.v1.RateService/WatchRates",
+                table().access("/ratemesh.v1.RateService/WatchRates"),
+                Some("Bearer key-merch")
+            ),
+            Err(ApiError::PermissionDenied(_))
+        ));
+        assert_eq!(
+            keys.verified.len(),
+            2,
+            "key-merch verified, then was refused"
+        );
+    }
+
+    #[test]
+    fn the_verified_key_table_is_bounded() {
+        let table = VerifiedKeys::default();
+        let principal = Arc::new(Principal {
+            name: "net".into(),
+            role: Role::Network,
+            partner_id: None,
+        });
+        for i in 0..VerifiedKeys::CAPACITY * 3 + 7 {
+            table.insert(&format!("key-{i}"), principal.clone());
+            assert!(table.len() <= VerifiedKeys::CAPACITY);
+        }
+        assert!(table.get("key-0").is_none(), "emptied when it was full");
+        assert!(
+            table
+                .get(&format!("key-{}", VerifiedKeys::CAPACITY * 3 + 6))
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn principal_of_finds_the_shared_or_a_plain_principal() {
+        let principal = Principal {
+            name: "net".into(),
+            role: Role::Network,
+            partner_id: None,
+        };
+        let mut shared = tonic::Request::new(());
+        shared.extensions_mut().insert(Arc::new(principal.clone()));
+        assert_eq!(Principal::of(&shared).expect("shared"), &principal);
+        let mut plain = tonic::Request::new(());
+        plain.extensions_mut().insert(principal.clone());
+        assert_eq!(Principal::of(&plain).expect("plain"), &principal);
+        assert!(matches!(
+            Principal::of(&tonic::Request::new(())),
+            Err(ApiError::Unauthenticated(_))
+        ));
     }
 
     #[test]
