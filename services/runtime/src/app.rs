@@ -332,12 +332,7 @@ impl App {
         let keys = ApiKeys::from_settings(&settings.auth);
         let grpc_server = tonic::transport::Server::builder()
             .timeout(settings.server.request_timeout())
-            .layer(RpcLayer::new(
-                keys,
-                access,
-                settings.server.max_concurrent_requests,
-                settings.server.shed_retry_after(),
-            ))
+            .layer(RpcLayer::new(keys, access, settings.server.admission()))
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),

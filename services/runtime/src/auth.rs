@@ -235,6 +235,13 @@ impl AccessTable {
         }
     }
 
+    /// Every declared RPC as (full service name, method name).
+    pub(crate) fn declared(&self) -> impl Iterator<Item = (&'static str, &'static str)> + '_ {
+        self.services.iter().flat_map(|(service, methods)| {
+            methods.iter().map(move |(method, _)| (*service, *method))
+        })
+    }
+
     /// Who may call `path` (`/package.Service/Method`).
     pub fn access(&self, path: &str) -> Access {
         let path = path.trim_start_matches('/');

@@ -1,50 +1,240 @@
-//! The tower layer every gRPC call passes through: load shedding, authentication and the
-//! role table, trace context, the answer to undecodable requests, and per-RPC metrics — in
-//! that order, in one place.
+//! The tower layer every gRPC call passes through: admission (deadline, process ceiling,
+//! the method's adaptive limit), authentication and the role table, trace context, the
+//! answer to undecodable requests, and per-RPC metrics — in that order, in one place.
 //!
-//! Shedding comes first so an overloaded server spends nothing on a call it will refuse.
-//! Health checks and reflection skip shedding and auth: an orchestrator must always be able
-//! to ask whether the process is healthy.
+//! Admission comes first so an overloaded server spends almost nothing on a call it
+//! refuses: no key is hashed, nothing is allocated but the answer, RESOURCE_EXHAUSTED with
+//! RetryInfo, whose headers are rendered once when the layer is built. A call is refused
+//! (`ratemesh_grpc_shed_total{method, reason}`) when
+//! - `deadline`: its `grpc-timeout` is shorter than the runtime's current scheduling delay
+//!   plus the method's usual service time, so the caller would have given up before the
+//!   answer — better to say so at once than to do the work for nobody;
+//! - `concurrency`: the process has `server.max_concurrent_requests` calls in flight;
+//! - `limit`: the method is at its adaptive limit (`grpc/limit.rs` says how it is counted
+//!   and moved), which keeps the queue for the CPU short when the process saturates.
+//!
+//! Per call, the layer looks the path up in a table built once (`grpc/methods.rs`): label,
+//! metric handles and limit are ready, so no string is built for metrics or spans. A key
+//! that verified once is not hashed again ([`ApiKeys`]). Health checks and reflection skip
+//! all of it: an orchestrator must always be able to ask whether the process is healthy.
+//!
+//! Streams (WatchRates) hold their admission only until the response headers: what is
+//! limited is the work of starting a call, not how long a subscriber stays.
+
+mod deadline;
+mod limit;
+mod methods;
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
-use tokio::sync::Semaphore;
+use http::{HeaderMap, HeaderName, Request, Response};
 use tonic::body::Body;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::auth::{Access, AccessTable, ApiKeys};
+use self::deadline::{GRPC_TIMEOUT, parse_grpc_timeout};
+use self::limit::{LimitConfig, Limiter, Sample};
+use self::methods::{Method, MethodTable, Route, Shed};
+use crate::auth::{AccessTable, ApiKeys};
 use crate::error::ApiError;
+use crate::schedule_delay::ScheduleDelay;
 use crate::trace_context;
+
+/// How the layer admits calls; [`crate::settings::ServerSettings::admission`] builds it from
+/// `[server]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Calls in flight across the process; past it, calls are refused.
+    pub max_concurrent: usize,
+    /// The back-off a refused caller is told (RetryInfo).
+    pub retry_after: Duration,
+    /// Whether each method has an adaptive limit under the ceiling.
+    pub adaptive: bool,
+    /// The runtime scheduling delay above which adaptive limits shrink.
+    pub queue_delay_target: Duration,
+    /// The lowest an adaptive limit goes.
+    pub min_concurrency: usize,
+    /// Whether a call that cannot be answered within its `grpc-timeout` is refused.
+    pub deadlines: bool,
+}
+
+impl Admission {
+    fn limit(&self) -> LimitConfig {
+        let max = u32::try_from(self.max_concurrent)
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let min = u32::try_from(self.min_concurrency).unwrap_or(u32::MAX);
+        LimitConfig {
+            adaptive: self.adaptive,
+            min: min.clamp(1, max),
+            max,
+            delay_target: self.queue_delay_target,
+        }
+    }
+}
 
 /// Shared state of the layer.
 #[derive(Debug, Clone)]
 pub struct RpcLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
     keys: ApiKeys,
     access: AccessTable,
-    in_flight: Arc<Semaphore>,
-    shed_retry_after: Duration,
+    methods: MethodTable,
+    admission: Admission,
+    in_flight: AtomicUsize,
+    refusals: Refusals,
+    /// The layer's clock for admission rates.
+    epoch: Instant,
+    /// Started by the first call, on the runtime that serves the calls.
+    schedule_delay: OnceLock<Arc<ScheduleDelay>>,
 }
 
 impl RpcLayer {
-    /// A layer admitting at most `max_in_flight` calls at once, each checked against
-    /// `access`.
-    pub fn new(
-        keys: ApiKeys,
-        access: AccessTable,
-        max_in_flight: usize,
-        shed_retry_after: Duration,
-    ) -> Self {
+    /// A layer admitting calls under `admission`, each checked against `access`.
+    pub fn new(keys: ApiKeys, access: AccessTable, admission: Admission) -> Self {
+        // Metric handles are resolved now, so the recorder must exist first.
+        crate::metrics::prometheus();
         Self {
-            keys,
-            access,
-            in_flight: Arc::new(Semaphore::new(max_in_flight)),
-            shed_retry_after,
+            shared: Arc::new(Shared {
+                methods: MethodTable::new(&access, admission.limit()),
+                keys,
+                access,
+                admission,
+                in_flight: AtomicUsize::new(0),
+                refusals: Refusals::new(admission.retry_after),
+                epoch: Instant::now(),
+                schedule_delay: OnceLock::new(),
+            }),
         }
+    }
+}
+
+impl Shared {
+    fn schedule_delay(&self) -> &ScheduleDelay {
+        self.schedule_delay.get_or_init(|| {
+            if self.admission.adaptive || self.admission.deadlines {
+                ScheduleDelay::start()
+            } else {
+                Arc::new(ScheduleDelay::idle())
+            }
+        })
+    }
+
+    /// Decides whether a call to `method` arriving at `started` goes on to its handler.
+    fn admit<'a>(
+        &'a self,
+        method: &'a Method,
+        headers: &HeaderMap,
+        started: Instant,
+    ) -> Result<(InFlight<'a>, Admitted<'a>), Shed> {
+        let schedule_delay = self.schedule_delay();
+        let delay = schedule_delay.at(started);
+        if self.admission.deadlines {
+            let timeout = headers
+                .get(GRPC_TIMEOUT)
+                .and_then(|v| parse_grpc_timeout(v.as_bytes()));
+            if timeout.is_some_and(|t| t < delay + method.limiter.service_time()) {
+                return Err(Shed::Deadline);
+            }
+        }
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.admission.max_concurrent {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Shed::Concurrency);
+        }
+        let in_flight = InFlight(&self.in_flight);
+        let now = u64::try_from(started.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX);
+        let occupancy = method.limiter.try_admit(now, delay).ok_or(Shed::Limit)?;
+        Ok((
+            in_flight,
+            Admitted {
+                limiter: &method.limiter,
+                schedule_delay,
+                started,
+                delay,
+                occupancy,
+                learn: true,
+            },
+        ))
+    }
+}
+
+/// A place under the process-wide ceiling, given back on drop.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A call admitted under its method's limit. On drop — the handler answered, or the call
+/// was cancelled (its timeout) — the place is given back and the limit learns from it.
+struct Admitted<'a> {
+    limiter: &'a Limiter,
+    schedule_delay: &'a ScheduleDelay,
+    started: Instant,
+    delay: Duration,
+    occupancy: u32,
+    /// False for calls that never reached a handler (refused by auth): their time says
+    /// nothing about the method.
+    learn: bool,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let sample = self.learn.then(|| {
+            let now = Instant::now();
+            Sample {
+                at: now,
+                in_layer: now.saturating_duration_since(self.started),
+                delay_at_admission: self.delay,
+                delay_now: self.schedule_delay.at(now),
+                occupancy: self.occupancy,
+                limited: false,
+            }
+        });
+        self.limiter.finish(sample);
+    }
+}
+
+/// The answers to refused calls, rendered once: a refusal clones a header map.
+#[derive(Debug)]
+struct Refusals([HeaderMap; 3]);
+
+impl Refusals {
+    fn new(retry_after: Duration) -> Self {
+        let render = |message: &str| {
+            let status = tonic::Status::from(ApiError::ResourceExhausted {
+                message: message.to_owned(),
+                retry_after,
+            });
+            status.into_http::<Body>().headers().clone()
+        };
+        let mut by_reason: [HeaderMap; 3] = Default::default();
+        by_reason[Shed::Concurrency as usize] =
+            render("server is at its concurrency limit; retry after the advised delay");
+        by_reason[Shed::Limit as usize] = render(
+            "server is saturated: calls of this method are queueing for the CPU; retry after the advised delay",
+        );
+        by_reason[Shed::Deadline as usize] = render(
+            "the call's deadline is shorter than the server's current queueing delay plus this method's usual service time; retry after the advised delay",
+        );
+        Self(by_reason)
+    }
+
+    fn response(&self, reason: Shed) -> Response<Body> {
+        let mut response = Response::new(Body::default());
+        *response.headers_mut() = self.0[reason as usize].clone();
+        response
     }
 }
 
@@ -85,43 +275,47 @@ where
         // The clone is the one that was not polled ready; keep the ready one for this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
-        let path = request.uri().path().to_owned();
-        let started = Instant::now();
+        let shared = self.layer.shared.clone();
 
         Box::pin(async move {
-            let access = layer.access.access(&path);
-            if access == Access::Open {
-                return inner.call(request).await;
-            }
-            let method = method_label(&path);
+            let started = Instant::now();
+            let shared = &*shared;
+            let (method, access) = match shared.methods.route(request.uri().path(), &shared.access)
+            {
+                Route::Open => return inner.call(request).await,
+                Route::Method(method, access) => (method, access),
+            };
 
-            let Ok(permit) = layer.in_flight.clone().try_acquire_owned() else {
-                metrics::counter!("ratemesh_grpc_shed_total", "method" => method.clone())
-                    .increment(1);
-                let err = ApiError::ResourceExhausted {
-                    message: "server is at its concurrency limit; retry after the advised delay"
-                        .into(),
-                    retry_after: layer.shed_retry_after,
-                };
-                return Ok(finish(&method, started, error_response(err)));
+            let (in_flight, mut admitted) = match shared.admit(method, request.headers(), started) {
+                Ok(admission) => admission,
+                Err(reason) => {
+                    method.shed(reason);
+                    let refusal = shared.refusals.response(reason);
+                    return Ok(finish(method, started, refusal));
+                }
             };
 
             let authorization = request
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            let principal = match layer.keys.authorize(&path, access, authorization) {
+            let principal = match shared
+                .keys
+                .authorize(request.uri().path(), access, authorization)
+            {
                 Ok(principal) => principal,
-                Err(err) => return Ok(finish(&method, started, error_response(err))),
+                Err(err) => {
+                    admitted.learn = false;
+                    return Ok(finish(method, started, error_response(err)));
+                }
             };
 
             let span = tracing::info_span!(
                 "rpc",
-                otel.name = %path,
+                otel.name = &*method.path,
                 otel.kind = "server",
                 rpc.system = "grpc",
-                rpc.method = %method,
+                rpc.method = &*method.label,
                 principal = tracing::field::Empty,
             );
             trace_context::continue_from_headers(&span, request.headers());
@@ -131,8 +325,9 @@ where
             }
 
             let response = inner.call(request).instrument(span).await;
-            drop(permit);
-            response.map(|r| finish(&method, started, undecodable_is_invalid(&method, r)))
+            drop(admitted);
+            drop(in_flight);
+            response.map(|r| finish(method, started, undecodable_is_invalid(method, r)))
         })
     }
 }
@@ -165,7 +360,11 @@ const MAX_REASON_CHARS: usize = 120;
 /// Turns tonic's answer to an undecodable request (INTERNAL, as if the server were at
 /// fault) into INVALID_ARGUMENT naming the method. Handlers never see such a request, so
 /// this is the one place it can be answered for every RPC.
-fn undecodable_is_invalid(method: &str, response: Response<Body>) -> Response<Body> {
+fn undecodable_is_invalid(method: &Method, response: Response<Body>) -> Response<Body> {
+    let code = status_code(&response);
+    if code != tonic::Code::Internal as i32 && code != tonic::Code::OutOfRange as i32 {
+        return response;
+    }
     let Some(status) = tonic::Status::from_header_map(response.headers()) else {
         return response;
     };
@@ -176,46 +375,32 @@ fn undecodable_is_invalid(method: &str, response: Response<Body>) -> Response<Bo
         return response;
     }
     let reason: String = status.message().chars().take(MAX_REASON_CHARS).collect();
-    metrics::counter!("ratemesh_grpc_undecodable_total", "method" => method.to_owned())
-        .increment(1);
+    method.undecodable();
     error_response(ApiError::Malformed(format!(
-        "the request is not a valid {method} message: {reason}"
+        "the request is not a valid {} message: {reason}",
+        method.label
     )))
-}
-
-/// `Service/Method` without the package, a bounded label set for metrics.
-fn method_label(path: &str) -> String {
-    let path = path.trim_start_matches('/');
-    let path = path.strip_prefix("ratemesh.v1.").unwrap_or(path);
-    if path.len() > 80 {
-        "other".to_owned()
-    } else {
-        path.to_owned()
-    }
 }
 
 fn error_response(err: ApiError) -> Response<Body> {
     tonic::Status::from(err).into_http()
 }
 
-/// Records the call. Unary successes send `grpc-status` in trailers, so a response
-/// without it in the headers is counted as OK.
-fn finish(method: &str, started: Instant, response: Response<Body>) -> Response<Body> {
-    let code = response
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
+/// The status code in the response headers. Unary successes send `grpc-status` in
+/// trailers, so a response without it in the headers is OK.
+fn status_code(response: &Response<Body>) -> i32 {
+    response
         .headers()
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i32>().ok())
-        .map(tonic::Code::from_i32)
-        .unwrap_or(tonic::Code::Ok);
-    let code = format!("{code:?}");
-    metrics::counter!(
-        "ratemesh_grpc_requests_total",
-        "method" => method.to_owned(),
-        "code" => code
-    )
-    .increment(1);
-    metrics::histogram!("ratemesh_grpc_request_duration_seconds", "method" => method.to_owned())
-        .record(started.elapsed().as_secs_f64());
+        .unwrap_or(tonic::Code::Ok as i32)
+}
+
+/// Records the call's code and duration.
+fn finish(method: &Method, started: Instant, response: Response<Body>) -> Response<Body> {
+    method.record(status_code(&response), started.elapsed().as_secs_f64());
     response
 }

@@ -7,6 +7,8 @@
 //! - [`auth`]: API keys (hashed), roles and the RPC → roles table.
 //! - [`error`]: [`ApiError`] and its one mapping to gRPC status and HTTP responses.
 //! - [`app`]: [`Context`], [`ServiceModule`] and [`App`], which binds and runs services.
+//! - [`grpc`]: the layer every gRPC call passes through (admission under overload, auth,
+//!   trace context, metrics); it reads the runtime's scheduling delay from a probe task.
 //! - [`http_server`]: the webhook listener and its connection limits.
 //! - [`health`]: per-service readiness feeding `grpc.health.v1` and `/readyz`.
 //! - [`shutdown`]: SIGTERM/SIGINT handling.
@@ -29,6 +31,7 @@ pub mod metrics;
 pub mod policy;
 pub mod retention;
 pub mod role;
+mod schedule_delay;
 pub mod settings;
 pub mod shutdown;
 pub mod signature;

@@ -454,6 +454,17 @@ pub struct ServerSettings {
     pub max_concurrent_requests: usize,
     /// Back-off suggested to shed callers.
     pub shed_retry_after_ms: u64,
+    /// Whether each RPC method gets an adaptive concurrency limit under
+    /// `max_concurrent_requests`, shrinking when calls queue for the CPU.
+    pub adaptive_concurrency: bool,
+    /// The runtime scheduling delay (time a ready task waits for a worker) above which the
+    /// adaptive limits shrink.
+    pub queue_delay_target_ms: u64,
+    /// The lowest an adaptive limit goes.
+    pub min_concurrency: usize,
+    /// Whether a call whose `grpc-timeout` is shorter than the current queueing delay plus
+    /// the method's usual service time is refused at once.
+    pub deadline_admission: bool,
     /// How long in-flight work may take to finish once shutdown starts.
     pub shutdown_grace_ms: u64,
     /// Webhook listener: a request's headers must arrive within this long of the
@@ -477,6 +488,18 @@ impl ServerSettings {
     /// [`Self::shed_retry_after_ms`] as a duration.
     pub fn shed_retry_after(&self) -> Duration {
         Duration::from_millis(self.shed_retry_after_ms)
+    }
+
+    /// How the gRPC layer admits calls.
+    pub fn admission(&self) -> crate::grpc::Admission {
+        crate::grpc::Admission {
+            max_concurrent: self.max_concurrent_requests,
+            retry_after: self.shed_retry_after(),
+            adaptive: self.adaptive_concurrency,
+            queue_delay_target: Duration::from_millis(self.queue_delay_target_ms),
+            min_concurrency: self.min_concurrency,
+            deadlines: self.deadline_admission,
+        }
     }
 
     /// [`Self::shutdown_grace_ms`] as a duration.
@@ -765,6 +788,30 @@ impl Settings {
             return Err(SettingsError::new(
                 "server.max_concurrent_requests",
                 "must be greater than 0",
+            ));
+        }
+        if s.queue_delay_target_ms == 0 {
+            return Err(SettingsError::new(
+                "server.queue_delay_target_ms",
+                "must be greater than 0",
+            ));
+        }
+        if s.queue_delay_target_ms >= s.request_timeout_ms {
+            return Err(SettingsError::new(
+                "server.queue_delay_target_ms",
+                "must be less than server.request_timeout_ms",
+            ));
+        }
+        if s.min_concurrency == 0 {
+            return Err(SettingsError::new(
+                "server.min_concurrency",
+                "must be greater than 0",
+            ));
+        }
+        if s.min_concurrency > s.max_concurrent_requests {
+            return Err(SettingsError::new(
+                "server.min_concurrency",
+                "must not exceed server.max_concurrent_requests",
             ));
         }
         for (key, value) in [
@@ -1115,6 +1162,71 @@ mod tests {
         ] {
             let err = Settings::load(None, env(&[(var, value)]), &[]).expect_err(var);
             assert_eq!(err.key, key, "{err}");
+        }
+    }
+
+    #[test]
+    fn admission_settings_default_to_adaptive_and_are_range_checked() {
+        let s = Settings::default();
+        let admission = s.server.admission();
+        assert!(admission.adaptive && admission.deadlines);
+        assert_eq!(admission.queue_delay_target, Duration::from_millis(25));
+        assert_eq!(admission.min_concurrency, 4);
+        assert_eq!(admission.max_concurrent, 4096);
+        assert_eq!(admission.retry_after, Duration::from_millis(250));
+
+        let s = Settings::load(
+            None,
+            env(&[
+                ("RATEMESH__SERVER__ADAPTIVE_CONCURRENCY", "false"),
+                ("RATEMESH__SERVER__DEADLINE_ADMISSION", "false"),
+                ("RATEMESH__SERVER__QUEUE_DELAY_TARGET_MS", "40"),
+                ("RATEMESH__SERVER__MIN_CONCURRENCY", "16"),
+            ]),
+            &[],
+        )
+        .expect("valid");
+        let admission = s.server.admission();
+        assert!(!admission.adaptive && !admission.deadlines);
+        assert_eq!(admission.queue_delay_target, Duration::from_millis(40));
+        assert_eq!(admission.min_concurrency, 16);
+
+        for (vars, key, says) in [
+            (
+                vec![("RATEMESH__SERVER__QUEUE_DELAY_TARGET_MS", "0")],
+                "server.queue_delay_target_ms",
+                "greater than 0",
+            ),
+            (
+                vec![
+                    ("RATEMESH__SERVER__QUEUE_DELAY_TARGET_MS", "500"),
+                    ("RATEMESH__SERVER__REQUEST_TIMEOUT_MS", "500"),
+                ],
+                "server.queue_delay_target_ms",
+                "request_timeout_ms",
+            ),
+            (
+                vec![("RATEMESH__SERVER__MIN_CONCURRENCY", "0")],
+                "server.min_concurrency",
+                "greater than 0",
+            ),
+            (
+                vec![
+                    ("RATEMESH__SERVER__MIN_CONCURRENCY", "64"),
+                    ("RATEMESH__SERVER__MAX_CONCURRENT_REQUESTS", "32"),
+                ],
+                "server.min_concurrency",
+                "max_concurrent_requests",
+            ),
+            (
+                vec![("RATEMESH__SERVER__ADAPTIVE_CONCURRENCY", "sometimes")],
+                "server.adaptive_concurrency",
+                "",
+            ),
+        ] {
+            let err = Settings::load(None, env(&vars), &[]).expect_err(key);
+            assert_eq!(err.key, key, "{err}");
+            assert!(err.problem.contains(says), "{err}");
         }
     }
 
