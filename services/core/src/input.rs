@@ -46,10 +46,16 @@ pub fn id(value: &str) -> Result<&str, String> {
 
 /// A SKU: 1 to 128 of `A-Z a-z 0-9 . _ : / -` ([`Sku`]).
 pub fn sku(value: &str) -> Result<Sku, String> {
-    Sku::new(value).map_err(|err| {
-        let text = err.to_string();
-        text.trim_start_matches("sku: ").to_owned()
-    })
+    Sku::new(value).map_err(|err| sku_error(&err))
+}
+
+/// As [`sku`], without copying the SKU (for reads that only look it up).
+pub fn check_sku(value: &str) -> Result<(), String> {
+    Sku::check(value).map_err(|err| sku_error(&err))
+}
+
+fn sku_error(err: &crate::types::TypeError) -> String {
+    err.to_string().trim_start_matches("sku: ").to_owned()
 }
 
 /// A category: 1 to [`MAX_CATEGORY_LEN`] of `A-Z a-z 0-9 - _ .`, compared and stored in

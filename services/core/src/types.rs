@@ -55,6 +55,12 @@ impl Sku {
     /// Validates and wraps a SKU.
     pub fn new(value: impl Into<String>) -> Result<Self, TypeError> {
         let value = value.into();
+        Self::check(&value)?;
+        Ok(Self(value))
+    }
+
+    /// Checks that `value` is a valid SKU without copying it (the read path's check).
+    pub fn check(value: &str) -> Result<(), TypeError> {
         let len = value.chars().count();
         if len == 0 || len > Self::MAX_LEN {
             return Err(TypeError::SkuLength(len));
@@ -66,7 +72,7 @@ impl Sku {
         {
             return Err(TypeError::SkuCharacter { ch, pos });
         }
-        Ok(Self(value))
+        Ok(())
     }
 
     /// The SKU as text.

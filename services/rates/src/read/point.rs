@@ -57,6 +57,11 @@ pub fn parse_sku(field: &str, sku: &str) -> Result<Sku, ReadError> {
     ratemesh_core::input::sku(sku).map_err(|e| ReadError::invalid(field, e))
 }
 
+/// As [`parse_sku`], without copying the SKU.
+pub fn check_sku(field: &str, sku: &str) -> Result<(), ReadError> {
+    ratemesh_core::input::check_sku(sku).map_err(|e| ReadError::invalid(field, e))
+}
+
 pub(crate) fn timestamp_to_utc(
     field: &str,
     ts: &prost_types::Timestamp,
@@ -71,15 +76,16 @@ pub fn get_rate(
     request: &v1::GetRateRequest,
 ) -> Result<Vec<u8>, ReadError> {
     ensure_loaded(reader)?;
-    let sku = parse_sku("sku", &request.sku)?;
+    let sku = request.sku.as_str();
+    check_sku("sku", sku)?;
     count("GetRate", 1);
     reader.count_reads(1);
     reader
-        .with_card(sku.as_str(), wire::get_rate_response)
+        .with_card(sku, wire::get_rate_response)
         .ok_or_else(|| {
             ApiError::NotFound {
                 what: "rate for sku",
-                key: sku.as_str().to_owned(),
+                key: sku.to_owned(),
             }
             .into()
         })
@@ -87,34 +93,29 @@ pub fn get_rate(
 
 /// `BatchGetRates`: one result per requested SKU, in order; a bad or unknown SKU is an
 /// item error, not a failed call. The encoded `BatchGetRatesResponse`.
-pub fn batch_get_rates(
+pub fn batch_get_rates<'a>(
     reader: &ReplicaReader,
-    request: &v1::BatchGetRatesRequest,
+    skus: impl ExactSizeIterator<Item = &'a str>,
 ) -> Result<Vec<u8>, ReadError> {
     ensure_loaded(reader)?;
-    if request.skus.is_empty() {
+    let n = skus.len();
+    if n == 0 {
         return Err(ReadError::invalid("skus", "must hold at least one sku"));
     }
-    if request.skus.len() > MAX_BATCH {
+    if n > MAX_BATCH {
         return Err(ReadError::invalid(
             "skus",
-            format!(
-                "must hold at most {MAX_BATCH} skus (got {}); split the batch",
-                request.skus.len()
-            ),
+            format!("must hold at most {MAX_BATCH} skus (got {n}); split the batch"),
         ));
     }
-    count("BatchGetRates", request.skus.len() as u64);
-    reader.count_reads(request.skus.len() as u64);
-    let mut out = wire::BatchWriter::with_capacity(request.skus.len(), 256);
-    for sku in &request.skus {
-        match Sku::new(sku.as_str()) {
+    count("BatchGetRates", n as u64);
+    reader.count_reads(n as u64);
+    let mut out = wire::BatchWriter::with_capacity(n, 256);
+    for sku in skus {
+        match Sku::check(sku) {
             Err(e) => out.error(sku, v1::ItemErrorCode::InvalidSku.into(), &e.to_string()),
-            Ok(valid) => {
-                if reader
-                    .with_card(valid.as_str(), |card| out.card(sku, card))
-                    .is_none()
-                {
+            Ok(()) => {
+                if reader.with_card(sku, |card| out.card(sku, card)).is_none() {
                     out.error(
                         sku,
                         v1::ItemErrorCode::NotFound.into(),

@@ -12,7 +12,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::BufMut;
+use bytes::{Buf, BufMut};
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::rate_service_server::RateServiceServer;
 use tonic::body::Body;
@@ -21,6 +21,7 @@ use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
 use super::service::RatesApi;
+use super::wire::SkuList;
 
 const GET_RATE: &str = "/ratemesh.v1.RateService/GetRate";
 const BATCH_GET_RATES: &str = "/ratemesh.v1.RateService/BatchGetRates";
@@ -101,18 +102,41 @@ impl UnaryService<v1::GetRateRequest> for GetRate {
     }
 }
 
-impl UnaryService<v1::BatchGetRatesRequest> for BatchGetRates {
+impl UnaryService<SkuList> for BatchGetRates {
     type Response = Vec<u8>;
     type Future = std::future::Ready<Result<Response<Vec<u8>>, Status>>;
 
-    fn call(&mut self, request: Request<v1::BatchGetRatesRequest>) -> Self::Future {
-        std::future::ready(
-            self.0
-                .batch_get_rates_wire(request.get_ref())
-                .map(Response::new),
-        )
+    fn call(&mut self, request: Request<SkuList>) -> Self::Future {
+        let skus = request.get_ref();
+        let answer = self.0.batch_get_rates_wire(ExactIter {
+            inner: skus.iter(),
+            left: skus.len(),
+        });
+        std::future::ready(answer.map(Response::new))
     }
 }
+
+/// An iterator with its length known up front.
+struct ExactIter<I> {
+    inner: I,
+    left: usize,
+}
+
+impl<I: Iterator> Iterator for ExactIter<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<I::Item> {
+        let item = self.inner.next()?;
+        self.left -= 1;
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl<I: Iterator> ExactSizeIterator for ExactIter<I> {}
 
 impl UnaryService<v1::ListRatesRequest> for ListRates {
     type Response = Vec<u8>;
@@ -123,8 +147,38 @@ impl UnaryService<v1::ListRatesRequest> for ListRates {
     }
 }
 
-/// Decodes requests with prost; encodes responses that are already encoded by copying
-/// them.
+/// A request message as the wire codec decodes it.
+trait WireRequest: Sized + Send + 'static {
+    fn decode_request(src: &mut DecodeBuf<'_>) -> Result<Self, Status>;
+}
+
+/// The status tonic's prost codec gives to an undecodable request, so the layer above
+/// reports it as the caller's malformed request.
+fn undecodable(error: impl std::fmt::Display) -> Status {
+    Status::internal(format!("failed to decode Protobuf message: {error}"))
+}
+
+impl WireRequest for v1::GetRateRequest {
+    fn decode_request(src: &mut DecodeBuf<'_>) -> Result<Self, Status> {
+        prost::Message::decode(src).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+impl WireRequest for v1::ListRatesRequest {
+    fn decode_request(src: &mut DecodeBuf<'_>) -> Result<Self, Status> {
+        prost::Message::decode(src).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+impl WireRequest for SkuList {
+    fn decode_request(src: &mut DecodeBuf<'_>) -> Result<Self, Status> {
+        let bytes = src.copy_to_bytes(src.remaining());
+        SkuList::parse(bytes).map_err(undecodable)
+    }
+}
+
+/// Decodes requests (prost, or in place for batches); encodes responses that are already
+/// encoded by copying them.
 struct WireCodec<D>(PhantomData<fn() -> D>);
 
 impl<D> Default for WireCodec<D> {
@@ -133,7 +187,7 @@ impl<D> Default for WireCodec<D> {
     }
 }
 
-impl<D: prost::Message + Default + Send + 'static> Codec for WireCodec<D> {
+impl<D: WireRequest> Codec for WireCodec<D> {
     type Encode = Vec<u8>;
     type Decode = D;
     type Encoder = Copying;
@@ -164,15 +218,11 @@ impl Encoder for Copying {
 /// Decodes a request message.
 struct Prost<D>(PhantomData<fn() -> D>);
 
-impl<D: prost::Message + Default> Decoder for Prost<D> {
+impl<D: WireRequest> Decoder for Prost<D> {
     type Item = D;
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
-        // The same status tonic's prost codec gives, so the layer above reports it as the
-        // caller's malformed request.
-        D::decode(src)
-            .map(Some)
-            .map_err(|e| Status::internal(e.to_string()))
+        D::decode_request(src).map(Some)
     }
 }

@@ -99,12 +99,12 @@ impl RatesApi {
         }
     }
 
-    /// `BatchGetRates`, as the encoded response.
-    pub fn batch_get_rates_wire(
+    /// `BatchGetRates` of `skus`, as the encoded response.
+    pub fn batch_get_rates_wire<'a>(
         &self,
-        request: &v1::BatchGetRatesRequest,
+        skus: impl ExactSizeIterator<Item = &'a str>,
     ) -> Result<Vec<u8>, Status> {
-        Ok(point::batch_get_rates(&self.reader, request)?)
+        Ok(point::batch_get_rates(&self.reader, skus)?)
     }
 
     /// `ListRates`, as the encoded response.
@@ -135,7 +135,7 @@ impl RateService for RatesApi {
         &self,
         request: Request<v1::BatchGetRatesRequest>,
     ) -> Result<Response<v1::BatchGetRatesResponse>, Status> {
-        let bytes = self.batch_get_rates_wire(request.get_ref())?;
+        let bytes = self.batch_get_rates_wire(request.get_ref().skus.iter().map(String::as_str))?;
         Ok(Response::new(decoded(&bytes)?))
     }
 

@@ -311,6 +311,58 @@ pub fn list_rates_response<'a>(
     out
 }
 
+/// The SKUs of an encoded `BatchGetRatesRequest`, read in place: one buffer and a range
+/// per SKU instead of a `String` each.
+#[derive(Debug, Clone, Default)]
+pub struct SkuList {
+    buf: bytes::Bytes,
+    skus: Vec<(u32, u32)>,
+}
+
+impl SkuList {
+    /// Reads `skus` (field 1) of an encoded `BatchGetRatesRequest`; other fields are
+    /// skipped, as prost skips unknown fields.
+    pub fn parse(buf: bytes::Bytes) -> Result<Self, WireError> {
+        let mut skus = Vec::new();
+        let mut fields = Fields::new(&buf);
+        while let Some(field) = fields.next_field() {
+            match field? {
+                (1, Value::Bytes(b)) => {
+                    text(b, "skus")?;
+                    let start = b.as_ptr() as usize - buf.as_ptr() as usize;
+                    let range = (u32::try_from(start), u32::try_from(b.len()));
+                    let (Ok(start), Ok(len)) = range else {
+                        return Err(bad("request too large"));
+                    };
+                    skus.push((start, len));
+                }
+                (1, _) => return Err(bad("skus has the wrong wire type")),
+                _ => {}
+            }
+        }
+        Ok(Self { buf, skus })
+    }
+
+    /// The SKUs, in request order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.skus.iter().map(|&(start, len)| {
+            let bytes = &self.buf[start as usize..(start + len) as usize];
+            // Checked as UTF-8 by `parse`.
+            std::str::from_utf8(bytes).unwrap_or_default()
+        })
+    }
+
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.skus.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.skus.is_empty()
+    }
+}
+
 /// Appends a varint (for snapshot blocks).
 pub(crate) fn put_varint(out: &mut Vec<u8>, value: u64) {
     encode_varint(value, out);
@@ -430,6 +482,25 @@ mod tests {
             }
             .encode_to_vec()
         );
+    }
+
+    #[test]
+    fn batch_requests_are_read_in_place() {
+        let request = v1::BatchGetRatesRequest {
+            skus: vec!["A-1".into(), String::new(), "ü".into()],
+        };
+        let list = SkuList::parse(request.encode_to_vec().into()).expect("parse");
+        assert_eq!(list.iter().collect::<Vec<_>>(), ["A-1", "", "ü"]);
+        assert_eq!(list.len(), 3);
+        assert!(
+            SkuList::parse(vec![0x0a, 0x01, 0xff].into()).is_err(),
+            "not UTF-8"
+        );
+        assert!(
+            SkuList::parse(vec![0x0a, 0x05, b'a'].into()).is_err(),
+            "truncated"
+        );
+        assert!(SkuList::parse(Vec::new().into()).expect("empty").is_empty());
     }
 
     #[test]
