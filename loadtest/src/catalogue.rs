@@ -355,6 +355,31 @@ pub async fn seed(
 
 /// Waits until every SKU in `0..n` has a rate card, reading them in batches of 1,000.
 /// Returns how long it took.
+/// Repeats `call` while the server refuses it for load (RESOURCE_EXHAUSTED, UNAVAILABLE),
+/// pausing between tries as a well-behaved client does, for at most a minute: for the
+/// set-up and check reads around the measured phases, which must not fail because the
+/// server sheds reads while it computes the catalogue.
+pub async fn until_admitted<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let give_up = Instant::now() + Duration::from_secs(60);
+    loop {
+        match call().await {
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+                ) && Instant::now() < give_up =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 pub async fn wait_for_cards(
     target: &Target,
     n: usize,
@@ -362,17 +387,20 @@ pub async fn wait_for_cards(
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let channel = target.channels(1).await?.remove(0);
-    let mut client = RateServiceClient::with_interceptor(channel, target.bearer(Role::Network));
+    let client = RateServiceClient::with_interceptor(channel, target.bearer(Role::Network));
     let mut from = 0;
     while from < n {
         let to = (from + 1000).min(n);
-        let answer = client
-            .batch_get_rates(v1::BatchGetRatesRequest {
+        let answer = until_admitted(|| {
+            let mut client = client.clone();
+            let request = v1::BatchGetRatesRequest {
                 skus: (from..to).map(sku).collect(),
-            })
-            .await
-            .context("reading cards")?
-            .into_inner();
+            };
+            async move { client.batch_get_rates(request).await }
+        })
+        .await
+        .context("reading cards")?
+        .into_inner();
         let missing = answer
             .results
             .iter()

@@ -62,13 +62,17 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
     let zipf = Zipf::new(n, config.zipf);
 
     // The echo answers with a real card, so both sides move the same bytes.
-    let sample = RateServiceClient::with_interceptor(channels[0].clone(), bearer.clone())
-        .get_rate(v1::GetRateRequest {
+    let sampler = RateServiceClient::with_interceptor(channels[0].clone(), bearer.clone());
+    let sample = catalogue::until_admitted(|| {
+        let mut client = sampler.clone();
+        let request = v1::GetRateRequest {
             sku: catalogue::sku(0),
             as_of: None,
-        })
-        .await?
-        .into_inner();
+        };
+        async move { client.get_rate(request).await }
+    })
+    .await?
+    .into_inner();
     let echo = echo::start(sample.clone()).await?;
     let echo_channels =
         Arc::new(target::channels(&echo.addr.to_string(), config.connections).await?);

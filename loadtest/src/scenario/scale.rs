@@ -38,16 +38,19 @@ fn rss_bytes() -> Option<u64> {
 /// Card versions of SKUs `0..n`, read 1,000 at a time.
 async fn versions(target: &Target, n: usize) -> anyhow::Result<Vec<u64>> {
     let channel = target.channels(1).await?.remove(0);
-    let mut client = RateServiceClient::with_interceptor(channel, target.bearer(Role::Network));
+    let client = RateServiceClient::with_interceptor(channel, target.bearer(Role::Network));
     let mut out = Vec::with_capacity(n);
     for from in (0..n).step_by(1000) {
         let to = (from + 1000).min(n);
-        let answer = client
-            .batch_get_rates(v1::BatchGetRatesRequest {
+        let answer = catalogue::until_admitted(|| {
+            let mut client = client.clone();
+            let request = v1::BatchGetRatesRequest {
                 skus: (from..to).map(catalogue::sku).collect(),
-            })
-            .await?
-            .into_inner();
+            };
+            async move { client.batch_get_rates(request).await }
+        })
+        .await?
+        .into_inner();
         out.extend(answer.results.iter().map(|r| match &r.outcome {
             Some(v1::rate_result::Outcome::Card(c)) => c.version,
             _ => 0,
@@ -141,13 +144,16 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         }
         // The cold replica must serve the whole catalogue.
         let channel = target::channels(&addr, 1).await?.remove(0);
-        let mut client = RateServiceClient::with_interceptor(channel, target.bearer(Role::Network));
-        let last = client
-            .batch_get_rates(v1::BatchGetRatesRequest {
+        let client = RateServiceClient::with_interceptor(channel, target.bearer(Role::Network));
+        let last = catalogue::until_admitted(|| {
+            let mut client = client.clone();
+            let request = v1::BatchGetRatesRequest {
                 skus: vec![catalogue::sku(0), catalogue::sku(n - 1)],
-            })
-            .await?
-            .into_inner();
+            };
+            async move { client.batch_get_rates(request).await }
+        })
+        .await?
+        .into_inner();
         let served = last
             .results
             .iter()
@@ -187,17 +193,20 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
             .await?;
     }
     let channel = target.channels(1).await?.remove(0);
-    let mut reader = RateServiceClient::with_interceptor(channel, target.bearer(Role::Network));
+    let reader = RateServiceClient::with_interceptor(channel, target.bearer(Role::Network));
     let mut from = 0;
     let deadline = Instant::now() + Duration::from_secs(3600);
     while from < n && Instant::now() < deadline && !config.stopped() {
         let to = (from + 1000).min(n);
-        let answer = reader
-            .batch_get_rates(v1::BatchGetRatesRequest {
+        let answer = catalogue::until_admitted(|| {
+            let mut client = reader.clone();
+            let request = v1::BatchGetRatesRequest {
                 skus: (from..to).map(catalogue::sku).collect(),
-            })
-            .await?
-            .into_inner();
+            };
+            async move { client.batch_get_rates(request).await }
+        })
+        .await?
+        .into_inner();
         let first_old = answer.results.iter().enumerate().position(|(k, r)| {
             !matches!(&r.outcome, Some(v1::rate_result::Outcome::Card(c)) if c.version > before[from + k])
         });
