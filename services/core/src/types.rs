@@ -61,6 +61,14 @@ impl Sku {
 
     /// Checks that `value` is a valid SKU without copying it (the read path's check).
     pub fn check(value: &str) -> Result<(), TypeError> {
+        // The common case in one pass over the bytes: every byte allowed (so ASCII).
+        if (1..=Self::MAX_LEN).contains(&value.len())
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'/' | b'-'))
+        {
+            return Ok(());
+        }
         let len = value.chars().count();
         if len == 0 || len > Self::MAX_LEN {
             return Err(TypeError::SkuLength(len));

@@ -97,8 +97,16 @@ pub fn batch_get_rates<'a>(
     reader: &ReplicaReader,
     skus: impl ExactSizeIterator<Item = &'a str>,
 ) -> Result<Vec<u8>, ReadError> {
+    check_batch(reader, skus.len())?;
+    let mut out = wire::BatchWriter::with_capacity(skus.len(), 256);
+    write_batch(reader, skus, &mut out);
+    Ok(out.finish())
+}
+
+/// What fails a whole `BatchGetRates` of `n` SKUs (the replica still loading, no SKUs,
+/// too many); counts the reads when it does not.
+pub fn check_batch(reader: &ReplicaReader, n: usize) -> Result<(), ReadError> {
     ensure_loaded(reader)?;
-    let n = skus.len();
     if n == 0 {
         return Err(ReadError::invalid("skus", "must hold at least one sku"));
     }
@@ -110,7 +118,15 @@ pub fn batch_get_rates<'a>(
     }
     count("BatchGetRates", n as u64);
     reader.count_reads(n as u64);
-    let mut out = wire::BatchWriter::with_capacity(n, 256);
+    Ok(())
+}
+
+/// The results of a checked `BatchGetRates`, one per SKU in order, written to `out`.
+pub fn write_batch<'a, B: bytes::BufMut>(
+    reader: &ReplicaReader,
+    skus: impl Iterator<Item = &'a str>,
+    out: &mut wire::BatchWriter<B>,
+) {
     for sku in skus {
         match Sku::check(sku) {
             Err(e) => out.error(sku, v1::ItemErrorCode::InvalidSku.into(), &e.to_string()),
@@ -125,7 +141,6 @@ pub fn batch_get_rates<'a>(
             }
         }
     }
-    Ok(out.finish())
 }
 
 /// `ListRates`: a page in SKU order, the encoded `ListRatesResponse`. The `cursor` on the

@@ -1,10 +1,11 @@
 //! The network-facing `RateService` server.
 //!
-//! `GetRate`, `BatchGetRates` and `ListRates` send the responses [`super::point`]
-//! assembles from pre-encoded cards as they are: the codec writes the bytes into the
-//! gRPC frame, and nothing is encoded per card per call. Requests are decoded as usual
-//! (an undecodable one is answered like any other method's). Every other method goes to
-//! the generated server.
+//! `GetRate`, `BatchGetRates` and `ListRates` answer from pre-encoded cards and nothing is
+//! encoded per card per call: `GetRate` and `ListRates` send the bytes [`super::point`]
+//! assembles as they are, and a batch's results are written straight into the outgoing
+//! frame. A batch request's SKUs are read in place ([`SkuList`]); other requests are
+//! decoded as usual, and an undecodable one is answered like any other method's. Every
+//! other method goes to the generated server.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,8 +21,10 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
+use super::point;
+use super::replica::ReplicaReader;
 use super::service::RatesApi;
-use super::wire::SkuList;
+use super::wire::{BatchWriter, SkuList};
 
 const GET_RATE: &str = "/ratemesh.v1.RateService/GetRate";
 const BATCH_GET_RATES: &str = "/ratemesh.v1.RateService/BatchGetRates";
@@ -86,64 +89,53 @@ struct GetRate(RatesApi);
 struct BatchGetRates(RatesApi);
 struct ListRates(RatesApi);
 
-type Answer = BoxFuture<Result<Response<Vec<u8>>, Status>>;
+/// A response as the codec writes it.
+enum Answer {
+    /// Encoded already.
+    Encoded(Vec<u8>),
+    /// A checked batch, whose results are written straight into the frame.
+    Batch(ReplicaReader, SkuList),
+}
 
 impl UnaryService<v1::GetRateRequest> for GetRate {
-    type Response = Vec<u8>;
-    type Future = Answer;
+    type Response = Answer;
+    type Future = BoxFuture<Result<Response<Answer>, Status>>;
 
     fn call(&mut self, request: Request<v1::GetRateRequest>) -> Self::Future {
         let api = self.0.clone();
         Box::pin(async move {
             api.get_rate_wire(request.get_ref())
                 .await
-                .map(Response::new)
+                .map(|bytes| Response::new(Answer::Encoded(bytes)))
         })
     }
 }
 
 impl UnaryService<SkuList> for BatchGetRates {
-    type Response = Vec<u8>;
-    type Future = std::future::Ready<Result<Response<Vec<u8>>, Status>>;
+    type Response = Answer;
+    type Future = std::future::Ready<Result<Response<Answer>, Status>>;
 
     fn call(&mut self, request: Request<SkuList>) -> Self::Future {
-        let skus = request.get_ref();
-        let answer = self.0.batch_get_rates_wire(ExactIter {
-            inner: skus.iter(),
-            left: skus.len(),
-        });
-        std::future::ready(answer.map(Response::new))
+        let skus = request.into_inner();
+        let reader = self.0.reader();
+        std::future::ready(
+            point::check_batch(reader, skus.len())
+                .map(|()| Response::new(Answer::Batch(reader.clone(), skus)))
+                .map_err(Status::from),
+        )
     }
 }
-
-/// An iterator with its length known up front.
-struct ExactIter<I> {
-    inner: I,
-    left: usize,
-}
-
-impl<I: Iterator> Iterator for ExactIter<I> {
-    type Item = I::Item;
-
-    fn next(&mut self) -> Option<I::Item> {
-        let item = self.inner.next()?;
-        self.left -= 1;
-        Some(item)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.left, Some(self.left))
-    }
-}
-
-impl<I: Iterator> ExactSizeIterator for ExactIter<I> {}
 
 impl UnaryService<v1::ListRatesRequest> for ListRates {
-    type Response = Vec<u8>;
-    type Future = std::future::Ready<Result<Response<Vec<u8>>, Status>>;
+    type Response = Answer;
+    type Future = std::future::Ready<Result<Response<Answer>, Status>>;
 
     fn call(&mut self, request: Request<v1::ListRatesRequest>) -> Self::Future {
-        std::future::ready(self.0.list_rates_wire(request.get_ref()).map(Response::new))
+        std::future::ready(
+            self.0
+                .list_rates_wire(request.get_ref())
+                .map(|bytes| Response::new(Answer::Encoded(bytes))),
+        )
     }
 }
 
@@ -188,7 +180,7 @@ impl<D> Default for WireCodec<D> {
 }
 
 impl<D: WireRequest> Codec for WireCodec<D> {
-    type Encode = Vec<u8>;
+    type Encode = Answer;
     type Decode = D;
     type Encoder = Copying;
     type Decoder = Prost<D>;
@@ -202,15 +194,22 @@ impl<D: WireRequest> Codec for WireCodec<D> {
     }
 }
 
-/// Writes an encoded message into the frame.
+/// Writes a response into the frame: encoded bytes by copying them, a batch by writing its
+/// results.
 struct Copying;
 
 impl Encoder for Copying {
-    type Item = Vec<u8>;
+    type Item = Answer;
     type Error = Status;
 
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
+    fn encode(&mut self, item: Answer, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        match item {
+            Answer::Encoded(bytes) => dst.put_slice(&bytes),
+            Answer::Batch(reader, skus) => {
+                let mut out = BatchWriter::new(dst);
+                point::write_batch(&reader, skus.iter(), &mut out);
+            }
+        }
         Ok(())
     }
 }

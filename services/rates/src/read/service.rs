@@ -99,6 +99,11 @@ impl RatesApi {
         }
     }
 
+    /// The replica the reads are answered from.
+    pub(crate) fn reader(&self) -> &ReplicaReader {
+        &self.reader
+    }
+
     /// `BatchGetRates` of `skus`, as the encoded response.
     pub fn batch_get_rates_wire<'a>(
         &self,

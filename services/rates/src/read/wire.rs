@@ -7,6 +7,7 @@
 //! writes the responses around pre-encoded cards, byte for byte what prost would encode
 //! for the same messages (fields in number order, defaults omitted).
 
+use bytes::BufMut;
 use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
 
 /// `RateCard` field numbers read here (see `proto/ratemesh/v1/common.proto`).
@@ -199,14 +200,14 @@ pub fn rate_changed_card(payload: &[u8]) -> Option<std::ops::Range<usize>> {
     found
 }
 
-fn put_key(out: &mut Vec<u8>, field: u32, wire_type: u32) {
+fn put_key(out: &mut impl BufMut, field: u32, wire_type: u32) {
     encode_varint(u64::from(field << 3 | wire_type), out);
 }
 
-fn put_bytes(out: &mut Vec<u8>, field: u32, bytes: &[u8]) {
+fn put_bytes(out: &mut impl BufMut, field: u32, bytes: &[u8]) {
     put_key(out, field, 2);
     encode_varint(bytes.len() as u64, out);
-    out.extend_from_slice(bytes);
+    out.put_slice(bytes);
 }
 
 fn bytes_len(field: u32, len: usize) -> usize {
@@ -220,10 +221,11 @@ pub fn get_rate_response(card: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Writes `BatchGetRatesResponse` results one at a time, in request order.
+/// Writes `BatchGetRatesResponse` results one at a time, in request order, into a
+/// buffer of its own or straight into the outgoing frame.
 #[derive(Debug, Default)]
-pub struct BatchWriter {
-    out: Vec<u8>,
+pub struct BatchWriter<B = Vec<u8>> {
+    out: B,
 }
 
 impl BatchWriter {
@@ -232,6 +234,13 @@ impl BatchWriter {
         Self {
             out: Vec::with_capacity(items * (card_len + 24)),
         }
+    }
+}
+
+impl<B: BufMut> BatchWriter<B> {
+    /// A writer appending to `out`.
+    pub fn new(out: B) -> Self {
+        Self { out }
     }
 
     /// A result carrying the card (`RateResult { sku, card }`).
@@ -287,7 +296,7 @@ impl BatchWriter {
     }
 
     /// The encoded response.
-    pub fn finish(self) -> Vec<u8> {
+    pub fn finish(self) -> B {
         self.out
     }
 }
@@ -435,7 +444,7 @@ mod tests {
             .encode_to_vec()
         );
 
-        let mut batch = BatchWriter::default();
+        let mut batch = BatchWriter::new(Vec::new());
         batch.card("SKU-1", &ab);
         batch.error(
             "bad sku",
