@@ -202,16 +202,21 @@ async fn a_snapshot_the_stream_was_trimmed_past_is_not_used_on_redis() {
     a_snapshot_the_stream_was_trimmed_past_is_not_used(redis_bus(&redis).await).await;
 }
 
-/// A loaded replica holding `n` cards.
-fn replica_with(n: usize) -> Replica {
-    let replica = Replica::new(
+/// An empty replica over the tests' four partitions.
+fn empty_replica() -> Replica {
+    Replica::new(
         ReplicaOptions {
             partitions: 4,
             history_retention: chrono::Duration::days(1),
             watch_buffer: 16,
         },
         system_clock(),
-    );
+    )
+}
+
+/// A loaded replica holding `n` cards.
+fn replica_with(n: usize) -> Replica {
+    let replica = empty_replica();
     for i in 0..n {
         let bytes = card(&sku(i), "toys", "0.05", 1, Utc::now()).encode_to_vec();
         replica.apply_block_card(
@@ -263,14 +268,7 @@ async fn one_writer_at_a_time_and_a_new_writer_replaces_the_old_epoch() {
     assert_wait_free(&mut first).await;
 
     // A replica loading now reads the second's epoch.
-    let cold = Replica::new(
-        ReplicaOptions {
-            partitions: 4,
-            history_retention: chrono::Duration::days(1),
-            watch_buffer: 16,
-        },
-        system_clock(),
-    );
+    let cold = empty_replica();
     let loaded = snapshot::load(&bus, &cold)
         .await
         .expect("load")
@@ -301,14 +299,7 @@ async fn a_replica_that_stops_hands_the_snapshot_over() {
     b.wait_version("SKU-B", 1).await;
     // The survivor takes the released lease and keeps the snapshot moving.
     wait_snapshot_covers(&bus, &b.reader.position()).await;
-    let cold = Replica::new(
-        ReplicaOptions {
-            partitions: 4,
-            history_retention: chrono::Duration::days(1),
-            watch_buffer: 16,
-        },
-        system_clock(),
-    );
+    let cold = empty_replica();
     snapshot::load(&bus, &cold)
         .await
         .expect("load")

@@ -303,6 +303,13 @@ struct Superseded {
     card: Box<[u8]>,
 }
 
+impl Superseded {
+    /// Whether this is a version of `sku` (whose hash is `hash`).
+    fn is_of(&self, hash: u64, sku: &str) -> bool {
+        self.hash == hash && wire::card_sku(&self.card) == sku.as_bytes()
+    }
+}
+
 struct Inner {
     options: ReplicaOptions,
     clock: Clock,
@@ -353,6 +360,10 @@ fn decode(card: &[u8]) -> Option<Arc<v1::RateCard>> {
 }
 
 impl Inner {
+    fn recent(&self) -> std::sync::MutexGuard<'_, VecDeque<Superseded>> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn shard_of(hash: u64) -> usize {
         (hash % BLOCKS as u64) as usize % SHARDS
     }
@@ -671,8 +682,7 @@ impl Replica {
                             at: old_head.computed_at(),
                             card: old.into(),
                         };
-                        let mut recent =
-                            inner.recent.lock().unwrap_or_else(PoisonError::into_inner);
+                        let mut recent = inner.recent();
                         if recent.len() >= RECENT_VERSIONS {
                             recent.pop_front();
                         }
@@ -766,7 +776,7 @@ impl Replica {
 /// Superseded versions kept (tests).
 #[cfg(test)]
 fn recent_len(inner: &Inner) -> usize {
-    inner.recent.lock().map(|r| r.len()).unwrap_or(0)
+    inner.recent().len()
 }
 
 /// What the replica's table holds, in bytes.
@@ -924,15 +934,8 @@ impl ReplicaReader {
             return decode(&current);
         }
         let hash = sku_hash(sku.as_bytes());
-        let recent = self
-            .inner
-            .recent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut mine: Vec<&Superseded> = recent
-            .iter()
-            .filter(|s| s.hash == hash && wire::card_sku(&s.card) == sku.as_bytes())
-            .collect();
+        let recent = self.inner.recent();
+        let mut mine: Vec<&Superseded> = recent.iter().filter(|s| s.is_of(hash, sku)).collect();
         mine.sort_by_key(|s| s.version);
         let i = mine.iter().rposition(|s| s.at <= as_of)?;
         let found = mine[i];
@@ -953,14 +956,10 @@ impl ReplicaReader {
             return Some(current.1);
         }
         let hash = sku_hash(sku.as_bytes());
-        let recent = self
-            .inner
-            .recent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let recent = self.inner.recent();
         recent
             .iter()
-            .find(|s| s.hash == hash && s.version <= 1 && wire::card_sku(&s.card) == sku.as_bytes())
+            .find(|s| s.version <= 1 && s.is_of(hash, sku))
             .map(|s| s.at)
     }
 
