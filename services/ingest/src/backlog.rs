@@ -27,8 +27,8 @@ pub(crate) async fn monitor(
             .stream_stats(streams::STOCK, streams::groups::RATES)
             .await
         {
-            // The ratemesh_stream_backlog gauge is the runtime's (stream_gauges); this
-            // copy only decides shedding.
+            // The ratemesh_stream_backlog_entries gauge is the runtime's (stream_gauges);
+            // this copy only decides shedding.
             Ok(stats) => backlog.store(stats.backlog, Ordering::Relaxed),
             // Keep the last figure: a push during an outage fails on the append anyway.
             Err(err) => tracing::debug!(error = %err, "could not read the stock stream backlog"),

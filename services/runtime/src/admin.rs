@@ -17,13 +17,15 @@ pub(crate) fn router(health: HealthState) -> Router {
         .with_state(health)
 }
 
-async fn metrics() -> impl IntoResponse {
+async fn metrics(State(health): State<HealthState>) -> impl IntoResponse {
+    let connected = if *health.backend.borrow() { 1.0 } else { 0.0 };
+    metrics::gauge!("ratemesh_backend_connected").set(connected);
     (
         [(
             http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        crate::metrics::prometheus().render(),
+        crate::metrics::render(),
     )
 }
 

@@ -29,6 +29,7 @@ pub mod health;
 pub mod http_server;
 pub mod metrics;
 pub mod policy;
+mod process_metrics;
 pub mod retention;
 pub mod role;
 mod schedule_delay;

@@ -1,7 +1,8 @@
 //! Stream gauges: every process exports, per (stream, consumer group) pair the services
-//! use ([`ratemesh_contract::streams::CONSUMED`]), `ratemesh_stream_backlog` (undelivered + pending:
-//! what autoscaling reads), `ratemesh_stream_pending`, `ratemesh_stream_length` and
-//! `ratemesh_stream_dead_letters`, labelled `stream` and `group`.
+//! use ([`ratemesh_contract::streams::CONSUMED`]), `ratemesh_stream_backlog_entries`
+//! (undelivered + pending: what autoscaling reads), `ratemesh_stream_pending_entries`,
+//! `ratemesh_stream_length_entries` and `ratemesh_stream_dead_letter_entries`, labelled
+//! `stream` and `group`.
 //!
 //! The figures are global (read from the bus), so every replica reports the same value;
 //! dashboards and autoscalers take `max` over instances, not `sum`.
@@ -18,10 +19,12 @@ pub async fn export_once(bus: &Bus) {
         match bus.stream_stats(stream, group).await {
             Ok(stats) => {
                 let labels = [("stream", stream), ("group", group)];
-                metrics::gauge!("ratemesh_stream_backlog", &labels).set(stats.backlog as f64);
-                metrics::gauge!("ratemesh_stream_pending", &labels).set(stats.pending as f64);
-                metrics::gauge!("ratemesh_stream_length", &labels).set(stats.length as f64);
-                metrics::gauge!("ratemesh_stream_dead_letters", &labels)
+                metrics::gauge!("ratemesh_stream_backlog_entries", &labels)
+                    .set(stats.backlog as f64);
+                metrics::gauge!("ratemesh_stream_pending_entries", &labels)
+                    .set(stats.pending as f64);
+                metrics::gauge!("ratemesh_stream_length_entries", &labels).set(stats.length as f64);
+                metrics::gauge!("ratemesh_stream_dead_letter_entries", &labels)
                     .set(stats.dead_letters as f64);
             }
             Err(err) => {

@@ -475,7 +475,7 @@ async fn a_saturated_server_refuses_at_once_and_serves_again_once_it_is_not() {
             .is_some_and(|n| n >= refused.len() as f64)
     );
     let saturated_limit = server
-        .metric("ratemesh_grpc_concurrency_limit", "")
+        .metric("ratemesh_grpc_concurrency_limit_requests", "")
         .expect("limit exported");
     assert!(saturated_limit < 64.0, "{saturated_limit}");
 
@@ -510,7 +510,7 @@ async fn a_saturated_server_refuses_at_once_and_serves_again_once_it_is_not() {
         refusals += caller.await.expect("caller");
     }
     let recovered_limit = server
-        .metric("ratemesh_grpc_concurrency_limit", "")
+        .metric("ratemesh_grpc_concurrency_limit_requests", "")
         .expect("limit exported");
     eprintln!("recovery: {refusals} refusals, limit {saturated_limit} → {recovered_limit}");
     assert!(

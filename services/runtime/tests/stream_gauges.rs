@@ -90,27 +90,42 @@ async fn metrics_show_backlog_pending_length_and_dead_letters_per_stream_and_gro
     let (stock, rates_stream) = (streams::STOCK, streams::RATES);
     let (g_rates, g_notifier) = (streams::groups::RATES, streams::groups::NOTIFIER);
     let want = [
-        ("ratemesh_stream_length", stock, g_rates, 5.0),
-        ("ratemesh_stream_pending", stock, g_rates, 2.0),
-        ("ratemesh_stream_backlog", stock, g_rates, 3.0),
-        ("ratemesh_stream_dead_letters", stock, g_rates, 1.0),
+        ("ratemesh_stream_length_entries", stock, g_rates, 5.0),
+        ("ratemesh_stream_pending_entries", stock, g_rates, 2.0),
+        ("ratemesh_stream_backlog_entries", stock, g_rates, 3.0),
+        ("ratemesh_stream_dead_letter_entries", stock, g_rates, 1.0),
         (
-            "ratemesh_stream_backlog",
+            "ratemesh_stream_backlog_entries",
             stock,
             streams::groups::INCENTIVES,
             5.0,
         ),
-        ("ratemesh_stream_length", rates_stream, g_notifier, 2.0),
-        ("ratemesh_stream_backlog", rates_stream, g_notifier, 2.0),
-        ("ratemesh_stream_pending", rates_stream, g_notifier, 0.0),
         (
-            "ratemesh_stream_dead_letters",
+            "ratemesh_stream_length_entries",
+            rates_stream,
+            g_notifier,
+            2.0,
+        ),
+        (
+            "ratemesh_stream_backlog_entries",
+            rates_stream,
+            g_notifier,
+            2.0,
+        ),
+        (
+            "ratemesh_stream_pending_entries",
+            rates_stream,
+            g_notifier,
+            0.0,
+        ),
+        (
+            "ratemesh_stream_dead_letter_entries",
             streams::OVERRIDES,
             g_rates,
             0.0,
         ),
         (
-            "ratemesh_stream_backlog",
+            "ratemesh_stream_backlog_entries",
             streams::INCENTIVES,
             g_notifier,
             0.0,

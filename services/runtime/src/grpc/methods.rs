@@ -74,7 +74,7 @@ pub(crate) struct Method {
 impl Method {
     fn new(path: Arc<str>, label: Arc<str>, limit: LimitConfig) -> Self {
         let gauge = metrics::gauge!(
-            "ratemesh_grpc_concurrency_limit",
+            "ratemesh_grpc_concurrency_limit_requests",
             "method" => SharedString::from(label.clone())
         );
         Self {
