@@ -4,7 +4,8 @@
 //! - [`payload`]: strict JSON parsing with error positions.
 //! - [`validate`]: per-item checks shared by both paths (index, field, problem).
 //! - [`handoff`]: stale/duplicate classification and the atomic append; batch idempotency.
-//! - [`webhook`] and [`api`]: the two front doors.
+//! - [`webhook`] and [`api`]: the two front doors; [`request_metrics`]: the webhook's
+//!   request counts by status and latencies, resolved once.
 //! - [`backlog`]: watches the rates service's backlog so pushes are shed, not queued.
 
 pub mod access;
@@ -15,6 +16,7 @@ mod events;
 mod fuzz_tests;
 pub mod handoff;
 mod payload;
+mod request_metrics;
 mod settings;
 mod validate;
 pub mod webhook;
@@ -72,6 +74,7 @@ pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
         body_read_timeout: Duration::from_millis(settings.body_read_timeout_ms),
         in_flight: Semaphore::new(settings.max_in_flight),
         retry_after,
+        requests: request_metrics::RequestMetrics::new(),
     });
     if settings.sources.is_empty() {
         tracing::warn!("no [[ingest.sources]] configured: the ERP webhooks will refuse every push");

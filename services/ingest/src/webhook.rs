@@ -26,6 +26,7 @@ use tracing::Instrument;
 
 use crate::handoff::{Handoff, Kind};
 use crate::payload::{self, ProductBatch, StockBatch};
+use crate::request_metrics::RequestMetrics;
 use crate::validate::{self, Limits};
 
 /// The header naming a batch for de-duplication (the body's `batch_id` is the fallback).
@@ -49,6 +50,7 @@ pub(crate) struct WebhookState {
     pub(crate) body_read_timeout: Duration,
     pub(crate) in_flight: Semaphore,
     pub(crate) retry_after: std::time::Duration,
+    pub(crate) requests: RequestMetrics,
 }
 
 pub(crate) fn router(state: Arc<WebhookState>) -> Router {
@@ -99,14 +101,9 @@ async fn handle(state: Arc<WebhookState>, kind: Kind, headers: HeaderMap, body: 
     .instrument(span.clone())
     .await;
     span.record("status", response.status().as_u16());
-    metrics::counter!(
-        "ratemesh_ingest_requests_total",
-        "path" => kind.as_str(),
-        "status" => response.status().as_str().to_owned()
-    )
-    .increment(1);
-    metrics::histogram!("ratemesh_ingest_request_duration_seconds", "path" => kind.as_str())
-        .record(started.elapsed().as_secs_f64());
+    state
+        .requests
+        .record(kind, response.status(), started.elapsed().as_secs_f64());
     response
 }
 
