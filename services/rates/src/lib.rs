@@ -118,6 +118,14 @@ pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
         index_shutdown.cancelled().await;
         Ok(())
     });
+    module = module.task(
+        "rates peak-window gauge",
+        peak_window_gauge(
+            engine.clone(),
+            ctx.settings().telemetry.gauge_interval(),
+            shutdown.clone(),
+        ),
+    );
     let mut timers_loaded = loaded;
     Ok(module.task("rates recompute timers", async move {
         if !wait_loaded(&mut timers_loaded, &shutdown).await {
@@ -128,6 +136,27 @@ pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
         }
         recompute::run(engine, shutdown).await
     }))
+}
+
+/// Keeps `ratemesh_rates_peak_window_open` at 1 while the policy's calendar is in a peak
+/// window, else 0: what the alert on publications stopping during a peak reads.
+async fn peak_window_gauge(
+    engine: Engine,
+    interval: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    ratemesh_runtime::metrics::prometheus();
+    let gauge = metrics::gauge!("ratemesh_rates_peak_window_open");
+    let set = move || {
+        let open = engine.policy().peak_window_at(chrono::Utc::now()).is_some();
+        gauge.set(if open { 1.0 } else { 0.0 });
+    };
+    set();
+    ratemesh_runtime::consumer::every("peak-window gauge", interval, shutdown, || {
+        set();
+        std::future::ready(Ok::<(), std::convert::Infallible>(()))
+    })
+    .await
 }
 
 /// Waits until the category overrides are loaded; false if shutdown came first.

@@ -9,6 +9,8 @@
 //! - [`explain`] — the record's inputs as `ExplainRate` shows them.
 //! - [`categories`] — the in-memory category overrides every compute needs.
 //! - [`consumer`] — the consumer-group loops on `stock`, `overrides` and `incentives`.
+//! - `publish_metrics` — the counters of publications and of rate moves by reason and
+//!   category, resolved when the engine is built.
 //! - [`timers`] — durable time-driven recomputes (hold and boost expiry, override and
 //!   incentive windows, peak windows) and the bounded sweep over many SKUs.
 //!
@@ -52,6 +54,7 @@ pub mod categories;
 pub mod consumer;
 pub mod decode;
 pub mod explain;
+mod publish_metrics;
 pub mod record;
 pub mod timers;
 mod wire;
@@ -71,6 +74,7 @@ use tracing::Instrument;
 
 use crate::convert::{band_name, card_to_proto, scheduled_change_to_proto};
 use categories::CategoryOverrides;
+use publish_metrics::{PublishMetrics, RateMoved, Trigger};
 use record::{EngineRecord, FIELD_CARD, FIELD_ENGINE, NAMESPACE, Published};
 
 /// Why an update failed.
@@ -96,6 +100,8 @@ pub struct Outcome {
     pub changed: bool,
     /// The version of the card published by this update, if one was.
     pub published: Option<u64>,
+    /// The published rate moved, and why: counted once the write succeeds.
+    pub(crate) moved: Option<RateMoved>,
 }
 
 /// The engine's knobs.
@@ -147,6 +153,7 @@ struct Inner {
     options: EngineOptions,
     /// Records the consumer last wrote ([`Engine::apply_batch`]).
     cache: RecordCache<EngineRecord>,
+    publish: PublishMetrics,
 }
 
 /// A SKU's record as a batch starts from it.
@@ -179,6 +186,7 @@ impl Engine {
         Self {
             inner: Arc::new(Inner {
                 bus,
+                publish: PublishMetrics::new(&policy),
                 policy,
                 categories: CategoryOverrides::default(),
                 cache: RecordCache::new(options.record_cache),
@@ -308,7 +316,7 @@ impl Engine {
             }
         };
         if outcome.published.is_some() {
-            metrics::counter!("ratemesh_rates_cards_published_total").increment(1);
+            self.inner.publish.published(outcome.moved);
         }
         Ok(outcome)
     }
@@ -476,7 +484,7 @@ impl Engine {
                 results[i] = Some(match answer {
                     Ok((version, _)) => {
                         if outcome.published.is_some() {
-                            metrics::counter!("ratemesh_rates_cards_published_total").increment(1);
+                            self.inner.publish.published(outcome.moved);
                         }
                         if keep {
                             self.inner.cache.put(applied[i].0.as_str(), version, record);
@@ -511,24 +519,26 @@ impl Engine {
         write: StateWrite,
     ) -> (Update<Outcome>, Option<DateTime<Utc>>, EngineRecord) {
         let categories = self.categories().snapshot();
-        let mut changed = false;
+        // What last changed the state: the reason a published rate moved.
+        let mut trigger = None;
         for event in events {
             if record.state.apply(event) == Applied::Applied {
                 self.recompute_in(&mut record, &categories, event.priced_at());
-                changed = true;
+                trigger = Some(Trigger::of(event));
             }
         }
         if let Some(at) = force
             && record.state.product.is_some()
         {
             self.recompute_in(&mut record, &categories, at);
-            changed = true;
+            // A forced recompute follows a category override (see `apply_category`).
+            trigger = trigger.or(Some(Trigger::Override));
         }
-        if !changed {
+        let Some(trigger) = trigger else {
             metrics::counter!("ratemesh_rates_events_skipped_total").increment(events.len() as u64);
             return (Update::Keep(Outcome::default()), None, record);
-        }
-        self.commit(record, write, &categories)
+        };
+        self.commit(record, write, &categories, trigger)
     }
 
     fn recompute_in(&self, record: &mut EngineRecord, categories: &[Override], at: DateTime<Utc>) {
@@ -550,6 +560,7 @@ impl Engine {
         mut record: EngineRecord,
         write: StateWrite,
         categories: &[Override],
+        trigger: Trigger,
     ) -> (Update<Outcome>, Option<DateTime<Utc>>, EngineRecord) {
         // Listed under its category, so a category's recompute reads only its SKUs.
         let write = match record.category() {
@@ -570,11 +581,14 @@ impl Engine {
                 Outcome {
                     changed: true,
                     published: None,
+                    moved: None,
                 },
             );
             return (update, timer, record);
         };
         let version = published.version;
+        let moved = (record.published.as_ref().map(|p| p.rate) != Some(published.rate))
+            .then(|| self.inner.publish.moved(trigger, Some(&published.category)));
         record.published = Some(published);
         let encoded = Bytes::from(card.encode_to_vec());
         let computed_at = record
@@ -599,6 +613,7 @@ impl Engine {
             Outcome {
                 changed: true,
                 published: Some(version),
+                moved,
             },
         );
         (update, timer, record)
