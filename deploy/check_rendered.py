@@ -4,7 +4,8 @@
 Run by deploy/check.sh with the Python of its tool venv (PyYAML and jsonschema come with
 check-jsonschema). Subcommands:
 
-  split RENDERED OUT_CORE      validate custom resources (KEDA, prometheus-operator) against
+  split RENDERED OUT_CORE [RENDERED OUT_CORE ...]
+                               validate custom resources (KEDA, prometheus-operator) against
                                deploy/schemas, write the Kubernetes-API documents to OUT_CORE
                                for kubernetes-validate, fail on any other unknown kind
   production RENDERED          assert what a production install must have, per service
@@ -14,6 +15,11 @@ check-jsonschema). Subcommands:
                                and partition streams the code consumes, on the trigger type
                                of the rendered Redis mode
   expect RENDERED KIND=N ...   assert how many objects of each kind were rendered
+  prestop RENDERED KUBE SECONDS [auto|auto-exec|exec]
+                               assert the preStop pause rendered for Kubernetes KUBE: with
+                               preStopSleepAction auto, the kubelet's sleep action from 1.30,
+                               before that an exec hook when a command is set (auto-exec),
+                               else none; with exec, an exec hook on every version
   compose FILE                 structural check of the compose file (no Docker engine here)
 
 Exit status 1 with one line per problem on failure.
@@ -45,6 +51,10 @@ READINESS = {
 REDIS_TRIGGERS = {"redis-streams": "address", "redis-cluster-streams": "addresses"}
 SCHEMA_DIR = pathlib.Path(__file__).resolve().parent / "schemas"
 CORE_GROUPS = {"v1", "apps/v1", "autoscaling/v2", "policy/v1", "networking.k8s.io/v1"}
+# The kubelet's preStop `sleep` action: in the API from 1.29 behind the PodLifecycleSleepAction
+# gate (off there, so the API server drops the field), on by default from 1.30; 1.27 and 1.28
+# reject it.
+SLEEP_ACTION_FROM = (1, 30)
 
 
 class Problems:
@@ -82,6 +92,15 @@ def ident(doc: dict) -> str:
 
 def component(doc: dict) -> str | None:
     return (doc["metadata"].get("labels") or {}).get("app.kubernetes.io/component")
+
+
+def cmd_split_all(pairs: list[str]) -> int:
+    if len(pairs) % 2:
+        raise SystemExit("FAIL split takes pairs of RENDERED OUT_CORE")
+    failed = 0
+    for rendered, out_core in zip(pairs[::2], pairs[1::2]):
+        failed |= cmd_split(rendered, out_core)
+    return failed
 
 
 def cmd_split(rendered: str, out_core: str) -> int:
@@ -264,6 +283,35 @@ def cmd_streams(rendered: str, ratemesh: str) -> int:
     return problems.finish(f"{rendered}: KEDA triggers match `ratemesh streams` (prefix {prefix}, {partitions} partitions{', cluster' if cluster else ''})")
 
 
+def ratemesh_containers(docs: list[dict]) -> list[tuple[str, dict]]:
+    return [
+        (component(d), d["spec"]["template"]["spec"]["containers"][0])
+        for d in docs
+        if d["kind"] == "Deployment" and component(d) in SERVICES
+    ]
+
+
+def cmd_prestop(rendered: str, kube: str, seconds: str, mode: str) -> int:
+    problems = Problems()
+    version = tuple(int(part) for part in kube.split(".")[:2])
+    pause = int(seconds)
+    containers = ratemesh_containers(load_docs(rendered))
+    problems.check(len(containers) == len(SERVICES), f"expected {len(SERVICES)} ratemesh Deployments")
+    for service, c in containers:
+        hook = (c.get("lifecycle") or {}).get("preStop")
+        if pause == 0:
+            problems.check(hook is None, f"{service}: a preStop hook without a pause asked for: {hook}")
+        elif version >= SLEEP_ACTION_FROM and mode != "exec":
+            problems.check(hook == {"sleep": {"seconds": pause}}, f"{service}: on {kube} expected the sleep action for {pause}s, got {hook}")
+        elif mode in ("exec", "auto-exec"):
+            command = (hook or {}).get("exec", {}).get("command") or []
+            problems.check(command[-1:] == [str(pause)] and len(command) >= 2, f"{service}: expected an exec hook sleeping {pause}s, got {hook}")
+        else:
+            # Before 1.30 the sleep action is rejected (1.27, 1.28) or silently dropped (1.29).
+            problems.check(hook is None, f"{service}: on {kube} the sleep action is not available, got {hook}")
+    return problems.finish(f"{rendered}: preStop pause of {pause}s on Kubernetes {kube} ({mode})")
+
+
 def cmd_compose(path: str) -> int:
     problems = Problems()
     base = pathlib.Path(path).resolve().parent
@@ -321,7 +369,9 @@ def cmd_compose(path: str) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) >= 3 and argv[0] == "split":
-        return cmd_split(argv[1], argv[2])
+        return cmd_split_all(argv[1:])
+    if len(argv) in (4, 5) and argv[0] == "prestop" and (argv[4:] or ["auto"])[0] in ("auto", "auto-exec", "exec"):
+        return cmd_prestop(argv[1], argv[2], argv[3], argv[4] if len(argv) == 5 else "auto")
     if len(argv) == 2 and argv[0] == "production":
         return cmd_production(argv[1])
     if len(argv) == 3 and argv[0] == "streams":

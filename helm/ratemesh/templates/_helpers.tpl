@@ -148,10 +148,58 @@ float64, and 8388608 would otherwise become 8.388608e+06).
 {{- fail (printf "settings.%s.%s: only scalar values can be set through the environment; put lists and tables in the secrets file or the policy" $section $key) }}
 {{- end }}
 {{- $text := toString $value }}
-{{- if and (kindIs "float64" $value) (eq (float64 (int64 $value)) $value) }}
+{{- /* Nested, not `and`: before Helm 3.7.1 (Go 1.17) `and` evaluates both operands, and
+       comparing a string with a float64 is an error. */}}
+{{- if kindIs "float64" $value }}
+{{- if eq (float64 (int64 $value)) $value }}
 {{- $text = toString (int64 $value) }}
+{{- end }}
 {{- end }}
 {{ printf "RATEMESH__%s__%s" (upper $section) (upper $key) }}: {{ $text | toJson }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/*
+The container's preStop pause (preStopSleepSeconds), as a `lifecycle` block or nothing.
+The kubelet's `sleep` action is in the API from Kubernetes 1.29 but on by default only
+from 1.30 (PodLifecycleSleepAction); earlier API servers reject or drop it. `auto` follows
+the cluster's version (.Capabilities.KubeVersion, or --kube-version with helm template):
+`sleep` from 1.30, else `exec` of preStopExecCommand when one is set, else no hook. The
+ratemesh image is distroless and has no `sleep` binary, so `exec` needs a command that
+exists in the image (or a volume) you run.
+*/}}
+{{- define "ratemesh.preStop" -}}
+{{- $seconds := int .Values.preStopSleepSeconds -}}
+{{- if gt $seconds 0 -}}
+{{- $action := .Values.preStopSleepAction -}}
+{{- if eq $action "auto" -}}
+{{- if semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version -}}
+{{- $action = "sleep" -}}
+{{- else if .Values.preStopExecCommand -}}
+{{- $action = "exec" -}}
+{{- else -}}
+{{- $action = "none" -}}
+{{- end -}}
+{{- end -}}
+{{- if eq $action "sleep" }}
+lifecycle:
+  preStop:
+    sleep:
+      seconds: {{ $seconds }}
+{{- else if eq $action "exec" }}
+{{- if not .Values.preStopExecCommand -}}
+{{- fail "preStopExecCommand: preStopSleepAction exec runs this command with the seconds appended (e.g. [\"/busybox/sleep\"]); the ratemesh image has no sleep binary" -}}
+{{- end }}
+lifecycle:
+  preStop:
+    exec:
+      command: {{ append .Values.preStopExecCommand (toString $seconds) | toJson }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether preStopSleepSeconds asks for a pause that this cluster version gets none of. */}}
+{{- define "ratemesh.preStopSkipped" -}}
+{{- if and (gt (int .Values.preStopSleepSeconds) 0) (not (include "ratemesh.preStop" .)) -}}true{{- end -}}
 {{- end -}}
