@@ -10,7 +10,7 @@
 #     to the newest kubernetes-validate bundles; kubernetes-validate --strict); custom
 #     resources (KEDA ScaledObject and TriggerAuthentication, ServiceMonitor) against the
 #     schemas bundled in deploy/schemas;
-#   - the preStop pause asserted per render for every Kubernetes version;
+#   - the preStop pause and the webhook Ingress asserted per render;
 #   - assertions over the rendered production install (probes, resources, PDBs,
 #     autoscalers, network policies for all four services);
 #   - the KEDA triggers of every render with KEDA on compared with `ratemesh streams --json`
@@ -177,6 +177,9 @@ render production-no-netpol-no-pdb -f "$CHART/ci/production-values.yaml" \
 render digest-and-minAvailable -f "$CHART/ci/minimal-values.yaml" \
   --set image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef \
   --set services.rates.pdb.enabled=true --set services.rates.pdb.minAvailable=1
+render production-webhook-ingress -f "$CHART/ci/production-values.yaml" -f "$CHART/ci/webhook-ingress-values.yaml"
+render webhook-ingress-bundled-redis --set ingress.enabled=true --set ingress.host=erp-hooks.example.com \
+  --set ingress.tls.secretName=erp-hooks-tls --set keda.enabled=true
 render production-prestop-exec -f "$CHART/ci/production-values.yaml" --set 'preStopExecCommand[0]=/busybox/sleep'
 
 log "chart: Kubernetes schemas"
@@ -184,17 +187,19 @@ validate_all
 
 log "chart: what each feature renders"
 $CHECK expect "$WORK/defaults.yaml" Deployment=4 Service=5 HorizontalPodAutoscaler=4 PodDisruptionBudget=4 \
-  NetworkPolicy=5 StatefulSet=1 ScaledObject=0 ServiceMonitor=0 ServiceAccount=1 Secret=1 ConfigMap=2
+  NetworkPolicy=5 StatefulSet=1 ScaledObject=0 ServiceMonitor=0 ServiceAccount=1 Secret=1 ConfigMap=2 Ingress=0
 $CHECK expect "$WORK/minimal.yaml" Deployment=4 HorizontalPodAutoscaler=0 PodDisruptionBudget=0 \
   NetworkPolicy=0 ScaledObject=0 ServiceMonitor=0 ServiceAccount=0
 $CHECK expect "$WORK/production.yaml" Deployment=4 Service=4 StatefulSet=0 HorizontalPodAutoscaler=1 \
-  ScaledObject=3 TriggerAuthentication=1 ServiceMonitor=1 PodDisruptionBudget=4 NetworkPolicy=4 ConfigMap=2 Secret=1
+  ScaledObject=3 TriggerAuthentication=1 ServiceMonitor=1 PodDisruptionBudget=4 NetworkPolicy=4 ConfigMap=2 Secret=1 Ingress=0
 $CHECK expect "$WORK/external-redis.yaml" Deployment=4 StatefulSet=0 Secret=0 ConfigMap=1 HorizontalPodAutoscaler=4
 $CHECK expect "$WORK/redis-cluster.yaml" Deployment=4 StatefulSet=0 ScaledObject=3 HorizontalPodAutoscaler=1 TriggerAuthentication=0
 $CHECK expect "$WORK/keda-bundled-redis.yaml" ScaledObject=3 HorizontalPodAutoscaler=1 TriggerAuthentication=0
 $CHECK expect "$WORK/production-hpa-grpc-liveness.yaml" ScaledObject=0 TriggerAuthentication=0 HorizontalPodAutoscaler=4 ServiceMonitor=1
 $CHECK expect "$WORK/production-no-netpol-no-pdb.yaml" NetworkPolicy=0 PodDisruptionBudget=0
 $CHECK expect "$WORK/digest-and-minAvailable.yaml" PodDisruptionBudget=1
+$CHECK expect "$WORK/production-webhook-ingress.yaml" Ingress=1 NetworkPolicy=4
+$CHECK expect "$WORK/webhook-ingress-bundled-redis.yaml" Ingress=1 Secret=1 TriggerAuthentication=0
 
 log "chart: preStop pause on every Kubernetes version (the sleep action needs 1.30)"
 for version in $KUBE_VERSIONS; do
@@ -203,10 +208,16 @@ for version in $KUBE_VERSIONS; do
   $CHECK prestop "$WORK/defaults@$version.yaml" "$version" 0
 done
 
+log "chart: webhook Ingress"
+for name in production-webhook-ingress webhook-ingress-bundled-redis production defaults; do
+  $CHECK ingress "$WORK/$name.yaml"
+done
+
 log "chart: production install"
 $CHECK production "$WORK/production.yaml"
 $CHECK production "$WORK/production-hpa-grpc-liveness.yaml"
 $CHECK production "$WORK/production@${KUBE_VERSIONS%% *}.yaml"
+$CHECK production "$WORK/production-webhook-ingress.yaml"
 
 log "chart: KEDA watches what the code consumes (ratemesh streams)"
 for name in production keda-bundled-redis redis-cluster; do
@@ -244,6 +255,11 @@ refuse "KEDA on a list of addresses without Redis Cluster" "keda.redisAddress" -
 refuse "KEDA on pending entries (they stay near 0 under a backlog)" "pendingEntriesCount" --set services.rates.keda.pendingEntriesCount=100
 refuse "a Kubernetes older than the chart claims" "kubeVersion" --kube-version 1.26.0
 refuse "the preStop exec fallback without a command" "preStopExecCommand" --set preStopSleepSeconds=5 --set preStopSleepAction=exec
+refuse "the webhook Ingress without a host" "ingress" --set ingress.enabled=true --set ingress.tls.secretName=erp-hooks-tls
+refuse "the webhook Ingress over TLS without a certificate Secret" "ingress" --set ingress.enabled=true --set ingress.host=erp-hooks.example.com
+refuse "the webhook Ingress behind network policies that keep its controller out" "ingressControllerFrom" \
+  --set ingress.enabled=true --set ingress.host=erp-hooks.example.com --set ingress.tls.secretName=erp-hooks-tls \
+  --set 'networkPolicy.erpFrom[0].ipBlock.cidr=203.0.113.0/24'
 
 log "compose stack"
 $CHECK compose deploy/compose.yaml

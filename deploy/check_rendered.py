@@ -20,6 +20,9 @@ check-jsonschema). Subcommands:
                                preStopSleepAction auto, the kubelet's sleep action from 1.30,
                                before that an exec hook when a command is set (auto-exec),
                                else none; with exec, an exec hook on every version
+  ingress RENDERED             assert the webhook Ingress (when rendered) routes to ingest's
+                               webhook port over TLS and the network policy lets its
+                               controller in
   compose FILE                 structural check of the compose file (no Docker engine here)
 
 Exit status 1 with one line per problem on failure.
@@ -312,6 +315,41 @@ def cmd_prestop(rendered: str, kube: str, seconds: str, mode: str) -> int:
     return problems.finish(f"{rendered}: preStop pause of {pause}s on Kubernetes {kube} ({mode})")
 
 
+def cmd_ingress(rendered: str) -> int:
+    problems = Problems()
+    docs = load_docs(rendered)
+    ingresses = [d for d in docs if d["kind"] == "Ingress"]
+    services = {component(d): d for d in docs if d["kind"] == "Service"}
+    policies = {component(d): d for d in docs if d["kind"] == "NetworkPolicy"}
+    for ing in ingresses:
+        name = ident(ing)
+        spec = ing["spec"]
+        ingest = services.get("ingest")
+        if ingest is None:
+            problems.add(f"{name}: no ingest Service to route to")
+            continue
+        http_ports = {p["name"] for p in ingest["spec"]["ports"]}
+        tls_hosts = {h for t in spec.get("tls") or [] for h in t.get("hosts") or [] if t.get("secretName")}
+        rules = spec.get("rules") or []
+        problems.check(bool(rules), f"{name}: no rules")
+        for rule in rules:
+            host = rule.get("host")
+            problems.check(bool(host), f"{name}: a rule without a host")
+            problems.check(host in tls_hosts, f"{name}: {host} is not served over TLS with a certificate Secret")
+            for path in (rule.get("http") or {}).get("paths") or []:
+                backend = path["backend"]["service"]
+                problems.check(backend["name"] == ingest["metadata"]["name"], f"{name}: routes to {backend['name']}, not ingest")
+                port = backend["port"].get("name")
+                problems.check(port == "http" and port in http_ports, f"{name}: routes to port {backend['port']}, not ingest's webhook port")
+        policy = policies.get("ingest")
+        if policy is not None:
+            webhook_rules = [r for r in policy["spec"].get("ingress", []) if any(p.get("port") == "http" for p in r.get("ports", []))]
+            open_to_all = any(not r.get("from") for r in webhook_rules)
+            in_cluster = any("podSelector" in peer or "namespaceSelector" in peer for r in webhook_rules for peer in r.get("from") or [])
+            problems.check(open_to_all or in_cluster, f"{name}: ingest's network policy admits only address blocks to the webhook port, so the Ingress controller's pods cannot reach it")
+    return problems.finish(f"{rendered}: {len(ingresses)} webhook Ingress")
+
+
 def cmd_compose(path: str) -> int:
     problems = Problems()
     base = pathlib.Path(path).resolve().parent
@@ -372,6 +410,8 @@ def main(argv: list[str]) -> int:
         return cmd_split_all(argv[1:])
     if len(argv) in (4, 5) and argv[0] == "prestop" and (argv[4:] or ["auto"])[0] in ("auto", "auto-exec", "exec"):
         return cmd_prestop(argv[1], argv[2], argv[3], argv[4] if len(argv) == 5 else "auto")
+    if len(argv) == 2 and argv[0] == "ingress":
+        return cmd_ingress(argv[1])
     if len(argv) == 2 and argv[0] == "production":
         return cmd_production(argv[1])
     if len(argv) == 3 and argv[0] == "streams":
