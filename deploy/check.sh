@@ -10,7 +10,8 @@
 #     to the newest kubernetes-validate bundles; kubernetes-validate --strict); custom
 #     resources (KEDA ScaledObject and TriggerAuthentication, ServiceMonitor) against the
 #     schemas bundled in deploy/schemas;
-#   - the preStop pause and the webhook Ingress asserted per render;
+#   - the preStop pause, the webhook Ingress and the bundled Redis (maxmemory under its
+#     memory limit, noeviction, a password ratemesh and KEDA use) asserted per render;
 #   - assertions over the rendered production install (probes, resources, PDBs,
 #     autoscalers, network policies for all four services);
 #   - the KEDA triggers of every render with KEDA on compared with `ratemesh streams --json`
@@ -118,7 +119,7 @@ for schema in deploy/schemas/*.json; do "$PY" -m json.tool "$schema" >/dev/null;
 
 # render NAME [helm args...]: lint one value set with both Helms and template it for every
 # claimed Kubernetes version with both, into $WORK/NAME@VERSION.yaml ($WORK/NAME.yaml is the
-# newest). The two Helms' renders must be the same.
+# newest). The two Helms' renders must be the same, but for the generated Redis password.
 # Validation follows in one pass per version (validate_all).
 SPLIT=()
 render() {
@@ -134,7 +135,7 @@ render() {
       || die "helm template ($name, Kubernetes $version)"
     "$HELM_MIN" template rm "$CHART" --namespace ratemesh --kube-version "$version" "$@" >"$WORK/min.yaml" \
       || die "helm $MIN_HELM template ($name, Kubernetes $version)"
-    if ! diff "$out" "$WORK/min.yaml" >"$WORK/diff.log"; then
+    if ! diff <(generated_masked "$out") <(generated_masked "$WORK/min.yaml") >"$WORK/diff.log"; then
       head -40 "$WORK/diff.log" >&2; die "helm $MIN_HELM renders $name differently (Kubernetes $version)"
     fi
     mkdir -p "$WORK/core-$version"
@@ -143,6 +144,8 @@ render() {
   cp "$WORK/$name@$KUBE_LATEST.yaml" "$WORK/$name.yaml"
   echo "ok   $name: lint and render with Helm $MIN_HELM and $("$HELM" version --short), Kubernetes ${KUBE_VERSIONS// /, }"
 }
+# The bundled Redis's generated password differs from render to render.
+generated_masked() { sed -E 's/^(  password: ).*/\1(generated)/' "$1"; }
 
 # validate_all: custom resources against deploy/schemas, then every Kubernetes object of every
 # render against the API schemas of the version it was rendered for. kubernetes-validate only
@@ -181,25 +184,28 @@ render production-webhook-ingress -f "$CHART/ci/production-values.yaml" -f "$CHA
 render webhook-ingress-bundled-redis --set ingress.enabled=true --set ingress.host=erp-hooks.example.com \
   --set ingress.tls.secretName=erp-hooks-tls --set keda.enabled=true
 render production-prestop-exec -f "$CHART/ci/production-values.yaml" --set 'preStopExecCommand[0]=/busybox/sleep'
+render redis-own-secret-and-maxmemory --set redis.auth.existingSecret=redis-auth --set redis.auth.existingSecretKey=pw \
+  --set redis.maxmemory=700mb --set keda.enabled=true
 
 log "chart: Kubernetes schemas"
 validate_all
 
 log "chart: what each feature renders"
 $CHECK expect "$WORK/defaults.yaml" Deployment=4 Service=5 HorizontalPodAutoscaler=4 PodDisruptionBudget=4 \
-  NetworkPolicy=5 StatefulSet=1 ScaledObject=0 ServiceMonitor=0 ServiceAccount=1 Secret=1 ConfigMap=2 Ingress=0
+  NetworkPolicy=5 StatefulSet=1 ScaledObject=0 ServiceMonitor=0 ServiceAccount=1 Secret=2 ConfigMap=2 Ingress=0
 $CHECK expect "$WORK/minimal.yaml" Deployment=4 HorizontalPodAutoscaler=0 PodDisruptionBudget=0 \
   NetworkPolicy=0 ScaledObject=0 ServiceMonitor=0 ServiceAccount=0
 $CHECK expect "$WORK/production.yaml" Deployment=4 Service=4 StatefulSet=0 HorizontalPodAutoscaler=1 \
   ScaledObject=3 TriggerAuthentication=1 ServiceMonitor=1 PodDisruptionBudget=4 NetworkPolicy=4 ConfigMap=2 Secret=1 Ingress=0
 $CHECK expect "$WORK/external-redis.yaml" Deployment=4 StatefulSet=0 Secret=0 ConfigMap=1 HorizontalPodAutoscaler=4
 $CHECK expect "$WORK/redis-cluster.yaml" Deployment=4 StatefulSet=0 ScaledObject=3 HorizontalPodAutoscaler=1 TriggerAuthentication=0
-$CHECK expect "$WORK/keda-bundled-redis.yaml" ScaledObject=3 HorizontalPodAutoscaler=1 TriggerAuthentication=0
+$CHECK expect "$WORK/keda-bundled-redis.yaml" ScaledObject=3 HorizontalPodAutoscaler=1 TriggerAuthentication=1
 $CHECK expect "$WORK/production-hpa-grpc-liveness.yaml" ScaledObject=0 TriggerAuthentication=0 HorizontalPodAutoscaler=4 ServiceMonitor=1
 $CHECK expect "$WORK/production-no-netpol-no-pdb.yaml" NetworkPolicy=0 PodDisruptionBudget=0
 $CHECK expect "$WORK/digest-and-minAvailable.yaml" PodDisruptionBudget=1
 $CHECK expect "$WORK/production-webhook-ingress.yaml" Ingress=1 NetworkPolicy=4
-$CHECK expect "$WORK/webhook-ingress-bundled-redis.yaml" Ingress=1 Secret=1 TriggerAuthentication=0
+$CHECK expect "$WORK/webhook-ingress-bundled-redis.yaml" Ingress=1 Secret=2 TriggerAuthentication=1
+$CHECK expect "$WORK/redis-own-secret-and-maxmemory.yaml" Secret=1 StatefulSet=1 TriggerAuthentication=1
 
 log "chart: preStop pause on every Kubernetes version (the sleep action needs 1.30)"
 for version in $KUBE_VERSIONS; do
@@ -213,6 +219,11 @@ for name in production-webhook-ingress webhook-ingress-bundled-redis production 
   $CHECK ingress "$WORK/$name.yaml"
 done
 
+log "chart: bundled Redis memory and password"
+for name in defaults minimal keda-bundled-redis webhook-ingress-bundled-redis redis-own-secret-and-maxmemory; do
+  $CHECK redis "$WORK/$name.yaml"
+done
+
 log "chart: production install"
 $CHECK production "$WORK/production.yaml"
 $CHECK production "$WORK/production-hpa-grpc-liveness.yaml"
@@ -220,7 +231,7 @@ $CHECK production "$WORK/production@${KUBE_VERSIONS%% *}.yaml"
 $CHECK production "$WORK/production-webhook-ingress.yaml"
 
 log "chart: KEDA watches what the code consumes (ratemesh streams)"
-for name in production keda-bundled-redis redis-cluster; do
+for name in production keda-bundled-redis redis-cluster redis-own-secret-and-maxmemory; do
   $CHECK streams "$WORK/$name.yaml" "$RATEMESH_BIN"
 done
 
@@ -260,6 +271,7 @@ refuse "the webhook Ingress over TLS without a certificate Secret" "ingress" --s
 refuse "the webhook Ingress behind network policies that keep its controller out" "ingressControllerFrom" \
   --set ingress.enabled=true --set ingress.host=erp-hooks.example.com --set ingress.tls.secretName=erp-hooks-tls \
   --set 'networkPolicy.erpFrom[0].ipBlock.cidr=203.0.113.0/24'
+refuse "a Redis maxmemory at or above its memory limit" "not below the container's memory limit" --set redis.maxmemory=1gb
 
 log "compose stack"
 $CHECK compose deploy/compose.yaml
@@ -270,21 +282,28 @@ config_check() {
   local name=$1 dir="$WORK/config-$1"
   mkdir -p "$dir"
   "$PY" - "$WORK/$name.yaml" "$dir" <<'PY'
-import sys, yaml
+import re, sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 work = sys.argv[2]
 env = {}
 for d in docs:
     if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-settings"):
         env.update(d["data"])
-    if d["kind"] == "Secret":
+    if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-secrets"):
         open(f"{work}/secrets.toml", "w").write(next(iter(d["stringData"].values())))
     if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-policy"):
         open(f"{work}/policy.toml", "w").write(next(iter(d["data"].values())))
     if d["kind"] == "Deployment" and d["metadata"]["labels"]["app.kubernetes.io/component"] == "rates":
-        for e in d["spec"]["template"]["spec"]["containers"][0]["env"]:
+        container_env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+        from_secrets = {e["name"] for e in container_env if "valueFrom" in e}
+        for e in container_env:
             if "value" in e:
-                env[e["name"]] = e["value"]
+                # $(VAR) as the kubelet expands it; a Secret's value is not in the render.
+                env[e["name"]] = re.sub(
+                    r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                    lambda m: "Secret0" if m.group(1) in from_secrets else env.get(m.group(1), m.group(0)),
+                    e["value"],
+                )
 env["RATEMESH_CONFIG"] = f"{work}/secrets.toml"
 if "RATEMESH__POLICY__FILE" in env:
     env["RATEMESH__POLICY__FILE"] = f"{work}/policy.toml"
@@ -298,5 +317,6 @@ PY
 log "ratemesh config check with the settings the charts render"
 config_check production
 config_check redis-cluster
+config_check defaults
 
 log "deploy checks passed"

@@ -23,6 +23,9 @@ check-jsonschema). Subcommands:
   ingress RENDERED             assert the webhook Ingress (when rendered) routes to ingest's
                                webhook port over TLS and the network policy lets its
                                controller in
+  redis RENDERED               assert the bundled Redis (when rendered) has a maxmemory below
+                               its container's memory limit with noeviction, requires a
+                               password from a Secret, and that ratemesh and KEDA use it
   compose FILE                 structural check of the compose file (no Docker engine here)
 
 Exit status 1 with one line per problem on failure.
@@ -58,6 +61,11 @@ CORE_GROUPS = {"v1", "apps/v1", "autoscaling/v2", "policy/v1", "networking.k8s.i
 # gate (off there, so the API server drops the field), on by default from 1.30; 1.27 and 1.28
 # reject it.
 SLEEP_ACTION_FROM = (1, 30)
+# Kubernetes memory quantity suffixes and Redis's maxmemory units, in bytes.
+K8S_UNITS = {"": 1, "k": 1000, "K": 1000, "M": 10**6, "G": 10**9, "T": 10**12,
+             "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+REDIS_UNITS = {"": 1, "k": 1000, "kb": 2**10, "m": 10**6, "mb": 2**20, "g": 10**9, "gb": 2**30}
+ENV_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
 class Problems:
@@ -232,7 +240,17 @@ def rendered_env(docs: list[dict]) -> dict[str, str]:
     for doc in docs:
         if doc["kind"] == "Deployment" and component(doc) in SERVICES:
             container = doc["spec"]["template"]["spec"]["containers"][0]
-            return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+            # Expanded as the kubelet does: $(VAR) of an earlier variable; a value from a
+            # Secret is not in the render, so a placeholder stands in for it.
+            known: dict[str, str] = {}
+            literal: dict[str, str] = {}
+            for e in container.get("env", []):
+                if "value" in e:
+                    literal[e["name"]] = ENV_REF.sub(lambda m: known.get(m.group(1), m.group(0)), e["value"])
+                    known[e["name"]] = literal[e["name"]]
+                else:
+                    known[e["name"]] = "from-a-secret"
+            return literal
     raise SystemExit("FAIL no ratemesh Deployment rendered")
 
 
@@ -350,6 +368,86 @@ def cmd_ingress(rendered: str) -> int:
     return problems.finish(f"{rendered}: {len(ingresses)} webhook Ingress")
 
 
+def quantity_bytes(text: str, units: dict[str, int], what: str) -> int:
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)", str(text).strip())
+    if not match or match.group(2) not in units:
+        raise SystemExit(f"FAIL cannot read {what} {text!r}")
+    return int(float(match.group(1)) * units[match.group(2)])
+
+
+def secret_ref(env: dict[str, dict], name: str) -> tuple[str, str] | None:
+    ref = ((env.get(name) or {}).get("valueFrom") or {}).get("secretKeyRef")
+    return (ref["name"], ref["key"]) if ref else None
+
+
+def cmd_redis(rendered: str) -> int:
+    problems = Problems()
+    docs = load_docs(rendered)
+    sets = [d for d in docs if d["kind"] == "StatefulSet" and component(d) == "redis"]
+    if not sets:
+        return problems.finish(f"{rendered}: no bundled Redis")
+    redis = sets[0]
+    fullname = redis["metadata"]["name"]
+    pod = redis["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    env = {e["name"]: e for e in c.get("env", [])}
+
+    # Memory: maxmemory below the container's limit, and nothing ever evicted.
+    conf_maps = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == fullname]
+    conf = (conf_maps[0]["data"].get("redis.conf", "") if conf_maps else "")
+    directives = {}
+    for line in conf.splitlines():
+        words = line.split()
+        if words and not words[0].startswith("#"):
+            directives[words[0]] = words[1:]
+    limit = ((c.get("resources") or {}).get("limits") or {}).get("memory")
+    problems.check(limit is not None, "redis: no memory limit on the container")
+    maxmemory = directives.get("maxmemory")
+    problems.check(maxmemory is not None, "redis: redis.conf sets no maxmemory, so Redis grows until the kernel OOM-kills it")
+    if limit is not None and maxmemory:
+        limit_bytes = quantity_bytes(limit, K8S_UNITS, "memory limit")
+        max_bytes = quantity_bytes(maxmemory[0].lower(), REDIS_UNITS, "maxmemory")
+        problems.check(0 < max_bytes < limit_bytes, f"redis: maxmemory {maxmemory[0]} ({max_bytes} B) is not below the memory limit {limit} ({limit_bytes} B)")
+    problems.check(directives.get("maxmemory-policy") == ["noeviction"], f"redis: maxmemory-policy must be noeviction (stream entries must never be evicted), is {directives.get('maxmemory-policy')}")
+
+    # Password: requirepass from a Secret, used by the probe, ratemesh and KEDA.
+    args = c.get("args") or []
+    auth = None
+    if "--requirepass" in args and args.index("--requirepass") + 1 < len(args):
+        ref = ENV_REF.fullmatch(args[args.index("--requirepass") + 1])
+        auth = secret_ref(env, ref.group(1)) if ref else None
+    problems.check("requirepass" not in directives, "redis: the password is in the ConfigMap")
+    problems.check(auth is not None, f"redis: no --requirepass $(VAR) from a Secret in the container's args {args}")
+    if auth is None:
+        return problems.finish(f"{rendered}: bundled Redis")
+    secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+    if auth[0] in secrets:
+        data = {**(secrets[auth[0]].get("data") or {}), **(secrets[auth[0]].get("stringData") or {})}
+        problems.check(len(str(data.get(auth[1], ""))) >= 16, f"redis: Secret {auth[0]} has no password of 16+ characters under {auth[1]}")
+    problems.check(secret_ref(env, "REDISCLI_AUTH") == auth, "redis: the readiness probe's redis-cli does not authenticate (REDISCLI_AUTH)")
+    service = next((d["metadata"]["name"] for d in docs if d["kind"] == "Service" and component(d) == "redis"), fullname)
+    for name, container in ratemesh_containers(docs):
+        order = [e["name"] for e in container.get("env", [])]
+        cenv = {e["name"]: e for e in container.get("env", [])}
+        url = (cenv.get("RATEMESH__REDIS__URL") or {}).get("value", "")
+        ref = re.fullmatch(rf"redis://:\$\(([A-Za-z_][A-Za-z0-9_]*)\)@{re.escape(service)}:6379(/[0-9]+)?", url)
+        if ref is None:
+            problems.add(f"{name}: RATEMESH__REDIS__URL {url!r} does not carry the password as redis://:$(VAR)@{service}:6379")
+            continue
+        var = ref.group(1)
+        problems.check(secret_ref(cenv, var) == auth, f"{name}: {var} is not the Redis password Secret {auth}")
+        problems.check(var in order and order.index(var) < order.index("RATEMESH__REDIS__URL"), f"{name}: {var} must come before RATEMESH__REDIS__URL to be expanded")
+    auths = {d["metadata"]["name"]: d for d in docs if d["kind"] == "TriggerAuthentication"}
+    for obj in (d for d in docs if d["kind"] == "ScaledObject"):
+        for trigger in obj["spec"]["triggers"]:
+            if trigger["type"] not in REDIS_TRIGGERS:
+                continue
+            ta = auths.get((trigger.get("authenticationRef") or {}).get("name"))
+            refs = {(r["name"], r["key"]) for r in (ta or {}).get("spec", {}).get("secretTargetRef", []) if r.get("parameter") == "password"}
+            problems.check(auth in refs, f"{ident(obj)}: trigger {trigger.get('name')} has no password for the bundled Redis")
+    return problems.finish(f"{rendered}: bundled Redis: maxmemory {maxmemory[0] if maxmemory else '-'} under limit {limit}, noeviction, password from Secret {auth[0]}")
+
+
 def cmd_compose(path: str) -> int:
     problems = Problems()
     base = pathlib.Path(path).resolve().parent
@@ -412,6 +510,8 @@ def main(argv: list[str]) -> int:
         return cmd_prestop(argv[1], argv[2], argv[3], argv[4] if len(argv) == 5 else "auto")
     if len(argv) == 2 and argv[0] == "ingress":
         return cmd_ingress(argv[1])
+    if len(argv) == 2 and argv[0] == "redis":
+        return cmd_redis(argv[1])
     if len(argv) == 2 and argv[0] == "production":
         return cmd_production(argv[1])
     if len(argv) == 3 and argv[0] == "streams":

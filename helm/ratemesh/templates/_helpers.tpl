@@ -114,6 +114,21 @@ app.kubernetes.io/component: {{ .service }}
 {{- printf "%s-redis" .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/*
+The Secret and key with the bundled Redis's password, as a dict: the subchart's
+redis.authSecret and redis.authSecretKey, from the parent's view of its values.
+*/}}
+{{- define "ratemesh.bundledRedisAuth" -}}
+{{- $auth := .Values.redis.auth | default dict -}}
+{{- if $auth.existingSecret -}}
+name: {{ $auth.existingSecret }}
+key: {{ $auth.existingSecretKey | default "password" }}
+{{- else -}}
+name: {{ include "ratemesh.bundledRedis" . }}-auth
+key: password
+{{- end -}}
+{{- end -}}
+
 {{/* Refuses contradictory or missing Redis settings. */}}
 {{- define "ratemesh.validateRedis" -}}
 {{- $external := or .Values.redis.url .Values.redis.existingSecret -}}
