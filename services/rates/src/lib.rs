@@ -80,7 +80,7 @@ pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
     let (loaded_tx, loaded) = watch::channel(false);
     let shutdown = ctx.shutdown().clone();
     let mut module = ServiceModule::new("rates", readiness)
-        .grpc(read.server, access::RATE_SERVICE)
+        .grpc_from_memory(read.server, access::RATE_SERVICE)
         .task("rates replica", read.task)
         .task("rates snapshot", read.snapshot_task)
         .grpc(

@@ -35,19 +35,27 @@ async fn livez() -> &'static str {
 }
 
 async fn readyz(State(health): State<HealthState>) -> impl IntoResponse {
+    let backend = *health.backend.borrow();
     if health.all_ready() {
-        (StatusCode::OK, "ready\n".to_owned())
+        let body = if backend {
+            "ready\n"
+        } else {
+            "ready (backend disconnected: answering from memory; writes wait for it)\n"
+        };
+        (StatusCode::OK, body.to_owned())
     } else {
         let mut why = String::from("not ready:");
-        if !*health.backend.borrow() {
-            why.push_str(" backend disconnected;");
-        }
         if *health.shutting_down.borrow() {
             why.push_str(" shutting down;");
         }
         for entry in &health.entries {
             if !entry.readiness.get() {
                 why.push_str(&format!(" {} not ready;", entry.grpc_services.join(",")));
+            } else if !health.is_ready(entry) {
+                why.push_str(&format!(
+                    " {} needs the backend, which is disconnected;",
+                    entry.grpc_services.join(",")
+                ));
             }
         }
         why.push('\n');

@@ -91,6 +91,8 @@ pub struct ServiceModule {
     add_routes: Vec<AddRoutes>,
     http: Option<axum::Router>,
     readiness: Readiness,
+    /// gRPC services that answer from memory once the module is ready.
+    from_memory: Vec<&'static str>,
     tasks: Vec<(&'static str, Task)>,
 }
 
@@ -117,13 +119,50 @@ impl ServiceModule {
             add_routes: Vec::new(),
             http: None,
             readiness,
+            from_memory: Vec::new(),
             tasks: Vec::new(),
         }
     }
 
     /// Adds a gRPC service and the service's declaration of who may call each of its RPCs;
     /// its name is reported by health and reflection.
-    pub fn grpc<S>(mut self, service: S, access: MethodRoles) -> Self
+    pub fn grpc<S>(self, service: S, access: MethodRoles) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.add_grpc(service, access, false)
+    }
+
+    /// Like [`ServiceModule::grpc`], for a service that answers from memory once the
+    /// module is ready: it stays SERVING while the backend is disconnected, and so does the
+    /// module (the process stays ready for it), while the module's other services report
+    /// NOT_SERVING by name.
+    pub fn grpc_from_memory<S>(self, service: S, access: MethodRoles) -> Self
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.add_grpc(service, access, true)
+    }
+
+    fn add_grpc<S>(mut self, service: S, access: MethodRoles, from_memory: bool) -> Self
     where
         S: tower::Service<
                 http::Request<tonic::body::Body>,
@@ -137,6 +176,9 @@ impl ServiceModule {
         S::Future: Send + 'static,
     {
         self.grpc_services.push((S::NAME, access));
+        if from_memory {
+            self.from_memory.push(S::NAME);
+        }
         self.add_routes.push(Box::new(move |routes| {
             routes.add_service(service);
         }));
@@ -264,6 +306,7 @@ impl App {
                 .map(|m| HealthEntry {
                     grpc_services: m.grpc_services.iter().map(|s| s.0).collect(),
                     readiness: m.readiness.clone(),
+                    from_memory: m.from_memory.clone(),
                 })
                 .collect(),
             backend: ctx.bus().connected(),

@@ -43,5 +43,5 @@ pub mod trace_context;
 pub use app::{App, Context, ServiceModule};
 pub use auth::{Principal, Role};
 pub use error::{ApiError, FieldViolation};
-pub use health::Readiness;
+pub use health::{BACKEND_HEALTH, Readiness};
 pub use settings::Settings;
