@@ -8,7 +8,7 @@
 #   - each case rendered for, and every rendered Kubernetes object validated against, every
 #     Kubernetes minor version the chart claims (Chart.yaml's kubeVersion, from its minimum
 #     to the newest kubernetes-validate bundles; kubernetes-validate --strict); custom
-#     resources (KEDA ScaledObject and TriggerAuthentication, ServiceMonitor) against the
+#     resources (KEDA ScaledObject and TriggerAuthentication, ServiceMonitor, PrometheusRule) against the
 #     schemas bundled in deploy/schemas;
 #   - the preStop pause, the webhook Ingress and the bundled Redis (maxmemory under its
 #     memory limit, noeviction, a password ratemesh and KEDA use) asserted per render;
@@ -184,6 +184,8 @@ render production-webhook-ingress -f "$CHART/ci/production-values.yaml" -f "$CHA
 render webhook-ingress-bundled-redis --set ingress.enabled=true --set ingress.host=erp-hooks.example.com \
   --set ingress.tls.secretName=erp-hooks-tls --set keda.enabled=true
 render production-prestop-exec -f "$CHART/ci/production-values.yaml" --set 'preStopExecCommand[0]=/busybox/sleep'
+render production-alerts -f "$CHART/ci/production-values.yaml" --set metrics.prometheusRule.enabled=true \
+  --set metrics.prometheusRule.labels.release=kube-prometheus-stack
 render redis-own-secret-and-maxmemory --set redis.auth.existingSecret=redis-auth --set redis.auth.existingSecretKey=pw \
   --set redis.maxmemory=700mb --set keda.enabled=true
 
@@ -206,6 +208,9 @@ $CHECK expect "$WORK/digest-and-minAvailable.yaml" PodDisruptionBudget=1
 $CHECK expect "$WORK/production-webhook-ingress.yaml" Ingress=1 NetworkPolicy=4
 $CHECK expect "$WORK/webhook-ingress-bundled-redis.yaml" Ingress=1 Secret=2 TriggerAuthentication=1
 $CHECK expect "$WORK/redis-own-secret-and-maxmemory.yaml" Secret=1 StatefulSet=1 TriggerAuthentication=1
+$CHECK expect "$WORK/production-alerts.yaml" PrometheusRule=1 ServiceMonitor=1
+for name in defaults production minimal; do $CHECK expect "$WORK/$name.yaml" PrometheusRule=0; done
+$CHECK alerts "$WORK/production-alerts.yaml" "$CHART/files/ratemesh.rules.yaml"
 
 log "chart: preStop pause on every Kubernetes version (the sleep action needs 1.30)"
 for version in $KUBE_VERSIONS; do

@@ -26,6 +26,8 @@ check-jsonschema). Subcommands:
   redis RENDERED               assert the bundled Redis (when rendered) has a maxmemory below
                                its container's memory limit with noeviction, requires a
                                password from a Secret, and that ratemesh and KEDA use it
+  alerts RENDERED RULES         assert the PrometheusRule (when rendered) carries exactly the
+                               rule groups of the rules file RULES (what promtool checks in CI)
   compose FILE                 structural check of the compose file (no Docker engine here)
 
 Exit status 1 with one line per problem on failure.
@@ -448,6 +450,18 @@ def cmd_redis(rendered: str) -> int:
     return problems.finish(f"{rendered}: bundled Redis: maxmemory {maxmemory[0] if maxmemory else '-'} under limit {limit}, noeviction, password from Secret {auth[0]}")
 
 
+def cmd_alerts(rendered: str, rules_file: str) -> int:
+    problems = Problems()
+    rules = [d for d in load_docs(rendered) if d["kind"] == "PrometheusRule"]
+    expected = yaml.safe_load(pathlib.Path(rules_file).read_text(encoding="utf-8"))
+    problems.check(len(rules) == 1, f"expected one PrometheusRule, rendered {len(rules)}")
+    for rule in rules:
+        problems.check(rule["spec"] == expected, f"{ident(rule)}: spec differs from {rules_file}")
+        alerts = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+        problems.check(len(alerts) >= 5, f"{ident(rule)}: only {len(alerts)} alerts")
+    return problems.finish(f"{rendered}: PrometheusRule has the rules of {rules_file}")
+
+
 def cmd_compose(path: str) -> int:
     problems = Problems()
     base = pathlib.Path(path).resolve().parent
@@ -518,6 +532,8 @@ def main(argv: list[str]) -> int:
         return cmd_streams(argv[1], argv[2])
     if len(argv) >= 2 and argv[0] == "expect":
         return cmd_expect(argv[1], argv[2:])
+    if len(argv) == 3 and argv[0] == "alerts":
+        return cmd_alerts(argv[1], argv[2])
     if len(argv) == 2 and argv[0] == "compose":
         return cmd_compose(argv[1])
     print(__doc__, file=sys.stderr)
