@@ -22,7 +22,7 @@ use crate::state::{
     CAS_ATTEMPTS, DueTimer, Expect, HistoryLookup, Idempotency, Retention, Staged, StatePage,
     StateRecord, StateWrite, StreamStats, Update, Written,
 };
-use crate::trace_context::current_traceparent;
+use crate::trace_context::{producer_span, traceparent_of};
 
 #[derive(Clone)]
 enum Backend {
@@ -48,9 +48,13 @@ impl std::fmt::Debug for Bus {
     }
 }
 
-fn fill_traceparent(mut event: Event) -> Event {
+/// Gives `event` the trace context of the append when it names none: a PRODUCER span for
+/// `stream`, child of the current span, made once per call (`producer`) and kept open by
+/// the caller until the append returns.
+fn fill_traceparent(mut event: Event, stream: &str, producer: &mut Option<tracing::Span>) -> Event {
     if event.traceparent.is_none() {
-        event.traceparent = current_traceparent();
+        let span = producer.get_or_insert_with(|| producer_span(stream));
+        event.traceparent = traceparent_of(span);
     }
     event
 }
@@ -179,7 +183,12 @@ impl Bus {
         for e in &events {
             check_event(stream, e)?;
         }
-        let events: Vec<Event> = events.into_iter().map(fill_traceparent).collect();
+        let mut producer = None;
+        let events: Vec<Event> = events
+            .into_iter()
+            .map(|e| fill_traceparent(e, stream, &mut producer))
+            .collect();
+        let _producer = producer;
         match &self.backend {
             Backend::Memory(m) => Ok(m.publish(stream, events)),
             Backend::Redis(r) => r.publish(stream, events).await,
@@ -431,7 +440,9 @@ impl Bus {
                 event.key, write.key
             )));
         }
-        let event = fill_traceparent(event);
+        let mut producer = None;
+        let event = fill_traceparent(event, stream, &mut producer);
+        let _producer = producer;
         let (version, appended) = match &self.backend {
             Backend::Memory(m) => m.write_state(write, Some((stream, vec![event])))?,
             Backend::Redis(r) => r.write_state(write, Some((stream, vec![event]))).await?,
@@ -455,6 +466,8 @@ impl Bus {
             (0..writes.len()).map(|_| None).collect();
         let mut by_partition: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
         let mut checked = Vec::with_capacity(writes.len());
+        // One PRODUCER span for the appends of the call that name no trace of their own.
+        let mut producer: Option<tracing::Span> = None;
         for (i, (write, publish)) in writes.into_iter().enumerate() {
             let verdict = Self::check_write(&write).and_then(|()| match &publish {
                 Some((stream, events)) => {
@@ -482,7 +495,11 @@ impl Bus {
                 Err(e) => results[i] = Some(Err(e)),
             }
             let publish = publish.map(|(stream, events)| {
-                (stream, events.into_iter().map(fill_traceparent).collect())
+                let events = events
+                    .into_iter()
+                    .map(|e| fill_traceparent(e, stream, &mut producer))
+                    .collect();
+                (stream, events)
             });
             checked.push(Some((write, publish)));
         }

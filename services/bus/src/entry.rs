@@ -129,12 +129,18 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// A span for handling this entry that continues the producer's trace.
+    /// A CONSUMER span for handling this entry alone that continues the producer's
+    /// trace. A consumer of batches uses [`crate::trace_context::BatchSpans`] instead.
     ///
     /// Handlers run inside it: `handle(d).instrument(d.span()).await`.
     pub fn span(&self) -> tracing::Span {
         let span = tracing::info_span!(
             "bus.consume",
+            otel.name = %format_args!("process {}", self.stream),
+            otel.kind = "consumer",
+            messaging.system = crate::trace_context::MESSAGING_SYSTEM,
+            messaging.destination.name = %self.stream,
+            messaging.operation = "process",
             stream = %self.stream,
             partition = self.partition,
             id = %self.id,

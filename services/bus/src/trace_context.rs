@@ -76,6 +76,99 @@ pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str) -> b
     span.set_parent(cx).is_ok()
 }
 
+/// The value of `messaging.system` on stream spans: the streams are Redis Streams (the
+/// embedded backend stands in for Redis in tests and `up`).
+pub const MESSAGING_SYSTEM: &str = "redis";
+
+/// A PRODUCER span for appending to `stream`, child of the current span; the entries
+/// appended inside it carry its trace context.
+pub fn producer_span(stream: &str) -> tracing::Span {
+    tracing::info_span!(
+        "stream.send",
+        otel.name = %format_args!("send {stream}"),
+        otel.kind = "producer",
+        messaging.system = MESSAGING_SYSTEM,
+        messaging.destination.name = %stream,
+        messaging.operation = "send",
+    )
+}
+
+/// The spans a consumer handles a batch in: one CONSUMER span per trace the batch's
+/// entries carry, child of the producer of those entries, not one per entry. A push of
+/// 5,000 items is one trace, so each stage handles a read batch of it under one span;
+/// entries of different pushes in one batch stay in their own traces.
+///
+/// Building it costs one span per distinct `traceparent` in the batch; [`Self::of`] is a
+/// lookup and a reference-count increment, cheap enough for every entry.
+#[derive(Debug)]
+pub struct BatchSpans {
+    traced: std::collections::HashMap<String, tracing::Span>,
+    untraced: Option<tracing::Span>,
+}
+
+impl BatchSpans {
+    /// The spans for handling `batch`, read from its stream in consumer group `group`.
+    pub fn new(group: &str, batch: &[crate::Delivery]) -> Self {
+        use std::collections::HashMap;
+        let mut counts: HashMap<Option<&str>, (usize, &str)> = HashMap::new();
+        for d in batch {
+            counts
+                .entry(d.traceparent.as_deref())
+                .or_insert((0, d.stream.as_str()))
+                .0 += 1;
+        }
+        let mut spans = BatchSpans {
+            traced: HashMap::with_capacity(counts.len()),
+            untraced: None,
+        };
+        for (traceparent, (count, stream)) in counts {
+            let span = consumer_span(stream, group, count);
+            match traceparent {
+                Some(tp) => {
+                    set_parent_from_traceparent(&span, tp);
+                    spans.traced.insert(tp.to_owned(), span);
+                }
+                None => spans.untraced = Some(span),
+            }
+        }
+        spans
+    }
+
+    /// The span to handle `d` in (its trace's); a disabled span for an entry of another
+    /// batch.
+    pub fn of(&self, d: &crate::Delivery) -> tracing::Span {
+        let span = match d.traceparent.as_deref() {
+            Some(tp) => self.traced.get(tp),
+            None => self.untraced.as_ref(),
+        };
+        span.cloned().unwrap_or_else(tracing::Span::none)
+    }
+
+    /// How many spans the batch is handled in.
+    pub fn len(&self) -> usize {
+        self.traced.len() + usize::from(self.untraced.is_some())
+    }
+
+    /// True for an empty batch.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A CONSUMER span for handling `count` entries of `stream` in group `group`.
+pub fn consumer_span(stream: &str, group: &str, count: usize) -> tracing::Span {
+    tracing::info_span!(
+        "stream.process",
+        otel.name = %format_args!("process {stream}"),
+        otel.kind = "consumer",
+        messaging.system = MESSAGING_SYSTEM,
+        messaging.destination.name = %stream,
+        messaging.operation = "process",
+        messaging.consumer.group.name = %group,
+        messaging.batch.message_count = count,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
