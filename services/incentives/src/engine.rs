@@ -32,6 +32,7 @@ use ratemesh_proto::v1;
 use ratemesh_runtime::ApiError;
 use ratemesh_runtime::error::Conflict;
 use rust_decimal::Decimal;
+use tracing::Instrument;
 
 use crate::clock::Clock;
 use crate::events::incentive_changed;
@@ -623,6 +624,19 @@ impl Engine {
     /// overstocked first; every other one is logged with why and counted. Returns the
     /// SKUs whose open failed on the backend (their stock entries are retried).
     pub async fn open_candidates(&self, candidates: Vec<Candidate>) -> Vec<Sku> {
+        self.open_candidates_traced(candidates, |_| tracing::Span::current())
+            .await
+    }
+
+    /// [`Engine::open_candidates`], each incentive opened in the span `trace_of` gives
+    /// its SKU: the trace of the stock reading that made it a candidate, so the
+    /// `IncentiveChanged` it publishes, the rate it moves and the partner delivery it
+    /// causes stay in that trace.
+    pub async fn open_candidates_traced(
+        &self,
+        candidates: Vec<Candidate>,
+        trace_of: impl Fn(&Sku) -> tracing::Span,
+    ) -> Vec<Sku> {
         if candidates.is_empty() {
             return Vec::new();
         }
@@ -651,7 +665,7 @@ impl Engine {
         }
         let mut failed = Vec::new();
         for c in selection.winners {
-            match self.open_automatic(&c).await {
+            match self.open_automatic(&c).instrument(trace_of(&c.sku)).await {
                 Ok(true) => {
                     if let Err(e) = self.store.stop_waiting(&c.sku).await {
                         tracing::warn!(sku = %c.sku, error = %e, "waiting entry not removed; the sweep drops it");

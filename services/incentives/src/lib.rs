@@ -73,6 +73,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeDelta;
+use ratemesh_bus::trace_context::BatchSpans;
 use ratemesh_contract::streams;
 use ratemesh_core::{Candidate, Event as CoreEvent, Policy, Sku};
 use ratemesh_proto::v1::incentive_service_server::IncentiveServiceServer;
@@ -209,6 +210,9 @@ const SKUS_AT_ONCE: usize = 64;
 /// are offered their incentives.
 async fn handle_batch(engine: &Engine, batch: Vec<ratemesh_bus::Delivery>) -> Settled {
     use futures::StreamExt;
+    // One span per trace of the batch, not per SKU; an incentive opens in the trace of
+    // the reading that made its SKU a candidate.
+    let spans = BatchSpans::new(streams::readers::INCENTIVES.group, &batch);
     let mut order: Vec<String> = Vec::new();
     let mut by_key: HashMap<String, Vec<ratemesh_bus::Delivery>> = HashMap::new();
     for d in batch {
@@ -251,7 +255,7 @@ async fn handle_batch(engine: &Engine, batch: Vec<ratemesh_bus::Delivery>) -> Se
     }
     let folded: Vec<(Settled, Vec<ratemesh_bus::Delivery>, Vec<Candidate>)> =
         futures::stream::iter(runs)
-            .map(|run| fold_run(engine, run))
+            .map(|run| fold_run(engine, run, &spans))
             .buffer_unordered(SKUS_AT_ONCE)
             .collect()
             .await;
@@ -260,7 +264,14 @@ async fn handle_batch(engine: &Engine, batch: Vec<ratemesh_bus::Delivery>) -> Se
         done.extend(folded);
         candidates.extend(found);
     }
-    let failed = engine.open_candidates(candidates).await;
+    let failed = engine
+        .open_candidates_traced(candidates, |sku| {
+            done.iter()
+                .rev()
+                .find(|d| d.key == sku.as_str())
+                .map_or_else(tracing::Span::none, |d| spans.of(d))
+        })
+        .await;
     // An entry whose SKU failed to open is retried; its fold is idempotent.
     for d in done {
         if failed.iter().any(|s| s.as_str() == d.key) {
@@ -298,6 +309,7 @@ fn decoded_run(run: &[ratemesh_bus::Delivery]) -> Option<(Sku, Vec<CoreEvent>)> 
 async fn fold_run(
     engine: &Engine,
     run: Vec<ratemesh_bus::Delivery>,
+    spans: &BatchSpans,
 ) -> (Settled, Vec<ratemesh_bus::Delivery>, Vec<Candidate>) {
     let mut settled = Settled::default();
     let mut done = Vec::with_capacity(run.len());
@@ -324,7 +336,7 @@ async fn fold_run(
                 }
             }
         }
-        .instrument(d.span())
+        .instrument(spans.of(&d))
         .await;
         match result {
             Ok(candidate) => {

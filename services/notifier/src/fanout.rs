@@ -7,6 +7,7 @@ use ratemesh_contract::time::to_millis;
 use std::sync::Arc;
 
 use prost::Message;
+use ratemesh_bus::trace_context::BatchSpans;
 use ratemesh_bus::{Bus, Delivery};
 use ratemesh_contract::streams;
 use ratemesh_proto::v1;
@@ -61,8 +62,10 @@ impl Fanout {
     /// nothing.
     async fn handle_batch(&self, batch: Vec<Delivery>) -> Settled {
         let mut settled = Settled::default();
+        // One span per trace of the batch, not per entry.
+        let spans = BatchSpans::new(streams::readers::NOTIFIER.group, &batch);
         for entry in batch {
-            match self.handle(&entry).instrument(entry.span()).await {
+            match self.handle(&entry).instrument(spans.of(&entry)).await {
                 Ok(()) => settled.ack.push(entry),
                 Err(e) => settled.nack.push((entry, e.to_string())),
             }
@@ -161,9 +164,10 @@ impl Fanout {
     }
 }
 
+/// The trace a delivery continues: the span handling the entry (so the partner POST is a
+/// child of this stage), else what the entry carried.
 fn traceparent_of(entry: &Delivery, meta: &v1::EventMeta) -> Option<String> {
-    entry
-        .traceparent
-        .clone()
+    ratemesh_bus::trace_context::current_traceparent()
+        .or_else(|| entry.traceparent.clone())
         .or_else(|| (!meta.traceparent.is_empty()).then(|| meta.traceparent.clone()))
 }

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 
+use ratemesh_bus::trace_context::BatchSpans;
 use ratemesh_bus::{Delivery, StateRecord};
 use ratemesh_contract::streams;
 use ratemesh_core::{Event, Sku};
@@ -50,6 +51,8 @@ pub async fn run(
 /// are applied together ([`Engine::apply_many`]: one read, one write per partition);
 /// runs with category overrides are applied key by key, concurrently.
 pub async fn handle_batch(engine: &Engine, batch: Vec<Delivery>) -> Settled {
+    // One span per trace of the batch, not per SKU: a 5,000-item push is one span here.
+    let spans = BatchSpans::new(streams::readers::RATES.group, &batch);
     let mut order: Vec<String> = Vec::new();
     let mut by_key: HashMap<String, Vec<Delivery>> = HashMap::new();
     for d in batch {
@@ -70,7 +73,7 @@ pub async fn handle_batch(engine: &Engine, batch: Vec<Delivery>) -> Settled {
             Ok(Some((sku, events, ds))) => {
                 let span = ds
                     .last()
-                    .map(Delivery::span)
+                    .map(|d| spans.of(d))
                     .unwrap_or_else(tracing::Span::none);
                 runs.push((sku, events, span));
                 deliveries.push(ds);
@@ -88,7 +91,7 @@ pub async fn handle_batch(engine: &Engine, batch: Vec<Delivery>) -> Settled {
                 let error = e.to_string();
                 let span = ds
                     .last()
-                    .map(Delivery::span)
+                    .map(|d| spans.of(d))
                     .unwrap_or_else(tracing::Span::none);
                 span.in_scope(
                     || tracing::warn!(sku = %sku, error = %error, "updating the rate failed"),
@@ -102,7 +105,7 @@ pub async fn handle_batch(engine: &Engine, batch: Vec<Delivery>) -> Settled {
     let concurrency = engine.options().concurrency.max(1);
     use futures::StreamExt;
     let outcomes: Vec<Settled> = futures::stream::iter(other_runs)
-        .map(|run| process_key(engine, run, None))
+        .map(|run| process_key(engine, run, None, &spans))
         .buffer_unordered(concurrency)
         .collect()
         .await;
@@ -167,6 +170,7 @@ async fn process_key(
     engine: &Engine,
     run: Vec<Delivery>,
     mut seen: Option<Option<StateRecord>>,
+    spans: &BatchSpans,
 ) -> Settled {
     let mut settled = Settled::default();
     // Consecutive entries for the same SKU, folded in one update.
@@ -195,7 +199,7 @@ async fn process_key(
                 }
                 _ => {
                     if let Some(run) = pending.take() {
-                        failed = flush(engine, run, seen.take(), &mut settled).await;
+                        failed = flush(engine, run, seen.take(), &mut settled, spans).await;
                     }
                     if let Some(error) = &failed {
                         settled
@@ -208,7 +212,7 @@ async fn process_key(
             },
             Routed::Category(category, event) => {
                 if let Some(run) = pending.take() {
-                    failed = flush(engine, run, seen.take(), &mut settled).await;
+                    failed = flush(engine, run, seen.take(), &mut settled, spans).await;
                     if let Some(error) = &failed {
                         settled
                             .nack
@@ -216,7 +220,7 @@ async fn process_key(
                         continue;
                     }
                 }
-                let span = d.span();
+                let span = spans.of(&d);
                 match engine
                     .apply_category(&category, &event)
                     .instrument(span)
@@ -233,7 +237,7 @@ async fn process_key(
         }
     }
     if let Some(run) = pending.take() {
-        flush(engine, run, seen.take(), &mut settled).await;
+        flush(engine, run, seen.take(), &mut settled, spans).await;
     }
     settled
 }
@@ -244,10 +248,11 @@ async fn flush(
     (sku, events, deliveries): (Sku, Vec<Event>, Vec<Delivery>),
     seen: Option<Option<StateRecord>>,
     settled: &mut Settled,
+    spans: &BatchSpans,
 ) -> Option<String> {
     let span = deliveries
         .last()
-        .map(Delivery::span)
+        .map(|d| spans.of(d))
         .unwrap_or_else(tracing::Span::none);
     match engine
         .apply_seen(&sku, &events, seen)

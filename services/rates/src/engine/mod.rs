@@ -65,7 +65,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use prost::Message;
-use ratemesh_bus::trace_context::current_traceparent;
+use ratemesh_bus::trace_context::{producer_span, traceparent_of};
 use ratemesh_bus::{Bus, BusError, HistoryLimits, RecordCache, StateRecord, StateWrite, Update};
 use ratemesh_contract::streams;
 use ratemesh_core::{Applied, Event, Override, Policy, RateCard, Reason, Sku, compute};
@@ -429,6 +429,8 @@ impl Engine {
         let mut written: Vec<(usize, Outcome, EngineRecord)> = Vec::new();
         let mut timers = Vec::new();
         let mut applied = Vec::with_capacity(runs.len());
+        // One PRODUCER span per trace of the batch, open until the write returns.
+        let mut producers: Vec<(Option<tracing::Id>, tracing::Span)> = Vec::new();
         for (i, (sku, events, seen, span)) in runs.into_iter().enumerate() {
             let _in_trace = span.enter();
             let decoded = match seen {
@@ -463,7 +465,7 @@ impl Engine {
                         }
                         Update::WriteAndPublish(write, stream, mut event, outcome) => {
                             if event.traceparent.is_none() {
-                                event.traceparent = current_traceparent();
+                                event.traceparent = append_traceparent(stream, &mut producers);
                             }
                             writes.push((write, Some((stream, vec![event]))));
                             written.push((i, outcome, record));
@@ -789,4 +791,22 @@ fn explanation(band: &str, reasons: &[Reason]) -> String {
 /// The core card stored for `sku` by the engine, if any (tests and tools).
 pub async fn stored_core_card(engine: &Engine, sku: &Sku) -> Result<Option<RateCard>, EngineError> {
     Ok(engine.load(sku).await?.0.card)
+}
+
+/// The `traceparent` of an append to `stream` in the current span (a run's trace): the
+/// PRODUCER span of that trace in `producers`, made on its first append, so a batch of
+/// one trace makes one span, however many SKUs it moved.
+fn append_traceparent(
+    stream: &str,
+    producers: &mut Vec<(Option<tracing::Id>, tracing::Span)>,
+) -> Option<String> {
+    let current = tracing::Span::current().id();
+    let at = match producers.iter().position(|(id, _)| *id == current) {
+        Some(at) => at,
+        None => {
+            producers.push((current, producer_span(stream)));
+            producers.len() - 1
+        }
+    };
+    traceparent_of(&producers[at].1)
 }
