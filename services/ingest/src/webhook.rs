@@ -77,13 +77,19 @@ async fn post_products(
 }
 
 async fn handle(state: Arc<WebhookState>, kind: Kind, headers: HeaderMap, body: Body) -> Response {
+    let route = match kind {
+        Kind::Stock => "/v1/stock",
+        Kind::Products => "/v1/products",
+    };
     let span = tracing::info_span!(
         "webhook",
-        otel.name = %format!("POST /v1/{}", kind.as_str()),
+        otel.name = %format_args!("POST {route}"),
         otel.kind = "server",
+        http.request.method = "POST",
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
         source = tracing::field::Empty,
         batch_id = tracing::field::Empty,
-        status = tracing::field::Empty,
     );
     trace_context::continue_from_headers(&span, &headers);
     let started = Instant::now();
@@ -100,7 +106,7 @@ async fn handle(state: Arc<WebhookState>, kind: Kind, headers: HeaderMap, body: 
     }
     .instrument(span.clone())
     .await;
-    span.record("status", response.status().as_u16());
+    span.record("http.response.status_code", response.status().as_u16());
     state
         .requests
         .record(kind, response.status(), started.elapsed().as_secs_f64());

@@ -213,6 +213,13 @@ impl Dispatcher {
 
         let span = tracing::info_span!(
             "notifier.deliver",
+            otel.name = "POST",
+            otel.kind = "client",
+            http.request.method = "POST",
+            url.full = %redacted_url(&partner.endpoint_url),
+            http.response.status_code = tracing::field::Empty,
+            "error.type" = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
             partner = %partner.id,
             delivery = %delivery.id,
             event_id = %delivery.event_id,
@@ -238,8 +245,15 @@ impl Dispatcher {
                 })
                 .await
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await;
+        if outcome.status != 0 {
+            span.record("http.response.status_code", outcome.status);
+        }
+        if !outcome.delivered {
+            span.record("error.type", error_type(&outcome));
+            span.record("otel.status_code", "ERROR");
+        }
         let finished = now_ms();
         self.breakers
             .record(endpoint_key, outcome.delivered, Instant::now());
@@ -330,4 +344,50 @@ impl Dispatcher {
 fn last_change(d: &DeliveryRecord) -> i64 {
     d.delivered_at_ms
         .unwrap_or(d.round_started_at_ms.max(d.created_at_ms))
+}
+
+/// A partner URL as a span attribute: without its query, fragment and user info, which
+/// may hold credentials.
+fn redacted_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let url = url.split(['?', '#']).next().unwrap_or(url);
+    let Some(authority) = url.find("://").map(|i| i + 3) else {
+        return url.into();
+    };
+    let rest = &url[authority..];
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rfind('@') {
+        Some(at) => format!("{}{}", &url[..authority], &rest[at + 1..]).into(),
+        None => url.into(),
+    }
+}
+
+/// `error.type` of a failed attempt: the HTTP status, or the kind of transport failure.
+fn error_type(outcome: &crate::sender::Outcome) -> &'static str {
+    match outcome.status {
+        0 if outcome.error.starts_with("timeout") => "timeout",
+        0 => "transport",
+        100..=399 => "unexpected_status",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redacted_url;
+
+    #[test]
+    fn span_urls_carry_no_credentials() {
+        for (url, shown) in [
+            ("https://hooks.example/p/1", "https://hooks.example/p/1"),
+            (
+                "https://hooks.example/p?token=s3cret#x",
+                "https://hooks.example/p",
+            ),
+            ("https://user:pw@hooks.example/p", "https://hooks.example/p"),
+            ("https://hooks.example/a@b", "https://hooks.example/a@b"),
+        ] {
+            assert_eq!(redacted_url(url), shown, "{url}");
+        }
+    }
 }

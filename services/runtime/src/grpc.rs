@@ -310,12 +310,16 @@ where
                 }
             };
 
+            // Semantic-convention names, sliced from the path: no allocation per call.
+            let full = method.path.trim_start_matches('/');
+            let (service, name) = full.split_once('/').unwrap_or(("", full));
             let span = tracing::info_span!(
                 "rpc",
-                otel.name = &*method.path,
+                otel.name = full,
                 otel.kind = "server",
                 rpc.system = "grpc",
-                rpc.method = &*method.label,
+                rpc.service = service,
+                rpc.method = name,
                 principal = tracing::field::Empty,
             );
             trace_context::continue_from_headers(&span, request.headers());
