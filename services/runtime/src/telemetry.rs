@@ -23,6 +23,17 @@ pub struct TelemetryGuard {
 }
 
 impl TelemetryGuard {
+    /// Exports the spans ended so far now rather than at the next batch (on a blocking
+    /// thread, as the SDK's flush blocks).
+    pub async fn flush(&self) {
+        if let Some(provider) = self.provider.clone() {
+            let result = tokio::task::spawn_blocking(move || provider.force_flush()).await;
+            if let Ok(Err(err)) = result {
+                eprintln!("trace export did not flush: {err}");
+            }
+        }
+    }
+
     /// Flushes pending spans (bounded by a timeout, on a blocking thread because the SDK's
     /// shutdown blocks).
     pub async fn shutdown(mut self) {

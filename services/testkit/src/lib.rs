@@ -15,12 +15,14 @@
 //! [`bearer`] (the API-key interceptor), [`eventually`] (polling with a deadline), [`health`] (waiting for SERVING),
 //! [`erp`] (stock and product lines, the signed webhook client), [`app`] (the running
 //! services and their verbs), [`sink`] (a partner endpoint that records webhooks),
-//! [`promtool`] (Prometheus's checker of the exposition and the alert rules).
+//! [`promtool`] (Prometheus's checker of the exposition and the alert rules),
+//! [`collector`] (an OTLP trace collector that keeps what the app exports).
 
 #![allow(unreachable_pub)]
 
 pub mod app;
 pub mod bearer;
+pub mod collector;
 pub mod erp;
 pub mod eventually;
 pub mod health;
@@ -30,6 +32,7 @@ pub mod sink;
 
 pub use app::TestApp;
 pub use bearer::Bearer;
+pub use collector::{CollectedSpan, Collector, SpanKind};
 pub use erp::{Answer, ErpClient, Product, Stock};
 pub use eventually::{eventually, wait_for};
 pub use health::wait_serving;
