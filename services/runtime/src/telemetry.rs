@@ -1,5 +1,7 @@
 //! Logs and traces: a `tracing` subscriber with pretty or JSON output, and an OpenTelemetry
 //! layer so every span has a W3C trace context, exported over OTLP when an endpoint is set.
+//! A JSON log line logged inside a span carries that span's `trace_id` and `span_id`
+//! ([`WithTraceIds`]).
 //!
 //! The trace context exists even without an exporter: requests, stream entries and partner
 //! webhooks carry `traceparent` either way, so traces join up once a collector is added.
@@ -15,6 +17,9 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::settings::{LogFormat, TelemetrySettings};
+
+mod trace_ids;
+pub use trace_ids::WithTraceIds;
 
 /// Flushes and shuts down trace export when the process stops.
 #[must_use = "dropping the guard without `shutdown` may lose the last spans"]
@@ -83,6 +88,23 @@ pub fn init_for_tests() {
     });
 }
 
+/// The log layer of `log_format = "json"`, writing to `writer`: one JSON object a line,
+/// event fields flattened, the current span and its parents, and the OpenTelemetry
+/// `trace_id` and `span_id` of the span the line was logged in.
+pub fn json_logs<S, W>(writer: W) -> impl Layer<S> + Send + Sync
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(false)
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .map_event_format(WithTraceIds::new)
+}
+
 type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
 
 fn build_layers(
@@ -123,12 +145,7 @@ fn build_layers(
             .with_target(false)
             .compact()
             .boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .with_ansi(false)
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .boxed(),
+        LogFormat::Json => json_logs(std::io::stdout).boxed(),
     };
     // Traces follow their own filter, not the log level: quieting logs to `warn` must not
     // break trace context, which rides on info-level spans.
