@@ -86,10 +86,14 @@ async fn a_redis_outage_keeps_rates_ready_and_reports_the_write_path_down() {
     let (status, body) = rates.admin_get("/readyz").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("backend disconnected"), "{body}");
-    let first = get_rate(&rates, "SKU-READY").await.expect("read from memory");
+    let first = get_rate(&rates, "SKU-READY")
+        .await
+        .expect("read from memory");
     assert!(first.version >= card.version);
     for _ in 0..20 {
-        let read = get_rate(&rates, "SKU-READY").await.expect("read from memory");
+        let read = get_rate(&rates, "SKU-READY")
+            .await
+            .expect("read from memory");
         assert_eq!(read, first);
     }
 
