@@ -15,7 +15,7 @@ use crate::entry::{Appended, DeadLetter, DeadLetterRef, Delivery, EntryId, Event
 use crate::error::{BusError, BusResult};
 use crate::memory::{MemoryBackend, MemoryConsumer, MemoryTail};
 use crate::names::{check_group, check_key, check_name, check_state_key};
-use crate::options::BusOptions;
+use crate::options::{BusOptions, RedisTls};
 use crate::partition::partition_of;
 use crate::redis::{RedisBackend, RedisConsumer, RedisTail, Target};
 use crate::state::{
@@ -81,7 +81,18 @@ impl Bus {
     /// [`Bus::connected`] reports when it is up, and operations fail with
     /// [`BusError::Unavailable`] meanwhile. Only a bad URL, prefix or options fail here.
     pub async fn redis(url: &str, prefix: &str, opts: BusOptions) -> BusResult<Bus> {
-        Self::on_redis(Target::open(&[url.to_owned()], false)?, prefix, opts).await
+        Self::on_redis(Target::open(&[url.to_owned()], false, None)?, prefix, opts).await
+    }
+
+    /// [`Bus::redis`] at a `rediss://` URL with a CA or client certificate of its own.
+    pub async fn redis_with_tls(
+        url: &str,
+        prefix: &str,
+        opts: BusOptions,
+        tls: &RedisTls,
+    ) -> BusResult<Bus> {
+        let target = Target::open(&[url.to_owned()], false, Some(tls))?;
+        Self::on_redis(target, prefix, opts).await
     }
 
     /// A bus on a Redis Cluster known by `seeds` (`redis://host:port` each; any reachable
@@ -90,7 +101,18 @@ impl Bus {
     /// primaries. Redirections (`MOVED`, `ASK`), failovers and slot moves are followed
     /// with a few retries; an operation that still fails is [`BusError::Unavailable`].
     pub async fn redis_cluster(seeds: &[String], prefix: &str, opts: BusOptions) -> BusResult<Bus> {
-        Self::on_redis(Target::open(seeds, true)?, prefix, opts).await
+        Self::on_redis(Target::open(seeds, true, None)?, prefix, opts).await
+    }
+
+    /// [`Bus::redis_cluster`] with `rediss://` seeds and a CA or client certificate of its
+    /// own (used for every node of the cluster).
+    pub async fn redis_cluster_with_tls(
+        seeds: &[String],
+        prefix: &str,
+        opts: BusOptions,
+        tls: &RedisTls,
+    ) -> BusResult<Bus> {
+        Self::on_redis(Target::open(seeds, true, Some(tls))?, prefix, opts).await
     }
 
     async fn on_redis(target: Target, prefix: &str, opts: BusOptions) -> BusResult<Bus> {

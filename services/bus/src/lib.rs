@@ -74,7 +74,7 @@ pub use cache::RecordCache;
 pub use cursor::Cursor;
 pub use entry::{Appended, DeadLetter, DeadLetterRef, Delivery, EntryId, Event, NackOutcome};
 pub use error::{BusError, BusResult};
-pub use options::BusOptions;
+pub use options::{BusOptions, RedisTls};
 pub use state::{
     CAS_ATTEMPTS, DueTimer, Expect, HistoryEntry, HistoryLimits, HistoryLookup, Idempotency,
     Retention, Staged, StatePage, StateRecord, StateWrite, StreamStats, Update, Written,

@@ -70,3 +70,37 @@ impl BusOptions {
         Ok(())
     }
 }
+
+/// TLS material for `rediss://` URLs, beyond what the URL says: the CA the server's
+/// certificate must chain to (else the system's roots) and a client certificate for a
+/// server that requires one. PEM bytes each.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    /// PEM CA certificates; `None` trusts the system's roots.
+    pub root_cert_pem: Option<Vec<u8>>,
+    /// PEM client certificate chain and its PEM private key.
+    pub client_pem: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("custom_roots", &self.root_cert_pem.is_some())
+            .field("client_cert", &self.client_pem.is_some())
+            .finish()
+    }
+}
+
+impl RedisTls {
+    pub(crate) fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self.client_pem.clone().map(|(client_cert, client_key)| {
+                redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                }
+            }),
+            root_cert: self.root_cert_pem.clone(),
+        }
+    }
+}

@@ -12,6 +12,7 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::watch;
 
 use crate::error::BusError;
+use crate::options::RedisTls;
 
 /// Longest a non-blocking command may take before it counts as a lost connection.
 /// Generous because `appendfsync always` makes every write wait for a disk flush.
@@ -35,20 +36,39 @@ pub(crate) enum Target {
 }
 
 impl Target {
-    /// One server at `urls[0]`, or, with `cluster`, a cluster seeded by every URL.
-    pub(crate) fn open(urls: &[String], cluster: bool) -> Result<Self, BusError> {
+    /// One server at `urls[0]`, or, with `cluster`, a cluster seeded by every URL; `tls`
+    /// adds a CA or client certificate to `rediss://` URLs.
+    pub(crate) fn open(
+        urls: &[String],
+        cluster: bool,
+        tls: Option<&RedisTls>,
+    ) -> Result<Self, BusError> {
         let invalid =
             |e: redis::RedisError| BusError::InvalidInput(format!("redis url is invalid: {e}"));
+        if urls.iter().any(|u| u.starts_with("rediss://")) {
+            // The redis client builds its TLS config with the process's default provider;
+            // name it, rather than rely on exactly one provider being compiled in. An
+            // already installed one (the same, by another caller) is fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         match (urls, cluster) {
             ([], _) => Err(BusError::InvalidInput("no redis url given".to_owned())),
-            ([url], false) => Ok(Target::Single(
-                redis::Client::open(url.as_str()).map_err(invalid)?,
-            )),
+            ([url], false) => Ok(Target::Single(match tls {
+                None => redis::Client::open(url.as_str()).map_err(invalid)?,
+                Some(tls) => redis::Client::build_with_tls(url.as_str(), tls.certificates())
+                    .map_err(|e| {
+                        BusError::InvalidInput(format!("redis TLS settings are invalid: {e}"))
+                    })?,
+            })),
             (_, false) => Err(BusError::InvalidInput(
                 "several redis urls are only accepted in cluster mode".to_owned(),
             )),
             (urls, true) => {
-                let client = ClusterClientBuilder::new(urls.iter().map(String::as_str))
+                let mut builder = ClusterClientBuilder::new(urls.iter().map(String::as_str));
+                if let Some(tls) = tls {
+                    builder = builder.certs(tls.certificates());
+                }
+                let client = builder
                     .retries(CLUSTER_RETRIES)
                     .min_retry_wait(CLUSTER_RETRY_WAIT_MS.0)
                     .max_retry_wait(CLUSTER_RETRY_WAIT_MS.1)

@@ -9,16 +9,20 @@
 //! [`RedisCluster::start`] does the same for a Redis Cluster of six such servers (three
 //! primaries, three replicas), created with `redis-cli --cluster create`.
 //!
+//! [`RedisServer::start_tls`] adds a TLS port with certificates from [`certs::TlsFiles`]
+//! (made at test time), for `rediss://` tests.
+//!
 //! A missing `redis-server` (or, for a cluster, `redis-cli`) fails the test with a
 //! message saying how to install it; it never skips.
 
+pub mod certs;
 mod cluster;
 
 pub use cluster::RedisCluster;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -50,7 +54,20 @@ pub struct RedisServer {
     persistence: Persistence,
     /// The cluster bus port, for a node of a [`RedisCluster`].
     cluster_port: Option<u16>,
+    /// A TLS port besides the plaintext one, for [`RedisServer::start_tls`].
+    tls: Option<TlsPort>,
     child: Option<Child>,
+}
+
+/// The TLS port of a test server and the files it serves with.
+#[derive(Debug, Clone)]
+struct TlsPort {
+    port: u16,
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    /// Whether clients must present a certificate issued by `ca`.
+    auth_clients: bool,
 }
 
 static PREFIX_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -75,13 +92,46 @@ impl RedisServer {
         Self::try_start_node(persistence, false)
     }
 
+    /// A server that also listens for TLS (see [`RedisServer::tls_url`]) with the server
+    /// certificate of `files`; with `require_client_cert`, a TLS client must present a
+    /// certificate issued by its CA. Panics when `redis-server` is missing, was built
+    /// without TLS, or does not come up.
+    pub fn start_tls(files: &certs::TlsFiles, require_client_cert: bool) -> Self {
+        let tls = TlsPort {
+            port: 0,
+            cert: files.server_cert_file.clone(),
+            key: files.server_key_file.clone(),
+            ca: files.ca_file.clone(),
+            auth_clients: require_client_cert,
+        };
+        match Self::try_start(Persistence::None, false, Some(tls)) {
+            Ok(server) => server,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     /// A server, with cluster mode enabled when `cluster` (see [`RedisCluster`]).
     fn try_start_node(persistence: Persistence, cluster: bool) -> Result<Self, String> {
+        Self::try_start(persistence, cluster, None)
+    }
+
+    fn try_start(
+        persistence: Persistence,
+        cluster: bool,
+        tls: Option<TlsPort>,
+    ) -> Result<Self, String> {
         let mut last_error = String::new();
         // A port picked free may be taken before redis binds it; try a few.
         for _ in 0..5 {
             let port = free_port()?;
             let cluster_port = if cluster { Some(free_port()?) } else { None };
+            let tls = match &tls {
+                Some(tls) => Some(TlsPort {
+                    port: free_port()?,
+                    ..tls.clone()
+                }),
+                None => None,
+            };
             let mut server = RedisServer {
                 dir: tempfile::Builder::new()
                     .prefix("ratemesh-redis-")
@@ -90,6 +140,7 @@ impl RedisServer {
                 port,
                 persistence,
                 cluster_port,
+                tls,
                 child: None,
             };
             match server.spawn_and_wait() {
@@ -104,6 +155,13 @@ impl RedisServer {
     /// `redis://127.0.0.1:<port>/`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// `rediss://127.0.0.1:<tls port>/` of a server started with
+    /// [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        let tls = self.tls.as_ref().expect("the server was started with TLS");
+        format!("rediss://127.0.0.1:{}/", tls.port)
     }
 
     /// The TCP port.
@@ -172,6 +230,17 @@ impl RedisServer {
                 .args([
                     "--cluster-node-timeout",
                     &cluster::NODE_TIMEOUT_MS.to_string(),
+                ]);
+        }
+        if let Some(tls) = &self.tls {
+            let path = |p: &Path| p.to_string_lossy().into_owned();
+            cmd.args(["--tls-port", &tls.port.to_string()])
+                .args(["--tls-cert-file", &path(&tls.cert)])
+                .args(["--tls-key-file", &path(&tls.key)])
+                .args(["--tls-ca-cert-file", &path(&tls.ca)])
+                .args([
+                    "--tls-auth-clients",
+                    if tls.auth_clients { "yes" } else { "no" },
                 ]);
         }
         match self.persistence {
