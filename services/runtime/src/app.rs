@@ -23,6 +23,7 @@ use crate::auth::{AccessTable, ApiKeys, MethodRoles};
 use crate::grpc::RpcLayer;
 use crate::health::{HealthEntry, HealthState, Readiness};
 use crate::settings::Settings;
+use crate::tls::ServerTls;
 
 /// What every service is built from: settings, the backend, and the shutdown signal.
 #[derive(Clone)]
@@ -218,6 +219,8 @@ pub struct App {
     http: Option<TcpListener>,
     admin: TcpListener,
     modules: Vec<ServiceModule>,
+    /// The listeners' TLS (`server.tls_*`), loaded at bind so a bad file stops the start.
+    tls: Option<ServerTls>,
 }
 
 impl std::fmt::Debug for App {
@@ -248,12 +251,14 @@ impl App {
             false => None,
         };
         let admin = bind("admin HTTP", server.admin_addr).await?;
+        let tls = ServerTls::from_settings(server)?;
         Ok(Self {
             ctx: ctx.clone(),
             grpc,
             http,
             admin,
             modules,
+            tls,
         })
     }
 
@@ -295,6 +300,7 @@ impl App {
             http,
             admin,
             modules,
+            tls,
         } = self;
         let settings = ctx.settings().clone();
         crate::metrics::spawn_upkeep();
@@ -373,21 +379,31 @@ impl App {
 
         let stop_accepting = CancellationToken::new();
         let keys = ApiKeys::from_settings(&settings.auth);
-        let grpc_server = tonic::transport::Server::builder()
+        let grpc_router = tonic::transport::Server::builder()
             .timeout(settings.server.request_timeout())
             .layer(RpcLayer::new(keys, access, settings.server.admission()))
-            .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-                stop_accepting.clone().cancelled_owned(),
-            );
+            .add_routes(routes.routes());
         let mut servers = JoinSet::new();
-        servers.spawn(async move { grpc_server.await.context("gRPC server") });
+        let stopped = stop_accepting.clone().cancelled_owned();
+        match &tls {
+            Some(tls) => {
+                let incoming = crate::tls::incoming(grpc, tls.grpc.clone(), stop_accepting.clone());
+                let server = grpc_router.serve_with_incoming_shutdown(incoming, stopped);
+                servers.spawn(async move { server.await.context("gRPC server") });
+            }
+            None => {
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+                let server = grpc_router.serve_with_incoming_shutdown(incoming, stopped);
+                servers.spawn(async move { server.await.context("gRPC server") });
+            }
+        }
         if let (Some(listener), Some(router)) = (http, http_router) {
             let stop = stop_accepting.clone();
             let limits = settings.server.http_limits();
+            let tls = tls.filter(|_| settings.server.http_tls).map(|tls| tls.http);
             servers.spawn(async move {
-                crate::http_server::serve(listener, router, limits, stop)
+                crate::http_server::serve(listener, router, limits, tls, stop)
                     .await
                     .context("webhook HTTP server")
             });

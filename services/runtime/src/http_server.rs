@@ -8,6 +8,10 @@
 //! - At most `max_connections` connections are open, and at most `max_connections_per_peer`
 //!   from one address; a connection beyond either is closed as it is accepted.
 //!
+//! With TLS (`server.tls_*` and `server.http_tls`), each admitted connection's handshake
+//! runs in its own task under [`crate::tls::HANDSHAKE_TIMEOUT`], counted against the same
+//! limits.
+//!
 //! Bodies are the handlers' business: the ingest webhook refuses unsigned requests before
 //! reading a body and reads the rest under its own deadline.
 
@@ -20,6 +24,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
@@ -36,12 +41,13 @@ pub struct ConnectionLimits {
     pub max_connections_per_peer: usize,
 }
 
-/// Serves `router` on `listener` until `stop` is cancelled, then lets open connections
-/// finish their current request and returns once they are closed.
+/// Serves `router` on `listener` (over TLS with `tls`) until `stop` is cancelled, then lets
+/// open connections finish their current request and returns once they are closed.
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let table = ConnectionTable::new(limits);
@@ -64,27 +70,36 @@ pub async fn serve(
             drop(stream);
             continue;
         };
-        connections.spawn(serve_connection(
-            stream,
-            router.clone(),
-            limits,
-            slot,
-            stop.clone(),
-        ));
+        let (router, stop) = (router.clone(), stop.clone());
+        match tls.clone() {
+            None => connections.spawn(serve_connection(stream, router, limits, slot, stop)),
+            Some(tls) => connections.spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let handshake =
+                    tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, tls.accept(stream));
+                match handshake.await {
+                    Ok(Ok(stream)) => serve_connection(stream, router, limits, slot, stop).await,
+                    Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            }),
+        };
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
     Ok(())
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     router: axum::Router,
     limits: ConnectionLimits,
     _slot: Slot,
     stop: CancellationToken,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: NoDelay + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    stream.no_delay();
     let activity = Arc::new(Activity::new());
     let service = {
         let activity = activity.clone();
@@ -123,6 +138,23 @@ async fn serve_connection(
                 closing = true;
             }
         }
+    }
+}
+
+/// Sets `TCP_NODELAY` on a connection's socket, under whatever wraps it.
+trait NoDelay {
+    fn no_delay(&self);
+}
+
+impl NoDelay for TcpStream {
+    fn no_delay(&self) {
+        let _ = self.set_nodelay(true);
+    }
+}
+
+impl NoDelay for tokio_rustls::server::TlsStream<TcpStream> {
+    fn no_delay(&self) {
+        let _ = self.get_ref().0.set_nodelay(true);
     }
 }
 

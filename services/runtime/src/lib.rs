@@ -10,6 +10,7 @@
 //! - [`grpc`]: the layer every gRPC call passes through (admission under overload, auth,
 //!   trace context, metrics); it reads the runtime's scheduling delay from a probe task.
 //! - [`http_server`]: the webhook listener and its connection limits.
+//! - [`tls`]: the listeners' TLS (certificates reloaded from files, optional mTLS).
 //! - [`health`]: per-service readiness feeding `grpc.health.v1` and `/readyz`.
 //! - [`shutdown`]: SIGTERM/SIGINT handling.
 //! - [`consumer`]: the one consumer-group driver every service's stream handling runs in
@@ -38,6 +39,7 @@ pub mod shutdown;
 pub mod signature;
 pub mod stream_gauges;
 pub mod telemetry;
+pub mod tls;
 pub mod trace_context;
 
 pub use app::{App, Context, ServiceModule};

@@ -477,6 +477,22 @@ pub struct ServerSettings {
     pub http_max_connections: usize,
     /// Webhook listener: connections open at once from one peer address.
     pub http_max_connections_per_peer: usize,
+    /// PEM certificate chain of the gRPC (and webhook) listener; empty serves plaintext.
+    /// Re-read when the file changes, so a renewed certificate needs no restart.
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`; re-read with it.
+    pub tls_key_file: String,
+    /// PEM CA certificates that client certificates must chain to; empty asks for none
+    /// (mutual TLS off).
+    pub tls_client_ca_file: String,
+    /// With `tls_client_ca_file`: whether a client without a certificate is refused during
+    /// the handshake (false lets it in to authenticate with an API key as usual).
+    pub tls_client_cert_required: bool,
+    /// How often the certificate and key files are checked for changes.
+    pub tls_reload_interval_ms: u64,
+    /// Whether the webhook listener serves TLS too when `tls_cert_file` is set; false when
+    /// TLS is terminated in front of it (an Ingress) and it serves plaintext inside.
+    pub http_tls: bool,
 }
 
 impl ServerSettings {
@@ -505,6 +521,16 @@ impl ServerSettings {
     /// [`Self::shutdown_grace_ms`] as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// Whether the listeners serve TLS (`tls_cert_file` is set).
+    pub fn tls_enabled(&self) -> bool {
+        !self.tls_cert_file.trim().is_empty()
+    }
+
+    /// [`Self::tls_reload_interval_ms`] as a duration.
+    pub fn tls_reload_interval(&self) -> Duration {
+        Duration::from_millis(self.tls_reload_interval_ms)
     }
 
     /// The limits of the webhook listener's connections.
@@ -543,6 +569,13 @@ pub struct RedisSettings {
     /// its records are read and written once per batch, so larger batches cost fewer
     /// round trips per entry.
     pub read_batch: usize,
+    /// For `rediss://` URLs: PEM CA certificates the server's certificate must chain to;
+    /// empty trusts the system's roots.
+    pub tls_ca_file: String,
+    /// For `rediss://` URLs to a server that requires client certificates: PEM chain.
+    pub tls_client_cert_file: String,
+    /// The PEM private key of `tls_client_cert_file`.
+    pub tls_client_key_file: String,
 }
 
 impl RedisSettings {
@@ -583,6 +616,9 @@ impl fmt::Debug for RedisSettings {
             .field("partitions", &self.partitions)
             .field("partition_lease_ms", &self.partition_lease_ms)
             .field("read_batch", &self.read_batch)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_client_cert_file", &self.tls_client_cert_file)
+            .field("tls_client_key_file", &self.tls_client_key_file)
             .finish()
     }
 }
@@ -607,6 +643,9 @@ pub struct TelemetrySettings {
     pub log_filter: String,
     /// OTLP/gRPC endpoint; empty disables export.
     pub otlp_endpoint: String,
+    /// For an `https://` endpoint: PEM CA certificates the collector's certificate must
+    /// chain to; empty trusts the system's roots.
+    pub otlp_ca_file: String,
     /// `service.name` resource attribute.
     pub service_name: String,
     /// Head sampling ratio for new traces.
@@ -839,6 +878,8 @@ impl Settings {
                 "must not exceed server.http_max_connections",
             ));
         }
+        check_tls_files(s)?;
+        check_redis_tls(&self.redis)?;
         let ports = [
             ("server.grpc_addr", s.grpc_addr),
             ("server.http_addr", s.http_addr),
@@ -1047,6 +1088,75 @@ impl Settings {
 }
 
 /// Replaces the password in `scheme://user:password@host` with `***`.
+/// The TLS keys of `server` that go together; that the files exist and parse is checked
+/// by [`crate::tls::check`] (`ratemesh config check`, and at start).
+fn check_tls_files(s: &ServerSettings) -> Result<(), SettingsError> {
+    let set = |v: &str| !v.trim().is_empty();
+    match (set(&s.tls_cert_file), set(&s.tls_key_file)) {
+        (true, false) => {
+            return Err(SettingsError::new(
+                "server.tls_key_file",
+                "is required when server.tls_cert_file is set",
+            ));
+        }
+        (false, true) => {
+            return Err(SettingsError::new(
+                "server.tls_cert_file",
+                "is required when server.tls_key_file is set",
+            ));
+        }
+        _ => {}
+    }
+    if set(&s.tls_client_ca_file) && !set(&s.tls_cert_file) {
+        return Err(SettingsError::new(
+            "server.tls_client_ca_file",
+            "needs server.tls_cert_file: client certificates are only asked for over TLS",
+        ));
+    }
+    if s.tls_reload_interval_ms == 0 {
+        return Err(SettingsError::new(
+            "server.tls_reload_interval_ms",
+            "must be greater than 0",
+        ));
+    }
+    Ok(())
+}
+
+/// `redis.tls_*` go with `rediss://` URLs, and the client certificate with its key.
+fn check_redis_tls(r: &RedisSettings) -> Result<(), SettingsError> {
+    let set = |v: &str| !v.trim().is_empty();
+    match (set(&r.tls_client_cert_file), set(&r.tls_client_key_file)) {
+        (true, false) => {
+            return Err(SettingsError::new(
+                "redis.tls_client_key_file",
+                "is required when redis.tls_client_cert_file is set",
+            ));
+        }
+        (false, true) => {
+            return Err(SettingsError::new(
+                "redis.tls_client_cert_file",
+                "is required when redis.tls_client_key_file is set",
+            ));
+        }
+        _ => {}
+    }
+    let tls_set = [
+        ("redis.tls_ca_file", &r.tls_ca_file),
+        ("redis.tls_client_cert_file", &r.tls_client_cert_file),
+    ]
+    .into_iter()
+    .find(|(_, v)| set(v));
+    if let Some((key, _)) = tls_set
+        && r.urls().iter().any(|u| !u.starts_with("rediss://"))
+    {
+        return Err(SettingsError::new(
+            key,
+            "applies to TLS connections: redis.url must use rediss:// for every node",
+        ));
+    }
+    Ok(())
+}
+
 fn redact_url_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();

@@ -76,6 +76,7 @@ pub fn init_for_tests() {
             log_format: LogFormat::Pretty,
             log_filter: "warn".into(),
             otlp_endpoint: String::new(),
+            otlp_ca_file: String::new(),
             service_name: "ratemesh-test".into(),
             sample_ratio: 1.0,
             gauge_interval_ms: 5_000,
@@ -124,11 +125,16 @@ fn build_layers(
                 .build(),
         );
     if let Some(endpoint) = settings.otlp_endpoint() {
-        use opentelemetry_otlp::WithExportConfig;
+        use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint)
-            .with_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(5));
+        let exporter = match crate::tls::otlp_client_tls(settings)? {
+            Some(tls) => exporter.with_tls_config(tls),
+            None => exporter,
+        };
+        let exporter = exporter
             .build()
             .map_err(|e| anyhow::anyhow!("telemetry.otlp_endpoint: {e}"))?;
         provider = provider.with_batch_exporter(exporter);
