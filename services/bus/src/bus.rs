@@ -59,6 +59,25 @@ fn fill_traceparent(mut event: Event, stream: &str, producer: &mut Option<tracin
     event
 }
 
+/// Runs a Redis call in a CLIENT span (`db.*` attributes) when it is part of a trace. A
+/// call outside any span (a timer poll, a sweep) makes none, so background loops add no
+/// root spans of their own. Only the calls that serve a whole batch (appends, reads and
+/// writes of many keys, timers) are wrapped: single-key reads and writes run once per
+/// item on some paths, and a span each would make a 5,000-item push 10,000 spans.
+async fn redis_call<T>(operation: &'static str, call: impl std::future::Future<Output = T>) -> T {
+    if tracing::Span::current().is_none() {
+        return call.await;
+    }
+    let span = tracing::info_span!(
+        "redis",
+        otel.name = operation,
+        otel.kind = "client",
+        db.system = "redis",
+        db.operation.name = operation,
+    );
+    tracing::Instrument::instrument(call, span).await
+}
+
 fn check_event(stream: &str, event: &Event) -> BusResult<()> {
     check_key(&format!("event key on stream {stream}"), &event.key)
 }
@@ -213,7 +232,7 @@ impl Bus {
         let _producer = producer;
         match &self.backend {
             Backend::Memory(m) => Ok(m.publish(stream, events)),
-            Backend::Redis(r) => r.publish(stream, events).await,
+            Backend::Redis(r) => redis_call("XADD", r.publish(stream, events)).await,
         }
     }
 
@@ -414,7 +433,7 @@ impl Bus {
                 .iter()
                 .map(|k| m.get_state(namespace, k.as_ref()))
                 .collect()),
-            Backend::Redis(r) => r.get_states(namespace, keys).await,
+            Backend::Redis(r) => redis_call("HGETALL", r.get_states(namespace, keys)).await,
         }
     }
 
@@ -536,7 +555,12 @@ impl Bus {
             Backend::Redis(r) => {
                 let calls = by_partition.into_iter().map(|(p, indices)| {
                     let batch: Vec<_> = indices.iter().filter_map(|&i| checked[i].take()).collect();
-                    async move { (indices, r.write_states(p, batch).await) }
+                    async move {
+                        (
+                            indices,
+                            redis_call("EVALSHA", r.write_states(p, batch)).await,
+                        )
+                    }
                 });
                 for (indices, written) in futures::future::join_all(calls).await {
                     match written {
@@ -823,7 +847,7 @@ impl Bus {
                 }
                 Ok(())
             }
-            Backend::Redis(r) => r.schedule(queue, timers).await,
+            Backend::Redis(r) => redis_call("ZADD", r.schedule(queue, timers)).await,
         }
     }
 

@@ -2,9 +2,9 @@
 //! whole mesh runs with `telemetry.otlp_endpoint` pointing at it, an ERP pushes stock with
 //! its own `traceparent`, and every span the change causes — the webhook, the stream
 //! appends and their handling in every service, the incentive it opens, the partner POSTs
-//! — is in that trace, under that root, with its semantic-convention kind. A manual
-//! incentive is one trace from the RPC to the partner; a 5,000-item push makes a bounded
-//! number of spans, not one per item and stage.
+//! and the batched Redis calls — is in that trace, under that root, with its
+//! semantic-convention kind. A manual incentive is one trace from the RPC to the partner;
+//! a 5,000-item push makes a bounded number of spans, not one per item and stage.
 //!
 //! One test function: the tracing subscriber is per process, and the exporter's channel
 //! lives on the runtime that built it.
@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use ratemesh_bus::{Bus, BusOptions};
 use ratemesh_notifier::webhook::{EVENT_ID_HEADER, INCENTIVE_CHANGED, WebhookBody};
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::incentive_service_client::IncentiveServiceClient;
@@ -20,8 +19,8 @@ use ratemesh_runtime::Role;
 use ratemesh_runtime::telemetry::TelemetryGuard;
 use ratemesh_testkit::erp::{fresh_batch_id, stock_batch};
 use ratemesh_testkit::{
-    Bearer, CollectedSpan, Collector, Product, Received, Sink, SpanKind, Stock, TestApp,
-    test_settings,
+    Bearer, CollectedSpan, Collector, Product, Received, RedisServer, Sink, SpanKind, Stock,
+    TestApp, test_settings,
 };
 
 /// The ERP's own span: the parent of the webhook's span in every trace here.
@@ -142,11 +141,8 @@ async fn a_stock_change_is_one_trace_from_the_webhook_to_the_partner_post() {
     settings.telemetry.service_name = "ratemesh".into();
     settings.telemetry.log_filter = "warn".into();
     let telemetry = ratemesh_runtime::telemetry::init(&settings.telemetry).expect("telemetry");
-    let app = TestApp::spawn_with(
-        settings,
-        Bus::memory(BusOptions::embedded()).expect("embedded bus"),
-    )
-    .await;
+    let redis = RedisServer::start();
+    let app = TestApp::spawn_on_redis(&redis, settings).await;
     let sink = Sink::start().await;
     app.register_partner("p1", &sink.url(), Default::default())
         .await;
@@ -214,6 +210,15 @@ async fn a_stock_change_is_one_trace_from_the_webhook_to_the_partner_post() {
             );
         }
     }
+    let redis_calls: Vec<&CollectedSpan> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client && s.attr("db.system") == Some("redis"))
+        .collect();
+    assert!(
+        redis_calls.iter().any(|s| s.name == "EVALSHA"),
+        "no Redis state write in the trace:\n{}",
+        describe(&spans)
+    );
     for s in spans.iter().filter(|s| s.kind == SpanKind::Consumer) {
         assert_eq!(s.attr("messaging.system"), Some("redis"), "{s:?}");
         assert_eq!(s.attr("messaging.operation"), Some("process"), "{s:?}");
@@ -346,6 +351,13 @@ async fn a_stock_change_is_one_trace_from_the_webhook_to_the_partner_post() {
     );
     assert!(has(&spans, SpanKind::Consumer, "stock"));
     assert!(has(&spans, SpanKind::Consumer, "rates"));
+    // The rates engine's batched write of the push is in its trace.
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.kind == SpanKind::Client && s.name == "EVALSHA"),
+        "{by_name:#?}"
+    );
     app.stop().await.expect("clean stop");
     telemetry.shutdown().await;
 }

@@ -474,14 +474,24 @@ impl Engine {
                 }
             }
         }
+        // The Redis calls of a batch of one trace (a big push) are part of it, under its
+        // append; a batch of several traces serves them all and joins none.
+        let in_trace = match producers.as_slice() {
+            [(_, producer)] => producer.clone(),
+            _ => tracing::Span::none(),
+        };
         // Scheduled before the writes, as in a single update.
-        let scheduled = self.bus().schedule_many(timers::QUEUE, &timers).await;
+        let scheduled = self
+            .bus()
+            .schedule_many(timers::QUEUE, &timers)
+            .instrument(in_trace.clone())
+            .await;
         if let Err(e) = scheduled {
             for (i, _, _) in written {
                 results[i] = Some(Err(e.clone().into()));
             }
         } else {
-            let answers = self.bus().write_states(writes).await;
+            let answers = self.bus().write_states(writes).instrument(in_trace).await;
             for ((i, outcome, record), answer) in written.into_iter().zip(answers) {
                 results[i] = Some(match answer {
                     Ok((version, _)) => {
