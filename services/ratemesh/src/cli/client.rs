@@ -1,10 +1,18 @@
-//! What every client command shares: where the server is, the API key, and output format.
+//! What every client command shares: where the server is, the API key, TLS, and output
+//! format.
+//!
+//! `https://` addresses are called over TLS, checked against the system's trusted roots or
+//! `--ca-file`. An API key is never sent in plaintext to another machine: over `http://` it
+//! goes only to a loopback address unless `--insecure` says otherwise.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Where client commands connect unless told otherwise.
 pub(crate) const DEFAULT_ADDR: &str = "http://127.0.0.1:50051";
@@ -26,6 +34,112 @@ pub(crate) struct ClientArgs {
     /// Print JSON (one object per line) instead of tables, for scripts.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) tls: TlsArgs,
+    /// Send the API key over plaintext http:// to a host that is not this machine (anyone
+    /// on the path can read it). Without it such a call is refused.
+    #[arg(long, global = true)]
+    pub(crate) insecure: bool,
+}
+
+/// TLS options of every command that calls the gRPC API.
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct TlsArgs {
+    /// PEM CA certificates to check an https:// server against, instead of the system's
+    /// trusted roots (a private CA).
+    #[arg(long, global = true, env = "RATEMESH_CA_FILE", value_name = "FILE")]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a server that asks for one (mutual TLS).
+    #[arg(
+        long,
+        global = true,
+        env = "RATEMESH_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub(crate) client_cert: Option<PathBuf>,
+    /// The PEM private key of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "RATEMESH_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub(crate) client_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// An endpoint for `addr`: over TLS for `https://`, checked against `--ca-file` or the
+    /// system's roots, with the client certificate if one is given.
+    pub(crate) fn endpoint(&self, addr: &str) -> anyhow::Result<Endpoint> {
+        let endpoint = Endpoint::from_shared(addr.to_owned())
+            .map_err(|e| anyhow::anyhow!("--addr {addr}: {e}"))?;
+        let https = endpoint.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
+        if !https {
+            if self.ca_file.is_some() || self.client_cert.is_some() {
+                anyhow::bail!(
+                    "--addr {addr} is plaintext: --ca-file and --client-cert apply to https:// addresses"
+                );
+            }
+            return Ok(endpoint);
+        }
+        let mut tls = ClientTlsConfig::new();
+        tls = match &self.ca_file {
+            Some(path) => tls.ca_certificate(Certificate::from_pem(read(path, "--ca-file")?)),
+            None => tls.with_native_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            tls = tls.identity(Identity::from_pem(
+                read(cert, "--client-cert")?,
+                read(key, "--client-key")?,
+            ));
+        }
+        endpoint
+            .tls_config(tls)
+            .map_err(|e| anyhow::anyhow!("--addr {addr}: TLS: {e}"))
+    }
+}
+
+/// An error with its causes (`transport error: … invalid peer certificate: UnknownIssuer`),
+/// since a TLS failure is only named by the innermost one.
+pub(crate) fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn read(path: &Path, flag: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))
+}
+
+/// Refuses to send an API key in plaintext to anything but this machine, unless
+/// `insecure`. Loopback (`localhost`, `127.0.0.0/8`, `::1`) is fine: the key never leaves
+/// the host.
+pub(crate) fn check_key_transport(addr: &str, has_key: bool, insecure: bool) -> anyhow::Result<()> {
+    let uri: http::Uri = addr
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--addr {addr}: {e}"))?;
+    if !has_key || insecure || uri.scheme() == Some(&http::uri::Scheme::HTTPS) {
+        return Ok(());
+    }
+    let host = uri.host().unwrap_or_default();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to send the API key in plaintext to {host}: --addr {addr} is not encrypted. \
+         Use https://{host}{port} (with --ca-file for a private CA), or pass --insecure to send it anyway",
+        port = uri.port().map(|p| format!(":{p}")).unwrap_or_default()
+    )
 }
 
 /// Sends `authorization: Bearer <key>` and the current trace context on every call.
@@ -59,12 +173,16 @@ impl ClientArgs {
             }
             None => Auth(None),
         };
-        let channel = tonic::transport::Endpoint::from_shared(self.addr.clone())
-            .map_err(|e| anyhow::anyhow!("--addr {}: {e}", self.addr))?
+        check_key_transport(&self.addr, self.key.is_some(), self.insecure)?;
+        let channel = self
+            .tls
+            .endpoint(&self.addr)?
             .connect_timeout(std::time::Duration::from_secs(5))
             .connect()
             .await
-            .map_err(|e| anyhow::anyhow!("cannot reach ratemesh at {}: {e}", self.addr))?;
+            .map_err(|e| {
+                anyhow::anyhow!("cannot reach ratemesh at {}: {}", self.addr, causes(&e))
+            })?;
         Ok(InterceptedService::new(channel, auth))
     }
 }
@@ -92,4 +210,37 @@ pub(crate) fn explain_status(status: tonic::Status) -> anyhow::Error {
         message.push_str(&format!("\n  retry after {delay:?}"));
     }
     anyhow::anyhow!(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_key_transport;
+
+    #[test]
+    fn a_key_goes_in_plaintext_only_to_this_machine_unless_insecure() {
+        for local in [
+            "http://127.0.0.1:50051",
+            "http://127.8.0.1:50051",
+            "http://localhost:50051",
+            "http://[::1]:50051",
+        ] {
+            assert!(check_key_transport(local, true, false).is_ok(), "{local}");
+        }
+        let err = check_key_transport("http://rates.example.com:50051", true, false)
+            .expect_err("a key in plaintext over the network");
+        let message = err.to_string();
+        assert!(
+            message.contains("refusing to send the API key in plaintext"),
+            "{message}"
+        );
+        assert!(
+            message.contains("https://rates.example.com:50051"),
+            "{message}"
+        );
+        assert!(message.contains("--insecure"), "{message}");
+        assert!(check_key_transport("http://10.0.0.7:50051", true, false).is_err());
+        assert!(check_key_transport("http://10.0.0.7:50051", true, true).is_ok());
+        assert!(check_key_transport("http://10.0.0.7:50051", false, false).is_ok());
+        assert!(check_key_transport("https://rates.example.com", true, false).is_ok());
+    }
 }

@@ -6,8 +6,8 @@ use ratemesh_runtime::settings::SettingsError;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ConfigCommand {
-    /// Validate the defaults + `--file` + environment layering and the policy file named by
-    /// `policy.file`; exit code 2 names the bad key.
+    /// Validate the defaults + `--file` + environment layering, the policy file named by
+    /// `policy.file` and the TLS certificate and key files; exit code 2 names the bad key.
     Check,
     /// Print the effective settings as TOML, secrets redacted.
     Dump,
@@ -21,8 +21,9 @@ pub(crate) fn run(
     match command {
         ConfigCommand::Check => {
             let policy = check_policy(&settings)?;
+            let tls = ratemesh_runtime::tls::check(&settings)?;
             println!(
-                "config ok: {} backend, gRPC on {}, {} API key(s), policy {}",
+                "config ok: {} backend, gRPC on {}, {} API key(s), policy {}, {tls}",
                 if settings.redis.url().is_some() {
                     "redis"
                 } else {

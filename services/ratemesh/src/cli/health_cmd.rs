@@ -10,11 +10,12 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::client::DEFAULT_ADDR;
+use super::client::{DEFAULT_ADDR, TlsArgs, causes};
 
 #[derive(Debug, Args)]
 pub(crate) struct HealthArgs {
-    /// The gRPC endpoint: `http://host:port`, or `host:port` for plaintext.
+    /// The gRPC endpoint: `http://host:port` or `host:port` for plaintext, `https://host:port`
+    /// for TLS.
     #[arg(long, default_value = DEFAULT_ADDR, env = "RATEMESH_ADDR")]
     addr: String,
     /// The service to ask about ("" is the whole process), e.g. ratemesh.v1.RateService.
@@ -24,18 +25,21 @@ pub(crate) struct HealthArgs {
     /// probe that hangs is reported as a failure instead of waiting for its runner's kill.
     #[arg(long, default_value_t = 3000)]
     timeout_ms: u64,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 pub(crate) async fn run(args: &HealthArgs) -> anyhow::Result<()> {
     let addr = endpoint_uri(&args.addr);
     let timeout = Duration::from_millis(args.timeout_ms);
-    let channel = tonic::transport::Endpoint::from_shared(addr.clone())
-        .map_err(|e| anyhow::anyhow!("--addr {}: {e}", args.addr))?
+    let channel = args
+        .tls
+        .endpoint(&addr)?
         .connect_timeout(timeout)
         .timeout(timeout)
         .connect()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach ratemesh at {addr}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot reach ratemesh at {addr}: {}", causes(&e)))?;
     let subject = if args.service.is_empty() {
         format!("ratemesh at {addr}")
     } else {

@@ -31,8 +31,8 @@ pub(crate) fn prefix_for(under_cargo: bool, exe: Option<&Path>, on_path: bool) -
 }
 
 /// The `--addr` and `--key` a printed command needs to reach the same server as this one,
-/// each left out when the default or the environment already supplies it. Starts with a
-/// space when not empty.
+/// each left out when the default or the environment already supplies it, and the TLS
+/// flags given. Starts with a space when not empty.
 pub(crate) fn connection_flags(client: &ClientArgs) -> String {
     let env = |name: &str| std::env::var(name).ok();
     connection_flags_with(client, env("RATEMESH_ADDR"), env("RATEMESH_API_KEY"))
@@ -55,6 +55,19 @@ pub(crate) fn connection_flags_with(
     {
         flags.push_str(" --key ");
         flags.push_str(&shell_word(key));
+    }
+    let tls = &client.tls;
+    for (flag, path) in [
+        ("--ca-file", &tls.ca_file),
+        ("--client-cert", &tls.client_cert),
+        ("--client-key", &tls.client_key),
+    ] {
+        if let Some(path) = path {
+            flags.push_str(&format!(" {flag} {}", shell_word(&path.to_string_lossy())));
+        }
+    }
+    if client.insecure {
+        flags.push_str(" --insecure");
     }
     flags
 }
@@ -113,6 +126,8 @@ mod tests {
             addr: addr.to_owned(),
             key: key.map(str::to_owned),
             json: false,
+            tls: Default::default(),
+            insecure: false,
         };
         let remote = args("http://10.0.0.5:50051", Some("rm_network_abc"));
         assert_eq!(
@@ -131,6 +146,12 @@ mod tests {
         assert_eq!(
             connection_flags_with(&args(super::super::client::DEFAULT_ADDR, None), None, None),
             ""
+        );
+        let mut private_ca = args("https://rates.internal:443", Some("rm_network_abc"));
+        private_ca.tls.ca_file = Some("/etc/ratemesh/ca.pem".into());
+        assert_eq!(
+            connection_flags_with(&private_ca, None, None),
+            " --addr https://rates.internal:443 --key rm_network_abc --ca-file /etc/ratemesh/ca.pem"
         );
     }
 

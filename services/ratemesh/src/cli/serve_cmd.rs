@@ -142,13 +142,24 @@ fn announce(
         env!("CARGO_PKG_VERSION"),
         app.module_names().join(", ")
     );
+    let server = &ctx.settings().server;
     println!(
-        "  grpc listening on {}  ({})",
+        "  grpc listening on {}{}  ({})",
         app.grpc_addr(),
+        if server.tls_enabled() {
+            " over TLS"
+        } else {
+            ""
+        },
         app.grpc_services().join(", ")
     );
     if let Some(addr) = app.http_addr() {
-        println!("  webhooks listening on http://{addr}  (POST /v1/stock, POST /v1/products)");
+        let scheme = if server.tls_enabled() && server.http_tls {
+            "https"
+        } else {
+            "http"
+        };
+        println!("  webhooks listening on {scheme}://{addr}  (POST /v1/stock, POST /v1/products)");
     }
     println!(
         "  admin listening on http://{}  (/metrics, /livez, /readyz)",
