@@ -23,7 +23,7 @@ use crate::auth::{AccessTable, ApiKeys, MethodRoles};
 use crate::grpc::RpcLayer;
 use crate::health::{HealthEntry, HealthState, Readiness};
 use crate::settings::Settings;
-use crate::tls::ServerTls;
+use crate::tls::{CertPrincipalLayer, CertPrincipals, ServerTls};
 
 /// What every service is built from: settings, the backend, and the shutdown signal.
 #[derive(Clone)]
@@ -378,9 +378,18 @@ impl App {
         }
 
         let stop_accepting = CancellationToken::new();
-        let keys = ApiKeys::from_settings(&settings.auth);
+        let mut auth = settings.auth.clone();
+        let cert_principals = match CertPrincipals::from_settings(&settings.server)? {
+            Some((principals, keys)) => {
+                auth.keys.extend(keys);
+                Some(CertPrincipalLayer(principals))
+            }
+            None => None,
+        };
+        let keys = ApiKeys::from_settings(&auth);
         let grpc_router = tonic::transport::Server::builder()
             .timeout(settings.server.request_timeout())
+            .layer(tower::util::option_layer(cert_principals))
             .layer(RpcLayer::new(keys, access, settings.server.admission()))
             .add_routes(routes.routes());
         let mut servers = JoinSet::new();

@@ -493,6 +493,28 @@ pub struct ServerSettings {
     /// Whether the webhook listener serves TLS too when `tls_cert_file` is set; false when
     /// TLS is terminated in front of it (an Ingress) and it serves plaintext inside.
     pub http_tls: bool,
+    /// Callers identified by their client certificate instead of an API key (service-to-
+    /// service traffic under mutual TLS).
+    #[serde(default)]
+    pub tls_client_principals: Vec<CertPrincipalSettings>,
+}
+
+/// A principal whose calls are authenticated by a client certificate: a call without an
+/// API key, over a connection whose verified certificate is valid for `dns_name` (a DNS or
+/// IP subject alternative name, matched as TLS matches a server name), runs as `name` with
+/// `role`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertPrincipalSettings {
+    /// The principal's name; shows up as the author of changes and in logs.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// The subject alternative name its certificate must carry.
+    pub dns_name: String,
+    /// For role `partner`: the partner it acts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partner_id: Option<String>,
 }
 
 impl ServerSettings {
@@ -1112,6 +1134,39 @@ fn check_tls_files(s: &ServerSettings) -> Result<(), SettingsError> {
             "server.tls_client_ca_file",
             "needs server.tls_cert_file: client certificates are only asked for over TLS",
         ));
+    }
+    for (i, p) in s.tls_client_principals.iter().enumerate() {
+        let at = |field: &str| format!("server.tls_client_principals[{i}].{field}");
+        if !set(&s.tls_client_ca_file) {
+            return Err(SettingsError::new(
+                at("dns_name"),
+                "needs server.tls_client_ca_file: only verified client certificates identify a caller",
+            ));
+        }
+        if p.name.trim().is_empty() {
+            return Err(SettingsError::new(at("name"), "must not be empty"));
+        }
+        if rustls::pki_types::ServerName::try_from(p.dns_name.trim()).is_err() {
+            return Err(SettingsError::new(
+                at("dns_name"),
+                format!("`{}` is not a DNS name or IP address", p.dns_name),
+            ));
+        }
+        match (p.role, &p.partner_id) {
+            (Role::Partner, None) => {
+                return Err(SettingsError::new(
+                    at("partner_id"),
+                    "is required for role `partner`",
+                ));
+            }
+            (role, Some(_)) if role != Role::Partner => {
+                return Err(SettingsError::new(
+                    at("partner_id"),
+                    "is only allowed for role `partner`",
+                ));
+            }
+            _ => {}
+        }
     }
     if s.tls_reload_interval_ms == 0 {
         return Err(SettingsError::new(

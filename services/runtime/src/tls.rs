@@ -353,3 +353,133 @@ pub fn incoming(
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
+
+/// Callers identified by their client certificate (`server.tls_client_principals`).
+///
+/// The RPC layer authenticates calls by API key. A certificate principal is given a key of
+/// its own, made at start from the process's secure random source and never shown: it is
+/// added to the key table under the principal's name and role, and [`CertPrincipalLayer`]
+/// puts it on a call that brings no key of its own, over a connection whose verified client
+/// certificate is valid for the principal's `dns_name`. So a certificate principal goes
+/// through the same role checks, and shows up the same way, as a key holder.
+#[derive(Clone)]
+pub struct CertPrincipals {
+    /// Each principal's subject name and the `authorization` value it calls with.
+    by_name: Arc<Vec<(rustls::pki_types::ServerName<'static>, http::HeaderValue)>>,
+}
+
+impl std::fmt::Debug for CertPrincipals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertPrincipals")
+            .field("principals", &self.by_name.len())
+            .finish()
+    }
+}
+
+impl CertPrincipals {
+    /// The principals of `server`, and the key settings to add to `auth.keys` for them;
+    /// `None` when none is configured. Settings validation has checked the names.
+    pub fn from_settings(
+        server: &ServerSettings,
+    ) -> Result<Option<(Self, Vec<crate::settings::ApiKeySettings>)>, SettingsError> {
+        if server.tls_client_principals.is_empty() || !server.tls_enabled() {
+            return Ok(None);
+        }
+        let random = provider().secure_random;
+        let mut by_name = Vec::new();
+        let mut keys = Vec::new();
+        for (i, p) in server.tls_client_principals.iter().enumerate() {
+            let at = format!("server.tls_client_principals[{i}].dns_name");
+            let name = rustls::pki_types::ServerName::try_from(p.dns_name.trim().to_owned())
+                .map_err(|e| SettingsError::new(at.clone(), e.to_string()))?;
+            let mut secret = [0u8; 32];
+            random
+                .fill(&mut secret)
+                .map_err(|_| SettingsError::new(at.clone(), "no secure random source"))?;
+            let key = format!("cert-{}", hex::encode(secret));
+            let header = http::HeaderValue::from_str(&format!("Bearer {key}"))
+                .map_err(|e| SettingsError::new(at, e.to_string()))?;
+            by_name.push((name, header));
+            keys.push(crate::settings::ApiKeySettings {
+                name: p.name.clone(),
+                role: p.role,
+                sha256: crate::auth::hash_key(&key),
+                partner_id: p.partner_id.clone(),
+            });
+        }
+        Ok(Some((
+            Self {
+                by_name: Arc::new(by_name),
+            },
+            keys,
+        )))
+    }
+
+    /// The `authorization` value for a call whose connection presented `certs` (leaf
+    /// first), if the leaf is valid for a principal's name.
+    fn authorization(&self, certs: &[CertificateDer<'static>]) -> Option<&http::HeaderValue> {
+        let leaf = rustls::server::ParsedCertificate::try_from(certs.first()?).ok()?;
+        self.by_name
+            .iter()
+            .find(|(name, _)| rustls::client::verify_server_name(&leaf, name).is_ok())
+            .map(|(_, header)| header)
+    }
+}
+
+/// Puts a certificate principal's key on calls that bring none (see [`CertPrincipals`]).
+/// Sits in front of the RPC layer, so everything after it sees an ordinary keyed call.
+#[derive(Clone, Debug)]
+pub struct CertPrincipalLayer(pub CertPrincipals);
+
+impl<S> tower::Layer<S> for CertPrincipalLayer {
+    type Service = CertPrincipalService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CertPrincipalService {
+            principals: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service of [`CertPrincipalLayer`].
+#[derive(Clone, Debug)]
+pub struct CertPrincipalService<S> {
+    principals: CertPrincipals,
+    inner: S,
+}
+
+type ConnectInfo =
+    tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>;
+
+impl<S, B> tower::Service<http::Request<B>> for CertPrincipalService<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if !request.headers().contains_key(http::header::AUTHORIZATION)
+            && let Some(certs) = request
+                .extensions()
+                .get::<ConnectInfo>()
+                .and_then(|info| info.peer_certs())
+            && let Some(value) = self.principals.authorization(&certs)
+        {
+            let value = value.clone();
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, value);
+        }
+        self.inner.call(request)
+    }
+}

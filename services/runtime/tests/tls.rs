@@ -1,7 +1,8 @@
 //! TLS on the listeners, through real sockets with certificates made at test time: a gRPC
 //! call over TLS with the CA succeeds, a plaintext client gets nothing, mutual TLS refuses
-//! a client without a certificate, a renewed certificate is served without a restart, and
-//! the webhook listener speaks HTTPS. `rediss://` from settings reaches a TLS Redis.
+//! a client without a certificate, a client certificate named in settings calls as its
+//! principal, a renewed certificate is served without a restart, and the webhook listener
+//! speaks HTTPS. `rediss://` from settings reaches a TLS Redis.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -297,4 +298,175 @@ async fn a_rediss_url_in_settings_connects_over_tls() {
     settings.redis.url = server.url();
     let err = settings.validate().expect_err("a CA with a redis:// url");
     assert_eq!(err.key, "redis.tls_ca_file");
+}
+
+/// Who may call `test.v1.Who/Check`: network principals.
+const WHO_ACCESS: ratemesh_runtime::auth::MethodRoles =
+    &[("Check", &[ratemesh_runtime::Role::Network])];
+
+/// Answers SERVING when the call runs as the `pricing-sync` network principal.
+#[derive(Clone)]
+struct WhoHealth;
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for WhoHealth {
+    async fn check(
+        &self,
+        request: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
+        let principal = ratemesh_runtime::Principal::of(&request).expect("principal");
+        let status = if principal.name == "pricing-sync"
+            && principal.role == ratemesh_runtime::Role::Network
+        {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::ServiceUnknown
+        };
+        Ok(tonic::Response::new(
+            tonic_health::pb::HealthCheckResponse {
+                status: status as i32,
+            },
+        ))
+    }
+
+    type WatchStream =
+        tokio_stream::Empty<Result<tonic_health::pb::HealthCheckResponse, tonic::Status>>;
+
+    async fn watch(
+        &self,
+        _request: tonic::Request<HealthCheckRequest>,
+    ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not used"))
+    }
+}
+
+/// [`WhoHealth`] mounted as `test.v1.Who`, a service that needs a principal.
+#[derive(Clone)]
+struct Who(tonic_health::pb::health_server::HealthServer<WhoHealth>);
+
+impl tonic::server::NamedService for Who {
+    const NAME: &'static str = "test.v1.Who";
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Who {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = <tonic_health::pb::health_server::HealthServer<WhoHealth> as tower::Service<
+        http::Request<tonic::body::Body>,
+    >>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower::Service::<http::Request<tonic::body::Body>>::poll_ready(&mut self.0, cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
+        *request.uri_mut() = "/grpc.health.v1.Health/Check".parse().expect("uri");
+        self.0.call(request)
+    }
+}
+
+/// Calls `test.v1.Who/Check` over TLS with `identity`, without an API key.
+async fn who(port: u16, ca_pem: &str, identity: Identity) -> Result<ServingStatus, tonic::Status> {
+    let channel = Endpoint::from_shared(format!("https://localhost:{port}"))
+        .expect("endpoint")
+        .tls_config(trusting(ca_pem).identity(identity))
+        .expect("tls")
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("{e:?}")))?;
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.expect("ready");
+    let response: tonic::Response<tonic_health::pb::HealthCheckResponse> = client
+        .unary(
+            tonic::Request::new(HealthCheckRequest::default()),
+            http::uri::PathAndQuery::from_static("/test.v1.Who/Check"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await?;
+    Ok(ServingStatus::try_from(response.into_inner().status).expect("status"))
+}
+
+#[tokio::test]
+async fn a_client_certificate_named_in_settings_calls_as_its_principal_without_a_key() {
+    let files = TlsFiles::new();
+    let mut settings = tls_settings(&files);
+    settings.server.tls_client_ca_file = files.ca_file.display().to_string();
+    settings.server.tls_client_cert_required = false;
+    settings
+        .server
+        .tls_client_principals
+        .push(ratemesh_runtime::settings::CertPrincipalSettings {
+            name: "pricing-sync".into(),
+            role: ratemesh_runtime::Role::Network,
+            dns_name: "pricing-sync.svc.internal".into(),
+            partner_id: None,
+        });
+    settings.validate().expect("valid settings");
+    ratemesh_runtime::telemetry::init_for_tests();
+    let ctx = Context::new(
+        settings,
+        Bus::memory(BusOptions::embedded()).expect("embedded bus"),
+    );
+    let readiness = Readiness::new();
+    readiness.set(true);
+    let module = ServiceModule::new("who", readiness).grpc(
+        Who(tonic_health::pb::health_server::HealthServer::new(
+            WhoHealth,
+        )),
+        WHO_ACCESS,
+    );
+    let app = App::bind(&ctx, vec![module]).await.expect("bind");
+    let port = app.grpc_addr().port();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run(async move {
+        let _ = stopped.await;
+    }));
+    let ca = files.ca.cert_pem();
+
+    let named = files.ca.client("pricing-sync.svc.internal");
+    let status = who(port, &ca, Identity::from_pem(named.cert, named.key)).await;
+    assert_eq!(
+        status.expect("call as pricing-sync"),
+        ServingStatus::Serving
+    );
+
+    // A verified certificate that no principal names gets no identity: no key, no call.
+    let unnamed = std::fs::read(&files.client_cert_file).expect("client cert");
+    let key = std::fs::read(&files.client_key_file).expect("client key");
+    let err = who(port, &ca, Identity::from_pem(unnamed, key))
+        .await
+        .expect_err("an unnamed certificate");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+
+    // The same name from a CA the server does not trust never gets past the handshake.
+    let forged = TestCa::new("forger").client("pricing-sync.svc.internal");
+    let err = who(port, &ca, Identity::from_pem(forged.cert, forged.key))
+        .await
+        .expect_err("a forged certificate");
+    assert_ne!(err.code(), tonic::Code::Ok);
+}
+
+#[test]
+fn certificate_principals_need_client_certificates_and_a_valid_name() {
+    let files = TlsFiles::new();
+    let mut settings = tls_settings(&files);
+    settings
+        .server
+        .tls_client_principals
+        .push(ratemesh_runtime::settings::CertPrincipalSettings {
+            name: "pricing-sync".into(),
+            role: ratemesh_runtime::Role::Network,
+            dns_name: "pricing-sync.svc.internal".into(),
+            partner_id: None,
+        });
+    let err = settings.validate().expect_err("no client CA");
+    assert_eq!(err.key, "server.tls_client_principals[0].dns_name");
+    settings.server.tls_client_ca_file = files.ca_file.display().to_string();
+    settings.validate().expect("valid");
+    settings.server.tls_client_principals[0].dns_name = "not a name!".into();
+    let err = settings.validate().expect_err("bad name");
+    assert_eq!(err.key, "server.tls_client_principals[0].dns_name");
 }
