@@ -26,9 +26,17 @@ impl Drop for Running {
     }
 }
 
-/// `ratemesh up` with TLS on its listeners; returns it, its gRPC port and a trial network
-/// key from its banner.
-fn up_with_tls(files: &TlsFiles) -> (Running, u16, String) {
+/// What `ratemesh up` printed: its gRPC port, a trial network key, its webhook URL and the
+/// trial ERP secret.
+struct Banner {
+    grpc_port: u16,
+    network_key: String,
+    webhooks: String,
+    erp_secret: String,
+}
+
+/// `ratemesh up` with TLS on its listeners, and what its banner says.
+fn up_with_tls(files: &TlsFiles) -> (Running, Banner) {
     let mut child = ratemesh()
         .arg("up")
         .env("RATEMESH__SERVER__GRPC_ADDR", "127.0.0.1:0")
@@ -50,9 +58,9 @@ fn up_with_tls(files: &TlsFiles) -> (Running, u16, String) {
             let _ = tx.send(line);
         }
     });
-    let (mut port, mut key) = (None, None);
+    let (mut port, mut key, mut webhooks, mut secret) = (None, None, None, None);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while port.is_none() || key.is_none() {
+    while port.is_none() || key.is_none() || webhooks.is_none() || secret.is_none() {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("ratemesh up printed its listeners and keys");
@@ -64,8 +72,22 @@ fn up_with_tls(files: &TlsFiles) -> (Running, u16, String) {
         if let Some(rest) = line.trim().strip_prefix("network ") {
             key = Some(rest.trim().to_owned());
         }
+        if let Some(rest) = line.trim().strip_prefix("webhooks listening on ") {
+            let url = rest.split_whitespace().next().expect("url");
+            assert!(url.starts_with("https://"), "{line}");
+            webhooks = Some(url.replace("127.0.0.1", "localhost"));
+        }
+        if let Some(rest) = line.trim().strip_prefix("trial ERP webhook secret: ") {
+            secret = rest.split_whitespace().next().map(str::to_owned);
+        }
     }
-    (running, port.expect("port"), key.expect("network key"))
+    let banner = Banner {
+        grpc_port: port.expect("port"),
+        network_key: key.expect("network key"),
+        webhooks: webhooks.expect("webhook url"),
+        erp_secret: secret.expect("erp secret"),
+    };
+    (running, banner)
 }
 
 fn stderr(output: &Output) -> String {
@@ -75,7 +97,8 @@ fn stderr(output: &Output) -> String {
 #[test]
 fn client_commands_call_over_https_with_the_ca_file() {
     let files = TlsFiles::new();
-    let (_running, port, key) = up_with_tls(&files);
+    let (_running, banner) = up_with_tls(&files);
+    let (port, key) = (banner.grpc_port, banner.network_key.clone());
     let https = format!("https://localhost:{port}");
 
     // The server may still be loading its replica: health first.
@@ -139,6 +162,34 @@ fn client_commands_call_over_https_with_the_ca_file() {
         .output()
         .expect("run ratemesh rates list");
     assert!(!plaintext.status.success(), "a plaintext call was answered");
+
+    // The webhook port serves HTTPS too: a signed push goes through with the CA.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let products = dir.path().join("products.json");
+    std::fs::write(
+        &products,
+        r#"[{"sku":"A-1","category":"home","price":"20","unit_cost":"8"}]"#,
+    )
+    .expect("write");
+    let push = |extra: &[&str]| {
+        ratemesh()
+            .args(["products", "push"])
+            .arg(&products)
+            .args(["--url", &banner.webhooks, "--secret", &banner.erp_secret])
+            .args(extra)
+            .output()
+            .expect("run ratemesh products push")
+    };
+    let ca = files.ca_file.display().to_string();
+    let pushed = push(&["--ca-file", &ca]);
+    assert!(pushed.status.success(), "{}", stderr(&pushed));
+    assert!(
+        String::from_utf8_lossy(&pushed.stdout).contains("pushed 1 item"),
+        "{}",
+        String::from_utf8_lossy(&pushed.stdout)
+    );
+    let untrusted = push(&[]);
+    assert!(!untrusted.status.success(), "a push trusted an unknown CA");
 }
 
 #[test]

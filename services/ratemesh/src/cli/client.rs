@@ -114,6 +114,48 @@ pub(crate) fn causes(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+impl TlsArgs {
+    /// A rustls client config for HTTPS (the webhook pushes): `--ca-file` or the system's
+    /// roots, and the client certificate if one is given.
+    pub(crate) fn rustls_config(&self) -> anyhow::Result<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca_file {
+            Some(path) => {
+                for cert in ratemesh_runtime::tls::load_certs(path)
+                    .map_err(|e| anyhow::anyhow!("--ca-file: {e}"))?
+                {
+                    roots
+                        .add(cert)
+                        .map_err(|e| anyhow::anyhow!("--ca-file {}: {e}", path.display()))?;
+                }
+            }
+            None => {
+                let (added, _) =
+                    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                if added == 0 {
+                    anyhow::bail!(
+                        "no trusted root certificates found on this system: give --ca-file"
+                    );
+                }
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+        Ok(match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => builder.with_client_auth_cert(
+                ratemesh_runtime::tls::load_certs(cert)
+                    .map_err(|e| anyhow::anyhow!("--client-cert: {e}"))?,
+                ratemesh_runtime::tls::load_key(key)
+                    .map_err(|e| anyhow::anyhow!("--client-key: {e}"))?,
+            )?,
+            _ => builder.with_no_client_auth(),
+        })
+    }
+}
+
 fn read(path: &Path, flag: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| anyhow::anyhow!("{flag} {}: {e}", path.display()))
 }

@@ -4,7 +4,8 @@
 //! A file is JSON (a batch object, or an array of items) or CSV with a header row naming
 //! the fields. It is sent in batches; each batch's `Idempotency-Key` is derived from the
 //! file's content and the batch number, so re-running a push after a failure applies
-//! nothing twice. 429/503 answers are retried after their `Retry-After`.
+//! nothing twice. 429/503 answers are retried after their `Retry-After`. An `https://` URL
+//! is called over TLS (the system's roots, or `--ca-file`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,6 +19,8 @@ use hyper_util::rt::TokioExecutor;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+
+use super::client::TlsArgs;
 
 /// Where pushes go unless told otherwise.
 pub(crate) const DEFAULT_WEBHOOK_URL: &str = "http://127.0.0.1:8080";
@@ -56,6 +59,9 @@ pub(crate) struct PushArgs {
     /// a summary, for scripts.
     #[arg(long)]
     json: bool,
+    /// For an https:// --url.
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 /// Which endpoint a push goes to.
@@ -100,7 +106,29 @@ pub(crate) async fn run(feed: Feed, args: &PushArgs) -> anyhow::Result<()> {
         bail!("{} holds no items", args.file.display());
     }
     let file_id = hex_prefix(&Sha256::digest(&raw), 16);
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let https = args.url.to_ascii_lowercase().starts_with("https://");
+    if !https && (args.tls.ca_file.is_some() || args.tls.client_cert.is_some()) {
+        bail!(
+            "--url {} is plaintext: --ca-file and --client-cert apply to https:// URLs",
+            args.url
+        );
+    }
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(if https {
+            args.tls.rustls_config()?
+        } else {
+            // Never used for http:// URLs; an empty store keeps the system's unread.
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+        })
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
     let url = format!("{}{}", args.url.trim_end_matches('/'), feed.path());
 
     // With --json stdout is for the answers alone, and a script has no use for a bar.
@@ -200,7 +228,10 @@ struct Answer {
 }
 
 async fn send(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: &Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        Full<Bytes>,
+    >,
     url: &str,
     secret: &str,
     batch_id: &str,
