@@ -22,7 +22,7 @@ use crate::state::{
     CAS_ATTEMPTS, DueTimer, Expect, HistoryLookup, Idempotency, Retention, Staged, StatePage,
     StateRecord, StateWrite, StreamStats, Update, Written,
 };
-use crate::trace_context::{producer_span, traceparent_of};
+use crate::trace_context::{current_traceparent, producer_span, traceparent_of};
 
 #[derive(Clone)]
 enum Backend {
@@ -54,7 +54,8 @@ impl std::fmt::Debug for Bus {
 fn fill_traceparent(mut event: Event, stream: &str, producer: &mut Option<tracing::Span>) -> Event {
     if event.traceparent.is_none() {
         let span = producer.get_or_insert_with(|| producer_span(stream));
-        event.traceparent = traceparent_of(span);
+        // A disabled producer span (filtered out) still leaves the caller's trace.
+        event.traceparent = traceparent_of(span).or_else(current_traceparent);
     }
     event
 }

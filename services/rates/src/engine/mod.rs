@@ -65,7 +65,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use prost::Message;
-use ratemesh_bus::trace_context::{producer_span, traceparent_of};
+use ratemesh_bus::trace_context::{current_traceparent, producer_span, traceparent_of};
 use ratemesh_bus::{Bus, BusError, HistoryLimits, RecordCache, StateRecord, StateWrite, Update};
 use ratemesh_contract::streams;
 use ratemesh_core::{Applied, Event, Override, Policy, RateCard, Reason, Sku, compute};
@@ -818,5 +818,6 @@ fn append_traceparent(
             producers.len() - 1
         }
     };
-    traceparent_of(&producers[at].1)
+    // A disabled producer span (filtered out) still leaves the run's trace.
+    traceparent_of(&producers[at].1).or_else(current_traceparent)
 }
