@@ -316,7 +316,7 @@ pub fn otlp_client_tls(
 /// TLS connections accepted on `listener`, for `tonic`'s `serve_with_incoming_shutdown`.
 /// Each handshake runs in its own task under [`HANDSHAKE_TIMEOUT`]; connections whose
 /// handshake fails (a plaintext client, an untrusted client certificate) are closed and
-/// logged at debug level. Ends once `stop` is cancelled.
+/// logged at debug level. Ends once `stop` is cancelled or the stream is dropped.
 pub fn incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -327,6 +327,8 @@ pub fn incoming(
         loop {
             let (stream, peer) = tokio::select! {
                 _ = stop.cancelled() => return,
+                // The server is gone (dropped without a stop): stop accepting for it.
+                _ = tx.closed() => return,
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(err) => {
