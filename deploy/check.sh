@@ -184,6 +184,9 @@ render production-webhook-ingress -f "$CHART/ci/production-values.yaml" -f "$CHA
 render webhook-ingress-bundled-redis --set ingress.enabled=true --set ingress.host=erp-hooks.example.com \
   --set ingress.tls.secretName=erp-hooks-tls --set keda.enabled=true
 render production-prestop-exec -f "$CHART/ci/production-values.yaml" --set 'preStopExecCommand[0]=/busybox/sleep'
+render production-tls -f "$CHART/ci/production-values.yaml" --set tls.enabled=true --set tls.secretName=ratemesh-tls
+render production-mtls -f "$CHART/ci/production-values.yaml" --set tls.enabled=true --set tls.secretName=ratemesh-tls \
+  --set tls.clientCASecret=ratemesh-client-ca --set tls.webhook=false
 render production-alerts -f "$CHART/ci/production-values.yaml" --set metrics.prometheusRule.enabled=true \
   --set metrics.prometheusRule.labels.release=kube-prometheus-stack
 render redis-own-secret-and-maxmemory --set redis.auth.existingSecret=redis-auth --set redis.auth.existingSecretKey=pw \
@@ -224,6 +227,11 @@ for name in production-webhook-ingress webhook-ingress-bundled-redis production 
   $CHECK ingress "$WORK/$name.yaml"
 done
 
+log "chart: TLS listeners"
+$CHECK tls "$WORK/production-tls.yaml" ratemesh-tls
+$CHECK tls "$WORK/production-mtls.yaml" ratemesh-tls ratemesh-client-ca
+for name in defaults production production-hpa-grpc-liveness; do $CHECK tls "$WORK/$name.yaml" -; done
+
 log "chart: bundled Redis memory and password"
 for name in defaults minimal keda-bundled-redis webhook-ingress-bundled-redis redis-own-secret-and-maxmemory; do
   $CHECK redis "$WORK/$name.yaml"
@@ -263,6 +271,10 @@ refuse "a partner key without partner_id" "partner_id" --set 'secrets.apiKeys[0]
 printf 'settings:\n  ingest:\n    sources: ["x"]\n' >"$WORK/list-in-settings.yaml"
 refuse "a list in settings" "settings.ingest.sources" -f "$WORK/list-in-settings.yaml"
 refuse "an unknown service" "billing" --set services.billing.replicas=1
+refuse "TLS without a certificate Secret" "tls.secretName" --set tls.enabled=true
+refuse "TLS with gRPC liveness probes" "probes.liveness.type" --set tls.enabled=true --set tls.secretName=ratemesh-tls \
+  --set probes.liveness.type=grpc
+refuse "a client CA without TLS" "tls.clientCASecret" --set tls.clientCASecret=ratemesh-client-ca
 refuse "KEDA on an external Redis without its address" "keda.redisAddress" -f "$CHART/ci/external-redis-values.yaml" --set keda.enabled=true
 refuse "Redis Cluster on the bundled single node" "redis.cluster" --set redis.cluster=true
 refuse "seed URLs without Redis Cluster" "redis.url" --set redis.enabled=false --set 'redis.url=redis://a:6379\,redis://b:6379'

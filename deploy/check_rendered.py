@@ -26,6 +26,11 @@ check-jsonschema). Subcommands:
   redis RENDERED               assert the bundled Redis (when rendered) has a maxmemory below
                                its container's memory limit with noeviction, requires a
                                password from a Secret, and that ratemesh and KEDA use it
+  tls RENDERED SECRET [CA]      assert every service serves TLS from the kubernetes.io/tls
+                               Secret SECRET mounted read-only (and verifies clients against
+                               the Secret CA when given), with readiness on the admin port's
+                               /readyz since the kubelet's gRPC probe has no TLS; with
+                               SECRET "-", that no service has TLS and readiness is gRPC
   alerts RENDERED RULES         assert the PrometheusRule (when rendered) carries exactly the
                                rule groups of the rules file RULES (what promtool checks in CI)
   compose FILE                 structural check of the compose file (no Docker engine here)
@@ -450,6 +455,51 @@ def cmd_redis(rendered: str) -> int:
     return problems.finish(f"{rendered}: bundled Redis: maxmemory {maxmemory[0] if maxmemory else '-'} under limit {limit}, noeviction, password from Secret {auth[0]}")
 
 
+def cmd_tls(rendered: str, secret: str, ca: str | None) -> int:
+    problems = Problems()
+    docs = load_docs(rendered)
+    deployments = {component(d): d for d in docs if d["kind"] == "Deployment" and component(d) in SERVICES}
+    problems.check(bool(deployments), "no ratemesh Deployment rendered")
+    for service, doc in deployments.items():
+        pod = doc["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        readiness = container["readinessProbe"]
+        if secret == "-":
+            problems.check(not any(k.startswith("RATEMESH__SERVER__TLS") for k in env), f"{service}: TLS settings without tls.enabled")
+            problems.check("grpc" in readiness, f"{service}: readiness is not the gRPC probe")
+            continue
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+
+        def mounted_from(path: str | None, what: str) -> str | None:
+            # The Secret whose volume is mounted (read-only) at the file's directory.
+            if not path:
+                problems.add(f"{service}: no {what} file set")
+                return None
+            mount = mounts.get(path.rsplit("/", 1)[0])
+            if mount is None:
+                problems.add(f"{service}: {what} {path} is not in a mounted volume")
+                return None
+            problems.check(mount.get("readOnly") is True, f"{service}: {what} volume is writable")
+            return volumes.get(mount["name"], {}).get("secret", {}).get("secretName")
+
+        for key, what in (("RATEMESH__SERVER__TLS_CERT_FILE", "certificate"), ("RATEMESH__SERVER__TLS_KEY_FILE", "key")):
+            source = mounted_from(env.get(key), what)
+            problems.check(source == secret, f"{service}: the {what} comes from {source}, not the Secret {secret}")
+        if ca:
+            source = mounted_from(env.get("RATEMESH__SERVER__TLS_CLIENT_CA_FILE"), "client CA")
+            problems.check(source == ca, f"{service}: the client CA comes from {source}, not the Secret {ca}")
+        else:
+            problems.check("RATEMESH__SERVER__TLS_CLIENT_CA_FILE" not in env, f"{service}: a client CA without tls.clientCASecret")
+        http = readiness.get("httpGet", {})
+        problems.check(http.get("path") == "/readyz" and http.get("port") == "admin",
+                       f"{service}: with TLS, readiness must be the admin port's /readyz, not {readiness}")
+        for probe in ("livenessProbe", "startupProbe"):
+            problems.check("grpc" not in container.get(probe, {}), f"{service}: {probe} is a gRPC probe, which has no TLS")
+    return problems.finish(f"{rendered}: TLS {'off' if secret == '-' else 'from ' + secret} on {len(deployments)} services")
+
+
 def cmd_alerts(rendered: str, rules_file: str) -> int:
     problems = Problems()
     rules = [d for d in load_docs(rendered) if d["kind"] == "PrometheusRule"]
@@ -532,6 +582,8 @@ def main(argv: list[str]) -> int:
         return cmd_streams(argv[1], argv[2])
     if len(argv) >= 2 and argv[0] == "expect":
         return cmd_expect(argv[1], argv[2:])
+    if len(argv) in (3, 4) and argv[0] == "tls":
+        return cmd_tls(argv[1], argv[2], argv[3] if len(argv) == 4 else None)
     if len(argv) == 3 and argv[0] == "alerts":
         return cmd_alerts(argv[1], argv[2])
     if len(argv) == 2 and argv[0] == "compose":

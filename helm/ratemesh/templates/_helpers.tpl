@@ -129,6 +129,20 @@ key: password
 {{- end -}}
 {{- end -}}
 
+{{/* Refuses TLS settings that cannot work. */}}
+{{- define "ratemesh.validateTLS" -}}
+{{- if .Values.tls.enabled -}}
+{{- if not .Values.tls.secretName -}}
+{{- fail "tls.secretName: TLS needs a Secret of type kubernetes.io/tls (tls.crt, tls.key) for the gRPC and webhook listeners" -}}
+{{- end -}}
+{{- if eq .Values.probes.liveness.type "grpc" -}}
+{{- fail "probes.liveness.type: the kubelet's gRPC probe does not speak TLS; with tls.enabled use http (the admin port's /livez)" -}}
+{{- end -}}
+{{- else if .Values.tls.clientCASecret -}}
+{{- fail "tls.clientCASecret: client certificates are verified only with tls.enabled=true" -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Refuses contradictory or missing Redis settings. */}}
 {{- define "ratemesh.validateRedis" -}}
 {{- $external := or .Values.redis.url .Values.redis.existingSecret -}}
