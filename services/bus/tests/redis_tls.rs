@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use ratemesh_bus::testkit::RedisServer;
 use ratemesh_bus::testkit::certs::TlsFiles;
+use ratemesh_bus::testkit::{RedisCluster, RedisServer};
 use ratemesh_bus::{Bus, BusError, BusOptions, Event, RedisTls};
 
 fn options() -> BusOptions {
@@ -92,5 +92,62 @@ async fn a_server_that_requires_client_certificates_accepts_the_configured_one()
     assert!(
         round_trip(&bus).await.is_err(),
         "a client without a certificate must be refused"
+    );
+}
+
+#[tokio::test]
+async fn a_bus_on_a_redis_cluster_over_tls_follows_the_cluster_on_tls_ports() {
+    let files = TlsFiles::new();
+    let cluster = tokio::task::spawn_blocking(move || {
+        let cluster = RedisCluster::start_tls(&files);
+        (cluster, files)
+    });
+    let (cluster, files) = cluster.await.expect("cluster starts");
+    let tls = RedisTls {
+        root_cert_pem: Some(read(&files.ca_file)),
+        client_pem: None,
+    };
+    let opts = BusOptions {
+        partitions: 4,
+        ..options()
+    };
+    let bus =
+        Bus::redis_cluster_with_tls(&cluster.tls_urls(), &cluster.unique_prefix(), opts, &tls)
+            .await
+            .expect("bus");
+    // Keys of every partition: slots on all three primaries, reached through redirects.
+    for i in 0..40 {
+        bus.publish("stock", Event::new(format!("SKU-{i}"), "over tls"))
+            .await
+            .expect("append over tls");
+    }
+    // Read back across the partitions (each on its primary).
+    let (entries, _) = bus
+        .read_after("stock", &bus.start_cursor(), 100)
+        .await
+        .expect("read over tls");
+    let seen = entries.len();
+    assert_eq!(seen, 40);
+
+    // Without the CA the cluster's certificates are refused.
+    let other = TlsFiles::new();
+    let untrusting = RedisTls {
+        root_cert_pem: Some(read(&other.ca_file)),
+        client_pem: None,
+    };
+    let refused = match Bus::redis_cluster_with_tls(
+        &cluster.tls_urls(),
+        &cluster.unique_prefix(),
+        options(),
+        &untrusting,
+    )
+    .await
+    {
+        Ok(bus) => round_trip(&bus).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(
+        refused,
+        "a cluster certificate from an unknown CA must be refused"
     );
 }

@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Persistence, RedisServer, unique_prefix};
+use super::{Persistence, RedisServer, TlsPort, certs, unique_prefix};
 
 /// `cluster-node-timeout` of the test nodes: a primary unreachable this long is failed
 /// over to its replica, within a few seconds.
@@ -39,14 +39,52 @@ impl RedisCluster {
 
     /// Like [`RedisCluster::start_with`], returning the failure instead of panicking.
     pub fn try_start_with(persistence: Persistence) -> Result<Self, String> {
+        Self::try_start(persistence, None)
+    }
+
+    /// Six nodes that also serve TLS (certificates from `files`, no client certificate
+    /// required), with the cluster bus and replication over TLS: [`RedisCluster::tls_urls`]
+    /// are `rediss://` seeds. Panics (failing the test) when the cluster does not form.
+    pub fn start_tls(files: &certs::TlsFiles) -> Self {
+        let tls = TlsPort {
+            port: 0,
+            cert: files.server_cert_file.clone(),
+            key: files.server_key_file.clone(),
+            ca: files.ca_file.clone(),
+            auth_clients: false,
+            peer: Some((
+                files.client_cert_file.clone(),
+                files.client_key_file.clone(),
+            )),
+        };
+        match Self::try_start(Persistence::None, Some(tls)) {
+            Ok(cluster) => cluster,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn try_start(persistence: Persistence, tls: Option<TlsPort>) -> Result<Self, String> {
         let nodes = (0..NODES)
-            .map(|_| RedisServer::try_start_node(persistence, true))
+            .map(|_| RedisServer::try_start(persistence, true, tls.clone()))
             .collect::<Result<Vec<_>, _>>()?;
         let cluster = RedisCluster { nodes };
         let mut create = Command::new("redis-cli");
-        create.args(["--cluster", "create"]);
-        for node in &cluster.nodes {
-            create.arg(format!("127.0.0.1:{}", node.port()));
+        if let Some(tls) = &tls {
+            // Formed over TLS, so the nodes meet on (and announce) their TLS ports.
+            create
+                .arg("--tls")
+                .arg("--cacert")
+                .arg(&tls.ca)
+                .args(["--cluster", "create"]);
+            for node in &cluster.nodes {
+                let port = node.tls.as_ref().map_or(node.port(), |t| t.port);
+                create.arg(format!("127.0.0.1:{port}"));
+            }
+        } else {
+            create.args(["--cluster", "create"]);
+            for node in &cluster.nodes {
+                create.arg(format!("127.0.0.1:{}", node.port()));
+            }
         }
         create
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -72,6 +110,11 @@ impl RedisCluster {
     /// The nodes' URLs, each a seed for a cluster client.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The nodes' `rediss://` URLs, of a cluster started with [`RedisCluster::start_tls`].
+    pub fn tls_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::tls_url).collect()
     }
 
     /// The seeds as one comma-separated list, as `redis.url` takes them in cluster mode.

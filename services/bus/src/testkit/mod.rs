@@ -68,6 +68,9 @@ struct TlsPort {
     ca: PathBuf,
     /// Whether clients must present a certificate issued by `ca`.
     auth_clients: bool,
+    /// The certificate and key a node presents to the others (cluster bus, replication),
+    /// which always ask for one; the server certificate is for servers only.
+    peer: Option<(PathBuf, PathBuf)>,
 }
 
 static PREFIX_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -89,7 +92,7 @@ impl RedisServer {
 
     /// Like [`RedisServer::start_with`], returning the failure instead of panicking.
     pub fn try_start_with(persistence: Persistence) -> Result<Self, String> {
-        Self::try_start_node(persistence, false)
+        Self::try_start(persistence, false, None)
     }
 
     /// A server that also listens for TLS (see [`RedisServer::tls_url`]) with the server
@@ -103,16 +106,12 @@ impl RedisServer {
             key: files.server_key_file.clone(),
             ca: files.ca_file.clone(),
             auth_clients: require_client_cert,
+            peer: None,
         };
         match Self::try_start(Persistence::None, false, Some(tls)) {
             Ok(server) => server,
             Err(e) => panic!("{e}"),
         }
-    }
-
-    /// A server, with cluster mode enabled when `cluster` (see [`RedisCluster`]).
-    fn try_start_node(persistence: Persistence, cluster: bool) -> Result<Self, String> {
-        Self::try_start(persistence, cluster, None)
     }
 
     fn try_start(
@@ -242,6 +241,15 @@ impl RedisServer {
                     "--tls-auth-clients",
                     if tls.auth_clients { "yes" } else { "no" },
                 ]);
+            if let Some((cert, key)) = &tls.peer {
+                cmd.args(["--tls-client-cert-file", &path(cert)])
+                    .args(["--tls-client-key-file", &path(key)]);
+            }
+            if self.cluster_port.is_some() {
+                // The cluster bus and replication over TLS too; clients reaching a node on
+                // its TLS port are redirected to the others' TLS ports.
+                cmd.args(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+            }
         }
         match self.persistence {
             Persistence::None => {
