@@ -85,6 +85,36 @@ impl Context {
 type Task = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'static>>;
 type AddRoutes = Box<dyn FnOnce(&mut RoutesBuilder) + Send>;
 
+/// What a gRPC service added to a [`ServiceModule`] is: a tonic server of one of the
+/// generated services (with its name), shareable across connections.
+pub trait GrpcService:
+    tower::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> GrpcService for S where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// One service, as the app runs it.
 pub struct ServiceModule {
     name: &'static str,
@@ -127,19 +157,7 @@ impl ServiceModule {
 
     /// Adds a gRPC service and the service's declaration of who may call each of its RPCs;
     /// its name is reported by health and reflection.
-    pub fn grpc<S>(self, service: S, access: MethodRoles) -> Self
-    where
-        S: tower::Service<
-                http::Request<tonic::body::Body>,
-                Response = http::Response<tonic::body::Body>,
-                Error = std::convert::Infallible,
-            > + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
+    pub fn grpc<S: GrpcService>(self, service: S, access: MethodRoles) -> Self {
         self.add_grpc(service, access, false)
     }
 
@@ -147,35 +165,16 @@ impl ServiceModule {
     /// module is ready: it stays SERVING while the backend is disconnected, and so does the
     /// module (the process stays ready for it), while the module's other services report
     /// NOT_SERVING by name.
-    pub fn grpc_from_memory<S>(self, service: S, access: MethodRoles) -> Self
-    where
-        S: tower::Service<
-                http::Request<tonic::body::Body>,
-                Response = http::Response<tonic::body::Body>,
-                Error = std::convert::Infallible,
-            > + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
+    pub fn grpc_from_memory<S: GrpcService>(self, service: S, access: MethodRoles) -> Self {
         self.add_grpc(service, access, true)
     }
 
-    fn add_grpc<S>(mut self, service: S, access: MethodRoles, from_memory: bool) -> Self
-    where
-        S: tower::Service<
-                http::Request<tonic::body::Body>,
-                Response = http::Response<tonic::body::Body>,
-                Error = std::convert::Infallible,
-            > + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
+    fn add_grpc<S: GrpcService>(
+        mut self,
+        service: S,
+        access: MethodRoles,
+        from_memory: bool,
+    ) -> Self {
         self.grpc_services.push((S::NAME, access));
         if from_memory {
             self.from_memory.push(S::NAME);
