@@ -6,28 +6,14 @@
 
 use std::time::{Duration, Instant};
 
-use ratemesh_bus::Bus;
 use ratemesh_bus::testkit::RedisServer;
 use ratemesh_proto::v1;
 use ratemesh_runtime::{BACKEND_HEALTH, Role};
-use ratemesh_testkit::settings::test_bus_options;
 use ratemesh_testkit::{Product, ServiceName, Stock, TestApp, test_settings};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 const RATES: &str = "ratemesh.v1.RateService";
 const OVERRIDES: &str = "ratemesh.v1.OverrideService";
-
-async fn spawn(redis: &RedisServer, prefix: &str, service: ServiceName) -> TestApp {
-    let mut settings = test_settings();
-    let options = test_bus_options();
-    settings.redis.url = redis.url();
-    settings.redis.key_prefix = prefix.to_owned();
-    settings.redis.partitions = options.partitions as u16;
-    let bus = Bus::redis(&settings.redis.url, prefix, options)
-        .await
-        .expect("redis bus");
-    TestApp::spawn_services(settings, bus, &[service]).await
-}
 
 /// Waits until `app` reports `status` for the health service `name`.
 async fn wait_health(app: &TestApp, name: &str, status: ServingStatus) {
@@ -61,8 +47,9 @@ async fn get_rate(app: &TestApp, sku: &str) -> Result<v1::RateCard, tonic::Statu
 async fn a_redis_outage_keeps_rates_ready_and_reports_the_write_path_down() {
     let mut redis = RedisServer::start();
     let prefix = redis.unique_prefix();
-    let rates = spawn(&redis, &prefix, ServiceName::Rates).await;
-    let ingest = spawn(&redis, &prefix, ServiceName::Ingest).await;
+    let spawn = |service| TestApp::spawn_services_at(&redis, test_settings(), &prefix, service);
+    let rates = spawn(&[ServiceName::Rates]).await;
+    let ingest = spawn(&[ServiceName::Ingest]).await;
     rates.wait_until_serving().await;
     ingest.wait_until_serving().await;
     for app in [&rates, &ingest] {

@@ -64,6 +64,19 @@ impl TestApp {
     /// Every service on `redis` under `prefix`, so a later app on the same prefix sees the
     /// same data (a restart, or a second replica).
     pub async fn spawn_at(redis: &RedisServer, settings: Settings, prefix: &str) -> Self {
+        let app = Self::spawn_services_at(redis, settings, prefix, &ServiceName::ALL).await;
+        app.wait_until_serving().await;
+        app
+    }
+
+    /// The named services on `redis` under `prefix`, as `ratemesh serve` runs each in a
+    /// process of its own; does not wait for readiness.
+    pub async fn spawn_services_at(
+        redis: &RedisServer,
+        settings: Settings,
+        prefix: &str,
+        services: &[ServiceName],
+    ) -> Self {
         let mut settings = settings;
         let options = test_bus_options();
         settings.redis.url = redis.url();
@@ -72,7 +85,7 @@ impl TestApp {
         let bus = Bus::redis(&settings.redis.url, prefix, options)
             .await
             .expect("redis bus");
-        Self::spawn_with(settings, bus).await
+        Self::spawn_services(settings, bus, services).await
     }
 
     /// Every service on a Redis Cluster (`redis.cluster = true`, `redis.url` the
