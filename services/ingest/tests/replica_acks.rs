@@ -62,7 +62,9 @@ async fn a_push_is_accepted_only_once_a_replica_confirmed_it() {
     let ingest = start_on(bus, None, |s| {
         s.redis.url = url.clone();
         s.redis.min_replica_acks = 1;
-        s.redis.replica_ack_timeout_ms = 200;
+        // Long enough for a replica's confirmation on a loaded machine; the refused push
+        // waits this long once.
+        s.redis.replica_ack_timeout_ms = 2_000;
         s.section_mut::<IngestSettings>().retry_after_secs = RETRY_AFTER_SECS;
     })
     .await;
