@@ -20,6 +20,7 @@ use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 
 use crate::auth::{AccessTable, ApiKeys, MethodRoles};
+use crate::background::Background;
 use crate::grpc::RpcLayer;
 use crate::health::{HealthEntry, HealthState, Readiness};
 use crate::settings::Settings;
@@ -195,7 +196,9 @@ impl ServiceModule {
     }
 
     /// Adds background work (a stream consumer, a timer loop). It must return once
-    /// [`Context::shutdown`] is cancelled; an error before then stops the process.
+    /// [`Context::shutdown`] is cancelled; an error before then stops the process. It runs
+    /// on the background runtime (`server.background_*`), behind the listeners when the
+    /// CPU is saturated.
     pub fn task(
         mut self,
         name: &'static str,
@@ -338,6 +341,11 @@ impl App {
         routes.add_service(reflection);
         routes.add_service(reflection_alpha);
         let mut http_router: Option<axum::Router> = None;
+        let background = Background::start(
+            settings.server.background_threads,
+            settings.server.background_nice,
+        )
+        .context("starting the background runtime")?;
         let mut tasks = JoinSet::new();
         let access = AccessTable::new(modules.iter().flat_map(|m| m.grpc_services.iter().copied()));
         for module in modules {
@@ -352,10 +360,13 @@ impl App {
             }
             for (name, task) in module.tasks {
                 let module_name = module.name;
-                tasks.spawn(async move {
-                    let result = task.await;
-                    (module_name, name, result)
-                });
+                tasks.spawn_on(
+                    async move {
+                        let result = task.await;
+                        (module_name, name, result)
+                    },
+                    background.handle(),
+                );
             }
         }
 
@@ -364,16 +375,22 @@ impl App {
         {
             let (bus, shutdown) = (ctx.bus().clone(), ctx.shutdown().clone());
             let retention = settings.retention.clone();
-            tasks.spawn(async move {
-                let result = crate::retention::run(bus, retention, shutdown).await;
-                ("runtime", "stream retention", result)
-            });
+            tasks.spawn_on(
+                async move {
+                    let result = crate::retention::run(bus, retention, shutdown).await;
+                    ("runtime", "stream retention", result)
+                },
+                background.handle(),
+            );
             let (bus, shutdown) = (ctx.bus().clone(), ctx.shutdown().clone());
             let interval = settings.telemetry.gauge_interval();
-            tasks.spawn(async move {
-                let result = crate::stream_gauges::run(bus, interval, shutdown).await;
-                ("runtime", "stream gauges", result)
-            });
+            tasks.spawn_on(
+                async move {
+                    let result = crate::stream_gauges::run(bus, interval, shutdown).await;
+                    ("runtime", "stream gauges", result)
+                },
+                background.handle(),
+            );
         }
 
         let stop_accepting = CancellationToken::new();
@@ -491,6 +508,7 @@ impl App {
         stop_admin.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), admin_server).await;
         follower.abort();
+        drop(background);
         tracing::info!("stopped");
         match failure {
             Some(err) => Err(err),

@@ -23,6 +23,7 @@ mod admin;
 pub mod app;
 pub mod auth;
 pub mod backend;
+mod background;
 pub mod consumer;
 pub mod error;
 pub mod grpc;

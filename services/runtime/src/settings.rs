@@ -467,6 +467,12 @@ pub struct ServerSettings {
     pub deadline_admission: bool,
     /// How long in-flight work may take to finish once shutdown starts.
     pub shutdown_grace_ms: u64,
+    /// Worker threads of the background runtime (stream consumers, timers, partner
+    /// deliveries); 0: one per CPU.
+    pub background_threads: usize,
+    /// How much higher than the listeners' the background threads' nice value is (0–19):
+    /// under CPU saturation, calls and webhooks run first and the background catches up.
+    pub background_nice: i32,
     /// Webhook listener: a request's headers must arrive within this long of the
     /// connection becoming ready for them, or the connection is closed.
     pub http_header_read_timeout_ms: u64,
@@ -861,6 +867,12 @@ impl Settings {
             return Err(SettingsError::new(
                 "server.queue_delay_target_ms",
                 "must be less than server.request_timeout_ms",
+            ));
+        }
+        if !(0..=19).contains(&s.background_nice) {
+            return Err(SettingsError::new(
+                "server.background_nice",
+                "must be between 0 (the listeners' priority) and 19",
             ));
         }
         if s.min_concurrency == 0 {
@@ -1374,6 +1386,16 @@ mod tests {
                 vec![("RATEMESH__SERVER__MIN_CONCURRENCY", "0")],
                 "server.min_concurrency",
                 "greater than 0",
+            ),
+            (
+                vec![("RATEMESH__SERVER__BACKGROUND_NICE", "20")],
+                "server.background_nice",
+                "between 0",
+            ),
+            (
+                vec![("RATEMESH__SERVER__BACKGROUND_NICE", "-1")],
+                "server.background_nice",
+                "between 0",
             ),
             (
                 vec![
