@@ -82,6 +82,10 @@ struct Args {
     /// Stream partitions of the in-process ratemesh (or of the external deployment).
     #[arg(long, default_value_t = 1)]
     partitions: u16,
+    /// `server.background_nice` of the in-process ratemesh (0: consumers and calls at one
+    /// priority); its default when not given.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..=19))]
+    background_nice: Option<i32>,
     /// Load an external ratemesh at this gRPC address instead of starting one.
     #[arg(long, requires_all = ["webhook", "erp_secret"])]
     grpc: Option<String>,
@@ -163,6 +167,11 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
                 "--min-replica-acks sets the in-process ratemesh's redis.min_replica_acks; \
                  an external deployment has its own"
             );
+            anyhow::ensure!(
+                args.background_nice.is_none(),
+                "--background-nice sets the in-process ratemesh's server.background_nice; \
+                 an external deployment has its own"
+            );
             TargetSpec::External(External {
                 grpc: grpc.clone(),
                 webhook: args.webhook.clone().unwrap_or_default(),
@@ -191,6 +200,7 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
             }
             TargetSpec::InProcess(InProcess {
                 min_replica_acks: args.min_replica_acks,
+                background_nice: args.background_nice,
                 ..InProcess::on(redis, args.partitions)
             })
         }

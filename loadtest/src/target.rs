@@ -80,6 +80,8 @@ pub struct InProcess {
     pub min_replica_acks: u32,
     /// Start of a peak window in the policy, for the BFCM scenario.
     pub peak_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `server.background_nice` of the in-process ratemesh; `None`: its default.
+    pub background_nice: Option<i32>,
 }
 
 impl InProcess {
@@ -90,6 +92,7 @@ impl InProcess {
             partitions,
             min_replica_acks: 0,
             peak_at: None,
+            background_nice: None,
         }
     }
 }
@@ -229,6 +232,9 @@ impl Target {
         std::io::Write::write_all(&mut policy, policy_toml(spec.peak_at).as_bytes())?;
         let partitions = spec.partitions.max(1);
         let mut settings = in_process_settings(policy.path().to_owned(), partitions);
+        if let Some(nice) = spec.background_nice {
+            settings.server.background_nice = nice;
+        }
         let (mut server, mut cluster) = (None, None);
         let (urls, on) = match &spec.redis {
             RedisSpec::PrivateServer => {
