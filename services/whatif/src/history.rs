@@ -1,0 +1,685 @@
+//! History to replay: a directory of ERP pushes, one push per file, in the formats the
+//! ingest service accepts on `POST /v1/stock` and `POST /v1/products`.
+//!
+//! - A file whose name starts with `stock` holds stock updates, one whose name starts with
+//!   `product` holds products. Names sort in push order (`stock-0001.csv`, …), though the
+//!   replay orders events by time anyway. Files starting with `.` are ignored; any other
+//!   file is a problem, so a misnamed push is never silently left out.
+//! - `.json`: the webhook body (`{"updates": [...]}` / `{"products": [...]}`) or a bare
+//!   array of items, as `ratemesh stock push` reads it. `.csv`: a header row naming the
+//!   fields, one item per row, as `ratemesh stock push` sends it (empty cells are absent
+//!   fields, `sequence` is a whole number, every other cell is sent as text).
+//!
+//! Every item goes through the ingest service's own parser and validation, and becomes a
+//! core event through the same stream entry ingest writes and rates decodes. One bad item
+//! anywhere refuses the whole history: every problem is reported (file, CSV line or JSON
+//! item index, field) and nothing is replayed.
+//!
+//! **Time.** The live service prices a push at ingest's `received_at`, not at the ERP's
+//! `as_of` (DESIGN §6). A file carries no receipt time, so a push is stamped with the
+//! latest `as_of` among its items: the earliest instant ingest could have accepted it, and
+//! the instant a prompt ERP push of that count arrives. Every item of the file gets that
+//! stamp, as every item of one live batch gets one `received_at`. A product file whose
+//! items carry no `as_of` is stamped at the start of the history (the earliest stock
+//! stamp): master data known before the first count.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use ratemesh_core::Event;
+use ratemesh_runtime::FieldViolation;
+use serde::Serialize;
+
+use crate::payload::{self, ProductBatch, RawProduct, RawStock, StockBatch};
+use crate::validate::{self, Limits, ProductItem, StockItem};
+
+/// The source name history events carry in their stream entries.
+const SOURCE: &str = "history";
+
+/// How history is read.
+#[derive(Debug, Clone)]
+pub struct HistoryOptions {
+    /// A stretch longer than this without any stock push is reported as a gap.
+    pub max_gap: TimeDelta,
+    /// The clock validation checks `as_of` against (a count from the future is refused,
+    /// as ingest refuses it).
+    pub now: DateTime<Utc>,
+}
+
+impl Default for HistoryOptions {
+    fn default() -> Self {
+        Self {
+            max_gap: TimeDelta::days(1),
+            now: Utc::now(),
+        }
+    }
+}
+
+/// A stretch of history without stock data, reported rather than bridged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gap {
+    /// The last push before the gap.
+    pub from: DateTime<Utc>,
+    /// The first push after it.
+    pub until: DateTime<Utc>,
+    /// Its length in whole hours.
+    pub hours: i64,
+}
+
+/// What a history holds, for the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistorySummary {
+    /// Files read (0 for a history built from events).
+    pub files: usize,
+    /// Stock readings.
+    pub stock_readings: usize,
+    /// Product records.
+    pub products: usize,
+    /// Distinct SKUs.
+    pub skus: usize,
+    /// The earliest event's pricing instant.
+    pub from: Option<DateTime<Utc>>,
+    /// The latest event's pricing instant.
+    pub until: Option<DateTime<Utc>>,
+    /// Stretches without stock data longer than the allowed gap.
+    pub gaps: Vec<Gap>,
+}
+
+/// Validated history: core events, ready to replay.
+#[derive(Debug, Clone)]
+pub struct History {
+    events: Vec<Event>,
+    summary: HistorySummary,
+}
+
+impl History {
+    /// History from events already in core form (another source, or a test).
+    pub fn from_events(events: Vec<Event>, max_gap: TimeDelta) -> History {
+        Self::build(events, 0, max_gap)
+    }
+
+    fn build(events: Vec<Event>, files: usize, max_gap: TimeDelta) -> History {
+        let mut stock_readings = 0;
+        let mut products = 0;
+        let mut skus = BTreeSet::new();
+        let mut pushes = BTreeSet::new();
+        for event in &events {
+            match event {
+                Event::StockObserved { .. } => {
+                    stock_readings += 1;
+                    pushes.insert(event.priced_at());
+                }
+                Event::ProductUpserted { .. } => products += 1,
+                _ => {}
+            }
+            if let Some(sku) = event.sku() {
+                skus.insert(sku.as_str());
+            }
+        }
+        let gaps = pushes
+            .iter()
+            .zip(pushes.iter().skip(1))
+            .filter(|(a, b)| **b - **a > max_gap)
+            .map(|(a, b)| Gap {
+                from: *a,
+                until: *b,
+                hours: (*b - *a).num_hours(),
+            })
+            .collect();
+        let summary = HistorySummary {
+            files,
+            stock_readings,
+            products,
+            skus: skus.len(),
+            from: events.iter().map(Event::priced_at).min(),
+            until: events.iter().map(Event::priced_at).max(),
+            gaps,
+        };
+        History { events, summary }
+    }
+
+    /// The events, in file order (the replay sorts them).
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// Counts, time span and gaps.
+    pub fn summary(&self) -> &HistorySummary {
+        &self.summary
+    }
+}
+
+/// Where in a file a problem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// The file as a whole (unreadable, misnamed, empty, not JSON).
+    File,
+    /// A CSV line, 1-based, counting the header as line 1.
+    Line(u64),
+    /// A JSON item, by its 0-based index in the `updates` / `products` array.
+    Item(usize),
+}
+
+/// One thing wrong with the history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file, by name within the history directory.
+    pub file: String,
+    /// Where in it.
+    pub location: Location,
+    /// The field, when one is to blame.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.file)?;
+        match self.location {
+            Location::File => {}
+            Location::Line(n) => write!(f, " line {n}")?,
+            Location::Item(i) => write!(f, " item {i}")?,
+        }
+        if let Some(field) = &self.field {
+            write!(f, " field {field}")?;
+        }
+        write!(f, ": {}", self.problem)
+    }
+}
+
+/// Why history could not be read; nothing is replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// The directory could not be listed.
+    #[error("cannot read history directory {}: {source}", path.display())]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The directory holds no stock or product file.
+    #[error("history directory {} holds no stock or products files", path.display())]
+    Empty {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// Items or files are bad; every problem found is listed.
+    #[error("history refused, nothing replayed:\n  {}", list(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    Stock,
+    Products,
+}
+
+impl Feed {
+    fn items_key(self) -> &'static str {
+        match self {
+            Feed::Stock => "updates",
+            Feed::Products => "products",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Csv,
+}
+
+/// The position of each parsed item in its file, to point problems at it.
+#[derive(Debug)]
+enum Positions {
+    Items,
+    Lines(Vec<u64>),
+}
+
+impl Positions {
+    fn of(&self, index: usize) -> Location {
+        match self {
+            Positions::Items => Location::Item(index),
+            Positions::Lines(lines) => lines
+                .get(index)
+                .map_or(Location::File, |l| Location::Line(*l)),
+        }
+    }
+}
+
+/// Reads every stock and products file in `dir`.
+pub fn load_history(dir: &Path, options: &HistoryOptions) -> Result<History, HistoryError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| HistoryError::Directory {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| HistoryError::Directory {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && entry.path().is_file() {
+            files.push(name);
+        }
+    }
+    files.sort();
+    let limits = Limits {
+        max_items: usize::MAX,
+        max_text_len: 256,
+        max_future_skew: TimeDelta::seconds(300),
+    };
+    let mut problems = Vec::new();
+    let mut stock = Vec::new();
+    let mut products = Vec::new();
+    let mut read = 0;
+    for name in &files {
+        let problem = |problem: String| Problem {
+            file: name.clone(),
+            location: Location::File,
+            field: None,
+            problem,
+        };
+        let Some((feed, format)) = classify(name) else {
+            problems.push(problem(
+                "not a history file: name it stock-….json|csv or products-….json|csv".into(),
+            ));
+            continue;
+        };
+        let raw = match std::fs::read(dir.join(name)) {
+            Ok(raw) => raw,
+            Err(e) => {
+                problems.push(problem(format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        read += 1;
+        match feed {
+            Feed::Stock => {
+                if let Some(items) =
+                    read_stock(name, format, &raw, options.now, &limits, &mut problems)
+                {
+                    stock.push((name.clone(), items));
+                }
+            }
+            Feed::Products => {
+                if let Some(items) =
+                    read_products(name, format, &raw, options.now, &limits, &mut problems)
+                {
+                    products.push((name.clone(), items));
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(HistoryError::Invalid(problems));
+    }
+    if read == 0 {
+        return Err(HistoryError::Empty {
+            path: dir.to_owned(),
+        });
+    }
+
+    let mut events = Vec::new();
+    let mut first_push: Option<DateTime<Utc>> = None;
+    for (name, items) in &stock {
+        // Validation refuses an empty push, so every stock file has a latest `as_of`.
+        let Some(stamp) = items.iter().map(|i| i.as_of).max() else {
+            continue;
+        };
+        first_push = Some(first_push.map_or(stamp, |t| t.min(stamp)));
+        for (i, item) in items.iter().enumerate() {
+            let entry = crate::events::stock_changed(item, SOURCE, name, stamp);
+            match ratemesh_contract::stock::decode_stock(&entry.payload) {
+                Ok(event) => events.push(event),
+                Err(e) => problems.push(Problem {
+                    file: name.clone(),
+                    location: Location::Item(i),
+                    field: None,
+                    problem: e.to_string(),
+                }),
+            }
+        }
+    }
+    for (name, items) in &products {
+        let stamp = items.iter().filter_map(|i| i.as_of).max().or(first_push);
+        let Some(stamp) = stamp else {
+            problems.push(Problem {
+                file: name.clone(),
+                location: Location::File,
+                field: Some("as_of".into()),
+                problem: "no item has an as_of and the history has no stock push to date it by"
+                    .into(),
+            });
+            continue;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let entry = crate::events::product_changed(item, SOURCE, name, stamp);
+            match ratemesh_contract::stock::decode_product(&entry.payload) {
+                Ok(event) => events.push(event),
+                Err(e) => problems.push(Problem {
+                    file: name.clone(),
+                    location: Location::Item(i),
+                    field: None,
+                    problem: e.to_string(),
+                }),
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(HistoryError::Invalid(problems));
+    }
+    Ok(History::build(events, read, options.max_gap))
+}
+
+fn classify(name: &str) -> Option<(Feed, Format)> {
+    let lower = name.to_ascii_lowercase();
+    let feed = if lower.starts_with("stock") {
+        Feed::Stock
+    } else if lower.starts_with("product") {
+        Feed::Products
+    } else {
+        return None;
+    };
+    let format = if lower.ends_with(".json") {
+        Format::Json
+    } else if lower.ends_with(".csv") {
+        Format::Csv
+    } else {
+        return None;
+    };
+    Some((feed, format))
+}
+
+fn read_stock(
+    name: &str,
+    format: Format,
+    raw: &[u8],
+    now: DateTime<Utc>,
+    limits: &Limits,
+    problems: &mut Vec<Problem>,
+) -> Option<Vec<StockItem>> {
+    let (updates, positions) = match format {
+        Format::Json => {
+            let batch: StockBatch = parse_json(
+                name,
+                Feed::Stock,
+                raw,
+                problems,
+                payload::parse::<StockBatch>,
+            )?;
+            (batch.updates, Positions::Items)
+        }
+        Format::Csv => {
+            let (rows, lines) = parse_csv::<RawStock>(name, Feed::Stock, raw, problems, |b| {
+                payload::parse::<StockBatch>(b).map(|mut batch| batch.updates.pop())
+            })?;
+            (rows, Positions::Lines(lines))
+        }
+    };
+    match validate::stock(&updates, now, limits) {
+        Ok(items) => Some(items),
+        Err(violations) => {
+            report_violations(name, Feed::Stock, &positions, violations, problems);
+            None
+        }
+    }
+}
+
+fn read_products(
+    name: &str,
+    format: Format,
+    raw: &[u8],
+    now: DateTime<Utc>,
+    limits: &Limits,
+    problems: &mut Vec<Problem>,
+) -> Option<Vec<ProductItem>> {
+    let (rows, positions) = match format {
+        Format::Json => {
+            let batch: ProductBatch = parse_json(
+                name,
+                Feed::Products,
+                raw,
+                problems,
+                payload::parse::<ProductBatch>,
+            )?;
+            (batch.products, Positions::Items)
+        }
+        Format::Csv => {
+            let (rows, lines) =
+                parse_csv::<RawProduct>(name, Feed::Products, raw, problems, |b| {
+                    payload::parse::<ProductBatch>(b).map(|mut batch| batch.products.pop())
+                })?;
+            (rows, Positions::Lines(lines))
+        }
+    };
+    match validate::products(&rows, now, limits) {
+        Ok(items) => Some(items),
+        Err(violations) => {
+            report_violations(name, Feed::Products, &positions, violations, problems);
+            None
+        }
+    }
+}
+
+/// A JSON file: the webhook body, or a bare array of items wrapped into one.
+fn parse_json<T>(
+    name: &str,
+    feed: Feed,
+    raw: &[u8],
+    problems: &mut Vec<Problem>,
+    parse: impl Fn(&[u8]) -> Result<T, payload::ParseError>,
+) -> Option<T> {
+    let first = raw.iter().find(|b| !b.is_ascii_whitespace());
+    let result = if first == Some(&b'[') {
+        let mut wrapped = format!("{{\"{}\":", feed.items_key()).into_bytes();
+        wrapped.extend_from_slice(raw);
+        wrapped.push(b'}');
+        parse(&wrapped)
+    } else {
+        parse(raw)
+    };
+    match result {
+        Ok(batch) => Some(batch),
+        Err(e) => {
+            let (location, field) = match locate(&e.message, feed) {
+                Some((i, field)) => (Location::Item(i), field),
+                None => (Location::File, None),
+            };
+            problems.push(Problem {
+                file: name.to_owned(),
+                location,
+                field,
+                problem: e.message,
+            });
+            None
+        }
+    }
+}
+
+/// A CSV file: each row becomes the JSON item `ratemesh stock push` would send, parsed by
+/// the webhook's parser as a one-item batch so a problem points at its line.
+fn parse_csv<T>(
+    name: &str,
+    feed: Feed,
+    raw: &[u8],
+    problems: &mut Vec<Problem>,
+    parse_one: impl Fn(&[u8]) -> Result<Option<T>, payload::ParseError>,
+) -> Option<(Vec<T>, Vec<u64>)> {
+    let before = problems.len();
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(raw);
+    let headers = match reader.headers() {
+        Ok(h) => h.clone(),
+        Err(e) => {
+            problems.push(Problem {
+                file: name.to_owned(),
+                location: Location::Line(1),
+                field: None,
+                problem: format!("unreadable CSV header: {e}"),
+            });
+            return None;
+        }
+    };
+    let mut items = Vec::new();
+    let mut lines = Vec::new();
+    for record in reader.records() {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map_or(0, csv::Position::line);
+                problems.push(Problem {
+                    file: name.to_owned(),
+                    location: Location::Line(line),
+                    field: None,
+                    problem: format!("unreadable CSV row: {e}"),
+                });
+                continue;
+            }
+        };
+        let line = record.position().map_or(0, csv::Position::line);
+        let mut item = serde_json::Map::new();
+        let mut row_ok = true;
+        for (column, cell) in headers.iter().zip(record.iter()) {
+            if cell.is_empty() {
+                continue;
+            }
+            let value = if feed == Feed::Stock && column == "sequence" {
+                match cell.parse::<u64>() {
+                    Ok(n) => serde_json::Value::from(n),
+                    Err(_) => {
+                        problems.push(Problem {
+                            file: name.to_owned(),
+                            location: Location::Line(line),
+                            field: Some(column.to_owned()),
+                            problem: format!("{cell:?} is not a whole number"),
+                        });
+                        row_ok = false;
+                        continue;
+                    }
+                }
+            } else {
+                serde_json::Value::String(cell.to_owned())
+            };
+            item.insert(column.to_owned(), value);
+        }
+        if !row_ok {
+            continue;
+        }
+        let body = serde_json::json!({ feed.items_key(): [item] }).to_string();
+        match parse_one(body.as_bytes()) {
+            Ok(Some(parsed)) => {
+                items.push(parsed);
+                lines.push(line);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let field = locate(&e.message, feed).and_then(|(_, f)| f);
+                // The position inside the one-item body means nothing to the reader.
+                let problem = e
+                    .message
+                    .split_once("): ")
+                    .map_or(e.message.as_str(), |(_, p)| p)
+                    .to_owned();
+                problems.push(Problem {
+                    file: name.to_owned(),
+                    location: Location::Line(line),
+                    field,
+                    problem,
+                });
+            }
+        }
+    }
+    (problems.len() == before).then_some((items, lines))
+}
+
+fn report_violations(
+    name: &str,
+    feed: Feed,
+    positions: &Positions,
+    violations: Vec<FieldViolation>,
+    problems: &mut Vec<Problem>,
+) {
+    for v in violations {
+        let (location, field) = match locate(&v.field, feed) {
+            Some((i, field)) => (positions.of(i), field),
+            None => (Location::File, Some(v.field.clone())),
+        };
+        problems.push(Problem {
+            file: name.to_owned(),
+            location,
+            field,
+            problem: v.description,
+        });
+    }
+}
+
+/// The item index and field in a path such as `updates[3].on_hand`, wherever it appears
+/// in `text`.
+fn locate(text: &str, feed: Feed) -> Option<(usize, Option<String>)> {
+    let prefix = format!("{}[", feed.items_key());
+    let start = text.find(&prefix)? + prefix.len();
+    let rest = &text[start..];
+    let close = rest.find(']')?;
+    let index = rest[..close].parse().ok()?;
+    let field = rest[close + 1..].strip_prefix('.').map(|f| {
+        f.split(|c: char| c.is_whitespace() || c == ':' || c == '(')
+            .next()
+            .unwrap_or(f)
+            .to_owned()
+    });
+    Some((index, field.filter(|f| !f.is_empty())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_locate_item_and_field() {
+        assert_eq!(
+            locate("updates[3].on_hand", Feed::Stock),
+            Some((3, Some("on_hand".into())))
+        );
+        assert_eq!(
+            locate(
+                "malformed JSON at products[12].price (line 1 column 9): x",
+                Feed::Products
+            ),
+            Some((12, Some("price".into())))
+        );
+        assert_eq!(
+            locate(
+                "malformed JSON at updates[0] (line 1): unknown",
+                Feed::Stock
+            ),
+            Some((0, None))
+        );
+        assert_eq!(locate("updates: must hold one", Feed::Stock), None);
+    }
+
+    #[test]
+    fn files_are_classified_by_name() {
+        assert_eq!(classify("stock-0001.csv"), Some((Feed::Stock, Format::Csv)));
+        assert_eq!(
+            classify("Products.JSON"),
+            Some((Feed::Products, Format::Json))
+        );
+        assert_eq!(classify("notes.txt"), None);
+        assert_eq!(classify("stock.txt"), None);
+    }
+}

@@ -1,0 +1,49 @@
+//! `ratemesh-whatif`: what a candidate rate policy would have done, replayed over real
+//! history next to the baseline policy, before a merchandiser turns it on.
+//!
+//! Both policies are folded through [`ratemesh_core::replay::Replay`] and
+//! [`ratemesh_core::compute()`] — the code the rates service runs — over the same events,
+//! priced at the same instants the live service would have used. Units sold are what
+//! happened (stock depletion between readings); what a policy changes is the commission
+//! paid on them, the margin left, and what partners would have been told.
+//!
+//! Layout:
+//! - [`history`] — a directory of ERP pushes (stock and product files, JSON or CSV) read
+//!   with the ingest service's own parser and validation into core events, with the gaps
+//!   in the record.
+//! - [`policy_file`] — [`load_policy`]: a policy TOML whose errors name the key.
+//! - [`engine`] — [`run`]: both replays, partitioned by SKU over every core, and the
+//!   figures.
+//! - [`report`] — the [`Report`] (serialisable for `--json`) and [`render_table`].
+//! - [`season`] — a deterministic generated season with a BFCM spike, as ERP files.
+//!
+//! The ERP formats are parsed and validated by the ingest service's `payload`,
+//! `validate` and `events` modules, compiled here from their source files: ingest keeps
+//! them crate-private, and a what-if run must accept exactly what `/v1/stock` and
+//! `/v1/products` accept, not a look-alike.
+
+#![forbid(unsafe_code)]
+
+pub mod engine;
+pub mod history;
+pub mod policy_file;
+pub mod report;
+pub mod season;
+
+// The ingest service's own parsing, validation and conversion to stream entries. They
+// refer to each other as `crate::payload` and `crate::validate`, so they sit at the root.
+// Not every item is used here (batch limits, the webhook's numeric-field handling).
+#[allow(dead_code, unreachable_pub, unused_imports)]
+#[path = "../../ingest/src/events.rs"]
+mod events;
+#[allow(dead_code, unreachable_pub, unused_imports)]
+#[path = "../../ingest/src/payload.rs"]
+mod payload;
+#[allow(dead_code, unreachable_pub, unused_imports)]
+#[path = "../../ingest/src/validate.rs"]
+mod validate;
+
+pub use engine::{WhatIfOptions, run};
+pub use history::{Gap, History, HistoryError, HistoryOptions, load_history};
+pub use policy_file::{PolicyFileError, load_policy};
+pub use report::{Report, render_table};

@@ -1,0 +1,350 @@
+//! The result of a what-if run: figures per program, category and SKU for the baseline and
+//! the candidate, an optional elasticity estimate kept apart from what was observed, and
+//! the time series a report plots. [`Report`] serialises to JSON (money and rates as
+//! decimal strings); [`render_table`] draws it for a terminal.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::history::HistorySummary;
+
+/// What one policy would have done over a set of SKUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PolicyFigures {
+    /// Σ units sold × price × the rate in force when they sold.
+    pub commission_spend: Decimal,
+    /// Revenue − unit cost of the units sold − commission.
+    pub margin_after_commission: Decimal,
+    /// Commission paid while the rate in force came from a band that lowers the rate
+    /// (`low_cover`): SKUs that were selling out anyway, where commission bought little.
+    pub scarce_spend: Decimal,
+    /// Commission paid while the rate in force came from a band that raises the rate
+    /// (`overstock`).
+    pub overstock_spend: Decimal,
+    /// Changes of the published rate: each is a delivery to every subscribed partner.
+    pub rate_changes: u64,
+    /// Times a cut of the published base was held back by the network's rules (a cut
+    /// announced under the notice period, or limited by the maximum cut per period):
+    /// counted when a card newly carries `base_cut_scheduled` or `base_cut_limited`.
+    pub cuts_blocked: u64,
+}
+
+impl PolicyFigures {
+    pub(crate) fn add(&mut self, other: &PolicyFigures) {
+        self.commission_spend += other.commission_spend;
+        self.margin_after_commission += other.margin_after_commission;
+        self.scarce_spend += other.scarce_spend;
+        self.overstock_spend += other.overstock_spend;
+        self.rate_changes += other.rate_changes;
+        self.cuts_blocked += other.cuts_blocked;
+    }
+}
+
+/// Observed sales and what each policy would have paid on them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Figures {
+    /// Units sold, inferred from stock depletion between consecutive readings (observed,
+    /// the same under both policies).
+    pub units_sold: Decimal,
+    /// Units sold × price.
+    pub revenue: Decimal,
+    /// The baseline policy.
+    pub baseline: PolicyFigures,
+    /// The candidate policy.
+    pub candidate: PolicyFigures,
+}
+
+impl Figures {
+    pub(crate) fn add(&mut self, other: &Figures) {
+        self.units_sold += other.units_sold;
+        self.revenue += other.revenue;
+        self.baseline.add(&other.baseline);
+        self.candidate.add(&other.candidate);
+    }
+}
+
+/// One SKU's figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SkuFigures {
+    /// The SKU.
+    pub sku: String,
+    /// Its category (from its latest product data).
+    pub category: String,
+    /// Its figures.
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+/// An estimate, not an observation: how sell-through might have moved with the
+/// commission, under an assumed elasticity. Kept apart from the observed figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ElasticityEstimate {
+    /// Always `"estimate"`, so a script cannot mistake these for observed figures.
+    pub kind: &'static str,
+    /// The assumption: the relative change of units sold per relative change of the
+    /// commission rate (0.5: 10 % more commission sells 5 % more).
+    pub elasticity: Decimal,
+    /// Units actually sold (under the baseline).
+    pub observed_units: Decimal,
+    /// Units the candidate might have sold.
+    pub estimated_candidate_units: Decimal,
+    /// Commission the candidate might have paid on them.
+    pub estimated_candidate_spend: Decimal,
+    /// Margin after commission the candidate might have made.
+    pub estimated_candidate_margin: Decimal,
+}
+
+/// Commission paid in one time bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SpendPoint {
+    /// Start of the bucket.
+    pub at: DateTime<Utc>,
+    /// Baseline spend in it.
+    pub baseline: Decimal,
+    /// Candidate spend in it.
+    pub candidate: Decimal,
+}
+
+/// The rates in force from `at` on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RatePoint {
+    /// When either rate changed.
+    pub at: DateTime<Utc>,
+    /// Baseline rate (absent before its first card).
+    pub baseline: Option<Decimal>,
+    /// Candidate rate (absent before its first card).
+    pub candidate: Option<Decimal>,
+}
+
+/// One SKU's rates over time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RateSeries {
+    /// The SKU.
+    pub sku: String,
+    /// Every change of either rate, oldest first.
+    pub points: Vec<RatePoint>,
+}
+
+/// What a report plots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Series {
+    /// Length of a spend bucket, in hours.
+    pub bucket_hours: i64,
+    /// Spend per bucket, baseline and candidate, for every bucket from the first to the
+    /// last (empty buckets are zero).
+    pub spend: Vec<SpendPoint>,
+    /// Rates over time of the SKUs with the highest baseline spend.
+    pub top_skus: Vec<RateSeries>,
+}
+
+/// The policies compared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyLabel {
+    /// `[program] id`.
+    pub program: String,
+    /// `direct` or `boost`.
+    pub mode: String,
+}
+
+/// A what-if run's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// What was replayed.
+    pub history: HistorySummary,
+    /// The baseline policy.
+    pub baseline_policy: PolicyLabel,
+    /// The candidate policy.
+    pub candidate_policy: PolicyLabel,
+    /// The whole program.
+    pub program: Figures,
+    /// Per category.
+    pub categories: BTreeMap<String, Figures>,
+    /// Per SKU, highest baseline spend first.
+    pub skus: Vec<SkuFigures>,
+    /// Units that sold before the SKU had product data (no price, so no commission).
+    pub unpriced_units: Decimal,
+    /// Present when an elasticity was assumed.
+    pub estimate: Option<ElasticityEstimate>,
+    /// Time series for plots.
+    pub series: Series,
+}
+
+fn money(d: Decimal) -> String {
+    format!("{:.2}", d.round_dp(2))
+}
+
+fn delta(base: Decimal, cand: Decimal) -> String {
+    let d = (cand - base).round_dp(2);
+    if d > Decimal::ZERO {
+        format!("+{d:.2}")
+    } else {
+        format!("{d:.2}")
+    }
+}
+
+fn when(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn rows(out: &mut String, name: &str, f: &Figures) {
+    let b = &f.baseline;
+    let c = &f.candidate;
+    let lines: [(&str, String, String, String); 7] = [
+        (
+            "commission spend",
+            money(b.commission_spend),
+            money(c.commission_spend),
+            delta(b.commission_spend, c.commission_spend),
+        ),
+        (
+            "margin after commission",
+            money(b.margin_after_commission),
+            money(c.margin_after_commission),
+            delta(b.margin_after_commission, c.margin_after_commission),
+        ),
+        (
+            "spend while scarce",
+            money(b.scarce_spend),
+            money(c.scarce_spend),
+            delta(b.scarce_spend, c.scarce_spend),
+        ),
+        (
+            "spend on overstock",
+            money(b.overstock_spend),
+            money(c.overstock_spend),
+            delta(b.overstock_spend, c.overstock_spend),
+        ),
+        (
+            "rate changes sent",
+            b.rate_changes.to_string(),
+            c.rate_changes.to_string(),
+            (c.rate_changes as i64 - b.rate_changes as i64).to_string(),
+        ),
+        (
+            "cuts blocked by network",
+            b.cuts_blocked.to_string(),
+            c.cuts_blocked.to_string(),
+            (c.cuts_blocked as i64 - b.cuts_blocked as i64).to_string(),
+        ),
+        (
+            "units sold (observed)",
+            f.units_sold.normalize().to_string(),
+            f.units_sold.normalize().to_string(),
+            "0".to_owned(),
+        ),
+    ];
+    for (i, (label, base, cand, change)) in lines.iter().enumerate() {
+        let scope = if i == 0 { name } else { "" };
+        let _ = writeln!(
+            out,
+            "{scope:<16} {label:<26} {base:>14} {cand:>14} {change:>12}"
+        );
+    }
+}
+
+/// The report as a plain-text table for a terminal: the program, each category, and the
+/// SKUs whose spend moves most.
+pub fn render_table(report: &Report) -> String {
+    let mut out = String::new();
+    let h = &report.history;
+    let span = match (h.from, h.until) {
+        (Some(a), Some(b)) => format!("{} to {}", when(a), when(b)),
+        _ => "no events".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "what-if: baseline {} ({}) vs candidate {} ({})",
+        report.baseline_policy.program,
+        report.baseline_policy.mode,
+        report.candidate_policy.program,
+        report.candidate_policy.mode
+    );
+    let _ = writeln!(
+        out,
+        "history: {span}; {} files, {} stock readings, {} products, {} SKUs",
+        h.files, h.stock_readings, h.products, h.skus
+    );
+    if h.gaps.is_empty() {
+        let _ = writeln!(out, "gaps: none");
+    } else {
+        for gap in &h.gaps {
+            let _ = writeln!(
+                out,
+                "GAP: no stock data from {} to {} ({} h); figures do not cover it",
+                when(gap.from),
+                when(gap.until),
+                gap.hours
+            );
+        }
+    }
+    if report.unpriced_units > Decimal::ZERO {
+        let _ = writeln!(
+            out,
+            "{} units sold before their SKU had product data (no price): not in the figures",
+            report.unpriced_units.normalize()
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<16} {:<26} {:>14} {:>14} {:>12}",
+        "scope", "figure", "baseline", "candidate", "change"
+    );
+    rows(&mut out, "program", &report.program);
+    for (category, figures) in &report.categories {
+        let _ = writeln!(out);
+        rows(&mut out, category, figures);
+    }
+
+    let mut movers: Vec<&SkuFigures> = report.skus.iter().collect();
+    movers.sort_by(|a, b| {
+        let da = (a.figures.candidate.commission_spend - a.figures.baseline.commission_spend).abs();
+        let db = (b.figures.candidate.commission_spend - b.figures.baseline.commission_spend).abs();
+        db.cmp(&da).then_with(|| a.sku.cmp(&b.sku))
+    });
+    let _ = writeln!(out);
+    let _ = writeln!(out, "SKUs whose commission spend moves most:");
+    let _ = writeln!(
+        out,
+        "{:<20} {:<14} {:>10} {:>14} {:>14} {:>12}",
+        "sku", "category", "units", "baseline", "candidate", "change"
+    );
+    for s in movers.iter().take(10) {
+        let f = &s.figures;
+        let _ = writeln!(
+            out,
+            "{:<20} {:<14} {:>10} {:>14} {:>14} {:>12}",
+            s.sku,
+            s.category,
+            f.units_sold.normalize(),
+            money(f.baseline.commission_spend),
+            money(f.candidate.commission_spend),
+            delta(f.baseline.commission_spend, f.candidate.commission_spend)
+        );
+    }
+    if let Some(e) = &report.estimate {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "ESTIMATE (not observed), assuming elasticity {}:",
+            e.elasticity.normalize()
+        );
+        let _ = writeln!(
+            out,
+            "  units {} observed -> {} estimated under the candidate",
+            e.observed_units.normalize(),
+            e.estimated_candidate_units.round_dp(1).normalize()
+        );
+        let _ = writeln!(
+            out,
+            "  candidate commission spend {} and margin after commission {} (estimated)",
+            money(e.estimated_candidate_spend),
+            money(e.estimated_candidate_margin)
+        );
+    }
+    out
+}
