@@ -1,0 +1,453 @@
+//! The shipped sample season replayed under the example policy and the sample candidate,
+//! checked against a direct computation written here: walk the readings in time order,
+//! infer units sold from depletion, take the rate in force from core's own replay just
+//! before each reading, multiply by the price from the product file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use ratemesh_core::replay::Replay;
+use ratemesh_core::{Event, Policy, ReasonCode};
+use ratemesh_whatif::history::{HistoryError, Location};
+use ratemesh_whatif::report::Figures;
+use ratemesh_whatif::season::{SeasonSpec, write_season};
+use ratemesh_whatif::{
+    HistoryOptions, WhatIfOptions, load_history, load_policy, render_table, run,
+};
+use rust_decimal::Decimal;
+use rust_decimal_macros::dec;
+
+fn sample() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sample")
+}
+
+fn options() -> HistoryOptions {
+    HistoryOptions {
+        max_gap: TimeDelta::days(1),
+        now: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+    }
+}
+
+/// What the test expects for one policy, computed without the engine.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Expected {
+    units: Decimal,
+    revenue: Decimal,
+    spend: [Decimal; 2],
+    margin: [Decimal; 2],
+    scarce: [Decimal; 2],
+    overstock: [Decimal; 2],
+    rate_changes: [u64; 2],
+    estimated_units: Decimal,
+}
+
+#[test]
+fn the_sample_season_report_matches_a_direct_computation() {
+    let history = load_history(&sample().join("history"), &options()).expect("sample history");
+    let baseline = load_policy(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../core/policy.example.toml"
+    )))
+    .expect("example policy");
+    let candidate = load_policy(&sample().join("candidate.toml")).expect("candidate policy");
+    let elasticity = dec!(0.5);
+    let report = run(
+        &history,
+        &baseline,
+        &candidate,
+        &WhatIfOptions {
+            threads: 2,
+            elasticity: Some(elasticity),
+            ..WhatIfOptions::default()
+        },
+    );
+
+    // Prices and categories straight from the product file.
+    let products: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(sample().join("history/products-0000.json")).unwrap(),
+    )
+    .unwrap();
+    let mut catalogue: BTreeMap<String, (String, Decimal, Decimal)> = BTreeMap::new();
+    for p in products["products"].as_array().unwrap() {
+        let d = |k: &str| p[k].as_str().unwrap().parse::<Decimal>().unwrap();
+        catalogue.insert(
+            p["sku"].as_str().unwrap().to_owned(),
+            (
+                p["category"].as_str().unwrap().to_owned(),
+                d("price"),
+                d("unit_cost"),
+            ),
+        );
+    }
+
+    // Product data first, then readings in time order, SKU by SKU within an instant.
+    let mut events: Vec<&Event> = history.events().iter().collect();
+    events.sort_by_key(|e| {
+        let (rank, seq) = match e {
+            Event::ProductUpserted { .. } => (0, 0),
+            Event::StockObserved { sequence, .. } => (1, *sequence),
+            other => panic!("the sample holds only products and stock, got {other:?}"),
+        };
+        (
+            e.priced_at(),
+            rank,
+            e.sku().unwrap().as_str().to_owned(),
+            seq,
+        )
+    });
+    let policies = [&baseline, &candidate];
+    let mut replays = [Replay::new(), Replay::new()];
+    let mut last_on_hand: BTreeMap<String, Decimal> = BTreeMap::new();
+    let mut expected: BTreeMap<String, Expected> = BTreeMap::new();
+    let mut daily: BTreeMap<DateTime<Utc>, Decimal> = BTreeMap::new();
+    for event in events {
+        let sku = event.sku().unwrap().clone();
+        let in_force: Vec<_> = replays
+            .iter()
+            .map(|r| r.cards().get(&sku).cloned())
+            .collect();
+        for (replay, policy) in replays.iter_mut().zip(policies) {
+            replay.apply(policy, event);
+        }
+        let (category, price, cost) = catalogue[sku.as_str()].clone();
+        let e = expected.entry(category).or_default();
+        for k in 0..2 {
+            let after = replays[k].cards()[&sku].effective_rate;
+            if in_force[k]
+                .as_ref()
+                .is_some_and(|c| c.effective_rate != after)
+            {
+                e.rate_changes[k] += 1;
+            }
+        }
+        let Event::StockObserved {
+            on_hand,
+            reserved,
+            location,
+            ..
+        } = event
+        else {
+            continue;
+        };
+        assert!(
+            location.is_empty() && reserved.get().is_zero(),
+            "one location, nothing reserved"
+        );
+        let now = on_hand.get();
+        let Some(before) = last_on_hand.insert(sku.to_string(), now) else {
+            continue;
+        };
+        let units = before - now;
+        if units <= Decimal::ZERO {
+            continue;
+        }
+        let revenue = units * price;
+        e.units += units;
+        e.revenue += revenue;
+        let rates: Vec<Decimal> = in_force
+            .iter()
+            .map(|c| c.as_ref().map_or(Decimal::ZERO, |c| c.effective_rate.get()))
+            .collect();
+        for k in 0..2 {
+            let spend = revenue * rates[k];
+            e.spend[k] += spend;
+            e.margin[k] += units * (price - cost) - spend;
+            let card = in_force[k].as_ref().unwrap();
+            if card
+                .reasons
+                .iter()
+                .any(|r| r.code() == ReasonCode::LowCover)
+            {
+                e.scarce[k] += spend;
+            }
+            if card
+                .reasons
+                .iter()
+                .any(|r| r.code() == ReasonCode::Overstock)
+            {
+                e.overstock[k] += spend;
+            }
+        }
+        if rates[0] > Decimal::ZERO {
+            let factor = (Decimal::ONE + elasticity * (rates[1] - rates[0]) / rates[0])
+                .round_dp(ratemesh_whatif::engine::FACTOR_DECIMALS);
+            e.estimated_units += units * factor.max(Decimal::ZERO);
+        } else {
+            e.estimated_units += units;
+        }
+        let day = event
+            .priced_at()
+            .date_naive()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc();
+        *daily.entry(day).or_default() += revenue * rates[0];
+    }
+
+    let check = |name: &str, got: &Figures, want: &Expected| {
+        assert_eq!(got.units_sold, want.units, "{name} units");
+        assert_eq!(got.revenue, want.revenue, "{name} revenue");
+        for (k, figures) in [&got.baseline, &got.candidate].into_iter().enumerate() {
+            assert_eq!(figures.commission_spend, want.spend[k], "{name} spend {k}");
+            assert_eq!(
+                figures.margin_after_commission, want.margin[k],
+                "{name} margin {k}"
+            );
+            assert_eq!(
+                figures.scarce_spend, want.scarce[k],
+                "{name} scarce spend {k}"
+            );
+            assert_eq!(
+                figures.overstock_spend, want.overstock[k],
+                "{name} overstock spend {k}"
+            );
+            assert_eq!(
+                figures.rate_changes, want.rate_changes[k],
+                "{name} rate changes {k}"
+            );
+        }
+    };
+    let mut program = Expected::default();
+    assert_eq!(
+        report.categories.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>()
+    );
+    for (category, want) in &expected {
+        check(category, &report.categories[category], want);
+        program.units += want.units;
+        program.revenue += want.revenue;
+        program.estimated_units += want.estimated_units;
+        for k in 0..2 {
+            program.spend[k] += want.spend[k];
+            program.margin[k] += want.margin[k];
+            program.scarce[k] += want.scarce[k];
+            program.overstock[k] += want.overstock[k];
+            program.rate_changes[k] += want.rate_changes[k];
+        }
+    }
+    check("program", &report.program, &program);
+
+    // The season is worth comparing: things sold, both kinds of band paid, and the
+    // candidate pays differently.
+    let p = &report.program;
+    assert!(p.units_sold > dec!(10000), "{}", p.units_sold);
+    assert!(p.baseline.scarce_spend > Decimal::ZERO);
+    assert!(p.baseline.overstock_spend > Decimal::ZERO);
+    assert_ne!(p.baseline.commission_spend, p.candidate.commission_spend);
+    assert!(p.candidate.scarce_spend < p.baseline.scarce_spend);
+
+    // The estimate is apart from the observed figures and labelled as one.
+    let estimate = report.estimate.as_ref().expect("elasticity given");
+    assert_eq!(estimate.kind, "estimate");
+    assert_eq!(estimate.observed_units, p.units_sold);
+    assert_eq!(estimate.estimated_candidate_units, program.estimated_units);
+
+    // Spend per day is the same money, and BFCM shows in it.
+    let series: BTreeMap<DateTime<Utc>, Decimal> = report
+        .series
+        .spend
+        .iter()
+        .map(|s| (s.at, s.baseline))
+        .filter(|(_, v)| !v.is_zero())
+        .collect();
+    assert_eq!(series, daily);
+    let mean = |from: (u32, u32), to: (u32, u32)| {
+        let a = Utc.with_ymd_and_hms(2025, from.0, from.1, 0, 0, 0).unwrap();
+        let b = Utc.with_ymd_and_hms(2025, to.0, to.1, 0, 0, 0).unwrap();
+        let days: Vec<_> = daily.range(a..b).map(|(_, v)| *v).collect();
+        days.iter().sum::<Decimal>() / Decimal::from(days.len())
+    };
+    let ordinary = mean((11, 10), (11, 25));
+    let peak = mean((11, 28), (12, 1));
+    assert!(
+        peak > ordinary * dec!(2),
+        "peak {peak} vs ordinary {ordinary}"
+    );
+
+    // Per-SKU figures add up to the program, and the top SKUs have rate series.
+    let mut total = Figures::default();
+    for s in &report.skus {
+        total.units_sold += s.figures.units_sold;
+        total.baseline.commission_spend += s.figures.baseline.commission_spend;
+    }
+    assert_eq!(total.units_sold, p.units_sold);
+    assert_eq!(total.baseline.commission_spend, p.baseline.commission_spend);
+    assert_eq!(report.series.top_skus.len(), 5);
+    assert_eq!(report.series.top_skus[0].sku, report.skus[0].sku);
+    assert!(report.series.top_skus[0].points.len() > 1);
+
+    // JSON for scripts carries money as decimal strings; the table shows the program.
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(
+        json["program"]["baseline"]["commission_spend"],
+        serde_json::Value::String(p.baseline.commission_spend.to_string())
+    );
+    let table = render_table(&report);
+    assert!(table.contains("gaps: none"), "{table}");
+    assert!(
+        table.contains(&format!("{:.2}", p.baseline.commission_spend.round_dp(2))),
+        "{table}"
+    );
+    assert!(table.contains("ESTIMATE (not observed)"), "{table}");
+}
+
+#[test]
+fn the_shipped_sample_is_what_the_generator_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = write_season(&SeasonSpec::default(), dir.path()).unwrap();
+    let shipped = sample().join("history");
+    let mut names: Vec<_> = std::fs::read_dir(&shipped)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), written.files);
+    for name in names {
+        assert_eq!(
+            std::fs::read(shipped.join(&name)).unwrap(),
+            std::fs::read(dir.path().join(&name)).unwrap(),
+            "{name:?} differs from the generator's output"
+        );
+    }
+}
+
+fn small_season(dir: &Path) {
+    let spec = SeasonSpec {
+        skus: 12,
+        days: 6,
+        ..SeasonSpec::default()
+    };
+    write_season(&spec, dir).unwrap();
+}
+
+#[test]
+fn bad_rows_name_file_line_or_item_and_field_and_nothing_is_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    small_season(dir.path());
+    // Line 5 of a CSV push: a negative count.
+    let csv = dir.path().join("stock-0003.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut cells: Vec<String> = lines[4].split(',').map(str::to_owned).collect();
+    cells[2] = "-3".into();
+    lines[4] = cells.join(",");
+    std::fs::write(&csv, lines.join("\n") + "\n").unwrap();
+    // Item 2 of a JSON push: a count that is not a number.
+    let json = dir.path().join("stock-0007.json");
+    let text = std::fs::read_to_string(&json).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let at = lines[3].find("\"on_hand\":").unwrap() + "\"on_hand\":".len();
+    let end = at + lines[3][at..].find(',').unwrap();
+    lines[3].replace_range(at..end, "\"lots\"");
+    std::fs::write(&json, lines.join("\n") + "\n").unwrap();
+
+    let err = load_history(dir.path(), &options()).expect_err("bad rows");
+    let HistoryError::Invalid(problems) = &err else {
+        panic!("expected invalid rows, got {err}");
+    };
+    assert_eq!(problems.len(), 2, "{err}");
+    assert_eq!(problems[0].file, "stock-0003.csv");
+    assert_eq!(problems[0].location, Location::Line(5));
+    assert_eq!(problems[0].field.as_deref(), Some("on_hand"));
+    assert_eq!(problems[1].file, "stock-0007.json");
+    assert_eq!(problems[1].location, Location::Item(2));
+    assert_eq!(problems[1].field.as_deref(), Some("on_hand"));
+    let text = err.to_string();
+    assert!(text.contains("nothing replayed"), "{text}");
+    assert!(
+        text.contains("stock-0003.csv line 5 field on_hand: must be at least 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("stock-0007.json item 2 field on_hand"),
+        "{text}"
+    );
+
+    // A misnamed file is refused too, rather than left out.
+    let dir = tempfile::tempdir().unwrap();
+    small_season(dir.path());
+    std::fs::write(dir.path().join("counts.csv"), "sku\n").unwrap();
+    let err = load_history(dir.path(), &options()).expect_err("misnamed file");
+    assert!(
+        err.to_string().contains("counts.csv: not a history file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_policy_file_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let candidate = std::fs::read_to_string(sample().join("candidate.toml")).unwrap();
+    let path = dir.path().join("candidate.toml");
+
+    let out_of_range = candidate.replacen(
+        "cap = \"0.20\"\nmargin_share = \"0.50\"",
+        "cap = \"1.5\"\nmargin_share = \"0.50\"",
+        1,
+    );
+    assert_ne!(out_of_range, candidate);
+    std::fs::write(&path, out_of_range).unwrap();
+    let err = load_policy(&path).expect_err("cap out of range");
+    assert_eq!(err.key(), Some("categories.apparel.cap"));
+    let text = err.to_string();
+    assert!(text.contains("candidate.toml"), "{text}");
+    assert!(
+        text.contains("categories.apparel.cap: must be between 0 and 1, got 1.5"),
+        "{text}"
+    );
+
+    std::fs::write(
+        &path,
+        candidate.replacen("max_step = \"0.02\"", "max_stepp = \"0.02\"", 1),
+    )
+    .unwrap();
+    let err = load_policy(&path).expect_err("misspelt key");
+    assert_eq!(err.key(), Some("defaults.max_stepp"));
+    assert!(err.to_string().contains("max_stepp"), "{err}");
+
+    assert!(load_policy(&dir.path().join("missing.toml")).is_err());
+    assert!(load_policy(&sample().join("candidate.toml")).is_ok());
+}
+
+#[test]
+fn a_gap_in_history_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    small_season(dir.path());
+    let complete = load_history(dir.path(), &options()).expect("history");
+    assert!(complete.summary().gaps.is_empty());
+    // Counts are every 12 hours: without pushes 5 to 8 nothing arrives for 2.5 days.
+    for n in 5..=8 {
+        let csv = dir.path().join(format!("stock-{n:04}.csv"));
+        let json = dir.path().join(format!("stock-{n:04}.json"));
+        std::fs::remove_file(if csv.exists() { csv } else { json }).unwrap();
+    }
+    let history = load_history(dir.path(), &options()).expect("history");
+    let at = |d: u32, h: u32| Utc.with_ymd_and_hms(2025, 11, d, h, 0, 0).unwrap();
+    assert_eq!(history.summary().gaps.len(), 1);
+    let gap = &history.summary().gaps[0];
+    assert_eq!((gap.from, gap.until, gap.hours), (at(2, 12), at(5, 0), 60));
+    // A longer allowance bridges it, because the caller said so.
+    let lenient = HistoryOptions {
+        max_gap: TimeDelta::days(3),
+        ..options()
+    };
+    assert!(
+        load_history(dir.path(), &lenient)
+            .unwrap()
+            .summary()
+            .gaps
+            .is_empty()
+    );
+
+    let policy = Policy::example();
+    let report = run(&history, &policy, &policy, &WhatIfOptions::default());
+    assert_eq!(report.history.gaps, vec![gap.clone()]);
+    let table = render_table(&report);
+    assert!(
+        table.contains(
+            "GAP: no stock data from 2025-11-02T12:00:00Z to 2025-11-05T00:00:00Z (60 h)"
+        ),
+        "{table}"
+    );
+}
