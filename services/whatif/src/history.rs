@@ -673,6 +673,69 @@ mod tests {
     }
 
     #[test]
+    fn json_arrays_and_csv_load_and_undated_products_date_from_the_first_push() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("products.json"),
+            r#"[{"sku":"A-1","category":"Home","price":"20.00","unit_cost":8}]"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("stock-1.csv"),
+            "sku,location,on_hand,reserved,as_of,sequence\n\
+             A-1,dc-1,10,2,2025-11-01T00:00:00Z,1\n\
+             A-1,dc-2,5,,2025-11-01T00:05:00Z,1\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("stock-2.json"),
+            r#"{"updates":[{"sku":"A-1","location":"dc-1","on_hand":7,"as_of":"2025-11-01T06:00:00Z","sequence":2}]}"#,
+        )
+        .unwrap();
+        let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let history = load_history(
+            dir.path(),
+            &HistoryOptions {
+                max_gap: TimeDelta::days(1),
+                now,
+            },
+        )
+        .expect("valid history");
+        let first = DateTime::parse_from_rfc3339("2025-11-01T00:05:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        // Both readings of the first push are priced at its latest count, like one batch.
+        let stamps: Vec<_> = history
+            .events()
+            .iter()
+            .map(|e| (matches!(e, Event::ProductUpserted { .. }), e.priced_at()))
+            .collect();
+        assert!(stamps.contains(&(true, first)), "{stamps:?}");
+        assert_eq!(stamps.iter().filter(|(_, t)| *t == first).count(), 3);
+        let summary = history.summary();
+        assert_eq!(
+            (
+                summary.files,
+                summary.stock_readings,
+                summary.products,
+                summary.skus
+            ),
+            (3, 3, 1, 1)
+        );
+        let category = history.events().iter().find_map(|e| match e {
+            Event::ProductUpserted { product, .. } => Some(product.category.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            category.as_deref(),
+            Some("home"),
+            "ingest lower-cases categories"
+        );
+    }
+
+    #[test]
     fn files_are_classified_by_name() {
         assert_eq!(classify("stock-0001.csv"), Some((Feed::Stock, Format::Csv)));
         assert_eq!(
