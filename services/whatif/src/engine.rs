@@ -26,6 +26,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, TimeDelta};
+use ratemesh_core::card::BandPosition;
 use ratemesh_core::policy::config::Mode;
 use ratemesh_core::replay::Replay;
 use ratemesh_core::{Applied, Event, Policy, RateCard, ReasonCode, Sku};
@@ -111,6 +112,7 @@ struct InForce {
     scarce: bool,
     overstock: bool,
     blocked: bool,
+    band: Option<BandPosition>,
 }
 
 impl InForce {
@@ -123,10 +125,42 @@ impl InForce {
             rate: card.effective_rate.get(),
             scarce: has(ReasonCode::LowCover),
             overstock: has(ReasonCode::Overstock),
-            blocked: has(ReasonCode::BaseCutScheduled) || has(ReasonCode::BaseCutLimited),
+            blocked: has(ReasonCode::BaseCutScheduled)
+                || has(ReasonCode::BaseCutLimited)
+                || has(ReasonCode::BoostGuaranteed),
+            band: card.state.band,
         }
     }
 }
+
+/// The name of band `position` of `category` under `policy`: table 0 is the ordinary
+/// table, table `i + 1` peak window `i`'s.
+pub fn band_name(policy: &Policy, category: &str, position: Option<BandPosition>) -> String {
+    let Some(position) = position else {
+        return NO_BAND.to_owned();
+    };
+    let settings = policy.category(category);
+    let (window, table) = match position.table {
+        0 => (None, Some(&settings.bands)),
+        t => {
+            let i = t as usize - 1;
+            (
+                policy.peak_windows.get(i).map(|w| w.name.as_str()),
+                settings.peak_bands.get(i),
+            )
+        }
+    };
+    let band = table
+        .and_then(|t| t.get(position.index as usize))
+        .map_or("?", |b| b.name.as_str());
+    match window {
+        Some(w) => format!("{w}/{band}"),
+        None => band.to_owned(),
+    }
+}
+
+/// The band key of spend made before any band applied.
+pub const NO_BAND: &str = "(none)";
 
 /// Per-SKU running totals.
 #[derive(Debug, Default)]
@@ -255,6 +289,8 @@ impl Walk<'_> {
             if before[k].overstock {
                 figures.overstock_spend += spend;
             }
+            let band = band_name(self.policies[k], &product.category, before[k].band);
+            *figures.spend_by_band.entry(band).or_default() += spend;
             slot[k] += spend;
         }
         if let Some(e) = self.elasticity {
@@ -581,6 +617,48 @@ mod tests {
             sku: None,
         });
         events
+    }
+
+    #[test]
+    fn cuts_held_back_under_network_terms_are_counted_in_boost_mode() {
+        let direct = Policy::example();
+        let boost = Policy::from_toml_str(
+            &ratemesh_core::EXAMPLE_POLICY_TOML.replace("mode = \"direct\"", "mode = \"boost\""),
+        )
+        .unwrap();
+        let sku = Sku::new("LAMP-1").unwrap();
+        let mut events = vec![Event::ProductUpserted {
+            sku: sku.clone(),
+            product: Product {
+                category: "home".into(),
+                price: Money::new(dec!(100)).unwrap(),
+                unit_cost: Money::new(dec!(40)).unwrap(),
+                base_rate: None,
+            },
+            at: t(0),
+            received_at: Some(t(0)),
+        }];
+        // Deep overstock for days (a boost is raised), then a rush sells it almost out:
+        // the policy wants less, but the boost is guaranteed for 72 hours.
+        let levels = [1000, 998, 996, 994, 992, 990, 988, 986, 200, 20, 5];
+        for (n, level) in levels.into_iter().enumerate() {
+            let at = t(n as i64 * 12);
+            events.push(Event::StockObserved {
+                sku: sku.clone(),
+                location: String::new(),
+                on_hand: Quantity::new(Decimal::from(level)).unwrap(),
+                reserved: Quantity::ZERO,
+                sequence: n as u64 + 1,
+                as_of: at,
+                erp_velocity: None,
+                received_at: Some(at),
+            });
+        }
+        let history = History::from_events(events, TimeDelta::days(1));
+        let report = run(&history, &direct, &boost, &WhatIfOptions::default());
+        assert_eq!(report.program.baseline.cuts_blocked, 0);
+        assert_eq!(report.program.candidate.cuts_blocked, 1);
+        assert_eq!(report.program.units_sold, dec!(995));
     }
 
     #[test]

@@ -27,14 +27,23 @@ pub struct PolicyFigures {
     pub overstock_spend: Decimal,
     /// Changes of the published rate: each is a delivery to every subscribed partner.
     pub rate_changes: u64,
-    /// Times a cut of the published base was held back by the network's rules (a cut
-    /// announced under the notice period, or limited by the maximum cut per period):
-    /// counted when a card newly carries `base_cut_scheduled` or `base_cut_limited`.
+    /// Times the policy wanted a lower rate than the network's terms allowed yet (boost
+    /// mode): a base cut waiting out the notice period (`base_cut_scheduled`), a cut
+    /// limited by the maximum cut per period (`base_cut_limited`), or a boost kept up
+    /// because it was guaranteed for `[network] boost_hours` (`boost_guaranteed`).
+    /// Counted when a card newly carries one of these.
     pub cuts_blocked: u64,
+    /// Commission by the band the rate in force came from: the band's name, prefixed with
+    /// the peak window's (`bfcm-2025/scarce`) when a window's table was in force;
+    /// `(none)` before a band applied (no sales velocity yet).
+    pub spend_by_band: BTreeMap<String, Decimal>,
 }
 
 impl PolicyFigures {
     pub(crate) fn add(&mut self, other: &PolicyFigures) {
+        for (band, spend) in &other.spend_by_band {
+            *self.spend_by_band.entry(band.clone()).or_default() += spend;
+        }
         self.commission_spend += other.commission_spend;
         self.margin_after_commission += other.margin_after_commission;
         self.scarce_spend += other.scarce_spend;
@@ -177,8 +186,9 @@ fn money(d: Decimal) -> String {
     format!("{:.2}", d.round_dp(2))
 }
 
+/// The change between the two figures as shown, so a row adds up on screen.
 fn delta(base: Decimal, cand: Decimal) -> String {
-    let d = (cand - base).round_dp(2);
+    let d = cand.round_dp(2) - base.round_dp(2);
     if d > Decimal::ZERO {
         format!("+{d:.2}")
     } else {
@@ -298,6 +308,31 @@ pub fn render_table(report: &Report) -> String {
     for (category, figures) in &report.categories {
         let _ = writeln!(out);
         rows(&mut out, category, figures);
+    }
+
+    let _ = writeln!(out);
+    let _ = writeln!(out, "program commission by band of the rate in force:");
+    let bands: std::collections::BTreeSet<&String> = report
+        .program
+        .baseline
+        .spend_by_band
+        .keys()
+        .chain(report.program.candidate.spend_by_band.keys())
+        .collect();
+    for band in bands {
+        let get = |f: &PolicyFigures| f.spend_by_band.get(band).copied().unwrap_or_default();
+        let (b, c) = (
+            get(&report.program.baseline),
+            get(&report.program.candidate),
+        );
+        let _ = writeln!(
+            out,
+            "{:<16} {band:<26} {:>14} {:>14} {:>12}",
+            "",
+            money(b),
+            money(c),
+            delta(b, c)
+        );
     }
 
     let mut movers: Vec<&SkuFigures> = report.skus.iter().collect();

@@ -39,6 +39,7 @@ struct Expected {
     scarce: [Decimal; 2],
     overstock: [Decimal; 2],
     rate_changes: [u64; 2],
+    by_band: [BTreeMap<String, Decimal>; 2],
     estimated_units: Decimal,
 }
 
@@ -111,7 +112,7 @@ fn the_sample_season_report_matches_a_direct_computation() {
             replay.apply(policy, event);
         }
         let (category, price, cost) = catalogue[sku.as_str()].clone();
-        let e = expected.entry(category).or_default();
+        let e = expected.entry(category.clone()).or_default();
         for k in 0..2 {
             let after = replays[k].cards()[&sku].effective_rate;
             if in_force[k]
@@ -168,6 +169,21 @@ fn the_sample_season_report_matches_a_direct_computation() {
             {
                 e.overstock[k] += spend;
             }
+            // The band by name, looked up here in the policy's own tables.
+            let band = card.state.band.map_or("(none)".to_owned(), |b| {
+                let settings = policies[k].category(&category);
+                if b.table == 0 {
+                    settings.bands.bands()[b.index as usize].name.clone()
+                } else {
+                    let i = b.table as usize - 1;
+                    format!(
+                        "{}/{}",
+                        policies[k].peak_windows[i].name,
+                        settings.peak_bands[i].bands()[b.index as usize].name
+                    )
+                }
+            });
+            *e.by_band[k].entry(band).or_default() += spend;
         }
         if rates[0] > Decimal::ZERO {
             let factor = (Decimal::ONE + elasticity * (rates[1] - rates[0]) / rates[0])
@@ -206,6 +222,10 @@ fn the_sample_season_report_matches_a_direct_computation() {
                 figures.rate_changes, want.rate_changes[k],
                 "{name} rate changes {k}"
             );
+            assert_eq!(
+                figures.spend_by_band, want.by_band[k],
+                "{name} spend by band {k}"
+            );
         }
     };
     let mut program = Expected::default();
@@ -224,6 +244,9 @@ fn the_sample_season_report_matches_a_direct_computation() {
             program.scarce[k] += want.scarce[k];
             program.overstock[k] += want.overstock[k];
             program.rate_changes[k] += want.rate_changes[k];
+            for (band, spend) in &want.by_band[k] {
+                *program.by_band[k].entry(band.clone()).or_default() += spend;
+            }
         }
     }
     check("program", &report.program, &program);
@@ -236,6 +259,18 @@ fn the_sample_season_report_matches_a_direct_computation() {
     assert!(p.baseline.overstock_spend > Decimal::ZERO);
     assert_ne!(p.baseline.commission_spend, p.candidate.commission_spend);
     assert!(p.candidate.scarce_spend < p.baseline.scarce_spend);
+    for figures in [&p.baseline, &p.candidate] {
+        let by_band: Decimal = figures.spend_by_band.values().sum();
+        assert_eq!(by_band, figures.commission_spend);
+        assert!(
+            figures
+                .spend_by_band
+                .keys()
+                .any(|b| b.starts_with("bfcm-2025/")),
+            "the BFCM table was in force: {:?}",
+            figures.spend_by_band.keys()
+        );
+    }
 
     // The estimate is apart from the observed figures and labelled as one.
     let estimate = report.estimate.as_ref().expect("elasticity given");
@@ -290,6 +325,7 @@ fn the_sample_season_report_matches_a_direct_computation() {
         "{table}"
     );
     assert!(table.contains("ESTIMATE (not observed)"), "{table}");
+    assert!(table.contains("bfcm-2025/scarce"), "{table}");
 }
 
 #[test]
