@@ -16,16 +16,18 @@
 //! the canonical order of [`ratemesh_core::replay()`], so each card is the one a single
 //! replay of everything would give.
 //!
-//! **Not replayed here.** The rates service also recomputes on timers (a hold or damping
-//! step ending, a peak window opening, a guarantee ending); history files carry no such
-//! events, so between readings a replayed rate can lag the live one until the next
-//! reading. Flash incentives are opened by the incentives service, not by the rate
+//! **Timers.** When a peak window of a policy opens or closes, the rates service
+//! recomputes every SKU at that instant; each policy's replay gets those ticks
+//! ([`peak_edges`]). The service's per-SKU timers (a hold or damping step ending, a
+//! guarantee or announced cut falling due) are not replayed: their schedule is the rates
+//! service's own, so between readings a replayed rate can lag the live one until the
+//! next reading. Flash incentives are opened by the incentives service, not by the rate
 //! policy, and are not simulated.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 
-use chrono::{DateTime, TimeDelta};
+use chrono::{DateTime, TimeDelta, Utc};
 use ratemesh_core::card::BandPosition;
 use ratemesh_core::policy::config::Mode;
 use ratemesh_core::replay::Replay;
@@ -311,7 +313,7 @@ impl Walk<'_> {
         }
     }
 
-    fn wide_event(&mut self, event: &Event) {
+    fn wide_event(&mut self, event: &Event, only: Option<usize>) {
         let before: [HashMap<Sku, Decimal>; 2] = [BASELINE, CANDIDATE].map(|k| {
             self.replays[k]
                 .cards()
@@ -326,8 +328,11 @@ impl Walk<'_> {
                 .map(|(s, c)| (s.clone(), InForce::of(Some(c)).blocked))
                 .collect()
         });
-        self.replays[BASELINE].apply(self.policies[BASELINE], event);
-        self.replays[CANDIDATE].apply(self.policies[CANDIDATE], event);
+        for k in [BASELINE, CANDIDATE] {
+            if only.is_none_or(|o| o == k) {
+                self.replays[k].apply(self.policies[k], event);
+            }
+        }
         for (sku, card) in self.replays[BASELINE].cards() {
             let candidate = self.replays[CANDIDATE].cards().get(sku);
             let rates = [
@@ -375,14 +380,17 @@ impl Walk<'_> {
     }
 }
 
+/// An event and the replay it is for: both (history), or one policy's own (its timers).
+type Scoped<'a> = (&'a Event, Option<usize>);
+
 fn replay_partition(
-    events: Vec<&Event>,
+    events: Vec<Scoped<'_>>,
     baseline: &Policy,
     candidate: &Policy,
     options: &WhatIfOptions,
 ) -> Partial {
     let mut events = events;
-    events.sort_by(|a, b| canonical(a, b));
+    events.sort_by(|a, b| canonical(a.0, b.0).then_with(|| a.1.cmp(&b.1)));
     let mut walk = Walk {
         policies: [baseline, candidate],
         replays: [Replay::new(), Replay::new()],
@@ -390,13 +398,31 @@ fn replay_partition(
         bucket_secs: options.bucket.num_seconds().max(1),
         out: Partial::default(),
     };
-    for event in events {
+    for (event, only) in events {
         match event.sku() {
             Some(sku) => walk.sku_event(sku, event),
-            None => walk.wide_event(event),
+            None => walk.wide_event(event, only),
         }
     }
     walk.finish()
+}
+
+/// The recomputes of every SKU the rates service does when one of `policy`'s peak windows
+/// opens or closes (its `all:` timers), within `from..=until`: ticks for all SKUs at each
+/// edge. Each policy gets its own, since their windows may differ.
+pub fn peak_edges(policy: &Policy, from: DateTime<Utc>, until: DateTime<Utc>) -> Vec<Event> {
+    let mut edges: Vec<DateTime<Utc>> = policy
+        .peak_windows
+        .iter()
+        .flat_map(|w| [w.starts_at, w.ends_at])
+        .filter(|t| (from..=until).contains(t))
+        .collect();
+    edges.sort();
+    edges.dedup();
+    edges
+        .into_iter()
+        .map(|at| Event::Tick { at, sku: None })
+        .collect()
 }
 
 fn label(policy: &Policy) -> PolicyLabel {
@@ -419,13 +445,21 @@ pub fn run(
     candidate: &Policy,
     options: &WhatIfOptions,
 ) -> Report {
-    let mut by_sku: BTreeMap<&Sku, Vec<&Event>> = BTreeMap::new();
-    let mut wide: Vec<&Event> = Vec::new();
+    let mut by_sku: BTreeMap<&Sku, Vec<Scoped<'_>>> = BTreeMap::new();
+    let mut wide: Vec<Scoped<'_>> = Vec::new();
     for event in history.events() {
         match event.sku() {
-            Some(sku) => by_sku.entry(sku).or_default().push(event),
-            None => wide.push(event),
+            Some(sku) => by_sku.entry(sku).or_default().push((event, None)),
+            None => wide.push((event, None)),
         }
+    }
+    let summary = history.summary();
+    let edges = [baseline, candidate].map(|p| match (summary.from, summary.until) {
+        (Some(from), Some(until)) => peak_edges(p, from, until),
+        _ => Vec::new(),
+    });
+    for (k, ticks) in edges.iter().enumerate() {
+        wide.extend(ticks.iter().map(|t| (t, Some(k))));
     }
     let threads = match options.threads {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
@@ -433,9 +467,9 @@ pub fn run(
     }
     .clamp(1, by_sku.len().max(1));
     // Deal SKUs, largest first, to the partition with the fewest events so far.
-    let mut skus: Vec<(&Sku, Vec<&Event>)> = by_sku.into_iter().collect();
+    let mut skus: Vec<(&Sku, Vec<Scoped<'_>>)> = by_sku.into_iter().collect();
     skus.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(b.0)));
-    let mut partitions: Vec<Vec<&Event>> = vec![wide.clone(); threads];
+    let mut partitions: Vec<Vec<Scoped<'_>>> = vec![wide.clone(); threads];
     for (_, events) in skus {
         if let Some(smallest) = partitions.iter_mut().min_by_key(|p| p.len()) {
             smallest.extend(events);
@@ -569,7 +603,7 @@ fn assemble(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{TimeZone, Utc};
+    use chrono::TimeZone;
     use ratemesh_core::{Money, Product, Quantity};
     use rust_decimal_macros::dec;
 
