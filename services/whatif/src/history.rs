@@ -212,12 +212,22 @@ pub enum HistoryError {
     Invalid(Vec<Problem>),
 }
 
+/// Problems shown in the error's message; all of them stay in [`HistoryError::Invalid`].
+const SHOWN_PROBLEMS: usize = 50;
+
 fn list(problems: &[Problem]) -> String {
-    problems
+    let mut lines: Vec<String> = problems
         .iter()
+        .take(SHOWN_PROBLEMS)
         .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n  ")
+        .collect();
+    if problems.len() > SHOWN_PROBLEMS {
+        lines.push(format!(
+            "… and {} more problems",
+            problems.len() - SHOWN_PROBLEMS
+        ));
+    }
+    lines.join("\n  ")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -733,6 +743,26 @@ mod tests {
             Some("home"),
             "ingest lower-cases categories"
         );
+    }
+
+    #[test]
+    fn a_wrong_csv_header_is_reported_per_line_and_the_message_stays_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut csv = String::from("sku,onhand,as_of,sequence\n");
+        for n in 1..=80 {
+            csv.push_str(&format!("A-1,{n},2025-11-01T00:00:00Z,{n}\n"));
+        }
+        std::fs::write(dir.path().join("stock-1.csv"), csv).unwrap();
+        let err = load_history(dir.path(), &HistoryOptions::default()).unwrap_err();
+        let HistoryError::Invalid(problems) = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(problems.len(), 80);
+        assert_eq!(problems[0].location, Location::Line(2));
+        assert!(problems[0].problem.contains("onhand"), "{}", problems[0]);
+        let message = err.to_string();
+        assert!(message.contains("and 30 more problems"), "{message}");
+        assert!(!message.contains("line 60"), "{message}");
     }
 
     #[test]
