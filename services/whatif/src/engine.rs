@@ -593,7 +593,7 @@ fn assemble(
         skus: sku_figures,
         unpriced_units,
         series: Series {
-            bucket_hours: bucket_secs / 3600,
+            bucket_seconds: bucket_secs,
             spend: spend_points,
             top_skus,
         },

@@ -141,8 +141,8 @@ pub struct RateSeries {
 /// What a report plots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Series {
-    /// Length of a spend bucket, in hours.
-    pub bucket_hours: i64,
+    /// Length of a spend bucket, in seconds (86400: spend per day).
+    pub bucket_seconds: i64,
     /// Spend per bucket, baseline and candidate, for every bucket from the first to the
     /// last (empty buckets are zero).
     pub spend: Vec<SpendPoint>,

@@ -323,6 +323,7 @@ fn the_sample_season_report_matches_a_direct_computation() {
         .map(|s| (s.at, s.baseline))
         .filter(|(_, v)| !v.is_zero())
         .collect();
+    assert_eq!(report.series.bucket_seconds, 86_400);
     assert_eq!(series, daily);
     let mean = |from: (u32, u32), to: (u32, u32)| {
         let a = Utc.with_ymd_and_hms(2025, from.0, from.1, 0, 0, 0).unwrap();
