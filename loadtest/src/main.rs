@@ -86,6 +86,10 @@ struct Args {
     /// priority); its default when not given.
     #[arg(long, value_parser = clap::value_parser!(i32).range(0..=19))]
     background_nice: Option<i32>,
+    /// Run the in-process ratemesh's background work on its listeners' runtime
+    /// (`server.background_runtime = false`).
+    #[arg(long, conflicts_with = "background_nice")]
+    shared_runtime: bool,
     /// Load an external ratemesh at this gRPC address instead of starting one.
     #[arg(long, requires_all = ["webhook", "erp_secret"])]
     grpc: Option<String>,
@@ -168,8 +172,9 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
                  an external deployment has its own"
             );
             anyhow::ensure!(
-                args.background_nice.is_none(),
-                "--background-nice sets the in-process ratemesh's server.background_nice; \
+                args.background_nice.is_none() && !args.shared_runtime,
+                "--background-nice and --shared-runtime set the in-process ratemesh's \
+                 server.background_*; \
                  an external deployment has its own"
             );
             TargetSpec::External(External {
@@ -201,6 +206,7 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
             TargetSpec::InProcess(InProcess {
                 min_replica_acks: args.min_replica_acks,
                 background_nice: args.background_nice,
+                shared_runtime: args.shared_runtime,
                 ..InProcess::on(redis, args.partitions)
             })
         }

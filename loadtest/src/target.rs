@@ -82,6 +82,9 @@ pub struct InProcess {
     pub peak_at: Option<chrono::DateTime<chrono::Utc>>,
     /// `server.background_nice` of the in-process ratemesh; `None`: its default.
     pub background_nice: Option<i32>,
+    /// Run the in-process ratemesh's background work on its listeners' runtime
+    /// (`server.background_runtime = false`).
+    pub shared_runtime: bool,
 }
 
 impl InProcess {
@@ -93,6 +96,7 @@ impl InProcess {
             min_replica_acks: 0,
             peak_at: None,
             background_nice: None,
+            shared_runtime: false,
         }
     }
 }
@@ -235,6 +239,7 @@ impl Target {
         if let Some(nice) = spec.background_nice {
             settings.server.background_nice = nice;
         }
+        settings.server.background_runtime = !spec.shared_runtime;
         let (mut server, mut cluster) = (None, None);
         let (urls, on) = match &spec.redis {
             RedisSpec::PrivateServer => {

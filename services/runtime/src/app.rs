@@ -341,11 +341,14 @@ impl App {
         routes.add_service(reflection);
         routes.add_service(reflection_alpha);
         let mut http_router: Option<axum::Router> = None;
-        let background = Background::start(
-            settings.server.background_threads,
-            settings.server.background_nice,
-        )
-        .context("starting the background runtime")?;
+        let background = match settings.server.background_runtime {
+            true => Background::start(
+                settings.server.background_threads,
+                settings.server.background_nice,
+            )
+            .context("starting the background runtime")?,
+            false => Background::shared(),
+        };
         let mut tasks = JoinSet::new();
         let access = AccessTable::new(modules.iter().flat_map(|m| m.grpc_services.iter().copied()));
         for module in modules {

@@ -18,11 +18,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::runtime::{Handle, Runtime};
 
-/// The background runtime; it is shut down (its remaining tasks dropped) when this is
-/// dropped, which is safe inside an async context.
+/// Where background tasks run: a runtime of their own, shut down (its remaining tasks
+/// dropped) when this is dropped, which is safe inside an async context; or the caller's.
 #[derive(Debug)]
 pub(crate) struct Background {
     runtime: Option<Runtime>,
+    handle: Handle,
 }
 
 impl Background {
@@ -37,18 +38,24 @@ impl Background {
         if threads > 0 {
             builder.worker_threads(threads);
         }
+        let runtime = builder.build()?;
         Ok(Self {
-            runtime: Some(builder.build()?),
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
         })
+    }
+
+    /// Background tasks on the current runtime, beside the listeners.
+    pub(crate) fn shared() -> Self {
+        Self {
+            runtime: None,
+            handle: Handle::current(),
+        }
     }
 
     /// Where background tasks are spawned.
     pub(crate) fn handle(&self) -> &Handle {
-        // Only `drop` takes the runtime.
-        self.runtime
-            .as_ref()
-            .map(Runtime::handle)
-            .expect("the background runtime lives until dropped")
+        &self.handle
     }
 }
 

@@ -467,6 +467,9 @@ pub struct ServerSettings {
     pub deadline_admission: bool,
     /// How long in-flight work may take to finish once shutdown starts.
     pub shutdown_grace_ms: u64,
+    /// Whether background work (stream consumers, timers, partner deliveries) runs on a
+    /// runtime of its own; false: on the listeners' runtime.
+    pub background_runtime: bool,
     /// Worker threads of the background runtime (stream consumers, timers, partner
     /// deliveries); 0: one per CPU.
     pub background_threads: usize,
