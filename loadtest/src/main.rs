@@ -82,14 +82,10 @@ struct Args {
     /// Stream partitions of the in-process ratemesh (or of the external deployment).
     #[arg(long, default_value_t = 1)]
     partitions: u16,
-    /// `server.background_nice` of the in-process ratemesh (0: consumers and calls at one
-    /// priority); its default when not given.
-    #[arg(long, value_parser = clap::value_parser!(i32).range(0..=19))]
-    background_nice: Option<i32>,
-    /// Run the in-process ratemesh's background work on its listeners' runtime
-    /// (`server.background_runtime = false`).
-    #[arg(long, conflicts_with = "background_nice")]
-    shared_runtime: bool,
+    /// A `[server]` setting of the in-process ratemesh, `KEY=VALUE` with a TOML value
+    /// (e.g. `queue_delay_target_ms=5`, `background_runtime=false`); repeatable.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = key_value)]
+    server_setting: Vec<(String, String)>,
     /// Load an external ratemesh at this gRPC address instead of starting one.
     #[arg(long, requires_all = ["webhook", "erp_secret"])]
     grpc: Option<String>,
@@ -157,6 +153,13 @@ fn redis_spec(args: &Args) -> anyhow::Result<RedisSpec> {
     Ok(spec)
 }
 
+fn key_value(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.trim().to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {arg:?}")),
+    }
+}
+
 fn config(args: &Args) -> anyhow::Result<RunConfig> {
     let redis = redis_spec(args)?;
     let target = match &args.grpc {
@@ -172,9 +175,8 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
                  an external deployment has its own"
             );
             anyhow::ensure!(
-                args.background_nice.is_none() && !args.shared_runtime,
-                "--background-nice and --shared-runtime set the in-process ratemesh's \
-                 server.background_*; \
+                args.server_setting.is_empty(),
+                "--server-setting sets the in-process ratemesh's [server] settings; \
                  an external deployment has its own"
             );
             TargetSpec::External(External {
@@ -205,8 +207,7 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
             }
             TargetSpec::InProcess(InProcess {
                 min_replica_acks: args.min_replica_acks,
-                background_nice: args.background_nice,
-                shared_runtime: args.shared_runtime,
+                server_settings: args.server_setting.clone(),
                 ..InProcess::on(redis, args.partitions)
             })
         }
@@ -353,6 +354,51 @@ mod tests {
             TargetSpec::InProcess(spec) => spec,
             other => panic!("expected an in-process target, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn server_settings_are_typed_validated_and_only_for_the_in_process_target() {
+        let spec = in_process(&[
+            "surge",
+            "--server-setting",
+            "queue_delay_target_ms=5",
+            "--server-setting",
+            "background_runtime=false",
+        ]);
+        let mut settings = ratemesh_testkit::settings::bare_settings();
+        ratemesh_loadtest::target::apply_server_settings(&mut settings, &spec.server_settings)
+            .expect("valid");
+        assert_eq!(settings.server.queue_delay_target_ms, 5);
+        assert!(!settings.server.background_runtime);
+
+        for (pair, says) in [
+            ("no_such_key=1", "no such key"),
+            ("background_runtime=\"yes\"", "wrong type"),
+            ("background_nice=20", "server.background_nice"),
+            ("queue_delay_target_ms=", "not a TOML value"),
+        ] {
+            let (key, value) = pair.split_once('=').expect("pair");
+            let err = ratemesh_loadtest::target::apply_server_settings(
+                &mut ratemesh_testkit::settings::bare_settings(),
+                &[(key.to_owned(), value.to_owned())],
+            )
+            .expect_err(pair);
+            assert!(format!("{err:#}").contains(says), "{pair}: {err:#}");
+        }
+        assert!(parse(&["surge", "--server-setting", "novalue"]).is_err());
+        let err = parse(&[
+            "surge",
+            "--grpc",
+            "127.0.0.1:50051",
+            "--webhook",
+            "127.0.0.1:8080",
+            "--erp-secret",
+            "s",
+            "--server-setting",
+            "min_concurrency=2",
+        ])
+        .expect_err("external");
+        assert!(err.to_string().contains("--server-setting"), "{err}");
     }
 
     #[test]

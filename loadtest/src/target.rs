@@ -80,11 +80,9 @@ pub struct InProcess {
     pub min_replica_acks: u32,
     /// Start of a peak window in the policy, for the BFCM scenario.
     pub peak_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// `server.background_nice` of the in-process ratemesh; `None`: its default.
-    pub background_nice: Option<i32>,
-    /// Run the in-process ratemesh's background work on its listeners' runtime
-    /// (`server.background_runtime = false`).
-    pub shared_runtime: bool,
+    /// `[server]` settings of the in-process ratemesh that differ from its defaults, as
+    /// (key, TOML value).
+    pub server_settings: Vec<(String, String)>,
 }
 
 impl InProcess {
@@ -95,8 +93,7 @@ impl InProcess {
             partitions,
             min_replica_acks: 0,
             peak_at: None,
-            background_nice: None,
-            shared_runtime: false,
+            server_settings: Vec::new(),
         }
     }
 }
@@ -212,6 +209,32 @@ max_concurrent = 50
 
 /// Settings of the in-process ratemesh: free ports, one key per role, one ERP source,
 /// partner webhooks to the local sink allowed.
+/// Sets `[server]` keys of `settings` from (key, TOML value) pairs, then validates.
+pub fn apply_server_settings(
+    settings: &mut Settings,
+    pairs: &[(String, String)],
+) -> anyhow::Result<()> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let mut table = toml::Table::try_from(&settings.server).context("[server] as TOML")?;
+    for (key, value) in pairs {
+        anyhow::ensure!(
+            table.contains_key(key),
+            "--server-setting {key}: [server] has no such key"
+        );
+        let value: toml::Table = toml::from_str(&format!("value = {value}"))
+            .with_context(|| format!("--server-setting {key}={value}: not a TOML value"))?;
+        table.insert(key.clone(), value["value"].clone());
+    }
+    settings.server = table
+        .try_into()
+        .context("--server-setting: a value has the wrong type")?;
+    settings
+        .validate()
+        .map_err(|e| anyhow::anyhow!("--server-setting: {e}"))
+}
+
 fn in_process_settings(policy_file: PathBuf, partitions: u16) -> Settings {
     let mut settings = bare_settings();
     settings.server.shutdown_grace_ms = 5_000;
@@ -236,10 +259,7 @@ impl Target {
         std::io::Write::write_all(&mut policy, policy_toml(spec.peak_at).as_bytes())?;
         let partitions = spec.partitions.max(1);
         let mut settings = in_process_settings(policy.path().to_owned(), partitions);
-        if let Some(nice) = spec.background_nice {
-            settings.server.background_nice = nice;
-        }
-        settings.server.background_runtime = !spec.shared_runtime;
+        apply_server_settings(&mut settings, &spec.server_settings)?;
         let (mut server, mut cluster) = (None, None);
         let (urls, on) = match &spec.redis {
             RedisSpec::PrivateServer => {
