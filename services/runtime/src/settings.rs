@@ -1350,7 +1350,7 @@ mod tests {
         let s = Settings::default();
         let admission = s.server.admission();
         assert!(admission.adaptive && admission.deadlines);
-        assert_eq!(admission.queue_delay_target, Duration::from_millis(25));
+        assert_eq!(admission.queue_delay_target, Duration::from_millis(5));
         assert_eq!(admission.min_concurrency, 4);
         assert_eq!(admission.max_concurrent, 4096);
         assert_eq!(admission.retry_after, Duration::from_millis(250));
