@@ -214,10 +214,6 @@ impl ServiceModule {
     }
 }
 
-/// Streams a connection's peer may reset before the server accepted them, before the
-/// connection is closed as abusive.
-const MAX_PENDING_ACCEPT_RESETS: usize = 1024;
-
 /// A bound, not yet running process.
 pub struct App {
     ctx: Context,
@@ -412,11 +408,6 @@ impl App {
         let keys = ApiKeys::from_settings(&auth);
         let grpc_router = tonic::transport::Server::builder()
             .timeout(settings.server.request_timeout())
-            // A caller whose deadline passes while its call still waits to be accepted
-            // resets the stream; h2 answers more than 20 such resets on a connection with
-            // GOAWAY, which under a surge drops every other call on the connection. The
-            // admission layer already refuses cheaply whatever does get accepted.
-            .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
             .layer(tower::util::option_layer(cert_principals))
             .layer(RpcLayer::new(keys, access, settings.server.admission()))
             .add_routes(routes.routes());
