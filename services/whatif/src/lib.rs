@@ -26,6 +26,7 @@
 
 pub mod engine;
 pub mod history;
+pub mod html;
 pub mod policy_file;
 pub mod report;
 pub mod season;
@@ -45,5 +46,6 @@ mod validate;
 
 pub use engine::{WhatIfOptions, run};
 pub use history::{Gap, History, HistoryError, HistoryOptions, load_history};
+pub use html::render_html;
 pub use policy_file::{PolicyFileError, load_policy};
 pub use report::{Report, render_table};
