@@ -25,12 +25,8 @@ fn money(d: Decimal) -> Money {
     Money::new(d).unwrap_or(Money::ZERO)
 }
 
-pub(crate) fn stock_changed(
-    item: &StockItem,
-    source: &str,
-    batch_id: &str,
-    now: DateTime<Utc>,
-) -> Event {
+/// The stock-stream entry for a validated stock update, as ingest appends it.
+pub fn stock_changed(item: &StockItem, source: &str, batch_id: &str, now: DateTime<Utc>) -> Event {
     let reading = StockReading {
         sku: item.sku.clone(),
         location: item.location.clone(),
@@ -50,7 +46,8 @@ pub(crate) fn stock_changed(
     )
 }
 
-pub(crate) fn product_changed(
+/// The stock-stream entry for a validated product, as ingest appends it.
+pub fn product_changed(
     item: &ProductItem,
     source: &str,
     batch_id: &str,

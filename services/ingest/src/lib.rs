@@ -3,6 +3,12 @@
 //!
 //! - [`payload`]: strict JSON parsing with error positions.
 //! - [`validate`]: per-item checks shared by both paths (index, field, problem).
+//! - [`events`]: validated items as stock-stream entries.
+//! - [`csv_feed`]: a CSV feed's rows as the JSON items the webhooks take.
+//!
+//! `payload`, `validate`, `events` and `csv_feed` are public so that anything reading ERP
+//! files offline (`ratemesh stock push`, what-if runs) accepts exactly what the webhooks
+//! accept.
 //! - [`handoff`]: stale/duplicate classification and the atomic append; batch idempotency.
 //! - [`webhook`] and [`api`]: the two front doors; [`request_metrics`]: the webhook's
 //!   request counts by status and latencies, resolved once.
@@ -11,14 +17,15 @@
 pub mod access;
 mod api;
 mod backlog;
-mod events;
+pub mod csv_feed;
+pub mod events;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod handoff;
-mod payload;
+pub mod payload;
 mod request_metrics;
 mod settings;
-mod validate;
+pub mod validate;
 pub mod webhook;
 
 use std::sync::Arc;

@@ -8,63 +8,105 @@
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
+/// Which webhook body a feed is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
+    /// `POST /v1/stock`: a [`StockBatch`].
+    Stock,
+    /// `POST /v1/products`: a [`ProductBatch`].
+    Products,
+}
+
+impl Feed {
+    /// The key of the body's item array.
+    pub fn items_key(self) -> &'static str {
+        match self {
+            Feed::Stock => "updates",
+            Feed::Products => "products",
+        }
+    }
+
+    /// Item fields that must be JSON numbers; every other field may be sent as text.
+    pub fn whole_number_fields(self) -> &'static [&'static str] {
+        match self {
+            Feed::Stock => &["sequence"],
+            Feed::Products => &[],
+        }
+    }
+}
+
 /// `POST /v1/stock`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct StockBatch {
+pub struct StockBatch {
     /// Idempotency key when the `Idempotency-Key` header is absent.
     #[serde(default)]
-    pub(crate) batch_id: Option<String>,
+    pub batch_id: Option<String>,
     /// The updates, applied together or not at all.
-    pub(crate) updates: Vec<RawStock>,
+    pub updates: Vec<RawStock>,
 }
 
 /// `POST /v1/products`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct ProductBatch {
+pub struct ProductBatch {
     /// Idempotency key when the `Idempotency-Key` header is absent.
     #[serde(default)]
-    pub(crate) batch_id: Option<String>,
+    pub batch_id: Option<String>,
     /// The products, applied together or not at all.
-    pub(crate) products: Vec<RawProduct>,
+    pub products: Vec<RawProduct>,
 }
 
 /// A stock update as sent, before validation. The gRPC path builds the same struct.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawStock {
-    pub(crate) sku: String,
+pub struct RawStock {
+    /// The SKU, checked by [`crate::validate::stock`].
+    pub sku: String,
+    /// The stock location; absent is the empty location.
     #[serde(default)]
-    pub(crate) location: Option<String>,
+    pub location: Option<String>,
+    /// Units on hand, as decimal text.
     #[serde(deserialize_with = "decimal_text")]
-    pub(crate) on_hand: String,
+    pub on_hand: String,
+    /// Units reserved for open orders, as decimal text; absent is zero.
     #[serde(default, deserialize_with = "optional_decimal_text")]
-    pub(crate) reserved: Option<String>,
-    pub(crate) as_of: String,
-    pub(crate) sequence: u64,
+    pub reserved: Option<String>,
+    /// When the ERP counted, RFC 3339.
+    pub as_of: String,
+    /// The ERP's per-SKU counter, so late readings are recognised as stale.
+    pub sequence: u64,
+    /// The ERP's own sell-through estimate in units per day, as decimal text.
     #[serde(default, deserialize_with = "optional_decimal_text")]
-    pub(crate) velocity: Option<String>,
+    pub velocity: Option<String>,
 }
 
 /// A product as sent, before validation.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct RawProduct {
-    pub(crate) sku: String,
-    pub(crate) category: String,
+pub struct RawProduct {
+    /// The SKU, checked by [`crate::validate::products`].
+    pub sku: String,
+    /// The merchandising category the policy's category rules key on.
+    pub category: String,
+    /// Selling price, as decimal text.
     #[serde(deserialize_with = "decimal_text")]
-    pub(crate) price: String,
+    pub price: String,
+    /// Unit cost, as decimal text; margin after commission is priced from it.
     #[serde(deserialize_with = "decimal_text")]
-    pub(crate) unit_cost: String,
+    pub unit_cost: String,
+    /// The SKU's own base commission rate (0..=1), as decimal text.
     #[serde(default, deserialize_with = "optional_decimal_text")]
-    pub(crate) base_rate: Option<String>,
+    pub base_rate: Option<String>,
+    /// ISO 4217 currency of `price` and `unit_cost`; absent is USD.
     #[serde(default)]
-    pub(crate) currency: Option<String>,
+    pub currency: Option<String>,
+    /// Display title, for partners.
     #[serde(default)]
-    pub(crate) title: Option<String>,
+    pub title: Option<String>,
+    /// When the ERP's record was taken, RFC 3339.
     #[serde(default)]
-    pub(crate) as_of: Option<String>,
+    pub as_of: Option<String>,
 }
 
 /// A number or a string, kept as text for exact decimal parsing during validation.
@@ -95,13 +137,13 @@ fn optional_decimal_text<'de, D: Deserializer<'de>>(
 /// A body that could not be parsed: where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
-pub(crate) struct ParseError {
+pub struct ParseError {
     /// `path at line L column C: problem`.
-    pub(crate) message: String,
+    pub message: String,
 }
 
 /// Parses a JSON body, reporting the field path and position of the first problem.
-pub(crate) fn parse<T: de::DeserializeOwned>(body: &[u8]) -> Result<T, ParseError> {
+pub fn parse<T: de::DeserializeOwned>(body: &[u8]) -> Result<T, ParseError> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();

@@ -13,10 +13,13 @@ use crate::payload::{RawProduct, RawStock};
 
 /// Limits a batch must respect (from `[ingest]` settings).
 #[derive(Debug, Clone)]
-pub(crate) struct Limits {
-    pub(crate) max_items: usize,
-    pub(crate) max_text_len: usize,
-    pub(crate) max_future_skew: chrono::Duration,
+pub struct Limits {
+    /// Most items in one batch (`ingest.max_batch_items`).
+    pub max_items: usize,
+    /// Longest free-text field (a title) accepted.
+    pub max_text_len: usize,
+    /// How far an `as_of` may be ahead of the receiver's clock.
+    pub max_future_skew: chrono::Duration,
 }
 
 /// The largest quantity or money amount accepted: beyond any real stock level or price, and
@@ -27,27 +30,42 @@ const MAX_SCALE: u32 = 6;
 
 /// A validated stock update.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct StockItem {
-    pub(crate) sku: Sku,
-    pub(crate) location: String,
-    pub(crate) on_hand: Decimal,
-    pub(crate) reserved: Decimal,
-    pub(crate) as_of: DateTime<Utc>,
-    pub(crate) sequence: u64,
-    pub(crate) velocity: Option<Decimal>,
+pub struct StockItem {
+    /// The SKU.
+    pub sku: Sku,
+    /// The stock location; empty when none was sent.
+    pub location: String,
+    /// Units on hand, non-negative.
+    pub on_hand: Decimal,
+    /// Units reserved, non-negative (zero when not sent).
+    pub reserved: Decimal,
+    /// When the ERP counted.
+    pub as_of: DateTime<Utc>,
+    /// The ERP's per-SKU counter, at least 1.
+    pub sequence: u64,
+    /// The ERP's own sell-through figure, when sent.
+    pub velocity: Option<Decimal>,
 }
 
 /// A validated product.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ProductItem {
-    pub(crate) sku: Sku,
-    pub(crate) category: String,
-    pub(crate) price: Decimal,
-    pub(crate) unit_cost: Decimal,
-    pub(crate) base_rate: Option<Decimal>,
-    pub(crate) currency: String,
-    pub(crate) title: Option<String>,
-    pub(crate) as_of: Option<DateTime<Utc>>,
+pub struct ProductItem {
+    /// The SKU.
+    pub sku: Sku,
+    /// The category, normalised (lower case).
+    pub category: String,
+    /// Selling price, non-negative.
+    pub price: Decimal,
+    /// Unit cost, non-negative.
+    pub unit_cost: Decimal,
+    /// The SKU's own base rate in 0..=1, when sent.
+    pub base_rate: Option<Decimal>,
+    /// ISO 4217 currency code.
+    pub currency: String,
+    /// Display title, when sent.
+    pub title: Option<String>,
+    /// When the ERP's record was taken, when sent.
+    pub as_of: Option<DateTime<Utc>>,
 }
 
 /// Collects violations for one item.
@@ -178,7 +196,7 @@ pub(crate) fn too_many(count: usize, limits: &Limits) -> Option<String> {
 }
 
 /// Validates every stock update; any violation refuses the whole batch.
-pub(crate) fn stock(
+pub fn stock(
     raw: &[RawStock],
     now: DateTime<Utc>,
     limits: &Limits,
@@ -238,7 +256,7 @@ pub(crate) fn stock(
 }
 
 /// Validates every product; any violation refuses the whole batch.
-pub(crate) fn products(
+pub fn products(
     raw: &[RawProduct],
     now: DateTime<Utc>,
     limits: &Limits,

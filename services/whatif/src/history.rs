@@ -32,8 +32,9 @@ use ratemesh_core::Event;
 use ratemesh_runtime::FieldViolation;
 use serde::Serialize;
 
-use crate::payload::{self, ProductBatch, RawProduct, RawStock, StockBatch};
-use crate::validate::{self, Limits, ProductItem, StockItem};
+use ratemesh_ingest::csv_feed::csv_items;
+use ratemesh_ingest::payload::{self, Feed, ProductBatch, RawProduct, RawStock, StockBatch};
+use ratemesh_ingest::validate::{self, Limits, ProductItem, StockItem};
 
 /// The source name history events carry in their stream entries.
 const SOURCE: &str = "history";
@@ -231,21 +232,6 @@ fn list(problems: &[Problem]) -> String {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Feed {
-    Stock,
-    Products,
-}
-
-impl Feed {
-    fn items_key(self) -> &'static str {
-        match self {
-            Feed::Stock => "updates",
-            Feed::Products => "products",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Format {
     Json,
     Csv,
@@ -352,7 +338,7 @@ pub fn load_history(dir: &Path, options: &HistoryOptions) -> Result<History, His
         };
         first_push = Some(first_push.map_or(stamp, |t| t.min(stamp)));
         for (i, item) in items.iter().enumerate() {
-            let entry = crate::events::stock_changed(item, SOURCE, name, stamp);
+            let entry = ratemesh_ingest::events::stock_changed(item, SOURCE, name, stamp);
             match ratemesh_contract::stock::decode_stock(&entry.payload) {
                 Ok(event) => events.push(event),
                 Err(e) => problems.push(Problem {
@@ -377,7 +363,7 @@ pub fn load_history(dir: &Path, options: &HistoryOptions) -> Result<History, His
             continue;
         };
         for (i, item) in items.iter().enumerate() {
-            let entry = crate::events::product_changed(item, SOURCE, name, stamp);
+            let entry = ratemesh_ingest::events::product_changed(item, SOURCE, name, stamp);
             match ratemesh_contract::stock::decode_product(&entry.payload) {
                 Ok(event) => events.push(event),
                 Err(e) => problems.push(Problem {
@@ -530,71 +516,26 @@ fn parse_csv<T>(
     parse_one: impl Fn(&[u8]) -> Result<Option<T>, payload::ParseError>,
 ) -> Option<(Vec<T>, Vec<u64>)> {
     let before = problems.len();
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_reader(raw);
-    let headers = match reader.headers() {
-        Ok(h) => h.clone(),
-        Err(e) => {
-            problems.push(Problem {
-                file: name.to_owned(),
-                location: Location::Line(1),
-                field: None,
-                problem: format!("unreadable CSV header: {e}"),
-            });
-            return None;
-        }
-    };
     let mut items = Vec::new();
     let mut lines = Vec::new();
-    for record in reader.records() {
-        let record = match record {
-            Ok(r) => r,
+    for row in csv_items(feed, raw) {
+        let row = match row {
+            Ok(row) => row,
             Err(e) => {
-                let line = e.position().map_or(0, csv::Position::line);
                 problems.push(Problem {
                     file: name.to_owned(),
-                    location: Location::Line(line),
-                    field: None,
-                    problem: format!("unreadable CSV row: {e}"),
+                    location: Location::Line(e.line),
+                    field: e.field,
+                    problem: e.problem,
                 });
                 continue;
             }
         };
-        let line = record.position().map_or(0, csv::Position::line);
-        let mut item = serde_json::Map::new();
-        let mut row_ok = true;
-        for (column, cell) in headers.iter().zip(record.iter()) {
-            if cell.is_empty() {
-                continue;
-            }
-            let value = if feed == Feed::Stock && column == "sequence" {
-                match cell.parse::<u64>() {
-                    Ok(n) => serde_json::Value::from(n),
-                    Err(_) => {
-                        problems.push(Problem {
-                            file: name.to_owned(),
-                            location: Location::Line(line),
-                            field: Some(column.to_owned()),
-                            problem: format!("{cell:?} is not a whole number"),
-                        });
-                        row_ok = false;
-                        continue;
-                    }
-                }
-            } else {
-                serde_json::Value::String(cell.to_owned())
-            };
-            item.insert(column.to_owned(), value);
-        }
-        if !row_ok {
-            continue;
-        }
-        let body = serde_json::json!({ feed.items_key(): [item] }).to_string();
+        let body = serde_json::json!({ feed.items_key(): [row.item] }).to_string();
         match parse_one(body.as_bytes()) {
             Ok(Some(parsed)) => {
                 items.push(parsed);
-                lines.push(line);
+                lines.push(row.line);
             }
             Ok(None) => {}
             Err(e) => {
@@ -607,7 +548,7 @@ fn parse_csv<T>(
                     .to_owned();
                 problems.push(Problem {
                     file: name.to_owned(),
-                    location: Location::Line(line),
+                    location: Location::Line(row.line),
                     field,
                     problem,
                 });

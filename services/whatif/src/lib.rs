@@ -17,35 +17,19 @@
 //! - [`report`] — the [`Report`] (serialisable for `--json`) and [`render_table`].
 //! - [`season`] — a deterministic generated season with a BFCM spike, as ERP files.
 //!
-//! The ERP formats are parsed and validated by the ingest service's `payload`,
-//! `validate` and `events` modules, compiled here from their source files: ingest keeps
-//! them crate-private, and a what-if run must accept exactly what `/v1/stock` and
-//! `/v1/products` accept, not a look-alike.
+//! The ERP formats are parsed and validated by the ingest service's own `payload`,
+//! `validate`, `csv_feed` and `events` modules: a what-if run must accept exactly what
+//! `/v1/stock` and `/v1/products` accept, not a look-alike.
 
 #![forbid(unsafe_code)]
 
 pub mod engine;
 pub mod history;
-pub mod html;
 pub mod policy_file;
 pub mod report;
 pub mod season;
 
-// The ingest service's own parsing, validation and conversion to stream entries. They
-// refer to each other as `crate::payload` and `crate::validate`, so they sit at the root.
-// Not every item is used here (batch limits, the webhook's numeric-field handling).
-#[allow(dead_code, unreachable_pub, unused_imports)]
-#[path = "../../ingest/src/events.rs"]
-mod events;
-#[allow(dead_code, unreachable_pub, unused_imports)]
-#[path = "../../ingest/src/payload.rs"]
-mod payload;
-#[allow(dead_code, unreachable_pub, unused_imports)]
-#[path = "../../ingest/src/validate.rs"]
-mod validate;
-
 pub use engine::{WhatIfOptions, run};
 pub use history::{Gap, History, HistoryError, HistoryOptions, load_history};
-pub use html::render_html;
 pub use policy_file::{PolicyFileError, load_policy};
 pub use report::{Report, render_table};

@@ -79,19 +79,16 @@ impl Feed {
         }
     }
 
-    fn items_key(self) -> &'static str {
+    /// The body this endpoint takes.
+    fn body(self) -> ratemesh_ingest::payload::Feed {
         match self {
-            Feed::Stock => "updates",
-            Feed::Products => "products",
+            Feed::Stock => ratemesh_ingest::payload::Feed::Stock,
+            Feed::Products => ratemesh_ingest::payload::Feed::Products,
         }
     }
 
-    /// Fields that are numbers in JSON; CSV cells for them are sent as numbers.
-    fn numeric_fields(self) -> &'static [&'static str] {
-        match self {
-            Feed::Stock => &["sequence"],
-            Feed::Products => &[],
-        }
+    fn items_key(self) -> &'static str {
+        self.body().items_key()
     }
 }
 
@@ -322,35 +319,16 @@ fn read_items(feed: Feed, path: &Path, raw: &[u8]) -> anyhow::Result<Vec<Value>>
     }
 }
 
+/// Rows as the items the webhook takes, converted as every ratemesh reader of ERP CSV
+/// converts them; the first bad row stops the push.
 fn read_csv(feed: Feed, raw: &[u8]) -> anyhow::Result<Vec<Value>> {
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_reader(raw);
-    let headers = reader.headers()?.clone();
-    let mut items = Vec::new();
-    for (row, record) in reader.records().enumerate() {
-        let record = record.with_context(|| format!("csv row {}", row + 2))?;
-        let mut item = Map::new();
-        for (name, cell) in headers.iter().zip(record.iter()) {
-            if cell.is_empty() {
-                continue;
-            }
-            let value = if feed.numeric_fields().contains(&name) {
-                let number: u64 = cell.parse().with_context(|| {
-                    format!(
-                        "csv row {}, column {name}: {cell:?} is not a whole number",
-                        row + 2
-                    )
-                })?;
-                Value::from(number)
-            } else {
-                Value::String(cell.to_owned())
-            };
-            item.insert(name.to_owned(), value);
-        }
-        items.push(Value::Object(item));
-    }
-    Ok(items)
+    ratemesh_ingest::csv_feed::csv_items(feed.body(), raw)
+        .into_iter()
+        .map(|row| {
+            row.map(|row| Value::Object(row.item))
+                .map_err(|problem| anyhow::anyhow!("csv {problem}"))
+        })
+        .collect()
 }
 
 fn hex_prefix(bytes: &[u8], chars: usize) -> String {
@@ -375,6 +353,12 @@ mod tests {
         assert_eq!(items[0]["sequence"], 7);
         assert_eq!(items[0]["on_hand"], "12");
         assert!(items[1].get("location").is_none());
+        let err = read_csv(Feed::Stock, b"sku,on_hand,as_of,sequence\nA-1,1,x,seven\n")
+            .expect_err("bad sequence");
+        assert_eq!(
+            err.to_string(),
+            "csv line 2 field sequence: \"seven\" is not a whole number"
+        );
     }
 
     #[test]
