@@ -25,11 +25,13 @@
 
 pub mod engine;
 pub mod history;
+pub mod html;
 pub mod policy_file;
 pub mod report;
 pub mod season;
 
 pub use engine::{WhatIfOptions, run};
 pub use history::{Gap, History, HistoryError, HistoryOptions, load_history};
+pub use html::render_html;
 pub use policy_file::{PolicyFileError, load_policy};
 pub use report::{Report, render_table};
