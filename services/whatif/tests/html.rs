@@ -408,3 +408,27 @@ fn nothing_is_fetched_from_outside_the_file() {
         );
     }
 }
+
+#[test]
+fn an_empty_history_renders_every_plot_saying_there_is_nothing_to_plot() {
+    let history = ratemesh_whatif::History::from_events(Vec::new(), TimeDelta::days(1));
+    let policy = ratemesh_core::Policy::example();
+    let report = run(&history, &policy, &policy, &WhatIfOptions::default());
+    let html = render_html(&report);
+    assert!(html.contains("History replayed: no events."));
+    assert_eq!(
+        html.matches("<svg").count(),
+        2,
+        "spend and band charts, no rate charts"
+    );
+    for id in ["spend-chart", "band-chart"] {
+        assert!(
+            svg_by_id(&html, id).contains(">no spend to plot</text>"),
+            "{id}"
+        );
+    }
+    assert!(html.contains("<p>No SKU had a rate in force.</p>"));
+    for broken in ["NaN", "\"inf", "\"-inf", ",inf", ",-inf"] {
+        assert!(!html.contains(broken), "no broken coordinates: {broken}");
+    }
+}
