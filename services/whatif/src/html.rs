@@ -507,7 +507,10 @@ fn spend_chart(out: &mut String, report: &Report) {
         s if s % 3_600 == 0 => format!("{} hours", s / 3_600),
         s => format!("{s} seconds"),
     };
-    out.push_str("<h2 id=\"spend\">Commission spend over time</h2>\n");
+    let _ = writeln!(
+        out,
+        "<h2 id=\"spend\">Commission spend per {unit}, baseline vs candidate</h2>"
+    );
     let total_b = money(report.program.baseline.commission_spend);
     let total_c = money(report.program.candidate.commission_spend);
     svg_open(
@@ -691,7 +694,7 @@ fn rate_charts(out: &mut String, top_skus: &[RateSeries], report: &Report) {
             &format!("Commission rate over time for SKU {}", series.sku),
             &format!(
                 "Step chart of the rate in force for {}: baseline solid, candidate dashed, \
-                 {} rate changes between them.",
+                 {} changes of either rate.",
                 series.sku,
                 series.points.len()
             ),
