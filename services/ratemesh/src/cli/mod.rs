@@ -15,6 +15,7 @@ mod rates_cmd;
 mod serve_cmd;
 mod streams_cmd;
 mod table;
+mod whatif_cmd;
 
 use std::path::PathBuf;
 
@@ -75,6 +76,9 @@ enum Command {
     /// ERP product feeds: sign and send a file to the webhook.
     #[command(subcommand)]
     Products(push_cmd::ProductsCommand),
+    /// Replay a candidate policy and the live one (or `--baseline FILE`) over ERP history
+    /// and compare what each would have paid.
+    Whatif(whatif_cmd::WhatIfArgs),
 }
 
 impl Cli {
@@ -111,6 +115,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Products(push_cmd::ProductsCommand::Push(args)) => {
             push_cmd::run(push_cmd::Feed::Products, args).await
         }
+        Command::Whatif(args) => whatif_cmd::run(args, || cli.settings()),
     }
 }
 

@@ -1,0 +1,252 @@
+//! `ratemesh whatif --policy CANDIDATE.toml --history DIR`: what a candidate policy would
+//! have paid over real history, next to the baseline, before anyone turns it on.
+//!
+//! The baseline is `live` unless `--baseline` names a file: the policy this deployment
+//! runs, i.e. the `policy.file` of the loaded settings (`--config`, environment), or the
+//! built-in example policy when none is set. The output says which.
+//!
+//! Bad input — a policy that does not validate (the key and the problem), a history row
+//! that does not (file, line and field), a missing file — ends with exit status 2, as a
+//! bad setting does; nothing is replayed.
+
+use std::fmt;
+use std::io::IsTerminal as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::TimeDelta;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use ratemesh_core::Policy;
+use ratemesh_runtime::Settings;
+use ratemesh_whatif::{HistoryOptions, Report, WhatIfOptions};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+#[derive(Debug, Args)]
+pub(crate) struct WhatIfArgs {
+    /// The candidate policy (TOML, as `policy.file` takes it).
+    #[arg(long, value_name = "CANDIDATE.toml")]
+    policy: PathBuf,
+    /// The policy to compare with: `live` is this deployment's `policy.file` under the
+    /// loaded settings, or the built-in example policy when none is set; anything else is
+    /// a policy file.
+    #[arg(long, value_name = "live|FILE", default_value = "live")]
+    baseline: String,
+    /// A directory of ERP pushes: `stock-….json|csv` and `products-….json|csv` files in
+    /// the formats `ratemesh stock push` and `ratemesh products push` send.
+    #[arg(long, value_name = "DIR")]
+    history: PathBuf,
+    /// An assumed elasticity of sell-through to commission: adds an estimate of the
+    /// candidate's units, spend and margin, reported apart from the observed figures.
+    #[arg(long, value_name = "X")]
+    elasticity: Option<Decimal>,
+    /// The report as one JSON document on stdout, for scripts.
+    #[arg(long)]
+    json: bool,
+    /// Also write the report as an HTML page with plots that opens offline.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// A stretch longer than this without any stock push is reported as a gap.
+    #[arg(long, value_name = "H", default_value_t = 24)]
+    max_gap_hours: u32,
+}
+
+/// Where the baseline policy came from, for the output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Baseline {
+    /// `live`, with `policy.file` set.
+    LiveFile(String),
+    /// `live`, with no `policy.file`: the built-in example.
+    LiveExample,
+    /// `--baseline FILE`.
+    File(PathBuf),
+}
+
+impl fmt::Display for Baseline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Baseline::LiveFile(path) => write!(f, "live policy ({path}, from policy.file)"),
+            Baseline::LiveExample => {
+                f.write_str("live policy (the built-in example: policy.file is not set)")
+            }
+            Baseline::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// The `--json` document: the report, plus where its policies came from.
+#[derive(Debug, Serialize)]
+struct JsonReport<'a> {
+    /// [`Baseline`] as shown in the table.
+    baseline_source: String,
+    /// The `--policy` file.
+    candidate_source: String,
+    #[serde(flatten)]
+    report: &'a Report,
+}
+
+/// Why a run stopped.
+enum Failure {
+    /// The user's files or flags: exit status 2.
+    BadInput(anyhow::Error),
+    /// Anything else (settings errors carry their own status).
+    Other(anyhow::Error),
+}
+
+pub(crate) fn run(
+    args: &WhatIfArgs,
+    settings: impl FnOnce() -> anyhow::Result<Settings>,
+) -> anyhow::Result<()> {
+    match execute(args, settings) {
+        Ok(()) => Ok(()),
+        Err(Failure::Other(err)) => Err(err),
+        Err(Failure::BadInput(err)) => {
+            // `main` gives exit status 2 to settings errors only; bad what-if input is the
+            // same kind of mistake and gets the same status.
+            eprintln!("ratemesh: {err:#}");
+            std::process::exit(2)
+        }
+    }
+}
+
+fn execute(
+    args: &WhatIfArgs,
+    settings: impl FnOnce() -> anyhow::Result<Settings>,
+) -> Result<(), Failure> {
+    let bad = Failure::BadInput;
+    let (baseline_source, baseline) = baseline(&args.baseline, settings)?;
+    // The typed errors' messages already hold their causes: one line, not a chain.
+    let candidate = ratemesh_whatif::load_policy(&args.policy)
+        .map_err(|e| bad(anyhow::anyhow!("--policy: {e}")))?;
+
+    let progress = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    progress.set_message(format!("reading history in {}", args.history.display()));
+    let options = HistoryOptions {
+        max_gap: TimeDelta::hours(i64::from(args.max_gap_hours)),
+        ..HistoryOptions::default()
+    };
+    let history = ratemesh_whatif::load_history(&args.history, &options)
+        .map_err(|e| bad(anyhow::anyhow!("--history {}: {e}", args.history.display())));
+    let history = match history {
+        Ok(history) => history,
+        Err(e) => {
+            progress.finish_and_clear();
+            return Err(e);
+        }
+    };
+    progress.set_message(format!(
+        "replaying {} events under both policies",
+        history.events().len()
+    ));
+    let report = ratemesh_whatif::run(
+        &history,
+        &baseline,
+        &candidate,
+        &WhatIfOptions {
+            elasticity: args.elasticity,
+            ..WhatIfOptions::default()
+        },
+    );
+    progress.finish_and_clear();
+
+    for gap in &report.history.gaps {
+        eprintln!(
+            "warning: history gap: no stock data from {} to {} ({} h); the figures do not cover it",
+            gap.from.to_rfc3339(),
+            gap.until.to_rfc3339(),
+            gap.hours
+        );
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, ratemesh_whatif::render_html(&report))
+            .with_context(|| format!("writing the HTML report to {}", path.display()))
+            .map_err(Failure::Other)?;
+    }
+    if args.json {
+        let document = JsonReport {
+            baseline_source: baseline_source.to_string(),
+            candidate_source: args.policy.display().to_string(),
+            report: &report,
+        };
+        let text = serde_json::to_string_pretty(&document)
+            .context("serialising the report")
+            .map_err(Failure::Other)?;
+        println!("{text}");
+    } else {
+        println!("baseline: {baseline_source}");
+        println!("candidate: {}", args.policy.display());
+        print!("{}", ratemesh_whatif::render_table(&report));
+        if let Some(path) = &args.html {
+            println!();
+            println!("HTML report written to {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// The baseline policy and where it came from. Settings are loaded only for `live`.
+fn baseline(
+    flag: &str,
+    settings: impl FnOnce() -> anyhow::Result<Settings>,
+) -> Result<(Baseline, Policy), Failure> {
+    if flag != "live" {
+        let path = PathBuf::from(flag);
+        let policy = ratemesh_whatif::load_policy(&path)
+            .map_err(|e| Failure::BadInput(anyhow::anyhow!("--baseline: {e}")))?;
+        return Ok((Baseline::File(path), policy));
+    }
+    // A bad settings file or `policy.file` is a settings error, with its own status.
+    let settings = settings().map_err(Failure::Other)?;
+    let policy =
+        ratemesh_runtime::policy::load_policy(&settings).map_err(|e| Failure::Other(e.into()))?;
+    let path = settings.policy.file.trim();
+    let source = if path.is_empty() {
+        Baseline::LiveExample
+    } else {
+        Baseline::LiveFile(path.to_owned())
+    };
+    Ok((source, policy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_names_the_settings_policy_or_the_example() {
+        let mut settings = Settings::default();
+        settings.policy.file = String::new();
+        let (source, policy) = match baseline("live", || Ok(settings.clone())) {
+            Ok(found) => found,
+            Err(_) => panic!("the example policy loads"),
+        };
+        assert_eq!(source, Baseline::LiveExample);
+        assert_eq!(policy.program_id, Policy::example().program_id);
+        assert!(source.to_string().contains("built-in example"), "{source}");
+
+        let candidate = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../whatif/sample/candidate.toml"
+        );
+        settings.policy.file = candidate.to_owned();
+        let (source, policy) = match baseline("live", || Ok(settings.clone())) {
+            Ok(found) => found,
+            Err(_) => panic!("the sample candidate loads"),
+        };
+        assert_eq!(source, Baseline::LiveFile(candidate.to_owned()));
+        assert_eq!(policy.program_id, "acme-us-candidate");
+        assert!(source.to_string().contains("policy.file"), "{source}");
+    }
+}
