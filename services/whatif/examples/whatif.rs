@@ -7,8 +7,9 @@
 //!     [--baseline FILE] [--elasticity 0.5] [--json]
 //! ```
 //!
-//! The baseline is the example policy unless `--baseline` names a file. Until the
-//! `ratemesh whatif` command exists, this is how to run one by hand.
+//! The baseline is the example policy unless `--baseline` names a file. `ratemesh whatif`
+//! is the command for users (live baseline, `--html`, exit status 2 on bad input); this
+//! example runs the library alone and times the two stages.
 
 use std::path::PathBuf;
 use std::time::Instant;
