@@ -34,9 +34,13 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("ratemesh: {err:#}");
-            match err.downcast_ref::<ratemesh_runtime::settings::SettingsError>() {
-                Some(_) => ExitCode::from(2),
-                None => ExitCode::FAILURE,
+            let bad_input = err
+                .downcast_ref::<ratemesh_runtime::settings::SettingsError>()
+                .is_some()
+                || err.downcast_ref::<cli::BadInput>().is_some();
+            match bad_input {
+                true => ExitCode::from(2),
+                false => ExitCode::FAILURE,
             }
         }
     }

@@ -91,6 +91,19 @@ impl Cli {
 }
 
 /// Runs the parsed command.
+/// A mistake in the files or flags a command was given (not a failure of the system): the
+/// process exits with status 2, like a settings error.
+#[derive(Debug)]
+pub(crate) struct BadInput(pub(crate) anyhow::Error);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Up(args) => {

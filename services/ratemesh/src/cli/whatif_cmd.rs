@@ -102,12 +102,7 @@ pub(crate) fn run(
     match execute(args, settings) {
         Ok(()) => Ok(()),
         Err(Failure::Other(err)) => Err(err),
-        Err(Failure::BadInput(err)) => {
-            // `main` gives exit status 2 to settings errors only; bad what-if input is the
-            // same kind of mistake and gets the same status.
-            eprintln!("ratemesh: {err:#}");
-            std::process::exit(2)
-        }
+        Err(Failure::BadInput(err)) => Err(super::BadInput(err).into()),
     }
 }
 
