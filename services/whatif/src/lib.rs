@@ -15,6 +15,7 @@
 //! - [`engine`] — [`run`]: both replays, partitioned by SKU over every core, and the
 //!   figures.
 //! - [`report`] — the [`Report`] (serialisable for `--json`) and [`render_table`].
+//! - [`html`] — [`render_html`]: the report as one offline HTML page with SVG plots.
 //! - [`season`] — a deterministic generated season with a BFCM spike, as ERP files.
 //!
 //! The ERP formats are parsed and validated by the ingest service's own `payload`,
