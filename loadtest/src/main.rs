@@ -117,6 +117,7 @@ enum ScenarioArg {
     Bfcm,
     Surge,
     Scale,
+    Whatif,
     /// Every scenario in turn.
     All,
 }
@@ -315,6 +316,7 @@ async fn main() -> ExitCode {
         ScenarioArg::Bfcm => vec![Scenario::Bfcm],
         ScenarioArg::Surge => vec![Scenario::Surge],
         ScenarioArg::Scale => vec![Scenario::Scale],
+        ScenarioArg::Whatif => vec![Scenario::Whatif],
         ScenarioArg::All => Scenario::ALL.to_vec(),
     };
     let mut failed = false;

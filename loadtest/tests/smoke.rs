@@ -104,3 +104,41 @@ async fn ingest_smoke_on_a_private_cluster() {
         .unwrap_or_else(|| panic!("no replica acks ratio\n{}", report.table()));
     assert!(ratio.value > 0.0, "{}", report.table());
 }
+
+/// `whatif` needs no services: it replays a tiny generated season (40 SKUs, two readings
+/// a day for 35 days) on every core and again on one thread. The two reports must be
+/// equal and cover every reading; a smoke run has no throughput target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatif_smoke() {
+    let report = smoke_on(Scenario::Whatif, RedisSpec::PrivateServer).await;
+    let figure = |name: &str| {
+        report
+            .figures
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.value)
+    };
+    assert_eq!(
+        figure("SKU-events (stock readings + product records)"),
+        Some((40 * 35 * 2 + 40) as f64),
+        "{}",
+        report.table()
+    );
+    let checks: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
+    assert!(
+        checks
+            .iter()
+            .any(|name| name.ends_with("threads equals the 1-thread report")),
+        "{checks:?}"
+    );
+    assert!(
+        !checks.iter().any(|name| name.contains("1,000,000")),
+        "a smoke run checks no throughput target: {checks:?}"
+    );
+    let ratio = &report.ratios[0];
+    assert!(
+        ratio.name.starts_with("replay SKU-events/min") && ratio.value > 0.0,
+        "{}",
+        report.table()
+    );
+}

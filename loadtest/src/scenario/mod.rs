@@ -7,6 +7,7 @@ pub mod ingest;
 pub mod poll;
 pub mod scale;
 pub mod surge;
+pub mod whatif;
 
 use std::time::Duration;
 
@@ -32,17 +33,21 @@ pub enum Scenario {
     Surge,
     /// A large catalogue: replica memory per SKU, cold load, full recompute.
     Scale,
+    /// A what-if run over a generated season: SKU-events replayed per minute, all cores
+    /// against one thread.
+    Whatif,
 }
 
 impl Scenario {
     /// Every scenario, in the order `all` runs them.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Poll,
         Scenario::Ingest,
         Scenario::Freshness,
         Scenario::Bfcm,
         Scenario::Surge,
         Scenario::Scale,
+        Scenario::Whatif,
     ];
 
     /// The scenario's name on the command line and in reports.
@@ -54,6 +59,7 @@ impl Scenario {
             Scenario::Bfcm => "bfcm",
             Scenario::Surge => "surge",
             Scenario::Scale => "scale",
+            Scenario::Whatif => "whatif",
         }
     }
 }
@@ -162,6 +168,7 @@ pub async fn run(scenario: Scenario, config: &RunConfig) -> Report {
         Scenario::Bfcm => bfcm::run(config, &mut report).await,
         Scenario::Surge => surge::run(config, &mut report).await,
         Scenario::Scale => scale::run(config, &mut report).await,
+        Scenario::Whatif => whatif::run(config, &mut report).await,
     };
     if let Err(e) = result {
         report.check("scenario ran to the end", false, format!("{e:#}"));
