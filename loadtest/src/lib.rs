@@ -13,8 +13,9 @@
 //! - Baselines: [`echo`] (a bare tonic server with GetRate's messages) and
 //!   [`redis_baseline`] (pipelined XADD, XADD → XREADGROUP hop; per partition slot and per
 //!   primary on a cluster).
-//! - [`scenario`]: poll, ingest, freshness, bfcm, surge, scale — each a full run or a smoke
-//!   run ([`scenario::RunConfig::smoke`]), whose checks fail only on errors or lost events.
+//! - [`scenario`]: poll, ingest, freshness, bfcm, surge, scale, whatif — each a full run or
+//!   a smoke run ([`scenario::RunConfig::smoke`]), whose checks fail on errors or lost
+//!   events (and a full whatif run on its throughput target).
 //! - [`report`]: terminal table, JSON and SVG.
 
 pub mod catalogue;

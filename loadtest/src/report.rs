@@ -173,7 +173,8 @@ impl Report {
         });
     }
 
-    /// The failed checks: errors and lost events. Never a wall-clock figure.
+    /// The failed checks: errors and lost events, and in a full `whatif` run its
+    /// SKU-events-per-minute target (the one check that is a throughput figure).
     pub fn failures(&self) -> Vec<&Check> {
         self.checks.iter().filter(|c| !c.ok).collect()
     }
