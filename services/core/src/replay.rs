@@ -178,17 +178,22 @@ fn detail_key(event: &Event) -> (&str, u64, &str) {
     }
 }
 
+/// The canonical order [`replay()`] folds events in: time, then kind (product data first,
+/// ticks last), then SKU, then location and sequence for stock or id for overrides and
+/// incentives.
+pub fn canonical_order(a: &Event, b: &Event) -> std::cmp::Ordering {
+    a.priced_at()
+        .cmp(&b.priced_at())
+        .then_with(|| kind_rank(a).cmp(&kind_rank(b)))
+        .then_with(|| a.sku().map(Sku::as_str).cmp(&b.sku().map(Sku::as_str)))
+        .then_with(|| detail_key(a).cmp(&detail_key(b)))
+}
+
 /// Replays `events` in canonical order and returns the final card of every SKU that has
 /// one. Deterministic, and independent of the input order and of duplicated events.
 pub fn replay(policy: &Policy, events: &[Event]) -> BTreeMap<Sku, RateCard> {
     let mut order: Vec<&Event> = events.iter().collect();
-    order.sort_by(|a, b| {
-        a.priced_at()
-            .cmp(&b.priced_at())
-            .then_with(|| kind_rank(a).cmp(&kind_rank(b)))
-            .then_with(|| a.sku().map(Sku::as_str).cmp(&b.sku().map(Sku::as_str)))
-            .then_with(|| detail_key(a).cmp(&detail_key(b)))
-    });
+    order.sort_by(|a, b| canonical_order(a, b));
     let mut replay = Replay::new();
     for event in order {
         replay.apply(policy, event);

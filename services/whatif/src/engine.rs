@@ -24,13 +24,12 @@
 //! next reading. Flash incentives are opened by the incentives service, not by the rate
 //! policy, and are not simulated.
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use ratemesh_core::card::BandPosition;
 use ratemesh_core::policy::config::Mode;
-use ratemesh_core::replay::Replay;
+use ratemesh_core::replay::{Replay, canonical_order};
 use ratemesh_core::{Applied, Event, Policy, RateCard, ReasonCode, Sku};
 use rust_decimal::Decimal;
 
@@ -68,44 +67,6 @@ const BASELINE: usize = 0;
 /// Decimal places of the elasticity factor applied to units sold.
 pub const FACTOR_DECIMALS: u32 = 6;
 const CANDIDATE: usize = 1;
-
-/// The canonical order of [`ratemesh_core::replay()`]: time, then kind (product data
-/// first, ticks last), then SKU, location and sequence or id. Core keeps its sort key
-/// private, so it is restated here; a test checks the final cards against core's replay.
-fn canonical(a: &Event, b: &Event) -> Ordering {
-    a.priced_at()
-        .cmp(&b.priced_at())
-        .then_with(|| kind_rank(a).cmp(&kind_rank(b)))
-        .then_with(|| a.sku().map(Sku::as_str).cmp(&b.sku().map(Sku::as_str)))
-        .then_with(|| detail_key(a).cmp(&detail_key(b)))
-}
-
-fn kind_rank(event: &Event) -> u8 {
-    match event {
-        Event::ProductUpserted { .. } => 0,
-        Event::OverrideSet { .. } => 1,
-        Event::OverrideCleared { .. } => 2,
-        Event::IncentiveOpened { .. } => 3,
-        Event::IncentiveChanged { .. } => 4,
-        Event::IncentiveClosed { .. } => 5,
-        Event::StockObserved { .. } => 6,
-        Event::Tick { .. } => 7,
-    }
-}
-
-fn detail_key(event: &Event) -> (&str, u64, &str) {
-    match event {
-        Event::StockObserved {
-            location, sequence, ..
-        } => (location, *sequence, ""),
-        Event::OverrideSet { value, .. } => ("", 0, &value.id),
-        Event::OverrideCleared { id, .. } | Event::IncentiveClosed { id, .. } => ("", 0, id),
-        Event::IncentiveOpened { incentive, .. } | Event::IncentiveChanged { incentive, .. } => {
-            ("", 0, &incentive.id)
-        }
-        Event::ProductUpserted { .. } | Event::Tick { .. } => ("", 0, ""),
-    }
-}
 
 /// What a card in force says for the figures.
 #[derive(Debug, Clone, Copy, Default)]
@@ -390,7 +351,7 @@ fn replay_partition(
     options: &WhatIfOptions,
 ) -> Partial {
     let mut events = events;
-    events.sort_by(|a, b| canonical(a.0, b.0).then_with(|| a.1.cmp(&b.1)));
+    events.sort_by(|a, b| canonical_order(a.0, b.0).then_with(|| a.1.cmp(&b.1)));
     let mut walk = Walk {
         policies: [baseline, candidate],
         replays: [Replay::new(), Replay::new()],
