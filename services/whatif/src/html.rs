@@ -15,7 +15,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 
-use crate::report::{Figures, PolicyFigures, RateSeries, Report, SkuFigures};
+use crate::report::{Figures, PolicyFigures, RateSeries, Report, SkuFigures, delta, money};
 
 /// Baseline colour: 8.9:1 on white.
 const BASE: &str = "#1f4e79";
@@ -110,21 +110,6 @@ pub(crate) fn escape(s: &str) -> String {
         }
     }
     out
-}
-
-/// Money as the terminal table prints it.
-fn money(d: Decimal) -> String {
-    format!("{:.2}", d.round_dp(2))
-}
-
-/// A change of money as the terminal table prints it: of the rounded figures, signed.
-fn delta(base: Decimal, cand: Decimal) -> String {
-    let d = cand.round_dp(2) - base.round_dp(2);
-    if d > Decimal::ZERO {
-        format!("+{d:.2}")
-    } else {
-        format!("{d:.2}")
-    }
 }
 
 /// A change of a count as the terminal table prints it.

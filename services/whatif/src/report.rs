@@ -182,12 +182,13 @@ pub struct Report {
     pub series: Series,
 }
 
-fn money(d: Decimal) -> String {
+/// Money as the table and the HTML page print it.
+pub(crate) fn money(d: Decimal) -> String {
     format!("{:.2}", d.round_dp(2))
 }
 
 /// The change between the two figures as shown, so a row adds up on screen.
-fn delta(base: Decimal, cand: Decimal) -> String {
+pub(crate) fn delta(base: Decimal, cand: Decimal) -> String {
     let d = cand.round_dp(2) - base.round_dp(2);
     if d > Decimal::ZERO {
         format!("+{d:.2}")
