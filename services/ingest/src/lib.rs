@@ -13,6 +13,11 @@
 //! - [`webhook`] and [`api`]: the two front doors; [`request_metrics`]: the webhook's
 //!   request counts by status and latencies, resolved once.
 //! - [`backlog`]: watches the rates service's backlog so pushes are shed, not queued.
+//!
+//! With `ingest.archive.dir` set, the service also runs the input archive
+//! ([`ratemesh_archive`]): the record of every accepted push, override and incentive
+//! change that what-if runs replay. It lives here because ingest is where the inputs
+//! enter, and it reads the override and incentive streams like any other consumer group.
 
 pub mod access;
 mod api;
@@ -36,10 +41,10 @@ use ratemesh_runtime::{Context, Readiness, ServiceModule};
 use tokio::sync::Semaphore;
 
 pub use events::{PRODUCT_CHANGED, STOCK_CHANGED};
-pub use settings::{ErpSource, IngestSettings};
+pub use settings::{ArchiveSettings, ErpSource, IngestSettings};
 
-/// Builds the ingest service: gRPC `InventoryIngest`, the webhook routes, and the backlog
-/// monitor.
+/// Builds the ingest service: gRPC `InventoryIngest`, the webhook routes, the backlog
+/// monitor, and the input archive when `ingest.archive.dir` is set.
 pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
     let settings = &ctx.settings().section::<IngestSettings>();
     let retry_after = Duration::from_secs(settings.retry_after_secs);
@@ -94,11 +99,33 @@ pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
         handoff.backlog_gauge(),
         ctx.shutdown().clone(),
     );
-    Ok(ServiceModule::new("ingest", readiness)
+    let module = ServiceModule::new("ingest", readiness)
         .grpc(
             InventoryIngestServer::new(api::IngestApi { handoff, limits }),
             access::INVENTORY_INGEST,
         )
         .http(webhook::router(webhook_state))
-        .task("backlog monitor", monitor))
+        .task("backlog monitor", monitor);
+    Ok(match settings.archive.dir() {
+        Some(dir) => {
+            let config = ratemesh_archive::ArchiveConfig {
+                dir: dir.into(),
+                retention_days: settings.archive.retention_days,
+                writer: ratemesh_runtime::consumer::consumer_name(
+                    &settings.archive.consumer_name,
+                    "archive",
+                ),
+            };
+            module.task(
+                "input archive",
+                ratemesh_archive::run(ctx.bus().clone(), config, ctx.shutdown().clone()),
+            )
+        }
+        None => {
+            tracing::info!(
+                "input archive off (ingest.archive.dir is empty): whatif --since and history export will have nothing to read"
+            );
+            module
+        }
+    })
 }

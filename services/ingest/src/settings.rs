@@ -3,7 +3,9 @@
 
 use std::collections::HashSet;
 
-use ratemesh_runtime::settings::{Secret, Section, SettingsError, require_positive};
+use ratemesh_runtime::settings::{
+    Secret, Section, SettingsError, check_consumer_name, require_positive,
+};
 use serde::{Deserialize, Serialize};
 
 /// ERP webhooks and `InventoryIngest`.
@@ -33,6 +35,30 @@ pub struct IngestSettings {
     pub retry_after_secs: u64,
     /// ERP sources allowed to call the webhooks, each with its signing secrets.
     pub sources: Vec<ErpSource>,
+    /// The input archive this service keeps for what-if replays (`[ingest.archive]`).
+    pub archive: ArchiveSettings,
+}
+
+/// The input archive (`[ingest.archive]`): every accepted stock and product event and
+/// every override and incentive change, in day files under `dir`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveSettings {
+    /// The archive directory; empty turns the archive off. It must be on a persistent
+    /// volume for the archive to outlive the process.
+    pub dir: String,
+    /// Day files older than this many days are deleted.
+    pub retention_days: u32,
+    /// This replica's name in the `archive` consumer group, also part of the names of the
+    /// files it writes. Empty: derived from the host name and process id.
+    pub consumer_name: String,
+}
+
+impl ArchiveSettings {
+    /// The directory, when the archive is on.
+    pub fn dir(&self) -> Option<&str> {
+        Some(self.dir.trim()).filter(|d| !d.is_empty())
+    }
 }
 
 /// One ERP system that pushes over the webhooks.
@@ -66,7 +92,12 @@ impl Section for IngestSettings {
             ("ingest.max_in_flight", self.max_in_flight as u64),
             ("ingest.body_read_timeout_ms", self.body_read_timeout_ms),
             ("ingest.retry_after_secs", self.retry_after_secs),
+            (
+                "ingest.archive.retention_days",
+                u64::from(self.archive.retention_days),
+            ),
         ])?;
+        check_consumer_name("ingest.archive.consumer_name", &self.archive.consumer_name)?;
         if self.max_unverified_body_bytes < self.max_body_bytes {
             return Err(SettingsError::new(
                 "ingest.max_unverified_body_bytes",
@@ -127,6 +158,11 @@ mod tests {
                 "RATEMESH__INGEST__RETRY_AFTER_SECS",
                 "0",
                 "ingest.retry_after_secs",
+            ),
+            (
+                "RATEMESH__INGEST__ARCHIVE__RETENTION_DAYS",
+                "0",
+                "ingest.archive.retention_days",
             ),
         ])
         .unwrap();
