@@ -10,13 +10,20 @@
 //!   fields, one item per row, as `ratemesh stock push` sends it (empty cells are absent
 //!   fields, `sequence` is a whole number, every other cell is sent as text).
 //!
+//! - `changes-….jsonl`: merchandiser overrides and flash-incentive transitions, one core
+//!   event per line (`{"type":"override_set",…}`, as `ratemesh history export` writes
+//!   them): `override_set`, `override_cleared`, `incentive_opened`, `incentive_changed`,
+//!   `incentive_closed`. Overrides are checked by the core's own rules.
+//!
 //! Every item goes through the ingest service's own parser and validation, and becomes a
 //! core event through the same stream entry ingest writes and rates decodes. One bad item
 //! anywhere refuses the whole history: every problem is reported (file, CSV line or JSON
 //! item index, field) and nothing is replayed.
 //!
 //! **Time.** The live service prices a push at ingest's `received_at`, not at the ERP's
-//! `as_of` (DESIGN §6). A file carries no receipt time, so a push is stamped with the
+//! `as_of` (DESIGN §6). A JSON file may carry it as a top-level `"received_at"` (RFC
+//! 3339) next to `updates` / `products`, as files exported from the input archive do;
+//! every item of the file is then priced at it. Otherwise a push is stamped with the
 //! latest `as_of` among its items: the earliest instant ingest could have accepted it, and
 //! the instant a prompt ERP push of that count arrives. Every item of the file gets that
 //! stamp, as every item of one live batch gets one `received_at`. A product file whose
@@ -27,7 +34,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, TimeDelta, Utc};
 use ratemesh_core::Event;
 use ratemesh_runtime::FieldViolation;
 use serde::Serialize;
@@ -141,6 +148,39 @@ impl History {
         History { events, summary }
     }
 
+    /// Adds the days the source has no data for (an archive's missing day files) to the
+    /// gaps, one gap per run of consecutive days, unless a gap between pushes already
+    /// covers it.
+    pub fn with_missing_days(mut self, days: &[NaiveDate]) -> History {
+        let mut runs: Vec<(NaiveDate, NaiveDate)> = Vec::new();
+        for day in days {
+            match runs.last_mut() {
+                Some((_, end)) if *end + TimeDelta::days(1) == *day => *end = *day,
+                _ => runs.push((*day, *day)),
+            }
+        }
+        for (first, last) in runs {
+            let from = first.and_time(NaiveTime::MIN).and_utc();
+            let until = (last + TimeDelta::days(1))
+                .and_time(NaiveTime::MIN)
+                .and_utc();
+            let covered = self
+                .summary
+                .gaps
+                .iter()
+                .any(|g| g.from <= from && g.until >= until);
+            if !covered {
+                self.summary.gaps.push(Gap {
+                    from,
+                    until,
+                    hours: (until - from).num_hours(),
+                });
+            }
+        }
+        self.summary.gaps.sort_by_key(|g| g.from);
+        self
+    }
+
     /// The events, in file order (the replay sorts them).
     pub fn events(&self) -> &[Event] {
         &self.events
@@ -237,6 +277,29 @@ enum Format {
     Csv,
 }
 
+/// What a history file holds, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    /// An ERP push.
+    Erp(Feed, Format),
+    /// Override and incentive changes, one core event per line.
+    Changes,
+}
+
+/// The names of history files, as `ratemesh history export` writes them.
+pub mod names {
+    /// The stock push numbered `n`.
+    pub fn stock(n: usize) -> String {
+        format!("stock-{n:06}.json")
+    }
+    /// The products push numbered `n`.
+    pub fn products(n: usize) -> String {
+        format!("products-{n:06}.json")
+    }
+    /// The override and incentive changes.
+    pub const CHANGES: &str = "changes.jsonl";
+}
+
 /// The position of each parsed item in its file, to point problems at it.
 #[derive(Debug)]
 enum Positions {
@@ -281,6 +344,7 @@ pub fn load_history(dir: &Path, options: &HistoryOptions) -> Result<History, His
     let mut problems = Vec::new();
     let mut stock = Vec::new();
     let mut products = Vec::new();
+    let mut changes = Vec::new();
     let mut read = 0;
     for name in &files {
         let problem = |problem: String| Problem {
@@ -289,11 +353,25 @@ pub fn load_history(dir: &Path, options: &HistoryOptions) -> Result<History, His
             field: None,
             problem,
         };
-        let Some((feed, format)) = classify(name) else {
-            problems.push(problem(
-                "not a history file: name it stock-….json|csv or products-….json|csv".into(),
-            ));
-            continue;
+        let (feed, format) = match classify(name) {
+            Some(Input::Erp(feed, format)) => (feed, format),
+            Some(Input::Changes) => {
+                match std::fs::read(dir.join(name)) {
+                    Ok(raw) => {
+                        read += 1;
+                        changes.extend(read_changes(name, &raw, &mut problems));
+                    }
+                    Err(e) => problems.push(problem(format!("cannot read: {e}"))),
+                }
+                continue;
+            }
+            None => {
+                problems.push(problem(
+                    "not a history file: name it stock-….json|csv, products-….json|csv or changes-….jsonl"
+                        .into(),
+                ));
+                continue;
+            }
         };
         let raw = match std::fs::read(dir.join(name)) {
             Ok(raw) => raw,
@@ -331,9 +409,9 @@ pub fn load_history(dir: &Path, options: &HistoryOptions) -> Result<History, His
 
     let mut events = Vec::new();
     let mut first_push: Option<DateTime<Utc>> = None;
-    for (name, items) in &stock {
+    for (name, (received_at, items)) in &stock {
         // Validation refuses an empty push, so every stock file has a latest `as_of`.
-        let Some(stamp) = items.iter().map(|i| i.as_of).max() else {
+        let Some(stamp) = received_at.or_else(|| items.iter().map(|i| i.as_of).max()) else {
             continue;
         };
         first_push = Some(first_push.map_or(stamp, |t| t.min(stamp)));
@@ -350,8 +428,10 @@ pub fn load_history(dir: &Path, options: &HistoryOptions) -> Result<History, His
             }
         }
     }
-    for (name, items) in &products {
-        let stamp = items.iter().filter_map(|i| i.as_of).max().or(first_push);
+    for (name, (received_at, items)) in &products {
+        let stamp = received_at
+            .or_else(|| items.iter().filter_map(|i| i.as_of).max())
+            .or(first_push);
         let Some(stamp) = stamp else {
             problems.push(Problem {
                 file: name.clone(),
@@ -378,11 +458,15 @@ pub fn load_history(dir: &Path, options: &HistoryOptions) -> Result<History, His
     if !problems.is_empty() {
         return Err(HistoryError::Invalid(problems));
     }
+    events.extend(changes);
     Ok(History::build(events, read, options.max_gap))
 }
 
-fn classify(name: &str) -> Option<(Feed, Format)> {
+fn classify(name: &str) -> Option<Input> {
     let lower = name.to_ascii_lowercase();
+    if lower.starts_with("changes") && lower.ends_with(".jsonl") {
+        return Some(Input::Changes);
+    }
     let feed = if lower.starts_with("stock") {
         Feed::Stock
     } else if lower.starts_with("product") {
@@ -397,7 +481,7 @@ fn classify(name: &str) -> Option<(Feed, Format)> {
     } else {
         return None;
     };
-    Some((feed, format))
+    Some(Input::Erp(feed, format))
 }
 
 fn read_stock(
@@ -407,16 +491,18 @@ fn read_stock(
     now: DateTime<Utc>,
     limits: &Limits,
     problems: &mut Vec<Problem>,
-) -> Option<Vec<StockItem>> {
+) -> Option<(Option<DateTime<Utc>>, Vec<StockItem>)> {
+    let mut received_at = None;
     let (updates, positions) = match format {
         Format::Json => {
-            let batch: StockBatch = parse_json(
+            let (stamp, batch) = parse_json(
                 name,
                 Feed::Stock,
                 raw,
                 problems,
                 payload::parse::<StockBatch>,
             )?;
+            received_at = stamp;
             (batch.updates, Positions::Items)
         }
         Format::Csv => {
@@ -427,7 +513,7 @@ fn read_stock(
         }
     };
     match validate::stock(&updates, now, limits) {
-        Ok(items) => Some(items),
+        Ok(items) => Some((received_at, items)),
         Err(violations) => {
             report_violations(name, Feed::Stock, &positions, violations, problems);
             None
@@ -442,16 +528,18 @@ fn read_products(
     now: DateTime<Utc>,
     limits: &Limits,
     problems: &mut Vec<Problem>,
-) -> Option<Vec<ProductItem>> {
+) -> Option<(Option<DateTime<Utc>>, Vec<ProductItem>)> {
+    let mut received_at = None;
     let (rows, positions) = match format {
         Format::Json => {
-            let batch: ProductBatch = parse_json(
+            let (stamp, batch) = parse_json(
                 name,
                 Feed::Products,
                 raw,
                 problems,
                 payload::parse::<ProductBatch>,
             )?;
+            received_at = stamp;
             (batch.products, Positions::Items)
         }
         Format::Csv => {
@@ -463,7 +551,7 @@ fn read_products(
         }
     };
     match validate::products(&rows, now, limits) {
-        Ok(items) => Some(items),
+        Ok(items) => Some((received_at, items)),
         Err(violations) => {
             report_violations(name, Feed::Products, &positions, violations, problems);
             None
@@ -471,25 +559,42 @@ fn read_products(
     }
 }
 
-/// A JSON file: the webhook body, or a bare array of items wrapped into one.
+/// A JSON file: the webhook body, or a bare array of items wrapped into one; with the
+/// body's `received_at`, if it has one.
 fn parse_json<T>(
     name: &str,
     feed: Feed,
     raw: &[u8],
     problems: &mut Vec<Problem>,
     parse: impl Fn(&[u8]) -> Result<T, payload::ParseError>,
-) -> Option<T> {
+) -> Option<(Option<DateTime<Utc>>, T)> {
     let first = raw.iter().find(|b| !b.is_ascii_whitespace());
+    let mut received_at = None;
     let result = if first == Some(&b'[') {
         let mut wrapped = format!("{{\"{}\":", feed.items_key()).into_bytes();
         wrapped.extend_from_slice(raw);
         wrapped.push(b'}');
         parse(&wrapped)
     } else {
-        parse(raw)
+        match take_received_at(raw) {
+            Ok(Some(stamped)) => {
+                received_at = Some(stamped.received_at);
+                parse(&stamped.body)
+            }
+            Ok(None) => parse(raw),
+            Err(problem) => {
+                problems.push(Problem {
+                    file: name.to_owned(),
+                    location: Location::File,
+                    field: Some(RECEIVED_AT.into()),
+                    problem,
+                });
+                return None;
+            }
+        }
     };
     match result {
-        Ok(batch) => Some(batch),
+        Ok(batch) => Some((received_at, batch)),
         Err(e) => {
             let (location, field) = match locate(&e.message, feed) {
                 Some((i, field)) => (Location::Item(i), field),
@@ -504,6 +609,100 @@ fn parse_json<T>(
             None
         }
     }
+}
+
+/// The top-level member of a history JSON file that carries ingest's receipt time.
+pub const RECEIVED_AT: &str = "received_at";
+
+/// Splits a body's `received_at` from the webhook body: the instant and the body without
+/// it. `Ok(None)` when the body has none (or is not a JSON object: the webhook parser
+/// reports that).
+fn take_received_at(raw: &[u8]) -> Result<Option<Stamped>, String> {
+    // Only a body that mentions the member is parsed twice.
+    if !raw
+        .windows(RECEIVED_AT.len())
+        .any(|w| w == RECEIVED_AT.as_bytes())
+    {
+        return Ok(None);
+    }
+    let Ok(serde_json::Value::Object(mut body)) = serde_json::from_slice(raw) else {
+        return Ok(None);
+    };
+    let Some(value) = body.remove(RECEIVED_AT) else {
+        return Ok(None);
+    };
+    let text = value
+        .as_str()
+        .ok_or_else(|| format!("must be an RFC 3339 time as text, got {value}"))?;
+    let stamp = DateTime::parse_from_rfc3339(text)
+        .map_err(|e| format!("must be an RFC 3339 time ({text:?}): {e}"))?
+        .with_timezone(&Utc);
+    let rest = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+    Ok(Some(Stamped {
+        received_at: stamp,
+        body: rest,
+    }))
+}
+
+/// A webhook body and the `received_at` taken out of it.
+struct Stamped {
+    received_at: DateTime<Utc>,
+    body: Vec<u8>,
+}
+
+/// A changes file: one override or incentive event per line; blank lines are skipped.
+fn read_changes(name: &str, raw: &[u8], problems: &mut Vec<Problem>) -> Vec<Event> {
+    let mut events = Vec::new();
+    for (n, line) in raw.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let mut problem = |field: Option<String>, problem: String| {
+            problems.push(Problem {
+                file: name.to_owned(),
+                location: Location::Line(n as u64 + 1),
+                field,
+                problem,
+            })
+        };
+        let mut de = serde_json::Deserializer::from_slice(line);
+        let event: Event = match serde_path_to_error::deserialize(&mut de) {
+            Ok(event) => event,
+            Err(e) => {
+                let path = e.path().to_string();
+                let field = (path != "." && !path.is_empty()).then_some(path);
+                problem(field, e.into_inner().to_string());
+                continue;
+            }
+        };
+        match &event {
+            Event::OverrideSet { value, .. } => {
+                if let Err(e) = value.validate() {
+                    let text = e.to_string();
+                    let (field, text) = match text.split_once(": ") {
+                        Some((f, t)) => (Some(format!("override.{f}")), t.to_owned()),
+                        None => (None, text),
+                    };
+                    problem(field, text);
+                    continue;
+                }
+            }
+            Event::OverrideCleared { .. }
+            | Event::IncentiveOpened { .. }
+            | Event::IncentiveChanged { .. }
+            | Event::IncentiveClosed { .. } => {}
+            Event::StockObserved { .. } | Event::ProductUpserted { .. } | Event::Tick { .. } => {
+                problem(
+                    Some("type".into()),
+                    "a changes file holds overrides and incentives; stock and products go in stock-… and products-… files"
+                        .into(),
+                );
+                continue;
+            }
+        }
+        events.push(event);
+    }
+    events
 }
 
 /// A CSV file: each row becomes the JSON item `ratemesh stock push` would send, parsed by
@@ -708,11 +907,15 @@ mod tests {
 
     #[test]
     fn files_are_classified_by_name() {
-        assert_eq!(classify("stock-0001.csv"), Some((Feed::Stock, Format::Csv)));
+        assert_eq!(
+            classify("stock-0001.csv"),
+            Some(Input::Erp(Feed::Stock, Format::Csv))
+        );
         assert_eq!(
             classify("Products.JSON"),
-            Some((Feed::Products, Format::Json))
+            Some(Input::Erp(Feed::Products, Format::Json))
         );
+        assert_eq!(classify("changes.jsonl"), Some(Input::Changes));
         assert_eq!(classify("notes.txt"), None);
         assert_eq!(classify("stock.txt"), None);
     }

@@ -8,9 +8,12 @@
 //! paid on them, the margin left, and what partners would have been told.
 //!
 //! Layout:
-//! - [`history`] — a directory of ERP pushes (stock and product files, JSON or CSV) read
-//!   with the ingest service's own parser and validation into core events, with the gaps
-//!   in the record.
+//! - [`history`] — a directory of ERP pushes (stock and product files, JSON or CSV) and
+//!   override and incentive changes, read with the ingest service's own parser and
+//!   validation into core events, with the gaps in the record.
+//! - [`archive`] — the same history read from the input archive ([`ratemesh_archive`])
+//!   for a time range, SKUs or a category, and [`archive::export`] of it as a history
+//!   directory.
 //! - [`policy_file`] — [`load_policy`]: a policy TOML whose errors name the key.
 //! - [`engine`] — [`run`]: both replays, partitioned by SKU over every core, and the
 //!   figures.
@@ -24,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod engine;
 pub mod history;
 pub mod html;
