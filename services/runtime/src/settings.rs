@@ -85,6 +85,8 @@ pub struct Settings {
     pub policy: PolicySettings,
     /// How long stream entries are kept.
     pub retention: RetentionSettings,
+    /// The merchandiser web console, when `server.console_addr` turns it on.
+    pub console: ConsoleSettings,
     /// The services' own sections, by name.
     sections: Sections,
 }
@@ -99,17 +101,32 @@ struct Frame {
     auth: AuthSettings,
     policy: PolicySettings,
     retention: RetentionSettings,
+    console: ConsoleSettings,
 }
 
 /// The top-level tables the frame itself owns.
-const FRAME_SECTIONS: [&str; 6] = [
+const FRAME_SECTIONS: [&str; 7] = [
     "server",
     "redis",
     "telemetry",
     "auth",
     "policy",
     "retention",
+    "console",
 ];
+
+/// The merchandiser web console (`[console]`); it listens on `server.console_addr`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// The gRPC endpoint (`http://host:port` or `https://…`) the console's JSON gateway
+    /// calls. Empty: this process's own `server.grpc_addr`, which serves every service
+    /// under `ratemesh up`; a console next to `ratemesh serve <service>` names the
+    /// endpoint that serves them all.
+    pub grpc_endpoint: String,
+    /// How long a signed-in session lasts without being used.
+    pub session_idle_minutes: u64,
+}
 
 /// The rate policy (`[policy]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -448,6 +465,9 @@ pub struct ServerSettings {
     pub http_addr: SocketAddr,
     /// Admin listener: `/metrics`, `/livez`, `/readyz`.
     pub admin_addr: SocketAddr,
+    /// Listener of the merchandiser web console; absent: no console.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_addr: Option<SocketAddr>,
     /// Deadline for a unary call.
     pub request_timeout_ms: u64,
     /// Calls in flight before new ones are shed.
@@ -811,6 +831,7 @@ impl Settings {
             auth: frame.auth,
             policy: frame.policy,
             retention: frame.retention,
+            console: frame.console,
             sections: loaded,
         };
         settings.validate()?;
@@ -917,11 +938,12 @@ impl Settings {
         }
         check_tls_files(s)?;
         check_redis_tls(&self.redis)?;
-        let ports = [
+        let mut ports = vec![
             ("server.grpc_addr", s.grpc_addr),
             ("server.http_addr", s.http_addr),
             ("server.admin_addr", s.admin_addr),
         ];
+        ports.extend(s.console_addr.map(|addr| ("server.console_addr", addr)));
         for (i, (key, addr)) in ports.iter().enumerate() {
             for (other_key, other) in &ports[i + 1..] {
                 if addr.port() != 0 && addr == other {
@@ -931,6 +953,21 @@ impl Settings {
                     ));
                 }
             }
+        }
+        let console = &self.console;
+        let endpoint = console.grpc_endpoint.trim();
+        let is_url = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+        if !endpoint.is_empty() && !is_url {
+            return Err(SettingsError::new(
+                "console.grpc_endpoint",
+                format!("`{endpoint}` is not an http:// or https:// URL"),
+            ));
+        }
+        if console.session_idle_minutes == 0 {
+            return Err(SettingsError::new(
+                "console.session_idle_minutes",
+                "must be greater than 0",
+            ));
         }
 
         let r = &self.redis;
@@ -1105,6 +1142,7 @@ impl Settings {
             ("telemetry", toml::Value::try_from(&shown.telemetry)),
             ("auth", toml::Value::try_from(&shown.auth)),
             ("policy", toml::Value::try_from(&shown.policy)),
+            ("console", toml::Value::try_from(&shown.console)),
         ];
         let services = shown.sections.0.iter().map(|(n, s)| (*n, s.to_toml()));
         let retention = ("retention", toml::Value::try_from(&shown.retention));
@@ -1258,6 +1296,34 @@ mod tests {
         assert!(s.redis.url().is_none());
         assert_eq!(s.redis.partitions, 1);
         assert!(s.auth.keys.is_empty());
+    }
+
+    #[test]
+    fn the_console_is_off_unless_its_address_is_set_and_may_not_share_a_port() {
+        let s = Settings::default();
+        assert_eq!(s.server.console_addr, None);
+        let s = Settings::load(
+            None,
+            env(&[("RATEMESH__SERVER__CONSOLE_ADDR", "127.0.0.1:8088")]),
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(s.server.console_addr, "127.0.0.1:8088".parse().ok());
+        let err = Settings::load(
+            None,
+            env(&[("RATEMESH__SERVER__CONSOLE_ADDR", "127.0.0.1:9090")]),
+            &[],
+        )
+        .expect_err("clashes with the admin port");
+        assert_eq!(err.key, "server.admin_addr");
+        assert!(err.problem.contains("server.console_addr"), "{err}");
+        let err = Settings::load(
+            None,
+            env(&[("RATEMESH__CONSOLE__GRPC_ENDPOINT", "localhost:50051")]),
+            &[],
+        )
+        .expect_err("not a URL");
+        assert_eq!(err.key, "console.grpc_endpoint");
     }
 
     #[test]
