@@ -1,0 +1,297 @@
+//! A merchandiser's day in a real browser (headless Chromium over WebDriver) against a real
+//! ratemesh on a real redis-server: sign in, find a SKU, pin it and watch the rate change
+//! without a reload, meet a conflict, cancel an incentive, and (as an admin) redeliver a
+//! dead letter; a network key and a forged CSRF token are refused.
+
+use std::time::Duration;
+
+use ratemesh_proto::v1;
+use ratemesh_proto::v1::incentive_service_client::IncentiveServiceClient;
+use ratemesh_proto::v1::override_service_client::OverrideServiceClient;
+use ratemesh_runtime::Role;
+use ratemesh_testkit::{Bearer, Sink};
+use serde_json::json;
+
+use crate::support::webdriver::Browser;
+use crate::support::{Mesh, eventually, key_of};
+
+const PARTNER: &str = "shop-one";
+
+async fn sign_in(browser: &Browser, role: Role) {
+    browser.type_into("#api-key", &key_of(role)).await;
+    browser.click("#sign-in-form button[type=submit]").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchandiser_finds_pins_and_cancels_and_an_admin_redelivers_in_a_browser() {
+    let mesh = Mesh::spawn().await;
+    // A partner whose endpoint fails: every delivery to it dies after its one attempt.
+    let sink = Sink::start().await;
+    sink.answer(500);
+    mesh.app
+        .register_partner(PARTNER, &sink.url(), Default::default())
+        .await;
+    for sku in ["CON-LAMP", "CON-RUG", "CON-KETTLE"] {
+        mesh.stock_sku(sku, "home", 20).await;
+    }
+    let channel = mesh.app.channel().await;
+    let mut overrides =
+        OverrideServiceClient::with_interceptor(channel.clone(), Bearer::role(Role::Merchandiser));
+    let incentives =
+        IncentiveServiceClient::with_interceptor(channel, Bearer::role(Role::Merchandiser));
+    eventually(
+        "a manual incentive on CON-KETTLE opens",
+        Duration::from_secs(20),
+        || {
+            let mut incentives = incentives.clone();
+            async move {
+                incentives
+                    .trigger_incentive(v1::TriggerIncentiveRequest {
+                        sku: "CON-KETTLE".into(),
+                        bonus_rate: "0.01".into(),
+                        duration: Some(prost_types::Duration {
+                            seconds: 86_400,
+                            nanos: 0,
+                        }),
+                        budget_spend: Some("500".into()),
+                        budget_units: None,
+                        reason: "spring clearance".into(),
+                    })
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await;
+
+    let browser = Browser::start(1280, 1000).await;
+    browser.goto(&mesh.url("/")).await;
+    browser.find("#api-key").await;
+    browser.screenshot("sign-in").await;
+
+    // A network key is refused with the reason.
+    sign_in(&browser, Role::Network).await;
+    browser
+        .wait_text("#sign-in-error", "a network key is refused", |t| {
+            t.contains("a `network` key cannot sign in")
+        })
+        .await;
+    assert!(browser.try_find("#nav:not([hidden])").await.is_none());
+
+    // The merchandiser signs in and sees every SKU's rate.
+    sign_in(&browser, Role::Merchandiser).await;
+    browser
+        .wait_text("#nav a[aria-current=page]", "the rates page opens", |t| {
+            t == "Rates"
+        })
+        .await;
+    browser.find("tr[data-sku=\"CON-RUG\"]").await;
+    browser.execute("window.kept = 'yes'", json!([])).await;
+
+    // Another merchandiser pins CON-RUG: the row changes in place, without a reload.
+    overrides
+        .set_override(v1::SetOverrideRequest {
+            r#override: Some(v1::Override {
+                scope: Some(v1::r#override::Scope::Sku("CON-RUG".into())),
+                kind: v1::OverrideKind::Pin as i32,
+                value: "0.07".into(),
+                reason: "rug week".into(),
+                ..Default::default()
+            }),
+            replace_conflicting: false,
+        })
+        .await
+        .expect("pin CON-RUG");
+    browser
+        .wait_text(
+            "tr[data-sku=\"CON-RUG\"] td.rate",
+            "the pinned rate shows live",
+            |t| t == "7.00 %",
+        )
+        .await;
+    assert_eq!(
+        browser.execute("return window.kept", json!([])).await,
+        "yes"
+    );
+
+    // Find a SKU.
+    browser.type_into("#rates-q", "con-la").await;
+    browser.click("form.filters button[type=submit]").await;
+    browser
+        .wait_text("#rates-table caption", "the search finds one SKU", |t| {
+            t.starts_with("1 SKU ")
+        })
+        .await;
+    assert!(browser.try_find("tr[data-sku=\"CON-RUG\"]").await.is_none());
+    browser.screenshot("rates").await;
+    browser.click("tr[data-sku=\"CON-LAMP\"] a").await;
+    let before = browser
+        .wait_text("#sku-rate", "the SKU page shows its rate", |t| {
+            t.ends_with('%')
+        })
+        .await;
+    assert_ne!(before, "5.00 %");
+    browser.find("#sku-chart svg").await;
+
+    // The rates service refuses a pin out of range, naming the field.
+    browser.type_into("#ov-value", "2").await;
+    browser.type_into("#ov-reason", "launch").await;
+    browser.click("#override-form button[type=submit]").await;
+    browser
+        .wait_text("#ov-error", "the service's validation shows", |t| {
+            t.contains("override.value")
+        })
+        .await;
+    browser.find("#ov-value[aria-invalid=true]").await;
+
+    // A valid pin moves the rate on the page, still without a reload.
+    browser.type_into("#ov-value", "0.05").await;
+    browser.click("#override-form button[type=submit]").await;
+    browser
+        .wait_text("#sku-rate", "the pinned rate shows", |t| t == "5.00 %")
+        .await;
+    browser
+        .wait_text("#sku-reasons", "the pin is the reason", |t| {
+            t.contains("OVERRIDE_PIN")
+        })
+        .await;
+    browser
+        .wait_text("#sku-chart figcaption", "the chart has the new rate", |t| {
+            t.contains("to 5.00 %")
+        })
+        .await;
+    assert_eq!(
+        browser.execute("return window.kept", json!([])).await,
+        "yes"
+    );
+    browser.screenshot("sku").await;
+
+    // A forged CSRF token is refused, and so is a change without one.
+    let forged = browser
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const send = (headers) => fetch('/api/overrides', {method: 'POST',
+               headers: Object.assign({'Content-Type': 'application/json'}, headers),
+               body: JSON.stringify({sku: 'CON-LAMP', kind: 'cap', value: '0.01', reason: 'forged'})})
+               .then((r) => r.status);
+             Promise.all([send({'X-CSRF-Token': 'forged'}), send({})]).then(done);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(forged, json!([403, 403]));
+
+    // A second pin on the same SKU conflicts: the page shows the override in the way.
+    browser.click("#nav a[data-page=overrides]").await;
+    browser.find("tr[data-override]").await;
+    browser.type_into("#ov-target", "CON-LAMP").await;
+    browser.type_into("#ov-value", "0.06").await;
+    browser.type_into("#ov-reason", "second thoughts").await;
+    browser.click("#override-form button[type=submit]").await;
+    browser
+        .wait_text("#ov-error", "the conflicting override shows", |t| {
+            t.contains("launch") && t.contains("In conflict with")
+        })
+        .await;
+    let lamp_pins = overrides
+        .list_overrides(v1::ListOverridesRequest {
+            sku: Some("CON-LAMP".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .overrides;
+    assert_eq!(
+        lamp_pins.len(),
+        1,
+        "neither the forged cap nor the conflict was set"
+    );
+    browser.screenshot("overrides").await;
+
+    // Cancel the incentive.
+    browser.click("#nav a[data-page=incentives]").await;
+    browser
+        .wait_text(
+            "tr[data-incentive] td.state",
+            "the incentive is listed",
+            |t| t == "active",
+        )
+        .await;
+    browser.click("tr[data-incentive] button").await;
+    browser.type_into("tr.ask input", "launch is over").await;
+    browser.click("tr.ask button[type=submit]").await;
+    browser
+        .wait_text("#status", "the page confirms", |t| t.contains("cancelled"))
+        .await;
+    browser.choose("#inc-state", "ended").await;
+    browser
+        .wait_text("tr[data-incentive] td.state", "the incentive ended", |t| {
+            t == "ended (cancelled)"
+        })
+        .await;
+    browser.screenshot("incentives").await;
+
+    // Deliveries are for admins: the merchandiser sees the notifier's refusal.
+    browser.click("#nav a[data-page=partners]").await;
+    browser
+        .wait_text("#page .error", "partners are refused", |t| {
+            t.contains("may not call")
+        })
+        .await;
+
+    // An admin redelivers a dead letter once the partner is back.
+    browser.click("#sign-out").await;
+    browser.find("#sign-in:not([hidden]) #api-key").await;
+    sign_in(&browser, Role::Admin).await;
+    browser.find("#nav:not([hidden])").await;
+    eventually("a delivery dies", Duration::from_secs(20), || async {
+        let dead = mesh.app.deliveries(PARTNER).await;
+        dead.iter()
+            .any(|d| d.status == v1::DeliveryStatus::Dead as i32)
+            .then_some(())
+    })
+    .await;
+    sink.answer(200);
+    browser
+        .execute(
+            "location.hash = '#/partners/' + arguments[0]",
+            json!([PARTNER]),
+        )
+        .await;
+    browser.find("tr[data-delivery] td.status-dead").await;
+    let delivery = browser
+        .execute(
+            "return document.querySelector('tr[data-delivery] td.status-dead').parentElement.dataset.delivery",
+            json!([]),
+        )
+        .await;
+    let delivery = delivery.as_str().expect("a delivery id").to_owned();
+    browser
+        .click(&format!("tr[data-delivery=\"{delivery}\"] button"))
+        .await;
+    browser
+        .wait_text("#status", "the page confirms", |t| {
+            t.contains("1 delivery queued again")
+        })
+        .await;
+    eventually(
+        "the partner receives it",
+        Duration::from_secs(20),
+        || async {
+            let deliveries = mesh.app.deliveries(PARTNER).await;
+            deliveries
+                .iter()
+                .any(|d| d.id == delivery && d.status == v1::DeliveryStatus::Delivered as i32)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(!sink.accepted().is_empty());
+    browser.choose("#del-status", "delivered").await;
+    browser
+        .find(&format!(
+            "tr[data-delivery=\"{delivery}\"] td.status-delivered"
+        ))
+        .await;
+    browser.screenshot("partners").await;
+}

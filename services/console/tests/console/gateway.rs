@@ -1,0 +1,208 @@
+//! The JSON gateway over HTTP: who may sign in, the session cookie, CSRF on every change,
+//! and the services' refusals as HTTP answers.
+
+use ratemesh_runtime::Role;
+use serde_json::{Value, json};
+
+use crate::support::http::{Response, request};
+use crate::support::{Mesh, key_of};
+
+/// A signed-in HTTP client: its cookie and CSRF token.
+struct Client<'a> {
+    mesh: &'a Mesh,
+    cookie: String,
+    csrf: String,
+}
+
+impl Client<'_> {
+    async fn get(&self, path: &str) -> Response {
+        request(
+            self.mesh.console,
+            "GET",
+            path,
+            &[("Cookie", &self.cookie)],
+            None,
+        )
+        .await
+    }
+
+    async fn send(&self, method: &str, path: &str, csrf: Option<&str>, body: Value) -> Response {
+        let mut headers = vec![("Cookie", self.cookie.as_str())];
+        if let Some(csrf) = csrf {
+            headers.push(("X-CSRF-Token", csrf));
+        }
+        request(
+            self.mesh.console,
+            method,
+            path,
+            &headers,
+            Some(&body.to_string()),
+        )
+        .await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Response {
+        self.send("POST", path, Some(&self.csrf.clone()), body)
+            .await
+    }
+}
+
+async fn sign_in_with(mesh: &Mesh, key: &str) -> Response {
+    request(
+        mesh.console,
+        "POST",
+        "/api/session",
+        &[],
+        Some(&json!({ "key": key }).to_string()),
+    )
+    .await
+}
+
+async fn sign_in(mesh: &Mesh, role: Role) -> Client<'_> {
+    let answer = sign_in_with(mesh, &key_of(role)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let cookie = answer
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    Client {
+        mesh,
+        cookie,
+        csrf: answer.json()["csrf"].as_str().expect("csrf").to_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_merchandisers_and_admins_sign_in_and_every_change_needs_the_csrf_token() {
+    let mesh = Mesh::spawn().await;
+    mesh.stock_sku("GW-LAMP", "home", 20).await;
+
+    // The page itself ships in the binary and loads nothing from elsewhere.
+    let index = request(mesh.console, "GET", "/", &[], None).await;
+    assert_eq!(index.status, 200);
+    assert!(index.body.contains("/assets/console.js"), "{}", index.body);
+    let csp = index.header("content-security-policy").unwrap_or_default();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    let script = request(mesh.console, "GET", "/assets/console.js", &[], None).await;
+    assert_eq!(script.status, 200);
+    // Only the SVG namespace name looks like a URL; nothing is fetched from elsewhere.
+    let script = script.body.replace("'http://www.w3.org/2000/svg'", "");
+    assert!(!script.contains("http://") && !script.contains("https://"));
+
+    // Keys of other roles, and unknown keys, are refused.
+    for role in [Role::Network, Role::Partner, Role::Erp] {
+        let refused = sign_in_with(&mesh, &key_of(role)).await;
+        assert_eq!(refused.status, 403, "{role}: {}", refused.body);
+        assert!(refused.header("set-cookie").is_none());
+        let error = refused.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            error.contains(&format!("a `{role}` key cannot sign in")),
+            "{error}"
+        );
+    }
+    let unknown = sign_in_with(&mesh, "not-a-key").await;
+    assert_eq!(unknown.status, 401);
+    assert_eq!(unknown.json()["error"], "unknown API key");
+    let none = request(mesh.console, "GET", "/api/rates", &[], None).await;
+    assert_eq!(none.status, 401, "no session, no data");
+
+    // A merchandiser's session: an HttpOnly, same-site cookie (plain HTTP: not Secure).
+    let answer = sign_in_with(&mesh, &key_of(Role::Merchandiser)).await;
+    assert_eq!(answer.status, 200);
+    let cookie = answer.header("set-cookie").expect("cookie").to_owned();
+    assert!(cookie.starts_with("ratemesh_session="), "{cookie}");
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(flag), "{cookie} lacks {flag}");
+    }
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    assert!(
+        !answer.body.contains(&key_of(Role::Merchandiser)),
+        "the key is never sent back"
+    );
+    let merch = sign_in(&mesh, Role::Merchandiser).await;
+    let session = merch.get("/api/session").await.json();
+    assert_eq!(session["role"], "merchandiser");
+    assert_eq!(session["csrf"], merch.csrf.as_str());
+
+    let rates = merch.get("/api/rates?q=gw-la").await;
+    assert_eq!(rates.status, 200, "{}", rates.body);
+    assert_eq!(rates.json()["cards"][0]["sku"], "GW-LAMP");
+
+    // A change without the token, or with another, is refused and changes nothing.
+    let pin = json!({"sku": "GW-LAMP", "kind": "pin", "value": "0.05", "reason": "launch"});
+    let missing = merch
+        .send("POST", "/api/overrides", None, pin.clone())
+        .await;
+    assert_eq!(missing.status, 403, "{}", missing.body);
+    let forged = merch
+        .send("POST", "/api/overrides", Some(&"0".repeat(64)), pin.clone())
+        .await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    assert!(
+        forged.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("CSRF")
+    );
+    let other = sign_in(&mesh, Role::Admin).await;
+    let crossed = merch
+        .send("POST", "/api/overrides", Some(&other.csrf), pin.clone())
+        .await;
+    assert_eq!(crossed.status, 403, "another session's token is no good");
+    let listed = merch.get("/api/overrides?sku=GW-LAMP").await.json();
+    assert_eq!(listed["overrides"], json!([]), "nothing was set");
+
+    // The services' own validation comes back with the field it names.
+    let bad = merch
+        .post(
+            "/api/overrides",
+            json!({"sku": "GW-LAMP", "kind": "pin", "value": "2", "reason": "launch"}),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(bad.json()["field"], "override.value");
+
+    // With the token, the change is made; a second pin conflicts, naming the first.
+    let set = merch.post("/api/overrides", pin.clone()).await;
+    assert_eq!(set.status, 201, "{}", set.body);
+    let first = set.json()["override"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let other_pin = json!({"sku": "GW-LAMP", "kind": "pin", "value": "0.06", "reason": "later"});
+    let conflict = merch.post("/api/overrides", other_pin).await;
+    assert_eq!(conflict.status, 409, "{}", conflict.body);
+    assert_eq!(conflict.json()["conflicts"][0]["id"], first.as_str());
+    assert_eq!(conflict.json()["conflicts"][0]["reason"], "launch");
+
+    // The partners' deliveries are the notifier's to guard: admins only.
+    let partners = merch.get("/api/partners").await;
+    assert_eq!(partners.status, 403, "{}", partners.body);
+    assert_eq!(other.get("/api/partners").await.status, 200);
+
+    // Unknown SKUs are the rates service's NOT_FOUND.
+    let unknown = merch.get("/api/skus/NO-SUCH-SKU").await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+    assert!(unknown.json()["error"].is_string());
+
+    // Signing out needs the token too, and ends the session.
+    let out = merch.send("DELETE", "/api/session", None, json!({})).await;
+    assert_eq!(out.status, 403);
+    let out = merch
+        .send("DELETE", "/api/session", Some(&merch.csrf), json!({}))
+        .await;
+    assert_eq!(out.status, 200);
+    assert!(
+        out.header("set-cookie")
+            .unwrap_or_default()
+            .contains("Max-Age=0")
+    );
+    assert_eq!(merch.get("/api/session").await.status, 401);
+}
