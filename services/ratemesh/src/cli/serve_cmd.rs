@@ -30,6 +30,10 @@ impl UpArgs {
             settings.redis.url = url.clone();
             settings.validate()?;
         }
+        if self.demo && settings.server.console_addr.is_none() {
+            settings.server.console_addr = Some(DEMO_CONSOLE_ADDR);
+            settings.validate()?;
+        }
         if self.demo && settings.policy.file.trim().is_empty() {
             settings.policy.file = ratemesh::demo::write_demo_policy()?
                 .to_string_lossy()
@@ -38,6 +42,11 @@ impl UpArgs {
         Ok(())
     }
 }
+
+/// Where `up --demo` serves the console unless `server.console_addr` says otherwise; when
+/// the port is taken, another free one.
+const DEMO_CONSOLE_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8088);
 
 /// Keys for trying ratemesh out, printed once; they live only as long as the process.
 fn generate_trial_keys(settings: &mut Settings) -> Vec<(Role, String)> {
@@ -105,7 +114,17 @@ pub(crate) async fn run(
         let ctx = Context::connect(settings).await?;
         let modules = ratemesh::build_all(&ctx, services).await?;
         let app = App::bind(&ctx, modules).await?;
+        let console = bind_console(&ctx, app.grpc_addr(), demo).await?;
         announce(&app, &ctx, embedded, &trial_keys, trial_secret.as_deref());
+        if let Some(console) = console {
+            announce_console(&console, &trial_keys);
+            let stop = ctx.shutdown().clone();
+            tokio::spawn(async move {
+                if let Err(err) = console.run(stop).await {
+                    tracing::error!(error = %err, "console stopped");
+                }
+            });
+        }
         if let Some(key) = demo_erp_key {
             announce_demo(&trial_keys, app.grpc_addr());
             let (grpc, stop) = (app.grpc_addr(), ctx.shutdown().clone());
@@ -121,6 +140,45 @@ pub(crate) async fn run(
     .await;
     guard.shutdown().await;
     result
+}
+
+/// The console, when `server.console_addr` is set, bound and calling this process's gRPC
+/// listener (or `console.grpc_endpoint`). The demo's default port may be taken by another
+/// program: the demo then takes any free port.
+async fn bind_console(
+    ctx: &Context,
+    grpc: SocketAddr,
+    demo: bool,
+) -> anyhow::Result<Option<ratemesh_console::Console>> {
+    let settings = ctx.settings();
+    let Some(addr) = settings.server.console_addr else {
+        return Ok(None);
+    };
+    let config = ratemesh_console::ConsoleConfig::from_settings(settings, grpc)?;
+    let bound = match ratemesh_console::Console::bind(addr, config.clone()).await {
+        Err(err) if demo && addr == DEMO_CONSOLE_ADDR => {
+            tracing::info!(error = %err, %addr, "demo console port taken; using another");
+            ratemesh_console::Console::bind(SocketAddr::new(addr.ip(), 0), config).await
+        }
+        bound => bound,
+    };
+    let console = bound
+        .map_err(|err| anyhow::anyhow!("server.console_addr: cannot listen on {addr}: {err}"))?;
+    Ok(Some(console))
+}
+
+fn announce_console(console: &ratemesh_console::Console, trial_keys: &[(Role, String)]) {
+    let scheme = if console.is_tls() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", reachable(console.local_addr()));
+    match trial_keys
+        .iter()
+        .find(|(role, _)| *role == Role::Merchandiser)
+    {
+        Some((_, key)) => {
+            println!("  console on {url}  (open it and sign in with the merchandiser key {key})")
+        }
+        None => println!("  console on {url}  (sign in with a merchandiser or admin key)"),
+    }
 }
 
 fn announce(
@@ -278,6 +336,21 @@ mod tests {
                 assert!(command.contains(" --key rm_"), "{command}");
             }
         }
+    }
+
+    #[test]
+    fn the_demo_turns_the_console_on_unless_told_where_and_plain_up_leaves_it_off() {
+        let up = |demo| UpArgs { redis: None, demo };
+        let mut settings = Settings::default();
+        up(false).apply(&mut settings).expect("applies");
+        assert_eq!(settings.server.console_addr, None);
+        up(true).apply(&mut settings).expect("applies");
+        assert_eq!(settings.server.console_addr, Some(DEMO_CONSOLE_ADDR));
+        let mut settings = Settings::default();
+        let chosen: SocketAddr = "127.0.0.1:18088".parse().expect("addr");
+        settings.server.console_addr = Some(chosen);
+        up(true).apply(&mut settings).expect("applies");
+        assert_eq!(settings.server.console_addr, Some(chosen));
     }
 
     #[test]
