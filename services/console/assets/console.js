@@ -238,10 +238,12 @@
         [null, 'Previous'], ['band', 'Band'], [null, 'Reasons'], ['version', 'Version'],
         ['computed_at', 'Computed']];
       const head = el('tr', {}, columns.map(([key, label]) => {
-        if (!key) return el('th', {scope: 'col', text: label});
+        const numeric = ['effective_rate', 'version'].includes(key) || label === 'Previous';
+        if (!key) return el('th', {scope: 'col', class: numeric ? 'num' : null, text: label});
         const sorted = data.sort === key;
         const dir = sorted ? ratesQuery.dir : null;
-        return el('th', {scope: 'col', 'aria-sort': sorted ? (dir === 'asc' ? 'ascending' : 'descending') : 'none'},
+        return el('th', {scope: 'col', class: numeric ? 'num' : null,
+          'aria-sort': sorted ? (dir === 'asc' ? 'ascending' : 'descending') : 'none'},
           el('button', {type: 'button', class: 'sort', onclick: () => {
             ratesQuery.dir = sorted && ratesQuery.dir === 'asc' ? 'desc' : 'asc';
             ratesQuery.sort = key;

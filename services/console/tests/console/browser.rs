@@ -16,6 +16,8 @@ use crate::support::webdriver::Browser;
 use crate::support::{Mesh, eventually, key_of};
 
 const PARTNER: &str = "shop-one";
+/// The WebDriver key code of Enter.
+const ENTER: char = '\u{E007}';
 
 async fn sign_in(browser: &Browser, role: Role) {
     browser.type_into("#api-key", &key_of(role)).await;
@@ -78,8 +80,13 @@ async fn a_merchandiser_finds_pins_and_cancels_and_an_admin_redelivers_in_a_brow
         .await;
     assert!(browser.try_find("#nav:not([hidden])").await.is_none());
 
-    // The merchandiser signs in and sees every SKU's rate.
-    sign_in(&browser, Role::Merchandiser).await;
+    // The merchandiser signs in from the keyboard (Enter submits) and sees every SKU's rate.
+    browser
+        .type_into(
+            "#api-key",
+            &format!("{}{ENTER}", key_of(Role::Merchandiser)),
+        )
+        .await;
     browser
         .wait_text("#nav a[aria-current=page]", "the rates page opens", |t| {
             t == "Rates"
@@ -113,6 +120,7 @@ async fn a_merchandiser_finds_pins_and_cancels_and_an_admin_redelivers_in_a_brow
         browser.execute("return window.kept", json!([])).await,
         "yes"
     );
+    browser.screenshot("rates").await;
 
     // Find a SKU.
     browser.type_into("#rates-q", "con-la").await;
@@ -123,7 +131,6 @@ async fn a_merchandiser_finds_pins_and_cancels_and_an_admin_redelivers_in_a_brow
         })
         .await;
     assert!(browser.try_find("tr[data-sku=\"CON-RUG\"]").await.is_none());
-    browser.screenshot("rates").await;
     browser.click("tr[data-sku=\"CON-LAMP\"] a").await;
     let before = browser
         .wait_text("#sku-rate", "the SKU page shows its rate", |t| {
@@ -294,4 +301,19 @@ async fn a_merchandiser_finds_pins_and_cancels_and_an_admin_redelivers_in_a_brow
         ))
         .await;
     browser.screenshot("partners").await;
+
+    // On a tablet held upright the pages fit the screen; wide tables scroll on their own.
+    browser.resize(820, 1180).await;
+    browser
+        .execute("location.hash = '#/rates'", json!([]))
+        .await;
+    browser.find("tr[data-sku=\"CON-LAMP\"]").await;
+    let fits = browser
+        .execute(
+            "const d = document.documentElement; return d.scrollWidth <= d.clientWidth;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(fits, json!(true), "the rates page is wider than a tablet");
+    browser.screenshot("rates-tablet").await;
 }

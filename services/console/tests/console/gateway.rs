@@ -135,6 +135,33 @@ async fn only_merchandisers_and_admins_sign_in_and_every_change_needs_the_csrf_t
     assert_eq!(rates.status, 200, "{}", rates.body);
     assert_eq!(rates.json()["cards"][0]["sku"], "GW-LAMP");
 
+    // Sorted by rate, in pages; a column that is not one is refused, naming it.
+    mesh.stock_sku("GW-RUG", "home", 90).await;
+    let by_rate = merch
+        .get("/api/rates?sort=effective_rate&dir=desc&per_page=1&page=2")
+        .await
+        .json();
+    assert_eq!(
+        (by_rate["total"].as_u64(), by_rate["pages"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let (rug, lamp) = (
+        merch.get("/api/rates?q=gw-rug").await.json()["cards"][0].clone(),
+        merch.get("/api/rates?q=gw-lamp").await.json()["cards"][0].clone(),
+    );
+    let lower = if rug["effective_rate"].as_str() < lamp["effective_rate"].as_str() {
+        &rug
+    } else {
+        &lamp
+    };
+    assert_eq!(
+        by_rate["cards"][0]["sku"], lower["sku"],
+        "page 2 of 2, highest first"
+    );
+    let unsortable = merch.get("/api/rates?sort=colour").await;
+    assert_eq!(unsortable.status, 400);
+    assert_eq!(unsortable.json()["field"], "sort");
+
     // A change without the token, or with another, is refused and changes nothing.
     let pin = json!({"sku": "GW-LAMP", "kind": "pin", "value": "0.05", "reason": "launch"});
     let missing = merch
@@ -181,6 +208,68 @@ async fn only_merchandisers_and_admins_sign_in_and_every_change_needs_the_csrf_t
     assert_eq!(conflict.status, 409, "{}", conflict.body);
     assert_eq!(conflict.json()["conflicts"][0]["id"], first.as_str());
     assert_eq!(conflict.json()["conflicts"][0]["reason"], "launch");
+
+    // The SKU page: its explanation, the override touching it, and its history.
+    let detail = merch.get("/api/skus/GW-LAMP").await.json();
+    assert_eq!(detail["overrides"][0]["id"], first.as_str());
+    assert!(detail["explanation"]["inputs"]["product"]["unit_cost"].is_string());
+    let points = crate::support::eventually(
+        "the pin is in the history",
+        std::time::Duration::from_secs(10),
+        || async {
+            let history = merch.get("/api/skus/GW-LAMP/history").await.json();
+            let points = history["points"].as_array().cloned().unwrap_or_default();
+            (points.last().map(|p| p["rate"].clone()) == Some(json!("0.05"))).then_some(points)
+        },
+    )
+    .await;
+    assert!(points.len() >= 2, "{points:?}");
+    let versions: Vec<u64> = points
+        .iter()
+        .filter_map(|p| p["version"].as_u64())
+        .collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]),
+        "oldest first: {versions:?}"
+    );
+
+    // An incentive opened and cancelled through the gateway.
+    let opened = crate::support::eventually(
+        "an incentive opens on GW-RUG",
+        std::time::Duration::from_secs(20),
+        || async {
+            let answer = merch
+                .post(
+                    "/api/incentives",
+                    json!({"sku": "GW-RUG", "bonus_rate": "0.01", "duration_minutes": 120,
+                           "budget_spend": "250", "reason": "clear the rugs"}),
+                )
+                .await;
+            (answer.status == 201).then(|| answer.json())
+        },
+    )
+    .await;
+    assert_eq!(opened["incentive"]["budget_spend"], "250");
+    let id = opened["incentive"]["id"].as_str().expect("id").to_owned();
+    let unexplained = merch
+        .post(
+            &format!("/api/incentives/{id}/cancel"),
+            json!({"reason": ""}),
+        )
+        .await;
+    assert_eq!(
+        unexplained.status, 400,
+        "the service wants a reason: {}",
+        unexplained.body
+    );
+    let cancelled = merch
+        .post(
+            &format!("/api/incentives/{id}/cancel"),
+            json!({"reason": "sold"}),
+        )
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    assert_eq!(cancelled.json()["incentive"]["end_reason"], "cancelled");
 
     // The partners' deliveries are the notifier's to guard: admins only.
     let partners = merch.get("/api/partners").await;

@@ -3,13 +3,10 @@
 pub mod http;
 pub mod webdriver;
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use ratemesh::NotifierSettings;
 use ratemesh_console::{Console, ConsoleConfig};
-use ratemesh_runtime::auth::ApiKeys;
 use ratemesh_testkit::{Product, RedisServer, Stock, TestApp, test_settings};
+use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
 
 pub use ratemesh_testkit::{eventually, key_of};
@@ -36,14 +33,8 @@ impl Mesh {
         let app = TestApp::spawn_on_redis(&redis, settings.clone())
             .await
             .owning(redis);
-        let config = ConsoleConfig {
-            keys: ApiKeys::from_settings(&settings.auth),
-            channel: ratemesh_console::config::channel(&format!("http://{}", app.grpc))
-                .expect("channel"),
-            session_idle: Duration::from_secs(3600),
-            tls: None,
-            limits: settings.server.http_limits(),
-        };
+        // As `ratemesh up` builds it: the process's keys, calling its gRPC listener.
+        let config = ConsoleConfig::from_settings(&settings, app.grpc).expect("console config");
         let console = Console::bind("127.0.0.1:0".parse().expect("addr"), config)
             .await
             .expect("console binds");

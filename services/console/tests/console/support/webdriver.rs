@@ -136,6 +136,15 @@ impl Browser {
         self.post(&self.at("/url"), json!({ "url": url })).await;
     }
 
+    /// Resizes the window, e.g. to a tablet's.
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.post(
+            &self.at("/window/rect"),
+            json!({ "width": width, "height": height }),
+        )
+        .await;
+    }
+
     /// Runs `script` in the page (its `arguments` are `args`) and returns its value.
     pub async fn execute(&self, script: &str, args: Value) -> Value {
         self.post(
