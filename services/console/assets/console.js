@@ -189,6 +189,8 @@
     const pages = {rates: ratesPage, sku: skuPage, overrides: overridesPage,
       incentives: incentivesPage, partners: partnersPage};
     (pages[name] || ratesPage)(decodeURIComponent(rest.join('/')));
+    // A keyboard or screen-reader user starts at the new page's heading, not in the menu.
+    document.getElementById('main').focus();
   }
 
   // ---- rates ---------------------------------------------------------------------------
