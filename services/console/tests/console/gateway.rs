@@ -295,3 +295,61 @@ async fn only_merchandisers_and_admins_sign_in_and_every_change_needs_the_csrf_t
     );
     assert_eq!(merch.get("/api/session").await.status, 401);
 }
+
+#[tokio::test]
+async fn under_tls_the_console_serves_https_and_its_cookie_is_secure() {
+    use std::sync::Arc;
+
+    use ratemesh_bus::testkit::certs::TlsFiles;
+    use ratemesh_console::{Console, ConsoleConfig};
+    use tokio_rustls::rustls;
+
+    let files = TlsFiles::new();
+    let mut settings = ratemesh_testkit::test_settings();
+    settings.server.tls_cert_file = files.server_cert_file.display().to_string();
+    settings.server.tls_key_file = files.server_key_file.display().to_string();
+    let grpc = "127.0.0.1:50051".parse().expect("addr");
+    // The gRPC port's certificate names a host, not 127.0.0.1: the endpoint must be given.
+    let refused = ConsoleConfig::from_settings(&settings, grpc)
+        .err()
+        .expect("refused");
+    assert!(
+        refused.to_string().contains("console.grpc_endpoint"),
+        "{refused}"
+    );
+    settings.console.grpc_endpoint = "https://localhost:50051".into();
+    let config = ConsoleConfig::from_settings(&settings, grpc).expect("config");
+    let console = Console::bind("127.0.0.1:0".parse().expect("addr"), config)
+        .await
+        .expect("binds");
+    assert!(console.is_tls());
+    let addr = console.local_addr();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(console.run(stop.clone()));
+
+    let roots = ratemesh_runtime::tls::load_roots(&files.ca_file).expect("the test CA");
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocols")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("TLS handshake");
+    let body = json!({ "key": key_of(Role::Merchandiser) }).to_string();
+    let answer =
+        crate::support::http::request_over(tls, addr, "POST", "/api/session", &[], Some(&body))
+            .await;
+    stop.cancel();
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let cookie = answer.header("set-cookie").expect("cookie");
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+}

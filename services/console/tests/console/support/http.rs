@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// An HTTP answer.
 #[derive(Debug)]
@@ -38,9 +38,21 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Response {
-    let mut stream = tokio::net::TcpStream::connect(addr)
+    let stream = tokio::net::TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    request_over(stream, addr, method, path, headers, body).await
+}
+
+/// Sends one request over `stream` (plain or TLS) to `addr` and reads the whole answer.
+pub async fn request_over<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Response {
     stream
         .write_all(encode(addr, method, path, headers, body).as_bytes())
         .await
