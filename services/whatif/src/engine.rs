@@ -22,7 +22,8 @@
 //! guarantee or announced cut falling due) are not replayed: their schedule is the rates
 //! service's own, so between readings a replayed rate can lag the live one until the
 //! next reading. Flash incentives are opened by the incentives service, not by the rate
-//! policy, and are not simulated.
+//! policy, and are not simulated: the incentive transitions a history holds (those of the
+//! input archive) are replayed as they happened, under both policies, as are overrides.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -5,6 +5,7 @@
 pub(crate) mod client;
 mod config_cmd;
 mod health_cmd;
+mod history_cmd;
 mod incentives_cmd;
 mod invocation;
 mod keys_cmd;
@@ -79,6 +80,9 @@ enum Command {
     /// Replay a candidate policy and the live one (or `--baseline FILE`) over ERP history
     /// and compare what each would have paid.
     Whatif(whatif_cmd::WhatIfArgs),
+    /// The input archive: export a time range of it as history files for `whatif`.
+    #[command(subcommand)]
+    History(history_cmd::HistoryCommand),
 }
 
 impl Cli {
@@ -129,6 +133,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             push_cmd::run(push_cmd::Feed::Products, args).await
         }
         Command::Whatif(args) => whatif_cmd::run(args, || cli.settings()),
+        Command::History(command) => history_cmd::run(command, || cli.settings()),
     }
 }
 

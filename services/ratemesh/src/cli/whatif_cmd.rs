@@ -1,5 +1,11 @@
-//! `ratemesh whatif --policy CANDIDATE.toml --history DIR`: what a candidate policy would
-//! have paid over real history, next to the baseline, before anyone turns it on.
+//! `ratemesh whatif --policy CANDIDATE.toml --history DIR|--since T [--until T]`: what a
+//! candidate policy would have paid over real history, next to the baseline, before
+//! anyone turns it on.
+//!
+//! The history is a directory of ERP pushes (`--history`), or a time range of the input
+//! archive (`--since`, read as `ratemesh history export` reads it, without files in
+//! between): the events the live services consumed, priced at the same instants. Days
+//! the archive has no stock for are reported as gaps.
 //!
 //! The baseline is `live` unless `--baseline` names a file: the policy this deployment
 //! runs, i.e. the `policy.file` of the loaded settings (`--config`, environment), or the
@@ -20,9 +26,12 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use ratemesh_core::Policy;
 use ratemesh_runtime::Settings;
-use ratemesh_whatif::{HistoryOptions, Report, WhatIfOptions};
+use ratemesh_whatif::archive::Selection;
+use ratemesh_whatif::{History, HistoryOptions, Report, WhatIfOptions};
 use rust_decimal::Decimal;
 use serde::Serialize;
+
+use super::history_cmd::{self, RangeArgs};
 
 #[derive(Debug, Args)]
 pub(crate) struct WhatIfArgs {
@@ -35,9 +44,18 @@ pub(crate) struct WhatIfArgs {
     #[arg(long, value_name = "live|FILE", default_value = "live")]
     baseline: String,
     /// A directory of ERP pushes: `stock-….json|csv` and `products-….json|csv` files in
-    /// the formats `ratemesh stock push` and `ratemesh products push` send.
-    #[arg(long, value_name = "DIR")]
-    history: PathBuf,
+    /// the formats `ratemesh stock push` and `ratemesh products push` send, and
+    /// `changes-….jsonl` (as `ratemesh history export` writes them).
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "since",
+        conflicts_with = "since"
+    )]
+    history: Option<PathBuf>,
+    /// Instead of `--history`: a time range of the input archive.
+    #[command(flatten)]
+    range: RangeArgs,
     /// An assumed elasticity of sell-through to commission: adds an estimate of the
     /// candidate's units, spend and margin, reported apart from the observed figures.
     #[arg(long, value_name = "X")]
@@ -111,7 +129,18 @@ fn execute(
     settings: impl FnOnce() -> anyhow::Result<Settings>,
 ) -> Result<(), Failure> {
     let bad = Failure::BadInput;
-    let (baseline_source, baseline) = baseline(&args.baseline, settings)?;
+    // Settings are loaded once, and only if the live baseline or the archive needs them.
+    let mut settings = Some(settings);
+    let mut loaded: Option<Settings> = None;
+    let mut settings = move || -> anyhow::Result<Settings> {
+        if let Some(load) = settings.take() {
+            loaded = Some(load()?);
+        }
+        loaded
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("the settings did not load"))
+    };
+    let (baseline_source, baseline) = baseline(&args.baseline, &mut settings)?;
     // The typed errors' messages already hold their causes: one line, not a chain.
     let candidate = ratemesh_whatif::load_policy(&args.policy)
         .map_err(|e| bad(anyhow::anyhow!("--policy: {e}")))?;
@@ -127,13 +156,8 @@ fn execute(
     } else {
         ProgressBar::hidden()
     };
-    progress.set_message(format!("reading history in {}", args.history.display()));
-    let options = HistoryOptions {
-        max_gap: TimeDelta::hours(i64::from(args.max_gap_hours)),
-        ..HistoryOptions::default()
-    };
-    let history = ratemesh_whatif::load_history(&args.history, &options)
-        .map_err(|e| bad(anyhow::anyhow!("--history {}: {e}", args.history.display())));
+    let max_gap = TimeDelta::hours(i64::from(args.max_gap_hours));
+    let history = read_history(args, max_gap, &progress, settings);
     let history = match history {
         Ok(history) => history,
         Err(e) => {
@@ -189,6 +213,33 @@ fn execute(
         }
     }
     Ok(())
+}
+
+/// The history `--history` or `--since` names.
+fn read_history(
+    args: &WhatIfArgs,
+    max_gap: TimeDelta,
+    progress: &ProgressBar,
+    settings: impl FnOnce() -> anyhow::Result<Settings>,
+) -> Result<History, Failure> {
+    let bad = Failure::BadInput;
+    if let Some(dir) = &args.history {
+        progress.set_message(format!("reading history in {}", dir.display()));
+        let options = HistoryOptions {
+            max_gap,
+            ..HistoryOptions::default()
+        };
+        return ratemesh_whatif::load_history(dir, &options)
+            .map_err(|e| bad(anyhow::anyhow!("--history {}: {e}", dir.display())));
+    }
+    // Errors of these are bad input already (or a settings error with its own status).
+    let range = history_cmd::range(&args.range, chrono::Utc::now()).map_err(Failure::Other)?;
+    let dir = history_cmd::archive_dir(&args.range, settings).map_err(Failure::Other)?;
+    progress.set_message(format!("reading the archive in {}", dir.display()));
+    let selected =
+        history_cmd::read(&dir, &range, &Selection::default()).map_err(Failure::Other)?;
+    history_cmd::warn_torn(&selected);
+    Ok(ratemesh_whatif::archive::history(&selected, max_gap))
 }
 
 /// The baseline policy and where it came from. Settings are loaded only for `live`.
