@@ -265,3 +265,40 @@ fn retention_deletes_whole_days_past_the_limit() {
         "other files are left alone"
     );
 }
+
+#[tokio::test]
+async fn a_batch_that_cannot_be_written_is_not_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = Bus::memory(options()).unwrap();
+    publish_inputs(&bus).await;
+    let consumer = bus
+        .consumer(streams::STOCK, GROUP, "test-writer")
+        .await
+        .unwrap();
+    let batch = consumer.next_batch().await.unwrap();
+    assert_eq!(batch.len(), 5);
+    let config = |dir: &Path| {
+        std::sync::Arc::new(ArchiveConfig {
+            dir: dir.to_owned(),
+            retention_days: 400,
+            writer: "test-writer".into(),
+        })
+    };
+    // A file where the directory should be: every append fails.
+    let blocked = dir.path().join("not-a-directory");
+    std::fs::write(&blocked, b"").unwrap();
+    let settled =
+        ratemesh_archive::archiver::archive_batch(config(&blocked), streams::STOCK, batch.clone())
+            .await;
+    assert!(settled.ack.is_empty(), "nothing is acknowledged");
+    assert_eq!(settled.nack.len(), 5);
+    assert!(
+        settled.nack[0].1.starts_with("archive write failed"),
+        "{}",
+        settled.nack[0].1
+    );
+    let settled =
+        ratemesh_archive::archiver::archive_batch(config(dir.path()), streams::STOCK, batch).await;
+    assert_eq!((settled.ack.len(), settled.nack.len()), (5, 0));
+    assert_eq!(segment::list(dir.path()).unwrap().len(), 3);
+}
