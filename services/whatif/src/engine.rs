@@ -26,6 +26,9 @@
 //! input archive) are replayed as they happened, under both policies, as are overrides.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use ratemesh_core::card::BandPosition;
@@ -61,6 +64,119 @@ impl Default for WhatIfOptions {
             bucket: TimeDelta::days(1),
             top_skus: 5,
         }
+    }
+}
+
+/// What a run is doing, for a progress display.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Both policies are folded over the events.
+    Replaying,
+    /// The partitions' figures are added up into the report.
+    Reporting,
+}
+
+/// How far a run is: `done` of `total` events replayed. A program-wide event (a tick, a
+/// category override) is replayed once per partition and counts once per partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// What the run is doing.
+    pub phase: Phase,
+    /// Events replayed so far; never decreases from one call to the next.
+    pub done: u64,
+    /// Events the run replays in all.
+    pub total: u64,
+}
+
+/// How the caller of [`run_with_progress`] follows a run and stops it.
+pub struct Control<'a> {
+    /// Called with the progress, from the worker threads, at most once per `interval`
+    /// (and once at the start and at the end of each phase); calls never overlap.
+    pub progress: &'a (dyn Fn(Progress) + Sync),
+    /// Set to stop the run: the workers see it within one chunk of [`CHUNK`] events
+    /// and the run ends with [`Cancelled`].
+    pub cancelled: &'a AtomicBool,
+    /// The least time between two progress calls.
+    pub interval: Duration,
+}
+
+impl std::fmt::Debug for Control<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("cancelled", &self.cancelled.load(Ordering::Relaxed))
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A run stopped through [`Control::cancelled`] before its report was complete: there is
+/// no report, not a partial one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the what-if run was cancelled before it finished")]
+pub struct Cancelled;
+
+/// Events a worker replays between two looks at the progress and the cancellation flag:
+/// large enough that following a run costs nothing measurable per event.
+pub const CHUNK: usize = 4096;
+
+/// The shared count of a followed run.
+struct Tracker<'a> {
+    control: &'a Control<'a>,
+    total: u64,
+    done: AtomicU64,
+    started: Instant,
+    /// Milliseconds since `started` of the last progress call.
+    last_ms: AtomicU64,
+    /// The last `done` reported; held while the callback runs, so calls do not overlap.
+    reported: Mutex<u64>,
+}
+
+impl<'a> Tracker<'a> {
+    fn new(control: &'a Control<'a>, total: u64) -> Self {
+        Self {
+            control,
+            total,
+            done: AtomicU64::new(0),
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            reported: Mutex::new(0),
+        }
+    }
+
+    fn report(&self, phase: Phase) {
+        let mut reported = self
+            .reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let done = self.done.load(Ordering::Relaxed).max(*reported);
+        *reported = done;
+        (self.control.progress)(Progress {
+            phase,
+            done,
+            total: self.total,
+        });
+    }
+
+    /// Counts `n` events replayed, reports when the interval has passed, and says whether
+    /// the run goes on.
+    fn advance(&self, n: usize) -> bool {
+        self.done.fetch_add(n as u64, Ordering::Relaxed);
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let interval = u64::try_from(self.control.interval.as_millis()).unwrap_or(u64::MAX);
+        if now.saturating_sub(last) >= interval
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.report(Phase::Replaying);
+        }
+        !self.cancelled()
+    }
+
+    fn cancelled(&self) -> bool {
+        self.control.cancelled.load(Ordering::Relaxed)
     }
 }
 
@@ -345,12 +461,14 @@ impl Walk<'_> {
 /// An event and the replay it is for: both (history), or one policy's own (its timers).
 type Scoped<'a> = (&'a Event, Option<usize>);
 
+/// One partition's replay; `None` when the tracker's run was cancelled.
 fn replay_partition(
     events: Vec<Scoped<'_>>,
     baseline: &Policy,
     candidate: &Policy,
     options: &WhatIfOptions,
-) -> Partial {
+    tracker: Option<&Tracker<'_>>,
+) -> Option<Partial> {
     let mut events = events;
     events.sort_by(|a, b| canonical_order(a.0, b.0).then_with(|| a.1.cmp(&b.1)));
     let mut walk = Walk {
@@ -360,13 +478,20 @@ fn replay_partition(
         bucket_secs: options.bucket.num_seconds().max(1),
         out: Partial::default(),
     };
-    for (event, only) in events {
-        match event.sku() {
-            Some(sku) => walk.sku_event(sku, event),
-            None => walk.wide_event(event, only),
+    for chunk in events.chunks(CHUNK) {
+        for &(event, only) in chunk {
+            match event.sku() {
+                Some(sku) => walk.sku_event(sku, event),
+                None => walk.wide_event(event, only),
+            }
+        }
+        if let Some(tracker) = tracker
+            && !tracker.advance(chunk.len())
+        {
+            return None;
         }
     }
-    walk.finish()
+    Some(walk.finish())
 }
 
 /// The recomputes of every SKU the rates service does when one of `policy`'s peak windows
@@ -407,6 +532,32 @@ pub fn run(
     candidate: &Policy,
     options: &WhatIfOptions,
 ) -> Report {
+    match replay_all(history, baseline, candidate, options, None) {
+        Ok(report) => report,
+        // Without a control nothing can cancel the run.
+        Err(Cancelled) => unreachable!("a run without a control was cancelled"),
+    }
+}
+
+/// [`run`], reporting its progress through `control` and stopping early, with
+/// [`Cancelled`], once `control.cancelled` is set. The report is the one [`run`] gives.
+pub fn run_with_progress(
+    history: &History,
+    baseline: &Policy,
+    candidate: &Policy,
+    options: &WhatIfOptions,
+    control: &Control<'_>,
+) -> Result<Report, Cancelled> {
+    replay_all(history, baseline, candidate, options, Some(control))
+}
+
+fn replay_all(
+    history: &History,
+    baseline: &Policy,
+    candidate: &Policy,
+    options: &WhatIfOptions,
+    control: Option<&Control<'_>>,
+) -> Result<Report, Cancelled> {
     let mut by_sku: BTreeMap<&Sku, Vec<Scoped<'_>>> = BTreeMap::new();
     let mut wide: Vec<Scoped<'_>> = Vec::new();
     for event in history.events() {
@@ -437,16 +588,27 @@ pub fn run(
             smallest.extend(events);
         }
     }
-    let partials: Vec<Partial> = if threads == 1 {
+    let total: u64 = partitions.iter().map(|p| p.len() as u64).sum();
+    let tracker = control.map(|c| Tracker::new(c, total));
+    let tracker = tracker.as_ref();
+    if let Some(tracker) = tracker {
+        if tracker.cancelled() {
+            return Err(Cancelled);
+        }
+        tracker.report(Phase::Replaying);
+    }
+    let partials: Vec<Option<Partial>> = if threads == 1 {
         partitions
             .into_iter()
-            .map(|p| replay_partition(p, baseline, candidate, options))
+            .map(|p| replay_partition(p, baseline, candidate, options, tracker))
             .collect()
     } else {
         std::thread::scope(|scope| {
             let handles: Vec<_> = partitions
                 .into_iter()
-                .map(|p| scope.spawn(move || replay_partition(p, baseline, candidate, options)))
+                .map(|p| {
+                    scope.spawn(move || replay_partition(p, baseline, candidate, options, tracker))
+                })
                 .collect();
             handles
                 .into_iter()
@@ -457,7 +619,17 @@ pub fn run(
                 .collect()
         })
     };
-    assemble(history, baseline, candidate, options, partials)
+    let partials: Vec<Partial> = partials
+        .into_iter()
+        .collect::<Option<_>>()
+        .ok_or(Cancelled)?;
+    if let Some(tracker) = tracker {
+        if tracker.cancelled() {
+            return Err(Cancelled);
+        }
+        tracker.report(Phase::Reporting);
+    }
+    Ok(assemble(history, baseline, candidate, options, partials))
 }
 
 fn assemble(
@@ -699,5 +871,86 @@ mod tests {
             let changes: u64 = cards.values().map(|c| c.version - 1).sum();
             assert_eq!(figures.rate_changes, changes);
         }
+    }
+
+    #[test]
+    fn progress_increases_to_the_total_and_the_report_is_the_one_run_gives() {
+        // Over two chunks per partition, so the workers report between chunks.
+        let history = History::from_events(events(40, 260), TimeDelta::days(1));
+        let (baseline, candidate) = (Policy::example(), Policy::builtin());
+        let options = WhatIfOptions {
+            threads: 2,
+            ..WhatIfOptions::default()
+        };
+        let seen = Mutex::new(Vec::new());
+        let record = |p: Progress| seen.lock().unwrap().push(p);
+        let cancelled = AtomicBool::new(false);
+        let control = Control {
+            progress: &record,
+            cancelled: &cancelled,
+            interval: Duration::ZERO,
+        };
+        let report = run_with_progress(&history, &baseline, &candidate, &options, &control)
+            .expect("not cancelled");
+        assert_eq!(report, run(&history, &baseline, &candidate, &options));
+        let seen = seen.into_inner().unwrap();
+        let total = seen[0].total;
+        assert!(total >= history.events().len() as u64);
+        assert_eq!(seen[0].done, 0);
+        assert!(seen.len() > 3, "progress between chunks: {seen:?}");
+        assert!(seen.windows(2).all(|w| w[0].done <= w[1].done), "{seen:?}");
+        assert!(seen.iter().all(|p| p.total == total && p.done <= total));
+        let last = seen.last().unwrap();
+        assert_eq!((last.phase, last.done), (Phase::Reporting, total));
+    }
+
+    #[test]
+    fn a_cancelled_run_stops_after_one_chunk_with_no_report() {
+        let history = History::from_events(events(40, 260), TimeDelta::days(1));
+        let cancelled = AtomicBool::new(false);
+        let done = AtomicU64::new(0);
+        // The flag is set at the first report after the start: the workers stop at
+        // their next chunk boundary.
+        let stop = |p: Progress| {
+            done.store(p.done, Ordering::Relaxed);
+            if p.done > 0 {
+                cancelled.store(true, Ordering::Relaxed);
+            }
+        };
+        let control = Control {
+            progress: &stop,
+            cancelled: &cancelled,
+            interval: Duration::ZERO,
+        };
+        let options = WhatIfOptions {
+            threads: 1,
+            ..WhatIfOptions::default()
+        };
+        let outcome = run_with_progress(
+            &history,
+            &Policy::example(),
+            &Policy::builtin(),
+            &options,
+            &control,
+        );
+        assert_eq!(outcome, Err(Cancelled));
+        assert_eq!(done.load(Ordering::Relaxed), CHUNK as u64);
+        assert!((CHUNK as u64) < history.events().len() as u64);
+
+        // Set before the start, nothing is replayed.
+        let never = |_: Progress| panic!("no progress from a run cancelled before it began");
+        let control = Control {
+            progress: &never,
+            cancelled: &cancelled,
+            interval: Duration::ZERO,
+        };
+        let outcome = run_with_progress(
+            &history,
+            &Policy::example(),
+            &Policy::builtin(),
+            &options,
+            &control,
+        );
+        assert_eq!(outcome, Err(Cancelled));
     }
 }

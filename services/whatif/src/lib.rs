@@ -16,7 +16,7 @@
 //!   directory.
 //! - [`policy_file`] — [`load_policy`]: a policy TOML whose errors name the key.
 //! - [`engine`] — [`run`]: both replays, partitioned by SKU over every core, and the
-//!   figures.
+//!   figures; [`run_with_progress`] reports how far it is and stops when cancelled.
 //! - [`report`] — the [`Report`] (serialisable for `--json`) and [`render_table`].
 //! - [`html`] — [`render_html`]: the report as one offline HTML page with SVG plots.
 //! - [`season`] — a deterministic generated season with a BFCM spike, as ERP files.
@@ -35,7 +35,7 @@ pub mod policy_file;
 pub mod report;
 pub mod season;
 
-pub use engine::{WhatIfOptions, run};
+pub use engine::{Cancelled, Control, Phase, Progress, WhatIfOptions, run, run_with_progress};
 pub use history::{Gap, History, HistoryError, HistoryOptions, load_history};
 pub use html::render_html;
 pub use policy_file::{PolicyFileError, load_policy};
