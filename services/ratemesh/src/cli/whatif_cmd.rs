@@ -11,6 +11,10 @@
 //! runs, i.e. the `policy.file` of the loaded settings (`--config`, environment), or the
 //! built-in example policy when none is set. The output says which.
 //!
+//! On a terminal, stderr shows what is being read, and a bar of events replayed when the
+//! replay runs for more than a moment; stdout holds only the report (or the `--json`
+//! document), and nothing is drawn when stderr is not a terminal.
+//!
 //! Bad input — a policy that does not validate (the key and the problem), a history row
 //! that does not (file, line and field), a missing file — ends with exit status 2, as a
 //! bad setting does; nothing is replayed.
@@ -18,7 +22,8 @@
 use std::fmt;
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::TimeDelta;
@@ -27,7 +32,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ratemesh_core::Policy;
 use ratemesh_runtime::Settings;
 use ratemesh_whatif::archive::Selection;
-use ratemesh_whatif::{History, HistoryOptions, Report, WhatIfOptions};
+use ratemesh_whatif::{
+    Cancelled, Control, History, HistoryOptions, Phase, Progress, Report, WhatIfOptions,
+};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
@@ -169,7 +176,7 @@ fn execute(
         "replaying {} events under both policies",
         history.events().len()
     ));
-    let report = ratemesh_whatif::run(
+    let report = replay(
         &history,
         &baseline,
         &candidate,
@@ -177,6 +184,7 @@ fn execute(
             elasticity: args.elasticity,
             ..WhatIfOptions::default()
         },
+        &progress,
     );
     progress.finish_and_clear();
 
@@ -214,6 +222,54 @@ fn execute(
     }
     Ok(())
 }
+
+/// Replays `history`, the spinner turning into a bar of events replayed once the replay
+/// has run for [`BAR_AFTER`] (a short run shows none). A hidden bar (stderr not a
+/// terminal) draws nothing.
+fn replay(
+    history: &History,
+    baseline: &Policy,
+    candidate: &Policy,
+    options: &WhatIfOptions,
+    progress: &ProgressBar,
+) -> Report {
+    let started = Instant::now();
+    let shown = AtomicBool::new(false);
+    let follow = |p: Progress| {
+        if started.elapsed() < BAR_AFTER {
+            return;
+        }
+        if !shown.swap(true, Ordering::Relaxed) {
+            progress.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {percent:>3}% {human_pos}/{human_len} events ({eta} left)",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            progress.set_message("replaying");
+        }
+        progress.set_length(p.total);
+        progress.set_position(p.done);
+        if p.phase == Phase::Reporting {
+            progress.set_message("adding up");
+        }
+    };
+    // Nothing cancels a command-line run but the user's Ctrl-C, which ends the process.
+    let never = AtomicBool::new(false);
+    let control = Control {
+        progress: &follow,
+        cancelled: &never,
+        interval: Duration::from_millis(100),
+    };
+    match ratemesh_whatif::run_with_progress(history, baseline, candidate, options, &control) {
+        Ok(report) => report,
+        Err(Cancelled) => unreachable!("the flag is never set"),
+    }
+}
+
+/// How long a replay runs before it shows a progress bar.
+const BAR_AFTER: Duration = Duration::from_millis(700);
 
 /// The history `--history` or `--since` names.
 fn read_history(
