@@ -219,6 +219,71 @@ async fn a_partner_key_sees_only_its_own_partner() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchandiser_reads_every_partner_and_redelivers_but_does_not_manage_partners() {
+    let redis = RedisServer::start();
+    let notifier = Notifier::start(&redis, &redis.unique_prefix(), fast_settings()).await;
+    let sink = Sink::start().await;
+    for id in [PARTNER_KEY_ID, "globex"] {
+        notifier
+            .add_partner(id, &sink.url(), v1::PartnerFilter::default())
+            .await;
+    }
+    let mut merchandiser = notifier.client(Role::Merchandiser).await;
+
+    let listed = merchandiser
+        .list_partners(v1::ListPartnersRequest::default())
+        .await
+        .expect("every partner")
+        .into_inner();
+    let ids: Vec<&str> = listed.partners.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, [PARTNER_KEY_ID, "globex"]);
+    for id in [PARTNER_KEY_ID, "globex"] {
+        let got = merchandiser
+            .get_partner(v1::GetPartnerRequest { id: id.into() })
+            .await
+            .expect("any partner")
+            .into_inner();
+        assert_eq!(got.partner.expect("partner").id, id);
+        merchandiser
+            .list_deliveries(v1::ListDeliveriesRequest {
+                partner_id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("any partner's deliveries");
+        let requeued = merchandiser
+            .redeliver_dead_letters(v1::RedeliverDeadLettersRequest {
+                partner_id: id.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("requeue (nothing is dead)")
+            .into_inner();
+        assert_eq!(requeued.requeued, 0);
+    }
+
+    let denied = [
+        merchandiser
+            .upsert_partner(partner("initech", &sink.url()))
+            .await
+            .map(|_| ())
+            .expect_err("create"),
+        merchandiser
+            .rotate_secret(v1::RotateSecretRequest {
+                id: "globex".into(),
+                overlap: None,
+            })
+            .await
+            .map(|_| ())
+            .expect_err("re-key"),
+    ];
+    for status in denied {
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
+    notifier.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ownership_is_checked_before_urls_and_resolved_addresses_are_never_echoed() {
     let redis = RedisServer::start();
     let mut settings = fast_settings();

@@ -1,5 +1,6 @@
 //! The partners page: subscriptions, deliveries, dead letters, redelivery. The notifier
-//! lets admins (and each partner for itself) read these; other roles see its refusal.
+//! lets merchandisers and admins read these and requeue dead deliveries (a partner key only
+//! reads its own); other roles see its refusal.
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
