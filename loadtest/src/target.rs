@@ -6,6 +6,11 @@
 //! `ratemesh up --redis URL` runs them, with the load-test policy of [`policy_toml`], on
 //! the Redis [`RedisSpec`] names: a private `redis-server` (the default), a private
 //! six-node Redis Cluster, or a given server or cluster.
+//!
+//! The in-process ratemesh runs on a [`ServerRuntime`] of its own, as its own process
+//! would: the load generator's tasks never queue in front of the server's, nor the
+//! server's in front of the answers the client is timing, so a latency is the server's
+//! and not the client's backlog. The two still share the machine's cores.
 
 use ratemesh::IngestSettings;
 use std::path::PathBuf;
@@ -129,6 +134,8 @@ pub struct Target {
     /// What this is, for the report.
     pub description: String,
     running: Option<TestApp>,
+    /// The runtime `running` (and any replica a scenario adds) runs on; dropped after it.
+    server: Option<ServerRuntime>,
     // Dropped last: the private Redis outlives the services on it.
     _policy: Option<tempfile::NamedTempFile>,
     _redis: Option<RedisServer>,
@@ -296,9 +303,20 @@ impl Target {
         } else {
             DirectRedis::server(&urls[0], &settings.redis.key_prefix, u32::from(partitions))
         };
-        let bus = ratemesh_runtime::backend::connect(&settings).await?;
-        let app =
-            TestApp::try_spawn_services(settings.clone(), bus.clone(), &ServiceName::ALL).await?;
+        let server_runtime = ServerRuntime::new()?;
+        let (bus, app) = {
+            let settings = settings.clone();
+            let handle = server_runtime.handle();
+            tokio::task::spawn_blocking(move || {
+                handle.block_on(async move {
+                    let bus = ratemesh_runtime::backend::connect(&settings).await?;
+                    let app = TestApp::try_spawn_services(settings, bus.clone(), &ServiceName::ALL)
+                        .await?;
+                    anyhow::Ok((bus, app))
+                })
+            })
+            .await??
+        };
         let grpc = app.grpc.to_string();
         let webhook = app
             .http
@@ -328,6 +346,7 @@ impl Target {
             settings: Some(settings),
             description,
             running: Some(app),
+            server: Some(server_runtime),
             _policy: Some(policy),
             _redis: server,
             _cluster: cluster,
@@ -369,6 +388,7 @@ impl Target {
             settings: None,
             description: format!("external ratemesh at {}", ext.grpc),
             running: None,
+            server: None,
             _policy: None,
             _redis: None,
             _cluster: None,
@@ -396,12 +416,62 @@ impl Target {
         }
     }
 
+    /// Runs the future `make` returns where the in-process ratemesh runs (for a server a
+    /// scenario adds, such as a second replica or a baseline), or on this runtime when the
+    /// target is external. What it spawns runs on that runtime's workers; the future itself
+    /// is driven from a blocking thread, so it need not be `Send`.
+    pub fn on_server<M, F>(&self, make: M) -> tokio::task::JoinHandle<F::Output>
+    where
+        M: FnOnce() -> F + Send + 'static,
+        F: Future,
+        F::Output: Send + 'static,
+    {
+        let handle = match &self.server {
+            Some(server) => server.handle(),
+            None => tokio::runtime::Handle::current(),
+        };
+        tokio::task::spawn_blocking(move || handle.block_on(make()))
+    }
+
     /// Stops the in-process ratemesh (nothing for an external one).
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(app) = self.running.take() {
-            app.try_stop().await?;
+            self.on_server(move || app.try_stop()).await??;
         }
         Ok(())
+    }
+}
+
+/// A multi-thread runtime with one worker per core, for servers started in this process.
+/// Dropping it stops its tasks without waiting (so it may be dropped from async code).
+pub struct ServerRuntime(Option<tokio::runtime::Runtime>);
+
+impl ServerRuntime {
+    /// Starts the runtime's threads (named `server`).
+    pub fn new() -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("server")
+            .enable_all()
+            .build()
+            .context("starting the server runtime")?;
+        Ok(Self(Some(runtime)))
+    }
+
+    /// A handle on the runtime.
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("running until dropped")
+            .handle()
+            .clone()
+    }
+}
+
+impl Drop for ServerRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

@@ -318,7 +318,12 @@ async fn other_acks_phase(
     };
     let mut settings = settings.clone();
     settings.redis.min_replica_acks = acks;
-    let ingest = TestApp::try_spawn_services(settings, bus.clone(), &[ServiceName::Ingest]).await?;
+    let bus = bus.clone();
+    let ingest = target
+        .on_server(move || async move {
+            TestApp::try_spawn_services(settings, bus, &[ServiceName::Ingest]).await
+        })
+        .await??;
     let phase = async {
         ratemesh_testkit::wait_serving(&ingest.grpc.to_string(), Duration::from_secs(30)).await?;
         let addr = ingest
@@ -329,7 +334,7 @@ async fn other_acks_phase(
         anyhow::Ok(webhook_saturation(config, report, &webhook, name, 1 << 41, batches).await)
     }
     .await;
-    ingest.try_stop().await?;
+    target.on_server(move || ingest.try_stop()).await??;
     phase
 }
 

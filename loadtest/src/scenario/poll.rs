@@ -73,7 +73,14 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
     })
     .await?
     .into_inner();
-    let echo = echo::start(sample.clone()).await?;
+    // Where ratemesh runs, so the baseline and the server it is compared with share the
+    // same threads.
+    let echo = target
+        .on_server({
+            let sample = sample.clone();
+            move || echo::start(sample)
+        })
+        .await??;
     let echo_channels =
         Arc::new(target::channels(&echo.addr.to_string(), config.connections).await?);
 

@@ -114,8 +114,12 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         settings.section_mut::<RatesSettings>().consumer_name = "loadtest-cold-replica".into();
         let before = rss_bytes();
         let load_started = Instant::now();
-        let bus = ratemesh_runtime::backend::connect(&settings).await?;
-        let replica = TestApp::try_spawn_services(settings, bus, &[ServiceName::Rates]).await?;
+        let replica = target
+            .on_server(move || async move {
+                let bus = ratemesh_runtime::backend::connect(&settings).await?;
+                TestApp::try_spawn_services(settings, bus, &[ServiceName::Rates]).await
+            })
+            .await??;
         let addr = replica.grpc.to_string();
         ratemesh_testkit::wait_serving(&addr, Duration::from_secs(3600)).await?;
         let load = load_started.elapsed();
@@ -164,7 +168,7 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
             served == 2,
             format!("{served} of 2"),
         );
-        replica.try_stop().await?;
+        target.on_server(move || replica.try_stop()).await??;
     }
 
     // Full recompute: a multiplier override on every category moves every card.
