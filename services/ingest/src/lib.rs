@@ -41,7 +41,7 @@ use ratemesh_runtime::{Context, Readiness, ServiceModule};
 use tokio::sync::Semaphore;
 
 pub use events::{PRODUCT_CHANGED, STOCK_CHANGED};
-pub use settings::{ArchiveSettings, ErpSource, IngestSettings};
+pub use settings::{ArchiveSettings, ErpSource, IngestSettings, WhatIfSettings};
 
 /// Builds the ingest service: gRPC `InventoryIngest`, the webhook routes, the backlog
 /// monitor, and the input archive when `ingest.archive.dir` is set.

@@ -37,6 +37,26 @@ pub struct IngestSettings {
     pub sources: Vec<ErpSource>,
     /// The input archive this service keeps for what-if replays (`[ingest.archive]`).
     pub archive: ArchiveSettings,
+    /// Bounds of `PolicyService.WhatIf` runs over the archive (`[ingest.whatif]`).
+    pub whatif: WhatIfSettings,
+}
+
+/// Bounds of the what-if runs this process serves (`[ingest.whatif]`): each run holds the
+/// range's events in memory and keeps cores busy, so size, time and concurrency are
+/// capped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhatIfSettings {
+    /// Longest range a run may ask for, in days.
+    pub max_range_days: u32,
+    /// Most archived events a run may read.
+    pub max_events: u64,
+    /// Longest a run may take, reading included (DEADLINE_EXCEEDED beyond).
+    pub time_limit_secs: u64,
+    /// Runs at once in this process (RESOURCE_EXHAUSTED beyond).
+    pub max_concurrent: usize,
+    /// Worker threads of one run; 0: one per core.
+    pub threads: usize,
 }
 
 /// The input archive (`[ingest.archive]`): every accepted stock and product event and
@@ -95,6 +115,16 @@ impl Section for IngestSettings {
             (
                 "ingest.archive.retention_days",
                 u64::from(self.archive.retention_days),
+            ),
+            (
+                "ingest.whatif.max_range_days",
+                u64::from(self.whatif.max_range_days),
+            ),
+            ("ingest.whatif.max_events", self.whatif.max_events),
+            ("ingest.whatif.time_limit_secs", self.whatif.time_limit_secs),
+            (
+                "ingest.whatif.max_concurrent",
+                self.whatif.max_concurrent as u64,
             ),
         ])?;
         check_consumer_name("ingest.archive.consumer_name", &self.archive.consumer_name)?;
@@ -163,6 +193,11 @@ mod tests {
                 "RATEMESH__INGEST__ARCHIVE__RETENTION_DAYS",
                 "0",
                 "ingest.archive.retention_days",
+            ),
+            (
+                "RATEMESH__INGEST__WHATIF__MAX_CONCURRENT",
+                "0",
+                "ingest.whatif.max_concurrent",
             ),
         ])
         .unwrap();
