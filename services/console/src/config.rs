@@ -1,5 +1,5 @@
 //! What the console is built from: the same key table the gRPC servers use, the gRPC
-//! endpoint its gateway calls, and its listener's TLS and connection limits.
+//! endpoint of each service its gateway calls, and its listener's TLS and connection limits.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,8 +18,8 @@ pub struct ConsoleConfig {
     /// The keys users sign in with: the gRPC servers' own table, so a key works (or not)
     /// in both the same way.
     pub keys: ApiKeys,
-    /// The gRPC services the gateway calls.
-    pub channel: Channel,
+    /// The gRPC services the gateway calls, a channel per service.
+    pub channels: ServiceChannels,
     /// A session unused for this long ends.
     pub session_idle: Duration,
     /// TLS of the console's listener; with it the session cookie is `Secure`.
@@ -29,31 +29,25 @@ pub struct ConsoleConfig {
 }
 
 impl ConsoleConfig {
-    /// A console for this process: signs in against `settings.auth.keys`, calls
-    /// `console.grpc_endpoint` or else `grpc_addr` (this process's gRPC listener), and
-    /// serves TLS when the webhook listener does (`server.tls_*` with `server.http_tls`).
-    /// Needs a tokio runtime.
+    /// A console for this process: signs in against `settings.auth.keys`, calls each
+    /// service at its endpoint ([`ServiceEndpoints::from_settings`]), and serves TLS when
+    /// the webhook listener does (`server.tls_*` with `server.http_tls`). Needs a tokio
+    /// runtime.
     pub fn from_settings(settings: &Settings, grpc_addr: SocketAddr) -> anyhow::Result<Self> {
         let server = &settings.server;
-        let configured = settings.console.grpc_endpoint.trim();
-        let endpoint = if configured.is_empty() {
-            anyhow::ensure!(
-                !server.tls_enabled(),
-                "invalid config: console.grpc_endpoint: is required when server.tls_cert_file \
-                 is set (the console must call the gRPC port by a name its certificate is valid for)"
-            );
-            format!("http://{}", reachable(grpc_addr))
-        } else {
-            configured.to_owned()
+        let endpoints = ServiceEndpoints::from_settings(settings, grpc_addr)?;
+        let channels = ServiceChannels {
+            rates: channel("console.rates_endpoint", &endpoints.rates)?,
+            incentives: channel("console.incentives_endpoint", &endpoints.incentives)?,
+            notifier: channel("console.notifier_endpoint", &endpoints.notifier)?,
         };
-        let channel = channel(&endpoint)?;
         let tls = match server.http_tls {
             true => ServerTls::from_settings(server)?.map(|tls| tls.http),
             false => None,
         };
         Ok(Self {
             keys: ApiKeys::from_settings(&settings.auth),
-            channel,
+            channels,
             session_idle: Duration::from_secs(settings.console.session_idle_minutes * 60),
             tls,
             limits: server.http_limits(),
@@ -61,16 +55,90 @@ impl ConsoleConfig {
     }
 }
 
-/// A lazily connected channel to `endpoint`; `https://` is checked against the system's
-/// trusted roots.
-pub fn channel(endpoint: &str) -> anyhow::Result<Channel> {
+/// Where the gateway reaches each service. With one Deployment per service, each is its
+/// own address; under `ratemesh up` one process serves them all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceEndpoints {
+    /// `RateService` and `OverrideService`.
+    pub rates: String,
+    /// `IncentiveService`.
+    pub incentives: String,
+    /// `PartnerService`.
+    pub notifier: String,
+}
+
+impl ServiceEndpoints {
+    /// Each of `console.rates_endpoint`, `console.incentives_endpoint` and
+    /// `console.notifier_endpoint`, or else `console.grpc_endpoint`, or else `grpc_addr`
+    /// (this process's gRPC listener). When the gRPC port serves TLS every endpoint must be
+    /// given, as `https://` and by a name the certificate is valid for; an error names the
+    /// key to set.
+    pub fn from_settings(settings: &Settings, grpc_addr: SocketAddr) -> anyhow::Result<Self> {
+        let console = &settings.console;
+        let tls = settings.server.tls_enabled();
+        let shared = console.grpc_endpoint.trim();
+        let resolve = |key: &str, own: &str| -> anyhow::Result<String> {
+            let own = own.trim();
+            let (key, endpoint) = match (own.is_empty(), shared.is_empty()) {
+                (false, _) => (key, own),
+                (true, false) => ("console.grpc_endpoint", shared),
+                (true, true) => {
+                    anyhow::ensure!(
+                        !tls,
+                        "invalid config: {key} (or console.grpc_endpoint): is required when \
+                         server.tls_cert_file is set (the console must call the gRPC port by a \
+                         name its certificate is valid for)"
+                    );
+                    return Ok(format!("http://{}", reachable(grpc_addr)));
+                }
+            };
+            anyhow::ensure!(
+                !tls || endpoint.starts_with("https://"),
+                "invalid config: {key}: `{endpoint}` must be https:// when server.tls_cert_file \
+                 is set (the gRPC ports serve TLS)"
+            );
+            Ok(endpoint.to_owned())
+        };
+        Ok(Self {
+            rates: resolve("console.rates_endpoint", &console.rates_endpoint)?,
+            incentives: resolve("console.incentives_endpoint", &console.incentives_endpoint)?,
+            notifier: resolve("console.notifier_endpoint", &console.notifier_endpoint)?,
+        })
+    }
+}
+
+/// A channel per service, each lazily connected.
+#[derive(Clone, Debug)]
+pub struct ServiceChannels {
+    /// `RateService` and `OverrideService`.
+    pub rates: Channel,
+    /// `IncentiveService`.
+    pub incentives: Channel,
+    /// `PartnerService`.
+    pub notifier: Channel,
+}
+
+impl ServiceChannels {
+    /// One channel for every service, as under `ratemesh up`.
+    pub fn shared(channel: Channel) -> Self {
+        Self {
+            rates: channel.clone(),
+            incentives: channel.clone(),
+            notifier: channel,
+        }
+    }
+}
+
+/// A lazily connected channel to `endpoint`, the value of setting `key`; `https://` is
+/// checked against the system's trusted roots.
+pub fn channel(key: &str, endpoint: &str) -> anyhow::Result<Channel> {
     let mut builder = Endpoint::from_shared(endpoint.to_owned())
-        .with_context(|| format!("console.grpc_endpoint: `{endpoint}` is not a URL"))?
+        .with_context(|| format!("{key}: `{endpoint}` is not a URL"))?
         .connect_timeout(Duration::from_secs(5));
     if builder.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
         builder = builder
             .tls_config(ClientTlsConfig::new().with_native_roots())
-            .context("console.grpc_endpoint: TLS")?;
+            .with_context(|| format!("{key}: TLS"))?;
     }
     Ok(builder.connect_lazy())
 }
@@ -86,5 +154,81 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
             addr.port(),
         ),
         false => addr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grpc() -> SocketAddr {
+        "0.0.0.0:50051".parse().expect("addr")
+    }
+
+    #[test]
+    fn each_service_falls_back_to_the_shared_endpoint_then_to_this_process() {
+        let mut settings = Settings::default();
+        let own = ServiceEndpoints::from_settings(&settings, grpc()).expect("endpoints");
+        assert_eq!(own.rates, "http://127.0.0.1:50051");
+        assert_eq!(own.incentives, own.rates);
+        assert_eq!(own.notifier, own.rates);
+
+        settings.console.grpc_endpoint = "http://ratemesh-rates:50051".into();
+        settings.console.notifier_endpoint = " http://ratemesh-notifier:50051 ".into();
+        let split = ServiceEndpoints::from_settings(&settings, grpc()).expect("endpoints");
+        assert_eq!(
+            split,
+            ServiceEndpoints {
+                rates: "http://ratemesh-rates:50051".into(),
+                incentives: "http://ratemesh-rates:50051".into(),
+                notifier: "http://ratemesh-notifier:50051".into(),
+            }
+        );
+
+        settings.console.grpc_endpoint.clear();
+        settings.console.incentives_endpoint = "http://ratemesh-incentives:50051".into();
+        let mixed = ServiceEndpoints::from_settings(&settings, grpc()).expect("endpoints");
+        assert_eq!(mixed.rates, "http://127.0.0.1:50051");
+        assert_eq!(mixed.incentives, "http://ratemesh-incentives:50051");
+        assert_eq!(mixed.notifier, "http://ratemesh-notifier:50051");
+    }
+
+    #[test]
+    fn under_tls_each_endpoint_is_needed_as_https_and_a_bad_one_names_its_key() {
+        let mut settings = Settings::default();
+        settings.server.tls_cert_file = "/etc/ratemesh/tls/tls.crt".into();
+        settings.server.tls_key_file = "/etc/ratemesh/tls/tls.key".into();
+        let err = ServiceEndpoints::from_settings(&settings, grpc()).expect_err("no endpoint");
+        assert!(err.to_string().contains("console.rates_endpoint"), "{err}");
+
+        settings.console.rates_endpoint = "https://ratemesh-rates:50051".into();
+        let err = ServiceEndpoints::from_settings(&settings, grpc()).expect_err("no endpoint");
+        assert!(
+            err.to_string().contains("console.incentives_endpoint"),
+            "{err}"
+        );
+
+        settings.console.grpc_endpoint = "https://ratemesh-rates:50051".into();
+        settings.console.notifier_endpoint = "http://ratemesh-notifier:50051".into();
+        let err = ServiceEndpoints::from_settings(&settings, grpc()).expect_err("plain http");
+        assert!(
+            err.to_string().contains("console.notifier_endpoint"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("https://"), "{err}");
+
+        settings.console.notifier_endpoint = "https://ratemesh-notifier:50051".into();
+        let endpoints = ServiceEndpoints::from_settings(&settings, grpc()).expect("endpoints");
+        assert_eq!(endpoints.incentives, "https://ratemesh-rates:50051");
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_that_is_not_a_url_names_its_key() {
+        let err =
+            channel("console.notifier_endpoint", "http://bad host:50051").expect_err("not a URL");
+        assert!(
+            err.to_string().contains("console.notifier_endpoint"),
+            "{err}"
+        );
     }
 }

@@ -10,32 +10,36 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use crate::config::ServiceChannels;
 use crate::error::GatewayError;
 use crate::session::SignedIn;
 
 /// A channel whose calls carry a user's key.
 pub type AsUser = InterceptedService<Channel, Bearer>;
 
-/// The services the console calls, over one shared channel.
+/// The services the console calls, each over its own channel (the same one when one
+/// process serves them all).
 #[derive(Clone, Debug)]
 pub struct Gateway {
-    channel: Channel,
+    channels: ServiceChannels,
 }
 
 impl Gateway {
-    /// Calls go over `channel`.
-    pub fn new(channel: Channel) -> Self {
-        Self { channel }
+    /// Calls go over `channels`, to the channel of the service called.
+    pub fn new(channels: ServiceChannels) -> Self {
+        Self { channels }
     }
 
-    fn as_user(&self, user: &SignedIn) -> Result<AsUser, GatewayError> {
+    fn as_user(&self, channel: &Channel, user: &SignedIn) -> Result<AsUser, GatewayError> {
         let bearer = Bearer::new(&user.session.key)?;
-        Ok(InterceptedService::new(self.channel.clone(), bearer))
+        Ok(InterceptedService::new(channel.clone(), bearer))
     }
 
     /// `RateService` as `user`.
     pub fn rates(&self, user: &SignedIn) -> Result<RateServiceClient<AsUser>, GatewayError> {
-        Ok(RateServiceClient::new(self.as_user(user)?))
+        Ok(RateServiceClient::new(
+            self.as_user(&self.channels.rates, user)?,
+        ))
     }
 
     /// `OverrideService` as `user`.
@@ -43,7 +47,9 @@ impl Gateway {
         &self,
         user: &SignedIn,
     ) -> Result<OverrideServiceClient<AsUser>, GatewayError> {
-        Ok(OverrideServiceClient::new(self.as_user(user)?))
+        Ok(OverrideServiceClient::new(
+            self.as_user(&self.channels.rates, user)?,
+        ))
     }
 
     /// `IncentiveService` as `user`.
@@ -51,12 +57,16 @@ impl Gateway {
         &self,
         user: &SignedIn,
     ) -> Result<IncentiveServiceClient<AsUser>, GatewayError> {
-        Ok(IncentiveServiceClient::new(self.as_user(user)?))
+        Ok(IncentiveServiceClient::new(
+            self.as_user(&self.channels.incentives, user)?,
+        ))
     }
 
     /// `PartnerService` as `user`.
     pub fn partners(&self, user: &SignedIn) -> Result<PartnerServiceClient<AsUser>, GatewayError> {
-        Ok(PartnerServiceClient::new(self.as_user(user)?))
+        Ok(PartnerServiceClient::new(
+            self.as_user(&self.channels.notifier, user)?,
+        ))
     }
 }
 

@@ -8,7 +8,8 @@
 //! answer in one place ([`error`]).
 //!
 //! Layout:
-//! - [`config`]: what the console is built from (key table, gRPC endpoint, cookie flags).
+//! - [`config`]: what the console is built from (key table, each service's gRPC endpoint,
+//!   cookie flags).
 //! - [`session`]: server-side sessions, the session cookie and the CSRF check.
 //! - [`gateway`]: the gRPC clients, called as the signed-in user.
 //! - [`error`]: the one mapping of gateway failures to HTTP status and `{error, field?}`.
@@ -96,7 +97,7 @@ impl Console {
 /// The console's routes: pages, assets and the JSON gateway.
 pub fn router(config: &ConsoleConfig, stop: CancellationToken) -> Router {
     let state = ConsoleState {
-        gateway: Gateway::new(config.channel.clone()),
+        gateway: Gateway::new(config.channels.clone()),
         sessions: Arc::new(Sessions::new(
             config.keys.clone(),
             config.session_idle,

@@ -120,12 +120,30 @@ const FRAME_SECTIONS: [&str; 7] = [
 #[serde(deny_unknown_fields)]
 pub struct ConsoleSettings {
     /// The gRPC endpoint (`http://host:port` or `https://…`) the console's JSON gateway
-    /// calls. Empty: this process's own `server.grpc_addr`, which serves every service
-    /// under `ratemesh up`; a console next to `ratemesh serve <service>` names the
-    /// endpoint that serves them all.
+    /// calls for every service not given its own endpoint below. Empty: this process's own
+    /// `server.grpc_addr`, which serves every service under `ratemesh up`.
     pub grpc_endpoint: String,
+    /// The endpoint of `RateService` and `OverrideService` (the rates service); empty:
+    /// `grpc_endpoint`. With one Deployment per service, each service has its own address.
+    pub rates_endpoint: String,
+    /// The endpoint of `IncentiveService` (the incentives service); empty: `grpc_endpoint`.
+    pub incentives_endpoint: String,
+    /// The endpoint of `PartnerService` (the notifier); empty: `grpc_endpoint`.
+    pub notifier_endpoint: String,
     /// How long a signed-in session lasts without being used.
     pub session_idle_minutes: u64,
+}
+
+impl ConsoleSettings {
+    /// Every endpoint setting with its key, the shared `grpc_endpoint` first.
+    pub fn endpoints(&self) -> [(&'static str, &str); 4] {
+        [
+            ("console.grpc_endpoint", &self.grpc_endpoint),
+            ("console.rates_endpoint", &self.rates_endpoint),
+            ("console.incentives_endpoint", &self.incentives_endpoint),
+            ("console.notifier_endpoint", &self.notifier_endpoint),
+        ]
+    }
 }
 
 /// The rate policy (`[policy]`).
@@ -955,13 +973,15 @@ impl Settings {
             }
         }
         let console = &self.console;
-        let endpoint = console.grpc_endpoint.trim();
-        let is_url = endpoint.starts_with("http://") || endpoint.starts_with("https://");
-        if !endpoint.is_empty() && !is_url {
-            return Err(SettingsError::new(
-                "console.grpc_endpoint",
-                format!("`{endpoint}` is not an http:// or https:// URL"),
-            ));
+        for (key, endpoint) in console.endpoints() {
+            let endpoint = endpoint.trim();
+            let is_url = endpoint.starts_with("http://") || endpoint.starts_with("https://");
+            if !endpoint.is_empty() && !is_url {
+                return Err(SettingsError::new(
+                    key,
+                    format!("`{endpoint}` is not an http:// or https:// URL"),
+                ));
+            }
         }
         if console.session_idle_minutes == 0 {
             return Err(SettingsError::new(
@@ -1324,6 +1344,30 @@ mod tests {
         )
         .expect_err("not a URL");
         assert_eq!(err.key, "console.grpc_endpoint");
+        let err = Settings::load(
+            None,
+            env(&[(
+                "RATEMESH__CONSOLE__INCENTIVES_ENDPOINT",
+                "ratemesh-incentives:50051",
+            )]),
+            &[],
+        )
+        .expect_err("not a URL");
+        assert_eq!(err.key, "console.incentives_endpoint");
+        let s = Settings::load(
+            None,
+            env(&[(
+                "RATEMESH__CONSOLE__NOTIFIER_ENDPOINT",
+                "http://ratemesh-notifier:50051",
+            )]),
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(
+            s.console.notifier_endpoint,
+            "http://ratemesh-notifier:50051"
+        );
+        assert_eq!(s.console.rates_endpoint, "");
     }
 
     #[test]
