@@ -16,6 +16,7 @@ const PROTOS: &[&str] = &[
     "ratemesh/v1/overrides.proto",
     "ratemesh/v1/incentives.proto",
     "ratemesh/v1/partners.proto",
+    "ratemesh/v1/policy.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

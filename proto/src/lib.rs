@@ -44,14 +44,17 @@ pub const OVERRIDE_SERVICE: &str = v1::override_service_server::SERVICE_NAME;
 pub const INCENTIVE_SERVICE: &str = v1::incentive_service_server::SERVICE_NAME;
 /// Full name of the partner webhook service.
 pub const PARTNER_SERVICE: &str = v1::partner_service_server::SERVICE_NAME;
+/// Full name of the what-if policy service (served by ingest).
+pub const POLICY_SERVICE: &str = v1::policy_service_server::SERVICE_NAME;
 
 /// Full names of every `ratemesh.v1` service, for health and reflection registration.
-pub const SERVICE_NAMES: [&str; 5] = [
+pub const SERVICE_NAMES: [&str; 6] = [
     INVENTORY_INGEST,
     RATE_SERVICE,
     OVERRIDE_SERVICE,
     INCENTIVE_SERVICE,
     PARTNER_SERVICE,
+    POLICY_SERVICE,
 ];
 
 /// The RPC names (`GetRate`, …) of `service` (full name, e.g. [`RATE_SERVICE`]) as the

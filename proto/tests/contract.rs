@@ -81,6 +81,7 @@ fn every_designed_service_and_method_is_present() {
                 "RedeliverDeadLetters",
             ],
         ),
+        ("ratemesh.v1.PolicyService", &["WhatIf"]),
     ];
 
     let found = services(&descriptor_set());

@@ -18,7 +18,8 @@ pub use ratemesh_rates::RatesSettings;
 /// The services of ratemesh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ServiceName {
-    /// ERP webhooks and `InventoryIngest`.
+    /// ERP webhooks, `InventoryIngest`, and `PolicyService` what-if runs over the
+    /// input archive.
     Ingest,
     /// Rate computation, `RateService` and `OverrideService`.
     Rates,
@@ -79,7 +80,12 @@ pub fn load_settings(file: Option<&Path>, env: EnvSource) -> Result<Settings, Se
 /// Builds one service's module.
 pub async fn build(ctx: &Context, service: ServiceName) -> anyhow::Result<ServiceModule> {
     match service {
-        ServiceName::Ingest => ratemesh_ingest::build(ctx).await,
+        // Ingest keeps the input archive, so it serves the what-if runs that read it
+        // (`PolicyService`, from the what-if crate, which depends on ingest's parsers).
+        ServiceName::Ingest => Ok(ratemesh_whatif::service::attach(
+            ctx,
+            ratemesh_ingest::build(ctx).await?,
+        )),
         ServiceName::Rates => ratemesh_rates::build(ctx).await,
         ServiceName::Incentives => ratemesh_incentives::build(ctx).await,
         ServiceName::Notifier => ratemesh_notifier::build(ctx).await,

@@ -19,6 +19,8 @@
 //!   figures; [`run_with_progress`] reports how far it is and stops when cancelled.
 //! - [`report`] — the [`Report`] (serialisable for `--json`) and [`render_table`].
 //! - [`html`] — [`render_html`]: the report as one offline HTML page with SVG plots.
+//! - [`service`] — `PolicyService.WhatIf`: a run over the archive as an RPC, with
+//!   streamed progress, bounds and cancellation, served by the ingest module.
 //! - [`season`] — a deterministic generated season with a BFCM spike, as ERP files.
 //!
 //! The ERP formats are parsed and validated by the ingest service's own `payload`,
@@ -34,6 +36,7 @@ pub mod html;
 pub mod policy_file;
 pub mod report;
 pub mod season;
+pub mod service;
 
 pub use engine::{Cancelled, Control, Phase, Progress, WhatIfOptions, run, run_with_progress};
 pub use history::{Gap, History, HistoryError, HistoryOptions, load_history};
