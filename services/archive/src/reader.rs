@@ -91,9 +91,13 @@ pub enum ReadError {
     Invalid(Vec<Problem>),
 }
 
+/// Problems a refusal's message shows; all of them stay in the error.
 const SHOWN_PROBLEMS: usize = 50;
 
-fn list(problems: &[Problem]) -> String {
+/// The first problems of a refusal, one a line (indented under its headline), and how many
+/// more there are: the message form of this reader's errors and of the what-if history
+/// loader's, which refuse the same way.
+pub fn list<P: std::fmt::Display>(problems: &[P]) -> String {
     let mut lines: Vec<String> = problems
         .iter()
         .take(SHOWN_PROBLEMS)

@@ -249,26 +249,8 @@ pub enum HistoryError {
         path: PathBuf,
     },
     /// Items or files are bad; every problem found is listed.
-    #[error("history refused, nothing replayed:\n  {}", list(.0))]
+    #[error("history refused, nothing replayed:\n  {}", ratemesh_archive::reader::list(.0))]
     Invalid(Vec<Problem>),
-}
-
-/// Problems shown in the error's message; all of them stay in [`HistoryError::Invalid`].
-const SHOWN_PROBLEMS: usize = 50;
-
-fn list(problems: &[Problem]) -> String {
-    let mut lines: Vec<String> = problems
-        .iter()
-        .take(SHOWN_PROBLEMS)
-        .map(ToString::to_string)
-        .collect();
-    if problems.len() > SHOWN_PROBLEMS {
-        lines.push(format!(
-            "… and {} more problems",
-            problems.len() - SHOWN_PROBLEMS
-        ));
-    }
-    lines.join("\n  ")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
