@@ -1,8 +1,8 @@
 //! `PolicyService.WhatIf` on a running mesh: a merchandiser replays a candidate policy
 //! over what the archive recorded and gets progress, then the report `ratemesh_whatif`
 //! computes from the same range; other roles are refused, bad input names its field, a
-//! process without an archive says which setting turns it on, and a dropped stream frees
-//! the run for the next caller.
+//! process without an archive says which setting turns it on, runs go one at a time, and
+//! a stream dropped mid-run stops its replay and frees the run for the next caller.
 
 use std::path::Path;
 use std::time::Duration;
@@ -358,5 +358,106 @@ async fn runs_go_one_at_a_time_and_a_dropped_stream_gives_its_slot_back() {
             }
         }
     }
+    app.stop().await.expect("clean stop");
+}
+
+/// Pushes `skus` products and `readings` stock readings of each, in batches of one
+/// reading per SKU.
+async fn fill_large(app: &TestApp, skus: u64, readings: u64) {
+    let products: Vec<Product> = (0..skus)
+        .map(|i| Product::new(&format!("L-{i}"), "home", "30", "10"))
+        .collect();
+    let answer = app.push_products(&products).await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    for n in 1..=readings {
+        let batch: Vec<Stock> = (0..skus)
+            .map(|i| Stock::new(&format!("L-{i}"), 5000 - n * (1 + i % 3)).sequence(n))
+            .collect();
+        let answer = app.push_stock(&batch).await;
+        assert_eq!(answer.status, 202, "{}", answer.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_dropped_mid_run_stops_the_replay_well_before_it_would_have_ended() {
+    let archive = tempfile::tempdir().expect("tempdir");
+    let since = Utc::now() - TimeDelta::minutes(1);
+    let mut settings = test_settings();
+    let ingest = settings.section_mut::<IngestSettings>();
+    ingest.archive.dir = archive.path().to_str().expect("utf-8 path").to_owned();
+    // One worker: the replay's length is the events', whatever the machine.
+    ingest.whatif.threads = 1;
+    let bus = Bus::memory(BusOptions {
+        read_block: Duration::from_millis(50),
+        ..BusOptions::embedded()
+    })
+    .expect("embedded bus");
+    let app = TestApp::spawn_with(settings, bus).await;
+    let (skus, readings) = (400, 100);
+    fill_large(&app, skus, readings).await;
+    let expected = (skus * (readings + 1)) as usize;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = Utc::now();
+        let range = Range {
+            since,
+            until: now,
+            today: now.date_naive(),
+        };
+        let count = archive::select(archive.path(), &range, &Selection::default())
+            .map(|s| s.events.len())
+            .unwrap_or(0);
+        if count >= expected {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the archive did not catch up: {count} of {expected} events"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let until = Utc::now();
+    let mut merchandiser = client(&app, Role::Merchandiser).await;
+
+    // A whole run, timed from its first progress event to its result.
+    let mut stream = merchandiser
+        .what_if(request(since, until))
+        .await
+        .expect("a run")
+        .into_inner();
+    stream.message().await.expect("no error").expect("progress");
+    let started = std::time::Instant::now();
+    while stream.message().await.expect("no error").is_some() {}
+    let whole = started.elapsed();
+
+    // The same run, dropped at its first progress event: the slot comes back long before
+    // the whole run's time has passed, so the replay stopped.
+    let mut stream = merchandiser
+        .what_if(request(since, until))
+        .await
+        .expect("a run")
+        .into_inner();
+    stream.message().await.expect("no error").expect("progress");
+    let dropped = std::time::Instant::now();
+    drop(stream);
+    // A call takes the slot before it reads the archive: the slot was free by the time
+    // the accepted call was made.
+    let freed: Duration = loop {
+        let attempt = dropped.elapsed();
+        match merchandiser.what_if(request(since, until)).await {
+            Ok(next) => {
+                drop(next);
+                break attempt;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    assert!(
+        freed * 2 < whole,
+        "the slot came back after {freed:?}, a whole run takes {whole:?}"
+    );
     app.stop().await.expect("clean stop");
 }
