@@ -364,13 +364,16 @@ impl PolicyService for PolicyApi {
         let deadline = started + limit;
         let max_events = inner.bounds.max_events;
         let (range, selection) = (plan.range.clone(), plan.selection.clone());
-        let read = tokio::task::spawn_blocking(move || {
-            crate::archive::select(&dir, &range, &selection).map(|selected| {
+        // The read holds the slot: a caller that goes away while it reads does not free
+        // the slot for another read until this one is done.
+        let (permit, read) = tokio::task::spawn_blocking(move || {
+            let read = crate::archive::select(&dir, &range, &selection).map(|selected| {
                 let too_many = selected.events.len() as u64 > max_events;
                 let history = (!too_many)
                     .then(|| crate::archive::history(&selected, HistoryOptions::default().max_gap));
                 (selected.events.len(), history)
-            })
+            });
+            (permit, read)
         })
         .await
         .map_err(|e| Status::internal(format!("reading the archive: {e}")))?;
