@@ -14,6 +14,8 @@
 #     memory limit, noeviction, a password ratemesh and KEDA use) asserted per render;
 #   - assertions over the rendered production install (probes, resources, PDBs,
 #     autoscalers, network policies for all four services);
+#   - the merchandiser console (in the rates pods, its endpoints, Service and network policy)
+#     and the input archive (one ingest-archive pod with its volume) asserted per render;
 #   - the KEDA triggers of every render with KEDA on compared with `ratemesh streams --json`
 #     (the groups and partition streams the code consumes), so chart and code cannot drift;
 #   - values the chart must refuse are refused;
@@ -189,6 +191,12 @@ render production-mtls -f "$CHART/ci/production-values.yaml" --set tls.enabled=t
   --set tls.clientCASecret=ratemesh-client-ca --set tls.webhook=false
 render production-alerts -f "$CHART/ci/production-values.yaml" --set metrics.prometheusRule.enabled=true \
   --set metrics.prometheusRule.labels.release=kube-prometheus-stack
+render console-archive --set console.enabled=true --set archive.enabled=true
+render production-console-archive -f "$CHART/ci/production-values.yaml" --set console.enabled=true \
+  --set archive.enabled=true --set archive.storage.storageClassName=fast-ssd \
+  --set 'networkPolicy.consoleFrom[0].namespaceSelector.matchLabels.kubernetes\.io/metadata\.name=ingress-nginx'
+render production-tls-console -f "$CHART/ci/production-values.yaml" --set tls.enabled=true --set tls.secretName=ratemesh-tls \
+  --set console.enabled=true
 render redis-own-secret-and-maxmemory --set redis.auth.existingSecret=redis-auth --set redis.auth.existingSecretKey=pw \
   --set redis.maxmemory=700mb --set keda.enabled=true
 
@@ -212,6 +220,11 @@ $CHECK expect "$WORK/production-webhook-ingress.yaml" Ingress=1 NetworkPolicy=4
 $CHECK expect "$WORK/webhook-ingress-bundled-redis.yaml" Ingress=1 Secret=2 TriggerAuthentication=1
 $CHECK expect "$WORK/redis-own-secret-and-maxmemory.yaml" Secret=1 StatefulSet=1 TriggerAuthentication=1
 $CHECK expect "$WORK/production-alerts.yaml" PrometheusRule=1 ServiceMonitor=1
+$CHECK expect "$WORK/console-archive.yaml" Deployment=5 Service=7 PersistentVolumeClaim=1 NetworkPolicy=6 \
+  HorizontalPodAutoscaler=4 PodDisruptionBudget=4
+$CHECK expect "$WORK/production-console-archive.yaml" Deployment=5 Service=6 PersistentVolumeClaim=1 NetworkPolicy=5 \
+  HorizontalPodAutoscaler=1 ScaledObject=3 PodDisruptionBudget=4
+for name in defaults production production-tls; do $CHECK expect "$WORK/$name.yaml" PersistentVolumeClaim=0; done
 for name in defaults production minimal; do $CHECK expect "$WORK/$name.yaml" PrometheusRule=0; done
 $CHECK alerts "$WORK/production-alerts.yaml" "$CHART/files/ratemesh.rules.yaml"
 
@@ -237,11 +250,18 @@ for name in defaults minimal keda-bundled-redis webhook-ingress-bundled-redis re
   $CHECK redis "$WORK/$name.yaml"
 done
 
+log "chart: merchandiser console and input archive"
+for name in console-archive production-console-archive production-tls-console production defaults; do
+  $CHECK console "$WORK/$name.yaml"
+  $CHECK archive "$WORK/$name.yaml"
+done
+
 log "chart: production install"
 $CHECK production "$WORK/production.yaml"
 $CHECK production "$WORK/production-hpa-grpc-liveness.yaml"
 $CHECK production "$WORK/production@${KUBE_VERSIONS%% *}.yaml"
 $CHECK production "$WORK/production-webhook-ingress.yaml"
+$CHECK production "$WORK/production-console-archive.yaml"
 
 log "chart: KEDA watches what the code consumes (ratemesh streams)"
 for name in production keda-bundled-redis redis-cluster redis-own-secret-and-maxmemory; do
@@ -288,6 +308,8 @@ refuse "the webhook Ingress over TLS without a certificate Secret" "ingress" --s
 refuse "the webhook Ingress behind network policies that keep its controller out" "ingressControllerFrom" \
   --set ingress.enabled=true --set ingress.host=erp-hooks.example.com --set ingress.tls.secretName=erp-hooks-tls \
   --set 'networkPolicy.erpFrom[0].ipBlock.cidr=203.0.113.0/24'
+refuse "the console where gRPC requires client certificates it has none of" "console.enabled" --set console.enabled=true \
+  --set tls.enabled=true --set tls.secretName=ratemesh-tls --set tls.clientCASecret=ratemesh-client-ca
 refuse "a Redis maxmemory at or above its memory limit" "not below the container's memory limit" --set redis.maxmemory=1gb
 
 log "compose stack"
@@ -333,6 +355,7 @@ PY
 }
 log "ratemesh config check with the settings the charts render"
 config_check production
+config_check production-console-archive
 config_check redis-cluster
 config_check defaults
 

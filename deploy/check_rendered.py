@@ -33,6 +33,14 @@ check-jsonschema). Subcommands:
                                SECRET "-", that no service has TLS and readiness is gRPC
   alerts RENDERED RULES         assert the PrometheusRule (when rendered) carries exactly the
                                rule groups of the rules file RULES (what promtool checks in CI)
+  console RENDERED             assert the console (when console.enabled) runs in the rates
+                               pods, whose gateway names the incentives and notifier Services
+                               (https:// with TLS), behind a ClientIP-affinity Service, and
+                               that the network policies let browsers and the gateway through
+  archive RENDERED             assert the input archive (when archive.enabled) runs in one
+                               ingest-archive pod only (Recreate, its claim at the archive
+                               dir, the only pod with ingest.archive.dir) that no gRPC or
+                               webhook Service selects
   compose FILE                 structural check of the compose file (no Docker engine here)
 
 Exit status 1 with one line per problem on failure.
@@ -567,6 +575,146 @@ def cmd_compose(path: str) -> int:
     return problems.finish(f"{path}: compose structure, prometheus, collector and dashboard")
 
 
+ARCHIVE_DIR = "/var/lib/ratemesh/archive"
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def env_values(deployment: dict) -> dict[str, str]:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+def netpol_allows(policy: dict, port: str | int, labels: dict | None = None) -> bool:
+    """Whether an ingress rule of `policy` lets traffic in on `port` (from pods with `labels`
+    when given; a rule without `from` lets every source in)."""
+    for rule in policy["spec"].get("ingress", []):
+        if not any(p.get("port") == port for p in rule.get("ports", [])):
+            continue
+        peers = rule.get("from")
+        if peers is None or labels is None:
+            return True
+        if any(selects((peer.get("podSelector") or {}).get("matchLabels", {}), labels) for peer in peers):
+            return True
+    return False
+
+
+def cmd_console(rendered: str) -> int:
+    problems = Problems()
+    docs = load_docs(rendered)
+    deployments = {component(d): d for d in docs if d["kind"] == "Deployment"}
+    services = {component(d): d for d in docs if d["kind"] == "Service"}
+    policies = {component(d): d for d in docs if d["kind"] == "NetworkPolicy"}
+    rates = deployments.get("rates")
+    if rates is None:
+        raise SystemExit(f"FAIL {rendered}: no rates Deployment")
+    env = env_values(rates)
+    console = services.get("console")
+    if "RATEMESH__SERVER__CONSOLE_ADDR" not in env:
+        problems.check(console is None, "a console Service without the console in the rates pods")
+        for comp, dep in deployments.items():
+            problems.check(
+                "RATEMESH__SERVER__CONSOLE_ADDR" not in env_values(dep), f"{comp}: runs a console"
+            )
+        return problems.finish(f"{rendered}: no console")
+    tls = "RATEMESH__SERVER__TLS_CERT_FILE" in env
+    scheme = "https" if tls else "http"
+    port = int(env["RATEMESH__SERVER__CONSOLE_ADDR"].rsplit(":", 1)[1])
+    container = rates["spec"]["template"]["spec"]["containers"][0]
+    problems.check(
+        {"name": "console", "containerPort": port, "protocol": "TCP"} in container.get("ports", []),
+        f"rates: no container port `console` {port}",
+    )
+    grpc_port = next(p["port"] for p in services["rates"]["spec"]["ports"] if p["name"] == "grpc")
+    for callee in ("incentives", "notifier"):
+        key = f"RATEMESH__CONSOLE__{callee.upper()}_ENDPOINT"
+        name = services[callee]["metadata"]["name"]
+        endpoint = env.get(key, "")
+        problems.check(
+            re.fullmatch(rf"{scheme}://{re.escape(name)}(\.[a-z0-9-]+)*(\.svc)?:{grpc_port}", endpoint) is not None,
+            f"rates: {key}={endpoint!r} is not {scheme}:// the {name} Service's gRPC port",
+        )
+    if tls:
+        problems.check(
+            env.get("RATEMESH__CONSOLE__RATES_ENDPOINT", "").startswith("https://"),
+            "rates: with TLS the console needs an https:// rates endpoint",
+        )
+    pod_labels = rates["spec"]["template"]["metadata"]["labels"]
+    if console is None:
+        problems.add("no console Service")
+    else:
+        spec = console["spec"]
+        problems.check(selects(spec.get("selector", {}), pod_labels), "the console Service does not select the rates pods")
+        problems.check(spec.get("sessionAffinity") == "ClientIP", "the console Service has no ClientIP session affinity")
+        problems.check(
+            [p.get("targetPort") for p in spec.get("ports", [])] == ["console"],
+            "the console Service does not route to the `console` port only",
+        )
+    if policies:
+        problems.check(netpol_allows(policies["rates"], "console"), "rates: the network policy keeps browsers out of the console")
+        for callee in ("rates", "incentives", "notifier"):
+            problems.check(
+                netpol_allows(policies[callee], "grpc", pod_labels),
+                f"{callee}: the network policy keeps the console's gateway out",
+            )
+        egress_ok = False
+        for rule in policies["rates"]["spec"].get("egress", []):
+            ports = {p.get("port") for p in rule.get("ports", [])}
+            targets = [(peer.get("podSelector") or {}).get("matchLabels", {}) for peer in rule.get("to", [])]
+            if grpc_port in ports and all(
+                any(selects(t, deployments[c]["spec"]["template"]["metadata"]["labels"]) for t in targets)
+                for c in ("rates", "incentives", "notifier")
+            ):
+                egress_ok = True
+        problems.check(egress_ok, "rates: the network policy keeps the console's gateway from incentives and notifier")
+    return problems.finish(f"{rendered}: console in the rates pods ({scheme})")
+
+
+def cmd_archive(rendered: str) -> int:
+    problems = Problems()
+    docs = load_docs(rendered)
+    deployments = {component(d): d for d in docs if d["kind"] == "Deployment"}
+    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    for comp, dep in deployments.items():
+        if comp != "ingest-archive":
+            problems.check(
+                "RATEMESH__INGEST__ARCHIVE__DIR" not in env_values(dep), f"{comp}: sets ingest.archive.dir"
+            )
+    for doc in docs:
+        if doc["kind"] == "ConfigMap":
+            problems.check(
+                "RATEMESH__INGEST__ARCHIVE__DIR" not in (doc.get("data") or {}),
+                f"{ident(doc)}: sets ingest.archive.dir for every pod",
+            )
+    archive = deployments.get("ingest-archive")
+    if archive is None:
+        problems.check(not claims, "an archive claim without the ingest-archive Deployment")
+        return problems.finish(f"{rendered}: no archive")
+    spec = archive["spec"]
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    problems.check(spec.get("replicas") == 1, "ingest-archive: not exactly one replica")
+    problems.check(spec.get("strategy", {}).get("type") == "Recreate", "ingest-archive: strategy is not Recreate")
+    problems.check(container.get("args") == ["serve", "ingest"], "ingest-archive: does not run `serve ingest`")
+    problems.check(
+        env_values(archive).get("RATEMESH__INGEST__ARCHIVE__DIR") == ARCHIVE_DIR,
+        f"ingest-archive: ingest.archive.dir is not {ARCHIVE_DIR}",
+    )
+    mounts = {m["name"]: m for m in container.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounted = [n for n, m in mounts.items() if m["mountPath"] == ARCHIVE_DIR and not m.get("readOnly")]
+    claim = mounted and (volumes.get(mounted[0], {}).get("persistentVolumeClaim") or {}).get("claimName")
+    problems.check(bool(claim) and claim in claims, f"ingest-archive: no rendered claim mounted writable at {ARCHIVE_DIR}")
+    pod_labels = spec["template"]["metadata"]["labels"]
+    for doc in docs:
+        if doc["kind"] == "Service" and selects(doc["spec"].get("selector", {}), pod_labels):
+            ports = {p["name"] for p in doc["spec"].get("ports", [])}
+            problems.check(ports <= {"admin"}, f"{ident(doc)} sends calls to the archiving pod ({sorted(ports)})")
+    return problems.finish(f"{rendered}: archive in one ingest-archive pod")
+
+
 def main(argv: list[str]) -> int:
     if len(argv) >= 3 and argv[0] == "split":
         return cmd_split_all(argv[1:])
@@ -586,6 +734,10 @@ def main(argv: list[str]) -> int:
         return cmd_tls(argv[1], argv[2], argv[3] if len(argv) == 4 else None)
     if len(argv) == 3 and argv[0] == "alerts":
         return cmd_alerts(argv[1], argv[2])
+    if len(argv) == 2 and argv[0] == "console":
+        return cmd_console(argv[1])
+    if len(argv) == 2 and argv[0] == "archive":
+        return cmd_archive(argv[1])
     if len(argv) == 2 and argv[0] == "compose":
         return cmd_compose(argv[1])
     print(__doc__, file=sys.stderr)

@@ -28,6 +28,39 @@ notifier:
   webhooks: false
 {{- end -}}
 
+{{/*
+The Deployments the chart runs, by component: one per service of the catalog, and with
+archive.enabled an `ingest-archive` one, an ingest process that alone runs the input archive
+(its volume, its settings) and that no Service selects. `service` is what it runs
+(`ratemesh serve <service>`, its values under services.<service>), `meta` its catalog entry.
+*/}}
+{{- define "ratemesh.workloads" -}}
+{{- $catalog := include "ratemesh.catalog" . | fromYaml }}
+{{- range $service, $meta := $catalog }}
+{{ $service }}:
+  service: {{ $service }}
+  archive: false
+  meta: {{ $meta | toJson }}
+{{- end }}
+{{- if .Values.archive.enabled }}
+ingest-archive:
+  service: ingest
+  archive: true
+  meta: {{ $catalog.ingest | toJson }}
+{{- end }}
+{{- end -}}
+
+{{/* Where the archive's volume is mounted in the ingest-archive pod. */}}
+{{- define "ratemesh.archiveDir" -}}
+/var/lib/ratemesh/archive
+{{- end -}}
+
+{{/* The console's gRPC endpoint of one service: dict "root" $ "service" "notifier". */}}
+{{- define "ratemesh.grpcEndpoint" -}}
+{{- $scheme := ternary "https" "http" .root.Values.tls.enabled -}}
+{{- printf "%s://%s.%s.svc:%d" $scheme (include "ratemesh.serviceName" .) .root.Release.Namespace (.root.Values.ports.grpc | int) -}}
+{{- end -}}
+
 {{- define "ratemesh.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
