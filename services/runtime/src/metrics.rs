@@ -406,6 +406,30 @@ pub const FAMILIES: &[Family] = &[
         Unit::Count,
         "Times a partner endpoint's circuit breaker opened.",
     ),
+    family(
+        "ratemesh_archive_records_total",
+        Counter,
+        Unit::Count,
+        "Input events written to the input archive (fsynced), by stream.",
+    ),
+    family(
+        "ratemesh_archive_write_failures_total",
+        Counter,
+        Unit::Count,
+        "Batches the input archive could not write (left unacknowledged, retried), by stream.",
+    ),
+    family(
+        "ratemesh_archive_files_deleted_total",
+        Counter,
+        Unit::Count,
+        "Input archive day files deleted by retention.",
+    ),
+    family(
+        "ratemesh_whatif_runs_total",
+        Counter,
+        Unit::Count,
+        "What-if runs served over gRPC that ended, by outcome (completed, cancelled, time_limit, failed).",
+    ),
 ];
 
 /// Gives every family of [`FAMILIES`] its HELP text and unit, and sets build info.

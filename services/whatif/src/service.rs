@@ -259,6 +259,12 @@ fn time_limit_status(limit: Duration) -> Status {
     ))
 }
 
+/// Counts a replay that ended: `completed` (its report was sent), `cancelled` (the client
+/// went away), `time_limit` or `failed`.
+fn finished(outcome: &'static str) {
+    metrics::counter!("ratemesh_whatif_runs_total", "outcome" => outcome).increment(1);
+}
+
 /// Replays `history` under the plan's policies, sending progress and then the result to
 /// `events`; stops when `cancelled` is set (the stream was dropped) or at `deadline`.
 fn replay(
@@ -302,12 +308,19 @@ fn replay(
         &control,
     );
     let answer = match outcome {
-        Err(Cancelled) if timed_out.load(Ordering::Relaxed) => Err(time_limit_status(limit)),
+        Err(Cancelled) if timed_out.load(Ordering::Relaxed) => {
+            finished("time_limit");
+            Err(time_limit_status(limit))
+        }
         Err(Cancelled) => {
+            finished("cancelled");
             tracing::info!("what-if run cancelled: the client went away");
             return;
         }
-        Ok(_) if Instant::now() >= deadline => Err(time_limit_status(limit)),
+        Ok(_) if Instant::now() >= deadline => {
+            finished("time_limit");
+            Err(time_limit_status(limit))
+        }
         Ok(report) => match serde_json::to_string(&report) {
             Ok(report_json) => Ok(WhatIfEvent {
                 event: Some(what_if_event::Event::Result(WhatIfResult {
@@ -328,6 +341,11 @@ fn replay(
             Err(e) => Err(Status::internal(format!("serialising the report: {e}"))),
         },
     };
+    finished(if answer.is_ok() {
+        "completed"
+    } else {
+        "failed"
+    });
     let _ = events.blocking_send(answer);
 }
 
