@@ -39,8 +39,8 @@ check-jsonschema). Subcommands:
                                that the network policies let browsers and the gateway through
   archive RENDERED             assert the input archive (when archive.enabled) runs in one
                                ingest-archive pod only (Recreate, its claim at the archive
-                               dir, the only pod with ingest.archive.dir) that no gRPC or
-                               webhook Service selects
+                               dir, the only pod with ingest.archive.dir) that only its own
+                               Service (gRPC for what-if, admin) selects
   compose FILE                 structural check of the compose file (no Docker engine here)
 
 Exit status 1 with one line per problem on failure.
@@ -711,7 +711,15 @@ def cmd_archive(rendered: str) -> int:
     for doc in docs:
         if doc["kind"] == "Service" and selects(doc["spec"].get("selector", {}), pod_labels):
             ports = {p["name"] for p in doc["spec"].get("ports", [])}
-            problems.check(ports <= {"admin"}, f"{ident(doc)} sends calls to the archiving pod ({sorted(ports)})")
+            problems.check(
+                component(doc) == "ingest-archive" and ports <= {"grpc", "admin"},
+                f"{ident(doc)} sends ERP traffic to the archiving pod ({sorted(ports)})",
+            )
+    for doc in docs:
+        if doc["kind"] == "NetworkPolicy" and component(doc) == "ingest-archive":
+            problems.check(
+                not netpol_allows(doc, "http"), "ingest-archive: the network policy lets webhooks in"
+            )
     return problems.finish(f"{rendered}: archive in one ingest-archive pod")
 
 
