@@ -296,6 +296,29 @@ async fn only_merchandisers_and_admins_sign_in_and_every_change_needs_the_csrf_t
     assert_eq!(merch.get("/api/session").await.status, 401);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_is_called_at_its_own_endpoint() {
+    // A port nothing listens on once the listener is dropped.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port");
+    let mesh = Mesh::spawn_with(|settings, grpc| {
+        settings.console.grpc_endpoint = format!("http://{grpc}");
+        settings.console.notifier_endpoint = format!("http://{closed}");
+    })
+    .await;
+    mesh.stock_sku("SKU-ENDPOINTS", "apparel", 30).await;
+    let merch = sign_in(&mesh, Role::Merchandiser).await;
+
+    let rates = merch.get("/api/skus/SKU-ENDPOINTS").await;
+    assert_eq!(rates.status, 200, "{}", rates.body);
+    let incentives = merch.get("/api/incentives").await;
+    assert_eq!(incentives.status, 200, "{}", incentives.body);
+    // Only PartnerService is called at the notifier's endpoint, where nothing answers.
+    let partners = merch.get("/api/partners").await;
+    assert_eq!(partners.status, 503, "{}", partners.body);
+}
+
 #[tokio::test]
 async fn under_tls_the_console_serves_https_and_its_cookie_is_secure() {
     use std::sync::Arc;

@@ -5,6 +5,7 @@ pub mod webdriver;
 
 use ratemesh::NotifierSettings;
 use ratemesh_console::{Console, ConsoleConfig};
+use ratemesh_runtime::Settings;
 use ratemesh_testkit::{Product, RedisServer, Stock, TestApp, test_settings};
 use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +25,12 @@ impl Mesh {
     /// one attempt, so a test sees dead letters at once, and a failing partner's breaker
     /// closes again soon after.
     pub async fn spawn() -> Self {
+        Self::spawn_with(|_, _| {}).await
+    }
+
+    /// As [`Mesh::spawn`], with the console's settings changed by `edit`, which is given
+    /// the services' gRPC address.
+    pub async fn spawn_with(edit: impl FnOnce(&mut Settings, SocketAddr)) -> Self {
         let redis = RedisServer::start();
         let mut settings = test_settings();
         let notifier = settings.section_mut::<NotifierSettings>();
@@ -34,6 +41,7 @@ impl Mesh {
             .await
             .owning(redis);
         // As `ratemesh up` builds it: the process's keys, calling its gRPC listener.
+        edit(&mut settings, app.grpc);
         let config = ConsoleConfig::from_settings(&settings, app.grpc).expect("console config");
         let console = Console::bind("127.0.0.1:0".parse().expect("addr"), config)
             .await
