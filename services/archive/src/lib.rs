@@ -45,5 +45,5 @@ pub mod retention;
 pub mod segment;
 
 pub use archiver::{ArchiveConfig, GROUP, STREAMS, run};
-pub use reader::{Archived, Extract, Problem, ReadError, read_range};
+pub use reader::{Archived, Extract, Problem, ReadError, read_range, read_range_within};
 pub use record::{EventId, Record};

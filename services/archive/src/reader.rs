@@ -86,6 +86,15 @@ pub enum ReadError {
         /// End.
         until: DateTime<Utc>,
     },
+    /// The range holds more events than the caller's limit; reading stopped there, so
+    /// a range too large to replay is never held in memory whole.
+    #[error(
+        "the range holds more than {limit} events (counting the state carried in from before it)"
+    )]
+    TooMany {
+        /// The limit.
+        limit: usize,
+    },
     /// Files or records are bad; every problem found is listed.
     #[error("archive refused, nothing read:\n  {}", list(.0))]
     Invalid(Vec<Problem>),
@@ -121,6 +130,18 @@ pub fn read_range(
     since: DateTime<Utc>,
     until: DateTime<Utc>,
     today: NaiveDate,
+) -> Result<Extract, ReadError> {
+    read_range_within(dir, since, until, today, usize::MAX)
+}
+
+/// [`read_range`], refusing with [`ReadError::TooMany`] as soon as more than `limit`
+/// events (those of the range and those carried in from before it) have been read.
+pub fn read_range_within(
+    dir: &Path,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    today: NaiveDate,
+    limit: usize,
 ) -> Result<Extract, ReadError> {
     if since >= until {
         return Err(ReadError::EmptyRange { since, until });
@@ -217,6 +238,9 @@ pub fn read_range(
                 Ok(event) if record.at < since => earlier.push((id, Archived { record, event })),
                 Ok(event) => events.push((id, Archived { record, event })),
                 Err(e) => problems.push(problem(e)),
+            }
+            if events.len() + earlier.len() > limit {
+                return Err(ReadError::TooMany { limit });
             }
         }
     }

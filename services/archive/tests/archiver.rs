@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
-use ratemesh_archive::{ArchiveConfig, GROUP, read_range, retention, segment};
+use ratemesh_archive::{
+    ArchiveConfig, GROUP, ReadError, read_range, read_range_within, retention, segment,
+};
 use ratemesh_bus::testkit::RedisServer;
 use ratemesh_bus::{Bus, BusOptions};
 use ratemesh_contract::overrides::{override_changed, override_to_proto};
@@ -211,6 +213,17 @@ async fn archives_what_the_streams_carried(bus: Bus, dir: &Path) {
         [NaiveDate::from_ymd_opt(2026, 11, 25).unwrap()],
         "days after today are not missing yet"
     );
+
+    // A limit below what the range holds stops the read; at what it holds, it reads all.
+    let (since, until) = (at("2026-11-26T00:00:00Z"), at("2026-11-28T00:00:00Z"));
+    let all = published.len();
+    let refused = read_range_within(dir, since, until, today, all - 1).unwrap_err();
+    assert!(
+        matches!(refused, ReadError::TooMany { limit } if limit == all - 1),
+        "{refused}"
+    );
+    let extract = read_range_within(dir, since, until, today, all).unwrap();
+    assert_eq!(extract.events.len(), all);
 }
 
 #[tokio::test]

@@ -296,6 +296,36 @@ async fn networks_partners_and_erps_are_refused_and_bad_input_names_its_field() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_larger_than_max_events_is_refused_naming_the_setting() {
+    let archive = tempfile::tempdir().expect("tempdir");
+    let since = Utc::now() - TimeDelta::minutes(1);
+    let mut settings = test_settings();
+    let ingest = settings.section_mut::<IngestSettings>();
+    ingest.archive.dir = archive.path().to_str().expect("utf-8 path").to_owned();
+    // `fill` archives 3 products and 4 rounds of stock: 15 events.
+    ingest.whatif.max_events = 14;
+    let bus = Bus::memory(BusOptions {
+        read_block: Duration::from_millis(50),
+        ..BusOptions::embedded()
+    })
+    .expect("embedded bus");
+    let app = TestApp::spawn_with(settings, bus).await;
+    fill(&app, archive.path(), since).await;
+    let status = client(&app, Role::Merchandiser)
+        .await
+        .what_if(request(since, Utc::now()))
+        .await
+        .expect_err("too many events");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status.message().contains("ingest.whatif.max_events (14)"),
+        "{}",
+        status.message()
+    );
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_archive_the_call_names_the_setting() {
     let app = spawn(None).await;
     let now = Utc::now();

@@ -63,7 +63,20 @@ pub struct Selected {
 
 /// Reads `range` of the archive in `dir` and keeps what `selection` asks for.
 pub fn select(dir: &Path, range: &Range, selection: &Selection) -> Result<Selected, ReadError> {
-    let extract = ratemesh_archive::read_range(dir, range.since, range.until, range.today)?;
+    select_within(dir, range, selection, usize::MAX)
+}
+
+/// [`select`], refusing with [`ReadError::TooMany`] once the archive read holds more
+/// than `limit` events (before `selection` narrows them: what bounds memory is what is
+/// read).
+pub fn select_within(
+    dir: &Path,
+    range: &Range,
+    selection: &Selection,
+    limit: usize,
+) -> Result<Selected, ReadError> {
+    let extract =
+        ratemesh_archive::read_range_within(dir, range.since, range.until, range.today, limit)?;
     let events = if selection.is_all() {
         extract.events
     } else {

@@ -19,6 +19,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
+use ratemesh_archive::ReadError;
 use ratemesh_core::Policy;
 use ratemesh_ingest::{IngestSettings, WhatIfSettings};
 use ratemesh_proto::v1::policy_service_server::{PolicyService, PolicyServiceServer};
@@ -385,22 +386,23 @@ impl PolicyService for PolicyApi {
         // The read holds the slot: a caller that goes away while it reads does not free
         // the slot for another read until this one is done.
         let (permit, read) = tokio::task::spawn_blocking(move || {
-            let read = crate::archive::select(&dir, &range, &selection).map(|selected| {
-                let too_many = selected.events.len() as u64 > max_events;
-                let history = (!too_many)
-                    .then(|| crate::archive::history(&selected, HistoryOptions::default().max_gap));
-                (selected.events.len(), history)
-            });
+            // The cap stops the read itself: a range too large to replay is never held
+            // in memory whole.
+            let cap = usize::try_from(max_events).unwrap_or(usize::MAX);
+            let read =
+                crate::archive::select_within(&dir, &range, &selection, cap).map(|selected| {
+                    crate::archive::history(&selected, HistoryOptions::default().max_gap)
+                });
             (permit, read)
         })
         .await
         .map_err(|e| Status::internal(format!("reading the archive: {e}")))?;
         let history = match read {
-            Ok((_, Some(history))) => history,
-            Ok((count, None)) => {
+            Ok(history) => history,
+            Err(ReadError::TooMany { limit }) => {
                 return Err(ApiError::FailedPrecondition {
                     message: format!(
-                        "the range holds {count} events, more than ingest.whatif.max_events ({max_events}): narrow the range, skus or category"
+                        "the archive holds more than ingest.whatif.max_events ({limit}) events for the range, before any skus or category narrowing: narrow the range"
                     ),
                     conflicts: Vec::new(),
                 }
