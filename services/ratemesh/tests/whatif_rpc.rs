@@ -64,11 +64,18 @@ async fn client(app: &TestApp, role: Role) -> PolicyServiceClient<Authed> {
 }
 
 async fn spawn(archive: Option<&Path>) -> TestApp {
+    spawn_with(archive, |_| {}).await
+}
+
+/// A mesh on the in-memory bus, archiving to `archive` when given, with ingest's settings
+/// adjusted by `adjust`.
+async fn spawn_with(archive: Option<&Path>, adjust: impl FnOnce(&mut IngestSettings)) -> TestApp {
     let mut settings = test_settings();
+    let ingest = settings.section_mut::<IngestSettings>();
     if let Some(dir) = archive {
-        settings.section_mut::<IngestSettings>().archive.dir =
-            dir.to_str().expect("utf-8 path").to_owned();
+        ingest.archive.dir = dir.to_str().expect("utf-8 path").to_owned();
     }
+    adjust(ingest);
     let bus = Bus::memory(BusOptions {
         read_block: Duration::from_millis(50),
         ..BusOptions::embedded()
@@ -299,17 +306,8 @@ async fn networks_partners_and_erps_are_refused_and_bad_input_names_its_field() 
 async fn a_range_larger_than_max_events_is_refused_naming_the_setting() {
     let archive = tempfile::tempdir().expect("tempdir");
     let since = Utc::now() - TimeDelta::minutes(1);
-    let mut settings = test_settings();
-    let ingest = settings.section_mut::<IngestSettings>();
-    ingest.archive.dir = archive.path().to_str().expect("utf-8 path").to_owned();
     // `fill` archives 3 products and 4 rounds of stock: 15 events.
-    ingest.whatif.max_events = 14;
-    let bus = Bus::memory(BusOptions {
-        read_block: Duration::from_millis(50),
-        ..BusOptions::embedded()
-    })
-    .expect("embedded bus");
-    let app = TestApp::spawn_with(settings, bus).await;
+    let app = spawn_with(Some(archive.path()), |ingest| ingest.whatif.max_events = 14).await;
     fill(&app, archive.path(), since).await;
     let status = client(&app, Role::Merchandiser)
         .await
@@ -429,17 +427,8 @@ async fn a_stream_dropped_mid_run_stops_the_replay_instead_of_finishing_it() {
     let _replays = REPLAYS.lock().await;
     let archive = tempfile::tempdir().expect("tempdir");
     let since = Utc::now() - TimeDelta::minutes(1);
-    let mut settings = test_settings();
-    let ingest = settings.section_mut::<IngestSettings>();
-    ingest.archive.dir = archive.path().to_str().expect("utf-8 path").to_owned();
     // One worker, so the replay runs through many chunks, each a chance to stop.
-    ingest.whatif.threads = 1;
-    let bus = Bus::memory(BusOptions {
-        read_block: Duration::from_millis(50),
-        ..BusOptions::embedded()
-    })
-    .expect("embedded bus");
-    let app = TestApp::spawn_with(settings, bus).await;
+    let app = spawn_with(Some(archive.path()), |ingest| ingest.whatif.threads = 1).await;
     let (skus, readings) = (400, 100);
     fill_large(&app, skus, readings).await;
     let expected = (skus * (readings + 1)) as usize;
