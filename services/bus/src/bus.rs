@@ -19,8 +19,8 @@ use crate::options::{BusOptions, RedisTls};
 use crate::partition::partition_of;
 use crate::redis::{RedisBackend, RedisConsumer, RedisTail, Target};
 use crate::state::{
-    CAS_ATTEMPTS, DueTimer, Expect, HistoryLookup, Idempotency, Retention, Staged, StatePage,
-    StateRecord, StateWrite, StreamStats, Update, Written,
+    CAS_ATTEMPTS, DueTimer, Expect, GroupInfo, HistoryLookup, Idempotency, Retention, Staged,
+    StatePage, StateRecord, StateWrite, StreamStats, Update, Written,
 };
 use crate::trace_context::{current_traceparent, producer_span, traceparent_of};
 
@@ -348,6 +348,34 @@ impl Bus {
         match &self.backend {
             Backend::Memory(m) => Ok(m.stats(stream, group)),
             Backend::Redis(r) => r.stats(stream, group).await,
+        }
+    }
+
+    /// Every consumer group of `stream`, by name: its live readers, what it has not been
+    /// given or not acknowledged yet (what trimming keeps for it) and its dead letters.
+    /// A group with no readers and a growing backlog is one nobody consumes any more: it
+    /// stops [`Bus::trim`] at its position until it is dropped ([`Bus::drop_group`]).
+    pub async fn groups(&self, stream: &str) -> BusResult<Vec<GroupInfo>> {
+        check_name("stream", stream)?;
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.groups(stream)),
+            Backend::Redis(r) => r.groups(stream).await,
+        }
+    }
+
+    /// Destroys consumer group `group` of `stream` on every partition (Redis: `XGROUP
+    /// DESTROY`), with its pending entries, dead letters and partition leases, so
+    /// trimming no longer keeps entries for it. `false` when the group did not exist
+    /// (nothing to do, not an error).
+    ///
+    /// Stop the group's consumers first: a consumer still running creates the group again
+    /// at the start of the stream and reads everything the stream still holds.
+    pub async fn drop_group(&self, stream: &str, group: &str) -> BusResult<bool> {
+        check_name("stream", stream)?;
+        check_name("group", group)?;
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.drop_group(stream, group)),
+            Backend::Redis(r) => r.drop_group(stream, group).await,
         }
     }
 

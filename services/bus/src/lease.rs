@@ -39,6 +39,14 @@ pub(crate) struct LeaseBook {
 }
 
 impl LeaseBook {
+    /// Members whose membership has not lapsed at `now_ms`.
+    pub(crate) fn live_members(&self, now_ms: u64) -> u64 {
+        self.members
+            .values()
+            .filter(|expiry| **expiry > now_ms)
+            .count() as u64
+    }
+
     /// Renews `me` (or removes it when `leaving`), drops expired members, releases what
     /// `me` holds but should not, takes or renews what it should, and returns what `me`
     /// now holds.

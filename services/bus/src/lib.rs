@@ -76,6 +76,7 @@ pub use entry::{Appended, DeadLetter, DeadLetterRef, Delivery, EntryId, Event, N
 pub use error::{BusError, BusResult};
 pub use options::{BusOptions, RedisTls};
 pub use state::{
-    CAS_ATTEMPTS, DueTimer, Expect, HistoryEntry, HistoryLimits, HistoryLookup, Idempotency,
-    Retention, Staged, StatePage, StateRecord, StateWrite, StreamStats, Update, Written,
+    CAS_ATTEMPTS, DueTimer, Expect, GroupInfo, HistoryEntry, HistoryLimits, HistoryLookup,
+    Idempotency, Retention, Staged, StatePage, StateRecord, StateWrite, StreamStats, Update,
+    Written,
 };

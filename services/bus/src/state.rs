@@ -241,6 +241,23 @@ pub struct StreamStats {
     pub dead_lettered_total: u64,
 }
 
+/// A consumer group found on a stream ([`crate::Bus::groups`]), summed over partitions:
+/// what it still holds back from trimming, and whether anyone reads for it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupInfo {
+    /// The group's name.
+    pub group: String,
+    /// Members holding a live partition lease: 0 means no consumer reads for the group,
+    /// and whatever it has not acknowledged stays in the stream.
+    pub readers: u64,
+    /// Entries the group has not been given yet.
+    pub undelivered: u64,
+    /// Entries delivered to the group and not acked.
+    pub pending: u64,
+    /// Entries parked in the group's dead-letter stream.
+    pub dead_letters: u64,
+}
+
 /// What [`crate::Bus::trim`] may drop. Entries still pending in, or not yet delivered to,
 /// any consumer group are kept whatever the policy says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1174,6 +1174,58 @@ async fn trimming_keeps_entries_groups_still_need(kind: Kind) {
     assert_eq!(payload_u64(&next[0]), 20);
 }
 
+async fn a_dropped_group_no_longer_holds_trimming_back(kind: Kind) {
+    let f = fixture(kind).await;
+    let bus = &f.bus;
+    let live = bus.consumer("stock", "live", "c1").await.unwrap();
+    let gone = bus.consumer("stock", "gone", "c1").await.unwrap();
+    for i in 0..10u64 {
+        bus.publish("stock", Event::new(format!("SKU-{i}"), i.to_string()))
+            .await
+            .unwrap();
+    }
+    let got = collect_until(&live, Duration::from_secs(5), |g| g.len() >= 10).await;
+    live.ack(&got).await.unwrap();
+    // `gone` took three entries and then stopped, as a consumer that was turned off.
+    let taken = collect_until(&gone, Duration::from_secs(5), |g| !g.is_empty()).await;
+    let everything = Retention {
+        max_len_per_partition: Some(0),
+        max_age: None,
+    };
+    let before = bus.groups("stock").await.unwrap();
+    let names: Vec<&str> = before.iter().map(|g| g.group.as_str()).collect();
+    assert_eq!(names, ["gone", "live"]);
+    let stale = &before[0];
+    assert_eq!(stale.pending, taken.len() as u64);
+    assert_eq!(stale.undelivered, 10 - taken.len() as u64);
+    assert_eq!(before[1].pending + before[1].undelivered, 0);
+    assert!(stale.readers >= 1, "its member's lease has not lapsed yet");
+    gone.leave().await.unwrap();
+    assert_eq!(bus.groups("stock").await.unwrap()[0].readers, 0);
+    // The stale group keeps every entry it has not acknowledged.
+    assert_eq!(bus.trim("stock", everything).await.unwrap(), 0);
+
+    assert!(bus.drop_group("stock", "gone").await.unwrap());
+    let after = bus.groups("stock").await.unwrap();
+    assert_eq!(
+        after.iter().map(|g| g.group.as_str()).collect::<Vec<_>>(),
+        ["live"]
+    );
+    // Trimming now goes as far as the remaining group allows: everything.
+    assert_eq!(bus.trim("stock", everything).await.unwrap(), 10);
+    assert_eq!(bus.stream_stats("stock", "live").await.unwrap().length, 0);
+    // Dropping it again, or a group that never was, is no error.
+    assert!(!bus.drop_group("stock", "gone").await.unwrap());
+    assert!(!bus.drop_group("never-written", "archive").await.unwrap());
+    assert!(bus.groups("never-written").await.unwrap().is_empty());
+    // The remaining group keeps reading.
+    bus.publish("stock", Event::new("SKU-1", "10"))
+        .await
+        .unwrap();
+    let next = collect_until(&live, Duration::from_secs(5), |g| !g.is_empty()).await;
+    assert_eq!(payload_u64(&next[0]), 10);
+}
+
 async fn trimming_far_over_the_limit_removes_all_that_is_over(kind: Kind) {
     let f = fixture(kind).await;
     let bus = &f.bus;
@@ -1871,6 +1923,7 @@ conformance!(
     trimming_keeps_entries_groups_still_need,
     a_reader_learns_when_retention_passed_it,
     trimming_far_over_the_limit_removes_all_that_is_over,
+    a_dropped_group_no_longer_holds_trimming_back,
     stats_report_backlog_and_end_cursor,
     scan_states_visits_every_key_once,
     unlisted_records_are_read_by_key_and_never_scanned,

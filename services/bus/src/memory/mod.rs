@@ -30,8 +30,8 @@ use crate::lease::Ownership;
 use crate::options::BusOptions;
 use crate::partition::partition_of;
 use crate::state::{
-    DueTimer, Expect, HistoryLookup, Idempotency, Retention, StatePage, StateRecord, StateWrite,
-    StreamStats, Written,
+    DueTimer, Expect, GroupInfo, HistoryLookup, Idempotency, Retention, StatePage, StateRecord,
+    StateWrite, StreamStats, Written,
 };
 
 use idempotency::IdempotencyStore;
@@ -137,6 +137,14 @@ impl MemoryBackend {
 
     pub(crate) fn stats(&self, stream: &str, group: &str) -> StreamStats {
         self.stream(stream).stats(group)
+    }
+
+    pub(crate) fn groups(&self, stream: &str) -> Vec<GroupInfo> {
+        self.stream(stream).groups()
+    }
+
+    pub(crate) fn drop_group(&self, stream: &str, group: &str) -> bool {
+        self.stream(stream).drop_group(group)
     }
 
     pub(crate) fn dead_letters(&self, stream: &str, group: &str, limit: usize) -> Vec<DeadLetter> {

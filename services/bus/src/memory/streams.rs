@@ -12,7 +12,7 @@ use crate::clock::unix_ms;
 use crate::cursor::Cursor;
 use crate::entry::{Appended, DeadLetter, DeadLetterRef, Delivery, EntryId, Event, NackOutcome};
 use crate::lease::LeaseBook;
-use crate::state::{Retention, StreamStats};
+use crate::state::{GroupInfo, Retention, StreamStats};
 
 use super::lock;
 
@@ -442,6 +442,43 @@ impl MemStream {
         }
         stats.backlog = stats.undelivered + stats.pending;
         stats
+    }
+
+    /// Every group of the stream, by name, summed over partitions.
+    pub(super) fn groups(&self) -> Vec<GroupInfo> {
+        let mut found: BTreeMap<String, GroupInfo> = BTreeMap::new();
+        for part in &self.parts {
+            let part = lock(part);
+            for (name, g) in &part.groups {
+                let info = found.entry(name.clone()).or_insert_with(|| GroupInfo {
+                    group: name.clone(),
+                    ..GroupInfo::default()
+                });
+                info.undelivered +=
+                    (part.entries.len() - part.first_after(g.last_delivered)) as u64;
+                info.pending += g.pending.len() as u64;
+                info.dead_letters += g.dead.len() as u64;
+            }
+        }
+        let now_ms = unix_ms();
+        let leases = lock(&self.leases);
+        for info in found.values_mut() {
+            info.readers = leases
+                .get(&info.group)
+                .map_or(0, |book| book.live_members(now_ms));
+        }
+        found.into_values().collect()
+    }
+
+    /// Removes `group` from every partition, with its pending entries, dead letters and
+    /// leases; whether it existed.
+    pub(super) fn drop_group(&self, group: &str) -> bool {
+        let mut existed = false;
+        for part in &self.parts {
+            existed |= lock(part).groups.remove(group).is_some();
+        }
+        lock(&self.leases).remove(group);
+        existed
     }
 
     /// The oldest `limit` dead letters of `group`, across partitions.

@@ -152,6 +152,45 @@ end
 return {len, pending, undelivered, dlq, total}
 "#;
 
+/// KEYS: stream. Returns `{name, pending, undelivered, ...}` for every group of the
+/// stream (counts as strings); nothing for a stream that does not exist.
+const GROUPS: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local out = {}
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local info = {}
+  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  local lag = info['lag']
+  if not lag then
+    lag = #redis.call('XRANGE', KEYS[1], '(' .. info['last-delivered-id'], '+')
+  end
+  out[#out + 1] = info['name']
+  out[#out + 1] = tostring(info['pending'])
+  out[#out + 1] = tostring(lag)
+end
+return out
+"#;
+
+/// KEYS: stream, dlq, errors, dead total. ARGV: group.
+/// Destroys the group on this partition with its dead letters and errors. Returns 1 if
+/// the group existed, else 0 (a missing stream or group is not an error).
+const DROP_GROUP: &str = r#"
+local dropped = 0
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  dropped = redis.call('XGROUP', 'DESTROY', KEYS[1], ARGV[1])
+end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+return dropped
+"#;
+
+/// KEYS: the group's lease members. Returns the members whose lease has not lapsed, by
+/// the server's clock (the one the lease rule uses).
+const LIVE_MEMBERS: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+"#;
+
 /// KEYS: stream, trim marker. ARGV: max length ('' = none), min id from max age ('' = none),
 /// most entries the length rule may remove in this call.
 /// Trims to the policy but never past what a group still needs, and records the newest id
@@ -472,6 +511,9 @@ pub(crate) struct Scripts {
     pub(crate) nack: Script,
     pub(crate) replay: Script,
     pub(crate) stats: Script,
+    pub(crate) groups: Script,
+    pub(crate) drop_group: Script,
+    pub(crate) live_members: Script,
     pub(crate) trim: Script,
     pub(crate) write_states: Script,
     pub(crate) history_at: Script,
@@ -491,6 +533,9 @@ impl Scripts {
             nack: Script::new(&format!("{DEAD_LETTER_FN}{NACK}")),
             replay: Script::new(REPLAY),
             stats: Script::new(STATS),
+            groups: Script::new(GROUPS),
+            drop_group: Script::new(DROP_GROUP),
+            live_members: Script::new(LIVE_MEMBERS),
             trim: Script::new(TRIM),
             write_states: Script::new(&format!("{LEGACY_HISTORY_FN}{WRITE_STATES}")),
             history_at: Script::new(&format!("{LEGACY_HISTORY_FN}{HISTORY_AT}")),

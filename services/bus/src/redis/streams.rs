@@ -1,7 +1,7 @@
 //! Streams on Redis: publish, consumer groups with reclaim and dead letters, tails,
 //! trimming that respects groups, and stats.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,7 @@ use crate::entry::{Appended, DeadLetter, DeadLetterRef, Delivery, EntryId, Event
 use crate::error::{BusError, BusResult};
 use crate::lease::Ownership;
 use crate::memory::lock;
-use crate::state::{Retention, StreamStats};
+use crate::state::{GroupInfo, Retention, StreamStats};
 
 use super::reply::{self, event_fields, unexpected};
 use super::{Conn, IdlePoll, RedisBackend, SharedRedis};
@@ -298,6 +298,88 @@ impl RedisBackend {
         }
         s.backlog = s.pending + s.undelivered;
         Ok(s)
+    }
+
+    pub(crate) async fn groups(&self, stream: &str) -> BusResult<Vec<GroupInfo>> {
+        let calls = (0..self.opts.partitions).map(|p| {
+            let mut conn = self.conn();
+            let mut inv = self.scripts.groups.prepare_invoke();
+            inv.key(self.keys.stream(stream, p));
+            async move { inv.invoke_async::<Vec<String>>(&mut conn).await }
+        });
+        let parts = futures::future::try_join_all(calls)
+            .await
+            .map_err(|e| self.fail(e, || format!("groups of stream {stream}")))?;
+        let mut found: BTreeMap<String, GroupInfo> = BTreeMap::new();
+        for part in parts {
+            for row in part.chunks(3) {
+                let [name, pending, undelivered] = row else {
+                    return Err(unexpected("stream groups"));
+                };
+                let count =
+                    |text: &str| text.parse::<u64>().map_err(|_| unexpected("stream groups"));
+                let info = found.entry(name.clone()).or_insert_with(|| GroupInfo {
+                    group: name.clone(),
+                    ..GroupInfo::default()
+                });
+                info.pending += count(pending)?;
+                info.undelivered += count(undelivered)?;
+            }
+        }
+        for info in found.values_mut() {
+            let group = info.group.as_str();
+            let cmds = (0..self.opts.partitions)
+                .map(|p| {
+                    let mut cmd = redis::cmd("XLEN");
+                    cmd.arg(self.keys.dead_letters(stream, group, p));
+                    (p, cmd)
+                })
+                .collect();
+            let dead: Vec<u64> = self.query_by_partition(cmds).await.map_err(|e| {
+                self.fail(e, || {
+                    format!("dead letters of stream {stream} group {group}")
+                })
+            })?;
+            info.dead_letters = dead.into_iter().sum();
+            info.readers = self
+                .scripts
+                .live_members
+                .key(self.keys.lease_members(stream, group))
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(|e| {
+                    self.fail(e, || format!("readers of stream {stream} group {group}"))
+                })?;
+        }
+        Ok(found.into_values().collect())
+    }
+
+    pub(crate) async fn drop_group(&self, stream: &str, group: &str) -> BusResult<bool> {
+        let calls = (0..self.opts.partitions).map(|p| {
+            let mut conn = self.conn();
+            let mut inv = self.scripts.drop_group.prepare_invoke();
+            inv.key(self.keys.stream(stream, p))
+                .key(self.keys.dead_letters(stream, group, p))
+                .key(self.keys.errors(stream, group, p))
+                .key(self.keys.dead_total(stream, group, p))
+                .arg(group);
+            async move { inv.invoke_async::<u64>(&mut conn).await }
+        });
+        let dropped = futures::future::try_join_all(calls)
+            .await
+            .map_err(|e| self.fail(e, || format!("drop group {group} of stream {stream}")))?;
+        // The leases' two keys share one slot (one hash tag).
+        let _: u64 = redis::cmd("DEL")
+            .arg(self.keys.lease_members(stream, group))
+            .arg(self.keys.lease_owners(stream, group))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| {
+                self.fail(e, || {
+                    format!("drop the leases of group {group} of stream {stream}")
+                })
+            })?;
+        Ok(dropped.into_iter().any(|n| n > 0))
     }
 
     pub(crate) async fn dead_letters(
