@@ -31,6 +31,7 @@ pub mod quote;
 pub mod reason;
 pub mod replay;
 pub mod state;
+pub mod timers;
 pub mod types;
 pub mod velocity;
 

@@ -581,7 +581,9 @@ impl Engine {
             }
             _ => write,
         };
-        let next = self.next_recompute(&record, categories);
+        let next = record.card.as_ref().and_then(|card| {
+            ratemesh_core::timers::next_recompute(self.policy(), &record.state, card)
+        });
         let mut timer = None;
         if next != record.next_recompute {
             timer = next;
@@ -689,53 +691,6 @@ impl Engine {
         ))
     }
 
-    /// The next instant at which the SKU's card may change with nothing else happening:
-    /// a hold or damping step ends, a boost guarantee or announced cut falls due, an
-    /// incentive or a SKU override starts or ends. Category overrides and peak windows
-    /// have timers of their own.
-    fn next_recompute(
-        &self,
-        record: &EngineRecord,
-        _categories: &[Override],
-    ) -> Option<DateTime<Utc>> {
-        let card = record.card.as_ref()?;
-        let now = card.computed_at;
-        let mut times: Vec<DateTime<Utc>> = Vec::new();
-        let cat = record.category().map(|c| self.policy().category(c));
-        for reason in &card.reasons {
-            match reason {
-                Reason::Held { until, .. } | Reason::BoostGuaranteed { until } => {
-                    times.push(*until);
-                }
-                Reason::Damped { .. } => {
-                    if let Some(cat) = cat {
-                        let hold = cat.min_hold.max(chrono::TimeDelta::seconds(1));
-                        if let Some(at) = card.state.policy_changed_at {
-                            times.push(at + hold);
-                        }
-                        if let Some(at) = card.state.boost_changed_at {
-                            times.push(at + hold);
-                        }
-                    }
-                }
-                Reason::BaseCutScheduled { effective_at, .. } => times.push(*effective_at),
-                _ => {}
-            }
-        }
-        times.extend(card.guaranteed_until);
-        times.extend(card.state.boost_guaranteed_until);
-        times.extend(card.state.pending_cut.map(|c| c.effective_at));
-        if let Some(i) = &record.state.incentive {
-            times.push(i.opened_at);
-            times.push(i.ends_at);
-        }
-        for o in &record.state.overrides.overrides {
-            times.push(o.starts_at);
-            times.extend(o.ends_at);
-        }
-        times.into_iter().filter(|t| *t > now).min()
-    }
-
     /// Folds a category override event into the book and recomputes the category's SKUs
     /// as of the event's time. Returns how many SKUs were recomputed.
     pub async fn apply_category(&self, category: &str, event: &Event) -> Result<u64, EngineError> {
@@ -747,11 +702,8 @@ impl Engine {
             Event::OverrideSet { value, at } => {
                 progress = Some(format!("override:{}:{}", value.id, timers::ceil_ms(*at)));
                 self.categories().set(value, *at);
-                if let Some(end) = value.ends_at {
-                    timers::schedule_category(self.bus(), category, end).await?;
-                }
-                if value.starts_at > *at {
-                    timers::schedule_category(self.bus(), category, value.starts_at).await?;
+                for due in ratemesh_core::timers::category_recomputes(value, *at) {
+                    timers::schedule_category(self.bus(), category, due).await?;
                 }
             }
             Event::OverrideCleared { id, at, .. } => {

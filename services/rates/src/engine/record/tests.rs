@@ -110,7 +110,9 @@ impl Script {
         let record = &mut self.record;
         if record.state.apply(&event) == Applied::Applied {
             self.engine.recompute_in(record, &[], event.priced_at());
-            record.next_recompute = self.engine.next_recompute(record, &[]);
+            record.next_recompute = record.card.as_ref().and_then(|card| {
+                ratemesh_core::timers::next_recompute(self.engine.policy(), &record.state, card)
+            });
             if let Some((published, _)) = self.engine.publication(record, &[]) {
                 record.published = Some(published);
             }
