@@ -8,12 +8,12 @@ use std::fmt::Write as _;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::history::HistorySummary;
 
 /// What one policy would have done over a set of SKUs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyFigures {
     /// Σ units sold × price × the rate in force when they sold.
     pub commission_spend: Decimal,
@@ -54,7 +54,7 @@ impl PolicyFigures {
 }
 
 /// Observed sales and what each policy would have paid on them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Figures {
     /// Units sold, inferred from stock depletion between consecutive readings (observed,
     /// the same under both policies).
@@ -77,7 +77,7 @@ impl Figures {
 }
 
 /// One SKU's figures.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkuFigures {
     /// The SKU.
     pub sku: String,
@@ -108,7 +108,7 @@ pub struct ElasticityEstimate {
 }
 
 /// Commission paid in one time bucket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpendPoint {
     /// Start of the bucket.
     pub at: DateTime<Utc>,
@@ -119,7 +119,7 @@ pub struct SpendPoint {
 }
 
 /// The rates in force from `at` on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RatePoint {
     /// When either rate changed.
     pub at: DateTime<Utc>,
@@ -130,7 +130,7 @@ pub struct RatePoint {
 }
 
 /// One SKU's rates over time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateSeries {
     /// The SKU.
     pub sku: String,
@@ -139,7 +139,7 @@ pub struct RateSeries {
 }
 
 /// What a report plots.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Series {
     /// Length of a spend bucket, in seconds (86400: spend per day).
     pub bucket_seconds: i64,
@@ -151,7 +151,7 @@ pub struct Series {
 }
 
 /// The policies compared.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyLabel {
     /// `[program] id`.
     pub program: String,

@@ -132,7 +132,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Products(push_cmd::ProductsCommand::Push(args)) => {
             push_cmd::run(push_cmd::Feed::Products, args).await
         }
-        Command::Whatif(args) => whatif_cmd::run(args, || cli.settings()),
+        Command::Whatif(args) => whatif_cmd::run(args, || cli.settings()).await,
         Command::History(command) => history_cmd::run(command, || cli.settings()),
     }
 }
