@@ -40,6 +40,7 @@ impl ConsoleConfig {
             rates: channel("console.rates_endpoint", &endpoints.rates)?,
             incentives: channel("console.incentives_endpoint", &endpoints.incentives)?,
             notifier: channel("console.notifier_endpoint", &endpoints.notifier)?,
+            policy: channel("console.policy_endpoint", &endpoints.policy)?,
         };
         let tls = match server.http_tls {
             true => ServerTls::from_settings(server)?.map(|tls| tls.http),
@@ -65,11 +66,13 @@ pub struct ServiceEndpoints {
     pub incentives: String,
     /// `PartnerService`.
     pub notifier: String,
+    /// `PolicyService` (what-if runs), served where the input archive is kept.
+    pub policy: String,
 }
 
 impl ServiceEndpoints {
-    /// Each of `console.rates_endpoint`, `console.incentives_endpoint` and
-    /// `console.notifier_endpoint`, or else `console.grpc_endpoint`, or else `grpc_addr`
+    /// Each of `console.rates_endpoint`, `console.incentives_endpoint`,
+    /// `console.notifier_endpoint` and `console.policy_endpoint`, or else `console.grpc_endpoint`, or else `grpc_addr`
     /// (this process's gRPC listener). When the gRPC port serves TLS every endpoint must be
     /// given, as `https://` and by a name the certificate is valid for; an error names the
     /// key to set.
@@ -103,6 +106,7 @@ impl ServiceEndpoints {
             rates: resolve("console.rates_endpoint", &console.rates_endpoint)?,
             incentives: resolve("console.incentives_endpoint", &console.incentives_endpoint)?,
             notifier: resolve("console.notifier_endpoint", &console.notifier_endpoint)?,
+            policy: resolve("console.policy_endpoint", &console.policy_endpoint)?,
         })
     }
 }
@@ -116,6 +120,8 @@ pub struct ServiceChannels {
     pub incentives: Channel,
     /// `PartnerService`.
     pub notifier: Channel,
+    /// `PolicyService`.
+    pub policy: Channel,
 }
 
 impl ServiceChannels {
@@ -124,7 +130,8 @@ impl ServiceChannels {
         Self {
             rates: channel.clone(),
             incentives: channel.clone(),
-            notifier: channel,
+            notifier: channel.clone(),
+            policy: channel,
         }
     }
 }
@@ -172,6 +179,7 @@ mod tests {
         assert_eq!(own.rates, "http://127.0.0.1:50051");
         assert_eq!(own.incentives, own.rates);
         assert_eq!(own.notifier, own.rates);
+        assert_eq!(own.policy, own.rates);
 
         settings.console.grpc_endpoint = "http://ratemesh-rates:50051".into();
         settings.console.notifier_endpoint = " http://ratemesh-notifier:50051 ".into();
@@ -182,6 +190,7 @@ mod tests {
                 rates: "http://ratemesh-rates:50051".into(),
                 incentives: "http://ratemesh-rates:50051".into(),
                 notifier: "http://ratemesh-notifier:50051".into(),
+                policy: "http://ratemesh-rates:50051".into(),
             }
         );
 
@@ -191,6 +200,13 @@ mod tests {
         assert_eq!(mixed.rates, "http://127.0.0.1:50051");
         assert_eq!(mixed.incentives, "http://ratemesh-incentives:50051");
         assert_eq!(mixed.notifier, "http://ratemesh-notifier:50051");
+        assert_eq!(mixed.policy, "http://127.0.0.1:50051");
+
+        // What-if runs go where the archive is kept, apart from every other service.
+        settings.console.policy_endpoint = "http://ratemesh-ingest-archive:50051".into();
+        let archive = ServiceEndpoints::from_settings(&settings, grpc()).expect("endpoints");
+        assert_eq!(archive.policy, "http://ratemesh-ingest-archive:50051");
+        assert_eq!(archive.rates, "http://127.0.0.1:50051");
     }
 
     #[test]
@@ -220,6 +236,21 @@ mod tests {
         settings.console.notifier_endpoint = "https://ratemesh-notifier:50051".into();
         let endpoints = ServiceEndpoints::from_settings(&settings, grpc()).expect("endpoints");
         assert_eq!(endpoints.incentives, "https://ratemesh-rates:50051");
+        assert_eq!(endpoints.policy, "https://ratemesh-rates:50051");
+
+        settings.console.policy_endpoint = "http://ratemesh-ingest-archive:50051".into();
+        let err = ServiceEndpoints::from_settings(&settings, grpc()).expect_err("plain http");
+        assert!(err.to_string().contains("console.policy_endpoint"), "{err}");
+
+        // Without the shared endpoint, the policy endpoint is needed on its own.
+        settings.console.grpc_endpoint.clear();
+        settings.console.incentives_endpoint = "https://ratemesh-incentives:50051".into();
+        settings.console.policy_endpoint.clear();
+        let err = ServiceEndpoints::from_settings(&settings, grpc()).expect_err("no endpoint");
+        assert!(err.to_string().contains("console.policy_endpoint"), "{err}");
+        settings.console.policy_endpoint = "https://ratemesh-ingest-archive:50051".into();
+        let endpoints = ServiceEndpoints::from_settings(&settings, grpc()).expect("endpoints");
+        assert_eq!(endpoints.policy, "https://ratemesh-ingest-archive:50051");
     }
 
     #[tokio::test]

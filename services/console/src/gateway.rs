@@ -4,6 +4,7 @@
 use ratemesh_proto::v1::incentive_service_client::IncentiveServiceClient;
 use ratemesh_proto::v1::override_service_client::OverrideServiceClient;
 use ratemesh_proto::v1::partner_service_client::PartnerServiceClient;
+use ratemesh_proto::v1::policy_service_client::PolicyServiceClient;
 use ratemesh_proto::v1::rate_service_client::RateServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -66,6 +67,13 @@ impl Gateway {
     pub fn partners(&self, user: &SignedIn) -> Result<PartnerServiceClient<AsUser>, GatewayError> {
         Ok(PartnerServiceClient::new(
             self.as_user(&self.channels.notifier, user)?,
+        ))
+    }
+
+    /// `PolicyService` (what-if runs) as `user`.
+    pub fn policy(&self, user: &SignedIn) -> Result<PolicyServiceClient<AsUser>, GatewayError> {
+        Ok(PolicyServiceClient::new(
+            self.as_user(&self.channels.policy, user)?,
         ))
     }
 }

@@ -130,18 +130,22 @@ pub struct ConsoleSettings {
     pub incentives_endpoint: String,
     /// The endpoint of `PartnerService` (the notifier); empty: `grpc_endpoint`.
     pub notifier_endpoint: String,
+    /// The endpoint of `PolicyService` (what-if runs), served by the ingest process that
+    /// keeps the input archive (`ingest.archive.dir`); empty: `grpc_endpoint`.
+    pub policy_endpoint: String,
     /// How long a signed-in session lasts without being used.
     pub session_idle_minutes: u64,
 }
 
 impl ConsoleSettings {
     /// Every endpoint setting with its key, the shared `grpc_endpoint` first.
-    pub fn endpoints(&self) -> [(&'static str, &str); 4] {
+    pub fn endpoints(&self) -> [(&'static str, &str); 5] {
         [
             ("console.grpc_endpoint", &self.grpc_endpoint),
             ("console.rates_endpoint", &self.rates_endpoint),
             ("console.incentives_endpoint", &self.incentives_endpoint),
             ("console.notifier_endpoint", &self.notifier_endpoint),
+            ("console.policy_endpoint", &self.policy_endpoint),
         ]
     }
 }
@@ -1368,6 +1372,30 @@ mod tests {
             "http://ratemesh-notifier:50051"
         );
         assert_eq!(s.console.rates_endpoint, "");
+        assert_eq!(s.console.policy_endpoint, "");
+        let err = Settings::load(
+            None,
+            env(&[(
+                "RATEMESH__CONSOLE__POLICY_ENDPOINT",
+                "ratemesh-ingest-archive:50051",
+            )]),
+            &[],
+        )
+        .expect_err("not a URL");
+        assert_eq!(err.key, "console.policy_endpoint");
+        let s = Settings::load(
+            None,
+            env(&[(
+                "RATEMESH__CONSOLE__POLICY_ENDPOINT",
+                "https://ratemesh-ingest-archive:50051",
+            )]),
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(
+            s.console.policy_endpoint,
+            "https://ratemesh-ingest-archive:50051"
+        );
     }
 
     #[test]
