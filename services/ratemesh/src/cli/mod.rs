@@ -56,7 +56,8 @@ enum Command {
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
     /// The streams each service consumes, its consumer group on each and the Redis key of
-    /// every partition stream (what autoscaling watches), under the loaded settings.
+    /// every partition stream (what autoscaling watches), under the loaded settings;
+    /// `groups` and `drop-group` for the consumer groups that exist in Redis.
     Streams(streams_cmd::StreamsArgs),
     /// Make and hash API keys.
     #[command(subcommand)]
@@ -119,7 +120,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
             serve_cmd::run(cli.settings()?, &[*service], false, false).await
         }
         Command::Config(command) => config_cmd::run(command, cli.settings()),
-        Command::Streams(args) => streams_cmd::run(args, cli.settings()),
+        Command::Streams(args) => streams_cmd::run(args, cli.settings()).await,
         Command::Keys(command) => keys_cmd::run(command),
         Command::Health(args) => health_cmd::run(args).await,
         Command::Partners(args) => partners_cmd::run(args).await,

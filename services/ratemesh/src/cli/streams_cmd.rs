@@ -3,19 +3,60 @@
 //! (what the services start their consumers from) and the loaded `redis.key_prefix` and
 //! `redis.partitions`. deploy/check.sh compares the Helm chart's autoscaling triggers with
 //! the JSON form, so the chart cannot watch a group the code does not create.
+//!
+//! `ratemesh streams groups` asks Redis which consumer groups exist on the streams
+//! retention trims, with their live readers and what each still holds back; a group no
+//! service reads for (the input archive's after `ingest.archive.dir` was unset) stops
+//! trimming at its position for good, and shows there with no readers and a growing
+//! backlog. `ratemesh streams drop-group GROUP` destroys it. The services' own groups are
+//! refused without `--force`, and so is a group something still reads for: a consumer that
+//! finds its group gone creates it again at the start of the stream.
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use ratemesh::ServiceName;
+use ratemesh_bus::Bus;
 use ratemesh_runtime::Settings;
 use serde::Serialize;
 
-use super::table;
+use super::{BadInput, table};
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct StreamsArgs {
     /// One JSON document (for scripts and deploy checks) instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(subcommand)]
+    command: Option<StreamsCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+enum StreamsCommand {
+    /// The consumer groups that exist in Redis on each stream retention trims: their live
+    /// readers, entries pending and not yet delivered (what trimming keeps for them) and
+    /// dead letters. A group with no readers holds the stream back until it is dropped.
+    Groups {
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Destroy a consumer group nothing reads for any more (the input archive's
+    /// `archive`, once it is turned off), with its pending entries and dead letters, so
+    /// retention trims past where it stood.
+    DropGroup(DropGroupArgs),
+}
+
+#[derive(Debug, Args)]
+struct DropGroupArgs {
+    /// The consumer group.
+    group: String,
+    /// Only on this stream (repeat for more). Default: every stream the group is on.
+    #[arg(long = "stream", value_name = "NAME")]
+    streams: Vec<String>,
+    /// Drop it even if it is a service's own group or something still reads for it
+    /// (that reader creates it again at the start of the stream and reads it all again).
+    #[arg(long)]
+    force: bool,
 }
 
 /// Where every consumer group of a deployment reads.
@@ -44,13 +85,208 @@ struct Consumed {
     keys: Vec<String>,
 }
 
-pub(crate) fn run(args: &StreamsArgs, settings: anyhow::Result<Settings>) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    args: &StreamsArgs,
+    settings: anyhow::Result<Settings>,
+) -> anyhow::Result<()> {
     let settings = settings?;
+    match &args.command {
+        None => {}
+        Some(StreamsCommand::Groups { json }) => return groups(&settings, *json).await,
+        Some(StreamsCommand::DropGroup(drop)) => return drop_group(&settings, drop).await,
+    }
     let layout = layout(&settings.redis.key_prefix, settings.redis.partitions);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&layout)?);
     } else {
         print!("{}", render(&layout));
+    }
+    Ok(())
+}
+
+/// One consumer group on one stream, as `streams groups` shows it.
+#[derive(Debug, Serialize)]
+struct StreamGroup {
+    stream: &'static str,
+    #[serde(flatten)]
+    info: GroupInfoJson,
+    /// The service whose group it is; `None` for any other (the input archive's).
+    service: Option<&'static str>,
+}
+
+/// [`ratemesh_bus::GroupInfo`] for the JSON output.
+#[derive(Debug, Serialize)]
+struct GroupInfoJson {
+    group: String,
+    readers: u64,
+    pending: u64,
+    undelivered: u64,
+    dead_letters: u64,
+}
+
+/// The streams retention trims, which a stale group holds back: every stream the services
+/// share.
+fn trimmed_streams(settings: &Settings) -> Vec<&'static str> {
+    settings
+        .retention
+        .streams()
+        .iter()
+        .map(|(stream, _)| *stream)
+        .collect()
+}
+
+/// The service that consumes `stream` in `group`, if any.
+fn service_of(stream: &str, group: &str) -> Option<&'static str> {
+    ServiceName::ALL.into_iter().find_map(|service| {
+        let reader = service.reader()?;
+        (reader.group == group && reader.streams.contains(&stream)).then(|| service.name())
+    })
+}
+
+/// The bus of the loaded settings, which must be Redis: the in-process bus lives in the
+/// process that runs the services, out of this command's reach.
+async fn redis_bus(settings: &Settings) -> anyhow::Result<Bus> {
+    if settings.redis.url().is_none() {
+        return Err(BadInput(anyhow::anyhow!(
+            "redis.url: not set, so the streams are in the memory of the process that runs the services (`ratemesh up`); give the deployment's settings (--config, RATEMESH__REDIS__URL)"
+        ))
+        .into());
+    }
+    ratemesh_runtime::backend::connect(settings).await
+}
+
+async fn groups(settings: &Settings, json: bool) -> anyhow::Result<()> {
+    let bus = redis_bus(settings).await?;
+    let mut found = Vec::new();
+    for stream in trimmed_streams(settings) {
+        for info in bus.groups(stream).await? {
+            found.push(StreamGroup {
+                stream,
+                service: service_of(stream, &info.group),
+                info: GroupInfoJson {
+                    group: info.group,
+                    readers: info.readers,
+                    pending: info.pending,
+                    undelivered: info.undelivered,
+                    dead_letters: info.dead_letters,
+                },
+            });
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = found
+        .iter()
+        .map(|g| {
+            let note = match (g.service, g.info.readers) {
+                (Some(service), _) => format!("the {service} service's"),
+                (None, 0) => format!(
+                    "no reader: trimming stops here; `ratemesh streams drop-group {}` if it is gone for good",
+                    g.info.group
+                ),
+                (None, _) => String::new(),
+            };
+            vec![
+                g.stream.to_owned(),
+                g.info.group.clone(),
+                g.info.readers.to_string(),
+                g.info.pending.to_string(),
+                g.info.undelivered.to_string(),
+                g.info.dead_letters.to_string(),
+                note,
+            ]
+        })
+        .collect();
+    table::print(
+        &[
+            "STREAM",
+            "GROUP",
+            "READERS",
+            "PENDING",
+            "UNDELIVERED",
+            "DEAD",
+            "NOTE",
+        ],
+        &rows,
+        "(no consumer groups)",
+    );
+    Ok(())
+}
+
+async fn drop_group(settings: &Settings, args: &DropGroupArgs) -> anyhow::Result<()> {
+    let group = args.group.trim();
+    let known = trimmed_streams(settings);
+    for stream in &args.streams {
+        if !known.contains(&stream.as_str()) {
+            return Err(BadInput(anyhow::anyhow!(
+                "--stream {stream}: not a stream of ratemesh (they are {})",
+                known.join(", ")
+            ))
+            .into());
+        }
+    }
+    let owner = ServiceName::ALL
+        .into_iter()
+        .find(|service| service.reader().is_some_and(|r| r.group == group));
+    if let Some(service) = owner.map(ServiceName::name)
+        && !args.force
+    {
+        return Err(BadInput(anyhow::anyhow!(
+            "refusing to drop group {group}: it is the {service} service's own; while the service runs it creates the group again at the start of each stream and handles every entry there again, and while it does not, dropping loses its backlog. Pass --force only if the service is gone for good"
+        ))
+        .into());
+    }
+    let bus = redis_bus(settings).await?;
+    let wanted: Vec<&str> = if args.streams.is_empty() {
+        known
+    } else {
+        known
+            .into_iter()
+            .filter(|s| args.streams.iter().any(|w| w == s))
+            .collect()
+    };
+    let mut on = Vec::new();
+    for stream in wanted {
+        let info = bus
+            .groups(stream)
+            .await?
+            .into_iter()
+            .find(|g| g.group == group);
+        match info {
+            Some(info) => on.push((stream, info)),
+            None if !args.streams.is_empty() => {
+                println!("group {group} is not on stream {stream}");
+            }
+            None => {}
+        }
+    }
+    if on.is_empty() && args.streams.is_empty() {
+        println!("group {group} is on no stream: nothing to drop");
+        return Ok(());
+    }
+    let read: Vec<String> = on
+        .iter()
+        .filter(|(_, info)| info.readers > 0)
+        .map(|(stream, info)| format!("{} on {stream}", info.readers))
+        .collect();
+    if !read.is_empty() && !args.force {
+        return Err(BadInput(anyhow::anyhow!(
+            "refusing to drop group {group}: it still has live readers ({}); a reader that finds its group gone creates it again at the start of the stream and reads it all again. Stop them first (for the archive: unset ingest.archive.dir and scale the archiving pod down), or pass --force",
+            read.join(", ")
+        ))
+        .into());
+    }
+    for (stream, info) in on {
+        if bus.drop_group(stream, group).await? {
+            println!(
+                "dropped group {group} from stream {stream}: {} pending, {} undelivered, {} dead letters",
+                info.pending, info.undelivered, info.dead_letters
+            );
+        } else {
+            println!("group {group} is not on stream {stream}");
+        }
     }
     Ok(())
 }
