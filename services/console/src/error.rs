@@ -122,10 +122,10 @@ pub fn http_status_of(code: Code) -> StatusCode {
     }
 }
 
-impl IntoResponse for GatewayError {
-    fn into_response(self) -> Response {
-        let status = self.http_status();
-        let message = match &self {
+impl GatewayError {
+    /// The JSON body of the answer: `{error, field?, conflicts?}`.
+    pub fn body(&self) -> Value {
+        let message = match self {
             // The gateway could not reach the services at all: say so, not tonic's words.
             GatewayError::Service { status: s, .. }
                 if s.code() == Code::Unavailable && s.message().is_empty() =>
@@ -134,6 +134,7 @@ impl IntoResponse for GatewayError {
             }
             other => other.to_string(),
         };
+        let status = self.http_status();
         if status.is_server_error() {
             tracing::warn!(%status, error = %message, "console request failed");
         }
@@ -141,12 +142,18 @@ impl IntoResponse for GatewayError {
         if let Some(field) = self.field() {
             body["field"] = json!(field);
         }
-        if let GatewayError::Service { conflicts, .. } = &self
+        if let GatewayError::Service { conflicts, .. } = self
             && !conflicts.is_empty()
         {
             body["conflicts"] = json!(conflicts);
         }
-        (status, Json(body)).into_response()
+        body
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        (self.http_status(), Json(self.body())).into_response()
     }
 }
 

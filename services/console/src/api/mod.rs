@@ -6,6 +6,7 @@ mod overrides;
 mod partners;
 mod rates;
 mod session;
+mod whatif;
 
 use axum::Json;
 use axum::Router;
@@ -39,6 +40,7 @@ pub(crate) fn routes() -> Router<ConsoleState> {
         .route("/api/partners", get(partners::list))
         .route("/api/partners/{id}/deliveries", get(partners::deliveries))
         .route("/api/partners/{id}/redeliver", post(partners::redeliver))
+        .route("/api/whatif", post(whatif::run))
         .fallback(not_found)
 }
 
@@ -53,6 +55,19 @@ async fn not_found() -> GatewayError {
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, GatewayError> {
     body.map(|Json(body)| body)
         .map_err(|rejection| GatewayError::bad_request(rejection.body_text(), None))
+}
+
+/// A time the form sent as RFC 3339 text, naming `field` when it is not one; empty: `None`.
+fn time(field: &str, text: Option<String>) -> Result<Option<prost_types::Timestamp>, GatewayError> {
+    match non_empty(text) {
+        None => Ok(None),
+        Some(text) => crate::json::parse_time(&text).map(Some).ok_or_else(|| {
+            GatewayError::bad_request(
+                format!("`{text}` is not a date and time (RFC 3339)"),
+                Some(field),
+            )
+        }),
+    }
 }
 
 /// `text` trimmed, or `None` when empty.

@@ -9,7 +9,7 @@ use ratemesh_proto::v1;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{body, non_empty};
+use super::{body, non_empty, time};
 use crate::ConsoleState;
 use crate::error::GatewayError;
 use crate::json;
@@ -118,15 +118,6 @@ pub(super) async fn set(
     let lookup_category = match &scope {
         Some(v1::r#override::Scope::Category(category)) => Some(category.clone()),
         _ => None,
-    };
-    let time = |field: &str, text: Option<String>| match non_empty(text) {
-        None => Ok(None),
-        Some(text) => json::parse_time(&text).map(Some).ok_or_else(|| {
-            GatewayError::bad_request(
-                format!("`{text}` is not a date and time (RFC 3339)"),
-                Some(field),
-            )
-        }),
     };
     let starts_at = time("override.starts_at", request.starts_at)?;
     let ends_at = time("override.ends_at", request.ends_at)?;

@@ -376,3 +376,277 @@ async fn under_tls_the_console_serves_https_and_its_cookie_is_secure() {
     assert!(cookie.ends_with("; Secure"), "{cookie}");
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
 }
+
+/// The lines of an NDJSON answer.
+fn ndjson(answer: &Response) -> Vec<Value> {
+    answer
+        .body
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_what_if_run_streams_its_progress_then_the_report_the_service_computed() {
+    let _replays = crate::support::REPLAYS.lock().await;
+    let mesh = Mesh::spawn_archiving().await;
+    let since = mesh.fill_archive().await;
+    let since_text = since.to_rfc3339();
+    let merch = sign_in(&mesh, Role::Merchandiser).await;
+    let run = json!({
+        "candidate_policy": crate::support::candidate_policy(),
+        "baseline_policy": "",
+        "since": since_text,
+        "until": "",
+        "skus": [],
+    });
+
+    let answer = merch.post("/api/whatif", run.clone()).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(
+        answer
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/x-ndjson")),
+        "{:?}",
+        answer.headers
+    );
+    let lines = ndjson(&answer);
+    let (result, progress) = lines.split_last().expect("lines");
+    assert_eq!(result["event"], "result", "{lines:?}");
+    assert!(!progress.is_empty(), "no progress before the report");
+    assert!(
+        progress.iter().all(|p| p["event"] == "progress"),
+        "{progress:?}"
+    );
+    assert_eq!(progress[0]["phase"], "replaying");
+    let total = progress[0]["total"].as_u64().expect("total");
+    assert!(total >= 15, "{progress:?}");
+    assert!(
+        progress
+            .windows(2)
+            .all(|w| w[0]["done"].as_u64() <= w[1]["done"].as_u64()),
+        "{progress:?}"
+    );
+    let last = progress.last().expect("progress");
+    assert_eq!(
+        (&last["phase"], last["done"].as_u64()),
+        (&json!("reporting"), Some(total))
+    );
+
+    // The report is the service's, as the same run over gRPC computes it.
+    let direct = mesh.what_if(since).await.expect("a direct run");
+    let expected: Value = serde_json::from_str(&direct.report_json).expect("JSON");
+    assert_eq!(result["report"], expected);
+    assert_eq!(result["events"].as_u64(), Some(direct.events));
+    assert!(
+        result["baseline_source"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("live ")),
+        "an empty baseline is the live policy: {}",
+        result["baseline_source"]
+    );
+    assert_eq!(
+        result["gaps"].as_array().map(Vec::len),
+        Some(direct.gaps.len())
+    );
+    let program = &result["report"]["program"];
+    assert_ne!(program["units_sold"], "0", "{program}");
+    for figure in [
+        "commission_spend",
+        "margin_after_commission",
+        "scarce_spend",
+    ] {
+        assert!(program["candidate"][figure].is_string(), "{figure}");
+    }
+
+    // Filters and the elasticity reach the service: one category, and an estimate.
+    let garden = merch
+        .post(
+            "/api/whatif",
+            json!({
+                "candidate_policy": crate::support::candidate_policy(),
+                "baseline_policy": crate::support::candidate_policy(),
+                "since": since_text,
+                "category": "Garden",
+                "elasticity": "0.5",
+            }),
+        )
+        .await;
+    assert_eq!(garden.status, 200, "{}", garden.body);
+    let garden = ndjson(&garden).pop().expect("a result");
+    let report = &garden["report"];
+    assert_eq!(garden["baseline_source"], "request");
+    let categories: Vec<&String> = report["categories"]
+        .as_object()
+        .expect("categories")
+        .keys()
+        .collect();
+    assert_eq!(categories, ["garden"]);
+    assert_eq!(report["estimate"]["kind"], "estimate");
+    assert_eq!(
+        report["program"]["baseline"], report["program"]["candidate"],
+        "the same policy on both sides pays the same"
+    );
+
+    // An admin may run one too; a network key cannot even sign in, and without a session
+    // nothing runs.
+    let admin = sign_in(&mesh, Role::Admin).await;
+    let answer = admin.post("/api/whatif", run.clone()).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(ndjson(&answer).pop().expect("a line")["event"], "result");
+    let refused = sign_in_with(&mesh, &key_of(Role::Network)).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let anonymous = request(
+        mesh.console,
+        "POST",
+        "/api/whatif",
+        &[],
+        Some(&run.to_string()),
+    )
+    .await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+
+    // A change needs the session's CSRF token: without one, or with another, nothing runs.
+    let missing = merch.send("POST", "/api/whatif", None, run.clone()).await;
+    assert_eq!(missing.status, 403, "{}", missing.body);
+    assert!(
+        missing.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("CSRF")
+    );
+    let crossed = merch
+        .send("POST", "/api/whatif", Some(&admin.csrf), run.clone())
+        .await;
+    assert_eq!(crossed.status, 403, "{}", crossed.body);
+
+    // A bad policy is refused before anything runs, naming the field and the policy key.
+    let sideways =
+        crate::support::candidate_policy().replace("mode = \"direct\"", "mode = \"sideways\"");
+    let bad = merch
+        .post(
+            "/api/whatif",
+            json!({"candidate_policy": sideways, "since": since_text}),
+        )
+        .await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(bad.json()["field"], "candidate_policy");
+    let error = bad.json()["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("program.mode"), "{error}");
+    let bad_baseline = merch
+        .post(
+            "/api/whatif",
+            json!({"candidate_policy": crate::support::candidate_policy(),
+                   "baseline_policy": "[program\n", "since": since_text}),
+        )
+        .await;
+    assert_eq!(bad_baseline.status, 400, "{}", bad_baseline.body);
+    assert_eq!(bad_baseline.json()["field"], "baseline_policy");
+    // And so are a range that is no date, a missing start and a bad elasticity.
+    for (run, field) in [
+        (
+            json!({"candidate_policy": "x", "since": "yesterday"}),
+            "since",
+        ),
+        (
+            json!({"candidate_policy": crate::support::candidate_policy()}),
+            "since",
+        ),
+        (
+            json!({"candidate_policy": crate::support::candidate_policy(),
+                   "since": since_text, "elasticity": "half"}),
+            "elasticity",
+        ),
+        (
+            json!({"candidate_policy": crate::support::candidate_policy(),
+                   "since": since_text, "skus": ["WI-LAMP", " "]}),
+            "skus[1]",
+        ),
+    ] {
+        let answer = merch.post("/api/whatif", run).await;
+        assert_eq!(answer.status, 400, "{field}: {}", answer.body);
+        assert_eq!(answer.json()["field"], field, "{}", answer.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_archive_a_what_if_run_names_the_setting_that_turns_it_on() {
+    let mesh = Mesh::spawn().await;
+    let merch = sign_in(&mesh, Role::Merchandiser).await;
+    let since = (chrono::Utc::now() - chrono::TimeDelta::hours(1)).to_rfc3339();
+    let run = json!({"candidate_policy": crate::support::candidate_policy(), "since": since});
+    let answer = merch.post("/api/whatif", run.clone()).await;
+    assert_eq!(answer.status, 409, "{}", answer.body);
+    let error = answer.json()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("ingest.archive.dir"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_goes_away_mid_run_cancels_the_run_on_the_server() {
+    use tokio::io::AsyncReadExt as _;
+
+    let _replays = crate::support::REPLAYS.lock().await;
+    // One replay thread, so a run goes through many chunks, each a chance to stop.
+    let mesh = Mesh::spawn_archiving_with(|ingest| ingest.whatif.threads = 1).await;
+    let since = mesh.fill_archive_large(400, 100).await;
+    let merch = sign_in(&mesh, Role::Merchandiser).await;
+    let run = json!({"candidate_policy": crate::support::candidate_policy(),
+                     "since": since.to_rfc3339()})
+    .to_string();
+    let (completed, cancelled) = (
+        mesh.runs_ended("completed").await,
+        mesh.runs_ended("cancelled").await,
+    );
+
+    // The browser reads the first progress line and goes away.
+    let mut connection = crate::support::http::open(
+        mesh.console,
+        "POST",
+        "/api/whatif",
+        &[("Cookie", &merch.cookie), ("X-CSRF-Token", &merch.csrf)],
+        Some(&run),
+    )
+    .await;
+    let mut read = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&read).contains(r#""event":"progress""#) {
+        let n = connection.read(&mut buf).await.expect("read");
+        assert!(
+            n > 0,
+            "the answer ended: {}",
+            String::from_utf8_lossy(&read)
+        );
+        read.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&read).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(!text.contains(r#""event":"result""#), "{text}");
+    drop(connection);
+
+    // The gateway drops its gRPC stream, and the server stops the replay instead of
+    // finishing it.
+    crate::support::eventually(
+        "the run ends cancelled",
+        std::time::Duration::from_secs(30),
+        || async { (mesh.runs_ended("cancelled").await > cancelled).then_some(()) },
+    )
+    .await;
+    assert_eq!(mesh.runs_ended("cancelled").await, cancelled + 1);
+    assert_eq!(
+        mesh.runs_ended("completed").await,
+        completed,
+        "the abandoned run finished its replay"
+    );
+
+    // Its slot is free again: the next run goes through to its report.
+    let answer = merch
+        .post("/api/whatif", serde_json::from_str(&run).expect("JSON"))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(ndjson(&answer).pop().expect("a line")["event"], "result");
+    assert_eq!(mesh.runs_ended("completed").await, completed + 1);
+}

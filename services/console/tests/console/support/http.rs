@@ -38,10 +38,37 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Response {
-    let stream = tokio::net::TcpStream::connect(addr)
+    let mut stream = open(addr, method, path, headers, body).await;
+    read_answer(&mut stream).await
+}
+
+/// Sends one request to `addr` and returns the connection, to read the answer as it comes.
+pub async fn open(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    request_over(stream, addr, method, path, headers, body).await
+    write_request(&mut stream, addr, method, path, headers, body).await;
+    stream
+}
+
+async fn write_request<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) {
+    stream
+        .write_all(encode(addr, method, path, headers, body).as_bytes())
+        .await
+        .expect("write request");
 }
 
 /// Sends one request over `stream` (plain or TLS) to `addr` and reads the whole answer.
@@ -53,10 +80,12 @@ pub async fn request_over<S: AsyncRead + AsyncWrite + Unpin>(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Response {
-    stream
-        .write_all(encode(addr, method, path, headers, body).as_bytes())
-        .await
-        .expect("write request");
+    write_request(&mut stream, addr, method, path, headers, body).await;
+    read_answer(&mut stream).await
+}
+
+/// Reads a whole answer from `stream`.
+async fn read_answer<S: AsyncRead + Unpin>(stream: &mut S) -> Response {
     let mut raw = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     while !complete(&raw) {
