@@ -7,6 +7,7 @@
   const console_ = {
     session: null, // {name, role, csrf}
     stream: null, // the live EventSource of the current page
+    run: null, // the AbortController of a what-if run in progress
   };
 
   // ---- small helpers -------------------------------------------------------------------
@@ -137,6 +138,7 @@
 
   function showSignIn(message) {
     stopStream();
+    cancelRun();
     console_.session = null;
     document.getElementById('nav').hidden = true;
     document.getElementById('who').hidden = true;
@@ -179,6 +181,7 @@
   function route() {
     if (!console_.session) return;
     stopStream();
+    cancelRun();
     say('');
     const hash = location.hash.replace(/^#\/?/, '');
     const [name, ...rest] = hash.split('/');
@@ -187,7 +190,7 @@
       else link.removeAttribute('aria-current');
     }
     const pages = {rates: ratesPage, sku: skuPage, overrides: overridesPage,
-      incentives: incentivesPage, partners: partnersPage};
+      incentives: incentivesPage, partners: partnersPage, whatif: whatifPage};
     (pages[name] || ratesPage)(decodeURIComponent(rest.join('/')));
     // A keyboard or screen-reader user starts at the new page's heading, not in the menu.
     document.getElementById('main').focus();
@@ -633,6 +636,266 @@
           : el('p', {class: 'error', text: problem(deliveries)}));
     };
     await load();
+  }
+
+  // ---- what-if -------------------------------------------------------------------------
+
+  /** What the what-if form last held and the last report, kept while the page is away. */
+  const whatif = {
+    candidate: '', baseline: '', since: '', until: '', skus: '', category: '', elasticity: '',
+    result: null,
+  };
+
+  /** Stops a what-if run in progress; dropping its answer cancels the run on the server. */
+  function cancelRun() {
+    if (console_.run) {
+      console_.run.abort();
+      console_.run = null;
+    }
+  }
+
+  /** Money as the report's figures are read: two decimals, thousands grouped. */
+  function money(value) {
+    if (value === null || value === undefined || value === '') return '–';
+    const [whole, cents] = Number(value).toFixed(2).split('.');
+    return whole.replace(/\B(?=(\d{3})+(?!\d))/g, ',') + '.' + cents;
+  }
+  /** The change from `base` to `cand` as shown: each rounded first, so a row adds up. */
+  function change(base, cand, decimals) {
+    const round = (v) => Math.round(Number(v) * 10 ** decimals) / 10 ** decimals;
+    const d = round(cand) - round(base);
+    const text = decimals ? money(d) : String(d);
+    return d > 0 ? '+' + text : text;
+  }
+  /** A datetime-local value of `date` in the browser's time zone. */
+  function localInput(date) {
+    const pad = (n) => String(n).padStart(2, '0');
+    return date.getFullYear() + '-' + pad(date.getMonth() + 1) + '-' + pad(date.getDate()) +
+      'T' + pad(date.getHours()) + ':' + pad(date.getMinutes());
+  }
+
+  const HEADLINE = [
+    ['commission_spend', 'Commission spend', 2],
+    ['margin_after_commission', 'Margin after commission', 2],
+    ['scarce_spend', 'Spend on SKUs selling out (low cover)', 2],
+    ['overstock_spend', 'Spend on overstock', 2],
+    ['rate_changes', 'Rate changes (partner deliveries)', 0],
+    ['cuts_blocked', 'Cuts blocked by network terms', 0],
+    ['incentives_opened', 'Flash incentives opened', 0],
+    ['incentive_spend', 'Flash incentive bonus spend', 2],
+  ];
+
+  function headline(figures) {
+    // Only the figures this report carries.
+    const rows = HEADLINE.filter(([key]) => key in figures.baseline).map(([key, label, decimals]) => {
+      const base = figures.baseline[key], cand = figures.candidate[key];
+      const show = (v) => (decimals ? money(v) : String(v));
+      return el('tr', {'data-figure': key},
+        el('th', {scope: 'row', text: label}),
+        el('td', {class: 'num baseline', text: show(base)}),
+        el('td', {class: 'num candidate', text: show(cand)}),
+        el('td', {class: 'num change', text: change(base, cand, decimals)}));
+    });
+    return el('div', {class: 'scroll'}, el('table', {id: 'wi-headline'},
+      el('caption', {text: 'Units sold ' + money(figures.units_sold).replace(/\.00$/, '') +
+        ' · revenue ' + money(figures.revenue) + ' (observed, the same under both policies)'}),
+      el('thead', {}, el('tr', {}, el('th', {scope: 'col', text: 'Figure'}),
+        ['Baseline', 'Candidate', 'Change'].map((h) => el('th', {scope: 'col', class: 'num', text: h})))),
+      el('tbody', {}, rows)));
+  }
+
+  function categoryTable(categories) {
+    const rows = Object.entries(categories).map(([name, f]) => el('tr', {'data-category': name},
+      el('th', {scope: 'row', text: name}),
+      el('td', {class: 'num', text: money(f.units_sold).replace(/\.00$/, '')}),
+      el('td', {class: 'num', text: money(f.revenue)}),
+      el('td', {class: 'num baseline', text: money(f.baseline.commission_spend)}),
+      el('td', {class: 'num candidate', text: money(f.candidate.commission_spend)}),
+      el('td', {class: 'num change', text: change(f.baseline.commission_spend, f.candidate.commission_spend, 2)}),
+      el('td', {class: 'num', text: money(f.baseline.margin_after_commission)}),
+      el('td', {class: 'num', text: money(f.candidate.margin_after_commission)}),
+      el('td', {class: 'num', text: f.baseline.rate_changes + ' → ' + f.candidate.rate_changes})));
+    if (!rows.length) return el('p', {class: 'empty', text: 'No category had sales in the range.'});
+    return el('div', {class: 'scroll'}, el('table', {id: 'wi-categories'},
+      el('caption', {class: 'visually-hidden', text: 'Figures per category'}),
+      el('thead', {}, el('tr', {}, el('th', {scope: 'col', text: 'Category'}),
+        ['Units sold', 'Revenue', 'Spend, baseline', 'Spend, candidate', 'Spend change',
+          'Margin, baseline', 'Margin, candidate', 'Rate changes'].map((h) => el('th', {scope: 'col', class: 'num', text: h})))),
+      el('tbody', {}, rows)));
+  }
+
+  function resultSection(result) {
+    const report = result.report;
+    const history = report.history || {};
+    const label = (p) => (p ? p.program + ' (' + p.mode + ')' : '–');
+    const estimate = report.estimate;
+    return el('section', {class: 'card', id: 'wi-result', 'aria-labelledby': 'h-wi-result'},
+      el('h2', {id: 'h-wi-result', text: 'Result'}),
+      el('dl', {class: 'inputs', id: 'wi-summary'},
+        [['Baseline', label(report.baseline_policy) + ' · ' + result.baseline_source],
+          ['Candidate', label(report.candidate_policy)],
+          ['Replayed', result.events + ' archived events · ' + orDash(history.skus) + ' SKUs · ' +
+            orDash(history.stock_readings) + ' stock readings'],
+          ['Data from', when(history.from) + ' to ' + when(history.until)],
+          ['Units sold before a price was known', report.unpriced_units]]
+          .map(([name, value]) => [el('dt', {text: name}), el('dd', {text: orDash(value)})])),
+      el('h3', {text: 'Whole program'}),
+      headline(report.program),
+      estimate ? el('p', {class: 'notice', id: 'wi-estimate',
+        text: 'Estimate, not observed: with an elasticity of ' + estimate.elasticity + ' the candidate might have sold ' +
+          money(estimate.estimated_candidate_units) + ' units (observed ' + money(estimate.observed_units) +
+          '), paying ' + money(estimate.estimated_candidate_spend) + ' in commission for a margin of ' +
+          money(estimate.estimated_candidate_margin) + '.'}) : null,
+      el('h3', {text: 'Per category'}),
+      categoryTable(report.categories || {}),
+      el('h3', {text: 'Gaps in the stock data'}),
+      result.gaps.length
+        ? el('div', {}, el('p', {class: 'notice', text: 'The figures do not cover these stretches without stock data:'}),
+          el('ul', {id: 'wi-gaps'}, result.gaps.map((g) => el('li', {text: when(g.from) + ' – ' + when(g.until)}))))
+        : el('p', {class: 'empty', id: 'wi-gaps', text: 'None: stock data covers the whole range.'}));
+  }
+
+  async function whatifPage() {
+    const saved = whatif;
+    if (!saved.since) saved.since = localInput(new Date(Date.now() - 7 * 86400e3));
+    const area = (id, rows, value, required) =>
+      el('textarea', {id, rows, spellcheck: 'false', required, 'aria-describedby': id + '-hint'}, value);
+    const candidate = area('wi-candidate', 14, saved.candidate, true);
+    const file = el('input', {id: 'wi-candidate-file', type: 'file', accept: '.toml,text/plain'});
+    const baseline = area('wi-baseline', 6, saved.baseline, false);
+    const since = el('input', {id: 'wi-since', type: 'datetime-local', value: saved.since, required: true});
+    const until = el('input', {id: 'wi-until', type: 'datetime-local', value: saved.until});
+    const skus = el('input', {id: 'wi-skus', value: saved.skus, placeholder: 'SKU-1, SKU-2'});
+    const category = el('input', {id: 'wi-category', value: saved.category});
+    const elasticity = el('input', {id: 'wi-elasticity', inputmode: 'decimal', value: saved.elasticity, placeholder: '0.5'});
+    const fields = {candidate_policy: candidate, baseline_policy: baseline, since, until, skus, category, elasticity};
+    const run = el('button', {type: 'submit', id: 'wi-run', text: 'Run what-if'});
+    const cancel = el('button', {type: 'button', id: 'wi-cancel', class: 'secondary', disabled: true, text: 'Cancel',
+      onclick: () => { cancelRun(); }});
+    const error = el('div', {class: 'error', id: 'wi-error', role: 'alert'});
+    const bar = el('progress', {id: 'wi-progress', max: 1, value: 0, 'aria-labelledby': 'wi-progress-label',
+      'aria-describedby': 'wi-progress-text'});
+    const barText = el('p', {id: 'wi-progress-text', class: 'muted', 'aria-live': 'polite'});
+    const progress = el('div', {class: 'progress', id: 'wi-progress-block', hidden: true},
+      el('label', {id: 'wi-progress-label', for: 'wi-progress', text: 'Progress'}), bar, barText);
+    const result = el('div', {id: 'wi-result-holder'}, saved.result ? resultSection(saved.result) : null);
+    const hint = (id, text) => el('p', {id: id + '-hint', class: 'hint', text});
+
+    file.addEventListener('change', async () => {
+      if (file.files.length) candidate.value = await file.files[0].text();
+    });
+    const keep = () => {
+      Object.assign(saved, {candidate: candidate.value, baseline: baseline.value, since: since.value,
+        until: until.value, skus: skus.value, category: category.value, elasticity: elasticity.value});
+    };
+    const show = (done, total, phase) => {
+      bar.max = Math.max(total, 1);
+      bar.value = Math.min(done, bar.max);
+      const text = phase === 'reporting'
+        ? 'Adding up the figures (' + done + ' of ' + total + ' events replayed).'
+        : done + ' of ' + total + ' events replayed.';
+      bar.setAttribute('aria-valuetext', text);
+      barText.textContent = text;
+    };
+    const fail = (data, status) => {
+      const message = (data && data.error) || ('the what-if run failed (' + status + ')');
+      error.replaceChildren(el('p', {text: data && data.field ? message + ' (' + data.field + ')' : message}));
+      const key = data && data.field && data.field.replace(/\[\d+\]$/, '');
+      const bad = key && fields[key];
+      if (bad) { bad.setAttribute('aria-invalid', 'true'); bad.focus(); }
+    };
+
+    const form = el('form', {class: 'grid', id: 'whatif-form', onsubmit: async (event) => {
+      event.preventDefault();
+      keep();
+      cancelRun();
+      error.replaceChildren();
+      for (const input of Object.values(fields)) input.removeAttribute('aria-invalid');
+      const iso = (input) => (input.value ? new Date(input.value).toISOString() : null);
+      const body = {candidate_policy: candidate.value, baseline_policy: baseline.value, since: iso(since),
+        until: iso(until), skus: skus.value.split(/[\s,]+/).filter(Boolean), category: category.value,
+        elasticity: elasticity.value};
+      const controller = new AbortController();
+      console_.run = controller;
+      run.disabled = true;
+      cancel.disabled = false;
+      progress.hidden = false;
+      show(0, 0, 'replaying');
+      barText.textContent = 'Reading the archive…';
+      let finished = false;
+      try {
+        const response = await fetch('/api/whatif', {method: 'POST', credentials: 'same-origin',
+          signal: controller.signal,
+          headers: {'Content-Type': 'application/json', Accept: 'application/x-ndjson',
+            'X-CSRF-Token': console_.session ? console_.session.csrf : ''},
+          body: JSON.stringify(body)});
+        if (!response.ok) {
+          let data = {};
+          try { data = await response.json(); } catch (err) { data = {}; }
+          if (response.status === 401) { showSignIn('Your session ended; sign in again.'); return; }
+          fail(data, response.status);
+          progress.hidden = true;
+          return;
+        }
+        const reader = response.body.getReader();
+        const decoder = new TextDecoder();
+        let buffered = '';
+        const take = (line) => {
+          if (!line.trim()) return;
+          const event = JSON.parse(line);
+          if (event.event === 'progress') show(event.done, event.total, event.phase);
+          else if (event.event === 'result') {
+            finished = true;
+            saved.result = event;
+            bar.value = bar.max;
+            bar.setAttribute('aria-valuetext', 'Done');
+            barText.textContent = 'Done: ' + event.events + ' archived events replayed.';
+            result.replaceChildren(resultSection(event));
+            say('What-if finished.', 'ok');
+          } else if (event.event === 'error') {
+            finished = true;
+            fail(event, event.status);
+          }
+        };
+        for (;;) {
+          const {done, value} = await reader.read();
+          if (done) break;
+          buffered += decoder.decode(value, {stream: true});
+          const lines = buffered.split('\n');
+          buffered = lines.pop();
+          lines.forEach(take);
+        }
+        take(buffered + decoder.decode());
+        if (!finished) fail({error: 'the what-if run ended without a report'}, 0);
+      } catch (err) {
+        if (err.name === 'AbortError') {
+          barText.textContent = 'Cancelled.';
+          if (document.getElementById('whatif-form')) say('What-if cancelled.', 'ok');
+        } else {
+          fail({error: 'the console cannot be reached'}, 0);
+        }
+      } finally {
+        if (console_.run === controller) console_.run = null;
+        run.disabled = false;
+        cancel.disabled = true;
+      }
+    }},
+      el('div', {class: 'field wide'}, el('label', {for: candidate.id, text: 'Candidate policy (TOML)'}), candidate,
+        hint('wi-candidate', 'The policy to try, as policy.file takes it.')),
+      el('div', {class: 'field wide'}, el('label', {for: file.id, text: 'Or load the candidate from a file'}), file),
+      el('div', {class: 'field wide'}, el('label', {for: baseline.id, text: 'Baseline policy (TOML, optional)'}), baseline,
+        hint('wi-baseline', 'Empty: the live policy of the process that keeps the archive.')),
+      field('From', since), field('Until (empty: now)', until),
+      field('SKUs (optional, comma separated)', skus), field('Category (optional)', category),
+      field('Elasticity (optional estimate)', elasticity),
+      el('div', {class: 'actions wide'}, run, cancel), error);
+    page('What-if',
+      el('section', {class: 'card', 'aria-labelledby': 'h-wi-form'},
+        el('h2', {id: 'h-wi-form', text: 'Try a policy on what happened'}),
+        el('p', {class: 'muted', text: 'Replays the archived stock and product data of the range under the baseline ' +
+          'and the candidate policy, and compares what each would have paid.'}),
+        form, progress),
+      result);
   }
 
   // ---- start ---------------------------------------------------------------------------

@@ -306,3 +306,171 @@ async fn a_merchandiser_finds_pins_cancels_and_redelivers_in_a_browser() {
     assert_eq!(fits, json!(true), "the rates page is wider than a tablet");
     browser.screenshot("rates-tablet").await;
 }
+
+/// A figure as the page shows it (`1,234.56`, `+12.00`), as a number.
+fn shown(text: &str) -> f64 {
+    text.replace(',', "")
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("`{text}` is not a figure: {e}"))
+}
+
+/// A decimal string of the report, as a number.
+fn figure(value: &serde_json::Value) -> f64 {
+    value
+        .as_str()
+        .and_then(|text| text.parse().ok())
+        .or_else(|| value.as_f64())
+        .unwrap_or_else(|| panic!("{value} is not a figure"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchandiser_tries_a_candidate_policy_on_the_what_if_page() {
+    let _replays = crate::support::REPLAYS.lock().await;
+    let mesh = Mesh::spawn_archiving().await;
+    let since = mesh.fill_archive().await;
+
+    let browser = Browser::start(1280, 1000).await;
+    browser.goto(&mesh.url("/")).await;
+    sign_in(&browser, Role::Merchandiser).await;
+    browser.click("#nav a[data-page=whatif]").await;
+    browser
+        .wait_text("#nav a[aria-current=page]", "the what-if page opens", |t| {
+            t == "What-if"
+        })
+        .await;
+    // The range starts a week back unless changed; the archive holds only this test's data.
+    browser.find("#wi-since").await;
+    browser.find("progress#wi-progress").await;
+
+    // A policy the service cannot read: its error names the field and the key, and the
+    // field is marked.
+    let candidate = crate::support::candidate_policy();
+    let sideways = candidate.replace("mode = \"direct\"", "mode = \"sideways\"");
+    browser
+        .execute(
+            "document.getElementById('wi-candidate').value = arguments[0]",
+            json!([sideways]),
+        )
+        .await;
+    browser.click("#wi-run").await;
+    browser
+        .wait_text("#wi-error", "the service's refusal shows", |t| {
+            t.contains("program.mode") && t.contains("(candidate_policy)")
+        })
+        .await;
+    browser.find("#wi-candidate[aria-invalid=true]").await;
+
+    // The candidate itself, typed over the bad one; run from the keyboard.
+    browser
+        .execute(
+            "document.getElementById('wi-candidate').value = arguments[0]",
+            json!([candidate]),
+        )
+        .await;
+    // The garden SKU sells out within days, where the candidate pays less.
+    browser.type_into("#wi-category", "garden").await;
+    browser
+        .type_into("#wi-elasticity", &format!("0.5{ENTER}"))
+        .await;
+    browser
+        .wait_text("#wi-progress-text", "the run finishes", |t| {
+            t.starts_with("Done:")
+        })
+        .await;
+    let bar = browser
+        .execute(
+            "const p = document.getElementById('wi-progress'); return [p.value, p.max];",
+            json!([]),
+        )
+        .await;
+    assert_eq!(bar[0], bar[1], "the bar is full: {bar}");
+    assert!(bar[1].as_f64().unwrap_or_default() >= 10.0, "{bar}");
+    assert!(browser.try_find("#wi-cancel:disabled").await.is_some());
+
+    // The page's figures are the service's: the same run over gRPC.
+    let expected = mesh
+        .what_if_request(v1::WhatIfRequest {
+            candidate_policy: candidate.clone(),
+            since: Some(crate::support::timestamp(
+                since - chrono::TimeDelta::days(7),
+            )),
+            category: Some("garden".into()),
+            elasticity: Some("0.5".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("a run");
+    let expected: serde_json::Value = serde_json::from_str(&expected.report_json).expect("JSON");
+    let program = &expected["program"];
+    for key in [
+        "commission_spend",
+        "margin_after_commission",
+        "scarce_spend",
+        "overstock_spend",
+        "rate_changes",
+        "cuts_blocked",
+    ] {
+        for side in ["baseline", "candidate"] {
+            let text = browser
+                .try_text(&format!("tr[data-figure={key}] td.{side}"))
+                .await
+                .unwrap_or_else(|| panic!("no {side} {key} on the page"));
+            let want = figure(&program[side][key]);
+            assert!(
+                (shown(&text) - want).abs() < 0.006,
+                "{side} {key}: the page shows {text}, the report {want}"
+            );
+        }
+    }
+    let spend = browser
+        .try_text("tr[data-figure=commission_spend] td.change")
+        .await
+        .unwrap_or_default();
+    let want = figure(&program["candidate"]["commission_spend"])
+        - figure(&program["baseline"]["commission_spend"]);
+    assert!((shown(&spend) - want).abs() < 0.011, "{spend} vs {want}");
+    assert!(figure(&program["units_sold"]) > 0.0, "{program}");
+    // One category asked for, one row; the estimate is shown apart, as an estimate.
+    let categories = browser
+        .execute(
+            "return [...document.querySelectorAll('#wi-categories tr[data-category]')].map((r) => r.dataset.category)",
+            json!([]),
+        )
+        .await;
+    assert_eq!(categories, json!(["garden"]));
+    browser
+        .wait_text("#wi-estimate", "the estimate shows", |t| {
+            t.starts_with("Estimate, not observed")
+        })
+        .await;
+    browser
+        .wait_text("#wi-gaps", "the gaps show", |t| !t.is_empty())
+        .await;
+    browser.resize(1280, 2600).await;
+    browser.screenshot("whatif").await;
+
+    // Away and back: the form and the last report are still there.
+    browser.click("#nav a[data-page=rates]").await;
+    browser.click("#nav a[data-page=whatif]").await;
+    browser.find("tr[data-figure=commission_spend]").await;
+    assert_eq!(
+        browser
+            .execute(
+                "return document.getElementById('wi-category').value",
+                json!([])
+            )
+            .await,
+        "garden"
+    );
+
+    // On a tablet held upright the page fits the screen.
+    browser.resize(820, 1180).await;
+    let fits = browser
+        .execute(
+            "const d = document.documentElement; return d.scrollWidth <= d.clientWidth;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(fits, json!(true), "the what-if page is wider than a tablet");
+}
