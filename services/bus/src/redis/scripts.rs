@@ -153,7 +153,8 @@ return {len, pending, undelivered, dlq, total}
 "#;
 
 /// KEYS: stream. Returns `{name, pending, undelivered, ...}` for every group of the
-/// stream (counts as strings); nothing for a stream that does not exist.
+/// stream (counts as decimal strings, which `tostring` would write in exponent form once
+/// large); nothing for a stream that does not exist.
 const GROUPS: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 local out = {}
@@ -165,8 +166,8 @@ for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
     lag = #redis.call('XRANGE', KEYS[1], '(' .. info['last-delivered-id'], '+')
   end
   out[#out + 1] = info['name']
-  out[#out + 1] = tostring(info['pending'])
-  out[#out + 1] = tostring(lag)
+  out[#out + 1] = string.format('%d', info['pending'])
+  out[#out + 1] = string.format('%d', lag)
 end
 return out
 "#;
