@@ -641,6 +641,20 @@ def cmd_console(rendered: str) -> int:
             env.get("RATEMESH__CONSOLE__RATES_ENDPOINT", "").startswith("https://"),
             "rates: with TLS the console needs an https:// rates endpoint",
         )
+    archive = "ingest-archive" in deployments
+    policy = env.get("RATEMESH__CONSOLE__POLICY_ENDPOINT", "")
+    if archive:
+        name = services["ingest-archive"]["metadata"]["name"]
+        problems.check(
+            re.fullmatch(rf"{scheme}://{re.escape(name)}(\.[a-z0-9-]+)*(\.svc)?:{grpc_port}", policy) is not None,
+            f"rates: RATEMESH__CONSOLE__POLICY_ENDPOINT={policy!r} is not {scheme}:// the {name} Service's gRPC port",
+        )
+    else:
+        problems.check(
+            policy.startswith("https://") if tls else policy == "",
+            f"rates: without the archive RATEMESH__CONSOLE__POLICY_ENDPOINT={policy!r} "
+            + ("is not https://" if tls else "is set"),
+        )
     pod_labels = rates["spec"]["template"]["metadata"]["labels"]
     if console is None:
         problems.add("no console Service")
@@ -654,7 +668,8 @@ def cmd_console(rendered: str) -> int:
         )
     if policies:
         problems.check(netpol_allows(policies["rates"], "console"), "rates: the network policy keeps browsers out of the console")
-        for callee in ("rates", "incentives", "notifier"):
+        callees = ("rates", "incentives", "notifier") + (("ingest-archive",) if archive else ())
+        for callee in callees:
             problems.check(
                 netpol_allows(policies[callee], "grpc", pod_labels),
                 f"{callee}: the network policy keeps the console's gateway out",
@@ -665,10 +680,12 @@ def cmd_console(rendered: str) -> int:
             targets = [(peer.get("podSelector") or {}).get("matchLabels", {}) for peer in rule.get("to", [])]
             if grpc_port in ports and all(
                 any(selects(t, deployments[c]["spec"]["template"]["metadata"]["labels"]) for t in targets)
-                for c in ("rates", "incentives", "notifier")
+                for c in callees
             ):
                 egress_ok = True
-        problems.check(egress_ok, "rates: the network policy keeps the console's gateway from incentives and notifier")
+        problems.check(
+            egress_ok, f"rates: the network policy keeps the console's gateway from one of {', '.join(callees)}"
+        )
     return problems.finish(f"{rendered}: console in the rates pods ({scheme})")
 
 
