@@ -39,8 +39,22 @@ impl UpArgs {
                 .to_string_lossy()
                 .into_owned();
         }
+        // The demo archives its own feed, so the console's what-if page has something to
+        // replay after a minute; only on the embedded backend, where nothing outlives the
+        // process but these files in the temporary directory.
+        let embedded = settings.redis.url().is_none();
+        let ingest = settings.section_mut::<IngestSettings>();
+        if self.demo && embedded && ingest.archive.dir().is_none() {
+            ingest.archive.dir = demo_archive_dir().to_string_lossy().into_owned();
+        }
         Ok(())
     }
+}
+
+/// Where `up --demo` keeps its input archive: one directory per process under the
+/// temporary directory.
+fn demo_archive_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("ratemesh-demo-archive-{}", std::process::id()))
 }
 
 /// Where `up --demo` serves the console unless `server.console_addr` says otherwise; when
@@ -351,6 +365,44 @@ mod tests {
         settings.server.console_addr = Some(chosen);
         up(true).apply(&mut settings).expect("applies");
         assert_eq!(settings.server.console_addr, Some(chosen));
+    }
+
+    #[test]
+    fn the_demo_archives_its_own_feed_on_the_embedded_backend_unless_told_where() {
+        let up = |demo, redis: Option<&str>| UpArgs {
+            redis: redis.map(str::to_owned),
+            demo,
+        };
+        let archive = |settings: &Settings| {
+            settings
+                .section::<IngestSettings>()
+                .archive
+                .dir()
+                .map(str::to_owned)
+        };
+        let mut settings = Settings::default();
+        up(false, None).apply(&mut settings).expect("applies");
+        assert_eq!(archive(&settings), None);
+        up(true, None).apply(&mut settings).expect("applies");
+        assert_eq!(
+            archive(&settings),
+            Some(demo_archive_dir().to_string_lossy().into_owned())
+        );
+
+        let mut settings = Settings::default();
+        settings.section_mut::<IngestSettings>().archive.dir = "/var/lib/ratemesh/archive".into();
+        up(true, None).apply(&mut settings).expect("applies");
+        assert_eq!(
+            archive(&settings).as_deref(),
+            Some("/var/lib/ratemesh/archive")
+        );
+
+        // On a Redis the demo leaves no consumer group behind that nobody asked for.
+        let mut settings = Settings::default();
+        up(true, Some("redis://127.0.0.1:6390"))
+            .apply(&mut settings)
+            .expect("applies");
+        assert_eq!(archive(&settings), None);
     }
 
     #[test]
