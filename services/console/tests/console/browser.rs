@@ -474,3 +474,52 @@ async fn a_merchandiser_tries_a_candidate_policy_on_the_what_if_page() {
         .await;
     assert_eq!(fits, json!(true), "the what-if page is wider than a tablet");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_on_the_what_if_page_stops_the_run_on_the_server() {
+    let _replays = crate::support::REPLAYS.lock().await;
+    // One replay thread over 40,000 events: a run long enough to cancel.
+    let mesh = Mesh::spawn_archiving_with(|ingest| ingest.whatif.threads = 1).await;
+    mesh.fill_archive_large(400, 100).await;
+    let (completed, cancelled) = (
+        mesh.runs_ended("completed").await,
+        mesh.runs_ended("cancelled").await,
+    );
+
+    let browser = Browser::start(1280, 1000).await;
+    browser.goto(&mesh.url("/#/whatif")).await;
+    sign_in(&browser, Role::Merchandiser).await;
+    browser.find("#wi-candidate").await;
+    browser
+        .execute(
+            "document.getElementById('wi-candidate').value = arguments[0]",
+            json!([crate::support::candidate_policy()]),
+        )
+        .await;
+    browser.click("#wi-run").await;
+    browser
+        .wait_text("#wi-progress-text", "the replay is under way", |t| {
+            t.contains("events replayed")
+        })
+        .await;
+    browser.click("#wi-cancel").await;
+    browser
+        .wait_text("#wi-progress-text", "the page says it stopped", |t| {
+            t == "Cancelled."
+        })
+        .await;
+    assert!(browser.try_find("#wi-result").await.is_none());
+    assert!(browser.try_find("#wi-run:not(:disabled)").await.is_some());
+
+    eventually(
+        "the run ends cancelled on the server",
+        Duration::from_secs(30),
+        || async { (mesh.runs_ended("cancelled").await > cancelled).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        mesh.runs_ended("completed").await,
+        completed,
+        "the cancelled run finished its replay"
+    );
+}
