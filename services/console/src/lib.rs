@@ -1,6 +1,7 @@
 //! The merchandiser web console: pages a merchandiser (or admin) signs into with an API key
 //! to find a SKU, see why its rate is what it is and how it moved, pin or cap it, start or
-//! stop a flash incentive, and see which partners missed a change.
+//! stop a flash incentive, see which partners missed a change, and try a candidate policy
+//! on what the input archive recorded (what-if).
 //!
 //! The console holds no rule of its own. Its JSON gateway (`/api/…`) calls the gRPC
 //! services with the signed-in user's key, so roles, validation and override conflicts are
