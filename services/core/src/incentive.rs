@@ -630,6 +630,23 @@ impl fmt::Display for NothingReason {
     }
 }
 
+/// A SKU's rate before its incentive and the guardrails, read off its card: the
+/// effective rate less the guardrails' and the incentive's parts, the `rate_before` of
+/// [`paid_bonus`]. `None` when an override pins or excludes the rate, so no bonus
+/// reaches it.
+pub fn rate_before_incentive(card: &crate::card::RateCard) -> Option<Decimal> {
+    let pinned = card.reasons.iter().any(|r| {
+        matches!(
+            r.code(),
+            crate::reason::ReasonCode::OverridePin | crate::reason::ReasonCode::OverrideExclude
+        )
+    });
+    if pinned {
+        return None;
+    }
+    Some(card.effective_rate.get() - card.parts.guardrails - card.parts.incentive)
+}
+
 /// Spend implied by selling `units` at `price` with `bonus` paid (what
 /// [`Incentive::record_sale`] books), exposed for budget previews.
 pub fn spend_for(units: Quantity, price: Money, bonus: Rate) -> Decimal {

@@ -14,27 +14,42 @@
 //! category-wide ones (ticks for all, category overrides). SKUs are dealt to one
 //! partition per core; each partition replays its SKUs' events plus every wide event, in
 //! the canonical order of [`ratemesh_core::replay()`], so each card is the one a single
-//! replay of everything would give.
+//! replay of everything would give. When either policy's rules open flash incentives,
+//! their concurrency limits couple every SKU: each policy then replays all SKUs in a
+//! partition of its own (two cores' worth), and the two are joined.
 //!
-//! **Timers.** When a peak window of a policy opens or closes, the rates service
-//! recomputes every SKU at that instant; each policy's replay gets those ticks
-//! ([`peak_edges`]). The service's per-SKU timers (a hold or damping step ending, a
-//! guarantee or announced cut falling due) are not replayed: their schedule is the rates
-//! service's own, so between readings a replayed rate can lag the live one until the
-//! next reading. Flash incentives are opened by the incentives service, not by the rate
-//! policy, and are not simulated: the incentive transitions a history holds (those of the
-//! input archive) are replayed as they happened, under both policies, as are overrides.
+//! **Timers.** What the rates service does at a time rather than on an event is replayed
+//! in each policy's own timeline, between the events, by the rule it schedules from
+//! ([`ratemesh_core::timers`]): a SKU recomputed when a hold or a damping step ends, a
+//! boost guarantee or announced cut falls due, or its incentive or override starts or
+//! ends; a category's SKUs when a category override starts or ends; every SKU when a peak
+//! window opens or closes ([`peak_edges`]).
+//!
+//! **Incentives.** Each policy opens its own flash incentives, decided as the incentives
+//! service decides them ([`ratemesh_core::incentive::decide`] after every stock reading
+//! and when a window ends, [`ratemesh_core::incentive::select`] against the incentives
+//! open), with budgets booked from depletion at the bonus the rate carried. The
+//! history's automatic incentives (what the live rules opened) are left out; a
+//! merchandiser's own replay as they happened, under both policies, as do overrides.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use ratemesh_core::card::BandPosition;
+use ratemesh_core::incentive::{
+    ActiveCounts, Candidate, Decision, IncentiveInputs, IncentiveTrack, decide, paid_bonus,
+    rate_before_incentive, select,
+};
 use ratemesh_core::policy::config::Mode;
 use ratemesh_core::replay::{Replay, canonical_order};
-use ratemesh_core::{Applied, Event, Policy, RateCard, ReasonCode, Sku};
+use ratemesh_core::timers::{category_recomputes, next_recompute};
+use ratemesh_core::{
+    Applied, Event, OverrideScope, Policy, Quantity, Rate, RateCard, ReasonCode, Sku,
+};
 use rust_decimal::Decimal;
 
 use crate::history::History;
@@ -251,6 +266,8 @@ struct SkuTotals {
     estimated_units: Decimal,
     estimated_spend: Decimal,
     estimated_margin: Decimal,
+    /// Each sale, when the estimate is made after the partitions are joined.
+    sales: Vec<Sale>,
 }
 
 /// What one partition found.
@@ -263,35 +280,114 @@ struct Partial {
 
 struct Walk<'a> {
     policies: [&'a Policy; 2],
+    /// Which policies this walk replays: both, or one when each policy has a partition of
+    /// its own (its flash incentives couple all SKUs).
+    active: [bool; 2],
     replays: [Replay; 2],
     elasticity: Option<Decimal>,
+    /// Each sale's rate in force is kept for the estimate, which needs both policies' and
+    /// is made once the two partitions are joined.
+    keep_sales: bool,
     bucket_secs: i64,
+    /// Per policy, the time-driven recomputes due, earliest first.
+    timers: [Timers; 2],
+    /// Per policy, each SKU's next recompute as last scheduled (as the rates service
+    /// keeps it in the SKU's record, and schedules a timer only when it moves).
+    next: [HashMap<Sku, DateTime<Utc>>; 2],
+    /// Per policy, the flash incentives its rules open.
+    incentives: [Incentives; 2],
     out: Partial,
 }
 
+/// A policy's time-driven steps, earliest first.
+type Timers = BinaryHeap<Reverse<(DateTime<Utc>, Due)>>;
+
+/// A time-driven step of one policy's replay.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    /// Recompute one SKU (the rates service's `sku:` timer).
+    Sku(Sku),
+    /// Recompute the SKUs of a category (`cat:`).
+    Category(String),
+    /// The SKU's incentive window ends: extend or close it (the incentives service's
+    /// expiry).
+    Incentive(Sku),
+}
+
+/// One policy's flash incentives: each SKU's track and the count of those open.
+#[derive(Debug, Default)]
+struct Incentives {
+    tracks: HashMap<Sku, Track>,
+    counts: ActiveCounts,
+    serial: u64,
+}
+
+/// What the incentives service keeps of a SKU.
+#[derive(Debug, Default)]
+struct Track {
+    track: IncentiveTrack,
+    last_report: Option<DateTime<Utc>>,
+    interval: Option<TimeDelta>,
+}
+
+/// A stock reading both policies folded: what the incentives need of before it.
+struct Reading {
+    as_of: DateTime<Utc>,
+    available_before: Decimal,
+    rate_before: [Option<Decimal>; 2],
+}
+
 impl Walk<'_> {
-    fn sku_event(&mut self, sku: &Sku, event: &Event) {
+    /// The first policy this walk replays: stock and product data fold the same way
+    /// under any policy, so they are read from its replay.
+    fn lead(&self) -> usize {
+        if self.active[BASELINE] {
+            BASELINE
+        } else {
+            CANDIDATE
+        }
+    }
+
+    /// Folds a SKU's event into the replays of `only` (or every active one), records what
+    /// changed, and returns what the incentives need when it was a stock reading of both.
+    fn sku_event(&mut self, sku: &Sku, event: &Event, only: Option<usize>) -> Option<Reading> {
+        let applies = [BASELINE, CANDIDATE].map(|k| self.active[k] && only.is_none_or(|o| o == k));
         let before = [
             InForce::of(self.replays[BASELINE].cards().get(sku)),
             InForce::of(self.replays[CANDIDATE].cards().get(sku)),
         ];
-        // Stock and product data fold the same way under any policy: read them from one.
-        let state = self.replays[BASELINE].states().get(sku);
+        let rate_before = [BASELINE, CANDIDATE].map(|k| {
+            self.replays[k]
+                .cards()
+                .get(sku)
+                .and_then(rate_before_incentive)
+        });
+        let lead = self.lead();
+        let state = self.replays[lead].states().get(sku);
         let had_reading = state.is_some_and(|s| !s.stock.is_empty());
         let available_before = state.map_or(Decimal::ZERO, |s| s.available.get());
         let product = state.and_then(|s| s.product.clone());
 
-        let outcome = self.replays[BASELINE].apply(self.policies[BASELINE], event);
-        self.replays[CANDIDATE].apply(self.policies[CANDIDATE], event);
-        if outcome != Applied::Applied {
-            return;
+        let mut applied = [false; 2];
+        for k in [BASELINE, CANDIDATE] {
+            if applies[k] {
+                applied[k] = self.replays[k].apply(self.policies[k], event) == Applied::Applied;
+            }
+        }
+        if !applied.contains(&true) {
+            return None;
+        }
+        for k in [BASELINE, CANDIDATE] {
+            if applied[k] {
+                self.schedule(k, sku);
+            }
         }
         let after = [
             self.replays[BASELINE].cards().get(sku),
             self.replays[CANDIDATE].cards().get(sku),
         ];
         let totals = self.out.skus.entry(sku.clone()).or_default();
-        if let Some(p) = self.replays[BASELINE]
+        if let Some(p) = self.replays[lead]
             .states()
             .get(sku)
             .and_then(|s| s.product.as_ref())
@@ -318,7 +414,7 @@ impl Walk<'_> {
             .last()
             .is_none_or(|p| p.baseline != rates[0] || p.candidate != rates[1])
         {
-            let at = after[0]
+            let at = after[only.unwrap_or(lead)]
                 .map(|c| c.computed_at)
                 .unwrap_or_else(|| event.priced_at());
             totals.points.push(RatePoint {
@@ -328,23 +424,28 @@ impl Walk<'_> {
             });
         }
 
-        let Event::StockObserved { .. } = event else {
-            return;
+        let Event::StockObserved { as_of, .. } = event else {
+            return None;
         };
+        let reading = (only.is_none()).then_some(Reading {
+            as_of: *as_of,
+            available_before,
+            rate_before,
+        });
         if !had_reading {
-            return;
+            return reading;
         }
-        let available_after = self.replays[BASELINE]
+        let available_after = self.replays[lead]
             .states()
             .get(sku)
             .map_or(Decimal::ZERO, |s| s.available.get());
         let units = available_before - available_after;
         if units <= Decimal::ZERO {
-            return;
+            return reading;
         }
         let Some(product) = product else {
             self.out.unpriced_units += units;
-            return;
+            return reading;
         };
         let price = product.price.get();
         let cost = product.unit_cost.get();
@@ -355,6 +456,9 @@ impl Walk<'_> {
         let bucket = event.priced_at().timestamp().div_euclid(self.bucket_secs);
         let slot = self.out.spend.entry(bucket).or_default();
         for k in [BASELINE, CANDIDATE] {
+            if !self.active[k] {
+                continue;
+            }
             let spend = revenue * before[k].rate;
             let figures = if k == BASELINE {
                 &mut totals.figures.baseline
@@ -373,54 +477,269 @@ impl Walk<'_> {
             *figures.spend_by_band.entry(band).or_default() += spend;
             slot[k] += spend;
         }
-        if let Some(e) = self.elasticity {
-            let (rb, rc) = (before[BASELINE].rate, before[CANDIDATE].rate);
-            let factor = if rb > Decimal::ZERO {
-                // Rounded so every estimate is an exact sum, whatever the order.
-                (Decimal::ONE + e * (rc - rb) / rb)
-                    .round_dp(FACTOR_DECIMALS)
-                    .max(Decimal::ZERO)
-            } else {
-                Decimal::ONE
-            };
-            let estimated = units * factor;
-            let spend = estimated * price * rc;
-            totals.estimated_units += estimated;
+        if self.keep_sales {
+            totals.sales.push(Sale {
+                units,
+                price,
+                cost,
+                rate: before[lead].rate,
+            });
+        } else if let Some(e) = self.elasticity {
+            let (units, spend, margin) = estimate(
+                e,
+                &Sale {
+                    units,
+                    price,
+                    cost,
+                    rate: before[BASELINE].rate,
+                },
+                before[CANDIDATE].rate,
+            );
+            totals.estimated_units += units;
             totals.estimated_spend += spend;
-            totals.estimated_margin += estimated * (price - cost) - spend;
+            totals.estimated_margin += margin;
+        }
+        reading
+    }
+
+    /// Schedules `sku`'s next time-driven recompute under policy `k` if it moved.
+    fn schedule(&mut self, k: usize, sku: &Sku) {
+        let replay = &self.replays[k];
+        let (Some(state), Some(card)) = (replay.states().get(sku), replay.cards().get(sku)) else {
+            return;
+        };
+        let next = next_recompute(self.policies[k], state, card);
+        if next == self.next[k].get(sku).copied() {
+            return;
+        }
+        match next {
+            Some(at) => {
+                self.next[k].insert(sku.clone(), at);
+                self.timers[k].push(Reverse((at, Due::Sku(sku.clone()))));
+            }
+            None => {
+                self.next[k].remove(sku);
+            }
         }
     }
 
+    /// Runs every time-driven step due before `t` (or at `t` too, when `inclusive`), in
+    /// time order across both policies.
+    fn fire_due(&mut self, t: DateTime<Utc>, inclusive: bool) {
+        loop {
+            let due = [BASELINE, CANDIDATE]
+                .into_iter()
+                .filter_map(|k| self.timers[k].peek().map(|Reverse((at, _))| (*at, k)))
+                .filter(|(at, _)| *at < t || (inclusive && *at == t))
+                .min();
+            let Some((_, k)) = due else {
+                return;
+            };
+            let Some(Reverse((at, due))) = self.timers[k].pop() else {
+                return;
+            };
+            match due {
+                Due::Sku(sku) => {
+                    let tick = Event::Tick {
+                        at,
+                        sku: Some(sku.clone()),
+                    };
+                    self.sku_event(&sku, &tick, Some(k));
+                }
+                Due::Category(category) => {
+                    let skus: Vec<Sku> = self.replays[k]
+                        .states()
+                        .iter()
+                        .filter(|(_, s)| s.product.as_ref().is_some_and(|p| p.category == category))
+                        .map(|(sku, _)| sku.clone())
+                        .collect();
+                    for sku in skus {
+                        let tick = Event::Tick {
+                            at,
+                            sku: Some(sku.clone()),
+                        };
+                        self.sku_event(&sku, &tick, Some(k));
+                    }
+                }
+                Due::Incentive(sku) => {
+                    let ends = self.incentives[k]
+                        .tracks
+                        .get(&sku)
+                        .and_then(|t| t.track.active.as_ref())
+                        .map(|i| i.ends_at);
+                    // An extension moved the end: this expiry is stale.
+                    if ends.is_some_and(|ends| ends <= at) {
+                        self.decide_incentive(k, &sku, at);
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the incentives service does with a stock reading under policy `k`: books the
+    /// units sold against an open incentive's budgets, then decides.
+    fn incentive_reading(&mut self, k: usize, sku: &Sku, reading: &Reading, at: DateTime<Utc>) {
+        let Some(state) = self.replays[k].states().get(sku) else {
+            return;
+        };
+        let available_after = state.available.get();
+        let product = state.product.as_ref();
+        let track = self.incentives[k].tracks.entry(sku.clone()).or_default();
+        if let Some(last) = track.last_report
+            && reading.as_of > last
+        {
+            track.interval = Some(reading.as_of - last);
+        }
+        track.last_report = Some(
+            track
+                .last_report
+                .map_or(reading.as_of, |l| l.max(reading.as_of)),
+        );
+        if let (Some(inc), Some(product)) = (track.track.active.as_mut(), product)
+            && reading.as_of >= inc.opened_at
+            && let Ok(sold) = Quantity::new(reading.available_before - available_after)
+            && sold > Quantity::ZERO
+        {
+            let paid = reading.rate_before[k].map_or(Rate::ZERO, |before| {
+                paid_bonus(self.policies[k], product, before, inc.bonus)
+            });
+            let spent = inc.spent.get();
+            inc.record_sale(sold, product.price, paid);
+            let spend = inc.spent.get() - spent;
+            let totals = self.out.skus.entry(sku.clone()).or_default();
+            let figures = if k == BASELINE {
+                &mut totals.figures.baseline
+            } else {
+                &mut totals.figures.candidate
+            };
+            figures.incentive_spend += spend;
+        }
+        self.decide_incentive(k, sku, at);
+    }
+
+    /// Decides `sku`'s incentive under policy `k` at `now` and folds what changed into the
+    /// policy's replay: an incentive opened (if the concurrency limits leave a slot),
+    /// extended or closed.
+    fn decide_incentive(&mut self, k: usize, sku: &Sku, now: DateTime<Utc>) {
+        let policy = self.policies[k];
+        let Some(state) = self.replays[k].states().get(sku) else {
+            return;
+        };
+        let sim = &mut self.incentives[k];
+        let track = sim.tracks.entry(sku.clone()).or_default();
+        // A merchandiser's own incentive from the history holds the SKU's slot.
+        if track.track.active.is_none() && state.incentive.is_some() {
+            return;
+        }
+        let category = state
+            .product
+            .as_ref()
+            .map_or(String::new(), |p| p.category.clone());
+        let rules = policy.category(&category).flash.clone();
+        let inputs = IncentiveInputs {
+            available: state.available,
+            velocity: state.velocity.velocity(),
+            price: state.product.as_ref().map(|p| p.price),
+            report_interval: track.interval,
+        };
+        let decision = decide(&track.track, &rules, &inputs, now);
+        if let Decision::Open { cover, .. } = &decision {
+            let candidate = Candidate {
+                sku: sku.clone(),
+                category: category.clone(),
+                cover: *cover,
+            };
+            if select(&[candidate], &sim.counts, policy).winners.is_empty() {
+                return;
+            }
+        }
+        let serial = sim.serial;
+        let id = || format!("whatif-{}-{serial}", sku.as_str());
+        let Some(incentive) = track
+            .track
+            .apply(&decision, sku, &category, &rules, id, now)
+        else {
+            return;
+        };
+        let event = match decision {
+            Decision::Open { .. } => {
+                sim.serial += 1;
+                sim.counts.program += 1;
+                *sim.counts.per_category.entry(category).or_default() += 1;
+                self.timers[k].push(Reverse((incentive.ends_at, Due::Incentive(sku.clone()))));
+                let totals = self.out.skus.entry(sku.clone()).or_default();
+                if k == BASELINE {
+                    totals.figures.baseline.incentives_opened += 1;
+                } else {
+                    totals.figures.candidate.incentives_opened += 1;
+                }
+                Event::IncentiveOpened { incentive, at: now }
+            }
+            Decision::Extend { .. } => {
+                self.timers[k].push(Reverse((incentive.ends_at, Due::Incentive(sku.clone()))));
+                Event::IncentiveChanged { incentive, at: now }
+            }
+            Decision::Close { reason } => {
+                sim.counts.program = sim.counts.program.saturating_sub(1);
+                if let Some(open) = sim.counts.per_category.get_mut(&incentive.category) {
+                    *open = open.saturating_sub(1);
+                }
+                Event::IncentiveClosed {
+                    sku: sku.clone(),
+                    id: incentive.id,
+                    reason,
+                    at: now,
+                }
+            }
+            Decision::Nothing { .. } => return,
+        };
+        self.sku_event(sku, &event, Some(k));
+    }
+
     fn wide_event(&mut self, event: &Event, only: Option<usize>) {
-        let before: [HashMap<Sku, Decimal>; 2] = [BASELINE, CANDIDATE].map(|k| {
+        let applies = [BASELINE, CANDIDATE].map(|k| self.active[k] && only.is_none_or(|o| o == k));
+        if !applies.contains(&true) {
+            return;
+        }
+        let before: [HashMap<Sku, (Decimal, bool)>; 2] = [BASELINE, CANDIDATE].map(|k| {
             self.replays[k]
                 .cards()
                 .iter()
-                .map(|(s, c)| (s.clone(), c.effective_rate.get()))
-                .collect()
-        });
-        let blocked_before: [HashMap<Sku, bool>; 2] = [BASELINE, CANDIDATE].map(|k| {
-            self.replays[k]
-                .cards()
-                .iter()
-                .map(|(s, c)| (s.clone(), InForce::of(Some(c)).blocked))
+                .map(|(s, c)| {
+                    (
+                        s.clone(),
+                        (c.effective_rate.get(), InForce::of(Some(c)).blocked),
+                    )
+                })
                 .collect()
         });
         for k in [BASELINE, CANDIDATE] {
-            if only.is_none_or(|o| o == k) {
-                self.replays[k].apply(self.policies[k], event);
+            if !applies[k] || self.replays[k].apply(self.policies[k], event) != Applied::Applied {
+                continue;
+            }
+            if let Event::OverrideSet { value, at } = event
+                && let OverrideScope::Category(category) = &value.scope
+            {
+                for due in category_recomputes(value, *at) {
+                    self.timers[k].push(Reverse((due, Due::Category(category.clone()))));
+                }
+            }
+            let skus: Vec<Sku> = self.replays[k].cards().keys().cloned().collect();
+            for sku in &skus {
+                self.schedule(k, sku);
             }
         }
-        for (sku, card) in self.replays[BASELINE].cards() {
-            let candidate = self.replays[CANDIDATE].cards().get(sku);
-            let rates = [
-                Some(card.effective_rate.get()),
-                candidate.map(|c| c.effective_rate.get()),
+        let lead = self.lead();
+        for sku in self.replays[lead].cards().keys() {
+            let cards = [
+                self.replays[BASELINE].cards().get(sku),
+                self.replays[CANDIDATE].cards().get(sku),
             ];
+            let rates = cards.map(|c| c.map(|c| c.effective_rate.get()));
             let totals = self.out.skus.entry(sku.clone()).or_default();
-            for (k, c) in [(BASELINE, Some(card)), (CANDIDATE, candidate)] {
-                let now_blocked = InForce::of(c).blocked;
-                let was = blocked_before[k].get(sku).copied().unwrap_or(false);
+            for k in [BASELINE, CANDIDATE] {
+                let now_blocked = InForce::of(cards[k]).blocked;
+                let was = before[k].get(sku).is_some_and(|(_, blocked)| *blocked);
                 if now_blocked && !was {
                     if k == BASELINE {
                         totals.figures.baseline.cuts_blocked += 1;
@@ -429,13 +748,14 @@ impl Walk<'_> {
                     }
                 }
             }
-            let changed = before[BASELINE].get(sku) != rates[0].as_ref()
-                || before[CANDIDATE].get(sku) != rates[1].as_ref();
-            if changed {
+            let changed = [BASELINE, CANDIDATE]
+                .into_iter()
+                .any(|k| before[k].get(sku).map(|(rate, _)| *rate) != rates[k]);
+            if changed && let Some(card) = cards[lead] {
                 totals.points.push(RatePoint {
                     at: card.computed_at,
-                    baseline: rates[0],
-                    candidate: rates[1],
+                    baseline: rates[BASELINE],
+                    candidate: rates[CANDIDATE],
                 });
             }
         }
@@ -461,27 +781,80 @@ impl Walk<'_> {
 /// An event and the replay it is for: both (history), or one policy's own (its timers).
 type Scoped<'a> = (&'a Event, Option<usize>);
 
-/// One partition's replay; `None` when the tracker's run was cancelled.
+/// A sale as one policy saw it: what the elasticity estimate needs.
+#[derive(Debug, Clone)]
+struct Sale {
+    units: Decimal,
+    price: Decimal,
+    cost: Decimal,
+    /// The rate in force (the baseline's, when it is the baseline's sale).
+    rate: Decimal,
+}
+
+/// The estimate for one sale made at `sale.rate` under the baseline had the candidate's
+/// `candidate_rate` been in force: units, commission and margin.
+fn estimate(
+    elasticity: Decimal,
+    sale: &Sale,
+    candidate_rate: Decimal,
+) -> (Decimal, Decimal, Decimal) {
+    let (rb, rc) = (sale.rate, candidate_rate);
+    let factor = if rb > Decimal::ZERO {
+        // Rounded so every estimate is an exact sum, whatever the order.
+        (Decimal::ONE + elasticity * (rc - rb) / rb)
+            .round_dp(FACTOR_DECIMALS)
+            .max(Decimal::ZERO)
+    } else {
+        Decimal::ONE
+    };
+    let units = sale.units * factor;
+    let spend = units * sale.price * rc;
+    (units, spend, units * (sale.price - sale.cost) - spend)
+}
+
+/// What one partition replays: its events, and which policies.
+struct Partition<'a> {
+    events: Vec<Scoped<'a>>,
+    active: [bool; 2],
+}
+
+/// One partition's replay; `None` when the tracker's run was cancelled. Time-driven steps
+/// (timers, incentive expiries) run in time order between the events, up to `until`.
 fn replay_partition(
-    events: Vec<Scoped<'_>>,
+    partition: Partition<'_>,
     baseline: &Policy,
     candidate: &Policy,
     options: &WhatIfOptions,
+    until: Option<DateTime<Utc>>,
     tracker: Option<&Tracker<'_>>,
 ) -> Option<Partial> {
-    let mut events = events;
+    let Partition { mut events, active } = partition;
     events.sort_by(|a, b| canonical_order(a.0, b.0).then_with(|| a.1.cmp(&b.1)));
     let mut walk = Walk {
         policies: [baseline, candidate],
+        active,
         replays: [Replay::new(), Replay::new()],
         elasticity: options.elasticity,
+        keep_sales: options.elasticity.is_some() && active != [true, true],
         bucket_secs: options.bucket.num_seconds().max(1),
+        timers: Default::default(),
+        next: Default::default(),
+        incentives: Default::default(),
         out: Partial::default(),
     };
     for chunk in events.chunks(CHUNK) {
         for &(event, only) in chunk {
+            walk.fire_due(event.priced_at(), false);
             match event.sku() {
-                Some(sku) => walk.sku_event(sku, event),
+                Some(sku) => {
+                    if let Some(reading) = walk.sku_event(sku, event, only) {
+                        for k in [BASELINE, CANDIDATE] {
+                            if active[k] {
+                                walk.incentive_reading(k, sku, &reading, event.priced_at());
+                            }
+                        }
+                    }
+                }
                 None => walk.wide_event(event, only),
             }
         }
@@ -490,6 +863,9 @@ fn replay_partition(
         {
             return None;
         }
+    }
+    if let Some(until) = until {
+        walk.fire_due(until, true);
     }
     Some(walk.finish())
 }
@@ -558,9 +934,31 @@ fn replay_all(
     options: &WhatIfOptions,
     control: Option<&Control<'_>>,
 ) -> Result<Report, Cancelled> {
+    // Incentives are what each policy's own rules open: the history's automatic ones
+    // (opened under the live rules) are left out; a merchandiser's are replayed.
+    let manual: HashSet<&str> = history
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            Event::IncentiveOpened { incentive, .. }
+            | Event::IncentiveChanged { incentive, .. }
+                if incentive.manual =>
+            {
+                Some(incentive.id.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    let kept = |e: &Event| match e {
+        Event::IncentiveOpened { incentive, .. } | Event::IncentiveChanged { incentive, .. } => {
+            manual.contains(incentive.id.as_str())
+        }
+        Event::IncentiveClosed { id, .. } => manual.contains(id.as_str()),
+        _ => true,
+    };
     let mut by_sku: BTreeMap<&Sku, Vec<Scoped<'_>>> = BTreeMap::new();
     let mut wide: Vec<Scoped<'_>> = Vec::new();
-    for event in history.events() {
+    for event in history.events().iter().filter(|e| kept(e)) {
         match event.sku() {
             Some(sku) => by_sku.entry(sku).or_default().push((event, None)),
             None => wide.push((event, None)),
@@ -577,18 +975,43 @@ fn replay_all(
     let threads = match options.threads {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
-    }
-    .clamp(1, by_sku.len().max(1));
-    // Deal SKUs, largest first, to the partition with the fewest events so far.
-    let mut skus: Vec<(&Sku, Vec<Scoped<'_>>)> = by_sku.into_iter().collect();
-    skus.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(b.0)));
-    let mut partitions: Vec<Vec<Scoped<'_>>> = vec![wide.clone(); threads];
-    for (_, events) in skus {
-        if let Some(smallest) = partitions.iter_mut().min_by_key(|p| p.len()) {
-            smallest.extend(events);
+    };
+    let simulate = opens_incentives(baseline) || opens_incentives(candidate);
+    let partitions: Vec<Partition<'_>> = if simulate {
+        // Flash incentives couple every SKU (concurrency limits): each policy replays
+        // every SKU in a partition of its own, and the two are joined.
+        let mut all = wide;
+        all.extend(by_sku.into_values().flatten());
+        vec![
+            Partition {
+                events: all.clone(),
+                active: [true, false],
+            },
+            Partition {
+                events: all,
+                active: [false, true],
+            },
+        ]
+    } else {
+        let threads = threads.clamp(1, by_sku.len().max(1));
+        // Deal SKUs, largest first, to the partition with the fewest events so far.
+        let mut skus: Vec<(&Sku, Vec<Scoped<'_>>)> = by_sku.into_iter().collect();
+        skus.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.0.cmp(b.0)));
+        let mut partitions: Vec<Partition<'_>> = (0..threads)
+            .map(|_| Partition {
+                events: wide.clone(),
+                active: [true, true],
+            })
+            .collect();
+        for (_, events) in skus {
+            if let Some(smallest) = partitions.iter_mut().min_by_key(|p| p.events.len()) {
+                smallest.events.extend(events);
+            }
         }
-    }
-    let total: u64 = partitions.iter().map(|p| p.len() as u64).sum();
+        partitions
+    };
+    let until = summary.until;
+    let total: u64 = partitions.iter().map(|p| p.events.len() as u64).sum();
     let tracker = control.map(|c| Tracker::new(c, total));
     let tracker = tracker.as_ref();
     if let Some(tracker) = tracker {
@@ -597,17 +1020,20 @@ fn replay_all(
         }
         tracker.report(Phase::Replaying);
     }
-    let partials: Vec<Option<Partial>> = if threads == 1 {
+    // One after another, a cancelled partition stops the run there.
+    let partials: Option<Vec<Partial>> = if threads == 1 || partitions.len() == 1 {
         partitions
             .into_iter()
-            .map(|p| replay_partition(p, baseline, candidate, options, tracker))
+            .map(|p| replay_partition(p, baseline, candidate, options, until, tracker))
             .collect()
     } else {
         std::thread::scope(|scope| {
             let handles: Vec<_> = partitions
                 .into_iter()
                 .map(|p| {
-                    scope.spawn(move || replay_partition(p, baseline, candidate, options, tracker))
+                    scope.spawn(move || {
+                        replay_partition(p, baseline, candidate, options, until, tracker)
+                    })
                 })
                 .collect();
             handles
@@ -616,13 +1042,19 @@ fn replay_all(
                     Ok(partial) => partial,
                     Err(panic) => std::panic::resume_unwind(panic),
                 })
+                .collect::<Vec<Option<Partial>>>()
+                .into_iter()
                 .collect()
         })
     };
-    let partials: Vec<Partial> = partials
-        .into_iter()
-        .collect::<Option<_>>()
-        .ok_or(Cancelled)?;
+    let mut partials: Vec<Partial> = partials.ok_or(Cancelled)?;
+    if simulate {
+        let mut each = partials.into_iter();
+        let (Some(base), Some(cand)) = (each.next(), each.next()) else {
+            unreachable!("a run that simulates incentives has one partition per policy");
+        };
+        partials = vec![join(base, cand, options.elasticity)];
+    }
     if let Some(tracker) = tracker {
         if tracker.cancelled() {
             return Err(Cancelled);
@@ -630,6 +1062,83 @@ fn replay_all(
         tracker.report(Phase::Reporting);
     }
     Ok(assemble(history, baseline, candidate, options, partials))
+}
+
+/// Whether `policy`'s rules open flash incentives in any category (or by default).
+fn opens_incentives(policy: &Policy) -> bool {
+    policy.category("").flash.enabled
+        || policy
+            .category_names()
+            .any(|c| policy.category(c).flash.enabled)
+}
+
+/// One partial from the baseline's and the candidate's partitions (each replayed every
+/// SKU): the observed figures and the baseline's from the first, the candidate's from the
+/// second, the rate series interleaved, and the estimate from their sales side by side.
+fn join(base: Partial, mut cand: Partial, elasticity: Option<Decimal>) -> Partial {
+    let mut out = Partial {
+        unpriced_units: base.unpriced_units,
+        ..Partial::default()
+    };
+    for (bucket, [b, _]) in base.spend {
+        out.spend.entry(bucket).or_default()[BASELINE] += b;
+    }
+    for (bucket, [_, c]) in cand.spend {
+        out.spend.entry(bucket).or_default()[CANDIDATE] += c;
+    }
+    for (sku, mut totals) in base.skus {
+        let Some(theirs) = cand.skus.remove(&sku) else {
+            out.skus.insert(sku, totals);
+            continue;
+        };
+        totals.figures.candidate = theirs.figures.candidate;
+        totals.points = interleave(&totals.points, &theirs.points);
+        if let Some(e) = elasticity {
+            for (b, c) in totals.sales.iter().zip(&theirs.sales) {
+                let (units, spend, margin) = estimate(e, b, c.rate);
+                totals.estimated_units += units;
+                totals.estimated_spend += spend;
+                totals.estimated_margin += margin;
+            }
+        }
+        totals.sales = Vec::new();
+        out.skus.insert(sku, totals);
+    }
+    for (sku, mut totals) in cand.skus {
+        totals.sales = Vec::new();
+        out.skus.insert(sku, totals);
+    }
+    out
+}
+
+/// One series of both rates from the baseline's (`candidate` absent) and the
+/// candidate's (`baseline` absent): a point wherever either changed, carrying the other.
+fn interleave(base: &[RatePoint], cand: &[RatePoint]) -> Vec<RatePoint> {
+    let mut all: Vec<(DateTime<Utc>, usize, Option<Decimal>)> = base
+        .iter()
+        .map(|p| (p.at, BASELINE, p.baseline))
+        .chain(cand.iter().map(|p| (p.at, CANDIDATE, p.candidate)))
+        .collect();
+    all.sort_by_key(|(at, k, _)| (*at, *k));
+    let mut out: Vec<RatePoint> = Vec::with_capacity(all.len());
+    let mut rates = [None, None];
+    for (at, k, rate) in all {
+        rates[k] = rate;
+        match out.last_mut() {
+            Some(last) if last.at == at => {
+                last.baseline = rates[BASELINE];
+                last.candidate = rates[CANDIDATE];
+            }
+            Some(last)
+                if last.baseline == rates[BASELINE] && last.candidate == rates[CANDIDATE] => {}
+            _ => out.push(RatePoint {
+                at,
+                baseline: rates[BASELINE],
+                candidate: rates[CANDIDATE],
+            }),
+        }
+    }
+    out
 }
 
 fn assemble(
@@ -789,11 +1298,15 @@ mod tests {
 
     #[test]
     fn cuts_held_back_under_network_terms_are_counted_in_boost_mode() {
-        let direct = Policy::example();
-        let boost = Policy::from_toml_str(
-            &ratemesh_core::EXAMPLE_POLICY_TOML.replace("mode = \"direct\"", "mode = \"boost\""),
-        )
-        .unwrap();
+        // No flash incentives: the boost alone is under test.
+        let toml = ratemesh_core::EXAMPLE_POLICY_TOML.replace(
+            "[defaults.flash]\nenabled = true",
+            "[defaults.flash]\nenabled = false",
+        );
+        assert_ne!(toml, ratemesh_core::EXAMPLE_POLICY_TOML);
+        let direct = Policy::from_toml_str(&toml).unwrap();
+        let boost =
+            Policy::from_toml_str(&toml.replace("mode = \"direct\"", "mode = \"boost\"")).unwrap();
         let sku = Sku::new("LAMP-1").unwrap();
         let mut events = vec![Event::ProductUpserted {
             sku: sku.clone(),
@@ -806,9 +1319,10 @@ mod tests {
             at: t(0),
             received_at: Some(t(0)),
         }];
-        // Deep overstock for days (a boost is raised), then a rush sells it almost out:
-        // the policy wants less, but the boost is guaranteed for 72 hours.
-        let levels = [1000, 998, 996, 994, 992, 990, 988, 986, 200, 20, 5];
+        // Deep overstock (a boost is raised, in damped steps its timers take), then
+        // within the boost's 72 guaranteed hours a rush sells it almost out: the policy
+        // wants less, but the boost is guaranteed.
+        let levels = [1000, 998, 996, 994, 200, 20, 5];
         for (n, level) in levels.into_iter().enumerate() {
             let at = t(n as i64 * 12);
             events.push(Event::StockObserved {
@@ -862,15 +1376,6 @@ mod tests {
             one.program.baseline.commission_spend,
             one.program.candidate.commission_spend
         );
-        // Rate changes counted from partitioned replays equal core's single replay.
-        for (policy, figures) in [
-            (&baseline, &one.program.baseline),
-            (&candidate, &one.program.candidate),
-        ] {
-            let cards = ratemesh_core::replay(policy, history.events());
-            let changes: u64 = cards.values().map(|c| c.version - 1).sum();
-            assert_eq!(figures.rate_changes, changes);
-        }
     }
 
     #[test]

@@ -186,7 +186,7 @@ fn header(out: &mut String, report: &Report) {
 }
 
 /// The rows of a figures table: label, baseline, candidate, change.
-fn figure_rows(f: &Figures) -> [(&'static str, String, String, String); 8] {
+fn figure_rows(f: &Figures) -> [(&'static str, String, String, String); 10] {
     let b: &PolicyFigures = &f.baseline;
     let c: &PolicyFigures = &f.candidate;
     let m = |label, x: Decimal, y: Decimal| (label, money(x), money(y), delta(x, y));
@@ -203,6 +203,12 @@ fn figure_rows(f: &Figures) -> [(&'static str, String, String, String); 8] {
         m("spend on overstock", b.overstock_spend, c.overstock_spend),
         n("rate changes sent", b.rate_changes, c.rate_changes),
         n("cuts blocked by network", b.cuts_blocked, c.cuts_blocked),
+        n(
+            "incentives opened",
+            b.incentives_opened,
+            c.incentives_opened,
+        ),
+        m("spend on incentives", b.incentive_spend, c.incentive_spend),
         (
             "units sold (observed)",
             units.clone(),

@@ -33,6 +33,16 @@ pub struct PolicyFigures {
     /// because it was guaranteed for `[network] boost_hours` (`boost_guaranteed`).
     /// Counted when a card newly carries one of these.
     pub cuts_blocked: u64,
+    /// Flash incentives the policy's rules opened (its `flash` rules and concurrency
+    /// limits, decided as the incentives service decides them), plus the merchandisers'
+    /// own from the history.
+    #[serde(default)]
+    pub incentives_opened: u64,
+    /// The part of the commission spend the incentives' bonus paid: units sold during
+    /// their windows × price × the bonus the rate carried (after cap and margin guard),
+    /// as their budgets count it.
+    #[serde(default)]
+    pub incentive_spend: Decimal,
     /// Commission by the band the rate in force came from: the band's name, prefixed with
     /// the peak window's (`bfcm-2025/scarce`) when a window's table was in force;
     /// `(none)` before a band applied (no sales velocity yet).
@@ -50,6 +60,8 @@ impl PolicyFigures {
         self.overstock_spend += other.overstock_spend;
         self.rate_changes += other.rate_changes;
         self.cuts_blocked += other.cuts_blocked;
+        self.incentives_opened += other.incentives_opened;
+        self.incentive_spend += other.incentive_spend;
     }
 }
 
@@ -204,7 +216,7 @@ fn when(t: DateTime<Utc>) -> String {
 fn rows(out: &mut String, name: &str, f: &Figures) {
     let b = &f.baseline;
     let c = &f.candidate;
-    let lines: [(&str, String, String, String); 7] = [
+    let lines: [(&str, String, String, String); 9] = [
         (
             "commission spend",
             money(b.commission_spend),
@@ -240,6 +252,18 @@ fn rows(out: &mut String, name: &str, f: &Figures) {
             b.cuts_blocked.to_string(),
             c.cuts_blocked.to_string(),
             (c.cuts_blocked as i64 - b.cuts_blocked as i64).to_string(),
+        ),
+        (
+            "incentives opened",
+            b.incentives_opened.to_string(),
+            c.incentives_opened.to_string(),
+            (c.incentives_opened as i64 - b.incentives_opened as i64).to_string(),
+        ),
+        (
+            "spend on incentives",
+            money(b.incentive_spend),
+            money(c.incentive_spend),
+            delta(b.incentive_spend, c.incentive_spend),
         ),
         (
             "units sold (observed)",

@@ -90,7 +90,7 @@ fn the_sample_report_renders_a_titled_page_naming_both_policies_and_the_period()
     for category in report.categories.keys() {
         assert!(
             html.contains(&format!(
-                "<th scope=\"rowgroup\" rowspan=\"8\">{category}</th>"
+                "<th scope=\"rowgroup\" rowspan=\"10\">{category}</th>"
             )),
             "category {category} has its rows"
         );

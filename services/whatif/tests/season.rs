@@ -1,14 +1,21 @@
 //! The shipped sample season replayed under the example policy and the sample candidate,
 //! checked against a direct computation written here: walk the readings in time order,
 //! infer units sold from depletion, take the rate in force from core's own replay just
-//! before each reading, multiply by the price from the product file.
+//! before each reading, multiply by the price from the product file. Each policy's own
+//! time-driven recomputes (core's timer rule) and flash incentives (core's decide and
+//! select, budgets booked from depletion) run in the same walk, one policy at a time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use ratemesh_core::incentive::{
+    ActiveCounts, Candidate, Decision, IncentiveInputs, IncentiveTrack, decide, paid_bonus,
+    rate_before_incentive, select,
+};
 use ratemesh_core::replay::Replay;
-use ratemesh_core::{Event, Policy, ReasonCode};
+use ratemesh_core::timers::next_recompute;
+use ratemesh_core::{Event, Policy, Quantity, Rate, ReasonCode, Sku};
 use ratemesh_whatif::history::{HistoryError, Location};
 use ratemesh_whatif::report::Figures;
 use ratemesh_whatif::season::{SeasonSpec, write_season};
@@ -44,7 +51,218 @@ struct Expected {
     overstock: [Decimal; 2],
     rate_changes: [u64; 2],
     by_band: [BTreeMap<String, Decimal>; 2],
+    opened: [u64; 2],
+    incentive_spend: [Decimal; 2],
     estimated_units: Decimal,
+}
+
+type SkuTrack = (IncentiveTrack, Option<DateTime<Utc>>, Option<TimeDelta>);
+
+/// One policy's walk: its replay, its timers and its incentives, with what they changed
+/// by category.
+struct Direct<'p> {
+    policy: &'p Policy,
+    replay: Replay,
+    next: BTreeMap<Sku, DateTime<Utc>>,
+    /// (due, 0: recompute / 1: incentive expiry, SKU).
+    timers: BTreeSet<(DateTime<Utc>, u8, Sku)>,
+    /// Per SKU: its incentive track, last reading and the gap before it.
+    tracks: BTreeMap<Sku, SkuTrack>,
+    open: ActiveCounts,
+    serial: u64,
+    rate_changes: BTreeMap<String, u64>,
+    opened: BTreeMap<String, u64>,
+    incentive_spend: BTreeMap<String, Decimal>,
+    timers_fired: u64,
+}
+
+impl<'p> Direct<'p> {
+    fn new(policy: &'p Policy) -> Self {
+        Direct {
+            policy,
+            replay: Replay::new(),
+            next: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            tracks: BTreeMap::new(),
+            open: ActiveCounts::default(),
+            serial: 0,
+            rate_changes: BTreeMap::new(),
+            opened: BTreeMap::new(),
+            incentive_spend: BTreeMap::new(),
+            timers_fired: 0,
+        }
+    }
+
+    fn category(&self, sku: &Sku) -> String {
+        self.replay.states()[sku]
+            .product
+            .as_ref()
+            .unwrap()
+            .category
+            .clone()
+    }
+
+    /// Folds a SKU's event, counts a rate change, and schedules its next recompute.
+    fn apply(&mut self, sku: &Sku, event: &Event) {
+        let before = self.replay.cards().get(sku).map(|c| c.effective_rate);
+        if self.replay.apply(self.policy, event) != ratemesh_core::Applied::Applied {
+            return;
+        }
+        let card = &self.replay.cards()[sku];
+        if before.is_some_and(|b| b != card.effective_rate) {
+            *self.rate_changes.entry(self.category(sku)).or_default() += 1;
+        }
+        let next = next_recompute(self.policy, &self.replay.states()[sku], card);
+        if next != self.next.get(sku).copied() {
+            if let Some(at) = next {
+                self.timers.insert((at, 0, sku.clone()));
+                self.next.insert(sku.clone(), at);
+            } else {
+                self.next.remove(sku);
+            }
+        }
+    }
+
+    /// A peak window edge: every SKU recomputed.
+    fn tick_all(&mut self, at: DateTime<Utc>) {
+        let before: BTreeMap<_, _> = self
+            .replay
+            .cards()
+            .iter()
+            .map(|(s, c)| (s.clone(), c.effective_rate))
+            .collect();
+        self.replay
+            .apply(self.policy, &Event::Tick { at, sku: None });
+        let skus: Vec<Sku> = self.replay.cards().keys().cloned().collect();
+        for sku in skus {
+            if before[&sku] != self.replay.cards()[&sku].effective_rate {
+                *self.rate_changes.entry(self.category(&sku)).or_default() += 1;
+            }
+            let card = &self.replay.cards()[&sku];
+            let next = next_recompute(self.policy, &self.replay.states()[&sku], card);
+            if next != self.next.get(&sku).copied() {
+                if let Some(at) = next {
+                    self.timers.insert((at, 0, sku.clone()));
+                    self.next.insert(sku, at);
+                } else {
+                    self.next.remove(&sku);
+                }
+            }
+        }
+    }
+
+    /// Runs the timers due before `t` (and at `t` when `inclusive`).
+    fn fire(&mut self, t: DateTime<Utc>, inclusive: bool) {
+        while let Some((at, kind, sku)) = self.timers.first().cloned() {
+            if at > t || (at == t && !inclusive) {
+                return;
+            }
+            self.timers.pop_first();
+            if kind == 0 {
+                self.timers_fired += 1;
+                let tick = Event::Tick {
+                    at,
+                    sku: Some(sku.clone()),
+                };
+                self.apply(&sku, &tick);
+            } else if self.tracks[&sku]
+                .0
+                .active
+                .as_ref()
+                .is_some_and(|i| i.ends_at <= at)
+            {
+                self.decide(&sku, at);
+            }
+        }
+    }
+
+    /// A stock reading: the units it sold booked against an open incentive, then a decision.
+    fn reading(
+        &mut self,
+        sku: &Sku,
+        as_of: DateTime<Utc>,
+        sold: Decimal,
+        rate_before: Option<Decimal>,
+    ) {
+        let category = self.category(sku);
+        let product = self.replay.states()[sku].product.clone().unwrap();
+        let (track, last, interval) = self.tracks.entry(sku.clone()).or_default();
+        if let Some(l) = *last
+            && as_of > l
+        {
+            *interval = Some(as_of - l);
+        }
+        *last = Some(last.map_or(as_of, |l| l.max(as_of)));
+        if let Some(inc) = track.active.as_mut()
+            && as_of >= inc.opened_at
+            && sold > Decimal::ZERO
+        {
+            let paid = rate_before.map_or(Rate::ZERO, |r| {
+                paid_bonus(self.policy, &product, r, inc.bonus)
+            });
+            let spent = inc.spent.get();
+            inc.record_sale(Quantity::new(sold).unwrap(), product.price, paid);
+            *self.incentive_spend.entry(category).or_default() += inc.spent.get() - spent;
+        }
+        self.decide(sku, as_of);
+    }
+
+    fn decide(&mut self, sku: &Sku, now: DateTime<Utc>) {
+        let category = self.category(sku);
+        let state = &self.replay.states()[sku];
+        let (track, _, interval) = self.tracks.entry(sku.clone()).or_default();
+        let rules = self.policy.category(&category).flash.clone();
+        let inputs = IncentiveInputs {
+            available: state.available,
+            velocity: state.velocity.velocity(),
+            price: state.product.as_ref().map(|p| p.price),
+            report_interval: *interval,
+        };
+        let decision = decide(track, &rules, &inputs, now);
+        if let Decision::Open { cover, .. } = decision {
+            let candidate = Candidate {
+                sku: sku.clone(),
+                category: category.clone(),
+                cover,
+            };
+            if select(&[candidate], &self.open, self.policy)
+                .winners
+                .is_empty()
+            {
+                return;
+            }
+        }
+        let id = format!("direct-{}", self.serial);
+        let Some(incentive) = track.apply(&decision, sku, &category, &rules, || id, now) else {
+            return;
+        };
+        let event = match decision {
+            Decision::Open { .. } => {
+                self.serial += 1;
+                self.open.program += 1;
+                *self.open.per_category.entry(category.clone()).or_default() += 1;
+                *self.opened.entry(category).or_default() += 1;
+                self.timers.insert((incentive.ends_at, 1, sku.clone()));
+                Event::IncentiveOpened { incentive, at: now }
+            }
+            Decision::Extend { .. } => {
+                self.timers.insert((incentive.ends_at, 1, sku.clone()));
+                Event::IncentiveChanged { incentive, at: now }
+            }
+            Decision::Close { reason } => {
+                self.open.program -= 1;
+                *self.open.per_category.get_mut(&category).unwrap() -= 1;
+                Event::IncentiveClosed {
+                    sku: sku.clone(),
+                    id: incentive.id,
+                    reason,
+                    at: now,
+                }
+            }
+            Decision::Nothing { .. } => return,
+        };
+        self.apply(sku, &event);
+    }
 }
 
 #[test]
@@ -119,51 +337,35 @@ fn the_sample_season_report_matches_a_direct_computation() {
     );
     steps.sort_by(|a, b| (a.0, a.1, &a.2, a.3, a.5).cmp(&(b.0, b.1, &b.2, b.3, b.5)));
 
-    let mut replays = [Replay::new(), Replay::new()];
+    let mut walks = [Direct::new(&baseline), Direct::new(&candidate)];
     let mut last_on_hand: BTreeMap<String, Decimal> = BTreeMap::new();
     let mut expected: BTreeMap<String, Expected> = BTreeMap::new();
     let mut daily: BTreeMap<DateTime<Utc>, Decimal> = BTreeMap::new();
     for (at, _, _, _, event, k) in steps {
+        for walk in &mut walks {
+            walk.fire(at, false);
+        }
         let Some(event) = event else {
-            let before: BTreeMap<_, _> = replays[k]
-                .cards()
-                .iter()
-                .map(|(s, c)| (s.clone(), c.effective_rate))
-                .collect();
-            replays[k].apply(policies[k], &Event::Tick { at, sku: None });
-            for (sku, card) in replays[k].cards() {
-                if before[sku] != card.effective_rate {
-                    let category = catalogue[sku.as_str()].0.clone();
-                    expected.entry(category).or_default().rate_changes[k] += 1;
-                }
-            }
+            walks[k].tick_all(at);
             continue;
         };
         let sku = event.sku().unwrap().clone();
-        let in_force: Vec<_> = replays
+        let in_force: Vec<_> = walks
             .iter()
-            .map(|r| r.cards().get(&sku).cloned())
+            .map(|w| w.replay.cards().get(&sku).cloned())
             .collect();
-        for (replay, policy) in replays.iter_mut().zip(policies) {
-            replay.apply(policy, event);
+        for walk in &mut walks {
+            walk.apply(&sku, event);
         }
         let e = expected
             .entry(catalogue[sku.as_str()].0.clone())
             .or_default();
-        for k in 0..2 {
-            let after = replays[k].cards()[&sku].effective_rate;
-            if in_force[k]
-                .as_ref()
-                .is_some_and(|c| c.effective_rate != after)
-            {
-                e.rate_changes[k] += 1;
-            }
-        }
         let (category, price, cost) = catalogue[sku.as_str()].clone();
         let Event::StockObserved {
             on_hand,
             reserved,
             location,
+            as_of,
             ..
         } = event
         else {
@@ -174,7 +376,13 @@ fn the_sample_season_report_matches_a_direct_computation() {
             "one location, nothing reserved"
         );
         let now = on_hand.get();
-        let Some(before) = last_on_hand.insert(sku.to_string(), now) else {
+        let previous = last_on_hand.insert(sku.to_string(), now);
+        let sold = previous.map_or(Decimal::ZERO, |b| b - now);
+        for (k, walk) in walks.iter_mut().enumerate() {
+            let rate_before = in_force[k].as_ref().and_then(rate_before_incentive);
+            walk.reading(&sku, *as_of, sold, rate_before);
+        }
+        let Some(before) = previous else {
             continue;
         };
         let units = before - now;
@@ -239,6 +447,24 @@ fn the_sample_season_report_matches_a_direct_computation() {
         *daily.entry(day).or_default() += revenue * rates[0];
     }
 
+    for walk in &mut walks {
+        walk.fire(until, true);
+    }
+    for (k, walk) in walks.iter().enumerate() {
+        for (category, n) in &walk.rate_changes {
+            expected.entry(category.clone()).or_default().rate_changes[k] += n;
+        }
+        for (category, n) in &walk.opened {
+            expected.entry(category.clone()).or_default().opened[k] += n;
+        }
+        for (category, spend) in &walk.incentive_spend {
+            expected
+                .entry(category.clone())
+                .or_default()
+                .incentive_spend[k] += spend;
+        }
+    }
+
     let check = |name: &str, got: &Figures, want: &Expected| {
         assert_eq!(got.units_sold, want.units, "{name} units");
         assert_eq!(got.revenue, want.revenue, "{name} revenue");
@@ -264,6 +490,14 @@ fn the_sample_season_report_matches_a_direct_computation() {
                 figures.spend_by_band, want.by_band[k],
                 "{name} spend by band {k}"
             );
+            assert_eq!(
+                figures.incentives_opened, want.opened[k],
+                "{name} incentives opened {k}"
+            );
+            assert_eq!(
+                figures.incentive_spend, want.incentive_spend[k],
+                "{name} incentive spend {k}"
+            );
         }
     };
     let mut program = Expected::default();
@@ -282,6 +516,8 @@ fn the_sample_season_report_matches_a_direct_computation() {
             program.scarce[k] += want.scarce[k];
             program.overstock[k] += want.overstock[k];
             program.rate_changes[k] += want.rate_changes[k];
+            program.opened[k] += want.opened[k];
+            program.incentive_spend[k] += want.incentive_spend[k];
             for (band, spend) in &want.by_band[k] {
                 *program.by_band[k].entry(band.clone()).or_default() += spend;
             }
@@ -296,6 +532,15 @@ fn the_sample_season_report_matches_a_direct_computation() {
     assert!(p.baseline.scarce_spend > Decimal::ZERO);
     assert!(p.baseline.overstock_spend > Decimal::ZERO);
     assert_ne!(p.baseline.commission_spend, p.candidate.commission_spend);
+    // Overstock opened incentives under both policies' rules, and they were paid.
+    for figures in [&p.baseline, &p.candidate] {
+        assert!(figures.incentives_opened > 0, "{figures:?}");
+        assert!(figures.incentive_spend > Decimal::ZERO, "{figures:?}");
+        assert!(figures.incentive_spend < figures.overstock_spend);
+    }
+    // Time alone moved rates: holds and damping steps ended between readings.
+    let timer_driven = walks.iter().map(|w| w.timers_fired).sum::<u64>();
+    assert!(timer_driven > 0);
     for figures in [&p.baseline, &p.candidate] {
         let by_band: Decimal = figures.spend_by_band.values().sum();
         assert_eq!(by_band, figures.commission_spend);
