@@ -298,6 +298,20 @@ fn record(config: &RunConfig, report: &mut Report, m: &Measured) {
             program.candidate.commission_spend.round_dp(2)
         ),
     );
+    report.check(
+        "both policies' rules opened flash incentives and paid their bonus",
+        program.baseline.incentives_opened > 0
+            && program.candidate.incentives_opened > 0
+            && positive(&program.baseline.incentive_spend)
+            && positive(&program.candidate.incentive_spend),
+        format!(
+            "{} opened, {} spent baseline; {} opened, {} spent candidate",
+            program.baseline.incentives_opened,
+            program.baseline.incentive_spend.round_dp(2),
+            program.candidate.incentives_opened,
+            program.candidate.incentive_spend.round_dp(2)
+        ),
+    );
 
     match &m.single {
         Some(single) => {
@@ -309,8 +323,9 @@ fn record(config: &RunConfig, report: &mut Report, m: &Measured) {
                 ),
                 (&format!("{} threads", parallel.threads), parallel_rate),
                 ("1 thread", single_rate),
-                "bound by the cores; SKUs are dealt to one partition per thread, \
-                 while grouping the events and assembling the report run on one",
+                "bound by the cores; both policies open flash incentives, which couple \
+                 every SKU, so each policy replays in a partition of its own (2 at most), \
+                 while grouping the events and joining the reports run on one",
             );
             report.check(
                 &format!(
