@@ -138,14 +138,14 @@ fn header(out: &mut String, report: &Report) {
     let _ = write!(
         out,
         "<header>\n<h1>What-if: baseline <b>{}</b> ({}) vs candidate <b>{}</b> ({})</h1>\n\
-         <p class=\"lede\">History replayed: {}. {} files, {} stock readings, {} products, \
+         <p class=\"lede\">History replayed: {}. {}{} stock readings, {} products, \
          {} SKUs.</p>\n</header>\n",
         escape(&report.baseline_policy.program),
         escape(&report.baseline_policy.mode),
         escape(&report.candidate_policy.program),
         escape(&report.candidate_policy.mode),
         escape(&period(report, "%Y-%m-%d %H:%M UTC")),
-        h.files,
+        crate::report::files_read(h.files),
         h.stock_readings,
         h.products,
         h.skus

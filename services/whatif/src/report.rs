@@ -209,6 +209,16 @@ pub(crate) fn delta(base: Decimal, cand: Decimal) -> String {
     }
 }
 
+/// "N files, " for a history read from files; nothing for one read from the input
+/// archive (which names no files).
+pub(crate) fn files_read(files: usize) -> String {
+    match files {
+        0 => String::new(),
+        1 => "1 file, ".to_owned(),
+        n => format!("{n} files, "),
+    }
+}
+
 fn when(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -300,8 +310,11 @@ pub fn render_table(report: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "history: {span}; {} files, {} stock readings, {} products, {} SKUs",
-        h.files, h.stock_readings, h.products, h.skus
+        "history: {span}; {}{} stock readings, {} products, {} SKUs",
+        files_read(h.files),
+        h.stock_readings,
+        h.products,
+        h.skus
     );
     if h.gaps.is_empty() {
         let _ = writeln!(out, "gaps: none");
