@@ -34,8 +34,9 @@ pub struct PolicyFigures {
     /// Counted when a card newly carries one of these.
     pub cuts_blocked: u64,
     /// Flash incentives the policy's rules opened (its `flash` rules and concurrency
-    /// limits, decided as the incentives service decides them), plus the merchandisers'
-    /// own from the history.
+    /// limits, decided as the incentives service decides them). A merchandiser's own
+    /// incentives from the history replay as they happened under both policies and are
+    /// not counted here or in `incentive_spend`.
     #[serde(default)]
     pub incentives_opened: u64,
     /// The part of the commission spend the incentives' bonus paid: units sold during
