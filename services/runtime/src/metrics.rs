@@ -163,6 +163,12 @@ pub const FAMILIES: &[Family] = &[
         "Entries a consumer group gave up on and parked in its dead-letter stream.",
     ),
     family(
+        "ratemesh_stream_group_readers",
+        Gauge,
+        Unit::Count,
+        "Members reading for a consumer group other than the services' own (the input archive's, or one left behind); 0 means it holds trimming back with nobody reading.",
+    ),
+    family(
         "ratemesh_stream_trimmed_total",
         Counter,
         Unit::Count,

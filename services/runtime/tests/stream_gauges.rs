@@ -1,5 +1,6 @@
 //! The stream gauges on the admin `/metrics` endpoint: backlog, pending, length and dead
-//! letters for every (stream, group) pair the services consume.
+//! letters for every (stream, group) pair the services consume, and for any other group
+//! found on their streams.
 //!
 //! One test per binary: the gauges are process-wide, and a second app would report its
 //! own bus into them.
@@ -68,6 +69,11 @@ async fn metrics_show_backlog_pending_length_and_dead_letters_per_stream_and_gro
         .consumer(streams::STOCK, streams::groups::RATES, "r1")
         .await
         .expect("consumer");
+    // stock × archive: a group the services do not consume, which reads nothing here.
+    let _archive = bus
+        .consumer(streams::STOCK, "archive", "a1")
+        .await
+        .expect("consumer");
     for sku in ["a", "b", "c", "d"] {
         bus.publish(streams::STOCK, Event::new(sku, b"x".to_vec()))
             .await
@@ -130,6 +136,8 @@ async fn metrics_show_backlog_pending_length_and_dead_letters_per_stream_and_gro
             g_notifier,
             0.0,
         ),
+        ("ratemesh_stream_backlog_entries", stock, "archive", 5.0),
+        ("ratemesh_stream_pending_entries", stock, "archive", 0.0),
     ];
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
