@@ -53,6 +53,7 @@ pub async fn run(
     let config = Arc::new(config);
     let consumers = STREAMS.map(|stream| {
         let config = config.clone();
+        let stop = shutdown.clone();
         consumer::run(
             bus.clone(),
             ConsumerSpec {
@@ -62,7 +63,7 @@ pub async fn run(
             },
             None,
             shutdown.clone(),
-            move |batch| archive_batch(config.clone(), stream, batch),
+            move |batch| archive_batch(config.clone(), stream, batch, stop.clone()),
         )
     });
     let [stock, overrides, incentives] = consumers;
@@ -84,14 +85,24 @@ pub async fn run(
     Ok(())
 }
 
+/// The first wait before a failed write is tried again; it doubles up to
+/// [`RETRY_WAIT_MAX`].
+const RETRY_WAIT: Duration = Duration::from_millis(100);
+/// The longest wait between two tries of a failed write.
+const RETRY_WAIT_MAX: Duration = Duration::from_secs(5);
+
 /// Writes one batch: records of archived kinds are appended and acknowledged with the
 /// entries of other kinds; entries that do not decode are nacked (dead-lettered in the
-/// `archive` group, as the services dead-letter them); if the write fails, every entry is
-/// nacked and comes back.
+/// `archive` group, as the services dead-letter them). A write that fails (a full or
+/// read-only volume) is tried again, with waits growing to [`RETRY_WAIT_MAX`], until it
+/// succeeds: the entries are not nacked, which would dead-letter them after a few
+/// deliveries and leave a hole in the archive. If `stop` is cancelled first they are left
+/// pending, neither acknowledged nor nacked, and come back after a restart.
 pub async fn archive_batch(
     config: Arc<ArchiveConfig>,
     stream: &'static str,
     batch: Vec<Delivery>,
+    stop: CancellationToken,
 ) -> Settled {
     let mut settled = Settled::default();
     let mut records = Vec::with_capacity(batch.len());
@@ -110,31 +121,29 @@ pub async fn archive_batch(
         return settled;
     }
     let count = records.len() as u64;
-    let writer = config.clone();
-    let result =
-        tokio::task::spawn_blocking(move || segment::append(&writer.dir, &writer.writer, &records))
-            .await;
-    let error = match result {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(e) => Some(format!("the write did not finish: {e}")),
-    };
-    match error {
-        None => {
-            metrics::counter!("ratemesh_archive_records_total", "stream" => stream)
-                .increment(count);
-            settled.ack.extend(written);
+    let records = Arc::new(records);
+    let mut wait = RETRY_WAIT;
+    loop {
+        let (writer, batch) = (config.clone(), records.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            segment::append(&writer.dir, &writer.writer, &batch)
+        })
+        .await;
+        let error = match result {
+            Ok(Ok(())) => break,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the write did not finish: {e}"),
+        };
+        tracing::error!(stream, dir = %config.dir.display(), %error, retry_in = ?wait, "writing to the archive failed; the batch stays pending and is tried again");
+        metrics::counter!("ratemesh_archive_write_failures_total", "stream" => stream).increment(1);
+        tokio::select! {
+            _ = stop.cancelled() => return settled,
+            _ = tokio::time::sleep(wait) => {}
         }
-        Some(error) => {
-            tracing::error!(stream, dir = %config.dir.display(), %error, "writing to the archive failed; the entries will be delivered again");
-            metrics::counter!("ratemesh_archive_write_failures_total", "stream" => stream)
-                .increment(1);
-            let error = format!("archive write failed: {error}");
-            settled
-                .nack
-                .extend(written.into_iter().map(|d| (d, error.clone())));
-        }
+        wait = (wait * 2).min(RETRY_WAIT_MAX);
     }
+    metrics::counter!("ratemesh_archive_records_total", "stream" => stream).increment(count);
+    settled.ack.extend(written);
     settled
 }
 

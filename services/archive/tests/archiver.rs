@@ -280,7 +280,7 @@ fn retention_deletes_whole_days_past_the_limit() {
 }
 
 #[tokio::test]
-async fn a_batch_that_cannot_be_written_is_not_acknowledged() {
+async fn a_batch_that_cannot_be_written_waits_for_the_disk_and_is_never_nacked() {
     let dir = tempfile::tempdir().unwrap();
     let bus = Bus::memory(options()).unwrap();
     publish_inputs(&bus).await;
@@ -297,21 +297,40 @@ async fn a_batch_that_cannot_be_written_is_not_acknowledged() {
             writer: "test-writer".into(),
         })
     };
-    // A file where the directory should be: every append fails.
-    let blocked = dir.path().join("not-a-directory");
+    // A file where the directory should be: every append fails until it is replaced.
+    let blocked = dir.path().join("archive");
     std::fs::write(&blocked, b"").unwrap();
-    let settled =
-        ratemesh_archive::archiver::archive_batch(config(&blocked), streams::STOCK, batch.clone())
-            .await;
-    assert!(settled.ack.is_empty(), "nothing is acknowledged");
-    assert_eq!(settled.nack.len(), 5);
+
+    // Stopped while the disk is unusable: nothing acknowledged, nothing nacked (the
+    // entries stay pending for the next start).
+    let stop = CancellationToken::new();
+    let run = tokio::spawn(ratemesh_archive::archiver::archive_batch(
+        config(&blocked),
+        streams::STOCK,
+        batch.clone(),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        settled.nack[0].1.starts_with("archive write failed"),
-        "{}",
-        settled.nack[0].1
+        !run.is_finished(),
+        "a failed write is tried again, not given up"
     );
-    let settled =
-        ratemesh_archive::archiver::archive_batch(config(dir.path()), streams::STOCK, batch).await;
+    stop.cancel();
+    let settled = run.await.unwrap();
+    assert_eq!((settled.ack.len(), settled.nack.len()), (0, 0));
+
+    // The disk comes back while it waits: the batch is written and acknowledged.
+    let run = tokio::spawn(ratemesh_archive::archiver::archive_batch(
+        config(&blocked),
+        streams::STOCK,
+        batch,
+        CancellationToken::new(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!run.is_finished());
+    std::fs::remove_file(&blocked).unwrap();
+    std::fs::create_dir(&blocked).unwrap();
+    let settled = run.await.unwrap();
     assert_eq!((settled.ack.len(), settled.nack.len()), (5, 0));
-    assert_eq!(segment::list(dir.path()).unwrap().len(), 3);
+    assert_eq!(segment::list(&blocked).unwrap().len(), 3);
 }
