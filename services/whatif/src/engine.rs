@@ -1224,7 +1224,7 @@ fn assemble(
         baseline_policy: label(baseline),
         candidate_policy: label(candidate),
         estimate: options.elasticity.map(|e| ElasticityEstimate {
-            kind: "estimate",
+            kind: "estimate".to_owned(),
             elasticity: e,
             observed_units: program.units_sold,
             estimated_candidate_units: estimate.0,

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, NaiveDate, NaiveTime, TimeDelta, Utc};
 use ratemesh_core::Event;
 use ratemesh_runtime::FieldViolation;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use ratemesh_ingest::csv_feed::csv_items;
 use ratemesh_ingest::payload::{self, Feed, ProductBatch, RawProduct, RawStock, StockBatch};
@@ -66,7 +66,7 @@ impl Default for HistoryOptions {
 }
 
 /// A stretch of history without stock data, reported rather than bridged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gap {
     /// The last push before the gap.
     pub from: DateTime<Utc>,
@@ -77,7 +77,7 @@ pub struct Gap {
 }
 
 /// What a history holds, for the report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistorySummary {
     /// Files read (0 for a history built from events).
     pub files: usize,

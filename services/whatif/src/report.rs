@@ -103,10 +103,10 @@ pub struct SkuFigures {
 
 /// An estimate, not an observation: how sell-through might have moved with the
 /// commission, under an assumed elasticity. Kept apart from the observed figures.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ElasticityEstimate {
     /// Always `"estimate"`, so a script cannot mistake these for observed figures.
-    pub kind: &'static str,
+    pub kind: String,
     /// The assumption: the relative change of units sold per relative change of the
     /// commission rate (0.5: 10 % more commission sells 5 % more).
     pub elasticity: Decimal,
@@ -173,7 +173,7 @@ pub struct PolicyLabel {
 }
 
 /// A what-if run's result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     /// What was replayed.
     pub history: HistorySummary,

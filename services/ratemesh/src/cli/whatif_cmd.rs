@@ -42,14 +42,12 @@ use ratemesh_proto::v1::policy_service_client::PolicyServiceClient;
 use ratemesh_proto::v1::{WhatIfPhase, WhatIfRequest, WhatIfResult, what_if_event};
 use ratemesh_runtime::Settings;
 use ratemesh_whatif::archive::Selection;
-use ratemesh_whatif::history::HistorySummary;
-use ratemesh_whatif::report::{ElasticityEstimate, Report};
+use ratemesh_whatif::report::Report;
 use ratemesh_whatif::{
-    Cancelled, Control, Gap, History, HistoryOptions, Phase, Progress, WhatIfOptions,
+    Cancelled, Control, History, HistoryOptions, Phase, Progress, WhatIfOptions,
 };
 use rust_decimal::Decimal;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::client::{ClientArgs, DEFAULT_ADDR, TlsArgs, explain_status};
 use super::history_cmd::{self, RangeArgs};
@@ -520,97 +518,10 @@ fn remote_request(args: &WhatIfArgs, now: DateTime<Utc>) -> Result<WhatIfRequest
     })
 }
 
-/// The report of a remote run from its `report_json`. The history summary and the
-/// estimate are read through [`HistoryDoc`] and [`EstimateDoc`] (their types in
-/// `ratemesh_whatif` serialise only); fields this version does not know are ignored.
+/// The report of a remote run from its `report_json`; fields this version does not know
+/// are ignored.
 fn report_of(json: &str) -> anyhow::Result<Report> {
-    let mut doc: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_str(json).context("the report is not a JSON object")?;
-    let mut take = |field: &str| doc.remove(field).unwrap_or(serde_json::Value::Null);
-    fn typed<T: DeserializeOwned>(field: &str, value: serde_json::Value) -> anyhow::Result<T> {
-        serde_json::from_value(value).with_context(|| format!("the report's {field}"))
-    }
-    let history: HistoryDoc = typed("history", take("history"))?;
-    let estimate: Option<EstimateDoc> = typed("estimate", take("estimate"))?;
-    Ok(Report {
-        history: history.into(),
-        baseline_policy: typed("baseline_policy", take("baseline_policy"))?,
-        candidate_policy: typed("candidate_policy", take("candidate_policy"))?,
-        program: typed("program", take("program"))?,
-        categories: typed("categories", take("categories"))?,
-        skus: typed("skus", take("skus"))?,
-        unpriced_units: typed("unpriced_units", take("unpriced_units"))?,
-        estimate: estimate.map(Into::into),
-        series: typed("series", take("series"))?,
-    })
-}
-
-/// [`HistorySummary`] as the report's JSON holds it.
-#[derive(Debug, Deserialize)]
-struct HistoryDoc {
-    files: usize,
-    stock_readings: usize,
-    products: usize,
-    skus: usize,
-    from: Option<DateTime<Utc>>,
-    until: Option<DateTime<Utc>>,
-    gaps: Vec<GapDoc>,
-}
-
-/// [`Gap`] as the report's JSON holds it.
-#[derive(Debug, Deserialize)]
-struct GapDoc {
-    from: DateTime<Utc>,
-    until: DateTime<Utc>,
-    hours: i64,
-}
-
-impl From<HistoryDoc> for HistorySummary {
-    fn from(doc: HistoryDoc) -> Self {
-        HistorySummary {
-            files: doc.files,
-            stock_readings: doc.stock_readings,
-            products: doc.products,
-            skus: doc.skus,
-            from: doc.from,
-            until: doc.until,
-            gaps: doc
-                .gaps
-                .into_iter()
-                .map(|g| Gap {
-                    from: g.from,
-                    until: g.until,
-                    hours: g.hours,
-                })
-                .collect(),
-        }
-    }
-}
-
-/// [`ElasticityEstimate`] as the report's JSON holds it.
-#[derive(Debug, Deserialize)]
-struct EstimateDoc {
-    kind: String,
-    elasticity: Decimal,
-    observed_units: Decimal,
-    estimated_candidate_units: Decimal,
-    estimated_candidate_spend: Decimal,
-    estimated_candidate_margin: Decimal,
-}
-
-impl From<EstimateDoc> for ElasticityEstimate {
-    fn from(doc: EstimateDoc) -> Self {
-        ElasticityEstimate {
-            // The type holds a label of the engine's; a run's one estimate keeps the
-            // server's for the life of the process.
-            kind: Box::leak(doc.kind.into_boxed_str()),
-            elasticity: doc.elasticity,
-            observed_units: doc.observed_units,
-            estimated_candidate_units: doc.estimated_candidate_units,
-            estimated_candidate_spend: doc.estimated_candidate_spend,
-            estimated_candidate_margin: doc.estimated_candidate_margin,
-        }
-    }
+    serde_json::from_str(json).context("the server's report")
 }
 
 /// The baseline policy and where it came from. Settings are loaded only for `live`.
