@@ -26,6 +26,9 @@ pub struct Mesh {
     stop: CancellationToken,
 }
 
+/// An input archive for a mesh: its directory and a change to ingest's settings.
+type Archive<'a> = (tempfile::TempDir, Box<dyn FnOnce(&mut IngestSettings) + 'a>);
+
 impl Mesh {
     /// Starts redis, the services and the console. A partner delivery fails for good after
     /// one attempt, so a test sees dead letters at once, and a failing partner's breaker
@@ -53,7 +56,7 @@ impl Mesh {
     }
 
     async fn start(
-        archive: Option<(tempfile::TempDir, Box<dyn FnOnce(&mut IngestSettings) + '_>)>,
+        archive: Option<Archive<'_>>,
         edit: impl FnOnce(&mut Settings, SocketAddr),
     ) -> Self {
         let redis = RedisServer::start();
