@@ -50,14 +50,21 @@ pub fn policy_file(policy: &Policy) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// Every listener on 127.0.0.1 port 0 and one key per role, nothing else changed: the
-/// base a single-service test adds its own settings to.
+/// Every listener on 127.0.0.1 port 0, one key per role, and a queueing target the
+/// admission layer reaches only under real overload: the base a single-service test adds
+/// its own settings to.
+///
+/// Tests run many at once on a few cores, where the runtime's scheduling delay is often
+/// tens of milliseconds because other test processes hold the CPU; at the 5 ms default
+/// the adaptive limit would shed a test's calls for load the server under test did not
+/// make. The layer's own tests set their targets.
 pub fn bare_settings() -> Settings {
     let mut settings = Settings::default();
     let any_port: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     settings.server.grpc_addr = any_port;
     settings.server.http_addr = any_port;
     settings.server.admin_addr = any_port;
+    settings.server.queue_delay_target_ms = 500;
     settings.auth.keys = keys_per_role(PARTNER_ID);
     settings
 }
