@@ -415,25 +415,32 @@ impl App {
             None => None,
         };
         let keys = ApiKeys::from_settings(&auth);
-        let grpc_router = tonic::transport::Server::builder()
-            .timeout(settings.server.request_timeout())
-            .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
-            .layer(tower::util::option_layer(cert_principals))
+        let grpc_service = tower::ServiceBuilder::new()
+            .option_layer(cert_principals)
             .layer(RpcLayer::new(keys, access, settings.server.admission()))
-            .add_routes(routes.routes());
+            .service(routes.routes());
+        let grpc_server = crate::grpc::serve::Server::new()
+            .request_timeout(settings.server.request_timeout())
+            .connection_window(GRPC_CONNECTION_WINDOW);
         let mut servers = JoinSet::new();
         let stopped = stop_accepting.clone().cancelled_owned();
         match &tls {
             Some(tls) => {
                 let incoming = crate::tls::incoming(grpc, tls.grpc.clone(), stop_accepting.clone());
-                let server = grpc_router.serve_with_incoming_shutdown(incoming, stopped);
-                servers.spawn(async move { server.await.context("gRPC server") });
+                let server = grpc_server.serve(incoming, grpc_service, stopped);
+                servers.spawn(async move {
+                    server.await;
+                    Ok(())
+                });
             }
             None => {
                 let incoming =
                     tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
-                let server = grpc_router.serve_with_incoming_shutdown(incoming, stopped);
-                servers.spawn(async move { server.await.context("gRPC server") });
+                let server = grpc_server.serve(incoming, grpc_service, stopped);
+                servers.spawn(async move {
+                    server.await;
+                    Ok(())
+                });
             }
         }
         if let (Some(listener), Some(router)) = (http, http_router) {
