@@ -303,3 +303,71 @@ async fn shutdown_stops_accepting_and_drains_the_call_in_flight() {
     drop(channel);
     server.done.await.expect("serve loop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_handler_runtime_refusals_need_none_of_its_workers() {
+    // Admitted calls run on a runtime of one worker; connections on the test's runtime.
+    let handlers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("test-handler")
+        .enable_all()
+        .build()
+        .expect("handler runtime");
+    let ran_on = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = ran_on.clone();
+    let service = tower::ServiceBuilder::new()
+        .layer(rpc_layer(1))
+        .service(tower::service_fn(move |request: Request<Body>| {
+            let thread = std::thread::current().name().map(str::to_owned);
+            seen.lock().expect("lock").push(thread);
+            async move { Ok::<_, Infallible>(ok_with_remote(&request)) }
+        }));
+    let server = start(Server::new().handlers(handlers.handle().clone()), service).await;
+    let channel = channel(server.addr).await;
+    let bearer = format!("Bearer {KEY}");
+    let auth = [("authorization", bearer.as_str())];
+    assert_eq!(call(&channel, &auth).await.0, 0);
+    assert_eq!(
+        *ran_on.lock().expect("lock"),
+        vec![Some("test-handler".to_owned())]
+    );
+
+    // The handler runtime's one worker is held by a call that waits for the test, and
+    // the method's one place is taken: further calls are refused, and answered while the
+    // worker is still held.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (holding_tx, holding) = oneshot::channel::<()>();
+    handlers.spawn(async move {
+        let _ = holding_tx.send(());
+        let _ = held.recv();
+    });
+    holding.await.expect("the worker is held");
+    let blocked = tokio::spawn({
+        let channel = channel.clone();
+        let bearer = bearer.clone();
+        async move { call(&channel, &[("authorization", &bearer)]).await.0 }
+    });
+    while server.streams.spawned() < 2 {
+        tokio::task::yield_now().await;
+    }
+    // A guard against a hang, not a latency bound.
+    let refusals = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut statuses = Vec::new();
+        while statuses.len() < 10 {
+            let status = call(&channel, &auth).await.0;
+            if status == tonic::Code::ResourceExhausted as i32 {
+                statuses.push(status);
+            } else {
+                panic!("a call was answered {status} while the only place was taken");
+            }
+        }
+        statuses
+    });
+    let refused = refusals.await;
+    release.send(()).expect("worker waiting");
+    let refused = refused.expect("refusals answered while the handler runtime was held");
+    assert_eq!(refused.len(), 10);
+    assert_eq!(blocked.await.expect("blocked call"), 0);
+    assert!(server.streams.answered_inline() >= 10);
+    handlers.shutdown_background();
+}

@@ -12,6 +12,10 @@
 //! connection), so the layer's admitted path first yields ([`off_the_connection_task`])
 //! when it finds itself there, and the work runs in the spawned task.
 //!
+//! Connections can run on a runtime of their own ([`Server::handlers`] names the one
+//! admitted calls run on): then a connection task never waits behind handlers either, and
+//! a refusal waits for nothing but its connection's thread.
+//!
 //! Per connection, calls get the extensions the layers read: the peer's
 //! [`TcpConnectInfo`] and, under TLS, its [`PeerCertificates`]. The server's request
 //! timeout applies as tonic's did: the shorter of it and the call's `grpc-timeout`, after
@@ -32,6 +36,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 use tonic::body::Body;
 use tonic::transport::server::TcpConnectInfo;
 use tower::ServiceExt;
@@ -49,6 +54,8 @@ pub struct Server {
     connection_window: Option<u32>,
     /// Where streams were answered, for tests and figures.
     streams: Arc<StreamCounts>,
+    /// The runtime admitted calls run on; `None`: the one the serve loop runs on.
+    handlers: Option<Handle>,
 }
 
 /// How many streams were answered on their connection task, and how many were spawned.
@@ -83,7 +90,16 @@ impl Server {
             request_timeout: None,
             connection_window: None,
             streams: Arc::default(),
+            handlers: None,
         }
+    }
+
+    /// Runs admitted calls on `handlers`, while connections (and refusals) stay on the
+    /// runtime the serve loop runs on. A stream's first poll enters `handlers`' context,
+    /// so whatever a call starts there (timers, tasks, the layer's probe) belongs to it.
+    pub fn handlers(mut self, handlers: Handle) -> Self {
+        self.handlers = Some(handlers);
+        self
     }
 
     /// Calls are dropped and answered CANCELLED after `timeout`, or their own
@@ -120,6 +136,7 @@ impl Server {
     {
         let executor = InlineFirst {
             streams: self.streams.clone(),
+            handlers: self.handlers.clone(),
         };
         let mut builder = hyper::server::conn::http2::Builder::new(executor);
         // What tonic's builder sets, with its defaults: no stream cap beyond the peer's,
@@ -269,6 +286,7 @@ fn timed_out_is_cancelled(result: Result<CallResult, tokio::time::error::Elapsed
 #[derive(Clone)]
 struct InlineFirst {
     streams: Arc<StreamCounts>,
+    handlers: Option<Handle>,
 }
 
 impl<F> hyper::rt::Executor<F> for InlineFirst
@@ -282,6 +300,7 @@ where
         // may do nothing; whatever woke in between is seen by that poll.
         let mut cx = Context::from_waker(Waker::noop());
         let polled = {
+            let _handlers = self.handlers.as_ref().map(Handle::enter);
             let _inline = InlinePoll::enter();
             future.as_mut().poll(&mut cx)
         };
@@ -290,7 +309,10 @@ where
             return;
         }
         self.streams.spawned.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(future);
+        match &self.handlers {
+            Some(handlers) => drop(handlers.spawn(future)),
+            None => drop(tokio::spawn(future)),
+        }
     }
 }
 
