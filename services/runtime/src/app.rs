@@ -444,32 +444,25 @@ impl App {
             let _connections = connections_handle.enter();
             let grpc = TcpListener::from_std(grpc.into_std().context("gRPC listener")?)
                 .context("gRPC listener")?;
-            match &tls {
+            let server: Pin<Box<dyn Future<Output = ()> + Send>> = match &tls {
                 Some(tls) => {
                     let incoming =
                         crate::tls::incoming(grpc, tls.grpc.clone(), stop_accepting.clone());
-                    let server = grpc_server.serve(incoming, grpc_service, stopped);
-                    servers.spawn_on(
-                        async move {
-                            server.await;
-                            Ok(())
-                        },
-                        &connections_handle,
-                    );
+                    Box::pin(grpc_server.serve(incoming, grpc_service, stopped))
                 }
                 None => {
                     let incoming =
                         tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
-                    let server = grpc_server.serve(incoming, grpc_service, stopped);
-                    servers.spawn_on(
-                        async move {
-                            server.await;
-                            Ok(())
-                        },
-                        &connections_handle,
-                    );
+                    Box::pin(grpc_server.serve(incoming, grpc_service, stopped))
                 }
-            }
+            };
+            servers.spawn_on(
+                async move {
+                    server.await;
+                    Ok(())
+                },
+                &connections_handle,
+            );
         }
         if let (Some(listener), Some(router)) = (http, http_router) {
             let stop = stop_accepting.clone();
