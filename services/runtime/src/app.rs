@@ -422,8 +422,8 @@ impl App {
         let mut grpc_server = crate::grpc::serve::Server::new()
             .request_timeout(settings.server.request_timeout())
             .connection_window(GRPC_CONNECTION_WINDOW);
-        // Connections on a thread of their own, calls on this runtime: a refusal, answered
-        // on its connection task, then waits behind no handler.
+        // Optionally connections on a thread of their own, calls on this runtime: a
+        // refusal, answered on its connection task, then waits behind no handler.
         let connections = match settings.server.grpc_connection_runtime {
             true => {
                 grpc_server = grpc_server.handlers(tokio::runtime::Handle::current());
