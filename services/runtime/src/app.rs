@@ -415,26 +415,54 @@ impl App {
             None => None,
         };
         let keys = ApiKeys::from_settings(&auth);
-        let grpc_router = tonic::transport::Server::builder()
-            .timeout(settings.server.request_timeout())
-            .initial_connection_window_size(GRPC_CONNECTION_WINDOW)
-            .layer(tower::util::option_layer(cert_principals))
+        let grpc_service = tower::ServiceBuilder::new()
+            .option_layer(cert_principals)
             .layer(RpcLayer::new(keys, access, settings.server.admission()))
-            .add_routes(routes.routes());
+            .service(routes.routes());
+        let mut grpc_server = crate::grpc::serve::Server::new()
+            .request_timeout(settings.server.request_timeout())
+            .connection_window(GRPC_CONNECTION_WINDOW);
+        // Optionally connections on a thread of their own, calls on this runtime: a
+        // refusal, answered on its connection task, then waits behind no handler.
+        let connections = match settings.server.grpc_connection_runtime {
+            true => {
+                grpc_server = grpc_server.handlers(tokio::runtime::Handle::current());
+                let runtime = Background::named("ratemesh-grpc-conn", 1, 0)
+                    .context("starting the gRPC connection runtime")?;
+                Some(runtime)
+            }
+            false => None,
+        };
+        let connections_handle = connections
+            .as_ref()
+            .map_or_else(tokio::runtime::Handle::current, |c| c.handle().clone());
         let mut servers = JoinSet::new();
         let stopped = stop_accepting.clone().cancelled_owned();
-        match &tls {
-            Some(tls) => {
-                let incoming = crate::tls::incoming(grpc, tls.grpc.clone(), stop_accepting.clone());
-                let server = grpc_router.serve_with_incoming_shutdown(incoming, stopped);
-                servers.spawn(async move { server.await.context("gRPC server") });
-            }
-            None => {
-                let incoming =
-                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
-                let server = grpc_router.serve_with_incoming_shutdown(incoming, stopped);
-                servers.spawn(async move { server.await.context("gRPC server") });
-            }
+        {
+            // The listener (and the connections it accepts) registered with the runtime
+            // that polls them; the TLS handshake tasks spawned there too.
+            let _connections = connections_handle.enter();
+            let grpc = TcpListener::from_std(grpc.into_std().context("gRPC listener")?)
+                .context("gRPC listener")?;
+            let server: Pin<Box<dyn Future<Output = ()> + Send>> = match &tls {
+                Some(tls) => {
+                    let incoming =
+                        crate::tls::incoming(grpc, tls.grpc.clone(), stop_accepting.clone());
+                    Box::pin(grpc_server.serve(incoming, grpc_service, stopped))
+                }
+                None => {
+                    let incoming =
+                        tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+                    Box::pin(grpc_server.serve(incoming, grpc_service, stopped))
+                }
+            };
+            servers.spawn_on(
+                async move {
+                    server.await;
+                    Ok(())
+                },
+                &connections_handle,
+            );
         }
         if let (Some(listener), Some(router)) = (http, http_router) {
             let stop = stop_accepting.clone();
@@ -522,6 +550,7 @@ impl App {
         let _ = tokio::time::timeout(Duration::from_secs(1), admin_server).await;
         follower.abort();
         drop(background);
+        drop(connections);
         tracing::info!("stopped");
         match failure {
             Some(err) => Err(err),

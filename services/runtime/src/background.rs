@@ -30,10 +30,15 @@ impl Background {
     /// Starts `threads` workers (0: one per CPU) whose nice value is `nice` above the
     /// process's (0: the listeners' priority).
     pub(crate) fn start(threads: usize, nice: i32) -> std::io::Result<Self> {
+        Self::named("ratemesh-background", threads, nice)
+    }
+
+    /// The same, with threads called `name`: a runtime of its own for other work.
+    pub(crate) fn named(name: &str, threads: usize, nice: i32) -> std::io::Result<Self> {
         let mut builder = tokio::runtime::Builder::new_multi_thread();
         builder
             .enable_all()
-            .thread_name("ratemesh-background")
+            .thread_name(name)
             .on_thread_start(move || lower_priority(nice));
         if threads > 0 {
             builder.worker_threads(threads);

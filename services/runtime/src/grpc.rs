@@ -20,10 +20,16 @@
 //!
 //! Streams (WatchRates) hold their admission only until the response headers: what is
 //! limited is the work of starting a call, not how long a subscriber stays.
+//!
+//! The process serves this layer with a loop of its own ([`serve`]) that runs each new
+//! call's first poll on its connection task: the admission decision is made there, so a
+//! refusal is written without waiting for a worker; an admitted call continues in a task
+//! of its own.
 
 mod deadline;
 mod limit;
 mod methods;
+pub mod serve;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -294,6 +300,12 @@ where
                     return Ok(finish(method, started, refusal));
                 }
             };
+            // Up to here the call may be running on its connection task (`serve`), where a
+            // refusal is answered without a task of its own; the rest runs in the stream's
+            // task. Its time in the layer starts there: the queueing before it is what
+            // the scheduling delay at admission accounts for.
+            serve::off_the_connection_task().await;
+            admitted.started = Instant::now();
 
             let authorization = request
                 .headers()

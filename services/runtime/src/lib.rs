@@ -9,6 +9,7 @@
 //! - [`app`]: [`Context`], [`ServiceModule`] and [`App`], which binds and runs services.
 //! - [`grpc`]: the layer every gRPC call passes through (admission under overload, auth,
 //!   trace context, metrics); it reads the runtime's scheduling delay from a probe task.
+//!   [`grpc::serve`] is the HTTP/2 serve loop that answers refusals on the connection task.
 //! - [`http_server`]: the webhook listener and its connection limits.
 //! - [`tls`]: the listeners' TLS (certificates reloaded from files, optional mTLS).
 //! - [`health`]: per-service readiness feeding `grpc.health.v1` and `/readyz`.

@@ -313,7 +313,7 @@ pub fn otlp_client_tls(
     )))
 }
 
-/// TLS connections accepted on `listener`, for `tonic`'s `serve_with_incoming_shutdown`.
+/// TLS connections accepted on `listener`, for the gRPC serve loop (`grpc::serve`).
 /// Each handshake runs in its own task under [`HANDSHAKE_TIMEOUT`]; connections whose
 /// handshake fails (a plaintext client, an untrusted client certificate) are closed and
 /// logged at debug level. Ends once `stop` is cancelled or the stream is dropped.
@@ -451,8 +451,10 @@ pub struct CertPrincipalService<S> {
     inner: S,
 }
 
-type ConnectInfo =
-    tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>;
+/// The certificates a TLS peer presented (leaf first), put on each of its calls by the
+/// serve loop (`grpc::serve`) once per connection.
+#[derive(Clone, Debug)]
+pub struct PeerCertificates(pub Arc<Vec<CertificateDer<'static>>>);
 
 impl<S, B> tower::Service<http::Request<B>> for CertPrincipalService<S>
 where
@@ -471,11 +473,8 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         if !request.headers().contains_key(http::header::AUTHORIZATION)
-            && let Some(certs) = request
-                .extensions()
-                .get::<ConnectInfo>()
-                .and_then(|info| info.peer_certs())
-            && let Some(value) = self.principals.authorization(&certs)
+            && let Some(certs) = request.extensions().get::<PeerCertificates>()
+            && let Some(value) = self.principals.authorization(&certs.0)
         {
             let value = value.clone();
             request

@@ -1,0 +1,373 @@
+//! The gRPC serve loop through real sockets: where streams are answered (a refusal on its
+//! connection task, an admitted call in a task of its own), the connection's extensions on
+//! each call, the request timeout, and the drain on shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use ratemesh_runtime::Role;
+use ratemesh_runtime::auth::{self, AccessTable, ApiKeys, MethodRoles};
+use ratemesh_runtime::grpc::serve::{Server, StreamCounts};
+use ratemesh_runtime::grpc::{Admission, RpcLayer};
+use ratemesh_runtime::settings::{ApiKeySettings, AuthSettings};
+use tokio::sync::{mpsc, oneshot};
+use tonic::body::Body;
+use tonic::transport::Channel;
+use tonic::transport::server::TcpConnectInfo;
+use tower::{Service, ServiceExt};
+
+const SERVICE: &str = "test.v1.Serve";
+const ACCESS: MethodRoles = &[("Call", &[Role::Network])];
+const KEY: &str = "serve-test-key";
+
+/// A running serve loop; `stop` starts its drain, `done` resolves once it returned.
+struct Running {
+    addr: SocketAddr,
+    streams: Arc<StreamCounts>,
+    stop: oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+async fn start<S>(server: Server, service: S) -> Running
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let streams = server.stream_counts();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let done = tokio::spawn(server.serve(incoming, service, async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        addr,
+        streams,
+        stop,
+        done,
+    }
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+/// A bodiless call to `SERVICE/Call` with `headers`, answered with its grpc-status.
+async fn call(channel: &Channel, headers: &[(&'static str, &str)]) -> (i32, Response<Body>) {
+    let mut request = Request::builder()
+        .method("POST")
+        .uri(format!("/{SERVICE}/Call"))
+        .header("content-type", "application/grpc");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Body::empty()).expect("request");
+    let response = channel
+        .clone()
+        .ready()
+        .await
+        .expect("ready")
+        .call(request)
+        .await
+        .expect("answered");
+    let status = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+/// An OK answer that carries the caller's address as the server saw it.
+fn ok_with_remote(request: &Request<Body>) -> Response<Body> {
+    let remote = request
+        .extensions()
+        .get::<TcpConnectInfo>()
+        .and_then(|info| info.remote_addr())
+        .map(|addr| addr.to_string())
+        .unwrap_or_default();
+    Response::builder()
+        .header("content-type", "application/grpc")
+        .header("grpc-status", "0")
+        .header("x-remote", remote)
+        .body(Body::empty())
+        .expect("response")
+}
+
+fn rpc_layer(max_concurrent: usize) -> RpcLayer {
+    let keys = ApiKeys::from_settings(&AuthSettings {
+        keys: vec![ApiKeySettings {
+            name: "tester".into(),
+            role: Role::Network,
+            sha256: auth::hash_key(KEY),
+            partner_id: None,
+        }],
+    });
+    RpcLayer::new(
+        keys,
+        AccessTable::new([(SERVICE, ACCESS)]),
+        Admission {
+            max_concurrent,
+            retry_after: Duration::from_millis(100),
+            adaptive: false,
+            queue_delay_target: Duration::from_millis(50),
+            min_concurrency: 1,
+            deadlines: false,
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_calls_are_answered_on_the_connection_task_and_admitted_ones_get_a_task() {
+    let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = handled.clone();
+    let handler = tower::service_fn(move |request: Request<Body>| {
+        let counter = counter.clone();
+        async move {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok::<_, Infallible>(ok_with_remote(&request))
+        }
+    });
+    let bearer = format!("Bearer {KEY}");
+    let auth = [("authorization", bearer.as_str())];
+
+    // No room at all: every call is refused by the layer, at once.
+    let refusing = tower::ServiceBuilder::new()
+        .layer(rpc_layer(0))
+        .service(handler.clone());
+    let server = start(Server::new(), refusing).await;
+    let channel = channel(server.addr).await;
+    for _ in 0..20 {
+        let (status, _) = call(&channel, &auth).await;
+        assert_eq!(status, tonic::Code::ResourceExhausted as i32);
+    }
+    assert_eq!(server.streams.answered_inline(), 20);
+    assert_eq!(server.streams.spawned(), 0, "a refusal spawned a task");
+    assert_eq!(handled.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // Room: every call is admitted and its handler runs in a task of its own, even one
+    // whose handler would be ready at once.
+    let admitting = tower::ServiceBuilder::new()
+        .layer(rpc_layer(64))
+        .service(handler);
+    let server = start(Server::new(), admitting).await;
+    let channel = self::channel(server.addr).await;
+    for _ in 0..5 {
+        let (status, _) = call(&channel, &auth).await;
+        assert_eq!(status, 0);
+    }
+    assert_eq!(server.streams.spawned(), 5);
+    assert_eq!(server.streams.answered_inline(), 0);
+    assert_eq!(handled.load(std::sync::atomic::Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_does_not_wait_behind_busy_workers() {
+    // The server runs on one worker; a task holds it in turns, as a CPU surge would. Every
+    // refusal is answered by the connection task, so none waits for a task of its own,
+    // and all are answered while the worker is still being held.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let refusing = tower::ServiceBuilder::new()
+        .layer(rpc_layer(0))
+        .service(tower::service_fn(|request: Request<Body>| async move {
+            Ok::<_, Infallible>(ok_with_remote(&request))
+        }));
+    let server = runtime
+        .spawn(start(Server::new(), refusing))
+        .await
+        .expect("server started");
+    let (busy_tx, mut busy) = mpsc::unbounded_channel::<()>();
+    let holding = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let hold = holding.clone();
+    runtime.spawn(async move {
+        while hold.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(2));
+            let _ = busy_tx.send(());
+            tokio::task::yield_now().await;
+        }
+    });
+    busy.recv().await.expect("the worker is held");
+
+    let channel = channel(server.addr).await;
+    let bearer = format!("Bearer {KEY}");
+    let calls = (0..50).map(|_| {
+        let channel = channel.clone();
+        let bearer = bearer.clone();
+        tokio::spawn(async move { call(&channel, &[("authorization", &bearer)]).await.0 })
+    });
+    for status in futures::future::join_all(calls).await {
+        assert_eq!(status.expect("call"), tonic::Code::ResourceExhausted as i32);
+    }
+    assert_eq!(server.streams.answered_inline(), 50);
+    assert_eq!(server.streams.spawned(), 0);
+    holding.store(false, std::sync::atomic::Ordering::SeqCst);
+    runtime.shutdown_background();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_carry_the_connection_info() {
+    let server = start(
+        Server::new(),
+        tower::service_fn(|request: Request<Body>| async move {
+            Ok::<_, Infallible>(ok_with_remote(&request))
+        }),
+    )
+    .await;
+    let channel = channel(server.addr).await;
+    let (status, response) = call(&channel, &[]).await;
+    assert_eq!(status, 0);
+    let remote: SocketAddr = response
+        .headers()
+        .get("x-remote")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("the handler saw the caller's address");
+    assert!(remote.ip().is_loopback(), "{remote}");
+    assert_ne!(remote.port(), server.addr.port());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_the_request_timeout_is_cancelled() {
+    let server = start(
+        Server::new().request_timeout(Duration::from_millis(50)),
+        tower::service_fn(|_request: Request<Body>| async move {
+            std::future::pending::<()>().await;
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        }),
+    )
+    .await;
+    let channel = channel(server.addr).await;
+    let (status, response) = call(&channel, &[]).await;
+    assert_eq!(status, tonic::Code::Cancelled as i32);
+    let status = tonic::Status::from_header_map(response.headers()).expect("status");
+    assert_eq!(status.message(), "Timeout expired");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_accepting_and_drains_the_call_in_flight() {
+    let (entered_tx, mut entered) = mpsc::unbounded_channel::<()>();
+    let (release_tx, release) = tokio::sync::watch::channel(false);
+    let server = start(
+        Server::new(),
+        tower::service_fn(move |request: Request<Body>| {
+            let entered = entered_tx.clone();
+            let mut release = release.clone();
+            async move {
+                let _ = entered.send(());
+                let _ = release.wait_for(|go| *go).await;
+                Ok::<_, Infallible>(ok_with_remote(&request))
+            }
+        }),
+    )
+    .await;
+    let channel = channel(server.addr).await;
+    let in_flight = tokio::spawn({
+        let channel = channel.clone();
+        async move { call(&channel, &[]).await.0 }
+    });
+    entered.recv().await.expect("the call reached its handler");
+
+    server.stop.send(()).expect("server running");
+    // The listener closes at once: a new connection is refused...
+    let mut refused = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(server.addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(refused, "still accepting after the stop");
+    // ... while the serve loop waits for the call in flight, which is then answered.
+    assert!(!server.done.is_finished());
+    release_tx.send(true).expect("handler waiting");
+    assert_eq!(in_flight.await.expect("call"), 0);
+    drop(channel);
+    server.done.await.expect("serve loop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_handler_runtime_refusals_need_none_of_its_workers() {
+    // Admitted calls run on a runtime of one worker; connections on the test's runtime.
+    let handlers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("test-handler")
+        .enable_all()
+        .build()
+        .expect("handler runtime");
+    let ran_on = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = ran_on.clone();
+    let service = tower::ServiceBuilder::new()
+        .layer(rpc_layer(1))
+        .service(tower::service_fn(move |request: Request<Body>| {
+            let thread = std::thread::current().name().map(str::to_owned);
+            seen.lock().expect("lock").push(thread);
+            async move { Ok::<_, Infallible>(ok_with_remote(&request)) }
+        }));
+    let server = start(Server::new().handlers(handlers.handle().clone()), service).await;
+    let channel = channel(server.addr).await;
+    let bearer = format!("Bearer {KEY}");
+    let auth = [("authorization", bearer.as_str())];
+    assert_eq!(call(&channel, &auth).await.0, 0);
+    assert_eq!(
+        *ran_on.lock().expect("lock"),
+        vec![Some("test-handler".to_owned())]
+    );
+
+    // The handler runtime's one worker is held by a call that waits for the test, and
+    // the method's one place is taken: further calls are refused, and answered while the
+    // worker is still held.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (holding_tx, holding) = oneshot::channel::<()>();
+    handlers.spawn(async move {
+        let _ = holding_tx.send(());
+        let _ = held.recv();
+    });
+    holding.await.expect("the worker is held");
+    let blocked = tokio::spawn({
+        let channel = channel.clone();
+        let bearer = bearer.clone();
+        async move { call(&channel, &[("authorization", &bearer)]).await.0 }
+    });
+    while server.streams.spawned() < 2 {
+        tokio::task::yield_now().await;
+    }
+    // A guard against a hang, not a latency bound.
+    let refusals = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut statuses = Vec::new();
+        while statuses.len() < 10 {
+            let status = call(&channel, &auth).await.0;
+            if status == tonic::Code::ResourceExhausted as i32 {
+                statuses.push(status);
+            } else {
+                panic!("a call was answered {status} while the only place was taken");
+            }
+        }
+        statuses
+    });
+    let refused = refusals.await;
+    release.send(()).expect("worker waiting");
+    let refused = refused.expect("refusals answered while the handler runtime was held");
+    assert_eq!(refused.len(), 10);
+    assert_eq!(blocked.await.expect("blocked call"), 0);
+    assert!(server.streams.answered_inline() >= 10);
+    handlers.shutdown_background();
+}
