@@ -244,6 +244,9 @@ pub fn apply_server_settings(
 
 fn in_process_settings(policy_file: PathBuf, partitions: u16) -> Settings {
     let mut settings = bare_settings();
+    // The functional tests' queueing target is for test machines full of other tests;
+    // the load test measures the server as deployed.
+    settings.server.queue_delay_target_ms = Settings::default().server.queue_delay_target_ms;
     settings.server.shutdown_grace_ms = 5_000;
     settings.section_mut::<IngestSettings>().sources = erp_source("loadtest-erp", &[ERP_SECRET]);
     allow_local_partners(&mut settings);
@@ -488,4 +491,19 @@ pub async fn channels(addr: &str, connections: usize) -> anyhow::Result<Vec<Chan
         out.push(channel);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_in_process_ratemesh_admits_calls_as_deployed() {
+        let settings = in_process_settings(PathBuf::from("policy.toml"), 1);
+        assert_eq!(
+            settings.server.admission(),
+            Settings::default().server.admission(),
+            "the load test must measure the admission layer with its production settings"
+        );
+    }
 }
