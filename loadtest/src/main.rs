@@ -86,6 +86,12 @@ struct Args {
     /// (e.g. `queue_delay_target_ms=5`, `background_runtime=false`); repeatable.
     #[arg(long, value_name = "KEY=VALUE", value_parser = key_value)]
     server_setting: Vec<(String, String)>,
+    /// Runs the in-process ratemesh's threads and its private redis-server this much
+    /// above the load generator's nice value (1-19), so the kernel gives the load
+    /// generator the CPU first, as if it ran on cores of its own: the figures then measure
+    /// the server, not the client's share of the cores. 0: one priority for all.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    server_nice: i32,
     /// Load an external ratemesh at this gRPC address instead of starting one.
     #[arg(long, requires_all = ["webhook", "erp_secret"])]
     grpc: Option<String>,
@@ -180,6 +186,11 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
                 "--server-setting sets the in-process ratemesh's [server] settings; \
                  an external deployment has its own"
             );
+            anyhow::ensure!(
+                args.server_nice == 0,
+                "--server-nice lowers the in-process ratemesh's priority; an external \
+                 deployment runs elsewhere"
+            );
             TargetSpec::External(External {
                 grpc: grpc.clone(),
                 webhook: args.webhook.clone().unwrap_or_default(),
@@ -209,6 +220,7 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
             TargetSpec::InProcess(InProcess {
                 min_replica_acks: args.min_replica_acks,
                 server_settings: args.server_setting.clone(),
+                server_nice: args.server_nice,
                 ..InProcess::on(redis, args.partitions)
             })
         }

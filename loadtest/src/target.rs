@@ -88,6 +88,10 @@ pub struct InProcess {
     /// `[server]` settings of the in-process ratemesh that differ from its defaults, as
     /// (key, TOML value).
     pub server_settings: Vec<(String, String)>,
+    /// How much higher than the load generator's the nice value of the in-process
+    /// ratemesh's threads (and of a private redis-server) is: with it, the kernel runs the
+    /// load generator first, as if it had cores of its own.
+    pub server_nice: i32,
 }
 
 impl InProcess {
@@ -99,6 +103,7 @@ impl InProcess {
             min_replica_acks: 0,
             peak_at: None,
             server_settings: Vec::new(),
+            server_nice: 0,
         }
     }
 }
@@ -244,6 +249,9 @@ pub fn apply_server_settings(
 
 fn in_process_settings(policy_file: PathBuf, partitions: u16) -> Settings {
     let mut settings = bare_settings();
+    // The functional tests' queueing target is for test machines full of other tests;
+    // the load test measures the server as deployed.
+    settings.server.queue_delay_target_ms = Settings::default().server.queue_delay_target_ms;
     settings.server.shutdown_grace_ms = 5_000;
     settings.section_mut::<IngestSettings>().sources = erp_source("loadtest-erp", &[ERP_SECRET]);
     allow_local_partners(&mut settings);
@@ -303,7 +311,10 @@ impl Target {
         } else {
             DirectRedis::server(&urls[0], &settings.redis.key_prefix, u32::from(partitions))
         };
-        let server_runtime = ServerRuntime::new()?;
+        if let Some(pid) = server.as_ref().and_then(RedisServer::pid) {
+            lower_priority(Some(pid), spec.server_nice);
+        }
+        let server_runtime = ServerRuntime::new(spec.server_nice)?;
         let (bus, app) = {
             let settings = settings.clone();
             let handle = server_runtime.handle();
@@ -332,6 +343,15 @@ impl Target {
         }
         if spec.min_replica_acks > 0 {
             description.push_str(&format!(", min_replica_acks {}", spec.min_replica_acks));
+        }
+        for (key, value) in &spec.server_settings {
+            description.push_str(&format!(", server.{key} = {value}"));
+        }
+        if spec.server_nice > 0 {
+            description.push_str(&format!(
+                ", server and redis at nice +{} (the load generator first)",
+                spec.server_nice
+            ));
         }
         let target = Target {
             grpc,
@@ -426,11 +446,13 @@ impl Target {
         F: Future,
         F::Output: Send + 'static,
     {
-        let handle = match &self.server {
-            Some(server) => server.handle(),
-            None => tokio::runtime::Handle::current(),
-        };
-        tokio::task::spawn_blocking(move || handle.block_on(make()))
+        match &self.server {
+            Some(server) => server.block_on(make),
+            None => {
+                let handle = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || handle.block_on(make()))
+            }
+        }
     }
 
     /// Stops the in-process ratemesh (nothing for an external one).
@@ -444,34 +466,94 @@ impl Target {
 
 /// A multi-thread runtime with one worker per core, for servers started in this process.
 /// Dropping it stops its tasks without waiting (so it may be dropped from async code).
-pub struct ServerRuntime(Option<tokio::runtime::Runtime>);
+pub struct ServerRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+    nice: i32,
+}
 
 impl ServerRuntime {
-    /// Starts the runtime's threads (named `server`).
-    pub fn new() -> anyhow::Result<Self> {
+    /// Starts the runtime's threads (named `server`), `nice` above this process's nice
+    /// value; the threads they start (a background runtime's, blocking ones) inherit it.
+    pub fn new(nice: i32) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name("server")
+            .on_thread_start(move || lower_priority(None, nice))
             .enable_all()
             .build()
             .context("starting the server runtime")?;
-        Ok(Self(Some(runtime)))
+        Ok(Self {
+            runtime: Some(runtime),
+            nice,
+        })
     }
 
     /// A handle on the runtime.
     pub fn handle(&self) -> tokio::runtime::Handle {
-        self.0
+        self.runtime
             .as_ref()
             .expect("running until dropped")
             .handle()
             .clone()
     }
+
+    /// Runs the future `make` returns in the runtime, driven from a thread of the runtime's
+    /// nice value (so whatever it starts from there inherits that too).
+    pub fn block_on<M, F>(&self, make: M) -> tokio::task::JoinHandle<F::Output>
+    where
+        M: FnOnce() -> F + Send + 'static,
+        F: Future,
+        F::Output: Send + 'static,
+    {
+        let (handle, nice) = (self.handle(), self.nice);
+        let (done, output) = tokio::sync::oneshot::channel();
+        let driver = std::thread::Builder::new()
+            .name("server-driver".into())
+            .spawn(move || {
+                lower_priority(None, nice);
+                let _ = done.send(handle.block_on(make()));
+            });
+        tokio::spawn(async move {
+            driver.expect("starting a server thread");
+            output.await.expect("the server thread panicked")
+        })
+    }
 }
 
 impl Drop for ServerRuntime {
     fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
+        if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+/// Raises the nice value of `pid` (a process's main thread) or of the calling thread by
+/// `nice`; a failure is reported once, and the figures then say nothing about priority.
+#[cfg(target_os = "linux")]
+fn lower_priority(pid: Option<u32>, nice: i32) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if nice == 0 {
+        return;
+    }
+    let target = match pid {
+        Some(pid) => i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw),
+        None => Some(rustix::thread::gettid()),
+    };
+    let lowered = rustix::process::getpriority_process(target)
+        .and_then(|own| rustix::process::setpriority_process(target, (own + nice).min(19)));
+    if let Err(err) = lowered
+        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        eprintln!("cannot raise the server's nice value by {nice}: {err}");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority(_pid: Option<u32>, nice: i32) {
+    if nice != 0 {
+        eprintln!("--server-nice is for Linux, where a nice value belongs to a thread");
     }
 }
 
@@ -488,4 +570,19 @@ pub async fn channels(addr: &str, connections: usize) -> anyhow::Result<Vec<Chan
         out.push(channel);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_in_process_ratemesh_admits_calls_as_deployed() {
+        let settings = in_process_settings(PathBuf::from("policy.toml"), 1);
+        assert_eq!(
+            settings.server.admission(),
+            Settings::default().server.admission(),
+            "the load test must measure the admission layer with its production settings"
+        );
+    }
 }

@@ -17,7 +17,7 @@ use bytes::{Buf, BufMut};
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::rate_service_server::RateServiceServer;
 use tonic::body::Body;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
@@ -141,8 +141,27 @@ impl UnaryService<v1::ListRatesRequest> for ListRates {
 
 /// A request message as the wire codec decodes it.
 trait WireRequest: Sized + Send + 'static {
+    /// The codec's buffers for this method's calls, request and response (tonic's
+    /// default, 8 KiB each, is an allocation per call as large as a page of cards).
+    const BUFFERS: Buffers = Buffers {
+        request: DEFAULT_BUFFER,
+        response: DEFAULT_BUFFER,
+    };
+
     fn decode_request(src: &mut DecodeBuf<'_>) -> Result<Self, Status>;
 }
+
+/// Initial sizes of a call's codec buffers; a buffer grows if a message needs more.
+#[derive(Debug, Clone, Copy)]
+struct Buffers {
+    request: usize,
+    response: usize,
+}
+
+/// tonic's default buffer size.
+const DEFAULT_BUFFER: usize = 8 * 1024;
+/// tonic's default: a streaming encoder yields once this much is buffered.
+const DEFAULT_YIELD_THRESHOLD: usize = 32 * 1024;
 
 /// The status tonic's prost codec gives to an undecodable request, so the layer above
 /// reports it as the caller's malformed request.
@@ -151,12 +170,23 @@ fn undecodable(error: impl std::fmt::Display) -> Status {
 }
 
 impl WireRequest for v1::GetRateRequest {
+    // A SKU in, one card out: a few hundred bytes at most.
+    const BUFFERS: Buffers = Buffers {
+        request: 256,
+        response: 1024,
+    };
+
     fn decode_request(src: &mut DecodeBuf<'_>) -> Result<Self, Status> {
         prost::Message::decode(src).map_err(|e| Status::internal(e.to_string()))
     }
 }
 
 impl WireRequest for v1::ListRatesRequest {
+    const BUFFERS: Buffers = Buffers {
+        request: 256,
+        response: DEFAULT_BUFFER,
+    };
+
     fn decode_request(src: &mut DecodeBuf<'_>) -> Result<Self, Status> {
         prost::Message::decode(src).map_err(|e| Status::internal(e.to_string()))
     }
@@ -186,7 +216,7 @@ impl<D: WireRequest> Codec for WireCodec<D> {
     type Decoder = Prost<D>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        Copying
+        Copying(D::BUFFERS.response)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
@@ -195,12 +225,16 @@ impl<D: WireRequest> Codec for WireCodec<D> {
 }
 
 /// Writes a response into the frame: encoded bytes by copying them, a batch by writing its
-/// results.
-struct Copying;
+/// results; the frame's buffer starts at the given size.
+struct Copying(usize);
 
 impl Encoder for Copying {
     type Item = Answer;
     type Error = Status;
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(self.0, DEFAULT_YIELD_THRESHOLD)
+    }
 
     fn encode(&mut self, item: Answer, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         match item {
@@ -223,5 +257,9 @@ impl<D: WireRequest> Decoder for Prost<D> {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
         D::decode_request(src).map(Some)
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(D::BUFFERS.request, DEFAULT_YIELD_THRESHOLD)
     }
 }
