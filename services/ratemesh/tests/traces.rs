@@ -4,7 +4,7 @@
 //! appends and their handling in every service, the incentive it opens, the partner POSTs
 //! and the batched Redis calls — is in that trace, under that root, with its
 //! semantic-convention kind. A manual incentive is one trace from the RPC to the partner;
-//! a 5,000-item push makes a bounded number of spans, not one per item and stage.
+//! a read makes its span only when its trace is sampled; a 5,000-item push makes a bounded number of spans, not one per item and stage.
 //!
 //! One test function: the tracing subscriber is per process, and the exporter's channel
 //! lives on the runtime that built it.
@@ -288,6 +288,42 @@ async fn a_stock_change_is_one_trace_from_the_webhook_to_the_partner_post() {
     assert_eq!(rpc.attr("rpc.method"), Some("TriggerIncentive"));
     assert!(has(&spans, SpanKind::Producer, "incentives"));
     assert!(has(&spans, SpanKind::Consumer, "incentives"));
+
+    // A read continues a sampled caller's trace with its RPC span; under a caller whose
+    // trace is not sampled it makes no span at all (nothing would export it).
+    let mut rates = app.rates(Role::Network).await;
+    let (sampled, unsampled) = (fresh_trace_id(), fresh_trace_id());
+    for (trace_id, flags) in [(&unsampled, "00"), (&sampled, "01")] {
+        let mut request = tonic::Request::new(v1::GetRateRequest {
+            sku: "HOSE-1".into(),
+            ..Default::default()
+        });
+        let traceparent = format!("00-{trace_id}-{ERP_SPAN}-{flags}");
+        request
+            .metadata_mut()
+            .insert("traceparent", traceparent.parse().expect("metadata value"));
+        rates.get_rate(request).await.expect("GetRate");
+    }
+    let spans = trace_when(
+        &telemetry,
+        &collector,
+        &sampled,
+        "the read's span",
+        |spans| !spans.is_empty(),
+    )
+    .await;
+    let rpc = spans
+        .iter()
+        .find(|s| s.parent_span_id == ERP_SPAN)
+        .expect("the read's span continues the caller's");
+    assert_eq!(rpc.name, "ratemesh.v1.RateService/GetRate");
+    assert_eq!(rpc.kind, SpanKind::Server);
+    telemetry.flush().await;
+    assert!(
+        collector.trace(&unsampled).is_empty(),
+        "an unsampled read made spans:\n{}",
+        describe(&collector.trace(&unsampled))
+    );
 
     // A 5,000-item push: each stage handles a read batch of it under one span.
     const ITEMS: usize = 5_000;

@@ -19,6 +19,10 @@ pub const RATE_SERVICE: MethodRoles = &[
     ("ExplainRate", READERS),
 ];
 
+/// The RPCs of `RateService` that only read, answered from the replica (or the history):
+/// their calls get a span only when it can be exported.
+pub const READS: &[&str] = &["GetRate", "BatchGetRates", "ListRates"];
+
 /// Every RPC of `ratemesh.v1.OverrideService` and the roles that may call it.
 pub const OVERRIDE_SERVICE: MethodRoles = &[
     ("SetOverride", MERCHANDISER),

@@ -125,6 +125,8 @@ pub struct ServiceModule {
     readiness: Readiness,
     /// gRPC services that answer from memory once the module is ready.
     from_memory: Vec<&'static str>,
+    /// RPCs (full service name, method) that only read.
+    reads: Vec<(&'static str, &'static str)>,
     tasks: Vec<(&'static str, Task)>,
 }
 
@@ -152,6 +154,7 @@ impl ServiceModule {
             http: None,
             readiness,
             from_memory: Vec::new(),
+            reads: Vec::new(),
             tasks: Vec::new(),
         }
     }
@@ -168,6 +171,31 @@ impl ServiceModule {
     /// NOT_SERVING by name.
     pub fn grpc_from_memory<S: GrpcService>(self, service: S, access: MethodRoles) -> Self {
         self.add_grpc(service, access, true)
+    }
+
+    /// Declares `methods` of the service `S` (added before) as reads that start no work
+    /// elsewhere — no stream entry, webhook or call a trace would follow — so a call gets
+    /// its `rpc` span only when that span can be exported: at hundreds of thousands of reads
+    /// a second, span data nobody sees is a good part of each call's cost.
+    ///
+    /// # Panics
+    /// If `S` was not added, or a method is not in its declaration: both are mistakes in
+    /// the module's code.
+    pub fn reads<S: NamedService>(mut self, methods: &'static [&'static str]) -> Self {
+        let (_, declared) = self
+            .grpc_services
+            .iter()
+            .find(|(name, _)| *name == S::NAME)
+            .unwrap_or_else(|| panic!("{} must be added before its reads are declared", S::NAME));
+        for method in methods {
+            assert!(
+                declared.iter().any(|(m, _)| m == method),
+                "{}/{method} is not declared",
+                S::NAME
+            );
+            self.reads.push((S::NAME, method));
+        }
+        self
     }
 
     fn add_grpc<S: GrpcService>(
@@ -360,6 +388,10 @@ impl App {
         };
         let mut tasks = JoinSet::new();
         let access = AccessTable::new(modules.iter().flat_map(|m| m.grpc_services.iter().copied()));
+        let reads: Vec<_> = modules
+            .iter()
+            .flat_map(|m| m.reads.iter().copied())
+            .collect();
         for module in modules {
             for add in module.add_routes {
                 add(&mut routes);
@@ -417,7 +449,12 @@ impl App {
         let keys = ApiKeys::from_settings(&auth);
         let grpc_service = tower::ServiceBuilder::new()
             .option_layer(cert_principals)
-            .layer(RpcLayer::new(keys, access, settings.server.admission()))
+            .layer(RpcLayer::with_reads(
+                keys,
+                access,
+                settings.server.admission(),
+                &reads,
+            ))
             .service(routes.routes());
         let mut grpc_server = crate::grpc::serve::Server::new()
             .request_timeout(settings.server.request_timeout())

@@ -48,6 +48,7 @@ use self::methods::{Method, MethodTable, Route, Shed};
 use crate::auth::{AccessTable, ApiKeys};
 use crate::error::ApiError;
 use crate::schedule_delay::ScheduleDelay;
+use crate::telemetry::{SpanExport, span_export};
 use crate::trace_context;
 
 /// How the layer admits calls; [`crate::settings::ServerSettings::admission`] builds it from
@@ -106,11 +107,23 @@ struct Shared {
 impl RpcLayer {
     /// A layer admitting calls under `admission`, each checked against `access`.
     pub fn new(keys: ApiKeys, access: AccessTable, admission: Admission) -> Self {
+        Self::with_reads(keys, access, admission, &[])
+    }
+
+    /// Like [`RpcLayer::new`], with the RPCs (full service name, method name) that only
+    /// read: they start no work elsewhere that a trace would follow, so a call gets its
+    /// span only when the span can be exported ([`read_is_traced`]).
+    pub fn with_reads(
+        keys: ApiKeys,
+        access: AccessTable,
+        admission: Admission,
+        reads: &[(&'static str, &'static str)],
+    ) -> Self {
         // Metric handles are resolved now, so the recorder must exist first.
         crate::metrics::prometheus();
         Self {
             shared: Arc::new(Shared {
-                methods: MethodTable::new(&access, admission.limit()),
+                methods: MethodTable::new(&access, admission.limit(), reads),
                 keys,
                 access,
                 admission,
@@ -322,19 +335,25 @@ where
                 }
             };
 
-            // Semantic-convention names, sliced from the path: no allocation per call.
-            let full = method.path.trim_start_matches('/');
-            let (service, name) = full.split_once('/').unwrap_or(("", full));
-            let span = tracing::info_span!(
-                "rpc",
-                otel.name = full,
-                otel.kind = "server",
-                rpc.system = "grpc",
-                rpc.service = service,
-                rpc.method = name,
-                principal = tracing::field::Empty,
-            );
-            trace_context::continue_from_headers(&span, request.headers());
+            let span = if method.read && !read_is_traced(request.headers(), span_export()) {
+                // Nothing would see it: building span data is a good part of a read's cost.
+                tracing::Span::none()
+            } else {
+                // Semantic-convention names, sliced from the path: no allocation per call.
+                let full = method.path.trim_start_matches('/');
+                let (service, name) = full.split_once('/').unwrap_or(("", full));
+                let span = tracing::info_span!(
+                    "rpc",
+                    otel.name = full,
+                    otel.kind = "server",
+                    rpc.system = "grpc",
+                    rpc.service = service,
+                    rpc.method = name,
+                    principal = tracing::field::Empty,
+                );
+                trace_context::continue_from_headers(&span, request.headers());
+                span
+            };
             if let Some(principal) = principal {
                 span.record("principal", principal.name.as_str());
                 request.extensions_mut().insert(principal);
@@ -346,6 +365,40 @@ where
             response.map(|r| finish(method, started, undecodable_is_invalid(method, r)))
         })
     }
+}
+
+/// Whether a call to a read gets a span: only when the span can leave the process. A read
+/// starts nothing a trace would follow (no stream entry, no webhook, no call), so an
+/// unexported span only costs: no exporter, a sample ratio of 0, or a caller whose
+/// `traceparent` says its trace is not sampled (the sampler follows the parent) mean no span.
+/// A root call under a ratio between 0 and 1 gets one, and the sampler decides.
+fn read_is_traced(headers: &HeaderMap, export: SpanExport) -> bool {
+    if !export.exported {
+        return false;
+    }
+    match trace_context::traceparent_from_headers(headers).and_then(sampled_flag) {
+        Some(sampled) => sampled,
+        None => export.sample_ratio > 0.0,
+    }
+}
+
+/// The sampled flag of a W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`); `None`
+/// when it is not well-formed, which the propagator ignores too.
+fn sampled_flag(traceparent: &str) -> Option<bool> {
+    let mut parts = traceparent.split('-');
+    let (version, trace_id, parent_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let well_formed = version.len() == 2
+        && trace_id.len() == 32
+        && parent_id.len() == 16
+        && flags.len() == 2
+        && [version, trace_id, parent_id]
+            .iter()
+            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !well_formed || (version == "00" && parts.next().is_some()) {
+        return None;
+    }
+    u8::from_str_radix(flags, 16).ok().map(|f| f & 1 == 1)
 }
 
 /// What tonic answers, before any handler runs, to a request body that is not one
@@ -419,4 +472,85 @@ fn status_code(response: &Response<Body>) -> i32 {
 fn finish(method: &Method, started: Instant, response: Response<Body>) -> Response<Body> {
     method.record(status_code(&response), started.elapsed().as_secs_f64());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+
+    fn headers(traceparent: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(tp) = traceparent {
+            headers.insert("traceparent", tp.parse().expect("ascii"));
+        }
+        headers
+    }
+
+    fn export(exported: bool, sample_ratio: f64) -> SpanExport {
+        SpanExport {
+            exported,
+            sample_ratio,
+        }
+    }
+
+    #[test]
+    fn a_read_gets_a_span_only_when_it_can_be_exported() {
+        let sampled = format!("00-{TRACE}-{PARENT}-01");
+        let unsampled = format!("00-{TRACE}-{PARENT}-00");
+        // No exporter: never, whatever the caller asks.
+        for tp in [None, Some(sampled.as_str()), Some(unsampled.as_str())] {
+            assert!(!read_is_traced(&headers(tp), export(false, 1.0)), "{tp:?}");
+        }
+        // Exported: the caller's decision when it sent one ...
+        assert!(read_is_traced(&headers(Some(&sampled)), export(true, 0.0)));
+        assert!(!read_is_traced(
+            &headers(Some(&unsampled)),
+            export(true, 1.0)
+        ));
+        // ... else the sampler's, unless it samples nothing.
+        assert!(read_is_traced(&headers(None), export(true, 0.01)));
+        assert!(!read_is_traced(&headers(None), export(true, 0.0)));
+        // A malformed traceparent is ignored, as the propagator ignores it.
+        assert!(read_is_traced(
+            &headers(Some("00-xyz-01")),
+            export(true, 1.0)
+        ));
+        assert!(!read_is_traced(
+            &headers(Some("garbage")),
+            export(true, 0.0)
+        ));
+    }
+
+    #[test]
+    fn the_sampled_flag_is_read_from_well_formed_traceparents_only() {
+        assert_eq!(sampled_flag(&format!("00-{TRACE}-{PARENT}-01")), Some(true));
+        assert_eq!(
+            sampled_flag(&format!("00-{TRACE}-{PARENT}-00")),
+            Some(false)
+        );
+        assert_eq!(sampled_flag(&format!("00-{TRACE}-{PARENT}-03")), Some(true));
+        assert_eq!(
+            sampled_flag(&format!("00-{TRACE}-{PARENT}-02")),
+            Some(false)
+        );
+        // A later version may add fields; version 00 may not.
+        assert_eq!(
+            sampled_flag(&format!("01-{TRACE}-{PARENT}-01-x")),
+            Some(true)
+        );
+        for bad in [
+            format!("00-{TRACE}-{PARENT}-01-x"),
+            format!("00-{TRACE}-{PARENT}-1"),
+            format!("00-{TRACE}-{PARENT}-zz"),
+            format!("00-{TRACE}-{PARENT}"),
+            format!("00-{}-{PARENT}-01", &TRACE[1..]),
+            format!("00-{TRACE}-g0f067aa0ba902b7-01"),
+            String::new(),
+        ] {
+            assert_eq!(sampled_flag(&bad), None, "{bad}");
+        }
+    }
 }

@@ -7,6 +7,7 @@
 //! webhooks carry `traceparent` either way, so traces join up once a collector is added.
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -20,6 +21,28 @@ use crate::settings::{LogFormat, TelemetrySettings};
 
 mod trace_ids;
 pub use trace_ids::WithTraceIds;
+
+/// What the installed subscriber does with spans, for code deciding whether a span is worth
+/// starting at all.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct SpanExport {
+    /// Whether spans leave the process (an OTLP endpoint is set).
+    pub(crate) exported: bool,
+    /// The fraction of new traces sampled.
+    pub(crate) sample_ratio: f64,
+}
+
+/// Set by the first subscriber installed; until then (and in processes without one) no
+/// span is exported.
+static SPAN_EXPORT: OnceLock<SpanExport> = OnceLock::new();
+
+/// What the process's subscriber does with spans.
+pub(crate) fn span_export() -> SpanExport {
+    SPAN_EXPORT.get().copied().unwrap_or(SpanExport {
+        exported: false,
+        sample_ratio: 0.0,
+    })
+}
 
 /// Flushes and shuts down trace export when the process stops.
 #[must_use = "dropping the guard without `shutdown` may lose the last spans"]
@@ -62,6 +85,7 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
         .with(layers)
         .try_init()
         .map_err(|e| anyhow::anyhow!("installing the tracing subscriber: {e}"))?;
+    record_span_export(settings);
     Ok(TelemetryGuard {
         provider: Some(provider),
     })
@@ -82,7 +106,13 @@ pub fn init_for_tests() {
             gauge_interval_ms: 5_000,
         };
         if let Ok((provider, layers)) = build_layers(&settings) {
-            let _ = tracing_subscriber::registry().with(layers).try_init();
+            if tracing_subscriber::registry()
+                .with(layers)
+                .try_init()
+                .is_ok()
+            {
+                record_span_export(&settings);
+            }
             // Kept for the life of the process: tests never flush.
             std::mem::forget(provider);
         }
@@ -104,6 +134,13 @@ where
         .flatten_event(true)
         .with_current_span(true)
         .map_event_format(WithTraceIds::new)
+}
+
+fn record_span_export(settings: &TelemetrySettings) {
+    let _ = SPAN_EXPORT.set(SpanExport {
+        exported: settings.otlp_endpoint().is_some(),
+        sample_ratio: settings.sample_ratio,
+    });
 }
 
 type BoxedLayer = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;

@@ -65,6 +65,8 @@ pub(crate) struct Method {
     /// `Service/Method` without the `ratemesh.v1.` package: the `method` label.
     pub(crate) label: Arc<str>,
     pub(crate) limiter: Limiter,
+    /// Whether the RPC only reads (its calls get a span only when it can be exported).
+    pub(crate) read: bool,
     duration: Histogram,
     requests: [OnceLock<Counter>; 17],
     shed: [OnceLock<Counter>; 3],
@@ -72,7 +74,7 @@ pub(crate) struct Method {
 }
 
 impl Method {
-    fn new(path: Arc<str>, label: Arc<str>, limit: LimitConfig) -> Self {
+    fn new(path: Arc<str>, label: Arc<str>, limit: LimitConfig, read: bool) -> Self {
         let gauge = metrics::gauge!(
             "ratemesh_grpc_concurrency_limit_requests",
             "method" => SharedString::from(label.clone())
@@ -83,6 +85,7 @@ impl Method {
                 "method" => SharedString::from(label.clone())
             ),
             limiter: Limiter::new(limit, gauge),
+            read,
             path,
             label,
             requests: Default::default(),
@@ -151,22 +154,28 @@ pub(crate) struct MethodTable {
 }
 
 impl MethodTable {
-    /// The entries of every RPC `access` declares, each with a limit of `limit`.
-    pub(crate) fn new(access: &AccessTable, limit: LimitConfig) -> Self {
+    /// The entries of every RPC `access` declares, each with a limit of `limit`; those in
+    /// `reads` (full service name, method) only read.
+    pub(crate) fn new(
+        access: &AccessTable,
+        limit: LimitConfig,
+        reads: &[(&'static str, &'static str)],
+    ) -> Self {
         let by_path = access
             .declared()
             .map(|(service, method)| {
                 let path = format!("/{service}/{method}");
                 let short = service.strip_prefix("ratemesh.v1.").unwrap_or(service);
                 let label: Arc<str> = format!("{short}/{method}").into();
-                let entry = Method::new(path.as_str().into(), label, limit);
+                let read = reads.contains(&(service, method));
+                let entry = Method::new(path.as_str().into(), label, limit, read);
                 let roles = access.access(&path);
                 (path.into_boxed_str(), (entry, roles))
             })
             .collect();
         Self {
             by_path,
-            other: Method::new("other".into(), "other".into(), limit),
+            other: Method::new("other".into(), "other".into(), limit, false),
         }
     }
 
@@ -206,6 +215,7 @@ mod tests {
                 max: 64,
                 delay_target: Duration::from_millis(25),
             },
+            &[],
         );
         (access, methods)
     }
