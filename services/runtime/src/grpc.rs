@@ -171,7 +171,10 @@ impl Shared {
         let in_flight = InFlight(&self.in_flight);
         let now = u64::try_from(started.saturating_duration_since(self.epoch).as_nanos())
             .unwrap_or(u64::MAX);
-        let occupancy = method.limiter.try_admit(now, delay).ok_or(Shed::Limit)?;
+        let occupancy = method
+            .limiter
+            .try_admit(started, now, delay)
+            .ok_or(Shed::Limit)?;
         Ok((
             in_flight,
             Admitted {
