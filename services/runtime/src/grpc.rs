@@ -171,7 +171,10 @@ impl Shared {
         let in_flight = InFlight(&self.in_flight);
         let now = u64::try_from(started.saturating_duration_since(self.epoch).as_nanos())
             .unwrap_or(u64::MAX);
-        let occupancy = method.limiter.try_admit(now, delay).ok_or(Shed::Limit)?;
+        let occupancy = method
+            .limiter
+            .try_admit(started, now, delay)
+            .ok_or(Shed::Limit)?;
         Ok((
             in_flight,
             Admitted {
@@ -382,23 +385,10 @@ fn read_is_traced(headers: &HeaderMap, export: SpanExport) -> bool {
     }
 }
 
-/// The sampled flag of a W3C `traceparent` (`00-<trace id>-<parent id>-<flags>`); `None`
-/// when it is not well-formed, which the propagator ignores too.
+/// The sampled flag of a W3C `traceparent`; `None` when the value is not one the
+/// propagator would continue (so the sampler would not see it as a parent either).
 fn sampled_flag(traceparent: &str) -> Option<bool> {
-    let mut parts = traceparent.split('-');
-    let (version, trace_id, parent_id, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let well_formed = version.len() == 2
-        && trace_id.len() == 32
-        && parent_id.len() == 16
-        && flags.len() == 2
-        && [version, trace_id, parent_id]
-            .iter()
-            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()));
-    if !well_formed || (version == "00" && parts.next().is_some()) {
-        return None;
-    }
-    u8::from_str_radix(flags, 16).ok().map(|f| f & 1 == 1)
+    trace_context::parse_traceparent(traceparent).map(|parent| parent.is_sampled())
 }
 
 /// What tonic answers, before any handler runs, to a request body that is not one

@@ -5,7 +5,9 @@
 //! headers.
 
 use http::HeaderMap;
-pub use ratemesh_bus::trace_context::{current_traceparent, set_parent_from_traceparent};
+pub use ratemesh_bus::trace_context::{
+    current_traceparent, parse_traceparent, set_parent_from_traceparent,
+};
 
 /// The header (and gRPC metadata key) that carries the trace context.
 pub const TRACEPARENT: &str = "traceparent";

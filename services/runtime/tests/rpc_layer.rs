@@ -1,4 +1,4 @@
-//! The gRPC layer through real sockets: a tonic server with the runtime's layer around a
+//! The gRPC layer through real sockets: the serve loop with the runtime's layer around a
 //! small service, on its own two-worker runtime (so the test's client is not slowed by
 //! what the server goes through). Authentication and the answer to undecodable requests,
 //! then admission under overload.
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use http::uri::PathAndQuery;
 use ratemesh_runtime::auth::{self, AccessTable, ApiKeys, MethodRoles};
-use ratemesh_runtime::grpc::{Admission, RpcLayer};
+use ratemesh_runtime::grpc::{Admission, RpcLayer, serve};
 use ratemesh_runtime::settings::{ApiKeySettings, AuthSettings};
 use ratemesh_runtime::{Role, metrics};
 use tokio::sync::oneshot;
@@ -134,13 +134,17 @@ impl Server {
                 });
                 let access = AccessTable::new([(Mounted::<TEST>::NAME, ACCESS)]);
                 let (_reporter, health) = tonic_health::server::health_reporter();
-                let _ = tonic::transport::Server::builder()
-                    .timeout(Duration::from_secs(30))
+                let mut routes = tonic::service::RoutesBuilder::default();
+                routes.add_service(health);
+                routes.add_service(Mounted::<TEST>(HealthServer::new(work)));
+                let service = tower::ServiceBuilder::new()
                     .layer(RpcLayer::new(keys, access, admission))
-                    .add_service(health)
-                    .add_service(Mounted::<TEST>(HealthServer::new(work)))
-                    .serve_with_incoming_shutdown(
+                    .service(routes.routes());
+                serve::Server::new()
+                    .request_timeout(Duration::from_secs(30))
+                    .serve(
                         tonic::transport::server::TcpIncoming::from(listener),
+                        service,
                         async move {
                             let _ = stopped.await;
                         },

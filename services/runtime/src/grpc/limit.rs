@@ -20,9 +20,13 @@
 //! when the runtime's scheduling delay is over the target, or the short EWMA is over twice
 //! the baseline plus the target; then the limit becomes what was in use (the sample's
 //! occupancy, if lower than the limit) times the gradient (target ÷ delay or
-//! tolerated ÷ observed, kept within [0.5, 0.9]), at most once per observed latency. A
-//! fast sample that found the limit at least half used (itself included), or that follows
-//! a refusal by the limit, raises it by 1. The limit stays within [min, max] and starts at
+//! tolerated ÷ observed, kept within [0.5, 0.9]), at most once per observed latency. An
+//! arriving call that finds the scheduling delay over the target brings the limit down
+//! the same way (from the occupancy it finds), without waiting for a call to finish: when
+//! a burst meets an already saturated runtime, nothing of that method may have finished
+//! since the saturation began, and a limit still at its ceiling would admit the whole
+//! burst into the queue. A fast sample that found the limit at least half used (itself
+//! included), or that follows a refusal by the limit, raises it by 1. The limit stays within [min, max] and starts at
 //! max: nothing is refused below the server's ceiling before there is evidence of overload.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -118,6 +122,46 @@ impl LimitState {
         self.service.map(Duration::from_secs_f64)
     }
 
+    /// Learns from a call arriving at `at` while the runtime's scheduling delay is `delay`,
+    /// the method's occupancy then `occupancy` (the call excluded): a delay over the target
+    /// is overload already, so the limit comes down to what is in use now, as a slow sample
+    /// would bring it, without waiting for a call to finish. Until one does, a limit left
+    /// at the ceiling would admit a whole burst into a saturated server.
+    pub(crate) fn arrival(
+        &mut self,
+        config: &LimitConfig,
+        at: Instant,
+        delay: Duration,
+        occupancy: u32,
+    ) {
+        let target = config.delay_target.as_secs_f64();
+        let delay = delay.as_secs_f64();
+        if !config.adaptive || delay <= target {
+            return;
+        }
+        self.decrease(config, at, target / delay, occupancy);
+    }
+
+    /// Brings the limit down to what was in use, times `gradient`, unless it came down less
+    /// than one observed latency before `at`.
+    fn decrease(&mut self, config: &LimitConfig, at: Instant, gradient: f64, occupancy: u32) {
+        let interval = Duration::from_secs_f64(self.short.unwrap_or(0.0))
+            .clamp(DECREASE_INTERVAL.0, DECREASE_INTERVAL.1);
+        let due = self
+            .last_decrease
+            .is_none_or(|t| at.saturating_duration_since(t) >= interval);
+        if due {
+            // What was in use when the call was admitted is what proved too much; a
+            // limit far above it (the ceiling it starts at) would take many steps to
+            // come down to where it bites.
+            let in_use = self.limit.min(f64::from(occupancy) + 1.0);
+            let lowered =
+                (in_use * gradient.clamp(BACKOFF.0, BACKOFF.1)).max(f64::from(config.min));
+            self.limit = self.limit.min(lowered);
+            self.last_decrease = Some(at);
+        }
+    }
+
     /// Learns from one finished call.
     pub(crate) fn record(&mut self, config: &LimitConfig, sample: Sample) {
         let in_layer = sample.in_layer.as_secs_f64();
@@ -153,21 +197,9 @@ impl LimitState {
             1.0
         };
         let gradient = queue_gradient.min(latency_gradient);
-        let (min, max) = (f64::from(config.min), f64::from(config.max));
+        let max = f64::from(config.max);
         if gradient < 1.0 {
-            let interval =
-                Duration::from_secs_f64(short).clamp(DECREASE_INTERVAL.0, DECREASE_INTERVAL.1);
-            let due = self
-                .last_decrease
-                .is_none_or(|t| sample.at.saturating_duration_since(t) >= interval);
-            if due {
-                // What was in use when the call was admitted is what proved too much; a
-                // limit far above it (the ceiling it starts at) would take many steps to
-                // come down to where it bites.
-                let in_use = self.limit.min(f64::from(sample.occupancy) + 1.0);
-                self.limit = (in_use * gradient.clamp(BACKOFF.0, BACKOFF.1)).max(min);
-                self.last_decrease = Some(sample.at);
-            }
+            self.decrease(config, sample.at, gradient, sample.occupancy);
         } else if sample.limited || (f64::from(sample.occupancy) + 1.0) * 2.0 >= self.limit {
             self.limit = (self.limit + 1.0).min(max);
         }
@@ -250,10 +282,10 @@ impl Limiter {
         Duration::from_nanos(self.service_nanos.load(Ordering::Relaxed))
     }
 
-    /// Admits a call unless the method is at its limit: `now_nanos` on the layer's clock,
-    /// `delay` the current scheduling delay. Returns the occupancy the call was admitted at;
-    /// the caller must pair it with [`Self::finish`].
-    pub(crate) fn try_admit(&self, now_nanos: u64, delay: Duration) -> Option<u32> {
+    /// Admits a call unless the method is at its limit: `at` when it arrived, `now_nanos`
+    /// the same on the layer's clock, `delay` the current scheduling delay. Returns the
+    /// occupancy the call was admitted at; the caller must pair it with [`Self::finish`].
+    pub(crate) fn try_admit(&self, at: Instant, now_nanos: u64, delay: Duration) -> Option<u32> {
         let in_flight = self.in_flight.fetch_add(1, Ordering::AcqRel);
         if !self.config.adaptive {
             return Some(in_flight);
@@ -261,7 +293,13 @@ impl Limiter {
         let wait = delay.max(self.config.delay_target).as_secs_f64();
         let queued = (self.admitted.per_second(now_nanos) * wait) as u32;
         let occupancy = in_flight.saturating_add(queued);
-        if occupancy >= self.limit.load(Ordering::Relaxed) {
+        let mut limit = self.limit.load(Ordering::Relaxed);
+        if delay > self.config.delay_target {
+            limit = self
+                .update(|state| state.arrival(&self.config, at, delay, occupancy))
+                .unwrap_or(limit);
+        }
+        if occupancy >= limit {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.refused.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -277,24 +315,34 @@ impl Limiter {
         let Some(sample) = sample else {
             return;
         };
+        self.update(|state| {
+            let limited = self.refused.swap(0, Ordering::Relaxed) > 0;
+            state.record(&self.config, Sample { limited, ..sample });
+            if let Some(service) = state.service_time() {
+                let nanos = u64::try_from(service.as_nanos()).unwrap_or(u64::MAX);
+                self.service_nanos.store(nanos, Ordering::Relaxed);
+            }
+        });
+    }
+
+    /// Applies `learn` to the arithmetic and publishes the limit it leaves, unless another
+    /// thread holds the arithmetic right then (nothing learnt is worth waiting for).
+    /// Returns the limit, if `learn` ran.
+    fn update(&self, learn: impl FnOnce(&mut LimitState)) -> Option<u32> {
         let mut state = match self.state.try_lock() {
             Ok(state) => state,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return,
+            Err(TryLockError::WouldBlock) => return None,
         };
-        let limited = self.refused.swap(0, Ordering::Relaxed) > 0;
         let before = state.limit();
-        state.record(&self.config, Sample { limited, ..sample });
+        learn(&mut state);
         let after = state.limit();
-        if let Some(service) = state.service_time() {
-            let nanos = u64::try_from(service.as_nanos()).unwrap_or(u64::MAX);
-            self.service_nanos.store(nanos, Ordering::Relaxed);
-        }
         drop(state);
         if after != before {
             self.limit.store(after, Ordering::Relaxed);
             self.gauge.set(f64::from(after));
         }
+        Some(after)
     }
 
     /// The current limit.
@@ -510,26 +558,80 @@ mod tests {
         Limiter::new(config, metrics::Gauge::noop())
     }
 
+    /// Offers a call to `limiter` arriving `nanos` into the layer's clock.
+    fn admit(limiter: &Limiter, nanos: u64, delay: Duration) -> Option<u32> {
+        static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+        limiter.try_admit(*EPOCH + Duration::from_nanos(nanos), nanos, delay)
+    }
+
     #[test]
     fn admission_counts_calls_queued_for_a_worker() {
         let limiter = limiter(LimitConfig {
             max: 100,
             ..config()
         });
-        // 40 calls admitted within 1 ms while the runtime is 50 ms late: by Little's law
-        // about 40 / 10 ms × 50 ms = 200 are queued, over the limit of 100 — later calls are
-        // refused although none of the admitted ones is still inside the layer.
+        // 80 calls arriving within 1.6 ms while the runtime is 25 ms late (at the target,
+        // not over it): by Little's law about k / 10 ms × 25 ms are queued after k were
+        // admitted, so the limit of 100 is reached at about 40 — later calls are refused
+        // although none of the admitted ones is still inside the layer.
         let mut admitted = 0;
-        for i in 0..40u64 {
-            if let Some(_occupancy) = limiter.try_admit(1_000_000_000 + i * 20_000, 50 * MS) {
+        for i in 0..80u64 {
+            if let Some(_occupancy) = admit(&limiter, 1_000_000_000 + i * 20_000, 25 * MS) {
                 admitted += 1;
                 limiter.finish(None);
             }
         }
-        assert!((15..=25).contains(&admitted), "{admitted}");
+        assert!((35..=45).contains(&admitted), "{admitted}");
+        assert_eq!(limiter.limit(), 100, "a delay at the target lowers nothing");
         // Once the window has passed with nothing admitted, calls are admitted again.
-        assert!(limiter.try_admit(1_030_000_000, 50 * MS).is_some());
+        assert!(admit(&limiter, 1_030_000_000, 25 * MS).is_some());
         limiter.finish(None);
+    }
+
+    #[test]
+    fn a_burst_into_a_saturated_runtime_is_refused_before_any_call_finishes() {
+        let limiter = limiter(config());
+        // The method was idle; the runtime is 100 ms late (four times the target) when 150
+        // calls arrive within 1.5 ms. None has finished, so no sample has shrunk the limit
+        // from its ceiling of 1000: the first arrival brings it down to what is in use (the
+        // call itself), halved, that is to the floor.
+        let mut admitted = 0;
+        for i in 0..150u64 {
+            if admit(&limiter, 2_000_000_000 + i * 10_000, 100 * MS).is_some() {
+                admitted += 1;
+            }
+        }
+        assert_eq!(limiter.limit(), 4);
+        assert!((1..=4).contains(&admitted), "{admitted}");
+        // Calls already admitted stay in; they are not refused after the fact.
+        for _ in 0..admitted {
+            limiter.finish(None);
+        }
+    }
+
+    #[test]
+    fn arrivals_lower_the_limit_at_most_once_per_observed_latency() {
+        let mut state = LimitState::new(&config());
+        let mut now = Instant::now();
+        // Calls of 30 ms observed latency: decreases are at least that far apart.
+        feed(&mut state, &mut now, 200, MS, |at| {
+            call(at, 29 * MS, MS, 300)
+        });
+        assert_eq!(state.limit(), 1000);
+        state.arrival(&config(), now, 50 * MS, 599);
+        assert_eq!(state.limit(), 300, "600 in use, halved (25 ms ÷ 50 ms)");
+        state.arrival(&config(), now + 20 * MS, 50 * MS, 99);
+        assert_eq!(state.limit(), 300, "too soon after the last decrease");
+        state.arrival(&config(), now + 40 * MS, 40 * MS, 199);
+        assert_eq!(state.limit(), 125, "200 in use, × 25 ms ÷ 40 ms");
+        state.arrival(&config(), now + 80 * MS, 40 * MS, 999);
+        assert_eq!(
+            state.limit(),
+            78,
+            "what is in use counts up to the limit only"
+        );
+        state.arrival(&config(), now + 200 * MS, 20 * MS, 0);
+        assert_eq!(state.limit(), 78, "a delay under the target lowers nothing");
     }
 
     #[test]
@@ -542,12 +644,12 @@ mod tests {
         });
         let now = 5_000_000_000;
         for _ in 0..4 {
-            assert!(limiter.try_admit(now, Duration::ZERO).is_some());
+            assert!(admit(&limiter, now, Duration::ZERO).is_some());
         }
-        assert!(limiter.try_admit(now, Duration::ZERO).is_none());
+        assert!(admit(&limiter, now, Duration::ZERO).is_none());
         limiter.finish(None);
-        assert_eq!(limiter.try_admit(now, Duration::ZERO), Some(3));
-        assert!(limiter.try_admit(now, Duration::ZERO).is_none());
+        assert_eq!(admit(&limiter, now, Duration::ZERO), Some(3));
+        assert!(admit(&limiter, now, Duration::ZERO).is_none());
     }
 
     #[test]
@@ -559,7 +661,7 @@ mod tests {
         let start = Instant::now();
         let mut refused = 0;
         for i in 0..200u32 {
-            let Some(occupancy) = limiter.try_admit(u64::from(i) * 1_000_000, 80 * MS) else {
+            let Some(occupancy) = admit(&limiter, u64::from(i) * 1_000_000, 80 * MS) else {
                 refused += 1;
                 continue;
             };
