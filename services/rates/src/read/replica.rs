@@ -221,6 +221,17 @@ fn card_of<'a>(arena: &'a Arena, slot: &Slot) -> &'a [u8] {
     arena.get(slot.offset, slot.len)
 }
 
+/// The hash a shard's table files a SKU under, from its [`sku_hash`]. The shard is the
+/// hash's low six bits, the same for every SKU of the shard, and the table starts probing
+/// at its hash's low bits: filed under the SKU hash itself, a shard's SKUs would all start
+/// at one bucket in 64, each lookup walking a run of dozens of others (and comparing SKUs
+/// at their stray control-byte matches). With the halves swapped, the table probes from
+/// the high half and takes its control byte from bits neither the shard nor the snapshot
+/// bucket uses.
+fn table_hash(hash: u64) -> u64 {
+    hash.rotate_left(32)
+}
+
 impl Shard {
     fn card(&self, slot: &Slot) -> &[u8] {
         card_of(&self.arena, slot)
@@ -228,7 +239,7 @@ impl Shard {
 
     fn find(&self, hash: u64, sku: &[u8]) -> Option<u32> {
         self.table
-            .find(hash, |&i| {
+            .find(table_hash(hash), |&i| {
                 wire::card_sku(card_of(&self.arena, &self.slots[i as usize])) == sku
             })
             .copied()
@@ -248,8 +259,8 @@ impl Shard {
             arena,
             ..
         } = self;
-        table.insert_unique(hash, index, |&i| {
-            sku_hash(wire::card_sku(card_of(arena, &slots[i as usize])))
+        table.insert_unique(table_hash(hash), index, |&i| {
+            table_hash(sku_hash(wire::card_sku(card_of(arena, &slots[i as usize]))))
         });
         index
     }
@@ -1114,6 +1125,25 @@ mod tests {
 
     fn apply(replica: &Replica, bytes: &[u8], ms: u64) -> Applied {
         replica.apply_block_card(Incoming::new(bytes).expect("card"), EntryId { ms, seq: 0 })
+    }
+
+    #[test]
+    fn a_shards_skus_start_probing_all_over_its_table() {
+        // Its SKUs share their hash's low bits (the shard); in a table of 2048 buckets
+        // they would start in at most 32 places under the hash itself.
+        let hashes: Vec<u64> = (0..200_000)
+            .map(|i| sku_hash(format!("LT-{i:07}").as_bytes()))
+            .filter(|&h| Inner::shard_of(h) == 5)
+            .collect();
+        assert!(hashes.len() > 2000, "{}", hashes.len());
+        let starts = |f: fn(u64) -> u64| {
+            let set: HashSet<u64> = hashes.iter().map(|&h| f(h) & 2047).collect();
+            set.len()
+        };
+        assert!(starts(|h| h) <= 32);
+        assert!(starts(table_hash) > 1000, "{}", starts(table_hash));
+        let control_bytes: HashSet<u64> = hashes.iter().map(|&h| table_hash(h) >> 57).collect();
+        assert_eq!(control_bytes.len(), 128);
     }
 
     #[test]
