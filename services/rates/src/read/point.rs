@@ -122,25 +122,29 @@ pub fn check_batch(reader: &ReplicaReader, n: usize) -> Result<(), ReadError> {
 }
 
 /// The results of a checked `BatchGetRates`, one per SKU in order, written to `out`.
+///
+/// The cards are looked up together ([`ReplicaReader::with_cards`]).
 pub fn write_batch<'a, B: bytes::BufMut>(
     reader: &ReplicaReader,
     skus: impl Iterator<Item = &'a str>,
     out: &mut wire::BatchWriter<B>,
 ) {
-    for sku in skus {
-        match Sku::check(sku) {
-            Err(e) => out.error(sku, v1::ItemErrorCode::InvalidSku.into(), &e.to_string()),
-            Ok(()) => {
-                if reader.with_card(sku, |card| out.card(sku, card)).is_none() {
-                    out.error(
-                        sku,
-                        v1::ItemErrorCode::NotFound.into(),
-                        &format!("no rate for sku {sku}"),
-                    );
-                }
+    let skus: Vec<&str> = skus.collect();
+    // An invalid SKU is looked up too and found in no shard (every card's SKU is valid);
+    // checking first would walk the SKUs once more for what almost never happens.
+    reader.with_cards(&skus, |cards| {
+        for (sku, card) in skus.iter().zip(cards) {
+            match (Sku::check(sku), card) {
+                (Err(e), _) => out.error(sku, v1::ItemErrorCode::InvalidSku.into(), &e.to_string()),
+                (Ok(()), Some(card)) => out.card(sku, card),
+                (Ok(()), None) => out.error(
+                    sku,
+                    v1::ItemErrorCode::NotFound.into(),
+                    &format!("no rate for sku {sku}"),
+                ),
             }
         }
-    }
+    });
 }
 
 /// `ListRates`: a page in SKU order, the encoded `ListRatesResponse`. The `cursor` on the
