@@ -98,7 +98,7 @@ pub fn batch_get_rates<'a>(
     skus: impl ExactSizeIterator<Item = &'a str>,
 ) -> Result<Vec<u8>, ReadError> {
     check_batch(reader, skus.len())?;
-    let mut out = wire::BatchWriter::with_capacity(skus.len(), 256);
+    let mut out = wire::BatchWriter::new(Vec::new());
     write_batch(reader, skus, &mut out);
     Ok(out.finish())
 }
@@ -121,26 +121,49 @@ pub fn check_batch(reader: &ReplicaReader, n: usize) -> Result<(), ReadError> {
     Ok(())
 }
 
+/// Room reserved for an item error's message beyond the SKU's length: "no rate for sku"
+/// and the SKU, or why a SKU is invalid (the buffer grows for a longer message; item
+/// errors are rare, and their messages are not built twice to size them).
+const ITEM_ERROR_ROOM: usize = 96;
+
 /// The results of a checked `BatchGetRates`, one per SKU in order, written to `out`.
-pub fn write_batch<'a, B: bytes::BufMut>(
+///
+/// The cards are looked up together ([`ReplicaReader::with_cards`]) and the answer's size
+/// is reserved before the first result is written, so `out` grows once.
+pub fn write_batch<'a, B: wire::Reserve>(
     reader: &ReplicaReader,
     skus: impl Iterator<Item = &'a str>,
     out: &mut wire::BatchWriter<B>,
 ) {
-    for sku in skus {
-        match Sku::check(sku) {
-            Err(e) => out.error(sku, v1::ItemErrorCode::InvalidSku.into(), &e.to_string()),
-            Ok(()) => {
-                if reader.with_card(sku, |card| out.card(sku, card)).is_none() {
-                    out.error(
-                        sku,
-                        v1::ItemErrorCode::NotFound.into(),
-                        &format!("no rate for sku {sku}"),
-                    );
-                }
+    let skus: Vec<&str> = skus.collect();
+    // An invalid SKU is looked up too and found in no shard (every card's SKU is valid);
+    // checking first would walk the SKUs once more for what almost never happens.
+    reader.with_cards(&skus, |cards| {
+        let size: usize = skus
+            .iter()
+            .zip(cards)
+            .map(|(sku, card)| match card {
+                Some(card) => wire::card_result_len(sku, card.len()),
+                None => wire::error_result_len(
+                    sku,
+                    v1::ItemErrorCode::InvalidSku.into(),
+                    sku.len() + ITEM_ERROR_ROOM,
+                ),
+            })
+            .sum();
+        out.reserve(size);
+        for (sku, card) in skus.iter().zip(cards) {
+            match (Sku::check(sku), card) {
+                (Err(e), _) => out.error(sku, v1::ItemErrorCode::InvalidSku.into(), &e.to_string()),
+                (Ok(()), Some(card)) => out.card(sku, card),
+                (Ok(()), None) => out.error(
+                    sku,
+                    v1::ItemErrorCode::NotFound.into(),
+                    &format!("no rate for sku {sku}"),
+                ),
             }
         }
-    }
+    });
 }
 
 /// `ListRates`: a page in SKU order, the encoded `ListRatesResponse`. The `cursor` on the
@@ -220,4 +243,98 @@ pub fn list_rates(
         &next_page_token,
         &cursor,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::read::replica::{Incoming, Replica, ReplicaOptions, system_clock};
+    use prost::Message;
+    use ratemesh_bus::EntryId;
+
+    fn reader_with(skus: &[&str]) -> ReplicaReader {
+        let replica = Replica::new(
+            ReplicaOptions {
+                partitions: 1,
+                history_retention: chrono::Duration::days(1),
+                watch_buffer: 16,
+            },
+            system_clock(),
+        );
+        for sku in skus {
+            let card = v1::RateCard {
+                sku: (*sku).into(),
+                category: "toys".into(),
+                effective_rate: "0.05".into(),
+                version: 1,
+                ..Default::default()
+            }
+            .encode_to_vec();
+            replica.apply_block_card(
+                Incoming::new(&card).expect("card"),
+                EntryId { ms: 1, seq: 0 },
+            );
+        }
+        replica.set_loaded();
+        replica.reader()
+    }
+
+    #[test]
+    fn a_batch_answer_is_sized_before_it_is_written() {
+        let skus: Vec<String> = (0..100).map(|i| format!("SKU-{i:03}")).collect();
+        let skus: Vec<&str> = skus.iter().map(String::as_str).collect();
+        let reader = reader_with(&skus);
+
+        // Every card found: the reservation is the answer's size to the byte.
+        let mut out = wire::BatchWriter::new(Vec::new());
+        write_batch(&reader, skus.iter().copied(), &mut out);
+        let answer = out.finish();
+        assert_eq!(answer.capacity(), answer.len());
+        let decoded = v1::BatchGetRatesResponse::decode(answer.as_slice()).expect("answer");
+        assert_eq!(decoded.results.len(), 100);
+
+        // Item errors are given room by estimate, enough for their messages: the buffer is
+        // still the one reserved, not grown (and so reallocated) as results went in.
+        let long = "L".repeat(Sku::MAX_LEN);
+        let mixed = [
+            "SKU-001",
+            "SKU-404",
+            "bad sku",
+            "",
+            long.as_str(),
+            "SKU-002",
+        ];
+        let mut out = wire::BatchWriter::new(Vec::new());
+        write_batch(&reader, mixed.iter().copied(), &mut out);
+        let answer = out.finish();
+        let card_len = reader.with_card("SKU-001", <[u8]>::len).expect("card");
+        let reserved = 2 * wire::card_result_len("SKU-001", card_len)
+            + ["SKU-404", "bad sku", "", long.as_str()]
+                .iter()
+                .map(|sku| {
+                    let code = v1::ItemErrorCode::InvalidSku.into();
+                    wire::error_result_len(sku, code, sku.len() + ITEM_ERROR_ROOM)
+                })
+                .sum::<usize>();
+        assert_eq!(answer.capacity(), reserved);
+        assert!(answer.len() <= reserved);
+        let decoded = v1::BatchGetRatesResponse::decode(answer.as_slice()).expect("answer");
+        let codes: Vec<Option<i32>> = decoded
+            .results
+            .iter()
+            .map(|r| match r.outcome.as_ref().expect("outcome") {
+                v1::rate_result::Outcome::Card(_) => None,
+                v1::rate_result::Outcome::Error(e) => Some(e.code),
+            })
+            .collect();
+        let (not_found, invalid) = (
+            Some(v1::ItemErrorCode::NotFound as i32),
+            Some(v1::ItemErrorCode::InvalidSku as i32),
+        );
+        assert_eq!(
+            codes,
+            [None, not_found, invalid, invalid, not_found, None],
+            "{decoded:?}"
+        );
+    }
 }

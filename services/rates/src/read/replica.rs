@@ -46,6 +46,8 @@ use super::wire::{self, CardHead};
 
 /// Number of independently locked shards of the card table.
 pub const SHARDS: usize = 64;
+// A batch read names the shards it locks in a `u64`.
+const _: () = assert!(SHARDS <= u64::BITS as usize);
 /// Number of snapshot buckets (a multiple of [`SHARDS`]: bucket `b` lives in shard
 /// `b % SHARDS`).
 pub const BLOCKS: usize = 1024;
@@ -221,6 +223,17 @@ fn card_of<'a>(arena: &'a Arena, slot: &Slot) -> &'a [u8] {
     arena.get(slot.offset, slot.len)
 }
 
+/// The hash a shard's table files a SKU under, from its [`sku_hash`]. The shard is the
+/// hash's low six bits, the same for every SKU of the shard, and the table starts probing
+/// at its hash's low bits: filed under the SKU hash itself, a shard's SKUs would all start
+/// at one bucket in 64, each lookup walking a run of dozens of others (and comparing SKUs
+/// at their stray control-byte matches). With the halves swapped, the table probes from
+/// the high half and takes its control byte from bits neither the shard nor the snapshot
+/// bucket uses.
+fn table_hash(hash: u64) -> u64 {
+    hash.rotate_left(32)
+}
+
 impl Shard {
     fn card(&self, slot: &Slot) -> &[u8] {
         card_of(&self.arena, slot)
@@ -228,7 +241,7 @@ impl Shard {
 
     fn find(&self, hash: u64, sku: &[u8]) -> Option<u32> {
         self.table
-            .find(hash, |&i| {
+            .find(table_hash(hash), |&i| {
                 wire::card_sku(card_of(&self.arena, &self.slots[i as usize])) == sku
             })
             .copied()
@@ -248,8 +261,8 @@ impl Shard {
             arena,
             ..
         } = self;
-        table.insert_unique(hash, index, |&i| {
-            sku_hash(wire::card_sku(card_of(arena, &slots[i as usize])))
+        table.insert_unique(table_hash(hash), index, |&i| {
+            table_hash(sku_hash(wire::card_sku(card_of(arena, &slots[i as usize]))))
         });
         index
     }
@@ -909,6 +922,63 @@ impl ReplicaReader {
         Some(f(shard.card(&shard.slots[index as usize])))
     }
 
+    /// Calls `f` with the encoded current card of each of `skus` (`None` where there is
+    /// none), in order. Each shard the batch falls in is read-locked once, in shard
+    /// order, and stays locked until `f` returns (keep `f` short: copy the bytes out).
+    ///
+    /// A lookup is a chain of cache misses (the table, the slot, the card), each waiting
+    /// on the one before. Taken one at a time as [`Self::with_card`] does, a batch's
+    /// lookups wait on each other as well, every one between a lock's acquire and release;
+    /// here the locks are taken first, and the lookups go in stages, each a pass over the
+    /// batch whose loads do not depend on one another, so the misses of a stage overlap.
+    pub fn with_cards<R>(&self, skus: &[&str], f: impl FnOnce(&[Option<&[u8]>]) -> R) -> R {
+        let hashes: Vec<u64> = skus.iter().map(|sku| sku_hash(sku.as_bytes())).collect();
+        let wanted = hashes
+            .iter()
+            .fold(0u64, |set, &hash| set | 1 << Inner::shard_of(hash));
+        // In shard order, as every holder of several shard locks takes them (the writer
+        // holds one at a time), so no two of them wait on each other.
+        let guards: [Option<RwLockReadGuard<'_, Shard>>; SHARDS] = std::array::from_fn(|s| {
+            (wanted & 1 << s != 0).then(|| read_lock(&self.inner.shards[s]))
+        });
+        let shard_of = |hash: u64| guards[Inner::shard_of(hash)].as_deref();
+        // Each SKU's first candidate in its table (none: the SKU is not held) ...
+        let firsts: Vec<Option<u32>> = hashes
+            .iter()
+            .map(|&hash| {
+                let shard = shard_of(hash)?;
+                shard.table.iter_hash(table_hash(hash)).next().copied()
+            })
+            .collect();
+        // ... where its card is ...
+        let slots: Vec<Option<(u32, u32)>> = hashes
+            .iter()
+            .zip(&firsts)
+            .map(|(&hash, &first)| {
+                let slot = &shard_of(hash)?.slots[first? as usize];
+                Some((slot.offset, slot.len))
+            })
+            .collect();
+        // ... and the card, if it is the SKU's; if another SKU's control byte matched
+        // first, the full lookup.
+        let cards: Vec<Option<&[u8]>> = skus
+            .iter()
+            .zip(&hashes)
+            .zip(&slots)
+            .map(|((sku, &hash), &slot)| {
+                let shard = shard_of(hash)?;
+                let (offset, len) = slot?;
+                let card = shard.arena.get(offset, len);
+                if wire::card_sku(card) == sku.as_bytes() {
+                    return Some(card);
+                }
+                let index = shard.find(hash, sku.as_bytes())?;
+                Some(shard.card(&shard.slots[index as usize]))
+            })
+            .collect();
+        f(&cards)
+    }
+
     /// The current card of `sku`, decoded.
     pub fn get(&self, sku: &str) -> Option<Arc<v1::RateCard>> {
         self.with_card(sku, decode).flatten()
@@ -1114,6 +1184,68 @@ mod tests {
 
     fn apply(replica: &Replica, bytes: &[u8], ms: u64) -> Applied {
         replica.apply_block_card(Incoming::new(bytes).expect("card"), EntryId { ms, seq: 0 })
+    }
+
+    #[test]
+    fn a_batch_finds_what_single_lookups_find_in_request_order() {
+        let replica = Replica::new(options(), system_clock());
+        let reader = replica.reader();
+        // Thousands of SKUs: many share a shard, and some share a control byte within a
+        // shard's table, so the full lookup after a stray first candidate is taken too.
+        for i in 0..6000 {
+            apply(&replica, &card(&format!("S{i:04}"), "a", 1, 100, i % 7), 1);
+        }
+        replica.set_loaded();
+        let all: Vec<String> = (0..6000).map(|i| format!("S{i:04}")).collect();
+        let skus: Vec<&str> = all.iter().map(String::as_str).collect();
+        let single: Vec<Option<Vec<u8>>> = skus
+            .iter()
+            .map(|sku| reader.with_card(sku, <[u8]>::to_vec))
+            .collect();
+        let batched = reader.with_cards(&skus, |cards| {
+            cards
+                .iter()
+                .map(|c| c.map(<[u8]>::to_vec))
+                .collect::<Vec<_>>()
+        });
+        assert!(single.iter().all(Option::is_some));
+        assert_eq!(batched, single);
+
+        // Unknown and invalid SKUs, repeats, and several SKUs of one shard, in order.
+        let mixed = [
+            "S0001", "nope", "", "S0001", "S5999", "bad sku", "S0002", "S0001",
+        ];
+        let got = reader.with_cards(&mixed, |cards| {
+            cards
+                .iter()
+                .map(|c| c.map(|c| wire::card_head(c).expect("card").sku.to_owned()))
+                .collect::<Vec<_>>()
+        });
+        let expected: Vec<Option<String>> = mixed
+            .iter()
+            .map(|sku| sku.starts_with('S').then(|| (*sku).to_owned()))
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(reader.with_cards(&[], |cards| cards.len()), 0);
+    }
+
+    #[test]
+    fn a_shards_skus_start_probing_all_over_its_table() {
+        // Its SKUs share their hash's low bits (the shard); in a table of 2048 buckets
+        // they would start in at most 32 places under the hash itself.
+        let hashes: Vec<u64> = (0..200_000)
+            .map(|i| sku_hash(format!("LT-{i:07}").as_bytes()))
+            .filter(|&h| Inner::shard_of(h) == 5)
+            .collect();
+        assert!(hashes.len() > 2000, "{}", hashes.len());
+        let starts = |f: fn(u64) -> u64| {
+            let set: HashSet<u64> = hashes.iter().map(|&h| f(h) & 2047).collect();
+            set.len()
+        };
+        assert!(starts(|h| h) <= 32);
+        assert!(starts(table_hash) > 1000, "{}", starts(table_hash));
+        let control_bytes: HashSet<u64> = hashes.iter().map(|&h| table_hash(h) >> 57).collect();
+        assert_eq!(control_bytes.len(), 128);
     }
 
     #[test]

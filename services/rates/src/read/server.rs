@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status};
 use super::point;
 use super::replica::ReplicaReader;
 use super::service::RatesApi;
-use super::wire::{BatchWriter, SkuList};
+use super::wire::{BatchWriter, Reserve, SkuList};
 
 const GET_RATE: &str = "/ratemesh.v1.RateService/GetRate";
 const BATCH_GET_RATES: &str = "/ratemesh.v1.RateService/BatchGetRates";
@@ -193,6 +193,14 @@ impl WireRequest for v1::ListRatesRequest {
 }
 
 impl WireRequest for SkuList {
+    // The answer's size is reserved once its cards are found (`point::write_batch`): a
+    // buffer of tonic's default would be allocated, then reallocated (and its contents
+    // copied) for an answer of 100 cards, about 17 KiB.
+    const BUFFERS: Buffers = Buffers {
+        request: DEFAULT_BUFFER,
+        response: 64,
+    };
+
     fn decode_request(src: &mut DecodeBuf<'_>) -> Result<Self, Status> {
         let bytes = src.copy_to_bytes(src.remaining());
         SkuList::parse(bytes).map_err(undecodable)
@@ -245,6 +253,12 @@ impl Encoder for Copying {
             }
         }
         Ok(())
+    }
+}
+
+impl Reserve for EncodeBuf<'_> {
+    fn reserve(&mut self, additional: usize) {
+        EncodeBuf::reserve(self, additional);
     }
 }
 

@@ -228,13 +228,63 @@ pub struct BatchWriter<B = Vec<u8>> {
     out: B,
 }
 
-impl BatchWriter {
-    /// A writer expecting about `items` results of about `card_len` bytes.
-    pub fn with_capacity(items: usize, card_len: usize) -> Self {
-        Self {
-            out: Vec::with_capacity(items * (card_len + 24)),
-        }
+/// A buffer that can make room ahead of writing, so a batch sized first grows it once
+/// instead of doubling it (and copying what it holds) as results arrive.
+pub trait Reserve: BufMut {
+    /// Makes room for at least `additional` more bytes.
+    fn reserve(&mut self, additional: usize);
+}
+
+impl Reserve for Vec<u8> {
+    fn reserve(&mut self, additional: usize) {
+        Vec::reserve(self, additional);
     }
+}
+
+impl<T: Reserve + ?Sized> Reserve for &mut T {
+    fn reserve(&mut self, additional: usize) {
+        (**self).reserve(additional);
+    }
+}
+
+/// The length of field 1 (the SKU) of a `RateResult`: nothing when empty, as prost omits
+/// it.
+fn sku_field_len(sku: &str) -> usize {
+    if sku.is_empty() {
+        0
+    } else {
+        bytes_len(1, sku.len())
+    }
+}
+
+/// The length of an `ItemError { code, message }` with a message of `message_len` bytes.
+fn item_error_len(code: i32, message_len: usize) -> usize {
+    let code_len = if code == 0 {
+        0
+    } else {
+        1 + encoded_len_varint(code as u64)
+    };
+    let msg_len = if message_len == 0 {
+        0
+    } else {
+        bytes_len(2, message_len)
+    };
+    code_len + msg_len
+}
+
+/// The encoded length of a result carrying a card of `card_len` bytes, as
+/// [`BatchWriter::card`] writes it (the field's key and length included).
+pub fn card_result_len(sku: &str, card_len: usize) -> usize {
+    bytes_len(1, sku_field_len(sku) + bytes_len(2, card_len))
+}
+
+/// The encoded length of a result carrying an item error with a message of `message_len`
+/// bytes, as [`BatchWriter::error`] writes it.
+pub fn error_result_len(sku: &str, code: i32, message_len: usize) -> usize {
+    bytes_len(
+        1,
+        sku_field_len(sku) + bytes_len(3, item_error_len(code, message_len)),
+    )
 }
 
 impl<B: BufMut> BatchWriter<B> {
@@ -245,12 +295,7 @@ impl<B: BufMut> BatchWriter<B> {
 
     /// A result carrying the card (`RateResult { sku, card }`).
     pub fn card(&mut self, sku: &str, card: &[u8]) {
-        let sku_len = if sku.is_empty() {
-            0
-        } else {
-            bytes_len(1, sku.len())
-        };
-        let inner = sku_len + bytes_len(2, card.len());
+        let inner = sku_field_len(sku) + bytes_len(2, card.len());
         put_key(&mut self.out, 1, 2);
         encode_varint(inner as u64, &mut self.out);
         if !sku.is_empty() {
@@ -261,23 +306,8 @@ impl<B: BufMut> BatchWriter<B> {
 
     /// A result carrying an item error (`RateResult { sku, error { code, message } }`).
     pub fn error(&mut self, sku: &str, code: i32, message: &str) {
-        let code_len = if code == 0 {
-            0
-        } else {
-            1 + encoded_len_varint(code as u64)
-        };
-        let msg_len = if message.is_empty() {
-            0
-        } else {
-            bytes_len(2, message.len())
-        };
-        let error_len = code_len + msg_len;
-        let sku_len = if sku.is_empty() {
-            0
-        } else {
-            bytes_len(1, sku.len())
-        };
-        let inner = sku_len + bytes_len(3, error_len);
+        let error_len = item_error_len(code, message.len());
+        let inner = sku_field_len(sku) + bytes_len(3, error_len);
         put_key(&mut self.out, 1, 2);
         encode_varint(inner as u64, &mut self.out);
         if !sku.is_empty() {
@@ -298,6 +328,13 @@ impl<B: BufMut> BatchWriter<B> {
     /// The encoded response.
     pub fn finish(self) -> B {
         self.out
+    }
+}
+
+impl<B: Reserve> BatchWriter<B> {
+    /// Makes room for `additional` more bytes of results.
+    pub fn reserve(&mut self, additional: usize) {
+        self.out.reserve(additional);
     }
 }
 
@@ -491,6 +528,29 @@ mod tests {
             }
             .encode_to_vec()
         );
+    }
+
+    #[test]
+    fn result_lengths_are_what_the_writer_writes() {
+        let long = card("SKU-LONG", 3).encode_to_vec().repeat(2);
+        let short = card("S", 1).encode_to_vec();
+        for card in [short.as_slice(), long.as_slice(), &[]] {
+            for sku in ["", "S", &"x".repeat(200)] {
+                let mut out = BatchWriter::new(Vec::new());
+                out.card(sku, card);
+                assert_eq!(out.finish().len(), card_result_len(sku, card.len()));
+            }
+        }
+        let message = "m".repeat(150);
+        for code in [0, v1::ItemErrorCode::NotFound as i32, -1] {
+            for text in ["", "no rate", message.as_str()] {
+                for sku in ["", "S", &"x".repeat(200)] {
+                    let mut out = BatchWriter::new(Vec::new());
+                    out.error(sku, code, text);
+                    assert_eq!(out.finish().len(), error_result_len(sku, code, text.len()));
+                }
+            }
+        }
     }
 
     #[test]
