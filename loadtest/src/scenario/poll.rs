@@ -236,7 +236,7 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
             "BatchGetRates(100) SKUs/s / GetRate SKUs/s",
             ("BatchGetRates(100) SKUs/s", b.items_per_sec),
             ("GetRate SKUs/s", get_sat.items_per_sec),
-            "per-call overhead amortised over 100 SKUs; bounded by card encoding",
+            "per-call overhead amortised over 100 SKUs; through this client, bounded by decoding the cards",
         );
     }
     if let Some(raw) = raw {

@@ -21,8 +21,9 @@
 //! the baseline plus the target; then the limit becomes what was in use (the sample's
 //! occupancy, if lower than the limit) times the gradient (target ÷ delay or
 //! tolerated ÷ observed, kept within [0.5, 0.9]), at most once per observed latency. An
-//! arriving call that finds the scheduling delay over the target brings the limit down
-//! the same way (from the occupancy it finds), without waiting for a call to finish: when
+//! arriving call that finds the scheduling delay over the target and the limit under half
+//! used brings it down the same way (from the occupancy it finds), without waiting for a
+//! call to finish: when
 //! a burst meets an already saturated runtime, nothing of that method may have finished
 //! since the saturation began, and a limit still at its ceiling would admit the whole
 //! burst into the queue. A fast sample that found the limit at least half used (itself
@@ -124,9 +125,10 @@ impl LimitState {
 
     /// Learns from a call arriving at `at` while the runtime's scheduling delay is `delay`,
     /// the method's occupancy then `occupancy` (the call excluded): a delay over the target
-    /// is overload already, so the limit comes down to what is in use now, as a slow sample
-    /// would bring it, without waiting for a call to finish. Until one does, a limit left
-    /// at the ceiling would admit a whole burst into a saturated server.
+    /// is overload already, so a limit far above what is in use (under half used) comes
+    /// down to it, as a slow sample would bring it, without waiting for a call to finish.
+    /// Until one does, a limit left at the ceiling would admit a whole burst into a
+    /// saturated server.
     pub(crate) fn arrival(
         &mut self,
         config: &LimitConfig,
@@ -136,7 +138,11 @@ impl LimitState {
     ) {
         let target = config.delay_target.as_secs_f64();
         let delay = delay.as_secs_f64();
-        if !config.adaptive || delay <= target {
+        // A limit at least half used is one the method's own calls bear on: finished calls
+        // move it (as they raise it), and arrivals, many more than finished calls once
+        // most are refused, would only shrink it again and again.
+        let in_use = f64::from(occupancy) + 1.0;
+        if !config.adaptive || delay <= target || in_use * 2.0 >= self.limit {
             return;
         }
         self.decrease(config, at, target / delay, occupancy);
@@ -610,7 +616,7 @@ mod tests {
     }
 
     #[test]
-    fn arrivals_lower_the_limit_at_most_once_per_observed_latency() {
+    fn arrivals_lower_a_limit_far_above_what_is_in_use_at_most_once_per_observed_latency() {
         let mut state = LimitState::new(&config());
         let mut now = Instant::now();
         // Calls of 30 ms observed latency: decreases are at least that far apart.
@@ -618,20 +624,20 @@ mod tests {
             call(at, 29 * MS, MS, 300)
         });
         assert_eq!(state.limit(), 1000);
-        state.arrival(&config(), now, 50 * MS, 599);
-        assert_eq!(state.limit(), 300, "600 in use, halved (25 ms ÷ 50 ms)");
-        state.arrival(&config(), now + 20 * MS, 50 * MS, 99);
-        assert_eq!(state.limit(), 300, "too soon after the last decrease");
-        state.arrival(&config(), now + 40 * MS, 40 * MS, 199);
-        assert_eq!(state.limit(), 125, "200 in use, × 25 ms ÷ 40 ms");
-        state.arrival(&config(), now + 80 * MS, 40 * MS, 999);
+        state.arrival(&config(), now, 50 * MS, 399);
+        assert_eq!(state.limit(), 200, "400 in use, halved (25 ms ÷ 50 ms)");
+        state.arrival(&config(), now + 20 * MS, 50 * MS, 9);
+        assert_eq!(state.limit(), 200, "too soon after the last decrease");
+        state.arrival(&config(), now + 40 * MS, 40 * MS, 59);
+        assert_eq!(state.limit(), 37, "60 in use, × 25 ms ÷ 40 ms");
+        state.arrival(&config(), now + 80 * MS, 40 * MS, 29);
         assert_eq!(
             state.limit(),
-            78,
-            "what is in use counts up to the limit only"
+            37,
+            "half used: finished calls move it, not arrivals"
         );
         state.arrival(&config(), now + 200 * MS, 20 * MS, 0);
-        assert_eq!(state.limit(), 78, "a delay under the target lowers nothing");
+        assert_eq!(state.limit(), 37, "a delay under the target lowers nothing");
     }
 
     #[test]
