@@ -300,7 +300,10 @@ impl Limiter {
         let queued = (self.admitted.per_second(now_nanos) * wait) as u32;
         let occupancy = in_flight.saturating_add(queued);
         let mut limit = self.limit.load(Ordering::Relaxed);
-        if delay > self.config.delay_target {
+        // Only a limit under half used can move on arrival (`LimitState::arrival`); past
+        // the published limit (the state's, rounded down) it cannot, and the lock is spared.
+        let under_half_used = u64::from(occupancy) * 2 + 2 <= u64::from(limit);
+        if delay > self.config.delay_target && under_half_used {
             limit = self
                 .update(|state| state.arrival(&self.config, at, delay, occupancy))
                 .unwrap_or(limit);
