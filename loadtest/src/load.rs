@@ -165,14 +165,22 @@ where
             let (op, recorder) = (op.clone(), recorder.clone());
             let offset = scheduled - start;
             tokio::spawn(async move {
+                let sent = Instant::now();
                 let outcome = op(i).await;
-                let latency = Instant::now().saturating_duration_since(scheduled);
-                recorder.lock().expect("recorder lock").record(
-                    offset,
-                    latency,
-                    &outcome,
-                    offset >= warmup,
-                );
+                let answered = Instant::now();
+                let latency = answered.saturating_duration_since(scheduled);
+                let measured = offset >= warmup;
+                let mut recorder = recorder.lock().expect("recorder lock");
+                recorder.record(offset, latency, &outcome, measured);
+                if measured {
+                    recorder.record_send(
+                        offset,
+                        sent.saturating_duration_since(scheduled),
+                        answered.saturating_duration_since(sent),
+                        &outcome,
+                    );
+                }
+                drop(recorder);
                 drop(permit);
             });
             i += 1;

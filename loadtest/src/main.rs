@@ -57,6 +57,11 @@ struct Args {
     /// a call not answered within it is an error).
     #[arg(long, value_name = "MS")]
     client_timeout_ms: Option<u64>,
+    /// `surge` sends GetRate from pre-encoded request frames over bare HTTP/2 and reads
+    /// only each answer's status, as `poll`'s server-only phases do: what a refusal costs
+    /// the server, without the tonic client's share of the cores.
+    #[arg(long)]
+    raw_client: bool,
     /// Directory for <scenario>.json and <scenario>.svg.
     #[arg(long, default_value = "target/loadtest")]
     out: PathBuf,
@@ -295,6 +300,11 @@ fn config(args: &Args) -> anyhow::Result<RunConfig> {
         config.client_timeout = Duration::from_millis(ms);
     }
     anyhow::ensure!(
+        !args.raw_client || matches!(args.scenario, ScenarioArg::Surge | ScenarioArg::All),
+        "--raw-client changes how surge sends GetRate; other scenarios do not use it"
+    );
+    config.raw_client = args.raw_client;
+    anyhow::ensure!(
         args.zipf.is_finite() && args.zipf >= 0.0,
         "--zipf must be a non-negative number"
     );
@@ -428,6 +438,16 @@ mod tests {
             Duration::from_millis(250)
         );
         assert!(timeout(&["surge", "--client-timeout-ms", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_raw_client_is_off_by_default_and_only_for_surge() {
+        let raw = |args: &[&str]| parse(args).map(|c| c.raw_client);
+        assert!(!raw(&["surge"]).expect("valid"));
+        assert!(raw(&["surge", "--raw-client"]).expect("valid"));
+        assert!(raw(&["all", "--raw-client"]).expect("valid"));
+        let err = raw(&["poll", "--raw-client"]).expect_err("poll");
+        assert!(err.to_string().contains("--raw-client"), "{err}");
     }
 
     #[test]

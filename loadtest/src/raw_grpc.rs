@@ -1,4 +1,5 @@
-//! A gRPC client that does next to nothing itself, for the "server only" phases of `poll`.
+//! A gRPC client that does next to nothing itself, for the "server only" phases of `poll`
+//! and `surge --raw-client`.
 //!
 //! Load generator and server share the machine's cores, so the tonic client's own work
 //! (encoding each request, decoding up to a thousand cards per answer) is charged to the
@@ -94,6 +95,21 @@ impl Unary {
             );
         }
         Ok(Self { uri, headers })
+    }
+
+    /// The same method with a `grpc-timeout` of `deadline` on every call (whole
+    /// milliseconds, as the gRPC spec writes them: at most 8 digits and a unit).
+    pub fn with_deadline(mut self, deadline: Duration) -> anyhow::Result<Self> {
+        let ms = deadline.as_millis();
+        anyhow::ensure!(
+            (1..100_000_000).contains(&ms),
+            "a grpc-timeout takes 1 to 99,999,999 ms, not {ms}"
+        );
+        self.headers.insert(
+            "grpc-timeout",
+            HeaderValue::from_str(&format!("{ms}m")).context("grpc-timeout header")?,
+        );
+        Ok(self)
     }
 }
 
@@ -197,12 +213,19 @@ impl RawClient {
         let (response, mut stream) = send
             .send_request(request, false)
             .map_err(|e| protocol("sending headers", e))?;
-        stream
-            .send_data(frame, true)
-            .map_err(|e| protocol("sending the request frame", e))?;
-        let response = response
-            .await
-            .map_err(|e| protocol("awaiting the answer", e))?;
+        // A server may answer from the headers alone (a refusal) and close the stream
+        // before the frame goes out: h2 then calls the stream inactive, but the answer is
+        // there to read. The send's error counts only when no answer comes.
+        let sent = stream.send_data(frame, true);
+        let response = match (response.await, sent) {
+            (Ok(response), _) => response,
+            (Err(e), Err(send)) => {
+                return Err(Failure::Protocol(format!(
+                    "sending the request frame: {send}; awaiting the answer: {e}"
+                )));
+            }
+            (Err(e), Ok(())) => return Err(protocol("awaiting the answer", e)),
+        };
         let (parts, mut body) = response.into_parts();
         if parts.status != http::StatusCode::OK {
             return Err(Failure::Protocol(format!("HTTP status {}", parts.status)));
@@ -334,6 +357,19 @@ mod tests {
             client.call(0, &method, request).await,
             Ok(body.len() as u64)
         );
+    }
+
+    #[test]
+    fn a_deadline_is_sent_as_grpc_timeout_in_milliseconds() {
+        let method = Unary::new("127.0.0.1:1", "/a.B/C", None).expect("valid");
+        let timed = method
+            .clone()
+            .with_deadline(Duration::from_millis(1500))
+            .expect("valid");
+        assert_eq!(timed.headers["grpc-timeout"], "1500m");
+        assert!(!method.headers.contains_key("grpc-timeout"));
+        assert!(method.clone().with_deadline(Duration::ZERO).is_err());
+        assert!(method.with_deadline(Duration::from_secs(100_000)).is_err());
     }
 
     #[tokio::test]

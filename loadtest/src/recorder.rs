@@ -47,6 +47,10 @@ struct Window {
     errors: u64,
     served: Histogram<u64>,
     refused: Histogram<u64>,
+    /// How late each operation was sent (its task started), from its scheduled time.
+    send_lag: Histogram<u64>,
+    /// Refusals' latencies from when they were sent, the load generator's lateness apart.
+    refused_from_send: Histogram<u64>,
 }
 
 /// Everything recorded for one phase.
@@ -96,6 +100,8 @@ impl Recorder {
                 errors: 0,
                 served: histogram(),
                 refused: histogram(),
+                send_lag: histogram(),
+                refused_from_send: histogram(),
             })
             .collect();
         Self {
@@ -165,6 +171,28 @@ impl Recorder {
         }
     }
 
+    /// Records, for the window of an operation scheduled `offset` after the phase started
+    /// (already [`Recorder::record`]ed), how late it was sent (`lag`) and, if it was
+    /// refused, how long the refusal took from the send (`from_send`): what the load
+    /// generator's own lateness adds to the latencies from schedule.
+    pub fn record_send(
+        &mut self,
+        offset: Duration,
+        lag: Duration,
+        from_send: Duration,
+        outcome: &Outcome,
+    ) {
+        let micros = |d: Duration| (d.as_micros() as u64).clamp(1, MAX_MICROS);
+        if let Some(window) = self.window_of(offset) {
+            window.send_lag.saturating_record(micros(lag));
+            if *outcome == Outcome::Shed {
+                window
+                    .refused_from_send
+                    .saturating_record(micros(from_send));
+            }
+        }
+    }
+
     /// The window an operation scheduled at `offset` belongs to.
     fn window_of(&mut self, offset: Duration) -> Option<&mut Window> {
         let last = self.windows.len().checked_sub(1)?;
@@ -193,6 +221,8 @@ impl Recorder {
                     ops_per_sec: w.ok as f64 / secs,
                     served: Latencies::of(&w.served),
                     refused: Latencies::of(&w.refused),
+                    send_lag: Latencies::of(&w.send_lag),
+                    refused_from_send: Latencies::of(&w.refused_from_send),
                 }
             })
             .collect()
@@ -344,6 +374,10 @@ pub struct WindowSummary {
     pub served: Latencies,
     /// Latencies of the refusals.
     pub refused: Latencies,
+    /// How late the operations were sent, from their scheduled time (open loop).
+    pub send_lag: Latencies,
+    /// Latencies of the refusals from when they were sent (open loop).
+    pub refused_from_send: Latencies,
 }
 
 /// One second of a phase, for the plot.
@@ -436,5 +470,31 @@ mod tests {
         assert!(s.shed_latency.max_ms <= 1.1, "{}", s.shed_latency.max_ms);
         assert!(s.max_ms >= 39.0, "refusals are not in the served latencies");
         assert!(Recorder::default().windows().is_empty());
+    }
+
+    #[test]
+    fn send_lag_and_refusals_from_send_are_kept_per_window() {
+        let ms = Duration::from_millis;
+        let mut r = Recorder::with_windows(&[ms(0), ms(1000), ms(2000)], ms(0));
+        for (at, lag, from_send, outcome) in [
+            (100, 1, 3, Outcome::Ok(1)),
+            (1100, 20, 2, Outcome::Shed),
+            (1200, 30, 4, Outcome::Shed),
+            (1300, 10, 50, Outcome::Ok(1)),
+        ] {
+            r.record(ms(at), ms(lag + from_send), &outcome, true);
+            r.record_send(ms(at), ms(lag), ms(from_send), &outcome);
+        }
+        let w = r.windows();
+        assert_eq!(w[0].refused_from_send.max_ms, 0.0, "nothing refused");
+        assert!(w[0].send_lag.max_ms >= 0.9 && w[0].send_lag.max_ms <= 1.1);
+        // From schedule the refusals took 22 and 34 ms; from their send, 2 and 4.
+        assert!(w[1].refused.max_ms >= 33.9, "{}", w[1].refused.max_ms);
+        assert!(
+            (3.9..=4.1).contains(&w[1].refused_from_send.max_ms),
+            "{}",
+            w[1].refused_from_send.max_ms
+        );
+        assert!((29.9..=30.1).contains(&w[1].send_lag.max_ms));
     }
 }

@@ -12,7 +12,14 @@ async fn smoke(s: Scenario) {
 }
 
 async fn smoke_on(s: Scenario, redis: RedisSpec) -> Report {
-    let config = RunConfig::smoke(TargetSpec::InProcess(InProcess::on(redis, 2)));
+    smoke_with(
+        s,
+        RunConfig::smoke(TargetSpec::InProcess(InProcess::on(redis, 2))),
+    )
+    .await
+}
+
+async fn smoke_with(s: Scenario, config: RunConfig) -> Report {
     let report = scenario::run(s, &config).await;
     let failures = report.failures();
     assert!(failures.is_empty(), "{}", report.table());
@@ -68,6 +75,39 @@ async fn bfcm_smoke() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn surge_smoke() {
     smoke(Scenario::Surge).await;
+}
+
+/// `--raw-client`: GetRate from pre-encoded frames over bare HTTP/2, answers checked by
+/// status only, after one decoded answer held its card.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn surge_smoke_with_the_raw_client() {
+    let config = RunConfig {
+        raw_client: true,
+        ..RunConfig::smoke(TargetSpec::InProcess(InProcess::on(
+            RedisSpec::PrivateServer,
+            2,
+        )))
+    };
+    let report = smoke_with(Scenario::Surge, config).await;
+    assert!(
+        report.phases[0].name.starts_with("GetRate over raw HTTP/2"),
+        "{}",
+        report.table()
+    );
+    let figure = |name: &str| {
+        report
+            .figures
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap_or_else(|| panic!("no figure {name:?}\n{}", report.table()))
+            .value
+    };
+    assert!(figure("surge: GetRate served") > 0.0, "{}", report.table());
+    assert!(
+        figure("surge: load generator's send lag p99 (scheduled -> sent)") > 0.0,
+        "{}",
+        report.table()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,6 +93,9 @@ pub struct RunConfig {
     /// Deadline of each GetRate call in `surge`, sent as `grpc-timeout` and enforced by
     /// the client too, as a network's client would.
     pub client_timeout: Duration,
+    /// `surge` drives GetRate through [`crate::raw_grpc`] (pre-encoded requests, answers
+    /// not decoded) instead of tonic: the server's share of a refusal alone.
+    pub raw_client: bool,
     /// Progress bars on the terminal.
     pub progress: bool,
     /// Ctrl-C: phases end early and the report is still written.
@@ -115,6 +118,7 @@ impl RunConfig {
             batch_sizes: vec![1, 10, 100, 1000],
             ingest_batch: 100,
             client_timeout: Duration::from_millis(1000),
+            raw_client: false,
             progress: true,
             stop: CancellationToken::new(),
         }

@@ -12,13 +12,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context as _;
+use bytes::Bytes;
+use futures::future::Either;
+use prost::Message as _;
 use ratemesh_contract::streams;
-use ratemesh_proto::v1::{self, rate_service_client::RateServiceClient};
+use ratemesh_proto::v1::{
+    self, rate_service_client::RateServiceClient, rate_service_server::SERVICE_NAME,
+};
 use ratemesh_runtime::Role;
 
 use super::RunConfig;
 use crate::catalogue::{self, Sequences, WebhookClient};
 use crate::load::{self, Shape};
+use crate::raw_grpc::{self, Failure, RawClient, Unary};
 use crate::recorder::{Outcome, WindowSummary};
 use crate::report::Report;
 use crate::target::Target;
@@ -55,6 +62,11 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
     // would show here too).
     let unavailable = Arc::new(AtomicU64::new(0));
     let deadline = config.client_timeout;
+    let raw = if config.raw_client {
+        Some(RawGet::connect(config, target, n, deadline).await?)
+    } else {
+        None
+    };
     let get_op = {
         let (channels, zipf, bearer, unavailable) = (
             channels.clone(),
@@ -63,13 +75,44 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
             unavailable.clone(),
         );
         move |i: u64| {
+            let rank = zipf.sample(&mut SplitMix::new(i));
+            let unavailable = unavailable.clone();
+            let count = move |outcome: Outcome, unavailable_status: bool| {
+                if unavailable_status {
+                    unavailable.fetch_add(1, Ordering::Relaxed);
+                }
+                outcome
+            };
+            if let Some(raw) = &raw {
+                let (client, method, frame) = (
+                    raw.client.clone(),
+                    raw.method.clone(),
+                    raw.frames[rank].clone(),
+                );
+                return Either::Left(async move {
+                    match tokio::time::timeout(deadline, client.call(i as usize, &method, frame))
+                        .await
+                    {
+                        Ok(Ok(_)) => Outcome::Ok(1),
+                        Ok(Err(Failure::Status(code, message))) => count(
+                            catalogue::deadline_outcome(
+                                "GetRate",
+                                &tonic::Status::new(code, message),
+                                deadline,
+                            ),
+                            code == tonic::Code::Unavailable,
+                        ),
+                        Ok(Err(failure)) => failure.outcome("GetRate"),
+                        Err(_) => no_answer(deadline),
+                    }
+                });
+            }
             let mut client = RateServiceClient::with_interceptor(
                 channels[i as usize % channels.len()].clone(),
                 bearer.clone(),
             );
-            let sku = catalogue::sku(zipf.sample(&mut SplitMix::new(i)));
-            let unavailable = unavailable.clone();
-            async move {
+            let sku = catalogue::sku(rank);
+            Either::Right(async move {
                 let mut request = tonic::Request::new(v1::GetRateRequest { sku, as_of: None });
                 // Sent as grpc-timeout; tonic's channel also gives up when it passes.
                 request.set_timeout(deadline);
@@ -77,18 +120,13 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
                 match tokio::time::timeout(deadline, client.get_rate(request)).await {
                     Ok(Ok(r)) if r.get_ref().card.is_some() => Outcome::Ok(1),
                     Ok(Ok(_)) => Outcome::Error("GetRate answered without a card".into()),
-                    Ok(Err(s)) => {
-                        if s.code() == tonic::Code::Unavailable {
-                            unavailable.fetch_add(1, Ordering::Relaxed);
-                        }
-                        catalogue::deadline_outcome("GetRate", &s, deadline)
-                    }
-                    Err(_) => Outcome::Error(format!(
-                        "GetRate: no answer within the {} ms deadline (client side)",
-                        deadline.as_millis()
-                    )),
+                    Ok(Err(s)) => count(
+                        catalogue::deadline_outcome("GetRate", &s, deadline),
+                        s.code() == tonic::Code::Unavailable,
+                    ),
+                    Err(_) => no_answer(deadline),
                 }
-            }
+            })
         }
     };
     let erp_op = {
@@ -147,7 +185,11 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
     // By scheduled time: steady (after warm-up), the step, steady again.
     let windows = get.0.windows();
     let get = report.phase(
-        "GetRate, steady -> 10x -> steady",
+        if config.raw_client {
+            "GetRate over raw HTTP/2 (pre-encoded, answers not decoded), steady -> 10x -> steady"
+        } else {
+            "GetRate, steady -> 10x -> steady"
+        },
         "open",
         poll * 10.0,
         get_in_flight,
@@ -227,6 +269,67 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
     Ok(())
 }
 
+/// A call that got no answer within its deadline, by the client's own clock.
+fn no_answer(deadline: Duration) -> Outcome {
+    Outcome::Error(format!(
+        "GetRate: no answer within the {} ms deadline (client side)",
+        deadline.as_millis()
+    ))
+}
+
+/// GetRate over bare HTTP/2 (`--raw-client`): one pre-encoded request per SKU, each with
+/// the call's deadline as `grpc-timeout`.
+struct RawGet {
+    client: Arc<RawClient>,
+    method: Arc<Unary>,
+    frames: Arc<Vec<Bytes>>,
+}
+
+impl RawGet {
+    /// Connects, and checks outside the measured run that a raw answer holds the card the
+    /// tonic client gets, so both clients make the same call.
+    async fn connect(
+        config: &RunConfig,
+        target: &Target,
+        n: usize,
+        deadline: Duration,
+    ) -> anyhow::Result<Self> {
+        let client = RawClient::connect(&target.grpc, config.connections)
+            .await
+            .context("raw connections to ratemesh")?;
+        let method = Unary::new(
+            &target.grpc,
+            &format!("/{SERVICE_NAME}/GetRate"),
+            Some(target.api_key(Role::Network)),
+        )?
+        .with_deadline(deadline)?;
+        let frames: Vec<Bytes> = (0..n)
+            .map(|rank| {
+                raw_grpc::frame(&v1::GetRateRequest {
+                    sku: catalogue::sku(rank),
+                    as_of: None,
+                })
+            })
+            .collect();
+        let body = client
+            .call_keeping_body(0, &method, frames[0].clone())
+            .await
+            .map_err(|f| anyhow::anyhow!("a raw GetRate before the run failed: {f:?}"))?;
+        let answer = v1::GetRateResponse::decode(raw_grpc::unframe(&body)?)
+            .context("decoding a raw GetRate answer")?;
+        anyhow::ensure!(
+            answer.card.as_ref().map(|c| c.sku.as_str()) == Some(catalogue::sku(0).as_str()),
+            "a raw GetRate for {} answered {answer:?}",
+            catalogue::sku(0)
+        );
+        Ok(Self {
+            client: Arc::new(client),
+            method: Arc::new(method),
+            frames: Arc::new(frames),
+        })
+    }
+}
+
 /// The surge figures from the GetRate phase's windows (steady, step, steady).
 fn surge_figures(
     report: &mut Report,
@@ -268,6 +371,16 @@ fn surge_figures(
     report.figure(
         "surge: GetRate refusal p99 (from schedule; target <= 5 ms)",
         surge.refused.p99_ms,
+        "ms",
+    );
+    report.figure(
+        "surge: GetRate refusal p99 from send (the load generator's lateness apart)",
+        surge.refused_from_send.p99_ms,
+        "ms",
+    );
+    report.figure(
+        "surge: load generator's send lag p99 (scheduled -> sent)",
+        surge.send_lag.p99_ms,
         "ms",
     );
     report.figure(
