@@ -9,15 +9,16 @@
 //! needs. Bounds on wall-clock time are loose on purpose; what is asserted is the shape:
 //! refused at once versus served after everything queued ahead of it.
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use http::uri::PathAndQuery;
-use ratemesh_runtime::auth::{self, AccessTable, ApiKeys, MethodRoles};
+use ratemesh_runtime::auth::{AccessTable, MethodRoles};
 use ratemesh_runtime::grpc::{Admission, RpcLayer, serve};
-use ratemesh_runtime::settings::{ApiKeySettings, AuthSettings};
 use ratemesh_runtime::{Role, metrics};
 use tokio::sync::oneshot;
 use tonic::body::Body;
@@ -124,14 +125,7 @@ impl Server {
                 ready_tx
                     .send((addr, tokio::runtime::Handle::current(), stop))
                     .expect("test waiting");
-                let keys = ApiKeys::from_settings(&AuthSettings {
-                    keys: vec![ApiKeySettings {
-                        name: "tester".into(),
-                        role: Role::Network,
-                        sha256: auth::hash_key(KEY),
-                        partner_id: None,
-                    }],
-                });
+                let keys = support::network_keys(KEY);
                 let access = AccessTable::new([(Mounted::<TEST>::NAME, ACCESS)]);
                 let (_reporter, health) = tonic_health::server::health_reporter();
                 let mut routes = tonic::service::RoutesBuilder::default();

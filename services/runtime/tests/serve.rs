@@ -2,6 +2,8 @@
 //! connection task, an admitted call in a task of its own), the connection's extensions on
 //! each call, the request timeout, and the drain on shutdown.
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,10 +11,9 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use ratemesh_runtime::Role;
-use ratemesh_runtime::auth::{self, AccessTable, ApiKeys, MethodRoles};
+use ratemesh_runtime::auth::{AccessTable, MethodRoles};
 use ratemesh_runtime::grpc::serve::{Server, StreamCounts};
 use ratemesh_runtime::grpc::{Admission, RpcLayer};
-use ratemesh_runtime::settings::{ApiKeySettings, AuthSettings};
 use tokio::sync::{mpsc, oneshot};
 use tonic::body::Body;
 use tonic::transport::Channel;
@@ -109,14 +110,7 @@ fn ok_with_remote(request: &Request<Body>) -> Response<Body> {
 }
 
 fn rpc_layer(max_concurrent: usize) -> RpcLayer {
-    let keys = ApiKeys::from_settings(&AuthSettings {
-        keys: vec![ApiKeySettings {
-            name: "tester".into(),
-            role: Role::Network,
-            sha256: auth::hash_key(KEY),
-            partner_id: None,
-        }],
-    });
+    let keys = support::network_keys(KEY);
     RpcLayer::new(
         keys,
         AccessTable::new([(SERVICE, ACCESS)]),
