@@ -68,7 +68,7 @@ pub(crate) struct WhatIfArgs {
     #[arg(
         long,
         value_name = "DIR",
-        required_unless_present = "since",
+        required_unless_present_any = ["since", "remote"],
         conflicts_with = "since"
     )]
     history: Option<PathBuf>,
@@ -576,5 +576,27 @@ mod tests {
         assert_eq!(source, Baseline::LiveFile(candidate.to_owned()));
         assert_eq!(policy.program_id, "acme-us-candidate");
         assert!(source.to_string().contains("policy.file"), "{source}");
+    }
+
+    #[test]
+    fn a_remote_run_without_since_asks_for_since_alone() {
+        use clap::Parser as _;
+        let parse = |args: &[&str]| {
+            crate::cli::Cli::try_parse_from(
+                ["ratemesh", "whatif", "--policy", "candidate.toml"]
+                    .iter()
+                    .chain(args),
+            )
+        };
+        let err = parse(&["--remote"]).expect_err("no range").to_string();
+        assert!(err.contains("--since <TIME>"), "{err}");
+        assert!(!err.contains("--history"), "{err}");
+        assert!(parse(&["--remote", "--since", "2026-11-01"]).is_ok());
+        let err = parse(&["--remote", "--history", "dir"])
+            .expect_err("history is local")
+            .to_string();
+        assert!(err.contains("cannot be used with"), "{err}");
+        let err = parse(&[]).expect_err("no input").to_string();
+        assert!(err.contains("--history <DIR>"), "{err}");
     }
 }
