@@ -23,12 +23,12 @@
 //! tolerated ÷ observed, kept within [0.5, 0.9]), at most once per observed latency. An
 //! arriving call that finds the scheduling delay over the target and the limit under half
 //! used brings it down the same way (from the occupancy it finds), without waiting for a
-//! call to finish: when
-//! a burst meets an already saturated runtime, nothing of that method may have finished
-//! since the saturation began, and a limit still at its ceiling would admit the whole
-//! burst into the queue. A fast sample that found the limit at least half used (itself
-//! included), or that follows a refusal by the limit, raises it by 1. The limit stays within [min, max] and starts at
-//! max: nothing is refused below the server's ceiling before there is evidence of overload.
+//! call to finish: when a burst meets an already saturated runtime, nothing of that method
+//! may have finished since the saturation began, and a limit still at its ceiling would
+//! admit the whole burst into the queue. A fast sample that found the limit at least half
+//! used (itself included), or that follows a refusal by the limit, raises it by 1. The
+//! limit stays within [min, max] and starts at max: nothing is refused below the server's
+//! ceiling before there is evidence of overload.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, TryLockError};
