@@ -357,55 +357,57 @@ pub fn list_rates_response<'a>(
     out
 }
 
-/// The SKUs of an encoded `BatchGetRatesRequest`, read in place: one buffer and a range
-/// per SKU instead of a `String` each.
+/// The SKUs of an encoded `BatchGetRatesRequest`: their text one after another, each
+/// checked as UTF-8 once, and where each ends, instead of a `String` each.
 #[derive(Debug, Clone, Default)]
 pub struct SkuList {
-    buf: bytes::Bytes,
-    skus: Vec<(u32, u32)>,
+    text: String,
+    ends: Vec<u32>,
 }
 
 impl SkuList {
     /// Reads `skus` (field 1) of an encoded `BatchGetRatesRequest`; other fields are
     /// skipped, as prost skips unknown fields.
     pub fn parse(buf: bytes::Bytes) -> Result<Self, WireError> {
-        let mut skus = Vec::new();
+        let mut list = Self {
+            text: String::with_capacity(buf.len()),
+            ends: Vec::new(),
+        };
         let mut fields = Fields::new(&buf);
         while let Some(field) = fields.next_field() {
             match field? {
                 (1, Value::Bytes(b)) => {
-                    text(b, "skus")?;
-                    let start = b.as_ptr() as usize - buf.as_ptr() as usize;
-                    let range = (u32::try_from(start), u32::try_from(b.len()));
-                    let (Ok(start), Ok(len)) = range else {
-                        return Err(bad("request too large"));
-                    };
-                    skus.push((start, len));
+                    list.text.push_str(text(b, "skus")?);
+                    let end =
+                        u32::try_from(list.text.len()).map_err(|_| bad("request too large"))?;
+                    list.ends.push(end);
                 }
                 (1, _) => return Err(bad("skus has the wrong wire type")),
                 _ => {}
             }
         }
-        Ok(Self { buf, skus })
+        Ok(list)
     }
 
     /// The SKUs, in request order.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
-        self.skus.iter().map(|&(start, len)| {
-            let bytes = &self.buf[start as usize..(start + len) as usize];
-            // Checked as UTF-8 by `parse`.
-            std::str::from_utf8(bytes).unwrap_or_default()
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            // Every end is a boundary between two SKUs, so between characters.
+            let sku = self.text.get(start..end as usize).unwrap_or_default();
+            start = end as usize;
+            sku
         })
     }
 
     /// How many.
     pub fn len(&self) -> usize {
-        self.skus.len()
+        self.ends.len()
     }
 
     /// True when there are none.
     pub fn is_empty(&self) -> bool {
-        self.skus.is_empty()
+        self.ends.is_empty()
     }
 }
 
@@ -556,11 +558,15 @@ mod tests {
     #[test]
     fn batch_requests_are_read_in_place() {
         let request = v1::BatchGetRatesRequest {
-            skus: vec!["A-1".into(), String::new(), "ü".into()],
+            skus: vec!["A-1".into(), String::new(), "ü".into(), "x".repeat(200)],
         };
         let list = SkuList::parse(request.encode_to_vec().into()).expect("parse");
-        assert_eq!(list.iter().collect::<Vec<_>>(), ["A-1", "", "ü"]);
-        assert_eq!(list.len(), 3);
+        let long = "x".repeat(200);
+        assert_eq!(
+            list.iter().collect::<Vec<_>>(),
+            ["A-1", "", "ü", long.as_str()]
+        );
+        assert_eq!(list.len(), 4);
         assert!(
             SkuList::parse(vec![0x0a, 0x01, 0xff].into()).is_err(),
             "not UTF-8"
