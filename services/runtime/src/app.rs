@@ -459,12 +459,13 @@ impl App {
         let mut grpc_server = crate::grpc::serve::Server::new()
             .request_timeout(settings.server.request_timeout())
             .connection_window(GRPC_CONNECTION_WINDOW);
-        // Optionally connections on a thread of their own, calls on this runtime: a
+        // Connections on threads of their own (by default), calls on this runtime: a
         // refusal, answered on its connection task, then waits behind no handler.
         let connections = match settings.server.grpc_connection_runtime {
             true => {
                 grpc_server = grpc_server.handlers(tokio::runtime::Handle::current());
-                let runtime = Background::named("ratemesh-grpc-conn", 1, 0)
+                let threads = connection_threads(settings.server.grpc_connection_threads);
+                let runtime = Background::named("ratemesh-grpc-conn", threads, 0)
                     .context("starting the gRPC connection runtime")?;
                 Some(runtime)
             }
@@ -596,9 +597,34 @@ impl App {
     }
 }
 
+/// The connection runtime's threads for the `server.grpc_connection_threads` setting: as
+/// set, or for 0 one per four CPUs, at least one. Reading frames and answering refusals is
+/// a small share of a call's work, so a few threads keep up with many handler threads.
+fn connection_threads(setting: usize) -> usize {
+    if setting > 0 {
+        return setting;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (cpus / 4).max(1)
+}
+
 fn local_addr(listener: &TcpListener) -> SocketAddr {
     // A bound TCP listener always has a local address.
     listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_threads;
+
+    #[test]
+    fn connection_threads_are_as_set_or_one_per_four_cpus() {
+        assert_eq!(connection_threads(3), 3);
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let auto = connection_threads(0);
+        assert_eq!(auto, (cpus / 4).max(1), "{cpus} CPUs");
+        assert!(auto >= 1);
+    }
 }

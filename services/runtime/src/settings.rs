@@ -519,10 +519,11 @@ pub struct ServerSettings {
     /// under CPU saturation, calls and webhooks run first and the background catches up.
     pub background_nice: i32,
     /// Whether the gRPC listener's connections (reading frames, answering refusals at
-    /// once) run on a runtime of one thread of their own, so they never queue behind
-    /// handlers; admitted calls still run on the listeners' runtime. false (the default):
-    /// connections and calls share it.
+    /// once) run on a runtime of their own, so they never queue behind handlers; admitted
+    /// calls still run on the listeners' runtime. false: connections and calls share it.
     pub grpc_connection_runtime: bool,
+    /// Worker threads of the connection runtime; 0: one per four CPUs, at least one.
+    pub grpc_connection_threads: usize,
     /// Webhook listener: a request's headers must arrive within this long of the
     /// connection becoming ready for them, or the connection is closed.
     pub http_header_read_timeout_ms: u64,
