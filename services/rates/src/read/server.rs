@@ -3,9 +3,9 @@
 //! `GetRate`, `BatchGetRates` and `ListRates` answer from pre-encoded cards and nothing is
 //! encoded per card per call: `GetRate` and `ListRates` send the bytes [`super::point`]
 //! assembles as they are, and a batch's results are written straight into the outgoing
-//! frame. A batch request's SKUs are read in place ([`SkuList`]); other requests are
-//! decoded as usual, and an undecodable one is answered like any other method's. Every
-//! other method goes to the generated server.
+//! frame. A batch request's SKUs are read into one string ([`SkuList`]); other requests
+//! are decoded as usual, and an undecodable one is answered like any other method's.
+//! Every other method goes to the generated server.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -207,8 +207,8 @@ impl WireRequest for SkuList {
     }
 }
 
-/// Decodes requests (prost, or in place for batches); encodes responses that are already
-/// encoded by copying them.
+/// Decodes requests (prost, or into one string for batches); encodes responses that are
+/// already encoded by copying them.
 struct WireCodec<D>(PhantomData<fn() -> D>);
 
 impl<D> Default for WireCodec<D> {

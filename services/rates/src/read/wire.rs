@@ -556,7 +556,7 @@ mod tests {
     }
 
     #[test]
-    fn batch_requests_are_read_in_place() {
+    fn batch_requests_are_read_into_one_string() {
         let request = v1::BatchGetRatesRequest {
             skus: vec!["A-1".into(), String::new(), "ü".into(), "x".repeat(200)],
         };
