@@ -9,9 +9,12 @@
 //!   saturation throughput, which the baselines and ratios are built on.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
@@ -268,50 +271,108 @@ where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send + 'static,
 {
-    let op = Arc::new(op);
-    let recorder = Arc::new(Mutex::new(Recorder::default()));
-    let bar = bar(drive, length);
-    let start = Instant::now();
-    let deadline = start + length;
+    closed_loops_in_turns(drive, length, length, &[turn_op(op)])
+        .await
+        .pop()
+        .expect("one record per operation")
+}
+
+/// A closed-loop operation whose type is erased, so loops of different calls can take
+/// turns ([`closed_loops_in_turns`]).
+pub type TurnOp = Arc<dyn Fn(u64) -> BoxFuture<'static, Outcome> + Send + Sync>;
+
+/// `op` as a [`TurnOp`].
+pub fn turn_op<F, Fut>(op: F) -> TurnOp
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    Arc::new(move |i| op(i).boxed())
+}
+
+/// Runs the closed loop of each of `ops` (`concurrency` workers calling it back to back)
+/// in turns of `turn`, round after round, until each has run for `length`, its first
+/// `warmup` not summarised. Phases compared with each other thus meet the same machine:
+/// run one after the other, a drift in what the shared cores give (a neighbour, the
+/// CPU's clock) would move their ratio. A turn ends when its workers' last calls are
+/// answered, before the next one starts. Returns each operation's record and measured
+/// window, in the order of `ops`.
+pub async fn closed_loops_in_turns(
+    drive: &Drive,
+    length: Duration,
+    turn: Duration,
+    ops: &[TurnOp],
+) -> Vec<(Recorder, Duration)> {
+    let recorders: Vec<_> = ops
+        .iter()
+        .map(|_| Arc::new(Mutex::new(Recorder::default())))
+        .collect();
+    let calls: Vec<_> = ops.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let mut ran = vec![Duration::ZERO; ops.len()];
+    let bar = bar(drive, length * ops.len() as u32);
     let warmup = drive.warmup;
-    let mut workers = Vec::new();
-    for worker in 0..drive.concurrency.max(1) {
-        let (op, recorder, stop) = (op.clone(), recorder.clone(), drive.stop.clone());
-        let stride = drive.concurrency.max(1) as u64;
-        workers.push(tokio::spawn(async move {
-            let mut i = worker as u64;
-            while Instant::now() < deadline && !stop.is_cancelled() {
-                let sent = Instant::now();
-                let outcome = op(i).await;
-                let latency = sent.elapsed();
-                let offset = sent - start;
-                recorder.lock().expect("recorder lock").record(
-                    offset,
-                    latency,
-                    &outcome,
-                    offset >= warmup,
+    let turn = turn.max(Duration::from_millis(1));
+    'rounds: while ran.iter().any(|r| *r < length) {
+        for (k, op) in ops.iter().enumerate() {
+            if drive.stop.is_cancelled() {
+                break 'rounds;
+            }
+            let this_turn = turn.min(length.saturating_sub(ran[k]));
+            if this_turn.is_zero() {
+                continue;
+            }
+            let (before, begun) = (ran[k], Instant::now());
+            let deadline = begun + this_turn;
+            let mut workers = Vec::new();
+            for _ in 0..drive.concurrency.max(1) {
+                let (op, recorder, calls, stop) = (
+                    op.clone(),
+                    recorders[k].clone(),
+                    calls[k].clone(),
+                    drive.stop.clone(),
                 );
-                i += stride;
+                workers.push(tokio::spawn(async move {
+                    while Instant::now() < deadline && !stop.is_cancelled() {
+                        let i = calls.fetch_add(1, Ordering::Relaxed);
+                        let sent = Instant::now();
+                        let outcome = op(i).await;
+                        let latency = sent.elapsed();
+                        // Offsets run on the operation's own clock: the time it has had.
+                        let offset = before + (sent - begun);
+                        recorder.lock().expect("recorder lock").record(
+                            offset,
+                            latency,
+                            &outcome,
+                            offset >= warmup,
+                        );
+                    }
+                }));
             }
-        }));
-    }
-    let ticker = {
-        let bar = bar.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                bar.set_position(start.elapsed().as_millis() as u64);
+            let ticker = {
+                let (bar, done) = (bar.clone(), ran.iter().sum::<Duration>());
+                tokio::spawn(async move {
+                    loop {
+                        bar.set_position((done + begun.elapsed()).as_millis() as u64);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                })
+            };
+            for w in workers {
+                let _ = w.await;
             }
-        })
-    };
-    for w in workers {
-        let _ = w.await;
+            ticker.abort();
+            ran[k] = before + begun.elapsed().min(this_turn);
+        }
     }
-    ticker.abort();
     bar.finish_and_clear();
-    let ran = start.elapsed().min(length);
-    let recorder = recorder.lock().expect("recorder lock").clone();
-    (recorder, ran.saturating_sub(warmup))
+    recorders
+        .into_iter()
+        .zip(ran)
+        .map(|(recorder, ran)| {
+            let recorder = recorder.lock().expect("recorder lock").clone();
+            (recorder, ran.saturating_sub(warmup))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -386,5 +447,45 @@ mod tests {
         assert!(w[0].served.p99_ms >= 50.0, "{}", w[0].served.p99_ms);
         // Refusals are summarised apart from what was served.
         assert!(w[1].refused.max_ms < 50.0, "{}", w[1].refused.max_ms);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closed_loops_take_turns_and_each_is_measured_on_its_own_time() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let op = |name: char, ms: u64| {
+            let log = log.clone();
+            turn_op(move |_| {
+                let log = log.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    log.lock().unwrap().push(name);
+                    Outcome::Ok(1)
+                }
+            })
+        };
+        let mut drive = drive(2);
+        drive.warmup = Duration::from_millis(100);
+        let records = closed_loops_in_turns(
+            &drive,
+            Duration::from_millis(300),
+            Duration::from_millis(100),
+            &[op('a', 5), op('b', 10)],
+        )
+        .await;
+        // Three turns each, one after the other: a's calls never overlap b's.
+        let log = log.lock().unwrap().clone();
+        let turns = 1 + log.windows(2).filter(|w| w[0] != w[1]).count();
+        assert_eq!(turns, 6, "{log:?}");
+        // Each measured on the 200 ms after its own first 100 ms: two workers calling
+        // back to back.
+        let (a, a_for) = &records[0];
+        let (b, b_for) = &records[1];
+        assert_eq!(
+            (*a_for, *b_for),
+            (Duration::from_millis(200), Duration::from_millis(200))
+        );
+        let (a, b) = (a.summary(*a_for), b.summary(*b_for));
+        assert!((78..=82).contains(&a.ok), "{}", a.ok);
+        assert!((38..=42).contains(&b.ok), "{}", b.ok);
     }
 }

@@ -1,9 +1,10 @@
 //! `poll`: affiliate networks reading rates. Saturation (closed loop) of the echo
-//! baseline, GetRate and BatchGetRates at each size through the tonic client; the echo,
-//! GetRate and BatchGetRates(100) again from pre-encoded requests whose answers are not
-//! decoded ([`crate::raw_grpc`]: the server's share alone, the client's own encoding and
-//! decoding off the shared cores); then GetRate and echo open-loop at half the echo's
-//! saturation rate.
+//! baseline and GetRate, taking turns of a second so their ratio compares the same state
+//! of the machine, then BatchGetRates at each size, through the tonic client; the echo,
+//! GetRate and BatchGetRates(100) again, in turns, from pre-encoded requests whose answers
+//! are not decoded ([`crate::raw_grpc`]: the server's share alone, the client's own
+//! encoding and decoding off the shared cores); then GetRate and echo open-loop at half
+//! the echo's saturation rate.
 
 use std::sync::Arc;
 
@@ -31,6 +32,8 @@ const RAW_GET_POOL: usize = 4096;
 const RAW_BATCH_POOL: usize = 512;
 /// The batch size of the server-only BatchGetRates phase (the one the ratio names).
 const RAW_BATCH: usize = 100;
+/// How long each phase compared in a ratio runs before the next takes its turn.
+const TURN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs the scenario into `report`.
 pub async fn run(config: &RunConfig, report: &mut Report) -> anyhow::Result<()> {
@@ -123,21 +126,20 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
 
     let c = config.concurrency;
     let t = report.elapsed_s();
-    let r = load::closed_loop(
-        &config.drive("echo saturation", c),
+    let mut r = load::closed_loops_in_turns(
+        &config.drive("echo and GetRate saturation, in turns", c),
         config.duration,
-        echo_op.clone(),
+        TURN,
+        &[
+            load::turn_op(echo_op.clone()),
+            load::turn_op(get_op.clone()),
+        ],
     )
-    .await;
-    let echo_sat = report.phase("echo saturation (baseline)", "closed", 0.0, c, t, &r);
-    let t = report.elapsed_s();
-    let r = load::closed_loop(
-        &config.drive("GetRate saturation", c),
-        config.duration,
-        get_op.clone(),
-    )
-    .await;
-    let get_sat = report.phase("GetRate saturation", "closed", 0.0, c, t, &r);
+    .await
+    .into_iter();
+    let (echo_r, get_r) = (r.next().expect("echo"), r.next().expect("GetRate"));
+    let echo_sat = report.phase("echo saturation (baseline)", "closed", 0.0, c, t, &echo_r);
+    let get_sat = report.phase("GetRate saturation", "closed", 0.0, c, t, &get_r);
 
     let mut batch100 = None;
     for &size in &config.batch_sizes {
@@ -423,56 +425,46 @@ async fn server_only(
     );
 
     let c = config.concurrency;
-    let t = report.elapsed_s();
-    let op = {
-        let (client, method, pool) = (echo_client.clone(), echo_get.clone(), get_pool.clone());
-        move |i: u64| {
-            let frame = pool[i as usize % pool.len()].clone();
-            raw_call(client.clone(), method.clone(), i, frame, "raw echo", 1)
-        }
-    };
-    let r = load::closed_loop(&config.drive("raw echo saturation", c), config.duration, op).await;
-    let echo_sat = report.phase("raw echo saturation (baseline)", "closed", 0.0, c, t, &r);
-
-    let t = report.elapsed_s();
-    let op = {
-        let (client, method, pool) = (ratemesh.clone(), get.clone(), get_pool.clone());
-        move |i: u64| {
-            let frame = pool[i as usize % pool.len()].clone();
-            raw_call(client.clone(), method.clone(), i, frame, "raw GetRate", 1)
-        }
-    };
-    let r = load::closed_loop(
-        &config.drive("raw GetRate saturation", c),
-        config.duration,
-        op,
-    )
-    .await;
-    let get_sat = report.phase("raw GetRate saturation", "closed", 0.0, c, t, &r);
-
-    let batch100 = if config.stopped() {
-        None
-    } else {
-        let t = report.elapsed_s();
-        let op = {
-            let (client, method, pool) = (ratemesh.clone(), batch.clone(), batch_pool.clone());
-            move |i: u64| {
+    let raw_op =
+        |client: &Arc<RawClient>, method: &Arc<Unary>, pool: &Arc<Vec<Bytes>>, what, items| {
+            let (client, method, pool) = (client.clone(), method.clone(), pool.clone());
+            load::turn_op(move |i: u64| {
                 let frame = pool[i as usize % pool.len()].clone();
-                let what = "raw BatchGetRates";
-                raw_call(
-                    client.clone(),
-                    method.clone(),
-                    i,
-                    frame,
-                    what,
-                    RAW_BATCH as u64,
-                )
-            }
+                raw_call(client.clone(), method.clone(), i, frame, what, items)
+            })
         };
-        let name = format!("raw BatchGetRates({RAW_BATCH}) saturation");
-        let r = load::closed_loop(&config.drive(&name, c), config.duration, op).await;
-        Some(report.phase(&name, "closed", 0.0, c, t, &r))
-    };
+    let ops = [
+        raw_op(&echo_client, &echo_get, &get_pool, "raw echo", 1),
+        raw_op(&ratemesh, &get, &get_pool, "raw GetRate", 1),
+        raw_op(
+            &ratemesh,
+            &batch,
+            &batch_pool,
+            "raw BatchGetRates",
+            RAW_BATCH as u64,
+        ),
+    ];
+    let t = report.elapsed_s();
+    let name = format!("raw echo, GetRate and BatchGetRates({RAW_BATCH}) saturation, in turns");
+    let mut r = load::closed_loops_in_turns(&config.drive(&name, c), config.duration, TURN, &ops)
+        .await
+        .into_iter();
+    let (echo_r, get_r, batch_r) = (
+        r.next().expect("echo"),
+        r.next().expect("GetRate"),
+        r.next().expect("BatchGetRates"),
+    );
+    let echo_sat = report.phase(
+        "raw echo saturation (baseline)",
+        "closed",
+        0.0,
+        c,
+        t,
+        &echo_r,
+    );
+    let get_sat = report.phase("raw GetRate saturation", "closed", 0.0, c, t, &get_r);
+    let name = format!("raw BatchGetRates({RAW_BATCH}) saturation");
+    let batch100 = (!config.stopped()).then(|| report.phase(&name, "closed", 0.0, c, t, &batch_r));
     Ok(ServerOnly {
         echo: echo_sat,
         get: get_sat,
