@@ -195,16 +195,23 @@ impl Schedule {
         // below one per second come out right. The first request goes at t = 0.
         let mut credit = 1.0f64;
         let mut last_tick = Instant::now();
-        while let Some((rate, segment_end)) = self.shape.at(t) {
+        'schedule: while let Some((rate, segment_end)) = self.shape.at(t) {
             if self.stop.is_cancelled() {
                 break;
             }
             if credit >= 1.0 && rate > 0.0 {
                 credit -= 1.0;
                 let scheduled = start + Duration::from_secs_f64(t);
-                let early = scheduled.saturating_duration_since(Instant::now());
-                if !early.is_zero() {
-                    std::thread::sleep(early);
+                // In naps of at most 50 ms, so a stop is seen while a slow rate waits.
+                loop {
+                    let early = scheduled.saturating_duration_since(Instant::now());
+                    if early.is_zero() {
+                        break;
+                    }
+                    if self.stop.is_cancelled() {
+                        break 'schedule;
+                    }
+                    std::thread::sleep(early.min(Duration::from_millis(50)));
                 }
                 let Some(permit) = self.permit() else { break };
                 let (op, recorder) = (op.clone(), self.recorder.clone());
@@ -245,7 +252,13 @@ impl Schedule {
             credit += rate * step;
             t += step;
         }
-        Duration::from_secs_f64(t.min(self.shape.length().as_secs_f64()))
+        let until = Duration::from_secs_f64(t.min(self.shape.length().as_secs_f64()));
+        // Stopped, the schedule may have stepped past a send it never made.
+        if self.stop.is_cancelled() {
+            until.min(start.elapsed())
+        } else {
+            until
+        }
     }
 
     /// A place in flight: at once if one is free, else when one frees up; `None` when the
@@ -447,6 +460,26 @@ mod tests {
         assert!(w[0].served.p99_ms >= 50.0, "{}", w[0].served.p99_ms);
         // Refusals are summarised apart from what was served.
         assert!(w[1].refused.max_ms < 50.0, "{}", w[1].refused.max_ms);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_ends_the_schedule_while_it_waits_for_a_slow_rate() {
+        let drive = drive(4);
+        let stop = drive.stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stop.cancel();
+        });
+        // One call at t = 0, the next due 10 s later.
+        let shape = Shape::constant(0.1, Duration::from_secs(600));
+        let (rec, measured) = tokio::time::timeout(
+            Duration::from_secs(60),
+            open_loop(&drive, &shape, |_| async { Outcome::Ok(1) }),
+        )
+        .await
+        .expect("the schedule did not see the stop");
+        assert_eq!(rec.summary(measured).ok, 1);
+        assert!(measured < Duration::from_secs(10), "{measured:?}");
     }
 
     #[tokio::test(start_paused = true)]
