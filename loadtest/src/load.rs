@@ -6,7 +6,9 @@
 //!   (no coordinated omission). `concurrency` bounds requests in flight; when it is
 //!   exhausted, later requests wait, and that wait is part of their latency.
 //! - [`closed_loop`]: `concurrency` workers send back to back; what they reach is the
-//!   saturation throughput, which the baselines and ratios are built on.
+//!   saturation throughput, which the baselines and ratios are built on. Loops whose
+//!   throughputs make a ratio take turns ([`closed_loops_in_turns`]), so they meet the
+//!   same state of the shared machine.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
