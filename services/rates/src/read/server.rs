@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut};
@@ -31,19 +32,27 @@ const BATCH_GET_RATES: &str = "/ratemesh.v1.RateService/BatchGetRates";
 const LIST_RATES: &str = "/ratemesh.v1.RateService/ListRates";
 
 /// `RateService` with the point reads and listings answered from encoded bytes.
+///
+/// The router clones the service for every call, so cloning it is one reference count:
+/// [`RatesApi`] holds a backend handle and a cancellation token, whose clones would
+/// touch a dozen counters (and a lock) shared by every thread serving calls.
 #[derive(Debug, Clone)]
-pub struct RatesServer {
-    api: RatesApi,
+pub struct RatesServer(Arc<Services>);
+
+#[derive(Debug)]
+struct Services {
+    api: Arc<RatesApi>,
     generated: RateServiceServer<RatesApi>,
 }
 
 impl RatesServer {
     /// The server over `api`.
     pub fn new(api: RatesApi) -> Self {
-        Self {
-            generated: RateServiceServer::new(api.clone()),
+        let api = Arc::new(api);
+        Self(Arc::new(Services {
+            generated: RateServiceServer::from_arc(api.clone()),
             api,
-        }
+        }))
     }
 }
 
@@ -63,31 +72,37 @@ impl tower::Service<http::Request<Body>> for RatesServer {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let api = self.api.clone();
+        let services = &self.0;
         match request.uri().path() {
-            GET_RATE => Box::pin(async move {
-                Ok(Grpc::new(WireCodec::default())
-                    .unary(GetRate(api), request)
-                    .await)
-            }),
-            BATCH_GET_RATES => Box::pin(async move {
-                Ok(Grpc::new(WireCodec::default())
-                    .unary(BatchGetRates(api), request)
-                    .await)
-            }),
-            LIST_RATES => Box::pin(async move {
-                Ok(Grpc::new(WireCodec::default())
-                    .unary(ListRates(api), request)
-                    .await)
-            }),
-            _ => Box::pin(tower::Service::call(&mut self.generated, request)),
+            GET_RATE => {
+                let method = GetRate(services.api.clone());
+                Box::pin(
+                    async move { Ok(Grpc::new(WireCodec::default()).unary(method, request).await) },
+                )
+            }
+            BATCH_GET_RATES => {
+                let method = BatchGetRates(services.api.clone());
+                Box::pin(
+                    async move { Ok(Grpc::new(WireCodec::default()).unary(method, request).await) },
+                )
+            }
+            LIST_RATES => {
+                let method = ListRates(services.api.clone());
+                Box::pin(
+                    async move { Ok(Grpc::new(WireCodec::default()).unary(method, request).await) },
+                )
+            }
+            _ => Box::pin(tower::Service::call(
+                &mut services.generated.clone(),
+                request,
+            )),
         }
     }
 }
 
-struct GetRate(RatesApi);
-struct BatchGetRates(RatesApi);
-struct ListRates(RatesApi);
+struct GetRate(Arc<RatesApi>);
+struct BatchGetRates(Arc<RatesApi>);
+struct ListRates(Arc<RatesApi>);
 
 /// A response as the codec writes it.
 enum Answer {
