@@ -463,7 +463,9 @@ impl App {
         // refusal, answered on its connection task, then waits behind no handler.
         let connections = match settings.server.grpc_connection_runtime {
             true => {
-                grpc_server = grpc_server.handlers(tokio::runtime::Handle::current());
+                grpc_server = grpc_server
+                    .handlers(tokio::runtime::Handle::current())
+                    .inline_reads(settings.server.grpc_inline_read_share);
                 let threads = connection_threads(settings.server.grpc_connection_threads);
                 let runtime = Background::named("ratemesh-grpc-conn", threads, 0)
                     .context("starting the gRPC connection runtime")?;

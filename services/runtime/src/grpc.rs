@@ -24,7 +24,8 @@
 //! The process serves this layer with a loop of its own ([`serve`]) that runs each new
 //! call's first poll on its connection task: the admission decision is made there, so a
 //! refusal is written without waiting for a worker; an admitted call continues in a task
-//! of its own.
+//! of its own, or, for a short read while the connection thread has time for it, right
+//! there.
 
 mod deadline;
 mod limit;
@@ -83,6 +84,11 @@ impl Admission {
         }
     }
 }
+
+/// The longest usual service time of a read that may be answered on its connection
+/// thread ([`serve::Server::inline_reads`]): a point read or a batch of a few hundred
+/// SKUs, not a page of a listing that scans thousands.
+const INLINE_READ_MAX: Duration = Duration::from_micros(200);
 
 /// Shared state of the layer.
 #[derive(Debug, Clone)]
@@ -318,9 +324,11 @@ where
             };
             // Up to here the call may be running on its connection task (`serve`), where a
             // refusal is answered without a task of its own; the rest runs in the stream's
-            // task. Its time in the layer starts there: the queueing before it is what
-            // the scheduling delay at admission accounts for.
-            serve::off_the_connection_task().await;
+            // task, unless it is a short read the connection thread has time for. Its time
+            // in the layer starts there: the queueing before it is what the scheduling
+            // delay at admission accounts for.
+            let short_read = method.read && method.limiter.service_time() <= INLINE_READ_MAX;
+            serve::off_the_connection_task(short_read).await;
             admitted.started = Instant::now();
 
             let authorization = request

@@ -365,3 +365,146 @@ async fn with_a_handler_runtime_refusals_need_none_of_its_workers() {
     assert!(server.streams.answered_inline() >= 10);
     handlers.shutdown_background();
 }
+
+/// The layer of `rpc_layer(64)`, with `Call` declared a read.
+fn read_layer() -> RpcLayer {
+    RpcLayer::with_reads(
+        support::network_keys(KEY),
+        AccessTable::new([(SERVICE, ACCESS)]),
+        Admission {
+            max_concurrent: 64,
+            retry_after: Duration::from_millis(100),
+            adaptive: false,
+            queue_delay_target: Duration::from_millis(50),
+            min_concurrency: 1,
+            deadlines: false,
+        },
+        &[(SERVICE, "Call")],
+    )
+}
+
+/// `Call` behind the layer, as a read.
+type ReadService = tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+/// The names of the threads a handler ran on, in order.
+type ThreadNames = Arc<std::sync::Mutex<Vec<Option<String>>>>;
+
+/// A read service whose handler takes `work` (on whichever thread runs it) and notes
+/// that thread's name.
+fn read_service(work: Duration) -> (ReadService, ThreadNames) {
+    let ran_on = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = ran_on.clone();
+    let service = tower::ServiceBuilder::new()
+        .layer(read_layer())
+        .service(tower::service_fn(move |request: Request<Body>| {
+            let thread = std::thread::current().name().map(str::to_owned);
+            seen.lock().expect("lock").push(thread);
+            std::thread::sleep(work);
+            async move { Ok::<_, Infallible>(ok_with_remote(&request)) }
+        }));
+    (tower::util::BoxCloneSyncService::new(service), ran_on)
+}
+
+/// `service` served with reads allowed `share` of a connection thread's time and the
+/// other calls on `handlers`, and a channel to it.
+async fn serve_reads(
+    handlers: &tokio::runtime::Runtime,
+    share: f64,
+    service: ReadService,
+) -> (Running, Channel) {
+    let server = Server::new()
+        .handlers(handlers.handle().clone())
+        .inline_reads(share);
+    let running = start(server, service).await;
+    let channel = channel(running.addr).await;
+    (running, channel)
+}
+
+fn handler_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("test-handler")
+        .enable_all()
+        .build()
+        .expect("handler runtime")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_reads_are_answered_on_their_connection_thread() {
+    let handlers = handler_runtime();
+    let bearer = format!("Bearer {KEY}");
+    let auth = [("authorization", bearer.as_str())];
+
+    // A read of no measurable work, with reads allowed all of the connection thread's
+    // time (so however slow this build, the budget never runs out): every call is
+    // answered where it was read, and no task is spawned.
+    let (service, ran_on) = read_service(Duration::ZERO);
+    let (server, channel) = serve_reads(&handlers, 1.0, service.clone()).await;
+    for _ in 0..20 {
+        assert_eq!(call(&channel, &auth).await.0, 0);
+    }
+    assert_eq!(server.streams.answered_inline(), 20);
+    assert_eq!(server.streams.spawned(), 0);
+    let threads = ran_on.lock().expect("lock").clone();
+    assert_eq!(threads.len(), 20);
+    assert!(
+        threads.iter().all(|t| t.as_deref() != Some("test-handler")),
+        "{threads:?}"
+    );
+
+    // The same service with a share of 0: every read goes to the handlers.
+    let (server, channel) = serve_reads(&handlers, 0.0, service).await;
+    for _ in 0..5 {
+        assert_eq!(call(&channel, &auth).await.0, 0);
+    }
+    assert_eq!(server.streams.spawned(), 5);
+    assert_eq!(server.streams.answered_inline(), 0);
+    assert!(
+        ran_on.lock().expect("lock")[20..]
+            .iter()
+            .all(|t| t.as_deref() == Some("test-handler"))
+    );
+    handlers.shutdown_background();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_to_the_handlers_once_they_used_their_share_or_are_long() {
+    let handlers = handler_runtime();
+    let bearer = format!("Bearer {KEY}");
+    let auth = [("authorization", bearer.as_str())];
+
+    // Reads of 100 µs with a share of 0.1 %: a connection thread's saved-up time (half a
+    // millisecond) pays for a few (the connection's task may move between the test
+    // runtime's two threads, each with its own), and at a microsecond per millisecond it
+    // earns back next to nothing while twenty calls are made; the rest go to the handlers.
+    let (service, _) = read_service(Duration::from_micros(100));
+    let (server, channel) = serve_reads(&handlers, 0.001, service).await;
+    for _ in 0..20 {
+        assert_eq!(call(&channel, &auth).await.0, 0);
+    }
+    let inline = server.streams.answered_inline();
+    assert!((1..=11).contains(&inline), "{inline} answered inline");
+    assert_eq!(server.streams.spawned(), 20 - inline);
+
+    // A read that usually takes 2 ms is not short: once one has finished, the next goes
+    // to the handlers even with the whole thread to spare.
+    let (service, ran_on) = read_service(Duration::from_millis(2));
+    let (server, channel) = serve_reads(&handlers, 1.0, service).await;
+    assert_eq!(call(&channel, &auth).await.0, 0);
+    assert_eq!(server.streams.answered_inline(), 1);
+    // Long enough for the thread's budget to be whole again.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for _ in 0..3 {
+        assert_eq!(call(&channel, &auth).await.0, 0);
+    }
+    assert_eq!(server.streams.answered_inline(), 1);
+    assert_eq!(server.streams.spawned(), 3);
+    assert_eq!(
+        ran_on.lock().expect("lock")[1..],
+        [
+            Some("test-handler".to_owned()),
+            Some("test-handler".to_owned()),
+            Some("test-handler".to_owned())
+        ]
+    );
+    handlers.shutdown_background();
+}

@@ -14,7 +14,11 @@
 //!
 //! Connections can run on a runtime of their own ([`Server::handlers`] names the one
 //! admitted calls run on): then a connection task never waits behind handlers either, and
-//! a refusal waits for nothing but its connection's thread.
+//! a refusal waits for nothing but its connection's thread. A short read (a point read from
+//! memory, microseconds of work) is the exception ([`Server::inline_reads`]): handing it to
+//! a handler thread and its answer back costs more than the read, so it is answered on the
+//! connection thread, within a share of that thread's time; past the share, reads go to
+//! the handlers too, and the thread keeps its time for frames and refusals.
 //!
 //! Per connection, calls get the extensions the layers read: the peer's
 //! [`TcpConnectInfo`] and, under TLS, its [`PeerCertificates`]. The server's request
@@ -28,7 +32,7 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt, Stream, StreamExt};
 use http::{Request, Response};
@@ -56,6 +60,8 @@ pub struct Server {
     streams: Arc<StreamCounts>,
     /// The runtime admitted calls run on; `None`: the one the serve loop runs on.
     handlers: Option<Handle>,
+    /// The share of a connection thread's time reads may take on it (handlers apart only).
+    inline_reads: f64,
 }
 
 /// How many streams were answered on their connection task, and how many were spawned.
@@ -91,6 +97,7 @@ impl Server {
             connection_window: None,
             streams: Arc::default(),
             handlers: None,
+            inline_reads: 0.0,
         }
     }
 
@@ -99,6 +106,22 @@ impl Server {
     /// so whatever a call starts there (timers, tasks, the layer's probe) belongs to it.
     pub fn handlers(mut self, handlers: Handle) -> Self {
         self.handlers = Some(handlers);
+        self
+    }
+
+    /// With handlers apart ([`Server::handlers`]), lets reads (methods the layer knows to
+    /// be cheap in-memory reads) do their work on the connection thread that read them, up
+    /// to `share` (0 to 1) of that thread's time: a read is a few microseconds of work,
+    /// less than handing it to a handler thread and its answer back costs. Beyond the
+    /// share, reads go to the handlers like any call, so a connection thread stays free to
+    /// read frames and answer refusals when calls arrive faster than it can serve them.
+    /// 0 (the default): every admitted call goes to the handlers.
+    pub fn inline_reads(mut self, share: f64) -> Self {
+        self.inline_reads = if share.is_finite() {
+            share.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
         self
     }
 
@@ -137,6 +160,8 @@ impl Server {
         let executor = InlineFirst {
             streams: self.streams.clone(),
             handlers: self.handlers.clone(),
+            read_share: (self.handlers.is_some() && self.inline_reads > 0.0)
+                .then_some(self.inline_reads),
         };
         let mut builder = hyper::server::conn::http2::Builder::new(executor);
         // What tonic's builder sets, with its defaults: no stream cap beyond the peer's,
@@ -287,6 +312,8 @@ fn timed_out_is_cancelled(result: Result<CallResult, tokio::time::error::Elapsed
 struct InlineFirst {
     streams: Arc<StreamCounts>,
     handlers: Option<Handle>,
+    /// The share of the connection thread's time reads may take on it; `None`: none.
+    read_share: Option<f64>,
 }
 
 impl<F> hyper::rt::Executor<F> for InlineFirst
@@ -296,14 +323,22 @@ where
 {
     fn execute(&self, future: F) {
         let mut future = Box::pin(future);
+        // A read may do its work in this poll while the thread has time to spare for it.
+        let reads = self.read_share.and_then(|share| {
+            let now = Instant::now();
+            ReadBudget::refill(share, now).then_some(now)
+        });
         // The spawned task polls again and registers its own waker, so this poll's waker
         // may do nothing; whatever woke in between is seen by that poll.
         let mut cx = Context::from_waker(Waker::noop());
         let polled = {
             let _handlers = self.handlers.as_ref().map(Handle::enter);
-            let _inline = InlinePoll::enter();
+            let _inline = InlinePoll::enter(reads.is_some());
             future.as_mut().poll(&mut cx)
         };
+        if let Some(started) = reads {
+            ReadBudget::spend(started.elapsed());
+        }
         if polled.is_ready() {
             self.streams.inline.fetch_add(1, Ordering::Relaxed);
             return;
@@ -316,9 +351,74 @@ where
     }
 }
 
+/// The time a connection thread may still spend on reads: credit accrues at the thread's
+/// read share of the time that passes, up to [`READ_BURST`], and every first poll made
+/// while reads were allowed is paid from it, however it ended. While the credit is not
+/// positive, reads go to the handlers.
+#[derive(Debug, Clone, Copy)]
+struct ReadBudget {
+    /// Nanoseconds the thread may still spend; negative after a poll that overdrew it.
+    credit: i64,
+    /// When the credit was last brought up to date; `None` before the thread's first call.
+    at: Option<Instant>,
+}
+
+/// The most credit a connection thread saves up: the longest it runs reads back to back
+/// while frames of other calls wait, when reads arrive after a quiet spell.
+const READ_BURST: Duration = Duration::from_micros(500);
+
+impl ReadBudget {
+    const NEW: Self = Self {
+        credit: 0,
+        at: None,
+    };
+
+    /// The budget at `now` for a thread whose reads may take `share` of its time.
+    fn refilled(self, share: f64, now: Instant) -> Self {
+        let burst = READ_BURST.as_nanos() as i64;
+        let credit = match self.at {
+            None => burst,
+            Some(at) => {
+                let earned = now.saturating_duration_since(at).as_nanos() as f64 * share;
+                (self.credit as f64 + earned).min(burst as f64) as i64
+            }
+        };
+        Self {
+            credit,
+            at: Some(now),
+        }
+    }
+
+    fn spent(self, elapsed: Duration) -> Self {
+        let elapsed = i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX);
+        Self {
+            credit: self.credit.saturating_sub(elapsed),
+            ..self
+        }
+    }
+
+    /// Brings this thread's budget up to `now`; whether reads may run on it.
+    fn refill(share: f64, now: Instant) -> bool {
+        READ_BUDGET.with(|budget| {
+            let refilled = budget.get().refilled(share, now);
+            budget.set(refilled);
+            refilled.credit > 0
+        })
+    }
+
+    /// Pays for a poll that took `elapsed`.
+    fn spend(elapsed: Duration) {
+        READ_BUDGET.with(|budget| budget.set(budget.get().spent(elapsed)));
+    }
+}
+
 thread_local! {
     /// Whether this thread is inside [`InlineFirst`]'s poll of a new stream.
     static POLLING_INLINE: Cell<bool> = const { Cell::new(false) };
+    /// Whether a read polled there may do its work there.
+    static READS_INLINE: Cell<bool> = const { Cell::new(false) };
+    /// This connection thread's time for reads.
+    static READ_BUDGET: Cell<ReadBudget> = const { Cell::new(ReadBudget::NEW) };
 }
 
 /// Marks the thread as polling a stream on its connection task, until dropped (also when
@@ -326,8 +426,9 @@ thread_local! {
 struct InlinePoll;
 
 impl InlinePoll {
-    fn enter() -> Self {
+    fn enter(reads: bool) -> Self {
         POLLING_INLINE.set(true);
+        READS_INLINE.set(reads);
         Self
     }
 }
@@ -335,15 +436,17 @@ impl InlinePoll {
 impl Drop for InlinePoll {
     fn drop(&mut self) {
         POLLING_INLINE.set(false);
+        READS_INLINE.set(false);
     }
 }
 
 /// Awaited before a call's work: when the call is being polled on its connection task
 /// (by [`InlineFirst`]), pending once, waking itself, so the work runs in the stream's own
 /// task; anywhere else (a stream already in its task, or under another server) ready at
-/// once.
-pub(crate) fn off_the_connection_task() -> impl Future<Output = ()> {
-    YieldOnce(false)
+/// once. A `read` (a cheap in-memory read) is also ready at once while the connection
+/// thread has time to spare for reads ([`Server::inline_reads`]): it is answered there.
+pub(crate) fn off_the_connection_task(read: bool) -> impl Future<Output = ()> {
+    YieldOnce(read && READS_INLINE.get())
 }
 
 struct YieldOnce(bool);
@@ -358,5 +461,49 @@ impl Future for YieldOnce {
         self.0 = true;
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MICRO: i64 = 1_000;
+
+    #[test]
+    fn a_read_budget_starts_full_is_paid_from_and_earns_its_share_back() {
+        let start = Instant::now();
+        let budget = ReadBudget::NEW.refilled(0.5, start);
+        assert_eq!(
+            budget.credit,
+            500 * MICRO,
+            "a thread starts with a whole burst"
+        );
+
+        // A poll of 600 µs overdraws it: no reads until it is earned back.
+        let budget = budget.spent(Duration::from_micros(600));
+        assert_eq!(budget.credit, -100 * MICRO);
+        let budget = budget.refilled(0.5, start + Duration::from_micros(100));
+        assert_eq!(budget.credit, -50 * MICRO, "half of 100 µs earned");
+        let budget = budget.refilled(0.5, start + Duration::from_micros(300));
+        assert_eq!(budget.credit, 50 * MICRO);
+
+        // However long the thread waits, it saves up one burst at most.
+        let budget = budget.refilled(0.5, start + Duration::from_secs(10));
+        assert_eq!(budget.credit, 500 * MICRO);
+        // An instant that is not later earns nothing.
+        let budget = budget
+            .spent(Duration::from_micros(200))
+            .refilled(0.5, start);
+        assert_eq!(budget.credit, 300 * MICRO);
+    }
+
+    #[test]
+    fn the_inline_read_share_is_between_zero_and_one() {
+        assert_eq!(Server::new().inline_reads, 0.0);
+        assert_eq!(Server::new().inline_reads(0.25).inline_reads, 0.25);
+        assert_eq!(Server::new().inline_reads(3.0).inline_reads, 1.0);
+        assert_eq!(Server::new().inline_reads(-1.0).inline_reads, 0.0);
+        assert_eq!(Server::new().inline_reads(f64::NAN).inline_reads, 0.0);
     }
 }
