@@ -82,6 +82,7 @@ pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
     let mut module = ServiceModule::new("rates", readiness)
         .grpc_from_memory(read.server, access::RATE_SERVICE)
         .reads::<read::RatesServer>(access::READS)
+        .point_reads::<read::RatesServer>(access::POINT_READS)
         .task("rates replica", read.task)
         .task("rates snapshot", read.snapshot_task)
         .grpc(

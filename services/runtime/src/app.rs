@@ -127,6 +127,8 @@ pub struct ServiceModule {
     from_memory: Vec<&'static str>,
     /// RPCs (full service name, method) that only read.
     reads: Vec<(&'static str, &'static str)>,
+    /// Those of them that are point reads.
+    point_reads: Vec<(&'static str, &'static str)>,
     tasks: Vec<(&'static str, Task)>,
 }
 
@@ -155,6 +157,7 @@ impl ServiceModule {
             readiness,
             from_memory: Vec::new(),
             reads: Vec::new(),
+            point_reads: Vec::new(),
             tasks: Vec::new(),
         }
     }
@@ -182,20 +185,49 @@ impl ServiceModule {
     /// If `S` was not added, or a method is not in its declaration: both are mistakes in
     /// the module's code.
     pub fn reads<S: NamedService>(mut self, methods: &'static [&'static str]) -> Self {
+        for method in self.declared::<S>(methods) {
+            self.reads.push(method);
+        }
+        self
+    }
+
+    /// Declares `methods` of the service `S` (added before) as point reads: reads (see
+    /// [`ServiceModule::reads`]) of a few microseconds from memory, one key's answer. While
+    /// a connection thread has time to spare (`server.grpc_inline_read_share`), such a call
+    /// is answered on the thread that read it, not handed to a handler thread and back.
+    ///
+    /// # Panics
+    /// As [`ServiceModule::reads`].
+    pub fn point_reads<S: NamedService>(mut self, methods: &'static [&'static str]) -> Self {
+        for method in self.declared::<S>(methods) {
+            self.reads.push(method);
+            self.point_reads.push(method);
+        }
+        self
+    }
+
+    /// `methods` of `S` as (full service name, method), each checked against the service's
+    /// declaration.
+    fn declared<S: NamedService>(
+        &self,
+        methods: &'static [&'static str],
+    ) -> Vec<(&'static str, &'static str)> {
         let (_, declared) = self
             .grpc_services
             .iter()
             .find(|(name, _)| *name == S::NAME)
             .unwrap_or_else(|| panic!("{} must be added before its reads are declared", S::NAME));
-        for method in methods {
-            assert!(
-                declared.iter().any(|(m, _)| m == method),
-                "{}/{method} is not declared",
-                S::NAME
-            );
-            self.reads.push((S::NAME, method));
-        }
-        self
+        methods
+            .iter()
+            .map(|method| {
+                assert!(
+                    declared.iter().any(|(m, _)| m == method),
+                    "{}/{method} is not declared",
+                    S::NAME
+                );
+                (S::NAME, *method)
+            })
+            .collect()
     }
 
     fn add_grpc<S: GrpcService>(
@@ -392,6 +424,10 @@ impl App {
             .iter()
             .flat_map(|m| m.reads.iter().copied())
             .collect();
+        let point_reads: Vec<_> = modules
+            .iter()
+            .flat_map(|m| m.point_reads.iter().copied())
+            .collect();
         for module in modules {
             for add in module.add_routes {
                 add(&mut routes);
@@ -454,6 +490,7 @@ impl App {
                 access,
                 settings.server.admission(),
                 &reads,
+                &point_reads,
             ))
             .service(routes.routes());
         let mut grpc_server = crate::grpc::serve::Server::new()

@@ -24,7 +24,7 @@
 //! The process serves this layer with a loop of its own ([`serve`]) that runs each new
 //! call's first poll on its connection task: the admission decision is made there, so a
 //! refusal is written without waiting for a worker; an admitted call continues in a task
-//! of its own, or, for a short read while the connection thread has time for it, right
+//! of its own, or, for a point read while the connection thread has time for it, right
 //! there.
 
 mod deadline;
@@ -85,11 +85,6 @@ impl Admission {
     }
 }
 
-/// The longest usual service time of a read that may be answered on its connection
-/// thread ([`serve::Server::inline_reads`]): a point read or a batch of a few hundred
-/// SKUs, not a page of a listing that scans thousands.
-const INLINE_READ_MAX: Duration = Duration::from_micros(200);
-
 /// Shared state of the layer.
 #[derive(Debug, Clone)]
 pub struct RpcLayer {
@@ -113,23 +108,26 @@ struct Shared {
 impl RpcLayer {
     /// A layer admitting calls under `admission`, each checked against `access`.
     pub fn new(keys: ApiKeys, access: AccessTable, admission: Admission) -> Self {
-        Self::with_reads(keys, access, admission, &[])
+        Self::with_reads(keys, access, admission, &[], &[])
     }
 
     /// Like [`RpcLayer::new`], with the RPCs (full service name, method name) that only
     /// read: they start no work elsewhere that a trace would follow, so a call gets its
-    /// span only when the span can be exported ([`read_is_traced`]).
+    /// span only when the span can be exported ([`read_is_traced`]). `point_reads` are
+    /// reads of a few microseconds from memory, which may be answered on the connection
+    /// thread that read them ([`serve::Server::inline_reads`]).
     pub fn with_reads(
         keys: ApiKeys,
         access: AccessTable,
         admission: Admission,
         reads: &[(&'static str, &'static str)],
+        point_reads: &[(&'static str, &'static str)],
     ) -> Self {
         // Metric handles are resolved now, so the recorder must exist first.
         crate::metrics::prometheus();
         Self {
             shared: Arc::new(Shared {
-                methods: MethodTable::new(&access, admission.limit(), reads),
+                methods: MethodTable::new(&access, admission.limit(), reads, point_reads),
                 keys,
                 access,
                 admission,
@@ -324,11 +322,10 @@ where
             };
             // Up to here the call may be running on its connection task (`serve`), where a
             // refusal is answered without a task of its own; the rest runs in the stream's
-            // task, unless it is a short read the connection thread has time for. Its time
+            // task, unless it is a point read the connection thread has time for. Its time
             // in the layer starts there: the queueing before it is what the scheduling
             // delay at admission accounts for.
-            let short_read = method.read && method.limiter.service_time() <= INLINE_READ_MAX;
-            serve::off_the_connection_task(short_read).await;
+            serve::off_the_connection_task(method.point_read).await;
             admitted.started = Instant::now();
 
             let authorization = request

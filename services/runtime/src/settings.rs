@@ -525,9 +525,8 @@ pub struct ServerSettings {
     /// Worker threads of the connection runtime; 0: one per four CPUs, at least one.
     pub grpc_connection_threads: usize,
     /// With connections apart, the share (0 to 1) of a connection thread's time that
-    /// short in-memory reads (GetRate, BatchGetRates, ListRates usually served within
-    /// 200 µs) may take on it, answered where their frames were read instead of on a
-    /// handler thread; 0: every call on the handlers.
+    /// point reads (GetRate: one card from memory) may take on it, answered where their
+    /// frames were read instead of on a handler thread; 0: every call on the handlers.
     pub grpc_inline_read_share: f64,
     /// Webhook listener: a request's headers must arrive within this long of the
     /// connection becoming ready for them, or the connection is closed.

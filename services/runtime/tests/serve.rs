@@ -366,8 +366,9 @@ async fn with_a_handler_runtime_refusals_need_none_of_its_workers() {
     handlers.shutdown_background();
 }
 
-/// The layer of `rpc_layer(64)`, with `Call` declared a read.
-fn read_layer() -> RpcLayer {
+/// The layer of `rpc_layer(64)`, with `Call` declared a point read, or only a read.
+fn read_layer(point: bool) -> RpcLayer {
+    const CALL: &[(&str, &str)] = &[(SERVICE, "Call")];
     RpcLayer::with_reads(
         support::network_keys(KEY),
         AccessTable::new([(SERVICE, ACCESS)]),
@@ -379,7 +380,8 @@ fn read_layer() -> RpcLayer {
             min_concurrency: 1,
             deadlines: false,
         },
-        &[(SERVICE, "Call")],
+        CALL,
+        if point { CALL } else { &[] },
     )
 }
 
@@ -388,13 +390,13 @@ type ReadService = tower::util::BoxCloneSyncService<Request<Body>, Response<Body
 /// The names of the threads a handler ran on, in order.
 type ThreadNames = Arc<std::sync::Mutex<Vec<Option<String>>>>;
 
-/// A read service whose handler takes `work` (on whichever thread runs it) and notes
-/// that thread's name.
-fn read_service(work: Duration) -> (ReadService, ThreadNames) {
+/// A read service (a point read, or only a read) whose handler takes `work` (on whichever
+/// thread runs it) and notes that thread's name.
+fn read_service(point: bool, work: Duration) -> (ReadService, ThreadNames) {
     let ran_on = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = ran_on.clone();
     let service = tower::ServiceBuilder::new()
-        .layer(read_layer())
+        .layer(read_layer(point))
         .service(tower::service_fn(move |request: Request<Body>| {
             let thread = std::thread::current().name().map(str::to_owned);
             seen.lock().expect("lock").push(thread);
@@ -429,7 +431,7 @@ fn handler_runtime() -> tokio::runtime::Runtime {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn short_reads_are_answered_on_their_connection_thread() {
+async fn point_reads_are_answered_on_their_connection_thread() {
     let handlers = handler_runtime();
     let bearer = format!("Bearer {KEY}");
     let auth = [("authorization", bearer.as_str())];
@@ -437,7 +439,7 @@ async fn short_reads_are_answered_on_their_connection_thread() {
     // A read of no measurable work, with reads allowed all of the connection thread's
     // time (so however slow this build, the budget never runs out): every call is
     // answered where it was read, and no task is spawned.
-    let (service, ran_on) = read_service(Duration::ZERO);
+    let (service, ran_on) = read_service(true, Duration::ZERO);
     let (server, channel) = serve_reads(&handlers, 1.0, service.clone()).await;
     for _ in 0..20 {
         assert_eq!(call(&channel, &auth).await.0, 0);
@@ -467,7 +469,7 @@ async fn short_reads_are_answered_on_their_connection_thread() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_go_to_the_handlers_once_they_used_their_share_or_are_long() {
+async fn reads_go_to_the_handlers_once_they_used_their_share_or_are_not_point_reads() {
     let handlers = handler_runtime();
     let bearer = format!("Bearer {KEY}");
     let auth = [("authorization", bearer.as_str())];
@@ -476,7 +478,7 @@ async fn reads_go_to_the_handlers_once_they_used_their_share_or_are_long() {
     // millisecond) pays for a few (the connection's task may move between the test
     // runtime's two threads, each with its own), and at a microsecond per millisecond it
     // earns back next to nothing while twenty calls are made; the rest go to the handlers.
-    let (service, _) = read_service(Duration::from_micros(100));
+    let (service, _) = read_service(true, Duration::from_micros(100));
     let (server, channel) = serve_reads(&handlers, 0.001, service).await;
     for _ in 0..20 {
         assert_eq!(call(&channel, &auth).await.0, 0);
@@ -485,26 +487,21 @@ async fn reads_go_to_the_handlers_once_they_used_their_share_or_are_long() {
     assert!((1..=11).contains(&inline), "{inline} answered inline");
     assert_eq!(server.streams.spawned(), 20 - inline);
 
-    // A read that usually takes 2 ms is not short: once one has finished, the next goes
-    // to the handlers even with the whole thread to spare.
-    let (service, ran_on) = read_service(Duration::from_millis(2));
+    // A read that is not a point read goes to the handlers, even with the whole thread to
+    // spare.
+    let (service, ran_on) = read_service(false, Duration::ZERO);
     let (server, channel) = serve_reads(&handlers, 1.0, service).await;
-    assert_eq!(call(&channel, &auth).await.0, 0);
-    assert_eq!(server.streams.answered_inline(), 1);
-    // Long enough for the thread's budget to be whole again.
-    tokio::time::sleep(Duration::from_millis(20)).await;
     for _ in 0..3 {
         assert_eq!(call(&channel, &auth).await.0, 0);
     }
-    assert_eq!(server.streams.answered_inline(), 1);
+    assert_eq!(server.streams.answered_inline(), 0);
     assert_eq!(server.streams.spawned(), 3);
-    assert_eq!(
-        ran_on.lock().expect("lock")[1..],
-        [
-            Some("test-handler".to_owned()),
-            Some("test-handler".to_owned()),
-            Some("test-handler".to_owned())
-        ]
+    assert!(
+        ran_on
+            .lock()
+            .expect("lock")
+            .iter()
+            .all(|t| t.as_deref() == Some("test-handler"))
     );
     handlers.shutdown_background();
 }

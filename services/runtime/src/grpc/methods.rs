@@ -57,6 +57,15 @@ const CODES: [&str; 17] = [
 /// The code `Unknown`, where an out-of-range number lands.
 const UNKNOWN: usize = 2;
 
+/// Whether an RPC only reads, and how much.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    No,
+    /// A point read ([`Method::point_read`]).
+    Point,
+    Other,
+}
+
 /// One RPC (or the bucket of paths no mounted service declares).
 #[derive(Debug)]
 pub(crate) struct Method {
@@ -67,6 +76,9 @@ pub(crate) struct Method {
     pub(crate) limiter: Limiter,
     /// Whether the RPC only reads (its calls get a span only when it can be exported).
     pub(crate) read: bool,
+    /// Whether it is a point read: microseconds of work from memory, which may be done on
+    /// the connection thread that read the call (`serve::Server::inline_reads`).
+    pub(crate) point_read: bool,
     duration: Histogram,
     requests: [OnceLock<Counter>; 17],
     shed: [OnceLock<Counter>; 3],
@@ -74,7 +86,7 @@ pub(crate) struct Method {
 }
 
 impl Method {
-    fn new(path: Arc<str>, label: Arc<str>, limit: LimitConfig, read: bool) -> Self {
+    fn new(path: Arc<str>, label: Arc<str>, limit: LimitConfig, read: Read) -> Self {
         let gauge = metrics::gauge!(
             "ratemesh_grpc_concurrency_limit_requests",
             "method" => SharedString::from(label.clone())
@@ -85,7 +97,8 @@ impl Method {
                 "method" => SharedString::from(label.clone())
             ),
             limiter: Limiter::new(limit, gauge),
-            read,
+            read: read != Read::No,
+            point_read: read == Read::Point,
             path,
             label,
             requests: Default::default(),
@@ -155,11 +168,13 @@ pub(crate) struct MethodTable {
 
 impl MethodTable {
     /// The entries of every RPC `access` declares, each with a limit of `limit`; those in
-    /// `reads` (full service name, method) only read.
+    /// `reads` (full service name, method) only read, and those in `point_reads` are point
+    /// reads (and reads).
     pub(crate) fn new(
         access: &AccessTable,
         limit: LimitConfig,
         reads: &[(&'static str, &'static str)],
+        point_reads: &[(&'static str, &'static str)],
     ) -> Self {
         let by_path = access
             .declared()
@@ -167,7 +182,13 @@ impl MethodTable {
                 let path = format!("/{service}/{method}");
                 let short = service.strip_prefix("ratemesh.v1.").unwrap_or(service);
                 let label: Arc<str> = format!("{short}/{method}").into();
-                let read = reads.contains(&(service, method));
+                let read = if point_reads.contains(&(service, method)) {
+                    Read::Point
+                } else if reads.contains(&(service, method)) {
+                    Read::Other
+                } else {
+                    Read::No
+                };
                 let entry = Method::new(path.as_str().into(), label, limit, read);
                 let roles = access.access(&path);
                 (path.into_boxed_str(), (entry, roles))
@@ -175,7 +196,7 @@ impl MethodTable {
             .collect();
         Self {
             by_path,
-            other: Method::new("other".into(), "other".into(), limit, false),
+            other: Method::new("other".into(), "other".into(), limit, Read::No),
         }
     }
 
@@ -216,8 +237,40 @@ mod tests {
                 delay_target: Duration::from_millis(25),
             },
             &[],
+            &[],
         );
         (access, methods)
+    }
+
+    #[test]
+    fn point_reads_are_reads_and_other_reads_are_not_point_reads() {
+        const SERVICE: &str = "ratemesh.v1.RateService";
+        let access = AccessTable::new([(
+            SERVICE,
+            &[("GetRate", READ), ("ListRates", READ), ("WatchRates", READ)] as MethodRoles,
+        )]);
+        let limit = LimitConfig {
+            adaptive: false,
+            min: 1,
+            max: 8,
+            delay_target: Duration::from_millis(5),
+        };
+        let methods = MethodTable::new(
+            &access,
+            limit,
+            &[(SERVICE, "ListRates")],
+            &[(SERVICE, "GetRate")],
+        );
+        let kind = |method: &str| {
+            let Route::Method(m, _) = methods.route(&format!("/{SERVICE}/{method}"), &access)
+            else {
+                panic!("{method} is declared");
+            };
+            (m.read, m.point_read)
+        };
+        assert_eq!(kind("GetRate"), (true, true));
+        assert_eq!(kind("ListRates"), (true, false));
+        assert_eq!(kind("WatchRates"), (false, false));
     }
 
     #[test]

@@ -14,8 +14,8 @@
 //!
 //! Connections can run on a runtime of their own ([`Server::handlers`] names the one
 //! admitted calls run on): then a connection task never waits behind handlers either, and
-//! a refusal waits for nothing but its connection's thread. A short read (a point read from
-//! memory, microseconds of work) is the exception ([`Server::inline_reads`]): handing it to
+//! a refusal waits for nothing but its connection's thread. A point read (one key read
+//! from memory, microseconds of work) is the exception ([`Server::inline_reads`]): handing it to
 //! a handler thread and its answer back costs more than the read, so it is answered on the
 //! connection thread, within a share of that thread's time; past the share, reads go to
 //! the handlers too, and the thread keeps its time for frames and refusals.
@@ -443,10 +443,10 @@ impl Drop for InlinePoll {
 /// Awaited before a call's work: when the call is being polled on its connection task
 /// (by [`InlineFirst`]), pending once, waking itself, so the work runs in the stream's own
 /// task; anywhere else (a stream already in its task, or under another server) ready at
-/// once. A `read` (a cheap in-memory read) is also ready at once while the connection
-/// thread has time to spare for reads ([`Server::inline_reads`]): it is answered there.
-pub(crate) fn off_the_connection_task(read: bool) -> impl Future<Output = ()> {
-    YieldOnce(read && READS_INLINE.get())
+/// once. A `point_read` is also ready at once while the connection thread has time to
+/// spare for reads ([`Server::inline_reads`]): it is answered there.
+pub(crate) fn off_the_connection_task(point_read: bool) -> impl Future<Output = ()> {
+    YieldOnce(point_read && READS_INLINE.get())
 }
 
 struct YieldOnce(bool);
