@@ -15,10 +15,11 @@
 //! Connections can run on a runtime of their own ([`Server::handlers`] names the one
 //! admitted calls run on): then a connection task never waits behind handlers either, and
 //! a refusal waits for nothing but its connection's thread. A point read (one key read
-//! from memory, microseconds of work) is the exception ([`Server::inline_reads`]): handing it to
-//! a handler thread and its answer back costs more than the read, so it is answered on the
-//! connection thread, within a share of that thread's time; past the share, reads go to
-//! the handlers too, and the thread keeps its time for frames and refusals.
+//! from memory, microseconds of work) is the exception ([`Server::inline_reads`]):
+//! handing it to a handler thread and its answer back costs more than the read, so it is
+//! answered on the connection thread, within a share of that thread's time; past the
+//! share, point reads go to the handlers too, and the thread keeps its time for frames
+//! and refusals.
 //!
 //! Per connection, calls get the extensions the layers read: the peer's
 //! [`TcpConnectInfo`] and, under TLS, its [`PeerCertificates`]. The server's request
@@ -60,7 +61,8 @@ pub struct Server {
     streams: Arc<StreamCounts>,
     /// The runtime admitted calls run on; `None`: the one the serve loop runs on.
     handlers: Option<Handle>,
-    /// The share of a connection thread's time reads may take on it (handlers apart only).
+    /// The share of a connection thread's time point reads may take on it (handlers apart
+    /// only).
     inline_reads: f64,
 }
 
@@ -109,11 +111,11 @@ impl Server {
         self
     }
 
-    /// With handlers apart ([`Server::handlers`]), lets reads (methods the layer knows to
-    /// be cheap in-memory reads) do their work on the connection thread that read them, up
-    /// to `share` (0 to 1) of that thread's time: a read is a few microseconds of work,
-    /// less than handing it to a handler thread and its answer back costs. Beyond the
-    /// share, reads go to the handlers like any call, so a connection thread stays free to
+    /// With handlers apart ([`Server::handlers`]), lets point reads (the methods the layer
+    /// declares one key read from memory) do their work on the connection thread that read
+    /// them, up to `share` (0 to 1) of that thread's time: such a read is a few
+    /// microseconds of work, less than handing it to a handler thread and its answer back
+    /// costs. Beyond the share, they go to the handlers like any call, so a connection thread stays free to
     /// read frames and answer refusals when calls arrive faster than it can serve them.
     /// 0 (the default): every admitted call goes to the handlers.
     pub fn inline_reads(mut self, share: f64) -> Self {
@@ -312,7 +314,7 @@ fn timed_out_is_cancelled(result: Result<CallResult, tokio::time::error::Elapsed
 struct InlineFirst {
     streams: Arc<StreamCounts>,
     handlers: Option<Handle>,
-    /// The share of the connection thread's time reads may take on it; `None`: none.
+    /// The share of the connection thread's time point reads may take on it; `None`: none.
     read_share: Option<f64>,
 }
 
@@ -323,7 +325,7 @@ where
 {
     fn execute(&self, future: F) {
         let mut future = Box::pin(future);
-        // A read may do its work in this poll while the thread has time to spare for it.
+        // A point read may do its work in this poll while the thread has time to spare.
         let reads = self.read_share.and_then(|share| {
             let now = Instant::now();
             ReadBudget::refill(share, now).then_some(now)
