@@ -9,6 +9,7 @@
 
 use bytes::BufMut;
 use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
+use ratemesh_core::Sku;
 
 /// `RateCard` field numbers read here (see `proto/ratemesh/v1/common.proto`).
 mod card_field {
@@ -221,6 +222,10 @@ pub fn get_rate_response(card: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Room for a result's bytes before its card: its key and length, the SKU's field (a
+/// valid SKU's at most), the card's key and length.
+const RESULT_HEAD: usize = 2 * (1 + 5) + (1 + 2 + Sku::MAX_LEN);
+
 /// Writes `BatchGetRatesResponse` results one at a time, in request order, into a
 /// buffer of its own or straight into the outgoing frame.
 #[derive(Debug, Default)]
@@ -296,6 +301,23 @@ impl<B: BufMut> BatchWriter<B> {
     /// A result carrying the card (`RateResult { sku, card }`).
     pub fn card(&mut self, sku: &str, card: &[u8]) {
         let inner = sku_field_len(sku) + bytes_len(2, card.len());
+        // Everything before the card, gathered on the stack and written at once: a
+        // buffer checks its room on every write, and a batch makes a hundred of these.
+        let mut head = [0u8; RESULT_HEAD];
+        let mut free = &mut head[..];
+        if sku.len() <= Sku::MAX_LEN {
+            put_key(&mut free, 1, 2);
+            encode_varint(inner as u64, &mut free);
+            if !sku.is_empty() {
+                put_bytes(&mut free, 1, sku.as_bytes());
+            }
+            put_key(&mut free, 2, 2);
+            encode_varint(card.len() as u64, &mut free);
+            let used = RESULT_HEAD - free.len();
+            self.out.put_slice(&head[..used]);
+            self.out.put_slice(card);
+            return;
+        }
         put_key(&mut self.out, 1, 2);
         encode_varint(inner as u64, &mut self.out);
         if !sku.is_empty() {
@@ -492,6 +514,12 @@ mod tests {
         );
         batch.error("", v1::ItemErrorCode::NotFound as i32, "");
         batch.card("SKU-2", &bb);
+        // Both ways a result's head is written: on the stack, or (a SKU too long to be
+        // valid) field by field; and a result without a SKU.
+        let long = "L".repeat(Sku::MAX_LEN + 1);
+        batch.card(&long, &ab);
+        batch.card(&"M".repeat(Sku::MAX_LEN), &bb);
+        batch.card("", &ab);
         let expected = v1::BatchGetRatesResponse {
             results: vec![
                 v1::RateResult {
@@ -515,6 +543,18 @@ mod tests {
                 v1::RateResult {
                     sku: "SKU-2".into(),
                     outcome: Some(v1::rate_result::Outcome::Card(b.clone())),
+                },
+                v1::RateResult {
+                    sku: long,
+                    outcome: Some(v1::rate_result::Outcome::Card(a.clone())),
+                },
+                v1::RateResult {
+                    sku: "M".repeat(Sku::MAX_LEN),
+                    outcome: Some(v1::rate_result::Outcome::Card(b.clone())),
+                },
+                v1::RateResult {
+                    sku: String::new(),
+                    outcome: Some(v1::rate_result::Outcome::Card(a.clone())),
                 },
             ],
         };
