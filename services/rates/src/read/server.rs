@@ -3,7 +3,8 @@
 //! `GetRate`, `BatchGetRates` and `ListRates` answer from pre-encoded cards and nothing is
 //! encoded per card per call: `GetRate` and `ListRates` send the bytes [`super::point`]
 //! assembles as they are, and a batch's results are written straight into the outgoing
-//! frame. A batch request's SKUs are read into one string ([`SkuList`]); other requests
+//! frame. Their answers' DATA frames are cut so an answer leaves in one write
+//! ([`super::frames`]). A batch request's SKUs are read into one string ([`SkuList`]); other requests
 //! are decoded as usual, and an undecodable one is answered like any other method's.
 //! Every other method goes to the generated server.
 
@@ -22,6 +23,7 @@ use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
+use super::frames::OneWrite;
 use super::point;
 use super::replica::ReplicaReader;
 use super::service::RatesApi;
@@ -82,15 +84,17 @@ impl tower::Service<http::Request<Body>> for RatesServer {
             }
             BATCH_GET_RATES => {
                 let method = BatchGetRates(services.api.clone());
-                Box::pin(
-                    async move { Ok(Grpc::new(WireCodec::default()).unary(method, request).await) },
-                )
+                Box::pin(async move {
+                    let response = Grpc::new(WireCodec::default()).unary(method, request).await;
+                    Ok(one_write(response))
+                })
             }
             LIST_RATES => {
                 let method = ListRates(services.api.clone());
-                Box::pin(
-                    async move { Ok(Grpc::new(WireCodec::default()).unary(method, request).await) },
-                )
+                Box::pin(async move {
+                    let response = Grpc::new(WireCodec::default()).unary(method, request).await;
+                    Ok(one_write(response))
+                })
             }
             _ => Box::pin(tower::Service::call(
                 &mut services.generated.clone(),
@@ -98,6 +102,12 @@ impl tower::Service<http::Request<Body>> for RatesServer {
             )),
         }
     }
+}
+
+/// A large answer's frames cut so it leaves in one write ([`OneWrite`]); a GetRate
+/// answer is far shorter than a frame and goes as it is.
+fn one_write(response: http::Response<Body>) -> http::Response<Body> {
+    response.map(|body| Body::new(OneWrite::new(body)))
 }
 
 struct GetRate(Arc<RatesApi>);
