@@ -3,10 +3,10 @@
 //! `GetRate`, `BatchGetRates` and `ListRates` answer from pre-encoded cards and nothing is
 //! encoded per card per call: `GetRate` and `ListRates` send the bytes [`super::point`]
 //! assembles as they are, and a batch's results are written straight into the outgoing
-//! frame. Their answers' DATA frames are cut so an answer leaves in one write
-//! ([`super::frames`]). A batch request's SKUs are read into one string ([`SkuList`]); other requests
-//! are decoded as usual, and an undecodable one is answered like any other method's.
-//! Every other method goes to the generated server.
+//! frame. The DATA frames of a batch or a listing are cut so the answer leaves in one
+//! write ([`super::frames`]). A batch request's SKUs are read into one string
+//! ([`SkuList`]); other requests are decoded as usual, and an undecodable one is answered
+//! like any other method's. Every other method goes to the generated server.
 
 use std::convert::Infallible;
 use std::future::Future;
