@@ -226,6 +226,19 @@ pub fn get_rate_response(card: &[u8]) -> Vec<u8> {
 /// valid SKU's at most), the card's key and length.
 const RESULT_HEAD: usize = 2 * (1 + 5) + (1 + 2 + Sku::MAX_LEN);
 
+/// A card result's bytes before the card: its key and length, the SKU's field, the card's
+/// key and length.
+fn put_card_head(out: &mut impl BufMut, sku: &str, card_len: usize) {
+    let inner = sku_field_len(sku) + bytes_len(2, card_len);
+    put_key(out, 1, 2);
+    encode_varint(inner as u64, out);
+    if !sku.is_empty() {
+        put_bytes(out, 1, sku.as_bytes());
+    }
+    put_key(out, 2, 2);
+    encode_varint(card_len as u64, out);
+}
+
 /// Writes `BatchGetRatesResponse` results one at a time, in request order, into a
 /// buffer of its own or straight into the outgoing frame.
 #[derive(Debug, Default)]
@@ -300,30 +313,18 @@ impl<B: BufMut> BatchWriter<B> {
 
     /// A result carrying the card (`RateResult { sku, card }`).
     pub fn card(&mut self, sku: &str, card: &[u8]) {
-        let inner = sku_field_len(sku) + bytes_len(2, card.len());
-        // Everything before the card, gathered on the stack and written at once: a
-        // buffer checks its room on every write, and a batch makes a hundred of these.
-        let mut head = [0u8; RESULT_HEAD];
-        let mut free = &mut head[..];
         if sku.len() <= Sku::MAX_LEN {
-            put_key(&mut free, 1, 2);
-            encode_varint(inner as u64, &mut free);
-            if !sku.is_empty() {
-                put_bytes(&mut free, 1, sku.as_bytes());
-            }
-            put_key(&mut free, 2, 2);
-            encode_varint(card.len() as u64, &mut free);
+            // Everything before the card, gathered on the stack and written at once: a
+            // buffer checks its room on every write, and a batch makes a hundred of these.
+            let mut head = [0u8; RESULT_HEAD];
+            let mut free = &mut head[..];
+            put_card_head(&mut free, sku, card.len());
             let used = RESULT_HEAD - free.len();
             self.out.put_slice(&head[..used]);
-            self.out.put_slice(card);
-            return;
+        } else {
+            put_card_head(&mut self.out, sku, card.len());
         }
-        put_key(&mut self.out, 1, 2);
-        encode_varint(inner as u64, &mut self.out);
-        if !sku.is_empty() {
-            put_bytes(&mut self.out, 1, sku.as_bytes());
-        }
-        put_bytes(&mut self.out, 2, card);
+        self.out.put_slice(card);
     }
 
     /// A result carrying an item error (`RateResult { sku, error { code, message } }`).
