@@ -60,6 +60,12 @@ impl<B> OneWrite<B> {
         }
     }
 
+    /// The next small frame of the remainder, if any is left.
+    fn next_small(&mut self) -> Option<Bytes> {
+        let n = self.small.len().min(COPIED_BELOW - 1);
+        (n > 0).then(|| self.small.split_to(n))
+    }
+
     fn pending(&self) -> u64 {
         (self.small.len() + self.full.as_ref().map_or(0, Bytes::len)) as u64
     }
@@ -77,9 +83,8 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
-        if !this.small.is_empty() {
-            let n = this.small.len().min(COPIED_BELOW - 1);
-            return Poll::Ready(Some(Ok(Frame::data(this.small.split_to(n)))));
+        if let Some(piece) = this.next_small() {
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
         }
         if let Some(full) = this.full.take() {
             return Poll::Ready(Some(Ok(Frame::data(full))));
@@ -98,8 +103,7 @@ where
         }
         this.small = data.split_to(rest);
         this.full = Some(data);
-        let n = this.small.len().min(COPIED_BELOW - 1);
-        Poll::Ready(Some(Ok(Frame::data(this.small.split_to(n)))))
+        Poll::Ready(this.next_small().map(|piece| Ok(Frame::data(piece))))
     }
 
     fn is_end_stream(&self) -> bool {
