@@ -130,6 +130,8 @@ pub struct ServiceModule {
     /// Those of them that are point reads.
     point_reads: Vec<(&'static str, &'static str)>,
     tasks: Vec<(&'static str, Task)>,
+    /// Work that keeps what the listeners serve current.
+    serving_tasks: Vec<(&'static str, Task)>,
 }
 
 impl std::fmt::Debug for ServiceModule {
@@ -142,6 +144,10 @@ impl std::fmt::Debug for ServiceModule {
             )
             .field("http", &self.http.is_some())
             .field("tasks", &self.tasks.iter().map(|t| t.0).collect::<Vec<_>>())
+            .field(
+                "serving_tasks",
+                &self.serving_tasks.iter().map(|t| t.0).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -159,6 +165,7 @@ impl ServiceModule {
             reads: Vec::new(),
             point_reads: Vec::new(),
             tasks: Vec::new(),
+            serving_tasks: Vec::new(),
         }
     }
 
@@ -265,6 +272,21 @@ impl ServiceModule {
         work: impl Future<Output = anyhow::Result<()>> + Send + 'static,
     ) -> Self {
         self.tasks.push((name, Box::pin(work)));
+        self
+    }
+
+    /// Adds work that keeps what the listeners serve current and takes locks their reads
+    /// wait for (a replica's loader). It runs on a thread of its own at the listeners'
+    /// priority, not on the background runtime: a background thread the kernel preempts
+    /// while it holds such a lock keeps it through the time the listeners run first (tens
+    /// of milliseconds under saturation), and every read of what it locked waits as long.
+    /// The same contract as [`Self::task`] otherwise.
+    pub fn serving_task(
+        mut self,
+        name: &'static str,
+        work: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) -> Self {
+        self.serving_tasks.push((name, Box::pin(work)));
         self
     }
 
@@ -418,6 +440,16 @@ impl App {
             .context("starting the background runtime")?,
             false => Background::shared(),
         };
+        // Created here, on a listener's thread, whose priority its thread starts with.
+        let serving = match settings.server.background_runtime
+            && modules.iter().any(|m| !m.serving_tasks.is_empty())
+        {
+            true => Some(
+                Background::named("ratemesh-serving", 1, 0)
+                    .context("starting the serving-state runtime")?,
+            ),
+            false => None,
+        };
         let mut tasks = JoinSet::new();
         let access = AccessTable::new(modules.iter().flat_map(|m| m.grpc_services.iter().copied()));
         let reads: Vec<_> = modules
@@ -438,14 +470,23 @@ impl App {
                     None => router,
                 });
             }
-            for (name, task) in module.tasks {
+            let serving_handle = serving
+                .as_ref()
+                .map_or(background.handle(), Background::handle);
+            let placed = (module.tasks.into_iter().map(|t| (t, background.handle()))).chain(
+                module
+                    .serving_tasks
+                    .into_iter()
+                    .map(|t| (t, serving_handle)),
+            );
+            for ((name, task), runtime) in placed {
                 let module_name = module.name;
                 tasks.spawn_on(
                     async move {
                         let result = task.await;
                         (module_name, name, result)
                     },
-                    background.handle(),
+                    runtime,
                 );
             }
         }
@@ -627,6 +668,7 @@ impl App {
         let _ = tokio::time::timeout(Duration::from_secs(1), admin_server).await;
         follower.abort();
         drop(background);
+        drop(serving);
         drop(connections);
         tracing::info!("stopped");
         match failure {
