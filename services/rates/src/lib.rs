@@ -83,8 +83,9 @@ pub async fn build(ctx: &Context) -> anyhow::Result<ServiceModule> {
         .grpc_from_memory(read.server, access::RATE_SERVICE)
         .reads::<read::RatesServer>(access::READS)
         .point_reads::<read::RatesServer>(access::POINT_READS)
-        .task("rates replica", read.task)
-        .task("rates snapshot", read.snapshot_task)
+        // Both hold the replica's locks that every read takes.
+        .serving_task("rates replica", read.task)
+        .serving_task("rates snapshot", read.snapshot_task)
         .grpc(
             OverrideServiceServer::new(overrides_api),
             access::OVERRIDE_SERVICE,
