@@ -12,7 +12,7 @@ use std::time::Duration;
 use http::{Request, Response};
 use ratemesh_runtime::Role;
 use ratemesh_runtime::auth::{AccessTable, MethodRoles};
-use ratemesh_runtime::grpc::serve::{Server, StreamCounts};
+use ratemesh_runtime::grpc::serve::{Server, StreamCounts, off_the_connection_thread};
 use ratemesh_runtime::grpc::{Admission, RpcLayer};
 use tokio::sync::{mpsc, oneshot};
 use tonic::body::Body;
@@ -465,6 +465,58 @@ async fn point_reads_are_answered_on_their_connection_thread() {
             .iter()
             .all(|t| t.as_deref() == Some("test-handler"))
     );
+    handlers.shutdown_background();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_read_about_to_wait_moves_off_its_connection_thread() {
+    let handlers = handler_runtime();
+    let bearer = format!("Bearer {KEY}");
+    let auth = [("authorization", bearer.as_str())];
+
+    // Every other call finds what it reads held elsewhere and steps off the connection
+    // thread before waiting for it; the others are answered where they were read.
+    let ran_on: ThreadNames = Arc::default();
+    let seen = ran_on.clone();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let service = tower::ServiceBuilder::new()
+        .layer(read_layer(true))
+        .service(tower::service_fn(move |request: Request<Body>| {
+            let seen = seen.clone();
+            let busy = calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2 == 1;
+            async move {
+                if busy {
+                    off_the_connection_thread().await;
+                }
+                let thread = std::thread::current().name().map(str::to_owned);
+                seen.lock().expect("lock").push(thread);
+                Ok::<_, Infallible>(ok_with_remote(&request))
+            }
+        }));
+    let (server, channel) = serve_reads(
+        &handlers,
+        1.0,
+        tower::util::BoxCloneSyncService::new(service),
+    )
+    .await;
+    for _ in 0..20 {
+        assert_eq!(call(&channel, &auth).await.0, 0);
+    }
+    assert_eq!(server.streams.answered_inline(), 10);
+    assert_eq!(server.streams.spawned(), 10);
+    let threads = ran_on.lock().expect("lock").clone();
+    for (i, thread) in threads.iter().enumerate() {
+        assert_eq!(
+            thread.as_deref() == Some("test-handler"),
+            i % 2 == 1,
+            "call {i}: {threads:?}"
+        );
+    }
+
+    // Outside a connection thread's first poll it waits for nothing.
+    tokio::time::timeout(Duration::from_secs(1), off_the_connection_thread())
+        .await
+        .expect("ready at once");
     handlers.shutdown_background();
 }
 

@@ -451,6 +451,14 @@ pub(crate) fn off_the_connection_task(point_read: bool) -> impl Future<Output = 
     YieldOnce(point_read && READS_INLINE.get())
 }
 
+/// Awaited by a handler about to wait for something held elsewhere (a lock a writer
+/// holds): when its call is being answered on its connection thread, pending once, so the
+/// call goes on in a task of its own on the handlers and the thread reads on, answering
+/// and refusing the calls behind it; anywhere else ready at once.
+pub fn off_the_connection_thread() -> impl Future<Output = ()> {
+    YieldOnce(false)
+}
+
 struct YieldOnce(bool);
 
 impl Future for YieldOnce {
