@@ -75,20 +75,44 @@ pub fn get_rate(
     reader: &ReplicaReader,
     request: &v1::GetRateRequest,
 ) -> Result<Vec<u8>, ReadError> {
+    let sku = checked_sku(reader, request)?;
+    found(reader, sku, reader.with_card(sku, wire::get_rate_response))
+}
+
+/// As [`get_rate`] without waiting for the replica's writer: `None` when it holds the
+/// card's shard (nothing is counted then).
+pub fn try_get_rate(
+    reader: &ReplicaReader,
+    request: &v1::GetRateRequest,
+) -> Option<Result<Vec<u8>, ReadError>> {
+    let sku = match checked_sku(reader, request) {
+        Ok(sku) => sku,
+        Err(err) => return Some(Err(err)),
+    };
+    let card = reader.try_with_card(sku, wire::get_rate_response)?;
+    Some(found(reader, sku, card))
+}
+
+fn checked_sku<'r>(
+    reader: &ReplicaReader,
+    request: &'r v1::GetRateRequest,
+) -> Result<&'r str, ReadError> {
     ensure_loaded(reader)?;
-    let sku = request.sku.as_str();
-    check_sku("sku", sku)?;
+    check_sku("sku", &request.sku)?;
+    Ok(&request.sku)
+}
+
+/// Counts a `GetRate` of `sku` and answers with its `card`, NOT_FOUND without one.
+fn found(reader: &ReplicaReader, sku: &str, card: Option<Vec<u8>>) -> Result<Vec<u8>, ReadError> {
     count("GetRate", 1);
     reader.count_reads(1);
-    reader
-        .with_card(sku, wire::get_rate_response)
-        .ok_or_else(|| {
-            ApiError::NotFound {
-                what: "rate for sku",
-                key: sku.to_owned(),
-            }
-            .into()
-        })
+    card.ok_or_else(|| {
+        ApiError::NotFound {
+            what: "rate for sku",
+            key: sku.to_owned(),
+        }
+        .into()
+    })
 }
 
 /// `BatchGetRates`: one result per requested SKU, in order; a bad or unknown SKU is an

@@ -32,7 +32,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, TryLockError};
 
 use chrono::{DateTime, Utc};
 use hashbrown::HashTable;
@@ -925,6 +925,22 @@ impl ReplicaReader {
         Some(f(shard.card(&shard.slots[index as usize])))
     }
 
+    /// As [`Self::with_card`] without waiting: `None` when a writer holds `sku`'s shard or
+    /// waits for it.
+    pub fn try_with_card<R>(&self, sku: &str, f: impl FnOnce(&[u8]) -> R) -> Option<Option<R>> {
+        let hash = sku_hash(sku.as_bytes());
+        let shard = match self.inner.shards[Inner::shard_of(hash)].try_read() {
+            Ok(shard) => shard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        Some(
+            shard
+                .find(hash, sku.as_bytes())
+                .map(|index| f(shard.card(&shard.slots[index as usize]))),
+        )
+    }
+
     /// Calls `f` with the encoded current card of each of `skus` (`None` where there is
     /// none), in order. Each shard the batch falls in is read-locked once, in shard
     /// order, and stays locked until `f` returns (keep `f` short: copy the bytes out).
@@ -1195,6 +1211,36 @@ mod tests {
 
     fn apply(replica: &Replica, bytes: &[u8], ms: u64) -> Applied {
         replica.apply_block_card(Incoming::new(bytes).expect("card"), EntryId { ms, seq: 0 })
+    }
+
+    #[test]
+    fn a_lookup_that_must_not_wait_gives_way_to_a_writer_holding_its_shard() {
+        let replica = Replica::new(options(), system_clock());
+        let reader = replica.reader();
+        let bytes = card("S-1", "a", 1, 100, 0);
+        apply(&replica, &bytes, 1);
+        replica.set_loaded();
+        assert_eq!(
+            reader.try_with_card("S-1", <[u8]>::to_vec),
+            Some(Some(bytes.clone()))
+        );
+        assert_eq!(reader.try_with_card("S-2", <[u8]>::to_vec), Some(None));
+
+        let shard = &replica.inner.shards[Inner::shard_of(sku_hash(b"S-1"))];
+        let held = write_lock(shard);
+        assert_eq!(reader.try_with_card("S-1", <[u8]>::len), None);
+        // A lookup that may wait waits for the writer, then finds the card.
+        std::thread::scope(|scope| {
+            let waiting = scope.spawn(|| reader.with_card("S-1", <[u8]>::to_vec));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            assert!(!waiting.is_finished(), "a lookup read past a writer's lock");
+            drop(held);
+            assert_eq!(waiting.join().expect("lookup"), Some(bytes.clone()));
+        });
+        assert_eq!(
+            reader.try_with_card("S-1", <[u8]>::to_vec),
+            Some(Some(bytes))
+        );
     }
 
     #[test]

@@ -90,7 +90,15 @@ impl RatesApi {
     /// `GetRate`, as the encoded response.
     pub async fn get_rate_wire(&self, request: &v1::GetRateRequest) -> Result<Vec<u8>, Status> {
         match &request.as_of {
-            None => Ok(point::get_rate(&self.reader, request)?),
+            None => match point::try_get_rate(&self.reader, request) {
+                Some(answer) => Ok(answer?),
+                None => {
+                    // The replica's writer holds the card's shard, and may have been
+                    // preempted holding it: wait where no other call waits behind us.
+                    ratemesh_runtime::grpc::serve::off_the_connection_thread().await;
+                    Ok(point::get_rate(&self.reader, request)?)
+                }
+            },
             Some(as_of) => Ok(self
                 .history
                 .get_rate_at(&self.reader, request, as_of)
