@@ -51,7 +51,7 @@ const CANDIDATE_TOML: &str = include_str!(concat!(
 ));
 
 /// The season for `skus` SKUs: the default season's dates and demand, with as many
-/// readings a day (at least the default two, at most [`MAX_READINGS_PER_DAY`]) as it takes
+/// readings a day (at least the default two, at most `MAX_READINGS_PER_DAY`) as it takes
 /// for `min_sku_events` stock readings and product records.
 pub fn season_spec(skus: usize, min_sku_events: u64) -> SeasonSpec {
     let base = SeasonSpec::default();

@@ -94,7 +94,7 @@ const RETRY_WAIT_MAX: Duration = Duration::from_secs(5);
 /// Writes one batch: records of archived kinds are appended and acknowledged with the
 /// entries of other kinds; entries that do not decode are nacked (dead-lettered in the
 /// `archive` group, as the services dead-letter them). A write that fails (a full or
-/// read-only volume) is tried again, with waits growing to [`RETRY_WAIT_MAX`], until it
+/// read-only volume) is tried again, with waits growing to `RETRY_WAIT_MAX`, until it
 /// succeeds: the entries are not nacked, which would dead-letter them after a few
 /// deliveries and leave a hole in the archive. If `stop` is cancelled first they are left
 /// pending, neither acknowledged nor nacked, and come back after a restart.

@@ -16,7 +16,7 @@
 //! On taking a partition, the new owner first takes over the entries still pending there
 //! (the previous owner's unacknowledged work, oldest first), then reads new ones.
 //!
-//! Both backends run the same rule: [`LeaseBook::refresh`] here for the in-memory bus,
+//! Both backends run the same rule: `LeaseBook::refresh` here for the in-memory bus,
 //! one script over the group's membership and lease keys on Redis.
 
 use std::collections::{BTreeMap, BTreeSet};

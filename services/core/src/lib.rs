@@ -14,11 +14,11 @@
 //! - [`velocity`] — the sales-velocity estimator (EWMA of depletion).
 //! - [`reason`] — reason codes with their human text.
 //! - [`card`] — the [`RateCard`] and the state it carries between computes.
-//! - [`compute`] — [`compute()`]: `(policy, inputs, previous card, now) -> card`.
+//! - [`compute`](mod@compute) — [`compute()`]: `(policy, inputs, previous card, now) -> card`.
 //! - [`overrides`] — merchandiser overrides, their precedence and conflict report.
 //! - [`incentive`] — flash-incentive decisions, budget accounting and selection.
 //! - [`state`] — [`SkuState`] and the [`Event`]s it folds.
-//! - [`replay`] — [`replay()`], the offline oracle.
+//! - [`replay`](mod@replay) — [`replay()`], the offline oracle.
 
 pub mod card;
 pub mod compute;

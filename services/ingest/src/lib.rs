@@ -10,9 +10,9 @@
 //! files offline (`ratemesh stock push`, what-if runs) accepts exactly what the webhooks
 //! accept.
 //! - [`handoff`]: stale/duplicate classification and the atomic append; batch idempotency.
-//! - [`webhook`] and [`api`]: the two front doors; [`request_metrics`]: the webhook's
+//! - [`webhook`] and `api`: the two front doors; `request_metrics`: the webhook's
 //!   request counts by status and latencies, resolved once.
-//! - [`backlog`]: watches the rates service's backlog so pushes are shed, not queued.
+//! - `backlog`: watches the rates service's backlog so pushes are shed, not queued.
 //!
 //! With `ingest.archive.dir` set, the service also runs the input archive
 //! ([`ratemesh_archive`]): the record of every accepted push, override and incentive

@@ -3,23 +3,23 @@
 //! coalesced, retried POST (DESIGN §4.3).
 //!
 //! Flow: [`fanout`] reads the `rates` and `incentives` streams (group `notifier`) → rate
-//! changes wait in each partner's [`outbox`] for the coalescing window, incentive changes
-//! become deliveries at once → the [`dispatcher`] claims due attempts from bus timers and
-//! POSTs them with the [`sender`], retrying with exponential backoff and jitter until
+//! changes wait in each partner's `outbox` for the coalescing window, incentive changes
+//! become deliveries at once → the `dispatcher` claims due attempts from bus timers and
+//! POSTs them with the `sender`, retrying with exponential backoff and jitter until
 //! delivered or dead-lettered. Everything that must survive a restart — partners,
 //! deliveries, outboxes, the retry schedule — is bus state and bus timers (Redis in
 //! production); per-process memory holds only the partner cache, per-partner slots and
-//! the circuit [`breaker`]s.
+//! the circuit `breaker`s.
 //!
 //! Layout:
-//! - [`api`]: `PartnerService` (partners, secret rotation, deliveries, redelivery).
-//! - [`model`] and [`store`]: records in bus state and how they are read and written.
+//! - `api`: `PartnerService` (partners, secret rotation, deliveries, redelivery).
+//! - `model` and `store`: records in bus state and how they are read and written.
 //!   Signing secrets are stored there in the clear (they are needed to sign); treat the
 //!   Redis instance as a secrets store.
 //! - [`webhook`]: the JSON body partners receive (public, for sinks and tests).
-//! - [`destination`]: SSRF checks on partner URLs, at save time and on every connection.
-//! - [`config`]: `[notifier]` settings as durations, and the backoff formula.
-//! - [`delivery_metrics`]: deliveries by outcome, delivery lag, dead letters, breakers.
+//! - `destination`: SSRF checks on partner URLs, at save time and on every connection.
+//! - `config`: `[notifier]` settings as durations, and the backoff formula.
+//! - `delivery_metrics`: deliveries by outcome, delivery lag, dead letters, breakers.
 
 pub mod access;
 mod api;

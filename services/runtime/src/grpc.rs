@@ -113,7 +113,7 @@ impl RpcLayer {
 
     /// Like [`RpcLayer::new`], with the RPCs (full service name, method name) that only
     /// read: they start no work elsewhere that a trace would follow, so a call gets its
-    /// span only when the span can be exported ([`read_is_traced`]). `point_reads` are
+    /// span only when the span can be exported (`read_is_traced`). `point_reads` are
     /// reads of a few microseconds from memory, which may be answered on the connection
     /// thread that read them ([`serve::Server::inline_reads`]).
     pub fn with_reads(

@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Layout: [`settings`] (ports, one key per role, one ERP source, test policy),
-//! [`bearer`] (the API-key interceptor), [`eventually`] (polling with a deadline), [`health`] (waiting for SERVING),
+//! [`bearer`] (the API-key interceptor), [`eventually()`] (polling with a deadline), [`health`] (waiting for SERVING),
 //! [`erp`] (stock and product lines, the signed webhook client), [`app`] (the running
 //! services and their verbs), [`sink`] (a partner endpoint that records webhooks),
 //! [`promtool`] (Prometheus's checker of the exposition and the alert rules),

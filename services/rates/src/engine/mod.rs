@@ -20,7 +20,7 @@
 //! [`SkuState::apply`](ratemesh_core::SkuState::apply) (monotonic by ERP sequence for
 //! stock, by event time for the rest, so stale and duplicate deliveries change nothing),
 //! recomputes the card after every event that changed the state — exactly like
-//! [`ratemesh_core::replay`] — and writes the record back with a compare-and-set on the
+//! [`ratemesh_core::replay()`] — and writes the record back with a compare-and-set on the
 //! version it read; on a conflict it re-reads and does it again. When the published card
 //! changes, the write and the `RateChanged` append to `rates` are one atomic operation.
 //!

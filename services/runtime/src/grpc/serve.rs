@@ -5,11 +5,11 @@
 //! hyper hands every new stream to an executor as a future. tonic's executor spawns it, so
 //! a call the [`RpcLayer`](super::RpcLayer) refuses at once still waits for a worker in a
 //! saturated run queue before its refusal is even written — exactly when that queue is
-//! longest. [`InlineFirst`] instead polls each stream once, right away, on the connection
+//! longest. `InlineFirst` instead polls each stream once, right away, on the connection
 //! task that read its headers: a refusal is a ready future, so it is answered there and
 //! nothing is spawned; any other stream is spawned as tonic would. An admitted call must
 //! not do its work on the connection task (it would hold up every other stream of the
-//! connection), so the layer's admitted path first yields ([`off_the_connection_task`])
+//! connection), so the layer's admitted path first yields (`off_the_connection_task`)
 //! when it finds itself there, and the work runs in the spawned task.
 //!
 //! Connections can run on a runtime of their own ([`Server::handlers`] names the one
