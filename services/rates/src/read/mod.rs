@@ -15,7 +15,6 @@
 //! - [`snapshot`] — the compact snapshot a cold replica loads, and its writer.
 //! - [`point`] — `GetRate`, `BatchGetRates`, `ListRates`, answered as encoded bytes.
 //! - [`server`] — the gRPC server sending those bytes as they are.
-//! - [`frames`] — a large answer's DATA frames cut so it leaves in one write.
 //! - [`watch`] — `WatchRates`.
 //! - [`explain`] — `ExplainRate`.
 //! - [`history`] — `GetRate.as_of` from the durable rate history.
@@ -28,7 +27,6 @@
 
 pub mod error;
 pub mod explain;
-pub mod frames;
 pub mod history;
 pub mod loader;
 pub mod page_token;

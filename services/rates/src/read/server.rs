@@ -3,10 +3,11 @@
 //! `GetRate`, `BatchGetRates` and `ListRates` answer from pre-encoded cards and nothing is
 //! encoded per card per call: `GetRate` and `ListRates` send the bytes [`super::point`]
 //! assembles as they are, and a batch's results are written straight into the outgoing
-//! frame. The DATA frames of a batch or a listing are cut so the answer leaves in one
-//! write ([`super::frames`]). A batch request's SKUs are read into one string
-//! ([`SkuList`]); other requests are decoded as usual, and an undecodable one is answered
-//! like any other method's. Every other method goes to the generated server.
+//! frame, which goes to HTTP/2 as one chunk for the framing layer to cut (each extra
+//! chunk handed over from a handler thread costs more than the socket write it might
+//! save). A batch request's SKUs are read into one string ([`SkuList`]); other requests
+//! are decoded as usual, and an undecodable one is answered like any other method's.
+//! Every other method goes to the generated server.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,7 +24,6 @@ use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
-use super::frames::OneWrite;
 use super::point;
 use super::replica::ReplicaReader;
 use super::service::RatesApi;
@@ -76,26 +76,9 @@ impl tower::Service<http::Request<Body>> for RatesServer {
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let services = &self.0;
         match request.uri().path() {
-            GET_RATE => {
-                let method = GetRate(services.api.clone());
-                Box::pin(
-                    async move { Ok(Grpc::new(WireCodec::default()).unary(method, request).await) },
-                )
-            }
-            BATCH_GET_RATES => {
-                let method = BatchGetRates(services.api.clone());
-                Box::pin(async move {
-                    let response = Grpc::new(WireCodec::default()).unary(method, request).await;
-                    Ok(one_write(response))
-                })
-            }
-            LIST_RATES => {
-                let method = ListRates(services.api.clone());
-                Box::pin(async move {
-                    let response = Grpc::new(WireCodec::default()).unary(method, request).await;
-                    Ok(one_write(response))
-                })
-            }
+            GET_RATE => unary(GetRate(services.api.clone()), request),
+            BATCH_GET_RATES => unary(BatchGetRates(services.api.clone()), request),
+            LIST_RATES => unary(ListRates(services.api.clone()), request),
             _ => Box::pin(tower::Service::call(
                 &mut services.generated.clone(),
                 request,
@@ -104,10 +87,21 @@ impl tower::Service<http::Request<Body>> for RatesServer {
     }
 }
 
-/// A large answer's frames cut so it leaves in one write ([`OneWrite`]); a GetRate
-/// answer is far shorter than a frame and goes as it is.
-fn one_write(response: http::Response<Body>) -> http::Response<Body> {
-    response.map(|body| Body::new(OneWrite::new(body)))
+/// `method`'s answer to `request`, through the wire codec.
+fn unary<M, D>(
+    method: M,
+    request: http::Request<Body>,
+) -> BoxFuture<Result<http::Response<Body>, Infallible>>
+where
+    M: UnaryService<D, Response = Answer> + Send + 'static,
+    M::Future: Send,
+    D: WireRequest,
+{
+    Box::pin(async move {
+        Ok(Grpc::new(WireCodec::<D>::default())
+            .unary(method, request)
+            .await)
+    })
 }
 
 struct GetRate(Arc<RatesApi>);
