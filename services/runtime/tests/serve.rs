@@ -557,3 +557,57 @@ async fn reads_go_to_the_handlers_once_they_used_their_share_or_are_not_point_re
     );
     handlers.shutdown_background();
 }
+
+/// `len` bytes of text that differ with `seed`.
+fn answer_text(len: usize, seed: usize) -> String {
+    (0..len)
+        .map(|i| char::from(b'a' + ((i * 7 + seed * 13) % 26) as u8))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_large_answers_at_once_arrive_whole() {
+    // Answers of several HTTP/2 frames each, larger than what a connection gathers before
+    // it sends, many in flight on one connection: each must arrive whole and its own.
+    const LEN: usize = 150 * 1024;
+    let server = start(
+        Server::new(),
+        tower::service_fn(|request: Request<Body>| async move {
+            let seed: usize = request
+                .headers()
+                .get("x-seed")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_default();
+            let response = Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", "0")
+                .body(Body::new(answer_text(LEN, seed)))
+                .expect("response");
+            Ok::<_, Infallible>(response)
+        }),
+    )
+    .await;
+    let channel = channel(server.addr).await;
+    let calls = (0..24).map(|seed| {
+        let channel = channel.clone();
+        tokio::spawn(async move {
+            let seed_text = seed.to_string();
+            let (status, response) = call(&channel, &[("x-seed", &seed_text)]).await;
+            let body = http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .expect("body")
+                .to_bytes();
+            (seed, status, body)
+        })
+    });
+    for call in calls {
+        let (seed, status, body) = call.await.expect("call");
+        assert_eq!(status, 0);
+        assert_eq!(body.len(), LEN, "answer {seed} cut short");
+        assert!(
+            body == answer_text(LEN, seed).as_bytes(),
+            "answer {seed} mixed up"
+        );
+    }
+}

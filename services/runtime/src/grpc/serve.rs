@@ -21,6 +21,9 @@
 //! share, point reads go to the handlers too, and the thread keeps its time for frames
 //! and refusals.
 //!
+//! A connection's writes are gathered while its task runs and sent in one write when the
+//! poll ends ([`super::cork`]): h2 would write each frame of 256 bytes or more on its own.
+//!
 //! Per connection, calls get the extensions the layers read: the peer's
 //! [`TcpConnectInfo`] and, under TLS, its [`PeerCertificates`]. The server's request
 //! timeout applies as tonic's did: the shorter of it and the call's `grpc-timeout`, after
@@ -47,6 +50,7 @@ use tonic::transport::server::TcpConnectInfo;
 use tower::ServiceExt;
 use tower::util::Oneshot;
 
+use super::cork;
 use super::deadline::{GRPC_TIMEOUT, parse_grpc_timeout};
 use crate::tls::PeerCertificates;
 
@@ -205,8 +209,9 @@ impl Server {
                     peer_certificates,
                     request_timeout: self.request_timeout,
                 };
+                let (io, uncork) = cork::cork(io);
                 let connection = builder.serve_connection(TokioIo::new(io), service);
-                let connection = graceful.watch(connection);
+                let connection = uncork.drive(graceful.watch(connection));
                 tokio::spawn(async move {
                     if let Err(err) = connection.await {
                         tracing::debug!(error = %err, "gRPC connection ended with an error");
