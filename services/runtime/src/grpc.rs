@@ -25,8 +25,8 @@
 //! call's first poll on its connection task: the admission decision is made there, so a
 //! refusal is written without waiting for a worker; an admitted call continues in a task
 //! of its own, or, for a point read while the connection thread has time for it, right
-//! there. What a connection writes while its task runs leaves in one socket write when the
-//! poll ends (`grpc/cork.rs`).
+//! there. What a connection writes while its task runs leaves together when the poll ends,
+//! or sooner once 64 KiB or 200 µs old (`grpc/cork.rs`).
 
 mod cork;
 mod deadline;

@@ -21,8 +21,9 @@
 //! share, point reads go to the handlers too, and the thread keeps its time for frames
 //! and refusals.
 //!
-//! A connection's writes are gathered while its task runs and sent in one write when the
-//! poll ends ([`super::cork`]): h2 would write each frame of 256 bytes or more on its own.
+//! A connection's writes are gathered while its task runs and sent together when the poll
+//! ends, or sooner once 64 KiB or 200 µs old ([`super::cork`]): h2 would write each frame
+//! of 256 bytes or more on its own.
 //!
 //! Per connection, calls get the extensions the layers read: the peer's
 //! [`TcpConnectInfo`] and, under TLS, its [`PeerCertificates`]. The server's request
