@@ -8,9 +8,10 @@
 //!   ([`super::wire`]) and nothing is encoded per call. The SKU is stored once, inside its
 //!   card.
 //! - **The index costs a few words per SKU**: [`SHARDS`] independently locked shards, each
-//!   a hash table of 4-byte slot numbers over a vector of 40-byte slots (where the card
-//!   is, its version, the position of its last change, its interned category). A reader
-//!   contends only with a write to the same shard and never with other readers.
+//!   a hash table of 12-byte entries (the slot number and where the card is, so a read
+//!   goes from the table straight to the card) over a vector of 32-byte slots (where the
+//!   card is, its version, the position of its last change, its interned category). A
+//!   reader contends only with a write to the same shard and never with other readers.
 //! - **Listings** walk a vector of slot ids in SKU order (4 bytes per SKU), plus a small
 //!   sorted vector of SKUs added since it was last merged.
 //! - **History is out of the hot structure**: the durable history lives in the backend
@@ -216,10 +217,25 @@ impl Arena {
 
 #[derive(Default)]
 struct Shard {
-    /// Slot numbers, hashed by SKU.
-    table: HashTable<u32>,
+    /// Where each SKU's slot and card are, hashed by SKU.
+    table: HashTable<Entry>,
     slots: Vec<Slot>,
     arena: Arena,
+}
+
+/// A SKU in its shard's table: its slot, and where its card is (as in the slot), so a
+/// read goes from the table to the card without the slot's cache miss in between.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    slot: u32,
+    offset: u32,
+    len: u32,
+}
+
+impl Entry {
+    fn card<'a>(&self, arena: &'a Arena) -> &'a [u8] {
+        arena.get(self.offset, self.len)
+    }
 }
 
 fn card_of<'a>(arena: &'a Arena, slot: &Slot) -> &'a [u8] {
@@ -243,11 +259,24 @@ impl Shard {
     }
 
     fn find(&self, hash: u64, sku: &[u8]) -> Option<u32> {
+        self.find_entry(hash, sku).map(|e| e.slot)
+    }
+
+    fn find_entry(&self, hash: u64, sku: &[u8]) -> Option<Entry> {
         self.table
-            .find(table_hash(hash), |&i| {
-                wire::card_sku(card_of(&self.arena, &self.slots[i as usize])) == sku
+            .find(table_hash(hash), |e| {
+                wire::card_sku(e.card(&self.arena)) == sku
             })
             .copied()
+    }
+
+    /// Records that slot `index` (of `hash`) has its card at `offset`, `len` bytes.
+    fn place(&mut self, hash: u64, index: u32, offset: u32, len: u32) {
+        let s = &mut self.slots[index as usize];
+        (s.offset, s.len) = (offset, len);
+        if let Some(e) = self.table.find_mut(table_hash(hash), |e| e.slot == index) {
+            (e.offset, e.len) = (offset, len);
+        }
     }
 
     fn get(&self, sku: &str) -> Option<&Slot> {
@@ -257,15 +286,15 @@ impl Shard {
 
     fn insert(&mut self, hash: u64, slot: Slot) -> u32 {
         let index = u32::try_from(self.slots.len()).expect("too many SKUs in one shard");
+        let entry = Entry {
+            slot: index,
+            offset: slot.offset,
+            len: slot.len,
+        };
         self.slots.push(slot);
-        let Shard {
-            table,
-            slots,
-            arena,
-            ..
-        } = self;
-        table.insert_unique(table_hash(hash), index, |&i| {
-            table_hash(sku_hash(wire::card_sku(card_of(arena, &slots[i as usize]))))
+        let arena = &self.arena;
+        self.table.insert_unique(table_hash(hash), entry, |e| {
+            table_hash(sku_hash(wire::card_sku(e.card(arena))))
         });
         index
     }
@@ -280,6 +309,9 @@ impl Shard {
             slot.offset = arena.push(self.arena.get(slot.offset, slot.len));
         }
         self.arena = arena;
+        for e in self.table.iter_mut() {
+            e.offset = self.slots[e.slot as usize].offset;
+        }
     }
 }
 
@@ -716,9 +748,8 @@ impl Replica {
                         shard.arena.garbage += slot.len as usize;
                         shard.arena.push(card.bytes)
                     };
+                    shard.place(hash, index, offset, len);
                     let s = &mut shard.slots[index as usize];
-                    s.offset = offset;
-                    s.len = len;
                     s.version = card.head.version;
                     s.set_changed(s.changed().max(changed));
                     s.category = category;
@@ -921,8 +952,9 @@ impl ReplicaReader {
     pub fn with_card<R>(&self, sku: &str, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         let hash = sku_hash(sku.as_bytes());
         let shard = read_lock(&self.inner.shards[Inner::shard_of(hash)]);
-        let index = shard.find(hash, sku.as_bytes())?;
-        Some(f(shard.card(&shard.slots[index as usize])))
+        Some(f(shard
+            .find_entry(hash, sku.as_bytes())?
+            .card(&shard.arena)))
     }
 
     /// As [`Self::with_card`] without waiting: `None` when a writer holds `sku`'s shard or
@@ -936,8 +968,8 @@ impl ReplicaReader {
         };
         Some(
             shard
-                .find(hash, sku.as_bytes())
-                .map(|index| f(shard.card(&shard.slots[index as usize]))),
+                .find_entry(hash, sku.as_bytes())
+                .map(|e| f(e.card(&shard.arena))),
         )
     }
 
@@ -945,11 +977,12 @@ impl ReplicaReader {
     /// none), in order. Each shard the batch falls in is read-locked once, in shard
     /// order, and stays locked until `f` returns (keep `f` short: copy the bytes out).
     ///
-    /// A lookup is a chain of cache misses (the table, the slot, the card), each waiting
-    /// on the one before. Taken one at a time as [`Self::with_card`] does, a batch's
-    /// lookups wait on each other as well, every one between a lock's acquire and release;
-    /// here the locks are taken first, and the lookups go in stages, each a pass over the
-    /// batch whose loads do not depend on one another, so the misses of a stage overlap.
+    /// A lookup is a chain of cache misses (the table's control bytes, its entry, the
+    /// card), each waiting on the one before. Taken one at a time as [`Self::with_card`]
+    /// does, a batch's lookups wait on each other as well, every one between a lock's
+    /// acquire and release; here the locks are taken first, and the lookups go in stages,
+    /// each a pass over the batch whose loads do not depend on one another, so the misses
+    /// of a stage overlap.
     pub fn with_cards<R>(&self, skus: &[&str], f: impl FnOnce(&[Option<&[u8]>]) -> R) -> R {
         let hashes: Vec<u64> = skus.iter().map(|sku| sku_hash(sku.as_bytes())).collect();
         let wanted = hashes
@@ -961,22 +994,14 @@ impl ReplicaReader {
             (wanted & 1 << s != 0).then(|| read_lock(&self.inner.shards[s]))
         });
         let shard_of = |hash: u64| guards[Inner::shard_of(hash)].as_deref();
-        // Each SKU's first candidate in its table (none: the SKU is not held) ...
-        let firsts: Vec<Option<u32>> = hashes
+        // Each SKU's first candidate in its table (none: the SKU is not held), and where
+        // its card is ...
+        let candidates: Vec<Option<&[u8]>> = hashes
             .iter()
             .map(|&hash| {
                 let shard = shard_of(hash)?;
-                shard.table.iter_hash(table_hash(hash)).next().copied()
-            })
-            .collect();
-        // ... where its card is ...
-        let candidates: Vec<Option<&[u8]>> = hashes
-            .iter()
-            .zip(&firsts)
-            .map(|(&hash, &first)| {
-                let shard = shard_of(hash)?;
-                let slot = &shard.slots[first? as usize];
-                Some(shard.arena.get(slot.offset, slot.len))
+                let first = shard.table.iter_hash(table_hash(hash)).next()?;
+                Some(first.card(&shard.arena))
             })
             .collect();
         // ... a byte of each of its cache lines, in a pass that does nothing else, so
@@ -988,21 +1013,16 @@ impl ReplicaReader {
         });
         std::hint::black_box(lines);
         // ... and the card, if it is the SKU's; if another SKU's control byte matched
-        // first, the full lookup.
-        let cards: Vec<Option<&[u8]>> = skus
-            .iter()
-            .zip(&hashes)
-            .zip(candidates)
-            .map(|((sku, &hash), card)| {
-                let card = card?;
-                if wire::card_sku(card) == sku.as_bytes() {
-                    return Some(card);
-                }
-                let shard = shard_of(hash)?;
-                let index = shard.find(hash, sku.as_bytes())?;
-                Some(shard.card(&shard.slots[index as usize]))
-            })
-            .collect();
+        // first, the full lookup (in place: the batch's vectors are its allocations).
+        let mut cards = candidates;
+        for ((card, sku), &hash) in cards.iter_mut().zip(skus).zip(&hashes) {
+            let Some(candidate) = *card else { continue };
+            if wire::card_sku(candidate) != sku.as_bytes() {
+                *card = shard_of(hash).and_then(|shard| {
+                    Some(shard.find_entry(hash, sku.as_bytes())?.card(&shard.arena))
+                });
+            }
+        }
         f(&cards)
     }
 
@@ -1173,7 +1193,7 @@ impl ReplicaReader {
             f.allocated += shard.arena.allocated();
             f.skus += shard.slots.len();
             f.index += shard.slots.capacity() * std::mem::size_of::<Slot>()
-                + shard.table.capacity() * (std::mem::size_of::<u32>() + 1);
+                + shard.table.capacity() * (std::mem::size_of::<Entry>() + 1);
         }
         let order = read_lock(&self.inner.order);
         f.index += (order.sorted.capacity() + order.recent.capacity()) * 4;
@@ -1211,6 +1231,20 @@ mod tests {
 
     fn apply(replica: &Replica, bytes: &[u8], ms: u64) -> Applied {
         replica.apply_block_card(Incoming::new(bytes).expect("card"), EntryId { ms, seq: 0 })
+    }
+
+    /// Each of `skus`' cards as found by one lookup each.
+    fn single_copies(reader: &ReplicaReader, skus: &[String]) -> Vec<Option<Vec<u8>>> {
+        skus.iter()
+            .map(|sku| reader.with_card(sku, <[u8]>::to_vec))
+            .collect()
+    }
+
+    /// Each of `skus`' cards as found by one batch lookup.
+    fn batch_copies(reader: &ReplicaReader, skus: &[&str]) -> Vec<Option<Vec<u8>>> {
+        reader.with_cards(skus, |cards| {
+            cards.iter().map(|c| c.map(<[u8]>::to_vec)).collect()
+        })
     }
 
     #[test]
@@ -1259,12 +1293,7 @@ mod tests {
             .iter()
             .map(|sku| reader.with_card(sku, <[u8]>::to_vec))
             .collect();
-        let batched = reader.with_cards(&skus, |cards| {
-            cards
-                .iter()
-                .map(|c| c.map(<[u8]>::to_vec))
-                .collect::<Vec<_>>()
-        });
+        let batched = batch_copies(&reader, &skus);
         assert!(single.iter().all(Option::is_some));
         assert_eq!(batched, single);
 
@@ -1284,6 +1313,43 @@ mod tests {
             .collect();
         assert_eq!(got, expected);
         assert_eq!(reader.with_cards(&[], |cards| cards.len()), 0);
+    }
+
+    #[test]
+    fn cards_moved_by_a_compaction_are_found_where_they_went() {
+        let replica = Replica::new(options(), system_clock());
+        let reader = replica.reader();
+        let all: Vec<String> = (0..3000).map(|i| format!("S{i:04}")).collect();
+        for sku in &all {
+            apply(&replica, &card(sku, "a", 1, 100, 5), 1);
+        }
+        replica.set_loaded();
+        // One SKU's card grows with every version, so each leaves the last as garbage,
+        // until its shard is compacted (every card of the shard moved) more than once.
+        let mut made = 0;
+        for version in 2..1500 {
+            made += card("S0007", "a", version - 1, 100, version as usize - 1).len();
+            let next = card("S0007", "a", version, 100, version as usize);
+            assert_eq!(apply(&replica, &next, 2), Applied::Newer);
+        }
+        let garbage = reader.footprint().garbage;
+        assert!(garbage < made / 2, "no compaction: {garbage} of {made}");
+
+        let expected: Vec<Option<Vec<u8>>> = all
+            .iter()
+            .map(|sku| match sku.as_str() {
+                "S0007" => Some(card(sku, "a", 1499, 100, 1499)),
+                _ => Some(card(sku, "a", 1, 100, 5)),
+            })
+            .collect();
+        let single = single_copies(&reader, &all);
+        assert!(
+            single == expected,
+            "a single lookup found a card's old place"
+        );
+        let skus: Vec<&str> = all.iter().map(String::as_str).collect();
+        let batched = batch_copies(&reader, &skus);
+        assert!(batched == expected, "a batch found a card's old place");
     }
 
     #[test]
@@ -1334,6 +1400,19 @@ mod tests {
         }
         assert_eq!(reader.version("S0042"), Some(2));
         assert_eq!(reader.get("S0043").map(|c| c.band.len()), Some(40));
+        // Every lookup finds the new card, wherever it went (in place, appended, moved
+        // by a compaction).
+        let all: Vec<String> = (0..6000).map(|i| format!("S{i:04}")).collect();
+        let expected: Vec<Option<Vec<u8>>> = all
+            .iter()
+            .enumerate()
+            .map(|(i, sku)| Some(card(sku, "a", 2, 200, if i % 2 == 0 { 1 } else { 40 })))
+            .collect();
+        let single = single_copies(&reader, &all);
+        assert!(single == expected, "a single lookup found an old card");
+        let skus: Vec<&str> = all.iter().map(String::as_str).collect();
+        let batched = batch_copies(&reader, &skus);
+        assert!(batched == expected, "a batch found an old card");
         let Footprint {
             skus: slots,
             cards,
