@@ -176,15 +176,18 @@ pub fn write_batch<'a, B: wire::Reserve>(
             })
             .sum();
         out.reserve(size);
+        // A card found is the SKU's own, so the SKU is valid; only the rest are checked.
         for (sku, card) in skus.iter().zip(cards) {
-            match (Sku::check(sku), card) {
-                (Err(e), _) => out.error(sku, v1::ItemErrorCode::InvalidSku.into(), &e.to_string()),
-                (Ok(()), Some(card)) => out.card(sku, card),
-                (Ok(()), None) => out.error(
-                    sku,
-                    v1::ItemErrorCode::NotFound.into(),
-                    &format!("no rate for sku {sku}"),
-                ),
+            match card {
+                Some(card) => out.card(sku, card),
+                None => match Sku::check(sku) {
+                    Err(e) => out.error(sku, v1::ItemErrorCode::InvalidSku.into(), &e.to_string()),
+                    Ok(()) => out.error(
+                        sku,
+                        v1::ItemErrorCode::NotFound.into(),
+                        &format!("no rate for sku {sku}"),
+                    ),
+                },
             }
         }
     });

@@ -392,9 +392,12 @@ impl SkuList {
     /// Reads `skus` (field 1) of an encoded `BatchGetRatesRequest`; other fields are
     /// skipped, as prost skips unknown fields.
     pub fn parse(buf: bytes::Bytes) -> Result<Self, WireError> {
+        // A field is at least two bytes (its tag and a zero length): room for every SKU
+        // the request can hold, up to a batch's most, so the list is allocated once, not
+        // grown SKU by SKU.
         let mut list = Self {
             text: String::with_capacity(buf.len()),
-            ends: Vec::new(),
+            ends: Vec::with_capacity((buf.len() / 2).min(super::point::MAX_BATCH)),
         };
         let mut fields = Fields::new(&buf);
         while let Some(field) = fields.next_field() {
