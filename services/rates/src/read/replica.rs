@@ -1013,7 +1013,7 @@ impl ReplicaReader {
         });
         std::hint::black_box(lines);
         // ... and the card, if it is the SKU's; if another SKU's control byte matched
-        // first, the full lookup (in place: the batch's vectors are its allocations).
+        // first, the full lookup (in place, so the batch allocates one vector fewer).
         let mut cards = candidates;
         for ((card, sku), &hash) in cards.iter_mut().zip(skus).zip(&hashes) {
             let Some(candidate) = *card else { continue };
