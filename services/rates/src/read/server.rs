@@ -5,8 +5,9 @@
 //! assembles as they are, and a batch's results are written straight into the outgoing
 //! frame, which goes to HTTP/2 as one chunk for the framing layer to cut (each extra
 //! chunk handed over from a handler thread costs a pass through the connection's shared
-//! stream state, and the connection sends its frames together anyway). A batch request's SKUs are read into one string ([`SkuList`]); other requests
-//! are decoded as usual, and an undecodable one is answered like any other method's.
+//! stream state, and the connection sends its frames together anyway). A batch request's
+//! SKUs are read into one string ([`SkuList`]); other requests are decoded as usual, and
+//! an undecodable one is answered like any other method's.
 //! Every other method goes to the generated server.
 
 use std::convert::Infallible;
