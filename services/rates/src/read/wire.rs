@@ -226,17 +226,60 @@ pub fn get_rate_response(card: &[u8]) -> Vec<u8> {
 /// valid SKU's at most), the card's key and length.
 const RESULT_HEAD: usize = 2 * (1 + 5) + (1 + 2 + Sku::MAX_LEN);
 
-/// A card result's bytes before the card: its key and length, the SKU's field, the card's
-/// key and length.
-fn put_card_head(out: &mut impl BufMut, sku: &str, card_len: usize) {
-    let inner = sku_field_len(sku) + bytes_len(2, card_len);
-    put_key(out, 1, 2);
-    encode_varint(inner as u64, out);
-    if !sku.is_empty() {
-        put_bytes(out, 1, sku.as_bytes());
+/// A card result's bytes before the card (its key and length, the SKU's field, the card's
+/// key and length), gathered on the stack and written at once: a buffer checks its room
+/// on every write, and a batch makes a hundred of these.
+struct ResultHead {
+    bytes: [u8; RESULT_HEAD],
+    len: usize,
+}
+
+impl ResultHead {
+    fn new() -> Self {
+        Self {
+            bytes: [0; RESULT_HEAD],
+            len: 0,
+        }
     }
-    put_key(out, 2, 2);
-    encode_varint(card_len as u64, out);
+
+    /// The result's key and length, and the SKU field's key and length.
+    fn open(&mut self, sku: &str, card_len: usize) {
+        let inner = sku_field_len(sku) + bytes_len(2, card_len);
+        self.varint(1 << 3 | 2);
+        self.varint(inner as u64);
+        if !sku.is_empty() {
+            self.varint(1 << 3 | 2);
+            self.varint(sku.len() as u64);
+        }
+    }
+
+    /// The SKU itself, of at most [`Sku::MAX_LEN`] bytes.
+    fn sku(&mut self, sku: &str) {
+        self.bytes[self.len..self.len + sku.len()].copy_from_slice(sku.as_bytes());
+        self.len += sku.len();
+    }
+
+    /// The card field's key and length.
+    fn close(&mut self, card_len: usize) {
+        self.varint(2 << 3 | 2);
+        self.varint(card_len as u64);
+    }
+
+    fn varint(&mut self, mut value: u64) {
+        while value >= 0x80 {
+            self.bytes[self.len] = value as u8 | 0x80;
+            self.len += 1;
+            value >>= 7;
+        }
+        self.bytes[self.len] = value as u8;
+        self.len += 1;
+    }
+
+    /// Writes what is gathered to `out`, and starts again.
+    fn write_to(&mut self, out: &mut impl BufMut) {
+        out.put_slice(&self.bytes[..self.len]);
+        self.len = 0;
+    }
 }
 
 /// Writes `BatchGetRatesResponse` results one at a time, in request order, into a
@@ -313,17 +356,17 @@ impl<B: BufMut> BatchWriter<B> {
 
     /// A result carrying the card (`RateResult { sku, card }`).
     pub fn card(&mut self, sku: &str, card: &[u8]) {
+        let mut head = ResultHead::new();
+        head.open(sku, card.len());
         if sku.len() <= Sku::MAX_LEN {
-            // Everything before the card, gathered on the stack and written at once: a
-            // buffer checks its room on every write, and a batch makes a hundred of these.
-            let mut head = [0u8; RESULT_HEAD];
-            let mut free = &mut head[..];
-            put_card_head(&mut free, sku, card.len());
-            let used = RESULT_HEAD - free.len();
-            self.out.put_slice(&head[..used]);
+            head.sku(sku);
         } else {
-            put_card_head(&mut self.out, sku, card.len());
+            // Too long to be valid, so it is never a found card's SKU: written on its own.
+            head.write_to(&mut self.out);
+            self.out.put_slice(sku.as_bytes());
         }
+        head.close(card.len());
+        head.write_to(&mut self.out);
         self.out.put_slice(card);
     }
 
@@ -518,8 +561,8 @@ mod tests {
         );
         batch.error("", v1::ItemErrorCode::NotFound as i32, "");
         batch.card("SKU-2", &bb);
-        // Both ways a result's head is written: on the stack, or (a SKU too long to be
-        // valid) field by field; and a result without a SKU.
+        // Both ways a result's head is written: in one piece, or around a SKU too long to
+        // be valid; and a result without a SKU.
         let long = "L".repeat(Sku::MAX_LEN + 1);
         batch.card(&long, &ab);
         batch.card(&"M".repeat(Sku::MAX_LEN), &bb);
