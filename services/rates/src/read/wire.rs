@@ -438,24 +438,39 @@ impl SkuList {
         // A field is at least two bytes (its tag and a zero length): room for every SKU
         // the request can hold, up to a batch's most, so the list is allocated once, not
         // grown SKU by SKU.
-        let mut list = Self {
-            text: String::with_capacity(buf.len()),
-            ends: Vec::with_capacity((buf.len() / 2).min(super::point::MAX_BATCH)),
-        };
+        let mut text = Vec::with_capacity(buf.len());
+        let mut ends = Vec::with_capacity((buf.len() / 2).min(super::point::MAX_BATCH));
         let mut fields = Fields::new(&buf);
-        while let Some(field) = fields.next_field() {
+        loop {
+            // The usual field, read without decoding varints: `skus` (tag 0x0a) with a
+            // length under 128.
+            if let [0x0a, len @ 0..=0x7f, rest @ ..] = fields.rest
+                && let Some((sku, rest)) = rest.split_at_checked(usize::from(*len))
+            {
+                text.extend_from_slice(sku);
+                ends.push(end_of(&text)?);
+                fields.rest = rest;
+                continue;
+            }
+            let Some(field) = fields.next_field() else {
+                break;
+            };
             match field? {
                 (1, Value::Bytes(b)) => {
-                    list.text.push_str(text(b, "skus")?);
-                    let end =
-                        u32::try_from(list.text.len()).map_err(|_| bad("request too large"))?;
-                    list.ends.push(end);
+                    text.extend_from_slice(b);
+                    ends.push(end_of(&text)?);
                 }
                 (1, _) => return Err(bad("skus has the wrong wire type")),
                 _ => {}
             }
         }
-        Ok(list)
+        // Checked as UTF-8 in one pass; the SKUs are too when each also ends on a
+        // character boundary (a character split across two SKUs leaves both invalid).
+        let text = String::from_utf8(text).map_err(|_| bad("skus is not UTF-8"))?;
+        if !ends.iter().all(|&end| text.is_char_boundary(end as usize)) {
+            return Err(bad("skus is not UTF-8"));
+        }
+        Ok(Self { text, ends })
     }
 
     /// The SKUs, in request order.
@@ -478,6 +493,11 @@ impl SkuList {
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
+}
+
+/// Where the text of the SKUs read so far ends.
+fn end_of(text: &[u8]) -> Result<u32, WireError> {
+    u32::try_from(text.len()).map_err(|_| bad("request too large"))
 }
 
 /// Appends a varint (for snapshot blocks).
@@ -663,6 +683,20 @@ mod tests {
             "truncated"
         );
         assert!(SkuList::parse(Vec::new().into()).expect("empty").is_empty());
+        // "aé" with the é split between two SKUs: the text is UTF-8, neither SKU is.
+        assert!(
+            SkuList::parse(vec![0x0a, 0x02, b'a', 0xc3, 0x0a, 0x01, 0xa9].into()).is_err(),
+            "a character split across two SKUs"
+        );
+        // Another field (2, a varint) is skipped between SKUs; field 1 as a varint is not a
+        // SKU.
+        let list = SkuList::parse(vec![0x0a, 0x01, b'y', 0x10, 0x05, 0x0a, 0x01, b'z'].into())
+            .expect("unknown field skipped");
+        assert_eq!(list.iter().collect::<Vec<_>>(), ["y", "z"]);
+        assert!(
+            SkuList::parse(vec![0x08, 0x01].into()).is_err(),
+            "skus with the wrong wire type"
+        );
     }
 
     #[test]
