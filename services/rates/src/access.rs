@@ -23,10 +23,12 @@ pub const RATE_SERVICE: MethodRoles = &[
 /// their calls get a span only when it can be exported.
 pub const READS: &[&str] = &["BatchGetRates", "ListRates"];
 
-/// The reads of one card from the replica: microseconds of work, answered on the
-/// connection thread that read them while it has time to spare. (A `GetRate` with `as_of`
-/// the replica cannot settle goes on to the history in the same way as from a handler.)
-pub const POINT_READS: &[&str] = &["GetRate"];
+/// The reads of cards from the replica: microseconds of work, answered on the connection
+/// thread that read them while it has time to spare. (A `GetRate` with `as_of` the
+/// replica cannot settle goes on to the history in the same way as from a handler; a
+/// `BatchGetRates` of more than 100 SKUs, or one that may wait for the replica's writer,
+/// goes on on a handler thread.)
+pub const POINT_READS: &[&str] = &["GetRate", "BatchGetRates"];
 
 /// Every RPC of `ratemesh.v1.OverrideService` and the roles that may call it.
 pub const OVERRIDE_SERVICE: MethodRoles = &[

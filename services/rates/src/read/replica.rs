@@ -32,7 +32,7 @@
 //! only reads, and neither holds a bus handle.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, TryLockError};
 
 use chrono::{DateTime, Utc};
@@ -372,12 +372,30 @@ struct Inner {
     position: RwLock<Cursor>,
     changes: broadcast::Sender<Arc<Change>>,
     loaded: AtomicBool,
+    /// Writers holding a shard's lock or about to take it ([`ReplicaReader::writing`]).
+    writing: AtomicUsize,
     reads: AtomicU64,
     applied: AtomicU64,
     /// Loads that read a snapshot rather than every state record.
     snapshot_loads: AtomicU64,
     /// `ratemesh_rates_replica_applied_total`, resolved once.
     applied_total: metrics::Counter,
+}
+
+/// A writer counted in [`Inner::writing`] until dropped.
+struct Writing<'a>(&'a AtomicUsize);
+
+impl<'a> Writing<'a> {
+    fn start(writing: &'a AtomicUsize) -> Self {
+        writing.fetch_add(1, Ordering::AcqRel);
+        Self(writing)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -577,6 +595,7 @@ impl Replica {
                 position: RwLock::new(Cursor::start(partitions)),
                 changes,
                 loaded: AtomicBool::new(false),
+                writing: AtomicUsize::new(0),
                 reads: AtomicU64::new(0),
                 applied: AtomicU64::new(0),
                 snapshot_loads: AtomicU64::new(0),
@@ -698,6 +717,8 @@ impl Replica {
         let shard_no = Inner::shard_of(hash);
         let category = inner.category_id(card.head.category);
         let len = u32::try_from(card.bytes.len()).expect("a card under 4 GiB");
+        // Declared before the guard, so it is dropped after it.
+        let _writing = Writing::start(&inner.writing);
         let mut shard = write_lock(&inner.shards[shard_no]);
         let outcome = match shard.find(hash, sku) {
             None => {
@@ -971,6 +992,13 @@ impl ReplicaReader {
                 .find_entry(hash, sku.as_bytes())
                 .map(|e| f(e.card(&shard.arena))),
         )
+    }
+
+    /// Whether the replica's writer holds a shard's lock now, or is about to take one: a
+    /// lookup started now may wait for it. A lookup started when it is false waits only if
+    /// the writer takes a shard in the meantime.
+    pub fn writing(&self) -> bool {
+        self.inner.writing.load(Ordering::Acquire) != 0
     }
 
     /// Calls `f` with the encoded current card of each of `skus` (`None` where there is
@@ -1275,6 +1303,33 @@ mod tests {
             reader.try_with_card("S-1", <[u8]>::to_vec),
             Some(Some(bytes))
         );
+    }
+
+    #[test]
+    fn the_replica_says_it_is_writing_while_a_writer_holds_or_awaits_a_shard() {
+        let replica = Replica::new(options(), system_clock());
+        let reader = replica.reader();
+        apply(&replica, &card("S-1", "a", 1, 100, 0), 1);
+        replica.set_loaded();
+        assert!(!reader.writing(), "no writer after an apply returns");
+
+        let shard = &replica.inner.shards[Inner::shard_of(sku_hash(b"S-1"))];
+        let held = write_lock(shard);
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| apply(&replica, &card("S-1", "a", 2, 90, 0), 2));
+            let waited = std::time::Instant::now();
+            while !reader.writing() {
+                assert!(
+                    waited.elapsed() < std::time::Duration::from_secs(10),
+                    "a writer waiting for a shard is not counted"
+                );
+                std::thread::yield_now();
+            }
+            drop(held);
+            assert_eq!(writer.join().expect("writer"), Applied::Newer);
+        });
+        assert!(!reader.writing(), "the writer is uncounted once it is done");
+        assert_eq!(reader.version("S-1"), Some(2));
     }
 
     #[test]

@@ -131,18 +131,29 @@ impl UnaryService<v1::GetRateRequest> for GetRate {
     }
 }
 
+/// The longest batch answered where its request was read, when the server answers point
+/// reads there (a batch is one); a longer one goes on on a handler thread.
+const INLINE_BATCH: usize = 100;
+
 impl UnaryService<SkuList> for BatchGetRates {
     type Response = Answer;
-    type Future = std::future::Ready<Result<Response<Answer>, Status>>;
+    type Future = BoxFuture<Result<Response<Answer>, Status>>;
 
     fn call(&mut self, request: Request<SkuList>) -> Self::Future {
         let skus = request.into_inner();
-        let reader = self.0.reader();
-        std::future::ready(
-            point::check_batch(reader, skus.len())
-                .map(|()| Response::new(Answer::Batch(reader.clone(), skus)))
-                .map_err(Status::from),
-        )
+        let api = self.0.clone();
+        Box::pin(async move {
+            let reader = api.reader();
+            point::check_batch(reader, skus.len())?;
+            // The cards are looked up as the answer is written, under the shards' read
+            // locks: a long batch, or one that may wait for the replica's writer (which
+            // may have been preempted holding a shard), is not answered on a connection
+            // thread, where the calls behind it would wait too.
+            if skus.len() > INLINE_BATCH || reader.writing() {
+                ratemesh_runtime::grpc::serve::off_the_connection_thread().await;
+            }
+            Ok(Response::new(Answer::Batch(reader.clone(), skus)))
+        })
     }
 }
 
