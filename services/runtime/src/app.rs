@@ -199,7 +199,7 @@ impl ServiceModule {
     }
 
     /// Declares `methods` of the service `S` (added before) as point reads: reads (see
-    /// [`ServiceModule::reads`]) of a few microseconds from memory, one key's answer. While
+    /// [`ServiceModule::reads`]) of a few microseconds from memory. While
     /// a connection thread has time to spare (`server.grpc_inline_read_share`), such a call
     /// is answered on the thread that read it, not handed to a handler thread and back.
     ///
@@ -679,14 +679,15 @@ impl App {
 }
 
 /// The connection runtime's threads for the `server.grpc_connection_threads` setting: as
-/// set, or for 0 one per four CPUs, at least one. Reading frames and answering refusals is
-/// a small share of a call's work, so a few threads keep up with many handler threads.
+/// set, or for 0 one per two CPUs, at least two. Besides reading frames and answering
+/// refusals they answer the point reads (`server.grpc_inline_read_share`), most of a rates
+/// pod's calls; a single thread would make that one core's worth.
 fn connection_threads(setting: usize) -> usize {
     if setting > 0 {
         return setting;
     }
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    (cpus / 4).max(1)
+    (cpus / 2).max(2)
 }
 
 fn local_addr(listener: &TcpListener) -> SocketAddr {
@@ -701,11 +702,12 @@ mod tests {
     use super::connection_threads;
 
     #[test]
-    fn connection_threads_are_as_set_or_one_per_four_cpus() {
+    fn connection_threads_are_as_set_or_one_per_two_cpus() {
         assert_eq!(connection_threads(3), 3);
+        assert_eq!(connection_threads(1), 1);
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let auto = connection_threads(0);
-        assert_eq!(auto, (cpus / 4).max(1), "{cpus} CPUs");
-        assert!(auto >= 1);
+        assert_eq!(auto, (cpus / 2).max(2), "{cpus} CPUs");
+        assert!(auto >= 2);
     }
 }

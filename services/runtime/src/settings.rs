@@ -522,11 +522,12 @@ pub struct ServerSettings {
     /// once) run on a runtime of their own, so they never queue behind handlers; admitted
     /// calls still run on the listeners' runtime. false: connections and calls share it.
     pub grpc_connection_runtime: bool,
-    /// Worker threads of the connection runtime; 0: one per four CPUs, at least one.
+    /// Worker threads of the connection runtime; 0: one per two CPUs, at least two.
     pub grpc_connection_threads: usize,
     /// With connections apart, the share (0 to 1) of a connection thread's time that
-    /// point reads (GetRate: one card from memory) may take on it, answered where their
-    /// frames were read instead of on a handler thread; 0: every call on the handlers.
+    /// point reads (GetRate, short BatchGetRates: cards from memory) may take on it,
+    /// answered where their frames were read instead of on a handler thread; 0: every
+    /// call on the handlers.
     pub grpc_inline_read_share: f64,
     /// Webhook listener: a request's headers must arrive within this long of the
     /// connection becoming ready for them, or the connection is closed.

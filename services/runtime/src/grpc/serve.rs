@@ -14,8 +14,8 @@
 //!
 //! Connections can run on a runtime of their own ([`Server::handlers`] names the one
 //! admitted calls run on): then a connection task never waits behind handlers either, and
-//! a refusal waits for nothing but its connection's thread. A point read (one key read
-//! from memory, microseconds of work) is the exception ([`Server::inline_reads`]):
+//! a refusal waits for nothing but its connection's thread. A point read (a read from
+//! memory, microseconds of work) is the exception ([`Server::inline_reads`]):
 //! handing it to a handler thread and its answer back costs more than the read, so it is
 //! answered on the connection thread, within a share of that thread's time; past the
 //! share, point reads go to the handlers too, and the thread keeps its time for frames
@@ -117,7 +117,7 @@ impl Server {
     }
 
     /// With handlers apart ([`Server::handlers`]), lets point reads (the methods the layer
-    /// declares one key read from memory) do their work on the connection thread that read
+    /// declares reads of microseconds from memory) do their work on the connection thread that read
     /// them, up to `share` (0 to 1) of that thread's time: such a read is a few
     /// microseconds of work, less than handing it to a handler thread and its answer back
     /// costs. Beyond the share, they go to the handlers like any call, so a connection thread stays free to
