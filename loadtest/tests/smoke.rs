@@ -108,6 +108,20 @@ async fn surge_smoke_with_the_raw_client() {
         "{}",
         report.table()
     );
+    // The probe's calls, from a thread of its own, are summarised apart.
+    assert!(
+        report
+            .phases
+            .iter()
+            .any(|p| p.name.starts_with("GetRate from the probe")),
+        "{}",
+        report.table()
+    );
+    assert!(
+        figure("surge, probe: GetRate served") + figure("surge, probe: GetRate refused") > 0.0,
+        "{}",
+        report.table()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

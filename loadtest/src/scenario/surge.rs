@@ -28,7 +28,7 @@ use super::RunConfig;
 use crate::catalogue::{self, Sequences, WebhookClient};
 use crate::load::{self, Shape};
 use crate::raw_grpc::{self, Failure, RawClient, Unary};
-use crate::recorder::{Outcome, WindowSummary};
+use crate::recorder::{Outcome, Recorder, WindowSummary};
 use crate::report::Report;
 use crate::target::Target;
 use crate::zipf::{SplitMix, Zipf};
@@ -64,11 +64,22 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
     // would show here too).
     let unavailable = Arc::new(AtomicU64::new(0));
     let deadline = config.client_timeout;
+    let calls = RawCalls::prepare(target, n, deadline)?;
     let raw = if config.raw_client {
-        Some(RawGet::connect(config, target, n, deadline).await?)
+        Some(RawGet::connect(config, target, &calls).await?)
     } else {
         None
     };
+    // The probe's share of the schedule is taken out of the load generator's, so the
+    // offered load is the same with it.
+    let probe = Probe::start(
+        target,
+        &calls,
+        zipf.clone(),
+        unavailable.clone(),
+        config.drive("GetRate probe", PROBE_IN_FLIGHT),
+        shape(poll * PROBE_SHARE),
+    )?;
     let get_op = {
         let (channels, zipf, bearer, unavailable) = (
             channels.clone(),
@@ -79,12 +90,6 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         move |i: u64| {
             let rank = zipf.sample(&mut SplitMix::new(i));
             let unavailable = unavailable.clone();
-            let count = move |outcome: Outcome, unavailable_status: bool| {
-                if unavailable_status {
-                    unavailable.fetch_add(1, Ordering::Relaxed);
-                }
-                outcome
-            };
             if let Some(raw) = &raw {
                 let (client, method, frame) = (
                     raw.client.clone(),
@@ -92,21 +97,10 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
                     raw.frames[rank].clone(),
                 );
                 return Either::Left(async move {
-                    match tokio::time::timeout(deadline, client.call(i as usize, &method, frame))
-                        .await
-                    {
-                        Ok(Ok(_)) => Outcome::Ok(1),
-                        Ok(Err(Failure::Status(code, message))) => count(
-                            catalogue::deadline_outcome(
-                                "GetRate",
-                                &tonic::Status::new(code, message),
-                                deadline,
-                            ),
-                            code == tonic::Code::Unavailable,
-                        ),
-                        Ok(Err(failure)) => failure.outcome("GetRate"),
-                        Err(_) => no_answer(deadline),
-                    }
+                    let answer =
+                        tokio::time::timeout(deadline, client.call(i as usize, &method, frame))
+                            .await;
+                    raw_outcome(answer, deadline, &unavailable)
                 });
             }
             let mut client = RateServiceClient::with_interceptor(
@@ -122,10 +116,12 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
                 match tokio::time::timeout(deadline, client.get_rate(request)).await {
                     Ok(Ok(r)) if r.get_ref().card.is_some() => Outcome::Ok(1),
                     Ok(Ok(_)) => Outcome::Error("GetRate answered without a card".into()),
-                    Ok(Err(s)) => count(
-                        catalogue::deadline_outcome("GetRate", &s, deadline),
-                        s.code() == tonic::Code::Unavailable,
-                    ),
+                    Ok(Err(s)) => {
+                        if s.code() == tonic::Code::Unavailable {
+                            unavailable.fetch_add(1, Ordering::Relaxed);
+                        }
+                        catalogue::deadline_outcome("GetRate", &s, deadline)
+                    }
                     Err(_) => no_answer(deadline),
                 }
             })
@@ -178,11 +174,13 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         config.drive("GetRate steady → 10×", get_in_flight),
         config.drive("ERP steady → 10×", (c * 4).max(256)),
     );
-    let (get_shape, erp_shape) = (shape(poll), shape(erp));
-    let (get, erp_r) = tokio::join!(
+    let (get_shape, erp_shape) = (shape(poll * (1.0 - PROBE_SHARE)), shape(erp));
+    let (get, erp_r, probe) = tokio::join!(
         load::open_loop(&get_drive, &get_shape, get_op),
         load::open_loop(&erp_drive, &erp_shape, erp_op),
+        probe.run(),
     );
+    let probe = probe?;
     let step_end = (before + step).as_secs_f64();
     // By scheduled time: steady (after warm-up), the step, steady again.
     let windows = get.0.windows();
@@ -206,6 +204,15 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         t,
         &erp_r,
     );
+    let probe_windows = probe.0.windows();
+    report.phase(
+        "GetRate from the probe (a client with a thread of its own), steady -> 10x -> steady",
+        "open",
+        poll * PROBE_SHARE * 10.0,
+        PROBE_IN_FLIGHT,
+        t,
+        &probe,
+    );
     report.figure("GetRate shed during the run", get.shed as f64, "calls");
     surge_figures(
         report,
@@ -213,6 +220,7 @@ async fn measure(config: &RunConfig, report: &mut Report, target: &Target) -> an
         unavailable.load(Ordering::Relaxed),
         deadline,
     );
+    probe_figures(report, &probe_windows);
     report.figure(
         "webhook batches shed (429/503) during the run",
         erp_s.shed as f64,
@@ -279,8 +287,59 @@ fn no_answer(deadline: Duration) -> Outcome {
     ))
 }
 
-/// GetRate over bare HTTP/2 (`--raw-client`): one pre-encoded request per SKU, each with
-/// the call's deadline as `grpc-timeout`.
+/// The outcome of a raw GetRate the client gave `deadline`; an UNAVAILABLE refusal is also
+/// counted in `unavailable`.
+fn raw_outcome(
+    answer: Result<Result<u64, Failure>, tokio::time::error::Elapsed>,
+    deadline: Duration,
+    unavailable: &AtomicU64,
+) -> Outcome {
+    match answer {
+        Ok(Ok(_)) => Outcome::Ok(1),
+        Ok(Err(Failure::Status(code, message))) => {
+            if code == tonic::Code::Unavailable {
+                unavailable.fetch_add(1, Ordering::Relaxed);
+            }
+            catalogue::deadline_outcome("GetRate", &tonic::Status::new(code, message), deadline)
+        }
+        Ok(Err(failure)) => failure.outcome("GetRate"),
+        Err(_) => no_answer(deadline),
+    }
+}
+
+/// GetRate over bare HTTP/2: one pre-encoded request per SKU, each with the call's
+/// deadline as `grpc-timeout`.
+struct RawCalls {
+    method: Arc<Unary>,
+    frames: Arc<Vec<Bytes>>,
+    deadline: Duration,
+}
+
+impl RawCalls {
+    fn prepare(target: &Target, n: usize, deadline: Duration) -> anyhow::Result<Self> {
+        let method = Unary::new(
+            &target.grpc,
+            &format!("/{SERVICE_NAME}/GetRate"),
+            Some(target.api_key(Role::Network)),
+        )?
+        .with_deadline(deadline)?;
+        let frames = (0..n)
+            .map(|rank| {
+                raw_grpc::frame(&v1::GetRateRequest {
+                    sku: catalogue::sku(rank),
+                    as_of: None,
+                })
+            })
+            .collect();
+        Ok(Self {
+            method: Arc::new(method),
+            frames: Arc::new(frames),
+            deadline,
+        })
+    }
+}
+
+/// The load generator's GetRate over bare HTTP/2 (`--raw-client`).
 struct RawGet {
     client: Arc<RawClient>,
     method: Arc<Unary>,
@@ -293,28 +352,13 @@ impl RawGet {
     async fn connect(
         config: &RunConfig,
         target: &Target,
-        n: usize,
-        deadline: Duration,
+        calls: &RawCalls,
     ) -> anyhow::Result<Self> {
         let client = RawClient::connect(&target.grpc, config.connections)
             .await
             .context("raw connections to ratemesh")?;
-        let method = Unary::new(
-            &target.grpc,
-            &format!("/{SERVICE_NAME}/GetRate"),
-            Some(target.api_key(Role::Network)),
-        )?
-        .with_deadline(deadline)?;
-        let frames: Vec<Bytes> = (0..n)
-            .map(|rank| {
-                raw_grpc::frame(&v1::GetRateRequest {
-                    sku: catalogue::sku(rank),
-                    as_of: None,
-                })
-            })
-            .collect();
         let body = client
-            .call_keeping_body(0, &method, frames[0].clone())
+            .call_keeping_body(0, &calls.method, calls.frames[0].clone())
             .await
             .map_err(|f| anyhow::anyhow!("a raw GetRate before the run failed: {f:?}"))?;
         let answer = v1::GetRateResponse::decode(raw_grpc::unframe(&body)?)
@@ -326,9 +370,99 @@ impl RawGet {
         );
         Ok(Self {
             client: Arc::new(client),
-            method: Arc::new(method),
-            frames: Arc::new(frames),
+            method: calls.method.clone(),
+            frames: calls.frames.clone(),
         })
+    }
+}
+
+/// Share of the GetRate schedule the probe sends.
+const PROBE_SHARE: f64 = 0.02;
+/// Probe calls in flight at most: enough for every call of the step until its deadline.
+const PROBE_IN_FLIGHT: usize = 4096;
+/// Where the probe's SKU draws start, apart from the load generator's.
+const PROBE_SEED: u64 = 1 << 48;
+
+/// What a network's client with a CPU of its own would see: a small share of the GetRate
+/// schedule sent from a thread and runtime of its own, on a connection of its own, over
+/// bare HTTP/2. The load generator's answers wait, after they arrive, for its runtime to
+/// read them and to poll each call's task behind thousands of others on the cores it
+/// shares with the server; the probe's wait only for its one thread to be scheduled.
+struct Probe {
+    go: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<anyhow::Result<(Recorder, Duration)>>,
+}
+
+impl Probe {
+    /// Connects on the probe's thread; the schedule starts at [`Probe::run`].
+    fn start(
+        target: &Target,
+        calls: &RawCalls,
+        zipf: Zipf,
+        unavailable: Arc<AtomicU64>,
+        mut drive: load::Drive,
+        shape: Shape,
+    ) -> anyhow::Result<Self> {
+        drive.progress = false;
+        let (addr, method, frames) = (
+            target.grpc.clone(),
+            calls.method.clone(),
+            calls.frames.clone(),
+        );
+        let deadline = calls.deadline;
+        let (ready, connected) = std::sync::mpsc::channel();
+        let (go, started) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("surge-probe".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("starting the probe's runtime")?;
+                runtime.block_on(async move {
+                    let client = match RawClient::connect(&addr, 1).await {
+                        Ok(client) => Arc::new(client),
+                        Err(e) => {
+                            let _ = ready.send(Err(format!("{e:#}")));
+                            return Err(e.context("the probe's connection"));
+                        }
+                    };
+                    let _ = ready.send(Ok(()));
+                    tokio::task::spawn_blocking(move || started.recv())
+                        .await?
+                        .context("the scenario ended before the probe started")?;
+                    let op = move |i: u64| {
+                        let rank = zipf.sample(&mut SplitMix::new(PROBE_SEED + i));
+                        let (client, method, frame) =
+                            (client.clone(), method.clone(), frames[rank].clone());
+                        let unavailable = unavailable.clone();
+                        async move {
+                            let answer =
+                                tokio::time::timeout(deadline, client.call(0, &method, frame))
+                                    .await;
+                            raw_outcome(answer, deadline, &unavailable)
+                        }
+                    };
+                    Ok(load::open_loop(&drive, &shape, op).await)
+                })
+            })
+            .context("starting the probe's thread")?;
+        match connected.recv() {
+            Ok(Ok(())) => Ok(Self { go, thread }),
+            Ok(Err(e)) => Err(anyhow::anyhow!("the probe could not connect: {e}")),
+            Err(_) => Err(anyhow::anyhow!(
+                "the probe's thread ended before connecting"
+            )),
+        }
+    }
+
+    /// Runs the probe's schedule; returns its record.
+    async fn run(self) -> anyhow::Result<(Recorder, Duration)> {
+        let Self { go, thread } = self;
+        let _ = go.send(());
+        tokio::task::spawn_blocking(move || thread.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the probe's thread panicked"))?
     }
 }
 
@@ -412,5 +546,44 @@ fn surge_figures(
         ("steady p99 ms", steady.served.p99_ms),
         "target <= 10: what is served stays fast and the excess is refused quickly; \
          latency from the scheduled send time, open loop",
+    );
+}
+
+/// The probe's figures over the step (see [`Probe`]).
+fn probe_figures(report: &mut Report, windows: &[WindowSummary]) {
+    let Some(surge) = windows.get(1) else {
+        report.check(
+            "the probe's GetRate is summarised per part of the surge",
+            false,
+            format!("{} windows, expected 3", windows.len()),
+        );
+        return;
+    };
+    report.figure("surge, probe: GetRate served", surge.ok as f64, "calls");
+    report.figure(
+        "surge, probe: GetRate served p99 (from schedule)",
+        surge.served.p99_ms,
+        "ms",
+    );
+    report.figure("surge, probe: GetRate refused", surge.shed as f64, "calls");
+    report.figure(
+        "surge, probe: GetRate refusal p99 from send (target <= 5 ms; a client with a thread of its own)",
+        surge.refused_from_send.p99_ms,
+        "ms",
+    );
+    report.figure(
+        "surge, probe: GetRate refusal p99 from schedule",
+        surge.refused.p99_ms,
+        "ms",
+    );
+    report.figure(
+        "surge, probe: send lag p99 (scheduled -> sent)",
+        surge.send_lag.p99_ms,
+        "ms",
+    );
+    report.figure(
+        "surge, probe: GetRate failed (deadline exceeded, other errors)",
+        surge.errors as f64,
+        "calls",
     );
 }
