@@ -215,22 +215,35 @@ impl Outbox {
         included: &[(String, u64)],
         split: bool,
     ) -> BusResult<()> {
+        // The outbox may hold thousands of items while `add`s keep changing it: the pass
+        // between reading it and writing it back decodes the delivered items only, or it
+        // loses the race to every `add`. The rest are counted by their keys; one that does
+        // not decode costs at most a window whose flush finds nothing to deliver.
         let remaining = self
             .bus
             .update_state(OUTBOX, partner_id, |record, write| async move {
                 let Some(record) = record else {
                     return Ok::<_, BusError>(Update::Keep(0));
                 };
-                let current = items_of(&record.fields);
                 let mut write = write;
-                let mut remaining = 0usize;
-                for (field, item) in &current {
-                    if included.contains(&(field.clone(), item.rate.version)) {
+                let mut removed = 0usize;
+                for (field, version) in included {
+                    let unchanged = record
+                        .fields
+                        .get(field)
+                        .and_then(|bytes| serde_json::from_slice::<OutboxItem>(bytes).ok())
+                        .is_some_and(|item| item.rate.version == *version);
+                    if unchanged {
                         write = write.remove(field.clone());
-                    } else {
-                        remaining += 1;
+                        removed += 1;
                     }
                 }
+                let remaining = record
+                    .fields
+                    .keys()
+                    .filter(|k| k.starts_with("item:"))
+                    .count()
+                    - removed;
                 if remaining == 0 {
                     write = write.remove(OUTBOX_OPENED_AT);
                 } else {
