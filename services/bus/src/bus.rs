@@ -634,7 +634,9 @@ impl Bus {
     /// `None`) what to write — it gets a [`StateWrite`] already bound to the version read
     /// — and writes it; when another writer won in between, it reads again and asks
     /// again, at most [`CAS_ATTEMPTS`] times, then fails with `Unavailable` (the caller
-    /// retries later; nothing was half-written).
+    /// retries later; nothing was half-written). After the second lost race in a row it
+    /// waits a little before reading again, a random time that grows with each loss
+    /// (up to 50 ms), so writers colliding on a hot record spread out.
     pub async fn update_state<T, E, F, Fut>(
         &self,
         namespace: &str,
@@ -682,7 +684,11 @@ impl Bus {
         F: FnMut(Option<StateRecord>, StateWrite) -> Fut,
         Fut: std::future::Future<Output = Result<Update<T>, E>>,
     {
-        for _ in 0..CAS_ATTEMPTS {
+        for lost in 0..CAS_ATTEMPTS {
+            let wait = crate::state::cas_backoff(lost);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
             let current = match seen.take() {
                 Some(record) => record.filter(|r| r.version > 0),
                 None => self.get_state(namespace, key).await?,

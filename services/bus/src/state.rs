@@ -1,6 +1,7 @@
 //! Types of the state API: versioned per-key records, idempotency outcomes, scan pages.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -169,6 +170,31 @@ pub type Staged<'a> = (StateWrite, Option<(&'a str, Vec<crate::Event>)>);
 /// the same record won the compare-and-set.
 pub const CAS_ATTEMPTS: usize = 32;
 
+/// The bound of the wait after the second race lost in a row; it doubles with each
+/// further loss, up to [`CAS_BACKOFF_MAX`].
+const CAS_BACKOFF_FIRST: Duration = Duration::from_micros(500);
+/// The most a writer waits between two tries of one update.
+const CAS_BACKOFF_MAX: Duration = Duration::from_millis(50);
+
+/// How long [`crate::Bus::update_state`] waits before reading again after losing the
+/// compare-and-set `lost` times in a row: not at all after the first loss (two writers
+/// meeting is common, and the next try usually wins), then a random time below a bound
+/// that doubles from [`CAS_BACKOFF_FIRST`] to [`CAS_BACKOFF_MAX`]. Writers that keep
+/// colliding on a hot record (a partition's outbox, a slot table under a surge) spread out
+/// instead of all reading and writing again at once, where only one of them can win.
+pub(crate) fn cas_backoff(lost: usize) -> Duration {
+    if lost <= 1 {
+        return Duration::ZERO;
+    }
+    let doublings = u32::try_from(lost - 2).unwrap_or(u32::MAX).min(16);
+    let bound = CAS_BACKOFF_FIRST
+        .saturating_mul(1 << doublings)
+        .min(CAS_BACKOFF_MAX);
+    // A fresh `RandomState` is keyed anew each time: enough randomness for a jitter.
+    let draw = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), lost);
+    bound.mul_f64((draw >> 11) as f64 / (1u64 << 53) as f64)
+}
+
 /// What a [`crate::Bus::update_state`] step decided.
 #[derive(Debug)]
 pub enum Update<T> {
@@ -296,4 +322,29 @@ pub(crate) fn parse_page_token(token: &str) -> Result<(u32, String), crate::BusE
         .ok_or_else(bad)?;
     let key = String::from_utf8(bytes).map_err(|_| bad())?;
     Ok((part, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_lost_race_is_retried_at_once_then_waits_grow_with_jitter_up_to_the_cap() {
+        assert_eq!(cas_backoff(0), Duration::ZERO);
+        assert_eq!(cas_backoff(1), Duration::ZERO);
+        for (lost, bound) in [
+            (2, CAS_BACKOFF_FIRST),
+            (3, CAS_BACKOFF_FIRST * 2),
+            (5, CAS_BACKOFF_FIRST * 8),
+            (12, CAS_BACKOFF_MAX),
+            (CAS_ATTEMPTS, CAS_BACKOFF_MAX),
+            (usize::MAX, CAS_BACKOFF_MAX),
+        ] {
+            let waits: Vec<Duration> = (0..200).map(|_| cas_backoff(lost)).collect();
+            assert!(waits.iter().all(|w| *w < bound), "lost {lost}: {waits:?}");
+            // Spread over the whole range, not one value for every writer.
+            assert!(waits.iter().any(|w| *w < bound / 4), "lost {lost}");
+            assert!(waits.iter().any(|w| *w > bound * 3 / 4), "lost {lost}");
+        }
+    }
 }

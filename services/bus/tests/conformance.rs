@@ -1745,6 +1745,15 @@ async fn history_keeps_versions_within_their_limits(kind: Kind) {
     assert_eq!(lookup.oldest, Some((1, 20_000)));
 }
 
+/// The `n` field of a counter record; 0 when absent.
+fn counter(record: &Option<ratemesh_bus::StateRecord>) -> u64 {
+    record
+        .as_ref()
+        .and_then(|r| r.fields.get("n"))
+        .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Concurrent read-modify-writes of one record through `update_state` lose no update,
 /// and a step that keeps the record writes nothing.
 async fn update_state_retries_lost_races_and_loses_no_update(kind: Kind) {
@@ -1756,11 +1765,7 @@ async fn update_state_retries_lost_races_and_loses_no_update(kind: Kind) {
             tokio::spawn(async move {
                 for _ in 0..5 {
                     bus.update_state("counter", "c", |current, write| async move {
-                        let n: u64 = current
-                            .as_ref()
-                            .and_then(|r| r.fields.get("n"))
-                            .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok())
-                            .unwrap_or(0);
+                        let n = counter(&current);
                         Ok::<_, BusError>(Update::Write(
                             write.set("n", (n + 1).to_string().into_bytes()),
                             (),
@@ -1794,23 +1799,53 @@ async fn update_state_retries_lost_races_and_loses_no_update(kind: Kind) {
     );
 }
 
+/// Many writers updating one record at the same moment, each racing every other between
+/// its read and its write, all get their update in: a writer that keeps losing waits a
+/// growing random time, so they spread out instead of colliding again and again (in
+/// lockstep, only one of them could win per round, and the last would need as many tries
+/// as there are writers).
+async fn writers_colliding_on_one_record_all_get_in(kind: Kind) {
+    let fx = fixture(kind).await;
+    let bus = fx.bus.clone();
+    let writers = 2 * ratemesh_bus::CAS_ATTEMPTS;
+    let start = Arc::new(tokio::sync::Barrier::new(writers));
+    let tasks: Vec<_> = (0..writers)
+        .map(|_| {
+            let (bus, start) = (bus.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                bus.update_state("counter", "hot", |current, write| async move {
+                    let n = counter(&current);
+                    // Let every other writer read before this one writes.
+                    tokio::task::yield_now().await;
+                    Ok::<_, BusError>(Update::Write(
+                        write.set("n", (n + 1).to_string().into_bytes()),
+                        (),
+                    ))
+                })
+                .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await
+            .unwrap()
+            .expect("every writer gets its update in");
+    }
+    let record = bus.get_state("counter", "hot").await.unwrap().unwrap();
+    assert_eq!(record.fields["n"], writers.to_string().into_bytes());
+}
+
 /// `update_state_from` decides first from the record the caller passes; when that record
 /// is out of date the write loses the race and the step is asked again with the stored one.
 async fn update_state_from_starts_at_the_record_seen(kind: Kind) {
     let fx = fixture(kind).await;
     let bus = fx.bus.clone();
-    let count = |record: &Option<ratemesh_bus::StateRecord>| -> u64 {
-        record
-            .as_ref()
-            .and_then(|r| r.fields.get("n"))
-            .and_then(|b| std::str::from_utf8(b).ok()?.parse().ok())
-            .unwrap_or(0)
-    };
     // Absent, as seen: the first step writes without reading.
     let mut asked = Vec::new();
     bus.update_state_from("counter", "f", None, |current, write| {
         asked.push(current.as_ref().map_or(0, |r| r.version));
-        let n = count(&current);
+        let n = counter(&current);
         async move {
             Ok::<_, BusError>(Update::Write(
                 write.set("n", (n + 1).to_string().into_bytes()),
@@ -1830,7 +1865,7 @@ async fn update_state_from_starts_at_the_record_seen(kind: Kind) {
     let n = bus
         .update_state_from("counter", "f", fresh, |current, write| {
             asked.push(current.as_ref().map_or(0, |r| r.version));
-            let n = count(&current) + 1;
+            let n = counter(&current) + 1;
             async move {
                 Ok::<_, BusError>(Update::Write(write.set("n", n.to_string().into_bytes()), n))
             }
@@ -1935,4 +1970,5 @@ conformance!(
     update_state_retries_lost_races_and_loses_no_update,
     update_state_from_starts_at_the_record_seen,
     update_state_gives_up_after_cas_attempts,
+    writers_colliding_on_one_record_all_get_in,
 );
