@@ -35,6 +35,8 @@ struct Second {
     shed: u64,
     errors: u64,
     latency: Histogram<u64>,
+    /// Refusals' latencies, once the second has one.
+    shed_latency: Option<Histogram<u64>>,
 }
 
 /// The measured operations of one window of scheduled time.
@@ -128,6 +130,7 @@ impl Recorder {
                 shed: 0,
                 errors: 0,
                 latency: histogram(),
+                shed_latency: None,
             });
         }
         if measured && let Some(window) = self.window_of(offset) {
@@ -155,6 +158,9 @@ impl Recorder {
             }
             Outcome::Shed => {
                 slot.shed += 1;
+                slot.shed_latency
+                    .get_or_insert_with(histogram)
+                    .saturating_record(micros);
                 if measured {
                     self.shed += 1;
                     self.measured_shed.saturating_record(micros);
@@ -283,6 +289,10 @@ impl Recorder {
                     p90_ms: q(0.9),
                     p99_ms: q(0.99),
                     max_ms: s.latency.max() as f64 / 1000.0,
+                    shed_p99_ms: s
+                        .shed_latency
+                        .as_ref()
+                        .map_or(0.0, |h| h.value_at_quantile(0.99) as f64 / 1000.0),
                 }
             })
             .collect()
@@ -393,6 +403,9 @@ pub struct Point {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The refusals' p99 (0 without refusals): refusals come in bursts, and a run's
+    /// refusal p99 is often one burst's.
+    pub shed_p99_ms: f64,
 }
 
 #[cfg(test)]
@@ -433,6 +446,12 @@ mod tests {
         let t = r.timeline();
         assert_eq!(t.len(), 2);
         assert_eq!((t[0].ok, t[0].errors, t[1].items, t[1].shed), (1, 1, 10, 1));
+        assert_eq!(t[0].shed_p99_ms, 0.0, "no refusal in the first second");
+        assert!(
+            (2.9..=3.1).contains(&t[1].shed_p99_ms),
+            "{}",
+            t[1].shed_p99_ms
+        );
     }
 
     #[test]
