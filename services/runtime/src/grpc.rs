@@ -13,6 +13,15 @@
 //! - `limit`: the method is at its adaptive limit (`grpc/limit.rs` says how it is counted
 //!   and moved), which keeps the queue for the CPU short when the process saturates.
 //!
+//! Which queue a call waits in decides which delay and which limit it meets: a call a
+//! handler answers waits for the handlers' runtime, whose scheduling delay and the
+//! method's limit apply; a point read answered on the connection thread that read it
+//! ([`serve::Server::inline_reads`]) waits for that thread only, so the deadline check
+//! reads the connections' runtime's delay and the method has a second limit for such
+//! reads, moved by that delay. Handlers busy with webhooks then refuse no GetRate the
+//! connection threads can answer, and connection threads saturated by reads still shed
+//! them.
+//!
 //! Per call, the layer looks the path up in a table built once (`grpc/methods.rs`): label,
 //! metric handles and limit are ready, so no string is built for metrics or spans. A key
 //! that verified once is not hashed again ([`ApiKeys`]). Health checks and reflection skip
@@ -160,13 +169,28 @@ impl Shared {
         headers: &HeaderMap,
         started: Instant,
     ) -> Result<(InFlight<'a>, Admitted<'a>), Shed> {
-        let schedule_delay = self.schedule_delay();
-        let delay = schedule_delay.at(started);
+        // A point read answered where it was read waits for the connection thread, not a
+        // handler: the connections' runtime's delay and the method's inline limit apply.
+        let (limiter, schedule_delay, delay) = match method
+            .inline_limiter
+            .as_ref()
+            .zip(serve::point_read_answered_here())
+        {
+            Some((limiter, delay)) => (limiter, None, delay),
+            None => {
+                let schedule_delay = self.schedule_delay();
+                (
+                    &method.limiter,
+                    Some(schedule_delay),
+                    schedule_delay.at(started),
+                )
+            }
+        };
         if self.admission.deadlines {
             let timeout = headers
                 .get(GRPC_TIMEOUT)
                 .and_then(|v| parse_grpc_timeout(v.as_bytes()));
-            if timeout.is_some_and(|t| t < delay + method.limiter.service_time()) {
+            if timeout.is_some_and(|t| t < delay + limiter.service_time()) {
                 return Err(Shed::Deadline);
             }
         }
@@ -177,14 +201,11 @@ impl Shared {
         let in_flight = InFlight(&self.in_flight);
         let now = u64::try_from(started.saturating_duration_since(self.epoch).as_nanos())
             .unwrap_or(u64::MAX);
-        let occupancy = method
-            .limiter
-            .try_admit(started, now, delay)
-            .ok_or(Shed::Limit)?;
+        let occupancy = limiter.try_admit(started, now, delay).ok_or(Shed::Limit)?;
         Ok((
             in_flight,
             Admitted {
-                limiter: &method.limiter,
+                limiter,
                 schedule_delay,
                 started,
                 delay,
@@ -208,7 +229,10 @@ impl Drop for InFlight<'_> {
 /// was cancelled (its timeout) — the place is given back and the limit learns from it.
 struct Admitted<'a> {
     limiter: &'a Limiter,
-    schedule_delay: &'a ScheduleDelay,
+    /// The delay the call waited in, read again when it ends; `None` for a read answered
+    /// on its connection thread, which almost always ends within the poll it was admitted
+    /// in, so the delay at admission stands for it.
+    schedule_delay: Option<&'a ScheduleDelay>,
     started: Instant,
     delay: Duration,
     occupancy: u32,
@@ -225,7 +249,7 @@ impl Drop for Admitted<'_> {
                 at: now,
                 in_layer: now.saturating_duration_since(self.started),
                 delay_at_admission: self.delay,
-                delay_now: self.schedule_delay.at(now),
+                delay_now: self.schedule_delay.map_or(self.delay, |d| d.at(now)),
                 occupancy: self.occupancy,
                 limited: false,
             }

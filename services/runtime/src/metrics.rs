@@ -124,6 +124,24 @@ pub const FAMILIES: &[Family] = &[
         Unit::Count,
         "Calls a method may run at once under its adaptive concurrency limit.",
     ),
+    family(
+        "ratemesh_grpc_inline_concurrency_limit_requests",
+        Gauge,
+        Unit::Count,
+        "Point reads a method may have at once on the gRPC connection threads that answer them, under the limit the connection runtime's scheduling delay moves.",
+    ),
+    family(
+        "ratemesh_grpc_connection_schedule_delay_seconds",
+        Gauge,
+        Unit::Seconds,
+        "How late the gRPC connection runtime runs a task that is ready, smoothed.",
+    ),
+    family(
+        "ratemesh_grpc_connection_schedule_delay_max_seconds",
+        Gauge,
+        Unit::Seconds,
+        "The longest scheduling delay of the gRPC connection runtime in about the last second.",
+    ),
     // HTTP listeners
     family(
         "ratemesh_http_connections_closed_total",

@@ -46,16 +46,22 @@ impl ScheduleDelay {
         }
     }
 
-    /// Starts a probe on the current tokio runtime (outside one, the delay stays zero). The
-    /// probe stops once the returned value is dropped.
+    /// Starts a probe on the current tokio runtime (outside one, the delay stays zero),
+    /// exported as the handlers' runtime's delay. The probe stops once the returned value
+    /// is dropped.
     pub(crate) fn start() -> Arc<Self> {
+        Self::start_exported_as(HANDLERS)
+    }
+
+    /// [`Self::start`], exported under `gauges` (smoothed, maximum).
+    pub(crate) fn start_exported_as(gauges: (&'static str, &'static str)) -> Arc<Self> {
         let delay = Arc::new(Self::idle());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let due = Instant::now() + PERIOD;
             delay
                 .due_nanos
                 .store(delay.nanos_at(due), Ordering::Relaxed);
-            runtime.spawn(probe(Arc::downgrade(&delay), due));
+            runtime.spawn(probe(Arc::downgrade(&delay), due, gauges));
         }
         delay
     }
@@ -83,9 +89,25 @@ fn weight(elapsed: Duration, tau: Duration) -> f64 {
     1.0 - (-elapsed.as_secs_f64() / tau.as_secs_f64()).exp()
 }
 
-async fn probe(delay: Weak<ScheduleDelay>, mut due: Instant) {
-    let smoothed_gauge = metrics::gauge!("ratemesh_runtime_schedule_delay_seconds");
-    let max_gauge = metrics::gauge!("ratemesh_runtime_schedule_delay_max_seconds");
+/// The gauges of the runtime calls are handled on.
+const HANDLERS: (&str, &str) = (
+    "ratemesh_runtime_schedule_delay_seconds",
+    "ratemesh_runtime_schedule_delay_max_seconds",
+);
+
+/// The gauges of the gRPC connections' runtime, when it is apart.
+pub(crate) const CONNECTIONS: (&str, &str) = (
+    "ratemesh_grpc_connection_schedule_delay_seconds",
+    "ratemesh_grpc_connection_schedule_delay_max_seconds",
+);
+
+async fn probe(
+    delay: Weak<ScheduleDelay>,
+    mut due: Instant,
+    (smoothed, max): (&'static str, &'static str),
+) {
+    let smoothed_gauge = metrics::gauge!(smoothed);
+    let max_gauge = metrics::gauge!(max);
     let (mut smoothed, mut max) = (0.0_f64, 0.0_f64);
     let mut previous = Instant::now();
     loop {

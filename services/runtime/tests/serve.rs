@@ -329,13 +329,7 @@ async fn with_a_handler_runtime_refusals_need_none_of_its_workers() {
     // The handler runtime's one worker is held by a call that waits for the test, and
     // the method's one place is taken: further calls are refused, and answered while the
     // worker is still held.
-    let (release, held) = std::sync::mpsc::channel::<()>();
-    let (holding_tx, holding) = oneshot::channel::<()>();
-    handlers.spawn(async move {
-        let _ = holding_tx.send(());
-        let _ = held.recv();
-    });
-    holding.await.expect("the worker is held");
+    let release = hold_the_worker(&handlers).await;
     let blocked = tokio::spawn({
         let channel = channel.clone();
         let bearer = bearer.clone();
@@ -366,12 +360,22 @@ async fn with_a_handler_runtime_refusals_need_none_of_its_workers() {
     handlers.shutdown_background();
 }
 
+/// Holds the one worker of `handlers` until the returned sender sends.
+async fn hold_the_worker(handlers: &tokio::runtime::Runtime) -> std::sync::mpsc::Sender<()> {
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (holding_tx, holding) = oneshot::channel::<()>();
+    handlers.spawn(async move {
+        let _ = holding_tx.send(());
+        let _ = held.recv();
+    });
+    holding.await.expect("the worker is held");
+    release
+}
+
 /// The layer of `rpc_layer(64)`, with `Call` declared a point read, or only a read.
 fn read_layer(point: bool) -> RpcLayer {
-    const CALL: &[(&str, &str)] = &[(SERVICE, "Call")];
-    RpcLayer::with_reads(
-        support::network_keys(KEY),
-        AccessTable::new([(SERVICE, ACCESS)]),
+    admitting_reads(
+        point,
         Admission {
             max_concurrent: 64,
             retry_after: Duration::from_millis(100),
@@ -380,6 +384,16 @@ fn read_layer(point: bool) -> RpcLayer {
             min_concurrency: 1,
             deadlines: false,
         },
+    )
+}
+
+/// A layer admitting under `admission`, with `Call` declared a point read, or only a read.
+fn admitting_reads(point: bool, admission: Admission) -> RpcLayer {
+    const CALL: &[(&str, &str)] = &[(SERVICE, "Call")];
+    RpcLayer::with_reads(
+        support::network_keys(KEY),
+        AccessTable::new([(SERVICE, ACCESS)]),
+        admission,
         CALL,
         if point { CALL } else { &[] },
     )
@@ -393,10 +407,15 @@ type ThreadNames = Arc<std::sync::Mutex<Vec<Option<String>>>>;
 /// A read service (a point read, or only a read) whose handler takes `work` (on whichever
 /// thread runs it) and notes that thread's name.
 fn read_service(point: bool, work: Duration) -> (ReadService, ThreadNames) {
+    read_service_behind(read_layer(point), work)
+}
+
+/// [`read_service`] behind `layer`.
+fn read_service_behind(layer: RpcLayer, work: Duration) -> (ReadService, ThreadNames) {
     let ran_on = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = ran_on.clone();
     let service = tower::ServiceBuilder::new()
-        .layer(read_layer(point))
+        .layer(layer)
         .service(tower::service_fn(move |request: Request<Body>| {
             let thread = std::thread::current().name().map(str::to_owned);
             seen.lock().expect("lock").push(thread);
@@ -610,4 +629,48 @@ async fn many_large_answers_at_once_arrive_whole() {
             "answer {seed} mixed up"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_read_answered_on_its_connection_thread_is_not_refused_for_busy_handlers() {
+    let handlers = handler_runtime();
+    let bearer = format!("Bearer {KEY}");
+    let auth = [("authorization", bearer.as_str())];
+    let with_deadline = [("authorization", bearer.as_str()), ("grpc-timeout", "50m")];
+    let admission = Admission {
+        max_concurrent: 64,
+        retry_after: Duration::from_millis(100),
+        adaptive: true,
+        queue_delay_target: Duration::from_millis(5),
+        min_concurrency: 1,
+        deadlines: true,
+    };
+    // The same read, declared a point read (answered where it is read) on one server and
+    // not on the other (answered by the handlers); each layer's first call starts its
+    // handlers' delay probe.
+    let (point, _) = read_service_behind(admitting_reads(true, admission), Duration::ZERO);
+    let (point_server, point_channel) = serve_reads(&handlers, 1.0, point).await;
+    let (plain, _) = read_service_behind(admitting_reads(false, admission), Duration::ZERO);
+    let (plain_server, plain_channel) = serve_reads(&handlers, 1.0, plain).await;
+    assert_eq!(call(&point_channel, &auth).await.0, 0);
+    assert_eq!(call(&plain_channel, &auth).await.0, 0);
+
+    // The handlers' one worker is held far longer than a 50 ms deadline.
+    let release = hold_the_worker(&handlers).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // A call the handlers would answer cannot meet its deadline: refused at once. A point
+    // read never waits for them, and the connections' runtime is not late: answered.
+    let plain_status = call(&plain_channel, &with_deadline).await.0;
+    let point_statuses = [
+        call(&point_channel, &with_deadline).await.0,
+        call(&point_channel, &with_deadline).await.0,
+        call(&point_channel, &with_deadline).await.0,
+    ];
+    release.send(()).expect("worker waiting");
+    assert_eq!(plain_status, tonic::Code::ResourceExhausted as i32);
+    assert_eq!(point_statuses, [0, 0, 0]);
+    assert_eq!(point_server.streams.answered_inline(), 4);
+    assert_eq!(plain_server.streams.answered_inline(), 1, "the refusal");
+    handlers.shutdown_background();
 }

@@ -74,6 +74,10 @@ pub(crate) struct Method {
     /// `Service/Method` without the `ratemesh.v1.` package: the `method` label.
     pub(crate) label: Arc<str>,
     pub(crate) limiter: Limiter,
+    /// A point read's limit when it is answered on its connection thread
+    /// (`serve::Server::inline_reads`), moved by that thread's scheduling delay: such a
+    /// call never waits for a handler, so the handlers' queue says nothing about it.
+    pub(crate) inline_limiter: Option<Limiter>,
     /// Whether the RPC only reads (its calls get a span only when it can be exported).
     pub(crate) read: bool,
     /// Whether it is a point read: microseconds of work from memory, which may be done on
@@ -97,6 +101,13 @@ impl Method {
                 "method" => SharedString::from(label.clone())
             ),
             limiter: Limiter::new(limit, gauge),
+            inline_limiter: (read == Read::Point).then(|| {
+                let gauge = metrics::gauge!(
+                    "ratemesh_grpc_inline_concurrency_limit_requests",
+                    "method" => SharedString::from(label.clone())
+                );
+                Limiter::new(limit, gauge)
+            }),
             read: read != Read::No,
             point_read: read == Read::Point,
             path,

@@ -53,6 +53,7 @@ use tower::util::Oneshot;
 
 use super::cork;
 use super::deadline::{GRPC_TIMEOUT, parse_grpc_timeout};
+use crate::schedule_delay::{CONNECTIONS, ScheduleDelay};
 use crate::tls::PeerCertificates;
 
 /// How the serve loop answers streams; see the module documentation.
@@ -164,11 +165,14 @@ impl Server {
         S::Future: Send + 'static,
         F: Future<Output = ()>,
     {
+        let read_share =
+            (self.handlers.is_some() && self.inline_reads > 0.0).then_some(self.inline_reads);
         let executor = InlineFirst {
             streams: self.streams.clone(),
             handlers: self.handlers.clone(),
-            read_share: (self.handlers.is_some() && self.inline_reads > 0.0)
-                .then_some(self.inline_reads),
+            read_share,
+            // This runtime's: the one connection tasks wait for.
+            connection_delay: read_share.map(|_| ScheduleDelay::start_exported_as(CONNECTIONS)),
         };
         let mut builder = hyper::server::conn::http2::Builder::new(executor);
         // What tonic's builder sets, with its defaults: no stream cap beyond the peer's,
@@ -322,6 +326,8 @@ struct InlineFirst {
     handlers: Option<Handle>,
     /// The share of the connection thread's time point reads may take on it; `None`: none.
     read_share: Option<f64>,
+    /// The scheduling delay of the connections' runtime, while reads may be answered there.
+    connection_delay: Option<Arc<ScheduleDelay>>,
 }
 
 impl<F> hyper::rt::Executor<F> for InlineFirst
@@ -336,12 +342,16 @@ where
             let now = Instant::now();
             ReadBudget::refill(share, now).then_some(now)
         });
+        let delay = match (reads, &self.connection_delay) {
+            (Some(now), Some(delay)) => delay.at(now),
+            _ => Duration::ZERO,
+        };
         // The spawned task polls again and registers its own waker, so this poll's waker
         // may do nothing; whatever woke in between is seen by that poll.
         let mut cx = Context::from_waker(Waker::noop());
         let polled = {
             let _handlers = self.handlers.as_ref().map(Handle::enter);
-            let _inline = InlinePoll::enter(reads.is_some());
+            let _inline = InlinePoll::enter(reads.is_some(), delay);
             future.as_mut().poll(&mut cx)
         };
         if let Some(started) = reads {
@@ -425,6 +435,8 @@ thread_local! {
     static POLLING_INLINE: Cell<bool> = const { Cell::new(false) };
     /// Whether a read polled there may do its work there.
     static READS_INLINE: Cell<bool> = const { Cell::new(false) };
+    /// The connections' runtime's scheduling delay when that poll began.
+    static CONNECTION_DELAY: Cell<Duration> = const { Cell::new(Duration::ZERO) };
     /// This connection thread's time for reads.
     static READ_BUDGET: Cell<ReadBudget> = const { Cell::new(ReadBudget::NEW) };
 }
@@ -434,9 +446,10 @@ thread_local! {
 struct InlinePoll;
 
 impl InlinePoll {
-    fn enter(reads: bool) -> Self {
+    fn enter(reads: bool, delay: Duration) -> Self {
         POLLING_INLINE.set(true);
         READS_INLINE.set(reads);
+        CONNECTION_DELAY.set(delay);
         Self
     }
 }
@@ -455,6 +468,13 @@ impl Drop for InlinePoll {
 /// spare for reads ([`Server::inline_reads`]): it is answered there.
 pub(crate) fn off_the_connection_task(point_read: bool) -> impl Future<Output = ()> {
     YieldOnce(point_read && READS_INLINE.get())
+}
+
+/// When a point read polled now is answered on this thread — it is being polled on its
+/// connection task ([`InlineFirst`]) while the thread has time to spare for reads — the
+/// scheduling delay of the connections' runtime it waited in; `None` otherwise.
+pub(crate) fn point_read_answered_here() -> Option<Duration> {
+    (POLLING_INLINE.get() && READS_INLINE.get()).then(|| CONNECTION_DELAY.get())
 }
 
 /// Awaited by a handler about to wait for something held elsewhere (a lock a writer
