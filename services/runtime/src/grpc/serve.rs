@@ -22,7 +22,7 @@
 //! and refusals.
 //!
 //! A connection's writes are gathered while its task runs and sent together when the poll
-//! ends, or sooner once 64 KiB or 200 µs old ([`super::cork`]): h2 would write each frame
+//! ends, or sooner once 64 KiB or 200 µs old (the `cork` module): h2 would write each frame
 //! of 256 bytes or more on its own.
 //!
 //! Per connection, calls get the extensions the layers read: the peer's
