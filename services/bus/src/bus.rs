@@ -446,6 +446,26 @@ impl Bus {
         }
     }
 
+    /// The version of `namespace`/`key` with only the named `fields` (those it holds), if
+    /// the record exists: what a writer that reads or changes a few fields of a large
+    /// record (an outbox of thousands of items) reads instead of all of it.
+    pub async fn get_state_fields<F: AsRef<str>>(
+        &self,
+        namespace: &str,
+        key: &str,
+        fields: &[F],
+    ) -> BusResult<Option<StateRecord>> {
+        check_name("namespace", namespace)?;
+        check_key("state key", key)?;
+        for field in fields {
+            check_key(&format!("field of state {namespace}/{key}"), field.as_ref())?;
+        }
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.get_state_fields(namespace, key, fields)),
+            Backend::Redis(r) => r.get_state_fields(namespace, key, fields).await,
+        }
+    }
+
     /// The states of `namespace`/`keys`, in the order of `keys`, read in one round trip:
     /// what a consumer reads before folding a batch of entries for many keys.
     pub async fn get_states<K: AsRef<str>>(
@@ -648,7 +668,28 @@ impl Bus {
         F: FnMut(Option<StateRecord>, StateWrite) -> Fut,
         Fut: std::future::Future<Output = Result<Update<T>, E>>,
     {
-        self.update_state_loop(namespace, key, None, change).await
+        self.update_state_loop(namespace, key, None, None, change)
+            .await
+    }
+
+    /// [`Bus::update_state`] that reads only `fields` of the record (with its version,
+    /// see [`Bus::get_state_fields`]): `change` decides from them, and the write is still
+    /// checked against the whole record's version. For a change to a few fields of a
+    /// record too large to read on every change.
+    pub async fn update_state_fields<T, E, F, Fut>(
+        &self,
+        namespace: &str,
+        key: &str,
+        fields: &[&str],
+        change: F,
+    ) -> Result<T, E>
+    where
+        E: From<BusError>,
+        F: FnMut(Option<StateRecord>, StateWrite) -> Fut,
+        Fut: std::future::Future<Output = Result<Update<T>, E>>,
+    {
+        self.update_state_loop(namespace, key, Some(fields), None, change)
+            .await
     }
 
     /// [`Bus::update_state`] whose first step decides from `seen`, the record as the
@@ -668,7 +709,7 @@ impl Bus {
         F: FnMut(Option<StateRecord>, StateWrite) -> Fut,
         Fut: std::future::Future<Output = Result<Update<T>, E>>,
     {
-        self.update_state_loop(namespace, key, Some(seen), change)
+        self.update_state_loop(namespace, key, None, Some(seen), change)
             .await
     }
 
@@ -676,6 +717,7 @@ impl Bus {
         &self,
         namespace: &str,
         key: &str,
+        fields: Option<&[&str]>,
         mut seen: Option<Option<StateRecord>>,
         mut change: F,
     ) -> Result<T, E>
@@ -691,7 +733,10 @@ impl Bus {
             }
             let current = match seen.take() {
                 Some(record) => record.filter(|r| r.version > 0),
-                None => self.get_state(namespace, key).await?,
+                None => match fields {
+                    Some(fields) => self.get_state_fields(namespace, key, fields).await?,
+                    None => self.get_state(namespace, key).await?,
+                },
             };
             let version = current.as_ref().map_or(0, |r| r.version);
             let write = StateWrite::new(namespace, key).expect_version(version);

@@ -1882,6 +1882,83 @@ async fn update_state_from_starts_at_the_record_seen(kind: Kind) {
     assert_eq!((record.version, &record.fields["n"][..]), (3, &b"11"[..]));
 }
 
+/// A few fields of a record are read with its version, and a change decided from them
+/// is still checked against the whole record: a write to another field in between is a
+/// lost race, and the change is decided again.
+async fn update_state_fields_reads_only_the_named_fields(kind: Kind) {
+    let fx = fixture(kind).await;
+    let bus = fx.bus.clone();
+    assert_eq!(
+        bus.get_state_fields("outbox", "p", &["a"]).await.unwrap(),
+        None
+    );
+    bus.write_state(
+        StateWrite::new("outbox", "p")
+            .set("a", b"1".to_vec())
+            .set("b", b"2".to_vec())
+            .set("c", b"3".to_vec()),
+    )
+    .await
+    .unwrap();
+    let some = bus
+        .get_state_fields("outbox", "p", &["c", "a", "missing"])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(some.version, 1);
+    let names: Vec<&str> = some.fields.keys().map(String::as_str).collect();
+    assert_eq!(names, ["a", "c"]);
+    assert_eq!(
+        (&some.fields["a"][..], &some.fields["c"][..]),
+        (&b"1"[..], &b"3"[..])
+    );
+    let none = bus
+        .get_state_fields::<&str>("outbox", "p", &[])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((none.version, none.fields.len()), (1, 0));
+    assert!(
+        bus.get_state_fields("outbox", "p", &["a", ""])
+            .await
+            .is_err()
+    );
+    assert!(bus.get_state_fields("outbox", "", &["a"]).await.is_err());
+
+    let mut asked = Vec::new();
+    let attempts = bus
+        .update_state_fields("outbox", "p", &["a"], |current, write| {
+            let current = current.unwrap();
+            let names: Vec<String> = current.fields.keys().cloned().collect();
+            asked.push((current.version, names));
+            let attempt = asked.len();
+            let bus = bus.clone();
+            async move {
+                if attempt == 1 {
+                    // Another writer changes a field this update did not read.
+                    bus.write_state(StateWrite::new("outbox", "p").set("b", b"20".to_vec()))
+                        .await?;
+                }
+                let a = [&current.fields["a"][..], b"+"].concat();
+                Ok::<_, BusError>(Update::Write(write.set("a", a), attempt))
+            }
+        })
+        .await
+        .unwrap();
+    let read = vec!["a".to_owned()];
+    assert_eq!(
+        asked,
+        [(1, read.clone()), (2, read)],
+        "the lost race is decided again"
+    );
+    assert_eq!(attempts, 2);
+    let record = bus.get_state("outbox", "p").await.unwrap().unwrap();
+    assert_eq!(record.version, 3);
+    assert_eq!(&record.fields["a"][..], b"1+");
+    assert_eq!(&record.fields["b"][..], b"20");
+    assert_eq!(&record.fields["c"][..], b"3");
+}
+
 /// A record that keeps changing under an update fails it after `CAS_ATTEMPTS` tries as
 /// `Unavailable` (retry later), with nothing written by the update itself.
 async fn update_state_gives_up_after_cas_attempts(kind: Kind) {
@@ -1969,6 +2046,7 @@ conformance!(
     history_keeps_versions_within_their_limits,
     update_state_retries_lost_races_and_loses_no_update,
     update_state_from_starts_at_the_record_seen,
+    update_state_fields_reads_only_the_named_fields,
     update_state_gives_up_after_cas_attempts,
     writers_colliding_on_one_record_all_get_in,
 );

@@ -173,6 +173,15 @@ impl MemoryBackend {
         self.state.get(ns, key)
     }
 
+    pub(crate) fn get_state_fields<F: AsRef<str>>(
+        &self,
+        ns: &str,
+        key: &str,
+        fields: &[F],
+    ) -> Option<StateRecord> {
+        self.state.get_fields(ns, key, fields)
+    }
+
     pub(crate) fn write_state(
         &self,
         write: StateWrite,

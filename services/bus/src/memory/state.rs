@@ -104,6 +104,28 @@ impl StateStore {
             .map(|s| s.record.clone())
     }
 
+    /// The record's version with only `fields` (those it holds), if it exists.
+    pub(super) fn get_fields<F: AsRef<str>>(
+        &self,
+        ns: &str,
+        key: &str,
+        fields: &[F],
+    ) -> Option<StateRecord> {
+        lock(&self.shards[shard_of(key)])
+            .get(ns)
+            .and_then(|m| m.get(key))
+            .map(|s| StateRecord {
+                version: s.record.version,
+                fields: fields
+                    .iter()
+                    .filter_map(|f| {
+                        let (name, value) = s.record.fields.get_key_value(f.as_ref())?;
+                        Some((name.clone(), value.clone()))
+                    })
+                    .collect(),
+            })
+    }
+
     /// Applies `write`; when `publish` is given, appends its events in the same critical
     /// section, so no reader sees an event without the state or the state without it.
     pub(super) fn write(

@@ -64,6 +64,46 @@ impl RedisBackend {
         record_of(&v)
     }
 
+    /// `HMGET` of the version and `fields`: the record's version with the fields it holds
+    /// of those, or `None` when it does not exist.
+    pub(crate) async fn get_state_fields<F: AsRef<str>>(
+        &self,
+        ns: &str,
+        key: &str,
+        fields: &[F],
+    ) -> BusResult<Option<StateRecord>> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.keys.state(ns, key)).arg(VERSION_FIELD);
+        for field in fields {
+            cmd.arg(prefixed(field.as_ref()));
+        }
+        let v: Value = cmd
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail(e, || format!("read of state {ns}/{key}")))?;
+        let values = reply::items(&v).ok_or_else(|| unexpected("HMGET"))?;
+        let Some((version, values)) = values.split_first() else {
+            return Err(unexpected("HMGET"));
+        };
+        if matches!(version, Value::Nil) {
+            return Ok(None);
+        }
+        let mut record = StateRecord {
+            version: reply::u64_of(version).ok_or_else(|| unexpected("HMGET"))?,
+            ..StateRecord::default()
+        };
+        for (field, value) in fields.iter().zip(values) {
+            if matches!(value, Value::Nil) {
+                continue;
+            }
+            let value = reply::bytes_of(value).ok_or_else(|| unexpected("HMGET"))?;
+            record
+                .fields
+                .insert(field.as_ref().to_owned(), Bytes::copy_from_slice(value));
+        }
+        Ok(Some(record))
+    }
+
     pub(crate) async fn get_states<K: AsRef<str>>(
         &self,
         ns: &str,
