@@ -51,38 +51,50 @@ impl Outbox {
 
     /// Adds a rate change for `partner`; a newer version of the same SKU replaces an
     /// older one, an older or equal version changes nothing.
+    ///
+    /// Reads only the SKU's item and the window's opening time, not the whole outbox: a
+    /// bulk repricing adds thousands of items to one window, and reading them all on each
+    /// add would make the window's cost grow with the square of its size.
     pub(crate) async fn add(&self, partner: &PartnerRecord, item: OutboxItem) -> BusResult<()> {
         let field = outbox_field(&item.rate.sku);
         let opened = self
             .bus
-            .update_state(OUTBOX, &partner.id, |record, write| {
-                let (field, mut item) = (field.clone(), item.clone());
-                async move {
-                    let fields = record.map(|r| r.fields).unwrap_or_default();
-                    let existing: Option<OutboxItem> = fields
-                        .get(&field)
-                        .and_then(|b| serde_json::from_slice(b).ok());
-                    match &existing {
-                        Some(old) if old.rate.version >= item.rate.version => {
-                            return Ok(Update::Keep(false));
-                        }
-                        // The partner has not seen the intermediate rate: it still knows
-                        // the one before the first change of the window.
-                        Some(old) => item.rate.previous_rate = old.rate.previous_rate.clone(),
-                        None => {
-                            if self.below_min_change(partner, &item).await? {
+            .update_state_fields(
+                OUTBOX,
+                &partner.id,
+                &[&field, OUTBOX_OPENED_AT],
+                |record, write| {
+                    let (field, mut item) = (field.clone(), item.clone());
+                    async move {
+                        let fields = record.map(|r| r.fields).unwrap_or_default();
+                        let existing: Option<OutboxItem> = fields
+                            .get(&field)
+                            .and_then(|b| serde_json::from_slice(b).ok());
+                        match &existing {
+                            Some(old) if old.rate.version >= item.rate.version => {
                                 return Ok(Update::Keep(false));
                             }
+                            // The partner has not seen the intermediate rate: it still knows
+                            // the one before the first change of the window.
+                            Some(old) => item.rate.previous_rate = old.rate.previous_rate.clone(),
+                            None => {
+                                if self.below_min_change(partner, &item).await? {
+                                    return Ok(Update::Keep(false));
+                                }
+                            }
                         }
+                        // The opening time is there exactly while the outbox holds items
+                        // (`remove_sent_items` takes it away with the last one).
+                        let first = !fields.contains_key(OUTBOX_OPENED_AT);
+                        let mut write =
+                            write.set(field, serde_json::to_vec(&item).unwrap_or_default());
+                        if first {
+                            write = write.set(OUTBOX_OPENED_AT, now_ms().to_string());
+                        }
+                        Ok::<_, BusError>(Update::Write(write, first))
                     }
-                    let first = !fields.keys().any(|k| k.starts_with("item:"));
-                    let mut write = write.set(field, serde_json::to_vec(&item).unwrap_or_default());
-                    if first {
-                        write = write.set(OUTBOX_OPENED_AT, now_ms().to_string());
-                    }
-                    Ok::<_, BusError>(Update::Write(write, first))
-                }
-            })
+                },
+            )
             .await?;
         if opened {
             let due = now_ms() + self.config.coalesce_window.as_millis() as i64;
@@ -108,7 +120,7 @@ impl Outbox {
         };
         let last = self
             .bus
-            .get_state(SENT, &partner.id)
+            .get_state_fields(SENT, &partner.id, &[&item.rate.sku])
             .await?
             .and_then(|r| r.fields.get(&item.rate.sku).cloned())
             .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<Decimal>().ok());

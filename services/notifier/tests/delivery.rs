@@ -140,6 +140,58 @@ async fn a_burst_is_coalesced_into_one_post_with_the_latest_version_of_each_sku(
     notifier.stop().await;
 }
 
+/// A partner's `min_change` is measured against the rate last sent to it, window after
+/// window: a small move is left out, a later larger one from the same sent rate is sent,
+/// and each window after the first opens and delivers on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_below_min_change_are_left_out_against_the_rate_last_sent() {
+    let redis = RedisServer::start();
+    let prefix = redis.unique_prefix();
+    let sink = Sink::start().await;
+    let notifier = Notifier::start(&redis, &prefix, fast_settings()).await;
+    let filter = v1::PartnerFilter {
+        min_change: "0.01".into(),
+        ..Default::default()
+    };
+    notifier.add_partner("acme", &sink.url(), filter).await;
+    let bus = publisher(&redis, &prefix).await;
+    let summary = |n: usize| {
+        let sink = &sink;
+        async move {
+            let post = sink.accepted().into_iter().nth(n)?;
+            let rates = post.json().rates.expect("rates");
+            Some(
+                rates
+                    .iter()
+                    .map(|r| (r.sku.clone(), r.version, r.rate.clone()))
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+
+    publish_rate(&bus, rate_changed("A", "shoes", 1, "0.05", "")).await;
+    let first = eventually("the first window", WAIT, || summary(0)).await;
+    assert_eq!(
+        first,
+        vec![("A".into(), 1, "0.05".into())],
+        "never sent: sent"
+    );
+
+    // 0.005 from the rate sent: left out; B was never sent.
+    publish_rate(&bus, rate_changed("A", "shoes", 2, "0.055", "0.05")).await;
+    publish_rate(&bus, rate_changed("B", "shoes", 1, "0.04", "")).await;
+    let second = eventually("the second window", WAIT, || summary(1)).await;
+    assert_eq!(second, vec![("B".into(), 1, "0.04".into())]);
+
+    // 0.015 from the rate sent (not from the one left out): sent.
+    publish_rate(&bus, rate_changed("A", "shoes", 3, "0.065", "0.055")).await;
+    let third = eventually("the third window", WAIT, || summary(2)).await;
+    assert_eq!(third, vec![("A".into(), 3, "0.065".into())]);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(sink.received().len(), 3, "one POST per window");
+    notifier.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_down_for_a_while_then_back_gets_every_event_and_duplicates_keep_their_id() {
     let redis = RedisServer::start();
