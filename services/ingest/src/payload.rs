@@ -5,6 +5,8 @@
 //! Numbers may be sent as JSON numbers or strings; both become exact decimals (a JSON
 //! number is read from its shortest text, never through a float's binary value).
 
+use std::fmt;
+
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
@@ -109,21 +111,44 @@ pub struct RawProduct {
     pub as_of: Option<String>,
 }
 
-/// A number or a string, kept as text for exact decimal parsing during validation.
+/// A number or a string, kept as text for exact decimal parsing during validation. A
+/// visitor, not an untagged enum: that would buffer each value and build an error for
+/// every string before trying it as text, on every quantity of every batch.
 fn decimal_text<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum NumberOrText {
-        Number(serde_json::Number),
-        Text(String),
+    struct DecimalText;
+
+    impl de::Visitor<'_> for DecimalText {
+        type Value = String;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a decimal number or a string holding one")
+        }
+
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+
+        /// The shortest text that reads back as the same float, as serde_json writes it.
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
+            serde_json::Number::from_f64(v)
+                .map(|n| n.to_string())
+                .ok_or_else(|| E::invalid_value(de::Unexpected::Float(v), &self))
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+
+        fn visit_string<E: de::Error>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
     }
-    // Untagged enums lose the inner error; the message below says what was expected.
-    match NumberOrText::deserialize(deserializer)
-        .map_err(|_| de::Error::custom("expected a decimal number or a string holding one"))?
-    {
-        NumberOrText::Number(n) => Ok(n.to_string()),
-        NumberOrText::Text(t) => Ok(t),
-    }
+
+    deserializer.deserialize_any(DecimalText)
 }
 
 fn optional_decimal_text<'de, D: Deserializer<'de>>(
@@ -186,6 +211,46 @@ mod tests {
         assert_eq!(update.reserved.as_deref(), Some("3"));
         assert_eq!(update.velocity.as_deref(), Some("0.1"));
         assert_eq!(update.location, None);
+    }
+
+    #[test]
+    fn whole_negative_and_exponent_numbers_keep_their_shortest_text() {
+        let batch: StockBatch = parse(
+            br#"{"updates":[{"sku":"A","on_hand":18446744073709551615,"reserved":-5,"as_of":"x","sequence":1,"velocity":2.5e-3}]}"#,
+        )
+        .expect("valid");
+        let update = &batch.updates[0];
+        assert_eq!(update.on_hand, "18446744073709551615");
+        assert_eq!(update.reserved.as_deref(), Some("-5"));
+        assert_eq!(update.velocity.as_deref(), Some("0.0025"));
+    }
+
+    #[test]
+    fn a_decimal_of_the_wrong_type_names_the_field_and_what_was_expected() {
+        let err = parse::<StockBatch>(
+            br#"{"updates":[{"sku":"A","on_hand":true,"as_of":"x","sequence":1}]}"#,
+        )
+        .expect_err("bad type");
+        assert!(
+            err.message.contains("updates[0].on_hand"),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message
+                .contains("expected a decimal number or a string holding one"),
+            "{}",
+            err.message
+        );
+        let err = parse::<StockBatch>(
+            br#"{"updates":[{"sku":"A","on_hand":1,"reserved":[1],"as_of":"x","sequence":1}]}"#,
+        )
+        .expect_err("bad type");
+        assert!(
+            err.message.contains("updates[0].reserved"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
