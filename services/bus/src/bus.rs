@@ -466,6 +466,18 @@ impl Bus {
         }
     }
 
+    /// How many fields `namespace`/`key` holds (0 when it does not exist), without
+    /// reading them: what a gauge over a record of a field per item (a set of thousands)
+    /// reads instead of all of it.
+    pub async fn count_state_fields(&self, namespace: &str, key: &str) -> BusResult<u64> {
+        check_name("namespace", namespace)?;
+        check_key("state key", key)?;
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.count_state_fields(namespace, key)),
+            Backend::Redis(r) => r.count_state_fields(namespace, key).await,
+        }
+    }
+
     /// The states of `namespace`/`keys`, in the order of `keys`, read in one round trip:
     /// what a consumer reads before folding a batch of entries for many keys.
     pub async fn get_states<K: AsRef<str>>(

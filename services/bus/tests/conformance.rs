@@ -1882,6 +1882,52 @@ async fn update_state_from_starts_at_the_record_seen(kind: Kind) {
     assert_eq!((record.version, &record.fields["n"][..]), (3, &b"11"[..]));
 }
 
+/// A record's fields are counted without reading them: only the fields it was given, not
+/// what the backend keeps beside them (its version, history, group).
+async fn count_state_fields_counts_the_fields_written(kind: Kind) {
+    let fx = fixture(kind).await;
+    let bus = fx.bus.clone();
+    assert_eq!(bus.count_state_fields("dead", "p").await.unwrap(), 0);
+    bus.write_state(
+        StateWrite::new("dead", "p")
+            .set("d1", Vec::new())
+            .set("d2", Vec::new()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bus.count_state_fields("dead", "p").await.unwrap(), 2);
+    assert_eq!(bus.count_state_fields("dead", "q").await.unwrap(), 0);
+    // A record listed under a group, with a kept history.
+    let limits = HistoryLimits {
+        keep_since_us: 0,
+        max_versions: 10,
+    };
+    for version in 1..=3u64 {
+        bus.write_state(
+            StateWrite::new("dead", "kept")
+                .listed_in("g")
+                .set_kept("card", vec![version as u8], version as i64, version, limits)
+                .set(format!("n{version}"), Vec::new()),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(bus.count_state_fields("dead", "kept").await.unwrap(), 4);
+    bus.write_state(
+        StateWrite::new("dead", "p")
+            .remove("d1")
+            .set("d3", Vec::new()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bus.count_state_fields("dead", "p").await.unwrap(), 2);
+    bus.write_state(StateWrite::new("dead", "p").remove("d2").remove("d3"))
+        .await
+        .unwrap();
+    assert_eq!(bus.count_state_fields("dead", "p").await.unwrap(), 0);
+    assert!(bus.count_state_fields("dead", "").await.is_err());
+}
+
 /// A few fields of a record are read with its version, and a change decided from them
 /// is still checked against the whole record: a write to another field in between is a
 /// lost race, and the change is decided again.
@@ -2047,6 +2093,7 @@ conformance!(
     update_state_retries_lost_races_and_loses_no_update,
     update_state_from_starts_at_the_record_seen,
     update_state_fields_reads_only_the_named_fields,
+    count_state_fields_counts_the_fields_written,
     update_state_gives_up_after_cas_attempts,
     writers_colliding_on_one_record_all_get_in,
 );

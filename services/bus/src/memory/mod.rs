@@ -182,6 +182,10 @@ impl MemoryBackend {
         self.state.get_fields(ns, key, fields)
     }
 
+    pub(crate) fn count_state_fields(&self, ns: &str, key: &str) -> u64 {
+        self.state.count_fields(ns, key)
+    }
+
     pub(crate) fn write_state(
         &self,
         write: StateWrite,

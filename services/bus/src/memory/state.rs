@@ -105,6 +105,13 @@ impl StateStore {
     }
 
     /// The record's version with only `fields` (those it holds), if it exists.
+    pub(super) fn count_fields(&self, ns: &str, key: &str) -> u64 {
+        lock(&self.shards[shard_of(key)])
+            .get(ns)
+            .and_then(|m| m.get(key))
+            .map_or(0, |s| s.record.fields.len() as u64)
+    }
+
     pub(super) fn get_fields<F: AsRef<str>>(
         &self,
         ns: &str,

@@ -104,6 +104,21 @@ impl RedisBackend {
         Ok(Some(record))
     }
 
+    /// `HLEN` less the bookkeeping fields the hash holds (`_v`, `_h`, `_g`), in one
+    /// round trip: constant time whatever the record's size.
+    pub(crate) async fn count_state_fields(&self, ns: &str, key: &str) -> BusResult<u64> {
+        let state = self.keys.state(ns, key);
+        let mut pipe = redis::pipe();
+        pipe.cmd("HLEN").arg(&state);
+        pipe.cmd("HMGET").arg(&state).arg("_v").arg("_h").arg("_g");
+        let (len, kept): (u64, Vec<Option<Vec<u8>>>) = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail(e, || format!("count of state {ns}/{key}")))?;
+        let bookkeeping = kept.iter().filter(|f| f.is_some()).count() as u64;
+        Ok(len.saturating_sub(bookkeeping))
+    }
+
     pub(crate) async fn get_states<K: AsRef<str>>(
         &self,
         ns: &str,
