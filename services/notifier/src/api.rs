@@ -400,7 +400,14 @@ impl PartnersApi {
             ));
         }
         self.existing(&request.partner_id).await?;
-        let index = self.deliveries.index_of(&request.partner_id).await?;
+        // Dead ones alone are read from the partner's dead deliveries, not its whole index.
+        let index = match wanted {
+            Some(DeliveryStatus::Dead) => (self.deliveries.dead_ids(&request.partner_id).await?)
+                .into_iter()
+                .map(|id| (id, DeliveryStatus::Dead))
+                .collect(),
+            _ => self.deliveries.index_of(&request.partner_id).await?,
+        };
         let mut out = Vec::new();
         let mut next_page_token = String::new();
         for (id, _) in index
@@ -417,7 +424,11 @@ impl PartnersApi {
                     .unwrap_or_default();
                 break;
             }
-            if let Some(delivery) = self.deliveries.get(id).await? {
+            // The record has the last word: an index written just before a change of it
+            // may name an old status.
+            if let Some(delivery) = self.deliveries.get(id).await?
+                && wanted.is_none_or(|w| w == delivery.status)
+            {
                 out.push(delivery_to_proto(&delivery));
             }
         }
@@ -441,20 +452,16 @@ impl PartnersApi {
             ));
         }
         self.existing(&request.partner_id).await?;
-        let ids: Vec<String> = if request.delivery_ids.is_empty() {
-            self.deliveries
-                .index_of(&request.partner_id)
-                .await?
-                .into_iter()
-                .filter(|(_, s)| *s == DeliveryStatus::Dead)
-                .map(|(id, _)| id)
-                .collect()
+        let every_dead = request.delivery_ids.is_empty();
+        let ids: Vec<String> = if every_dead {
+            self.deliveries.dead_ids(&request.partner_id).await?
         } else {
             request.delivery_ids.clone()
         };
         // Check everything first: nothing is requeued unless every listed one can be.
         let mut dead = Vec::with_capacity(ids.len());
         let mut conflicts = Vec::new();
+        let mut stale = Vec::new();
         for id in &ids {
             match self.deliveries.get(id).await? {
                 Some(d)
@@ -462,6 +469,9 @@ impl PartnersApi {
                 {
                     dead.push(d)
                 }
+                // Named by the dead deliveries but no longer dead (a requeue cut short
+                // between its two writes): not one to requeue, and no longer listed.
+                _ if every_dead => stale.push(id.clone()),
                 Some(d) if d.partner_id == request.partner_id => {
                     conflicts.push(ratemesh_runtime::error::Conflict {
                         kind: "NOT_DEAD".into(),
@@ -485,6 +495,9 @@ impl PartnersApi {
                 conflicts,
             });
         }
+        self.deliveries
+            .forget_dead(&request.partner_id, stale)
+            .await?;
         let now = now_ms();
         for mut delivery in dead.iter().cloned() {
             delivery.status = DeliveryStatus::Pending;
@@ -494,7 +507,7 @@ impl PartnersApi {
             delivery.last_response_code = 0;
             delivery.round_started_at_ms = now;
             delivery.next_attempt_at_ms = Some(now);
-            self.deliveries.update(&delivery).await?;
+            self.deliveries.requeue(&delivery).await?;
             self.bus
                 .schedule(ATTEMPTS, &delivery.timer_member(), time_of(now))
                 .await?;

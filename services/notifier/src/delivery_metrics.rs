@@ -7,7 +7,7 @@
 //!   `occurred_at`: for a coalesced POST, its latest change) to the partner's 2xx,
 //!   including the coalescing window and every retry.
 //! - `ratemesh_notifier_dead_letters` — dead deliveries stored (redeliverable), counted
-//!   from the partners' delivery indexes every `telemetry.gauge_interval_ms`; a global
+//!   from the partners' dead deliveries every `telemetry.gauge_interval_ms`; a global
 //!   figure, the same on every replica.
 //! - `ratemesh_notifier_breakers_open` and `ratemesh_notifier_breaker_opened_total` —
 //!   endpoints whose circuit breaker is open or half-open in this process, and openings.
@@ -17,7 +17,6 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::Status;
 use crate::store::{Deliveries, Partners};
 
 /// Outcome label of a delivered attempt.
@@ -81,17 +80,13 @@ pub(crate) async fn run(
     .await
 }
 
-/// Dead deliveries over every partner, from the per-partner indexes (status only, no
-/// bodies), so the count costs one read per partner.
+/// Dead deliveries over every partner, counted from each partner's dead deliveries
+/// without reading them: one constant-time read per partner, however many deliveries
+/// its index holds.
 async fn count_dead(partners: &Partners, deliveries: &Deliveries) -> ratemesh_bus::BusResult<u64> {
     let mut dead = 0u64;
     for partner in partners.cached().await?.iter() {
-        dead += deliveries
-            .index_of(&partner.id)
-            .await?
-            .iter()
-            .filter(|(_, status)| *status == Status::Dead)
-            .count() as u64;
+        dead += deliveries.dead_count(&partner.id).await?;
     }
     Ok(dead)
 }

@@ -18,6 +18,11 @@ pub(crate) const DELIVERIES: &str = "notifier.delivery";
 /// State namespace of each partner's delivery index (key: partner id; field per delivery
 /// id, value its status), so a partner's deliveries list without a full scan.
 pub(crate) const DELIVERY_INDEX: &str = "notifier.delivery-index";
+/// State namespace of each partner's dead deliveries (key: partner id; field per dead
+/// delivery id, empty): counted for the dead-letter gauge and read to redeliver them
+/// without reading the partner's whole index, which holds every delivery of the
+/// retention (a field per coalescing window: hundreds of thousands in a week).
+pub(crate) const DEAD_DELIVERIES: &str = "notifier.dead-deliveries";
 /// State namespace of each partner's pending rate changes (key: partner id).
 pub(crate) const OUTBOX: &str = "notifier.outbox";
 /// State namespace of the last rate sent per partner and SKU (for `min_change`).

@@ -7,7 +7,8 @@ use ratemesh_bus::{Bus, BusError, BusResult, StateWrite, Update};
 use tokio::sync::RwLock;
 
 use crate::model::{
-    DELIVERIES, DELIVERY_INDEX, DeliveryRecord, PARTNERS, PartnerRecord, RECORD, Status,
+    DEAD_DELIVERIES, DELIVERIES, DELIVERY_INDEX, DeliveryRecord, PARTNERS, PartnerRecord, RECORD,
+    Status,
 };
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, key: &str, bytes: &[u8]) -> BusResult<T> {
@@ -18,6 +19,11 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, key: &str, bytes: &[u8]) -
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Plain structs of strings and numbers always serialise.
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// A write to a partner's dead deliveries (read only by the partner's id).
+fn dead_set(partner_id: &str) -> StateWrite {
+    StateWrite::new(DEAD_DELIVERIES, partner_id.to_owned()).unlisted()
 }
 
 /// Milliseconds since the Unix epoch.
@@ -144,7 +150,7 @@ impl Partners {
     }
 }
 
-/// Deliveries and each partner's index of them.
+/// Deliveries, each partner's index of them and its dead deliveries.
 #[derive(Debug, Clone)]
 pub(crate) struct Deliveries {
     bus: Bus,
@@ -190,16 +196,58 @@ impl Deliveries {
         self.index(delivery).await
     }
 
-    pub(crate) async fn index(&self, delivery: &DeliveryRecord) -> BusResult<()> {
-        self.bus
-            .write_state(
-                StateWrite::new(DELIVERY_INDEX, delivery.partner_id.clone()).set(
-                    delivery.id.clone(),
-                    delivery.status.as_str().as_bytes().to_vec(),
-                ),
-            )
+    /// A dead delivery requeued: stored as `delivery` (no longer dead), its status in the
+    /// index, and out of the partner's dead deliveries.
+    pub(crate) async fn requeue(&self, delivery: &DeliveryRecord) -> BusResult<()> {
+        self.update(delivery).await?;
+        self.forget_dead(&delivery.partner_id, vec![delivery.id.clone()])
             .await
-            .map(|_| ())
+    }
+
+    /// The delivery's status in its partner's index and, once it is dead, in the
+    /// partner's dead deliveries too (one round trip).
+    pub(crate) async fn index(&self, delivery: &DeliveryRecord) -> BusResult<()> {
+        let status = StateWrite::new(DELIVERY_INDEX, delivery.partner_id.clone()).set(
+            delivery.id.clone(),
+            delivery.status.as_str().as_bytes().to_vec(),
+        );
+        let mut writes = vec![(status, None)];
+        if delivery.status == Status::Dead {
+            let dead = dead_set(&delivery.partner_id).set(delivery.id.clone(), Vec::new());
+            writes.push((dead, None));
+        }
+        for written in self.bus.write_states(writes).await {
+            written?;
+        }
+        Ok(())
+    }
+
+    /// The ids of a partner's dead deliveries, newest first.
+    pub(crate) async fn dead_ids(&self, partner_id: &str) -> BusResult<Vec<String>> {
+        let Some(record) = self.bus.get_state(DEAD_DELIVERIES, partner_id).await? else {
+            return Ok(Vec::new());
+        };
+        let mut ids: Vec<String> = record.fields.into_keys().collect();
+        ids.sort_by(|a, b| b.cmp(a));
+        Ok(ids)
+    }
+
+    /// Takes `ids` out of a partner's dead deliveries.
+    pub(crate) async fn forget_dead(&self, partner_id: &str, ids: Vec<String>) -> BusResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let write = ids
+            .into_iter()
+            .fold(dead_set(partner_id), StateWrite::remove);
+        self.bus.write_state(write).await.map(|_| ())
+    }
+
+    /// How many dead deliveries a partner has, without reading them.
+    pub(crate) async fn dead_count(&self, partner_id: &str) -> BusResult<u64> {
+        self.bus
+            .count_state_fields(DEAD_DELIVERIES, partner_id)
+            .await
     }
 
     /// A partner's deliveries with their status, newest first (ids are ULIDs).
@@ -218,12 +266,18 @@ impl Deliveries {
 
     /// Removes a delivery and its index entry (retention).
     pub(crate) async fn remove(&self, delivery: &DeliveryRecord) -> BusResult<()> {
-        self.bus
-            .write_state(
-                StateWrite::new(DELIVERY_INDEX, delivery.partner_id.clone())
-                    .remove(delivery.id.clone()),
-            )
-            .await?;
+        let index = StateWrite::new(DELIVERY_INDEX, delivery.partner_id.clone())
+            .remove(delivery.id.clone());
+        let mut writes = vec![(index, None)];
+        if delivery.status == Status::Dead {
+            writes.push((
+                dead_set(&delivery.partner_id).remove(delivery.id.clone()),
+                None,
+            ));
+        }
+        for written in self.bus.write_states(writes).await {
+            written?;
+        }
         self.bus
             .delete_state(DELIVERIES, &delivery.id, ratemesh_bus::Expect::Any)
             .await

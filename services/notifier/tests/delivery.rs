@@ -301,6 +301,10 @@ async fn a_delivery_is_dead_lettered_after_the_last_attempt_and_can_be_redeliver
     assert_eq!(sink.received().len(), 3, "no attempt after the last one");
 
     let mut admin = notifier.client(Role::Admin).await;
+    assert_eq!(
+        dead_listed(&mut admin).await,
+        std::slice::from_ref(&dead.id)
+    );
     // Only DEAD deliveries can be requeued; an unknown id requeues nothing.
     let refused = admin
         .redeliver_dead_letters(v1::RedeliverDeadLettersRequest {
@@ -312,15 +316,7 @@ async fn a_delivery_is_dead_lettered_after_the_last_attempt_and_can_be_redeliver
     assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
 
     sink.answer(200);
-    let requeued = admin
-        .redeliver_dead_letters(v1::RedeliverDeadLettersRequest {
-            partner_id: "acme".into(),
-            delivery_ids: vec![],
-        })
-        .await
-        .expect("redeliver")
-        .into_inner();
-    assert_eq!(requeued.requeued, 1);
+    assert_eq!(redeliver_every_dead(&mut admin).await, 1);
     let delivered = eventually("the redelivered webhook", WAIT, || async {
         sink.accepted().into_iter().next()
     })
@@ -345,7 +341,51 @@ async fn a_delivery_is_dead_lettered_after_the_last_attempt_and_can_be_redeliver
         "the dead round's error is not this round's"
     );
     assert_eq!(after.last_response_code, 200);
+    assert!(dead_listed(&mut admin).await.is_empty(), "none dead now");
+
+    // A requeue cut short after its first write leaves the delivery among the dead ones
+    // though its record is delivered: it is neither listed as dead nor requeued, and
+    // redelivering every dead one forgets it.
+    let dead_set = "notifier.dead-deliveries";
+    bus.write_state(ratemesh_bus::StateWrite::new(dead_set, "acme").set(dead.id.clone(), ""))
+        .await
+        .expect("write");
+    assert!(dead_listed(&mut admin).await.is_empty());
+    assert_eq!(redeliver_every_dead(&mut admin).await, 0);
+    assert_eq!(
+        bus.count_state_fields(dead_set, "acme")
+            .await
+            .expect("count"),
+        0
+    );
     notifier.stop().await;
+}
+
+/// Requeues every dead delivery of acme; how many were.
+async fn redeliver_every_dead(admin: &mut ratemesh_testkit::app::PartnersClient) -> u32 {
+    let requeued = admin
+        .redeliver_dead_letters(v1::RedeliverDeadLettersRequest {
+            partner_id: "acme".into(),
+            delivery_ids: vec![],
+        })
+        .await
+        .expect("redeliver")
+        .into_inner();
+    requeued.requeued
+}
+
+/// The ids of acme's deliveries listed as dead.
+async fn dead_listed(admin: &mut ratemesh_testkit::app::PartnersClient) -> Vec<String> {
+    let listed = admin
+        .list_deliveries(v1::ListDeliveriesRequest {
+            partner_id: "acme".into(),
+            status: v1::DeliveryStatus::Dead as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    listed.deliveries.into_iter().map(|d| d.id).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
