@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use ratemesh_bus::Bus;
+use ratemesh_bus::{Bus, BusError};
 use ratemesh_core::input;
 use ratemesh_proto::v1;
 use ratemesh_proto::v1::partner_service_server::PartnerService;
@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::config::Config;
 use crate::model::{ATTEMPTS, EVENT_TYPES, Filters, PartnerRecord, Status as DeliveryStatus};
-use crate::store::{Deliveries, Partners, now_ms, time_of};
+use crate::store::{Deliveries, IndexWalk, Partners, now_ms, time_of};
 
 /// Longest rotation overlap.
 const MAX_OVERLAP: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -400,36 +400,41 @@ impl PartnersApi {
             ));
         }
         self.existing(&request.partner_id).await?;
-        // Dead ones alone are read from the partner's dead deliveries, not its whole index.
-        let index = match wanted {
-            Some(DeliveryStatus::Dead) => (self.deliveries.dead_ids(&request.partner_id).await?)
-                .into_iter()
-                .map(|id| (id, DeliveryStatus::Dead))
-                .collect(),
-            _ => self.deliveries.index_of(&request.partner_id).await?,
+        let before = (!request.page_token.is_empty()).then_some(request.page_token.as_str());
+        // Dead ones alone are read from the partner's dead deliveries; the others from its
+        // index, newest hours first, until the page is full.
+        let mut listing = match wanted {
+            Some(DeliveryStatus::Dead) => {
+                let dead = self.deliveries.dead_ids(&request.partner_id).await?;
+                let dead = (dead.into_iter())
+                    .filter(|id| before.is_none_or(|b| id.as_str() < b))
+                    .map(|id| (id, DeliveryStatus::Dead))
+                    .collect();
+                Listing::Dead(Some(dead))
+            }
+            _ => Listing::Index(self.deliveries.walk(&request.partner_id, before).await?),
         };
         let mut out = Vec::new();
         let mut next_page_token = String::new();
-        for (id, _) in index
-            .iter()
-            .filter(|(id, _)| {
-                request.page_token.is_empty() || id.as_str() < request.page_token.as_str()
-            })
-            .filter(|(_, status)| wanted.is_none_or(|w| w == *status))
-        {
-            if out.len() == limit {
-                next_page_token = out
-                    .last()
-                    .map(|d: &v1::Delivery| d.id.clone())
-                    .unwrap_or_default();
-                break;
-            }
-            // The record has the last word: an index written just before a change of it
-            // may name an old status.
-            if let Some(delivery) = self.deliveries.get(id).await?
-                && wanted.is_none_or(|w| w == delivery.status)
+        'pages: while let Some(entries) = listing.next().await? {
+            for (id, _) in entries
+                .iter()
+                .filter(|(_, status)| wanted.is_none_or(|w| w == *status))
             {
-                out.push(delivery_to_proto(&delivery));
+                if out.len() == limit {
+                    next_page_token = out
+                        .last()
+                        .map(|d: &v1::Delivery| d.id.clone())
+                        .unwrap_or_default();
+                    break 'pages;
+                }
+                // The record has the last word: an index written just before a change of
+                // it may name an old status.
+                if let Some(delivery) = self.deliveries.get(id).await?
+                    && wanted.is_none_or(|w| w == delivery.status)
+                {
+                    out.push(delivery_to_proto(&delivery));
+                }
             }
         }
         Ok(v1::ListDeliveriesResponse {
@@ -516,6 +521,23 @@ impl PartnersApi {
         Ok(v1::RedeliverDeadLettersResponse {
             requeued: dead.len() as u32,
         })
+    }
+}
+
+/// Where a listing of deliveries reads them from.
+enum Listing {
+    /// The partner's dead deliveries, all at once.
+    Dead(Option<Vec<(String, DeliveryStatus)>>),
+    /// The partner's index, an hour or a few at a time.
+    Index(IndexWalk),
+}
+
+impl Listing {
+    async fn next(&mut self) -> Result<Option<Vec<(String, DeliveryStatus)>>, BusError> {
+        match self {
+            Listing::Dead(dead) => Ok(dead.take()),
+            Listing::Index(walk) => walk.next().await,
+        }
     }
 }
 

@@ -305,7 +305,7 @@ impl Dispatcher {
         loop {
             let (deliveries, next) = self.deliveries.scan(page.as_deref()).await?;
             for delivery in deliveries.iter().filter(|d| d.status.is_open()) {
-                self.deliveries.index(delivery).await?;
+                self.deliveries.index(delivery, true).await?;
                 let due = delivery.next_attempt_at_ms.unwrap_or_else(now_ms);
                 self.bus
                     .schedule(ATTEMPTS, &delivery.timer_member(), time_of(due))
@@ -322,22 +322,20 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Drops delivered and dead deliveries older than the retention.
+    /// Drops delivered and dead deliveries older than the retention, partner by partner,
+    /// from the hours of their indexes that ended before it.
     async fn prune(&self) -> BusResult<()> {
         let cutoff = now_ms() - self.config.delivery_retention.as_millis() as i64;
-        let mut page: Option<String> = None;
-        loop {
-            let (deliveries, next) = self.deliveries.scan(page.as_deref()).await?;
-            for delivery in deliveries {
-                if !delivery.status.is_open() && last_change(&delivery) < cutoff {
-                    self.deliveries.remove(&delivery).await?;
-                }
-            }
-            match next {
-                Some(next) => page = Some(next),
-                None => return Ok(()),
+        for partner in self.partners.cached().await?.iter() {
+            let dropped = self
+                .deliveries
+                .prune(&partner.id, cutoff, last_change)
+                .await?;
+            if dropped > 0 {
+                tracing::debug!(partner = %partner.id, dropped, "old deliveries dropped");
             }
         }
+        Ok(())
     }
 }
 

@@ -15,9 +15,13 @@ use crate::webhook::{INCENTIVE_CHANGED, RATE_CHANGED, WebhookRate};
 pub(crate) const PARTNERS: &str = ratemesh_contract::partner::NAMESPACE;
 /// State namespace of deliveries (key: delivery id).
 pub(crate) const DELIVERIES: &str = "notifier.delivery";
-/// State namespace of each partner's delivery index (key: partner id; field per delivery
-/// id, value its status), so a partner's deliveries list without a full scan.
+/// State namespace of each partner's delivery index, one record per hour of creation (key:
+/// `<partner id>/<hours since the Unix epoch>`; field per delivery id, value its status),
+/// so a partner's deliveries list newest first without a full scan.
 pub(crate) const DELIVERY_INDEX: &str = "notifier.delivery-index";
+/// State namespace of the hours each partner's delivery index has (key: partner id; field
+/// per hour, empty).
+pub(crate) const DELIVERY_HOURS: &str = "notifier.delivery-hours";
 /// State namespace of each partner's dead deliveries (key: partner id; field per dead
 /// delivery id, empty): counted for the dead-letter gauge and read to redeliver them
 /// without reading the partner's whole index, which holds every delivery of the

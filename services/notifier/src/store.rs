@@ -7,8 +7,8 @@ use ratemesh_bus::{Bus, BusError, BusResult, StateWrite, Update};
 use tokio::sync::RwLock;
 
 use crate::model::{
-    DEAD_DELIVERIES, DELIVERIES, DELIVERY_INDEX, DeliveryRecord, PARTNERS, PartnerRecord, RECORD,
-    Status,
+    DEAD_DELIVERIES, DELIVERIES, DELIVERY_HOURS, DELIVERY_INDEX, DeliveryRecord, PARTNERS,
+    PartnerRecord, RECORD, Status,
 };
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, key: &str, bytes: &[u8]) -> BusResult<T> {
@@ -25,6 +25,36 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
 fn dead_set(partner_id: &str) -> StateWrite {
     StateWrite::new(DEAD_DELIVERIES, partner_id.to_owned()).unlisted()
 }
+
+/// A partner's delivery index is split by the hour its deliveries were created in: one
+/// record per hour, and a record of the hours it has. A listing reads the newest hours
+/// until its page is full and retention drops whole hours, so no read or write handles
+/// more than an hour of a partner's deliveries, however many the retention keeps.
+const INDEX_HOUR_MS: u64 = 3_600_000;
+
+/// The hour a delivery was created in: the time part of its id (a ULID; 0 for an id
+/// that is not one, which no listing reaches).
+fn hour_of(id: &str) -> u64 {
+    ulid::Ulid::from_string(id).map_or(0, |u| u.timestamp_ms() / INDEX_HOUR_MS)
+}
+
+/// A write to the index of a partner's deliveries created in `hour`.
+fn index_of_hour(partner_id: &str, hour: u64) -> StateWrite {
+    StateWrite::new(DELIVERY_INDEX, index_key(partner_id, hour)).unlisted()
+}
+
+fn index_key(partner_id: &str, hour: u64) -> String {
+    format!("{partner_id}/{hour}")
+}
+
+/// A write to the hours a partner's index has.
+fn hours_of(partner_id: &str) -> StateWrite {
+    StateWrite::new(DELIVERY_HOURS, partner_id.to_owned()).unlisted()
+}
+
+/// How many hours a listing reads in one round trip at most: it starts with one and
+/// doubles, so a first page reads the newest hour alone.
+const MOST_HOURS_PER_READ: usize = 32;
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
@@ -182,7 +212,7 @@ impl Deliveries {
             Err(BusError::Conflict { .. }) => return Ok(false),
             Err(e) => return Err(e),
         }
-        self.index(delivery).await?;
+        self.index(delivery, true).await?;
         Ok(true)
     }
 
@@ -193,7 +223,7 @@ impl Deliveries {
                 StateWrite::new(DELIVERIES, delivery.id.clone()).set(RECORD, encode(delivery)),
             )
             .await?;
-        self.index(delivery).await
+        self.index(delivery, false).await
     }
 
     /// A dead delivery requeued: stored as `delivery` (no longer dead), its status in the
@@ -204,14 +234,20 @@ impl Deliveries {
             .await
     }
 
-    /// The delivery's status in its partner's index and, once it is dead, in the
-    /// partner's dead deliveries too (one round trip).
-    pub(crate) async fn index(&self, delivery: &DeliveryRecord) -> BusResult<()> {
-        let status = StateWrite::new(DELIVERY_INDEX, delivery.partner_id.clone()).set(
+    /// The delivery's status in its partner's index (with the hour it is indexed under,
+    /// for a delivery `created` or recovered) and, once it is dead, in the partner's dead
+    /// deliveries too (one round trip).
+    pub(crate) async fn index(&self, delivery: &DeliveryRecord, created: bool) -> BusResult<()> {
+        let hour = hour_of(&delivery.id);
+        let status = index_of_hour(&delivery.partner_id, hour).set(
             delivery.id.clone(),
             delivery.status.as_str().as_bytes().to_vec(),
         );
         let mut writes = vec![(status, None)];
+        if created {
+            let hours = hours_of(&delivery.partner_id).set(hour.to_string(), Vec::new());
+            writes.push((hours, None));
+        }
         if delivery.status == Status::Dead {
             let dead = dead_set(&delivery.partner_id).set(delivery.id.clone(), Vec::new());
             writes.push((dead, None));
@@ -250,24 +286,91 @@ impl Deliveries {
             .await
     }
 
-    /// A partner's deliveries with their status, newest first (ids are ULIDs).
-    pub(crate) async fn index_of(&self, partner_id: &str) -> BusResult<Vec<(String, Status)>> {
-        let Some(record) = self.bus.get_state(DELIVERY_INDEX, partner_id).await? else {
+    /// A partner's deliveries with their status, newest first (ids are ULIDs), from just
+    /// before `before` if given: read an hour or a few at a time by [`IndexWalk::next`].
+    pub(crate) async fn walk(
+        &self,
+        partner_id: &str,
+        before: Option<&str>,
+    ) -> BusResult<IndexWalk> {
+        let mut hours = self.hours(partner_id).await?;
+        if let Some(before) = before {
+            let last = hour_of(before);
+            hours.retain(|h| *h <= last);
+        }
+        Ok(IndexWalk {
+            deliveries: self.clone(),
+            partner_id: partner_id.to_owned(),
+            hours,
+            before: before.map(str::to_owned),
+            width: 1,
+        })
+    }
+
+    /// The hours a partner's index has, oldest first.
+    async fn hours(&self, partner_id: &str) -> BusResult<Vec<u64>> {
+        let Some(record) = self.bus.get_state(DELIVERY_HOURS, partner_id).await? else {
             return Ok(Vec::new());
         };
-        let mut ids: Vec<(String, Status)> = record
+        let mut hours: Vec<u64> = record
             .fields
-            .iter()
-            .filter_map(|(id, status)| Some((id.clone(), Status::parse(status)?)))
+            .keys()
+            .filter_map(|h| h.parse().ok())
             .collect();
-        ids.sort_by(|a, b| b.0.cmp(&a.0));
-        Ok(ids)
+        hours.sort_unstable();
+        Ok(hours)
+    }
+
+    /// Drops a partner's delivered and dead deliveries that last changed before
+    /// `cutoff_ms` (by `last_change`), from the hours that ended before it, oldest first;
+    /// an hour left empty goes from the index. How many deliveries were dropped.
+    pub(crate) async fn prune(
+        &self,
+        partner_id: &str,
+        cutoff_ms: i64,
+        last_change: impl Fn(&DeliveryRecord) -> i64,
+    ) -> BusResult<usize> {
+        let mut dropped = 0;
+        for hour in self.hours(partner_id).await? {
+            let ended_ms = i64::try_from((hour + 1) * INDEX_HOUR_MS).unwrap_or(i64::MAX);
+            if ended_ms > cutoff_ms {
+                break;
+            }
+            let key = index_key(partner_id, hour);
+            let entries = self.bus.get_state(DELIVERY_INDEX, &key).await?;
+            for (id, status) in entries.iter().flat_map(|r| r.fields.iter()) {
+                if Status::parse(status).is_some_and(Status::is_open) {
+                    continue;
+                }
+                match self.get(id).await? {
+                    Some(d) if !d.status.is_open() && last_change(&d) < cutoff_ms => {
+                        self.remove(&d).await?;
+                        dropped += 1;
+                    }
+                    Some(_) => {}
+                    // Its record went first (an earlier sweep cut short).
+                    None => {
+                        let orphan = index_of_hour(partner_id, hour).remove(id.clone());
+                        self.bus.write_state(orphan).await?;
+                        self.forget_dead(partner_id, vec![id.clone()]).await?;
+                    }
+                }
+            }
+            if self.bus.count_state_fields(DELIVERY_INDEX, &key).await? == 0 {
+                self.bus
+                    .delete_state(DELIVERY_INDEX, &key, ratemesh_bus::Expect::Any)
+                    .await?;
+                let emptied = hours_of(partner_id).remove(hour.to_string());
+                self.bus.write_state(emptied).await?;
+            }
+        }
+        Ok(dropped)
     }
 
     /// Removes a delivery and its index entry (retention).
     pub(crate) async fn remove(&self, delivery: &DeliveryRecord) -> BusResult<()> {
-        let index = StateWrite::new(DELIVERY_INDEX, delivery.partner_id.clone())
-            .remove(delivery.id.clone());
+        let index =
+            index_of_hour(&delivery.partner_id, hour_of(&delivery.id)).remove(delivery.id.clone());
         let mut writes = vec![(index, None)];
         if delivery.status == Status::Dead {
             writes.push((
@@ -300,5 +403,223 @@ impl Deliveries {
             }
         }
         Ok((out, result.next))
+    }
+}
+
+/// A partner's deliveries, newest first, an hour or a few at a time.
+pub(crate) struct IndexWalk {
+    deliveries: Deliveries,
+    partner_id: String,
+    /// The hours still to read, newest last.
+    hours: Vec<u64>,
+    before: Option<String>,
+    /// How many hours the next read takes.
+    width: usize,
+}
+
+impl IndexWalk {
+    /// The next deliveries with their status, newest first; `None` once every hour is
+    /// read.
+    pub(crate) async fn next(&mut self) -> BusResult<Option<Vec<(String, Status)>>> {
+        while !self.hours.is_empty() {
+            let from = self.hours.len().saturating_sub(self.width);
+            let keys: Vec<String> = (self.hours.drain(from..).rev())
+                .map(|hour| index_key(&self.partner_id, hour))
+                .collect();
+            self.width = (self.width * 2).min(MOST_HOURS_PER_READ);
+            let records = self
+                .deliveries
+                .bus
+                .get_states(DELIVERY_INDEX, &keys)
+                .await?;
+            let mut ids: Vec<(String, Status)> = (records.into_iter().flatten())
+                .flat_map(|record| record.fields)
+                .filter(|(id, _)| self.before.as_ref().is_none_or(|b| id < b))
+                .filter_map(|(id, status)| Some((id, Status::parse(&status)?)))
+                .collect();
+            if !ids.is_empty() {
+                ids.sort_by(|a, b| b.0.cmp(&a.0));
+                return Ok(Some(ids));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduling::deterministic_id;
+    use ratemesh_bus::BusOptions;
+
+    const HOUR: i64 = INDEX_HOUR_MS as i64;
+    /// Some hour's start, in ms since the Unix epoch.
+    const T0: i64 = 1_764_000_000 / 3_600 * HOUR;
+
+    fn delivery(partner: &str, at_ms: i64, n: u32, status: Status) -> DeliveryRecord {
+        DeliveryRecord {
+            id: deterministic_id(at_ms, &[partner, &n.to_string()]),
+            partner_id: partner.into(),
+            event_id: format!("e{n}"),
+            event_type: "rate.changed".into(),
+            status,
+            attempts: 1,
+            last_error: String::new(),
+            last_response_code: 200,
+            next_attempt_at_ms: None,
+            created_at_ms: at_ms,
+            round_started_at_ms: at_ms,
+            delivered_at_ms: (status == Status::Delivered).then_some(at_ms + 1),
+            skus: vec![],
+            traceparent: None,
+            body: "{}".into(),
+        }
+    }
+
+    async fn walked(walk: &mut IndexWalk) -> Vec<Vec<String>> {
+        let mut reads = Vec::new();
+        while let Some(entries) = walk.next().await.expect("read") {
+            reads.push(entries.into_iter().map(|(id, _)| id).collect());
+        }
+        reads
+    }
+
+    fn ids(deliveries: &[&DeliveryRecord]) -> Vec<String> {
+        deliveries.iter().map(|d| d.id.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_partners_deliveries_list_newest_first_an_hour_then_a_few_at_a_time() {
+        let bus = Bus::memory(BusOptions::embedded()).expect("bus");
+        let deliveries = Deliveries::new(bus.clone());
+        let at = |hours: i64, minutes: i64| T0 + hours * HOUR + minutes * 60_000;
+        let d = [
+            delivery("p", at(0, 5), 0, Status::Delivered),
+            delivery("p", at(0, 30), 1, Status::Delivered),
+            delivery("p", at(1, 10), 2, Status::Dead),
+            delivery("p", at(3, 0), 3, Status::Delivered),
+            delivery("p", at(3, 59), 4, Status::Pending),
+            delivery("p", at(50, 1), 5, Status::Retrying),
+            delivery("q", at(3, 1), 6, Status::Delivered),
+        ];
+        for delivery in &d {
+            assert!(deliveries.create(delivery).await.expect("create"));
+        }
+        // Hour 50 alone, then two hours (3, 1), then the last (0).
+        let mut walk = deliveries.walk("p", None).await.expect("walk");
+        assert_eq!(
+            walked(&mut walk).await,
+            [
+                ids(&[&d[5]]),
+                ids(&[&d[4], &d[3], &d[2]]),
+                ids(&[&d[1], &d[0]])
+            ]
+        );
+        // From a page token: what is older than it, its own hour first.
+        let mut walk = deliveries.walk("p", Some(&d[4].id)).await.expect("walk");
+        assert_eq!(
+            walked(&mut walk).await,
+            [ids(&[&d[3]]), ids(&[&d[2], &d[1], &d[0]])]
+        );
+        let status: Vec<Status> = {
+            let mut walk = deliveries.walk("p", None).await.expect("walk");
+            let mut all = Vec::new();
+            while let Some(entries) = walk.next().await.expect("read") {
+                all.extend(entries.into_iter().map(|(_, s)| s));
+            }
+            all
+        };
+        use Status::*;
+        assert_eq!(
+            status,
+            [Retrying, Pending, Delivered, Dead, Delivered, Delivered]
+        );
+        let mut none = deliveries.walk("nobody", None).await.expect("walk");
+        assert_eq!(none.next().await.expect("read"), None);
+        // Each hour is a record of its own, and the partner's hours another.
+        assert_eq!(
+            bus.count_state_fields(DELIVERY_HOURS, "p")
+                .await
+                .expect("n"),
+            4
+        );
+        let hour_3 = index_key("p", hour_of(&d[3].id));
+        assert_eq!(
+            bus.count_state_fields(DELIVERY_INDEX, &hour_3)
+                .await
+                .expect("n"),
+            2
+        );
+        assert_eq!(
+            deliveries.dead_ids("p").await.expect("dead"),
+            [d[2].id.clone()]
+        );
+    }
+
+    #[tokio::test]
+    async fn retention_drops_the_old_closed_deliveries_hour_by_hour() {
+        let bus = Bus::memory(BusOptions::embedded()).expect("bus");
+        let deliveries = Deliveries::new(bus.clone());
+        let at = |hours: i64| T0 + hours * HOUR + 60_000;
+        let old_delivered = delivery("p", at(0), 0, Status::Delivered);
+        let old_dead = delivery("p", at(0), 1, Status::Dead);
+        let old_open = delivery("p", at(1), 2, Status::Retrying);
+        // Created long ago, but redelivered since: it changed after the cutoff.
+        let mut redelivered = delivery("p", at(1), 3, Status::Delivered);
+        redelivered.delivered_at_ms = Some(at(20));
+        let recent = delivery("p", at(10), 4, Status::Delivered);
+        for delivery in [&old_delivered, &old_dead, &old_open, &redelivered, &recent] {
+            deliveries.create(delivery).await.expect("create");
+        }
+        let last_change = |d: &DeliveryRecord| d.delivered_at_ms.unwrap_or(d.created_at_ms);
+        // Hour 10 ends after the cutoff: it is not read.
+        let cutoff = at(10) + 30 * 60_000;
+        let dropped = (deliveries.prune("p", cutoff, last_change))
+            .await
+            .expect("prune");
+        assert_eq!(dropped, 2);
+        for gone in [&old_delivered, &old_dead] {
+            assert_eq!(deliveries.get(&gone.id).await.expect("get"), None);
+        }
+        for kept in [&old_open, &redelivered, &recent] {
+            assert!(deliveries.get(&kept.id).await.expect("get").is_some());
+        }
+        assert_eq!(deliveries.dead_count("p").await.expect("dead"), 0);
+        let mut walk = deliveries.walk("p", None).await.expect("walk");
+        assert_eq!(
+            walked(&mut walk).await,
+            [ids(&[&recent]), ids(&[&redelivered, &old_open])]
+        );
+        // Hour 0 emptied: gone from the hours, its record deleted.
+        assert_eq!(deliveries.hours("p").await.expect("hours").len(), 2);
+        let hour_0 = index_key("p", hour_of(&old_dead.id));
+        assert_eq!(
+            bus.get_state(DELIVERY_INDEX, &hour_0).await.expect("read"),
+            None
+        );
+        // An entry whose record is gone (a removal cut short) is dropped from the index
+        // and from the dead deliveries.
+        deliveries
+            .update(&DeliveryRecord {
+                status: Status::Dead,
+                ..old_open.clone()
+            })
+            .await
+            .expect("index");
+        bus.delete_state(DELIVERIES, &old_open.id, ratemesh_bus::Expect::Any)
+            .await
+            .expect("delete");
+        assert_eq!(
+            (deliveries.prune("p", cutoff, last_change))
+                .await
+                .expect("prune"),
+            0
+        );
+        let mut walk = deliveries.walk("p", None).await.expect("walk");
+        assert_eq!(
+            walked(&mut walk).await,
+            [ids(&[&recent]), ids(&[&redelivered])]
+        );
+        assert_eq!(deliveries.dead_count("p").await.expect("dead"), 0);
     }
 }

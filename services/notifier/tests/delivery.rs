@@ -361,6 +361,73 @@ async fn a_delivery_is_dead_lettered_after_the_last_attempt_and_can_be_redeliver
     notifier.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_list_newest_first_a_page_at_a_time() {
+    let redis = RedisServer::start();
+    let prefix = redis.unique_prefix();
+    let sink = Sink::start().await;
+    let notifier = Notifier::start(&redis, &prefix, fast_settings()).await;
+    notifier
+        .add_partner("acme", &sink.url(), v1::PartnerFilter::default())
+        .await;
+    let bus = publisher(&redis, &prefix).await;
+    for i in 0..5 {
+        publish_incentive(&bus, &format!("SKU-{i}"), "shoes").await;
+    }
+    eventually("5 deliveries delivered", WAIT, || async {
+        let delivered = notifier.deliveries("acme").await.into_iter();
+        (delivered
+            .filter(|d| d.status == v1::DeliveryStatus::Delivered as i32)
+            .count()
+            == 5)
+            .then_some(())
+    })
+    .await;
+    let mut admin = notifier.client(Role::Admin).await;
+    let mut pages = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = admin
+            .list_deliveries(v1::ListDeliveriesRequest {
+                partner_id: "acme".into(),
+                status: v1::DeliveryStatus::Delivered as i32,
+                page_size: 2,
+                page_token: page_token.clone(),
+            })
+            .await
+            .expect("list")
+            .into_inner();
+        pages.push(
+            page.deliveries
+                .iter()
+                .map(|d| d.id.clone())
+                .collect::<Vec<_>>(),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [2, 2, 1]);
+    let listed: Vec<String> = pages.concat();
+    let mut newest_first = listed.clone();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    newest_first.dedup();
+    assert_eq!(listed, newest_first, "newest first, each once");
+    let none_pending = admin
+        .list_deliveries(v1::ListDeliveriesRequest {
+            partner_id: "acme".into(),
+            status: v1::DeliveryStatus::Pending as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(none_pending.deliveries.is_empty());
+    notifier.stop().await;
+}
+
 /// Requeues every dead delivery of acme; how many were.
 async fn redeliver_every_dead(admin: &mut ratemesh_testkit::app::PartnersClient) -> u32 {
     let requeued = admin
