@@ -298,24 +298,30 @@ impl Dispatcher {
     }
 
     /// Start-up sweep: re-schedules every open delivery (and restores its index entry)
-    /// and every outbox, in case the previous process died between two writes.
+    /// and every outbox, in case the previous process died between two writes. Open
+    /// deliveries are read from each partner's open ones, not from every delivery kept.
     async fn recover(&self) -> BusResult<()> {
-        let mut page: Option<String> = None;
         let mut rescheduled = 0usize;
-        loop {
-            let (deliveries, next) = self.deliveries.scan(page.as_deref()).await?;
-            for delivery in deliveries.iter().filter(|d| d.status.is_open()) {
-                self.deliveries.index(delivery, true).await?;
-                let due = delivery.next_attempt_at_ms.unwrap_or_else(now_ms);
-                self.bus
-                    .schedule(ATTEMPTS, &delivery.timer_member(), time_of(due))
-                    .await?;
-                rescheduled += 1;
+        // An entry this young may be a creation still under way elsewhere.
+        let settled_before = now_ms() - 60_000;
+        for partner in self.partners.load_all().await? {
+            let mut stale = Vec::new();
+            for id in self.deliveries.open_ids(&partner.id).await? {
+                match self.deliveries.get(&id).await? {
+                    Some(delivery) if delivery.status.is_open() => {
+                        self.deliveries.index(&delivery, true).await?;
+                        let due = delivery.next_attempt_at_ms.unwrap_or_else(now_ms);
+                        self.bus
+                            .schedule(ATTEMPTS, &delivery.timer_member(), time_of(due))
+                            .await?;
+                        rescheduled += 1;
+                    }
+                    Some(_) => stale.push(id),
+                    None if created_ms(&id) < settled_before => stale.push(id),
+                    None => {}
+                }
             }
-            match next {
-                Some(next) => page = Some(next),
-                None => break,
-            }
+            self.deliveries.forget_open(&partner.id, stale).await?;
         }
         let outboxes = self.outbox.recover().await?;
         tracing::info!(rescheduled, outboxes, "notifier recovered its schedule");
@@ -337,6 +343,11 @@ impl Dispatcher {
         }
         Ok(())
     }
+}
+
+/// When a delivery was created: the time part of its id (a ULID).
+fn created_ms(id: &str) -> i64 {
+    ulid::Ulid::from_string(id).map_or(0, |u| u.timestamp_ms() as i64)
 }
 
 fn last_change(d: &DeliveryRecord) -> i64 {

@@ -19,6 +19,10 @@ pub(crate) const DELIVERIES: &str = "notifier.delivery";
 /// `<partner id>/<hours since the Unix epoch>`; field per delivery id, value its status),
 /// so a partner's deliveries list newest first without a full scan.
 pub(crate) const DELIVERY_INDEX: &str = "notifier.delivery-index";
+/// State namespace of each partner's open (pending or retrying) deliveries (key: partner
+/// id; field per delivery id, empty), written before the delivery itself: what a starting
+/// notifier reschedules, without reading every delivery kept.
+pub(crate) const OPEN_DELIVERIES: &str = "notifier.open-deliveries";
 /// State namespace of the hours each partner's delivery index has (key: partner id; field
 /// per hour, empty).
 pub(crate) const DELIVERY_HOURS: &str = "notifier.delivery-hours";

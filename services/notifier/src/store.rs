@@ -7,8 +7,8 @@ use ratemesh_bus::{Bus, BusError, BusResult, StateWrite, Update};
 use tokio::sync::RwLock;
 
 use crate::model::{
-    DEAD_DELIVERIES, DELIVERIES, DELIVERY_HOURS, DELIVERY_INDEX, DeliveryRecord, PARTNERS,
-    PartnerRecord, RECORD, Status,
+    DEAD_DELIVERIES, DELIVERIES, DELIVERY_HOURS, DELIVERY_INDEX, DeliveryRecord, OPEN_DELIVERIES,
+    PARTNERS, PartnerRecord, RECORD, Status,
 };
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, key: &str, bytes: &[u8]) -> BusResult<T> {
@@ -19,6 +19,11 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, key: &str, bytes: &[u8]) -
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Plain structs of strings and numbers always serialise.
     serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// A write to a partner's open deliveries (read only by the partner's id).
+fn open_set(partner_id: &str) -> StateWrite {
+    StateWrite::new(OPEN_DELIVERIES, partner_id.to_owned()).unlisted()
 }
 
 /// A write to a partner's dead deliveries (read only by the partner's id).
@@ -204,6 +209,7 @@ impl Deliveries {
     /// Stores a new delivery; false when one with its id exists already (a retried
     /// creation), in which case nothing is changed.
     pub(crate) async fn create(&self, delivery: &DeliveryRecord) -> BusResult<bool> {
+        self.open(delivery).await?;
         let write = StateWrite::new(DELIVERIES, delivery.id.clone())
             .expect_version(0)
             .set(RECORD, encode(delivery));
@@ -229,14 +235,43 @@ impl Deliveries {
     /// A dead delivery requeued: stored as `delivery` (no longer dead), its status in the
     /// index, and out of the partner's dead deliveries.
     pub(crate) async fn requeue(&self, delivery: &DeliveryRecord) -> BusResult<()> {
+        self.open(delivery).await?;
         self.update(delivery).await?;
         self.forget_dead(&delivery.partner_id, vec![delivery.id.clone()])
             .await
     }
 
+    /// Puts a delivery among its partner's open ones, before it is stored as open: a
+    /// process that stops between the two leaves an entry that recovery drops, never an
+    /// open delivery that recovery misses.
+    async fn open(&self, delivery: &DeliveryRecord) -> BusResult<()> {
+        let open = open_set(&delivery.partner_id).set(delivery.id.clone(), Vec::new());
+        self.bus.write_state(open).await.map(|_| ())
+    }
+
+    /// The ids of a partner's open deliveries.
+    pub(crate) async fn open_ids(&self, partner_id: &str) -> BusResult<Vec<String>> {
+        let record = self.bus.get_state(OPEN_DELIVERIES, partner_id).await?;
+        Ok(record.map_or_else(Vec::new, |r| r.fields.into_keys().collect()))
+    }
+
+    /// Takes `ids` out of a partner's open deliveries.
+    pub(crate) async fn forget_open(&self, partner_id: &str, ids: Vec<String>) -> BusResult<()> {
+        self.forget(open_set(partner_id), ids).await
+    }
+
+    /// Takes `ids` out of the set `set` writes to.
+    async fn forget(&self, set: StateWrite, ids: Vec<String>) -> BusResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let write = ids.into_iter().fold(set, StateWrite::remove);
+        self.bus.write_state(write).await.map(|_| ())
+    }
+
     /// The delivery's status in its partner's index (with the hour it is indexed under,
-    /// for a delivery `created` or recovered) and, once it is dead, in the partner's dead
-    /// deliveries too (one round trip).
+    /// for a delivery `created` or recovered), out of the partner's open deliveries once
+    /// it is delivered or dead, and among its dead ones once dead (one round trip).
     pub(crate) async fn index(&self, delivery: &DeliveryRecord, created: bool) -> BusResult<()> {
         let hour = hour_of(&delivery.id);
         let status = index_of_hour(&delivery.partner_id, hour).set(
@@ -247,6 +282,10 @@ impl Deliveries {
         if created {
             let hours = hours_of(&delivery.partner_id).set(hour.to_string(), Vec::new());
             writes.push((hours, None));
+        }
+        if !delivery.status.is_open() {
+            let closed = open_set(&delivery.partner_id).remove(delivery.id.clone());
+            writes.push((closed, None));
         }
         if delivery.status == Status::Dead {
             let dead = dead_set(&delivery.partner_id).set(delivery.id.clone(), Vec::new());
@@ -270,13 +309,7 @@ impl Deliveries {
 
     /// Takes `ids` out of a partner's dead deliveries.
     pub(crate) async fn forget_dead(&self, partner_id: &str, ids: Vec<String>) -> BusResult<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let write = ids
-            .into_iter()
-            .fold(dead_set(partner_id), StateWrite::remove);
-        self.bus.write_state(write).await.map(|_| ())
+        self.forget(dead_set(partner_id), ids).await
     }
 
     /// How many dead deliveries a partner has, without reading them.
@@ -385,24 +418,6 @@ impl Deliveries {
             .delete_state(DELIVERIES, &delivery.id, ratemesh_bus::Expect::Any)
             .await
             .map(|_| ())
-    }
-
-    /// Every stored delivery, page by page, for recovery and retention sweeps.
-    pub(crate) async fn scan(
-        &self,
-        page: Option<&str>,
-    ) -> BusResult<(Vec<DeliveryRecord>, Option<String>)> {
-        let result = self.bus.scan_states(DELIVERIES, page, 500).await?;
-        let mut out = Vec::with_capacity(result.items.len());
-        for (key, record) in result.items {
-            if let Some(bytes) = record.fields.get(RECORD) {
-                match decode::<DeliveryRecord>("delivery", &key, bytes) {
-                    Ok(d) => out.push(d),
-                    Err(e) => tracing::warn!(error = %e, "skipping unreadable delivery"),
-                }
-            }
-        }
-        Ok((out, result.next))
     }
 }
 
@@ -553,6 +568,46 @@ mod tests {
         assert_eq!(
             deliveries.dead_ids("p").await.expect("dead"),
             [d[2].id.clone()]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_delivery_is_among_the_open_ones_from_before_it_is_stored_until_it_closes() {
+        let bus = Bus::memory(BusOptions::embedded()).expect("bus");
+        let deliveries = Deliveries::new(bus.clone());
+        let mut d = delivery("p", T0, 0, Status::Pending);
+        let other = delivery("p", T0, 1, Status::Pending);
+        deliveries.create(&d).await.expect("create");
+        deliveries.create(&other).await.expect("create");
+        let mut open = deliveries.open_ids("p").await.expect("open");
+        open.sort();
+        let mut both = ids(&[&d, &other]);
+        both.sort();
+        assert_eq!(open, both);
+        d.status = Status::Retrying;
+        deliveries.update(&d).await.expect("update");
+        assert_eq!(deliveries.open_ids("p").await.expect("open").len(), 2);
+        d.status = Status::Dead;
+        deliveries.update(&d).await.expect("update");
+        assert_eq!(
+            deliveries.open_ids("p").await.expect("open"),
+            ids(&[&other])
+        );
+        assert_eq!(deliveries.dead_ids("p").await.expect("dead"), ids(&[&d]));
+        d.status = Status::Pending;
+        deliveries.requeue(&d).await.expect("requeue");
+        assert_eq!(deliveries.open_ids("p").await.expect("open").len(), 2);
+        assert_eq!(deliveries.dead_count("p").await.expect("dead"), 0);
+        let mut delivered = other.clone();
+        delivered.status = Status::Delivered;
+        deliveries.update(&delivered).await.expect("update");
+        assert_eq!(deliveries.open_ids("p").await.expect("open"), ids(&[&d]));
+        // A retried creation of a delivery already closed: it changes nothing stored, and
+        // the open entry it leaves names a delivery that is not open.
+        assert!(!deliveries.create(&other).await.expect("create"));
+        assert_eq!(
+            deliveries.get(&other.id).await.expect("get"),
+            Some(delivered)
         );
     }
 
