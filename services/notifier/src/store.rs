@@ -210,7 +210,9 @@ impl Deliveries {
     /// creation), in which case nothing is changed.
     pub(crate) async fn create(&self, delivery: &DeliveryRecord) -> BusResult<bool> {
         self.open(delivery).await?;
+        // Read by id only (lists go through the partner's index): no scan index entry.
         let write = StateWrite::new(DELIVERIES, delivery.id.clone())
+            .unlisted()
             .expect_version(0)
             .set(RECORD, encode(delivery));
         match self.bus.write_state(write).await {
@@ -226,7 +228,8 @@ impl Deliveries {
     pub(crate) async fn update(&self, delivery: &DeliveryRecord) -> BusResult<()> {
         self.bus
             .write_state(
-                StateWrite::new(DELIVERIES, delivery.id.clone()).set(RECORD, encode(delivery)),
+                (StateWrite::new(DELIVERIES, delivery.id.clone()).unlisted())
+                    .set(RECORD, encode(delivery)),
             )
             .await?;
         self.index(delivery, false).await
@@ -569,6 +572,10 @@ mod tests {
             deliveries.dead_ids("p").await.expect("dead"),
             [d[2].id.clone()]
         );
+        // Deliveries are read by id alone: nothing lists them in a scan.
+        let scanned = bus.scan_states(DELIVERIES, None, 100).await.expect("scan");
+        assert!(scanned.items.is_empty());
+        assert!(deliveries.get(&d[0].id).await.expect("get").is_some());
     }
 
     #[tokio::test]
