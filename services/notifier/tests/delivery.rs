@@ -415,16 +415,11 @@ async fn deliveries_list_newest_first_a_page_at_a_time() {
     newest_first.sort_by(|a, b| b.cmp(a));
     newest_first.dedup();
     assert_eq!(listed, newest_first, "newest first, each once");
-    let none_pending = admin
-        .list_deliveries(v1::ListDeliveriesRequest {
-            partner_id: "acme".into(),
-            status: v1::DeliveryStatus::Pending as i32,
-            ..Default::default()
-        })
-        .await
-        .expect("list")
-        .into_inner();
-    assert!(none_pending.deliveries.is_empty());
+    assert!(
+        listed_ids(&mut admin, v1::DeliveryStatus::Pending)
+            .await
+            .is_empty()
+    );
     notifier.stop().await;
 }
 
@@ -443,10 +438,18 @@ async fn redeliver_every_dead(admin: &mut ratemesh_testkit::app::PartnersClient)
 
 /// The ids of acme's deliveries listed as dead.
 async fn dead_listed(admin: &mut ratemesh_testkit::app::PartnersClient) -> Vec<String> {
+    listed_ids(admin, v1::DeliveryStatus::Dead).await
+}
+
+/// The ids of acme's deliveries listed in `status` (the first page).
+async fn listed_ids(
+    admin: &mut ratemesh_testkit::app::PartnersClient,
+    status: v1::DeliveryStatus,
+) -> Vec<String> {
     let listed = admin
         .list_deliveries(v1::ListDeliveriesRequest {
             partner_id: "acme".into(),
-            status: v1::DeliveryStatus::Dead as i32,
+            status: status as i32,
             ..Default::default()
         })
         .await
