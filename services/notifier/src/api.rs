@@ -28,6 +28,8 @@ const DEFAULT_OVERLAP: Duration = Duration::from_secs(24 * 3600);
 /// Most items per page.
 const MAX_PAGE: u32 = 1_000;
 const DEFAULT_PAGE: u32 = 100;
+/// How many deliveries a listing or a redelivery reads or requeues in one round trip.
+const DELIVERIES_PER_ROUND_TRIP: usize = 500;
 
 #[derive(Debug, Clone)]
 pub(crate) struct PartnersApi {
@@ -417,10 +419,13 @@ impl PartnersApi {
         let mut out = Vec::new();
         let mut next_page_token = String::new();
         'pages: while let Some(entries) = listing.next().await? {
-            for (id, _) in entries
-                .iter()
+            let candidates: Vec<String> = (entries.into_iter())
                 .filter(|(_, status)| wanted.is_none_or(|w| w == *status))
-            {
+                .map(|(id, _)| id)
+                .collect();
+            // Newest first, as many read together as the page still has room for.
+            let mut rest = candidates.as_slice();
+            while !rest.is_empty() {
                 if out.len() == limit {
                     next_page_token = out
                         .last()
@@ -428,12 +433,15 @@ impl PartnersApi {
                         .unwrap_or_default();
                     break 'pages;
                 }
+                let room = (limit - out.len()).min(DELIVERIES_PER_ROUND_TRIP);
+                let (batch, after) = rest.split_at(room.min(rest.len()));
+                rest = after;
                 // The record has the last word: an index written just before a change of
                 // it may name an old status.
-                if let Some(delivery) = self.deliveries.get(id).await?
-                    && wanted.is_none_or(|w| w == delivery.status)
-                {
-                    out.push(delivery_to_proto(&delivery));
+                for delivery in self.deliveries.get_many(batch).await?.into_iter().flatten() {
+                    if wanted.is_none_or(|w| w == delivery.status) {
+                        out.push(delivery_to_proto(&delivery));
+                    }
                 }
             }
         }
@@ -467,28 +475,32 @@ impl PartnersApi {
         let mut dead = Vec::with_capacity(ids.len());
         let mut conflicts = Vec::new();
         let mut stale = Vec::new();
-        for id in &ids {
-            match self.deliveries.get(id).await? {
-                Some(d)
-                    if d.partner_id == request.partner_id && d.status == DeliveryStatus::Dead =>
-                {
-                    dead.push(d)
-                }
-                // Named by the dead deliveries but no longer dead (a requeue cut short
-                // between its two writes): not one to requeue, and no longer listed.
-                _ if every_dead => stale.push(id.clone()),
-                Some(d) if d.partner_id == request.partner_id => {
-                    conflicts.push(ratemesh_runtime::error::Conflict {
-                        kind: "NOT_DEAD".into(),
+        for chunk in ids.chunks(DELIVERIES_PER_ROUND_TRIP) {
+            let records = self.deliveries.get_many(chunk).await?;
+            for (id, record) in chunk.iter().zip(records) {
+                match record {
+                    Some(d)
+                        if d.partner_id == request.partner_id
+                            && d.status == DeliveryStatus::Dead =>
+                    {
+                        dead.push(d)
+                    }
+                    // Named by the dead deliveries but no longer dead (a requeue cut short
+                    // between its two writes): not one to requeue, and no longer listed.
+                    _ if every_dead => stale.push(id.clone()),
+                    Some(d) if d.partner_id == request.partner_id => {
+                        conflicts.push(ratemesh_runtime::error::Conflict {
+                            kind: "NOT_DEAD".into(),
+                            subject: id.clone(),
+                            description: format!("delivery is {}, not dead", d.status.as_str()),
+                        })
+                    }
+                    _ => conflicts.push(ratemesh_runtime::error::Conflict {
+                        kind: "UNKNOWN_DELIVERY".into(),
                         subject: id.clone(),
-                        description: format!("delivery is {}, not dead", d.status.as_str()),
-                    })
+                        description: "no dead delivery with this id for this partner".into(),
+                    }),
                 }
-                _ => conflicts.push(ratemesh_runtime::error::Conflict {
-                    kind: "UNKNOWN_DELIVERY".into(),
-                    subject: id.clone(),
-                    description: "no dead delivery with this id for this partner".into(),
-                }),
             }
         }
         if !conflicts.is_empty() {
@@ -504,7 +516,7 @@ impl PartnersApi {
             .forget_dead(&request.partner_id, stale)
             .await?;
         let now = now_ms();
-        for mut delivery in dead.iter().cloned() {
+        for delivery in &mut dead {
             delivery.status = DeliveryStatus::Pending;
             delivery.attempts = 0;
             // A fresh round: the last round's failure is history, not this round's state.
@@ -512,10 +524,13 @@ impl PartnersApi {
             delivery.last_response_code = 0;
             delivery.round_started_at_ms = now;
             delivery.next_attempt_at_ms = Some(now);
-            self.deliveries.requeue(&delivery).await?;
-            self.bus
-                .schedule(ATTEMPTS, &delivery.timer_member(), time_of(now))
-                .await?;
+        }
+        for chunk in dead.chunks(DELIVERIES_PER_ROUND_TRIP) {
+            self.deliveries.requeue(&request.partner_id, chunk).await?;
+            let timers: Vec<_> = (chunk.iter())
+                .map(|d| (d.timer_member(), time_of(now)))
+                .collect();
+            self.bus.schedule_many(ATTEMPTS, &timers).await?;
         }
         tracing::info!(partner = %request.partner_id, requeued = dead.len(), "dead deliveries requeued");
         Ok(v1::RedeliverDeadLettersResponse {

@@ -206,6 +206,20 @@ impl Deliveries {
         }
     }
 
+    /// The deliveries stored under `ids`, in order (`None` for an id with none), in one
+    /// round trip per partition.
+    pub(crate) async fn get_many(&self, ids: &[String]) -> BusResult<Vec<Option<DeliveryRecord>>> {
+        let records = self.bus.get_states(DELIVERIES, ids).await?;
+        (ids.iter().zip(records))
+            .map(
+                |(id, record)| match record.as_ref().and_then(|r| r.fields.get(RECORD)) {
+                    Some(bytes) => decode("delivery", id, bytes).map(Some),
+                    None => Ok(None),
+                },
+            )
+            .collect()
+    }
+
     /// Stores a new delivery; false when one with its id exists already (a retried
     /// creation), in which case nothing is changed.
     pub(crate) async fn create(&self, delivery: &DeliveryRecord) -> BusResult<bool> {
@@ -235,13 +249,45 @@ impl Deliveries {
         self.index(delivery, false).await
     }
 
-    /// A dead delivery requeued: stored as `delivery` (no longer dead), its status in the
-    /// index, and out of the partner's dead deliveries.
-    pub(crate) async fn requeue(&self, delivery: &DeliveryRecord) -> BusResult<()> {
-        self.open(delivery).await?;
-        self.update(delivery).await?;
-        self.forget_dead(&delivery.partner_id, vec![delivery.id.clone()])
-            .await
+    /// Dead deliveries of one partner requeued: among its open ones first, then stored as
+    /// `deliveries` (open again), their status in its index and out of its dead ones — two
+    /// round trips however many there are. A stop between the writes leaves open entries
+    /// that recovery drops, or dead entries whose record says otherwise, which listing
+    /// and redelivery both skip.
+    pub(crate) async fn requeue(
+        &self,
+        partner_id: &str,
+        deliveries: &[DeliveryRecord],
+    ) -> BusResult<()> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let ids = || deliveries.iter().map(|d| d.id.clone());
+        let open = ids().fold(open_set(partner_id), |set, id| set.set(id, Vec::new()));
+        self.bus.write_state(open).await?;
+        let mut writes: Vec<_> = (deliveries.iter())
+            .map(|d| {
+                let record = StateWrite::new(DELIVERIES, d.id.clone()).unlisted();
+                (record.set(RECORD, encode(d)), None)
+            })
+            .collect();
+        let mut by_hour = std::collections::BTreeMap::<u64, Vec<&DeliveryRecord>>::new();
+        for d in deliveries {
+            by_hour.entry(hour_of(&d.id)).or_default().push(d);
+        }
+        writes.extend(by_hour.into_iter().map(|(hour, ds)| {
+            let index = ds
+                .into_iter()
+                .fold(index_of_hour(partner_id, hour), |index, d| {
+                    index.set(d.id.clone(), d.status.as_str().as_bytes().to_vec())
+                });
+            (index, None)
+        }));
+        writes.push((ids().fold(dead_set(partner_id), StateWrite::remove), None));
+        for written in self.bus.write_states(writes).await {
+            written?;
+        }
+        Ok(())
     }
 
     /// Puts a delivery among its partner's open ones, before it is stored as open: a
@@ -602,7 +648,10 @@ mod tests {
         );
         assert_eq!(deliveries.dead_ids("p").await.expect("dead"), ids(&[&d]));
         d.status = Status::Pending;
-        deliveries.requeue(&d).await.expect("requeue");
+        deliveries
+            .requeue("p", std::slice::from_ref(&d))
+            .await
+            .expect("requeue");
         assert_eq!(deliveries.open_ids("p").await.expect("open").len(), 2);
         assert_eq!(deliveries.dead_count("p").await.expect("dead"), 0);
         let mut delivered = other.clone();
@@ -616,6 +665,48 @@ mod tests {
             deliveries.get(&other.id).await.expect("get"),
             Some(delivered)
         );
+    }
+
+    #[tokio::test]
+    async fn dead_deliveries_of_several_hours_are_read_and_requeued_together() {
+        let bus = Bus::memory(BusOptions::embedded()).expect("bus");
+        let deliveries = Deliveries::new(bus.clone());
+        let mut dead: Vec<DeliveryRecord> = (0..6)
+            .map(|n| delivery("p", T0 + i64::from(n / 3) * HOUR, n, Status::Dead))
+            .collect();
+        for d in &dead {
+            deliveries.create(d).await.expect("create");
+        }
+        let kept = delivery("p", T0, 9, Status::Dead);
+        deliveries.create(&kept).await.expect("create");
+        assert_eq!(deliveries.dead_count("p").await.expect("dead"), 7);
+
+        let mut wanted = ids(&dead.iter().collect::<Vec<_>>());
+        wanted.insert(2, "01ARZ3NDEKTSV4RRFFQ69G5FAV".into());
+        let read = deliveries.get_many(&wanted).await.expect("read");
+        assert_eq!(read.len(), 7);
+        assert_eq!(read[2], None, "an id with no delivery");
+        let found: Vec<DeliveryRecord> = read.into_iter().flatten().collect();
+        assert_eq!(found, dead, "in the order asked");
+
+        for d in &mut dead {
+            d.status = Status::Pending;
+        }
+        deliveries.requeue("p", &dead).await.expect("requeue");
+        assert_eq!(deliveries.dead_ids("p").await.expect("dead"), ids(&[&kept]));
+        assert_eq!(deliveries.open_ids("p").await.expect("open").len(), 6);
+        let stored = deliveries.get_many(&wanted).await.expect("read");
+        assert_eq!(stored.into_iter().flatten().collect::<Vec<_>>(), dead);
+        // Both hours' index entries say so.
+        let mut walk = deliveries.walk("p", None).await.expect("walk");
+        let mut pending = 0;
+        while let Some(entries) = walk.next().await.expect("read") {
+            pending += entries
+                .iter()
+                .filter(|(_, s)| *s == Status::Pending)
+                .count();
+        }
+        assert_eq!(pending, 6);
     }
 
     #[tokio::test]
