@@ -18,7 +18,9 @@ use rust_decimal::Decimal;
 use tonic::{Request, Response, Status};
 
 use crate::config::Config;
-use crate::model::{ATTEMPTS, EVENT_TYPES, Filters, PartnerRecord, Status as DeliveryStatus};
+use crate::model::{
+    ATTEMPTS, DeliveryRecord, EVENT_TYPES, Filters, PartnerRecord, Status as DeliveryStatus,
+};
 use crate::store::{Deliveries, IndexWalk, Partners, now_ms, time_of};
 
 /// Longest rotation overlap.
@@ -465,30 +467,38 @@ impl PartnersApi {
             ));
         }
         self.existing(&request.partner_id).await?;
-        let every_dead = request.delivery_ids.is_empty();
-        let ids: Vec<String> = if every_dead {
-            self.deliveries.dead_ids(&request.partner_id).await?
-        } else {
-            request.delivery_ids.clone()
-        };
-        // Check everything first: nothing is requeued unless every listed one can be.
-        let mut dead = Vec::with_capacity(ids.len());
-        let mut conflicts = Vec::new();
-        let mut stale = Vec::new();
-        for chunk in ids.chunks(DELIVERIES_PER_ROUND_TRIP) {
-            let records = self.deliveries.get_many(chunk).await?;
-            for (id, record) in chunk.iter().zip(records) {
-                match record {
-                    Some(d)
-                        if d.partner_id == request.partner_id
-                            && d.status == DeliveryStatus::Dead =>
-                    {
-                        dead.push(d)
+        let partner = request.partner_id.as_str();
+        let is_dead =
+            |d: &DeliveryRecord| d.partner_id == partner && d.status == DeliveryStatus::Dead;
+        let requeued = if request.delivery_ids.is_empty() {
+            // Every dead one, a batch at a time, so memory holds one batch however many
+            // there are. Nothing to check: an id whose record is no longer dead (a requeue
+            // cut short between its writes) is not one to requeue, and is no longer listed.
+            let ids = self.deliveries.dead_ids(partner).await?;
+            let mut requeued = 0;
+            for chunk in ids.chunks(DELIVERIES_PER_ROUND_TRIP) {
+                let records = self.deliveries.get_many(chunk).await?;
+                let (mut dead, mut stale) = (Vec::new(), Vec::new());
+                for (id, record) in chunk.iter().zip(records) {
+                    match record {
+                        Some(d) if is_dead(&d) => dead.push(d),
+                        _ => stale.push(id.clone()),
                     }
-                    // Named by the dead deliveries but no longer dead (a requeue cut short
-                    // between its two writes): not one to requeue, and no longer listed.
-                    _ if every_dead => stale.push(id.clone()),
-                    Some(d) if d.partner_id == request.partner_id => {
+                }
+                self.deliveries.forget_dead(partner, stale).await?;
+                requeued += self.requeue(partner, dead).await?;
+            }
+            requeued
+        } else {
+            // Check everything first: nothing is requeued unless every listed one can be.
+            let ids = &request.delivery_ids;
+            let records = self.deliveries.get_many(ids).await?;
+            let mut dead = Vec::with_capacity(ids.len());
+            let mut conflicts = Vec::new();
+            for (id, record) in ids.iter().zip(records) {
+                match record {
+                    Some(d) if is_dead(&d) => dead.push(d),
+                    Some(d) if d.partner_id == partner => {
                         conflicts.push(ratemesh_runtime::error::Conflict {
                             kind: "NOT_DEAD".into(),
                             subject: id.clone(),
@@ -502,19 +512,30 @@ impl PartnersApi {
                     }),
                 }
             }
-        }
-        if !conflicts.is_empty() {
-            return Err(ApiError::FailedPrecondition {
-                message: format!(
-                    "{} of the listed deliveries cannot be redelivered; nothing was requeued",
-                    conflicts.len()
-                ),
-                conflicts,
-            });
-        }
-        self.deliveries
-            .forget_dead(&request.partner_id, stale)
-            .await?;
+            if !conflicts.is_empty() {
+                return Err(ApiError::FailedPrecondition {
+                    message: format!(
+                        "{} of the listed deliveries cannot be redelivered; nothing was requeued",
+                        conflicts.len()
+                    ),
+                    conflicts,
+                });
+            }
+            self.requeue(partner, dead).await?
+        };
+        tracing::info!(partner, requeued, "dead deliveries requeued");
+        Ok(v1::RedeliverDeadLettersResponse {
+            requeued: requeued as u32,
+        })
+    }
+
+    /// Starts a fresh round of attempts for dead deliveries of `partner`, due now; how
+    /// many.
+    async fn requeue(
+        &self,
+        partner: &str,
+        mut dead: Vec<DeliveryRecord>,
+    ) -> Result<usize, ApiError> {
         let now = now_ms();
         for delivery in &mut dead {
             delivery.status = DeliveryStatus::Pending;
@@ -526,16 +547,13 @@ impl PartnersApi {
             delivery.next_attempt_at_ms = Some(now);
         }
         for chunk in dead.chunks(DELIVERIES_PER_ROUND_TRIP) {
-            self.deliveries.requeue(&request.partner_id, chunk).await?;
+            self.deliveries.requeue(partner, chunk).await?;
             let timers: Vec<_> = (chunk.iter())
                 .map(|d| (d.timer_member(), time_of(now)))
                 .collect();
             self.bus.schedule_many(ATTEMPTS, &timers).await?;
         }
-        tracing::info!(partner = %request.partner_id, requeued = dead.len(), "dead deliveries requeued");
-        Ok(v1::RedeliverDeadLettersResponse {
-            requeued: dead.len() as u32,
-        })
+        Ok(dead.len())
     }
 }
 
@@ -653,5 +671,80 @@ impl PartnerService for PartnersApi {
         Ok(Response::new(
             self.redeliver(&principal, request.into_inner()).await?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::{T0, delivery};
+    use ratemesh_bus::BusOptions;
+    use ratemesh_runtime::settings::Section;
+    use std::time::SystemTime;
+
+    #[tokio::test]
+    async fn every_dead_delivery_is_requeued_however_many_batches_they_take() {
+        let bus = Bus::memory(BusOptions::embedded()).expect("bus");
+        let settings = crate::NotifierSettings::defaults();
+        let api = PartnersApi {
+            bus: bus.clone(),
+            config: Arc::new(Config::from_settings(&settings)),
+            partners: Partners::new(bus.clone(), Duration::ZERO),
+            deliveries: Deliveries::new(bus.clone()),
+        };
+        let partner = PartnerRecord {
+            id: "acme".into(),
+            name: "Acme".into(),
+            endpoint_url: "https://acme.example/hook".into(),
+            filters: Filters::default(),
+            enabled: true,
+            created_at_ms: T0,
+            updated_at_ms: T0,
+            secret: new_secret(),
+            previous_secret: None,
+            previous_valid_until_ms: 0,
+        };
+        (api.partners)
+            .update("acme", |_| Ok::<_, BusError>((Some(partner.clone()), ())))
+            .await
+            .expect("partner");
+        let count = 2 * DELIVERIES_PER_ROUND_TRIP as u32 + 1;
+        for n in 0..count {
+            let dead = delivery("acme", T0 + i64::from(n), n, DeliveryStatus::Dead);
+            api.deliveries.create(&dead).await.expect("create");
+        }
+        let admin = Principal {
+            name: "ops".into(),
+            role: Role::Admin,
+            partner_id: None,
+        };
+        let every_dead = v1::RedeliverDeadLettersRequest {
+            partner_id: "acme".into(),
+            delivery_ids: vec![],
+        };
+        let answer = api
+            .redeliver(&admin, every_dead.clone())
+            .await
+            .expect("redeliver");
+        assert_eq!(answer.requeued, count);
+        assert_eq!(api.deliveries.dead_count("acme").await.expect("dead"), 0);
+        let open = api.deliveries.open_ids("acme").await.expect("open");
+        assert_eq!(open.len(), count as usize);
+        let requeued = api.deliveries.get_many(&open).await.expect("read");
+        assert!(
+            requeued
+                .iter()
+                .flatten()
+                .all(|d| d.status == DeliveryStatus::Pending
+                    && d.attempts == 0
+                    && d.next_attempt_at_ms.is_some())
+        );
+        let due = bus
+            .claim_due(ATTEMPTS, SystemTime::now() + Duration::from_secs(1), 10_000)
+            .await
+            .expect("due");
+        assert_eq!(due.len(), count as usize, "an attempt due for each");
+        let again = api.redeliver(&admin, every_dead).await.expect("redeliver");
+        assert_eq!(again.requeued, 0, "none dead any more");
     }
 }

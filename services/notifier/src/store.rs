@@ -511,16 +511,17 @@ impl IndexWalk {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::scheduling::deterministic_id;
     use ratemesh_bus::BusOptions;
 
     const HOUR: i64 = INDEX_HOUR_MS as i64;
     /// Some hour's start, in ms since the Unix epoch.
-    const T0: i64 = 1_764_000_000 / 3_600 * HOUR;
+    pub(crate) const T0: i64 = 1_764_000_000 / 3_600 * HOUR;
 
-    fn delivery(partner: &str, at_ms: i64, n: u32, status: Status) -> DeliveryRecord {
+    /// Delivery `n` of `partner`, created at `at_ms`.
+    pub(crate) fn delivery(partner: &str, at_ms: i64, n: u32, status: Status) -> DeliveryRecord {
         DeliveryRecord {
             id: deterministic_id(at_ms, &[partner, &n.to_string()]),
             partner_id: partner.into(),
