@@ -249,11 +249,12 @@ impl Deliveries {
         self.index(delivery, false).await
     }
 
-    /// Dead deliveries of one partner requeued: among its open ones first, then stored as
-    /// `deliveries` (open again), their status in its index and out of its dead ones — two
-    /// round trips however many there are. A stop between the writes leaves open entries
-    /// that recovery drops, or dead entries whose record says otherwise, which listing
-    /// and redelivery both skip.
+    /// Dead deliveries of one partner requeued, in three round trips however many there
+    /// are: among its open ones first, then stored as `deliveries` (open again) with their
+    /// status in its index, and only then out of its dead ones. A stop between the writes
+    /// leaves open entries that recovery drops, or dead entries whose record says
+    /// otherwise, which listing and redelivery both skip; never a dead delivery that is
+    /// not among the dead ones.
     pub(crate) async fn requeue(
         &self,
         partner_id: &str,
@@ -283,11 +284,10 @@ impl Deliveries {
                 });
             (index, None)
         }));
-        writes.push((ids().fold(dead_set(partner_id), StateWrite::remove), None));
         for written in self.bus.write_states(writes).await {
             written?;
         }
-        Ok(())
+        self.forget_dead(partner_id, ids().collect()).await
     }
 
     /// Puts a delivery among its partner's open ones, before it is stored as open: a
